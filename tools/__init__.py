@@ -1,0 +1,1 @@
+"""Technician and bench command-line tools behind the single ``knute`` command."""

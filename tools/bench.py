@@ -1,0 +1,37 @@
+"""``knute bench NAME``: benchmarks that print figures (and one JSON object with --json).
+
+Each benchmark lives in ``tools/bench_<name>.py`` with ``add_arguments(parser)``
+and ``run(args) -> int``, and compares its figures side by side with a baseline
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+
+BENCHES = {
+    "protocol": "decode+verify on CPython (gateway and pure paths), encode on MicroPython",
+    "gateway": "decode+verify, end to end to the broker against bare paho, spool drain, RSS",
+    "firmware": "peak heap and allocations per send cycle on the MicroPython unix port",
+    "reliability": "fault-injection cases: sent, accepted, delivered, lost, duplicates",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """One sub-parser per benchmark module present in this installation."""
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for bench, help_text in BENCHES.items():
+        module_name = f"tools.bench_{bench}"
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        bench_parser = sub.add_parser(bench, help=help_text, description=help_text)
+        module.add_arguments(bench_parser)
+        bench_parser.set_defaults(_bench_run=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen benchmark."""
+    return int(args._bench_run(args) or 0)

@@ -1,0 +1,72 @@
+"""The ``knute`` command: one table of subcommands, each in its own module.
+
+Every module named in ``COMMANDS`` provides ``add_arguments(parser)`` and
+``run(args) -> int``. Modules keep heavy imports (paho-mqtt, pymodbus, rich)
+inside ``run`` so that building the parser stays cheap. A ``KnuteError`` (or a
+``FrameError`` from the protocol) becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from gateway.errors import KnuteError
+from protocol.errors import FrameError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "encode": ("tools.codec_cli", "encode readings into an encrypted frame (hex)"),
+    "decode": ("tools.codec_cli", "decode and verify a frame (hex) and print it as JSON"),
+    "protocol": ("tools.protocol_cli", "protocol facts: frame sizes against SenML-CBOR and JSON"),
+    "bench": ("tools.bench", "benchmarks that print figures (protocol, gateway, firmware, ...)"),
+    "gateway": ("tools.gateway_cli", "run the gateway daemon or query a running one"),
+    "devices": ("tools.devices_cli", "manage the gateway's device registry"),
+    "vdevice": ("tools.vdevice", "start a virtual MicroPython board behind a pty"),
+    "provision": ("tools.provision", "provision a node over mpremote and register it"),
+    "simulate": ("tools.simulate", "simulate a fleet of nodes sending real frames"),
+    "airtime": ("tools.airtime", "LoRa time on air, duty-cycle budget and battery life"),
+    "modbus-sim": ("tools.modbus_sim", "simulate Modbus water meters and air stations"),
+    "demo": ("tools.demo", "broker, gateway, fleet and a live view in one command"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    """Subcommands whose module exists in this installation."""
+    found = {}
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            found[name] = (module, help_text)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, one sub-parser per available subcommand."""
+    parser = argparse.ArgumentParser(prog="knute", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in _available().items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(cmd, name)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``knute`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (KnuteError, FrameError) as exc:
+        print(f"knute {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
