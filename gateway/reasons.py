@@ -35,6 +35,18 @@ DESCRIPTIONS: dict[str, str] = {
     "replay": "frame counter not above the last accepted one",
     "duplicate": "same frame heard again after it was accepted",
     "counter_reset": "frame counter went back: node reset or replay, needs an operator",
+    "kind_mismatch": "frame's sensor kind differs from the kind registered for the device",
+    "oversize": "more than 255 bytes: no frame is that long",
+    "overload": "ingest queue full: the gateway cannot keep up",
+    "pf_short": "packet-forwarder datagram too short",
+    "pf_version": "packet-forwarder protocol version is not 2",
+    "pf_type": "unknown packet-forwarder datagram type",
+    "pf_gateway": "packet forwarder's gateway EUI is not in the allowed list",
+    "pf_json": "packet-forwarder JSON is not valid",
+    "pf_field": "rxpk object lacks a field or has one of the wrong type",
+    "pf_base64": "rxpk data is not valid base64",
+    "pf_size": "rxpk size differs from the decoded data length",
+    "pf_crc": "concentrator reported a CRC error (stat != 1)",
 }
 
 

@@ -1,0 +1,360 @@
+"""The gateway's TOML configuration (docs/operations.md is the reference).
+
+``load(path)`` reads the file with tomllib and checks every key: an unknown
+key, a wrong type or an out-of-range value raises one KnuteError naming the
+file, the key and the problem (``knute`` prints it and exits with status 2).
+Relative paths in the file are taken relative to the file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import KnuteError
+
+DEFAULT_STATUS_SOCKET = "/run/knute/gateway.sock"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS files for the broker connection (None: plain TCP)."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """The [mqtt] table; ``to_forwarder()`` gives the forwarder's MqttConfig."""
+
+    host: str = "localhost"
+    port: int = 1883
+    client_id: str = ""
+    protocol: str = "3.1.1"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    prefix: str = "knute"
+    keepalive: int = 30
+    max_inflight: int = 20
+    tls: TlsSettings | None = None
+
+    def to_forwarder(self) -> Any:
+        """gateway.forwarder.MqttConfig for these settings."""
+        from gateway.forwarder import MqttConfig
+
+        tls = self.tls
+        return MqttConfig(
+            host=self.host, port=self.port, client_id=self.client_id, protocol=self.protocol,
+            username=self.username, password=self.password, tls=tls is not None,
+            ca_file=tls.ca if tls else None, cert_file=tls.cert if tls else None,
+            key_file=tls.key if tls else None, prefix=self.prefix, keepalive=self.keepalive,
+            max_inflight=self.max_inflight)
+
+
+@dataclass(frozen=True)
+class SerialSourceConfig:
+    """One [[serial]] source: a UART/USB link carrying knute link records."""
+
+    name: str
+    url: str
+    baudrate: int = 115200
+    reopen_min_s: float = 0.5
+    reopen_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class UdpSourceConfig:
+    """One [[packet_forwarder]] source: a Semtech UDP packet-forwarder listener."""
+
+    name: str
+    host: str = "0.0.0.0"
+    port: int = 1700
+    gateways: tuple[str, ...] = ()       # allowed gateway EUIs (hex); empty: any
+    max_datagram: int = 16384
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything ``knute gateway run`` needs, checked."""
+
+    path: str
+    gateway_id: str
+    registry: str
+    spool: str
+    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_max_age_s: float = 30 * 86400.0
+    spool_fsync: str = "full"
+    dedup_window_s: float = 0.2
+    counter_reset_below: int = 16
+    drain_timeout_s: float = 10.0
+    log_level: str = "info"
+    status_socket: str = DEFAULT_STATUS_SOCKET
+    metrics_host: str | None = None
+    metrics_port: int | None = None
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    serial: tuple[SerialSourceConfig, ...] = ()
+    packet_forwarders: tuple[UdpSourceConfig, ...] = ()
+
+    @property
+    def source_names(self) -> list[str]:
+        """Names of every configured source."""
+        return [s.name for s in self.serial] + [u.name for u in self.packet_forwarders]
+
+
+class _Table:
+    """Typed access to one TOML table; unknown keys are errors."""
+
+    def __init__(self, file: str, prefix: str, data: Any) -> None:
+        self.file = file
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            raise self.error("", "must be a table")
+        self.data: dict[str, Any] = dict(data)
+        self.used: set[str] = set()
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix and key else (self.prefix or key)
+
+    def error(self, key: str, problem: str) -> KnuteError:
+        return KnuteError(f"{self.file}: {self.name(key)}: {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise self.error(key, f"must be {names}, got {value!r}")
+        return value
+
+    def text(self, key: str, default: Any = None, *, choices: tuple[str, ...] = ()) -> Any:
+        value = self.get(key, str, default)
+        if isinstance(value, str) and choices and value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        if isinstance(value, str) and not value and default is not None and default != "":
+            raise self.error(key, "must not be empty")
+        return value
+
+    def integer(self, key: str, default: int | None, lo: int, hi: int) -> Any:
+        value = self.get(key, int, default)
+        if value is not None and not lo <= value <= hi:
+            raise self.error(key, f"must be {lo}..{hi}, got {value}")
+        return value
+
+    def number(self, key: str, default: float | None, lo: float, hi: float) -> Any:
+        value = self.get(key, (int, float), default)
+        if value is not None and not lo <= value <= hi:
+            raise self.error(key, f"must be {lo:g}..{hi:g}, got {value}")
+        return None if value is None else float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self.get(key, bool, default))
+
+    def table(self, key: str) -> _Table | None:
+        self.used.add(key)
+        if key not in self.data:
+            return None
+        return _Table(self.file, self.name(key), self.data[key])
+
+    def tables(self, key: str) -> list[_Table]:
+        self.used.add(key)
+        if key not in self.data:
+            return []
+        items = self.data[key]
+        if not isinstance(items, list):
+            raise self.error(key, f"must be an array of tables ([[{self.name(key)}]])")
+        return [_Table(self.file, f"{self.name(key)}[{i}]", item)
+                for i, item in enumerate(items)]
+
+    def done(self) -> None:
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            raise self.error(extra[0], "unknown key")
+
+
+_TYPE_NAMES: dict[type, str] = {str: "a string", int: "an integer", float: "a number",
+                                bool: "true or false", list: "an array", dict: "a table"}
+
+
+def _path(base: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = os.path.expanduser(value)
+    return value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+
+
+def _host_port(tab: _Table, key: str, default: str | None) -> tuple[str, int] | None:
+    value = tab.text(key, default)
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise tab.error(key, f"must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load(path: str) -> GatewayConfig:
+    """Read and check a gateway TOML file."""
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise KnuteError(f"{file}: no such file") from None
+    except OSError as exc:
+        raise KnuteError(f"{file}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise KnuteError(f"{file}: not valid TOML: {exc}") from None
+    return parse(data, file)
+
+
+def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
+    """Check an already-parsed TOML document (``file`` names it in errors)."""
+    base = os.path.dirname(os.path.abspath(file))
+    root = _Table(file, "", data)
+
+    gw = root.table("gateway") or _Table(file, "gateway", {})
+    gateway_id = gw.text("id", None)
+    if not gateway_id:
+        raise gw.error("id", "is required (a short name for this gateway, e.g. 'district-3')")
+    if any(c in gateway_id for c in "/+# ") or len(gateway_id) > 64:
+        raise gw.error("id", "must be 1..64 characters without '/', '+', '#' or spaces")
+    data_dir = _path(base, gw.text("data_dir", "."))
+    assert data_dir is not None
+    registry = _path(data_dir, gw.text("registry", "registry.db"))
+    dedup_ms = gw.integer("dedup_window_ms", 200, 0, 10000)
+    reset_below = gw.integer("counter_reset_below", 16, 0, 1 << 20)
+    drain = gw.number("drain_timeout_s", 10.0, 0.0, 3600.0)
+    log_level = gw.text("log_level", "info",
+                        choices=("debug", "info", "warning", "error"))
+    gw.done()
+
+    sp = root.table("spool") or _Table(file, "spool", {})
+    spool = _path(data_dir, sp.text("path", "spool.db"))
+    max_mb = sp.number("max_mb", 256.0, 0.01, 1e7)
+    max_age_days = sp.number("max_age_days", 30.0, 0.0001, 36500.0)
+    fsync = sp.text("fsync", "full", choices=("full", "normal"))
+    sp.done()
+
+    st = root.table("status") or _Table(file, "status", {})
+    status_socket = _path(base, st.text("socket", DEFAULT_STATUS_SOCKET))
+    st.done()
+
+    metrics_host = metrics_port = None
+    mt = root.table("metrics")
+    if mt is not None:
+        listen = _host_port(mt, "listen", "127.0.0.1:9108")
+        assert listen is not None
+        metrics_host, metrics_port = listen
+        mt.done()
+
+    mqtt = _mqtt(root.table("mqtt") or _Table(file, "mqtt", {}), base, gateway_id)
+
+    serial: list[SerialSourceConfig] = []
+    for tab in root.tables("serial"):
+        name = tab.text("name", None)
+        url = tab.text("url", None)
+        if not name:
+            raise tab.error("name", "is required")
+        if not url:
+            raise tab.error("url", "is required (a device path or a pyserial URL)")
+        if "://" not in url:
+            url = _path(base, url)
+        lo = tab.number("reopen_min_s", 0.5, 0.01, 3600.0)
+        hi = tab.number("reopen_max_s", 30.0, 0.01, 3600.0)
+        if hi < lo:
+            raise tab.error("reopen_max_s", "must not be below reopen_min_s")
+        serial.append(SerialSourceConfig(
+            name=name, url=url, baudrate=tab.integer("baudrate", 115200, 50, 4_000_000),
+            reopen_min_s=lo, reopen_max_s=hi))
+        tab.done()
+
+    udp: list[UdpSourceConfig] = []
+    for tab in root.tables("packet_forwarder"):
+        name = tab.text("name", None)
+        if not name:
+            raise tab.error("name", "is required")
+        listen = _host_port(tab, "listen", "0.0.0.0:1700")
+        assert listen is not None
+        eui_list = tab.get("gateways", list, [])
+        euis: list[str] = []
+        for eui in eui_list:
+            if not isinstance(eui, str) or len(eui) != 16 or not _is_hex(eui):
+                raise tab.error("gateways", f"gateway EUIs are 16 hex digits, got {eui!r}")
+            euis.append(eui.lower())
+        udp.append(UdpSourceConfig(
+            name=name, host=listen[0], port=listen[1], gateways=tuple(euis),
+            max_datagram=tab.integer("max_datagram", 16384, 64, 65535)))
+        tab.done()
+
+    root.done()
+    names = [s.name for s in serial] + [u.name for u in udp]
+    for name in names:
+        if names.count(name) > 1:
+            raise KnuteError(f"{file}: source name {name!r} is used twice")
+    if not names:
+        raise KnuteError(f"{file}: no sources: add a [[serial]] or [[packet_forwarder]] table")
+
+    assert registry is not None and spool is not None and status_socket is not None
+    return GatewayConfig(
+        path=os.path.abspath(file), gateway_id=gateway_id, registry=registry, spool=spool,
+        spool_max_bytes=int(max_mb * 1024 * 1024), spool_max_age_s=max_age_days * 86400.0,
+        spool_fsync=fsync, dedup_window_s=dedup_ms / 1000.0, counter_reset_below=reset_below,
+        drain_timeout_s=drain, log_level=log_level, status_socket=status_socket,
+        metrics_host=metrics_host, metrics_port=metrics_port, mqtt=mqtt,
+        serial=tuple(serial), packet_forwarders=tuple(udp))
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _mqtt(tab: _Table, base: str, gateway_id: str) -> MqttSettings:
+    host = tab.text("host", "localhost")
+    port = tab.integer("port", 1883, 1, 65535)
+    client_id = tab.text("client_id", f"knute-{gateway_id}")
+    protocol = tab.text("protocol", "3.1.1", choices=("3.1.1", "5"))
+    username = tab.text("username", None)
+    password = tab.text("password", None)
+    password_file = _path(base, tab.text("password_file", None))
+    if password is not None and password_file is not None:
+        raise tab.error("password_file", "give password or password_file, not both")
+    if password_file is not None:
+        try:
+            with open(password_file, encoding="utf-8") as fh:
+                password = fh.read().strip()
+        except OSError as exc:
+            raise tab.error("password_file", f"{password_file}: {exc.strerror}") from None
+    prefix = tab.text("prefix", "knute")
+    if not prefix or prefix.startswith("/") or prefix.endswith("/") or any(
+            c in prefix for c in "+#"):
+        raise tab.error("prefix", f"must be a topic prefix without wildcards, got {prefix!r}")
+    keepalive = tab.integer("keepalive", 30, 5, 3600)
+    inflight = tab.integer("max_inflight", 20, 1, 1000)
+    tls = None
+    tt = tab.table("tls")
+    if tt is not None:
+        tls = TlsSettings(ca=_path(base, tt.text("ca", None)),
+                          cert=_path(base, tt.text("cert", None)),
+                          key=_path(base, tt.text("key", None)))
+        for key, value in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)):
+            if value is not None and not os.path.exists(value):
+                raise tt.error(key, f"{value}: no such file")
+        if (tls.cert is None) != (tls.key is None):
+            raise tt.error("key", "cert and key go together")
+        tt.done()
+    tab.done()
+    return MqttSettings(host=host, port=port, client_id=client_id, protocol=protocol,
+                        username=username, password=password, prefix=prefix,
+                        keepalive=keepalive, max_inflight=inflight, tls=tls)

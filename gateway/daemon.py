@@ -1,0 +1,464 @@
+"""``knute gateway run``: the thin I/O shell around the pure pipeline.
+
+Threads:
+- one per source (serial reader, UDP listener) putting ``Reception`` objects
+  into a bounded ingest queue;
+- the ingest loop (the main thread): pipeline decisions, dedup window, spool
+  commits through ``spool.AcceptBatcher`` (50 ms or 256 frames per
+  transaction), registry display-cache updates, control requests;
+- the forwarder's own threads (spool -> MQTT, QoS 1);
+- the status socket server and, when configured, the Prometheus endpoint.
+
+Signals: SIGTERM/SIGINT stop the sources, push everything already received
+through the pipeline and into the spool, give the forwarder
+``drain_timeout_s`` to deliver, then exit 0. SIGHUP re-reads the registry
+(devices added or removed with ``knute devices`` take effect without a
+restart).
+
+Rejected frames are logged with rate limits: an unknown device or a counter
+reset at most once per device per hour, any other reason at most once a
+minute per source and reason (the counters always count every frame).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.errors import KnuteError
+from gateway.pipeline import (
+    COUNTER_RESET,
+    UNKNOWN_DEVICE,
+    Pipeline,
+    RateLimit,
+    Ready,
+    Reception,
+    Verdict,
+    to_accepted,
+)
+from gateway.registry import Registry, Seen
+from gateway.status import Counters, StatusServer
+
+log = logging.getLogger("knute.gateway")
+
+QUEUE_LIMIT = 20000          # receptions waiting for the ingest loop
+REGISTRY_FLUSH_S = 10.0      # display cache write interval
+COMMIT_WINDOW_S = 0.05
+COMMIT_MAX_FRAMES = 256
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: ts, level, logger, msg (and exc when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The JSON line of one record."""
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str, as_json: bool) -> None:
+    """Log to stderr (journald picks it up), human-readable or as JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+class _Control:
+    """A request from the status thread that the ingest loop carries out."""
+
+    def __init__(self, action: str, device_id: int | None = None) -> None:
+        self.action = action
+        self.device_id = device_id
+        self.done = threading.Event()
+        self.error: str | None = None
+
+
+class Daemon:
+    """The running gateway. ``run()`` blocks until SIGTERM/SIGINT or ``stop()``."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.counters = Counters()
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._queue: queue.Queue[Reception] = queue.Queue(QUEUE_LIMIT)
+        self._controls: queue.Queue[_Control] = queue.Queue()
+        self._pending_sources: dict[tuple[int, int], list[str]] = {}
+        self._seen: dict[int, Seen] = {}
+        self._last_registry_flush = time.monotonic()
+        self._log_device = RateLimit(3600.0)
+        self._log_reason = RateLimit(60.0)
+        self.sources: list[Any] = []
+        self.registry: Registry | None = None
+        self.spool: Any = None
+        self.forwarder: Any = None
+        self.batcher: Any = None
+        self.pipeline: Pipeline | None = None
+        self.status_server: StatusServer | None = None
+        self.metrics: Any = None
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        from gateway.forwarder import Forwarder
+        from gateway.sources.serial import SerialSource
+        from gateway.sources.udp_forwarder import UdpForwarderSource
+        from gateway.spool import AcceptBatcher, Spool
+
+        cfg = self.cfg
+        for path in (cfg.registry, cfg.spool):
+            os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+        self.registry = Registry(cfg.registry)
+        self.spool = Spool(cfg.spool, max_bytes=cfg.spool_max_bytes,
+                           max_age_s=cfg.spool_max_age_s, fsync=cfg.spool_fsync)
+        devices = self.registry.snapshot()
+        self.pipeline = Pipeline(devices, self.spool.counters(), counters=self.counters,
+                                 dedup_window_s=cfg.dedup_window_s,
+                                 reset_below=cfg.counter_reset_below)
+        self.batcher = AcceptBatcher(self.spool, window_s=COMMIT_WINDOW_S,
+                                     max_frames=COMMIT_MAX_FRAMES, on_commit=self._committed)
+        self.forwarder = Forwarder(self.spool, cfg.mqtt.to_forwarder(),
+                                   gateway_id=cfg.gateway_id,
+                                   status_provider=self.mqtt_counters)
+        for scfg in cfg.serial:
+            self.sources.append(SerialSource(scfg, self._sink, self.counters))
+        for ucfg in cfg.packet_forwarders:
+            try:
+                self.sources.append(UdpForwarderSource(ucfg, self._sink, self.counters))
+            except OSError as exc:
+                raise KnuteError(f"{cfg.path}: packet_forwarder {ucfg.name!r}: cannot listen "
+                                 f"on {ucfg.host}:{ucfg.port}: {exc.strerror}") from None
+        try:
+            self.status_server = StatusServer(cfg.status_socket, self._handle_request)
+        except OSError as exc:
+            raise KnuteError(f"{cfg.path}: status.socket {cfg.status_socket}: "
+                             f"{exc.strerror}") from None
+        if cfg.metrics_port is not None:
+            from gateway.metrics import MetricsServer
+
+            assert cfg.metrics_host is not None
+            try:
+                self.metrics = MetricsServer(cfg.metrics_host, cfg.metrics_port, self.status)
+            except OSError as exc:
+                raise KnuteError(f"{cfg.path}: metrics.listen {cfg.metrics_host}:"
+                                 f"{cfg.metrics_port}: {exc.strerror}") from None
+        log.info("gateway %s: %d devices, %d sources, spool %s (%d rows waiting), mqtt %s:%d",
+                 cfg.gateway_id, len(devices), len(self.sources), cfg.spool,
+                 self.spool.stats()["depth"], cfg.mqtt.host, cfg.mqtt.port)
+
+    def _sink(self, rx: Reception) -> None:
+        try:
+            self._queue.put(rx, timeout=1.0)
+        except queue.Full:
+            self.counters.reject("overload", rx.source)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def mqtt_counters(self) -> dict[str, Any]:
+        """Counters for the retained MQTT status message."""
+        snap = self.counters.snapshot()
+        totals = snap["totals"]
+        return {"received": totals.get("received", 0), "accepted": totals.get("accepted", 0),
+                "rejected": totals.get("rejected", 0), "merged": totals.get("merged", 0),
+                "rejected_by_reason": snap["rejected"]}
+
+    def status(self) -> dict[str, Any]:
+        """The full live status (``knute gateway status --json``)."""
+        snap = self.counters.snapshot()
+        sources: dict[str, Any] = {}
+        for src in self.sources:
+            entry: dict[str, Any] = {"received": 0, "accepted": 0, "rejected": 0, "merged": 0,
+                                     "rejected_by_reason": {}}
+            entry.update(snap["sources"].get(src.name, {}))
+            entry.update(src.stats())
+            sources[src.name] = entry
+        spool = self.spool.stats() if self.spool is not None else {}
+        fwd: dict[str, Any] = {}
+        if self.forwarder is not None:
+            fwd = {"state": self.forwarder.state, **self.forwarder.stats()}
+        totals = {"received": 0, "accepted": 0, "rejected": 0, "merged": 0}
+        totals.update(snap["totals"])
+        totals["spooled"] = int(spool.get("accepted_total", 0))
+        totals["evicted"] = int(spool.get("evicted_total", 0))
+        totals["forwarded"] = int(fwd.get("forwarded_total", 0))
+        pipeline = self.pipeline
+        return {
+            "gateway": self.cfg.gateway_id,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "devices": len(pipeline.devices) if pipeline is not None else 0,
+            "totals": totals,
+            "rejected": snap["rejected"],
+            "sources": sources,
+            "ingest": {"queue": self._queue.qsize(),
+                       "dedup_waiting": pipeline.waiting() if pipeline is not None else 0,
+                       "commit_waiting": self.batcher.waiting() if self.batcher else 0},
+            "spool": spool,
+            "forwarder": fwd,
+        }
+
+    def _handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return self.status()
+        if cmd in ("reset-counter", "reload"):
+            device = req.get("device")
+            if cmd == "reset-counter" and not isinstance(device, int):
+                return {"ok": False, "error": "reset-counter needs an integer device"}
+            ctl = _Control(cmd, device if isinstance(device, int) else None)
+            self._controls.put(ctl)
+            if not ctl.done.wait(10.0):
+                return {"ok": False, "error": "the ingest loop did not answer in 10 s"}
+            return {"ok": ctl.error is None, "error": ctl.error}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    # -- signals --------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            self._stop.set()
+
+    def stop(self) -> None:
+        """Ask the daemon to drain and stop (as SIGTERM does)."""
+        self._stop.set()
+
+    # -- the ingest loop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Open everything, serve until stopped, drain, close. Returns the exit status."""
+        try:
+            self._open()
+        except BaseException:
+            self._close()
+            raise
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, self._on_signal)
+        assert self.status_server is not None
+        self.status_server.start()
+        self.forwarder.start()
+        for src in self.sources:
+            src.start()
+        log.info("gateway %s running", self.cfg.gateway_id)
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _loop(self) -> None:
+        pipeline = self.pipeline
+        assert pipeline is not None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            deadline = pipeline.next_deadline()
+            timeout = COMMIT_WINDOW_S
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - now))
+            try:
+                rx = self._queue.get(timeout=max(timeout, 0.001))
+            except queue.Empty:
+                pass
+            else:
+                self._submit(rx)
+                for _ in range(1024):
+                    try:
+                        rx = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._submit(rx)
+            self._release(pipeline.due(time.monotonic()))
+            self._commit(force=False)
+            self._housekeeping()
+
+    def _submit(self, rx: Reception) -> None:
+        assert self.pipeline is not None
+        verdict = self.pipeline.submit(rx)
+        if verdict.status == "rejected":
+            self._log_rejection(rx, verdict)
+
+    def _log_rejection(self, rx: Reception, verdict: Verdict) -> None:
+        now = time.monotonic()
+        dev = f"{verdict.device_id:08x}" if verdict.device_id is not None else "-"
+        if verdict.reason == UNKNOWN_DEVICE:
+            if self._log_device.allow((UNKNOWN_DEVICE, verdict.device_id), now):
+                log.warning("%s: frame from unknown device %s (fcnt %s); add it with "
+                            "'knute devices add' (logged once an hour per device)",
+                            rx.source, dev, verdict.fcnt)
+        elif verdict.reason == COUNTER_RESET:
+            if self._log_device.allow((COUNTER_RESET, verdict.device_id), now):
+                log.warning("%s: device %s counter went back to %s (%s): node reset or "
+                            "replay; after checking the node run 'knute devices "
+                            "reset-counter %s' (logged once an hour per device)",
+                            rx.source, dev, verdict.fcnt, verdict.detail, dev)
+        elif self._log_reason.allow((verdict.reason, rx.source), now):
+            who = f" from {dev} fcnt {verdict.fcnt}" if verdict.device_id is not None else ""
+            log.warning("%s: rejected frame%s: %s%s (at most one line a minute per source "
+                        "and reason)", rx.source, who, verdict.reason,
+                        f" ({verdict.detail})" if verdict.detail else "")
+
+    def _release(self, ready: Sequence[Ready]) -> None:
+        for item in ready:
+            accepted = to_accepted(item, prefix=self.cfg.mqtt.prefix,
+                                   gateway_id=self.cfg.gateway_id)
+            self._pending_sources[(accepted.device_id, accepted.fcnt)] = [
+                r.source for r in item.receptions]
+            self._seen[accepted.device_id] = Seen(
+                accepted.device_id, accepted.fcnt, accepted.received_at, item.battery,
+                tuple(item.alarms))
+            try:
+                self.batcher.add(accepted)
+            except Exception as exc:
+                self._commit_failed(exc)
+
+    def _commit(self, force: bool) -> None:
+        try:
+            if force:
+                self.batcher.flush()
+            else:
+                self.batcher.poll()
+        except Exception as exc:
+            self._commit_failed(exc)
+
+    def _commit_failed(self, exc: Exception) -> None:
+        # The batch was not accepted; memory must not run ahead of the spool.
+        from gateway.spool import SpoolError
+
+        if not isinstance(exc, SpoolError):
+            raise exc
+        log.error("spool commit failed, frames of this batch not accepted: %s", exc)
+        self.counters.inc("spool_errors")
+        self._pending_sources.clear()
+        assert self.pipeline is not None
+        try:
+            self.pipeline.load_counters(self.spool.counters())
+        except Exception as again:  # keep running; the next commit retries
+            log.error("cannot re-read replay counters: %s", again)
+
+    def _committed(self, batch: Sequence[Any]) -> None:
+        for item in batch:
+            sources = self._pending_sources.pop((item.device_id, item.fcnt), None) or []
+            self.counters.inc("accepted")
+            for name in dict.fromkeys(sources):
+                self.counters.inc("accepted", name, total=False)
+        self.forwarder.wake()
+
+    def _housekeeping(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if self._reload.is_set():
+            self._reload.clear()
+            self._reload_registry()
+        while True:
+            try:
+                ctl = self._controls.get_nowait()
+            except queue.Empty:
+                break
+            self._control(ctl)
+        if self._seen and (final or now - self._last_registry_flush >= REGISTRY_FLUSH_S):
+            self._last_registry_flush = now
+            seen, self._seen = list(self._seen.values()), {}
+            try:
+                assert self.registry is not None
+                self.registry.record_seen(seen)
+            except Exception as exc:  # display cache only
+                log.warning("registry display cache not updated: %s", exc)
+
+    def _reload_registry(self) -> None:
+        assert self.registry is not None and self.pipeline is not None
+        try:
+            devices = self.registry.snapshot()
+        except Exception as exc:  # keep the old snapshot
+            log.error("registry reload failed, keeping %d devices: %s",
+                      len(self.pipeline.devices), exc)
+            return
+        self.pipeline.update_devices(devices)
+        log.info("registry reloaded: %d devices", len(devices))
+
+    def _control(self, ctl: _Control) -> None:
+        try:
+            if ctl.action == "reload":
+                self._reload_registry()
+            elif ctl.action == "reset-counter" and ctl.device_id is not None:
+                # Commit what is waiting first, so the reset is not undone by it.
+                self._commit(force=True)
+                self.spool.reset_counter(ctl.device_id)
+                assert self.pipeline is not None
+                self.pipeline.forget_counter(ctl.device_id)
+                if self.registry is not None:
+                    self.registry.clear_counter(ctl.device_id)
+                log.warning("replay counter of device %08x reset by the operator",
+                            ctl.device_id)
+        except Exception as exc:  # reported to the requester
+            ctl.error = str(exc)
+        finally:
+            ctl.done.set()
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        log.info("stopping: draining sources, pipeline and spool")
+        for src in self.sources:
+            try:
+                src.stop()
+            except Exception as exc:
+                log.warning("%s: stop failed: %s", src.name, exc)
+        while True:
+            try:
+                rx = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._submit(rx)
+        if self.pipeline is not None:
+            self._release(self.pipeline.drain())
+        if self.batcher is not None:
+            self._commit(force=True)
+        self._housekeeping(final=True)
+        if self.forwarder is not None:
+            self.forwarder.stop(self.cfg.drain_timeout_s)
+        self._close()
+        log.info("stopped: %s", json.dumps(self.counters.snapshot()["totals"], sort_keys=True))
+
+    def _close(self) -> None:
+        if self.status_server is not None:
+            self.status_server.close()
+            self.status_server = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        for src in self.sources:
+            if getattr(src, "state", None) is not None and src.state.value != "stopped":
+                with contextlib.suppress(Exception):
+                    src.stop()
+        if self.spool is not None:
+            self.spool.close()
+        if self.registry is not None:
+            self.registry.close()

@@ -1,0 +1,405 @@
+"""The gateway's pure core: what to do with one received frame.
+
+Nothing here does I/O; every function and class works on bytes and in-memory
+state, so the whole decision path is tested without sockets, files or clocks.
+
+For each ``Reception`` (frame bytes plus where and how it was heard):
+
+1. ``protocol.frame.parse_header``: version, kind, length (no key needed).
+2. Registry lookup by device id: ``unknown_device`` if it is not registered.
+3. Dedup: a copy of a frame already waiting in the dedup window (same device,
+   same counter, identical bytes) is merged into it: its receiver metadata is
+   added and nothing else is done (the bytes were already verified).
+4. Verify and decrypt with the device's key (``Verifier``): AES-CCM through
+   cryptography's ``AESCCM`` object, cached per device and tag length, nonce
+   ``protocol.frame.nonce(device_id, fcnt)``, the 8 header bytes as associated
+   data, then ``protocol.frame.open_payload``. The result is exactly what
+   ``protocol.frame.decode`` returns, or the same FrameError reason.
+   The frame's kind must be the registered kind (``kind_mismatch``).
+5. Replay check (``ReplayGuard``) against the last accepted counter:
+     - no counter yet, or a higher one: new;
+     - the same counter: ``duplicate`` when the bytes are those of the frame
+       accepted with that counter (or when they are unknown, after a restart),
+       ``replay`` otherwise;
+     - a lower one: ``counter_reset`` when the new counter is below
+       ``reset_below`` (16) and the last one is not, i.e. the node started
+       counting again, typically after losing its state; ``replay`` otherwise.
+   A counter reset is never accepted by itself: an operator confirms it with
+   ``knute devices reset-counter`` after checking the node. The counter is 24
+   bits; a node that reaches 16,777,215 must be given a new key.
+6. Dedup window: the frame waits ``dedup_window_s`` (200 ms, as ChirpStack) from
+   its first reception so copies heard by other sources (radio bridges,
+   concentrators) are merged into one reading listing every receiver. ``due()``
+   releases frames whose window has closed, oldest first, so per-device order
+   is kept.
+
+The replay state is advanced when a frame enters the dedup window. The daemon
+spools released frames (``Spool.accept`` commits rows and counters together)
+and, should a commit fail, reloads the counters from the spool with
+``load_counters`` so memory never runs ahead of what was accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+from gateway import message
+from gateway.registry import Device
+from gateway.spool import Accepted
+from gateway.status import Counters
+from protocol import frame as pframe
+from protocol import kinds
+from protocol.errors import FRAME_TAG, FrameError
+
+UNKNOWN_DEVICE = "unknown_device"
+REPLAY = "replay"
+DUPLICATE = "duplicate"
+COUNTER_RESET = "counter_reset"
+OVERSIZE = "oversize"
+KIND_MISMATCH = "kind_mismatch"
+
+GATEWAY_REASONS = (UNKNOWN_DEVICE, REPLAY, DUPLICATE, COUNTER_RESET, OVERSIZE, KIND_MISMATCH)
+
+DEFAULT_DEDUP_WINDOW_S = 0.2
+DEFAULT_RESET_BELOW = 16
+
+
+@dataclass(frozen=True)
+class Reception:
+    """One frame as heard by one source.
+
+    ``receiver`` is that source's radio metadata (always with ``source``; radio
+    sources add rssi_dbm, snr_db, freq_hz, sf or datr, and a packet forwarder
+    its gateway_eui, chan and tmst). ``at`` is a monotonic clock reading used
+    for the dedup window; ``received_at`` is wall-clock unix seconds.
+    """
+
+    source: str
+    source_type: str           # "serial" | "radio"
+    frame: bytes
+    received_at: float
+    at: float
+    receiver: Mapping[str, Any]
+
+
+@dataclass
+class Ready:
+    """A verified frame that passed the replay check, collecting its receptions."""
+
+    decoded: dict[str, Any]    # what protocol.frame.decode returns
+    device: Device
+    raw: bytes
+    digest: bytes
+    deadline: float
+    receptions: list[Reception] = field(default_factory=list)
+
+    @property
+    def received_at(self) -> float:
+        """When the first copy arrived (unix seconds)."""
+        return self.receptions[0].received_at
+
+    @property
+    def source_type(self) -> str:
+        """"radio" when any receiver heard it over the air, else the first source's type."""
+        types = [r.source_type for r in self.receptions]
+        return "radio" if "radio" in types else types[0]
+
+    @property
+    def receivers(self) -> list[dict[str, Any]]:
+        """Every receiver's metadata, in arrival order."""
+        return [dict(r.receiver) for r in self.receptions]
+
+    @property
+    def alarms(self) -> list[str]:
+        """Names of the alarm/status bits set in the frame."""
+        return alarm_names(self.decoded)
+
+    @property
+    def battery(self) -> int | None:
+        """Battery in percent, when the kind reports it."""
+        return battery_percent(self.decoded)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What ``Pipeline.submit`` did with a reception."""
+
+    status: str                # "pending" | "merged" | "rejected"
+    reason: str | None = None
+    device_id: int | None = None
+    fcnt: int | None = None
+    detail: str | None = None
+
+
+def alarm_names(decoded: Mapping[str, Any]) -> list[str]:
+    """The names of every bit set in the kind's bit-set fields."""
+    kind: dict[str, Any] = kinds.KINDS[decoded["kind_id"]]
+    names: list[str] = []
+    for fld in kind["fields"]:
+        if fld["type"] == "bits":
+            raw = decoded["values"].get(fld["name"])
+            if raw:
+                names.extend(kinds.bit_names(fld, raw))
+    return names
+
+
+def battery_percent(decoded: Mapping[str, Any]) -> int | None:
+    """The battery reading in percent, or None."""
+    kind: dict[str, Any] = kinds.KINDS[decoded["kind_id"]]
+    fld = kinds.field_by_name(kind, "battery")
+    raw = decoded["values"].get("battery")
+    if fld is None or raw is None:
+        return None
+    value = kinds.scaled(fld, raw)
+    return int(value)
+
+
+def digest(buf: bytes) -> bytes:
+    """A short fingerprint of a frame's bytes (to tell duplicates from replays)."""
+    return hashlib.blake2b(buf, digest_size=8).digest()
+
+
+class Verifier:
+    """Verifies and decrypts frames, with one cached AESCCM object per device key."""
+
+    def __init__(self) -> None:
+        self._aead: dict[tuple[int, int], tuple[bytes, AESCCM]] = {}
+
+    def _cipher(self, device: Device, tag_len: int) -> AESCCM:
+        slot = (device.device_id, tag_len)
+        cached = self._aead.get(slot)
+        if cached is None or cached[0] != device.key:
+            cached = (device.key, AESCCM(device.key, tag_length=tag_len))
+            self._aead[slot] = cached
+        return cached[1]
+
+    def forget(self, keep: Mapping[int, Device]) -> None:
+        """Drop cached ciphers of devices not in ``keep`` (after a registry reload)."""
+        for slot in list(self._aead):
+            dev = keep.get(slot[0])
+            if dev is None or dev.key != self._aead[slot][0]:
+                del self._aead[slot]
+
+    def verify(self, buf: bytes, device: Device) -> dict[str, Any]:
+        """Check the tag and decode; same result as ``protocol.frame.decode(buf, key)``.
+
+        Raises FrameError with the same reason ``protocol.frame.decode`` gives.
+        """
+        kind_id, device_id, fcnt, tag_len = pframe.parse_header(buf)
+        header = bytes(buf[:pframe.HEADER_LEN])
+        try:
+            plain = self._cipher(device, tag_len).decrypt(
+                pframe.nonce(device_id, fcnt), bytes(buf[pframe.HEADER_LEN:]), header)
+        except InvalidTag:
+            raise FrameError(FRAME_TAG) from None
+        return {
+            "kind": kinds.KINDS[kind_id]["name"],
+            "kind_id": kind_id,
+            "device_id": device_id,
+            "fcnt": fcnt,
+            "tag_len": tag_len,
+            "values": pframe.open_payload(kind_id, plain),
+        }
+
+
+class ReplayGuard:
+    """Last accepted frame counter per device, and the rule for what may follow it."""
+
+    def __init__(self, counters: Mapping[int, int] | None = None,
+                 reset_below: int = DEFAULT_RESET_BELOW) -> None:
+        self.reset_below = reset_below
+        self._last: dict[int, int] = dict(counters or {})
+        self._digest: dict[int, bytes] = {}
+
+    def load(self, counters: Mapping[int, int]) -> None:
+        """Replace the state with ``counters`` (the spool's committed truth)."""
+        self._last = dict(counters)
+        self._digest = {d: v for d, v in self._digest.items() if d in self._last}
+
+    def last(self, device_id: int) -> int | None:
+        """The last accepted counter of a device, or None."""
+        return self._last.get(device_id)
+
+    def check(self, device_id: int, fcnt: int, fingerprint: bytes) -> str | None:
+        """None if ``fcnt`` may be accepted, else the rejection reason."""
+        last = self._last.get(device_id)
+        if last is None or fcnt > last:
+            return None
+        if fcnt == last:
+            known = self._digest.get(device_id)
+            return DUPLICATE if known is None or known == fingerprint else REPLAY
+        if fcnt < self.reset_below <= last:
+            return COUNTER_RESET
+        return REPLAY
+
+    def is_last(self, device_id: int, fcnt: int, fingerprint: bytes) -> bool:
+        """Whether these are the very bytes accepted with the device's last counter."""
+        return self._last.get(device_id) == fcnt and self._digest.get(device_id) == fingerprint
+
+    def advance(self, device_id: int, fcnt: int, fingerprint: bytes) -> None:
+        """Record ``fcnt`` as the device's last accepted counter."""
+        self._last[device_id] = fcnt
+        self._digest[device_id] = fingerprint
+
+    def forget(self, device_id: int) -> None:
+        """Drop a device's counter (operator-confirmed counter reset)."""
+        self._last.pop(device_id, None)
+        self._digest.pop(device_id, None)
+
+
+class RateLimit:
+    """At most one event per key per ``period_s`` (for log lines), bounded in size."""
+
+    def __init__(self, period_s: float, max_keys: int = 4096) -> None:
+        self.period_s = period_s
+        self.max_keys = max_keys
+        self._last: OrderedDict[Any, float] = OrderedDict()
+        self.suppressed = 0
+
+    def allow(self, key: Any, now: float) -> bool:
+        """True if an event for ``key`` at ``now`` should be let through."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.period_s:
+            self.suppressed += 1
+            return False
+        self._last[key] = now
+        self._last.move_to_end(key)
+        while len(self._last) > self.max_keys:
+            self._last.popitem(last=False)
+        return True
+
+
+class Pipeline:
+    """Decode, look up, verify, replay-check and deduplicate receptions.
+
+    Only the daemon's ingest thread calls it. ``counters`` gets ``rejected`` by
+    reason (global and per source) and ``merged`` for copies folded into a frame
+    already in its dedup window.
+    """
+
+    def __init__(self, devices: Mapping[int, Device], replay: Mapping[int, int] | None = None,
+                 *, counters: Counters | None = None,
+                 dedup_window_s: float = DEFAULT_DEDUP_WINDOW_S,
+                 reset_below: int = DEFAULT_RESET_BELOW) -> None:
+        self.devices: Mapping[int, Device] = dict(devices)
+        self.counters = counters if counters is not None else Counters()
+        self.dedup_window_s = dedup_window_s
+        self.verifier = Verifier()
+        self.replay = ReplayGuard(replay, reset_below)
+        self._window: OrderedDict[tuple[int, int], Ready] = OrderedDict()
+
+    # -- state changes from outside ----------------------------------------------------
+
+    def update_devices(self, devices: Mapping[int, Device]) -> None:
+        """Use a new registry snapshot (SIGHUP); cached ciphers of changed keys go."""
+        self.devices = dict(devices)
+        self.verifier.forget(self.devices)
+
+    def load_counters(self, counters: Mapping[int, int]) -> None:
+        """Reset the replay state to the spool's committed counters."""
+        self.replay.load(counters)
+
+    def forget_counter(self, device_id: int) -> None:
+        """Forget one device's counter (after ``knute devices reset-counter``)."""
+        self.replay.forget(device_id)
+
+    # -- the decision --------------------------------------------------------------------
+
+    def _reject(self, rx: Reception, reason: str, device_id: int | None = None,
+                fcnt: int | None = None, detail: str | None = None) -> Verdict:
+        self.counters.reject(reason, rx.source)
+        return Verdict("rejected", reason, device_id, fcnt, detail)
+
+    def submit(self, rx: Reception) -> Verdict:
+        """Process one reception; the frame, if new and valid, enters the dedup window."""
+        buf = rx.frame
+        if len(buf) > pframe.MAX_FRAME:
+            return self._reject(rx, OVERSIZE, detail=f"{len(buf)} bytes")
+        try:
+            _kind_id, device_id, fcnt, _tag_len = pframe.parse_header(buf)
+        except FrameError as exc:
+            return self._reject(rx, exc.reason, detail=exc.detail)
+        device = self.devices.get(device_id)
+        if device is None:
+            return self._reject(rx, UNKNOWN_DEVICE, device_id, fcnt)
+        slot = (device_id, fcnt)
+        waiting = self._window.get(slot)
+        if waiting is not None and waiting.raw == buf:
+            waiting.receptions.append(rx)
+            self.counters.inc("merged", rx.source)
+            return Verdict("merged", None, device_id, fcnt)
+        fingerprint = digest(buf)
+        if self.replay.is_last(device_id, fcnt, fingerprint):
+            # Identical bytes to the frame accepted with this counter: already
+            # verified, so no need to decrypt again.
+            return self._reject(rx, DUPLICATE, device_id, fcnt)
+        try:
+            decoded = self.verifier.verify(buf, device)
+        except FrameError as exc:
+            return self._reject(rx, exc.reason, device_id, fcnt, exc.detail)
+        if decoded["kind"] != device.kind:
+            return self._reject(rx, KIND_MISMATCH, device_id, fcnt,
+                                f"frame says {decoded['kind']}, registered as {device.kind}")
+        reason = self.replay.check(device_id, fcnt, fingerprint)
+        if reason is not None:
+            last = self.replay.last(device_id)
+            return self._reject(rx, reason, device_id, fcnt, f"last accepted {last}")
+        self.replay.advance(device_id, fcnt, fingerprint)
+        self._window[slot] = Ready(decoded=decoded, device=device, raw=bytes(buf),
+                                   digest=fingerprint, deadline=rx.at + self.dedup_window_s,
+                                   receptions=[rx])
+        return Verdict("pending", None, device_id, fcnt)
+
+    # -- leaving the dedup window --------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When the oldest frame's dedup window closes (monotonic), or None."""
+        for ready in self._window.values():
+            return ready.deadline
+        return None
+
+    def due(self, now: float) -> list[Ready]:
+        """Frames whose dedup window has closed by ``now``, in arrival order."""
+        out: list[Ready] = []
+        while self._window:
+            slot, ready = next(iter(self._window.items()))
+            if ready.deadline > now:
+                break
+            del self._window[slot]
+            out.append(ready)
+        return out
+
+    def drain(self) -> list[Ready]:
+        """Every waiting frame, window closed or not (at shutdown)."""
+        out = list(self._window.values())
+        self._window.clear()
+        return out
+
+    def waiting(self) -> int:
+        """Frames in the dedup window."""
+        return len(self._window)
+
+
+def to_accepted(ready: Ready, *, prefix: str, gateway_id: str) -> Accepted:
+    """The spool row of a released frame: topic and reading JSON from gateway.message."""
+    decoded = ready.decoded
+    device = message.device_name(ready.device.device_id)
+    payload = message.reading_json(
+        decoded, device=device, gateway_id=gateway_id, received_at=ready.received_at,
+        receivers=ready.receivers, source=ready.source_type, site=ready.device.site_info())
+    return Accepted(device_id=ready.device.device_id, fcnt=decoded["fcnt"],
+                    kind=decoded["kind"], topic=message.topic(prefix, decoded["kind"], device),
+                    payload=payload, alarm=message.is_alarm(decoded),
+                    received_at=ready.received_at)
+
+
+def process_all(pipeline: Pipeline, receptions: Sequence[Reception]) -> list[Verdict]:
+    """Submit several receptions in order (a convenience for tests and tools)."""
+    return [pipeline.submit(rx) for rx in receptions]

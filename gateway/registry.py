@@ -1,0 +1,431 @@
+"""The device registry: which devices this gateway serves, their keys and metadata.
+
+One SQLite file (WAL mode, created with mode 0600 because it holds AES keys)
+with one row per device: id, kind, key, name, site and location metadata, and a
+display cache (last frame counter, last seen, battery, active alarms) that the
+daemon refreshes now and then. The replay state that matters for safety is NOT
+here: it lives in the spool database, committed with the spooled rows.
+
+The schema is versioned with ``PRAGMA user_version``; ``_MIGRATIONS[n]`` takes a
+file from version n to n + 1 and every step is tested on an old file.
+
+Keys never appear in ``repr()``, logs or CLI output unless asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import KnuteError
+from protocol import frame, kinds
+
+SCHEMA_VERSION = 2
+CSV_COLUMNS = ("device_id", "kind", "key", "name", "site")
+_HEX8 = re.compile(r"^[0-9a-fA-F]{8}$")
+_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+class DeviceExists(KnuteError):
+    """A device with this id is already registered."""
+
+
+class UnknownDevice(KnuteError):
+    """No device with this id is registered."""
+
+
+def parse_device_id(text: str | int) -> int:
+    """A device id from decimal, ``0x``-hex or exactly 8 hex digits (the printed form)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        raw = str(text).strip()
+        try:
+            if raw.lower().startswith("0x"):
+                value = int(raw[2:], 16)
+            elif _HEX8.match(raw):
+                value = int(raw, 16)
+            else:
+                value = int(raw, 10)
+        except ValueError:
+            raise KnuteError(
+                f"device id {raw!r} is not decimal, 0x-hex or 8 hex digits") from None
+    if value < 0 or value > frame.MAX_DEVICE_ID:
+        raise KnuteError(f"device id {value} is outside 0..{frame.MAX_DEVICE_ID}")
+    return value
+
+
+def format_device_id(device_id: int) -> str:
+    """The printed form of a device id: 8 lower-case hex digits."""
+    return f"{device_id:08x}"
+
+
+def parse_key(key: str | bytes) -> bytes:
+    """A 16-byte AES key from bytes or 32 hex digits."""
+    if isinstance(key, bytes | bytearray):
+        raw = bytes(key)
+    else:
+        text = key.strip()
+        if not _HEX32.match(text):
+            raise KnuteError("key must be 32 hex digits (16 bytes)")
+        raw = bytes.fromhex(text)
+    if len(raw) != 16:
+        raise KnuteError("key must be 16 bytes")
+    return raw
+
+
+def check_kind(kind: str) -> str:
+    """``kind`` if it names a sensor kind in protocol.kinds, else a KnuteError."""
+    if kind not in kinds.KIND_IDS:
+        names: list[str] = [str(k) for k in kinds.KIND_IDS]
+        known = ", ".join(sorted(names))
+        raise KnuteError(f"unknown kind {kind!r} (known: {known})")
+    return kind
+
+
+@dataclass(frozen=True)
+class Device:
+    """One registered device. ``key`` is left out of repr() so it never lands in a log."""
+
+    device_id: int
+    kind: str
+    key: bytes = field(repr=False)
+    name: str = ""
+    site: str = ""
+    location: Mapping[str, Any] = field(default_factory=dict)
+    last_fcnt: int | None = None
+    last_seen: float | None = None
+    battery: int | None = None
+    alarms: tuple[str, ...] = ()
+
+    @property
+    def hex_id(self) -> str:
+        """The device id as printed in topics and logs."""
+        return format_device_id(self.device_id)
+
+    def site_info(self) -> dict[str, Any] | None:
+        """Site and location metadata for the MQTT reading, or None when there is none."""
+        info: dict[str, Any] = {}
+        if self.site:
+            info["site"] = self.site
+        info.update(self.location)
+        return info or None
+
+    def as_dict(self, *, show_key: bool = False) -> dict[str, Any]:
+        """A JSON-friendly dict; the key only with ``show_key``."""
+        out: dict[str, Any] = {
+            "device": self.hex_id,
+            "device_id": self.device_id,
+            "kind": self.kind,
+            "name": self.name,
+            "site": self.site,
+            "location": dict(self.location),
+            "last_fcnt": self.last_fcnt,
+            "last_seen": self.last_seen,
+            "battery": self.battery,
+            "alarms": list(self.alarms),
+        }
+        if show_key:
+            out["key"] = self.key.hex()
+        return out
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Display cache update for one device after an accepted frame."""
+
+    device_id: int
+    fcnt: int
+    seen_at: float
+    battery: int | None
+    alarms: tuple[str, ...]
+
+
+def csv_line(device_id: int, kind: str, key: bytes | str, name: str = "", site: str = "",
+             location: Mapping[str, Any] | None = None) -> str:
+    """One CSV line (no header) for ``knute devices import``; columns as CSV_COLUMNS.
+
+    Location metadata (address, lat, lon, ...) goes in a final ``location`` column
+    as a JSON object. The provisioning tool writes these lines when it works
+    offline; ``csv_header()`` gives the matching header.
+    """
+    check_kind(kind)
+    raw_key = parse_key(key)
+    buf = io.StringIO()
+    row = [format_device_id(device_id), kind, raw_key.hex(), name, site]
+    if location:
+        row.append(json.dumps(dict(location), sort_keys=True, separators=(",", ":")))
+    csv.writer(buf, lineterminator="\n").writerow(row)
+    return buf.getvalue()
+
+
+def csv_header(with_location: bool = True) -> str:
+    """The header line of an import file."""
+    cols = [*CSV_COLUMNS, "location"] if with_location else list(CSV_COLUMNS)
+    return ",".join(cols) + "\n"
+
+
+# Schema. Version 1 was id, kind, key, name only; version 2 added site metadata and
+# the display cache.
+_SCHEMA_V1 = """
+CREATE TABLE devices (
+    device_id INTEGER PRIMARY KEY,
+    kind      TEXT NOT NULL,
+    key       BLOB NOT NULL,
+    name      TEXT NOT NULL DEFAULT ''
+)
+"""
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE devices ADD COLUMN site TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE devices ADD COLUMN location TEXT NOT NULL DEFAULT '{}'")
+    db.execute("ALTER TABLE devices ADD COLUMN added_at REAL")
+    db.execute("ALTER TABLE devices ADD COLUMN last_fcnt INTEGER")
+    db.execute("ALTER TABLE devices ADD COLUMN last_seen REAL")
+    db.execute("ALTER TABLE devices ADD COLUMN battery INTEGER")
+    db.execute("ALTER TABLE devices ADD COLUMN alarms TEXT NOT NULL DEFAULT '[]'")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2}
+
+
+def create_v1(path: str) -> None:
+    """Create an empty version-1 registry file (for migration tests)."""
+    db = sqlite3.connect(path)
+    with db:
+        db.execute(_SCHEMA_V1)
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+
+
+def _create_private(path: str) -> None:
+    # Create the file with mode 0600 before SQLite opens it; SQLite gives its
+    # -wal and -shm files the same mode as the database file.
+    if path == ":memory:" or os.path.exists(path):
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, mode=0o750, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        raise KnuteError(f"registry {path}: cannot create: {exc.strerror}") from None
+    os.close(fd)
+
+
+class Registry:
+    """The registry database. Thread-safe; every write is one transaction."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        _create_private(path)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as exc:
+            raise KnuteError(f"registry {path}: {exc}") from None
+        self._lock = threading.Lock()
+        self._migrate()
+
+    # -- schema ------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The schema version of the open file."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self._lock:
+            try:
+                version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            except sqlite3.DatabaseError as exc:
+                raise KnuteError(f"registry {self.path}: {exc}") from None
+            if version > SCHEMA_VERSION:
+                raise KnuteError(
+                    f"registry {self.path} has schema {version}, newer than this knute "
+                    f"({SCHEMA_VERSION})")
+            if version == 0:
+                with self._db:
+                    self._db.execute(_SCHEMA_V1)
+                    self._db.execute("PRAGMA user_version = 1")
+                version = 1
+            while version < SCHEMA_VERSION:
+                with self._db:
+                    _MIGRATIONS[version](self._db)
+                    self._db.execute(f"PRAGMA user_version = {version + 1}")
+                version += 1
+
+    # -- reads -------------------------------------------------------------------
+
+    _COLS = ("device_id, kind, key, name, site, location, last_fcnt, last_seen, battery, "
+             "alarms")
+
+    @staticmethod
+    def _row(row: Sequence[Any]) -> Device:
+        return Device(
+            device_id=int(row[0]), kind=str(row[1]), key=bytes(row[2]), name=str(row[3]),
+            site=str(row[4]), location=json.loads(row[5] or "{}"),
+            last_fcnt=row[6], last_seen=row[7], battery=row[8],
+            alarms=tuple(json.loads(row[9] or "[]")))
+
+    def get(self, device_id: int) -> Device | None:
+        """The device with this id, or None."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._COLS} FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        return None if row is None else self._row(row)
+
+    def all(self) -> list[Device]:
+        """Every device, by id."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._COLS} FROM devices ORDER BY device_id").fetchall()
+        return [self._row(r) for r in rows]
+
+    def snapshot(self) -> dict[int, Device]:
+        """device_id -> Device for the pipeline (one consistent read)."""
+        return {d.device_id: d for d in self.all()}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
+
+    # -- writes ------------------------------------------------------------------
+
+    @staticmethod
+    def _values(device_id: int | str, kind: str, key: bytes | str, name: str, site: str,
+                location: Mapping[str, Any] | None) -> tuple[Any, ...]:
+        dev = parse_device_id(device_id)
+        check_kind(kind)
+        raw_key = parse_key(key)
+        loc = json.dumps(dict(location or {}), sort_keys=True)
+        return (dev, kind, raw_key, name, site, loc, time.time())
+
+    def add(self, device_id: int | str, kind: str, key: bytes | str, name: str = "",
+            site: str = "", location: Mapping[str, Any] | None = None) -> Device:
+        """Register one device; DeviceExists if the id is taken."""
+        values = self._values(device_id, kind, key, name, site, location)
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.execute(
+                        "INSERT INTO devices (device_id, kind, key, name, site, location, "
+                        "added_at) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            except sqlite3.IntegrityError:
+                raise DeviceExists(
+                    f"device {format_device_id(values[0])} is already registered") from None
+        dev = self.get(values[0])
+        assert dev is not None
+        return dev
+
+    def remove(self, device_id: int) -> None:
+        """Remove one device; UnknownDevice if there is none."""
+        with self._lock, self._db:
+            cur = self._db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
+        if cur.rowcount == 0:
+            raise UnknownDevice(f"device {format_device_id(device_id)} is not registered")
+
+    def import_csv(self, text: str, *, source: str = "<csv>") -> int:
+        """Register every device of a CSV file in one transaction (all or nothing).
+
+        The header names the columns; ``device_id``, ``kind`` and ``key`` are
+        required, ``name``, ``site`` and ``location`` (a JSON object) optional,
+        and any other column becomes a location entry (e.g. ``address``,
+        ``lat``, ``lon``). Any bad line or an id already registered (or repeated
+        in the file) rejects the whole file with a message naming the line.
+        """
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames is None:
+            raise KnuteError(f"{source}: empty file")
+        cols = [c.strip() for c in reader.fieldnames]
+        missing = [c for c in ("device_id", "kind", "key") if c not in cols]
+        if missing:
+            raise KnuteError(f"{source}: header lacks column(s) {', '.join(missing)}")
+        rows: list[tuple[Any, ...]] = []
+        seen: set[int] = set()
+        for raw in reader:
+            line = reader.line_num
+            rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items()
+                   if k is not None}
+            try:
+                location: dict[str, Any] = {}
+                if rec.get("location"):
+                    loaded = json.loads(rec["location"])
+                    if not isinstance(loaded, dict):
+                        raise KnuteError("location must be a JSON object")
+                    location.update(loaded)
+                for col, val in rec.items():
+                    if col in (*CSV_COLUMNS, "location") or not val:
+                        continue
+                    location[col] = _number_or_text(val)
+                values = self._values(rec.get("device_id", ""), rec.get("kind", ""),
+                                      rec.get("key", ""), rec.get("name", ""),
+                                      rec.get("site", ""), location)
+            except (KnuteError, ValueError) as exc:
+                raise KnuteError(f"{source} line {line}: {exc}") from None
+            if values[0] in seen:
+                raise KnuteError(
+                    f"{source} line {line}: device {format_device_id(values[0])} "
+                    "appears twice")
+            seen.add(values[0])
+            rows.append(values)
+        with self._lock:
+            try:
+                with self._db:
+                    for values in rows:
+                        try:
+                            self._db.execute(
+                                "INSERT INTO devices (device_id, kind, key, name, site, "
+                                "location, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+                        except sqlite3.IntegrityError:
+                            raise DeviceExists(
+                                f"{source}: device {format_device_id(values[0])} is already "
+                                "registered; nothing imported") from None
+            except sqlite3.DatabaseError as exc:
+                raise KnuteError(f"{source}: {exc}; nothing imported") from None
+        return len(rows)
+
+    def record_seen(self, updates: Iterable[Seen]) -> None:
+        """Refresh the display cache (last counter, last seen, battery, alarms)."""
+        params = [(u.fcnt, u.seen_at, u.battery, json.dumps(list(u.alarms)), u.device_id)
+                  for u in updates]
+        if not params:
+            return
+        with self._lock, self._db:
+            self._db.executemany(
+                "UPDATE devices SET last_fcnt = ?, last_seen = ?, battery = ?, alarms = ? "
+                "WHERE device_id = ?", params)
+
+    def clear_counter(self, device_id: int) -> None:
+        """Forget the cached last counter (display only) after a counter reset."""
+        with self._lock, self._db:
+            self._db.execute("UPDATE devices SET last_fcnt = NULL WHERE device_id = ?",
+                             (device_id,))
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+
+def _number_or_text(val: str) -> Any:
+    try:
+        return int(val)
+    except ValueError:
+        pass
+    try:
+        return float(val)
+    except ValueError:
+        return val

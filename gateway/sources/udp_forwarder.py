@@ -1,0 +1,311 @@
+"""A Semtech UDP packet-forwarder source (the server side of the protocol).
+
+Any LoRa concentrator running Semtech's packet forwarder (or a compatible
+one) sends to this listener. Datagrams, protocol version 2:
+
+    PUSH_DATA  ver | token(2) | 0x00 | gateway EUI(8) | JSON {"rxpk": [...], "stat": {...}}
+    PUSH_ACK   ver | token(2) | 0x01                       (our answer, same token)
+    PULL_DATA  ver | token(2) | 0x02 | gateway EUI(8)      (keep-alive, every ~10 s)
+    PULL_ACK   ver | token(2) | 0x04                       (our answer, same token)
+
+The protocol has no authentication and no retries, so everything is checked
+and every fault is counted by reason:
+
+    pf_short    datagram shorter than its header
+    pf_version  protocol version other than 2
+    pf_type     unknown or server-to-gateway packet type
+    pf_gateway  gateway EUI not in the configured allow-list
+    pf_json     PUSH_DATA body not a JSON object (or nested too deep)
+    pf_field    an rxpk entry with a missing or ill-typed field, or out of range
+    pf_base64   ``data`` is not valid padded base64
+    pf_size     ``size`` differs from the length of ``data``
+    pf_crc      ``stat`` is not 1 (the concentrator's CRC failed or was absent)
+    oversize    a datagram longer than ``max_datagram`` or a packet over 255 bytes
+
+Well-formed PUSH_DATA and PULL_DATA headers are acknowledged at once, before
+their content is looked at, as the protocol asks. ``stat`` objects (gateway
+status) are counted and logged at debug level.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import UdpSourceConfig
+from gateway.pipeline import OVERSIZE, RateLimit, Reception
+from gateway.sources.base import LinkState, Sink
+from gateway.status import Counters
+from protocol import frame as pframe
+from protocol.errors import FrameError
+
+log = logging.getLogger("knute.source.udp")
+
+PROTOCOL_VERSION = 2
+PUSH_DATA = 0x00
+PUSH_ACK = 0x01
+PULL_DATA = 0x02
+PULL_RESP = 0x03
+PULL_ACK = 0x04
+TX_ACK = 0x05
+
+PF_SHORT = "pf_short"
+PF_VERSION = "pf_version"
+PF_TYPE = "pf_type"
+PF_GATEWAY = "pf_gateway"
+PF_JSON = "pf_json"
+PF_FIELD = "pf_field"
+PF_BASE64 = "pf_base64"
+PF_SIZE = "pf_size"
+PF_CRC = "pf_crc"
+
+_DATR = re.compile(r"^SF(\d{1,2})BW(\d{2,3})$")
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """A checked datagram header; ``body`` is the JSON text of a PUSH_DATA."""
+
+    version: int
+    token: int
+    ptype: int
+    gateway_eui: str           # 16 lower-case hex digits
+    body: bytes
+
+
+def parse_datagram(data: bytes, max_datagram: int = 65535) -> Datagram:
+    """Check a datagram's header; FrameError with a pf_* reason (or oversize)."""
+    if len(data) > max_datagram:
+        raise FrameError(OVERSIZE, f"{len(data)}-byte datagram")
+    if len(data) < 4:
+        raise FrameError(PF_SHORT)
+    version, token, ptype = struct.unpack_from(">BHB", data, 0)
+    if version != PROTOCOL_VERSION:
+        raise FrameError(PF_VERSION, str(version))
+    if ptype not in (PUSH_DATA, PULL_DATA, TX_ACK):
+        raise FrameError(PF_TYPE, str(ptype))
+    if len(data) < 12:
+        raise FrameError(PF_SHORT)
+    eui = data[4:12].hex()
+    return Datagram(version, token, ptype, eui, bytes(data[12:]))
+
+
+def ack_for(dgram: Datagram) -> bytes | None:
+    """The PUSH_ACK or PULL_ACK answering a datagram (None for TX_ACK)."""
+    if dgram.ptype == PUSH_DATA:
+        return struct.pack(">BHB", dgram.version, dgram.token, PUSH_ACK)
+    if dgram.ptype == PULL_DATA:
+        return struct.pack(">BHB", dgram.version, dgram.token, PULL_ACK)
+    return None
+
+
+def parse_push(body: bytes) -> dict[str, Any]:
+    """The JSON object of a PUSH_DATA; FrameError(pf_json) if it is not one."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FrameError(PF_JSON, type(exc).__name__) from None
+    if not isinstance(doc, dict):
+        raise FrameError(PF_JSON, "not an object")
+    rxpk = doc.get("rxpk")
+    if rxpk is not None and not isinstance(rxpk, list):
+        raise FrameError(PF_JSON, "rxpk is not an array")
+    return doc
+
+
+def _number(pkt: dict[str, Any], name: str, lo: float, hi: float,
+            integer: bool = False) -> Any:
+    value = pkt.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            integer and not isinstance(value, int)):
+        raise FrameError(PF_FIELD, name)
+    if not lo <= value <= hi:
+        raise FrameError(PF_FIELD, name)
+    return value
+
+
+def parse_rxpk(pkt: Any, gateway_eui: str, source: str) -> tuple[bytes, dict[str, Any]]:
+    """(frame bytes, receiver metadata) of one rxpk entry; FrameError if it is bad."""
+    if not isinstance(pkt, dict):
+        raise FrameError(PF_FIELD, "rxpk entry is not an object")
+    stat = pkt.get("stat")
+    if isinstance(stat, bool) or not isinstance(stat, int):
+        raise FrameError(PF_FIELD, "stat")
+    if stat != 1:
+        raise FrameError(PF_CRC, str(stat))
+    data = pkt.get("data")
+    if not isinstance(data, str):
+        raise FrameError(PF_FIELD, "data")
+    if len(data) > 4 * (pframe.MAX_FRAME + 2) // 3 + 4:
+        raise FrameError(OVERSIZE, "data")
+    try:
+        frame = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise FrameError(PF_BASE64) from None
+    if len(frame) > pframe.MAX_FRAME:
+        raise FrameError(OVERSIZE, f"{len(frame)} bytes")
+    size = _number(pkt, "size", 0, 65535, integer=True)
+    if size is not None and size != len(frame):
+        raise FrameError(PF_SIZE, f"size {size}, data {len(frame)}")
+    meta: dict[str, Any] = {"source": source, "gateway_eui": gateway_eui}
+    rssi = _number(pkt, "rssi", -250, 50)
+    if rssi is not None:
+        meta["rssi_dbm"] = rssi
+    lsnr = _number(pkt, "lsnr", -50, 50)
+    if lsnr is not None:
+        meta["snr_db"] = lsnr
+    freq = _number(pkt, "freq", 1, 10000)
+    if freq is not None:
+        meta["freq_hz"] = round(freq * 1_000_000)
+    datr = pkt.get("datr")
+    if datr is not None:
+        if isinstance(datr, str):
+            match = _DATR.match(datr)
+            if match is None:
+                raise FrameError(PF_FIELD, "datr")
+            meta["datr"] = datr
+            meta["sf"] = int(match.group(1))
+        elif isinstance(datr, int) and not isinstance(datr, bool) and 0 < datr < 1_000_000:
+            meta["datr"] = datr        # FSK bit rate
+        else:
+            raise FrameError(PF_FIELD, "datr")
+    chan = _number(pkt, "chan", 0, 255, integer=True)
+    if chan is not None:
+        meta["chan"] = chan
+    tmst = _number(pkt, "tmst", 0, 0xFFFFFFFF, integer=True)
+    if tmst is not None:
+        meta["tmst"] = tmst
+    for name in ("time", "modu", "codr"):
+        value = pkt.get(name)
+        if value is not None:
+            if not isinstance(value, str) or len(value) > 40:
+                raise FrameError(PF_FIELD, name)
+            if name == "time":
+                meta["time"] = value
+    return frame, meta
+
+
+class UdpForwarderSource:
+    """Listens for packet forwarders on one UDP port and answers their datagrams."""
+
+    kind = "packet_forwarder"
+
+    def __init__(self, cfg: UdpSourceConfig, sink: Sink, counters: Counters) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.sink = sink
+        self.counters = counters
+        self._allowed = frozenset(cfg.gateways)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._sock.bind((cfg.host, cfg.port))
+        self._sock.settimeout(0.2)
+        self._state = LinkState.OPEN
+        self.gateways: dict[str, float] = {}     # EUI -> last datagram (unix seconds)
+        self.datagrams = 0
+        self._logged = RateLimit(60.0)
+
+    def _reject(self, exc: FrameError, at: float) -> None:
+        self.counters.reject(exc.reason, self.name)
+        if self._logged.allow(exc.reason, at):
+            log.warning("%s: rejected packet-forwarder data: %s (at most one line a minute "
+                        "per reason)", self.name, exc)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); useful when the config asked for port 0."""
+        host, port = self._sock.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def state(self) -> LinkState:
+        """OPEN while listening, STOPPED after stop()."""
+        return self._state
+
+    def start(self) -> None:
+        """Start the listener thread."""
+        self._thread = threading.Thread(target=self._run, name=f"udp-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop listening and close the socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+        self._sock.close()
+        self._state = LinkState.STOPPED
+
+    def stats(self) -> dict[str, Any]:
+        """State, datagram count and the gateways heard, for the status report."""
+        return {"type": self.kind, "listen": f"{self.cfg.host}:{self.address[1]}",
+                "state": self._state.value, "datagrams": self.datagrams,
+                "gateways": sorted(self.gateways)}
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self._sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if self._stop.is_set():
+                    break
+                log.warning("%s: receive failed: %s", self.name, exc)
+                self._stop.wait(0.5)
+                continue
+            for reply in self.handle(data, time.time(), time.monotonic()):
+                try:
+                    self._sock.sendto(reply, peer)
+                except OSError as exc:
+                    log.debug("%s: cannot answer %s: %s", self.name, peer, exc)
+
+    def handle(self, data: bytes, received_at: float, at: float) -> list[bytes]:
+        """Process one datagram: receptions go to the sink; returns the replies to send."""
+        self.datagrams += 1
+        self.counters.inc("datagrams", self.name)
+        try:
+            dgram = parse_datagram(data, self.cfg.max_datagram)
+        except FrameError as exc:
+            self._reject(exc, at)
+            return []
+        if self._allowed and dgram.gateway_eui not in self._allowed:
+            self._reject(FrameError(PF_GATEWAY, dgram.gateway_eui), at)
+            return []
+        self.gateways[dgram.gateway_eui] = received_at
+        reply = ack_for(dgram)
+        replies = [reply] if reply is not None else []
+        if dgram.ptype != PUSH_DATA:
+            return replies
+        try:
+            doc = parse_push(dgram.body)
+        except FrameError as exc:
+            self._reject(exc, at)
+            return replies
+        if "stat" in doc:
+            self.counters.inc("pf_stat", self.name)
+            log.debug("%s: gateway %s status %s", self.name, dgram.gateway_eui,
+                      str(doc["stat"])[:200])
+        for pkt in doc.get("rxpk") or ():
+            self.counters.inc("received", self.name)
+            try:
+                frame, meta = parse_rxpk(pkt, dgram.gateway_eui, self.name)
+            except FrameError as exc:
+                self._reject(exc, at)
+                continue
+            self.sink(Reception(self.name, "radio", frame, received_at, at, meta))
+        return replies
