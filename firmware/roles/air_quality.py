@@ -1,0 +1,432 @@
+# The air-quality node: a particle sensor (SDS011 or PMS5003) on a UART and a
+# BME280 on I2C, averaged over the send interval, one air_quality frame per
+# interval (protocol/kinds.py: pm1, pm2_5, pm10, temperature, humidity,
+# pressure, status).
+#
+# The particle sensor's fan wears out (the SDS011 is rated for about 8000 h),
+# so it sleeps between measurements. Each interval ends with a window:
+#
+#   ... asleep ... | wake | warm-up (warmup_s) | sample (sample_s) | send, sleep
+#
+# The warm-up clock starts with the first frame after the wake command (the
+# fan is really turning then); frames before the end of warm-up are read and
+# discarded. A sensor that does not answer a wake command gets it again every
+# few seconds. When warmup_s + sample_s is not shorter than the interval the
+# fan runs all the time and warms up once, after boot.
+#
+# The BME280 is measured in forced mode every climate_every_s, independently
+# of the particle window. Every value sent is the trimmed mean (minimum and
+# maximum dropped) of the interval's samples.
+#
+# Status bits (protocol.kinds.AIR_STATUS, in this order):
+#   pm_fault       no particle frame at all in the window: values null
+#   pm_bad_frames  more than bad_frames_max frames failed their checks in the interval
+#   climate_fault  a BME280 measurement failed in the interval; values null
+#                  when none succeeded
+#   no2_fault      not set by this firmware (no NO2 sensor is supported yet)
+#   warmup         the particle sensor answered but was still warming up when
+#                  the window closed: particle values null
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+try:
+    from time import ticks_diff as _ticks_diff
+except ImportError:                  # CPython: plain integers, no wrap-around
+    def _ticks_diff(new, old):
+        return new - old
+
+from firmware.average import TrimmedMean
+from firmware.config import ConfigError
+
+# Bit values of protocol.kinds.AIR_STATUS (a test checks the order).
+PM_FAULT = const(0x01)
+PM_BAD_FRAMES = const(0x02)
+CLIMATE_FAULT = const(0x04)
+NO2_FAULT = const(0x08)
+WARMUP = const(0x10)
+
+# Particle sensor states
+_PM_IDLE = const(0)        # asleep until the window opens
+_PM_WAKING = const(1)      # wake sent, no frame yet
+_PM_WARMUP = const(2)      # frames arrive and are discarded
+_PM_SAMPLE = const(3)      # frames are averaged
+
+_PM_POLL_MS = const(500)       # UART polling while the fan runs (frames come each 1-2.3 s)
+_WAKE_RETRY_MS = const(5000)   # repeat the wake command while the sensor stays silent
+_REQUEST_MS = const(1000)      # PMS5003 passive mode: one read request a second
+_FRAMES_PER_POLL = const(16)
+_BUSY_RETRIES = const(3)
+
+_PM_BAUD = const(9600)         # SDS011 and PMS5003: 9600 8N1
+_PM_MAX = const(20000)         # kinds table: 0..2000.0 ug/m3 in 0.1 steps
+_T_MIN = const(-400)           # 0.1 degC, the BME280's operating range
+_T_MAX = const(850)
+_P_MIN = const(3000)           # 0.1 hPa
+_P_MAX = const(11000)
+
+DEFAULTS = {
+    "pm_sensor": "sds011",     # sds011 | pms5003 | none
+    "pm_uart": "pm",           # UART name in the board's pin map (bench: bench.uart.<name>)
+    "pms_mode": "active",      # PMS5003 report mode: active | passive
+    "pms_cf1": False,          # PMS5003: CF=1 values instead of atmospheric ones
+    "interval_s": 600,         # one frame this often
+    "warmup_s": 30,            # particle frames discarded after the fan starts
+    "sample_s": 30,            # particle frames averaged after the warm-up
+    "climate": "bme280",       # bme280 | none
+    "i2c": "i2c0",             # I2C bus name in the board's pin map (bench: bench.i2c.<name>)
+    "bme280_addr": 0x76,       # 0x76 (SDO to GND) or 0x77 (SDO to VDDIO)
+    "climate_every_s": 60,     # BME280 forced measurement this often
+    "bad_frames_max": 2,       # more bad particle frames per interval set pm_bad_frames
+}
+
+
+def _int(section, key, lo, hi):
+    value = section[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or value > hi:
+        raise ConfigError("air.%s must be an integer %d..%d" % (key, lo, hi))
+
+
+def _choice(section, key, allowed):
+    if section[key] not in allowed:
+        raise ConfigError("air.%s must be one of %s" % (key, ", ".join(allowed)))
+
+
+def configure(section):
+    """The "air" config section with defaults filled in; ConfigError names a bad key."""
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ConfigError("air must be an object")
+    out = {}
+    for key in DEFAULTS:
+        out[key] = DEFAULTS[key]
+    for key in section:
+        if key not in DEFAULTS:
+            raise ConfigError("air.%s is not a known key" % key)
+        out[key] = section[key]
+    _choice(out, "pm_sensor", ("sds011", "pms5003", "none"))
+    _choice(out, "pms_mode", ("active", "passive"))
+    _choice(out, "climate", ("bme280", "none"))
+    _int(out, "interval_s", 10, 86400)
+    _int(out, "warmup_s", 0, 600)
+    _int(out, "sample_s", 1, 3600)
+    _int(out, "climate_every_s", 1, 3600)
+    _int(out, "bad_frames_max", 0, 100000)
+    if out["bme280_addr"] not in (0x76, 0x77):
+        raise ConfigError("air.bme280_addr must be 0x76 (118) or 0x77 (119)")
+    if not isinstance(out["pms_cf1"], bool):
+        raise ConfigError("air.pms_cf1 must be true or false")
+    for key in ("pm_uart", "i2c"):
+        if not isinstance(out[key], str):
+            raise ConfigError("air.%s must be a name" % key)
+    return out
+
+
+def pm_driver(name, uart, cf1=False):
+    """The particle-sensor driver for a config name, on `uart`."""
+    if name == "sds011":
+        from firmware.drivers.sds011 import SDS011
+        return SDS011(uart)
+    from firmware.drivers.pms5003 import PMS5003
+    return PMS5003(uart, cf1)
+
+
+class Node:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.cfg = cfg = configure(ctx.config.get("air"))
+        self._interval_ms = cfg["interval_s"] * 1000
+        self._warmup_ms = cfg["warmup_s"] * 1000
+        self._window_ms = (cfg["warmup_s"] + cfg["sample_s"]) * 1000
+        self._always_on = self._window_ms >= self._interval_ms
+        self._climate_ms = min(cfg["climate_every_s"], cfg["interval_s"]) * 1000
+        self._passive = cfg["pm_sensor"] == "pms5003" and cfg["pms_mode"] == "passive"
+        self.pm = None
+        self.bme = None
+        self._bme_ready = False
+        self.pm1 = TrimmedMean()
+        self.pm2_5 = TrimmedMean()
+        self.pm10 = TrimmedMean()
+        self.temperature = TrimmedMean()    # 0.01 degC samples
+        self.humidity = TrimmedMean()       # %RH * 1024 samples
+        self.pressure = TrimmedMean()       # Pa samples
+        self._pm_state = _PM_IDLE
+        self._pm_heard = False       # any frame in this window (warm-up included)
+        self._bad_mark = 0
+        # Every deadline is a (reference tick, ms after it) pair compared with
+        # ticks_diff only, so it survives the tick counter wrapping around.
+        self._diff = getattr(ctx.hal, "ticks_diff", None) or _ticks_diff
+        self._started = False
+        self._send_ref = self._send_in = 0        # the frame goes out
+        self._warm_ref = 0                        # first frame after the wake command
+        self._wake_ref = 0                        # last wake command
+        self._request_ref = 0                     # last passive-mode read request
+        self._clim_ref = self._clim_in = 0        # next BME280 measurement starts
+        self._ready_ref = self._ready_in = 0      # running measurement is done
+        self._clim_pending = False
+        self._clim_busy = 0
+        self._clim_failed = 0
+        # Figures for the console and tests
+        self.discarded = 0           # warm-up frames read and dropped
+        self.sends = 0
+        self.last_values = None
+
+    # --- Role interface ------------------------------------------------
+
+    def start(self):
+        """Open the sensors; a missing BME280 is retried at every measurement."""
+        cfg = self.cfg
+        hal = self.ctx.hal
+        if cfg["pm_sensor"] != "none":
+            uart = hal.uart(cfg["pm_uart"], _PM_BAUD)
+            self.pm = pm_driver(cfg["pm_sensor"], uart, cfg["pms_cf1"])
+            if cfg["pm_sensor"] == "sds011":
+                self.pm.wake()           # it ignores everything else while asleep
+                self.pm.set_active()
+                self.pm.set_continuous()
+            else:
+                self.pm.wake()
+                if self._passive:
+                    self.pm.set_passive()
+                else:
+                    self.pm.set_active()
+            self._bad_mark = self.pm.bad_frames
+        if cfg["climate"] == "bme280":
+            self.bme = _new_bme280(hal.i2c(cfg["i2c"]), cfg["bme280_addr"])
+            self._bme_begin()
+        self.ctx.log("air: %s, climate %s, every %d s" % (
+            cfg["pm_sensor"], cfg["climate"] if self._bme_ready or self.bme is None
+            else "bme280 NOT FOUND", cfg["interval_s"]))
+
+    def poll(self, now_ms):
+        """Do what is due at `now_ms`; return ms until the next call is wanted."""
+        if not self._started:
+            self._first_cycle(now_ms)
+        if self.pm is not None:
+            self._poll_pm(now_ms)
+        if self.bme is not None:
+            self._poll_climate(now_ms)
+        if self._left(now_ms, self._send_ref, self._send_in) <= 0:
+            self._finish(now_ms)
+        return self._next_ms(now_ms)
+
+    def status(self):
+        """Counters for the console."""
+        out = {"sends": self.sends, "discarded": self.discarded,
+               "pm_state": self._pm_state, "bme280": self._bme_ready}
+        if self.pm is not None:
+            out["pm_frames"] = self.pm.frames
+            out["pm_bad_frames"] = self.pm.bad_frames
+            out["pm_skipped"] = self.pm.skipped
+        return out
+
+    # --- schedule --------------------------------------------------------
+
+    def _left(self, now, ref, delay):
+        # ms until `delay` ms after tick `ref` (<= 0: due)
+        return delay - self._diff(now, ref)
+
+    def _first_cycle(self, now):
+        # After boot the fan starts at once, so the first frame leaves one
+        # window (or one interval when that is shorter) after the start.
+        self._started = True
+        self._send_ref = now
+        self._send_in = min(self._window_ms, self._interval_ms)
+        self._clim_ref = now
+        self._clim_in = 0
+
+    def _window_left(self, now):
+        # ms until the particle window of this interval opens
+        return self._left(now, self._send_ref, self._send_in - self._window_ms)
+
+    def _next_ms(self, now):
+        wait = self._left(now, self._send_ref, self._send_in)
+        if self.pm is not None:
+            if self._pm_state == _PM_IDLE:
+                wait = min(wait, self._window_left(now))
+            else:
+                wait = min(wait, _PM_POLL_MS)
+        if self.bme is not None:
+            if self._clim_pending:
+                wait = min(wait, self._left(now, self._ready_ref, self._ready_in))
+            else:
+                wait = min(wait, self._left(now, self._clim_ref, self._clim_in))
+        return wait if wait > 0 else 0
+
+    # --- particle sensor -------------------------------------------------
+
+    def _wake(self, now):
+        self.pm.flush()                  # bytes from before the sleep are stale
+        self.pm.wake()
+        self._pm_state = _PM_WAKING
+        self._wake_ref = now
+        self._request_ref = now
+        if self._passive:
+            self.pm.request()
+
+    def _poll_pm(self, now):
+        pm = self.pm
+        if self._pm_state == _PM_IDLE:
+            if self._window_left(now) > 0:
+                return
+            self._wake(now)
+        elif self._passive and self._left(now, self._request_ref, _REQUEST_MS) <= 0:
+            pm.request()
+            self._request_ref = now
+        for _ in range(_FRAMES_PER_POLL):
+            if not pm.poll():
+                break
+            self._pm_heard = True
+            if self._pm_state == _PM_WAKING:
+                self._pm_state = _PM_WARMUP
+                self._warm_ref = now
+            if self._pm_state == _PM_WARMUP:
+                if self._left(now, self._warm_ref, self._warmup_ms) > 0:
+                    self.discarded += 1
+                    continue
+                self._pm_state = _PM_SAMPLE
+            if pm.pm1 is not None:
+                self.pm1.add(pm.pm1)
+            self.pm2_5.add(pm.pm2_5)
+            self.pm10.add(pm.pm10)
+        state = self._pm_state
+        if state == _PM_WAKING and self._left(now, self._wake_ref, _WAKE_RETRY_MS) <= 0:
+            pm.wake()
+            self._wake_ref = now
+        elif state == _PM_WARMUP and self._left(now, self._warm_ref, self._warmup_ms) <= 0:
+            self._pm_state = _PM_SAMPLE
+
+    # --- BME280 ----------------------------------------------------------
+
+    def _bme_begin(self):
+        try:
+            self.bme.begin()
+            self._bme_ready = True
+        except (OSError, ValueError) as err:
+            self._bme_ready = False
+            self._clim_failed += 1
+            self.ctx.log("air: bme280: %r" % (err,))
+
+    def _poll_climate(self, now):
+        bme = self.bme
+        if self._clim_pending:
+            if self._left(now, self._ready_ref, self._ready_in) > 0:
+                return
+            try:
+                if bme.busy() and self._clim_busy < _BUSY_RETRIES:
+                    self._clim_busy += 1
+                    self._ready_ref = now
+                    self._ready_in = bme.measure_ms()
+                    return
+                self._clim_pending = False
+                ok = bme.read()
+            except OSError:
+                self._clim_pending = False
+                self._bme_ready = False
+                ok = False
+            if ok:
+                ok = self._add_climate(bme.temperature, bme.humidity, bme.pressure)
+            if not ok:
+                self._clim_failed += 1
+            return
+        late = -self._left(now, self._clim_ref, self._clim_in)
+        if late < 0:
+            return
+        # Next measurement one period after this one was due (no drift), or
+        # one period from now when more than a period behind.
+        self._clim_ref = now
+        self._clim_in = self._climate_ms - late if late < self._climate_ms else self._climate_ms
+        if not self._bme_ready:
+            self._bme_begin()
+            if not self._bme_ready:
+                return
+        try:
+            wait = bme.start()
+        except OSError:
+            self._bme_ready = False
+            self._clim_failed += 1
+            return
+        self._clim_pending = True
+        self._clim_busy = 0
+        self._ready_ref = now
+        self._ready_in = wait
+
+    def _add_climate(self, temp, hum, press):
+        # A sample outside the sensor's operating range is a failed measurement.
+        if temp is None or hum is None or press is None:
+            return False
+        if temp < _T_MIN * 10 or temp > _T_MAX * 10 or press < _P_MIN * 10 or press > _P_MAX * 10:
+            return False
+        self.temperature.add(temp)
+        self.humidity.add(hum)
+        self.pressure.add(press)
+        return True
+
+    # --- the frame -------------------------------------------------------
+
+    def values(self):
+        """Raw field values and status bits of the interval so far (kinds table units)."""
+        status = 0
+        values = {"pm1": None, "pm2_5": None, "pm10": None,
+                  "temperature": None, "humidity": None, "pressure": None}
+        pm = self.pm
+        if pm is not None:
+            if self.pm2_5.count:
+                values["pm1"] = _clamp_pm(self.pm1.mean())
+                values["pm2_5"] = _clamp_pm(self.pm2_5.mean())
+                values["pm10"] = _clamp_pm(self.pm10.mean())
+            elif self._pm_heard:
+                status |= WARMUP
+            else:
+                status |= PM_FAULT
+            if pm.bad_frames - self._bad_mark > self.cfg["bad_frames_max"]:
+                status |= PM_BAD_FRAMES
+        if self.bme is not None:
+            if self.temperature.count:
+                values["temperature"] = self.temperature.mean(10)
+                values["humidity"] = min(self.humidity.mean(1024), 100)
+                values["pressure"] = self.pressure.mean(10)
+            if self._clim_failed or not self.temperature.count:
+                status |= CLIMATE_FAULT
+        values["status"] = status
+        return values
+
+    def _finish(self, now):
+        values = self.values()
+        sent = self.ctx.send(values)
+        self.sends += 1
+        self.last_values = values
+        self.ctx.log("air: %s pm2.5=%s pm10=%s t=%s rh=%s p=%s status=0x%02x" % (
+            "sent" if sent else "deferred", values["pm2_5"], values["pm10"],
+            values["temperature"], values["humidity"], values["pressure"], values["status"]))
+        for avg in (self.pm1, self.pm2_5, self.pm10,
+                    self.temperature, self.humidity, self.pressure):
+            avg.reset()
+        self._clim_failed = 0
+        if self.pm is not None:
+            self._bad_mark = self.pm.bad_frames
+        # Next frame one interval after this one was due (no drift), or one
+        # interval from now when more than an interval behind.
+        late = -self._left(now, self._send_ref, self._send_in)
+        self._send_ref = now
+        self._send_in = self._interval_ms - late if late < self._interval_ms else self._interval_ms
+        if self.pm is not None and not self._always_on:
+            self.pm.sleep()
+            self._pm_state = _PM_IDLE
+            self._pm_heard = False
+        # Always on: keep sampling; the fan never stopped, so no new warm-up.
+
+
+def _clamp_pm(value):
+    if value is None:
+        return None
+    return value if value < _PM_MAX else _PM_MAX
+
+
+def _new_bme280(i2c, addr):
+    from firmware.drivers.bme280 import BME280
+    return BME280(i2c, addr)
