@@ -207,7 +207,7 @@ listen = "127.0.0.1:{self.udp_port}"
         log = (self.workdir / "gateway.log").open("ab")
         self.gateway = subprocess.Popen([knute, "gateway", "run", "--config", str(config)],
                                         stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.gateway.poll() is not None:
@@ -406,7 +406,7 @@ def _render(demo: Demo) -> Any:
     sim_h = (time.time() - demo.start_time) * demo.args.speed / 3600
     return Group(
         Panel(counters, title=f"knute demo - {sim_h:.1f} simulated hours - "
-              "[o] broker outage  [q] quit"),
+              r"\[o] broker outage  \[q] quit"),
         devices,
         Panel("\n".join(alarms) or "none yet", title="alarms"),
         Panel(f"rejected by reason: {reasons}\n" + "\n".join(demo.events), title="events"),
@@ -472,6 +472,14 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tmp.name if tmp else args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     demo = Demo(args, workdir)
+
+    def _interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) must still stop the gateway
+    # and broker this run started; the gateway itself takes SIGHUP as "reload".
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         demo.start()
         if interactive:
