@@ -1,0 +1,712 @@
+"""Poll Modbus devices and hand their readings on as if they were decoded frames.
+
+Why asyncio with pymodbus's async clients (AsyncModbusTcpClient,
+AsyncModbusSerialClient) in one thread, and not the sync clients in a thread
+per device: a gateway may poll dozens of meters; one event loop carries all of
+them without a thread (and a stack) each, a per-request timeout is one
+``asyncio.wait_for`` that cancels cleanly instead of a blocking socket read,
+and stopping is a task cancellation rather than waiting out every thread's
+read timeout. pymodbus's async clients are its primary 3.x interface; its own
+retries and automatic reconnects are turned off (``retries=0``,
+``reconnect_delay=0``) so that every attempt is seen, counted and timed here.
+
+Isolation
+    Every device runs its own task on its own interval. On a TCP bus every
+    device has its own connection (unless the bus says ``shared = true``), so a
+    slow or dead device never delays another. An RS-485 line carries one
+    request at a time by nature: devices on one RTU bus take turns through a
+    lock, and a dead device holds the line for at most its timeout times
+    (retries + 1) per request.
+
+Requests
+    A map's registers are grouped into the fewest reads (``RegisterMap.reads``:
+    contiguous addresses of one function code, at most 125 registers or 2000
+    coils each). A poll succeeds when every read of the map was answered.
+
+Failures, counted by reason for every failed attempt
+    ``timeout``      no answer within the device's ``timeout_s``
+    ``exception``    the device answered with a Modbus exception (codes counted apart)
+    ``crc``          an RTU answer whose CRC does not match (or a truncated one)
+    ``wrong_unit``   an answer from another unit id than the one asked
+    ``byte_count``   an answer with more or fewer registers than asked for
+    ``bad_frame``    an answer pymodbus could not use for another reason
+    ``connect``      the TCP connection or the serial port could not be opened
+    ``value_range``  an answer with a value the kind cannot carry (NaN, out of
+                     range): the field is sent as null when the kind allows it,
+                     otherwise the reading is dropped; not a link failure.
+    Log lines are rate-limited to one per device and reason per ``log_interval_s``.
+
+Offline condition
+    After ``offline_after`` (default 3) consecutive failed polls the device gets
+    the ``offline`` condition; the next answered poll clears it (``online``).
+    Both changes go to the condition callback (``ConditionSink``) and show in
+    ``stats()``.
+
+Frame counters
+    Each reading gets ``fcnt`` = the device's last counter + 1. At start the
+    last counter is the larger of the state file's and the one passed in as
+    ``last_fcnt`` (the daemon passes ``Spool.counters()``: the counters of
+    readings actually accepted), so counters keep increasing across restarts
+    even when the state file lags behind. The state file is therefore written
+    without fsync, at most every ``STATE_SAVE_S`` and at stop, atomically
+    (write, then rename). The counter is 24 bits: at one reading a minute it
+    lasts 31 years; a device that reaches it stops producing readings
+    (``fcnt_exhausted``) until an operator resets its counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.modbus import decode
+from gateway.modbus.regmap import Image, ReadBlock, image_from_block, map_values
+from gateway.modbus.settings import BusSettings, DeviceSettings, ModbusSettings
+from protocol import frame as pframe
+from protocol import kinds
+from protocol.errors import FrameError
+
+log = logging.getLogger("knute.modbus")
+
+SOURCE = "modbus"
+STATE_VERSION = 1
+STATE_SAVE_S = 5.0
+CONNECT_TIMEOUT_MIN_S = 1.0
+
+TIMEOUT = "timeout"
+EXCEPTION = "exception"
+CRC = "crc"
+WRONG_UNIT = "wrong_unit"
+BYTE_COUNT = "byte_count"
+BAD_FRAME = "bad_frame"
+CONNECT = "connect"
+VALUE_RANGE = "value_range"
+FCNT_EXHAUSTED = "fcnt_exhausted"
+SINK_ERROR = "sink_error"
+LINK_REASONS = (TIMEOUT, EXCEPTION, CRC, WRONG_UNIT, BYTE_COUNT, BAD_FRAME, CONNECT)
+
+ONLINE = "online"
+OFFLINE = "offline"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ModbusReading:
+    """One answered poll, shaped like a received radio frame.
+
+    ``frame`` is exactly what ``protocol.frame.decode`` returns: kind, kind_id,
+    device_id, fcnt, tag_len (0: nothing was authenticated on the wire, the
+    gateway read it itself) and values (raw wire integers by field name,
+    already checked against the kinds table). ``receiver`` is the reception
+    metadata for the JSON's ``receivers`` list: ``{"source": "modbus", "bus":
+    <bus name>, "unit_id": <unit>}``. ``received_at`` is unix seconds, ``at`` a
+    monotonic reading (for a dedup window, if the caller keeps one).
+    """
+
+    frame: dict[str, Any]
+    receiver: dict[str, Any]
+    received_at: float
+    at: float
+
+
+@dataclass(frozen=True)
+class DeviceCondition:
+    """A change of a device's condition: ``offline`` after N failed polls, ``online`` again."""
+
+    device_id: int
+    condition: str               # "offline" | "online"
+    reason: str | None           # the last failure's reason (offline), None (online)
+    detail: str | None
+    since: float                 # unix seconds of the change
+    consecutive_failures: int
+    bus: str
+    unit_id: int
+    kind: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the ``device`` is the 8-hex-digit name)."""
+        return {"device": f"{self.device_id:08x}", "kind": self.kind,
+                "condition": self.condition, "reason": self.reason, "detail": self.detail,
+                "since": self.since, "consecutive_failures": self.consecutive_failures,
+                "source": SOURCE, "bus": self.bus, "unit_id": self.unit_id}
+
+
+ReadingSink = Callable[[ModbusReading], None]
+ConditionSink = Callable[[DeviceCondition], None]
+
+
+class Failure(Exception):
+    """One failed request: ``reason`` is one of LINK_REASONS."""
+
+    def __init__(self, reason: str, detail: str = "", code: int | None = None) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.code = code
+
+
+def classify_silence(rx: bytes, rtu: bool, unit_id: int) -> str:
+    """Why a request got no usable answer, from the bytes that did arrive (maybe none).
+
+    pymodbus drops RTU frames with a bad CRC and answers from another unit
+    without telling the caller, so the raw bytes seen by the client's packet
+    trace decide between ``timeout``, ``crc``, ``wrong_unit`` and ``bad_frame``.
+    """
+    if not rx:
+        return TIMEOUT
+    if rtu:
+        if not decode.rtu_frame_ok(rx):
+            return CRC
+        return WRONG_UNIT if rx[0] != unit_id else BAD_FRAME
+    if len(rx) >= 7 and rx[6] != unit_id:
+        return WRONG_UNIT
+    return BAD_FRAME
+
+
+# ---------------------------------------------------------------- hourly profile
+
+def update_hours(hours: list[tuple[int, int]], hour: int, index: int,
+                 keep: int) -> list[tuple[int, int]]:
+    """The hour-boundary samples after a reading of ``index`` in unix hour ``hour``.
+
+    The first reading in each hour is that hour's boundary sample. A total that
+    went down (meter replaced or reset) starts the samples again.
+    """
+    if hours and (index < hours[-1][1] or hour < hours[-1][0]):
+        hours = []
+    if not hours or hours[-1][0] != hour:
+        hours = [*hours, (hour, index)]
+    return hours[-keep:]
+
+
+def hourly_profile(hours: list[tuple[int, int]], index: int, slots: int,
+                   slot_max: int = 0xFFFFFF) -> tuple[list[int], int]:
+    """(litres per hour slot oldest first, unix hour at which the last slot ends).
+
+    Slots cover the run of consecutive hours ending with the running hour (the
+    hour of the last sample): completed hours from one boundary sample to the
+    next, then the running hour from its boundary sample to ``index``. Hours in
+    which the gateway took no reading are left out, not guessed.
+    """
+    if not hours:
+        raise ValueError("no hour samples")
+    last_hour, last_index = hours[-1]
+    profile = [min(max(index - last_index, 0), slot_max)]
+    pos = len(hours) - 1
+    while pos > 0 and len(profile) < slots and hours[pos - 1][0] == hours[pos][0] - 1:
+        profile.append(min(hours[pos][1] - hours[pos - 1][1], slot_max))
+        pos -= 1
+    profile.reverse()
+    return profile, last_hour + 1
+
+
+# ---------------------------------------------------------------- persistent state
+
+@dataclass
+class DeviceState:
+    """What survives a restart: the last frame counter and the hour-boundary samples."""
+
+    fcnt: int = 0
+    hours: list[tuple[int, int]] = field(default_factory=list)
+
+
+def load_state(path: str | None) -> dict[int, DeviceState]:
+    """The state file's devices; an absent or unreadable file is an empty state (logged)."""
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        out: dict[int, DeviceState] = {}
+        for name, entry in data["devices"].items():
+            hours = [(int(h), int(x)) for h, x in entry.get("hours", [])]
+            out[int(name, 16)] = DeviceState(int(entry["fcnt"]), hours)
+        return out
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.error("modbus state file %s unreadable (%s); counters continue from the spool's",
+                  path, exc)
+        return {}
+
+
+def save_state(path: str, states: Mapping[int, DeviceState]) -> None:
+    """Write the state file atomically (temporary file, then rename)."""
+    data = {"version": STATE_VERSION,
+            "devices": {f"{dev:08x}": {"fcnt": st.fcnt, "hours": [list(h) for h in st.hours]}
+                        for dev, st in sorted(states.items())}}
+    tmp = f"{path}.tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- links
+
+class _Link:
+    """One pymodbus client (a TCP connection or a serial port) and its request lock."""
+
+    def __init__(self, bus: BusSettings, label: str) -> None:
+        self.bus = bus
+        self.label = label
+        self.lock = asyncio.Lock()
+        self.client: Any = None
+        self.rx = b""
+        self.connects = 0
+
+    @property
+    def is_open(self) -> bool:
+        """True while the client is connected."""
+        return self.client is not None and bool(self.client.connected)
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        # pymodbus passes every outgoing packet and the receive buffer through
+        # here; keep what arrived since the last request to classify silences.
+        self.rx = b"" if sending else bytes(data)
+        return data
+
+    def _new_client(self, timeout_s: float) -> Any:
+        from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+        from pymodbus.framer import FramerType
+
+        bus = self.bus
+        if bus.tcp is not None:
+            return AsyncModbusTcpClient(bus.tcp[0], port=bus.tcp[1], name=self.label,
+                                        timeout=timeout_s, retries=0, reconnect_delay=0,
+                                        trace_packet=self._trace)
+        return AsyncModbusSerialClient(str(bus.rtu), framer=FramerType.RTU, name=self.label,
+                                       baudrate=bus.baudrate, bytesize=bus.bytesize,
+                                       parity=bus.parity, stopbits=bus.stopbits,
+                                       timeout=timeout_s, retries=0, reconnect_delay=0,
+                                       trace_packet=self._trace)
+
+    async def _ensure(self, timeout_s: float) -> None:
+        if self.client is None:
+            self.client = self._new_client(timeout_s)
+        if self.client.connected:
+            return
+        self.connects += 1
+        try:
+            ok = await asyncio.wait_for(self.client.connect(),
+                                        max(timeout_s, CONNECT_TIMEOUT_MIN_S))
+        except (TimeoutError, OSError) as exc:
+            ok = False
+            why = str(exc) or type(exc).__name__
+        else:
+            why = "refused or unreachable"
+        if not ok:
+            self.close()
+            raise Failure(CONNECT, f"{self.bus.target}: {why}")
+
+    async def read(self, block: ReadBlock, unit_id: int,
+                   timeout_s: float) -> list[int] | list[bool]:
+        """One read request; Failure with the reason if it does not give the values."""
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+        async with self.lock:
+            await self._ensure(timeout_s)
+            client = self.client
+            # The client's own timeout is the device's (devices share an RTU client).
+            client.ctx.comm_params.timeout_connect = timeout_s
+            call = {1: client.read_coils, 2: client.read_discrete_inputs,
+                    3: client.read_holding_registers, 4: client.read_input_registers}
+            self.rx = b""
+            try:
+                rr = await asyncio.wait_for(
+                    call[block.function](block.address, count=block.count, device_id=unit_id),
+                    timeout_s + 0.5)
+            except (TimeoutError, ModbusIOException) as exc:
+                reason = classify_silence(self.rx, self.bus.rtu is not None, unit_id)
+                detail = _rx_detail(self.rx) if self.rx else f"no answer within {timeout_s:g} s"
+                if isinstance(exc, ModbusIOException) and "No response" not in str(exc):
+                    detail = f"{detail}; {exc}"
+                if self.bus.tcp is not None:
+                    # A late answer would otherwise be taken for the next request's
+                    # (servers and TCP-to-RTU gateways do not all keep transaction ids
+                    # apart): start the next request on a fresh connection.
+                    self.close()
+                raise Failure(reason, detail) from None
+            except ConnectionException as exc:
+                self.close()
+                raise Failure(CONNECT, str(exc)) from None
+            except (ModbusException, OSError) as exc:
+                if isinstance(exc, OSError):
+                    self.close()
+                raise Failure(BAD_FRAME, str(exc)) from None
+        if rr.isError():
+            code = int(getattr(rr, "exception_code", 0) or 0)
+            raise Failure(EXCEPTION, f"exception code {code}", code)
+        if unit_id and getattr(rr, "dev_id", unit_id) != unit_id:
+            raise Failure(WRONG_UNIT, f"answer from unit {rr.dev_id}")
+        if block.function in (3, 4):
+            words: list[int] = list(rr.registers)
+            if len(words) != block.count:
+                raise Failure(BYTE_COUNT, f"{len(words)} registers for {block.count} asked")
+            return words
+        bits: list[bool] = list(rr.bits)
+        if len(bits) != 8 * ((block.count + 7) // 8):
+            raise Failure(BYTE_COUNT, f"{len(bits)} bits for {block.count} asked")
+        return bits[:block.count]
+
+    def close(self) -> None:
+        """Close the client; the next request reconnects."""
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+def _rx_detail(rx: bytes) -> str:
+    return f"received {rx[:32].hex()}" if rx else ""
+
+
+# ---------------------------------------------------------------- devices
+
+class _Device:
+    """One polled device: its settings, link, counters and persistent state."""
+
+    def __init__(self, cfg: DeviceSettings, link: _Link, state: DeviceState) -> None:
+        self.cfg = cfg
+        self.link = link
+        self.state = state
+        self.reads = cfg.map.reads()
+        self.kind: dict[str, Any] = kinds.KINDS[cfg.map.kind_id]
+        self.condition = UNKNOWN
+        self.since = 0.0
+        self.consecutive = 0
+        self.polls = 0
+        self.polls_failed = 0
+        self.readings = 0
+        self.failures: dict[str, int] = defaultdict(int)
+        self.exception_codes: dict[int, int] = defaultdict(int)
+        self.last_error: str | None = None
+        self.last_ok_at: float | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """This device's part of ``Poller.stats()``."""
+        return {"bus": self.cfg.bus, "unit_id": self.cfg.unit_id, "kind": self.cfg.map.kind,
+                "map": self.cfg.map.name, "interval_s": self.cfg.interval_s,
+                "condition": self.condition, "since": self.since or None,
+                "consecutive_failures": self.consecutive, "polls": self.polls,
+                "polls_failed": self.polls_failed, "readings": self.readings,
+                "failures": dict(self.failures),
+                "exception_codes": {str(k): v for k, v in self.exception_codes.items()},
+                "last_error": self.last_error, "last_ok_at": self.last_ok_at,
+                "fcnt": self.state.fcnt}
+
+
+class Poller:
+    """Polls every configured Modbus device from one background thread (asyncio).
+
+    ``on_reading(ModbusReading)`` and ``on_condition(DeviceCondition)`` are
+    called from the poller's thread; they must not block for long (put the
+    item on a queue). ``last_fcnt`` maps device id -> last accepted counter
+    (``Spool.counters()``).
+    """
+
+    def __init__(self, settings: ModbusSettings, on_reading: ReadingSink, *,
+                 on_condition: ConditionSink | None = None,
+                 last_fcnt: Mapping[int, int] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.on_reading = on_reading
+        self.on_condition = on_condition
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._running = False
+        self._logged: dict[tuple[int, str], float] = {}
+        self._suppressed = 0
+        self._dirty = False
+        self.sink_errors = 0
+        states = load_state(settings.state_file)
+        spool = dict(last_fcnt or {})
+        self._states: dict[int, DeviceState] = {}
+        for dev in settings.devices:
+            st = states.get(dev.device_id, DeviceState())
+            st.fcnt = max(st.fcnt, spool.get(dev.device_id, 0))
+            self._states[dev.device_id] = st
+        self._links: dict[str, _Link] = {}
+        self._devices: list[_Device] = []
+        buses = {b.name: b for b in settings.buses}
+        for dev in settings.devices:
+            bus = buses[dev.bus]
+            key = bus.name if (bus.rtu is not None or bus.shared) else f"{bus.name}/{dev.name}"
+            link = self._links.get(key)
+            if link is None:
+                link = self._links[key] = _Link(bus, key)
+            self._devices.append(_Device(dev, link, self._states[dev.device_id]))
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start polling in a background thread (returns at once)."""
+        if self._thread is not None:
+            return
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are ours to report
+        self._running = True
+        self._thread = threading.Thread(target=self._thread_main, name="knute-modbus",
+                                        daemon=True)
+        self._thread.start()
+        self._started.wait(5.0)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop polling, close every link and save the state file."""
+        thread, loop, event = self._thread, self._loop, self._stop_event
+        if thread is None:
+            return
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+        thread.join(timeout)
+        self._thread = None
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._running
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:  # pragma: no cover - a bug; keep the daemon alive
+            log.exception("modbus poller stopped by an error")
+        finally:
+            self._running = False
+            self._started.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        tasks = [asyncio.create_task(self._run_device(dev), name=f"modbus-{dev.cfg.name}")
+                 for dev in self._devices]
+        saver = asyncio.create_task(self._save_loop(), name="modbus-state")
+        self._started.set()
+        try:
+            await self._stop_event.wait()
+        finally:
+            for task in (*tasks, saver):
+                task.cancel()
+            await asyncio.gather(*tasks, saver, return_exceptions=True)
+            for link in self._links.values():
+                link.close()
+            await asyncio.sleep(0)  # let transports finish closing
+            self._save()
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATE_SAVE_S)
+            self._save()
+
+    def _save(self) -> None:
+        path = self.settings.state_file
+        if path is None or not self._dirty:
+            return
+        self._dirty = False
+        try:
+            with self._lock:
+                states = {k: DeviceState(v.fcnt, list(v.hours)) for k, v in self._states.items()}
+            save_state(path, states)
+        except OSError as exc:
+            self._dirty = True
+            self._log_limited(0, "state_file", f"cannot write modbus state file {path}: {exc}")
+
+    # -- polling -------------------------------------------------------------------------
+
+    async def _run_device(self, dev: _Device) -> None:
+        loop = asyncio.get_running_loop()
+        interval = dev.cfg.interval_s
+        due = loop.time()
+        while True:
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._poll(dev)
+            due += interval
+            now = loop.time()
+            if due < now:  # overran: keep the phase, skip the missed slots
+                due += interval * ((now - due) // interval + 1)
+
+    async def _poll(self, dev: _Device) -> None:
+        image: Image = {}
+        try:
+            for block in dev.reads:
+                image.update(image_from_block(block, await self._read(dev, block)))
+        except Failure as failure:
+            self._failed(dev, failure)
+            return
+        self._answered(dev, image)
+
+    async def _read(self, dev: _Device, block: ReadBlock) -> list[int] | list[bool]:
+        cfg = dev.cfg
+        for attempt in range(cfg.retries + 1):
+            try:
+                return await dev.link.read(block, cfg.unit_id, cfg.timeout_s)
+            except Failure as failure:
+                with self._lock:
+                    dev.failures[failure.reason] += 1
+                    if failure.code is not None:
+                        dev.exception_codes[failure.code] += 1
+                if attempt == cfg.retries or failure.reason == CONNECT:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _failed(self, dev: _Device, failure: Failure) -> None:
+        cfg = dev.cfg
+        change: DeviceCondition | None = None
+        with self._lock:
+            dev.polls += 1
+            dev.polls_failed += 1
+            dev.consecutive += 1
+            dev.last_error = str(failure)
+            if dev.consecutive >= self.settings.offline_after and dev.condition != OFFLINE:
+                dev.condition = OFFLINE
+                dev.since = self.clock()
+                change = DeviceCondition(cfg.device_id, OFFLINE, failure.reason, failure.detail,
+                                         dev.since, dev.consecutive, cfg.bus, cfg.unit_id,
+                                         cfg.map.kind)
+        self._log_limited(cfg.device_id, failure.reason,
+                          f"modbus {cfg.name} (bus {cfg.bus}, unit {cfg.unit_id}): poll failed: "
+                          f"{failure}")
+        if change is not None:
+            log.warning("modbus %s (bus %s, unit %d): offline after %d failed polls (%s)",
+                        cfg.name, cfg.bus, cfg.unit_id, dev.consecutive, failure.reason)
+            self._emit_condition(change)
+
+    def _answered(self, dev: _Device, image: Image) -> None:
+        cfg = dev.cfg
+        rmap = cfg.map
+        now = self.clock()
+        change: DeviceCondition | None = None
+        with self._lock:
+            dev.polls += 1
+            dev.consecutive = 0
+            dev.last_ok_at = now
+            if dev.condition != ONLINE:
+                if dev.condition == OFFLINE:
+                    change = DeviceCondition(cfg.device_id, ONLINE, None, None, now, 0, cfg.bus,
+                                             cfg.unit_id, rmap.kind)
+                dev.condition = ONLINE
+                dev.since = now
+        if change is not None:
+            log.warning("modbus %s (bus %s, unit %d): answering again", cfg.name, cfg.bus,
+                        cfg.unit_id)
+            self._emit_condition(change)
+        values, problems = map_values(rmap, image)
+        if rmap.profile_from is not None and rmap.profile_field is not None:
+            total = values.get(rmap.profile_from)
+            if isinstance(total, int):
+                with self._lock:
+                    dev.state.hours = update_hours(dev.state.hours, int(now // 3600), total,
+                                                   rmap.profile_slots + 1)
+                    hours = list(dev.state.hours)
+                profile, end_hour = hourly_profile(hours, total, rmap.profile_slots)
+                values[rmap.profile_field] = profile
+                values[rmap.profile_field + "_end_h"] = end_hour % 256
+        try:
+            values = kinds.unpack(dev.kind, kinds.pack(dev.kind, values))
+        except FrameError as exc:
+            problems.append(f"{exc.reason} {exc.detail or ''}".strip())
+            values = {}
+        if problems:
+            with self._lock:
+                dev.failures[VALUE_RANGE] += len(problems)
+            self._log_limited(cfg.device_id, VALUE_RANGE,
+                              f"modbus {cfg.name}: values the kind {rmap.kind} cannot carry: "
+                              f"{', '.join(problems)}")
+        if not values:
+            return
+        with self._lock:
+            if dev.state.fcnt >= pframe.MAX_FCNT:
+                dev.failures[FCNT_EXHAUSTED] += 1
+                exhausted = True
+            else:
+                exhausted = False
+                dev.state.fcnt += 1
+                dev.readings += 1
+                self._dirty = True
+            fcnt = dev.state.fcnt
+        if exhausted:
+            self._log_limited(cfg.device_id, FCNT_EXHAUSTED,
+                              f"modbus {cfg.name}: frame counter exhausted; reset it")
+            return
+        reading = ModbusReading(
+            frame={"kind": rmap.kind, "kind_id": rmap.kind_id, "device_id": cfg.device_id,
+                   "fcnt": fcnt, "tag_len": 0, "values": values},
+            receiver={"source": SOURCE, "bus": cfg.bus, "unit_id": cfg.unit_id},
+            received_at=now, at=time.monotonic())
+        try:
+            self.on_reading(reading)
+        except Exception:
+            self.sink_errors += 1
+            log.exception("modbus %s: the reading callback failed", cfg.name)
+
+    def _emit_condition(self, change: DeviceCondition) -> None:
+        if self.on_condition is None:
+            return
+        try:
+            self.on_condition(change)
+        except Exception:
+            self.sink_errors += 1
+            log.exception("modbus: the condition callback failed")
+
+    def _log_limited(self, device_id: int, reason: str, text: str) -> None:
+        now = time.monotonic()
+        key = (device_id, reason)
+        last = self._logged.get(key)
+        if last is not None and now - last < self.settings.log_interval_s:
+            self._suppressed += 1
+            return
+        self._logged[key] = now
+        log.warning("%s", text)
+
+    # -- status --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the status topic and ``knute gateway status``.
+
+        ``failures`` counts failed request attempts by reason (summed over the
+        devices), ``devices`` has one entry per device (by 8-hex-digit name)
+        with its condition (``unknown`` before the first poll, ``online``,
+        ``offline``), counters and last error.
+        """
+        with self._lock:
+            devices = {dev.cfg.name: dev.snapshot() for dev in self._devices}
+        failures: dict[str, int] = defaultdict(int)
+        codes: dict[str, int] = defaultdict(int)
+        for entry in devices.values():
+            for reason, n in entry["failures"].items():
+                failures[reason] += n
+            for code, n in entry["exception_codes"].items():
+                codes[code] += n
+        return {
+            "state": "running" if self._running else "stopped",
+            "devices_total": len(devices),
+            "online": sum(1 for d in devices.values() if d["condition"] == ONLINE),
+            "offline": sorted(n for n, d in devices.items() if d["condition"] == OFFLINE),
+            "polls": sum(d["polls"] for d in devices.values()),
+            "readings": sum(d["readings"] for d in devices.values()),
+            "failures": dict(failures),
+            "exception_codes": dict(codes),
+            "log_suppressed": self._suppressed,
+            "sink_errors": self.sink_errors,
+            "links": {key: {"bus": link.bus.name, "kind": link.bus.kind,
+                            "target": link.bus.target, "open": link.is_open,
+                            "connects": link.connects}
+                      for key, link in self._links.items()},
+            "devices": devices,
+        }

@@ -1,0 +1,465 @@
+"""``knute modbus-sim``: simulated Modbus water meters and air-quality stations.
+
+A pymodbus server answers for several unit ids at once, each described by a
+register map (``--device UNIT:MAP``, a shipped map's name or a .toml path),
+with values that change like the real thing: a meter's index grows with a
+wandering flow, particle counts wander, temperature follows the day. It
+listens on Modbus TCP (``--tcp HOST:PORT``) and/or on a pseudo-terminal for
+Modbus RTU (``--rtu-pty``: prints the path a poller opens, as a USB RS-485
+adapter would appear).
+
+Fault knobs, for tests and bench work:
+
+  --slow-ms UNIT:MS          answer UNIT only after MS milliseconds
+  --exception-rate RATE      answer any request with exception 4 (device failure)
+                             with probability RATE
+  --exception-unit UNIT      UNIT always answers with exception 2 (illegal address)
+  --silent-unit UNIT         UNIT never answers (as any unit without --device)
+  --wrong-unit UNIT:OTHER    UNIT's answers carry unit id OTHER
+  --crc-error-unit UNIT      UNIT's RTU answers carry a wrong CRC
+  --short-unit UNIT          UNIT's answers hold one register less than asked
+  --alarm UNIT:NAME          set alarm/status bit NAME (e.g. leak, pm_fault)
+
+Once listening it prints where (``--json``: one JSON object on one line) and
+serves until SIGINT/SIGTERM or ``--duration`` seconds.
+
+RTU on a pty: the pymodbus serial server needs a device path, and so does the
+poller; a pty has only one (the master side is a bare descriptor). So two
+ptys are made and their master sides are joined by a small byte pump, a
+null-modem cable in software; the server opens one slave, the poller the
+other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import select
+import signal
+import sys
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import KnuteError
+
+DEFAULT_DEVICES = ("1:generic_water_meter", "2:generic_air_station")
+DEFAULT_TCP = "127.0.0.1:5020"
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str = "modbus-sim") -> None:
+    """Options of ``knute modbus-sim``."""
+    parser.add_argument("--tcp", metavar="HOST:PORT",
+                        help=f"listen for Modbus TCP (default {DEFAULT_TCP} when no --rtu-pty)")
+    parser.add_argument("--rtu-pty", action="store_true",
+                        help="serve Modbus RTU on a new pseudo-terminal and print its path")
+    parser.add_argument("--device", action="append", default=[], metavar="UNIT:MAP",
+                        help="a simulated unit and its register map (repeatable; default "
+                        + ", ".join(DEFAULT_DEVICES) + ")")
+    parser.add_argument("--slow-ms", action="append", default=[], metavar="UNIT:MS",
+                        help="delay UNIT's answers by MS milliseconds (repeatable)")
+    parser.add_argument("--exception-rate", type=float, default=0.0, metavar="RATE",
+                        help="probability of answering with exception 4 (0..1)")
+    parser.add_argument("--exception-unit", action="append", type=int, default=[],
+                        metavar="UNIT", help="UNIT always answers with exception 2")
+    parser.add_argument("--silent-unit", action="append", type=int, default=[], metavar="UNIT",
+                        help="UNIT never answers")
+    parser.add_argument("--wrong-unit", action="append", default=[], metavar="UNIT:OTHER",
+                        help="UNIT's answers carry unit id OTHER")
+    parser.add_argument("--crc-error-unit", action="append", type=int, default=[],
+                        metavar="UNIT", help="UNIT's RTU answers carry a wrong CRC")
+    parser.add_argument("--short-unit", action="append", type=int, default=[], metavar="UNIT",
+                        help="UNIT's answers hold one register less than asked for")
+    parser.add_argument("--alarm", action="append", default=[], metavar="UNIT:NAME",
+                        help="set alarm/status bit NAME on UNIT (repeatable)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
+    parser.add_argument("--duration", type=float, default=None, metavar="S",
+                        help="stop after S seconds (default: run until SIGINT/SIGTERM)")
+    parser.add_argument("--json", action="store_true",
+                        help="print where it listens as one JSON line")
+
+
+# ---------------------------------------------------------------- argument parsing
+
+def _pair(text: str, opt: str) -> tuple[int, str]:
+    unit, sep, rest = text.partition(":")
+    if not sep or not unit.strip().isdigit() or not rest:
+        raise KnuteError(f"{opt} {text!r}: expected UNIT:VALUE")
+    value = int(unit)
+    if not 0 <= value <= 255:
+        raise KnuteError(f"{opt} {text!r}: unit id must be 0..255")
+    return value, rest
+
+
+def _unit_int(text: str, opt: str) -> tuple[int, int]:
+    unit, rest = _pair(text, opt)
+    try:
+        return unit, int(rest)
+    except ValueError:
+        raise KnuteError(f"{opt} {text!r}: {rest!r} is not an integer") from None
+
+
+@dataclass
+class Faults:
+    """The fault knobs, per unit."""
+
+    slow_s: dict[int, float] = field(default_factory=dict)
+    exception_rate: float = 0.0
+    exception_units: set[int] = field(default_factory=set)
+    silent_units: set[int] = field(default_factory=set)
+    wrong_unit: dict[int, int] = field(default_factory=dict)
+    crc_units: set[int] = field(default_factory=set)
+    short_units: set[int] = field(default_factory=set)
+
+
+# ---------------------------------------------------------------- the simulated devices
+
+class SimUnit:
+    """One simulated device: a register map and plausible, changing readings."""
+
+    def __init__(self, unit_id: int, rmap: Any, rng: random.Random, alarms: set[str]) -> None:
+        from protocol import kinds
+
+        self.unit_id = unit_id
+        self.map = rmap
+        self.rng = rng
+        self.kind: dict[str, Any] = kinds.KINDS[rmap.kind_id]
+        self.alarms = alarms
+        self.started = time.monotonic()
+        self.last = self.started
+        self.index_l = rng.uniform(1e5, 5e6)
+        self.flow_m3h = rng.uniform(8.0, 30.0)
+        self.pm2_5 = rng.uniform(4.0, 25.0)
+        self.humidity = rng.uniform(45.0, 80.0)
+        self.pressure = rng.uniform(995.0, 1025.0)
+        self.no2 = rng.uniform(10.0, 50.0)
+
+    @staticmethod
+    def _wander(value: float, step: float, lo: float, hi: float, rng: random.Random) -> float:
+        return min(hi, max(lo, value + rng.uniform(-step, step)))
+
+    def step(self) -> dict[str, float]:
+        """Advance the simulation to now; the readings in the kind's units by field name."""
+        now = time.monotonic()
+        dt = max(0.0, now - self.last)
+        self.last = now
+        rng = self.rng
+        self.flow_m3h = self._wander(self.flow_m3h, 0.5, 8.0, 40.0, rng)
+        self.index_l += self.flow_m3h * 1000.0 / 3600.0 * dt
+        self.pm2_5 = self._wander(self.pm2_5, 0.8, 2.0, 80.0, rng)
+        self.humidity = self._wander(self.humidity, 0.5, 20.0, 98.0, rng)
+        self.pressure = self._wander(self.pressure, 0.2, 970.0, 1040.0, rng)
+        self.no2 = self._wander(self.no2, 1.0, 2.0, 150.0, rng)
+        day = time.time() / 86400.0 * 2 * math.pi
+        return {
+            "index": self.index_l,
+            "max_flow": self.flow_m3h * 1000.0,
+            "battery": 95.0,
+            "pm1": self.pm2_5 * 0.7,
+            "pm2_5": self.pm2_5,
+            "pm10": self.pm2_5 * 1.6,
+            "temperature": 8.0 + 6.0 * math.sin(day) + rng.uniform(-0.2, 0.2),
+            "humidity": self.humidity,
+            "pressure": self.pressure,
+            "no2": self.no2,
+        }
+
+    def image(self) -> dict[tuple[int, int], int]:
+        """(function, address) -> register word (or bit) for the map's registers, now."""
+        from gateway.modbus import decode
+        from gateway.modbus.regmap import kind_field, unit_conversion
+
+        readings = self.step()
+        out: dict[tuple[int, int], int] = {}
+        for reg in self.map.registers:
+            fdef = kind_field(self.kind, reg.field)
+            if fdef["type"] == "bits":
+                names = [name for _bit, name in reg.bits if name in self.alarms]
+                if reg.function in (1, 2):
+                    out[(reg.function, reg.address)] = 1 if names else 0
+                    continue
+                word = 0
+                for bit, name in reg.bits:
+                    if name in self.alarms:
+                        word |= 1 << bit
+                words = decode.encode_value(word, "u" + reg.dtype[1:], reg.word_order,
+                                            reg.byte_order)
+            else:
+                value = readings.get(reg.field)
+                if value is None:  # a field this simulator has no model for: mid-range
+                    value = (fdef["min"] + fdef["max"]) / 2 * fdef.get("mul", 1) \
+                        / fdef.get("div", 1)
+                factor, shift = unit_conversion(reg.unit, fdef["unit"]) or (1.0, 0.0)
+                physical = (value - shift) / factor
+                stored = (physical - reg.offset) / reg.scale
+                words = decode.encode_value(_fit(stored, reg.dtype), reg.dtype,
+                                            reg.word_order, reg.byte_order)
+            for pos, word in enumerate(words):
+                out[(reg.function, reg.address + pos)] = word
+        return out
+
+
+def _fit(value: float, dtype: str) -> int | float:
+    """``value`` as the register type holds it: rounded and clamped for integers."""
+    if dtype.startswith("float"):
+        return value
+    bits = int(dtype[1:])
+    lo, hi = (0, (1 << bits) - 1) if dtype[0] == "u" else (-(1 << (bits - 1)),
+                                                           (1 << (bits - 1)) - 1)
+    return min(hi, max(lo, round(value)))
+
+
+# ---------------------------------------------------------------- pymodbus server glue
+
+def _sim_device(unit: SimUnit | None, unit_id: int, faults: Faults,
+                rng: random.Random) -> Any:
+    """A pymodbus SimDevice whose registers are filled from ``unit`` at every request."""
+    from pymodbus.constants import ExcCodes
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    spans: dict[int, tuple[int, int]] = {}
+    if unit is not None:
+        for reg in unit.map.registers:
+            lo, hi = spans.get(reg.function, (reg.address, reg.end))
+            spans[reg.function] = (min(lo, reg.address), max(hi, reg.end))
+    blocks: list[list[Any]] = []
+    for function in (1, 2, 3, 4):   # SimDevice's tuple order: coils, inputs, holding, input
+        lo, hi = spans.get(function, (0, 16 if function in (1, 2) else 1))
+        if function in (1, 2):
+            blocks.append([SimData(address=lo, count=hi - lo, values=False,
+                                   datatype=DataType.BITS)])
+        else:
+            blocks.append([SimData(address=lo, count=hi - lo, values=0,
+                                   datatype=DataType.REGISTERS)])
+
+    async def action(function: int, start: int, address: int, count: int,
+                     registers: list[int], values: Any) -> Any:
+        import asyncio
+
+        delay = faults.slow_s.get(unit_id)
+        if delay:
+            await asyncio.sleep(delay)
+        if unit_id in faults.exception_units:
+            return ExcCodes.ILLEGAL_ADDRESS
+        if faults.exception_rate and rng.random() < faults.exception_rate:
+            return ExcCodes.DEVICE_FAILURE
+        if unit is None or values is not None:
+            return None
+        for (fc, addr), word in unit.image().items():
+            if fc != function:
+                continue
+            if fc in (1, 2):   # bits: 16 to a register, bit 0 first; start counts registers
+                slot, bit = divmod(addr, 16)
+                if 0 <= slot - start < len(registers):
+                    mask = 1 << bit
+                    cur = registers[slot - start]
+                    registers[slot - start] = (cur | mask) if word else (cur & ~mask)
+            elif 0 <= addr - start < len(registers):
+                registers[addr - start] = word
+        return None
+
+    return SimDevice(id=unit_id, simdata=(blocks[0], blocks[1], blocks[2], blocks[3]),
+                     action=action)
+
+
+def make_trace(faults: Faults, units: set[int], rtu: bool) -> Any:
+    """The server's packet hook: silences, rewrites unit ids, breaks CRCs, drops a register."""
+    from gateway.modbus.decode import with_crc
+
+    def trace(sending: bool, packet: bytes) -> bytes:
+        if not sending or not packet:
+            return packet
+        head = 0 if rtu else 6          # unit id: RTU byte 0, TCP after the 6-byte MBAP start
+        if len(packet) <= head + 1:
+            return packet
+        unit = packet[head]
+        if unit not in units or unit in faults.silent_units:
+            return b""
+        body = bytearray(packet[:-2] if rtu else packet)
+        if unit in faults.short_units and body[head + 1] in (3, 4) and body[head + 2] >= 2:
+            body[head + 2] -= 2
+            del body[-2:]
+            if not rtu:
+                body[4:6] = (len(body) - 6).to_bytes(2, "big")
+        if unit in faults.wrong_unit:
+            body[head] = faults.wrong_unit[unit] & 0xFF
+        if not rtu:
+            return bytes(body)
+        out = with_crc(bytes(body))
+        if unit in faults.crc_units:
+            out = out[:-1] + bytes((out[-1] ^ 0xFF,))
+        return out
+
+    return trace
+
+
+class PtyLink:
+    """Two ptys whose master sides are joined: the server opens one, the poller the other."""
+
+    def __init__(self) -> None:
+        self.server_master, self.server_slave = os.openpty()
+        self.client_master, self.client_slave = os.openpty()
+        for fd in (self.server_slave, self.client_slave):
+            tty.setraw(fd)
+        self.server_path = os.ttyname(self.server_slave)
+        self.client_path = os.ttyname(self.client_slave)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="modbus-sim-pty", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        peer = {self.server_master: self.client_master, self.client_master: self.server_master}
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select(list(peer), [], [], 0.2)
+            except (OSError, ValueError):
+                return
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                    if data:
+                        os.write(peer[fd], data)
+                except OSError:  # the other side closed for a moment (a poller reopening)
+                    time.sleep(0.01)
+
+    def close(self) -> None:
+        """Stop the pump and close every descriptor."""
+        self._stop.set()
+        self._thread.join(2.0)
+        for fd in (self.server_master, self.server_slave, self.client_master,
+                   self.client_slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# ---------------------------------------------------------------- run
+
+def _build(args: argparse.Namespace) -> tuple[dict[int, SimUnit], Faults, random.Random]:
+    from gateway.modbus.regmap import load_map, resolve_map_path
+
+    rng = random.Random(args.seed)
+    alarms: dict[int, set[str]] = {}
+    for text in args.alarm:
+        unit, name = _pair(text, "--alarm")
+        alarms.setdefault(unit, set()).add(name)
+    units: dict[int, SimUnit] = {}
+    for text in args.device or list(DEFAULT_DEVICES):
+        unit, map_name = _pair(text, "--device")
+        if unit in units:
+            raise KnuteError(f"--device {text!r}: unit {unit} is given twice")
+        rmap = load_map(resolve_map_path(map_name, os.getcwd()))
+        units[unit] = SimUnit(unit, rmap, random.Random(rng.random()), alarms.get(unit, set()))
+    for unit, names in alarms.items():
+        if unit not in units:
+            raise KnuteError(f"--alarm: unit {unit} is not a --device")
+        from protocol import kinds
+
+        known = {b for f in units[unit].kind["fields"] if f["type"] == "bits" for b in f["bits"]}
+        unknown = names - known
+        if unknown:
+            raise KnuteError(f"--alarm: {', '.join(sorted(unknown))} is not a bit of "
+                             f"{units[unit].map.kind} ({', '.join(sorted(known))})")
+        del kinds
+    if not 0.0 <= args.exception_rate <= 1.0:
+        raise KnuteError("--exception-rate must be 0..1")
+    faults = Faults(
+        slow_s={u: ms / 1000.0 for u, ms in (_unit_int(t, "--slow-ms") for t in args.slow_ms)},
+        exception_rate=args.exception_rate,
+        exception_units=set(args.exception_unit),
+        silent_units=set(args.silent_unit),
+        wrong_unit=dict(_unit_int(t, "--wrong-unit") for t in args.wrong_unit),
+        crc_units=set(args.crc_error_unit),
+        short_units=set(args.short_unit),
+    )
+    return units, faults, rng
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM (or --duration)."""
+    import asyncio
+    import logging
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    units, faults, rng = _build(args)
+    tcp: tuple[str, int] | None = None
+    if args.tcp or not args.rtu_pty:
+        host, sep, port = (args.tcp or DEFAULT_TCP).rpartition(":")
+        if not sep or not port.isdigit():
+            raise KnuteError(f"--tcp {args.tcp!r}: expected HOST:PORT")
+        tcp = (host or "127.0.0.1", int(port))
+    return asyncio.run(_serve(args, units, faults, rng, tcp))
+
+
+async def _serve(args: argparse.Namespace, units: dict[int, SimUnit], faults: Faults,
+                 rng: random.Random, tcp: tuple[str, int] | None) -> int:
+    import asyncio
+
+    from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+
+    def devices() -> list[Any]:
+        out = [_sim_device(unit, uid, faults, rng) for uid, unit in sorted(units.items())]
+        if 0 not in units:   # answers for every other unit id; the trace hook silences them
+            out.append(_sim_device(None, 0, faults, rng))
+        return out
+
+    answering = set(units)
+    servers: list[Any] = []
+    server: Any
+    pty: PtyLink | None = None
+    info: dict[str, Any] = {"pid": os.getpid(), "tcp": None, "rtu": None,
+                            "devices": [{"unit_id": uid, "map": unit.map.name,
+                                         "kind": unit.map.kind, "alarms": sorted(unit.alarms)}
+                                        for uid, unit in sorted(units.items())]}
+    try:
+        if tcp is not None:
+            server = ModbusTcpServer(devices(), address=tcp,
+                                     trace_packet=make_trace(faults, answering, rtu=False))
+            try:
+                await server.serve_forever(background=True)
+            except (OSError, RuntimeError) as exc:
+                raise KnuteError(f"cannot listen on {tcp[0]}:{tcp[1]}: {exc}") from None
+            servers.append(server)
+            info["tcp"] = f"{tcp[0]}:{tcp[1]}"
+        if args.rtu_pty:
+            pty = PtyLink()
+            server = ModbusSerialServer(devices(), port=pty.server_path, baudrate=19200,
+                                        trace_packet=make_trace(faults, answering, rtu=True))
+            try:
+                await server.serve_forever(background=True)
+            except (OSError, RuntimeError) as exc:
+                raise KnuteError(f"cannot open pty {pty.server_path}: {exc}") from None
+            servers.append(server)
+            info["rtu"] = pty.client_path
+        if args.json:
+            print(json.dumps(info), flush=True)
+        else:
+            where = [f"tcp {info['tcp']}"] if info["tcp"] else []
+            if info["rtu"]:
+                where.append(f"rtu {info['rtu']}")
+            print(f"modbus-sim: listening on {' and '.join(where)}", flush=True)
+            for dev in info["devices"]:
+                extra = f" alarms {','.join(dev['alarms'])}" if dev["alarms"] else ""
+                print(f"  unit {dev['unit_id']}: {dev['map']} ({dev['kind']}){extra}",
+                      flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if args.duration is not None:
+            loop.call_later(args.duration, stop.set)
+        await stop.wait()
+    finally:
+        for server in servers:
+            try:
+                await server.shutdown()
+            except Exception as exc:  # a transport already gone at shutdown
+                print(f"modbus-sim: shutdown: {exc}", file=sys.stderr)
+        if pty is not None:
+            pty.close()
+    return 0
