@@ -34,10 +34,7 @@ import collections
 import contextlib
 import os
 import random
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import tty
@@ -46,13 +43,15 @@ from pathlib import Path
 
 import pytest
 
+# The broker class is shared with the demo and the benchmarks; tests import it from here.
+from tools.broker import MOSQUITTO, Broker, BrokerError
+
+__all__ = ["MOSQUITTO", "Broker", "BrokerError", "free_port"]
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
-MOSQUITTO = Path("/usr/sbin/mosquitto")
 BROKER_KINDS = ("mosquitto", "amqtt")
 BROKER_ENV = "KNUTE_TEST_BROKER"  # force "mosquitto" or "amqtt" for every test
-BROKER_START_TIMEOUT_S = 15.0
-BROKER_STOP_TIMEOUT_S = 5.0
 THREAD_GRACE_S = 2.0
 
 # kind -> number of broker starts in this pytest process (shown in the summary)
@@ -160,138 +159,6 @@ def _free_port_fixture() -> Callable[..., int]:
 
 # ---------------------------------------------------------------- MQTT brokers
 
-class BrokerError(RuntimeError):
-    """A test broker did not start."""
-
-
-def _mqtt_connack(host: str, port: int, timeout_s: float = 1.0) -> bool:
-    """True if an MQTT 3.1.1 CONNECT to ``host:port`` is accepted (CONNACK, code 0)."""
-    client_id = b"knute-probe-%d" % os.getpid()
-    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            sock.sendall(bytes((0x10, len(body))) + body)
-            reply = b""
-            while len(reply) < 4:
-                chunk = sock.recv(4 - len(reply))
-                if not chunk:
-                    return False
-                reply += chunk
-            sock.sendall(b"\xe0\x00")  # DISCONNECT
-            return reply == b"\x20\x02\x00\x00"
-    except OSError:
-        return False
-
-
-class Broker:
-    """An MQTT broker process listening on 127.0.0.1 for the tests.
-
-    ``kind`` is "mosquitto" (``/usr/sbin/mosquitto``, its own config file:
-    one listener on 127.0.0.1, anonymous clients allowed, no persistence) or
-    "amqtt" (the pure-Python broker, in a subprocess, for machines without
-    Mosquitto). Files (config, log) live in ``workdir``. The port stays the
-    same across ``stop()``/``start()``, so clients see an outage and a return.
-    """
-
-    def __init__(self, workdir: Path, kind: str, port: int | None = None) -> None:
-        if kind not in BROKER_KINDS:
-            raise ValueError(f"unknown broker kind {kind!r}")
-        self.kind = kind
-        self.host = "127.0.0.1"
-        self.port = port if port is not None else free_port(self.host)
-        self.workdir = workdir
-        self.log_path = workdir / f"{kind}.log"
-        self.starts = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"<Broker {self.kind} {self.host}:{self.port} {state}>"
-
-    @property
-    def running(self) -> bool:
-        """True while the broker process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the running broker, else None."""
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    def _command(self) -> list[str]:
-        """Write this broker's config file and return the command that starts it."""
-        if self.kind == "mosquitto":
-            config = self.workdir / "mosquitto.conf"
-            config.write_text(
-                f"listener {self.port} {self.host}\n"
-                "allow_anonymous true\n"
-                "persistence false\n"
-                "log_dest stderr\n"
-                "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-            )
-            return [str(MOSQUITTO), "-c", str(config)]
-        config = self.workdir / "amqtt.yaml"
-        config.write_text(
-            "listeners:\n"
-            "  default:\n"
-            "    type: tcp\n"
-            f"    bind: {self.host}:{self.port}\n"
-            "plugins:\n"
-            "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-            "    allow_anonymous: true\n"
-        )
-        return [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)]
-
-    def log_text(self) -> str:
-        """Everything the broker has logged so far (all starts)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def start(self, timeout_s: float = BROKER_START_TIMEOUT_S) -> None:
-        """Start the broker (no-op if running); return once it accepts MQTT clients."""
-        if self.running:
-            return
-        command = self._command()
-        with self.log_path.open("ab") as log:
-            log.write(f"--- start {self.starts + 1}: {' '.join(command)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                command, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT)
-        self.starts += 1
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            if _mqtt_connack(self.host, self.port):
-                return
-            time.sleep(0.05)
-        exited = self._proc.poll()
-        self.stop(kill=True)
-        why = (f"exited with status {exited}" if exited is not None
-               else f"not ready in {timeout_s:g} s")
-        tail = "\n".join(self.log_text().splitlines()[-20:])
-        raise BrokerError(f"{self.kind} on {self.host}:{self.port} {why}; log:\n{tail}")
-
-    def stop(self, *, kill: bool = False) -> None:
-        """Stop the broker: SIGTERM (SIGKILL with ``kill=True``); no-op if stopped."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                proc.wait(timeout=BROKER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=BROKER_STOP_TIMEOUT_S)
-
-    def restart(self) -> None:
-        """Stop, then start again on the same port."""
-        self.stop()
-        self.start()
 
 
 def default_broker_kind() -> str:

@@ -17,9 +17,9 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
-def test_suite_prints_the_same_on_micropython_and_cpython(micropython_bin: str) -> None:
+def test_suite_prints_the_same_on_micropython_and_cpython(micropython_bin: Path) -> None:
     suite = "tests/protocol/upy_suite.py"
-    upy = _run([micropython_bin, suite], ROOT)
+    upy = _run([str(micropython_bin), suite], ROOT)
     cpy = _run([sys.executable, suite], ROOT)
     assert cpy.returncode == 0, cpy.stdout + cpy.stderr
     assert upy.returncode == 0, upy.stdout + upy.stderr
@@ -38,11 +38,11 @@ def _compiled_protocol(dest: Path) -> None:
 
 
 def test_one_frame_is_encoded_and_encrypted_in_a_32k_heap(
-    micropython_bin: str, tmp_path: Path
+    micropython_bin: Path, tmp_path: Path
 ) -> None:
     _compiled_protocol(tmp_path)
     shutil.copy(ROOT / "tests" / "protocol" / "upy_heap.py", tmp_path / "upy_heap.py")
-    result = _run([micropython_bin, "-X", "heapsize=32k", "upy_heap.py"], tmp_path)
+    result = _run([str(micropython_bin), "-X", "heapsize=32k", "upy_heap.py"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     frame_hex, used = result.stdout.split()
     vectors = json.loads((ROOT / "tests" / "vectors" / "frames.json").read_text())
