@@ -1,0 +1,200 @@
+"""The MQTT JSON of one accepted frame, and its topic.
+
+Built once per accepted frame on the daemon's hot path, so the kinds table is
+turned into a per-kind plan once and ISO timestamps of whole hours are cached.
+docs/mqtt.md and docs/schema/reading.schema.json describe the result.
+
+What goes where (read from protocol.kinds, nothing kind-specific here):
+
+- a ``bits`` field's set bits go to ``alarms`` (bit names, in table order);
+- a field named ``battery`` goes to ``battery`` (scaled, in %);
+- a ``series`` field ``X`` goes to ``profile`` and needs a field ``X_end_h``:
+  the unix hour (seconds // 3600) modulo 256 at which the last slot ends;
+- every other field goes to ``readings`` as ``{"value": v, "unit": u}``
+  (``value`` null when the sensor had no valid value; optional fields that
+  the frame left off are absent).
+
+Profile hours: the frame only carries the end hour modulo 256, so it is
+resolved against the gateway's ``received_at``: the end hour is the latest
+unix hour H with ``H <= received_hour + 2`` and ``H % 256 == profile_end_h``.
+The two hours of slack accept a node clock running up to two hours ahead of
+the gateway; anything else is taken to lie in the past (up to 253 hours).
+Slot i of n (oldest first) covers the hour ending at H - (n - 1 - i).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from protocol import kinds
+
+PROFILE_SLACK_H = 2
+
+# Per kind id: a tuple of (name, role, unit, mul, div, bits) built from protocol.kinds.
+_Plan = tuple[tuple[str, str, str, int, int, tuple[str, ...]], ...]
+_PLANS: dict[int, _Plan] = {}
+_HOUR_ISO: dict[int, str] = {}
+_last_sec: list[Any] = [-1, ""]     # cache: the last whole second and its ISO prefix
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def topic(prefix: str, kind: str, device: str) -> str:
+    """The topic of a reading: ``<prefix>/<kind>/<device>/up``."""
+    return f"{prefix}/{kind}/{device}/up"
+
+
+def status_topic(prefix: str, gateway_id: str) -> str:
+    """The retained status topic of a gateway: ``<prefix>/gateway/<gateway-id>/status``."""
+    return f"{prefix}/gateway/{gateway_id}/status"
+
+
+def device_name(device_id: int) -> str:
+    """A device id as it appears in topics and JSON: 8 lower-case hex digits."""
+    return f"{device_id:08x}"
+
+
+def _plan(kind_id: int) -> _Plan:
+    plan = _PLANS.get(kind_id)
+    if plan is not None:
+        return plan
+    kind = kinds.kind_by_id(kind_id)
+    names = {f["name"] for f in kind["fields"]}
+    steps = []
+    for field in kind["fields"]:
+        name = field["name"]
+        if field["type"] == "bits":
+            role = "bits"
+        elif field["type"] == "series":
+            role = "series"
+        elif name == "battery":
+            role = "battery"
+        elif name.endswith("_end_h") and name[: -len("_end_h")] in names:
+            role = "end_h"
+        else:
+            role = "reading"
+        steps.append((name, role, field.get("unit", ""), field.get("mul", 1),
+                      field.get("div", 1), tuple(field.get("bits", ()))))
+    plan = tuple(steps)
+    _PLANS[kind_id] = plan
+    return plan
+
+
+def _scale(raw: int, mul: int, div: int) -> int | float:
+    num = raw * mul
+    if div == 1:
+        return num
+    if num % div == 0:
+        return num // div
+    return num / div
+
+
+def iso_utc(ts: float) -> str:
+    """UTC ISO 8601 with milliseconds and Z, e.g. ``2024-05-01T12:00:00.250Z``."""
+    sec = int(ts // 1)
+    ms = int((ts - sec) * 1000)
+    if sec != _last_sec[0]:
+        _last_sec[0] = sec
+        _last_sec[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+    return f"{_last_sec[1]}{ms:03d}Z"
+
+
+def hour_iso(hour: int) -> str:
+    """The ISO 8601 UTC time (with Z) of the start of unix hour ``hour``."""
+    text = _HOUR_ISO.get(hour)
+    if text is None:
+        if len(_HOUR_ISO) > 4096:
+            _HOUR_ISO.clear()
+        text = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(hour * 3600))
+        _HOUR_ISO[hour] = text
+    return text
+
+
+def resolve_end_hour(end_h_mod: int, received_at: float) -> int:
+    """The unix hour a profile's last slot ends at, from its value modulo 256.
+
+    The latest hour H with H <= received hour + PROFILE_SLACK_H and
+    H % 256 == end_h_mod.
+    """
+    limit = int(received_at // 3600) + PROFILE_SLACK_H
+    return limit - ((limit - end_h_mod) % 256)
+
+
+def profile_slots(values: Iterable[int], end_hour: int, unit: str, mul: int = 1,
+                  div: int = 1) -> list[dict[str, Any]]:
+    """Hourly slots (oldest first) ending at ``end_hour``, each with its own start/end."""
+    items = list(values)
+    key = "litres" if unit == "L" else "value"
+    first_end = end_hour - len(items) + 1
+    out = []
+    for i, raw in enumerate(items):
+        end = first_end + i
+        out.append({"start": hour_iso(end - 1), "end": hour_iso(end),
+                    key: _scale(raw, mul, div)})
+    return out
+
+
+def reading_dict(frame: dict[str, Any], *, device: str, gateway_id: str, received_at: float,
+                 receivers: list[dict[str, Any]], source: str,
+                 site: dict[str, Any] | None) -> dict[str, Any]:
+    """The reading as a dict (what reading_json serialises)."""
+    values = frame["values"]
+    fcnt = frame["fcnt"]
+    readings: dict[str, Any] = {}
+    alarms: list[str] = []
+    battery: int | float | None = None
+    profile: list[dict[str, Any]] = []
+    for name, role, unit, mul, div, bits in _plan(frame["kind_id"]):
+        if name not in values:
+            continue
+        raw = values[name]
+        if role == "reading":
+            readings[name] = {"value": None if raw is None else _scale(raw, mul, div),
+                              "unit": unit}
+        elif role == "bits":
+            if raw:
+                alarms.extend(bits[pos] for pos in range(len(bits)) if raw >> pos & 1)
+        elif role == "battery":
+            battery = None if raw is None else _scale(raw, mul, div)
+        elif role == "series" and raw:
+            end_mod = values.get(name + "_end_h")
+            if end_mod is not None:
+                profile.extend(profile_slots(raw, resolve_end_hour(end_mod, received_at),
+                                             unit, mul, div))
+    out: dict[str, Any] = {
+        "id": f"{device}:{fcnt}",
+        "device": device,
+        "kind": frame["kind"],
+        "fcnt": fcnt,
+        "received_at": iso_utc(received_at),
+        "readings": readings,
+        "alarms": alarms,
+        "battery": battery,
+        "profile": profile,
+        "receivers": receivers,
+        "gateway": gateway_id,
+        "source": source,
+    }
+    if site is not None:
+        out["site"] = site
+    return out
+
+
+def reading_json(frame: dict[str, Any], *, device: str, gateway_id: str, received_at: float,
+                 receivers: list[dict[str, Any]], source: str,
+                 site: dict[str, Any] | None) -> bytes:
+    """The JSON bytes (UTF-8, compact) of one reading; see the module docstring."""
+    return _dumps(reading_dict(frame, device=device, gateway_id=gateway_id,
+                               received_at=received_at, receivers=receivers, source=source,
+                               site=site)).encode()
+
+
+def is_alarm(frame: dict[str, Any]) -> bool:
+    """True when any alarm/status bit of the frame is set (the spool evicts these last)."""
+    values = frame["values"]
+    for name, role, _unit, _mul, _div, _bits in _plan(frame["kind_id"]):
+        if role == "bits" and values.get(name):
+            return True
+    return False

@@ -1,0 +1,455 @@
+"""gateway.forwarder against a real Mosquitto (and one scripted broker for a silent peer).
+
+What these tests hold the forwarder to:
+- every spooled row reaches a subscriber; a row leaves the spool only on PUBACK;
+- per device, readings arrive in frame-counter order (first copies), and a
+  duplicate is always the same message (same id, same bytes);
+- the broker going away mid-stream, or the forwarder process being killed -9
+  and restarted, loses nothing;
+- the retained status, its will, and the published JSON match docs/schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway import message
+from gateway.errors import KnuteError
+from gateway.forwarder import Backoff, Forwarder, MqttConfig
+from gateway.spool import Accepted, Spool
+from tests.conftest import Broker
+from tools.typical import TYPICAL
+
+ROOT = Path(__file__).resolve().parents[2]
+READING = jsonschema.Draft202012Validator(
+    json.loads((ROOT / "docs/schema/reading.schema.json").read_text()))
+STATUS = jsonschema.Draft202012Validator(
+    json.loads((ROOT / "docs/schema/status.schema.json").read_text()))
+WAIT_S = 60.0
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def make_rows(devices: int, per_device: int, first_fcnt: int = 0) -> list[Accepted]:
+    """Real reading JSON for ``devices`` devices, interleaved, counters ascending."""
+    out = []
+    for fcnt in range(first_fcnt, first_fcnt + per_device):
+        for dev in range(1, devices + 1):
+            kind = "water_meter" if dev % 2 else "air_quality"
+            decoded = {"kind": kind, "kind_id": 1 if kind == "water_meter" else 2,
+                       "device_id": dev, "fcnt": fcnt, "tag_len": 4, "values": TYPICAL[kind]}
+            name = message.device_name(dev)
+            now = time.time()
+            payload = message.reading_json(
+                decoded, device=name, gateway_id="gw-test", received_at=now,
+                receivers=[{"source": "lora0", "rssi_dbm": -90, "snr_db": 5.0}],
+                source="radio", site=None)
+            out.append(Accepted(device_id=dev, fcnt=fcnt, kind=kind,
+                                topic=message.topic("knute", kind, name), payload=payload,
+                                alarm=False, received_at=now))
+    return out
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
+    """Poll ``predicate`` until it holds or the time is up; returns its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+class Collector:
+    """A QoS 1 subscriber that keeps every message it gets, resubscribing on reconnect."""
+
+    def __init__(self, host: str, port: int, topic: str = "knute/#", *,
+                 client_id: str = "", persistent: bool = False, **auth: Any) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.topic = topic
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=client_id, clean_session=not persistent)
+        if auth.get("username"):
+            self.client.username_pw_set(auth["username"], auth.get("password"))
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.connect(host, port, 30)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "subscription not acknowledged"
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                    props: Any) -> None:
+        client.subscribe(self.topic, qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def readings(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [json.loads(p) for t, p, _r in self.messages if t.endswith("/up")]
+
+    def raw_readings(self) -> list[bytes]:
+        with self.lock:
+            return [p for t, p, _r in self.messages if t.endswith("/up")]
+
+    def statuses(self) -> list[tuple[dict[str, Any], bool]]:
+        with self.lock:
+            return [(json.loads(p), r) for t, p, r in self.messages if t.endswith("/status")]
+
+    def ids(self) -> set[str]:
+        return {doc["id"] for doc in self.readings()}
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def check_delivery(collector: Collector, rows: list[Accepted]) -> int:
+    """All rows arrived; per device in order (first copies); duplicates identical.
+
+    Returns the number of duplicates seen.
+    """
+    expected = {f"{r.device_id:08x}:{r.fcnt}" for r in rows}
+    raw = collector.raw_readings()
+    by_id: dict[str, bytes] = {}
+    last: dict[str, int] = {}
+    duplicates = 0
+    for payload in raw:
+        doc = json.loads(payload)
+        if doc["id"] in by_id:
+            assert by_id[doc["id"]] == payload, "a duplicate differs from the original"
+            duplicates += 1
+            continue
+        by_id[doc["id"]] = payload
+        assert doc["fcnt"] > last.get(doc["device"], -1), \
+            f"{doc['device']}: fcnt {doc['fcnt']} after {last.get(doc['device'])}"
+        last[doc["device"]] = doc["fcnt"]
+    missing = expected - set(by_id)
+    assert not missing, f"{len(missing)} readings never arrived, e.g. {sorted(missing)[:5]}"
+    return duplicates
+
+
+class TunedBroker(Broker):
+    """Mosquitto with persistence and unlimited queues, so it loses nothing itself."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, "mosquitto")
+
+    def _command(self) -> list[str]:
+        command = super()._command()
+        config = self.workdir / "mosquitto.conf"
+        text = config.read_text().replace("persistence false\n", "")
+        config.write_text(text + "persistence true\n"
+                          f"persistence_location {self.workdir}/\n"
+                          "max_queued_messages 0\nmax_inflight_messages 0\nuser root\n")
+        return command
+
+
+@pytest.fixture
+def tuned_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A persistent Mosquitto for outage tests (a subscriber's queue survives a restart)."""
+    broker = TunedBroker(tmp_path_factory.mktemp("tuned-mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def fast_cfg(port: int, **kw: Any) -> MqttConfig:
+    """A config with short timeouts for tests."""
+    args: dict[str, Any] = {"host": "127.0.0.1", "port": port, "backoff_min_s": 0.05,
+                            "backoff_max_s": 0.5, "connect_timeout_s": 2.0,
+                            "status_interval_s": 0.5, "max_inflight": 16}
+    args.update(kw)
+    return MqttConfig(**args)
+
+
+# -- tests -----------------------------------------------------------------------------
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    values = iter([0.0, 1.0, 0.5, 0.0, 1.0, 1.0, 0.25])
+    backoff = Backoff(0.5, 3.0, rng=lambda: next(values))
+    delays = [backoff.next_delay() for _ in range(6)]
+    assert delays == [0.25, 1.0, 1.5, 1.5, 3.0, 3.0]
+    backoff.reset()
+    assert backoff.next_delay() == pytest.approx(0.3125)
+
+
+@pytest.mark.parametrize("bad", [
+    {"protocol": "3"}, {"qos": 0}, {"max_inflight": 0}, {"cert_file": "c.pem"},
+    {"prefix": "city/#"}, {"prefix": "/city"}, {"prefix": ""}])
+def test_config_is_checked(bad: dict[str, Any]) -> None:
+    with pytest.raises(KnuteError):
+        MqttConfig(**bad)
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_delivers_in_order_with_retained_status_matching_schemas(
+        mosquitto: Broker, tmp_path: Path, protocol: str) -> None:
+    collector = Collector(mosquitto.host, mosquitto.port)
+    spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
+    rows = make_rows(devices=5, per_device=40)
+    spool.accept(rows[:100])
+    fwd = Forwarder(spool, fast_cfg(mosquitto.port, protocol=protocol), gateway_id="gw-test",
+                    status_provider=lambda: {"received": 7, "accepted": 5, "rejected": 2,
+                                             "rejected_by_reason": {"frame_tag": 2}})
+    fwd.start()
+    try:
+        spool.accept(rows[100:])
+        fwd.wake()
+        assert wait_until(lambda: len(collector.ids()) == len(rows))
+        assert wait_until(lambda: spool.stats()["depth"] == 0)
+        assert check_delivery(collector, rows) == 0
+        assert fwd.state == "connected"
+        for doc in collector.readings():
+            READING.validate(doc)
+        assert wait_until(lambda: len(collector.statuses()) >= 2)   # periodic republish
+        # A late subscriber gets the retained online status at once.
+        late = Collector(mosquitto.host, mosquitto.port, "knute/gateway/+/status")
+        assert wait_until(lambda: bool(late.statuses()))
+        doc, retained = late.statuses()[0]
+        late.close()
+        assert retained and doc["status"] == "online" and doc["gateway"] == "gw-test"
+        assert doc["counters"]["rejected_by_reason"] == {"frame_tag": 2}
+        assert doc["counters"]["spooled"] == len(rows)
+        for status, _retained in collector.statuses():
+            STATUS.validate(status)
+    finally:
+        fwd.stop(drain_timeout_s=5)
+    assert fwd.state == "stopped"
+    assert fwd.stats()["forwarded_total"] == len(rows)
+    assert wait_until(lambda: collector.statuses()[-1][0]["status"] == "offline")
+    final = collector.statuses()[-1][0]
+    STATUS.validate(final)
+    assert final["reason"] == "shutdown" and final["counters"]["forwarded"] == len(rows)
+    collector.close()
+    spool.close()
+
+
+def test_broker_outage_mid_stream_loses_nothing(tuned_broker: Broker, tmp_path: Path) -> None:
+    collector = Collector(tuned_broker.host, tuned_broker.port, client_id="outage-sub",
+                          persistent=True)
+    spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
+    rows = make_rows(devices=6, per_device=250)
+    fwd = Forwarder(spool, fast_cfg(tuned_broker.port), gateway_id="gw-test",
+                    status_provider=dict)
+    fwd.start()
+    try:
+        third = len(rows) // 3
+        for start in range(0, third, 50):
+            spool.accept(rows[start:start + 50])
+            fwd.wake()
+            time.sleep(0.002)
+        assert wait_until(lambda: len(collector.ids()) > 0)
+        tuned_broker.stop()                       # outage with rows in flight
+        assert wait_until(lambda: fwd.state != "connected")
+        for start in range(third, 2 * third, 50):  # the gateway goes on accepting
+            spool.accept(rows[start:start + 50])
+            fwd.wake()
+        assert spool.stats()["depth"] >= third
+        tuned_broker.start()
+        for start in range(2 * third, len(rows), 50):
+            spool.accept(rows[start:start + 50])
+            fwd.wake()
+        assert wait_until(lambda: spool.stats()["depth"] == 0)
+        assert wait_until(lambda: collector.ids() >= {f"{r.device_id:08x}:{r.fcnt}"
+                                                      for r in rows})
+        check_delivery(collector, rows)
+        assert fwd.stats()["reconnects"] >= 1
+    finally:
+        fwd.stop(drain_timeout_s=2)
+        collector.close()
+        spool.close()
+
+
+FORWARDER_CHILD = """
+import logging, signal, sys, threading
+from gateway.forwarder import Forwarder, MqttConfig
+from gateway.spool import Spool
+logging.basicConfig(level=logging.INFO)
+spool = Spool(sys.argv[1], max_bytes=10**9, max_age_s=10**9)
+cfg = MqttConfig(host="127.0.0.1", port=int(sys.argv[2]), max_inflight=32,
+                 backoff_min_s=0.05, backoff_max_s=0.5, status_interval_s=0.5)
+fwd = Forwarder(spool, cfg, gateway_id="gw-kill", status_provider=dict)
+done = threading.Event()
+signal.signal(signal.SIGTERM, lambda *a: done.set())
+fwd.start()
+print("started", flush=True)
+done.wait()
+fwd.stop(5)
+spool.close()
+"""
+
+
+def start_forwarder_process(db: Path, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", FORWARDER_CHILD, str(db), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                            cwd=ROOT)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    return proc
+
+
+def test_forwarder_killed_mid_stream_and_restarted(tuned_broker: Broker,
+                                                  tmp_path: Path) -> None:
+    mosquitto = tuned_broker
+    db = tmp_path / "s.db"
+    rows = make_rows(devices=4, per_device=1000)
+    spool = Spool(str(db), max_bytes=10**9, max_age_s=10**9)
+    for start in range(0, len(rows), 256):
+        spool.accept(rows[start:start + 256])
+    spool.close()
+    collector = Collector(mosquitto.host, mosquitto.port)
+    proc = start_forwarder_process(db, mosquitto.port)
+    try:
+        assert wait_until(lambda: len(collector.ids()) >= len(rows) // 4)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        got_at_kill = len(collector.ids())
+        assert got_at_kill < len(rows), "everything was delivered before the kill"
+        # The broker publishes the will: the gateway is offline.
+        assert wait_until(lambda: any(s["status"] == "offline" and s["reason"] ==
+                                      "connection lost" for s, _r in collector.statuses()))
+        proc = start_forwarder_process(db, mosquitto.port)
+        assert wait_until(lambda: len(collector.ids()) == len(rows))
+        check_delivery(collector, rows)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        collector.close()
+    spool = Spool(str(db), max_bytes=10**9, max_age_s=10**9)
+    assert spool.stats()["depth"] == 0
+    spool.close()
+    for status, _retained in collector.statuses():
+        STATUS.validate(status)
+    assert collector.statuses()[-1][0]["status"] == "offline"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_supervisor_restarts_a_dead_or_stalled_worker(mosquitto: Broker,
+                                                      tmp_path: Path) -> None:
+    calls = [0]
+
+    def provider() -> dict[str, Any]:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise SystemExit("the worker thread dies here")
+        if calls[0] == 4:
+            time.sleep(1.5)                       # the worker stalls here
+        return {}
+
+    collector = Collector(mosquitto.host, mosquitto.port)
+    spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
+    fwd = Forwarder(spool, fast_cfg(mosquitto.port, status_interval_s=0.2),
+                    gateway_id="gw-test", status_provider=provider, stall_timeout_s=0.6)
+    fwd.start()
+    rows = make_rows(devices=3, per_device=100)
+    try:
+        for start in range(0, len(rows), 20):
+            spool.accept(rows[start:start + 20])
+            fwd.wake()
+            time.sleep(0.02)
+        assert wait_until(lambda: fwd.stats()["supervisor_restarts"] >= 2)
+        assert wait_until(lambda: spool.stats()["depth"] == 0)
+        assert wait_until(lambda: len(collector.ids()) == len(rows))
+        check_delivery(collector, rows)
+        assert wait_until(lambda: fwd.state == "connected")
+    finally:
+        fwd.stop(drain_timeout_s=2)
+        collector.close()
+        spool.close()
+
+
+class SilentBroker:
+    """A scripted MQTT server: CONNACK to every CONNECT, then never a PUBACK."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.port = self.server.getsockname()[1]
+        self.connects = 0
+        self.publishes = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.server.settimeout(0.1)
+        conns: list[socket.socket] = []
+        while not self._stop.is_set():
+            try:
+                conn, _addr = self.server.accept()
+                conn.settimeout(0.05)
+                conns.append(conn)
+            except TimeoutError:
+                pass
+            for conn in list(conns):
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    conns.remove(conn)
+                    continue
+                if not data:
+                    conns.remove(conn)
+                    continue
+                if data[0] == 0x10:
+                    self.connects += 1
+                    conn.sendall(b"\x20\x02\x00\x00")
+                self.publishes += sum(1 for b in data if b == 0x32)   # rough count
+        for conn in conns:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.server.close()
+
+
+def test_no_puback_means_the_row_stays_and_the_link_is_renewed(tmp_path: Path) -> None:
+    broker = SilentBroker()
+    spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
+    rows = make_rows(devices=2, per_device=5)
+    spool.accept(rows)
+    fwd = Forwarder(spool, fast_cfg(broker.port, ack_timeout_s=0.3, status_interval_s=60),
+                    gateway_id="gw-test", status_provider=dict)
+    fwd.start()
+    try:
+        assert wait_until(lambda: fwd.stats()["stale_connections"] >= 2)
+        assert broker.connects >= 2
+        assert spool.stats()["depth"] == len(rows)      # nothing left without a PUBACK
+        assert fwd.stats()["forwarded_total"] == 0
+    finally:
+        fwd.stop(drain_timeout_s=0.5)
+        broker.close()
+    assert spool.stats()["depth"] == len(rows)
+    spool.close()

@@ -1,0 +1,346 @@
+"""``knute bench gateway``: the gateway's figures, measured in one run on this machine.
+
+- decode+verify frames/s on one core along the pipeline's hot path
+  (``gateway.pipeline.Verifier.verify``: header, cached AESCCM, payload checks);
+- end to end frames/s from a source thread to broker-acknowledged: JSON built
+  by gateway.message, committed through ``spool.AcceptBatcher`` (50 ms / 256
+  frames, synchronous=FULL), published by the Forwarder, deleted on PUBACK;
+  side by side with a bare paho-mqtt QoS 1 publish loop of the same JSON
+  messages to the same broker (same in-flight window);
+- the time to drain a spool of ``--backlog`` frames after an outage (the
+  broker comes back; timed from its restart to an empty spool), and the peak
+  RSS of that process (spool filled, then drained), in a child process so
+  that nothing else this benchmark holds counts.
+
+A Mosquitto (/usr/sbin/mosquitto) on a free loopback port is started and
+stopped by the benchmark itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+FLOORS = {
+    "decode_verify_per_s": 100_000.0,     # at least
+    "ratio_vs_bare_paho": 0.5,            # at least
+    "drain_s": 180.0,                     # at most (for 1,000,000 frames)
+    "peak_rss_mb": 80.0,                  # at most
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the gateway benchmark."""
+    parser.add_argument("--frames", type=int, default=200_000,
+                        help="frames decoded+verified (default 200000)")
+    parser.add_argument("--messages", type=int, default=50_000,
+                        help="messages for the end-to-end and bare paho runs (default 50000)")
+    parser.add_argument("--backlog", type=int, default=1_000_000,
+                        help="frames spooled during the outage (default 1000000)")
+    parser.add_argument("--inflight", type=int, default=64,
+                        help="QoS 1 in-flight window, forwarder and bare paho (default 64)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--drain-child", help=argparse.SUPPRESS)
+
+
+# -- workload --------------------------------------------------------------------------
+
+
+def _devices(n: int) -> dict[int, Any]:
+    from gateway.registry import Device
+
+    out = {}
+    for dev in range(1, n + 1):
+        kind = "water_meter" if dev % 3 else "air_quality"
+        out[dev] = Device(device_id=dev, kind=kind, key=os.urandom(16))
+    return out
+
+
+def _frames(devices: dict[int, Any], per_device: int, first_fcnt: int = 0) -> list[bytes]:
+    from protocol import frame
+    from tools.typical import TYPICAL
+
+    out = []
+    for fcnt in range(first_fcnt, first_fcnt + per_device):
+        for dev in devices.values():
+            out.append(frame.encode(dev.kind, dev.device_id, fcnt, TYPICAL[dev.kind], dev.key))
+    return out
+
+
+RECEIVER = {"source": "lora0", "rssi_dbm": -97, "snr_db": 7.5, "freq_hz": 868_100_000,
+            "sf": 9}
+
+
+def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
+                     prefix: str = "knute") -> Iterator[Any]:
+    """``count`` Accepted rows with real reading JSON, devices round robin."""
+    from gateway import message
+    from gateway.spool import Accepted
+    from tools.typical import TYPICAL
+
+    kinds_of = {dev: ("water_meter" if dev % 3 else "air_quality")
+                for dev in range(1, devices + 1)}
+    kind_ids = {"water_meter": 1, "air_quality": 2}
+    for i in range(count):
+        dev = i % devices + 1
+        fcnt = i // devices
+        kind = kinds_of[dev]
+        now = time.time()
+        decoded = {"kind": kind, "kind_id": kind_ids[kind], "device_id": dev, "fcnt": fcnt,
+                   "tag_len": 4, "values": TYPICAL[kind]}
+        name = message.device_name(dev)
+        payload = message.reading_json(decoded, device=name, gateway_id=gateway_id,
+                                       received_at=now, receivers=[RECEIVER], source="radio",
+                                       site=None)
+        yield Accepted(device_id=dev, fcnt=fcnt, kind=kind,
+                       topic=message.topic(prefix, kind, name), payload=payload,
+                       alarm=message.is_alarm(decoded), received_at=now)
+
+
+# -- broker ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Mosquitto:
+    """A throwaway Mosquitto on 127.0.0.1."""
+
+    def __init__(self, workdir: str) -> None:
+        if not os.access(MOSQUITTO, os.X_OK):
+            from gateway.errors import KnuteError
+
+            raise KnuteError(f"{MOSQUITTO} not found: install it (apt-get install mosquitto)")
+        self.port = _free_port()
+        self.conf = os.path.join(workdir, "mosquitto.conf")
+        with open(self.conf, "w") as fh:
+            fh.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                     "persistence false\nlog_dest none\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        from gateway.errors import KnuteError
+
+        raise KnuteError(f"mosquitto did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+            self.proc = None
+
+
+# -- figures ---------------------------------------------------------------------------
+
+
+def bench_decode_verify(frames: int) -> float:
+    """Frames/s through the pipeline's Verifier on this thread."""
+    from gateway.pipeline import Verifier
+
+    devices = _devices(500)
+    work = [(buf, devices[int.from_bytes(buf[1:5], "big")]) for buf in _frames(devices, 4)]
+    verifier = Verifier()
+    for buf, dev in work:
+        verifier.verify(buf, dev)
+    verify = verifier.verify
+    done = 0
+    start = time.perf_counter()
+    while done < frames:
+        for buf, dev in work:
+            verify(buf, dev)
+        done += len(work)
+    return done / (time.perf_counter() - start)
+
+
+def bench_bare_paho(port: int, payloads: list[tuple[str, bytes]], inflight: int) -> float:
+    """Messages/s of a plain paho QoS 1 publish loop (loop_start, wait for every PUBACK)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    done = threading.Event()
+    acked = [0]
+    total = len(payloads)
+
+    def on_publish(client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        acked[0] += 1
+        if acked[0] >= total:
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare")
+    client.max_inflight_messages_set(inflight)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port, 30)
+    client.loop_start()
+    start = time.perf_counter()
+    for topic, payload in payloads:
+        client.publish(topic, payload, qos=1)
+    done.wait(timeout=600)
+    elapsed = time.perf_counter() - start
+    client.loop_stop()
+    client.disconnect()
+    return acked[0] / elapsed
+
+
+def bench_end_to_end(port: int, rows: list[Any], inflight: int, workdir: str) -> float:
+    """Frames/s from a source thread through spool and forwarder to PUBACK."""
+    from gateway.forwarder import Forwarder, MqttConfig
+    from gateway.spool import AcceptBatcher, Spool
+
+    spool = Spool(os.path.join(workdir, "e2e.db"), max_bytes=4 << 30, max_age_s=86400.0)
+    fwd = Forwarder(spool, MqttConfig(host="127.0.0.1", port=port, max_inflight=inflight,
+                                      client_id="bench-e2e"),
+                    gateway_id="bench", status_provider=dict)
+    fwd.start()
+    deadline = time.monotonic() + 10
+    while fwd.state != "connected" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    batcher = AcceptBatcher(spool, on_commit=lambda batch: fwd.wake())
+    batcher.start()
+    start = time.perf_counter()
+    for row in rows:
+        batcher.add(row)
+    batcher.flush()
+    deadline = time.monotonic() + 600
+    while spool.stats()["depth"] and time.monotonic() < deadline:
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - start
+    delivered = spool.stats()["acked_total"]
+    batcher.stop()
+    fwd.stop(5)
+    spool.close()
+    return delivered / elapsed
+
+
+def _drain_child(workdir: str, backlog: int, inflight: int) -> dict[str, float]:
+    """In a child process: spool ``backlog`` frames while the broker is down, then drain."""
+    from gateway.forwarder import Forwarder, MqttConfig
+    from gateway.spool import Spool
+
+    broker = _Mosquitto(workdir)
+    spool = Spool(os.path.join(workdir, "drain.db"), max_bytes=16 << 30, max_age_s=86400.0)
+    fwd = Forwarder(spool, MqttConfig(host="127.0.0.1", port=broker.port, max_inflight=inflight,
+                                      client_id="bench-drain", backoff_min_s=0.1,
+                                      backoff_max_s=1.0, connect_timeout_s=2.0),
+                    gateway_id="bench", status_provider=dict)
+    fwd.start()        # the broker is down: the forwarder backs off and retries
+    batch = []
+    for row in _accepted_stream(backlog):
+        batch.append(row)
+        if len(batch) == 256:
+            spool.accept(batch)
+            batch = []
+    spool.accept(batch)
+    broker.start()
+    start = time.perf_counter()
+    deadline = time.monotonic() + 1800
+    while spool.stats()["depth"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    drain_s = time.perf_counter() - start
+    left = spool.stats()["depth"]
+    fwd.stop(5)
+    spool.close()
+    broker.stop()
+    rss_kb = 0
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                rss_kb = int(line.split()[1])
+    return {"drain_s": drain_s, "peak_rss_mb": rss_kb / 1024, "left": left}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every part and print the figures."""
+    if args.drain_child:
+        workdir, backlog, inflight = args.drain_child.split(",")
+        print(json.dumps(_drain_child(workdir, int(backlog), int(inflight))))
+        return 0
+    workdir = tempfile.mkdtemp(prefix="knute-bench-gw-")
+    try:
+        decode = bench_decode_verify(args.frames)
+        rows = list(_accepted_stream(args.messages))
+        payloads = [(row.topic, row.payload) for row in rows]
+        broker = _Mosquitto(workdir)
+        broker.start()
+        try:
+            bare = bench_bare_paho(broker.port, payloads, args.inflight)
+            e2e = bench_end_to_end(broker.port, rows, args.inflight, workdir)
+        finally:
+            broker.stop()
+        del rows, payloads
+        child = subprocess.run(
+            [sys.executable, "-m", "tools.cli", "bench", "gateway", "--drain-child",
+             f"{workdir},{args.backlog},{args.inflight}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=3600, check=False)
+        if child.returncode != 0:
+            from gateway.errors import KnuteError
+
+            raise KnuteError(f"drain benchmark failed: {child.stderr.strip()[-500:]}")
+        drain = json.loads(child.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {
+        "decode_verify_per_s": round(decode),
+        "end_to_end_per_s": round(e2e),
+        "bare_paho_per_s": round(bare),
+        "ratio_vs_bare_paho": round(e2e / bare, 3) if bare else 0.0,
+        "backlog": args.backlog,
+        "drain_s": round(drain["drain_s"], 1),
+        "peak_rss_mb": round(drain["peak_rss_mb"], 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    floors = {
+        "decode_verify_per_s": result["decode_verify_per_s"] >= FLOORS["decode_verify_per_s"],
+        "ratio_vs_bare_paho": result["ratio_vs_bare_paho"] >= FLOORS["ratio_vs_bare_paho"],
+        "drain_s": result["drain_s"] <= FLOORS["drain_s"] * args.backlog / 1_000_000,
+        "peak_rss_mb": result["peak_rss_mb"] <= FLOORS["peak_rss_mb"],
+    }
+
+    def mark(key: str) -> str:
+        return "ok" if floors[key] else "BELOW FLOOR"
+
+    print(f"decode+verify (pipeline Verifier, 1 core) {result['decode_verify_per_s']:>10,} "
+          f"frames/s   floor 100,000   {mark('decode_verify_per_s')}")
+    print(f"end to end (spool -> forwarder -> PUBACK) {result['end_to_end_per_s']:>10,} "
+          f"frames/s")
+    print(f"bare paho QoS 1 publish loop              {result['bare_paho_per_s']:>10,} msg/s")
+    print(f"ratio end to end / bare paho              {result['ratio_vs_bare_paho']:>10} "
+          f"          floor 0.5       {mark('ratio_vs_bare_paho')}")
+    print(f"drain {result['backlog']:,} spooled frames after an outage "
+          f"{result['drain_s']:>8} s   floor 180 s per 1,000,000   {mark('drain_s')}")
+    print(f"peak RSS with the backlog spooled          {result['peak_rss_mb']:>8} MB  "
+          f"floor 80 MB   {mark('peak_rss_mb')}")
+    return 0
