@@ -68,11 +68,14 @@ class Broker:
     Mosquitto). Files (config, log) live in ``workdir``. The port stays the
     same across ``stop()``/``start()``, so clients see an outage and a return.
     ``persistent=True`` (Mosquitto only) keeps sessions and queued QoS 1
-    messages across a stop and start, as a production broker does.
+    messages across a stop and start, as a production broker does;
+    ``extra_config`` is appended to Mosquitto's config file (TLS listeners,
+    password files, queue limits).
     """
 
     def __init__(self, workdir: Path | None = None, kind: str | None = None,
-                 port: int | None = None, *, persistent: bool = False) -> None:
+                 port: int | None = None, *, persistent: bool = False,
+                 extra_config: str = "") -> None:
         kind = kind or default_kind()
         if workdir is None:
             workdir = Path(tempfile.mkdtemp(prefix=f"knute-{kind}-"))
@@ -80,6 +83,7 @@ class Broker:
             raise ValueError(f"unknown broker kind {kind!r}")
         self.kind = kind
         self.persistent = persistent
+        self.extra_config = extra_config
         self.host = "127.0.0.1"
         self.port = port if port is not None else free_port(self.host)
         self.workdir = workdir
@@ -115,6 +119,7 @@ class Broker:
                 + ("user root\n" if os.geteuid() == 0 else "") +
                 "log_dest stderr\n"
                 "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+                + self.extra_config
             )
             return [str(MOSQUITTO), "-c", str(config)]
         config = self.workdir / "amqtt.yaml"
