@@ -140,8 +140,10 @@ def _item(buf, i, end, depth):
     if i >= end:
         raise FrameError(CBOR_TRUNCATED)
     ib = buf[i]
-    if ib < 24:  # fast path: the small unsigned integers most readings are
+    if ib < 24:  # fast paths: the unsigned integers most readings are
         return ib, i + 1
+    if ib < 28:
+        return _arg(buf, i + 1, ib, end)
     major = ib >> 5
     info = ib & 0x1F
     i += 1

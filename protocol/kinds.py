@@ -160,25 +160,34 @@ def pack(kind, values):
     return out
 
 
+_INT = 0        # plan codes: a plain integer field,
+_NULLABLE = 1   # an integer field that may be null,
+_SERIES = 2     # an array of integers
+
+
 def _plan(kind):
-    # Per field: (name, lowest, highest, field) where lowest/highest bound a plain
-    # integer field, or None for the fields _check() handles (series, nullable).
+    # Per field: (name, code, lowest, highest, field), precomputed once per kind
+    # so that unpack() checks a payload without dictionary look-ups.
     plan = kind.get("_plan")
     if plan is None:
         plan = []
-        for field in kind["fields"]:
-            if field["type"] == "series" or field.get("nullable"):
-                plan.append((field["name"], None, None, field))
-            elif field["type"] == "bits":
-                plan.append((field["name"], 0, _bits_max(field), field))
-            else:
-                plan.append((field["name"], field["min"], field["max"], field))
-        plan = tuple(plan)
-        kind["_plan"] = plan
         required = 0
         for field in kind["fields"]:
+            if field["type"] == "bits":
+                lo, hi = 0, _bits_max(field)
+            else:
+                lo, hi = field["min"], field["max"]
+            if field["type"] == "series":
+                code = _SERIES
+            elif field.get("nullable"):
+                code = _NULLABLE
+            else:
+                code = _INT
+            plan.append((field["name"], code, lo, hi, field))
             if not field.get("optional"):
                 required += 1
+        plan = tuple(plan)
+        kind["_plan"] = plan
         kind["_required"] = required
     return plan
 
@@ -195,12 +204,20 @@ def unpack(kind, payload):
         raise FrameError(PAYLOAD_MISSING, plan[n][0])
     values = {}
     for pos in range(n):
-        name, lowest, highest, field = plan[pos]
+        name, code, lo, hi, field = plan[pos]
         value = payload[pos]
-        if lowest is None:
-            _check(field, value)
-        elif value.__class__ is not int or value < lowest or value > highest:
-            _check(field, value)  # raises with the precise reason
+        if code == _SERIES:
+            if value.__class__ is not list:
+                _check(field, value)  # raises with the precise reason
+            for item in value:
+                if item.__class__ is not int or item < lo or item > hi:
+                    _check(field, value)
+            if len(value) < field["len"][0] or len(value) > field["len"][1]:
+                _check(field, value)
+        elif value.__class__ is not int or value < lo or value > hi:  # noqa: SIM102
+            # (nested, not and-ed: the common in-range case tests one condition)
+            if value is not None or code != _NULLABLE:
+                _check(field, value)
         values[name] = value
     return values
 
