@@ -24,10 +24,3 @@ def test_headless_demo_loses_nothing_across_a_broker_outage(
     log = (tmp_path / "run" / "broker" / "mosquitto.log")
     if log.exists():  # the staged outage really stopped and restarted the broker
         assert log.read_text().count("--- start") == 2
-
-
-def test_live_view_needs_a_terminal(knute_bin: Path) -> None:
-    result = subprocess.run([str(knute_bin), "demo"], capture_output=True, text=True,
-                            timeout=30, check=False, stdin=subprocess.DEVNULL)
-    assert result.returncode == 2
-    assert "needs a terminal" in result.stderr
