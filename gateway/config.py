@@ -4,6 +4,8 @@
 key, a wrong type or an out-of-range value raises one KnuteError naming the
 file, the key and the problem (``knute`` prints it and exits with status 2).
 Relative paths in the file are taken relative to the file's directory.
+The ``[modbus]`` table is checked by ``gateway.modbus.settings`` (its register
+maps too: a broken map is one error naming the map's file and line).
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import KnuteError
 
+if TYPE_CHECKING:
+    from gateway.modbus.settings import ModbusSettings
+
 DEFAULT_STATUS_SOCKET = "/run/knute/gateway.sock"
+MODBUS_SOURCE = "modbus"          # the Modbus poller's source name (counters, status)
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,15 @@ class GatewayConfig:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     serial: tuple[SerialSourceConfig, ...] = ()
     packet_forwarders: tuple[UdpSourceConfig, ...] = ()
+    modbus: ModbusSettings | None = None
 
     @property
     def source_names(self) -> list[str]:
         """Names of every configured source."""
-        return [s.name for s in self.serial] + [u.name for u in self.packet_forwarders]
+        names = [s.name for s in self.serial] + [u.name for u in self.packet_forwarders]
+        if self.modbus is not None and self.modbus.devices:
+            names.append(MODBUS_SOURCE)
+        return names
 
 
 class _Table:
@@ -294,13 +304,24 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
             max_datagram=tab.integer("max_datagram", 16384, 64, 65535)))
         tab.done()
 
+    modbus = None
+    modbus_table = root.get("modbus", dict, None)
+    if modbus_table is not None:
+        from gateway.modbus.settings import parse_settings
+
+        modbus = parse_settings(modbus_table, file=file, base_dir=base)
+
     root.done()
     names = [s.name for s in serial] + [u.name for u in udp]
+    if modbus is not None and modbus.devices:
+        names.append(MODBUS_SOURCE)
     for name in names:
         if names.count(name) > 1:
-            raise KnuteError(f"{file}: source name {name!r} is used twice")
+            raise KnuteError(f"{file}: source name {name!r} is used twice"
+                             + (" (the Modbus poller's name)" if name == MODBUS_SOURCE else ""))
     if not names:
-        raise KnuteError(f"{file}: no sources: add a [[serial]] or [[packet_forwarder]] table")
+        raise KnuteError(f"{file}: no sources: add a [[serial]], [[packet_forwarder]] or "
+                         "[[modbus.device]] table")
 
     assert registry is not None and spool is not None and status_socket is not None
     return GatewayConfig(
@@ -309,7 +330,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         spool_fsync=fsync, dedup_window_s=dedup_ms / 1000.0, counter_reset_below=reset_below,
         drain_timeout_s=drain, log_level=log_level, status_socket=status_socket,
         metrics_host=metrics_host, metrics_port=metrics_port, mqtt=mqtt,
-        serial=tuple(serial), packet_forwarders=tuple(udp))
+        serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus)
 
 
 def _is_hex(text: str) -> bool:

@@ -2,7 +2,9 @@
 
 Threads:
 - one per source (serial reader, UDP listener) putting ``Reception`` objects
-  into a bounded ingest queue;
+  into a bounded ingest queue; the Modbus poller (one asyncio thread for every
+  polled device) puts its ``ModbusReading`` objects into the same queue and
+  its device conditions into a queue of their own;
 - the ingest loop (the main thread): pipeline decisions, dedup window, spool
   commits through ``spool.AcceptBatcher`` (50 ms or 256 frames per
   transaction), registry display-cache updates, control requests;
@@ -14,6 +16,12 @@ through the pipeline and into the spool, give the forwarder
 ``drain_timeout_s`` to deliver, then exit 0. SIGHUP re-reads the registry
 (devices added or removed with ``knute devices`` take effect without a
 restart).
+
+Modbus device conditions (``offline`` after ``offline_after`` failed polls,
+``online`` again) are spooled like readings, as JSON on
+``<prefix>/<kind>/<device>/condition``, so they survive broker outages and
+restarts and reach the broker in order (QoS 1, at least once). A failed spool
+commit keeps them for the next attempt.
 
 Rejected frames are logged with rate limits: an unknown device or a counter
 reset at most once per device per hour, any other reason at most once a
@@ -33,9 +41,10 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.config import GatewayConfig
+from gateway import message
+from gateway.config import MODBUS_SOURCE, GatewayConfig
 from gateway.errors import KnuteError
 from gateway.pipeline import (
     COUNTER_RESET,
@@ -48,7 +57,11 @@ from gateway.pipeline import (
     to_accepted,
 )
 from gateway.registry import Registry, Seen
+from gateway.spool import Accepted
 from gateway.status import Counters, StatusServer
+
+if TYPE_CHECKING:
+    from gateway.modbus.poller import DeviceCondition, ModbusReading
 
 log = logging.getLogger("knute.gateway")
 
@@ -56,6 +69,29 @@ QUEUE_LIMIT = 20000          # receptions waiting for the ingest loop
 REGISTRY_FLUSH_S = 10.0      # display cache write interval
 COMMIT_WINDOW_S = 0.05
 COMMIT_MAX_FRAMES = 256
+CONDITION_RETRY_S = 1.0      # after a failed spool commit, condition messages wait this long
+
+
+def condition_topic(prefix: str, kind: str, device: str) -> str:
+    """The topic of a device's condition: ``<prefix>/<kind>/<device>/condition``."""
+    return f"{prefix}/{kind}/{device}/condition"
+
+
+def condition_row(cond: DeviceCondition, *, prefix: str, gateway_id: str) -> Accepted:
+    """The spool row of a Modbus device's condition change (JSON: docs/mqtt.md).
+
+    Its ``fcnt`` is 0: the spool advances a device's counter to the largest
+    ``fcnt`` of its rows, so a 0 never moves an existing counter (a device
+    without one gets 0, below the first counter a Modbus reading carries).
+    """
+    device = message.device_name(cond.device_id)
+    doc = cond.to_dict()
+    doc["since"] = message.iso_utc(cond.since)
+    doc["gateway"] = gateway_id
+    payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    return Accepted(device_id=cond.device_id, fcnt=0, kind=cond.kind,
+                    topic=condition_topic(prefix, cond.kind, device), payload=payload,
+                    alarm=True, received_at=cond.since)
 
 
 class JsonFormatter(logging.Formatter):
@@ -106,7 +142,11 @@ class Daemon:
         self.started_at = time.time()
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._queue: queue.Queue[Reception] = queue.Queue(QUEUE_LIMIT)
+        self._queue: queue.Queue[Reception | ModbusReading] = queue.Queue(QUEUE_LIMIT)
+        self._conditions: queue.SimpleQueue[DeviceCondition] = queue.SimpleQueue()
+        self._conditions_todo: list[Accepted] = []      # not handed to the batcher yet
+        self._conditions_sent: list[Accepted] = []      # in the batcher, not committed yet
+        self._conditions_retry_at = 0.0
         self._controls: queue.Queue[_Control] = queue.Queue()
         self._pending_sources: dict[tuple[int, int], list[str]] = {}
         self._seen: dict[int, Seen] = {}
@@ -153,6 +193,12 @@ class Daemon:
             except OSError as exc:
                 raise KnuteError(f"{cfg.path}: packet_forwarder {ucfg.name!r}: cannot listen "
                                  f"on {ucfg.host}:{ucfg.port}: {exc.strerror}") from None
+        if cfg.modbus is not None and cfg.modbus.devices:
+            from gateway.sources.modbus import ModbusSource
+
+            self.sources.append(ModbusSource(
+                cfg.modbus, self._modbus_reading, on_condition=self._modbus_condition,
+                last_fcnt=self.spool.counters(), name=MODBUS_SOURCE))
         try:
             self.status_server = StatusServer(cfg.status_socket, self._handle_request)
         except OSError as exc:
@@ -176,6 +222,18 @@ class Daemon:
             self._queue.put(rx, timeout=1.0)
         except queue.Full:
             self.counters.reject("overload", rx.source)
+
+    def _modbus_reading(self, reading: ModbusReading) -> None:
+        # On the poller's thread: must not block.
+        self.counters.inc("received", MODBUS_SOURCE)
+        try:
+            self._queue.put_nowait(reading)
+        except queue.Full:
+            self.counters.reject("overload", MODBUS_SOURCE)
+
+    def _modbus_condition(self, cond: DeviceCondition) -> None:
+        # On the poller's thread; the ingest loop spools it.
+        self._conditions.put(cond)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -297,34 +355,73 @@ class Daemon:
                         break
                     self._submit(rx)
             self._release(pipeline.due(time.monotonic()))
+            self._spool_conditions()
             self._commit(force=False)
             self._housekeeping()
 
-    def _submit(self, rx: Reception) -> None:
+    def _submit(self, item: Reception | ModbusReading) -> None:
         assert self.pipeline is not None
-        verdict = self.pipeline.submit(rx)
+        if isinstance(item, Reception):
+            verdict = self.pipeline.submit(item)
+            source, what = item.source, "frame"
+        else:
+            verdict = self.pipeline.submit_reading(item.frame, item.receiver, item.received_at,
+                                                   item.at, source=MODBUS_SOURCE)
+            source, what = MODBUS_SOURCE, "reading"
         if verdict.status == "rejected":
-            self._log_rejection(rx, verdict)
+            self._log_rejection(source, verdict, what)
 
-    def _log_rejection(self, rx: Reception, verdict: Verdict) -> None:
+    def _log_rejection(self, source: str, verdict: Verdict, what: str = "frame") -> None:
         now = time.monotonic()
         dev = f"{verdict.device_id:08x}" if verdict.device_id is not None else "-"
         if verdict.reason == UNKNOWN_DEVICE:
             if self._log_device.allow((UNKNOWN_DEVICE, verdict.device_id), now):
-                log.warning("%s: frame from unknown device %s (fcnt %s); add it with "
+                log.warning("%s: %s from unknown device %s (fcnt %s); add it with "
                             "'knute devices add' (logged once an hour per device)",
-                            rx.source, dev, verdict.fcnt)
+                            source, what, dev, verdict.fcnt)
         elif verdict.reason == COUNTER_RESET:
             if self._log_device.allow((COUNTER_RESET, verdict.device_id), now):
                 log.warning("%s: device %s counter went back to %s (%s): node reset or "
                             "replay; after checking the node run 'knute devices "
                             "reset-counter %s' (logged once an hour per device)",
-                            rx.source, dev, verdict.fcnt, verdict.detail, dev)
-        elif self._log_reason.allow((verdict.reason, rx.source), now):
+                            source, dev, verdict.fcnt, verdict.detail, dev)
+        elif self._log_reason.allow((verdict.reason, source), now):
             who = f" from {dev} fcnt {verdict.fcnt}" if verdict.device_id is not None else ""
-            log.warning("%s: rejected frame%s: %s%s (at most one line a minute per source "
-                        "and reason)", rx.source, who, verdict.reason,
+            log.warning("%s: rejected %s%s: %s%s (at most one line a minute per source "
+                        "and reason)", source, what, who, verdict.reason,
                         f" ({verdict.detail})" if verdict.detail else "")
+
+    def _spool_conditions(self, final: bool = False) -> None:
+        """Hand new (and, after a failed commit, unaccepted) condition changes to the batcher."""
+        while True:
+            try:
+                cond = self._conditions.get_nowait()
+            except queue.Empty:
+                break
+            # Like its readings, a device's conditions are published only when it is
+            # registered with the kind its register map produces.
+            assert self.pipeline is not None
+            device = self.pipeline.devices.get(cond.device_id)
+            if device is None or device.kind != cond.kind:
+                log.debug("modbus device %08x: condition %s not published: device not "
+                          "registered as %s", cond.device_id, cond.condition, cond.kind)
+                continue
+            self._conditions_todo.append(condition_row(
+                cond, prefix=self.cfg.mqtt.prefix, gateway_id=self.cfg.gateway_id))
+            log.debug("modbus device %08x: condition %s spooled", cond.device_id,
+                      cond.condition)
+        if not self._conditions_todo or (
+                not final and time.monotonic() < self._conditions_retry_at):
+            return
+        todo, self._conditions_todo = self._conditions_todo, []
+        for pos, row in enumerate(todo):
+            self._conditions_sent.append(row)
+            try:
+                self.batcher.add(row)
+            except Exception as exc:
+                self._commit_failed(exc)          # puts the uncommitted ones back first
+                self._conditions_todo.extend(todo[pos + 1:])
+                break
 
     def _release(self, ready: Sequence[Ready]) -> None:
         for item in ready:
@@ -358,6 +455,11 @@ class Daemon:
         log.error("spool commit failed, frames of this batch not accepted: %s", exc)
         self.counters.inc("spool_errors")
         self._pending_sources.clear()
+        # Condition changes are not sent again by anybody: keep them for a later commit.
+        if self._conditions_sent:
+            self._conditions_todo[:0] = self._conditions_sent
+            self._conditions_sent = []
+            self._conditions_retry_at = time.monotonic() + CONDITION_RETRY_S
         assert self.pipeline is not None
         try:
             self.pipeline.load_counters(self.spool.counters())
@@ -366,6 +468,9 @@ class Daemon:
 
     def _committed(self, batch: Sequence[Any]) -> None:
         for item in batch:
+            if self._conditions_sent and item is self._conditions_sent[0]:
+                del self._conditions_sent[0]       # a condition message, not a reading
+                continue
             sources = self._pending_sources.pop((item.device_id, item.fcnt), None) or []
             self.counters.inc("accepted")
             for name in dict.fromkeys(sources):
@@ -440,6 +545,7 @@ class Daemon:
         if self.pipeline is not None:
             self._release(self.pipeline.drain())
         if self.batcher is not None:
+            self._spool_conditions(final=True)
             self._commit(force=True)
         self._housekeeping(final=True)
         if self.forwarder is not None:

@@ -33,6 +33,16 @@ For each ``Reception`` (frame bytes plus where and how it was heard):
    releases frames whose window has closed, oldest first, so per-device order
    is kept.
 
+Readings that arrive already decoded (a Modbus poll: the gateway read the
+device itself, so there are no frame bytes and no key) go through
+``submit_reading``: the same steps without 1 and 4's decryption. The reading
+is checked against the kinds table (``frame_kind``, ``frame_device``,
+``frame_fcnt``, ``payload_*``), the registry (``unknown_device``,
+``kind_mismatch``: such devices are registered like radio ones, with any key),
+the replay check and the dedup window. Its fingerprint, which tells a
+``duplicate`` from a ``replay`` at the same counter, is a digest of the
+values' canonical JSON (``values_digest``).
+
 The replay state is advanced when a frame enters the dedup window. The daemon
 spools released frames (``Spool.accept`` commits rows and counters together)
 and, should a commit fail, reloads the counters from the spool with
@@ -42,6 +52,7 @@ and, should a commit fail, reloads the counters from the spool with
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +67,14 @@ from gateway.spool import Accepted
 from gateway.status import Counters
 from protocol import frame as pframe
 from protocol import kinds
-from protocol.errors import FRAME_TAG, FrameError
+from protocol.errors import (
+    FRAME_DEVICE,
+    FRAME_FCNT,
+    FRAME_KIND,
+    FRAME_TAG,
+    PAYLOAD_SHAPE,
+    FrameError,
+)
 
 UNKNOWN_DEVICE = "unknown_device"
 REPLAY = "replay"
@@ -66,6 +84,8 @@ OVERSIZE = "oversize"
 KIND_MISMATCH = "kind_mismatch"
 
 GATEWAY_REASONS = (UNKNOWN_DEVICE, REPLAY, DUPLICATE, COUNTER_RESET, OVERSIZE, KIND_MISMATCH)
+
+MODBUS = "modbus"             # source type of readings polled over Modbus
 
 DEFAULT_DEDUP_WINDOW_S = 0.2
 DEFAULT_RESET_BELOW = 16
@@ -82,8 +102,8 @@ class Reception:
     """
 
     source: str
-    source_type: str           # "serial" | "radio"
-    frame: bytes
+    source_type: str           # "serial" | "radio" | "modbus"
+    frame: bytes               # empty for an already-decoded (Modbus) reading
     received_at: float
     at: float
     receiver: Mapping[str, Any]
@@ -164,6 +184,16 @@ def battery_percent(decoded: Mapping[str, Any]) -> int | None:
 def digest(buf: bytes) -> bytes:
     """A short fingerprint of a frame's bytes (to tell duplicates from replays)."""
     return hashlib.blake2b(buf, digest_size=8).digest()
+
+
+def canonical_values(values: Mapping[str, Any]) -> bytes:
+    """A reading's values as canonical JSON (sorted keys, no spaces), UTF-8."""
+    return json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
+
+
+def values_digest(values: Mapping[str, Any]) -> bytes:
+    """The fingerprint of an already-decoded reading: ``digest`` of its canonical values."""
+    return digest(canonical_values(values))
 
 
 class Verifier:
@@ -354,6 +384,63 @@ class Pipeline:
         self.replay.advance(device_id, fcnt, fingerprint)
         self._window[slot] = Ready(decoded=decoded, device=device, raw=bytes(buf),
                                    digest=fingerprint, deadline=rx.at + self.dedup_window_s,
+                                   receptions=[rx])
+        return Verdict("pending", None, device_id, fcnt)
+
+    def submit_reading(self, frame: Mapping[str, Any], receiver: Mapping[str, Any],
+                       received_at: float, at: float, source: str = MODBUS) -> Verdict:
+        """Process a reading that arrived already decoded (a Modbus poll).
+
+        ``frame`` has the shape ``protocol.frame.decode`` returns (kind, kind_id,
+        device_id, fcnt, tag_len, values); ``receiver`` is the reception metadata
+        (``{"source": "modbus", "bus": ..., "unit_id": ...}``); ``source`` names the
+        gateway source in counters. There is nothing to decrypt; the rest is as in
+        ``submit``: kinds-table check, registry lookup and kind check, replay check
+        (fingerprint: ``values_digest``) and the dedup window. The accepted reading's
+        JSON says ``"source": "modbus"``.
+        """
+        rx = Reception(source, MODBUS, b"", received_at, at, receiver)
+        device_id = frame.get("device_id")
+        fcnt = frame.get("fcnt")
+        kind_id = frame.get("kind_id")
+        values = frame.get("values")
+        kind: dict[str, Any] | None = (kinds.KINDS.get(kind_id) if type(kind_id) is int
+                                       else None)
+        if kind is None or kind["name"] != frame.get("kind"):
+            return self._reject(rx, FRAME_KIND, detail=f"{frame.get('kind')!r}/{kind_id!r}")
+        if type(device_id) is not int or not 0 <= device_id <= pframe.MAX_DEVICE_ID:
+            return self._reject(rx, FRAME_DEVICE, detail=repr(device_id))
+        if type(fcnt) is not int or not 0 <= fcnt <= pframe.MAX_FCNT:
+            return self._reject(rx, FRAME_FCNT, device_id, detail=repr(fcnt))
+        if not isinstance(values, dict):
+            return self._reject(rx, PAYLOAD_SHAPE, device_id, fcnt, "values is not a map")
+        try:
+            kinds.pack(kind, values)
+        except FrameError as exc:
+            return self._reject(rx, exc.reason, device_id, fcnt, exc.detail)
+        device = self.devices.get(device_id)
+        if device is None:
+            return self._reject(rx, UNKNOWN_DEVICE, device_id, fcnt)
+        if kind["name"] != device.kind:
+            return self._reject(rx, KIND_MISMATCH, device_id, fcnt,
+                                f"reading is {kind['name']}, registered as {device.kind}")
+        body = canonical_values(values)
+        slot = (device_id, fcnt)
+        waiting = self._window.get(slot)
+        if waiting is not None and waiting.raw == body:
+            waiting.receptions.append(rx)
+            self.counters.inc("merged", rx.source)
+            return Verdict("merged", None, device_id, fcnt)
+        fingerprint = digest(body)
+        reason = self.replay.check(device_id, fcnt, fingerprint)
+        if reason is not None:
+            last = self.replay.last(device_id)
+            return self._reject(rx, reason, device_id, fcnt, f"last accepted {last}")
+        self.replay.advance(device_id, fcnt, fingerprint)
+        decoded = {"kind": kind["name"], "kind_id": kind_id, "device_id": device_id,
+                   "fcnt": fcnt, "tag_len": 0, "values": dict(values)}
+        self._window[slot] = Ready(decoded=decoded, device=device, raw=body,
+                                   digest=fingerprint, deadline=at + self.dedup_window_s,
                                    receptions=[rx])
         return Verdict("pending", None, device_id, fcnt)
 

@@ -40,7 +40,11 @@ Offline condition
     After ``offline_after`` (default 3) consecutive failed polls the device gets
     the ``offline`` condition; the next answered poll clears it (``online``).
     Both changes go to the condition callback (``ConditionSink``) and show in
-    ``stats()``.
+    ``stats()``. A device's condition is ``unknown`` until its first poll; with
+    ``report_first_online`` the first answered poll after start is reported as
+    ``online`` too (the gateway publishes conditions as messages, so a consumer
+    that last saw ``offline`` before a gateway restart learns that the device
+    answers again; a device still silent gets ``offline`` again anyway).
 
 Frame counters
     Each reading gets ``fcnt`` = the device's last counter + 1. At start the
@@ -411,16 +415,19 @@ class Poller:
     ``on_reading(ModbusReading)`` and ``on_condition(DeviceCondition)`` are
     called from the poller's thread; they must not block for long (put the
     item on a queue). ``last_fcnt`` maps device id -> last accepted counter
-    (``Spool.counters()``).
+    (``Spool.counters()``). ``report_first_online``: also report ``online`` when
+    a device first answers after start, not only after ``offline``.
     """
 
     def __init__(self, settings: ModbusSettings, on_reading: ReadingSink, *,
                  on_condition: ConditionSink | None = None,
                  last_fcnt: Mapping[int, int] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 report_first_online: bool = False) -> None:
         self.settings = settings
         self.on_reading = on_reading
         self.on_condition = on_condition
+        self.report_first_online = report_first_online
         self.clock = clock
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -593,18 +600,23 @@ class Poller:
         now = self.clock()
         change: DeviceCondition | None = None
         with self._lock:
+            previous = dev.condition
             dev.polls += 1
             dev.consecutive = 0
             dev.last_ok_at = now
             if dev.condition != ONLINE:
-                if dev.condition == OFFLINE:
+                if dev.condition == OFFLINE or self.report_first_online:
                     change = DeviceCondition(cfg.device_id, ONLINE, None, None, now, 0, cfg.bus,
                                              cfg.unit_id, rmap.kind)
                 dev.condition = ONLINE
                 dev.since = now
         if change is not None:
-            log.warning("modbus %s (bus %s, unit %d): answering again", cfg.name, cfg.bus,
-                        cfg.unit_id)
+            if previous == OFFLINE:
+                log.warning("modbus %s (bus %s, unit %d): answering again", cfg.name, cfg.bus,
+                            cfg.unit_id)
+            else:
+                log.info("modbus %s (bus %s, unit %d): answering", cfg.name, cfg.bus,
+                         cfg.unit_id)
             self._emit_condition(change)
         values, problems = map_values(rmap, image)
         if rmap.profile_from is not None and rmap.profile_field is not None:

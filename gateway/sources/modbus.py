@@ -3,8 +3,10 @@
 Unlike the serial and packet-forwarder sources it produces no frame bytes: the
 gateway reads the device itself, so each answer arrives already decoded, in
 the shape ``protocol.frame.decode`` returns, as a ``ModbusReading``. The
-daemon hands those to the pipeline's path for already-verified readings and
-the device conditions (``offline``/``online``) to the status topic.
+daemon hands those to ``Pipeline.submit_reading`` (no decryption; registry,
+replay check and dedup window as for radio frames) and spools each device
+condition change (``offline``/``online``) as a message on
+``<prefix>/<kind>/<device>/condition``.
 """
 
 from __future__ import annotations
@@ -18,23 +20,44 @@ from gateway.sources.base import LinkState
 
 
 class ModbusSource(Poller):
-    """A ``Poller`` with the source interface the daemon uses (name, state, stats)."""
+    """A ``Poller`` with the source interface the daemon uses (name, state, stats).
+
+    Unlike a bare ``Poller`` it reports a device's first answer after start as
+    ``online`` (``report_first_online``), so each gateway start states every
+    device's condition once: ``online`` at its first answer, ``offline`` after
+    ``offline_after`` failed polls.
+    """
 
     source_type = "modbus"
 
     def __init__(self, settings: ModbusSettings, on_reading: ReadingSink, *,
                  on_condition: ConditionSink | None = None,
-                 last_fcnt: Mapping[int, int] | None = None, name: str = "modbus") -> None:
-        super().__init__(settings, on_reading, on_condition=on_condition, last_fcnt=last_fcnt)
+                 last_fcnt: Mapping[int, int] | None = None, name: str = "modbus",
+                 report_first_online: bool = True) -> None:
+        super().__init__(settings, on_reading, on_condition=on_condition, last_fcnt=last_fcnt,
+                         report_first_online=report_first_online)
         self.name = name
+        self._was_started = False
+
+    def start(self) -> None:
+        """Start polling (see ``Poller.start``)."""
+        self._was_started = True
+        super().start()
 
     @property
     def state(self) -> LinkState:
-        """OPEN while polling, CLOSED otherwise (per-device conditions are in stats())."""
-        return LinkState.OPEN if self.running else LinkState.CLOSED
+        """OPEN while polling, CLOSED before start, STOPPED after (devices: see stats())."""
+        if self.running:
+            return LinkState.OPEN
+        return LinkState.STOPPED if self._was_started else LinkState.CLOSED
 
     def stats(self) -> dict[str, Any]:
-        """The poller's stats plus the link state, for ``knute gateway status``."""
+        """The poller's stats with the source's type and link state, as the other sources.
+
+        ``state`` is the link state every source reports (``open`` while polling);
+        the per-device conditions are under ``devices`` and ``offline``.
+        """
         out = super().stats()
-        out["link_state"] = "open" if self.running else "stopped"
+        out["type"] = self.source_type
+        out["state"] = self.state.value
         return out

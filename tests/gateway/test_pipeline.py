@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from gateway import pipeline as pl
 from gateway.registry import Device
 from gateway.status import Counters
-from protocol import ccm, frame
+from protocol import ccm, frame, kinds
 from protocol.errors import FrameError
 
 KEY = bytes(range(16))
@@ -273,3 +273,123 @@ def test_rate_limit() -> None:
     assert limit.allow("b", 0.0) and limit.allow("c", 0.0)
     assert limit.allow("a", 3601.0)  # "a" was the oldest key and was dropped
     assert limit.suppressed == 1
+
+
+# -- already-decoded readings (Modbus polls) ---------------------------------------------
+
+MODBUS_RX = {"source": "modbus", "bus": "plant", "unit_id": 3}
+MB_VALUES = {"index": 123456, "max_flow": 900, "alarms": 0, "battery": 19, "profile": [4, 5],
+             "profile_end_h": 9}
+
+
+def polled(fcnt: int, dev: int = DEV, kind: str = "water_meter",
+           values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A Modbus reading's frame dict, as the poller hands it on."""
+    kid = next(k for k, v in kinds.KINDS.items() if v["name"] == kind)
+    return {"kind": kind, "kind_id": kid, "device_id": dev, "fcnt": fcnt, "tag_len": 0,
+            "values": dict(MB_VALUES if values is None else values)}
+
+
+def submit_polled(p: pl.Pipeline, frm: Mapping[str, Any], at: float = 0.0) -> pl.Verdict:
+    """Submit one polled reading heard at monotonic ``at``."""
+    return p.submit_reading(frm, MODBUS_RX, 1_700_000_000.0 + at, at)
+
+
+def test_polled_reading_is_accepted_with_source_modbus() -> None:
+    p = make()
+    assert submit_polled(p, polled(1), at=3.0) == pl.Verdict("pending", None, DEV, 1)
+    assert p.due(3.1) == []
+    (ready,) = p.due(3.2)
+    assert ready.decoded == polled(1)
+    assert ready.source_type == "modbus"
+    acc = pl.to_accepted(ready, prefix="city", gateway_id="gw1")
+    assert acc.topic == "city/water_meter/00001234/up"
+    doc = json.loads(acc.payload)
+    assert doc["source"] == "modbus" and doc["id"] == "00001234:1"
+    assert doc["receivers"] == [MODBUS_RX]
+    assert doc["readings"]["index"] == {"value": 123456, "unit": "L"}
+    assert doc["battery"] == 95 and doc["site"] == {"site": "north"}
+    assert p.counters.snapshot()["rejected"] == {}
+
+
+def test_polled_reading_rejections_by_reason() -> None:
+    p = make({DEV: 5})
+    cases: list[tuple[dict[str, Any], str]] = [
+        (polled(9, dev=0xDEAD), "unknown_device"),
+        (polled(9, kind="air_quality", values={"pm2_5": 10}), "kind_mismatch"),
+        (polled(4), "replay"),
+        (polled(5), "duplicate"),
+        (polled(2), "replay"),
+        ({**polled(9), "kind": "noise"}, "frame_kind"),
+        ({**polled(9), "kind_id": 99}, "frame_kind"),
+        (polled(frame.MAX_FCNT + 1), "frame_fcnt"),
+        (polled(9, dev=-1), "frame_device"),
+        ({**polled(9), "values": [1, 2]}, "payload_shape"),
+        (polled(9, values={**MB_VALUES, "battery": 999}), "payload_range"),
+        (polled(9, values={"index": 1}), "payload_missing"),
+        (polled(9, values={**MB_VALUES, "colour": 1}), "payload_unknown"),
+    ]
+    for frm, reason in cases:
+        verdict = submit_polled(p, frm)
+        assert verdict.status == "rejected" and verdict.reason == reason, (frm, verdict)
+    snap = p.counters.snapshot()
+    assert snap["sources"]["modbus"]["rejected"] == len(cases)
+    assert p.waiting() == 0
+    assert submit_polled(p, polled(6)).status == "pending"
+
+
+def test_polled_duplicate_versus_replay_by_values() -> None:
+    p = make(window=0.0)
+    assert submit_polled(p, polled(7)).status == "pending"
+    assert len(p.due(0.0)) == 1
+    # The same values again at the same counter: a copy; other values: a replay.
+    same = polled(7)
+    same["values"] = dict(reversed(list(same["values"].items())))   # key order is no matter
+    assert submit_polled(p, same, at=1.0).reason == "duplicate"
+    assert submit_polled(p, polled(7, values={**MB_VALUES, "index": 1}), at=1.0
+                         ).reason == "replay"
+    assert submit_polled(p, polled(8), at=1.0).status == "pending"
+
+
+def test_polled_reading_in_dedup_window_merges_identical_and_refuses_other() -> None:
+    p = make()
+    assert submit_polled(p, polled(3), at=1.0).status == "pending"
+    assert submit_polled(p, polled(3), at=1.05).status == "merged"
+    assert submit_polled(p, polled(3, values={**MB_VALUES, "index": 2}), at=1.1
+                         ).reason == "replay"
+    (ready,) = p.drain()
+    assert ready.receivers == [MODBUS_RX, MODBUS_RX]
+
+
+def test_polled_and_radio_share_replay_state() -> None:
+    p = make(window=0.0)
+    assert p.submit(rx(water(10))).status == "pending"
+    assert submit_polled(p, polled(10)).reason == "replay"
+    assert submit_polled(p, polled(11)).status == "pending"
+    assert p.submit(rx(water(11))).reason == "replay"
+
+
+def test_values_digest_is_canonical() -> None:
+    a = pl.values_digest({"a": 1, "b": [1, 2]})
+    assert a == pl.values_digest({"b": [1, 2], "a": 1})
+    assert a != pl.values_digest({"a": 1, "b": [2, 1]})
+    assert len(a) == 8
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 40), st.booleans(), st.booleans()), max_size=40))
+def test_mixed_sources_never_accept_a_counter_twice(
+        events: list[tuple[int, bool, bool]]) -> None:
+    """Radio frames and polled readings of one device: accepted counters strictly increase."""
+    p = make(window=0.0)
+    accepted: list[int] = []
+    for i, (fcnt, alt, modbus) in enumerate(events):
+        if modbus:
+            verdict = submit_polled(p, polled(fcnt, values={**MB_VALUES, "index": 2 if alt
+                                                            else 1}), at=float(i))
+        else:
+            verdict = p.submit(rx(water(fcnt, index=2 if alt else 1), at=float(i)))
+        if verdict.status == "pending":
+            accepted.append(fcnt)
+        p.due(float(i))
+    assert accepted == sorted(set(accepted))
