@@ -439,7 +439,10 @@ class Forwarder:
                 row = buffer.popleft()
                 if not sess.inflight:
                     sess.last_ack_at = now
-                info = client.publish(row.topic, row.payload, qos=cfg.qos)
+                # A device's condition (online/offline) is state, not an event:
+                # retained, so a consumer that subscribes later still sees it.
+                info = client.publish(row.topic, row.payload, qos=cfg.qos,
+                                      retain=row.topic.endswith("/condition"))
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     self.last_error = f"publish: {mqtt.error_string(info.rc)}"
                     return False

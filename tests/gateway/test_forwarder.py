@@ -149,26 +149,16 @@ def check_delivery(collector: Collector, rows: list[Accepted]) -> int:
     return duplicates
 
 
-class TunedBroker(Broker):
+def tuned_broker_at(workdir: Path) -> Broker:
     """Mosquitto with persistence and unlimited queues, so it loses nothing itself."""
-
-    def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir, "mosquitto")
-
-    def _command(self) -> list[str]:
-        command = super()._command()
-        config = self.workdir / "mosquitto.conf"
-        text = config.read_text().replace("persistence false\n", "")
-        config.write_text(text + "persistence true\n"
-                          f"persistence_location {self.workdir}/\n"
-                          "max_queued_messages 0\nmax_inflight_messages 0\nuser root\n")
-        return command
+    return Broker(workdir, "mosquitto", persistent=True,
+                  extra_config="max_queued_messages 0\nmax_inflight_messages 0\n")
 
 
 @pytest.fixture
 def tuned_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A persistent Mosquitto for outage tests (a subscriber's queue survives a restart)."""
-    broker = TunedBroker(tmp_path_factory.mktemp("tuned-mosquitto"))
+    broker = tuned_broker_at(tmp_path_factory.mktemp("tuned-mosquitto"))
     broker.start()
     try:
         yield broker

@@ -170,7 +170,8 @@ class Listener:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"mb-{os.getpid()}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"mb-{os.getpid()}-{id(self)}")
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.connect(broker.host, broker.port, 30)
@@ -393,6 +394,13 @@ def test_gateway_polls_modbus_tcp_and_rtu_and_publishes_conditions(
         assert (offline["bus"], offline["unit_id"], offline["source"]) == ("plant-tcp", 1,
                                                                            "modbus")
         assert f"{TCP_DEV:08x}" in gw.status()["sources"]["modbus"]["offline"]
+        # The condition is retained: a backend that subscribes now still learns it.
+        late = Listener(mosquitto)
+        try:
+            wait_for(lambda: [c["condition"] for c in late.on(cond(TCP_DEV))] == ["offline"],
+                     what="the retained offline condition for a late subscriber")
+        finally:
+            late.close()
         rtu_before = len(listener.on(up(RTU_DEV)))
         wait_for(lambda: len(listener.on(up(RTU_DEV))) >= rtu_before + 3,
                  what="RTU readings while the TCP device is offline")
