@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from gateway.errors import KnuteError
+from gateway.registry import parse_device_id, parse_key
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -31,31 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     else:
         parser.add_argument("frame", help="the frame in hex")
         parser.add_argument("--key", required=True, help="128-bit device key, 32 hex digits")
-
-
-def parse_device_id(text: str) -> int:
-    """A device id from ``0x``-hex, exactly 8 hex digits (the printed form) or decimal."""
-    text = text.strip()
-    try:
-        # 8 characters is the printed form: always hex, even when all digits.
-        is_hex = text.lower().startswith("0x") or len(text) == 8
-        value = int(text, 16) if is_hex else int(text, 10)
-    except ValueError:
-        raise KnuteError(f"device id {text!r} is not a number") from None
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise KnuteError(f"device id {text!r} is outside 0..0xFFFFFFFF")
-    return value
-
-
-def parse_key(text: str) -> bytes:
-    """A 128-bit key from 32 hex digits."""
-    try:
-        key = bytes.fromhex(text.strip())
-    except ValueError:
-        raise KnuteError("key is not hex") from None
-    if len(key) != 16:
-        raise KnuteError(f"key must be 16 bytes (32 hex digits), got {len(key)}")
-    return key
 
 
 def _to_raw(field: dict[str, Any], text: str) -> int:
