@@ -229,14 +229,7 @@ class Verifier:
                 pframe.nonce(device_id, fcnt), bytes(buf[pframe.HEADER_LEN:]), header)
         except InvalidTag:
             raise FrameError(FRAME_TAG) from None
-        return {
-            "kind": kinds.KINDS[kind_id]["name"],
-            "kind_id": kind_id,
-            "device_id": device_id,
-            "fcnt": fcnt,
-            "tag_len": tag_len,
-            "values": pframe.open_payload(kind_id, plain),
-        }
+        return pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
 
 
 class ReplayGuard:

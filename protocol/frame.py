@@ -111,6 +111,11 @@ def decode(buf, key, block=None):
         block = ccm.aes_block(key)
     plain = ccm.open_(block, nonce(device_id, fcnt), bytes(buf[:HEADER_LEN]),
                       bytes(buf[HEADER_LEN:]), tag_len)
+    return decoded(kind_id, device_id, fcnt, tag_len, plain)
+
+
+def decoded(kind_id, device_id, fcnt, tag_len, plain):
+    """The dict decode() returns, from parsed header fields and the decrypted payload."""
     return {
         "kind": kinds.KINDS[kind_id]["name"],
         "kind_id": kind_id,
