@@ -1,0 +1,129 @@
+# Boot, safe mode and the main loop.
+#
+# Boot (firmware.boot, unloaded once done so its code leaves the heap):
+#   1. read and check config.json        -> safe mode with the reason if wrong
+#   2. set up the port HAL (bench wiring or board pin map)
+#   3. brown-out guard: wait while the battery reads below power.brownout_mv
+#      (nothing is written to flash before the supply is known good)
+#   4. open state/, drop any half-written file, count the boot
+#   5. boot-loop guard: too many resets without a completed send -> safe mode
+#   6. link, frame counter, role
+# Then the loop here asks the role what to do (poll), feeds the watchdog and
+# sleeps until the role's next need, never longer than half the watchdog period.
+
+import gc
+import sys
+
+from firmware.hal import NullWatchdog
+
+try:
+    from micropython import const
+except ImportError:  # CPython (type checks, host tools): const(x) is x
+    const = int
+
+_POLL_FAILURES = const(5)     # consecutive failed polls before a reset
+_HEALTHY_S = const(600)       # uptime after which a node that sends nothing counts as booted
+# config keys nobody reads once the node runs (dropped to give the heap back)
+_BOOT_ONLY = ("key", "key_bytes", "board", "fcnt_block", "bench")
+
+
+def _print_exception(exc):
+    printer = getattr(sys, "print_exception", None)
+    if printer is not None:
+        printer(exc)
+    else:
+        print(repr(exc))
+
+
+def unload(name):
+    """Drop a module needed only at boot, so that its code leaves the heap."""
+    if name in sys.modules:
+        del sys.modules[name]
+    package, _, attr = name.rpartition(".")
+    parent = sys.modules.get(package)
+    if parent is not None and attr in parent.__dict__:
+        delattr(parent, attr)
+
+
+def say_status(ctx, node):
+    """One console line with the role's counters (sorted key=value pairs)."""
+    report = getattr(node, "status", None)
+    if report is None:
+        return
+    values = report()
+    ctx.log("status " + " ".join(["%s=%s" % (key, values[key]) for key in sorted(values)]))
+
+
+def run(hal, ctx, node):
+    """The main loop: poll the role, feed the watchdog, sleep."""
+    power = ctx.config["power"]
+    wdt_ms = power["wdt_s"] * 1000
+    wdt = hal.watchdog(wdt_ms) if wdt_ms else NullWatchdog()
+    ctx.wdt = wdt
+    max_nap = wdt_ms // 2 if wdt_ms else 3600000
+    started = hal.time()
+    booted = False
+    failures = 0
+    day = hal.time() // 86400
+    store = ctx.state
+    while True:
+        wdt.feed()
+        if hal.stopping():
+            say_status(ctx, node)
+            ctx.log("bench: stop_after_s reached, leaving the loop")
+            return
+        try:
+            wait = node.poll(hal.ticks_ms())
+            failures = 0
+        except Exception as exc:  # a role fault must not stop the meter for good
+            failures += 1
+            ctx.log("error in %s.poll (%d in a row): %r" % (ctx.config["role"], failures, exc))
+            _print_exception(exc)
+            if failures >= _POLL_FAILURES:
+                ctx.log("resetting after repeated errors")
+                hal.reset()
+                return
+            wait = 1000
+        now = hal.time()
+        if not booted and (ctx.sent or now - started >= _HEALTHY_S):
+            store.put("boots", 0)
+            booted = True
+        if now // 86400 != day:
+            day = now // 86400
+            ctx.log("flash writes: %d yesterday, %d since boot; sent=%d deferred=%d"
+                    % (store.writes_yesterday, store.writes_total, ctx.sent, ctx.deferred))
+        if wait > hal.max_sleep_ms():
+            wait = hal.max_sleep_ms()
+        if wait > max_nap:
+            wait = max_nap
+        hal.sleep_ms(wait)
+
+
+def main(config_path="config.json"):
+    """Boot the node and run it (the whole of /main.py)."""
+    from firmware import boot
+
+    booted = boot.boot(config_path)
+    if booted is None:
+        return
+    hal, ctx, role = booted
+    del booted
+    # Boot-only code leaves the heap before the role allocates its buffers.
+    unload("firmware.roles")
+    unload("firmware.boot")
+    del boot
+    gc.collect()
+    node = role.Node(ctx)
+    try:
+        node.start()
+    except (OSError, ValueError) as exc:
+        hal.safe_mode("role " + ctx.config["role"] + " did not start: " + str(exc))
+        return
+    cfg = ctx.config
+    for key in _BOOT_ONLY:
+        if key in cfg:
+            del cfg[key]
+    unload("firmware.hal.unix_wiring")
+    gc.collect()
+    ctx.log("heap: %d bytes used, %d free after boot" % (gc.mem_alloc(), gc.mem_free()))
+    run(hal, ctx, node)

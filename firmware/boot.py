@@ -1,0 +1,153 @@
+# The node's boot sequence (see firmware/app.py for the order and why).
+# Needed only until the loop starts: the app unloads this module then.
+
+import gc
+import sys
+
+from firmware import state
+from firmware.app import unload
+
+try:
+    from micropython import const
+except ImportError:  # CPython (type checks, host tools): const(x) is x
+    const = int
+
+_BROWNOUT_WAIT_MS = const(60000)
+
+
+def port_name():
+    """'esp32', 'rp2' or 'unix' for the running MicroPython port (CPython: 'unix')."""
+
+    if sys.platform == "esp32":
+        return "esp32"
+    if sys.platform == "rp2":
+        return "rp2"
+    return "unix"
+
+
+def port_hal():
+    """A Hal object for the running port."""
+    port = port_name()
+    if port == "esp32":
+        from firmware.hal import esp32 as module
+    elif port == "rp2":
+        from firmware.hal import rp2 as module
+    else:
+        from firmware.hal import unix as module
+    return module.Hal()
+
+
+def _make_link(hal, cfg):
+    from firmware import link
+
+    gc.collect()
+    if cfg["link"]["type"] == "lora":
+        return link.LoraLink(hal.lora_modem(cfg["radio"]), cfg["radio"])
+    port = hal.uart(cfg["link"]["uart"], cfg["link"]["baud"])
+    return link.UartLink(port, cfg["link"]["log"])
+
+
+def _wait_for_supply(hal, cfg):
+    limit = cfg["power"]["brownout_mv"]
+    if not limit:
+        return
+    while True:
+        try:
+            mv = hal.adc("battery").read_mv()
+        except (OSError, KeyError):
+            mv = None
+        if mv is None or mv >= limit or hal.stopping():
+            return
+        print("knute: supply low (%d mV < %d mV): waiting before flash writes and radio"
+              % (mv, limit))
+        hal.sleep_ms(_BROWNOUT_WAIT_MS)
+
+
+def boot(config_path="config.json"):
+    """Steps 1-6 of the boot; returns (hal, ctx, role module) or None after safe mode."""
+    hal = port_hal()
+    # The heap is not compacted, and on a 64 KiB heap fragmentation is what
+    # runs out: the protocol (long-lived) comes in first, then config.py (big,
+    # needed once) on top of it, dropped again before the rest of the
+    # long-lived code fills the space it leaves; a collection after each step
+    # keeps boot-time garbage from ending up between long-lived objects.
+    from protocol import frame  # noqa: F401
+
+    gc.collect()
+    from firmware import config
+
+    try:
+        cfg = config.load(config_path)
+    except config.ConfigError as exc:
+        hal.safe_mode(str(exc))
+        return None
+    unload("firmware.config")
+    del config
+    gc.collect()
+    if "radio" in cfg:
+        from protocol import airtime
+
+        try:
+            airtime.sub_band(cfg["radio"]["freq_hz"], cfg["radio"]["bw_hz"])
+        except ValueError as exc:
+            hal.safe_mode("radio.freq_hz: " + str(exc))
+            return None
+    from firmware import context, link, roles  # noqa: F401  (long-lived: load them first)
+
+    gc.collect()
+    try:
+        role = roles.load(cfg["role"])
+    except ImportError as exc:
+        hal.safe_mode("role " + cfg["role"] + " is not installed on this node (" + str(exc) + ")")
+        return None
+    gc.collect()
+    try:
+        hal.configure(cfg)
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        hal.safe_mode("board setup failed (" + cfg["board"] + "): " + str(exc))
+        return None
+    _wait_for_supply(hal, cfg)
+
+    bench = cfg["bench"]
+    pause = None
+    trace = None
+    if bench.get("pause_writes_ms"):
+        pause_ms = bench["pause_writes_ms"]
+        pause_for = bench.get("pause_writes_of")    # state names, or None for all
+
+        def pause(name):
+            if pause_for is None or name in pause_for:
+                import time
+
+                time.sleep(pause_ms / 1000)
+    if bench.get("trace_writes"):
+        def trace(name):
+            print("knute: writing " + name)
+    store = state.Store("state", hal.time, pause, trace)
+    for name in store.recovered:
+        print("knute: state/%s: a write was cut short (power loss); the previous value stands"
+              % name)
+
+    boots = store.get("boots", 0)
+    if not isinstance(boots, int):
+        boots = 0
+    limit = cfg["power"]["boot_loop_limit"]
+    if boots >= limit:
+        hal.safe_mode("boot loop: %d resets without a completed send (last reset: %s); "
+                      "remove state/boots.json once the cause is fixed"
+                      % (boots, hal.reset_cause()))
+        return None
+    store.put("boots", boots + 1)
+    try:
+        uplink = _make_link(hal, cfg)
+    except (OSError, ValueError, ImportError) as exc:
+        hal.safe_mode("link " + cfg["link"]["type"] + " did not start: " + str(exc))
+        return None
+    fcnt = state.FrameCounter(store, cfg["fcnt_block"])
+    gc.collect()
+    ctx = context.Context(cfg, hal, store, uplink, fcnt, hal.led())
+    ctx.log("boot role=%s device=%d board=%s port=%s reset=%s fcnt=%d link=%s"
+            % (cfg["role"], cfg["device_id"], cfg["board"], hal.port, hal.reset_cause(),
+               fcnt.next, cfg["link"]["type"]))
+    return hal, ctx, role
+

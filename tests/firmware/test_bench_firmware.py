@@ -1,0 +1,26 @@
+"""``knute bench firmware`` measures inside the unix port and prints one JSON object."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.firmware.nodeharness import ROOT
+
+
+def test_bench_firmware_json() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "bench", "firmware", "--json", "--cycles", "2",
+         "--role", "water_meter", "--role", "radio_bridge"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result) == {"water_meter", "radio_bridge"}
+    for entry in result.values():
+        for figures in (entry, entry["naive"]):
+            assert figures["allocs_per_cycle"] > 0
+            assert figures["resident_bytes"] < figures["peak_heap_bytes"] < 128 * 1024
+    water = result["water_meter"]
+    # A new AES key schedule and fresh values per frame cost allocations.
+    assert water["naive"]["allocs_per_cycle"] > water["allocs_per_cycle"]

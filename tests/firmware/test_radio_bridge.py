@@ -1,0 +1,114 @@
+"""The radio_bridge role and LoRa nodes on the bench radio, end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol import frame, stream
+from tests.firmware.conftest import NodeFactory
+from tests.firmware.nodeharness import HOUR_T0, KEY, KEY_HEX, pulse_lines, water_config
+
+# A LoRa node carries protocol.airtime and the duty-cycle ledger on top of the
+# wired node's code: on the 64-bit unix port it needs about 72 KiB of heap
+# (docs/firmware.md, "Memory"), wired nodes and the bridge run in 64 KiB.
+LORA_HEAP = "80k"
+
+
+def bridge_config(**radio: Any) -> dict[str, Any]:
+    """A radio_bridge config on the bench: radio lines from radio.txt."""
+    section = {"freq_hz": 868300000, "sf": 9}
+    section.update(radio)
+    return {
+        "role": "radio_bridge", "device_id": 1, "board": "unix",
+        "link": {"type": "uart", "uart": "link"}, "radio": section,
+        "bench": {"radio": {"path": "radio.txt"}, "time_scale": 1, "stop_after_s": 2},
+    }
+
+
+def _radio_records(records: list[tuple[int, bytes]]) -> list[tuple[dict[str, Any], bytes]]:
+    return [stream.unpack_radio(body) for rtype, body in records if rtype == stream.REC_RADIO]
+
+
+def test_bridge_forwards_packets_with_rssi_snr_frequency(bench_node: NodeFactory) -> None:
+    good = [frame.encode("water_meter", 77, n, {"index": 10 + n, "profile_end_h": 3,
+                                                "alarms": 0, "battery": 19, "profile": [n]}, KEY)
+            for n in range(2)]
+    lines = [
+        "RX -97 7.25 " + good[0].hex(),
+        "# a comment line",
+        "RX -120 -12.5 " + bytes(range(40)).hex(),   # some other LoRa network: dropped
+        "RX -61 9 " + good[1].hex(),
+        "RX nonsense",
+    ]
+    cfg = bridge_config()
+    cfg["link"]["log"] = True
+    node = bench_node(cfg)
+    (node.dir / "radio.txt").write_text("\n".join(lines) + "\n")
+    node.start()
+    assert node.wait() == 0, node.console()
+    records = node.records()
+    got = _radio_records(records)
+    logs = [body.decode() for rtype, body in records if rtype == stream.REC_LOG]
+    assert any("radio_bridge: listening on 868300000 Hz SF9" in line for line in logs)
+    assert [meta["rssi_dbm"] for meta, _ in got] == [-97, -61]
+    # SNR comes from the radio in dB * 4 and goes on the wire in dB * 10.
+    assert [meta["snr_db"] for meta, _ in got] == [7.3, 9.0]
+    assert all(meta["freq_hz"] == 868300000 and meta["sf"] == 9 for meta, _ in got)
+    assert [bytes(body) for _, body in got] == good
+    assert frame.decode(got[1][1], KEY)["values"]["index"] == 11
+    assert "status dropped=1 forwarded=2 heard=3 link_errors=0" in node.console()
+
+
+def test_lora_meter_through_bridge_to_the_gateway_link(bench_node: NodeFactory) -> None:
+    meter_cfg = water_config(sends_per_day=24, profile_len=1)
+    meter_cfg["link"] = {"type": "lora"}
+    meter_cfg["radio"] = {"freq_hz": 868100000, "sf": 12}
+    meter_cfg["bench"].update({"radio": {"path": "air.txt"}, "radio_rssi_dbm": -104,
+                               "radio_snr_db": -3.5, "stop_after_s": 3 * 3600 + 600})
+    meter = bench_node(meter_cfg, name="meter", heap=LORA_HEAP)
+    (meter.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [5, 6, 7], 6))
+    meter.start()
+    assert meter.wait() == 0, meter.console()
+    air = (meter.dir / "air.txt").read_text()
+    assert len(air.splitlines()) == 3
+    assert "toa_ms=" in meter.console()
+
+    bridge = bench_node(bridge_config(freq_hz=868100000, sf=12), name="bridge")
+    (bridge.dir / "radio.txt").write_text(air)
+    bridge.start()
+    assert bridge.wait() == 0, bridge.console()
+    got = _radio_records(bridge.records())
+    decoded = [frame.decode(body, bytes.fromhex(KEY_HEX)) for _, body in got]
+    assert [d["values"]["profile"] for d in decoded] == [[5], [6], [7]]
+    # The index is read at send time: it may include the next hour's first pulse.
+    indexes = [d["values"]["index"] for d in decoded]
+    assert indexes[0] in (5, 6) and indexes[1] in (11, 13) and indexes[2] == 18
+    assert {(m["rssi_dbm"], m["snr_db"], m["sf"]) for m, _ in got} == {(-104, -3.5, 12)}
+    assert [d["values"]["profile_end_h"] for d in decoded] == [
+        (HOUR_T0 // 3600 + h) % 256 for h in (1, 2, 3)]
+
+
+def test_duty_cycle_defers_and_counts(bench_node: NodeFactory) -> None:
+    # g2 (868.7-869.2 MHz) allows 0.1 %: 3.6 s an hour. Hourly SF12 frames with
+    # 24 hourly values take about 2.3 s each: every other hour must wait.
+    cfg = water_config(sends_per_day=24, profile_len=24)
+    cfg["link"] = {"type": "lora"}
+    cfg["radio"] = {"freq_hz": 868900000, "sf": 12}
+    cfg["jitter_s"] = 0
+    cfg["bench"].update({"radio": {"path": "air.txt"}, "stop_after_s": 6 * 3600 + 600})
+    node = bench_node(cfg, heap=LORA_HEAP)
+    (node.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [300] * 7, 6))
+    node.start()
+    assert node.wait() == 0, node.console()
+    console = node.console()
+    assert "deferred" in console and "sub-band g2" in console
+    sent = [line for line in console.splitlines() if "knute: sent fcnt=" in line]
+    assert len(sent) == len((node.dir / "air.txt").read_text().splitlines())
+    airtime = []
+    for line in sent:
+        fields = dict(item.split("=") for item in line.split()[2:])
+        airtime.append((int(fields["t"]), int(fields["toa_ms"])))
+    # Never more than 3.6 s on air in any hour (the window ending at each send).
+    for end, _ in airtime:
+        assert sum(toa for t, toa in airtime if end - 3600 < t <= end) <= 3600, airtime
+    assert len(sent) >= 3 and max(toa for _, toa in airtime) > 1800

@@ -1,0 +1,297 @@
+"""``knute bench firmware``: heap and allocations per send cycle on the MicroPython unix port.
+
+For each role the benchmark builds a bench flash directory (protocol/ and
+firmware/ compiled by mpy-cross, a config.json wired to a pty), boots the real
+node inside ``micropython -X heapsize=...`` and runs send cycles there:
+
+- water_meter: the role's own send path (values dict and profile list reused,
+  one AES object for the node's life), then the naive baseline: a fresh values
+  dict and profile list and a new AES key schedule (``block=None``) per frame;
+- radio_bridge: receive a bench-radio packet and forward it as a RADIO record
+  (role code: integer SNR rounding, the packet passed through as received),
+  against a generic baseline that copies the packet and gathers its metadata
+  in a dict with a float SNR;
+- air_quality (when the role is installed): ``ctx.send(node.values())`` against
+  the same naive encoding as the water meter's baseline.
+
+Each cycle runs with the collector off between two ``micropython.mem_info(1)``
+heap dumps: ``allocs_per_cycle`` counts the new heap blocks (allocation heads)
+the cycle leaves, ``bytes_per_cycle`` the growth of ``gc.mem_alloc()``, and
+``peak_heap_bytes`` is the heap in use at the end of a cycle with the collector
+off, i.e. resident code and data plus everything one cycle allocates: the most
+heap a send cycle can need. An empty cycle is measured the same way and
+subtracted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import tty
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+KEY_HEX = "000102030405060708090a0b0c0d0e0f"
+MPY_FLAGS = ("-X", "no-source-lines")
+ROLES = ("water_meter", "radio_bridge", "air_quality")
+TIMEOUT_S = 120
+
+# Runs inside the unix port, in the flash directory (compiled to knute_cycle.mpy);
+# knute_cycle.json holds [role, variant, cycles]. LAUNCH measures its footprint first.
+CYCLE_SCRIPT = r'''
+import sys, gc, json, micropython
+sys.path.insert(1, "lib")
+from protocol import frame, stream
+
+
+def main():
+    with open("knute_cycle.json") as handle:
+        role_name, variant, cycles = json.loads(handle.read())
+    from firmware import app, boot
+    hal, ctx, role = boot.boot()
+    app.unload("firmware.roles")
+    app.unload("firmware.boot")
+    del boot
+    node = role.Node(ctx)
+    node.start()
+    app.unload("firmware.hal.unix_wiring")
+
+    def naive_send(values):
+        # A fresh copy of every value, a new AES key schedule, a new record.
+        fresh = {}
+        for key in values:
+            value = values[key]
+            fresh[key] = list(value) if isinstance(value, list) else value
+        fcnt = ctx.fcnt.take()
+        buf = frame.encode(ctx.kind, ctx.device_id, fcnt, fresh, ctx.key, ctx.tag_len)
+        ctx.link.port.write(stream.encode_record(stream.REC_FRAME, buf))
+
+    def water(naive):
+        if naive:
+            values = {"index": node.index_ml // 1000, "profile_end_h": node.hour % 256,
+                      "alarms": 0, "battery": 20, "profile": list(node._profile_values())}
+            naive_send(values)
+        else:
+            node._send(hal.time())
+
+    def bridge(naive):
+        packet = node.modem.recv(0)
+        if not naive:
+            node.forward(packet)
+            return
+        # The generic way: copy the packet, gather the metadata in a dict, floats.
+        data = bytes(packet)
+        frame.parse_header(data)
+        meta = {"rssi": packet.rssi, "snr": packet.snr / 4, "freq": node.freq_hz, "sf": node.sf}
+        body = stream.pack_radio(meta["rssi"], int(round(meta["snr"] * 10)), meta["freq"],
+                                 meta["sf"], data)
+        ctx.link.port.write(stream.encode_record(stream.REC_RADIO, body))
+
+    def air(naive):
+        values = node.values()
+        if naive:
+            naive_send(values)
+        else:
+            ctx.send(values)
+
+    if role_name == "air_quality":
+        for name, sample in (("pm1", 83), ("pm2_5", 121), ("pm10", 190), ("temperature", 215),
+                             ("humidity", 48), ("pressure", 10132)):
+            mean = getattr(node, name, None)
+            if mean is not None:
+                for i in range(5):
+                    mean.add(sample + i)
+    cycle = {"water_meter": water, "radio_bridge": bridge, "air_quality": air}[role_name]
+    naive = variant == "naive"
+
+    def nothing(naive):
+        return None
+
+    for i in range(cycles + 1):
+        step = nothing if i == 0 else cycle
+        gc.collect()
+        gc.disable()
+        print("@@before", gc.mem_alloc())
+        micropython.mem_info(1)
+        step(naive)
+        used = gc.mem_alloc()
+        print("@@after", used)
+        micropython.mem_info(1)
+        print("@@end")
+        gc.enable()
+'''
+
+LAUNCH = ("import gc,sys;sys.path.insert(1,'lib');from protocol import frame,stream;"
+          "gc.collect();a=gc.mem_alloc();import knute_cycle as k;gc.collect();"
+          "print('@@harness',gc.mem_alloc()-a);k.main()")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``knute bench firmware``."""
+    parser.add_argument("--cycles", type=int, default=8, help="send cycles per role (default 8)")
+    parser.add_argument("--heap", default="128k",
+                        help="MicroPython heap for the measuring process (default 128k: the "
+                             "collector is off during each cycle and the harness is resident; "
+                             "both are taken out of the figures)")
+    parser.add_argument("--role", action="append", choices=ROLES,
+                        help="measure only this role (repeatable)")
+    parser.add_argument("--json", action="store_true", help="one JSON object keyed by role")
+
+
+def _compile(dest: Path) -> None:
+    mpy_cross = VENV_BIN / "mpy-cross"
+    for package in ("protocol", "firmware"):
+        for src in sorted((ROOT / package).rglob("*.py")):
+            rel = src.relative_to(ROOT)
+            if rel.as_posix() == "firmware/main.py":
+                continue
+            out = dest / "lib" / rel.with_suffix(".mpy")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([str(mpy_cross), *MPY_FLAGS, "-o", str(out), "-s", rel.as_posix(),
+                            str(src)], check=True, capture_output=True, timeout=60)
+
+
+def _pty() -> tuple[int, str]:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    os.close(slave)
+    return master, path
+
+
+def _radio_lines(count: int) -> str:
+    from protocol import frame
+
+    key = bytes.fromhex(KEY_HEX)
+    lines = []
+    for n in range(count):
+        buf = frame.encode("water_meter", 77, n, {"index": 1000 + n, "profile_end_h": 7,
+                                                   "alarms": 0, "battery": 18,
+                                                   "profile": [12, 0, 3, 40, 7, 9]}, key)
+        lines.append("RX -97 7.25 " + buf.hex())
+    return "\n".join(lines) + "\n"
+
+
+def _config(role: str, link_path: str, pm_path: str) -> dict[str, Any]:
+    bench: dict[str, Any] = {"uart": {"link": link_path, "pm": pm_path}, "time_scale": 1,
+                             "start_time": 1700006400, "seed": 1,
+                             "pulse": {"pulse": "pulses.txt"}, "radio": {"path": "radio.txt"}}
+    cfg: dict[str, Any] = {"role": role, "device_id": 4660, "key": KEY_HEX, "board": "unix",
+                           "jitter_s": 0, "link": {"type": "uart", "uart": "link"},
+                           "bench": bench}
+    if role == "water_meter":
+        cfg["water"] = {"sends_per_day": 4, "profile_len": 6}
+    elif role == "air_quality":
+        cfg["air"] = {"pm_sensor": "sds011", "climate": "none"}
+    return cfg
+
+
+def _heads(dump: list[str]) -> int:
+    """Allocation heads in a mem_info(1) heap map: every block that is not free or a tail."""
+    count = 0
+    for line in dump:
+        match = re.match(r"^[0-9a-f]{8}: (.*)$", line)
+        if match:
+            count += sum(1 for ch in match.group(1) if ch not in ".=m ")
+    return count
+
+
+def _parse(out: str) -> list[dict[str, int]]:
+    cycles = []
+    for block in out.split("@@before")[1:]:
+        before_part, _, rest = block.partition("@@after")
+        after_part, _, _ = rest.partition("@@end")
+        before_lines = before_part.splitlines()
+        after_lines = after_part.splitlines()
+        cycles.append({
+            "used_before": int(before_lines[0].strip()),
+            "used_after": int(after_lines[0].strip()),
+            "heads_before": _heads(before_lines),
+            "heads_after": _heads(after_lines),
+        })
+    return cycles
+
+
+def _measure(role: str, variant: str, cycles: int, heap: str, work: Path) -> dict[str, Any]:
+    flash = work / (role + "-" + variant)
+    shutil.copytree(work / "image", flash)
+    link_master, link_path = _pty()
+    pm_master, pm_path = _pty()
+    try:
+        (flash / "config.json").write_text(json.dumps(_config(role, link_path, pm_path)))
+        (flash / "pulses.txt").write_text("@1700006500 40\n@1700010000 25\n")
+        (flash / "radio.txt").write_text(_radio_lines(cycles + 2))
+        # Compiled like the firmware: compiling source inside a 64 KiB heap is
+        # itself more than the node has to spare.
+        (flash / "knute_cycle.py").write_text(CYCLE_SCRIPT)
+        subprocess.run([str(VENV_BIN / "mpy-cross"), *MPY_FLAGS, "knute_cycle.py"], cwd=flash,
+                       check=True, capture_output=True, timeout=60)
+        (flash / "knute_cycle.py").unlink()
+        (flash / "knute_cycle.json").write_text(json.dumps([role, variant, cycles]))
+        proc = subprocess.run(
+            [str(VENV_BIN / "micropython"), "-X", "heapsize=" + heap, "-c", LAUNCH], cwd=flash,
+            capture_output=True, text=True, timeout=TIMEOUT_S)
+    finally:
+        os.close(link_master)
+        os.close(pm_master)
+    if proc.returncode != 0 or "@@end" not in proc.stdout:
+        from gateway.errors import KnuteError
+
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise KnuteError(f"{role} ({variant}) failed on the unix port: {' | '.join(tail)}")
+    harness = int(re.search(r"@@harness (\d+)", proc.stdout).group(1))  # type: ignore[union-attr]
+    parsed = _parse(proc.stdout)
+    empty, real = parsed[0], parsed[1:]
+    base_heads = empty["heads_after"] - empty["heads_before"]
+    base_bytes = empty["used_after"] - empty["used_before"]
+    allocs = [c["heads_after"] - c["heads_before"] - base_heads for c in real]
+    grown = [c["used_after"] - c["used_before"] - base_bytes for c in real]
+    return {
+        "peak_heap_bytes": max(c["used_after"] for c in real) - harness,
+        "allocs_per_cycle": round(sum(allocs) / len(allocs), 1),
+        "bytes_per_cycle": round(sum(grown) / len(grown)),
+        "resident_bytes": real[0]["used_before"] - harness,
+        "harness_bytes": harness,
+        "cycles": len(real),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure every (chosen) role, optimized and naive; print a table or JSON."""
+    from gateway.errors import KnuteError
+
+    if not (VENV_BIN / "micropython").exists():
+        raise KnuteError("no MicroPython unix port at " + str(VENV_BIN / "micropython"))
+    if args.cycles < 1:
+        raise KnuteError("--cycles must be at least 1")
+    roles = args.role or [r for r in ROLES if (ROOT / "firmware" / "roles" / (r + ".py")).exists()]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="knute-bench-fw-") as tmp:
+        work = Path(tmp)
+        _compile(work / "image")
+        shutil.copy(ROOT / "firmware" / "main.py", work / "image" / "main.py")
+        for role in roles:
+            entry = _measure(role, "optimized", args.cycles, args.heap, work)
+            entry["naive"] = _measure(role, "naive", args.cycles, args.heap, work)
+            entry["heap"] = args.heap
+            results[role] = entry
+    if args.json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+        return 0
+    print(f"send cycle on the MicroPython unix port (-X heapsize={args.heap}), "
+          f"{args.cycles} cycles per role")
+    print(f"{'role':<13} {'peak heap B':>16} {'naive peak B':>16} {'allocs/cycle':>14} "
+          f"{'naive allocs':>14} {'resident B':>12}")
+    for role, entry in results.items():
+        naive = entry["naive"]
+        print(f"{role:<13} {entry['peak_heap_bytes']:>16} {naive['peak_heap_bytes']:>16} "
+              f"{entry['allocs_per_cycle']:>14.1f} {naive['allocs_per_cycle']:>14.1f} "
+              f"{entry['resident_bytes']:>12}")
+    return 0
