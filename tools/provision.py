@@ -234,6 +234,10 @@ class Board:
             transport.exit_raw_repl()
             transport.serial.write(b"\x04")
             transport.serial.flush()
+            # Wait for the board to say it rebooted before the port is closed: bytes
+            # still unread on a USB-serial or pty link when the host closes it can be
+            # dropped, and the board would sit in the REPL instead of running the node.
+            transport.read_until(1, b"soft reboot", timeout=3, timeout_overall=5)
 
 
 class BoardError(KnuteError):

@@ -1,0 +1,120 @@
+"""A technician's whole path: virtual board, knute provision with the real mpremote,
+the real firmware on the board, the gateway, Mosquitto, and the backend's reading."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import Broker
+from tools.nullmodem import NullModem
+from tools.vdevice import VirtualBoard
+
+DEVICE = "00c0ffee"
+START = 1_790_006_400          # simulated boot time, on a 6-hour boundary
+
+
+def _gateway_config(workdir: Path, broker: Broker, serial_path: str) -> Path:
+    config = workdir / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+id = "e2e"
+data_dir = "{workdir}"
+registry = "registry.db"
+
+[spool]
+path = "spool.db"
+
+[status]
+socket = "{workdir}/gateway.sock"
+
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+prefix = "city"
+
+[[serial]]
+name = "node-line"
+url = "{serial_path}"
+reopen_min_s = 0.2
+reopen_max_s = 1
+""")
+    return config
+
+
+def test_provisioned_node_reading_reaches_the_backend(
+    knute_bin: Path, mosquitto: Broker, tmp_path: Path
+) -> None:
+    received: list[dict[str, Any]] = []
+    got = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        doc = json.loads(msg.payload)
+        received.append(doc)
+        if doc["readings"]["index"]["value"] == 1234:
+            got.set()
+
+    backend = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="e2e-backend")
+    backend.on_message = on_message
+    backend.connect(mosquitto.host, mosquitto.port, 30)
+    backend.subscribe(f"city/water_meter/{DEVICE}/up", qos=1)
+    backend.loop_start()
+    gateway = None
+    # The board's flash may open ptys: its UART is one end of the null modem.
+    with NullModem() as line, VirtualBoard(binds=("/dev/pts",)) as board:
+        try:
+            config = _gateway_config(tmp_path, mosquitto, line.b_path)
+            # The gateway runs before the node exists: it learns the device on SIGHUP.
+            (tmp_path / "registry.db").unlink(missing_ok=True)
+            with (tmp_path / "gateway.log").open("wb") as log:
+                gateway = subprocess.Popen([str(knute_bin), "gateway", "run", "--config",
+                                            str(config)], stdout=subprocess.DEVNULL, stderr=log)
+            # 1,234 litres flow in the first simulated hour.
+            (board.flash_dir / "pulses.txt").write_text(f"@{START + 600} 1234\n")
+            wiring = tmp_path / "bench.json"
+            wiring.write_text(json.dumps({
+                "jitter_s": 1,
+                "water": {"sends_per_day": 4, "profile_len": 6, "litres_per_pulse": 1},
+                "bench": {"uart": {"link": line.a_path}, "pulse": {"pulse": "pulses.txt"},
+                          "time_scale": 7200, "start_time": START, "seed": 3},
+            }))
+            result = subprocess.run(
+                [str(knute_bin), "provision", "--port", board.port, "--kind", "water_meter",
+                 "--device-id", DEVICE, "--registry", str(tmp_path / "registry.db"),
+                 "--config", str(wiring), "--json"],
+                capture_output=True, text=True, timeout=120, check=False)
+            assert result.returncode == 0, result.stderr
+            summary = json.loads(result.stdout)
+            assert summary["device"] == DEVICE and "key" not in summary
+            assert os.stat(tmp_path / "registry.db").st_mode & 0o077 == 0
+            gateway.send_signal(signal.SIGHUP)          # reload the registry
+
+            got.wait(60)
+            assert got.is_set(), (
+                f"no reading with index 1234; got {received}\n"
+                + (tmp_path / "gateway.log").read_text())
+        finally:
+            if gateway is not None:
+                gateway.terminate()
+                gateway.wait(timeout=20)
+            backend.loop_stop()
+            backend.disconnect()
+    reading = next(d for d in received if d["readings"]["index"]["value"] == 1234)
+    assert reading["device"] == DEVICE and reading["kind"] == "water_meter"
+    assert reading["id"] == f"{DEVICE}:{reading['fcnt']}"
+    assert reading["readings"]["index"]["unit"] == "L"
+    # The hourly profile holds the 1,234 litres in the hour they flowed, and nothing else.
+    litres = [slot["litres"] for slot in reading["profile"]]
+    assert sum(litres) == 1234 and 1234 in litres
+    assert reading["receivers"][0]["source"] == "node-line"
+    assert time.time() - 3600 < time.mktime(time.strptime(
+        reading["received_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone < time.time() + 60
