@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -28,6 +29,8 @@ from typing import Any
 
 from gateway.errors import KnuteError
 from protocol import frame, kinds
+
+log = logging.getLogger("knute.registry")
 
 SCHEMA_VERSION = 2
 CSV_COLUMNS = ("device_id", "kind", "key", "name", "site")
@@ -227,15 +230,82 @@ class Registry:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._lock = threading.Lock()
         _create_private(path)
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db = self._connect(path, check=True)
         except sqlite3.DatabaseError as exc:
-            raise KnuteError(f"registry {path}: {exc}") from None
-        self._lock = threading.Lock()
+            if not is_corruption(exc):
+                raise KnuteError(f"registry {path}: {exc}") from None
+            # A damaged file (torn write, bad sector, truncated copy): keep it for the
+            # operator, start a fresh registry and copy every device still readable.
+            moved = _move_aside(path)
+            log.error("registry %s is corrupt (%s): moved aside to %s, starting a fresh "
+                      "registry", path, exc, moved)
+            _create_private(path)
+            try:
+                self._db = self._connect(path, check=False)
+            except sqlite3.DatabaseError as again:
+                raise KnuteError(f"registry {path}: {again}") from None
+            self._migrate()
+            saved, lost = self._salvage(moved)
+            log.error("registry %s: salvaged %d devices from %s (%d unreadable rows); "
+                      "re-add missing devices with 'knute devices add' or 'import'",
+                      path, saved, moved, lost)
+            return
         self._migrate()
+
+    @staticmethod
+    def _connect(path: str, *, check: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if check and path != ":memory:":
+                row = db.execute("PRAGMA quick_check").fetchone()
+                if row is None or row[0] != "ok":
+                    raise CorruptFile(f"quick_check: {row[0] if row else 'no answer'}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _salvage(self, moved: str) -> tuple[int, int]:
+        """Copy every readable, valid device row of a corrupt file; (saved, unreadable)."""
+        rows: list[Sequence[Any]] = []
+        bad = 0
+        try:
+            old = sqlite3.connect(f"file:{moved}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return 0, 0
+        try:
+            for cols in ("device_id, kind, key, name, site, location",
+                         "device_id, kind, key, name, '', '{}'"):
+                try:
+                    for row in old.execute(f"SELECT {cols} FROM devices"):
+                        rows.append(row)
+                    break
+                except sqlite3.Error:
+                    continue
+        finally:
+            old.close()
+        values: dict[int, tuple[Any, ...]] = {}
+        for row in rows:
+            try:
+                location = json.loads(row[5] or "{}")
+                if not isinstance(location, dict):
+                    location = {}
+                vals = self._values(int(row[0]), str(row[1]), bytes(row[2]), str(row[3]),
+                                    str(row[4]), location)
+            except (KnuteError, ValueError, TypeError):
+                bad += 1
+                continue
+            values[vals[0]] = vals
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO devices (device_id, kind, key, name, site, location, "
+                "added_at) VALUES (?, ?, ?, ?, ?, ?, ?)", list(values.values()))
+        return len(values), bad
 
     # -- schema ------------------------------------------------------------------
 
@@ -418,6 +488,37 @@ class Registry:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+
+class CorruptFile(sqlite3.DatabaseError):
+    """PRAGMA quick_check found damage in an SQLite file."""
+
+
+# SQLite primary result codes that mean the file itself is damaged (not busy,
+# locked, read-only or on a full disk: those must never move a file aside).
+_CORRUPT_CODES = (11, 26)       # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """True if ``exc`` says the database file is damaged or is not a database."""
+    if isinstance(exc, CorruptFile):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _CORRUPT_CODES
+
+
+def _move_aside(path: str) -> str:
+    """Rename a registry file and its WAL/SHM companions; returns the new main path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = f"{path}.corrupt-{stamp}"
+    n = 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{path}.corrupt-{stamp}-{n}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, target + suffix)
+    return target
 
 
 def _number_or_text(val: str) -> Any:

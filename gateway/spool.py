@@ -48,6 +48,18 @@ and alarm alike, checked at most once a second. Every eviction is counted in
 persisted counters (``evicted_total`` and by reason and class) reported by
 :meth:`Spool.stats`, and logged.
 
+A file system that fills up before ``max_bytes`` is reached (SQLITE_FULL)
+makes the disk the bound. On a full disk SQLite can write nothing, not even a
+delete (the WAL cannot grow, a checkpoint cannot extend the file), so the
+spool holds ``RESERVE_BYTES`` (8 MiB, at most max_bytes/4) in
+``<path>.reserve`` from its start and gives it back at the first SQLITE_FULL;
+the WAL is then checkpointed, the failed transaction is rolled back, the limit
+is lowered below what is stored (by a tenth, or twice the batch) until the
+next start, and the batch is retried once with room made first by the same
+policy, counted as size evictions. Freed pages are reused inside the file,
+so later inserts and checkpoints need no new disk space. A checkpoint that
+fails after a commit is logged and retried; it never un-accepts the batch.
+
 Delivery order
 --------------
 Row ids come from ``AUTOINCREMENT`` and are never reused, so an id held by
@@ -71,6 +83,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -79,6 +92,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from gateway.errors import KnuteError
+from gateway.registry import CorruptFile, is_corruption
 
 log = logging.getLogger("knute.spool")
 
@@ -86,6 +100,7 @@ SCHEMA_VERSION = 2
 ROW_OVERHEAD = 64          # bytes counted per row beyond topic and payload
 _CHUNK = 500               # ids per IN (...) statement, below every SQLite variable limit
 _AGE_CHECK_S = 1.0
+RESERVE_BYTES = 8 * 1024 * 1024   # disk held back for a full file system (max_bytes/4 at most)
 
 # Persisted counters (table meta). evicted_total is the sum of the four evicted_* classes.
 COUNTER_KEYS = (
@@ -206,7 +221,11 @@ class Spool:
         self._lock = threading.Lock()
         self._last_age_check = 0.0
         self._last_checkpoint = time.monotonic()
+        self._disk_limit = max_bytes        # lowered when the file system fills up
+        self.reserve_path = path + ".reserve"
+        self._reserve_bytes = min(RESERVE_BYTES, max(0, max_bytes // 4))
         self._db = self._open_checked(path)
+        self._make_reserve()
         self._counters = self._load_counters()
         row = self._db.execute("SELECT count(*), total(size) FROM rows").fetchone()
         self._depth = int(row[0])
@@ -238,12 +257,16 @@ class Spool:
             check = db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 db.close()
-                raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
+                raise CorruptFile(f"quick_check: {check[0] if check else 'no answer'}")
             self._migrate(db)
             return db
         except SpoolError:
             raise
         except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                # Busy, locked, read-only, I/O error, disk full: the file may be fine;
+                # moving it aside would throw away accepted frames and replay counters.
+                raise SpoolError(f"spool {path}: {exc}") from exc
             moved = _move_aside(path)
             log.error("spool %s is corrupt (%s): moved aside to %s, starting a fresh spool",
                       path, exc, moved)
@@ -323,41 +346,120 @@ class Spool:
             if newest.get(item.device_id, -1) < item.fcnt:
                 newest[item.device_id] = item.fcnt
         with self._lock:
-            depth, nbytes, counters = self._depth, self._bytes, dict(self._counters)
             try:
-                self._begin()
-                try:
-                    self._db.executemany(
-                        "INSERT INTO rows (device_id, fcnt, kind, topic, payload, alarm, "
-                        "received_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                    self._db.executemany(
-                        "INSERT INTO replay (device_id, fcnt) VALUES (?, ?) "
-                        "ON CONFLICT(device_id) DO UPDATE SET fcnt = max(fcnt, excluded.fcnt)",
-                        newest.items())
-                    self._bump({"accepted_total": len(rows)})
-                    self._counters["accepted_total"] += len(rows)
-                    self._depth += len(rows)
-                    self._bytes += added
-                    self._evict(self._clock())
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+                self._accept_rows(rows, newest, added, make_room=False)
             except sqlite3.Error as exc:
-                self._depth, self._bytes, self._counters = depth, nbytes, counters
-                raise SpoolError(f"spool {self.path}: accept failed: {exc}") from exc
-            if self.fsync == "normal":
-                self._maybe_checkpoint()
+                if not _is_disk_full(exc):
+                    raise SpoolError(f"spool {self.path}: accept failed: {exc}") from exc
+                # The file system is full before max_bytes: the disk becomes the bound.
+                # Lower the limit below what is stored now, evict by the usual policy
+                # (oldest routine rows first, alarms last, counted) in the same
+                # transaction as the insert, and try once more. Deleted rows free
+                # pages inside the file, so later inserts and checkpoints need no
+                # new disk space.
+                self._disk_limit = max(0, min(self._bytes, self._disk_limit)
+                                       - max(2 * added, self._bytes // 10))
+                log.error("spool %s: file system full at %d bytes of rows; spool limit "
+                          "lowered to %d bytes until restart, evicting to make room",
+                          self.path, self._bytes, self._disk_limit)
+                self._room_to_write()
+                try:
+                    self._accept_rows(rows, newest, added, make_room=True)
+                except sqlite3.Error as again:
+                    raise SpoolError(f"spool {self.path}: accept failed: {again}") from again
+            self._maybe_checkpoint()
+
+    def _accept_rows(self, rows: Sequence[tuple[object, ...]], newest: dict[int, int], added: int,
+                     *, make_room: bool) -> None:
+        """The accept transaction (caller holds the lock); state restored on failure."""
+        depth, nbytes, counters = self._depth, self._bytes, dict(self._counters)
+        try:
+            self._begin()
+            try:
+                if make_room:
+                    self._evict(self._clock(), room=added)
+                self._db.executemany(
+                    "INSERT INTO rows (device_id, fcnt, kind, topic, payload, alarm, "
+                    "received_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.executemany(
+                    "INSERT INTO replay (device_id, fcnt) VALUES (?, ?) "
+                    "ON CONFLICT(device_id) DO UPDATE SET fcnt = max(fcnt, excluded.fcnt)",
+                    newest.items())
+                self._bump({"accepted_total": len(rows)})
+                self._counters["accepted_total"] += len(rows)
+                self._depth += len(rows)
+                self._bytes += added
+                self._evict(self._clock())
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+        except BaseException:
+            self._depth, self._bytes, self._counters = depth, nbytes, counters
+            raise
+
+    def _make_reserve(self) -> None:
+        """Hold ``RESERVE_BYTES`` of disk in a file that is given back when the disk fills.
+
+        With a full file system SQLite can neither commit (the WAL cannot grow)
+        nor checkpoint (the database file cannot take the WAL's new pages), so
+        not even an eviction could be written. The reserve is what makes room.
+        """
+        want = self._reserve_bytes
+        if not want:
+            return
+        with contextlib.suppress(OSError):
+            if os.path.getsize(self.reserve_path) >= want:
+                return
+        try:
+            with open(self.reserve_path, "wb") as fh:
+                block = b"\0" * 65536
+                for _ in range(0, want, len(block)):
+                    fh.write(block)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            log.warning("spool %s: cannot reserve %d bytes of disk (%s); a full disk may "
+                        "then stop the spool until space is freed", self.path, want,
+                        exc.strerror)
+            with contextlib.suppress(OSError):
+                os.unlink(self.reserve_path)
+
+    def _room_to_write(self) -> None:
+        """After SQLITE_FULL: give back the reserve and fold the WAL into the file."""
+        if os.path.exists(self.reserve_path):
+            with contextlib.suppress(OSError):
+                os.unlink(self.reserve_path)
+                log.error("spool %s: disk full: released the %d-byte reserve; it is taken "
+                          "again at the next start", self.path, self._reserve_bytes)
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("spool %s: checkpoint on a full disk failed: %s", self.path, exc)
 
     def _maybe_checkpoint(self) -> None:
+        # After the commit: a failure here (a full disk) never un-accepts the batch.
+        # Once the disk has filled, every commit is checkpointed so the WAL stays small.
+        disk_bound = self._disk_limit < self.max_bytes
+        if self.fsync != "normal" and not disk_bound:
+            return
         now = time.monotonic()
-        if now - self._last_checkpoint >= self._checkpoint_interval_s:
+        if disk_bound or now - self._last_checkpoint >= self._checkpoint_interval_s:
             self._last_checkpoint = now
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                log.warning("spool %s: checkpoint failed (%s); will retry", self.path, exc)
 
-    def _evict(self, now: float, force_age: bool = False) -> None:
-        """Apply the age and size bounds inside the caller's transaction."""
+    def _evict(self, now: float, force_age: bool = False, room: int = 0) -> None:
+        """Apply the age and size bounds inside the caller's transaction.
+
+        ``room``: also free that many bytes below the limit (before an insert).
+        The limit is ``max_bytes``, or less after the file system filled up.
+        """
         deltas = dict.fromkeys(COUNTER_KEYS, 0)
+        limit = max(0, min(self.max_bytes, self._disk_limit) - room)
         if force_age or now - self._last_age_check >= _AGE_CHECK_S:
             self._last_age_check = now
             cutoff = now - self.max_age_s
@@ -371,8 +473,8 @@ class Spool:
                 self._depth -= int(n)
                 self._bytes -= int(size)
         for alarm, key in ((0, "evicted_size_routine"), (1, "evicted_size_alarm")):
-            while self._bytes > self.max_bytes:
-                over = self._bytes - self.max_bytes
+            while self._bytes > limit:
+                over = self._bytes - limit
                 victims = []
                 freed = 0
                 # Oldest first; alarms are rare, so this walk by id skips few rows.
@@ -436,36 +538,50 @@ class Spool:
         """
         if not row_ids:
             return 0
-        deleted = 0
-        freed = 0
         with self._lock:
-            self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                self._begin()
-                try:
-                    for start in range(0, len(row_ids), _CHUNK):
-                        chunk = list(row_ids[start:start + _CHUNK])
-                        marks = ",".join("?" * len(chunk))
-                        n, size = self._db.execute(
-                            f"SELECT count(*), total(size) FROM rows WHERE id IN ({marks})",
-                            chunk).fetchone()
-                        if n:
-                            self._db.execute(f"DELETE FROM rows WHERE id IN ({marks})", chunk)
-                            deleted += int(n)
-                            freed += int(size)
-                    self._bump({"acked_total": deleted})
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+                deleted, freed = self._ack_rows(row_ids)
             except sqlite3.Error as exc:
-                raise SpoolError(f"spool {self.path}: ack failed: {exc}") from exc
-            finally:
-                self._db.execute(f"PRAGMA synchronous={self._sync_pragma}")
+                if not _is_disk_full(exc):
+                    raise SpoolError(f"spool {self.path}: ack failed: {exc}") from exc
+                self._room_to_write()
+                try:
+                    deleted, freed = self._ack_rows(row_ids)
+                except sqlite3.Error as again:
+                    raise SpoolError(f"spool {self.path}: ack failed: {again}") from again
             self._counters["acked_total"] += deleted
             self._depth -= deleted
             self._bytes -= freed
         return deleted
+
+    def _ack_rows(self, row_ids: Sequence[int]) -> tuple[int, int]:
+        """The ack transaction (caller holds the lock): (rows deleted, bytes freed)."""
+        deleted = 0
+        freed = 0
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._begin()
+            try:
+                for start in range(0, len(row_ids), _CHUNK):
+                    chunk = list(row_ids[start:start + _CHUNK])
+                    marks = ",".join("?" * len(chunk))
+                    n, size = self._db.execute(
+                        f"SELECT count(*), total(size) FROM rows WHERE id IN ({marks})",
+                        chunk).fetchone()
+                    if n:
+                        self._db.execute(f"DELETE FROM rows WHERE id IN ({marks})", chunk)
+                        deleted += int(n)
+                        freed += int(size)
+                self._bump({"acked_total": deleted})
+                self._db.execute("COMMIT")
+            except BaseException:
+                # SQLite may already have rolled back (SQLITE_FULL at COMMIT).
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+        finally:
+            self._db.execute(f"PRAGMA synchronous={self._sync_pragma}")
+        return deleted, freed
 
     def stats(self) -> dict[str, int]:
         """depth, bytes, max_bytes, oldest_age_s and the persisted counters."""
@@ -574,6 +690,14 @@ class AcceptBatcher:
         self.flush()
 
 
+def _is_disk_full(exc: sqlite3.Error) -> bool:
+    """True for SQLITE_FULL (the file system, or a size limit, has no room)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == 13
+    return "full" in str(exc)
+
+
 def _statements(script: str) -> list[str]:
     """Split a DDL script into statements (no semicolons inside our statements)."""
     out = []
@@ -599,10 +723,66 @@ def _move_aside(path: str) -> str:
     return target
 
 
+def _padded_copy(path: str) -> str:
+    """``path``, or a copy padded with zeros to the size its header states.
+
+    A truncated file is unreadable as a whole (SQLite calls it malformed at the
+    first query); padded back to its size, every page that survived reads
+    again and only the missing ones are damaged.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(100)
+        size = os.path.getsize(path)
+    except OSError:
+        return path
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+        return path
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    want = int.from_bytes(head[28:32], "big") * page_size
+    if want <= size:
+        return path
+    copy = path + ".salvage"
+    try:
+        shutil.copyfile(path, copy)
+        with open(copy, "r+b") as fh:
+            fh.truncate(want)
+    except OSError:
+        return path
+    return copy
+
+
+def _read_rows(old: sqlite3.Connection) -> list[tuple[object, ...]]:
+    """Every row still readable, in id order, stepping over damaged pages."""
+    rows: list[tuple[object, ...]] = []
+    try:
+        top = int(old.execute("SELECT seq FROM sqlite_sequence WHERE name = 'rows'")
+                  .fetchone()[0])
+    except (sqlite3.Error, TypeError):
+        top = None
+    after, step = 0, 1
+    while True:
+        try:
+            for r in old.execute("SELECT id, device_id, fcnt, kind, topic, payload, alarm, "
+                                 "received_at FROM rows WHERE id > ? ORDER BY id", (after,)):
+                after, step = int(r[0]), 1
+                if (isinstance(r[1], int) and isinstance(r[2], int) and isinstance(r[3], str)
+                        and isinstance(r[4], str) and isinstance(r[5], bytes)
+                        and isinstance(r[6], int) and isinstance(r[7], int | float)):
+                    rows.append(tuple(r[1:]))           # a damaged cell is left out
+            return rows
+        except sqlite3.Error:
+            if top is None or after >= top:
+                return rows
+            after, step = after + step, step * 2
+
+
 def _salvage(moved: str, db: sqlite3.Connection) -> None:
     """Copy what can still be read from a corrupt spool (rows, replay counters)."""
+    source = _padded_copy(moved)
     try:
-        old = sqlite3.connect(f"file:{moved}?mode=ro", uri=True)
+        old = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     except sqlite3.Error:
         return
     counters: dict[int, int] = {}
@@ -613,14 +793,12 @@ def _salvage(moved: str, db: sqlite3.Connection) -> None:
                 counters[int(device_id)] = max(int(fcnt), counters.get(int(device_id), -1))
         except sqlite3.Error:
             pass
-        try:
-            for r in old.execute("SELECT device_id, fcnt, kind, topic, payload, alarm, "
-                                 "received_at FROM rows ORDER BY id"):
-                rows.append(r)
-        except sqlite3.Error:
-            pass
+        rows = _read_rows(old)
     finally:
         old.close()
+        if source != moved:
+            with contextlib.suppress(OSError):
+                os.unlink(source)
     for r in rows:
         device_id, fcnt = int(r[0]), int(r[1])  # type: ignore[call-overload]
         counters[device_id] = max(fcnt, counters.get(device_id, -1))

@@ -1,0 +1,23 @@
+"""Power cuts (kill -9 of the unix-port firmware) at random points of the counter and
+index writes: never a reused frame counter, the index never goes backwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import check
+from tools import bench_reliability as rel
+
+
+def test_five_power_cuts(tmp_path: Path) -> None:
+    result = rel.case_firmware_power_cut(tmp_path, cuts=5)
+    check(result, allow_duplicates=False)
+
+
+@pytest.mark.slow
+def test_a_hundred_power_cuts(tmp_path: Path) -> None:
+    result = rel.case_firmware_power_cut(tmp_path, cuts=100)
+    check(result, allow_duplicates=False)
+    assert result.notes["cuts_inside_a_write"] > 0
