@@ -36,6 +36,7 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -450,8 +451,8 @@ class Daemon:
         # The batch was not accepted; memory must not run ahead of the spool.
         from gateway.spool import SpoolError
 
-        if not isinstance(exc, SpoolError):
-            raise exc
+        if not isinstance(exc, SpoolError | sqlite3.Error | OSError):
+            raise exc  # a programming error: let the supervisor (systemd) see it
         log.error("spool commit failed, frames of this batch not accepted: %s", exc)
         self.counters.inc("spool_errors")
         self._pending_sources.clear()

@@ -677,7 +677,9 @@ def run_provision(args: argparse.Namespace) -> int:
                 registered = args.registry
             elif csv_path is not None:
                 new_file = not csv_path.exists() or csv_path.stat().st_size == 0
-                with csv_path.open("a") as handle:
+                # The file holds keys: created readable by its owner only, like the registry.
+                fd = os.open(csv_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                with os.fdopen(fd, "a") as handle:
                     if new_file:
                         handle.write(csv_header(with_location=False))
                     assert key is not None

@@ -89,6 +89,7 @@ def test_provision_text_summary_hides_the_key_and_writes_csv(
     assert config["key"] not in result.stdout
     assert "registered  " + str(csv_file) in result.stdout
     lines = csv_file.read_text().splitlines()
+    assert csv_file.stat().st_mode & 0o777 == 0o600, "the CSV holds keys"
     assert lines[0] == "device_id,kind,key,name,site"
     assert lines[1] == f"{config['device_id']:08x},air_quality,{config['key']},school yard,"
     # The file imports into a registry as `knute devices import` does.
