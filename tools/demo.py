@@ -9,8 +9,9 @@ What runs:
   through two packet forwarders with overlapping coverage, so the gateway
   merges duplicates; a few faults (leaks, bursts, tamper, a failed particle
   sensor, garbage, truncated frames, replays) keep it honest;
-- optionally (``--real-firmware K``) K nodes running the real firmware on
-  virtual boards, provisioned with ``knute provision``;
+- K water meters (``--real-firmware K``, 2 by default) running the real
+  firmware on virtual boards, provisioned with ``knute provision``, their UARTs
+  wired to a second serial source of the gateway;
 - an MQTT subscriber that checks what the backend receives.
 
 Interactive (a terminal): a rich live view of devices, alarms, spool and
@@ -37,9 +38,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import KnuteError
+
+if TYPE_CHECKING:
+    from tools.demo_firmware import FirmwareNode
 
 PREFIX = "knute"
 DEMO_FAULTS = ("leak", "burst", "tamper", "sensor", "garbage", "truncated", "replay")
@@ -51,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--air", type=int, default=6, help="air-quality nodes (default 6)")
     parser.add_argument("--speed", type=float, default=1800.0,
                         help="simulated seconds per real second (default 1800)")
-    parser.add_argument("--real-firmware", type=int, default=0, metavar="K",
-                        help="also run K water meters on the real firmware in virtual boards")
+    parser.add_argument("--real-firmware", type=int, default=2, metavar="K",
+                        help="also run K water meters on the real firmware in virtual boards "
+                        "(default 2)")
     parser.add_argument("--for", dest="duration", type=float, default=None,
                         help="run headless for this many seconds, then print a summary")
     parser.add_argument("--json", action="store_true", help="with --for: one JSON object")
@@ -108,12 +113,11 @@ class Demo:
         self.fleet = Fleet(args.meters, args.air, start=self.start_time, seed=args.seed,
                            faults=DEMO_FAULTS, fault_rate=args.fault_rate)
         self.expected: set[str] = set()
-        self.sent_valid = 0
         self.sent_total = 0
         self.seen = Seen()
         self.stop_fleet = threading.Event()
         self.gateway: subprocess.Popen[bytes] | None = None
-        self.boards: list[Any] = []
+        self.boards: list[FirmwareNode] = []
         self._threads: list[threading.Thread] = []
         self._mqtt: Any = None
         self._pty_master = -1
@@ -244,9 +248,11 @@ listen = "127.0.0.1:{self.udp_port}"
     def _start_real_firmware(self) -> None:
         from tools.demo_firmware import start_boards
 
-        self.boards = start_boards(self.args.real_firmware, self.workdir,
-                                   str(self.workdir / "registry.db"), self.args.speed)
-        self.event(f"firmware: {len(self.boards)} virtual boards provisioned")
+        self.boards = start_boards(self.args.real_firmware, self.workdir / "boards",
+                                   str(self.workdir / "registry.db"), self.start_time,
+                                   self.args.speed)
+        self.event(f"firmware: {len(self.boards)} virtual boards provisioned: "
+                   + ", ".join(f"{b.device_id:08x}" for b in self.boards))
 
     # ------------------------------------------------------------ running
     def _send_loop(self) -> None:
@@ -260,7 +266,6 @@ listen = "127.0.0.1:{self.udp_port}"
             for tx in self.fleet.due(now):
                 self.sent_total += 1
                 if tx.valid and tx.node is not None:
-                    self.sent_valid += 1
                     self.expected.add(f"{tx.node.device_id:08x}:{tx.node.fcnt - 1}")
                 if tx.node is not None and tx.node.device_id % 2:
                     self._serial_write(stream.encode_record(stream.REC_FRAME, tx.payload))
@@ -308,10 +313,18 @@ listen = "127.0.0.1:{self.udp_port}"
             self.broker.start()
             self.event("broker: back - the spool drains")
 
+    def all_expected(self) -> set[str]:
+        """Ids of every valid frame sent: the simulated fleet's and the firmware's."""
+        expected = set(self.expected)
+        for board in self.boards:
+            expected |= board.expected_ids()
+        return expected
+
     def missing(self) -> set[str]:
         """Ids sent (and valid) that the subscriber has not received yet."""
+        expected = self.all_expected()
         with self.seen.lock:
-            return self.expected - self.seen.ids.keys()
+            return expected - self.seen.ids.keys()
 
     def drain(self, timeout_s: float) -> None:
         """Stop the fleet and wait until everything valid has arrived (or timeout)."""
@@ -350,7 +363,8 @@ listen = "127.0.0.1:{self.udp_port}"
             received = len(self.seen.ids)
             duplicates = sum(n - 1 for n in self.seen.ids.values())
             alarms = self.seen.alarm_readings
-        return {"sent": self.sent_valid, "received": received, "lost": len(self.missing()),
+        return {"sent": len(self.all_expected()), "received": received,
+                "lost": len(self.missing()),
                 "duplicates": duplicates, "alarms": alarms}
 
 
@@ -394,7 +408,7 @@ def _render(demo: Demo) -> Any:
     counters = Table.grid(padding=(0, 2))
     counters.add_row("broker", "[green]up" if demo.broker.running else "[red]DOWN",
                      "mqtt", str(fwd.get("state", "?")))
-    counters.add_row("sent (valid)", str(demo.sent_valid), "received", str(received))
+    counters.add_row("sent (valid)", str(len(demo.all_expected())), "received", str(received))
     counters.add_row("gateway accepted", str(totals.get("accepted", 0)),
                      "merged duplicates", str(totals.get("merged", 0)))
     counters.add_row("rejected", str(totals.get("rejected", 0)),
@@ -452,7 +466,7 @@ def _headless(demo: Demo, duration: float, quiet: bool) -> dict[str, Any]:
         time.sleep(0.1)
         if not quiet and int(elapsed) % 5 == 0 and elapsed % 5 < 0.1:
             st = demo.gateway_status()
-            print(f"{int(elapsed):>4} s  sent {demo.sent_valid}  received "
+            print(f"{int(elapsed):>4} s  sent {len(demo.all_expected())}  received "
                   f"{len(demo.seen.ids)}  spool {st.get('spool', {}).get('depth', '?')}",
                   file=sys.stderr)
     if not demo.broker.running:
