@@ -61,8 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (KnuteError, FrameError) as exc:
+    except KnuteError as exc:
         print(f"knute {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except FrameError as exc:
+        from gateway.reasons import describe
+
+        detail = f" ({exc.detail})" if exc.detail else ""
+        print(f"knute {args.command}: {describe(exc.reason)}{detail}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
