@@ -5,7 +5,9 @@ the wall clock. Frames go out over a serial line (a pty this command creates,
 ``--serial-pty LINK``, or an existing device, ``--serial PATH``) as link records,
 over the Semtech UDP packet-forwarder protocol (``--udp HOST:PORT``) from
 ``--forwarders`` simulated LoRa gateways whose coverage overlaps (each packet is
-heard by one to all of them, so the gateway sees duplicates), or both.
+heard by one to all of them, so the gateway sees duplicates), or both. Thousands
+of nodes run in-process; ``--real-firmware K`` adds K water meters running the
+real firmware on virtual boards, each on a serial line of its own.
 
 The devices must be in the gateway's registry: ``--registry PATH`` registers
 them there first, ``--csv FILE`` writes them for ``knute devices import``.
@@ -49,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--first-device-id", default="10000000",
                         help="device id of the first node (8 hex digits)")
+    parser.add_argument("--real-firmware", type=int, default=0, metavar="K",
+                        help="also run K water meters on the real firmware in virtual boards "
+                        "(needs --registry); each prints the serial port the gateway reads")
     parser.add_argument("--registry", help="register the fleet in this registry first")
     parser.add_argument("--csv", help="write the fleet as CSV for knute devices import")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -186,6 +191,22 @@ def run(args: argparse.Namespace) -> int:
     fleet = Fleet(args.meters, args.air, start=start, seed=args.seed, faults=faults,
                   fault_rate=args.fault_rate, first_device_id=int(args.first_device_id, 16))
     _register(args, fleet)
+    boards: list[Any] = []
+    if args.real_firmware:
+        if not args.registry:
+            raise KnuteError("--real-firmware needs --registry: the boards are provisioned "
+                             "into it")
+        import tempfile
+        from pathlib import Path
+
+        from tools.demo_firmware import start_boards
+
+        flash_root = Path(tempfile.mkdtemp(prefix="knute-sim-boards-"))
+        boards = start_boards(args.real_firmware, flash_root, args.registry, start, args.speed)
+        for board in boards:
+            if not args.json:
+                print(f"firmware node {board.device_id:08x}: serial {board.uart_path}",
+                      flush=True)
     out = _open_outputs(args)
     stop = False
 
@@ -219,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
         for fwd in out.forwarders:
             fwd.read_acks()
         out.close()
+        for board in boards:
+            board.close()
     summary = {
         "nodes": len(fleet.nodes),
         "simulated_s": round((time.monotonic() - wall0) * args.speed),
@@ -229,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         "udp_packets": out.udp_packets,
         "push_acked": sum(f.acked for f in out.forwarders),
         "faults": {k: v for k, v in fleet.injected.items() if v},
+        "firmware_nodes": [{"device": f"{b.device_id:08x}", "serial": b.uart_path,
+                            "sent": len(b.sent)} for b in boards],
     }
     if args.json:
         json.dump(summary, sys.stdout)

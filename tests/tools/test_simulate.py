@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import json
 import os
@@ -90,3 +91,50 @@ def test_simulate_without_an_output_is_one_clear_error(knute_bin: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "knute simulate: nowhere to send: give --serial-pty, --serial or --udp")
+
+
+def test_simulate_runs_real_firmware_nodes_on_their_own_serial_lines(
+    knute_bin: str, tmp_path: Path
+) -> None:
+    from gateway.registry import Registry
+
+    registry = tmp_path / "registry.db"
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    proc = subprocess.Popen(
+        [knute_bin, "simulate", "--meters", "1", "--air", "0", "--speed", "7200", "--for", "10",
+         "--udp", f"127.0.0.1:{udp.getsockname()[1]}", "--real-firmware", "1",
+         "--registry", str(registry)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    records: list[bytes] = []
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("firmware node "), line
+        device = int(line.split()[2].rstrip(":"), 16)
+        fd = os.open(line.split()[-1], os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        dec = stream.StreamDecoder()
+        while proc.poll() is None:
+            if select.select([fd], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):
+                    records += [item[1] for item in dec.feed(os.read(fd, 4096))
+                                if not isinstance(item, FrameError)]
+        os.close(fd)
+        out = proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        udp.close()
+    assert proc.returncode == 0
+    reg = Registry(str(registry))
+    try:
+        dev = reg.get(device)
+        assert dev is not None and dev.kind == "water_meter"
+        key = dev.key
+    finally:
+        reg.close()
+    frames = [frame.decode(raw, key) for raw in records]
+    assert frames and all(f["device_id"] == device for f in frames)
+    assert [f["fcnt"] for f in frames] == list(range(len(frames)))
+    assert "1 nodes" in out
