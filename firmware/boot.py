@@ -38,11 +38,13 @@ def port_hal():
 
 
 def _make_link(hal, cfg):
-    from firmware import link
-
     gc.collect()
     if cfg["link"]["type"] == "lora":
-        return link.LoraLink(hal.lora_modem(cfg["radio"]), cfg["radio"])
+        from firmware import link_lora
+
+        return link_lora.LoraLink(hal.lora_modem(cfg["radio"]), cfg["radio"])
+    from firmware import link
+
     port = hal.uart(cfg["link"]["uart"], cfg["link"]["baud"])
     return link.UartLink(port, cfg["link"]["log"])
 
@@ -92,7 +94,7 @@ def boot(config_path="config.json"):
         except ValueError as exc:
             hal.safe_mode("radio.freq_hz: " + str(exc))
             return None
-    from firmware import context, link, roles  # noqa: F401  (long-lived: load them first)
+    from firmware import context, roles  # long-lived: load them first
 
     gc.collect()
     try:

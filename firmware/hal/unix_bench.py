@@ -1,7 +1,7 @@
 # The bench radio, loaded on first use so that only LoRa nodes and the radio
 # bridge carry it. See firmware/hal/unix.py for the line format.
 
-from firmware.hal.unix import LineSource
+from firmware.hal.unix_inputs import LineSource
 
 
 class BenchPacket(bytearray):

@@ -7,7 +7,7 @@ import os
 import sys
 
 from firmware.hal import NullLed, NullWatchdog
-from firmware.hal.unix import FileInput, FilePulseSource, PtyUart
+from firmware.hal.unix import PtyUart
 
 
 def configure(hal, config):
@@ -63,16 +63,22 @@ def i2c(hal, name):
 
 def pin(hal, name):
     """An input pin whose level comes from a file."""
+    from firmware.hal.unix_inputs import FileInput
+
     return FileInput(wire(hal, "pin", name))
 
 
 def adc(hal, name):
     """A battery ADC whose millivolts come from a file."""
+    from firmware.hal.unix_inputs import FileInput
+
     return FileInput(wire(hal, "adc", name))
 
 
 def pulse_source(hal, name, direction, debounce_ms):
     """Pulse events from the file or FIFO wired as `name` (direction is in the lines)."""
+    from firmware.hal.unix_inputs import FilePulseSource
+
     return FilePulseSource(hal, wire(hal, "pulse", name), debounce_ms)
 
 

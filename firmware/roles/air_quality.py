@@ -40,7 +40,6 @@ except ImportError:                  # CPython: plain integers, no wrap-around
         return new - old
 
 from firmware.average import TrimmedMean
-from firmware.config import ConfigError
 
 # Bit values of protocol.kinds.AIR_STATUS (a test checks the order).
 PM_FAULT = const(0x01)
@@ -68,62 +67,15 @@ _T_MAX = const(850)
 _P_MIN = const(3000)           # 0.1 hPa
 _P_MAX = const(11000)
 
-DEFAULTS = {
-    "pm_sensor": "sds011",     # sds011 | pms5003 | none
-    "pm_uart": "pm",           # UART name in the board's pin map (bench: bench.uart.<name>)
-    "pms_mode": "active",      # PMS5003 report mode: active | passive
-    "pms_cf1": False,          # PMS5003: CF=1 values instead of atmospheric ones
-    "interval_s": 600,         # one frame this often
-    "warmup_s": 30,            # particle frames discarded after the fan starts
-    "sample_s": 30,            # particle frames averaged after the warm-up
-    "climate": "bme280",       # bme280 | none
-    "i2c": "i2c0",             # I2C bus name in the board's pin map (bench: bench.i2c.<name>)
-    "bme280_addr": 0x76,       # 0x76 (SDO to GND) or 0x77 (SDO to VDDIO)
-    "climate_every_s": 60,     # BME280 forced measurement this often
-    "bad_frames_max": 2,       # more bad particle frames per interval set pm_bad_frames
-}
-
-
-def _int(section, key, lo, hi):
-    value = section[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or value > hi:
-        raise ConfigError("air.%s must be an integer %d..%d" % (key, lo, hi))
-
-
-def _choice(section, key, allowed):
-    if section[key] not in allowed:
-        raise ConfigError("air.%s must be one of %s" % (key, ", ".join(allowed)))
-
-
 def configure(section):
-    """The "air" config section with defaults filled in; ConfigError names a bad key."""
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        raise ConfigError("air must be an object")
-    out = {}
-    for key in DEFAULTS:
-        out[key] = DEFAULTS[key]
-    for key in section:
-        if key not in DEFAULTS:
-            raise ConfigError("air.%s is not a known key" % key)
-        out[key] = section[key]
-    _choice(out, "pm_sensor", ("sds011", "pms5003", "none"))
-    _choice(out, "pms_mode", ("active", "passive"))
-    _choice(out, "climate", ("bme280", "none"))
-    _int(out, "interval_s", 10, 86400)
-    _int(out, "warmup_s", 0, 600)
-    _int(out, "sample_s", 1, 3600)
-    _int(out, "climate_every_s", 1, 3600)
-    _int(out, "bad_frames_max", 0, 100000)
-    if out["bme280_addr"] not in (0x76, 0x77):
-        raise ConfigError("air.bme280_addr must be 0x76 (118) or 0x77 (119)")
-    if not isinstance(out["pms_cf1"], bool):
-        raise ConfigError("air.pms_cf1 must be true or false")
-    for key in ("pm_uart", "i2c"):
-        if not isinstance(out[key], str):
-            raise ConfigError("air.%s must be a name" % key)
-    return out
+    """The "air" config section with defaults filled in; ConfigError names a bad key.
+
+    firmware.config does this at boot (config.air_section); the role itself
+    takes ctx.config["air"] as checked.
+    """
+    from firmware import config
+
+    return config.air_section(section)
 
 
 def pm_driver(name, uart, cf1=False):
@@ -138,7 +90,7 @@ def pm_driver(name, uart, cf1=False):
 class Node:
     def __init__(self, ctx):
         self.ctx = ctx
-        self.cfg = cfg = configure(ctx.config.get("air"))
+        self.cfg = cfg = ctx.config["air"]    # checked at boot (firmware.config)
         self._interval_ms = cfg["interval_s"] * 1000
         self._warmup_ms = cfg["warmup_s"] * 1000
         self._window_ms = (cfg["warmup_s"] + cfg["sample_s"]) * 1000

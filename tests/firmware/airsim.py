@@ -286,7 +286,10 @@ class FakeCtx:
     """Collects what the role sends and logs."""
 
     def __init__(self, air: "Any", uart: "Any", i2c: "Any") -> None:
-        self.config = {"role": "air_quality", "air": air}
+        from firmware.config import air_section
+
+        # checked and completed as firmware.config does at boot
+        self.config = {"role": "air_quality", "air": air_section(air)}
         self.hal = FakeHal(uart, i2c)
         self.sent: list[tuple[int, dict[str, Any]]] = []
         self.lines: list[str] = []

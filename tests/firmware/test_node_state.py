@@ -58,9 +58,7 @@ def test_kill9_during_counter_write_never_reuses_a_counter(bench_node: NodeFacto
     cfg["power"] = {"boot_loop_limit": 10}
     cfg["bench"].update({"trace_writes": True, "pause_writes_ms": 300,
                          "pause_writes_of": ["fcnt"], "stop_after_s": 8 * 3600})
-    # The write tracing and pausing closures are bench instrumentation that a
-    # field node does not carry; they push this node past a 64 KiB heap.
-    node = bench_node(cfg, heap="72k")
+    node = bench_node(cfg)      # the default 64 KiB heap, instrumentation included
     (node.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [30] * 48, 6))
     cuts = 0
     for run in range(4):

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from gateway.reasons import DESCRIPTIONS
-from protocol import errors, kinds, stream
+from protocol import errors, errors_decode, kinds, stream
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
@@ -58,7 +58,8 @@ def test_every_reason_is_documented() -> None:
     # Wire-format reasons and the receiver's frame checks are the protocol's;
     # the gateway's own (packet-forwarder datagrams, overload, ...) are operations'.
     operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
-    codes = {v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)}
+    codes = {v for module in (errors, errors_decode) for k, v in vars(module).items()
+             if k.isupper() and isinstance(v, str)}
     codes |= {"unknown_device", "replay", "duplicate", "counter_reset"}
     for code in codes:
         assert f"`{code}`" in DOC, code

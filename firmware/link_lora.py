@@ -1,0 +1,63 @@
+# The LoRa uplink: frames as LoRa packets (see firmware.link for the UART one).
+#
+# The LoRa modem comes from the HAL: on a board it is a micropython-lib `lora`
+# driver (SX1262 / SX1276 with the lora-sync SyncModem send/recv API), on the
+# unix port a bench radio that writes and reads packets as text lines. The
+# `lora` package is imported only inside the board HAL, so the bench and type
+# checks never need it. Only LoRa nodes load this module.
+
+# Link states, the same as firmware.link's (that module stays unloaded here).
+UP = "up"
+DOWN = "down"
+
+
+class LoraLink:
+    """Frames as LoRa packets through a SyncModem-like object (send(packet))."""
+
+    lora = True
+
+    def __init__(self, modem, cfg):
+        self.modem = modem
+        self.freq_hz = cfg["freq_hz"]
+        self.sf = cfg["sf"]
+        self.bw_hz = cfg["bw_hz"]
+        self.cr = cfg["cr"]
+        self.preamble = cfg["preamble"]
+        self.state = UP
+        self.errors = 0
+
+    def time_on_air_ms(self, length):
+        """Computed time on air of a `length`-byte packet with this link's settings."""
+        from firmware import dutycycle
+
+        return dutycycle.time_on_air_ms(length, self.sf, self.bw_hz, self.cr, self.preamble)
+
+    def send(self, frame):
+        """Transmit one packet and wait until it has left; False on a radio error."""
+        try:
+            self.modem.send(frame)
+        except OSError:
+            self.errors += 1
+            self.state = DOWN
+            return False
+        self.state = UP
+        return True
+
+    def log(self, text):
+        """Console lines never go on air."""
+        return None
+
+
+def lora_settings(cfg):
+    """The micropython-lib `lora_cfg` dict for the radio section of config.json."""
+    return {
+        "freq_khz": cfg["freq_hz"] // 1000,
+        "sf": cfg["sf"],
+        "bw": str(cfg["bw_hz"] // 1000),
+        "coding_rate": cfg["cr"],
+        "preamble_len": cfg["preamble"],
+        "output_power": cfg["power_dbm"],
+        "syncword": cfg["syncword"],
+        "crc_en": True,
+        "implicit_header": False,
+    }
