@@ -459,7 +459,16 @@ keepalive = 5
                 return True
             return all(s.get("state") == "open" for s in st.get("sources", {}).values())
 
-        wait_for(ready, 60, "the gateway to start")
+        try:
+            wait_for(ready, 60, "the gateway to start")
+        except KnuteError as exc:
+            try:
+                sources = {name: src.get("state") for name, src in
+                           self.status().get("sources", {}).items()}
+            except (OSError, ValueError):
+                sources = {}
+            raise KnuteError(f"{exc}; sources {sources}; log {self.log}:\n"
+                             f"{self.log_tail()}") from None
 
     def check(self) -> bool:
         """False (and one crash counted) if the process died without being told to."""
