@@ -33,8 +33,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import random
-import socket
 import threading
 import time
 import tty
@@ -44,7 +42,7 @@ from pathlib import Path
 import pytest
 
 # The broker class is shared with the demo and the benchmarks; tests import it from here.
-from tools.broker import MOSQUITTO, Broker, BrokerError
+from tools.broker import MOSQUITTO, Broker, BrokerError, free_port
 
 __all__ = ["MOSQUITTO", "Broker", "BrokerError", "free_port"]
 
@@ -108,48 +106,6 @@ def knute_bin() -> Path:
 
 
 # ---------------------------------------------------------------- ports
-
-def _ephemeral_ports() -> range:
-    """The kernel's range for outgoing connections' local ports."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return range(int(low), int(high) + 1)
-    except (OSError, ValueError):
-        return range(32768, 61000)
-
-
-def _bindable(host: str, port: int) -> bool:
-    """True if both a TCP and a UDP socket can bind ``host:port`` now."""
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port on ``host`` free for both TCP and UDP right now.
-
-    Chosen at random below the kernel's ephemeral range, so that no outgoing
-    connection (a client reconnecting to a stopped broker, say) can take it
-    between a server's stop and restart. Random choice keeps parallel test
-    processes apart; falls back to a kernel-chosen port when nothing is free.
-    """
-    ephemeral = _ephemeral_ports()
-    low, high = 20000, ephemeral.start
-    if high - low < 1000:
-        low, high = ephemeral.stop, 65536
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(low, high)
-        if port not in ephemeral and _bindable(host, port):
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture(name="free_port")
 def _free_port_fixture() -> Callable[..., int]:

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,8 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tools.broker import MOSQUITTO, Broker
+
 ROOT = Path(__file__).resolve().parents[1]
-MOSQUITTO = "/usr/sbin/mosquitto"
 
 FLOORS = {
     "decode_verify_per_s": 100_000.0,     # at least
@@ -114,51 +114,13 @@ def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
 # -- broker ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _Mosquitto:
-    """A throwaway Mosquitto on 127.0.0.1."""
-
-    def __init__(self, workdir: str) -> None:
-        if not os.access(MOSQUITTO, os.X_OK):
-            from gateway.errors import KnuteError
-
-            raise KnuteError(f"{MOSQUITTO} not found: install it (apt-get install mosquitto)")
-        self.port = _free_port()
-        self.conf = os.path.join(workdir, "mosquitto.conf")
-        with open(self.conf, "w") as fh:
-            fh.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                     "persistence false\nlog_dest none\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
+def _mosquitto(workdir: str) -> Broker:
+    """A throwaway Mosquitto on 127.0.0.1 (not started)."""
+    if not os.access(MOSQUITTO, os.X_OK):
         from gateway.errors import KnuteError
 
-        raise KnuteError(f"mosquitto did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-            self.proc = None
+        raise KnuteError(f"{MOSQUITTO} not found: install it (apt-get install mosquitto)")
+    return Broker(Path(workdir), "mosquitto")
 
 
 # -- figures ---------------------------------------------------------------------------
@@ -248,7 +210,7 @@ def _drain_child(workdir: str, backlog: int, inflight: int) -> dict[str, float]:
     from gateway.forwarder import Forwarder, MqttConfig
     from gateway.spool import Spool
 
-    broker = _Mosquitto(workdir)
+    broker = _mosquitto(workdir)
     spool = Spool(os.path.join(workdir, "drain.db"), max_bytes=16 << 30, max_age_s=86400.0)
     fwd = Forwarder(spool, MqttConfig(host="127.0.0.1", port=broker.port, max_inflight=inflight,
                                       client_id="bench-drain", backoff_min_s=0.1,
@@ -291,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         decode = bench_decode_verify(args.frames)
         rows = list(_accepted_stream(args.messages))
         payloads = [(row.topic, row.payload) for row in rows]
-        broker = _Mosquitto(workdir)
+        broker = _mosquitto(workdir)
         broker.start()
         try:
             bare = bench_bare_paho(broker.port, payloads, args.inflight)

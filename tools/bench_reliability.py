@@ -609,9 +609,9 @@ class FleetDriver:
         self._slave = slave          # held open: the line survives gateway restarts
         os.set_blocking(master, False)
         self._master = master
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.udp_port = int(probe.getsockname()[1])
+        from tools.broker import free_port
+
+        self.udp_port = free_port()
         from tools.pktfwd import ForwarderClient
 
         self._forwarders = [ForwarderClient(bytes.fromhex("aa555a00000000") + bytes((n,)),

@@ -10,6 +10,7 @@ clients see an outage and a return.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,8 +25,43 @@ BROKER_START_TIMEOUT_S = 15.0
 BROKER_STOP_TIMEOUT_S = 5.0
 
 
+def _ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+def _bindable(host: str, port: int) -> bool:
+    """True if both a TCP and a UDP socket can bind ``host:port`` now."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that the kernel says is free right now."""
+    """A port on ``host`` free for both TCP and UDP right now.
+
+    Chosen at random below the kernel's ephemeral range, so that no outgoing
+    connection (a client reconnecting to a stopped broker, say) can take it
+    between a server's stop and restart. Random choice keeps parallel runs
+    apart; falls back to a kernel-chosen port when nothing is free.
+    """
+    ephemeral = _ephemeral_ports()
+    low, high = 20000, ephemeral.start
+    if high - low < 1000:
+        low, high = ephemeral.stop, 65536
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        if port not in ephemeral and _bindable(host, port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
