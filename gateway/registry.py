@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.dbfile import is_corruption, move_aside, quick_check
 from gateway.errors import KnuteError
 from protocol import frame, kinds
 
@@ -239,7 +240,7 @@ class Registry:
                 raise KnuteError(f"registry {path}: {exc}") from None
             # A damaged file (torn write, bad sector, truncated copy): keep it for the
             # operator, start a fresh registry and copy every device still readable.
-            moved = _move_aside(path)
+            moved = move_aside(path)
             log.error("registry %s is corrupt (%s): moved aside to %s, starting a fresh "
                       "registry", path, exc, moved)
             _create_private(path)
@@ -262,9 +263,7 @@ class Registry:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             if check and path != ":memory:":
-                row = db.execute("PRAGMA quick_check").fetchone()
-                if row is None or row[0] != "ok":
-                    raise CorruptFile(f"quick_check: {row[0] if row else 'no answer'}")
+                quick_check(db)
         except BaseException:
             db.close()
             raise
@@ -488,37 +487,6 @@ class Registry:
         """Close the database."""
         with self._lock:
             self._db.close()
-
-
-class CorruptFile(sqlite3.DatabaseError):
-    """PRAGMA quick_check found damage in an SQLite file."""
-
-
-# SQLite primary result codes that mean the file itself is damaged (not busy,
-# locked, read-only or on a full disk: those must never move a file aside).
-_CORRUPT_CODES = (11, 26)       # SQLITE_CORRUPT, SQLITE_NOTADB
-
-
-def is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    """True if ``exc`` says the database file is damaged or is not a database."""
-    if isinstance(exc, CorruptFile):
-        return True
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF in _CORRUPT_CODES
-
-
-def _move_aside(path: str) -> str:
-    """Rename a registry file and its WAL/SHM companions; returns the new main path."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = f"{path}.corrupt-{stamp}"
-    n = 1
-    while os.path.exists(target):
-        n += 1
-        target = f"{path}.corrupt-{stamp}-{n}"
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.replace(path + suffix, target + suffix)
-    return target
 
 
 def _number_or_text(val: str) -> Any:

@@ -91,8 +91,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from gateway.dbfile import CorruptFile, is_corruption, move_aside, quick_check
 from gateway.errors import KnuteError
-from gateway.registry import CorruptFile, is_corruption
 
 log = logging.getLogger("knute.spool")
 
@@ -254,10 +254,11 @@ class Spool:
         """Open (and migrate) the file, or move a corrupt one aside and start fresh."""
         try:
             db = self._connect(path)
-            check = db.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
+            try:
+                quick_check(db)
+            except CorruptFile:
                 db.close()
-                raise CorruptFile(f"quick_check: {check[0] if check else 'no answer'}")
+                raise
             self._migrate(db)
             return db
         except SpoolError:
@@ -267,7 +268,7 @@ class Spool:
                 # Busy, locked, read-only, I/O error, disk full: the file may be fine;
                 # moving it aside would throw away accepted frames and replay counters.
                 raise SpoolError(f"spool {path}: {exc}") from exc
-            moved = _move_aside(path)
+            moved = move_aside(path)
             log.error("spool %s is corrupt (%s): moved aside to %s, starting a fresh spool",
                       path, exc, moved)
             db = self._connect(path)
@@ -707,20 +708,6 @@ def _statements(script: str) -> list[str]:
         if text:
             out.append(text)
     return out
-
-
-def _move_aside(path: str) -> str:
-    """Rename a database file and its WAL/SHM companions; returns the new main path."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = f"{path}.corrupt-{stamp}"
-    n = 1
-    while os.path.exists(target):
-        n += 1
-        target = f"{path}.corrupt-{stamp}-{n}"
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.replace(path + suffix, target + suffix)
-    return target
 
 
 def _padded_copy(path: str) -> str:
