@@ -3,11 +3,9 @@ a real MQTT broker; hostile input, unplugged radios, broker outages, kill -9."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -27,6 +25,7 @@ from gateway.status import request
 from protocol import frame, stream
 from tests.conftest import Broker, free_port
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
+from tools.bench_reliability import FaultyLink
 
 KEY = bytes(range(16))
 KEY_HEX = KEY.hex()
@@ -106,73 +105,6 @@ class Pty:
         if self.master >= 0:
             os.close(self.master)
             self.master = -1
-
-
-class Proxy:
-    """A TCP relay between the gateway and the broker that can be held closed.
-
-    The broker really stops and restarts; the relay only lets the test's
-    subscriber reconnect before the gateway does, so no message is published
-    to a broker nobody listens on.
-    """
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.open = True
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            if not self.open:
-                conn.close()
-                continue
-            try:
-                up = socket.create_connection(self.target, timeout=2)
-                up.settimeout(None)
-            except OSError:
-                conn.close()
-                continue
-            with self._lock:
-                self._conns += [conn, up]
-            for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        """Refuse new connections and drop the current ones."""
-        self.open = False
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
-
-    def close(self) -> None:
-        """Stop relaying."""
-        self.cut()
-        self._sock.close()
 
 
 class Subscriber:
@@ -341,7 +273,7 @@ listen = "127.0.0.1:{self.udp_port}"
 @pytest.fixture
 def setup(tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> Iterator[dict[str, Any]]:
     """A registered gateway (not started), two ptys, a relay to the broker, a subscriber."""
-    proxy = Proxy((mosquitto.host, mosquitto.port))
+    proxy = FaultyLink((mosquitto.host, mosquitto.port))
     gw = Gateway(tmp_path, knute_bin, proxy.port)
     wired = Pty(tmp_path / "ttyWIRED")
     bridge = Pty(tmp_path / "ttyBRIDGE")
@@ -501,14 +433,14 @@ def test_broker_outage_loses_nothing_and_keeps_order(setup: dict[str, Any]) -> N
     send_stream(pf, wired, range(1, 31))
     wait_for(lambda: len(sub.ids()) >= 10, what="first readings")
     broker.stop()
-    proxy.cut()
+    proxy.set_mode("down")
     sub.disconnect()
     send_stream(pf, wired, range(31, 81))       # spooled while the broker is away
     wait_for(lambda: gw.status()["totals"]["accepted"] == 160, what="all accepted")
     assert gw.status()["forwarder"]["state"] != "connected"
     broker.start()
     sub.connect()
-    proxy.open = True
+    proxy.set_mode("relay")
     send_stream(pf, wired, range(81, 91))
     want = {f"{d:08x}:{f}" for d in (METER, METER2) for f in range(1, 91)}
     wait_for(lambda: want <= sub.ids(), timeout=60, what="every reading after the outage")
@@ -524,7 +456,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(setup: dict[str, Any]) -> N
 
 def test_kill_9_loses_nothing_accepted_and_rejects_replays(setup: dict[str, Any]) -> None:
     gw, wired, sub, pf, proxy = (setup[k] for k in ("gw", "wired", "sub", "pf", "proxy"))
-    proxy.cut()                 # hold delivery back, so the kill hits a full spool
+    proxy.set_mode("down")    # hold delivery back, so the kill hits a full spool
     gw.start()
     sent: dict[str, bytes] = {}
     stop = threading.Event()
@@ -557,7 +489,7 @@ def test_kill_9_loses_nothing_accepted_and_rejects_replays(setup: dict[str, Any]
     assert len(want) >= 30
     # Every spooled row advanced its device's counter in the same transaction.
     assert {f"{d:08x}:{last}" for d, last in counters.items()} <= want
-    proxy.open = True
+    proxy.set_mode("relay")
     gw.start()
     wait_for(lambda: want <= sub.ids(), timeout=60, what="every accepted reading")
     # Replays of accepted frames are rejected after the restart, none is accepted.
