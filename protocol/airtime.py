@@ -20,6 +20,7 @@
 # same as firmware/dutycycle.py.
 #
 # Pure integer/float arithmetic, no imports: runs unchanged on MicroPython.
+# The planning helpers are in protocol.airtime_plan (see __getattr__ below).
 
 # (name, low Hz, high Hz, limit in 1/10000 of the time)
 SUB_BANDS = (
@@ -32,11 +33,6 @@ SUB_BANDS = (
 )
 
 HOUR_MS = 3600000
-
-
-def symbol_time_ms(sf, bw_hz=125000):
-    """Duration of one LoRa symbol in ms: 2^SF / BW."""
-    return (1 << sf) * 1000 / bw_hz
 
 
 def ldro_needed(sf, bw_hz=125000):
@@ -89,26 +85,13 @@ def sub_band(freq_hz, bw_hz=125000):
     raise ValueError("channel %d Hz (bw %d) is not inside one EU868 sub-band" % (freq_hz, bw_hz))
 
 
-def band_limit(name):
-    """Duty-cycle limit of a sub-band by name, in 1/10000 of the time."""
-    for band in SUB_BANDS:
-        if band[0] == name:
-            return band[3]
-    raise ValueError("no EU868 sub-band " + str(name))
+def __getattr__(name):
+    # symbol_time_ms, band_limit, airtime_budget_ms, uplinks_per_hour and
+    # min_interval_s are for planning tools (`knute airtime`); they live in
+    # protocol.airtime_plan, imported on first use, so a LoRa node does not
+    # carry them.
+    from protocol import airtime_plan
 
-
-def airtime_budget_ms(limit_per_10000, window_ms=HOUR_MS):
-    """Transmit time allowed in `window_ms` at a duty-cycle limit (1/10000 units)."""
-    return window_ms * limit_per_10000 // 10000
-
-
-def uplinks_per_hour(toa_ms, limit_per_10000):
-    """Whole transmissions of `toa_ms` each that fit in one hour at the limit."""
-    if toa_ms <= 0:
-        raise ValueError("time on air must be positive")
-    return int(airtime_budget_ms(limit_per_10000) // toa_ms)
-
-
-def min_interval_s(toa_ms, limit_per_10000):
-    """Shortest average spacing between sends that stays within the limit, in s."""
-    return toa_ms * 10000 / limit_per_10000 / 1000
+    value = getattr(airtime_plan, name)
+    globals()[name] = value
+    return value

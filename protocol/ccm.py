@@ -6,8 +6,12 @@
 #
 # Parameters used by knute (RFC 3610 section 2): nonce 13 bytes, so the length
 # field L is 2 octets and a message is at most 65535 bytes; tag M is 4 or 8.
+#
+# A node only seals. open_() lives in protocol.ccm_open, imported on first use
+# of ccm.open_, and the CPython block function in protocol.ccm_host: every
+# name a module holds is interned in a node's RAM for good, loaded or not.
 
-from protocol.errors import FRAME_TAG, KEY_LENGTH, FrameError
+from protocol.errors import KEY_LENGTH, FrameError
 
 try:
     import cryptolib  # MicroPython
@@ -19,23 +23,11 @@ try:
         return cryptolib.aes(bytes(key), 1).encrypt  # mode 1: ECB
 
 except ImportError:  # CPython
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    def aes_block(key):
-        """A function that encrypts one 16-byte block with AES-128 under `key`."""
-        if len(key) != 16:
-            raise FrameError(KEY_LENGTH)
-        return Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor().update
+    from protocol.ccm_host import aes_block  # noqa: F401 (this module's aes_block)
 
 
 NONCE_LEN = 13
 _L = 15 - NONCE_LEN  # octets of the message length field
-
-
-def _xor_into(acc, data, start, count):
-    # acc[0:count] ^= data[start:start+count]
-    for j in range(count):
-        acc[j] ^= data[start + j]
 
 
 def _mac(block, nonce, aad, msg, tag_len):
@@ -47,15 +39,15 @@ def _mac(block, nonce, aad, msg, tag_len):
     x[14] = (len(msg) >> 8) & 0xFF
     x[15] = len(msg) & 0xFF
     x = bytearray(block(bytes(x)))
-    if aad:
-        # AAD shorter than 2^16 - 2^8 is prefixed with its 2-octet length.
-        a = bytes(((len(aad) >> 8) & 0xFF, len(aad) & 0xFF)) + bytes(aad)
-        for start in range(0, len(a), 16):
-            _xor_into(x, a, start, min(16, len(a) - start))
+    # AAD shorter than 2^16 - 2^8 is prefixed with its 2-octet length.
+    parts = (bytes(((len(aad) >> 8) & 0xFF, len(aad) & 0xFF)) + bytes(aad), msg) if aad \
+        else (msg,)
+    for part in parts:
+        end = len(part)
+        for start in range(0, end, 16):
+            for j in range(min(16, end - start)):
+                x[j] ^= part[start + j]
             x = bytearray(block(bytes(x)))
-    for start in range(0, len(msg), 16):
-        _xor_into(x, msg, start, min(16, len(msg) - start))
-        x = bytearray(block(bytes(x)))
     return x
 
 
@@ -96,18 +88,10 @@ def seal(block, nonce, aad, plaintext, tag_len):
     return bytes(cipher) + bytes(s0)
 
 
-def open_(block, nonce, aad, data, tag_len):
-    """Check the tag and decrypt; FrameError(frame_tag) if it does not verify."""
-    _check_params(nonce, tag_len)
-    if len(data) < tag_len:
-        raise FrameError(FRAME_TAG, "shorter than the tag")
-    body_len = len(data) - tag_len
-    plain = _ctr(block, nonce, data[:body_len], 1)
-    expected = _mac(block, nonce, aad, plain, tag_len)
-    s0 = _ctr(block, nonce, data[body_len:], 0)
-    diff = 0
-    for j in range(tag_len):
-        diff |= s0[j] ^ expected[j]  # constant time over the tag
-    if diff:
-        raise FrameError(FRAME_TAG)
-    return bytes(plain)
+def __getattr__(name):
+    # open_: see the top of this file.
+    from protocol import ccm_open
+
+    value = getattr(ccm_open, name)
+    globals()[name] = value
+    return value

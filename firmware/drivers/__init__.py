@@ -12,4 +12,6 @@
 #   drivers.pms5003   Plantower PMS5003 particle sensor (UART, 32-byte frames)
 #   drivers.bme280    Bosch BME280 temperature/humidity/pressure (I2C)
 #   drivers.regimage  register-image file served as an I2C bus (bench, tests)
+#   drivers.regimage_edit  the same with dump/get/put/scan for tests and tools
+#                     (a node never loads it)
 #   drivers.uartframe the frame reader both particle sensors share

@@ -18,6 +18,9 @@
 # `watch` is on, every read first checks the file's size and mtime and reloads
 # it when either changed, so a bench test can change a reading while the node
 # runs (in-memory writes are lost on such a reload).
+#
+# This is what a node loads; the editing methods tests and tools use (dump,
+# get, put, scan) are in firmware.drivers.regimage_edit.
 
 import os
 
@@ -39,37 +42,37 @@ class RegImage:
     # --- the file ------------------------------------------------------
 
     def load(self, text):
-        """Replace the image with the parsed text; ValueError names the bad line."""
+        """Replace the image with the parsed text (a str, or a file read line by line).
+
+        ValueError names the bad line.
+        """
         devices = {}
         regs = None
         lineno = 0
-        for raw in text.split("\n"):
+        for raw in text.split("\n") if isinstance(text, str) else text:
             lineno += 1
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
             try:
                 if line.startswith("device"):
-                    addr = int(line[6:].strip(), 16)
+                    addr = int(line[6:], 16)
                     if addr < 0 or addr > 0x7F:
                         raise ValueError("address out of range")
                     regs = devices.get(addr)
                     if regs is None:
-                        regs = bytearray(256)
-                        devices[addr] = regs
+                        regs = devices[addr] = bytearray(256)
                     continue
                 if regs is None:
                     raise ValueError("register line before any 'device' line")
-                parts = line.split(":", 1)
-                if len(parts) != 2:
+                reg, sep, data = line.partition(":")
+                if not sep:
                     raise ValueError("expected 'register: bytes'")
-                reg = int(parts[0].strip(), 16)
-                if reg < 0 or reg > 0xFF:
-                    raise ValueError("register out of range")
-                for item in parts[1].split():
+                reg = int(reg, 16)
+                for item in data.split():
                     value = int(item, 16)
-                    if value < 0 or value > 0xFF or reg > 0xFF:
-                        raise ValueError("byte out of range or past register 0xFF")
+                    if reg < 0 or reg > 0xFF or value < 0 or value > 0xFF:
+                        raise ValueError("register or byte out of range")
                     regs[reg] = value
                     reg += 1
             except ValueError as err:
@@ -88,37 +91,10 @@ class RegImage:
         if stamp == self._stamp:
             return False
         with open(self.path) as f:
-            self.load(f.read())
+            self.load(f)
         self._stamp = stamp
         self.reloads += 1
         return True
-
-    def dump(self):
-        """The image as text in the file format (16 registers a line, zero runs left out)."""
-        lines = []
-        for addr in sorted(self.devices):
-            regs = self.devices[addr]
-            lines.append("device %02X" % addr)
-            for row in range(0, 256, 16):
-                chunk = regs[row:row + 16]
-                if any(chunk):
-                    lines.append("%02X: %s" % (row, " ".join("%02X" % b for b in chunk)))
-        return "\n".join(lines) + "\n"
-
-    # --- register access for tests and tools ---------------------------
-
-    def get(self, addr, reg):
-        """One register's value."""
-        return self._device(addr)[reg & 0xFF]
-
-    def put(self, addr, reg, data):
-        """Write bytes from `reg` on (in memory), creating the device if needed."""
-        regs = self.devices.get(addr)
-        if regs is None:
-            regs = bytearray(256)
-            self.devices[addr] = regs
-        for i in range(len(data)):
-            regs[(reg + i) & 0xFF] = data[i]
 
     # --- the machine.I2C subset drivers use ----------------------------
 
@@ -129,10 +105,6 @@ class RegImage:
         if regs is None:
             raise OSError(_ENODEV)
         return regs
-
-    def scan(self):
-        """Addresses that answer, as machine.I2C.scan() lists them."""
-        return sorted(self.devices)
 
     def readfrom_mem_into(self, addr, reg, buf, addrsize=8):
         """Fill `buf` from consecutive registers starting at `reg`."""

@@ -57,11 +57,12 @@ class PtyUart:
 class Hal:
     """The unix-port HAL: simulated time here, bench wiring in unix_wiring.
 
-    uart(), pin(), adc(), i2c(), pulse_source(), lora_modem(), watchdog(),
-    led(), reset_cause(), safe_mode(), reset() and configure() are functions
-    of firmware.hal.unix_wiring, reached through __getattr__: they are needed
+    uart(), pin(), adc(), i2c(), pulse_source(), lora_modem(), led(),
+    reset_cause(), safe_mode(), reset() and configure() are functions of
+    firmware.hal.unix_wiring, reached through __getattr__: they are needed
     at boot, and the app unloads that module afterwards so its code leaves the
-    heap (on a 64 KiB heap every kilobyte counts).
+    heap (on a 64 KiB heap every kilobyte counts). watchdog() is here: the
+    main loop asks for it after that, and must not bring the module back.
     """
 
     port = "unix"
@@ -79,6 +80,12 @@ class Hal:
 
         wiring = getattr(unix_wiring, name)
         return lambda *args: wiring(self, *args)
+
+    def watchdog(self, timeout_ms):
+        """The bench has no watchdog."""
+        from firmware.hal import NullWatchdog
+
+        return NullWatchdog()
 
     def _elapsed_ms(self):
         return int((time.time_ns() - self.t0_ns) * self.scale) // 1000000

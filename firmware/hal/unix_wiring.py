@@ -6,7 +6,7 @@
 import os
 import sys
 
-from firmware.hal import NullLed, NullWatchdog
+from firmware.hal import NullLed
 from firmware.hal.unix import PtyUart
 
 
@@ -87,11 +87,6 @@ def lora_modem(hal, radio):
     from firmware.hal import unix_bench
 
     return unix_bench.BenchRadio(hal, wire(hal, "radio", "path"), hal.bench)
-
-
-def watchdog(hal, timeout_ms):
-    """The bench has no watchdog."""
-    return NullWatchdog()
 
 
 def led(hal):

@@ -67,25 +67,6 @@ _T_MAX = const(850)
 _P_MIN = const(3000)           # 0.1 hPa
 _P_MAX = const(11000)
 
-def configure(section):
-    """The "air" config section with defaults filled in; ConfigError names a bad key.
-
-    firmware.config does this at boot (config.air_section); the role itself
-    takes ctx.config["air"] as checked.
-    """
-    from firmware import config
-
-    return config.air_section(section)
-
-
-def pm_driver(name, uart, cf1=False):
-    """The particle-sensor driver for a config name, on `uart`."""
-    if name == "sds011":
-        from firmware.drivers.sds011 import SDS011
-        return SDS011(uart)
-    from firmware.drivers.pms5003 import PMS5003
-    return PMS5003(uart, cf1)
-
 
 class Node:
     def __init__(self, ctx):
@@ -94,7 +75,6 @@ class Node:
         self._interval_ms = cfg["interval_s"] * 1000
         self._warmup_ms = cfg["warmup_s"] * 1000
         self._window_ms = (cfg["warmup_s"] + cfg["sample_s"]) * 1000
-        self._always_on = self._window_ms >= self._interval_ms
         self._climate_ms = min(cfg["climate_every_s"], cfg["interval_s"]) * 1000
         self._passive = cfg["pm_sensor"] == "pms5003" and cfg["pms_mode"] == "passive"
         self.pm = None
@@ -112,8 +92,8 @@ class Node:
         # Every deadline is a (reference tick, ms after it) pair compared with
         # ticks_diff only, so it survives the tick counter wrapping around.
         self._diff = getattr(ctx.hal, "ticks_diff", None) or _ticks_diff
-        self._started = False
-        self._send_ref = self._send_in = 0        # the frame goes out
+        self._send_ref = None                     # the frame goes out (None: not polled yet)
+        self._send_in = 0
         self._warm_ref = 0                        # first frame after the wake command
         self._wake_ref = 0                        # last wake command
         self._request_ref = 0                     # last passive-mode read request
@@ -125,7 +105,6 @@ class Node:
         # Figures for the console and tests
         self.discarded = 0           # warm-up frames read and dropped
         self.sends = 0
-        self.last_values = None
 
     # --- Role interface ------------------------------------------------
 
@@ -133,31 +112,48 @@ class Node:
         """Open the sensors; a missing BME280 is retried at every measurement."""
         cfg = self.cfg
         hal = self.ctx.hal
-        if cfg["pm_sensor"] != "none":
-            uart = hal.uart(cfg["pm_uart"], _PM_BAUD)
-            self.pm = pm_driver(cfg["pm_sensor"], uart, cfg["pms_cf1"])
-            if cfg["pm_sensor"] == "sds011":
-                self.pm.wake()           # it ignores everything else while asleep
-                self.pm.set_active()
-                self.pm.set_continuous()
+        name = cfg["pm_sensor"]
+        climate = cfg["climate"] == "bme280"
+        # Buses first, drivers' code after them: on a small heap the larger
+        # buffers (the bench I2C's register image) need room that the many
+        # small pieces of loaded code would otherwise cut up.
+        i2c = hal.i2c(cfg["i2c"]) if climate else None
+        uart = hal.uart(cfg["pm_uart"], _PM_BAUD) if name != "none" else None
+        if name == "sds011":
+            from firmware.drivers.sds011 import SDS011
+
+            self.pm = sds = SDS011(uart)
+            sds.wake()                   # it ignores everything else while asleep
+            sds.set_active()
+            sds.set_continuous()
+        elif name == "pms5003":
+            from firmware.drivers.pms5003 import PMS5003
+
+            self.pm = pms = PMS5003(uart, cfg["pms_cf1"])
+            pms.wake()
+            if self._passive:
+                pms.set_passive()
             else:
-                self.pm.wake()
-                if self._passive:
-                    self.pm.set_passive()
-                else:
-                    self.pm.set_active()
+                pms.set_active()
+        if self.pm is not None:
             self._bad_mark = self.pm.bad_frames
-        if cfg["climate"] == "bme280":
-            self.bme = _new_bme280(hal.i2c(cfg["i2c"]), cfg["bme280_addr"])
+        if climate:
+            from firmware.drivers.bme280 import BME280
+
+            self.bme = BME280(i2c, cfg["bme280_addr"])
             self._bme_begin()
         self.ctx.log("air: %s, climate %s, every %d s" % (
-            cfg["pm_sensor"], cfg["climate"] if self._bme_ready or self.bme is None
+            name, cfg["climate"] if self._bme_ready or self.bme is None
             else "bme280 NOT FOUND", cfg["interval_s"]))
 
     def poll(self, now_ms):
         """Do what is due at `now_ms`; return ms until the next call is wanted."""
-        if not self._started:
-            self._first_cycle(now_ms)
+        if self._send_ref is None:
+            # After boot the fan starts at once, so the first frame leaves one
+            # window (or one interval when that is shorter) after the start.
+            self._send_ref = self._clim_ref = now_ms
+            self._send_in = min(self._window_ms, self._interval_ms)
+            self._clim_in = 0
         if self.pm is not None:
             self._poll_pm(now_ms)
         if self.bme is not None:
@@ -182,24 +178,11 @@ class Node:
         # ms until `delay` ms after tick `ref` (<= 0: due)
         return delay - self._diff(now, ref)
 
-    def _first_cycle(self, now):
-        # After boot the fan starts at once, so the first frame leaves one
-        # window (or one interval when that is shorter) after the start.
-        self._started = True
-        self._send_ref = now
-        self._send_in = min(self._window_ms, self._interval_ms)
-        self._clim_ref = now
-        self._clim_in = 0
-
-    def _window_left(self, now):
-        # ms until the particle window of this interval opens
-        return self._left(now, self._send_ref, self._send_in - self._window_ms)
-
     def _next_ms(self, now):
         wait = self._left(now, self._send_ref, self._send_in)
         if self.pm is not None:
-            if self._pm_state == _PM_IDLE:
-                wait = min(wait, self._window_left(now))
+            if self._pm_state == _PM_IDLE:      # until the particle window opens
+                wait -= self._window_ms
             else:
                 wait = min(wait, _PM_POLL_MS)
         if self.bme is not None:
@@ -211,21 +194,18 @@ class Node:
 
     # --- particle sensor -------------------------------------------------
 
-    def _wake(self, now):
-        self.pm.flush()                  # bytes from before the sleep are stale
-        self.pm.wake()
-        self._pm_state = _PM_WAKING
-        self._wake_ref = now
-        self._request_ref = now
-        if self._passive:
-            self.pm.request()
-
     def _poll_pm(self, now):
         pm = self.pm
         if self._pm_state == _PM_IDLE:
-            if self._window_left(now) > 0:
+            # ms until the particle window of this interval opens
+            if self._left(now, self._send_ref, self._send_in - self._window_ms) > 0:
                 return
-            self._wake(now)
+            pm.flush()                   # bytes from before the sleep are stale
+            pm.wake()
+            self._pm_state = _PM_WAKING
+            self._wake_ref = self._request_ref = now
+            if self._passive:
+                pm.request()
         elif self._passive and self._left(now, self._request_ref, _REQUEST_MS) <= 0:
             pm.request()
             self._request_ref = now
@@ -280,9 +260,16 @@ class Node:
                 self._clim_pending = False
                 self._bme_ready = False
                 ok = False
-            if ok:
-                ok = self._add_climate(bme.temperature, bme.humidity, bme.pressure)
-            if not ok:
+            temp = bme.temperature
+            press = bme.pressure
+            # A sample outside the sensor's operating range is a failed measurement.
+            if (ok and bme.humidity is not None and press is not None
+                    and _T_MIN * 10 <= temp <= _T_MAX * 10
+                    and _P_MIN * 10 <= press <= _P_MAX * 10):
+                self.temperature.add(temp)
+                self.humidity.add(bme.humidity)
+                self.pressure.add(press)
+            else:
                 self._clim_failed += 1
             return
         late = -self._left(now, self._clim_ref, self._clim_in)
@@ -307,17 +294,6 @@ class Node:
         self._ready_ref = now
         self._ready_in = wait
 
-    def _add_climate(self, temp, hum, press):
-        # A sample outside the sensor's operating range is a failed measurement.
-        if temp is None or hum is None or press is None:
-            return False
-        if temp < _T_MIN * 10 or temp > _T_MAX * 10 or press < _P_MIN * 10 or press > _P_MAX * 10:
-            return False
-        self.temperature.add(temp)
-        self.humidity.add(hum)
-        self.pressure.add(press)
-        return True
-
     # --- the frame -------------------------------------------------------
 
     def values(self):
@@ -328,9 +304,10 @@ class Node:
         pm = self.pm
         if pm is not None:
             if self.pm2_5.count:
-                values["pm1"] = _clamp_pm(self.pm1.mean())
-                values["pm2_5"] = _clamp_pm(self.pm2_5.mean())
-                values["pm10"] = _clamp_pm(self.pm10.mean())
+                if self.pm1.count:               # the SDS011 has no PM1
+                    values["pm1"] = min(self.pm1.mean(), _PM_MAX)
+                values["pm2_5"] = min(self.pm2_5.mean(), _PM_MAX)
+                values["pm10"] = min(self.pm10.mean(), _PM_MAX)
             elif self._pm_heard:
                 status |= WARMUP
             else:
@@ -351,7 +328,6 @@ class Node:
         values = self.values()
         sent = self.ctx.send(values)
         self.sends += 1
-        self.last_values = values
         self.ctx.log("air: %s pm2.5=%s pm10=%s t=%s rh=%s p=%s status=0x%02x" % (
             "sent" if sent else "deferred", values["pm2_5"], values["pm10"],
             values["temperature"], values["humidity"], values["pressure"], values["status"]))
@@ -366,19 +342,9 @@ class Node:
         late = -self._left(now, self._send_ref, self._send_in)
         self._send_ref = now
         self._send_in = self._interval_ms - late if late < self._interval_ms else self._interval_ms
-        if self.pm is not None and not self._always_on:
+        if self.pm is not None and self._window_ms < self._interval_ms:
             self.pm.sleep()
             self._pm_state = _PM_IDLE
             self._pm_heard = False
         # Always on: keep sampling; the fan never stopped, so no new warm-up.
 
-
-def _clamp_pm(value):
-    if value is None:
-        return None
-    return value if value < _PM_MAX else _PM_MAX
-
-
-def _new_bme280(i2c, addr):
-    from firmware.drivers.bme280 import BME280
-    return BME280(i2c, addr)

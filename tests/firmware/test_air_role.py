@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 
-from firmware.config import ConfigError
+from firmware.config import ConfigError, air_section
 from firmware.drivers.regimage import RegImage
-from firmware.roles import air_quality
 from firmware.roles.air_quality import (
     CLIMATE_FAULT,
     NO2_FAULT,
@@ -95,7 +94,8 @@ def test_sds011_cycle_discards_warmup_trims_spikes_and_sleeps_between_windows() 
     sleeps = [c for c in sensor.commands if c == (6, 1, 0)]
     assert len(sleeps) == 4
     assert sensor.commands[:3] == [(6, 1, 1), (2, 1, 0), (8, 1, 0)]
-    assert ctx.hal.opened == [("uart", "pm", 9600), ("i2c", "i2c0")]
+    # Buses before drivers, the I2C bus first (its register image needs the most room).
+    assert ctx.hal.opened == [("i2c", "i2c0"), ("uart", "pm", 9600)]
 
 
 def test_schedule_survives_the_tick_counter_wrapping() -> None:
@@ -259,11 +259,11 @@ def test_poll_asks_to_sleep_until_the_window_opens() -> None:
 ])
 def test_bad_config_names_the_key(air: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        air_quality.configure(air)
+        air_section(air)
 
 
 def test_defaults() -> None:
-    cfg = air_quality.configure(None)
+    cfg = air_section(None)
     assert cfg["interval_s"] == 600
     assert cfg["warmup_s"] == 30
     assert cfg["pm_sensor"] == "sds011"

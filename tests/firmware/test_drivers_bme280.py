@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from firmware.drivers.bme280 import BME280
 from firmware.drivers.regimage import RegImage
+from firmware.drivers.regimage_edit import RegImageEdit
 from tests.firmware.airsim import (
     EXAMPLE_ADC_P,
     EXAMPLE_ADC_T,
@@ -81,6 +82,11 @@ def datasheet_p32(cal: dict[str, int], t_fine: int, adc_p: int) -> int:
     return _u32(_s32(p) + ((var1 + var2 + cal["p7"]) >> 4))
 
 
+# BME280.cal holds dig_T1..dig_H6 in this order (data sheet table 16).
+CAL_ORDER = ("t1", "t2", "t3", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9",
+             "h1", "h2", "h3", "h4", "h5", "h6")
+
+
 def _driver(cal: dict[str, int], adc_t: int, adc_p: int, adc_h: int) -> tuple[BME280, RegImage]:
     image = RegImage(bme280_image(cal, adc_t, adc_p, adc_h))
     bme = BME280(image)
@@ -91,8 +97,7 @@ def _driver(cal: dict[str, int], adc_t: int, adc_p: int, adc_h: int) -> tuple[BM
 def test_calibration_is_read_from_the_registers_of_table_16() -> None:
     cal = dict(EXAMPLE_CALIB, h4=-300, h5=-7, h6=-3, h2=-20)   # negative 12-bit nibble packing
     bme, _ = _driver(cal, EXAMPLE_ADC_T, EXAMPLE_ADC_P, 30000)
-    for key, value in cal.items():
-        assert getattr(bme, key) == value, key
+    assert bme.cal == tuple(cal[key] for key in CAL_ORDER)
 
 
 def test_data_sheet_example_temperature_and_pressure() -> None:
@@ -111,7 +116,7 @@ def test_data_sheet_example_temperature_and_pressure() -> None:
 
 
 def test_forced_mode_writes_ctrl_hum_before_ctrl_meas() -> None:
-    image = RegImage(bme280_image(EXAMPLE_CALIB, EXAMPLE_ADC_T, EXAMPLE_ADC_P, 30000))
+    image = RegImageEdit(bme280_image(EXAMPLE_CALIB, EXAMPLE_ADC_T, EXAMPLE_ADC_P, 30000))
     writes: list[tuple[int, int]] = []
     real_write = image.writeto_mem
 
@@ -286,9 +291,8 @@ def test_compensation_stays_in_31_bit_small_ints_for_physical_readings(
     assume(adc_h != 0x8000)
     plain = BME280(None)
     checked = BME280(None)
-    for key, value in cal.items():
-        setattr(plain, key, value)
-        setattr(checked, key, Word(value))
+    plain.cal = tuple(cal[key] for key in CAL_ORDER)
+    checked.cal = tuple(Word(cal[key]) for key in CAL_ORDER)
     plain.compensate(adc_t, adc_p, adc_h)
     checked.compensate(Word(adc_t), Word(adc_p), Word(adc_h))
     assert int(checked.temperature) == plain.temperature

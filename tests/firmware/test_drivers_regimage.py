@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware.drivers.regimage import RegImage
+from firmware.drivers.regimage_edit import RegImageEdit
 
 TEXT = """\
 # two devices on one bus
@@ -22,7 +23,7 @@ device 0x23
 
 
 def test_parse_read_and_missing_registers() -> None:
-    image = RegImage(TEXT)
+    image = RegImageEdit(TEXT)
     assert image.scan() == [0x23, 0x76]
     assert image.readfrom_mem(0x76, 0x88, 5) == bytes([0x70, 0x6B, 0x43, 0x67, 0x00])
     assert image.readfrom_mem(0x76, 0xD0, 1) == b"\x60"
@@ -42,7 +43,7 @@ def test_absent_device_raises_enodev_like_machine_i2c() -> None:
 
 
 def test_writes_change_the_image_in_memory() -> None:
-    image = RegImage(TEXT)
+    image = RegImageEdit(TEXT)
     image.writeto_mem(0x76, 0xF4, b"\x25")
     assert image.get(0x76, 0xF4) == 0x25
 
@@ -79,8 +80,15 @@ def test_file_is_reloaded_when_it_changes(tmp_path: Path) -> None:
 @given(st.dictionaries(st.integers(0x08, 0x77), st.binary(min_size=256, max_size=256),
                        max_size=3))
 def test_dump_and_load_round_trip(devices: dict[int, bytes]) -> None:
-    image = RegImage("")
+    image = RegImageEdit("")
     for addr, regs in devices.items():
         image.put(addr, 0, regs)
     again = RegImage(image.dump())
     assert {a: bytes(r) for a, r in again.devices.items()} == devices
+
+
+def test_the_node_side_class_leaves_the_editing_methods_out() -> None:
+    # A node loads only firmware.drivers.regimage: every name there stays in its RAM.
+    for name in ("dump", "get", "put", "scan"):
+        assert not hasattr(RegImage, name), name
+        assert hasattr(RegImageEdit, name), name

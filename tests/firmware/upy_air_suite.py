@@ -12,6 +12,7 @@ from firmware.average import TrimmedMean
 from firmware.drivers.bme280 import BME280
 from firmware.drivers.pms5003 import PMS5003
 from firmware.drivers.regimage import RegImage
+from firmware.drivers.regimage_edit import RegImageEdit
 from firmware.drivers.sds011 import SDS011
 from firmware.roles.air_quality import Node
 from tests.firmware import airsim
@@ -134,7 +135,7 @@ def average_case():
 
 
 def regimage_case():
-    image = RegImage("device 76\n88: 01 02 03 # c\ndevice 0x23\nFD: AA BB CC\n")
+    image = RegImageEdit("device 76\n88: 01 02 03 # c\ndevice 0x23\nFD: AA BB CC\n")
     print("regimage", image.scan(), hx(image.readfrom_mem(0x76, 0x87, 5)),
           hx(image.readfrom_mem(0x23, 0xFD, 3)))
     for text in ("88: 00", "device 76\nzz: 00", "device 76\nFF: 01 02"):
