@@ -47,3 +47,17 @@ def move_aside(path: str) -> str:
         if os.path.exists(path + suffix):
             os.replace(path + suffix, target + suffix)
     return target
+
+
+SALVAGE_LIMIT_S = 15.0
+
+
+def bound_queries(db: sqlite3.Connection, seconds: float = SALVAGE_LIMIT_S) -> float:
+    """Interrupt any query on ``db`` that runs past ``seconds`` from now; the deadline.
+
+    Reading a damaged file can send a B-tree scan in circles; salvage must end
+    and let the gateway start with what it has.
+    """
+    deadline = time.monotonic() + seconds
+    db.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    return deadline

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.dbfile import is_corruption, move_aside, quick_check
+from gateway.dbfile import bound_queries, is_corruption, move_aside, quick_check
 from gateway.errors import KnuteError
 from protocol import frame, kinds
 
@@ -277,6 +277,7 @@ class Registry:
             old = sqlite3.connect(f"file:{moved}?mode=ro", uri=True)
         except sqlite3.Error:
             return 0, 0
+        bound_queries(old)
         try:
             for cols in ("device_id, kind, key, name, site, location",
                          "device_id, kind, key, name, '', '{}'"):

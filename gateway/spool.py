@@ -91,7 +91,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from gateway.dbfile import CorruptFile, is_corruption, move_aside, quick_check
+from gateway.dbfile import (
+    CorruptFile,
+    bound_queries,
+    is_corruption,
+    move_aside,
+    quick_check,
+)
 from gateway.errors import KnuteError
 
 log = logging.getLogger("knute.spool")
@@ -740,8 +746,12 @@ def _padded_copy(path: str) -> str:
     return copy
 
 
-def _read_rows(old: sqlite3.Connection) -> list[tuple[object, ...]]:
-    """Every row still readable, in id order, stepping over damaged pages."""
+def _read_rows(old: sqlite3.Connection, deadline: float) -> list[tuple[object, ...]]:
+    """Every row still readable, in id order, stepping over damaged pages.
+
+    Ids must rise: a damaged page that hands out an id at or below one already
+    read ends that scan (its cells are not trusted), and the scan resumes past it.
+    """
     rows: list[tuple[object, ...]] = []
     try:
         top = int(old.execute("SELECT seq FROM sqlite_sequence WHERE name = 'rows'")
@@ -749,11 +759,13 @@ def _read_rows(old: sqlite3.Connection) -> list[tuple[object, ...]]:
     except (sqlite3.Error, TypeError):
         top = None
     after, step = 0, 1
-    while True:
+    while time.monotonic() < deadline:
         try:
             for r in old.execute("SELECT id, device_id, fcnt, kind, topic, payload, alarm, "
                                  "received_at FROM rows WHERE id > ? ORDER BY id", (after,)):
-                after, step = int(r[0]), 1
+                if not isinstance(r[0], int) or r[0] <= after:
+                    raise sqlite3.DatabaseError("row ids out of order")
+                after, step = r[0], 1
                 if (isinstance(r[1], int) and isinstance(r[2], int) and isinstance(r[3], str)
                         and isinstance(r[4], str) and isinstance(r[5], bytes)
                         and isinstance(r[6], int) and isinstance(r[7], int | float)):
@@ -763,6 +775,7 @@ def _read_rows(old: sqlite3.Connection) -> list[tuple[object, ...]]:
             if top is None or after >= top:
                 return rows
             after, step = after + step, step * 2
+    return rows
 
 
 def _salvage(moved: str, db: sqlite3.Connection) -> None:
@@ -774,13 +787,14 @@ def _salvage(moved: str, db: sqlite3.Connection) -> None:
         return
     counters: dict[int, int] = {}
     rows: list[tuple[object, ...]] = []
+    deadline = bound_queries(old)
     try:
         try:
             for device_id, fcnt in old.execute("SELECT device_id, fcnt FROM replay"):
                 counters[int(device_id)] = max(int(fcnt), counters.get(int(device_id), -1))
         except sqlite3.Error:
             pass
-        rows = _read_rows(old)
+        rows = _read_rows(old, deadline)
     finally:
         old.close()
         if source != moved:

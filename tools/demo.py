@@ -143,6 +143,8 @@ class Demo:
         if self.args.real_firmware:
             self._start_real_firmware()
         self._start_gateway()
+        for board in self.boards:
+            board.run()
         self._start_subscriber()
         sender = threading.Thread(target=self._send_loop, name="demo-fleet", daemon=True)
         sender.start()
@@ -331,6 +333,10 @@ listen = "127.0.0.1:{self.udp_port}"
         self.stop_fleet.set()
         for t in self._threads:
             t.join(timeout=5)
+        # The firmware nodes stop too: what they reported sent until now is what
+        # must arrive (a frame reported a moment later would race the check).
+        for board in self.boards:
+            board.stop_board()
         deadline = time.monotonic() + timeout_s
         while self.missing() and time.monotonic() < deadline:
             time.sleep(0.2)

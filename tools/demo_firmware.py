@@ -79,17 +79,25 @@ class FirmwareNode:
         result = subprocess.run(
             [knute, "provision", "--port", self.board.port, "--kind", "water_meter",
              "--registry", registry, "--name", f"firmware-{seed}", "--site", "demo bench",
-             "--config", str(wiring), "--json"],
+             "--config", str(wiring), "--no-start", "--json"],
             capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise KnuteError(f"provisioning a virtual board failed: {result.stderr.strip()}")
         self.device_id = int(json.loads(result.stdout)["device_id"])
+
+    def run(self) -> None:
+        """Boot the node's firmware (a soft reset), reading its console from then on.
+
+        Called once the gateway listens: a serial port drops what arrived before it
+        was opened, as a real one does.
+        """
         self._reader = threading.Thread(target=self._read_console, name="firmware-console",
                                         daemon=True)
         self._reader.start()
 
     def _read_console(self) -> None:
         fd = os.open(self.board.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        os.write(fd, b"\r\x04")           # Ctrl-D in the friendly REPL: soft reset, main.py
         pending = ""
         try:
             while not self._stop.is_set():
@@ -113,19 +121,25 @@ class FirmwareNode:
         """Idempotency keys of every frame the firmware says it sent."""
         return {f"{self.device_id:08x}:{fcnt}" for fcnt in self.sent}
 
-    def close(self) -> None:
-        """Stop the board, its console reader and the null modem."""
+    def stop_board(self) -> None:
+        """Stop counting sends and power the board off; the line stays up, so frames
+        already on it still reach the gateway."""
         self._stop.set()
         if self._reader is not None:
             self._reader.join(timeout=2)
         with contextlib.suppress(Exception):
             self.board.close()
+
+    def close(self) -> None:
+        """Stop the board, its console reader and the null modem."""
+        self.stop_board()
         self.line.close()
 
 
 def start_boards(count: int, workdir: Path, registry: str, start: float,
                  speed: float) -> list[FirmwareNode]:
-    """`count` provisioned firmware nodes with their flash under `workdir`."""
+    """`count` provisioned firmware nodes with their flash under `workdir`, not yet
+    running: call ``run()`` on each once the gateway reads their lines."""
     nodes: list[FirmwareNode] = []
     try:
         for n in range(count):

@@ -204,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         flash_root = Path(tempfile.mkdtemp(prefix="knute-sim-boards-"))
         boards = start_boards(args.real_firmware, flash_root, args.registry, start, args.speed)
         for board in boards:
+            board.run()
             if not args.json:
                 print(f"firmware node {board.device_id:08x}: serial {board.uart_path}",
                       flush=True)
