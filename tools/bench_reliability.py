@@ -749,7 +749,11 @@ class Rig:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.own_broker = broker is None
-        self.broker = broker or Broker(_mkdir(workdir / "broker"), "mosquitto")
+        # The backend's queue on the broker is unbounded, as docs/mqtt.md advises: with
+        # Mosquitto's default (1000 per client) a fast drain overflows it and the broker,
+        # not the gateway, drops messages the gateway had delivered.
+        self.broker = broker or Broker(_mkdir(workdir / "broker"), "mosquitto",
+                                       extra_config="max_queued_messages 0\n")
         if self.own_broker:
             self.broker.start()
         self.link = FaultyLink((self.broker.host, mqtt_port or self.broker.port), seed=seed)

@@ -95,7 +95,7 @@ class TlsBroker(Broker):
         command = super()._command()
         config = self.workdir / "mosquitto.conf"
         config.write_text(
-            "per_listener_settings true\nuser root\npersistence false\n"
+            "per_listener_settings true\nuser root\npersistence false\nmax_queued_messages 0\n"
             "log_dest stderr\n"
             f"listener {self.port} {self.host}\nallow_anonymous true\n"
             f"listener {self.tls_port} {self.host}\n"
