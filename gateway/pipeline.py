@@ -217,12 +217,15 @@ class Verifier:
             if dev is None or dev.key != self._aead[slot][0]:
                 del self._aead[slot]
 
-    def verify(self, buf: bytes, device: Device) -> dict[str, Any]:
+    def verify(self, buf: bytes, device: Device,
+               header_fields: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
         """Check the tag and decode; same result as ``protocol.frame.decode(buf, key)``.
 
-        Raises FrameError with the same reason ``protocol.frame.decode`` gives.
+        ``header_fields`` is ``protocol.frame.parse_header(buf)`` when the caller
+        has it already. Raises FrameError with the same reason
+        ``protocol.frame.decode`` gives.
         """
-        kind_id, device_id, fcnt, tag_len = pframe.parse_header(buf)
+        kind_id, device_id, fcnt, tag_len = header_fields or pframe.parse_header(buf)
         header = bytes(buf[:pframe.HEADER_LEN])
         try:
             plain = self._cipher(device, tag_len).decrypt(
@@ -346,9 +349,10 @@ class Pipeline:
         if len(buf) > pframe.MAX_FRAME:
             return self._reject(rx, OVERSIZE, detail=f"{len(buf)} bytes")
         try:
-            _kind_id, device_id, fcnt, _tag_len = pframe.parse_header(buf)
+            header_fields = pframe.parse_header(buf)
         except FrameError as exc:
             return self._reject(rx, exc.reason, detail=exc.detail)
+        device_id, fcnt = header_fields[1], header_fields[2]
         device = self.devices.get(device_id)
         if device is None:
             return self._reject(rx, UNKNOWN_DEVICE, device_id, fcnt)
@@ -364,7 +368,7 @@ class Pipeline:
             # verified, so no need to decrypt again.
             return self._reject(rx, DUPLICATE, device_id, fcnt)
         try:
-            decoded = self.verifier.verify(buf, device)
+            decoded = self.verifier.verify(buf, device, header_fields)
         except FrameError as exc:
             return self._reject(rx, exc.reason, device_id, fcnt, exc.detail)
         if decoded["kind"] != device.kind:

@@ -108,8 +108,20 @@ def _item(buf, i, end, depth):
         items = []
         depth += 1
         for _ in range(arg):
-            if i < end and buf[i] < 24:
-                items.append(buf[i])
+            # Inline fast paths for the small integers readings are made of; anything
+            # else (and every error) goes through _item.
+            b = buf[i] if i < end else 0xFF
+            if b < 24:
+                items.append(b)
+                i += 1
+            elif b == 24 and i + 2 <= end and buf[i + 1] >= 24:
+                items.append(buf[i + 1])
+                i += 2
+            elif b == 25 and i + 3 <= end and buf[i + 1]:
+                items.append((buf[i + 1] << 8) | buf[i + 2])
+                i += 3
+            elif 0x20 <= b < 0x38:
+                items.append(0x1F - b)
                 i += 1
             else:
                 value, i = _item(buf, i, end, depth)

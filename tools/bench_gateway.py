@@ -60,27 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- workload --------------------------------------------------------------------------
 
 
-def _devices(n: int) -> dict[int, Any]:
-    from gateway.registry import Device
-
-    out = {}
-    for dev in range(1, n + 1):
-        kind = "water_meter" if dev % 3 else "air_quality"
-        out[dev] = Device(device_id=dev, kind=kind, key=os.urandom(16))
-    return out
-
-
-def _frames(devices: dict[int, Any], per_device: int, first_fcnt: int = 0) -> list[bytes]:
-    from protocol import frame
-    from tools.typical import TYPICAL
-
-    out = []
-    for fcnt in range(first_fcnt, first_fcnt + per_device):
-        for dev in devices.values():
-            out.append(frame.encode(dev.kind, dev.device_id, fcnt, TYPICAL[dev.kind], dev.key))
-    return out
-
-
 RECEIVER = {"source": "lora0", "rssi_dbm": -97, "snr_db": 7.5, "freq_hz": 868_100_000,
             "sf": 9}
 
@@ -127,22 +106,12 @@ def _mosquitto(workdir: str) -> Broker:
 
 
 def bench_decode_verify(frames: int) -> float:
-    """Frames/s through the pipeline's Verifier on this thread."""
-    from gateway.pipeline import Verifier
+    """Frames/s through the pipeline's Verifier on this thread: the same measurement
+    as ``knute bench protocol`` (best of its rounds), so both print one figure."""
+    from tools.bench_protocol import _rate, _workload, gateway_path
 
-    devices = _devices(500)
-    work = [(buf, devices[int.from_bytes(buf[1:5], "big")]) for buf in _frames(devices, 4)]
-    verifier = Verifier()
-    for buf, dev in work:
-        verifier.verify(buf, dev)
-    verify = verifier.verify
-    done = 0
-    start = time.perf_counter()
-    while done < frames:
-        for buf, dev in work:
-            verify(buf, dev)
-        done += len(work)
-    return done / (time.perf_counter() - start)
+    work, keys = _workload()
+    return _rate(gateway_path(keys), work, frames)
 
 
 def bench_bare_paho(port: int, payloads: list[tuple[str, bytes]], inflight: int) -> float:
