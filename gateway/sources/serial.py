@@ -27,7 +27,7 @@ import serial  # type: ignore[import-untyped]
 
 from gateway.config import SerialSourceConfig
 from gateway.pipeline import RateLimit, Reception
-from gateway.sources.base import Backoff, LinkState, Sink
+from gateway.sources.base import Backoff, LinkState, Sink, ThreadedSource
 from gateway.status import Counters
 from protocol import stream
 from protocol.errors import FrameError
@@ -90,13 +90,15 @@ class RecordReader:
 Opener = Callable[..., Any]
 
 
-class SerialSource:
+class SerialSource(ThreadedSource):
     """One serial link, read by its own thread, reopened after it is lost."""
 
     kind = "serial"
+    thread_prefix = "serial"
 
     def __init__(self, cfg: SerialSourceConfig, sink: Sink, counters: Counters, *,
                  opener: Opener | None = None) -> None:
+        super().__init__()
         self.cfg = cfg
         self.name = cfg.name
         self.sink = sink
@@ -104,9 +106,6 @@ class SerialSource:
         self.reader = RecordReader(cfg.name, counters)
         self.backoff = Backoff(cfg.reopen_min_s, cfg.reopen_max_s)
         self._opener: Opener = opener or serial.serial_for_url
-        self._state = LinkState.CLOSED
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._port: Any = None
         self._lock = threading.Lock()
         self._logged = RateLimit(60.0)
@@ -114,29 +113,8 @@ class SerialSource:
         self.losses = 0
         self.last_error = ""
 
-    @property
-    def state(self) -> LinkState:
-        """The link state."""
-        return self._state
-
-    def _set_state(self, state: LinkState) -> None:
-        if state != self._state:
-            log.debug("%s: %s -> %s", self.name, self._state.value, state.value)
-        self._state = state
-
-    def start(self) -> None:
-        """Start the reader thread."""
-        self._thread = threading.Thread(target=self._run, name=f"serial-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop reading and close the port."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
+    def _shutdown(self) -> None:
         self._close()
-        self._set_state(LinkState.STOPPED)
 
     def stats(self) -> dict[str, Any]:
         """State and link counters for the status report."""

@@ -36,14 +36,13 @@ import logging
 import re
 import socket
 import struct
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import UdpSourceConfig
 from gateway.pipeline import OVERSIZE, RateLimit, Reception
-from gateway.sources.base import LinkState, Sink
+from gateway.sources.base import LinkState, Sink, ThreadedSource
 from gateway.status import Counters
 from protocol import frame as pframe
 from protocol.errors import FrameError
@@ -196,19 +195,19 @@ def parse_rxpk(pkt: Any, gateway_eui: str, source: str) -> tuple[bytes, dict[str
     return frame, meta
 
 
-class UdpForwarderSource:
+class UdpForwarderSource(ThreadedSource):
     """Listens for packet forwarders on one UDP port and answers their datagrams."""
 
     kind = "packet_forwarder"
+    thread_prefix = "udp"
 
     def __init__(self, cfg: UdpSourceConfig, sink: Sink, counters: Counters) -> None:
+        super().__init__()
         self.cfg = cfg
         self.name = cfg.name
         self.sink = sink
         self.counters = counters
         self._allowed = frozenset(cfg.gateways)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -231,24 +230,8 @@ class UdpForwarderSource:
         host, port = self._sock.getsockname()[:2]
         return str(host), int(port)
 
-    @property
-    def state(self) -> LinkState:
-        """OPEN while listening, STOPPED after stop()."""
-        return self._state
-
-    def start(self) -> None:
-        """Start the listener thread."""
-        self._thread = threading.Thread(target=self._run, name=f"udp-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop listening and close the socket."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
+    def _shutdown(self) -> None:
         self._sock.close()
-        self._state = LinkState.STOPPED
 
     def stats(self) -> dict[str, Any]:
         """State, datagram count and the gateways heard, for the status report."""
