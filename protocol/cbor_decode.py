@@ -57,6 +57,50 @@ def _arg(buf, i, info, end):
     raise FrameError(CBOR_UNSUPPORTED, "reserved additional information")
 
 
+def _utf8_ok(raw):
+    # Strict UTF-8 (RFC 3629 section 4; Unicode table 3-7 of well-formed byte
+    # sequences): no overlong forms, no surrogates U+D800..U+DFFF, nothing above
+    # U+10FFFF. Checked here rather than left to bytes.decode because the unix
+    # port's decode accepts all three, and both runtimes must reject the same text.
+    n = len(raw)
+    i = 0
+    while i < n:
+        b = raw[i]
+        if b < 0x80:
+            i += 1
+            continue
+        lo = 0x80  # bounds of the second byte; later ones are always 80..BF
+        hi = 0xBF
+        if b < 0xC2:
+            return False  # a continuation byte without a lead, or C0/C1 (overlong)
+        if b < 0xE0:
+            more = 1
+        elif b < 0xF0:
+            more = 2
+            if b == 0xE0:
+                lo = 0xA0  # E0 80..9F would be an overlong form
+            elif b == 0xED:
+                hi = 0x9F  # ED A0..BF would be a surrogate
+        elif b < 0xF5:
+            more = 3
+            if b == 0xF0:
+                lo = 0x90  # F0 80..8F would be an overlong form
+            elif b == 0xF4:
+                hi = 0x8F  # F4 90.. would be above U+10FFFF
+        else:
+            return False  # F5..FF never appear in UTF-8
+        if i + more >= n:
+            return False  # the sequence runs past the end of the string
+        c = raw[i + 1]
+        if c < lo or c > hi:
+            return False
+        for j in range(i + 2, i + 1 + more):
+            if raw[j] & 0xC0 != 0x80:
+                return False
+        i += 1 + more
+    return True
+
+
 def _item(buf, i, end, depth):
     # Decodes one item starting at buf[i]; returns (value, next index).
     if i >= end:
@@ -95,10 +139,9 @@ def _item(buf, i, end, depth):
         i += arg
         if major == 2:
             return raw, i
-        try:
-            return raw.decode("utf-8"), i
-        except UnicodeError:
-            raise FrameError(CBOR_BAD_TEXT) from None
+        if not _utf8_ok(raw):
+            raise FrameError(CBOR_BAD_TEXT)
+        return raw.decode("utf-8"), i
     if depth >= MAX_DEPTH:
         raise FrameError(CBOR_TOO_DEEP)
     # Every item takes at least one byte: a count past the end is truncation.
