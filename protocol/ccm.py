@@ -6,6 +6,8 @@
 #
 # Parameters used by knute (RFC 3610 section 2): nonce 13 bytes, so the length
 # field L is 2 octets and a message is at most 65535 bytes; tag M is 4 or 8.
+# Associated data may be of any length below 2^32 octets (both length forms of
+# section 2.2), although a frame only ever has its 8 header bytes.
 #
 # A node only seals. open_() lives in protocol.ccm_open, imported on first use
 # of ccm.open_, and the CPython block function in protocol.ccm_host: every
@@ -39,9 +41,7 @@ def _mac(block, nonce, aad, msg, tag_len):
     x[14] = (len(msg) >> 8) & 0xFF
     x[15] = len(msg) & 0xFF
     x = bytearray(block(bytes(x)))
-    # AAD shorter than 2^16 - 2^8 is prefixed with its 2-octet length.
-    parts = (bytes(((len(aad) >> 8) & 0xFF, len(aad) & 0xFF)) + bytes(aad), msg) if aad \
-        else (msg,)
+    parts = (_aad_length(len(aad)) + bytes(aad), msg) if aad else (msg,)
     for part in parts:
         end = len(part)
         for start in range(0, end, 16):
@@ -49,6 +49,17 @@ def _mac(block, nonce, aad, msg, tag_len):
                 x[j] ^= part[start + j]
             x = bytearray(block(bytes(x)))
     return x
+
+
+def _aad_length(n):
+    # The encoding of l(a) that precedes the associated data (section 2.2): two
+    # octets below 2^16 - 2^8, else 0xff 0xfe and four octets. (The 0xff 0xff
+    # form for 2^32 octets and more is refused: no frame comes near it.)
+    if n < 0xFF00:
+        return bytes((n >> 8, n & 0xFF))
+    if n > 0xFFFFFFFF:
+        raise ValueError("CCM associated data of 2^32 bytes or more")
+    return b"\xff\xfe" + bytes((n >> 24, (n >> 16) & 0xFF, (n >> 8) & 0xFF, n & 0xFF))
 
 
 def _ctr(block, nonce, data, first_counter):

@@ -82,7 +82,17 @@ def test_ccm():
         bad[-1] ^= 1
         got = reason_of(ccm.open_, block, nonce, aad, bytes(bad), v["tag_len"])
         check("ccm tamper " + v["nonce"], got == "frame_tag")
-    print("ccm", len(doc["vectors"]), "RFC 3610 vectors")
+    # Associated data long enough for the 0xff 0xfe length form (RFC 3610 section 2.2).
+    for v in doc["long_aad"]:
+        block = ccm.aes_block(unhexlify(v["key"]))
+        nonce = unhexlify(v["nonce"])
+        aad = (bytes(range(256)) * (v["aad_len"] // 256 + 1))[:v["aad_len"]]
+        name = "ccm long aad " + str(v["aad_len"]) + " tag " + str(v["tag_len"])
+        sealed = ccm.seal(block, nonce, aad, unhexlify(v["plain"]), v["tag_len"])
+        check(name + " seal", hx(sealed) == v["sealed"])
+        opened = ccm.open_(block, nonce, aad, sealed, v["tag_len"])
+        check(name + " open", hx(opened) == v["plain"])
+    print("ccm", len(doc["vectors"]), "RFC 3610 vectors", len(doc["long_aad"]), "long aad")
 
 
 def test_frames():
