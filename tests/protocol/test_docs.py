@@ -6,8 +6,9 @@ import json
 import re
 from pathlib import Path
 
+from gateway import pipeline
 from gateway.reasons import DESCRIPTIONS
-from protocol import errors, errors_decode, kinds, stream
+from protocol import errors, errors_decode, frame, kinds, stream
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
@@ -66,3 +67,58 @@ def test_every_reason_is_documented() -> None:
     for code in codes | set(DESCRIPTIONS):
         assert code in DESCRIPTIONS, code
         assert f"`{code}`" in DOC or f"`{code}`" in operations, code
+
+
+def test_short_record_line_is_the_record() -> None:
+    # §7.4 shows the record as "00 | <first bytes> ... <last bytes> | 00": both ends
+    # must be the ends of the COBS bytes the code sends (a hand-typed byte drifted once).
+    vectors = json.loads((ROOT / "tests" / "vectors" / "frames.json").read_text())["frames"]
+    record = stream.encode_record(stream.REC_FRAME, bytes.fromhex(vectors[0]["frame"]))
+    section = DOC.split("### 7.4", 1)[1].split("##", 1)[0]
+    short = re.search(r"^00 \| ([0-9a-f ]+) \.\.\. ([0-9a-f ]+) \| 00$", section, flags=re.M)
+    assert short is not None, "§7.4 has no short record line"
+    head = bytes.fromhex(short.group(1))
+    tail = bytes.fromhex(short.group(2))
+    assert len(head) >= 4 and len(tail) >= 4
+    assert record[1:-1].startswith(head)
+    assert record[1:-1].endswith(tail)
+
+
+def _section(title: str) -> str:
+    return DOC.split(title, 1)[1].split("\n## ", 1)[0]
+
+
+def test_check_order_examples_are_what_parse_header_says() -> None:
+    section = " ".join(_section("## 8. Receiver rules").split())
+    examples = re.findall(r"(\d+)-byte (?:frame|one) with control byte `0x([0-9a-f]{2})`"
+                          r"(?: is rejected)? as `(\w+)`", section)
+    assert len(examples) >= 3
+    for length, ctrl, reason in examples:
+        buf = bytes((int(ctrl, 16),)) + bytes(range(1, int(length)))
+        try:
+            frame.parse_header(buf)
+        except errors.FrameError as err:
+            assert err.reason == reason, (length, ctrl)
+        else:
+            raise AssertionError(f"{length}-byte frame 0x{ctrl} passes parse_header")
+
+
+def test_counter_rules_are_the_gateways() -> None:
+    section = " ".join(_section("## 8. Receiver rules").split())
+    below = pipeline.DEFAULT_RESET_BELOW
+    assert (f"the new counter is below {below} while the last accepted one is {below} "
+            "or more") in section
+    assert f"`counter_reset_below`, default {below}" in section
+    operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert f"| `counter_reset_below` | `{below}` |" in operations
+    # The examples of §8 and the reason table, against the gateway's ReplayGuard.
+    guard = pipeline.ReplayGuard({1: 5, 2: 100, 3: 100, 4: 7})
+    guard.advance(4, 7, b"accepted")
+    assert "e.g. 3 after 5, or 20 after 100" in section
+    assert guard.check(1, 3, b"") == "replay"
+    assert guard.check(2, 20, b"") == "replay"
+    assert guard.check(3, below - 1, b"") == "counter_reset"
+    assert guard.check(4, 7, b"accepted") == "duplicate"
+    assert guard.check(4, 7, b"other bytes") == "replay"
+    assert f"| `counter_reset` | receiver | counter below {below} after one of {below} or more" \
+        in DOC
