@@ -159,10 +159,78 @@ def test_stream():
     print("stream", len(good), "records", errors, "noise errors")
 
 
+def test_rejected():
+    doc = load("frames.json")
+    reasons = {}
+    for v in doc["rejected"]:
+        got = reason_of(frame.decode, unhexlify(v["frame"]), unhexlify(v["key"]))
+        check("rejected " + v["name"] + " " + v["reason"] + " got " + str(got),
+              got == v["reason"])
+        reasons[v["reason"]] = True
+    print("rejected", len(doc["rejected"]), "frames", len(reasons), "reasons")
+
+
+def receive(dec, data):
+    # What a receiver makes of `data`: each good record as (type, body hex), each
+    # fault as its reason; a RADIO record must hold its metadata.
+    out = []
+    for item in dec.feed(data):
+        if isinstance(item, FrameError):
+            out.append(item.reason)
+            continue
+        if item[0] == stream.REC_RADIO:
+            reason = reason_of(stream.unpack_radio, item[1])
+            if reason:
+                out.append(reason)
+                continue
+        out.append((item[0], hx(item[1])))
+    return out
+
+
+def test_link():
+    doc = load("link.json")
+    for v in doc["records"]:
+        body = unhexlify(v["body"])
+        wire = unhexlify(v["record"])
+        check("link encode " + v["name"], hx(stream.encode_record(v["type"], body)) == v["record"])
+        check("link decode " + v["name"],
+              stream.decode_record(wire[1:-1]) == (v["type"], body))
+        if "radio" in v:
+            r = v["radio"]
+            meta, inner = stream.unpack_radio(body)
+            check("link radio " + v["name"], meta["rssi_dbm"] == r["rssi_dbm"]
+                  and round(meta["snr_db"] * 10) == r["snr_db_x10"]
+                  and meta["freq_hz"] == r["freq_hz"] and meta["sf"] == r["sf"]
+                  and hx(inner) == r["frame"])
+        if "text" in v:
+            check("link text " + v["name"], body.decode("utf-8") == v["text"])
+    faults = 0
+    for v in doc["streams"]:
+        wire = unhexlify(v["wire"])
+        expected = []
+        for item in v["items"]:
+            if "reason" in item:
+                expected.append(item["reason"])
+                faults += 1
+            else:
+                expected.append((item["type"], item["body"]))
+        whole = receive(stream.StreamDecoder(), wire)
+        check("link stream " + v["name"] + " got " + str(whole), whole == expected)
+        dec = stream.StreamDecoder()
+        bytewise = []
+        for i in range(len(wire)):
+            bytewise.extend(receive(dec, wire[i:i + 1]))
+        check("link stream bytewise " + v["name"], bytewise == expected)
+    print("link", len(doc["records"]), "records", len(doc["streams"]), "streams", faults,
+          "faults")
+
+
 test_cbor()
 test_ccm()
 test_frames()
+test_rejected()
 test_stream()
+test_link()
 print("failures", len(failures))
 if failures:
     sys.exit(1)
