@@ -19,7 +19,7 @@ class FrameError(ValueError):
 
 
 # Frame (protocol/frame.py)
-FRAME_SHORT = "frame_short"              # shorter than header + tag
+FRAME_SHORT = "frame_short"              # shorter than a header, or header + 1 + tag
 FRAME_LONG = "frame_long"                # longer than MAX_FRAME
 FRAME_VERSION = "frame_version"          # unknown version in the control byte
 FRAME_KIND = "frame_kind"                # kind id not in the kinds table

@@ -59,6 +59,8 @@ def parse_header(buf):
 
     Needs no key: the gateway calls it to find the device before verifying.
     """
+    # The order is docs/protocol.md section 8's: too long, shorter than a header,
+    # version, then shorter than the tag this version's header announces, kind.
     n = len(buf)
     if n > MAX_FRAME:
         raise FrameError(FRAME_LONG)
