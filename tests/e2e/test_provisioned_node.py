@@ -16,8 +16,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import Broker
-from tools.nullmodem import NullModem
-from tools.vdevice import VirtualBoard
+from tools.rig.nullmodem import NullModem
+from tools.sim.vdevice import VirtualBoard
 
 DEVICE = "00c0ffee"
 START = 1_790_006_400          # simulated boot time, on a 6-hour boundary

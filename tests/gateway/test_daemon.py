@@ -25,7 +25,7 @@ from gateway.status import request
 from protocol import frame, stream
 from tests.conftest import Broker, free_port
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
-from tools.bench_reliability import FaultyLink
+from tools.bench.reliability import FaultyLink
 
 KEY = bytes(range(16))
 KEY_HEX = KEY.hex()

@@ -33,7 +33,7 @@ from gateway.errors import KnuteError
 from gateway.forwarder import Backoff, Forwarder, MqttConfig
 from gateway.spool import Accepted, Spool
 from tests.conftest import Broker
-from tools.typical import TYPICAL
+from tools.sim.typical import TYPICAL
 
 ROOT = Path(__file__).resolve().parents[2]
 READING = jsonschema.Draft202012Validator(

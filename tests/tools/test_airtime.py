@@ -99,7 +99,7 @@ def test_table_text_matches_golden(knute_bin: Path) -> None:
 
 
 def test_table_json_uses_real_frame_sizes(knute_bin: Path) -> None:
-    from tools.typical import typical_frame
+    from tools.sim.typical import typical_frame
 
     result = _run([str(knute_bin), "airtime", "--json"])
     data = json.loads(result.stdout)

@@ -12,7 +12,7 @@ from gateway.errors import KnuteError
 from gateway.registry import Registry
 from tests.tools.conftest import Mpremote
 from tools import provision
-from tools.vdevice import VirtualBoard
+from tools.sim.vdevice import VirtualBoard
 
 
 def _provision(knute_bin: Path, *args: str, timeout: float = 120,

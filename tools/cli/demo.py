@@ -5,7 +5,7 @@ What runs:
 - the gateway (``knute gateway run``) with a serial source on a pty (the
   radio bridge's line) and a packet-forwarder UDP source;
 - a simulated fleet of water meters and air nodes sending real encrypted
-  frames (tools/fleet.py): odd-numbered nodes over the serial line, the rest
+  frames (tools/sim/fleet.py): odd-numbered nodes over the serial line, the rest
   through two packet forwarders with overlapping coverage, so the gateway
   merges duplicates; a few faults (leaks, bursts, tamper, a failed particle
   sensor, garbage, truncated frames, replays) keep it honest;
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import KnuteError
 
 if TYPE_CHECKING:
-    from tools.demo_firmware import FirmwareNode
+    from tools.sim.firmware_nodes import FirmwareNode
 
 PREFIX = "knute"
 DEMO_FAULTS = ("leak", "burst", "tamper", "sensor", "garbage", "truncated", "replay")
@@ -101,8 +101,8 @@ class Demo:
     """Every process and thread of one demo run."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        from tools.broker import Broker
-        from tools.fleet import Fleet
+        from tools.rig.broker import Broker
+        from tools.sim.fleet import Fleet
 
         self.args = args
         self.workdir = workdir
@@ -157,8 +157,8 @@ class Demo:
     def _open_links(self) -> None:
         import tty
 
-        from tools.broker import free_port
-        from tools.pktfwd import ForwarderClient
+        from tools.rig.broker import free_port
+        from tools.sim.pktfwd import ForwarderClient
 
         master, slave = os.openpty()
         tty.setraw(slave)
@@ -248,7 +248,7 @@ listen = "127.0.0.1:{self.udp_port}"
             time.sleep(0.05)
 
     def _start_real_firmware(self) -> None:
-        from tools.demo_firmware import start_boards
+        from tools.sim.firmware_nodes import start_boards
 
         self.boards = start_boards(self.args.real_firmware, self.workdir / "boards",
                                    str(self.workdir / "registry.db"), self.start_time,
@@ -259,7 +259,7 @@ listen = "127.0.0.1:{self.udp_port}"
     # ------------------------------------------------------------ running
     def _send_loop(self) -> None:
         from protocol import stream
-        from tools.pktfwd import EU868_CHANNELS_MHZ, rxpk
+        from tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
 
         rng = self.fleet.rng
         wall0 = time.monotonic()

@@ -41,7 +41,7 @@ from typing import Any
 
 from gateway.errors import KnuteError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("water_meter", "air_quality", "radio_bridge")
 DEFAULT_TIMEOUT_S = 5.0
 WRITE_CHUNK = 512              # bytes per write on the board (mpremote uses 256)

@@ -52,7 +52,7 @@ from typing import Any
 
 from gateway.errors import KnuteError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 PREFIX = "rel"
 WAIT_S = 120.0
 DESIGN_RATE_FPS = 20.0           # frames/s the 10-minute outage is scaled by (docs/reliability.md)
@@ -597,7 +597,7 @@ class FleetDriver:
     def __init__(self, meters: int = 60, air: int = 20, *, seed: int = 1, rate: float = 200.0,
                  faults: tuple[str, ...] = ("garbage", "truncated", "replay"),
                  fault_rate: float = 0.02, first_device_id: int = 0x20000000) -> None:
-        from tools.fleet import Fleet
+        from tools.sim.fleet import Fleet
 
         self.fleet = Fleet(meters, air, start=1_767_225_600.0, seed=seed, faults=faults,
                            fault_rate=fault_rate, first_device_id=first_device_id)
@@ -609,10 +609,10 @@ class FleetDriver:
         self._slave = slave          # held open: the line survives gateway restarts
         os.set_blocking(master, False)
         self._master = master
-        from tools.broker import free_port
+        from tools.rig.broker import free_port
 
         self.udp_port = free_port()
-        from tools.pktfwd import ForwarderClient
+        from tools.sim.pktfwd import ForwarderClient
 
         self._forwarders = [ForwarderClient(bytes.fromhex("aa555a00000000") + bytes((n,)),
                                             "127.0.0.1", self.udp_port) for n in range(2)]
@@ -669,7 +669,7 @@ class FleetDriver:
     def send_one(self, device_id: int | None, payload: bytes, valid: bool) -> None:
         """Put one transmission on a link and account for it."""
         from protocol import stream
-        from tools.pktfwd import EU868_CHANNELS_MHZ, rxpk
+        from tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
 
         with self._lock:
             self.sent += 1
@@ -744,7 +744,7 @@ class Rig:
                  seed: int = 1, spool_path: str | None = None, spool_max_mb: float = 64.0,
                  fsync: str = "normal", broker: Any = None, mqtt_port: int | None = None,
                  mqtt_extra: str = "", log_level: str = "info") -> None:
-        from tools.broker import Broker
+        from tools.rig.broker import Broker
 
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -1188,8 +1188,8 @@ def fuzz_in_process(n: int, *, seed: int = 7) -> tuple[FuzzTally, dict[str, Any]
     from gateway.sources.udp_forwarder import UdpForwarderSource
     from gateway.status import Counters
     from protocol import stream
-    from tools.fleet import Fleet
-    from tools.pktfwd import push_data, rxpk
+    from tools.sim.fleet import Fleet
+    from tools.sim.pktfwd import push_data, rxpk
 
     logging.getLogger("knute").setLevel(logging.ERROR)    # rejections are counted, not logged
     rng = random.Random(seed)
@@ -1381,7 +1381,7 @@ def case_bad_input_daemon(workdir: Path, *, frames: int = 2000, rate: float = 10
     frames reach the backend, every rejection is counted."""
     result = CaseResult("bad_input_daemon", runs=1)
     from protocol import stream
-    from tools.pktfwd import push_data, rxpk
+    from tools.sim.pktfwd import push_data, rxpk
 
     rng = random.Random(seed)
     with rig(workdir, meters=20, air=10, rate=rate, seed=seed) as r:
@@ -1433,7 +1433,7 @@ def case_security(workdir: Path, *, tls: bool = True, seed: int = 9) -> CaseResu
     resets, device-id spoofing; no key in logs, output or status; 0600 files; TLS
     with a test CA and a password against Mosquitto for the whole gateway path."""
     from protocol import frame, stream
-    from tools.pktfwd import push_data, rxpk
+    from tools.sim.pktfwd import push_data, rxpk
 
     result = CaseResult("security", runs=1)
     broker: Any = None

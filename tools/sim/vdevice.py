@@ -1,6 +1,6 @@
 """``knute vdevice``: a virtual MicroPython board behind a pseudo-terminal.
 
-The board is the real MicroPython unix port running ``tools/vdevice_repl.py``,
+The board is the real MicroPython unix port running ``tools/sim/vdevice_repl.py``,
 which speaks the raw REPL, raw-paste mode and soft reset exactly as
 ``shared/runtime/pyexec.c`` does on a board, with its flash directory mounted
 at "/". This module is the host side: it owns the pty, relays bytes between
@@ -46,11 +46,11 @@ from types import TracebackType
 
 from gateway.errors import KnuteError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 AGENT = Path(__file__).resolve().parent / "vdevice_repl.py"
 DEFAULT_HEAPSIZE = "256k"
 
-# Exit codes of the board-side agent (tools/vdevice_repl.py).
+# Exit codes of the board-side agent (tools/sim/vdevice_repl.py).
 EXIT_RAW = 10
 EXIT_FRIENDLY = 11
 

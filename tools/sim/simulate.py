@@ -1,6 +1,6 @@
 """``knute simulate``: a fleet of nodes sending real encrypted frames to a gateway.
 
-The fleet (tools/fleet.py) runs on simulated time, ``--speed`` times faster than
+The fleet (tools/sim/fleet.py) runs on simulated time, ``--speed`` times faster than
 the wall clock. Frames go out over a serial line (a pty this command creates,
 ``--serial-pty LINK``, or an existing device, ``--serial PATH``) as link records,
 over the Semtech UDP packet-forwarder protocol (``--udp HOST:PORT``) from
@@ -84,7 +84,7 @@ def _open_outputs(args: argparse.Namespace) -> Outputs:
     import termios
     import tty
 
-    from tools.pktfwd import ForwarderClient
+    from tools.sim.pktfwd import ForwarderClient
 
     out = Outputs()
     if args.serial_pty:
@@ -153,7 +153,7 @@ def _write_serial(out: Outputs, data: bytes) -> None:
 
 def _send(out: Outputs, tx: Any, rng: Any) -> None:
     from protocol import stream
-    from tools.pktfwd import EU868_CHANNELS_MHZ, rxpk
+    from tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
 
     if out.serial_fd is not None:
         if tx.node is None:
@@ -177,7 +177,7 @@ def _send(out: Outputs, tx: Any, rng: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the fleet until --for elapses or Ctrl-C, then print a summary."""
-    from tools.fleet import FAULTS, Fleet
+    from tools.sim.fleet import FAULTS, Fleet
 
     faults = tuple(f for f in args.faults.split(",") if f)
     if set(faults) - set(FAULTS):
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         import tempfile
         from pathlib import Path
 
-        from tools.demo_firmware import start_boards
+        from tools.sim.firmware_nodes import start_boards
 
         flash_root = Path(tempfile.mkdtemp(prefix="knute-sim-boards-"))
         boards = start_boards(args.real_firmware, flash_root, args.registry, start, args.speed)

@@ -36,7 +36,7 @@ import tty
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"
 MPY_FLAGS = ("-X", "no-source-lines")
