@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import airtime
-from tools import airtime as airtime_cli
+from tools.cli import airtime as airtime_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden" / "airtime.txt"

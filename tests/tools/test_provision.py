@@ -11,7 +11,7 @@ import pytest
 from gateway.errors import KnuteError
 from gateway.registry import Registry
 from tests.tools.conftest import Mpremote
-from tools import provision
+from tools.cli import provision
 from tools.sim.vdevice import VirtualBoard
 
 

