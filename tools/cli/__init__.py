@@ -26,11 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "benchmarks that print figures (protocol, gateway, firmware, ...)"),
     "gateway": ("tools.cli.gateway", "run the gateway daemon or query a running one"),
     "devices": ("tools.cli.devices", "manage the gateway's device registry"),
-    "vdevice": ("tools.sim.vdevice", "start a virtual MicroPython board behind a pty"),
+    "vdevice": ("tools.cli.vdevice", "start a virtual MicroPython board behind a pty"),
     "provision": ("tools.cli.provision", "provision a node over mpremote and register it"),
-    "simulate": ("tools.sim.simulate", "simulate a fleet of nodes sending real frames"),
+    "simulate": ("tools.cli.simulate", "simulate a fleet of nodes sending real frames"),
     "airtime": ("tools.cli.airtime", "LoRa time on air, duty-cycle budget and battery life"),
-    "modbus-sim": ("tools.sim.modbus", "simulate Modbus water meters and air stations"),
+    "modbus-sim": ("tools.cli.modbus_sim", "simulate Modbus water meters and air stations"),
     "demo": ("tools.cli.demo", "broker, gateway, fleet and a live view in one command"),
 }
 
