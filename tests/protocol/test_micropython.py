@@ -11,7 +11,6 @@ from pathlib import Path
 from tools.rig.flash import compile_lib
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
