@@ -74,7 +74,9 @@ class Pty:
     def plug(self) -> None:
         """A new pty (as a re-enumerated USB device) behind the same path."""
         master, target = open_pty()
-        tmp = self.link.with_suffix(".new")
+        tmp = self.link.with_name(self.link.name + ".new")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)              # left by a run that was killed
         os.symlink(target, tmp)
         os.replace(tmp, self.link)
         self.master = master

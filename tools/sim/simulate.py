@@ -15,9 +15,11 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.errors import KnuteError
+from tools.rig.ptys import Pty
 
 
 @dataclass
@@ -43,25 +45,13 @@ class Outputs:
 
 def open_outputs(args: argparse.Namespace) -> Outputs:
     """Open the serial line and the forwarders the options name."""
-    import termios
-    import tty
-
     from tools.sim.pktfwd import ForwarderClient
 
     out = Outputs()
     if args.serial_pty:
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        attrs = termios.tcgetattr(slave)
-        attrs[3] &= ~termios.ECHO
-        termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        slave_path = os.ttyname(slave)
-        os.close(slave)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(args.serial_pty)
-        os.symlink(slave_path, args.serial_pty)
-        os.set_blocking(master, False)
-        out.serial_fd, out.pty_link = master, args.serial_pty
+        line = Pty(Path(args.serial_pty))      # replaces whatever the link pointed at
+        os.set_blocking(line.master, False)
+        out.serial_fd, out.pty_link = line.master, args.serial_pty
     elif args.serial:
         try:
             out.serial_fd = os.open(args.serial, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)

@@ -39,11 +39,11 @@ import sys
 import tempfile
 import threading
 import time
-import tty
 from pathlib import Path
 from types import TracebackType
 
 from gateway.errors import KnuteError
+from tools.rig.ptys import open_pty
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = Path(__file__).resolve().parent / "vdevice_repl.py"
@@ -147,10 +147,9 @@ class VirtualBoard:
 
     def start(self) -> VirtualBoard:
         """Open the pty, power the board on and start relaying; returns self."""
-        master, slave = os.openpty()
-        tty.setraw(slave)               # no echo or line editing until a host opens it
-        self.port = os.ttyname(slave)
-        os.close(slave)                 # POLLHUP on the master now means "no host"
+        # Raw (no echo or line editing until a host opens it); the slave is closed,
+        # so POLLHUP on the master means "no host".
+        master, self.port = open_pty()
         os.set_blocking(master, False)
         self._master = master
         self._stdin_r, self._stdin_w = os.pipe()
