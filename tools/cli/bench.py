@@ -1,6 +1,6 @@
 """``knute bench NAME``: benchmarks that print figures (and one JSON object with --json).
 
-Each benchmark lives in ``tools/bench_<name>.py`` with ``add_arguments(parser)``
+Each benchmark is a module (or package) ``tools/bench/<name>`` with ``add_arguments(parser)``
 and ``run(args) -> int``, and compares its figures side by side with a baseline
 measured in the same run.
 """
