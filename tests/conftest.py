@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 
 # The broker class is shared with the demo and the benchmarks; tests import it from here.
-from tools.broker import MOSQUITTO, Broker, BrokerError, free_port
+from tools.rig.broker import MOSQUITTO, Broker, BrokerError, free_port
 
 __all__ = ["MOSQUITTO", "Broker", "BrokerError", "free_port"]
 

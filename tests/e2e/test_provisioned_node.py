@@ -16,16 +16,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import Broker
-from tools.nullmodem import NullModem
-from tools.vdevice import VirtualBoard
+from tools.rig.gateway import GatewayProcess
+from tools.rig.nullmodem import NullModem
+from tools.sim.vdevice import VirtualBoard
 
 DEVICE = "00c0ffee"
 START = 1_790_006_400          # simulated boot time, on a 6-hour boundary
 
 
-def _gateway_config(workdir: Path, broker: Broker, serial_path: str) -> Path:
-    config = workdir / "gateway.toml"
-    config.write_text(f"""
+def _gateway_config(workdir: Path, broker: Broker, serial_path: str, status_socket: str) -> str:
+    return f"""
 [gateway]
 id = "e2e"
 data_dir = "{workdir}"
@@ -35,7 +35,7 @@ registry = "registry.db"
 path = "spool.db"
 
 [status]
-socket = "{workdir}/gateway.sock"
+socket = "{status_socket}"
 
 [mqtt]
 host = "{broker.host}"
@@ -47,8 +47,7 @@ name = "node-line"
 url = "{serial_path}"
 reopen_min_s = 0.2
 reopen_max_s = 1
-""")
-    return config
+"""
 
 
 def test_provisioned_node_reading_reaches_the_backend(
@@ -68,16 +67,15 @@ def test_provisioned_node_reading_reaches_the_backend(
     backend.connect(mosquitto.host, mosquitto.port, 30)
     backend.subscribe(f"city/water_meter/{DEVICE}/up", qos=1)
     backend.loop_start()
-    gateway = None
+    gateway = GatewayProcess(tmp_path)
     # The board's flash may open ptys: its UART is one end of the null modem.
     with NullModem() as line, VirtualBoard(binds=("/dev/pts",)) as board:
         try:
-            config = _gateway_config(tmp_path, mosquitto, line.b_path)
+            gateway.write_config(_gateway_config(tmp_path, mosquitto, line.b_path,
+                                                 gateway.status_socket))
             # The gateway runs before the node exists: it learns the device on SIGHUP.
             (tmp_path / "registry.db").unlink(missing_ok=True)
-            with (tmp_path / "gateway.log").open("wb") as log:
-                gateway = subprocess.Popen([str(knute_bin), "gateway", "run", "--config",
-                                            str(config)], stdout=subprocess.DEVNULL, stderr=log)
+            gateway.start()
             # 1,234 litres flow in the first simulated hour.
             (board.flash_dir / "pulses.txt").write_text(f"@{START + 600} 1234\n")
             wiring = tmp_path / "bench.json"
@@ -96,16 +94,14 @@ def test_provisioned_node_reading_reaches_the_backend(
             summary = json.loads(result.stdout)
             assert summary["device"] == DEVICE and "key" not in summary
             assert os.stat(tmp_path / "registry.db").st_mode & 0o077 == 0
-            gateway.send_signal(signal.SIGHUP)          # reload the registry
+            gateway.signal(signal.SIGHUP)               # reload the registry
 
             got.wait(60)
             assert got.is_set(), (
-                f"no reading with index 1234; got {received}\n"
-                + (tmp_path / "gateway.log").read_text())
+                f"no reading with index 1234; got {received}\n" + gateway.log_text())
         finally:
-            if gateway is not None:
-                gateway.terminate()
-                gateway.wait(timeout=20)
+            gateway.stop(timeout=20)
+            gateway.close()
             backend.loop_stop()
             backend.disconnect()
     reading = next(d for d in received if d["readings"]["index"]["value"] == 1234)

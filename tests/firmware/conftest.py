@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.firmware.nodeharness import BenchNode, compile_lib
+from tools.rig.flash import compile_lib
+from tools.rig.node import BenchNode
 
 NodeFactory = Callable[..., BenchNode]
 

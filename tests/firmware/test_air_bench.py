@@ -24,7 +24,8 @@ from typing import Any
 from tests.firmware.airsim import EXAMPLE_ADC_P, EXAMPLE_ADC_T, EXAMPLE_CALIB, bme280_image
 from tests.firmware.airsim import sds011_frame as make_frame
 from tests.firmware.conftest import NodeFactory
-from tests.firmware.nodeharness import KEY_HEX, open_pty
+from tools.rig.node import KEY_HEX
+from tools.rig.ptys import open_pty
 
 SLEEP, WORK = (6, 1, 0), (6, 1, 1)
 

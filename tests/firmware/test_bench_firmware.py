@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.firmware.nodeharness import ROOT
+from tools.rig.node import ROOT
 
 
 def test_bench_firmware_json() -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.firmware.conftest import NodeFactory
-from tests.firmware.nodeharness import HOUR_T0, pulse_lines, water_config
+from tools.rig.node import HOUR_T0, pulse_lines, water_config
 
 
 @pytest.mark.parametrize("text, reason", [

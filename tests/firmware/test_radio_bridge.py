@@ -6,7 +6,7 @@ from typing import Any
 
 from protocol import frame, stream
 from tests.firmware.conftest import NodeFactory
-from tests.firmware.nodeharness import HOUR_T0, KEY, KEY_HEX, pulse_lines, water_config
+from tools.rig.node import HOUR_T0, KEY, KEY_HEX, pulse_lines, water_config
 
 # A LoRa node carries protocol.airtime and the duty-cycle ledger instead of the
 # stream framing; like the wired nodes and the bridge it runs in a 64 KiB heap

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from tests.firmware.conftest import NodeFactory
-from tests.firmware.nodeharness import HOUR_T0, pulse_lines, water_config
+from tools.rig.node import HOUR_T0, pulse_lines, water_config
 
 LEAK, BURST, BACKFLOW, TAMPER, DRY, LOW_BATTERY = 1, 2, 4, 8, 16, 32
 H0 = HOUR_T0 // 3600

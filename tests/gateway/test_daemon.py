@@ -8,12 +8,10 @@ import os
 import signal
 import sqlite3
 import subprocess
-import tempfile
 import threading
 import time
-import tty
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +19,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.status import request
 from protocol import frame, stream
 from tests.conftest import Broker, free_port
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
-from tools.bench_reliability import FaultyLink
+from tools.rig.faults import FaultyLink
+from tools.rig.gateway import GatewayProcess
+from tools.rig.ptys import Pty
+from tools.rig.wait import wait_for
 
 KEY = bytes(range(16))
 KEY_HEX = KEY.hex()
@@ -57,54 +57,6 @@ def radio(buf: bytes, rssi: int = -88) -> bytes:
     """A radio-bridge RADIO record."""
     return stream.encode_record(stream.REC_RADIO,
                                 stream.pack_radio(rssi, 55, 868_100_000, 9, buf))
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll until ``cond()`` is truthy (bounded); returns its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class Pty:
-    """A serial device behind a path the config names (a symlink), unpluggable."""
-
-    def __init__(self, link: Path) -> None:
-        self.link = link
-        self.master = -1
-        self.plug()
-
-    def plug(self) -> None:
-        """A new pty (as a re-enumerated USB device) behind the same path."""
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        target = os.ttyname(slave)
-        os.close(slave)
-        tmp = self.link.with_suffix(".new")
-        os.symlink(target, tmp)
-        os.replace(tmp, self.link)
-        self.master = master
-
-    def unplug(self) -> None:
-        """The device disappears: the pty closes and the path goes away."""
-        os.close(self.master)
-        self.master = -1
-        os.unlink(self.link)
-
-    def write(self, data: bytes) -> None:
-        """Bytes from the device to the gateway."""
-        os.write(self.master, data)
-
-    def close(self) -> None:
-        """Close what is still open."""
-        if self.master >= 0:
-            os.close(self.master)
-            self.master = -1
 
 
 class Subscriber:
@@ -151,18 +103,14 @@ class Subscriber:
         return {m["id"] for m in self.readings()}
 
 
-class Gateway:
+class Gateway(GatewayProcess):
     """One gateway installation in a temp dir, run as ``knute gateway run``."""
 
-    def __init__(self, root: Path, knute: Path, mqtt_port: int) -> None:
-        self.root = root
-        self.knute = knute
-        self.sock_dir = tempfile.mkdtemp(prefix="kgw", dir="/tmp")   # short unix-socket path
-        self.status_socket = os.path.join(self.sock_dir, "gw.sock")
+    def __init__(self, root: Path, mqtt_port: int) -> None:
+        super().__init__(root)
         self.udp_port = free_port()
         self.metrics_port = free_port()
-        self.config = root / "gateway.toml"
-        self.config.write_text(f"""
+        self.write_config(f"""
 [gateway]
 id = "gw-test"
 dedup_window_ms = 200
@@ -192,63 +140,17 @@ reopen_max_s = 0.3
 name = "concentrator"
 listen = "127.0.0.1:{self.udp_port}"
 """)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = root / "gateway.log"
         for dev, kind in ((METER, "water_meter"), (METER2, "water_meter"),
                           (AIR, "air_quality")):
             self.devices("add", f"{dev:08x}", "--kind", kind, "--key", KEY_HEX)
 
     def devices(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``knute devices ... --config``."""
-        out = subprocess.run([str(self.knute), "devices", *args, "--config", str(self.config)],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return out
-
-    def start(self) -> None:
-        """Start the daemon and wait until its status socket answers."""
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(self.knute), "gateway", "run", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited {self.proc.returncode}:\n"
-                                     + self.log.read_text())
-            try:
-                return bool(self.status())
-            except OSError:
-                return False
-
-        wait_for(ready, 30, "gateway status socket")
-        # pyserial flushes a port's input when it opens it: write only once it is open.
-        wait_for(lambda: all(s["state"] == "open" for s in self.status()["sources"].values()),
-                 what="sources open")
-
-    def status(self) -> dict[str, Any]:
-        """The live status over the unix socket."""
-        return request(self.status_socket, {"cmd": "status"})
+        return self.cli("devices", *args)
 
     def rejected(self, source: str) -> dict[str, int]:
         """Rejections by reason for one source."""
         return dict(self.status()["sources"][source]["rejected_by_reason"])
-
-    def stop(self) -> int:
-        """SIGTERM and wait; returns the exit status."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self.proc = None
-        return code
-
-    def kill(self) -> None:
-        """kill -9."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-        self.proc = None
 
     def spooled(self) -> tuple[dict[int, int], set[str]]:
         """The replay counters and the reading ids committed in the spool database."""
@@ -261,20 +163,12 @@ listen = "127.0.0.1:{self.udp_port}"
         finally:
             db.close()
 
-    def close(self) -> None:
-        """Kill a daemon still running."""
-        if self.proc is not None:
-            self.kill()
-        for name in os.listdir(self.sock_dir):
-            os.unlink(os.path.join(self.sock_dir, name))
-        os.rmdir(self.sock_dir)
-
 
 @pytest.fixture
 def setup(tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> Iterator[dict[str, Any]]:
     """A registered gateway (not started), two ptys, a relay to the broker, a subscriber."""
     proxy = FaultyLink((mosquitto.host, mosquitto.port))
-    gw = Gateway(tmp_path, knute_bin, proxy.port)
+    gw = Gateway(tmp_path, proxy.port)
     wired = Pty(tmp_path / "ttyWIRED")
     bridge = Pty(tmp_path / "ttyBRIDGE")
     sub = Subscriber(mosquitto)
@@ -382,8 +276,7 @@ def test_unplugged_radio_comes_back_and_devices_change_live(setup: dict[str, Any
     wait_for(lambda: "00c0ffee:2" in sub.ids(), what="new device's frame")
     # SIGHUP re-reads the registry too: remove the device behind the daemon's back.
     gw.devices("remove", f"{new:08x}")
-    assert gw.proc is not None
-    gw.proc.send_signal(signal.SIGHUP)
+    gw.signal(signal.SIGHUP)
     wait_for(lambda: gw.status()["devices"] == 3, what="reload")
     bridge.write(radio(water(3, dev=new)))
     wait_for(lambda: gw.rejected("bridge").get("unknown_device") == 2, what="removed device")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from gateway.errors import KnuteError
 from gateway.forwarder import Backoff, Forwarder, MqttConfig
 from gateway.spool import Accepted, Spool
 from tests.conftest import Broker
-from tools.typical import TYPICAL
+from tools.rig.wait import wait_for
+from tools.sim.typical import TYPICAL
 
 ROOT = Path(__file__).resolve().parents[2]
 READING = jsonschema.Draft202012Validator(
@@ -63,16 +64,6 @@ def make_rows(devices: int, per_device: int, first_fcnt: int = 0) -> list[Accept
                                 topic=message.topic("knute", kind, name), payload=payload,
                                 alarm=False, received_at=now))
     return out
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    """Poll ``predicate`` until it holds or the time is up; returns its last value."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 class Collector:
@@ -208,16 +199,16 @@ def test_delivers_in_order_with_retained_status_matching_schemas(
     try:
         spool.accept(rows[100:])
         fwd.wake()
-        assert wait_until(lambda: len(collector.ids()) == len(rows))
-        assert wait_until(lambda: spool.stats()["depth"] == 0)
+        wait_for(lambda: len(collector.ids()) == len(rows))
+        wait_for(lambda: spool.stats()["depth"] == 0)
         assert check_delivery(collector, rows) == 0
         assert fwd.state == "connected"
         for doc in collector.readings():
             READING.validate(doc)
-        assert wait_until(lambda: len(collector.statuses()) >= 2)   # periodic republish
+        wait_for(lambda: len(collector.statuses()) >= 2)   # periodic republish
         # A late subscriber gets the retained online status at once.
         late = Collector(mosquitto.host, mosquitto.port, "knute/gateway/+/status")
-        assert wait_until(lambda: bool(late.statuses()))
+        wait_for(lambda: bool(late.statuses()))
         doc, retained = late.statuses()[0]
         late.close()
         assert retained and doc["status"] == "online" and doc["gateway"] == "gw-test"
@@ -229,7 +220,7 @@ def test_delivers_in_order_with_retained_status_matching_schemas(
         fwd.stop(drain_timeout_s=5)
     assert fwd.state == "stopped"
     assert fwd.stats()["forwarded_total"] == len(rows)
-    assert wait_until(lambda: collector.statuses()[-1][0]["status"] == "offline")
+    wait_for(lambda: collector.statuses()[-1][0]["status"] == "offline")
     final = collector.statuses()[-1][0]
     STATUS.validate(final)
     assert final["reason"] == "shutdown" and final["counters"]["forwarded"] == len(rows)
@@ -251,9 +242,9 @@ def test_broker_outage_mid_stream_loses_nothing(tuned_broker: Broker, tmp_path: 
             spool.accept(rows[start:start + 50])
             fwd.wake()
             time.sleep(0.002)
-        assert wait_until(lambda: len(collector.ids()) > 0)
+        wait_for(lambda: len(collector.ids()) > 0)
         tuned_broker.stop()                       # outage with rows in flight
-        assert wait_until(lambda: fwd.state != "connected")
+        wait_for(lambda: fwd.state != "connected")
         for start in range(third, 2 * third, 50):  # the gateway goes on accepting
             spool.accept(rows[start:start + 50])
             fwd.wake()
@@ -262,8 +253,8 @@ def test_broker_outage_mid_stream_loses_nothing(tuned_broker: Broker, tmp_path: 
         for start in range(2 * third, len(rows), 50):
             spool.accept(rows[start:start + 50])
             fwd.wake()
-        assert wait_until(lambda: spool.stats()["depth"] == 0)
-        assert wait_until(lambda: collector.ids() >= {f"{r.device_id:08x}:{r.fcnt}"
+        wait_for(lambda: spool.stats()["depth"] == 0)
+        wait_for(lambda: collector.ids() >= {f"{r.device_id:08x}:{r.fcnt}"
                                                       for r in rows})
         check_delivery(collector, rows)
         assert fwd.stats()["reconnects"] >= 1
@@ -314,16 +305,16 @@ def test_forwarder_killed_mid_stream_and_restarted(tuned_broker: Broker,
     collector = Collector(mosquitto.host, mosquitto.port)
     proc = start_forwarder_process(db, mosquitto.port)
     try:
-        assert wait_until(lambda: len(collector.ids()) >= len(rows) // 4)
+        wait_for(lambda: len(collector.ids()) >= len(rows) // 4)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         got_at_kill = len(collector.ids())
         assert got_at_kill < len(rows), "everything was delivered before the kill"
         # The broker publishes the will: the gateway is offline.
-        assert wait_until(lambda: any(s["status"] == "offline" and s["reason"] ==
+        wait_for(lambda: any(s["status"] == "offline" and s["reason"] ==
                                       "connection lost" for s, _r in collector.statuses()))
         proc = start_forwarder_process(db, mosquitto.port)
-        assert wait_until(lambda: len(collector.ids()) == len(rows))
+        wait_for(lambda: len(collector.ids()) == len(rows))
         check_delivery(collector, rows)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
@@ -366,11 +357,11 @@ def test_supervisor_restarts_a_dead_or_stalled_worker(mosquitto: Broker,
             spool.accept(rows[start:start + 20])
             fwd.wake()
             time.sleep(0.02)
-        assert wait_until(lambda: fwd.stats()["supervisor_restarts"] >= 2)
-        assert wait_until(lambda: spool.stats()["depth"] == 0)
-        assert wait_until(lambda: len(collector.ids()) == len(rows))
+        wait_for(lambda: fwd.stats()["supervisor_restarts"] >= 2)
+        wait_for(lambda: spool.stats()["depth"] == 0)
+        wait_for(lambda: len(collector.ids()) == len(rows))
         check_delivery(collector, rows)
-        assert wait_until(lambda: fwd.state == "connected")
+        wait_for(lambda: fwd.state == "connected")
     finally:
         fwd.stop(drain_timeout_s=2)
         collector.close()
@@ -434,7 +425,7 @@ def test_no_puback_means_the_row_stays_and_the_link_is_renewed(tmp_path: Path) -
                     gateway_id="gw-test", status_provider=dict)
     fwd.start()
     try:
-        assert wait_until(lambda: fwd.stats()["stale_connections"] >= 2)
+        wait_for(lambda: fwd.stats()["stale_connections"] >= 2)
         assert broker.connects >= 2
         assert spool.stats()["depth"] == len(rows)      # nothing left without a PUBACK
         assert fwd.stats()["forwarded_total"] == 0

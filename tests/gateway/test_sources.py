@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import os
 import queue
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +19,13 @@ from gateway.status import Counters
 from protocol import frame, stream
 from protocol.errors import FrameError
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
+from tools.rig.ptys import Pty
+from tools.rig.wait import wait_for
 
 KEY = bytes(range(16))
 FRAME = frame.encode("water_meter", 0x1234, 1,
                      {"index": 5, "profile_end_h": 1, "battery": 20, "profile": [1]}, KEY)
 EUI = bytes.fromhex("0102030405060708")
-
-
-def wait_for(cond: Any, timeout: float = 10.0) -> None:
-    """Poll ``cond()`` until true (bounded)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 # -------------------------------------------------------------- packet forwarder, pure
@@ -177,19 +168,6 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert b.next() <= 0.5
 
 
-def _open_pty(link: Path) -> int:
-    master, slave = os.openpty()
-    import tty
-
-    tty.setraw(slave)
-    target = os.ttyname(slave)
-    os.close(slave)
-    tmp = link.with_suffix(".new")
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-    return master
-
-
 def test_serial_source_survives_unplug_and_replug(tmp_path: Path) -> None:
     link = tmp_path / "ttyRADIO"
     got: queue.Queue[Reception] = queue.Queue()
@@ -200,20 +178,19 @@ def test_serial_source_survives_unplug_and_replug(tmp_path: Path) -> None:
     source.start()                       # the device is not there yet
     try:
         wait_for(lambda: source.state is LinkState.BACKOFF)
-        master = _open_pty(link)
+        radio = Pty(link)
         wait_for(lambda: source.state is LinkState.OPEN)
-        os.write(master, b"noise" + stream.encode_record(stream.REC_FRAME, FRAME))
+        radio.write(b"noise" + stream.encode_record(stream.REC_FRAME, FRAME))
         assert got.get(timeout=5).frame == FRAME
-        os.close(master)                 # unplugged
+        radio.unplug()
         wait_for(lambda: source.losses == 1)
-        os.unlink(link)
         wait_for(lambda: source.state is LinkState.BACKOFF)
-        master = _open_pty(link)         # plugged in again, maybe another tty number
+        radio.plug()                     # plugged in again, maybe another tty number
         wait_for(lambda: source.state is LinkState.OPEN)
-        os.write(master, stream.encode_record(stream.REC_FRAME, FRAME))
+        radio.write(stream.encode_record(stream.REC_FRAME, FRAME))
         assert got.get(timeout=5).frame == FRAME
         assert source.opens == 2
-        os.close(master)
+        radio.close()
     finally:
         source.stop()
     assert source.state is LinkState.STOPPED

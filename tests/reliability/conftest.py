@@ -1,11 +1,11 @@
-"""Helpers for the reliability suite: each case lives in tools/bench_reliability.py and
+"""Helpers for the reliability suite: each case lives in tools/bench/reliability/ and
 is run here with short parameters (``make test``) or full ones (``-m slow``)."""
 
 from __future__ import annotations
 
 import json
 
-from tools.bench_reliability import CaseResult
+from tools.bench.reliability import CaseResult
 
 
 def check(result: CaseResult, *, allow_duplicates: bool = True) -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from protocol import frame, stream
 from protocol.errors import FrameError
 from tests.reliability.conftest import check
-from tools import bench_reliability as rel
+from tools.bench import reliability as rel
 
 KEY = bytes(range(16))
 GOOD = frame.encode("water_meter", 0x1234, 7, {"index": 4242, "profile_end_h": 3,

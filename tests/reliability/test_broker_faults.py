@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import check
-from tools import bench_reliability as rel
+from tools.bench import reliability as rel
 
 
 def test_broker_killed_for_one_second(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import check
-from tools import bench_reliability as rel
+from tools.bench import reliability as rel
 
 
 def test_five_power_cuts(tmp_path: Path) -> None:

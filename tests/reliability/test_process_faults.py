@@ -9,7 +9,8 @@ import pytest
 
 from gateway.registry import Registry
 from tests.reliability.conftest import check
-from tools import bench_reliability as rel
+from tools.bench import reliability as rel
+from tools.bench.reliability.damage import scribble
 
 
 def test_gateway_kill9_three_times_under_load(tmp_path: Path) -> None:
@@ -38,7 +39,7 @@ def test_registry_salvage_keeps_readable_devices(tmp_path: Path) -> None:
     for n in range(300):
         reg.add(0x100 + n, "water_meter", bytes([n % 256]) * 16, name=f"m{n}")
     reg.close()
-    rel._scribble(path, 0.6, 4096, seed=3)
+    scribble(path, 0.6, 4096, seed=3)
     again = Registry(path)
     try:
         devices = again.all()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.reliability.conftest import check
-from tools import bench_reliability as rel
+from tools.bench import reliability as rel
 
 
 def test_security_over_tls(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.vdevice import VirtualBoard
+from tools.sim.vdevice import VirtualBoard
 
 MPREMOTE = Path(sys.executable).parent / "mpremote"
 

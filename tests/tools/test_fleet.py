@@ -8,7 +8,7 @@ import pytest
 
 from protocol import frame
 from protocol.errors import FrameError
-from tools.fleet import HOUR, Fleet, MeterNode
+from tools.sim.fleet import HOUR, Fleet, MeterNode
 
 START = 1_790_000_000.0
 

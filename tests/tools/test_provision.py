@@ -11,8 +11,9 @@ import pytest
 from gateway.errors import KnuteError
 from gateway.registry import Registry
 from tests.tools.conftest import Mpremote
-from tools import provision
-from tools.vdevice import VirtualBoard
+from tools.board import Board, FileToCopy, copy_files
+from tools.cli import provision
+from tools.sim.vdevice import VirtualBoard
 
 
 def _provision(knute_bin: Path, *args: str, timeout: float = 120,
@@ -162,11 +163,11 @@ def test_full_flash_is_refused_before_writing(knute_bin: Path, tmp_path: Path) -
 
 
 def test_a_write_that_fails_midway_is_one_clear_error(tmp_path: Path) -> None:
-    files = [provision.FileToCopy(f"/f{n}.bin", bytes(6000)) for n in range(4)]
+    files = [FileToCopy(f"/f{n}.bin", bytes(6000)) for n in range(4)]
     with VirtualBoard(tmp_path / "flash", flash_size=16 * 1024) as vboard, \
-            provision.Board(vboard.port) as conn, \
+            Board(vboard.port) as conn, \
             pytest.raises(KnuteError, match="flash is full"):
-        provision.copy_files(conn, files)
+        copy_files(conn, files)
     assert (tmp_path / "flash" / "f0.bin").exists()
 
 

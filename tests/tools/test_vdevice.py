@@ -13,7 +13,7 @@ import pytest
 import serial  # type: ignore[import-untyped]
 
 from tests.tools.conftest import Mpremote
-from tools.vdevice import VirtualBoard, parse_size
+from tools.sim.vdevice import VirtualBoard, parse_size
 
 
 def _read_until(port: serial.Serial, marker: bytes, timeout_s: float = 10) -> bytes:

@@ -1,6 +1,6 @@
 """``knute simulate``: a fleet of nodes sending real encrypted frames to a gateway.
 
-The fleet (tools/fleet.py) runs on simulated time, ``--speed`` times faster than
+The fleet (tools/sim/fleet.py) runs on simulated time, ``--speed`` times faster than
 the wall clock. Frames go out over a serial line (a pty this command creates,
 ``--serial-pty LINK``, or an existing device, ``--serial PATH``) as link records,
 over the Semtech UDP packet-forwarder protocol (``--udp HOST:PORT``) from
@@ -16,16 +16,15 @@ them there first, ``--csv FILE`` writes them for ``knute devices import``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import KnuteError
+from tools.sim.simulate import open_outputs, register, send
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -59,125 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-@dataclass
-class Outputs:
-    """Where transmissions go, and what was sent."""
-
-    serial_fd: int | None = None
-    pty_link: str | None = None
-    forwarders: list[Any] = field(default_factory=list)
-    serial_records: int = 0
-    udp_packets: int = 0
-
-    def close(self) -> None:
-        """Close everything this run opened."""
-        if self.serial_fd is not None:
-            os.close(self.serial_fd)
-        if self.pty_link:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.pty_link)
-        for fwd in self.forwarders:
-            fwd.close()
-
-
-def _open_outputs(args: argparse.Namespace) -> Outputs:
-    import termios
-    import tty
-
-    from tools.pktfwd import ForwarderClient
-
-    out = Outputs()
-    if args.serial_pty:
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        attrs = termios.tcgetattr(slave)
-        attrs[3] &= ~termios.ECHO
-        termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        slave_path = os.ttyname(slave)
-        os.close(slave)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(args.serial_pty)
-        os.symlink(slave_path, args.serial_pty)
-        os.set_blocking(master, False)
-        out.serial_fd, out.pty_link = master, args.serial_pty
-    elif args.serial:
-        try:
-            out.serial_fd = os.open(args.serial, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
-        except OSError as err:
-            raise KnuteError(f"cannot open serial device {args.serial}: {err.strerror}") from None
-    if args.udp:
-        host, _, port = args.udp.rpartition(":")
-        if not host or not port.isdigit():
-            raise KnuteError(f"--udp {args.udp!r}: expected HOST:PORT")
-        for n in range(max(1, args.forwarders)):
-            eui = bytes.fromhex("aa555a00000000") + bytes((n,))
-            out.forwarders.append(ForwarderClient(eui, host, int(port)))
-    if out.serial_fd is None and not out.forwarders:
-        raise KnuteError("nowhere to send: give --serial-pty, --serial or --udp")
-    return out
-
-
-def _register(args: argparse.Namespace, fleet: Any) -> None:
-    from gateway import registry
-
-    if args.registry:
-        reg = registry.Registry(args.registry)
-        try:
-            for node in fleet.nodes:
-                if reg.get(node.device_id) is None:
-                    reg.add(node.device_id, node.kind, node.key, name=f"sim-{node.device_id:08x}",
-                            site="simulated")
-        finally:
-            reg.close()
-    if args.csv:
-        with open(args.csv, "w", encoding="utf-8") as f:
-            f.write(registry.csv_header(with_location=False))
-            for node in fleet.nodes:
-                f.write(registry.csv_line(node.device_id, node.kind, node.key,
-                                          f"sim-{node.device_id:08x}", "simulated"))
-
-
-def _write_serial(out: Outputs, data: bytes) -> None:
-    assert out.serial_fd is not None
-    view = memoryview(data)
-    deadline = time.monotonic() + 2.0
-    while view and time.monotonic() < deadline:
-        try:
-            n = os.write(out.serial_fd, view)
-            view = view[n:]
-        except BlockingIOError:
-            time.sleep(0.002)  # the reader is behind; a real UART would block too
-        except OSError:
-            return  # the reader went away (gateway restarted); the line is dead air
-
-
-def _send(out: Outputs, tx: Any, rng: Any) -> None:
-    from protocol import stream
-    from tools.pktfwd import EU868_CHANNELS_MHZ, rxpk
-
-    if out.serial_fd is not None:
-        if tx.node is None:
-            _write_serial(out, tx.payload)  # garbage on the line
-        else:
-            _write_serial(out, stream.encode_record(stream.REC_FRAME, tx.payload))
-        out.serial_records += 1
-    if out.forwarders:
-        if tx.node is None:
-            rng.choice(out.forwarders).send_raw(tx.payload)
-            return
-        hearing = rng.sample(out.forwarders, rng.randint(1, len(out.forwarders)))
-        chan = rng.randrange(3)
-        for fwd in hearing:
-            fwd.push([rxpk(tx.payload, rssi_dbm=rng.randint(-125, -70),
-                           lsnr_db=round(rng.uniform(-12, 9), 1),
-                           freq_mhz=EU868_CHANNELS_MHZ[chan], sf=rng.choice([7, 9, 10, 12]),
-                           chan=chan)])
-            out.udp_packets += 1
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the fleet until --for elapses or Ctrl-C, then print a summary."""
-    from tools.fleet import FAULTS, Fleet
+    from tools.sim.fleet import FAULTS, Fleet
 
     faults = tuple(f for f in args.faults.split(",") if f)
     if set(faults) - set(FAULTS):
@@ -190,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     fleet = Fleet(args.meters, args.air, start=start, seed=args.seed, faults=faults,
                   fault_rate=args.fault_rate, first_device_id=int(args.first_device_id, 16))
-    _register(args, fleet)
+    register(args, fleet)
     boards: list[Any] = []
     if args.real_firmware:
         if not args.registry:
@@ -199,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         import tempfile
         from pathlib import Path
 
-        from tools.demo_firmware import start_boards
+        from tools.sim.firmware_nodes import start_boards
 
         flash_root = Path(tempfile.mkdtemp(prefix="knute-sim-boards-"))
         boards = start_boards(args.real_firmware, flash_root, args.registry, start, args.speed)
@@ -208,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"firmware node {board.device_id:08x}: serial {board.uart_path}",
                       flush=True)
-    out = _open_outputs(args)
+    out = open_outputs(args)
     stop = False
 
     def _stop(*_: Any) -> None:
@@ -227,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 break
             now = start + elapsed * args.speed
             for tx in fleet.due(now):
-                _send(out, tx, fleet.rng)
+                send(out, tx, fleet.rng)
                 sent += 1
                 valid += tx.valid
             for fwd in out.forwarders:

@@ -1,8 +1,8 @@
 """Water meters on the real firmware for ``knute demo --real-firmware K``.
 
 Each node is a virtual board (the MicroPython unix port behind a pty, see
-tools/vdevice.py) provisioned with ``knute provision`` exactly as a technician
-would, whose UART is one end of a null modem (tools/nullmodem.py) and whose
+tools/sim/vdevice.py) provisioned with ``knute provision`` exactly as a technician
+would, whose UART is one end of a null modem (tools/rig/nullmodem.py) and whose
 pulse input is a file of a simulated household's water use. The gateway reads
 the other end of the null modem as a serial source. The board's console is
 read all along; every ``sent fcnt=N`` line it prints is a frame the backend
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from gateway.errors import KnuteError
-from tools.fleet import HOUR, Household
-from tools.nullmodem import NullModem
-from tools.vdevice import VirtualBoard
+from tools.rig.nullmodem import NullModem
+from tools.sim.fleet import HOUR, Household
+from tools.sim.vdevice import VirtualBoard
 
 PULSE_DAYS = 90               # simulated days of pulses written ahead
 _SENT = re.compile(r"knute: sent fcnt=(\d+)")

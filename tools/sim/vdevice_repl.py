@@ -3,7 +3,8 @@
 # MicroPython unix port and makes it answer on its stdin/stdout the way a
 # MicroPython board answers on its USB serial port.
 #
-#   micropython tools/vdevice_repl.py FLASH_DIR MODE NOTES_FD FLASH_SIZE|- CORRUPT(0|1) [BIND ...]
+#   micropython tools/sim/vdevice_repl.py \
+#       FLASH_DIR MODE NOTES_FD FLASH_SIZE|- CORRUPT(0|1) [BIND ...]
 #
 # MODE is "friendly" (power-on or soft reset from the friendly REPL: run boot.py
 # and main.py, then the friendly REPL), "raw" (soft reset from the raw REPL:
@@ -15,7 +16,7 @@
 # output, \x04, error output, \x04, ">"), raw-paste mode (Ctrl-E 'A' Ctrl-A ->
 # "R\x01", 2-byte window size, \x01 per window consumed, \x04 at the end) and
 # soft reset (Ctrl-D on an empty line -> "OK\r\n" / "\r\n", then
-# "MPY: soft reboot\r\n"). The host-side supervisor (tools/vdevice.py) restarts
+# "MPY: soft reboot\r\n"). The host-side supervisor (tools/sim/vdevice.py) restarts
 # the interpreter when this script exits for a soft reset and turns Ctrl-C into
 # SIGINT while code runs, so a running program stops with KeyboardInterrupt as
 # on a board.

@@ -1,6 +1,6 @@
-"""``knute vdevice``: a virtual MicroPython board behind a pseudo-terminal.
+"""A virtual MicroPython board behind a pseudo-terminal (``knute vdevice``).
 
-The board is the real MicroPython unix port running ``tools/vdevice_repl.py``,
+The board is the real MicroPython unix port running ``tools/sim/vdevice_repl.py``,
 which speaks the raw REPL, raw-paste mode and soft reset exactly as
 ``shared/runtime/pyexec.c`` does on a board, with its flash directory mounted
 at "/". This module is the host side: it owns the pty, relays bytes between
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import os
 import re
 import select
@@ -40,17 +39,17 @@ import sys
 import tempfile
 import threading
 import time
-import tty
 from pathlib import Path
 from types import TracebackType
 
 from gateway.errors import KnuteError
+from tools.rig.ptys import open_pty
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 AGENT = Path(__file__).resolve().parent / "vdevice_repl.py"
 DEFAULT_HEAPSIZE = "256k"
 
-# Exit codes of the board-side agent (tools/vdevice_repl.py).
+# Exit codes of the board-side agent (tools/sim/vdevice_repl.py).
 EXIT_RAW = 10
 EXIT_FRIENDLY = 11
 
@@ -148,10 +147,9 @@ class VirtualBoard:
 
     def start(self) -> VirtualBoard:
         """Open the pty, power the board on and start relaying; returns self."""
-        master, slave = os.openpty()
-        tty.setraw(slave)               # no echo or line editing until a host opens it
-        self.port = os.ttyname(slave)
-        os.close(slave)                 # POLLHUP on the master now means "no host"
+        # Raw (no echo or line editing until a host opens it); the slave is closed,
+        # so POLLHUP on the master means "no host".
+        master, self.port = open_pty()
         os.set_blocking(master, False)
         self._master = master
         self._stdin_r, self._stdin_w = os.pipe()
@@ -421,60 +419,3 @@ class VirtualBoard:
                     self._read_notes()
                 elif fd == self._stdin_w:
                     self._flush_to_child()
-
-
-# ---------------------------------------------------------------- the CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser, name: str = "vdevice") -> None:
-    """Options of ``knute vdevice``."""
-    parser.add_argument("--flash", metavar="DIR",
-                        help="the board's flash directory (default: a new temporary one, "
-                             "removed when the board stops)")
-    parser.add_argument("--flash-size", type=parse_size, metavar="BYTES",
-                        help="fault: a flash this small (e.g. 64k); writes past it fail "
-                             "with ENOSPC")
-    parser.add_argument("--corrupt-writes", action="store_true",
-                        help="fault: flip one bit in every write to the flash")
-    parser.add_argument("--heapsize", default=DEFAULT_HEAPSIZE,
-                        help=f"MicroPython heap (default {DEFAULT_HEAPSIZE})")
-    parser.add_argument("--bind", action="append", default=[], metavar="HOSTDIR",
-                        help="make a host directory visible at the same path on the board "
-                             "(e.g. /dev/pts for bench wiring); repeatable")
-    parser.add_argument("--for", dest="for_s", type=float, metavar="SECONDS",
-                        help="stop after this many seconds (default: until Ctrl-C/SIGTERM)")
-    parser.add_argument("--json", action="store_true",
-                        help="print port, flash dir and pids as one JSON line")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Start a virtual board, print its port and keep it running until told to stop."""
-    if args.flash is not None and Path(args.flash).exists() and not Path(args.flash).is_dir():
-        raise KnuteError(f"--flash {args.flash} is not a directory")
-    for bind in args.bind:
-        if not Path(bind).is_dir():
-            raise KnuteError(f"--bind {bind}: no such host directory")
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    old_term = signal.signal(signal.SIGTERM, on_signal)
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    try:
-        with VirtualBoard(args.flash, flash_size=args.flash_size,
-                          corrupt_writes=args.corrupt_writes, heapsize=args.heapsize,
-                          binds=tuple(args.bind)) as board:
-            if args.json:
-                print(json.dumps(board.info()), flush=True)
-            else:
-                print(board.port, flush=True)
-                print(f"virtual board: flash {board.flash_dir}, pid {os.getpid()}; "
-                      "Ctrl-C to stop", file=sys.stderr, flush=True)
-            stop.wait(args.for_s)
-            if board.error is not None:
-                raise KnuteError(f"virtual board stopped: {board.error}")
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        signal.signal(signal.SIGINT, old_int)
-    return 0

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 UPY_BENCH = """
 import gc, sys, time
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _workload(devices: int = 500) -> tuple[list[bytes], dict[int, bytes]]:
     """Frames of both kinds from `devices` nodes, each with its own key."""
     from protocol import frame
-    from tools.typical import TYPICAL
+    from tools.sim.typical import TYPICAL
 
     keys = {dev: os.urandom(16) for dev in range(1, devices + 1)}
     frames = []

@@ -5,7 +5,7 @@ What runs:
 - the gateway (``knute gateway run``) with a serial source on a pty (the
   radio bridge's line) and a packet-forwarder UDP source;
 - a simulated fleet of water meters and air nodes sending real encrypted
-  frames (tools/fleet.py): odd-numbered nodes over the serial line, the rest
+  frames (tools/sim/fleet.py): odd-numbered nodes over the serial line, the rest
   through two packet forwarders with overlapping coverage, so the gateway
   merges duplicates; a few faults (leaks, bursts, tamper, a failed particle
   sensor, garbage, truncated frames, replays) keep it honest;
@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import select
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,9 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import KnuteError
+from tools.rig.gateway import GatewayProcess
+from tools.rig.ptys import HeldPty
 
 if TYPE_CHECKING:
-    from tools.demo_firmware import FirmwareNode
+    from tools.sim.firmware_nodes import FirmwareNode
 
 PREFIX = "knute"
 DEMO_FAULTS = ("leak", "burst", "tamper", "sensor", "garbage", "truncated", "replay")
@@ -101,8 +101,8 @@ class Demo:
     """Every process and thread of one demo run."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        from tools.broker import Broker
-        from tools.fleet import Fleet
+        from tools.rig.broker import Broker
+        from tools.sim.fleet import Fleet
 
         self.args = args
         self.workdir = workdir
@@ -116,11 +116,12 @@ class Demo:
         self.sent_total = 0
         self.seen = Seen()
         self.stop_fleet = threading.Event()
-        self.gateway: subprocess.Popen[bytes] | None = None
+        # Its own session: a Ctrl-C in the terminal reaches the demo, which stops it.
+        self.gateway = GatewayProcess(workdir, new_session=True)
         self.boards: list[FirmwareNode] = []
         self._threads: list[threading.Thread] = []
         self._mqtt: Any = None
-        self._pty_master = -1
+        self._pty: HeldPty | None = None
         self._forwarders: list[Any] = []
         self.events: deque[str] = deque(maxlen=6)
 
@@ -155,17 +156,11 @@ class Demo:
         self.events.appendleft(f"{time.strftime('%H:%M:%S')} {text}")
 
     def _open_links(self) -> None:
-        import tty
+        from tools.rig.broker import free_port
+        from tools.sim.pktfwd import ForwarderClient
 
-        from tools.broker import free_port
-        from tools.pktfwd import ForwarderClient
-
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        self.serial_path = os.ttyname(slave)
-        self._pty_slave = slave  # held open so the line survives gateway restarts
-        os.set_blocking(master, False)
-        self._pty_master = master
+        self._pty = HeldPty()  # held open so the line survives gateway restarts
+        self.serial_path = self._pty.path
         self.udp_port = free_port()
         for n in range(2):
             eui = bytes.fromhex("aa555a00000000") + bytes((n,))
@@ -191,7 +186,7 @@ max_age_days = 30
 fsync = "normal"
 
 [status]
-socket = "{self.workdir}/gateway.sock"
+socket = "{self.gateway.status_socket}"
 
 [mqtt]
 host = "{self.broker.host}"
@@ -207,22 +202,9 @@ listen = "127.0.0.1:{self.udp_port}"
 """
 
     def _start_gateway(self) -> None:
-        config = self.workdir / "gateway.toml"
-        config.write_text(self._gateway_config())
-        knute = str(Path(sys.executable).parent / "knute")
-        log = (self.workdir / "gateway.log").open("ab")
-        self.gateway = subprocess.Popen([knute, "gateway", "run", "--config", str(config)],
-                                        stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.gateway.poll() is not None:
-                raise KnuteError(f"the gateway exited at start-up; see {self.workdir}/gateway.log")
-            if self.gateway_status():
-                self.event("gateway: running")
-                return
-            time.sleep(0.1)
-        raise KnuteError("the gateway did not start within 20 s")
+        self.gateway.write_config(self._gateway_config())
+        self.gateway.start(wait_sources=False)
+        self.event("gateway: running")
 
     def _start_subscriber(self) -> None:
         import paho.mqtt.client as mqtt
@@ -248,7 +230,7 @@ listen = "127.0.0.1:{self.udp_port}"
             time.sleep(0.05)
 
     def _start_real_firmware(self) -> None:
-        from tools.demo_firmware import start_boards
+        from tools.sim.firmware_nodes import start_boards
 
         self.boards = start_boards(self.args.real_firmware, self.workdir / "boards",
                                    str(self.workdir / "registry.db"), self.start_time,
@@ -259,7 +241,7 @@ listen = "127.0.0.1:{self.udp_port}"
     # ------------------------------------------------------------ running
     def _send_loop(self) -> None:
         from protocol import stream
-        from tools.pktfwd import EU868_CHANNELS_MHZ, rxpk
+        from tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
 
         rng = self.fleet.rng
         wall0 = time.monotonic()
@@ -287,24 +269,12 @@ listen = "127.0.0.1:{self.udp_port}"
             self.stop_fleet.wait(min(max(wait, 0.002), 0.1))
 
     def _serial_write(self, data: bytes) -> None:
-        view = memoryview(data)
-        deadline = time.monotonic() + 1.0
-        while view and time.monotonic() < deadline:
-            try:
-                view = view[os.write(self._pty_master, view):]
-            except BlockingIOError:
-                time.sleep(0.002)
-            except OSError:
-                return
+        if self._pty is not None:
+            self._pty.write(data, patience_s=1.0)
 
     def gateway_status(self) -> dict[str, Any]:
         """The gateway's live counters, or {} when it does not answer."""
-        from gateway.status import request
-
-        try:
-            return request(str(self.workdir / "gateway.sock"), {"cmd": "status"}, timeout=1.0)
-        except (OSError, ValueError):
-            return {}
+        return self.gateway.try_status()
 
     def toggle_broker(self) -> None:
         """Stop the broker if it runs, else start it again on the same port."""
@@ -344,12 +314,8 @@ listen = "127.0.0.1:{self.udp_port}"
     def stop(self) -> None:
         """Stop everything this run started."""
         self.stop_fleet.set()
-        if self.gateway is not None and self.gateway.poll() is None:
-            self.gateway.send_signal(signal.SIGTERM)
-            try:
-                self.gateway.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.gateway.kill()
+        self.gateway.stop(timeout=15)
+        self.gateway.close()
         for board in self.boards:
             with contextlib.suppress(Exception):
                 board.close()
@@ -358,9 +324,8 @@ listen = "127.0.0.1:{self.udp_port}"
             self._mqtt.disconnect()
         for fwd in self._forwarders:
             fwd.close()
-        for fd in (self._pty_master, getattr(self, "_pty_slave", -1)):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if self._pty is not None:
+            self._pty.close()
         self.broker.stop()
 
     def summary(self) -> dict[str, Any]:

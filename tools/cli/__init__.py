@@ -19,18 +19,19 @@ from protocol.errors import FrameError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "encode": ("tools.codec_cli", "encode readings into an encrypted frame (hex)"),
-    "decode": ("tools.codec_cli", "decode and verify a frame (hex) and print it as JSON"),
-    "protocol": ("tools.protocol_cli", "protocol facts: frame sizes against SenML-CBOR and JSON"),
-    "bench": ("tools.bench", "benchmarks that print figures (protocol, gateway, firmware, ...)"),
-    "gateway": ("tools.gateway_cli", "run the gateway daemon or query a running one"),
-    "devices": ("tools.devices_cli", "manage the gateway's device registry"),
-    "vdevice": ("tools.vdevice", "start a virtual MicroPython board behind a pty"),
-    "provision": ("tools.provision", "provision a node over mpremote and register it"),
-    "simulate": ("tools.simulate", "simulate a fleet of nodes sending real frames"),
-    "airtime": ("tools.airtime", "LoRa time on air, duty-cycle budget and battery life"),
-    "modbus-sim": ("tools.modbus_sim", "simulate Modbus water meters and air stations"),
-    "demo": ("tools.demo", "broker, gateway, fleet and a live view in one command"),
+    "encode": ("tools.cli.codec", "encode readings into an encrypted frame (hex)"),
+    "decode": ("tools.cli.codec", "decode and verify a frame (hex) and print it as JSON"),
+    "protocol": ("tools.cli.protocol", "protocol facts: frame sizes against SenML-CBOR and JSON"),
+    "bench": ("tools.cli.bench",
+              "benchmarks that print figures (protocol, gateway, firmware, ...)"),
+    "gateway": ("tools.cli.gateway", "run the gateway daemon or query a running one"),
+    "devices": ("tools.cli.devices", "manage the gateway's device registry"),
+    "vdevice": ("tools.cli.vdevice", "start a virtual MicroPython board behind a pty"),
+    "provision": ("tools.cli.provision", "provision a node over mpremote and register it"),
+    "simulate": ("tools.cli.simulate", "simulate a fleet of nodes sending real frames"),
+    "airtime": ("tools.cli.airtime", "LoRa time on air, duty-cycle budget and battery life"),
+    "modbus-sim": ("tools.cli.modbus_sim", "simulate Modbus water meters and air stations"),
+    "demo": ("tools.cli.demo", "broker, gateway, fleet and a live view in one command"),
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import cbor2
 
-from tools.typical import TYPICAL, TYPICAL_DEVICE_ID, TYPICAL_FCNT, typical_frame
+from tools.sim.typical import TYPICAL, TYPICAL_DEVICE_ID, TYPICAL_FCNT, typical_frame
 
 BASE_TIME = 1_790_000_000  # a send time in 2026, seconds since the epoch
 

@@ -1,6 +1,6 @@
 """``knute bench NAME``: benchmarks that print figures (and one JSON object with --json).
 
-Each benchmark lives in ``tools/bench_<name>.py`` with ``add_arguments(parser)``
+Each benchmark is a module (or package) ``tools/bench/<name>`` with ``add_arguments(parser)``
 and ``run(args) -> int``, and compares its figures side by side with a baseline
 measured in the same run.
 """
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """One sub-parser per benchmark module present in this installation."""
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for bench, help_text in BENCHES.items():
-        module_name = f"tools.bench_{bench}"
+        module_name = f"tools.bench.{bench}"
         if importlib.util.find_spec(module_name) is None:
             continue
         module = importlib.import_module(module_name)

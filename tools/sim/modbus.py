@@ -1,4 +1,4 @@
-"""``knute modbus-sim``: simulated Modbus water meters and air-quality stations.
+"""Simulated Modbus water meters and air-quality stations (``knute modbus-sim``).
 
 A pymodbus server answers for several unit ids at once, each described by a
 register map (``--device UNIT:MAP``, a shipped map's name or a .toml path),
@@ -24,85 +24,29 @@ Once listening it prints where (``--json``: one JSON object on one line) and
 serves until SIGINT/SIGTERM or ``--duration`` seconds.
 
 RTU on a pty: the pymodbus serial server needs a device path, and so does the
-poller; a pty has only one (the master side is a bare descriptor). So two
-ptys are made and their master sides are joined by a small byte pump, a
-null-modem cable in software; the server opens one slave, the poller the
-other.
+poller; a pty has only one (the master side is a bare descriptor). So the
+server opens one end of a ``NullModem`` (two ptys joined back to back), the
+poller the other.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import random
-import select
 import signal
 import sys
-import threading
 import time
-import tty
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import KnuteError
+from tools.rig.nullmodem import NullModem
 
 DEFAULT_DEVICES = ("1:generic_water_meter", "2:generic_air_station")
 DEFAULT_TCP = "127.0.0.1:5020"
-
-
-def add_arguments(parser: argparse.ArgumentParser, name: str = "modbus-sim") -> None:
-    """Options of ``knute modbus-sim``."""
-    parser.add_argument("--tcp", metavar="HOST:PORT",
-                        help=f"listen for Modbus TCP (default {DEFAULT_TCP} when no --rtu-pty)")
-    parser.add_argument("--rtu-pty", action="store_true",
-                        help="serve Modbus RTU on a new pseudo-terminal and print its path")
-    parser.add_argument("--device", action="append", default=[], metavar="UNIT:MAP",
-                        help="a simulated unit and its register map (repeatable; default "
-                        + ", ".join(DEFAULT_DEVICES) + ")")
-    parser.add_argument("--slow-ms", action="append", default=[], metavar="UNIT:MS",
-                        help="delay UNIT's answers by MS milliseconds (repeatable)")
-    parser.add_argument("--exception-rate", type=float, default=0.0, metavar="RATE",
-                        help="probability of answering with exception 4 (0..1)")
-    parser.add_argument("--exception-unit", action="append", type=int, default=[],
-                        metavar="UNIT", help="UNIT always answers with exception 2")
-    parser.add_argument("--silent-unit", action="append", type=int, default=[], metavar="UNIT",
-                        help="UNIT never answers")
-    parser.add_argument("--wrong-unit", action="append", default=[], metavar="UNIT:OTHER",
-                        help="UNIT's answers carry unit id OTHER")
-    parser.add_argument("--crc-error-unit", action="append", type=int, default=[],
-                        metavar="UNIT", help="UNIT's RTU answers carry a wrong CRC")
-    parser.add_argument("--short-unit", action="append", type=int, default=[], metavar="UNIT",
-                        help="UNIT's answers hold one register less than asked for")
-    parser.add_argument("--alarm", action="append", default=[], metavar="UNIT:NAME",
-                        help="set alarm/status bit NAME on UNIT (repeatable)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
-    parser.add_argument("--duration", type=float, default=None, metavar="S",
-                        help="stop after S seconds (default: run until SIGINT/SIGTERM)")
-    parser.add_argument("--json", action="store_true",
-                        help="print where it listens as one JSON line")
-
-
-# ---------------------------------------------------------------- argument parsing
-
-def _pair(text: str, opt: str) -> tuple[int, str]:
-    unit, sep, rest = text.partition(":")
-    if not sep or not unit.strip().isdigit() or not rest:
-        raise KnuteError(f"{opt} {text!r}: expected UNIT:VALUE")
-    value = int(unit)
-    if not 0 <= value <= 255:
-        raise KnuteError(f"{opt} {text!r}: unit id must be 0..255")
-    return value, rest
-
-
-def _unit_int(text: str, opt: str) -> tuple[int, int]:
-    unit, rest = _pair(text, opt)
-    try:
-        return unit, int(rest)
-    except ValueError:
-        raise KnuteError(f"{opt} {text!r}: {rest!r} is not an integer") from None
 
 
 @dataclass
@@ -299,104 +243,9 @@ def make_trace(faults: Faults, units: set[int], rtu: bool) -> Any:
     return trace
 
 
-class PtyLink:
-    """Two ptys whose master sides are joined: the server opens one, the poller the other."""
-
-    def __init__(self) -> None:
-        self.server_master, self.server_slave = os.openpty()
-        self.client_master, self.client_slave = os.openpty()
-        for fd in (self.server_slave, self.client_slave):
-            tty.setraw(fd)
-        self.server_path = os.ttyname(self.server_slave)
-        self.client_path = os.ttyname(self.client_slave)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._pump, name="modbus-sim-pty", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        peer = {self.server_master: self.client_master, self.client_master: self.server_master}
-        while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select(list(peer), [], [], 0.2)
-            except (OSError, ValueError):
-                return
-            for fd in ready:
-                try:
-                    data = os.read(fd, 4096)
-                    if data:
-                        os.write(peer[fd], data)
-                except OSError:  # the other side closed for a moment (a poller reopening)
-                    time.sleep(0.01)
-
-    def close(self) -> None:
-        """Stop the pump and close every descriptor."""
-        self._stop.set()
-        self._thread.join(2.0)
-        for fd in (self.server_master, self.server_slave, self.client_master,
-                   self.client_slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
 # ---------------------------------------------------------------- run
 
-def _build(args: argparse.Namespace) -> tuple[dict[int, SimUnit], Faults, random.Random]:
-    from gateway.modbus.regmap import load_map, resolve_map_path
-
-    rng = random.Random(args.seed)
-    alarms: dict[int, set[str]] = {}
-    for text in args.alarm:
-        unit, name = _pair(text, "--alarm")
-        alarms.setdefault(unit, set()).add(name)
-    units: dict[int, SimUnit] = {}
-    for text in args.device or list(DEFAULT_DEVICES):
-        unit, map_name = _pair(text, "--device")
-        if unit in units:
-            raise KnuteError(f"--device {text!r}: unit {unit} is given twice")
-        rmap = load_map(resolve_map_path(map_name, os.getcwd()))
-        units[unit] = SimUnit(unit, rmap, random.Random(rng.random()), alarms.get(unit, set()))
-    for unit, names in alarms.items():
-        if unit not in units:
-            raise KnuteError(f"--alarm: unit {unit} is not a --device")
-        from protocol import kinds
-
-        known = {b for f in units[unit].kind["fields"] if f["type"] == "bits" for b in f["bits"]}
-        unknown = names - known
-        if unknown:
-            raise KnuteError(f"--alarm: {', '.join(sorted(unknown))} is not a bit of "
-                             f"{units[unit].map.kind} ({', '.join(sorted(known))})")
-        del kinds
-    if not 0.0 <= args.exception_rate <= 1.0:
-        raise KnuteError("--exception-rate must be 0..1")
-    faults = Faults(
-        slow_s={u: ms / 1000.0 for u, ms in (_unit_int(t, "--slow-ms") for t in args.slow_ms)},
-        exception_rate=args.exception_rate,
-        exception_units=set(args.exception_unit),
-        silent_units=set(args.silent_unit),
-        wrong_unit=dict(_unit_int(t, "--wrong-unit") for t in args.wrong_unit),
-        crc_units=set(args.crc_error_unit),
-        short_units=set(args.short_unit),
-    )
-    return units, faults, rng
-
-
-def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM (or --duration)."""
-    import asyncio
-    import logging
-
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    units, faults, rng = _build(args)
-    tcp: tuple[str, int] | None = None
-    if args.tcp or not args.rtu_pty:
-        host, sep, port = (args.tcp or DEFAULT_TCP).rpartition(":")
-        if not sep or not port.isdigit():
-            raise KnuteError(f"--tcp {args.tcp!r}: expected HOST:PORT")
-        tcp = (host or "127.0.0.1", int(port))
-    return asyncio.run(_serve(args, units, faults, rng, tcp))
-
-
-async def _serve(args: argparse.Namespace, units: dict[int, SimUnit], faults: Faults,
+async def serve(args: argparse.Namespace, units: dict[int, SimUnit], faults: Faults,
                  rng: random.Random, tcp: tuple[str, int] | None) -> int:
     import asyncio
 
@@ -411,7 +260,7 @@ async def _serve(args: argparse.Namespace, units: dict[int, SimUnit], faults: Fa
     answering = set(units)
     servers: list[Any] = []
     server: Any
-    pty: PtyLink | None = None
+    pty: NullModem | None = None
     info: dict[str, Any] = {"pid": os.getpid(), "tcp": None, "rtu": None,
                             "devices": [{"unit_id": uid, "map": unit.map.name,
                                          "kind": unit.map.kind, "alarms": sorted(unit.alarms)}
@@ -427,15 +276,15 @@ async def _serve(args: argparse.Namespace, units: dict[int, SimUnit], faults: Fa
             servers.append(server)
             info["tcp"] = f"{tcp[0]}:{tcp[1]}"
         if args.rtu_pty:
-            pty = PtyLink()
-            server = ModbusSerialServer(devices(), port=pty.server_path, baudrate=19200,
+            pty = NullModem()          # the server opens one end, the poller the other
+            server = ModbusSerialServer(devices(), port=pty.a_path, baudrate=19200,
                                         trace_packet=make_trace(faults, answering, rtu=True))
             try:
                 await server.serve_forever(background=True)
             except (OSError, RuntimeError) as exc:
-                raise KnuteError(f"cannot open pty {pty.server_path}: {exc}") from None
+                raise KnuteError(f"cannot open pty {pty.a_path}: {exc}") from None
             servers.append(server)
-            info["rtu"] = pty.client_path
+            info["rtu"] = pty.b_path
         if args.json:
             print(json.dumps(info), flush=True)
         else:

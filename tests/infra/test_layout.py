@@ -1,0 +1,97 @@
+"""The layout's rules, checked by reading every module's imports (docs: shared DESIGN).
+
+- Shipped code never imports the test suite: ``tests`` may import ``tools.rig``,
+  never the other way round.
+- The floors: ``protocol/`` imports no other room; ``firmware/`` and ``gateway/``
+  stand side by side on it and import neither each other nor ``tools/``.
+- A module of ``tools/`` longer than ``LONG_LINES`` says at its top why.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ("tools", "gateway", "protocol", "firmware")
+# room -> rooms it must not import
+FORBIDDEN = {
+    "protocol": ("firmware", "gateway", "tools", "backend", "tests"),
+    "firmware": ("gateway", "tools", "backend", "tests"),
+    "gateway": ("firmware", "tools", "backend", "tests"),
+    "tools": ("tests",),
+}
+LONG_LINES = 600
+LONG_REASON = "long because"
+
+
+def imported_modules(source: str, filename: str = "<string>") -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in ``source``, nested ones too."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def violations(root: Path) -> list[str]:
+    """``file:line: room imports module`` for every import that breaks ``FORBIDDEN``."""
+    out: list[str] = []
+    for room, banned in FORBIDDEN.items():
+        for path in sorted((root / room).rglob("*.py")):
+            rel = path.relative_to(root)
+            for line, module in imported_modules(path.read_text(), str(rel)):
+                top = module.split(".")[0]
+                if top in banned:
+                    out.append(f"{rel}:{line}: {room}/ imports {module}")
+    return out
+
+
+def test_the_scan_sees_imports_anywhere_in_a_module() -> None:
+    source = ("import os\nfrom tests.firmware import harness\n"
+              "def f():\n    import tests.gateway.test_daemon as t\n"
+              "    from . import sibling\n")
+    assert imported_modules(source) == [(1, "os"), (2, "tests.firmware"),
+                                        (4, "tests.gateway.test_daemon")]
+
+
+def test_the_scan_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "tools" / "bench").mkdir(parents=True)
+    (tmp_path / "tools" / "bench" / "x.py").write_text(
+        "import json\n\ndef case():\n    from tests.gateway.test_forwarder_tls import T\n")
+    (tmp_path / "protocol").mkdir()
+    (tmp_path / "protocol" / "frame.py").write_text("from gateway import config\n")
+    assert violations(tmp_path) == [
+        "protocol/frame.py:1: protocol/ imports gateway",
+        "tools/bench/x.py:4: tools/ imports tests.gateway.test_forwarder_tls",
+    ]
+
+
+def test_no_shipped_module_imports_tests_and_no_arrow_runs_down_to_up() -> None:
+    assert violations(ROOT) == []
+
+
+@pytest.mark.parametrize("room", ["tools"])
+def test_long_modules_say_why_at_their_top(room: str) -> None:
+    unexplained = []
+    for path in sorted((ROOT / room).rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > LONG_LINES:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if LONG_REASON not in doc:
+                unexplained.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+    assert unexplained == [], f"modules over {LONG_LINES} lines without a reason at the top"
+
+
+def test_the_knute_command_and_its_rooms() -> None:
+    from tools.cli import COMMANDS
+
+    for module, _help in COMMANDS.values():
+        assert module.startswith("tools.cli."), module
+        assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+    for room in ("cli", "sim", "bench", "rig"):
+        assert (ROOT / "tools" / room / "__init__.py").is_file(), room

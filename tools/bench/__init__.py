@@ -1,0 +1,1 @@
+"""Benchmarks behind ``knute bench NAME``: each prints figures, never asserts on them."""

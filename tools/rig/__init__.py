@@ -1,0 +1,15 @@
+"""The shipped test rig: the real parts that tests, the demo and the benchmarks share.
+
+- ``broker``: Mosquitto (or the amqtt fallback) on loopback, stoppable and
+  restartable on the same port; ``free_port``;
+- ``tls``: Mosquitto with a TLS listener and a throwaway PKI;
+- ``gateway``: ``knute gateway run`` as a real process (start, wait until it
+  listens, stop, kill -9, status, log);
+- ``faults``: ``FaultyLink``, a TCP relay that refuses, swallows or drops;
+- ``ptys`` and ``nullmodem``: serial lines without hardware;
+- ``flash`` and ``node``: firmware images compiled by mpy-cross and nodes run
+  by the MicroPython unix port;
+- ``wait``: ``wait_for(condition, timeout, what)``, the one way to wait.
+
+Shipped code may use the rig; the rig never imports ``tests``.
+"""

@@ -1,0 +1,1 @@
+"""Simulators: fleet, simulate engine, Modbus meters, virtual boards, packet forwarder."""

@@ -1,0 +1,129 @@
+"""The simulate engine: where a simulated fleet's transmissions go, and how.
+
+``open_outputs`` opens the serial line (a new pty behind a symlink, or an
+existing device) and the simulated packet forwarders; ``send`` puts one
+transmission on them (a link record on the line; PUSH_DATA from one to all
+forwarders, so the gateway hears duplicates); ``register`` writes the fleet
+into a registry or a CSV file. ``knute simulate`` (tools/cli/simulate.py)
+drives them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import KnuteError
+from tools.rig.ptys import Pty
+
+
+@dataclass
+class Outputs:
+    """Where transmissions go, and what was sent."""
+
+    serial_fd: int | None = None
+    pty_link: str | None = None
+    forwarders: list[Any] = field(default_factory=list)
+    serial_records: int = 0
+    udp_packets: int = 0
+
+    def close(self) -> None:
+        """Close everything this run opened."""
+        if self.serial_fd is not None:
+            os.close(self.serial_fd)
+        if self.pty_link:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.pty_link)
+        for fwd in self.forwarders:
+            fwd.close()
+
+
+def open_outputs(args: argparse.Namespace) -> Outputs:
+    """Open the serial line and the forwarders the options name."""
+    from tools.sim.pktfwd import ForwarderClient
+
+    out = Outputs()
+    if args.serial_pty:
+        line = Pty(Path(args.serial_pty))      # replaces whatever the link pointed at
+        os.set_blocking(line.master, False)
+        out.serial_fd, out.pty_link = line.master, args.serial_pty
+    elif args.serial:
+        try:
+            out.serial_fd = os.open(args.serial, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as err:
+            raise KnuteError(f"cannot open serial device {args.serial}: {err.strerror}") from None
+    if args.udp:
+        host, _, port = args.udp.rpartition(":")
+        if not host or not port.isdigit():
+            raise KnuteError(f"--udp {args.udp!r}: expected HOST:PORT")
+        for n in range(max(1, args.forwarders)):
+            eui = bytes.fromhex("aa555a00000000") + bytes((n,))
+            out.forwarders.append(ForwarderClient(eui, host, int(port)))
+    if out.serial_fd is None and not out.forwarders:
+        raise KnuteError("nowhere to send: give --serial-pty, --serial or --udp")
+    return out
+
+
+def register(args: argparse.Namespace, fleet: Any) -> None:
+    """Register the fleet (--registry) and/or write it as CSV (--csv)."""
+    from gateway import registry
+
+    if args.registry:
+        reg = registry.Registry(args.registry)
+        try:
+            for node in fleet.nodes:
+                if reg.get(node.device_id) is None:
+                    reg.add(node.device_id, node.kind, node.key, name=f"sim-{node.device_id:08x}",
+                            site="simulated")
+        finally:
+            reg.close()
+    if args.csv:
+        with open(args.csv, "w", encoding="utf-8") as f:
+            f.write(registry.csv_header(with_location=False))
+            for node in fleet.nodes:
+                f.write(registry.csv_line(node.device_id, node.kind, node.key,
+                                          f"sim-{node.device_id:08x}", "simulated"))
+
+
+def _write_serial(out: Outputs, data: bytes) -> None:
+    assert out.serial_fd is not None
+    view = memoryview(data)
+    deadline = time.monotonic() + 2.0
+    while view and time.monotonic() < deadline:
+        try:
+            n = os.write(out.serial_fd, view)
+            view = view[n:]
+        except BlockingIOError:
+            time.sleep(0.002)  # the reader is behind; a real UART would block too
+        except OSError:
+            return  # the reader went away (gateway restarted); the line is dead air
+
+
+def send(out: Outputs, tx: Any, rng: Any) -> None:
+    """Put one transmission on every output."""
+    from protocol import stream
+    from tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
+
+    if out.serial_fd is not None:
+        if tx.node is None:
+            _write_serial(out, tx.payload)  # garbage on the line
+        else:
+            _write_serial(out, stream.encode_record(stream.REC_FRAME, tx.payload))
+        out.serial_records += 1
+    if out.forwarders:
+        if tx.node is None:
+            rng.choice(out.forwarders).send_raw(tx.payload)
+            return
+        hearing = rng.sample(out.forwarders, rng.randint(1, len(out.forwarders)))
+        chan = rng.randrange(3)
+        for fwd in hearing:
+            fwd.push([rxpk(tx.payload, rssi_dbm=rng.randint(-125, -70),
+                           lsnr_db=round(rng.uniform(-12, 9), 1),
+                           freq_mhz=EU868_CHANNELS_MHZ[chan], sf=rng.choice([7, 9, 10, 12]),
+                           chan=chan)])
+            out.udp_packets += 1
