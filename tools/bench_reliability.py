@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import KnuteError
+from tools import bench_udp_flood
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "rel"
@@ -1711,6 +1712,8 @@ CASES: tuple[Case, ...] = (
          {"frames": 20_000, "atheris_runs": 20_000}),
     Case("bad_input_daemon", case_bad_input_daemon, {"frames": 50_000}, {"frames": 2000}),
     Case("security", case_security, {}, {}),
+    Case("udp_flood", bench_udp_flood.case_udp_flood, {"flood_s": 20.0},
+         {"flood_s": 4.0, "rate": 20000.0, "legit_rate": 10.0}),
     Case("firmware_power_cut", case_firmware_power_cut, {"cuts": 100}, {"cuts": 5}),
 )
 
