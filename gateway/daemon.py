@@ -158,6 +158,9 @@ class Daemon:
         self._last_registry_flush = time.monotonic()
         self._log_device = RateLimit(3600.0)
         self._log_events = EventLog(log, period_s=60.0)
+        # Packet-forwarder sources by name: told which (address, EUI) brought a verified
+        # frame, so they can keep serving it during a flood (UdpForwarderSource.vouch).
+        self._vouchers: dict[str, Any] = {}
         self.sources: list[Any] = []
         self.registry: Registry | None = None
         self.spool: Any = None
@@ -195,6 +198,7 @@ class Daemon:
         for ucfg in cfg.packet_forwarders:
             try:
                 self.sources.append(UdpForwarderSource(ucfg, self._sink, self.counters))
+                self._vouchers[ucfg.name] = self.sources[-1].vouch
             except OSError as exc:
                 raise KnuteError(f"{cfg.path}: packet_forwarder {ucfg.name!r}: cannot listen "
                                  f"on {ucfg.host}:{ucfg.port}: {exc.strerror}") from None
@@ -369,6 +373,8 @@ class Daemon:
         if isinstance(item, Reception):
             verdict = self.pipeline.submit(item)
             source, what = item.source, "frame"
+            if verdict.status == "pending" and source in self._vouchers:
+                self._vouchers[source](item.receiver)
         else:
             verdict = self.pipeline.submit_reading(item.frame, item.receiver, item.received_at,
                                                    item.at, source=MODBUS_SOURCE)

@@ -1713,7 +1713,7 @@ CASES: tuple[Case, ...] = (
     Case("bad_input_daemon", case_bad_input_daemon, {"frames": 50_000}, {"frames": 2000}),
     Case("security", case_security, {}, {}),
     Case("udp_flood", bench_udp_flood.case_udp_flood, {"flood_s": 20.0},
-         {"flood_s": 4.0, "rate": 20000.0, "legit_rate": 10.0}),
+         {"flood_s": 4.0, "rate": 10000.0, "legit_rate": 10.0}),
     Case("firmware_power_cut", case_firmware_power_cut, {"cuts": 100}, {"cuts": 5}),
 )
 

@@ -8,11 +8,12 @@ reliability rig) and sends the same legitimate traffic twice, in one run:
 1. baseline: a packet forwarder pushes genuine frames of registered devices
    at ``legit_rate`` frames a second, and nothing else reaches the port;
 2. flood: the same forwarder pushes as many new genuine frames at the same
-   rate while a separate process floods the port from ``senders`` sockets at
+   rate while a separate process floods the port from ``senders`` other
+   addresses (127.0.0.2, 127.0.0.3, ...; the forwarder is 127.0.0.1) at
    ``rate`` datagrams a second (0: as fast as it can), every datagram with a
-   new random gateway EUI: PUSH_DATA naming unregistered devices, PUSH_DATA
-   with forged frames of registered devices (they cost a tag check),
-   PULL_DATA keep-alives and short or wrong-version datagrams.
+   new gateway EUI: PUSH_DATA naming a new unregistered device each,
+   PUSH_DATA with forged frames of registered devices (they cost a tag
+   check), PULL_DATA keep-alives and short or wrong-version datagrams.
 
 Figures (the row's ``notes``): legitimate frames sent and accepted in each
 phase (``legit_*``), flood datagrams sent and the rate reached, datagrams the
@@ -97,8 +98,10 @@ def flood_main(argv: Sequence[str] | None = None) -> int:
     rng = random.Random(int(seed))
     pool = flood_pool(rng, genuine)
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(int(senders))]
-    for sock in socks:
+    for n, sock in enumerate(socks):
         sock.setblocking(False)
+        # Each sender is another host than the concentrator (127.0.0.1): 127.0.0.2, ...
+        sock.bind((f"127.0.0.{2 + n % 250}", 0))
     per_ms = float(rate) / 1000.0
     print("ready", flush=True)
     sent = 0
@@ -269,6 +272,7 @@ def case_udp_flood(workdir: Path, *, flood_s: float = 20.0, rate: float = 0.0,
             "flood_sent": int(figures.get("sent", 0)),
             "flood_rate_dps": round(figures.get("sent", 0) / seconds) if seconds else 0,
             "gateway_datagrams": udp.get("datagrams", 0), "gateway_shed": udp.get("shed", 0),
+            "gateway_trusted": udp.get("trusted", 0),
             "rss_kb_before": before.get("VmRSS", 0), "rss_kb_after": after.get("VmRSS", 0),
             "rss_kb_peak": after.get("VmHWM", 0), "log_bytes_flood": log_flood,
             "status_bytes": status_bytes,

@@ -21,7 +21,8 @@ and every fault is counted by reason:
     pf_size     ``size`` differs from the length of ``data``
     pf_crc      ``stat`` is not 1 (the concentrator's CRC failed or was absent)
     oversize    a datagram longer than ``max_datagram`` or a packet over 255 bytes
-    pf_rate     dropped unread: its source address or gateway EUI is over its rate
+    pf_rate     dropped unread: its source address, its gateway EUI or the
+                untrusted senders together are over their rate
 
 Well-formed PUSH_DATA and PULL_DATA headers are acknowledged at once, before
 their content is looked at, as the protocol asks. ``stat`` objects (gateway
@@ -43,6 +44,7 @@ import socket
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,12 +250,23 @@ class UdpForwarderSource(ThreadedSource):
 
     Everything a remote sender can grow is bounded: the gateways heard
     (``MAX_GATEWAYS``, least recently heard pushed out and counted), the
-    per-address and per-EUI token buckets, the log (``gateway.logsafe``) and
-    the status entry (the ``STATUS_GATEWAYS`` gateways heard last, plus totals).
-    Work is shed cheapest first: a datagram from an address over its rate is
-    dropped right after ``recvfrom``, before its bytes are even copied; then
-    the header, the allow-list and the EUI's rate are checked before any JSON
-    is parsed.
+    token buckets, the trusted pairs, the log (``gateway.logsafe``) and the
+    status entry (the ``STATUS_GATEWAYS`` gateways heard last, plus totals).
+
+    Under a flood the gateway sheds the flood rather than its concentrators'
+    traffic, cheapest check first, all before a datagram's bytes are copied:
+
+    1. each source address may send ``PEER_RATE`` datagrams a second;
+    2. an (address, gateway EUI) pair that brought a frame which then passed
+       the tag check is *trusted* for ``TRUST_S`` (the daemon calls
+       ``vouch``); with an empty allow-list, everything else shares one
+       budget of ``STRANGER_RATE`` datagrams a second, so a flood of any
+       number of addresses and EUIs cannot crowd out a concentrator that has
+       delivered a frame. With an allow-list, EUIs outside it are rejected
+       after the 12-byte header instead.
+
+    Then the header, the allow-list and each EUI's rate are checked before
+    any JSON is parsed. What the limits drop is counted as ``pf_rate``.
     """
 
     kind = "packet_forwarder"
@@ -262,12 +275,16 @@ class UdpForwarderSource(ThreadedSource):
     MAX_GATEWAYS = 1024          # gateway EUIs remembered for the status report
     STATUS_GATEWAYS = 16         # of which the status report lists the last heard
     MAX_PEERS = 4096             # source addresses with a token bucket
-    PEER_RATE = 2000.0           # datagrams a second per source address ...
-    PEER_BURST = 4000.0          # ... with bursts of this many
-    EUI_RATE = 2000.0            # datagrams a second per gateway EUI ...
-    EUI_BURST = 4000.0
+    PEER_RATE = 5000.0           # datagrams a second per source address ...
+    PEER_BURST = 10000.0         # ... with bursts of this many
+    EUI_RATE = 5000.0            # datagrams a second per gateway EUI ...
+    EUI_BURST = 10000.0
+    STRANGER_RATE = 1000.0       # datagrams a second from all untrusted pairs together ...
+    STRANGER_BURST = 4000.0
+    TRUST_S = 3600.0             # a pair is trusted this long after its last verified frame
+    MAX_TRUSTED = 1024           # trusted (address, EUI) pairs remembered
     BATCH = 256                  # datagrams read per wake-up before logs are flushed
-    RCVBUF = 4 << 20             # receive buffer asked for (the kernel may cap it)
+    RCVBUF = 8 << 20             # receive buffer asked for (the kernel may cap it)
 
     def __init__(self, cfg: UdpSourceConfig, sink: Sink, counters: Counters) -> None:
         super().__init__()
@@ -284,12 +301,17 @@ class UdpForwarderSource(ThreadedSource):
         self._address = (str(host), int(port))
         self._sock.settimeout(0.2)
         self._state = LinkState.OPEN
-        self.gateways: OrderedDict[str, float] = OrderedDict()   # EUI -> last heard (unix s)
+        # EUI -> (last heard, unix s; the address it came from)
+        self.gateways: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self.gateways_evicted = 0
         self.datagrams = 0
         self.shed = 0                 # datagrams dropped by the rate limits
         self._peers = Buckets(self.PEER_RATE, self.PEER_BURST, self.MAX_PEERS)
         self._euis = Buckets(self.EUI_RATE, self.EUI_BURST, self.MAX_GATEWAYS)
+        self._strangers = Buckets(self.STRANGER_RATE, self.STRANGER_BURST, 1)
+        # (address, EUI as 8 bytes) -> trusted until (monotonic s). Written by the
+        # daemon's ingest thread (vouch), only read here: single dict operations.
+        self._trusted: OrderedDict[tuple[str, bytes], float] = OrderedDict()
         self._events = EventLog(log, period_s=60.0)
         self._debug = EventLog(log, period_s=10.0, burst=10, level=logging.DEBUG)
 
@@ -312,11 +334,11 @@ class UdpForwarderSource(ThreadedSource):
             self._events.event(exc.reason, f"{self.name}: rejected packet-forwarder data: "
                                f"{clean(exc)}", at)
 
-    def _shed(self, what: str, at: float) -> None:
+    def _shed(self, at: float) -> None:
         self.shed += 1
         self.counters.reject(PF_RATE, self.name)
-        self._events.event(PF_RATE, f"{self.name}: datagrams over the rate limit dropped "
-                           f"({what})", at)
+        self._events.event(PF_RATE, f"{self.name}: datagrams dropped by the rate limits "
+                           "(pf_rate: a gateway EUI over its rate)", at)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -332,7 +354,10 @@ class UdpForwarderSource(ThreadedSource):
 
         ``gateways`` lists the ``STATUS_GATEWAYS`` EUIs heard last (most recent
         first), ``gateways_heard`` how many are remembered and
-        ``gateways_evicted`` how many were forgotten to keep the table bounded.
+        ``gateways_evicted`` how many were forgotten to keep the table bounded;
+        ``shed`` counts datagrams dropped by the limits, ``trusted`` the
+        (address, EUI) pairs served during a flood, ``rcvbuf`` the receive
+        buffer the kernel granted (bytes).
         """
         recent = list(itertools.islice(reversed(self.gateways), self.STATUS_GATEWAYS))
         return {"type": self.kind, "listen": f"{self.cfg.host}:{self.address[1]}",
@@ -340,7 +365,25 @@ class UdpForwarderSource(ThreadedSource):
                 "shed": self.shed, "gateways": recent,
                 "gateways_heard": len(self.gateways),
                 "gateways_evicted": self.gateways_evicted,
-                "peers": len(self._peers), "peers_evicted": self._peers.evicted}
+                "peers": len(self._peers), "peers_evicted": self._peers.evicted,
+                "trusted": len(self._trusted), "rcvbuf": self.rcvbuf}
+
+    def vouch(self, receiver: Mapping[str, Any], at: float | None = None) -> None:
+        """Trust the address and EUI that brought a frame which passed the tag check.
+
+        The daemon calls this for each reception of this source that the
+        pipeline verified (a ``pending`` verdict).
+        """
+        eui = receiver.get("gateway_eui")
+        heard = self.gateways.get(eui) if isinstance(eui, str) else None
+        if heard is None or not heard[1]:
+            return
+        key = (heard[1], bytes.fromhex(str(eui)))
+        trusted = self._trusted
+        trusted[key] = (time.monotonic() if at is None else at) + self.TRUST_S
+        trusted.move_to_end(key)
+        while len(trusted) > self.MAX_TRUSTED:
+            trusted.popitem(last=False)
 
     def _run(self) -> None:
         sock = self._sock
@@ -358,38 +401,66 @@ class UdpForwarderSource(ThreadedSource):
                 self._events.event("recv", f"{self.name}: receive failed: {exc}")
                 self._stop.wait(0.5)
                 continue
-            # Drain what the kernel holds before sleeping again: fewer wake-ups per
-            # datagram under load, and the logs are flushed once per batch.
-            self._one(view, nbytes, peer)
-            for _ in range(self.BATCH - 1):
+            # Drain what the kernel holds before sleeping again. A datagram the limits
+            # drop costs a receive and two or three table look-ups; the counters and
+            # the log hear about the dropped ones once per batch.
+            at = time.monotonic()
+            shed = 0
+            for _ in range(self.BATCH):
+                if self._admit(view, peer, at):
+                    self._serve(view, nbytes, peer)
+                else:
+                    shed += 1
                 try:
                     nbytes, peer = sock.recvfrom_into(buf, 0, socket.MSG_DONTWAIT)
                 except OSError:          # nothing more waiting (or an error: next round)
                     break
-                self._one(view, nbytes, peer)
+            else:                                    # the last one read
+                if self._admit(view, peer, at):
+                    self._serve(view, nbytes, peer)
+                else:
+                    shed += 1
+            if shed:
+                self._count_shed(shed, at)
             self._flush_logs()
+
+    def _admit(self, view: memoryview, peer: Any, at: float) -> bool:
+        """Whether a datagram from ``peer`` is within the address and stranger limits."""
+        host = peer[0]
+        if not self._peers.allow(host, at):
+            return False
+        if self._allowed:
+            return True
+        until = self._trusted.get((host, bytes(view[4:12]))) if self._trusted else None
+        return (until is not None and until >= at) or self._strangers.allow(None, at)
+
+    def _count_shed(self, shed: int, at: float) -> None:
+        self.datagrams += shed
+        self.shed += shed
+        self.counters.inc("datagrams", self.name, shed)
+        self.counters.reject(PF_RATE, self.name, shed)
+        self._events.event(PF_RATE, f"{self.name}: {shed} datagrams dropped by the rate "
+                           "limits (pf_rate: senders over their rate, or strangers over "
+                           "theirs during a flood)", at)
 
     def _flush_logs(self) -> None:
         now = time.monotonic()
         self._events.flush(now)
         self._debug.flush(now)
 
-    def _one(self, view: memoryview, nbytes: int, peer: Any) -> None:
+    def _serve(self, view: memoryview, nbytes: int, peer: Any) -> None:
         at = time.monotonic()
-        if not self._peers.allow(peer, at):
-            self.datagrams += 1
-            self.counters.inc("datagrams", self.name)
-            self._shed("per source address", at)
-            return
-        for reply in self.handle(bytes(view[:nbytes]), time.time(), at):
+        for reply in self.handle(bytes(view[:nbytes]), time.time(), at, peer[0]):
             try:
                 self._sock.sendto(reply, peer)
             except OSError as exc:
                 self._debug.event("sendto", f"{self.name}: cannot answer {clean(peer)}: "
                                   f"{exc}", at)
 
-    def handle(self, data: bytes, received_at: float, at: float) -> list[bytes]:
-        """Process one datagram: receptions go to the sink; returns the replies to send."""
+    def handle(self, data: bytes, received_at: float, at: float,
+               host: str = "") -> list[bytes]:
+        """Process one datagram (from address ``host``): receptions go to the sink;
+        returns the replies to send."""
         self.datagrams += 1
         self.counters.inc("datagrams", self.name)
         try:
@@ -402,9 +473,9 @@ class UdpForwarderSource(ThreadedSource):
             self._reject(FrameError(PF_GATEWAY, eui), at)
             return []
         if not self._euis.allow(eui, at):
-            self._shed("per gateway EUI", at)
+            self._shed(at)
             return []
-        self._heard(eui, received_at)
+        self._heard(eui, received_at, host)
         reply = ack_for(dgram)
         replies = [reply] if reply is not None else []
         if dgram.ptype != PUSH_DATA:
@@ -429,11 +500,11 @@ class UdpForwarderSource(ThreadedSource):
             self.sink(Reception(self.name, "radio", frame, received_at, at, meta))
         return replies
 
-    def _heard(self, eui: str, received_at: float) -> None:
+    def _heard(self, eui: str, received_at: float, host: str) -> None:
         table = self.gateways
         if eui in table:
             table.move_to_end(eui)
         elif len(table) >= self.MAX_GATEWAYS:
             table.popitem(last=False)
             self.gateways_evicted += 1
-        table[eui] = received_at
+        table[eui] = (received_at, host)

@@ -92,8 +92,11 @@ def test_pull_data_from_random_euis_keeps_the_tables_and_status_small(
         assert len(json.dumps(st)) < 16_000
         udp = st["sources"]["udp"]
         assert udp["datagrams"] == n
+        # Strangers share a budget: what it sheds is counted, the rest is remembered.
+        heard = n - udp["rejected_by_reason"].get("pf_rate", 0)
+        assert heard > 2 * uf.UdpForwarderSource.MAX_GATEWAYS
         assert udp["gateways_heard"] == uf.UdpForwarderSource.MAX_GATEWAYS
-        assert udp["gateways_evicted"] == n - uf.UdpForwarderSource.MAX_GATEWAYS
+        assert udp["gateways_evicted"] == heard - uf.UdpForwarderSource.MAX_GATEWAYS
         assert len(udp["gateways"]) == uf.UdpForwarderSource.STATUS_GATEWAYS
         assert gw.stop() == 0
     finally:
@@ -115,8 +118,10 @@ def test_random_unknown_devices_do_not_flood_the_log(tmp_path: Path, broker: Bro
                                                               sf=9)]))
         before = gw.log.stat().st_size
         blast(port, datagrams, gw)
-        rel.wait_for(lambda: gw.status()["rejected"].get("unknown_device", 0) >= n - 5, 60,
+        rel.wait_for(lambda: sum(gw.status()["rejected"].get(r, 0)
+                                 for r in ("unknown_device", "pf_rate")) == n, 60,
                      "the unknown devices to be counted")
+        assert gw.status()["rejected"]["unknown_device"] > n // 2
         assert gw.stop() == 0
         grown = gw.log.stat().st_size - before
         log = gw.log_text()
@@ -193,6 +198,7 @@ def test_a_flooding_address_is_shed_and_another_still_heard() -> None:
     src._peers = uf.Buckets(rate=1.0, burst=50.0, max_keys=16)
     src.start()
     flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.bind(("127.0.0.2", 0))                  # another host
     legit = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     legit.settimeout(5.0)
     try:
@@ -225,3 +231,35 @@ def test_status_entry_lists_the_last_gateways_heard() -> None:
     st = src.stats()
     assert st["gateways"] == [f"{15:016x}", f"{19:016x}", f"{18:016x}"]
     assert st["gateways_heard"] == 8 and st["gateways_evicted"] == 12
+
+
+def test_a_vouched_forwarder_is_served_while_strangers_are_shed() -> None:
+    src, got, counters = source()
+    src._strangers = uf.Buckets(rate=0.0, burst=20.0, max_keys=1)    # 20, then nothing
+    eui = bytes.fromhex("0102030405060708")
+    push = push_data(eui, [rxpk(GOOD, rssi_dbm=-90, lsnr_db=1.0, freq_mhz=868.1, sf=9)])
+    src.start()
+    legit = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    legit.settimeout(5.0)
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.bind(("127.0.0.2", 0))
+    rng = random.Random(5)
+    try:
+        legit.sendto(push, src.address)
+        assert legit.recv(64)[3] == 1                 # PUSH_ACK: a stranger, in budget
+        src.vouch(got[0].receiver)                     # the daemon: its frame verified
+        src.vouch({"gateway_eui": "ffffffffffffffff"})  # never heard: nothing to trust
+        assert src.stats()["trusted"] == 1
+        for _ in range(300):
+            flood.sendto(pull_data(random_eui(rng)), src.address)
+        deadline = time.monotonic() + 20
+        while src.datagrams < 301 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        legit.sendto(push, src.address)
+        assert legit.recv(64)[3] == 1                 # trusted: served during the flood
+        assert len(got) == 2
+        assert src.shed == 300 - 19 == counters.rejected(uf.PF_RATE)   # 1 + 19 in budget
+    finally:
+        legit.close()
+        flood.close()
+        src.stop()
