@@ -100,9 +100,12 @@ class EventLog:
         self._lock = threading.Lock()
         self._next_due = float("inf")
 
-    def event(self, key: Hashable, text: str, now: float | None = None) -> bool:
+    def event(self, key: Hashable, text: str | Callable[[], str],
+              now: float | None = None) -> bool:
         """One event under ``key``; ``text`` is its line (input parts already in it are
-        cleaned again here). True when the line was written now, False when held."""
+        cleaned again here), or a function that makes it, called only when the line is
+        written or kept for a summary. True when the line was written now, False when
+        held."""
         if now is None:
             now = self.clock()
         out: list[str] = []
@@ -116,11 +119,11 @@ class EventLog:
                 window = self._open(key, now)
             if window.written < self.burst:
                 window.written += 1
-                out.append(text)
+                out.append(text() if callable(text) else text)
                 logged = True
             else:
                 if window.held is None:
-                    window.held = text
+                    window.held = text() if callable(text) else text
                 else:
                     window.more += 1
                 self.held += 1

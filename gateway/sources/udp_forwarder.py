@@ -331,8 +331,8 @@ class UdpForwarderSource(ThreadedSource):
     def _reject(self, exc: FrameError, at: float) -> None:
         self.counters.reject(exc.reason, self.name)
         if log.isEnabledFor(logging.WARNING):
-            self._events.event(exc.reason, f"{self.name}: rejected packet-forwarder data: "
-                               f"{clean(exc)}", at)
+            self._events.event(exc.reason, lambda: f"{self.name}: rejected packet-forwarder "
+                               f"data: {clean(exc)}", at)
 
     def _shed(self, at: float) -> None:
         self.shed += 1

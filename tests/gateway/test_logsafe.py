@@ -98,3 +98,18 @@ def test_lines_written_are_cleaned(lines: Lines) -> None:
     events = EventLog(logging.getLogger("knute.test.logsafe"))
     events.event("k", "node says \nFORGED LINE\x1b[31m", now=0.0)
     assert lines.lines == ["node says \\nFORGED LINE\\x1b[31m"]
+
+
+def test_text_is_made_only_when_it_is_written_or_kept(lines: Lines) -> None:
+    events = EventLog(logging.getLogger("knute.test.logsafe"))
+    made: list[int] = []
+
+    def text(n: int) -> str:
+        made.append(n)
+        return f"event {n}"
+
+    for n in range(100):
+        events.event("k", lambda n=n: text(n), now=0.0)      # type: ignore[misc]
+    assert made == [0, 1]          # the line written, and the one kept for the summary
+    events.close(now=1.0)
+    assert lines.lines == ["event 0", "event 1 and 98 more like it in the last 1 s"]
