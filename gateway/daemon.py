@@ -159,7 +159,8 @@ class Daemon:
         self._log_device = RateLimit(3600.0)
         self._log_events = EventLog(log, period_s=60.0)
         # Packet-forwarder sources by name: told which (address, EUI) brought a verified
-        # frame, so they can keep serving it during a flood (UdpForwarderSource.vouch).
+        # frame (first or merged copy), so they keep serving it during a flood
+        # (UdpForwarderSource.vouch).
         self._vouchers: dict[str, Any] = {}
         self.sources: list[Any] = []
         self.registry: Registry | None = None
@@ -373,7 +374,7 @@ class Daemon:
         if isinstance(item, Reception):
             verdict = self.pipeline.submit(item)
             source, what = item.source, "frame"
-            if verdict.status == "pending" and source in self._vouchers:
+            if verdict.status != "rejected" and source in self._vouchers:
                 self._vouchers[source](item.receiver)
         else:
             verdict = self.pipeline.submit_reading(item.frame, item.receiver, item.received_at,
