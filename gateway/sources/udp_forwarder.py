@@ -205,6 +205,30 @@ def parse_rxpk(pkt: Any, gateway_eui: str, source: str) -> tuple[bytes, dict[str
     return frame, meta
 
 
+class TokenBucket:
+    """One token bucket: ``rate`` events a second with bursts of ``burst``."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = 0.0
+
+    def allow(self, now: float) -> bool:
+        """Take one token; False when the bucket is empty."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        self.stamp = now
+        if tokens >= self.burst:
+            tokens = self.burst
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
+
+
 class Buckets:
     """Token buckets by key (a peer address, a gateway EUI), bounded in number.
 
@@ -279,7 +303,7 @@ class UdpForwarderSource(ThreadedSource):
     PEER_BURST = 10000.0         # ... with bursts of this many
     EUI_RATE = 5000.0            # datagrams a second per gateway EUI ...
     EUI_BURST = 10000.0
-    STRANGER_RATE = 1000.0       # datagrams a second from all untrusted pairs together ...
+    STRANGER_RATE = 200.0        # datagrams a second from all untrusted pairs together ...
     STRANGER_BURST = 4000.0
     TRUST_S = 3600.0             # a pair is trusted this long after its last verified frame
     MAX_TRUSTED = 1024           # trusted (address, EUI) pairs remembered
@@ -308,7 +332,7 @@ class UdpForwarderSource(ThreadedSource):
         self.shed = 0                 # datagrams dropped by the rate limits
         self._peers = Buckets(self.PEER_RATE, self.PEER_BURST, self.MAX_PEERS)
         self._euis = Buckets(self.EUI_RATE, self.EUI_BURST, self.MAX_GATEWAYS)
-        self._strangers = Buckets(self.STRANGER_RATE, self.STRANGER_BURST, 1)
+        self._strangers = TokenBucket(self.STRANGER_RATE, self.STRANGER_BURST)
         # (address, EUI as 8 bytes) -> trusted until (monotonic s). Written by the
         # daemon's ingest thread (vouch), only read here: single dict operations.
         self._trusted: OrderedDict[tuple[str, bytes], float] = OrderedDict()
@@ -425,14 +449,16 @@ class UdpForwarderSource(ThreadedSource):
             self._flush_logs()
 
     def _admit(self, view: memoryview, peer: Any, at: float) -> bool:
-        """Whether a datagram from ``peer`` is within the address and stranger limits."""
+        """Whether a datagram from ``peer`` is within the stranger and address limits.
+
+        The strangers' budget comes first: during a flood it turns most datagrams
+        away with one look-up and a little arithmetic."""
         host = peer[0]
-        if not self._peers.allow(host, at):
-            return False
-        if self._allowed:
-            return True
-        until = self._trusted.get((host, bytes(view[4:12]))) if self._trusted else None
-        return (until is not None and until >= at) or self._strangers.allow(None, at)
+        if not self._allowed:
+            until = self._trusted.get((host, bytes(view[4:12]))) if self._trusted else None
+            if (until is None or until < at) and not self._strangers.allow(at):
+                return False
+        return self._peers.allow(host, at)
 
     def _count_shed(self, shed: int, at: float) -> None:
         self.datagrams += shed
