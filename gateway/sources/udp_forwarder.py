@@ -396,7 +396,8 @@ class UdpForwarderSource(ThreadedSource):
         """Trust the address and EUI that brought a frame which passed the tag check.
 
         The daemon calls this for each reception of this source that the
-        pipeline verified (a ``pending`` verdict).
+        pipeline verified or merged into a verified frame (a ``pending`` or
+        ``merged`` verdict). The address is the one the EUI was heard from last.
         """
         eui = receiver.get("gateway_eui")
         heard = self.gateways.get(eui) if isinstance(eui, str) else None
