@@ -17,12 +17,13 @@ def test_legitimate_frames_get_through_a_flood(tmp_path: Path) -> None:
     notes = result.notes
     # Counts, not times: every genuine frame of the baseline accepted, and of those sent
     # during the flood every one, or (if the gateway could not read every datagram and
-    # the kernel dropped some) no more lost than the kernel's share of all datagrams.
+    # the kernel dropped some) about no more lost than the kernel's share of all
+    # datagrams (twice it, and one frame of bad luck).
     assert notes["legit_accepted_baseline"] == notes["legit_sent_baseline"] == 40
     assert notes["flood_sent"] > 10 * notes["legit_sent_flood"]
     lost = notes["legit_sent_flood"] - notes["legit_accepted_flood"]
     share = notes["kernel_dropped"] / (notes["flood_sent"] + 2 * notes["legit_sent_flood"])
-    assert lost <= 2 * share * notes["legit_sent_flood"], notes
+    assert lost <= 2 * share * notes["legit_sent_flood"] + (share > 0), notes
     assert notes["log_bytes_flood"] < flood.MAX_LOG_BYTES
     assert notes["status_bytes"] < flood.MAX_STATUS_BYTES
 
