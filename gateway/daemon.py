@@ -23,9 +23,12 @@ Modbus device conditions (``offline`` after ``offline_after`` failed polls,
 restarts and reach the broker in order (QoS 1, at least once). A failed spool
 commit keeps them for the next attempt.
 
-Rejected frames are logged with rate limits: an unknown device or a counter
-reset at most once per device per hour, any other reason at most once a
-minute per source and reason (the counters always count every frame).
+Rejected frames are logged with rate limits (the counters always count every
+frame): a counter reset at most once per device per hour; an unknown device
+at most once per device per hour and, whatever the number of devices, one
+line a minute per source, the rest summarised ("... and 8,412 more like it in
+the last 60 s", ``gateway.logsafe``); any other reason likewise one line a
+minute per source and reason.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import message
 from gateway.config import MODBUS_SOURCE, GatewayConfig
 from gateway.errors import KnuteError
+from gateway.logsafe import EventLog, clean
 from gateway.pipeline import (
     COUNTER_RESET,
     UNKNOWN_DEVICE,
@@ -153,7 +157,11 @@ class Daemon:
         self._seen: dict[int, Seen] = {}
         self._last_registry_flush = time.monotonic()
         self._log_device = RateLimit(3600.0)
-        self._log_reason = RateLimit(60.0)
+        self._log_events = EventLog(log, period_s=60.0)
+        # Packet-forwarder sources by name: told which (address, EUI) brought a verified
+        # frame (first or merged copy), so they keep serving it during a flood
+        # (UdpForwarderSource.vouch).
+        self._vouchers: dict[str, Any] = {}
         self.sources: list[Any] = []
         self.registry: Registry | None = None
         self.spool: Any = None
@@ -191,6 +199,7 @@ class Daemon:
         for ucfg in cfg.packet_forwarders:
             try:
                 self.sources.append(UdpForwarderSource(ucfg, self._sink, self.counters))
+                self._vouchers[ucfg.name] = self.sources[-1].vouch
             except OSError as exc:
                 raise KnuteError(f"{cfg.path}: packet_forwarder {ucfg.name!r}: cannot listen "
                                  f"on {ucfg.host}:{ucfg.port}: {exc.strerror}") from None
@@ -365,6 +374,8 @@ class Daemon:
         if isinstance(item, Reception):
             verdict = self.pipeline.submit(item)
             source, what = item.source, "frame"
+            if verdict.status != "rejected" and source in self._vouchers:
+                self._vouchers[source](item.receiver)
         else:
             verdict = self.pipeline.submit_reading(item.frame, item.receiver, item.received_at,
                                                    item.at, source=MODBUS_SOURCE)
@@ -377,20 +388,22 @@ class Daemon:
         dev = f"{verdict.device_id:08x}" if verdict.device_id is not None else "-"
         if verdict.reason == UNKNOWN_DEVICE:
             if self._log_device.allow((UNKNOWN_DEVICE, verdict.device_id), now):
-                log.warning("%s: %s from unknown device %s (fcnt %s); add it with "
-                            "'knute devices add' (logged once an hour per device)",
-                            source, what, dev, verdict.fcnt)
+                self._log_events.event(
+                    (UNKNOWN_DEVICE, source),
+                    f"{source}: {what} from unknown device {dev} (fcnt {verdict.fcnt}); add "
+                    "it with 'knute devices add' (logged once an hour per device)", now)
         elif verdict.reason == COUNTER_RESET:
             if self._log_device.allow((COUNTER_RESET, verdict.device_id), now):
                 log.warning("%s: device %s counter went back to %s (%s): node reset or "
                             "replay; after checking the node run 'knute devices "
                             "reset-counter %s' (logged once an hour per device)",
                             source, dev, verdict.fcnt, verdict.detail, dev)
-        elif self._log_reason.allow((verdict.reason, source), now):
+        else:
             who = f" from {dev} fcnt {verdict.fcnt}" if verdict.device_id is not None else ""
-            log.warning("%s: rejected %s%s: %s%s (at most one line a minute per source "
-                        "and reason)", source, what, who, verdict.reason,
-                        f" ({verdict.detail})" if verdict.detail else "")
+            detail = f" ({clean(verdict.detail)})" if verdict.detail else ""
+            self._log_events.event((verdict.reason, source),
+                                   f"{source}: rejected {what}{who}: {verdict.reason}{detail}",
+                                   now)
 
     def _spool_conditions(self, final: bool = False) -> None:
         """Hand new (and, after a failed commit, unaccepted) condition changes to the batcher."""
@@ -480,6 +493,7 @@ class Daemon:
 
     def _housekeeping(self, final: bool = False) -> None:
         now = time.monotonic()
+        self._log_events.flush(now)
         if self._reload.is_set():
             self._reload.clear()
             self._reload_registry()
@@ -549,6 +563,7 @@ class Daemon:
             self._spool_conditions(final=True)
             self._commit(force=True)
         self._housekeeping(final=True)
+        self._log_events.close()
         if self.forwarder is not None:
             self.forwarder.stop(self.cfg.drain_timeout_s)
         self._close()

@@ -47,6 +47,7 @@ DESCRIPTIONS: dict[str, str] = {
     "pf_base64": "rxpk data is not valid base64",
     "pf_size": "rxpk size differs from the decoded data length",
     "pf_crc": "concentrator reported a CRC error (stat != 1)",
+    "pf_rate": "packet-forwarder datagram dropped: its sender is over its rate",
 }
 
 

@@ -72,6 +72,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.logsafe import clean
 from gateway.modbus import decode
 from gateway.modbus.regmap import Image, ReadBlock, image_from_block, map_values
 from gateway.modbus.settings import BusSettings, DeviceSettings, ModbusSettings
@@ -684,7 +685,7 @@ class Poller:
             self._suppressed += 1
             return
         self._logged[key] = now
-        log.warning("%s", text)
+        log.warning("%s", clean(text, limit=400))
 
     # -- status --------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ The port is opened with pyserial's ``serial_for_url``, so a device path, a
 
 - FRAME: one knute frame from a wired node (source type "serial");
 - RADIO: a radio-bridge node's LoRa packet with rssi/snr/freq/sf (type "radio");
-- LOG: a node's console line, logged at debug level.
+- LOG: a node's console line, logged at debug level: sanitised (no line break
+  or escape sequence from the node reaches the log) and at most ten lines per
+  10 s per link, the rest summarised (``gateway.logsafe``).
 
 Faulty records (COBS, CRC, oversize, ...) are counted by reason; the stream
 decoder resynchronises at the next delimiter. When the device disappears
@@ -26,6 +28,7 @@ from typing import Any
 import serial  # type: ignore[import-untyped]
 
 from gateway.config import SerialSourceConfig
+from gateway.logsafe import EventLog, clean
 from gateway.pipeline import RateLimit, Reception
 from gateway.sources.base import Backoff, LinkState, Sink, ThreadedSource
 from gateway.status import Counters
@@ -44,13 +47,22 @@ class RecordReader:
         self.counters = counters
         self.decoder = stream.StreamDecoder()
         self.logs = 0
-        self._logged = RateLimit(60.0)
+        self._events = EventLog(log, period_s=60.0)
+        self._node_log = EventLog(log, period_s=10.0, burst=10, level=logging.DEBUG)
 
     def _reject(self, reason: str, at: float) -> None:
         self.counters.reject(reason, self.name)
-        if self._logged.allow(reason, at):
-            log.warning("%s: bad link record: %s (at most one line a minute per reason)",
-                        self.name, reason)
+        self._events.event(reason, f"{self.name}: bad link record: {reason}", at)
+
+    def flush_logs(self, at: float) -> None:
+        """Write the summaries of rate-limited log lines whose period has ended."""
+        self._events.flush(at)
+        self._node_log.flush(at)
+
+    def close_logs(self) -> None:
+        """Write every held summary (when the source stops)."""
+        self._events.close()
+        self._node_log.close()
 
     def reset(self) -> None:
         """Forget a partial record (after the link was reopened)."""
@@ -68,8 +80,8 @@ class RecordReader:
             if rtype == stream.REC_LOG:
                 self.logs += 1
                 self.counters.inc("log_records", self.name)
-                log.debug("%s: node log: %s", self.name,
-                          bytes(body).decode("utf-8", "replace")[:200])
+                if log.isEnabledFor(logging.DEBUG):
+                    self._node_log.event("log", f"{self.name}: node log: {clean(body)}", at)
                 continue
             self.counters.inc("received", self.name)
             if rtype == stream.REC_RADIO:
@@ -115,6 +127,7 @@ class SerialSource(ThreadedSource):
 
     def _shutdown(self) -> None:
         self._close()
+        self.reader.close_logs()
 
     def stats(self) -> dict[str, Any]:
         """State and link counters for the status report."""
@@ -172,6 +185,7 @@ class SerialSource(ThreadedSource):
         while not self._stop.is_set():
             waiting = port.in_waiting
             data = port.read(max(1, min(waiting, 4096)))
+            self.reader.flush_logs(time.monotonic())
             if not data:
                 continue
             if self.backoff.attempt and time.monotonic() - opened_at > 5.0:

@@ -49,6 +49,7 @@ from tools.bench.reliability.harness import make_dir
 from tools.bench.reliability.power import case_firmware_power_cut
 from tools.bench.reliability.results import DESIGN_RATE_FPS, ROW_KEYS, CaseResult, key_leaks
 from tools.bench.reliability.security import case_security
+from tools.bench.reliability.udp_flood import case_udp_flood
 
 # The cases and the checks tests/reliability/ calls (as ``rel.case_...``).
 __all__ = ["DESIGN_RATE_FPS", "CaseResult", "add_arguments", "case_bad_input",
@@ -90,6 +91,8 @@ CASES: tuple[Case, ...] = (
          {"frames": 20_000, "atheris_runs": 20_000}),
     Case("bad_input_daemon", case_bad_input_daemon, {"frames": 50_000}, {"frames": 2000}),
     Case("security", case_security, {}, {}),
+    Case("udp_flood", case_udp_flood, {"flood_s": 20.0},
+         {"flood_s": 4.0, "rate": 10000.0, "legit_rate": 10.0}),
     Case("firmware_power_cut", case_firmware_power_cut, {"cuts": 100}, {"cuts": 5}),
 )
 
