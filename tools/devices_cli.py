@@ -165,12 +165,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed {format_device_id(device_id)}")
             return 0
         if action == "import":
+            from gateway.registry import decode_csv
+
             try:
-                with open(args.file, encoding="utf-8", newline="") as fh:
-                    text = fh.read()
+                with open(args.file, "rb") as fh:
+                    data = fh.read()
             except OSError as exc:
                 raise KnuteError(f"{args.file}: {exc.strerror}") from None
-            count = reg.import_csv(text, source=args.file)
+            count = reg.import_csv(decode_csv(data, args.file), source=args.file)
             _notify(args, {"cmd": "reload"})
             if args.json:
                 print(json.dumps({"imported": count}))
