@@ -77,8 +77,17 @@ def check_identity(path: str, what: str, app_id: int, max_version: int) -> None:
     if len(head) < _HEADER_SIZE or not head.startswith(SQLITE_MAGIC):
         raise NotKnuteFile(f"{what} {path} is not a knute {what} database: it is "
                            f"{_describe(head)}; left unchanged (check the path)")
-    user_version, = struct.unpack(">I", head[60:64])
     found_id, = struct.unpack(">I", head[68:72])
+    if found_id == 0:
+        # The header on disk may be older than the file: in WAL mode the first
+        # pages (application_id, user_version) can still sit in the -wal file.
+        # SQLite itself, read-only, gives the current values.
+        current = _read_identity(path)
+        if current is None:
+            return              # unreadable: the opener tells damage from trouble
+        found_id, user_version, tables = current
+    else:
+        user_version, tables = 0, []
     if found_id == app_id:
         return
     if found_id in _APP_NAMES:
@@ -92,31 +101,33 @@ def check_identity(path: str, what: str, app_id: int, max_version: int) -> None:
             return              # a newer knute file: the opener says "upgrade"
         raise NotKnuteFile(f"{what} {path} is an SQLite database but not a knute {what} "
                            f"(user_version {user_version}); left unchanged")
-    if user_version == 0:
-        tables = _table_names(path)
-        if tables:
-            raise NotKnuteFile(f"{what} {path} is an SQLite database but not a knute {what} "
-                               f"(tables: {', '.join(tables[:5])}); left unchanged")
+    if user_version == 0 and tables:
+        raise NotKnuteFile(f"{what} {path} is an SQLite database but not a knute {what} "
+                           f"(tables: {', '.join(tables[:5])}); left unchanged")
 
 
 _PLAUSIBLE_VERSION = 100        # above this a user_version is not one of knute's
 
 
-def _table_names(path: str) -> list[str]:
-    """The tables of an SQLite file, read-only; [] when they cannot be read."""
+def _read_identity(path: str) -> tuple[int, int, list[str]] | None:
+    """(application_id, user_version, tables) read through SQLite, read-only; None
+    when the file cannot be read that way (damaged, locked, no -shm access)."""
     try:
         uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
         db = sqlite3.connect(uri, uri=True, timeout=1.0)
     except sqlite3.Error:
-        return []
+        return None
     try:
+        app_id = int(db.execute("PRAGMA application_id").fetchone()[0])
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
         rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
                           "ORDER BY name").fetchall()
     except sqlite3.Error:
-        return []               # damaged: the opener decides
+        return None
     finally:
         db.close()
-    return [str(r[0]) for r in rows]
+    return app_id, version, [str(r[0]) for r in rows]
+
 
 # SQLite primary result codes that mean the file itself is damaged (not busy,
 # locked, read-only or on a full disk: those must never move a file aside).

@@ -138,3 +138,19 @@ def test_a_damaged_knute_registry_is_still_moved_aside(tmp_path: Path) -> None:
     again = Registry(str(path))
     again.close()
     assert any(".corrupt-" in name for name in listing(tmp_path))
+
+
+def test_a_registry_open_elsewhere_is_recognised_from_its_wal(tmp_path: Path) -> None:
+    # While a gateway holds the registry, the schema, version and application id of
+    # a fresh file may sit only in the -wal file: the header on disk is stale.
+    path = tmp_path / "registry.db"
+    holder = Registry(str(path))
+    try:
+        assert (tmp_path / "registry.db-wal").exists()
+        check_identity(str(path), "registry", REGISTRY_APP_ID, SCHEMA_VERSION)
+        other = Registry(str(path))              # knute devices beside the gateway
+        other.add(7, "water_meter", bytes(16))
+        other.close()
+        assert holder.get(7) is not None
+    finally:
+        holder.close()
