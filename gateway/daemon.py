@@ -13,9 +13,15 @@ Threads:
 
 Signals: SIGTERM/SIGINT stop the sources, push everything already received
 through the pipeline and into the spool, give the forwarder
-``drain_timeout_s`` to deliver, then exit 0. SIGHUP re-reads the registry
-(devices added or removed with ``knute devices`` take effect without a
-restart).
+``drain_timeout_s`` to deliver, then exit 0. Devices added or removed with
+``knute devices`` take effect within a second without a restart or a signal:
+the ingest loop watches the registry file (``PRAGMA data_version``, and the
+file's inode for a restored copy); SIGHUP and the status socket's ``reload``
+still re-read it at once.
+
+One gateway per spool: ``<spool>.lock`` is held (flock) while the daemon runs,
+so a second instance on the same data exits with one line before it opens
+anything. A status socket on which a gateway answers is never taken over.
 
 Modbus device conditions (``offline`` after ``offline_after`` failed polls,
 ``online`` again) are spooled like readings, as JSON on
@@ -46,7 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import message
 from gateway.config import MODBUS_SOURCE, GatewayConfig
-from gateway.errors import KnuteError
+from gateway.dbfile import DataLock
+from gateway.errors import ConfigError, KnuteError
 from gateway.pipeline import (
     COUNTER_RESET,
     UNKNOWN_DEVICE,
@@ -68,6 +75,7 @@ log = logging.getLogger("knute.gateway")
 
 QUEUE_LIMIT = 20000          # receptions waiting for the ingest loop
 REGISTRY_FLUSH_S = 10.0      # display cache write interval
+REGISTRY_POLL_S = 1.0        # how often the registry is checked for changes by knute devices
 COMMIT_WINDOW_S = 0.05
 COMMIT_MAX_FRAMES = 256
 CONDITION_RETRY_S = 1.0      # after a failed spool commit, condition messages wait this long
@@ -152,6 +160,7 @@ class Daemon:
         self._pending_sources: dict[tuple[int, int], list[str]] = {}
         self._seen: dict[int, Seen] = {}
         self._last_registry_flush = time.monotonic()
+        self._last_registry_poll = time.monotonic()
         self._log_device = RateLimit(3600.0)
         self._log_reason = RateLimit(60.0)
         self.sources: list[Any] = []
@@ -162,6 +171,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.status_server: StatusServer | None = None
         self.metrics: Any = None
+        self.data_lock: DataLock | None = None
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -173,7 +183,16 @@ class Daemon:
 
         cfg = self.cfg
         for path in (cfg.registry, cfg.spool):
-            os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+            except OSError as exc:
+                raise KnuteError(f"{cfg.path}: data directory {os.path.dirname(path)}: "
+                                 f"{exc.strerror}") from None
+        # First of all: a second gateway on this spool stops here, before it touches
+        # the files, the ports or the status socket of the one already running.
+        self.data_lock = DataLock(cfg.spool)
+        self.data_lock.acquire()
+        self._check_files()
         self.registry = Registry(cfg.registry)
         self.spool = Spool(cfg.spool, max_bytes=cfg.spool_max_bytes,
                            max_age_s=cfg.spool_max_age_s, fsync=cfg.spool_fsync)
@@ -217,6 +236,27 @@ class Daemon:
         log.info("gateway %s: %d devices, %d sources, spool %s (%d rows waiting), mqtt %s:%d",
                  cfg.gateway_id, len(devices), len(self.sources), cfg.spool,
                  self.spool.stats()["depth"], cfg.mqtt.host, cfg.mqtt.port)
+
+    def _check_files(self) -> None:
+        """ConfigError (exit 78, no restart) for files no restart can fix.
+
+        A CA that is not PEM would otherwise fail every reconnect; a registry or
+        spool path naming a file that is not that knute database (the
+        configuration file itself, the other database) must never be replaced.
+        """
+        from gateway import registry, spool
+        from gateway.config import tls_problems
+        from gateway.dbfile import REGISTRY_APP_ID, SPOOL_APP_ID, NotKnuteFile, check_identity
+
+        cfg = self.cfg
+        problems = tls_problems(cfg)
+        if problems:
+            raise ConfigError(problems[0])
+        try:
+            check_identity(cfg.registry, "registry", REGISTRY_APP_ID, registry.SCHEMA_VERSION)
+            check_identity(cfg.spool, "spool", SPOOL_APP_ID, spool.SCHEMA_VERSION)
+        except NotKnuteFile as exc:
+            raise ConfigError(f"{cfg.path}: {exc}") from None
 
     def _sink(self, rx: Reception) -> None:
         try:
@@ -480,6 +520,9 @@ class Daemon:
 
     def _housekeeping(self, final: bool = False) -> None:
         now = time.monotonic()
+        if not final and now - self._last_registry_poll >= REGISTRY_POLL_S:
+            self._last_registry_poll = now
+            self._poll_registry()
         if self._reload.is_set():
             self._reload.clear()
             self._reload_registry()
@@ -497,6 +540,22 @@ class Daemon:
                 self.registry.record_seen(seen)
             except Exception as exc:  # display cache only
                 log.warning("registry display cache not updated: %s", exc)
+
+    def _poll_registry(self) -> None:
+        """Pick up devices added or removed by ``knute devices`` without a signal."""
+        assert self.registry is not None
+        try:
+            if not self.registry.changed():
+                return
+            if self.registry.replaced():
+                fresh = Registry(self.cfg.registry)
+                self.registry.close()
+                self.registry = fresh
+                log.info("registry %s was replaced: reopened", self.cfg.registry)
+        except Exception as exc:  # keep the devices we have; try again on the next poll
+            log.error("registry %s cannot be checked for changes: %s", self.cfg.registry, exc)
+            return
+        self._reload_registry()
 
     def _reload_registry(self) -> None:
         assert self.registry is not None and self.pipeline is not None
@@ -569,3 +628,5 @@ class Daemon:
             self.spool.close()
         if self.registry is not None:
             self.registry.close()
+        if self.data_lock is not None:
+            self.data_lock.release()
