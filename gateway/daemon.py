@@ -15,9 +15,11 @@ Signals: SIGTERM/SIGINT stop the sources, push everything already received
 through the pipeline and into the spool, give the forwarder
 ``drain_timeout_s`` to deliver, then exit 0. Devices added or removed with
 ``knute devices`` take effect within a second without a restart or a signal:
-the ingest loop watches the registry file (``PRAGMA data_version``, and the
-file's inode for a restored copy); SIGHUP and the status socket's ``reload``
-still re-read it at once.
+the ingest loop polls the registry's ``PRAGMA data_version`` (it moves with
+every commit of another connection, never with the daemon's own display-cache
+writes); SIGHUP and the status socket's ``reload`` still re-read it at once.
+A file copied over the open registry is not read (its old -wal would mix in):
+one error line says how to restore safely.
 
 One gateway per spool: ``<spool>.lock`` is held (flock) while the daemon runs,
 so a second instance on the same data exits with one line before it opens
@@ -161,6 +163,10 @@ class Daemon:
         self._seen: dict[int, Seen] = {}
         self._last_registry_flush = time.monotonic()
         self._last_registry_poll = time.monotonic()
+        self._registry_poll_error = ""
+        self._registry_replaced_logged = False
+        self._registry_checks = 0
+        self._registry_reloads = 0
         self._log_device = RateLimit(3600.0)
         self._log_reason = RateLimit(60.0)
         self.sources: list[Any] = []
@@ -320,6 +326,8 @@ class Daemon:
                        "commit_waiting": self.batcher.waiting() if self.batcher else 0},
             "spool": spool,
             "forwarder": fwd,
+            "registry": {"path": self.cfg.registry, "checks": self._registry_checks,
+                         "reloads": self._registry_reloads},
         }
 
     def _handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -544,17 +552,31 @@ class Daemon:
     def _poll_registry(self) -> None:
         """Pick up devices added or removed by ``knute devices`` without a signal."""
         assert self.registry is not None
+        self._registry_checks += 1
         try:
+            if self.registry.replaced():
+                # A file copied or moved over the open registry: SQLite keeps the old
+                # file's -wal next to it, and reading the new file through it would
+                # mix the two. Keep what we have and say how to restore safely.
+                if not self._registry_replaced_logged:
+                    self._registry_replaced_logged = True
+                    log.error("registry %s was replaced while the gateway had it open; "
+                              "keeping %d devices. Restore a registry with the gateway "
+                              "stopped (and its -wal/-shm removed), or while it runs with "
+                              "sqlite3 %s '.restore BACKUP'", self.cfg.registry,
+                              len(self.pipeline.devices) if self.pipeline else 0,
+                              self.cfg.registry)
+                return
             if not self.registry.changed():
                 return
-            if self.registry.replaced():
-                fresh = Registry(self.cfg.registry)
-                self.registry.close()
-                self.registry = fresh
-                log.info("registry %s was replaced: reopened", self.cfg.registry)
         except Exception as exc:  # keep the devices we have; try again on the next poll
-            log.error("registry %s cannot be checked for changes: %s", self.cfg.registry, exc)
+            if str(exc) != self._registry_poll_error:     # once per distinct problem
+                self._registry_poll_error = str(exc)
+                log.error("registry %s cannot be checked for changes, keeping %d devices: "
+                          "%s", self.cfg.registry, len(self.pipeline.devices)
+                          if self.pipeline is not None else 0, exc)
             return
+        self._registry_poll_error = ""
         self._reload_registry()
 
     def _reload_registry(self) -> None:
@@ -566,6 +588,7 @@ class Daemon:
                       len(self.pipeline.devices), exc)
             return
         self.pipeline.update_devices(devices)
+        self._registry_reloads += 1
         log.info("registry reloaded: %d devices", len(devices))
 
     def _control(self, ctl: _Control) -> None:

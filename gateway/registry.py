@@ -281,18 +281,17 @@ class Registry:
         self._data_version = self._version_now()
 
     def changed(self) -> bool:
-        """True once another connection (``knute devices``) committed a change since
-        the last call (or the open), or the file at ``path`` was replaced.
+        """True once another connection (``knute devices``, ``sqlite3 .restore``)
+        committed a change since the last call (or the open).
 
         ``PRAGMA data_version`` moves only for commits made by other
-        connections, so the daemon's own display-cache writes do not count. A
-        replaced file (restored from a backup) needs ``reopen`` as well.
+        connections, so the daemon's own display-cache writes do not count.
         """
         version = self._version_now()
         if version != self._data_version:
             self._data_version = version
             return True
-        return self.replaced()
+        return False
 
     def _version_now(self) -> int:
         with self._lock:
@@ -300,7 +299,9 @@ class Registry:
 
     def replaced(self) -> bool:
         """True if the file at ``path`` is no longer the one this registry has open."""
-        return self._file_id is not None and self._file_id != _file_id(self.path)
+        # A missing file is not a replacement: reopening would start an empty registry.
+        now = _file_id(self.path)
+        return self._file_id is not None and now is not None and now != self._file_id
 
     @staticmethod
     def _connect(path: str, *, check: bool) -> sqlite3.Connection:

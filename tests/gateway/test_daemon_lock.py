@@ -204,3 +204,40 @@ def test_devices_added_to_a_running_gateway_are_picked_up_without_a_signal(
         pf.close()
         assert gw.stop() == 0
     assert "Traceback" not in gw.log.read_text()
+
+
+def test_a_registry_restored_with_the_backup_api_is_read_and_a_copied_one_is_not(
+        tmp_path: Path, knute_bin: Path, sock_dir: str) -> None:
+    import sqlite3
+
+    from gateway.registry import Registry
+
+    data = tmp_path / "data"
+    gw = Install(tmp_path / "gw", knute_bin, data=data, socket=f"{sock_dir}/gw.sock")
+    gw.start_and_wait()
+    try:
+        assert gw.status()["devices"] == 0
+        backup = tmp_path / "backup.db"
+        reg = Registry(str(backup))
+        reg.add(METER, "water_meter", KEY_HEX)
+        reg.add(METER + 1, "water_meter", KEY_HEX)
+        reg.close()
+        # sqlite3 registry.db ".restore backup.db": through SQLite's locks.
+        src = sqlite3.connect(backup)
+        dst = sqlite3.connect(data / "registry.db")
+        src.backup(dst)
+        src.close()
+        dst.close()
+        wait_for(lambda: gw.status()["devices"] == 2, 30, "the restored registry read")
+        # A file copied over the open registry is refused with one line, devices kept.
+        other = tmp_path / "other.db"
+        Registry(str(other)).close()
+        os.replace(other, data / "registry.db")
+        checks = gw.status()["registry"]["checks"]
+        wait_for(lambda: gw.status()["registry"]["checks"] >= checks + 3, 30, "three polls")
+        assert gw.status()["devices"] == 2
+    finally:
+        assert gw.stop() == 0
+    log = gw.log.read_text()
+    assert "Traceback" not in log
+    assert log.count("was replaced while the gateway had it open") == 1
