@@ -366,29 +366,42 @@ class Registry:
         with self._lock:
             try:
                 version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+                app_id = int(self._db.execute("PRAGMA application_id").fetchone()[0])
             except sqlite3.DatabaseError as exc:
                 raise KnuteError(f"registry {self.path}: {exc}") from None
-            if version > SCHEMA_VERSION:
-                raise KnuteError(
-                    f"registry {self.path} has schema {version}, newer than this knute "
-                    f"({SCHEMA_VERSION})")
-            if version == 0:
-                tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-                if tables:
-                    raise NotKnuteFile(f"registry {self.path} is an SQLite database but not "
-                                       "a knute registry; left unchanged")
-                with self._db:
+            self._check_version(version)
+            if version == SCHEMA_VERSION and app_id == REGISTRY_APP_ID:
+                return
+            # Creating or migrating: one process at a time. The gateway and `knute
+            # devices` (or `knute provision`) may open a new registry at the same moment;
+            # the second waits here and then finds the work done.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+                self._check_version(version)
+                if version == 0:
+                    tables = self._db.execute(
+                        "SELECT count(*) FROM sqlite_master").fetchone()[0]
+                    if tables:
+                        raise NotKnuteFile(f"registry {self.path} is an SQLite database but "
+                                           "not a knute registry; left unchanged")
                     self._db.execute(_SCHEMA_V1)
                     self._db.execute("PRAGMA user_version = 1")
-                version = 1
-            while version < SCHEMA_VERSION:
-                with self._db:
+                    version = 1
+                while version < SCHEMA_VERSION:
                     _MIGRATIONS[version](self._db)
                     self._db.execute(f"PRAGMA user_version = {version + 1}")
-                version += 1
-            if int(self._db.execute("PRAGMA application_id").fetchone()[0]) == 0:
-                with self._db:
-                    self._db.execute(f"PRAGMA application_id = {REGISTRY_APP_ID}")
+                    version += 1
+                self._db.execute(f"PRAGMA application_id = {REGISTRY_APP_ID}")
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise KnuteError(f"registry {self.path} has schema {version}, newer than this "
+                             f"knute ({SCHEMA_VERSION})")
 
     # -- reads -------------------------------------------------------------------
 
