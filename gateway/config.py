@@ -11,6 +11,7 @@ maps too: a broken map is one error naming the map's file and line).
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -379,3 +380,85 @@ def _mqtt(tab: _Table, base: str, gateway_id: str) -> MqttSettings:
     return MqttSettings(host=host, port=port, client_id=client_id, protocol=protocol,
                         username=username, password=password, prefix=prefix,
                         keepalive=keepalive, max_inflight=inflight, tls=tls)
+
+
+# -- checks beyond the file's syntax (``knute gateway check``, daemon start) -----------------
+
+def tls_problems(cfg: GatewayConfig) -> list[str]:
+    """Problems of the [mqtt.tls] files: a CA that is no PEM certificate, a bad cert/key.
+
+    ``load`` only checks that the files exist: ``knute devices`` loads the
+    configuration as an operator who may not read the key. The daemon and
+    ``knute gateway check`` call this.
+    """
+    import ssl
+
+    tls = cfg.mqtt.tls
+    if tls is None:
+        return []
+    problems: list[str] = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=tls.ca)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            problems.append(f"{cfg.path}: mqtt.tls.ca: {tls.ca}: not a PEM CA certificate "
+                            f"file ({_ssl_reason(exc)})")
+    if tls.cert is not None and tls.key is not None:
+        try:
+            ctx.load_cert_chain(tls.cert, tls.key, password=lambda: b"")
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            problems.append(f"{cfg.path}: mqtt.tls.cert/key: {tls.cert}, {tls.key}: not a "
+                            f"PEM certificate and its unencrypted key ({_ssl_reason(exc)})")
+    return problems
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, OSError) and not reason and exc.strerror:
+        return exc.strerror
+    return str(reason or exc)
+
+
+def offline_problems(cfg: GatewayConfig) -> list[str]:
+    """What can be checked without the network and without opening any port.
+
+    TLS files, the data directories, the registry and spool files (a file
+    that is not a knute database of the right kind), serial devices named by
+    path (also the Modbus RTU buses). Files this user may not read are left
+    to the daemon's own user.
+    """
+    from gateway.dbfile import REGISTRY_APP_ID, SPOOL_APP_ID, check_identity
+
+    problems = tls_problems(cfg)
+    dirs: dict[str, str] = {}
+    for key, path in (("gateway.registry", cfg.registry), ("spool.path", cfg.spool)):
+        dirs.setdefault(os.path.dirname(path) or ".", key)
+    for folder, key in dirs.items():
+        if not os.path.exists(folder):
+            problems.append(f"{cfg.path}: {key}: data directory {folder} does not exist")
+        elif not os.path.isdir(folder):
+            problems.append(f"{cfg.path}: {key}: {folder} is not a directory")
+    from gateway import registry, spool
+
+    for key, path, what, app_id, version in (
+            ("gateway.registry", cfg.registry, "registry", REGISTRY_APP_ID,
+             registry.SCHEMA_VERSION),
+            ("spool.path", cfg.spool, "spool", SPOOL_APP_ID, spool.SCHEMA_VERSION)):
+        try:
+            check_identity(path, what, app_id, version)
+        except KnuteError as exc:
+            if "Permission denied" not in str(exc):
+                problems.append(f"{cfg.path}: {key}: {exc}")
+    devices = [(f"serial[{i}].url", s.url) for i, s in enumerate(cfg.serial)]
+    if cfg.modbus is not None:
+        devices += [(f"modbus.bus[{i}].rtu", b.rtu) for i, b in enumerate(cfg.modbus.buses)
+                    if b.rtu is not None]
+    for key, url in devices:
+        if "://" in url:
+            continue                  # a pyserial URL: only `check --online` can open it
+        if not os.path.exists(url):
+            problems.append(f"{cfg.path}: {key}: {url}: no such device (unplugged?)")
+        elif not stat.S_ISCHR(os.stat(url).st_mode):
+            problems.append(f"{cfg.path}: {key}: {url} is not a serial device")
+    return problems

@@ -13,9 +13,17 @@ Threads:
 
 Signals: SIGTERM/SIGINT stop the sources, push everything already received
 through the pipeline and into the spool, give the forwarder
-``drain_timeout_s`` to deliver, then exit 0. SIGHUP re-reads the registry
-(devices added or removed with ``knute devices`` take effect without a
-restart).
+``drain_timeout_s`` to deliver, then exit 0. Devices added or removed with
+``knute devices`` take effect within a second without a restart or a signal:
+the ingest loop polls the registry's ``PRAGMA data_version`` (it moves with
+every commit of another connection, never with the daemon's own display-cache
+writes); SIGHUP and the status socket's ``reload`` still re-read it at once.
+A file copied over the open registry is not read (its old -wal would mix in):
+one error line says how to restore safely.
+
+One gateway per spool: ``<spool>.lock`` is held (flock) while the daemon runs,
+so a second instance on the same data exits with one line before it opens
+anything. A status socket on which a gateway answers is never taken over.
 
 Modbus device conditions (``offline`` after ``offline_after`` failed polls,
 ``online`` again) are spooled like readings, as JSON on
@@ -49,7 +57,8 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import message
 from gateway.config import MODBUS_SOURCE, GatewayConfig
-from gateway.errors import KnuteError
+from gateway.dbfile import DataLock
+from gateway.errors import ConfigError, KnuteError
 from gateway.logsafe import EventLog, clean
 from gateway.pipeline import (
     COUNTER_RESET,
@@ -72,6 +81,7 @@ log = logging.getLogger("knute.gateway")
 
 QUEUE_LIMIT = 20000          # receptions waiting for the ingest loop
 REGISTRY_FLUSH_S = 10.0      # display cache write interval
+REGISTRY_POLL_S = 1.0        # how often the registry is checked for changes by knute devices
 COMMIT_WINDOW_S = 0.05
 COMMIT_MAX_FRAMES = 256
 CONDITION_RETRY_S = 1.0      # after a failed spool commit, condition messages wait this long
@@ -156,6 +166,11 @@ class Daemon:
         self._pending_sources: dict[tuple[int, int], list[str]] = {}
         self._seen: dict[int, Seen] = {}
         self._last_registry_flush = time.monotonic()
+        self._last_registry_poll = time.monotonic()
+        self._registry_poll_error = ""
+        self._registry_replaced_logged = False
+        self._registry_checks = 0
+        self._registry_reloads = 0
         self._log_device = RateLimit(3600.0)
         self._log_events = EventLog(log, period_s=60.0)
         # Packet-forwarder sources by name: told which (address, EUI) brought a verified
@@ -170,6 +185,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.status_server: StatusServer | None = None
         self.metrics: Any = None
+        self.data_lock: DataLock | None = None
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -181,7 +197,16 @@ class Daemon:
 
         cfg = self.cfg
         for path in (cfg.registry, cfg.spool):
-            os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+            except OSError as exc:
+                raise KnuteError(f"{cfg.path}: data directory {os.path.dirname(path)}: "
+                                 f"{exc.strerror}") from None
+        # First of all: a second gateway on this spool stops here, before it touches
+        # the files, the ports or the status socket of the one already running.
+        self.data_lock = DataLock(cfg.spool)
+        self.data_lock.acquire()
+        self._check_files()
         self.registry = Registry(cfg.registry)
         self.spool = Spool(cfg.spool, max_bytes=cfg.spool_max_bytes,
                            max_age_s=cfg.spool_max_age_s, fsync=cfg.spool_fsync)
@@ -226,6 +251,27 @@ class Daemon:
         log.info("gateway %s: %d devices, %d sources, spool %s (%d rows waiting), mqtt %s:%d",
                  cfg.gateway_id, len(devices), len(self.sources), cfg.spool,
                  self.spool.stats()["depth"], cfg.mqtt.host, cfg.mqtt.port)
+
+    def _check_files(self) -> None:
+        """ConfigError (exit 78, no restart) for files no restart can fix.
+
+        A CA that is not PEM would otherwise fail every reconnect; a registry or
+        spool path naming a file that is not that knute database (the
+        configuration file itself, the other database) must never be replaced.
+        """
+        from gateway import registry, spool
+        from gateway.config import tls_problems
+        from gateway.dbfile import REGISTRY_APP_ID, SPOOL_APP_ID, NotKnuteFile, check_identity
+
+        cfg = self.cfg
+        problems = tls_problems(cfg)
+        if problems:
+            raise ConfigError(problems[0])
+        try:
+            check_identity(cfg.registry, "registry", REGISTRY_APP_ID, registry.SCHEMA_VERSION)
+            check_identity(cfg.spool, "spool", SPOOL_APP_ID, spool.SCHEMA_VERSION)
+        except NotKnuteFile as exc:
+            raise ConfigError(f"{cfg.path}: {exc}") from None
 
     def _sink(self, rx: Reception) -> None:
         try:
@@ -289,6 +335,8 @@ class Daemon:
                        "commit_waiting": self.batcher.waiting() if self.batcher else 0},
             "spool": spool,
             "forwarder": fwd,
+            "registry": {"path": self.cfg.registry, "checks": self._registry_checks,
+                         "reloads": self._registry_reloads},
         }
 
     def _handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -494,6 +542,9 @@ class Daemon:
     def _housekeeping(self, final: bool = False) -> None:
         now = time.monotonic()
         self._log_events.flush(now)
+        if not final and now - self._last_registry_poll >= REGISTRY_POLL_S:
+            self._last_registry_poll = now
+            self._poll_registry()
         if self._reload.is_set():
             self._reload.clear()
             self._reload_registry()
@@ -512,6 +563,36 @@ class Daemon:
             except Exception as exc:  # display cache only
                 log.warning("registry display cache not updated: %s", exc)
 
+    def _poll_registry(self) -> None:
+        """Pick up devices added or removed by ``knute devices`` without a signal."""
+        assert self.registry is not None
+        self._registry_checks += 1
+        try:
+            if self.registry.replaced():
+                # A file copied or moved over the open registry: SQLite keeps the old
+                # file's -wal next to it, and reading the new file through it would
+                # mix the two. Keep what we have and say how to restore safely.
+                if not self._registry_replaced_logged:
+                    self._registry_replaced_logged = True
+                    log.error("registry %s was replaced while the gateway had it open; "
+                              "keeping %d devices. Restore a registry with the gateway "
+                              "stopped (and its -wal/-shm removed), or while it runs with "
+                              "sqlite3 %s '.restore BACKUP'", self.cfg.registry,
+                              len(self.pipeline.devices) if self.pipeline else 0,
+                              self.cfg.registry)
+                return
+            if not self.registry.changed():
+                return
+        except Exception as exc:  # keep the devices we have; try again on the next poll
+            if str(exc) != self._registry_poll_error:     # once per distinct problem
+                self._registry_poll_error = str(exc)
+                log.error("registry %s cannot be checked for changes, keeping %d devices: "
+                          "%s", self.cfg.registry, len(self.pipeline.devices)
+                          if self.pipeline is not None else 0, exc)
+            return
+        self._registry_poll_error = ""
+        self._reload_registry()
+
     def _reload_registry(self) -> None:
         assert self.registry is not None and self.pipeline is not None
         try:
@@ -521,6 +602,7 @@ class Daemon:
                       len(self.pipeline.devices), exc)
             return
         self.pipeline.update_devices(devices)
+        self._registry_reloads += 1
         log.info("registry reloaded: %d devices", len(devices))
 
     def _control(self, ctl: _Control) -> None:
@@ -584,3 +666,5 @@ class Daemon:
             self.spool.close()
         if self.registry is not None:
             self.registry.close()
+        if self.data_lock is not None:
+            self.data_lock.release()

@@ -362,8 +362,16 @@ class Forwarder:
     def _session(self, gen: int) -> bool:
         """One connection; returns True when stopping is complete."""
         sess = _Session(gen)
-        client = self._make_client(sess)
         cfg = self.cfg
+        try:
+            # tls_set reads the CA, certificate and key files: a bad file is one
+            # warning line per attempt, like a refused connection, not a traceback.
+            client = self._make_client(sess)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.last_error = f"tls: {exc}"
+            log.warning("mqtt %s:%d: cannot set up TLS with [mqtt.tls] ca/cert/key: %s",
+                        cfg.host, cfg.port, exc)
+            return False
         try:
             if cfg.protocol == "5":
                 client.connect(cfg.host, cfg.port, cfg.keepalive, clean_start=True)

@@ -14,20 +14,30 @@ Keys never appear in ``repr()``, logs or CLI output unless asked for explicitly.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.dbfile import bound_queries, is_corruption, move_aside, quick_check
+from gateway.dbfile import (
+    REGISTRY_APP_ID,
+    NotKnuteFile,
+    bound_queries,
+    check_identity,
+    is_corruption,
+    move_aside,
+    quick_check,
+)
 from gateway.errors import KnuteError
 from protocol import frame, kinds
 
@@ -121,7 +131,9 @@ class Device:
         info: dict[str, Any] = {}
         if self.site:
             info["site"] = self.site
-        info.update(self.location)
+        # A registry written before locations were checked may hold NaN or Infinity:
+        # the published JSON must stay JSON.
+        info.update(finite_only(dict(self.location)))
         return info or None
 
     def as_dict(self, *, show_key: bool = False) -> dict[str, Any]:
@@ -212,6 +224,27 @@ def create_v1(path: str) -> None:
     db.close()
 
 
+def _enable_wal(db: sqlite3.Connection, patience_s: float = 10.0) -> None:
+    """Switch to WAL mode, waiting for other first openers.
+
+    Changing the journal mode needs an exclusive lock, and SQLite reports a
+    conflicting opener as "database is locked" at once instead of calling the
+    busy handler, so two processes opening a new registry together (the
+    gateway starting while ``knute provision`` registers a node) retry here.
+    """
+    deadline = time.monotonic() + patience_s
+    delay = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def _create_private(path: str) -> None:
     # Create the file with mode 0600 before SQLite opens it; SQLite gives its
     # -wal and -shm files the same mode as the database file.
@@ -221,6 +254,8 @@ def _create_private(path: str) -> None:
     try:
         os.makedirs(parent, mode=0o750, exist_ok=True)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return      # another process created it first: it made it 0600 too
     except OSError as exc:
         raise KnuteError(f"registry {path}: cannot create: {exc.strerror}") from None
     os.close(fd)
@@ -232,6 +267,10 @@ class Registry:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._data_version: int | None = None
+        self._file_id: tuple[int, int] | None = None
+        if path != ":memory:":
+            check_identity(path, "registry", REGISTRY_APP_ID, SCHEMA_VERSION)
         _create_private(path)
         try:
             self._db = self._connect(path, check=True)
@@ -253,14 +292,45 @@ class Registry:
             log.error("registry %s: salvaged %d devices from %s (%d unreadable rows); "
                       "re-add missing devices with 'knute devices add' or 'import'",
                       path, saved, moved, lost)
+            self._file_id = _file_id(path)
+            self._data_version = self._version_now()
             return
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+        self._file_id = _file_id(path)
+        self._data_version = self._version_now()
+
+    def changed(self) -> bool:
+        """True once another connection (``knute devices``, ``sqlite3 .restore``)
+        committed a change since the last call (or the open).
+
+        ``PRAGMA data_version`` moves only for commits made by other
+        connections, so the daemon's own display-cache writes do not count.
+        """
+        version = self._version_now()
+        if version != self._data_version:
+            self._data_version = version
+            return True
+        return False
+
+    def _version_now(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def replaced(self) -> bool:
+        """True if the file at ``path`` is no longer the one this registry has open."""
+        # A missing file is not a replacement: reopening would start an empty registry.
+        now = _file_id(self.path)
+        return self._file_id is not None and now is not None and now != self._file_id
 
     @staticmethod
     def _connect(path: str, *, check: bool) -> sqlite3.Connection:
         db = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(db)
             db.execute("PRAGMA synchronous=FULL")
             if check and path != ":memory:":
                 quick_check(db)
@@ -319,22 +389,42 @@ class Registry:
         with self._lock:
             try:
                 version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+                app_id = int(self._db.execute("PRAGMA application_id").fetchone()[0])
             except sqlite3.DatabaseError as exc:
                 raise KnuteError(f"registry {self.path}: {exc}") from None
-            if version > SCHEMA_VERSION:
-                raise KnuteError(
-                    f"registry {self.path} has schema {version}, newer than this knute "
-                    f"({SCHEMA_VERSION})")
-            if version == 0:
-                with self._db:
+            self._check_version(version)
+            if version == SCHEMA_VERSION and app_id == REGISTRY_APP_ID:
+                return
+            # Creating or migrating: one process at a time. The gateway and `knute
+            # devices` (or `knute provision`) may open a new registry at the same moment;
+            # the second waits here and then finds the work done.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+                self._check_version(version)
+                if version == 0:
+                    tables = self._db.execute(
+                        "SELECT count(*) FROM sqlite_master").fetchone()[0]
+                    if tables:
+                        raise NotKnuteFile(f"registry {self.path} is an SQLite database but "
+                                           "not a knute registry; left unchanged")
                     self._db.execute(_SCHEMA_V1)
                     self._db.execute("PRAGMA user_version = 1")
-                version = 1
-            while version < SCHEMA_VERSION:
-                with self._db:
+                    version = 1
+                while version < SCHEMA_VERSION:
                     _MIGRATIONS[version](self._db)
                     self._db.execute(f"PRAGMA user_version = {version + 1}")
-                version += 1
+                    version += 1
+                self._db.execute(f"PRAGMA application_id = {REGISTRY_APP_ID}")
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise KnuteError(f"registry {self.path} has schema {version}, newer than this "
+                             f"knute ({SCHEMA_VERSION})")
 
     # -- reads -------------------------------------------------------------------
 
@@ -380,7 +470,8 @@ class Registry:
         dev = parse_device_id(device_id)
         check_kind(kind)
         raw_key = parse_key(key)
-        loc = json.dumps(dict(location or {}), sort_keys=True)
+        check_location(location or {})
+        loc = json.dumps(dict(location or {}), sort_keys=True, allow_nan=False)
         return (dev, kind, raw_key, name, site, loc, time.time())
 
     def add(self, device_id: int | str, kind: str, key: bytes | str, name: str = "",
@@ -413,43 +504,52 @@ class Registry:
         The header names the columns; ``device_id``, ``kind`` and ``key`` are
         required, ``name``, ``site`` and ``location`` (a JSON object) optional,
         and any other column becomes a location entry (e.g. ``address``,
-        ``lat``, ``lon``). Any bad line or an id already registered (or repeated
-        in the file) rejects the whole file with a message naming the line.
+        ``lat``, ``lon``). Any bad line, an id already registered or repeated in
+        the file, a quote left open, a field over the size limit or a
+        non-finite number rejects the whole file with one line naming the line.
+        ``decode_csv`` turns the file's bytes into ``text`` (BOM, UTF-16).
         """
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is None:
-            raise KnuteError(f"{source}: empty file")
-        cols = [c.strip() for c in reader.fieldnames]
+        text = text.removeprefix("\ufeff")
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        records = _records(reader, source)
+        try:
+            line, header = next(records)
+        except StopIteration:
+            raise KnuteError(f"{source}: empty file") from None
+        cols = [c.strip() for c in header]
         missing = [c for c in ("device_id", "kind", "key") if c not in cols]
         if missing:
-            raise KnuteError(f"{source}: header lacks column(s) {', '.join(missing)}")
+            raise KnuteError(f"{source} line {line}: header lacks column(s) "
+                             f"{', '.join(missing)} (found: {', '.join(cols) or 'none'})")
         rows: list[tuple[Any, ...]] = []
-        seen: set[int] = set()
-        for raw in reader:
-            line = reader.line_num
-            rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items()
-                   if k is not None}
+        lines: dict[int, int] = {}
+        for line, fields in records:
+            if len(fields) > len(cols):
+                raise KnuteError(f"{source} line {line}: {len(fields)} fields, the header has "
+                                 f"{len(cols)} columns (an unquoted comma?)")
+            raw = dict(zip(cols, fields, strict=False))
+            rec = {k: v.strip() for k, v in raw.items()}
             try:
                 location: dict[str, Any] = {}
                 if rec.get("location"):
-                    loaded = json.loads(rec["location"])
+                    loaded = json.loads(rec["location"], parse_constant=_no_constant)
                     if not isinstance(loaded, dict):
                         raise KnuteError("location must be a JSON object")
                     location.update(loaded)
                 for col, val in rec.items():
                     if col in (*CSV_COLUMNS, "location") or not val:
                         continue
-                    location[col] = _number_or_text(val)
+                    location[col] = _location_value(col, val)
                 values = self._values(rec.get("device_id", ""), rec.get("kind", ""),
                                       rec.get("key", ""), rec.get("name", ""),
                                       rec.get("site", ""), location)
             except (KnuteError, ValueError) as exc:
                 raise KnuteError(f"{source} line {line}: {exc}") from None
-            if values[0] in seen:
+            if values[0] in lines:
                 raise KnuteError(
                     f"{source} line {line}: device {format_device_id(values[0])} "
-                    "appears twice")
-            seen.add(values[0])
+                    f"appears twice (first on line {lines[values[0]]})")
+            lines[values[0]] = line
             rows.append(values)
         with self._lock:
             try:
@@ -461,8 +561,9 @@ class Registry:
                                 "location, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
                         except sqlite3.IntegrityError:
                             raise DeviceExists(
-                                f"{source}: device {format_device_id(values[0])} is already "
-                                "registered; nothing imported") from None
+                                f"{source} line {lines[values[0]]}: device "
+                                f"{format_device_id(values[0])} is already registered; "
+                                "nothing imported") from None
             except sqlite3.DatabaseError as exc:
                 raise KnuteError(f"{source}: {exc}; nothing imported") from None
         return len(rows)
@@ -490,12 +591,127 @@ class Registry:
             self._db.close()
 
 
-def _number_or_text(val: str) -> Any:
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None when it is missing or in memory."""
+    if path == ":memory:":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def decode_csv(data: bytes, source: str = "<csv>") -> str:
+    """The text of an import file: UTF-8 (with or without a BOM) or UTF-16 with a BOM.
+
+    Anything else (Latin-1, Windows-1252, UTF-16 without a BOM) is one
+    KnuteError naming the line and column of the first byte that is not UTF-8.
+    """
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise KnuteError(f"{source}: not valid UTF-16 at byte {exc.start}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise KnuteError(
+            f"{source} line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column "
+            f"{column}; Latin-1 or Windows-1252?): save the file as UTF-8") from None
+
+
+def _records(reader: Any, source: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of every non-blank record; a record spanning lines is an error.
+
+    A quote left open makes the csv module swallow the following lines (keys
+    included) into one field: no knute column holds a line break, so a record
+    that runs over several lines is refused, naming where it starts.
+    """
+    end = 0
+    while True:
+        start = end + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise KnuteError(f"{source} line {start}: {_csv_problem(exc)}") from None
+        end = reader.line_num
+        if end != start:
+            raise KnuteError(f"{source} line {start}: a quoted field runs on to line {end} "
+                             "(a quote left open?)")
+        if fields and any(f.strip() for f in fields):
+            yield start, fields
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    text = str(exc)
+    if "field larger than field limit" in text:
+        return f"a field is longer than {csv.field_size_limit() // 1024} KiB"
+    if "unexpected end of data" in text:
+        return "a quote is left open up to the end of the file"
+    return text
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"location: {name} is not a finite number")
+
+
+# Location entries that must be numbers, and their ranges.
+_NUMERIC_LOCATION = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0)}
+
+
+def _location_value(col: str, val: str) -> Any:
+    """A location entry from a CSV cell: an int, a finite float, or the text."""
     try:
         return int(val)
     except ValueError:
         pass
     try:
-        return float(val)
+        number = float(val)
     except ValueError:
+        if col in _NUMERIC_LOCATION:
+            raise KnuteError(f"{col}: {val!r} is not a number") from None
         return val
+    if math.isfinite(number):
+        return number
+    if col in _NUMERIC_LOCATION:
+        raise KnuteError(f"{col}: {val!r} is not a finite number")
+    return val          # "inf" or "nan" as a word in an address stays text
+
+
+def check_location(location: Mapping[str, Any]) -> None:
+    """KnuteError unless every number in ``location`` is finite (and lat/lon in range)."""
+    for key, value in location.items():
+        _check_finite(value, f"location {key}")
+        if key in _NUMERIC_LOCATION:
+            lo, hi = _NUMERIC_LOCATION[key]
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise KnuteError(f"{key}: must be a number, got {value!r}")
+            if not lo <= value <= hi:
+                raise KnuteError(f"{key}: must be {lo:g}..{hi:g}, got {value:g}")
+
+
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise KnuteError(f"{where}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            _check_finite(item, where)
+
+
+def finite_only(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN/Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_only(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_only(v) for v in value]
+    return value

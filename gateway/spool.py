@@ -92,8 +92,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from gateway.dbfile import (
+    SPOOL_APP_ID,
     CorruptFile,
+    NotKnuteFile,
     bound_queries,
+    check_identity,
     is_corruption,
     move_aside,
     quick_check,
@@ -259,6 +262,10 @@ class Spool:
     def _open_checked(self, path: str) -> sqlite3.Connection:
         """Open (and migrate) the file, or move a corrupt one aside and start fresh."""
         try:
+            check_identity(path, "spool", SPOOL_APP_ID, SCHEMA_VERSION)
+        except NotKnuteFile as exc:      # not ours: never moved aside or replaced
+            raise SpoolError(str(exc)) from None
+        try:
             db = self._connect(path)
             try:
                 quick_check(db)
@@ -311,6 +318,8 @@ class Spool:
                 db.execute("ROLLBACK")
                 raise
             version += 1
+        if int(db.execute("PRAGMA application_id").fetchone()[0]) == 0:
+            db.execute(f"PRAGMA application_id={SPOOL_APP_ID}")
         db.execute("BEGIN IMMEDIATE")
         db.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)",
                        [(key,) for key in COUNTER_KEYS])

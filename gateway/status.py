@@ -18,6 +18,7 @@ by file permissions; ``knute gateway status`` reads it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -99,14 +100,22 @@ class StatusServer:
         self._thread: threading.Thread | None = None
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
+        if _answers(path):
+            # Another gateway serves this socket: taking it over would leave that one
+            # unreachable (and removing it on our way out would too).
+            raise OSError(errno.EADDRINUSE, "a running gateway answers on it")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+            os.unlink(path)              # left behind by a gateway that was killed
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117)
         try:
             self._sock.bind(path)
+        except OSError:
+            self._sock.close()
+            raise
         finally:
             os.umask(old)
+        self._inode = os.stat(path).st_ino
         self._sock.listen(8)
         self._sock.settimeout(0.5)
 
@@ -145,7 +154,19 @@ class StatusServer:
         if self._thread is not None:
             self._thread.join(timeout=2.0)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            if os.stat(self.path).st_ino == self._inode:     # still ours
+                os.unlink(self.path)
+
+
+def _answers(path: str) -> bool:
+    """True if something accepts connections on the unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _read_line(conn: socket.socket) -> bytes:

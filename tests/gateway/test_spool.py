@@ -204,19 +204,14 @@ def test_refuses_newer_schema_and_foreign_files(tmp_path: Path) -> None:
         open_spool(foreign)
 
 
-def test_garbage_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_garbage_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    # Not an SQLite file at all: not a damaged spool, so it is neither moved nor replaced.
     path = tmp_path / "s.db"
     path.write_bytes(b"this is not a database " * 500)
-    with caplog.at_level(logging.ERROR, logger="knute.spool"):
-        spool = open_spool(path)
-    aside = [p for p in os.listdir(tmp_path) if ".corrupt-" in p]
-    assert len(aside) == 1
-    assert (tmp_path / aside[0]).read_bytes().startswith(b"this is not a database")
-    assert "is corrupt" in caplog.text and "moved aside" in caplog.text
-    assert spool.stats()["depth"] == 0
-    spool.accept([item(1, 1)])
-    assert all_rows(spool) == [(1, 1)]
-    spool.close()
+    with pytest.raises(SpoolError, match="not a knute spool database: it is a text file"):
+        open_spool(path)
+    assert os.listdir(tmp_path) == ["s.db"]
+    assert path.read_bytes().startswith(b"this is not a database")
 
 
 def test_damaged_file_keeps_what_can_be_read(tmp_path: Path,

@@ -3,7 +3,9 @@
 Every module named in ``COMMANDS`` provides ``add_arguments(parser)`` and
 ``run(args) -> int``. Modules keep heavy imports (paho-mqtt, pymodbus, rich)
 inside ``run`` so that building the parser stays cheap. A ``KnuteError`` (or a
-``FrameError`` from the protocol) becomes one line on stderr and exit status 2.
+``FrameError`` from the protocol) becomes one line on stderr and exit status 2
+(78 for a ``ConfigError`` of ``knute gateway run``, so systemd stops restarting it).
+A reader that closes the pipe early (``| head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
 from gateway.errors import KnuteError
 from protocol.errors import FrameError
+
+EXIT_BROKEN_PIPE = 141         # 128 + SIGPIPE, as the shell reports a command cut off by `head`
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,10 +66,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        status = int(args._run(args) or 0)
+        sys.stdout.flush()          # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`knute devices list | head -1`): nothing more to say.
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet, and
+        # exit as a process killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except KnuteError as exc:
         print(f"knute {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except FrameError as exc:
         from gateway.reasons import describe
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -274,8 +275,15 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{args.payload} bytes at SF{sf}/{args.bw // 1000} kHz: {toa:.3f} ms")
         return 0
-    if min(args.capacity_mah, args.sleep_ua, args.tx_ma) <= 0:
-        raise KnuteError("battery figures must be positive")
+    for option, value, least in (("--capacity-mah", args.capacity_mah, "positive"),
+                                 ("--sleep-ua", args.sleep_ua, "positive"),
+                                 ("--tx-ma", args.tx_ma, "positive"),
+                                 ("--water-sends", args.water_sends, "zero or more"),
+                                 ("--air-sends", args.air_sends, "zero or more")):
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < 0 or (value == 0 and least == "positive"):
+            raise KnuteError(f"{option} must be a finite number, {least}; got {value:g}")
     sends: dict[str, float] = {}
     if args.water_sends is not None:
         sends["water_meter"] = args.water_sends

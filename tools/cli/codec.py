@@ -34,13 +34,22 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--key", required=True, help="128-bit device key, 32 hex digits")
 
 
+_MAX_DIGITS = 24      # decimal exponent far beyond any wire integer (2**64 has 20 digits)
+
+
 def _to_raw(field: dict[str, Any], text: str) -> int:
     mul = field.get("mul", 1)
     div = field.get("div", 1)
     try:
-        number = Decimal(text)
+        number = Decimal(text.strip())
     except InvalidOperation:
         raise KnuteError(f"{field['name']}: {text!r} is not a number") from None
+    if not number.is_finite():
+        raise KnuteError(f"{field['name']}: {text!r} is not a finite number")
+    # Wire values are at most 64-bit integers: refuse far larger numbers before any
+    # arithmetic (1e999999999 would otherwise become a billion-digit integer).
+    if number != 0 and number.adjusted() > _MAX_DIGITS:
+        raise KnuteError(f"{field['name']}: {text} is out of range")
     raw = number * div / mul
     if raw != raw.to_integral_value():
         step = Decimal(mul) / Decimal(div)
@@ -55,7 +64,7 @@ def parse_reading(field: dict[str, Any], text: str) -> Any:
     if field["type"] == "series":
         return [_to_raw(field, part) for part in text.split(",") if part]
     if field["type"] == "bits":
-        if text.isdigit():
+        if text.isdecimal():
             return int(text)
         bits = 0
         for part in text.split(","):

@@ -88,7 +88,32 @@ def _registry(args: argparse.Namespace) -> Any:
     from gateway.registry import Registry
 
     path = getattr(args, "registry", None) or _config(args).registry
+    _check_owner(path, "registry")
     return Registry(path)
+
+
+def _check_owner(path: str, what: str) -> None:
+    """Refuse root on a database another user owns.
+
+    SQLite run as root would leave root-owned ``-wal``/``-shm`` files next to it
+    that the gateway's own user can no longer open.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return
+    if owner == 0:
+        return
+    import pwd
+
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    raise KnuteError(f"{what} {path} belongs to user {name}: run as that user "
+                     f"(sudo -u {name} knute devices ...), not as root")
 
 
 def _notify(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any] | None:
@@ -165,12 +190,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed {format_device_id(device_id)}")
             return 0
         if action == "import":
+            from gateway.registry import decode_csv
+
             try:
-                with open(args.file, encoding="utf-8", newline="") as fh:
-                    text = fh.read()
+                with open(args.file, "rb") as fh:
+                    data = fh.read()
             except OSError as exc:
                 raise KnuteError(f"{args.file}: {exc.strerror}") from None
-            count = reg.import_csv(text, source=args.file)
+            count = reg.import_csv(decode_csv(data, args.file), source=args.file)
             _notify(args, {"cmd": "reload"})
             if args.json:
                 print(json.dumps({"imported": count}))
@@ -230,10 +257,17 @@ def _reset_counter(args: argparse.Namespace) -> int:
         how = "by the running gateway"
         last = None
     else:
+        from gateway.dbfile import DataLock
         from gateway.registry import Registry
         from gateway.spool import Spool
 
         spool_path = args.spool or _config(args).spool
+        _check_owner(spool_path, "spool")
+        holder = DataLock(spool_path).held_elsewhere()
+        if holder is not None:
+            raise KnuteError(f"a gateway (pid {holder or '?'}) is running on {spool_path} but "
+                             "did not answer on its status socket; reset the counter "
+                             "through it (--config) or stop it first")
         spool = Spool(spool_path, max_bytes=1 << 40, max_age_s=1e12)
         try:
             last = spool.last_fcnt(device_id)

@@ -2,7 +2,12 @@
 
     knute gateway run --config /etc/knute/gateway.toml [--log-json] [--log-level debug]
     knute gateway status [--config FILE | --socket PATH] [--json]
-    knute gateway check --config FILE        (read and check the configuration only)
+    knute gateway check --config FILE [--online] [--json]
+
+``check`` reads the configuration and checks what it can offline (TLS files,
+data directories, registry and spool files, serial devices); ``--online``
+also connects to the broker and opens every source once. Problems are listed
+one a line on stderr and the status is 2.
 
 ``status`` asks the running daemon over its unix status socket
 (``[status] socket`` in the configuration).
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -43,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "gateway") -> Non
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     check = sub.add_parser("check", help="check a configuration file and print a summary")
     check.add_argument("--config", default=default_config(), help="gateway TOML file")
+    check.add_argument("--online", action="store_true",
+                       help="also connect to the broker and open every source once")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -59,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from gateway import config
     from gateway.daemon import Daemon, setup_logging
+    from gateway.errors import ConfigError
 
-    cfg = config.load(args.config)
+    try:
+        cfg = config.load(args.config)
+    except KnuteError as exc:           # restarting will not fix the file: exit 78
+        raise ConfigError(str(exc)) from None
     setup_logging(args.log_level or cfg.log_level, args.log_json)
     return Daemon(cfg).run()
 
@@ -69,21 +81,164 @@ def _check(args: argparse.Namespace) -> int:
     from gateway import config
 
     cfg = config.load(args.config)
+    sources: list[dict[str, Any]] = (
+        [{"name": s.name, "type": "serial", "url": s.url} for s in cfg.serial]
+        + [{"name": u.name, "type": "packet_forwarder", "listen": f"{u.host}:{u.port}"}
+           for u in cfg.packet_forwarders])
+    if cfg.modbus is not None and cfg.modbus.devices:
+        sources.append({"name": config.MODBUS_SOURCE, "type": "modbus",
+                        "buses": [b.target for b in cfg.modbus.buses],
+                        "devices": len(cfg.modbus.devices)})
+    problems = config.offline_problems(cfg)
+    online: list[dict[str, Any]] = []
+    if args.online:
+        online = online_checks(cfg)
+        problems += [f"{item['what']}: {item['error']}" for item in online if not item["ok"]]
     summary: dict[str, Any] = {
         "config": cfg.path, "gateway": cfg.gateway_id, "registry": cfg.registry,
         "spool": cfg.spool, "status_socket": cfg.status_socket,
         "mqtt": f"{cfg.mqtt.host}:{cfg.mqtt.port}", "prefix": cfg.mqtt.prefix,
-        "sources": [{"name": s.name, "type": "serial", "url": s.url} for s in cfg.serial]
-        + [{"name": u.name, "type": "packet_forwarder", "listen": f"{u.host}:{u.port}"}
-           for u in cfg.packet_forwarders],
+        "sources": sources,
         "metrics": (f"{cfg.metrics_host}:{cfg.metrics_port}"
                     if cfg.metrics_port is not None else None),
+        "online": online if args.online else None,
+        "problems": problems,
+        "ok": not problems,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        print(f"{cfg.path}: OK (gateway {cfg.gateway_id}, {len(summary['sources'])} sources)")
+        return 0 if not problems else 2
+    for item in online:
+        if item["ok"]:
+            print(f"{item['what']}: {item['detail']}")
+    names = ", ".join(s["name"] for s in sources)
+    if problems:
+        for problem in problems:
+            print(f"knute gateway check: {problem}", file=sys.stderr)
+        print(f"{cfg.path}: {len(problems)} problem(s) (gateway {cfg.gateway_id}, "
+              f"{len(sources)} sources: {names})", file=sys.stderr)
+        return 2
+    scope = "offline and online" if args.online else "offline; --online also tries the " \
+        "broker and the sources"
+    print(f"{cfg.path}: OK (gateway {cfg.gateway_id}, {len(sources)} sources: {names}; "
+          f"checked {scope})")
     return 0
+
+
+ONLINE_TIMEOUT_S = 10.0
+
+
+def online_checks(cfg: Any) -> list[dict[str, Any]]:
+    """Connect to the broker and open every source once; one entry per thing tried.
+
+    Each entry: ``what`` (the config key), ``ok``, and ``detail`` or ``error``.
+    Sources are opened and closed at once; a packet-forwarder port that a
+    running gateway holds is reported as such.
+    """
+    results = [_check_broker(cfg)]
+    for i, scfg in enumerate(cfg.serial):
+        results.append(_check_serial(f"serial[{i}] {scfg.name!r}", scfg.url, scfg.baudrate))
+    for i, ucfg in enumerate(cfg.packet_forwarders):
+        results.append(_check_udp(f"packet_forwarder[{i}] {ucfg.name!r}", ucfg.host,
+                                  ucfg.port))
+    modbus: Any = cfg.modbus
+    if modbus is not None:
+        for i, bus in enumerate(modbus.buses):
+            what = f"modbus.bus[{i}] {bus.name!r}"
+            if bus.tcp is not None:
+                results.append(_check_tcp(what, bus.tcp[0], bus.tcp[1]))
+            elif bus.rtu is not None:
+                results.append(_check_serial(what, bus.rtu, bus.baudrate))
+    return results
+
+
+def _result(what: str, error: str | None, detail: str = "") -> dict[str, Any]:
+    if error is None:
+        return {"what": what, "ok": True, "detail": detail}
+    return {"what": what, "ok": False, "error": error}
+
+
+def _check_broker(cfg: Any) -> dict[str, Any]:
+    """One MQTT connection with the gateway's settings (its own client id + "-check")."""
+    import ssl
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    mq = cfg.mqtt
+    what = f"mqtt {mq.host}:{mq.port}"
+    v5 = mq.protocol == "5"
+    # Never the gateway's own client id: the broker would disconnect the running gateway.
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{mq.client_id}-check",
+                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+    answered = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+        outcome["reason"] = reason
+        answered.set()
+
+    client.on_connect = on_connect
+    client.connect_timeout = ONLINE_TIMEOUT_S
+    if mq.username is not None:
+        client.username_pw_set(mq.username, mq.password)
+    try:
+        if mq.tls is not None:
+            client.tls_set(ca_certs=mq.tls.ca, certfile=mq.tls.cert, keyfile=mq.tls.key,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.connect(mq.host, mq.port, 30)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return _result(what, f"cannot connect: {exc}")
+    client.loop_start()
+    try:
+        if not answered.wait(ONLINE_TIMEOUT_S):
+            return _result(what, f"no CONNACK in {ONLINE_TIMEOUT_S:g} s")
+        reason = outcome["reason"]
+        if getattr(reason, "is_failure", False):
+            return _result(what, f"broker refused the connection: {reason}")
+        return _result(what, None, "connected (CONNACK), "
+                                   + ("TLS" if mq.tls is not None else "plain TCP"))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _check_serial(what: str, url: str, baudrate: int) -> dict[str, Any]:
+    import serial  # type: ignore[import-untyped]
+
+    try:
+        port = serial.serial_for_url(url, baudrate=baudrate, timeout=0)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        return _result(what, f"cannot open {url}: {exc}")
+    port.close()
+    return _result(what, None, f"{url} opens")
+
+
+def _check_udp(what: str, host: str, port: int) -> dict[str, Any]:
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                       socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return _result(what, None, f"{host}:{port} is in use (by a running gateway?)")
+            return _result(what, f"cannot listen on {host}:{port}: {exc.strerror}")
+    return _result(what, None, f"{host}:{port} can listen")
+
+
+def _check_tcp(what: str, host: str, port: int) -> dict[str, Any]:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=ONLINE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        return _result(what, f"cannot connect to {host}:{port}: {exc.strerror or exc}")
+    return _result(what, None, f"{host}:{port} accepts connections")
 
 
 def socket_path(config_path: str | None, socket_arg: str | None) -> str:
