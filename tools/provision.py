@@ -831,8 +831,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "provision") -> N
                              f"(default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--show-key", action="store_true", help="print the key too")
     parser.add_argument("--check", action="store_true",
-                        help="read the board's config and firmware version back and compare "
-                             "with the registry; changes nothing")
+                        help="read the board's config, firmware version and safe-mode "
+                             "report back and compare them with the registry; changes "
+                             "nothing, and starts the node again (unless --no-start)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
