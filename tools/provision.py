@@ -955,7 +955,7 @@ def run_provision(args: argparse.Namespace) -> int:
 def format_summary(summary: dict[str, Any], registers: bool = True) -> str:
     """The plain-text summary a technician files."""
     lines = [
-        f"device      {summary['device']} ({summary['device_id']})",
+        f"device      {summary['device']}",
         f"kind        {summary['kind']}",
         f"board       {summary['board']} on {summary['port']} "
         f"({summary['micropython']})",
