@@ -8,6 +8,7 @@ transport, the real firmware.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from tools.vdevice import VirtualBoard
 
 
 def _provision(knute_bin: Path, *args: str, timeout: float = 120,
-               ) -> subprocess.CompletedProcess[str]:
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(knute_bin), "provision", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+                          text=True, timeout=timeout, check=False,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def _devices(path: Path) -> list[int]:
@@ -104,11 +106,15 @@ def test_lora_board_with_its_drivers_is_provisioned(knute_bin: Path, board: Virt
 
 def test_install_drivers_without_the_network_fails_cleanly(
         knute_bin: Path, board: VirtualBoard, tmp_path: Path) -> None:
-    """The failure path of --install-drivers (micropython.org is not reachable here)."""
+    """The failure path of --install-drivers: micropython.org cannot be reached (the real
+    mpremote is sent through a proxy that is not there, network or not)."""
     reg = tmp_path / "registry.db"
+    nowhere = "http://127.0.0.1:9"
     result = _provision(knute_bin, "--port", board.port, "--kind", "water_meter",
                         "--board", "heltec_v3", "--link", "lora", "--registry", str(reg),
-                        "--install-drivers", timeout=400)
+                        "--install-drivers", timeout=400,
+                        env={"https_proxy": nowhere, "HTTPS_PROXY": nowhere,
+                             "http_proxy": nowhere, "HTTP_PROXY": nowhere})
     _one_line_failure(result, f"`mpremote connect {board.port} mip install lora-sync "
                               "lora-sx126x` failed", "nothing was written or registered")
     assert _devices(reg) == []
