@@ -616,9 +616,12 @@ def check_space(board: Board, files: list[FileToCopy]) -> None:
 
 
 def lora_chip(config: dict[str, Any]) -> str | None:
-    """The radio chip a config's LoRa link drives on a board, or None when no driver is
-    needed (a UART link, or the unix port's bench radio)."""
-    if config.get("link", {}).get("type") != "lora" or config.get("board") == "unix":
+    """The radio chip a config drives on a board (a LoRa link, or a radio bridge's
+    receiver), or None when no driver is needed (a UART node, or the unix port's bench
+    radio)."""
+    uses_radio = (config.get("link", {}).get("type") == "lora"
+                  or config.get("role") == "radio_bridge")
+    if not uses_radio or config.get("board") == "unix":
         return None
     chip = (config.get("radio") or {}).get("chip")
     if chip:

@@ -17,7 +17,7 @@ import pytest
 from gateway.errors import KnuteError
 from gateway.registry import Registry
 from tests.tools.conftest import Mpremote
-from tools.provision import BootWatch
+from tools.provision import BootWatch, lora_chip
 from tools.vdevice import VirtualBoard
 
 
@@ -102,6 +102,18 @@ def test_lora_board_with_its_drivers_is_provisioned(knute_bin: Path, board: Virt
     assert summary["link"] == "lora" and summary["registered_in"] == str(reg)
     assert "device=00c0ffee" in summary["boot"] and "link=lora" in summary["boot"]
     assert _devices(reg) == [0x00C0FFEE]
+
+
+@pytest.mark.parametrize(("config", "chip"), [
+    ({"role": "water_meter", "board": "heltec_v3", "link": {"type": "lora"}}, "sx1262"),
+    ({"role": "water_meter", "board": "heltec_v3", "link": {"type": "uart"}}, None),
+    ({"role": "radio_bridge", "board": "lilygo_t3_v1_6", "link": {"type": "uart"}}, "sx1276"),
+    ({"role": "water_meter", "board": "heltec_v3", "link": {"type": "lora"},
+      "radio": {"chip": "sx1278"}}, "sx1278"),
+    ({"role": "radio_bridge", "board": "unix", "link": {"type": "uart"}}, None),
+])
+def test_which_configs_need_a_lora_driver(config: dict[str, object], chip: str | None) -> None:
+    assert lora_chip(config) == chip
 
 
 def test_install_drivers_without_the_network_fails_cleanly(
