@@ -9,7 +9,8 @@ Threads:
   commits through ``spool.AcceptBatcher`` (50 ms or 256 frames per
   transaction), registry display-cache updates, control requests;
 - the forwarder's own threads (spool -> MQTT, QoS 1);
-- the status socket server and, when configured, the Prometheus endpoint.
+- the status socket server (and one writer thread per `knute gateway tap` client)
+  and, when configured, the Prometheus endpoint.
 
 Signals: SIGTERM/SIGINT stop the sources, push everything already received
 through the pipeline and into the spool, give the forwarder
