@@ -81,18 +81,31 @@ lock:
 
 # ---------------------------------------------------------------- services
 
-# Mosquitto for the MQTT tests. Never fails the build: without it the test
-# fixtures start the amqtt broker instead.
+# Mosquitto for the MQTT tests, and its clients (mosquitto_sub, mosquitto_pub) for
+# the backend path in the README. Never fails the build: without the broker the
+# test fixtures start the amqtt broker instead. APT_GET is apt-get when this runs
+# as root on a machine that has it, else empty (nothing can be installed).
+MOSQUITTO_SUB := /usr/bin/mosquitto_sub
+APT_GET ?= $(if $(filter 0,$(shell id -u)),$(shell command -v apt-get),)
+
 mosquitto:
-	@if [ -x $(MOSQUITTO_BIN) ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "mosquitto: installing with apt-get"; \
-	    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	        apt-get install -y -qq --no-install-recommends mosquitto) >/tmp/knute-apt.log 2>&1; \
-	    then echo "mosquitto: installed"; \
-	    else echo "mosquitto: install failed (see /tmp/knute-apt.log); tests use amqtt"; fi; \
+	@missing=""; \
+	[ -x $(MOSQUITTO_BIN) ] || missing="mosquitto"; \
+	[ -x $(MOSQUITTO_SUB) ] || missing="$$missing mosquitto-clients"; \
+	missing=$${missing# }; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ -n "$(APT_GET)" ]; then \
+	    echo "mosquitto: installing $$missing with apt-get"; \
+	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
+	        $(APT_GET) install -y -qq --no-install-recommends $$missing) \
+	        >/tmp/knute-apt.log 2>&1; \
+	    then echo "mosquitto: installed $$missing"; \
+	    else echo "mosquitto: install of $$missing failed (see /tmp/knute-apt.log);" \
+	        "tests use amqtt without the broker, the README's mosquitto_sub needs the clients"; fi; \
 	else \
-	    echo "mosquitto: not installed and cannot install it here; tests use amqtt"; \
+	    echo "mosquitto: $$missing not installed and cannot install it here (needs root and" \
+	        "apt-get); tests use amqtt without the broker, the README's mosquitto_sub needs" \
+	        "the clients"; \
 	fi
 
 # ---------------------------------------------------------------- checks

@@ -117,7 +117,9 @@ def main(config_path="config.json"):
     try:
         node.start()
     except (OSError, ValueError) as exc:
-        hal.safe_mode("role " + ctx.config["role"] + " did not start: " + str(exc))
+        from firmware import status
+
+        status.safe_mode(hal, "role " + ctx.config["role"] + " did not start: " + str(exc))
         return
     cfg = ctx.config
     for key in _BOOT_ONLY:

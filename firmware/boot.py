@@ -3,6 +3,7 @@
 
 import gc
 import sys
+from os import remove
 
 from firmware import state
 from firmware.app import unload
@@ -13,6 +14,12 @@ except ImportError:  # CPython (type checks, host tools): const(x) is x
     const = int
 
 _BROWNOUT_WAIT_MS = const(60000)
+
+
+def _safe_mode(hal, reason):
+    from firmware import status  # the safe-mode report (state/safe_mode.json)
+
+    status.safe_mode(hal, reason)
 
 
 def port_name():
@@ -81,7 +88,7 @@ def boot(config_path="config.json"):
     try:
         cfg = config.load(config_path)
     except config.ConfigError as exc:
-        hal.safe_mode(str(exc))
+        _safe_mode(hal, str(exc))
         return None
     unload("firmware.config")
     del config
@@ -92,7 +99,7 @@ def boot(config_path="config.json"):
         try:
             airtime.sub_band(cfg["radio"]["freq_hz"], cfg["radio"]["bw_hz"])
         except ValueError as exc:
-            hal.safe_mode("radio.freq_hz: " + str(exc))
+            _safe_mode(hal, "radio.freq_hz: " + str(exc))
             return None
     from firmware import context, roles  # long-lived: load them first
 
@@ -100,13 +107,14 @@ def boot(config_path="config.json"):
     try:
         role = roles.load(cfg["role"])
     except ImportError as exc:
-        hal.safe_mode("role " + cfg["role"] + " is not installed on this node (" + str(exc) + ")")
+        _safe_mode(hal, "role " + cfg["role"] + " is not installed on this node ("
+                   + str(exc) + ")")
         return None
     gc.collect()
     try:
         hal.configure(cfg)
     except (OSError, ValueError, ImportError, KeyError) as exc:
-        hal.safe_mode("board setup failed (" + cfg["board"] + "): " + str(exc))
+        _safe_mode(hal, "board setup failed (" + cfg["board"] + "): " + str(exc))
         return None
     _wait_for_supply(hal, cfg)
 
@@ -135,20 +143,24 @@ def boot(config_path="config.json"):
         boots = 0
     limit = cfg["power"]["boot_loop_limit"]
     if boots >= limit:
-        hal.safe_mode("boot loop: %d resets without a completed send (last reset: %s); "
-                      "remove state/boots.json once the cause is fixed"
-                      % (boots, hal.reset_cause()))
+        _safe_mode(hal, "boot loop: %d resets without a completed send (last reset: %s); "
+                   "remove state/boots.json once the cause is fixed"
+                   % (boots, hal.reset_cause()))
         return None
     store.put("boots", boots + 1)
     try:
+        remove("state/safe_mode.json")      # an old safe-mode report: this boot got past it
+    except OSError:
+        pass
+    try:
         uplink = _make_link(hal, cfg)
     except (OSError, ValueError, ImportError) as exc:
-        hal.safe_mode("link " + cfg["link"]["type"] + " did not start: " + str(exc))
+        _safe_mode(hal, "link " + cfg["link"]["type"] + " did not start: " + str(exc))
         return None
     fcnt = state.FrameCounter(store, cfg["fcnt_block"])
     gc.collect()
     ctx = context.Context(cfg, hal, store, uplink, fcnt, hal.led())
-    ctx.log("boot role=%s device=%d board=%s port=%s reset=%s fcnt=%d link=%s"
+    ctx.log("boot role=%s device=%08x board=%s port=%s reset=%s fcnt=%d link=%s"
             % (cfg["role"], cfg["device_id"], cfg["board"], hal.port, hal.reset_cause(),
                fcnt.next, cfg["link"]["type"]))
     return hal, ctx, role

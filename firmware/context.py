@@ -103,9 +103,10 @@ class Context:
         self.last_result = SENT
         if self.led is not None:
             self.led.blink(1)
+        # The frame's hex ends the line: `knute decode <hex> --key ...` reads it.
         if toa_ms:
-            self.log("sent fcnt=%d bytes=%d toa_ms=%d t=%d"
-                     % (fcnt, len(buf), int(toa_ms + 0.999), self.hal.time()))
+            self.log("sent fcnt=%d bytes=%d toa_ms=%d t=%d frame=%s"
+                     % (fcnt, len(buf), int(toa_ms + 0.999), self.hal.time(), buf.hex()))
         else:
-            self.log("sent fcnt=%d bytes=%d" % (fcnt, len(buf)))
+            self.log("sent fcnt=%d bytes=%d frame=%s" % (fcnt, len(buf), buf.hex()))
         return True

@@ -9,7 +9,8 @@ Threads:
   commits through ``spool.AcceptBatcher`` (50 ms or 256 frames per
   transaction), registry display-cache updates, control requests;
 - the forwarder's own threads (spool -> MQTT, QoS 1);
-- the status socket server and, when configured, the Prometheus endpoint.
+- the status socket server (and one writer thread per `knute gateway tap` client)
+  and, when configured, the Prometheus endpoint.
 
 Signals: SIGTERM/SIGINT stop the sources, push everything already received
 through the pipeline and into the spool, give the forwarder
@@ -72,7 +73,7 @@ from gateway.pipeline import (
 )
 from gateway.registry import Registry, Seen
 from gateway.spool import Accepted
-from gateway.status import Counters, StatusServer
+from gateway.status import Counters, StatusServer, Tap
 
 if TYPE_CHECKING:
     from gateway.modbus.poller import DeviceCondition, ModbusReading
@@ -184,6 +185,7 @@ class Daemon:
         self.batcher: Any = None
         self.pipeline: Pipeline | None = None
         self.status_server: StatusServer | None = None
+        self.tap = Tap()            # `knute gateway tap` clients
         self.metrics: Any = None
         self.data_lock: DataLock | None = None
 
@@ -235,7 +237,8 @@ class Daemon:
                 cfg.modbus, self._modbus_reading, on_condition=self._modbus_condition,
                 last_fcnt=self.spool.counters(), name=MODBUS_SOURCE))
         try:
-            self.status_server = StatusServer(cfg.status_socket, self._handle_request)
+            self.status_server = StatusServer(cfg.status_socket, self._handle_request,
+                                              self.tap)
         except OSError as exc:
             raise KnuteError(f"{cfg.path}: status.socket {cfg.status_socket}: "
                              f"{exc.strerror}") from None
@@ -430,6 +433,16 @@ class Daemon:
             source, what = MODBUS_SOURCE, "reading"
         if verdict.status == "rejected":
             self._log_rejection(source, verdict, what)
+        raw = item.frame if isinstance(item, Reception) else b""
+        if raw and log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: frame %s: %s%s", source, raw.hex(), verdict.status,
+                      f" {verdict.reason}" if verdict.reason else "")
+        if verdict.status == "rejected" and self.tap.active:
+            self.tap.publish({
+                "event": "rejected", "source": source, "hex": raw.hex() if raw else None,
+                "reason": verdict.reason, "detail": verdict.detail, "fcnt": verdict.fcnt,
+                "device": (f"{verdict.device_id:08x}" if verdict.device_id is not None
+                           else None), "received_at": message.iso_utc(item.received_at)})
 
     def _log_rejection(self, source: str, verdict: Verdict, what: str = "frame") -> None:
         now = time.monotonic()
@@ -494,6 +507,11 @@ class Daemon:
             self._seen[accepted.device_id] = Seen(
                 accepted.device_id, accepted.fcnt, accepted.received_at, item.battery,
                 tuple(item.alarms))
+            if self.tap.active:
+                self.tap.publish({
+                    "event": "accepted", "source": item.receptions[0].source,
+                    "hex": item.raw.hex() if item.receptions[0].frame else None,
+                    "reading": json.loads(accepted.payload)})
             try:
                 self.batcher.add(accepted)
             except Exception as exc:

@@ -1,9 +1,11 @@
-"""A MicroPython board on a serial port, and the file operations ``knute provision`` needs.
+"""A MicroPython board on a serial port, and the steps ``knute provision`` takes on it.
 
 One primitive, ``Board.exec`` (run code in the raw REPL over mpremote's serial
 transport), and every step built on it: what the board says about itself
 (``BoardInfo``), reading and writing files, clearing the old library, checking
-free flash, verifying what was written by a SHA-256 computed on the board.
+free flash, verifying what was written by a SHA-256 computed on the board,
+checking (and installing) the LoRa drivers a config needs, and reading the
+node's boot report from its console (``Board.watch_boot``, ``BootWatch``).
 Every board failure becomes one ``KnuteError`` that says what to do.
 """
 
@@ -13,8 +15,13 @@ import contextlib
 import hashlib
 import io
 import os
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.errors import KnuteError
@@ -27,6 +34,17 @@ WRITE_CHUNK = 512              # bytes per write on the board (mpremote uses 256
 # spells them for -march.
 MPY_ARCHES = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
               "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
+
+# micropython-lib LoRa drivers by radio chip: the class the firmware's board HAL
+# builds, and the mip packages that define it (lora.SX1262 exists only with the
+# lora-sync layer installed beside the chip package).
+LORA_DRIVERS = {
+    "sx1262": ("SX1262", ("lora-sync", "lora-sx126x")),
+    "sx1261": ("SX1261", ("lora-sync", "lora-sx126x")),
+    "sx1276": ("SX1276", ("lora-sync", "lora-sx127x")),
+    "sx1278": ("SX1278", ("lora-sync", "lora-sx127x")),
+}
+
 
 @dataclass
 class BoardInfo:
@@ -212,6 +230,103 @@ class Board:
             # dropped, and the board would sit in the REPL instead of running the node.
             transport.read_until(1, b"soft reboot", timeout=3, timeout_overall=5)
 
+    def watch_boot(self, device_id: int, timeout_s: float) -> list[str]:
+        """Read the console of the booting node until its boot report; the lines read.
+
+        Call after soft_reset_to_run(). KnuteError when the node goes into safe mode,
+        crashes, waits for its supply, boots with another device id or says nothing
+        in ``timeout_s`` seconds.
+        """
+        transport = self._transport
+        if transport is None:
+            raise KnuteError(f"no board on {self.port}")
+        watch = BootWatch(device_id)
+        pending = b""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                waiting = transport.serial.in_waiting
+                chunk = transport.serial.read(waiting or 1)
+                if not chunk:
+                    continue
+                *lines, pending = (pending + chunk).split(b"\n")
+                for raw in lines:
+                    if watch.feed(raw.decode(errors="replace").rstrip("\r")):
+                        return watch.lines
+        except OSError as exc:
+            raise KnuteError(f"lost the board on {self.port} while it booted ({exc}): check "
+                             "the cable and retry; nothing was registered") from None
+        if pending:
+            watch.feed(pending.decode(errors="replace").rstrip("\r"))
+        raise KnuteError(watch.timeout_message(timeout_s))
+
+    def stop_node(self) -> None:
+        """Interrupt the running node (Ctrl-C) and take the raw REPL again."""
+        from mpremote.transport import TransportError
+
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._transport.enter_raw_repl(soft_reset=False,
+                                               timeout_overall=self.timeout_s)
+        except (TransportError, OSError) as exc:
+            raise KnuteError(f"the node on {self.port} did not stop for Ctrl-C ({exc}): "
+                             "press the board's reset button") from None
+
+
+class BootWatch:
+    """The node's boot report, read from its console one line at a time.
+
+    The firmware prints ``knute: boot role=R device=D ...`` once its link is up and
+    ``knute: heap: N bytes used, M free after boot`` once its role has started: the
+    node runs. ``knute: SAFE MODE: <reason>`` means it will not; a traceback means
+    it crashed. feed() returns True at the boot report and raises KnuteError at a
+    failure.
+    """
+
+    def __init__(self, device_id: int) -> None:
+        self.device_id = device_id
+        self.lines: list[str] = []
+        self.booted_as: str | None = None       # the device id of the boot line
+        self._traceback = False
+
+    def feed(self, line: str) -> bool:
+        """Take one console line; True once the node reported a completed boot."""
+        self.lines.append(line)
+        text = line.strip()
+        if self._traceback:
+            if text and not line.startswith(" ") and not text.startswith("Traceback"):
+                raise KnuteError(f"the node crashed while booting ({text}): nothing was "
+                                 "registered; see the console with `mpremote repl`")
+            return False
+        if text.startswith("Traceback (most recent call last)"):
+            self._traceback = True
+        elif text.startswith("knute: SAFE MODE: "):
+            reason = text[len("knute: SAFE MODE: "):]
+            raise KnuteError(f"the node booted into SAFE MODE: {reason}; nothing was "
+                             "registered")
+        elif text.startswith("knute: supply low"):
+            raise KnuteError(f"the node waits for its supply ({text[7:]}): charge or "
+                             "change the battery and provision again; nothing was registered")
+        elif text.startswith("knute: boot role="):
+            fields = {key: value for key, _, value in
+                      (part.partition("=") for part in text[7:].split())}
+            self.booted_as = fields.get("device", "")
+            if self.booted_as != f"{self.device_id:08x}":
+                raise KnuteError(f"the node booted as device {self.booted_as}, not "
+                                 f"{self.device_id:08x}: its config.json was not replaced; "
+                                 "erase the flash and provision again")
+        elif text.startswith("knute: heap: ") and self.booted_as is not None:
+            return True
+        return False
+
+    def timeout_message(self, timeout_s: float) -> str:
+        """The one-line error when no boot report came in time."""
+        said = [line.strip() for line in self.lines if line.strip()]
+        last = f" (its last line: {said[-1]})" if said else " (it printed nothing)"
+        return (f"the node did not report a completed boot within {timeout_s:g} s{last}: "
+                "nothing was registered; check its wiring and config, or give it longer "
+                "with --boot-timeout")
+
 
 class BoardError(KnuteError):
     """Code run on the board raised; ``traceback`` holds the board's whole report."""
@@ -336,3 +451,113 @@ def firmware_version_on(board: Board) -> str | None:
             "__import__('firmware').VERSION)[1])(__import__('sys'))"))
     except BoardError:
         return None
+
+
+_FORGET_BOOTS = """
+import os
+try:
+    os.remove('state/boots.json')
+except OSError:
+    pass
+"""
+
+
+def forget_boots(board: Board) -> None:
+    """Drop the node's boot count: a trial boot on the bench is not a field boot, and
+    the boot-loop guard starts afresh."""
+    board.exec(_FORGET_BOOTS)
+
+
+# ---------------------------------------------------------------- LoRa drivers
+
+
+def lora_chip(config: dict[str, Any]) -> str | None:
+    """The radio chip a config drives on a board (a LoRa link, or a radio bridge's
+    receiver), or None when no driver is needed (a UART node, or the unix port's bench
+    radio)."""
+    uses_radio = (config.get("link", {}).get("type") == "lora"
+                  or config.get("role") == "radio_bridge")
+    if not uses_radio or config.get("board") == "unix":
+        return None
+    chip = (config.get("radio") or {}).get("chip")
+    if chip:
+        return str(chip)
+    import importlib
+
+    try:
+        pins = importlib.import_module(f"firmware.boards.{config['board']}").PINS
+    except ImportError:
+        raise KnuteError(f"board {config['board']!r} has no pin map in firmware/boards/: "
+                         "use --board with one of its names") from None
+    lora = pins.get("lora")
+    if not isinstance(lora, dict) or "chip" not in lora:
+        raise KnuteError(f"board {config['board']} has no LoRa radio in its pin map: "
+                         "use --link uart")
+    return str(lora["chip"])
+
+
+_LORA_PROBE = """
+try:
+    import lora
+    print(repr(hasattr(lora, {cls!r}) or 'lora has no {cls}'))
+except ImportError as e:
+    print(repr(str(e)))
+"""
+
+
+def missing_driver(board: Board, chip: str) -> str | None:
+    """Why the board cannot build the chip's LoRa modem (None when it can)."""
+    cls, _packages = LORA_DRIVERS[chip]
+    got = board.eval_script(_LORA_PROBE.format(cls=cls))
+    return None if got is True else str(got)
+
+
+def mip_command(port: str, chip: str) -> list[str]:
+    """The mpremote command that installs a chip's LoRa drivers on the board at `port`."""
+    return ["mpremote", "connect", port, "mip", "install", *LORA_DRIVERS[chip][1]]
+
+
+def install_drivers(port: str, chip: str) -> None:
+    """Run ``mpremote mip install`` for the chip's drivers (needs micropython.org)."""
+    cmd = mip_command(port, chip)
+    exe = Path(sys.executable).parent / "mpremote"
+    cmd[0] = str(exe) if exe.exists() else (shutil.which("mpremote") or "mpremote")
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KnuteError(f"`{' '.join(mip_command(port, chip))}` did not run ({exc}); "
+                         "nothing was written or registered") from None
+    said = (result.stdout + result.stderr).strip().splitlines()
+    failed = result.returncode != 0 or any(
+        line.lower().startswith(("error", "package not found")) for line in said)
+    if failed:
+        last = said[-1] if said else f"exit status {result.returncode}"
+        raise KnuteError(f"`{' '.join(mip_command(port, chip))}` failed ({last}): it needs "
+                         "micropython.org on the network; nothing was written or registered")
+
+
+def check_drivers(board: Board, config: dict[str, Any], install: bool) -> str | None:
+    """Make sure the board imports the LoRa driver its config needs; the chip or None.
+
+    Missing drivers are installed with --install-drivers, else a KnuteError gives the
+    exact mpremote command.
+    """
+    chip = lora_chip(config)
+    if chip is None:
+        return None
+    why = missing_driver(board, chip)
+    if why is None:
+        return chip
+    command = " ".join(mip_command(board.port, chip))
+    if not install:
+        raise KnuteError(f"board {config['board']} ({chip}) lacks its LoRa driver "
+                         f"({why}): run `{command}` or provision with --install-drivers; "
+                         "nothing was written or registered")
+    board.close()
+    install_drivers(board.port, chip)
+    board.connect()
+    why = missing_driver(board, chip)
+    if why is not None:
+        raise KnuteError(f"`{command}` ran but the board still lacks its LoRa driver "
+                         f"({why}); nothing was written or registered")
+    return chip

@@ -38,12 +38,24 @@ def _fails_cleanly(result: subprocess.CompletedProcess[str], *words: str) -> Non
         assert word in result.stderr
 
 
+def _bench_wiring(tmp_path: Path, board: VirtualBoard, **sections: object) -> str:
+    """A --config file that wires the node on the virtual board: UART link into a file,
+    pulses and bench radio from files (provisioning waits for the node to boot)."""
+    for name in ("link.bin", "pulses.txt", "air.txt"):
+        (board.flash_dir / name).write_bytes(b"")
+    path = tmp_path / "wiring.json"
+    path.write_text(json.dumps({
+        "bench": {"uart": {"link": "link.bin"}, "pulse": {"pulse": "pulses.txt"},
+                  "radio": {"path": "air.txt"}}, **sections}))
+    return str(path)
+
+
 def test_provision_end_to_end_then_check(knute_bin: Path, board: VirtualBoard,
                                          tmp_path: Path, mpremote: Mpremote) -> None:
     reg = tmp_path / "registry.db"
     result = _provision(knute_bin, "--port", board.port, "--kind", "water_meter",
                         "--registry", str(reg), "--device-id", "0x00c0ffee", "--show-key",
-                        "--json", "--no-start")
+                        "--json", "--no-start", "--config", _bench_wiring(tmp_path, board))
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["device"] == "00c0ffee" and summary["kind"] == "water_meter"
@@ -84,7 +96,9 @@ def test_provision_text_summary_hides_the_key_and_writes_csv(
         knute_bin: Path, board: VirtualBoard, tmp_path: Path) -> None:
     csv_file = tmp_path / "new.csv"
     result = _provision(knute_bin, "--port", board.port, "--kind", "air_quality",
-                        "--csv", str(csv_file), "--name", "school yard")
+                        "--csv", str(csv_file), "--name", "school yard", "--config",
+                        _bench_wiring(tmp_path, board,
+                                      air={"pm_sensor": "none", "climate": "none"}))
     assert result.returncode == 0, result.stderr
     config = json.loads((board.flash_dir / "config.json").read_text())
     assert config["key"] not in result.stdout
@@ -106,7 +120,8 @@ def test_reprovisioning_replaces_old_modules(knute_bin: Path, board: VirtualBoar
     stale = board.flash_dir / "lib" / "protocol"
     stale.mkdir(parents=True)
     (stale / "frame.py").write_text("raise ImportError('stale source shadows the .mpy')\n")
-    result = _provision(knute_bin, "--port", board.port, "--kind", "radio_bridge", "--json")
+    result = _provision(knute_bin, "--port", board.port, "--kind", "radio_bridge", "--json",
+                        "--config", _bench_wiring(tmp_path, board))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["registered_in"] is None
     assert not (stale / "frame.py").exists()

@@ -30,8 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("fields", nargs="*", metavar="FIELD=VALUE",
                             help="readings in their units")
     else:
-        parser.add_argument("frame", help="the frame in hex")
+        parser.add_argument("frame", help="the frame in hex (as the node console's "
+                                          "frame=... or `knute gateway tap` print it)")
         parser.add_argument("--key", required=True, help="128-bit device key, 32 hex digits")
+        parser.add_argument("--json", action="store_true",
+                            help="print the reading as the gateway publishes it on MQTT "
+                                 "(docs/schema/reading.schema.json)")
+        parser.add_argument("--received-at", metavar="TIME",
+                            help="with --json: when the frame was heard, unix seconds or "
+                                 "UTC ISO 8601 (default: now); places the hourly profile")
+        parser.add_argument("--source", choices=("radio", "serial", "modbus"),
+                            default="radio", help="with --json: how the frame arrived "
+                                                  "(default radio)")
 
 
 _MAX_DIGITS = 24      # decimal exponent far beyond any wire integer (2**64 has 20 digits)
@@ -104,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
         got = frame.decode(raw, parse_key(args.key))
     except FrameError as err:
         raise KnuteError("frame rejected: " + describe(err.reason)) from None
+    if args.json:
+        print(json.dumps(mqtt_reading(got, args.received_at, args.source),
+                         ensure_ascii=False, indent=2))
+        return 0
     kind = kinds.KINDS[got["kind_id"]]
     out = {
         "kind": got["kind"],
@@ -116,3 +130,39 @@ def run(args: argparse.Namespace) -> int:
     json.dump(out, sys.stdout, ensure_ascii=False, indent=2)
     print()
     return 0
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds from '1790006400' or '2026-09-22T12:00:00Z' (UTC)."""
+    import datetime as dt
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise KnuteError(f"--received-at {text}: use unix seconds or UTC ISO 8601, e.g. "
+                         "2026-09-22T12:00:00Z") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    # Half a microsecond up: a float just below .859 s would print back as .858.
+    return stamp.timestamp() + 5e-7
+
+
+def mqtt_reading(decoded: dict[str, Any], received_at: str | None,
+                 source: str) -> dict[str, Any]:
+    """A decoded frame as the gateway's MQTT reading (gateway.message.reading_dict).
+
+    What only a gateway knows is filled in: ``received_at`` (the given time or now),
+    one receiver and the gateway named "knute-decode", and the given source.
+    """
+    import time
+
+    from gateway import message
+
+    return message.reading_dict(
+        decoded, device=message.device_name(decoded["device_id"]), gateway_id="knute-decode",
+        received_at=time.time() if received_at is None else parse_time(received_at),
+        receivers=[{"source": "knute-decode"}], source=source, site=None)

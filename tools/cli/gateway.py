@@ -1,7 +1,8 @@
-"""``knute gateway run|status|check``: the gateway daemon and its live counters.
+"""``knute gateway run|status|tap|check``: the gateway daemon and its live counters.
 
     knute gateway run --config /etc/knute/gateway.toml [--log-json] [--log-level debug]
     knute gateway status [--config FILE | --socket PATH] [--json]
+    knute gateway tap [--config FILE | --socket PATH] [--json] [--count N] [--for S]
     knute gateway check --config FILE [--online] [--json]
 
 ``check`` reads the configuration and checks what it can offline (TLS files,
@@ -10,7 +11,9 @@ also connects to the broker and opens every source once. Problems are listed
 one a line on stderr and the status is 2.
 
 ``status`` asks the running daemon over its unix status socket
-(``[status] socket`` in the configuration).
+(``[status] socket`` in the configuration). ``tap`` stays connected to it and
+prints every frame the gateway decides on as it happens: its hex (what
+``knute decode`` reads) and what became of it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "gateway") -> Non
                         help="gateway TOML file, to find the status socket")
     status.add_argument("--socket", default=None, help="the status socket path")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    tap = sub.add_parser("tap", help="print each frame a running gateway accepts or "
+                                     "rejects: hex and decoded summary")
+    tap.add_argument("--config", default=None,
+                     help="gateway TOML file, to find the status socket")
+    tap.add_argument("--socket", default=None, help="the status socket path")
+    tap.add_argument("--json", action="store_true",
+                     help="one JSON object per frame (accepted: hex and the MQTT reading)")
+    tap.add_argument("--count", type=int, metavar="N", help="stop after N frames")
+    tap.add_argument("--for", dest="for_s", type=float, metavar="S",
+                     help="stop after S seconds")
     check = sub.add_parser("check", help="check a configuration file and print a summary")
     check.add_argument("--config", default=default_config(), help="gateway TOML file")
     check.add_argument("--online", action="store_true",
@@ -61,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     if action == "status":
         return _status(args)
+    if action == "tap":
+        return _tap(args)
     return _check(args)
 
 
@@ -263,6 +278,91 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print(format_status(reply))
     return 0
+
+
+def _tap(args: argparse.Namespace) -> int:
+    import socket
+
+    path = socket_path(args.config, args.socket)
+    deadline = None if args.for_s is None else time.monotonic() + args.for_s
+    frames = 0
+    pending = b""
+    hello = False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5.0)
+            sock.connect(path)
+            sock.sendall(b'{"cmd": "tap"}\n')
+            while args.count is None or frames < args.count:
+                left = 1.0 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                sock.settimeout(min(left, 1.0) if hello else 5.0)
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    if not hello:
+                        raise
+                    continue
+                if not chunk:
+                    raise KnuteError(f"the gateway on {path} stopped")
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    event = json.loads(line)
+                    if not hello:
+                        if not event.get("tap"):
+                            raise KnuteError(f"the gateway on {path} has no tap "
+                                             f"({event.get('error', 'no answer')}): update it")
+                        hello = True
+                        print(f"knute gateway tap: listening on {path} (Ctrl-C to stop)",
+                              file=sys.stderr, flush=True)
+                        continue
+                    if args.count is not None and frames >= args.count:
+                        break
+                    if event.get("event") in ("accepted", "rejected"):
+                        frames += 1
+                    print(json.dumps(event, ensure_ascii=False) if args.json
+                          else format_tap_event(event), flush=True)
+    except (OSError, ValueError) as exc:
+        raise KnuteError(f"no gateway answers on {path}: {exc}") from None
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def format_tap_event(event: dict[str, Any]) -> str:
+    """One tap event as text: a summary line, then the frame's hex on its own line."""
+    kind = event.get("event")
+    if kind == "dropped":
+        return f"(this terminal was too slow: {event.get('count')} frames not shown)"
+    hex_line = f"\n  frame {event['hex']}" if event.get("hex") else ""
+    if kind == "rejected":
+        who = (f" {event['device']} fcnt {event['fcnt']}" if event.get("device") else "")
+        detail = f" ({event['detail']})" if event.get("detail") else ""
+        return (f"{event.get('received_at', '')} {event.get('source', '')}  REJECTED "
+                f"{event.get('reason')}{who}{detail}{hex_line}")
+    reading = event.get("reading", {})
+    return (f"{reading.get('received_at', '')} {event.get('source', '')}  accepted "
+            f"{reading.get('kind')} {reading.get('device')} fcnt {reading.get('fcnt')}: "
+            f"{reading_summary(reading)}{hex_line}")
+
+
+def reading_summary(reading: dict[str, Any]) -> str:
+    """An MQTT reading in a few words: readings with units, battery, alarms, profile."""
+    parts = []
+    for name, item in reading.get("readings", {}).items():
+        value = "-" if item.get("value") is None else item["value"]
+        parts.append(f"{name} {value}{' ' + item['unit'] if item.get('unit') else ''}")
+    if reading.get("battery") is not None:
+        parts.append(f"battery {reading['battery']} %")
+    parts.append("alarms " + (",".join(reading["alarms"]) if reading.get("alarms") else "-"))
+    profile = reading.get("profile") or []
+    if profile:
+        values = [slot.get("litres", slot.get("value")) for slot in profile]
+        unit = " L" if "litres" in profile[0] else ""
+        parts.append(f"profile {','.join(str(v) for v in values)}{unit} "
+                     f"to {profile[-1]['end']}")
+    return ", ".join(parts)
 
 
 def format_status(st: dict[str, Any]) -> str:

