@@ -201,6 +201,10 @@ class Downlink:
                 pass
         if plain is None:
             return self._reject(dl.DL_FORGED)
+        try:
+            cmds = dl.commands(plain)
+        except FrameError as err:
+            return self._reject(err.reason)
         if dcnt == self.last:
             return self._reject(dl.DL_REPLAY)
         if dcnt < self.last:
@@ -212,10 +216,6 @@ class Downlink:
         if under_next:
             # Only a gateway that accepted an uplink under the new key seals with it.
             self._commit_key()
-        try:
-            cmds = dl.commands(plain)
-        except FrameError as err:
-            return self._reject(err.reason)
         results = []
         for cmd in cmds:
             results.extend(self._apply(cmd))

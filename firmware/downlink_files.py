@@ -66,9 +66,12 @@ def remove_tree(path):
 
 def make_dirs(path):
     """Create `path` and its missing parents."""
-    built = ""
-    for part in path.split("/"):
-        built = part if not built else built + "/" + part
+    parts = path.split("/")
+    built = parts[0]                # "" for an absolute path
+    if built and not is_dir(built):
+        os.mkdir(built)
+    for part in parts[1:]:
+        built = built + "/" + part
         if part and not is_dir(built):
             os.mkdir(built)
 
