@@ -312,7 +312,7 @@ class Downlink:
 
     def _config(self, cmd_id, args):
         if len(args) != 1 or not isinstance(args[0], dict) or not args[0] \
-                or len(args[0]) > dl.MAX_REPORT:
+                or len(args[0]) > dl.MAX_CONFIG:
             return [dl.report_entry(cmd_id, dl.CMD_ARGS)]
         values = args[0]
         raw = self._read_config()

@@ -37,6 +37,7 @@ MIN_DOWNLINK = const(17)    # header + the smallest payload (1 byte) + tag
 MAX_DOWNLINK = const(222)   # EU868's largest payload (DR4-DR5, SF8-SF7 at 125 kHz)
 MAX_DCNT = const(0xFFFFFF)
 MAX_COMMANDS = const(4)
+MAX_CONFIG = const(4)       # codes in one config command: any 4 values fit in 51 bytes
 MAX_CMD_ID = const(0xFFFF)
 MAX_BUNDLE = const(0xFFFF)    # bytes of one module bundle (offsets fit 16 bits)
 

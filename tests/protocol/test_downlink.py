@@ -54,8 +54,8 @@ def test_every_command_but_a_chunk_fits_51_bytes_with_its_largest_arguments() ->
     top = 0xFFFF
     cmds: list[list[Any]] = [
         dl.clock(top, 0xFFFFFF, 0xFFFFFFFF, 999),
-        dl.config(top, {row[0]: row[4] for row in dl.CONFIG_KEYS[:3]}),
-        dl.config(top, {11: 12, 12: 14, 13: 868500000}),
+        dl.config(top, {row[0]: row[4] for row in dl.CONFIG_KEYS[:4]}),
+        dl.config(top, {3: 0xFFFFFF, 6: 100000, 8: 86400, 13: 868500000}),
         dl.ack_alarm(top, 0xFF),
         dl.rekey(top, top, bytes(16)),
         dl.rekey_done(top, top),
