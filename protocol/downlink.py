@@ -14,14 +14,19 @@
 # own space and may take any value an uplink counter also takes.
 #
 # A command is a CBOR array [command id, op, arguments...]; the node echoes
-# the command id in its report (REPORT_FIELD) with the result. Everything a
-# node needs to check a downlink is here; encode() and the command builders
-# are the gateway's side.
+# the command id in its report with the result.
+#
+# This module is what a node needs to check a downlink, kept small because a
+# node loads it into a nearly full heap: the payload is read by commands(), a
+# decoder of just the CBOR the commands use (integers, byte strings, arrays,
+# maps with unsigned keys), not by protocol.cbor_decode. The sending side
+# (encode, decode for tools, the command builders, bundles, report parsing,
+# sizes) is protocol.downlink_send, offered here on first use of its names.
 
 import struct
 
-from protocol import cbor, ccm
-from protocol.errors import FRAME_DEVICE, FRAME_FCNT, FrameError
+from protocol import ccm
+from protocol.errors import FrameError
 
 try:
     from micropython import const
@@ -39,6 +44,7 @@ MAX_DCNT = const(0xFFFFFF)
 MAX_COMMANDS = const(4)
 MAX_CONFIG = const(4)       # codes in one config command: any 4 values fit in 51 bytes
 MAX_CMD_ID = const(0xFFFF)
+_MAX_ITEMS = const(16)      # elements of one array or map in a downlink
 MAX_BUNDLE = const(0xFFFF)    # bytes of one module bundle (offsets fit 16 bits)
 
 # Frame-level reasons: the node drops the whole downlink and counts the reason.
@@ -50,8 +56,6 @@ DL_FORGED = "dl_forged"     # tag does not verify under any key the node holds
 DL_REPLAY = "dl_replay"     # counter equal to the last accepted one
 DL_ORDER = "dl_order"       # counter below the last accepted one (late or replayed)
 DL_PAYLOAD = "dl_payload"   # authentic, but not a CBOR array of commands
-DL_REASONS = (DL_SHORT, DL_LONG, DL_FORMAT, DL_DEVICE, DL_FORGED, DL_REPLAY, DL_ORDER,
-              DL_PAYLOAD)
 
 # Command ops
 OP_CLOCK = const(1)         # [id, 1, uplink fcnt, unix seconds, milliseconds]
@@ -64,9 +68,8 @@ OP_UPD_BEGIN = const(7)     # [id, 7, update number, bundle size]
 OP_UPD_CHUNK = const(8)     # [id, 8, update number, offset, bytes]
 OP_UPD_SWITCH = const(9)    # [id, 9, update number]
 
-# Command results, by their code in a report entry (0 .. 15).
-RESULTS = ("applied", "cmd_unknown", "cmd_args", "cmd_range", "cmd_key", "cmd_state",
-           "cmd_hash", "cmd_stale", "cmd_order")
+# Command results, by their code in a report entry (0 .. 15; names in
+# protocol.downlink_send.RESULTS).
 APPLIED = const(0)
 CMD_UNKNOWN = const(1)      # op not known to this node
 CMD_ARGS = const(2)         # wrong number or type of arguments
@@ -106,22 +109,6 @@ FLAG_ALARM = const(4)       # an alarm in this frame waits for OP_ACK_ALARM
 FLAG_REKEY = const(8)       # this uplink is sealed with the new key of a pending rekey
 FLAG_UPDATE = const(16)     # a module update is being staged: send the next chunk
 MAX_REPORT = const(8)       # entries after the flags
-REPORT_FIELD = ("dl", "series", "", 1, 1, 0, 0xFFFFFF, (1, 1 + MAX_REPORT), 1)
-
-# EU868 maximum MAC payload by spreading factor at 125 kHz (LoRaWAN Regional
-# Parameters RP002-1.0.4, table "EU863-870 maximum payload size", column M);
-# a knute downlink uses the whole of it, having no LoRaWAN MAC header.
-EU868_MAX_PAYLOAD = {7: 222, 8: 222, 9: 115, 10: 51, 11: 51, 12: 51}
-
-
-def header(device_id, dcnt):
-    """The 8 header bytes of a downlink (also its CCM associated data)."""
-    if device_id < 0 or device_id > 0xFFFFFFFF:
-        raise FrameError(FRAME_DEVICE, str(device_id))
-    if dcnt < 0 or dcnt > MAX_DCNT:
-        raise FrameError(FRAME_FCNT, str(dcnt))
-    return struct.pack(">BIBH", CONTROL, device_id, dcnt >> 16, dcnt & 0xFFFF)
-
 
 def nonce(device_id, dcnt):
     """The 13-byte CCM nonce of a downlink: direction byte 0x01."""
@@ -153,14 +140,13 @@ def open_with(buf, device_id, dcnt, block):
 def commands(plain):
     """The command list of a decrypted payload; FrameError(dl_payload) if it is not one.
 
-    Checks only the frame's shape: a CBOR array of 1..4 arrays, each starting
-    with a command id (0..65535) and an op (unsigned). Arguments are checked by
+    Checks the payload's shape: a CBOR array of 1..4 arrays, each starting
+    with a command id (0..65535) and an op (0..255). Arguments are checked by
     the node per command, and reported.
     """
-    try:
-        value = cbor.decode(plain)
-    except FrameError as err:
-        raise FrameError(DL_PAYLOAD, err.reason) from None
+    value, end = _item(plain, 0, 0)
+    if end != len(plain):
+        raise FrameError(DL_PAYLOAD, "bytes after the command list")
     if not isinstance(value, list) or not value or len(value) > MAX_COMMANDS:
         raise FrameError(DL_PAYLOAD, "not an array of 1..4 commands")
     for cmd in value:
@@ -174,87 +160,56 @@ def _uint(value, hi):
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= hi
 
 
-def encode(device_id, dcnt, cmds, key, block=None):
-    """A sealed downlink carrying the command list `cmds` (see the builders below)."""
-    if not cmds or len(cmds) > MAX_COMMANDS:
-        raise ValueError("a downlink carries 1..4 commands")
-    plain = cbor.encode(cmds)
-    if HEADER_LEN + len(plain) + TAG_LEN > MAX_DOWNLINK:
-        raise FrameError(DL_LONG)
-    if block is None:
-        block = ccm.aes_block(key)
-    hdr = header(device_id, dcnt)
-    return hdr + ccm.seal(block, nonce(device_id, dcnt), hdr, plain, TAG_LEN)
-
-
-def decode(buf, key, block=None):
-    """dict(device_id, dcnt, commands) of a downlink under `key`; FrameError with a dl_ reason.
-
-    No counter check: that needs the receiver's state (firmware.downlink).
-    """
-    device_id, dcnt = parse_header(buf)
-    if block is None:
-        block = ccm.aes_block(key)
-    plain = open_with(buf, device_id, dcnt, block)
-    return {"device_id": device_id, "dcnt": dcnt, "commands": commands(plain)}
-
-
-# Command builders (the gateway's side).
-
-def clock(cmd_id, up_fcnt, unix_s, ms):
-    """Set the clock: the time at the END of the node's uplink `up_fcnt`."""
-    return [cmd_id, OP_CLOCK, up_fcnt, unix_s, ms]
-
-
-def config(cmd_id, values):
-    """Set configuration values: `values` maps CONFIG_KEYS codes to integers."""
-    return [cmd_id, OP_CONFIG, dict(values)]
-
-
-def ack_alarm(cmd_id, bits):
-    """Acknowledge the alarm bits (the kind's alarm/status bit numbering)."""
-    return [cmd_id, OP_ACK_ALARM, bits]
-
-
-def rekey(cmd_id, key_no, new_key):
-    """Phase 1 of a key rotation: the new key, numbered `key_no`."""
-    return [cmd_id, OP_REKEY, key_no, bytes(new_key)]
-
-
-def rekey_done(cmd_id, key_no):
-    """Phase 2: sent under the new key once the gateway accepted an uplink under it."""
-    return [cmd_id, OP_REKEY_DONE, key_no]
-
-
-def reboot(cmd_id):
-    """Reset the node once its report has been stored."""
-    return [cmd_id, OP_REBOOT]
-
-
-def upd_begin(cmd_id, upd_no, size):
-    """Start staging module bundle `upd_no` of `size` bytes (drops any earlier staging)."""
-    return [cmd_id, OP_UPD_BEGIN, upd_no, size]
-
-
-def upd_chunk(cmd_id, upd_no, offset, data):
-    """Bundle bytes at `offset`."""
-    return [cmd_id, OP_UPD_CHUNK, upd_no, offset, bytes(data)]
-
-
-def upd_switch(cmd_id, upd_no):
-    """Verify every module of the staged bundle by SHA-256, then switch to the new set."""
-    return [cmd_id, OP_UPD_SWITCH, upd_no]
-
-
-def chunk_capacity(sf, cmd_id=0xFFFF, upd_no=0xFFFF, offset=0xFFFF):
-    """Bundle bytes one chunk downlink carries at spreading factor `sf` (EU868, 125 kHz)."""
-    room = EU868_MAX_PAYLOAD[sf] - HEADER_LEN - TAG_LEN
-    fixed = len(cbor.encode([upd_chunk(cmd_id, upd_no, offset, b"")]))
-    # A byte string's head grows by one byte at 24 bytes and again at 256.
-    data = room - fixed
-    if data >= 24:
-        data -= 1
-    return data
+def _item(buf, i, depth):
+    # One item of the commands' CBOR (RFC 8949 section 3, the deterministic
+    # rules of section 4.2.1): (value, index after it). Integers (major types
+    # 0, 1), byte strings (2), arrays (4) and maps with ascending unsigned keys
+    # (5), definite lengths in their shortest form, nested at most 3 deep;
+    # anything else is dl_payload.
+    if i >= len(buf):
+        raise FrameError(DL_PAYLOAD, "truncated")
+    major = buf[i] >> 5
+    info = buf[i] & 0x1F
+    i += 1
+    if info < 24:
+        arg = info
+    elif info < 28:
+        n = 1 << (info - 24)
+        if i + n > len(buf):
+            raise FrameError(DL_PAYLOAD, "truncated")
+        arg = 0
+        for pos in range(i, i + n):
+            arg = (arg << 8) | buf[pos]
+        if arg < (24 if n == 1 else 1 << (4 * n)):
+            raise FrameError(DL_PAYLOAD, "not in shortest form")
+        i += n
+    else:
+        raise FrameError(DL_PAYLOAD, "indefinite length or reserved")
+    if major == 0:
+        return arg, i
+    if major == 1:
+        return -1 - arg, i
+    if major == 2:
+        if i + arg > len(buf):
+            raise FrameError(DL_PAYLOAD, "truncated")
+        return bytes(buf[i:i + arg]), i + arg
+    if major not in (4, 5) or depth > 2 or arg > _MAX_ITEMS:
+        raise FrameError(DL_PAYLOAD, "not a command item")
+    if major == 4:
+        out = []
+        for _ in range(arg):
+            value, i = _item(buf, i, depth + 1)
+            out.append(value)
+        return out, i
+    table = {}
+    last = -1
+    for _ in range(arg):
+        key, i = _item(buf, i, depth + 1)
+        if not isinstance(key, int) or key <= last:
+            raise FrameError(DL_PAYLOAD, "map key not ascending and unsigned")
+        table[key], i = _item(buf, i, depth + 1)
+        last = key
+    return table, i
 
 
 def config_entry(code):
@@ -268,16 +223,6 @@ def config_entry(code):
 def report_entry(cmd_id, result, detail=0):
     """One report entry: command id, result code (RESULTS) and a 0..15 detail."""
     return (cmd_id << 8) | ((detail & 0xF) << 4) | result
-
-
-def parse_report(series):
-    """(flags, [(command id, result name, detail), ...]) of a report series."""
-    entries = []
-    for item in series[1:]:
-        result = item & 0xF
-        name = RESULTS[result] if result < len(RESULTS) else "result_%d" % result
-        entries.append((item >> 8, name, (item >> 4) & 0xF))
-    return series[0], entries
 
 
 # Module bundles (OP_UPD_*): the bytes the chunks carry, one entry per module,
@@ -296,18 +241,10 @@ def path_ok(path):
     return all("a" <= ch <= "z" or "0" <= ch <= "9" or ch in "_./" for ch in path)
 
 
-def bundle(files):
-    """The bundle bytes of [(path, content), ...] (the gateway's side)."""
-    import hashlib
+def __getattr__(name):
+    # The sending side: see the top of this file.
+    from protocol import downlink_send
 
-    out = []
-    for path, content in files:
-        if not path_ok(path):
-            raise ValueError("module path not allowed: " + str(path))
-        raw = path.encode()
-        out.append(bytes((len(raw),)) + raw + struct.pack(">I", len(content))
-                   + hashlib.sha256(content).digest() + bytes(content))
-    data = b"".join(out)
-    if len(data) > MAX_BUNDLE:
-        raise ValueError("bundle longer than %d bytes" % MAX_BUNDLE)
-    return data
+    value = getattr(downlink_send, name)
+    globals()[name] = value
+    return value
