@@ -33,6 +33,31 @@ except ImportError:  # CPython (type checks, host tools): const(x) is x
 
 ALARM_REPEATS = const(6)    # alarm frames sent at most this often without an ack
 
+# protocol.downlink_send's numbers (docs/protocol.md section 12), as consts
+# that take no RAM; tests/protocol/test_downlink.py checks them against it.
+_APPLIED = const(0)
+_CMD_ARGS = const(2)
+_CMD_KEY = const(4)
+_CMD_RANGE = const(3)
+_CMD_STALE = const(7)
+_CMD_STATE = const(5)
+_CMD_UNKNOWN = const(1)
+_FLAG_ALARM = const(4)
+_FLAG_CLOCK = const(2)
+_FLAG_REKEY = const(8)
+_FLAG_UPDATE = const(16)
+_FLAG_WANT = const(1)
+_MAX_CONFIG = const(4)
+_MAX_REPORT = const(8)
+_OP_ACK_ALARM = const(3)
+_OP_CLOCK = const(1)
+_OP_CONFIG = const(2)
+_OP_REBOOT = const(6)
+_OP_REKEY = const(4)
+_OP_REKEY_DONE = const(5)
+_OP_UPD_BEGIN = const(7)
+_OP_UPD_SWITCH = const(9)
+
 
 def board_ms():
     """Milliseconds of the board's own time source (unix port: time since the epoch)."""
@@ -142,15 +167,15 @@ class Downlink:
         """The report series for the next uplink, or None when there is nothing to say."""
         flags = 0
         if self.offset_ms is None or not self.clock_set:
-            flags |= dl.FLAG_CLOCK
+            flags |= _FLAG_CLOCK
         if self.alarm_bits:
-            flags |= dl.FLAG_ALARM
+            flags |= _FLAG_ALARM
         if self.key_next is not None:
-            flags |= dl.FLAG_REKEY
+            flags |= _FLAG_REKEY
         if self._staging():
-            flags |= dl.FLAG_UPDATE
+            flags |= _FLAG_UPDATE
         if flags or want:
-            flags |= dl.FLAG_WANT
+            flags |= _FLAG_WANT
         if not flags and not self.entries:
             return None
         out = [flags]
@@ -219,7 +244,7 @@ class Downlink:
         results = []
         for cmd in cmds:
             results.extend(self._apply(cmd))
-        self.entries = (self.entries + results)[-dl.MAX_REPORT:]
+        self.entries = (self.entries + results)[-_MAX_REPORT:]
         self.store.put("dlrep", self.entries)
         return None
 
@@ -231,77 +256,77 @@ class Downlink:
         cmd_id = cmd[0]
         op = cmd[1]
         args = cmd[2:]
-        if op == dl.OP_CONFIG:
+        if op == _OP_CONFIG:
             return self._config(cmd_id, args)
-        if op == dl.OP_CLOCK:
+        if op == _OP_CLOCK:
             result = self._clock(args)
-        elif op == dl.OP_ACK_ALARM:
+        elif op == _OP_ACK_ALARM:
             result = self._ack(args)
-        elif op == dl.OP_REKEY:
+        elif op == _OP_REKEY:
             result = self._rekey(args)
-        elif op == dl.OP_REKEY_DONE:
+        elif op == _OP_REKEY_DONE:
             result = self._rekey_done(args)
-        elif op == dl.OP_REBOOT:
-            result = dl.CMD_ARGS if args else dl.APPLIED
+        elif op == _OP_REBOOT:
+            result = _CMD_ARGS if args else _APPLIED
             self.reboot = self.reboot or not args
-        elif dl.OP_UPD_BEGIN <= op <= dl.OP_UPD_SWITCH:
+        elif _OP_UPD_BEGIN <= op <= _OP_UPD_SWITCH:
             from firmware import downlink_update
 
             updater = downlink_update.Updater(self.upd_root, self.lib, self.pause)
             result = updater.command(op, args)
-            if op == dl.OP_UPD_SWITCH and result == dl.APPLIED:
+            if op == _OP_UPD_SWITCH and result == _APPLIED:
                 self.reboot = True  # the new set runs from the next boot
         else:
-            result = dl.CMD_UNKNOWN
+            result = _CMD_UNKNOWN
         return [dl.report_entry(cmd_id, result)]
 
     # ------------------------------------------------------------ commands
 
     def _clock(self, args):
         if len(args) != 3 or not _uints(args) or args[2] > 999:
-            return dl.CMD_ARGS
+            return _CMD_ARGS
         up_fcnt, unix_s, ms = args
         if self.up_end_ms is None or up_fcnt != self.up_fcnt:
-            return dl.CMD_STALE
+            return _CMD_STALE
         # The gateway's time of the uplink's end, against the board's time then:
         # airtime and the receive-window delay are inside the difference.
         self.offset_ms = unix_s * 1000 + ms - self.up_end_ms
         self.store.put("clock", {"offset_ms": self.offset_ms})
         self.clock_set = True
-        return dl.APPLIED
+        return _APPLIED
 
     def _ack(self, args):
         if len(args) != 1 or not _uints(args):
-            return dl.CMD_ARGS
+            return _CMD_ARGS
         if self.alarm_bits & args[0]:
             self.alarm_bits &= ~args[0]
             self.alarm_repeats = 0
             self._put_alarm()
-        return dl.APPLIED
+        return _APPLIED
 
     def _rekey(self, args):
         if len(args) != 2 or not _uints(args[:1]) or not isinstance(args[1], bytes) \
                 or len(args[1]) != 16:
-            return dl.CMD_ARGS
+            return _CMD_ARGS
         key_no, new_key = args
         if new_key == self.key or (self.key_next is not None and new_key == self.key_next):
-            return dl.APPLIED       # a repeat: the rotation is already staged or done
+            return _APPLIED       # a repeat: the rotation is already staged or done
         if self.key_next is not None:
-            return dl.CMD_STATE     # one rotation at a time
+            return _CMD_STATE     # one rotation at a time
         raw = self._read_config()
         raw["key_next"] = _hex(new_key)
         raw["key_no_next"] = key_no
         self._write_config(raw)
         self._load_keys()
-        return dl.APPLIED
+        return _APPLIED
 
     def _rekey_done(self, args):
         if len(args) != 1 or not _uints(args):
-            return dl.CMD_ARGS
+            return _CMD_ARGS
         # receive() has already committed the key if this frame came under the new one.
         if self.key_next is None and args[0] == self.key_no:
-            return dl.APPLIED
-        return dl.CMD_STATE
+            return _APPLIED
+        return _CMD_STATE
 
     def _commit_key(self):
         raw = self._read_config()
@@ -312,27 +337,26 @@ class Downlink:
 
     def _config(self, cmd_id, args):
         if len(args) != 1 or not isinstance(args[0], dict) or not args[0] \
-                or len(args[0]) > dl.MAX_CONFIG:
-            return [dl.report_entry(cmd_id, dl.CMD_ARGS)]
+                or len(args[0]) > _MAX_CONFIG:
+            return [dl.report_entry(cmd_id, _CMD_ARGS)]
         values = args[0]
         raw = self._read_config()
         rejects = []
         for code in sorted(values):
             row = dl.config_entry(code)
-            value = values[code]
             if row is None or not self._section_ok(row[1]):
-                rejects.append(dl.report_entry(cmd_id, dl.CMD_KEY, code))
-            elif not _uints((value,)) or value < row[3] or value > row[4] \
-                    or (code == 1 and value not in dl.DIVIDES_24) \
-                    or (code == 13 and value not in (868100000, 868300000, 868500000)) \
-                    or (code == 14 and value not in (125000, 250000)):
-                rejects.append(dl.report_entry(cmd_id, dl.CMD_RANGE, code))
+                result = _CMD_KEY
+            else:
+                result = dl.config_check(code, values[code])
+            if result:
+                rejects.append(dl.report_entry(cmd_id, result, code))
         if not rejects and self.role == "water_meter" and (1 in values or 2 in values):
             water = raw.get("water") or {}
             spd = values.get(1, water.get("sends_per_day", 4))
             plen = values.get(2, water.get("profile_len", 6))
             if plen < 24 // spd:    # the hours between two sends must fit in one profile
-                rejects.append(dl.report_entry(cmd_id, dl.CMD_RANGE, 2 if 2 in values else 1))
+                rejects.append(dl.report_entry(cmd_id, _CMD_RANGE,
+                                               2 if 2 in values else 1))
         if rejects:
             return rejects          # all or nothing: one bad value and none is applied
         for code in sorted(values):
@@ -344,7 +368,7 @@ class Downlink:
             section[row[2]] = values[code]
             self.changed.append((row[1], row[2]))
         self._write_config(raw)
-        return [dl.report_entry(cmd_id, dl.APPLIED)]
+        return [dl.report_entry(cmd_id, _APPLIED)]
 
     def _section_ok(self, section):
         if section == "water":

@@ -33,6 +33,19 @@ except ImportError:  # CPython (type checks, host tools): const(x) is x
 
 TRIAL_BOOTS = const(3)   # boots a new set gets to complete a send before it is rolled back
 _BUF = const(256)
+# protocol.downlink_send's numbers, as consts that take no RAM (checked by
+# tests/protocol/test_downlink.py).
+_APPLIED = const(0)
+_CMD_ARGS = const(2)
+_CMD_HASH = const(6)
+_CMD_ORDER = const(8)
+_CMD_RANGE = const(3)
+_CMD_STATE = const(5)
+_CMD_UNKNOWN = const(1)
+_MAX_BUNDLE = const(65535)
+_OP_UPD_BEGIN = const(7)
+_OP_UPD_CHUNK = const(8)
+_OP_UPD_SWITCH = const(9)
 
 
 def _manifest(root):
@@ -114,63 +127,59 @@ class Updater:
 
     def command(self, op, args):
         """Apply one OP_UPD_* command (arguments after the op); a result code."""
-        from protocol import downlink as dl
-
         for value in args[:2]:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                return dl.CMD_ARGS
+                return _CMD_ARGS
         stage = read_json(self.root + "/stage.json")
-        if op == dl.OP_UPD_BEGIN:
+        if op == _OP_UPD_BEGIN:
             if len(args) != 2:
-                return dl.CMD_ARGS
-            if args[1] < 1 or args[1] > dl.MAX_BUNDLE:
-                return dl.CMD_RANGE
+                return _CMD_ARGS
+            if args[1] < 1 or args[1] > _MAX_BUNDLE:
+                return _CMD_RANGE
             if stage is not None and stage["upd_no"] == args[0] and stage["size"] == args[1]:
-                return dl.APPLIED       # a repeat: keep what is staged
+                return _APPLIED       # a repeat: keep what is staged
             with open(self.root + "/bundle.bin", "wb"):
                 pass
             _put(self.root + "/stage.json", {"upd_no": args[0], "size": args[1], "have": 0},
                  self.pause)
-            return dl.APPLIED
-        if op == dl.OP_UPD_CHUNK:
+            return _APPLIED
+        if op == _OP_UPD_CHUNK:
             if len(args) != 3 or not isinstance(args[2], bytes) or not args[2]:
-                return dl.CMD_ARGS
+                return _CMD_ARGS
             if stage is None or stage["upd_no"] != args[0]:
-                return dl.CMD_STATE
+                return _CMD_STATE
             offset, data = args[1], args[2]
             end = offset + len(data)
             if end > stage["size"]:
-                return dl.CMD_RANGE
+                return _CMD_RANGE
             if end <= stage["have"]:
-                return dl.APPLIED       # a repeat of staged bytes
+                return _APPLIED       # a repeat of staged bytes
             if offset > stage["have"]:
-                return dl.CMD_ORDER
+                return _CMD_ORDER
             with open(self.root + "/bundle.bin", "r+b") as handle:
                 handle.seek(offset)
                 handle.write(data)
             stage["have"] = end
             _put(self.root + "/stage.json", stage, self.pause)
-            return dl.APPLIED
-        if op == dl.OP_UPD_SWITCH:
+            return _APPLIED
+        if op == _OP_UPD_SWITCH:
             if len(args) != 1:
-                return dl.CMD_ARGS
+                return _CMD_ARGS
             m = _manifest(self.root)
             if stage is None:
                 if m is not None and m.get("upd_no") == args[0]:
-                    return dl.APPLIED   # a repeat: already switched
-                return dl.CMD_STATE
+                    return _APPLIED   # a repeat: already switched
+                return _CMD_STATE
             if stage["upd_no"] != args[0] or stage["have"] != stage["size"]:
-                return dl.CMD_STATE
+                return _CMD_STATE
             return self._switch(args[0], stage["size"], m)
-        return dl.CMD_UNKNOWN
+        return _CMD_UNKNOWN
 
     def _switch(self, upd_no, size, m):
-        from protocol import downlink as dl
-
         active = (m.get("active") if m is not None else "") or ""
         folder = self.root + "/s%d" % upd_no
         if folder == active:
-            return dl.CMD_STATE
+            return _CMD_STATE
         remove_tree(folder)
         buf = bytearray(_BUF)
         from firmware.downlink_files import copy_tree
@@ -180,7 +189,7 @@ class Updater:
             copy_tree(source + "/" + top, folder + "/" + top, buf)
         self._step("copied")
         result = self._unpack(folder, size, buf)
-        if result != dl.APPLIED:
+        if result != _APPLIED:
             remove_tree(folder)
             self._drop_stage()
             return result
@@ -192,7 +201,7 @@ class Updater:
         self._drop_stage()
         if m is not None and m.get("previous") and m.get("previous") != active:
             remove_tree(m["previous"])
-        return dl.APPLIED
+        return _APPLIED
 
     def _drop_stage(self):
         for name in ("stage.json", "bundle.bin"):
@@ -213,21 +222,21 @@ class Updater:
             while pos < size:
                 head = bundle.read(1)
                 if len(head) != 1:
-                    return dl.CMD_ARGS
+                    return _CMD_ARGS
                 raw = bundle.read(head[0])
                 meta = bundle.read(36)
                 if len(raw) != head[0] or len(meta) != 36:
-                    return dl.CMD_ARGS
+                    return _CMD_ARGS
                 try:
                     path = raw.decode()
                 except UnicodeError:
-                    return dl.CMD_ARGS
+                    return _CMD_ARGS
                 if not dl.path_ok(path):
-                    return dl.CMD_ARGS
+                    return _CMD_ARGS
                 length = struct.unpack(">I", meta[:4])[0]
                 pos += 1 + len(raw) + 36 + length
                 if pos > size:
-                    return dl.CMD_ARGS
+                    return _CMD_ARGS
                 target = folder + "/" + path
                 make_dirs(target.rsplit("/", 1)[0])
                 # A .py beside an .mpy of the same module: only the new one may stay.
@@ -240,10 +249,10 @@ class Updater:
                     while left:
                         n = bundle.readinto(view[:min(left, _BUF)])
                         if not n:
-                            return dl.CMD_ARGS
+                            return _CMD_ARGS
                         digest.update(view[:n])
                         out.write(view[:n])
                         left -= n
                 if digest.digest() != meta[4:]:
-                    return dl.CMD_HASH
-        return dl.APPLIED
+                    return _CMD_HASH
+        return _APPLIED

@@ -34,57 +34,38 @@ except ImportError:  # CPython: const(x) is x
     def const(x):
         return x
 
-CONTROL = const(0x60)
-HEADER_LEN = const(8)
-TAG_LEN = const(8)
-DIR_DOWNLINK = const(1)
-MIN_DOWNLINK = const(17)    # header + the smallest payload (1 byte) + tag
-MAX_DOWNLINK = const(222)   # EU868's largest payload (DR4-DR5, SF8-SF7 at 125 kHz)
-MAX_DCNT = const(0xFFFFFF)
-MAX_COMMANDS = const(4)
-MAX_CONFIG = const(4)       # codes in one config command: any 4 values fit in 51 bytes
-MAX_CMD_ID = const(0xFFFF)
+# Every number below is a const with a leading underscore: compiled in, never
+# a name in a node's RAM (60 public names would cost it about 4 KB). The
+# public names, for the gateway, the tools and the docs, are
+# protocol.downlink_send's (downlink.CONTROL, downlink.OP_CLOCK, ...), and
+# tests/protocol/test_downlink.py checks that each equals its twin here.
+_CONTROL = const(0x60)
+_HEADER_LEN = const(8)
+_TAG_LEN = const(8)
+_DIR_DOWNLINK = const(1)
+_MIN_DOWNLINK = const(17)   # header + the smallest payload (1 byte) + tag
+_MAX_DOWNLINK = const(222)  # EU868's largest payload (SF7, SF8 at 125 kHz)
+_MAX_COMMANDS = const(4)
+_MAX_CMD_ID = const(0xFFFF)
 _MAX_ITEMS = const(16)      # elements of one array or map in a downlink
-MAX_BUNDLE = const(0xFFFF)    # bytes of one module bundle (offsets fit 16 bits)
+_CMD_RANGE = const(3)       # results of config_check (see downlink_send.RESULTS)
+_CMD_KEY = const(4)
 
 # Frame-level reasons: the node drops the whole downlink and counts the reason.
-DL_SHORT = "dl_short"       # shorter than MIN_DOWNLINK (truncated)
-DL_LONG = "dl_long"         # longer than MAX_DOWNLINK (oversize)
-DL_FORMAT = "dl_format"     # control byte is not CONTROL
+DL_SHORT = "dl_short"       # shorter than 17 bytes (truncated)
+DL_LONG = "dl_long"         # longer than 222 bytes (oversize)
+DL_FORMAT = "dl_format"     # control byte is not 0x60
 DL_DEVICE = "dl_device"     # addressed to another device id
 DL_FORGED = "dl_forged"     # tag does not verify under any key the node holds
 DL_REPLAY = "dl_replay"     # counter equal to the last accepted one
 DL_ORDER = "dl_order"       # counter below the last accepted one (late or replayed)
 DL_PAYLOAD = "dl_payload"   # authentic, but not a CBOR array of commands
 
-# Command ops
-OP_CLOCK = const(1)         # [id, 1, uplink fcnt, unix seconds, milliseconds]
-OP_CONFIG = const(2)        # [id, 2, {config code: value, ...}]
-OP_ACK_ALARM = const(3)     # [id, 3, alarm bits]
-OP_REKEY = const(4)         # [id, 4, key number, new key (16-byte string)]
-OP_REKEY_DONE = const(5)    # [id, 5, key number]
-OP_REBOOT = const(6)        # [id, 6]
-OP_UPD_BEGIN = const(7)     # [id, 7, update number, bundle size]
-OP_UPD_CHUNK = const(8)     # [id, 8, update number, offset, bytes]
-OP_UPD_SWITCH = const(9)    # [id, 9, update number]
-
-# Command results, by their code in a report entry (0 .. 15; names in
-# protocol.downlink_send.RESULTS).
-APPLIED = const(0)
-CMD_UNKNOWN = const(1)      # op not known to this node
-CMD_ARGS = const(2)         # wrong number or type of arguments
-CMD_RANGE = const(3)        # a value outside its whitelist range (detail: config code)
-CMD_KEY = const(4)          # a config code not in the whitelist for this role (detail: code)
-CMD_STATE = const(5)        # not possible now (no update begun, other rekey pending, ...)
-CMD_HASH = const(6)         # a module's SHA-256 does not match; nothing replaced
-CMD_STALE = const(7)        # clock answer for an uplink that was not the node's last
-CMD_ORDER = const(8)        # update chunk beyond the bytes staged so far
-
 # Config whitelist: (code, section, key, lowest, highest). Codes are 1..15 so
 # that a rejected code fits the detail nibble of a report entry.
 CONFIG_KEYS = (
     (1, "water", "sends_per_day", 1, 24),       # and must divide 24
-    (2, "water", "profile_len", 1, 24),         # and >= 24 / sends_per_day
+    (2, "water", "profile_len", 1, 24),         # and >= 24 / sends_per_day (node)
     (3, "water", "burst_lph", 100, 0xFFFFFF),
     (4, "water", "leak_hours", 1, 24),
     (5, "water", "dry_days", 1, 365),
@@ -95,34 +76,24 @@ CONFIG_KEYS = (
     (10, "air", "sample_s", 1, 3600),
     (11, "radio", "sf", 7, 12),
     (12, "radio", "power_dbm", 2, 14),          # EU868 g/g1 sub-bands: 14 dBm (25 mW) ERP
-    (13, "radio", "freq_hz", 868100000, 868500000),
-    (14, "radio", "bw_hz", 125000, 250000),
+    (13, "radio", "freq_hz", 868100000, 868500000),   # 868.1, 868.3 or 868.5 MHz
+    (14, "radio", "bw_hz", 125000, 250000),     # 125 or 250 kHz
 )
-DIVIDES_24 = (1, 2, 3, 4, 6, 8, 12, 24)
 
-# The uplink report: one optional series field at the end of a kind's
-# payload, [flags, entry, entry, ...]; an entry is
-#   command id << 8 | detail << 4 | result
-FLAG_WANT = const(1)        # send any queued downlink in this uplink's windows
-FLAG_CLOCK = const(2)       # the node asks for the time (answer with OP_CLOCK)
-FLAG_ALARM = const(4)       # an alarm in this frame waits for OP_ACK_ALARM
-FLAG_REKEY = const(8)       # this uplink is sealed with the new key of a pending rekey
-FLAG_UPDATE = const(16)     # a module update is being staged: send the next chunk
-MAX_REPORT = const(8)       # entries after the flags
 
 def nonce(device_id, dcnt):
     """The 13-byte CCM nonce of a downlink: direction byte 0x01."""
-    return struct.pack(">BIIxxxx", DIR_DOWNLINK, device_id, dcnt)
+    return struct.pack(">BIIxxxx", _DIR_DOWNLINK, device_id, dcnt)
 
 
 def parse_header(buf):
     """(device_id, dcnt) of a downlink, checking length and control byte (no key needed)."""
     n = len(buf)
-    if n > MAX_DOWNLINK:
+    if n > _MAX_DOWNLINK:
         raise FrameError(DL_LONG, str(n))
-    if n < MIN_DOWNLINK:
+    if n < _MIN_DOWNLINK:
         raise FrameError(DL_SHORT, str(n))
-    if buf[0] != CONTROL:
+    if buf[0] != _CONTROL:
         raise FrameError(DL_FORMAT, "control 0x%02x" % buf[0])
     device_id, hi, lo = struct.unpack_from(">IBH", buf, 1)
     return device_id, (hi << 16) | lo
@@ -131,8 +102,8 @@ def parse_header(buf):
 def open_with(buf, device_id, dcnt, block):
     """The decrypted payload bytes; FrameError(dl_forged) when the tag fails."""
     try:
-        return ccm.open_(block, nonce(device_id, dcnt), bytes(buf[:HEADER_LEN]),
-                         bytes(buf[HEADER_LEN:]), TAG_LEN)
+        return ccm.open_(block, nonce(device_id, dcnt), bytes(buf[:_HEADER_LEN]),
+                         bytes(buf[_HEADER_LEN:]), _TAG_LEN)
     except FrameError:
         raise FrameError(DL_FORGED) from None
 
@@ -147,10 +118,10 @@ def commands(plain):
     value, end = _item(plain, 0, 0)
     if end != len(plain):
         raise FrameError(DL_PAYLOAD, "bytes after the command list")
-    if not isinstance(value, list) or not value or len(value) > MAX_COMMANDS:
+    if not isinstance(value, list) or not value or len(value) > _MAX_COMMANDS:
         raise FrameError(DL_PAYLOAD, "not an array of 1..4 commands")
     for cmd in value:
-        if (not isinstance(cmd, list) or len(cmd) < 2 or not _uint(cmd[0], MAX_CMD_ID)
+        if (not isinstance(cmd, list) or len(cmd) < 2 or not _uint(cmd[0], _MAX_CMD_ID)
                 or not _uint(cmd[1], 0xFF)):
             raise FrameError(DL_PAYLOAD, "command is not [id, op, ...]")
     return value
@@ -220,8 +191,28 @@ def config_entry(code):
     return None
 
 
+def config_check(code, value):
+    """0 when `value` is allowed for config `code`, else the result code cmd_key or cmd_range.
+
+    The node adds what depends on it: the code's section must be its role's
+    (or radio on a LoRa link), and profile_len >= 24 / sends_per_day.
+    """
+    row = config_entry(code)
+    if row is None:
+        return _CMD_KEY
+    if not _uint(value, row[4]) or value < row[3]:
+        return _CMD_RANGE
+    if code == 1 and 24 % value:
+        return _CMD_RANGE
+    if code == 13 and value not in (868100000, 868300000, 868500000):
+        return _CMD_RANGE
+    if code == 14 and value not in (125000, 250000):
+        return _CMD_RANGE
+    return 0
+
+
 def report_entry(cmd_id, result, detail=0):
-    """One report entry: command id, result code (RESULTS) and a 0..15 detail."""
+    """One report entry: command id, result code (downlink_send.RESULTS), a 0..15 detail."""
     return (cmd_id << 8) | ((detail & 0xF) << 4) | result
 
 

@@ -8,7 +8,6 @@ import struct
 
 from protocol import ccm
 from protocol.downlink import (
-    CONTROL,
     DL_DEVICE,
     DL_FORGED,
     DL_FORMAT,
@@ -17,22 +16,6 @@ from protocol.downlink import (
     DL_PAYLOAD,
     DL_REPLAY,
     DL_SHORT,
-    HEADER_LEN,
-    MAX_BUNDLE,
-    MAX_COMMANDS,
-    MAX_DCNT,
-    MAX_DOWNLINK,
-    MAX_REPORT,
-    OP_ACK_ALARM,
-    OP_CLOCK,
-    OP_CONFIG,
-    OP_REBOOT,
-    OP_REKEY,
-    OP_REKEY_DONE,
-    OP_UPD_BEGIN,
-    OP_UPD_CHUNK,
-    OP_UPD_SWITCH,
-    TAG_LEN,
     commands,
     nonce,
     open_with,
@@ -40,6 +23,50 @@ from protocol.downlink import (
     path_ok,
 )
 from protocol.errors import FRAME_DEVICE, FRAME_FCNT, FrameError
+
+CONTROL = 0x60
+HEADER_LEN = 8
+TAG_LEN = 8
+DIR_DOWNLINK = 1
+MIN_DOWNLINK = 17           # header + the smallest payload (1 byte) + tag
+MAX_DOWNLINK = 222          # EU868's largest payload (SF7, SF8 at 125 kHz)
+MAX_DCNT = 0xFFFFFF
+MAX_COMMANDS = 4
+MAX_CONFIG = 4              # codes in one config command: any 4 values fit in 51 bytes
+MAX_CMD_ID = 0xFFFF
+MAX_BUNDLE = 0xFFFF         # bytes of one module bundle (offsets fit 16 bits)
+
+# Command ops
+OP_CLOCK = 1                # [id, 1, uplink fcnt, unix seconds, milliseconds]
+OP_CONFIG = 2               # [id, 2, {config code: value, ...}]
+OP_ACK_ALARM = 3            # [id, 3, alarm bits]
+OP_REKEY = 4                # [id, 4, key number, new key (16-byte string)]
+OP_REKEY_DONE = 5           # [id, 5, key number]
+OP_REBOOT = 6               # [id, 6]
+OP_UPD_BEGIN = 7            # [id, 7, update number, bundle size]
+OP_UPD_CHUNK = 8            # [id, 8, update number, offset, bytes]
+OP_UPD_SWITCH = 9           # [id, 9, update number]
+
+# Command results, by their code in a report entry (0 .. 15)
+APPLIED = 0
+CMD_UNKNOWN = 1             # op not known to this node
+CMD_ARGS = 2                # wrong number or type of arguments
+CMD_RANGE = 3               # a value outside its whitelist range (detail: config code)
+CMD_KEY = 4                 # a config code not in the whitelist for this role (detail: code)
+CMD_STATE = 5               # not possible now (no update begun, other rekey pending, ...)
+CMD_HASH = 6                # a module's SHA-256 does not match; nothing replaced
+CMD_STALE = 7               # clock answer for an uplink that was not the node's last
+CMD_ORDER = 8               # update chunk beyond the bytes staged so far
+
+# The uplink report: one optional series field at the end of a kind's
+# payload, [flags, entry, entry, ...]; an entry is
+#   command id << 8 | detail << 4 | result
+FLAG_WANT = 1               # send any queued downlink in this uplink's windows
+FLAG_CLOCK = 2              # the node asks for the time (answer with OP_CLOCK)
+FLAG_ALARM = 4              # an alarm in this frame waits for OP_ACK_ALARM
+FLAG_REKEY = 8              # this uplink is sealed with the new key of a pending rekey
+FLAG_UPDATE = 16            # a module update is being staged: send the next chunk
+MAX_REPORT = 8              # entries after the flags
 
 RESULTS = ("applied", "cmd_unknown", "cmd_args", "cmd_range", "cmd_key", "cmd_state",
            "cmd_hash", "cmd_stale", "cmd_order")

@@ -77,6 +77,23 @@ def test_every_command_but_a_chunk_fits_51_bytes_with_its_largest_arguments() ->
                 dl.encode(1, 1, [bigger], KEY)
 
 
+def test_the_nodes_private_numbers_are_the_public_ones() -> None:
+    # A node holds the numbers as `_NAME = const(...)` (no RAM); the public
+    # names are protocol.downlink_send's. Each twin must agree.
+    from firmware import downlink as node_downlink
+    from firmware import downlink_update
+    from protocol import downlink_send
+
+    twins = 0
+    for module in (dl, node_downlink, downlink_update):
+        for name, value in vars(module).items():
+            public = getattr(downlink_send, name[1:], None)
+            if name.startswith("_") and name[1:].isupper() and isinstance(public, int):
+                assert value == public, (module.__name__, name)
+                twins += 1
+    assert twins >= 40
+
+
 def test_downlink_and_uplink_nonces_never_meet() -> None:
     for dev, cnt in ((0, 0), (0x1234, 7), (0xFFFFFFFF, 0xFFFFFF)):
         assert dl.nonce(dev, cnt) != frame.nonce(dev, cnt)

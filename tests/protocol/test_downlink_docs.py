@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from protocol import cbor
+from protocol import cbor, downlink_send
 from protocol import downlink as dl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,8 +55,8 @@ def test_reason_table_is_the_codes() -> None:
 def test_command_and_result_tables_are_the_codes() -> None:
     section = _sub("### 12.5")
     ops = {int(r[0]): r[1].strip("`") for r in _rows(section, "op")}
-    assert ops == {getattr(dl, name): name[3:].lower() for name in dir(dl)
-                   if name.startswith("OP_")}
+    assert ops == {getattr(downlink_send, name): name[3:].lower()
+                   for name in dir(downlink_send) if name.startswith("OP_")}
     results = [(int(r[0]), r[1].strip("`")) for r in _rows(section, "code")]
     assert results == list(enumerate(dl.RESULTS))
 
