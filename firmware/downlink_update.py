@@ -87,7 +87,7 @@ def boot_hook(root="upd", trial_boots=TRIAL_BOOTS):
         names = ()
     for name in names:
         path = root + "/" + name
-        if name.startswith("s") and path not in keep:
+        if name[:1] == "s" and name[1:].isdigit() and path not in keep:
             remove_tree(path)
     active = m.get("active") if m is not None else None
     return (active or None), rolled_back

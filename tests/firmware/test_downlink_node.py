@@ -100,3 +100,26 @@ def test_report_survives_a_restart_until_sent(tmp_path: Path) -> None:
     assert again.report() == [dl.FLAG_WANT | dl.FLAG_CLOCK, dl.report_entry(7, dl.APPLIED)]
     again.report_sent()
     assert _node(tmp_path, fresh=False).report() == [dl.FLAG_WANT | dl.FLAG_CLOCK]
+
+
+def test_staging_survives_a_reboot_and_a_cut_set_folder_does_not(tmp_path: Path) -> None:
+    from firmware import downlink_update
+
+    node = _node(tmp_path)
+    for top in ("firmware", "protocol"):
+        (tmp_path / "lib" / top).mkdir(parents=True)
+        (tmp_path / "lib" / top / "__init__.py").write_text("")
+    data = dl.bundle([("firmware/probe.py", b"VERSION = 2\n")])
+    node.receive(dl.encode(DEVICE, 1, [dl.upd_begin(1, 1, len(data)),
+                                       dl.upd_chunk(2, 1, 0, data[:20])], K1))
+    (tmp_path / "upd" / "s7" / "firmware").mkdir(parents=True)    # a switch cut short
+    assert downlink_update.boot_hook(str(tmp_path / "upd")) == (None, None)
+    assert sorted(p.name for p in (tmp_path / "upd").iterdir()) == ["bundle.bin", "stage.json"]
+    node = _node(tmp_path, fresh=False)
+    assert node.report()[0] & dl.FLAG_UPDATE
+    node.receive(dl.encode(DEVICE, 2, [dl.upd_chunk(3, 1, 20, data[20:]),
+                                       dl.upd_switch(4, 1)], K1))
+    assert node.entries[-2:] == [dl.report_entry(3, dl.APPLIED), dl.report_entry(4, dl.APPLIED)]
+    folder, _ = downlink_update.boot_hook(str(tmp_path / "upd"))
+    assert folder is not None
+    assert (Path(folder) / "firmware" / "probe.py").read_bytes() == b"VERSION = 2\n"
