@@ -131,6 +131,8 @@ class Updater:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 return _CMD_ARGS
         stage = read_json(self.root + "/stage.json")
+        if not isinstance(stage, dict):
+            stage = None
         if op == _OP_UPD_BEGIN:
             if len(args) != 2:
                 return _CMD_ARGS

@@ -123,3 +123,39 @@ def test_staging_survives_a_reboot_and_a_cut_set_folder_does_not(tmp_path: Path)
     folder, _ = downlink_update.boot_hook(str(tmp_path / "upd"))
     assert folder is not None
     assert (Path(folder) / "firmware" / "probe.py").read_bytes() == b"VERSION = 2\n"
+
+
+_args = st.recursive(
+    st.integers(-(2**40), 2**40) | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.integers(0, 20), inner, max_size=3),
+    max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 0xFFFF), st.integers(0, 12),
+                          st.lists(_args, max_size=4)), min_size=1, max_size=4))
+def test_any_authentic_command_list_is_applied_or_refused_never_raises(
+    cmds: list[tuple[int, int, list[object]]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for top in ("firmware", "protocol"):
+            (root / "lib" / top).mkdir(parents=True)
+        node = _node(root)
+        node.uplink_sent(7, 0)
+        raw_cmds = [[cid, op, *args] for cid, op, args in cmds]
+        try:
+            raw = dl.encode(DEVICE, 1, raw_cmds, K1)
+        except Exception:
+            return      # longer than a downlink may be
+        reason = node.receive(raw)
+        if reason is not None:
+            # Nested deeper than any command's arguments (protocol.downlink._item).
+            assert reason == "dl_payload" and node.entries == [] and node.last == -1
+            return
+        assert len(node.entries) >= len(cmds)
+        for entry in node.entries:
+            assert entry >> 8 in {cid for cid, _, _ in cmds}
+        assert json.loads((root / "config.json").read_text())["key"] == K1.hex() or \
+            any(op == dl.OP_REKEY for _, op, _ in cmds)
