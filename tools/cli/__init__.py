@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "provision": ("tools.cli.provision", "provision a node over mpremote and register it"),
     "simulate": ("tools.cli.simulate", "simulate a fleet of nodes sending real frames"),
     "airtime": ("tools.cli.airtime", "LoRa time on air, duty-cycle budget and battery life"),
+    "plan": ("tools.cli.plan", "plan a city's concentrators: a seeded radio simulation"),
     "modbus-sim": ("tools.cli.modbus_sim", "simulate Modbus water meters and air stations"),
     "demo": ("tools.cli.demo", "broker, gateway, fleet and a live view in one command"),
 }
