@@ -6,7 +6,8 @@ Three panels side by side (legend in docs/radio.md):
 2. the same city coloured by each node's delivery: green >= 99 %, amber >= 90 %,
    red below, black when nothing arrived;
 3. the load per channel: one bar per channel, stacked by SF in the colours of
-   panel 1, height G (the full panel height is G = 1, grid lines every 0.1).
+   panel 1, height G: the full panel height is G = 0.1 when no channel carries more
+   (grid lines every 0.01), else G = 1 (grid lines every 0.1).
 """
 
 from __future__ import annotations
@@ -92,31 +93,38 @@ def render(summary: dict[str, Any], node_xy: list[tuple[float, float]],
         ox = pad + panel * (SIZE + pad) + SIZE // 2
         oy = pad + SIZE // 2
         c.rect(ox - SIZE // 2, oy - SIZE // 2, ox + SIZE // 2, oy + SIZE // 2, (250, 250, 250))
+        late: list[tuple[int, int, RGB]] = []
         for n, (x, y) in enumerate(node_xy):
             px, py = ox + int(x * scale), oy - int(y * scale)
             if panel == 0:
-                colour = SF_COLOURS[node_sf[n]]
+                c.dot(px, py, SF_COLOURS[node_sf[n]])
+                continue
+            colour = _delivery_colour(per_node["sent"][n], per_node["delivered"][n])
+            if colour == GOOD:
+                c.dot(px, py, colour)
             else:
-                colour = _delivery_colour(per_node["sent"][n], per_node["delivered"][n])
-            c.dot(px, py, colour)
+                late.append((px, py, colour))       # drawn larger, on top
+        for px, py, colour in late:
+            c.dot(px, py, colour, 2)
         for gx, gy in gws:
             px, py = ox + int(gx * scale), oy - int(gy * scale)
             for d in range(-6, 7):
                 c.dot(px + d, py, NONE, 2)
                 c.dot(px, py + d, NONE, 2)
-    # Panel 3: load per channel, stacked by SF; full height = G of 1.
+    # Panel 3: load per channel, stacked by SF; full height = G of 0.1 or 1.
     x0 = pad + 2 * (SIZE + pad)
     base = pad + SIZE
+    loads = summary["channel_load"]
+    top = 0.1 if max(float(ch["offered_load"]) for ch in loads) <= 0.1 else 1.0
     for tenth in range(11):
         y = base - int(SIZE * tenth / 10)
         c.rect(x0, y, x0 + SIZE, y + 1, GRID)
-    loads = summary["channel_load"]
     width = SIZE // max(1, len(loads))
     for i, ch in enumerate(loads):
         y = float(base)
         for sf in SFS:
             g = float(ch["by_sf"].get(str(sf), 0.0))
-            h = SIZE * min(g, 1.0)
+            h = SIZE * min(g / top, 1.0)
             c.rect(x0 + i * width + 4, int(y - h), x0 + (i + 1) * width - 4, int(y),
                    SF_COLOURS[sf])
             y -= h
