@@ -17,7 +17,8 @@ import zlib
 import pytest
 
 from tools.sim import radio
-from tools.sim.radio import PlanConfig, simulate
+from tools.sim.radio import PlanConfig
+from tools.sim.radio_plan import simulate, slot_completeness
 
 FRAME = 31
 SF = 9
@@ -119,11 +120,11 @@ def test_slot_completeness_counts_profile_overlap() -> None:
     # One node, frames at 12:30, 18:30 and 24:30: 12 slots each, 24 distinct hours.
     fr = radio.Frames(node=[0, 0, 0], start=[45_000.0, 66_600.0, 88_200.0],
                       end=[45_000.3, 66_600.3, 88_200.3], channel=[0, 0, 0])
-    assert radio.slot_completeness(cfg, fr, [True, True, True]) == 1.0
+    assert slot_completeness(cfg, fr, [True, True, True]) == 1.0
     # The middle frame lost: its hours are carried by the last one.
-    assert radio.slot_completeness(cfg, fr, [True, False, True]) == 1.0
+    assert slot_completeness(cfg, fr, [True, False, True]) == 1.0
     # The last frame lost: hours 18..23 are lost (6 of 24).
-    assert radio.slot_completeness(cfg, fr, [True, True, False]) == pytest.approx(18 / 24)
+    assert slot_completeness(cfg, fr, [True, True, False]) == pytest.approx(18 / 24)
 
 
 def test_more_concentrators_deliver_more_and_flag_fewer_nodes() -> None:

@@ -75,7 +75,9 @@ def test_bad_input_is_one_line() -> None:
     for argv, needle in ((("--gateways", "0"), "--gateways"),
                          (("--sends-per-day", "500"), "duty cycle"),
                          (("--channels", "870.5"), "--channels"),
-                         (("--radius-km", "-1"), "--radius-km")):
+                         (("--radius-km", "-1"), "--radius-km"),
+                         (("--hours", "-2"), "--hours must be a positive number; got -2"),
+                         (("--capture-db", "nan"), "--capture-db")):
         proc = knute("plan", "--nodes", "10", *argv)
         assert proc.returncode == 2, argv
         lines = proc.stderr.strip().splitlines()

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _timed(cfg: Any, finder: Any) -> tuple[float, Any]:
-    from tools.sim.radio import simulate
+    from tools.sim.radio_plan import simulate
 
     start = time.perf_counter()
     result = simulate(cfg, finder)

@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "plan") -> None:
 
 def config(args: argparse.Namespace) -> Any:
     """The PlanConfig of the command line."""
-    from tools.sim.radio import CHANNEL_PLAN_HZ, PlanConfig, read_xy_csv
+    from tools.sim.radio import CHANNEL_PLAN_HZ, PlanConfig
+    from tools.sim.radio_plan import read_xy_csv
 
     if args.frame_bytes is None:
         from tools.cli.airtime import knute_frame_len
@@ -168,7 +169,7 @@ def _write_csv(path: str, result: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate (or search the concentrator count) and report."""
-    from tools.sim import radio
+    from tools.sim import radio, radio_plan
 
     cfg = config(args)
     started = time.perf_counter()
@@ -179,16 +180,16 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {n} concentrator(s): {s['delivery_ratio'] * 100:.3f} % frames, "
                       f"{s['slot_completeness'] * 100:.3f} % slots", file=sys.stderr)
 
-        result, tried = radio.find_gateways(cfg, progress=progress)
+        result, tried = radio_plan.find_gateways(cfg, progress=progress)
         if result is None:
             raise KnuteError("--find-gateways: even 256 concentrators do not meet the target")
         found = {"gateways": result.summary["gateways"], "tried": tried}
     else:
-        result = radio.simulate(cfg)
+        result = radio_plan.simulate(cfg)
     s = dict(result.summary)
     s["sim_seconds"] = round(time.perf_counter() - started, 3)
     s["aloha_delivery"] = round(radio.aloha_delivery(s["offered_load"]), 6)
-    s["meets_target"] = radio.meets_target(s)
+    s["meets_target"] = radio_plan.meets_target(s)
     if found is not None:
         s["find_gateways"] = found
     if args.png:
