@@ -223,6 +223,8 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     from paho.mqtt.properties import Properties
 
     stop = stop or threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     store = Store(config.store_path)
     v5 = config.protocol == "5"
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
@@ -263,8 +265,6 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     if v5:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = config.session_expiry_s
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     try:
         client.connect_async(config.host, config.port, keepalive=config.keepalive_s,
                              clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,

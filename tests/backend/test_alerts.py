@@ -36,7 +36,7 @@ def test_one_period_above_is_not_enough_when_two_are_asked() -> None:
 
 
 def test_a_period_seen_before_changes_nothing() -> None:
-    state, change = alerts.step(alerts.new_state(), RULE, 5, 30, "a")
+    state, _change = alerts.step(alerts.new_state(), RULE, 5, 30, "a")
     again, change2 = alerts.step(state, RULE, 5, 30, "b")
     older, change3 = alerts.step(state, RULE, 4, 30, "c")
     assert again == state == older and change2 == change3 == ""

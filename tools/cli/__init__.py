@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "airtime": ("tools.cli.airtime", "LoRa time on air, duty-cycle budget and battery life"),
     "modbus-sim": ("tools.cli.modbus_sim", "simulate Modbus water meters and air stations"),
     "demo": ("tools.cli.demo", "broker, gateway, fleet and a live view in one command"),
+    "backend": ("tools.cli.backend", "store readings from MQTT, rebuild hourly use, find leaks"),
 }
 
 
