@@ -23,11 +23,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from backend import alerts, analytics
 from backend.alerts import Rule
-from backend.config import Config
+from backend.config import Config, District
 from backend.hours import HOUR_S, Hour, format_hour, parse_utc
 from backend.ingest import BadReading, ReadingChecker
 from backend.store import Store
@@ -36,6 +37,8 @@ WATER = "water_meter"
 NODE_ALARMS = ("leak", "burst", "backflow", "tamper")
 
 Publish = Callable[[str, Mapping[str, Any]], None]
+Evidence = Callable[[], Sequence[Mapping[str, Any]]]
+EVALUATE_BACK_S = 9 * 86400     # signals look at this much history (profiles reach 253 h back)
 
 
 def iso(t: float) -> str:
@@ -46,6 +49,10 @@ def iso(t: float) -> str:
 def _evidence(hours: Sequence[Hour]) -> list[dict[str, Any]]:
     return [{"hour": format_hour(h.start), "litres": h.litres, "quality": h.quality}
             for h in hours]
+
+
+def _last_heard(t: float) -> list[dict[str, Any]]:
+    return [{"last_heard": iso(t)}]
 
 
 def log(message: str) -> None:
@@ -123,50 +130,50 @@ class Backend:
             self._evaluate_meter(device, doc)
             return outcome
 
-    def _step(self, signal_name: str, subject: str, subject_kind: str, period: float,
-              value: float, at: str, evidence: Sequence[Mapping[str, Any]] = ()) -> None:
-        key = f"{signal_name}/{subject}"
-        rule = self.rules[signal_name]
-        old = self.store.alert(key)
-        state = old["_state"] if old else alerts.new_state()
-        new, change = alerts.step(state, rule, period, value, at, evidence)
-        if new == state:
-            return
-        doc = alerts.document(rule, subject, subject_kind, new, at)
-        self.store.put_alert(key, {**doc, "_state": new})
-        if change:
-            self.publish(alerts.topic(self.config.prefix, signal_name, subject), doc)
+    def _track(self, signal_name: str, subject: str, subject_kind: str,
+               keep_period: bool = False) -> _Tracker:
+        return _Tracker(self, signal_name, subject, subject_kind, keep_period)
 
     def _evaluate_meter(self, device: str, doc: Mapping[str, Any]) -> None:
-        hours = self.store.hours(device)
-        runs = analytics.run_length_by_hour(hours)
-        for i, (hour, length) in enumerate(runs):
-            evidence = (_evidence(hours[i - length + 1:i + 1])
-                        if length >= self.config.continuous_flow_hours else ())
-            self._step("continuous_flow", device, "meter", hour, length,
-                       format_hour(hour + HOUR_S), evidence)
-        for night in analytics.nights(hours, self.config.timezone):
-            if night.min_l_h is None:
-                continue
-            period = night.night.toordinal()
-            self._step("night_flow", device, "meter", period, night.min_l_h,
-                       format_hour(night.hours[-1].start + HOUR_S), _evidence(night.hours))
         received = parse_utc(doc["received_at"])
+        since = int(received) - EVALUATE_BACK_S
+        hours = self.store.hours(device, since - since % HOUR_S)
+        need = self.config.continuous_flow_hours
+        with self._track("continuous_flow", device, "meter") as flow:
+            for i, (hour, length) in enumerate(analytics.run_length_by_hour(hours)):
+                flow.feed(hour, length, format_hour(hour + HOUR_S),
+                          partial(_evidence, hours[max(i - length + 1, i + 1 - need):i + 1]))
+        with self._track("night_flow", device, "meter", True) as night_flow:
+            for night in analytics.nights(hours, self.config.timezone):
+                if night.min_l_h is not None:
+                    night_flow.feed(night.night.toordinal(), night.min_l_h,
+                                    format_hour(night.hours[-1].start + HOUR_S),
+                                    partial(_evidence, night.hours))
         at = str(doc["received_at"])
         alarms = set(doc.get("alarms", []))
         for name in NODE_ALARMS:
-            self._step(f"alarm_{name}", device, "meter", received, float(name in alarms), at,
-                       [{"reading": doc["id"], "received_at": at}])
-        steps = self.store.index_steps(device)
-        times = [r.received_at for r in self.store.readings_of(device)]
-        previous = None
-        for t in times:
-            went_back = [s for s in steps if (previous is None or s[0] > previous) and s[0] <= t]
-            evidence = [{"hour": format_hour(h), "index_before_l": b, "index_after_l": a}
-                        for h, b, a in went_back]
-            self._step("index_backwards", device, "meter", t, float(bool(went_back)),
-                       iso(t), evidence)
-            previous = t
+            with self._track(f"alarm_{name}", device, "meter") as alarm:
+                alarm.feed(received, float(name in alarms), at,
+                           lambda: [{"reading": doc["id"], "received_at": at}])
+        previous = self.store.previous_received(device, received)
+        went_back = [s for s in self.store.index_steps(device)
+                     if (previous is None or s[0] > previous) and s[0] <= received]
+        with self._track("index_backwards", device, "meter") as backwards:
+            backwards.feed(received, float(bool(went_back)), at, lambda: [
+                {"hour": format_hour(h), "index_before_l": b, "index_after_l": a}
+                for h, b, a in went_back])
+
+    def raised_alerts(self) -> list[tuple[str, dict[str, Any]]]:
+        """(topic, document) of every alert that ever opened, to publish again."""
+        with self.lock:
+            out = []
+            for stored in self.store.alerts():
+                if stored.get("opened_at") is None:
+                    continue
+                doc = {k: v for k, v in stored.items() if k != "_state"}
+                out.append((alerts.topic(self.config.prefix, doc["alert"], doc["subject"]),
+                            doc))
+            return out
 
     # -- time-driven signals -------------------------------------------------
 
@@ -177,8 +184,8 @@ class Backend:
             heard = {d: t for d, t in self.store.last_heard().items() if kinds[d] == WATER}
             for device, t in heard.items():
                 intervals = (now - t) / self.config.expected_interval_s
-                self._step("silent", device, "meter", now, intervals, iso(now),
-                           [{"last_heard": iso(t)}])
+                with self._track("silent", device, "meter") as silent:
+                    silent.feed(now, intervals, iso(now), partial(_last_heard, t))
             for district in self.config.districts:
                 self._evaluate_district(district, now)
 
@@ -195,24 +202,28 @@ class Backend:
                 [series[d].get(hour) for d in district.households]))
         return out
 
-    def _evaluate_district(self, district: Any, now: float) -> None:
+    def _evaluate_district(self, district: District, now: float) -> None:
         inlet = district.inflow[0]
-        inlet_hours = self.store.hours(inlet, int(now) - 8 * 86400, int(now))
-        for night in analytics.nights(inlet_hours, self.config.timezone):
-            if night.min_l_h is None:
-                continue
-            first, last = night.hours[0].start, night.hours[-1].start + HOUR_S
-            balances = self.balances(district.name, first, last)
-            leak = analytics.mnf_leakage(night.night, balances, district.properties,
-                                         self.config.night_use_l_per_property_h)
-            if leak is None:
-                continue
-            evidence = [{"hour": format_hour(b.hour), "inflow_l": b.inflow_l,
-                         "outflow_l": b.outflow_l, "households_l": b.households_l,
-                         "loss_l": b.loss_l, "measured": b.measured,
-                         "estimated": b.estimated, "missing": b.missing} for b in balances]
-            self._step("district_leak", district.name, "district", night.night.toordinal(),
-                       leak.leakage_l_h, format_hour(last), evidence)
+        inlet_hours = self.store.hours(inlet, int(now) - EVALUATE_BACK_S, int(now))
+        with self._track("district_leak", district.name, "district", True) as leak_alert:
+            for night in analytics.nights(inlet_hours, self.config.timezone):
+                if night.min_l_h is not None and night.night.toordinal() > leak_alert.last:
+                    self._district_night(district, night, leak_alert)
+
+    def _district_night(self, district: District, night: analytics.Night,
+                        leak_alert: _Tracker) -> None:
+        first, last = night.hours[0].start, night.hours[-1].start + HOUR_S
+        balances = self.balances(district.name, first, last)
+        leak = analytics.mnf_leakage(night.night, balances, district.properties,
+                                     self.config.night_use_l_per_property_h)
+        if leak is None:
+            return
+        evidence = [{"hour": format_hour(b.hour), "inflow_l": b.inflow_l,
+                     "outflow_l": b.outflow_l, "households_l": b.households_l,
+                     "loss_l": b.loss_l, "measured": b.measured,
+                     "estimated": b.estimated, "missing": b.missing} for b in balances]
+        leak_alert.feed(night.night.toordinal(), leak.leakage_l_h, format_hour(last),
+                        lambda: evidence)
 
 
 def run(config: Config, stop: threading.Event | None = None) -> int:
@@ -243,6 +254,10 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
             log(f"broker refused the connection: {reason}")
             return
         client.subscribe(config.subscription, qos=1)
+        # Alerts raised while the broker was away (or lost with a broker without
+        # persistence) are retained again, so the broker's view matches the store.
+        for topic, document in backend.raised_alerts():
+            client.publish(topic, json.dumps(document, ensure_ascii=False), qos=1, retain=True)
         log(f"connected to {config.host}:{config.port} as {config.client_id}, "
             f"session present: {bool(flags.session_present)}, subscribed to "
             f"{config.subscription}")
@@ -282,3 +297,59 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
         store.close()
     log("stopped; counters " + json.dumps(counters, sort_keys=True))
     return 0
+
+
+class _Tracker:
+    """One alert's state for a batch of periods: loaded once, stored once.
+
+    The state is written back only when more than ``last_period`` changed
+    (feeding a period again then gives the same result), so a signal that
+    stays quiet costs no write; ``keep_period`` also stores a new period (for
+    signals with one period a night, whose evaluation is the costly part).
+    Each transition is published.
+    """
+
+    def __init__(self, backend: Backend, signal_name: str, subject: str,
+                 subject_kind: str, keep_period: bool) -> None:
+        self.backend = backend
+        self.keep_period = keep_period
+        self.rule = backend.rules[signal_name]
+        self.key = f"{signal_name}/{subject}"
+        self.subject = subject
+        self.subject_kind = subject_kind
+        stored = backend.store.alert(self.key)
+        self.before: dict[str, Any] = stored["_state"] if stored else alerts.new_state()
+        self.state = dict(self.before)
+        self.at = ""
+
+    @property
+    def last(self) -> float:
+        """The last period fed (−inf before the first)."""
+        last = self.state.get("last_period")
+        return float("-inf") if last is None else float(last)
+
+    def feed(self, period: float, value: float, at: str, evidence: Evidence) -> None:
+        """One period's value; ``evidence`` is computed only when the value is above."""
+        if period <= self.last:
+            return
+        shown = evidence() if value > self.rule.open_above else ()
+        self.state, change = alerts.step(self.state, self.rule, period, value, at, shown)
+        self.at = at
+        if change:
+            document = alerts.document(self.rule, self.subject, self.subject_kind,
+                                       self.state, at)
+            self.backend.publish(alerts.topic(self.backend.config.prefix,
+                                              self.rule.signal, self.subject), document)
+
+    def __enter__(self) -> _Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            return
+        ignored = () if self.keep_period else ("last_period",)
+        moved = {k: v for k, v in self.state.items() if k not in ignored}
+        if moved != {k: v for k, v in self.before.items() if k not in ignored}:
+            document = alerts.document(self.rule, self.subject, self.subject_kind,
+                                       self.state, self.at)
+            self.backend.store.put_alert(self.key, {**document, "_state": self.state})

@@ -186,6 +186,12 @@ class Store:
             out.append(meter_reading(doc))
         return out
 
+    def previous_received(self, device: str, before: float) -> float | None:
+        """When ``device``'s newest reading received before ``before`` arrived, or None."""
+        row = self.db.execute("SELECT max(received_at) FROM readings WHERE device=? AND "
+                              "received_at<?", (device, before)).fetchone()
+        return None if row[0] is None else float(row[0])
+
     def count_readings(self) -> int:
         """How many readings are stored."""
         return int(self.db.execute("SELECT count(*) FROM readings").fetchone()[0])

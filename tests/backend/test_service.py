@@ -81,8 +81,19 @@ def test_a_node_alarm_and_a_silent_meter_raise_alerts(
     doc = reading("00000002", 1, T0 + 6 * HOUR_S, [0] * 6, 0, alarms=("burst",))
     core.handle(topic(doc), json.dumps(doc).encode())
     core.evaluate(T0 + 6 * HOUR_S + 4 * 21600)
+    core.evaluate(T0 + 6 * HOUR_S + 4 * 21600 + 60)     # still silent: nothing new to say
     names = [t for t, d in published.messages if d["state"] == "open"]
     assert names == ["knute/alert/alarm_burst/00000002", "knute/alert/silent/00000002"]
+    assert [t for t, _ in core.raised_alerts()] == ["knute/alert/alarm_burst/00000002",
+                                                     "knute/alert/silent/00000002"]
+    # Heard again, without the alarm: both close.
+    doc2 = reading("00000002", 2, T0 + 30 * HOUR_S, [0] * 6, 0)
+    core.handle(topic(doc2), json.dumps(doc2).encode())
+    core.evaluate(T0 + 30 * HOUR_S + 60)
+    last = {t: d["state"] for t, d in published.messages}
+    assert last == {"knute/alert/alarm_burst/00000002": "closed",
+                    "knute/alert/silent/00000002": "closed"}
+    assert len(published.messages) == 4
 
 
 def test_district_night_leakage_alert(backend: tuple[Backend, Published]) -> None:
