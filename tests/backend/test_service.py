@@ -89,7 +89,7 @@ def test_a_node_alarm_and_a_silent_meter_raise_alerts(
     # Heard again, without the alarm: both close.
     doc2 = reading("00000002", 2, T0 + 30 * HOUR_S, [0] * 6, 0)
     core.handle(topic(doc2), json.dumps(doc2).encode())
-    core.evaluate(T0 + 30 * HOUR_S + 60)
+    core.evaluate(T0 + 31 * HOUR_S)
     last = {t: d["state"] for t, d in published.messages}
     assert last == {"knute/alert/alarm_burst/00000002": "closed",
                     "knute/alert/silent/00000002": "closed"}
