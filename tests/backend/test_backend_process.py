@@ -175,6 +175,7 @@ def test_readings_become_hours_and_a_leak_a_retained_alert(
     report = json.loads(status.stdout)
     assert report["readings"] == 5 and report["counters"]["duplicate"] == 5
     assert [a["alert"] for a in report["open_alerts"]] == ["continuous_flow"]
+    assert report["unheard_district_meters"] == ["1000a001"]
     # Retained: a client that subscribes later still learns the open alert.
     late = Client(broker)
     try:

@@ -59,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         report: dict[str, Any] = {
             "store": str(config.store_path), "readings": store.count_readings(),
             "meters": len(store.last_heard()), "counters": store.counters(),
+            "unheard_district_meters": sorted(
+                {d for district in config.districts
+                 for d in (*district.inflow, *district.outflow, *district.households)}
+                - set(store.last_heard())),
             "open_alerts": [{k: v for k, v in a.items() if k != "_state"}
                             for a in store.alerts("open")]}
     finally:
@@ -70,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
           f"{report['meters']} meters")
     for name, value in sorted(report["counters"].items()):
         print(f"  {name:12} {value}")
+    if report["unheard_district_meters"]:
+        print("district meters never heard: " + " ".join(report["unheard_district_meters"]))
     print(f"open alerts: {len(report['open_alerts'])}")
     for alert in report["open_alerts"]:
         print(f"  {alert['alert']:16} {alert['subject']:10} since {alert['opened_at']} "
