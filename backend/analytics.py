@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from backend.hours import ESTIMATED, HOUR_S, INDEX, MEASURED, Hour
@@ -111,6 +112,7 @@ def nights(hours: Iterable[Hour], tz: ZoneInfo,
     return out
 
 
+@lru_cache(maxsize=4096)
 def _window_hours(night: date, tz: ZoneInfo, window: tuple[int, int]) -> int:
     """How many UTC hours start inside the local window of ``night``."""
     start = int(datetime(night.year, night.month, night.day, tzinfo=tz).timestamp())

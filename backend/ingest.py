@@ -35,7 +35,8 @@ class ReadingChecker:
             doc = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadReading(f"not JSON: {exc}") from None
-        error = jsonschema.exceptions.best_match(self.validator.iter_errors(doc))
+        error = (None if self.validator.is_valid(doc)
+                 else jsonschema.exceptions.best_match(self.validator.iter_errors(doc)))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(document)"
             message = error.message if len(error.message) < 160 else error.message[:157] + "..."

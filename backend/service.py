@@ -139,13 +139,15 @@ class Backend:
         since = int(received) - EVALUATE_BACK_S
         hours = self.store.hours(device, since - since % HOUR_S)
         need = self.config.continuous_flow_hours
-        with self._track("continuous_flow", device, "meter") as flow:
+        with self._track("continuous_flow", device, "meter", True) as flow:
             for i, (hour, length) in enumerate(analytics.run_length_by_hour(hours)):
+                if hour <= flow.last:
+                    continue
                 flow.feed(hour, length, format_hour(hour + HOUR_S),
                           partial(_evidence, hours[max(i - length + 1, i + 1 - need):i + 1]))
         with self._track("night_flow", device, "meter", True) as night_flow:
             for night in analytics.nights(hours, self.config.timezone):
-                if night.min_l_h is not None:
+                if night.min_l_h is not None and night.night.toordinal() > night_flow.last:
                     night_flow.feed(night.night.toordinal(), night.min_l_h,
                                     format_hour(night.hours[-1].start + HOUR_S),
                                     partial(_evidence, night.hours))

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from backend.hours import Hour, MeterReading, Series, meter_reading, parse_utc, rebuild
+from backend.hours import Hour, MeterReading, Series, Slot, meter_reading, parse_utc, rebuild
 
 SCHEMA_VERSION = 1
 REUSED_ID_AFTER_S = 86400.0     # docs/mqtt.md: a reused id is weeks apart, a duplicate seconds
@@ -36,6 +36,7 @@ CREATE TABLE readings (
     fcnt INTEGER NOT NULL,
     received_at REAL NOT NULL,
     index_l REAL,
+    slots TEXT NOT NULL,
     alarms TEXT NOT NULL,
     payload TEXT NOT NULL
 );
@@ -145,9 +146,11 @@ class Store:
             newest = db.execute("SELECT max(received_at) FROM readings WHERE device=?",
                                 (device,)).fetchone()[0]
             index = doc.get("readings", {}).get("index", {}).get("value")
+            reading = meter_reading(doc)
             db.execute(
-                "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)",
                 (key, device, str(doc["kind"]), int(doc["fcnt"]), received, index,
+                 json.dumps([[slot.start, slot.litres] for slot in reading.slots]),
                  json.dumps(doc.get("alarms", [])), json.dumps(doc, ensure_ascii=False)))
             if any("litres" in slot for slot in doc.get("profile", [])) or index is not None:
                 self._rebuild(db, device)
@@ -158,33 +161,33 @@ class Store:
             return "late" if late else "stored"
 
     def _rebuild(self, db: sqlite3.Connection, device: str) -> Series:
-        readings = []
-        for key, payload in db.execute("SELECT id, payload FROM readings WHERE device=?",
-                                       (device,)):
-            doc = json.loads(payload)
-            doc["id"] = key
-            readings.append(meter_reading(doc))
-        series = rebuild(readings)
-        db.execute("DELETE FROM hours WHERE device=?", (device,))
-        db.executemany("INSERT INTO hours VALUES (?,?,?,?)",
-                       [(device, h.start, h.litres, h.quality)
-                        for h in sorted(series.hours.values(), key=lambda h: h.start)])
+        """Rebuild ``device``'s series; write only the hours that changed."""
+        series = rebuild(self._meter_readings(db, device))
+        stored = {int(h): (float(v), str(q)) for h, v, q in db.execute(
+            "SELECT hour, litres, quality FROM hours WHERE device=?", (device,))}
+        fresh = {h.start: (h.litres, h.quality) for h in series.hours.values()}
+        gone = [(device, h) for h in stored if h not in fresh]
+        changed = [(device, h, v, q) for h, (v, q) in fresh.items() if stored.get(h) != (v, q)]
+        db.executemany("DELETE FROM hours WHERE device=? AND hour=?", gone)
+        db.executemany("INSERT OR REPLACE INTO hours VALUES (?,?,?,?)", changed)
         db.execute("DELETE FROM index_steps WHERE device=?", (device,))
         db.executemany("INSERT INTO index_steps VALUES (?,?,?,?,?)",
                        [(device, s.at, s.before_l, s.after_l, s.reading_id)
                         for s in series.steps])
         return series
 
+    @staticmethod
+    def _meter_readings(db: sqlite3.Connection, device: str) -> list[MeterReading]:
+        return [MeterReading(str(key), float(received), None if index is None else float(index),
+                             tuple(Slot(int(start), float(litres))
+                                   for start, litres in json.loads(slots)))
+                for key, received, index, slots in db.execute(
+                    "SELECT id, received_at, index_l, slots FROM readings WHERE device=? "
+                    "ORDER BY received_at", (device,))]
+
     def readings_of(self, device: str) -> list[MeterReading]:
         """Every stored reading of ``device`` in the series' form, oldest first."""
-        out = []
-        for key, payload in self.db.execute(
-                "SELECT id, payload FROM readings WHERE device=? ORDER BY received_at",
-                (device,)):
-            doc = json.loads(payload)
-            doc["id"] = key
-            out.append(meter_reading(doc))
-        return out
+        return self._meter_readings(self.db, device)
 
     def previous_received(self, device: str, before: float) -> float | None:
         """When ``device``'s newest reading received before ``before`` arrived, or None."""
