@@ -43,7 +43,8 @@ def step(state: Mapping[str, Any], rule: Rule, period: float, value: float,
     """Feed one period's value; return (new state, ``opened``/``closed``/``""``).
 
     ``at`` is the time (ISO 8601 UTC) written as ``opened_at``/``closed_at``;
-    ``evidence`` (the hours behind the value) is kept while the alert is open.
+    ``evidence`` (the hours behind the value) is taken when the alert opens and
+    kept until it opens again: it shows what triggered it.
     """
     new = dict(state)
     last = state.get("last_period")
@@ -58,8 +59,6 @@ def step(state: Mapping[str, Any], rule: Rule, period: float, value: float,
         if toward and new["streak"] >= rule.close_after:
             new.update(state=CLOSED, streak=0, closed_at=at)
             return new, "closed"
-        if value > rule.open_above and evidence:
-            new["evidence"] = list(evidence)
         return new, ""
     if toward and new["streak"] >= rule.open_after:
         new.update(state=OPEN, streak=0, opened_at=at, closed_at=None, value=value,

@@ -256,13 +256,21 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
             log(f"broker refused the connection: {reason}")
             return
         client.subscribe(config.subscription, qos=1)
+        log(f"connected to {config.host}:{config.port} as {config.client_id}, "
+            f"session present: {bool(flags.session_present)}")
         # Alerts raised while the broker was away (or lost with a broker without
         # persistence) are retained again, so the broker's view matches the store.
         for topic, document in backend.raised_alerts():
             client.publish(topic, json.dumps(document, ensure_ascii=False), qos=1, retain=True)
-        log(f"connected to {config.host}:{config.port} as {config.client_id}, "
-            f"session present: {bool(flags.session_present)}, subscribed to "
-            f"{config.subscription}")
+
+    def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                     properties: Any) -> None:
+        # Logged on the broker's SUBACK: from here on, readings reach this consumer.
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            log(f"broker refused the subscription to {config.subscription}: {refused[0]}")
+        else:
+            log(f"subscribed to {config.subscription}")
 
     def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -276,6 +284,7 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
         client.ack(message.mid, message.qos)
 
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_message = on_message
     client.reconnect_delay_set(1, 30)
     properties = None
@@ -331,10 +340,11 @@ class _Tracker:
         return float("-inf") if last is None else float(last)
 
     def feed(self, period: float, value: float, at: str, evidence: Evidence) -> None:
-        """One period's value; ``evidence`` is computed only when the value is above."""
+        """One period's value; ``evidence`` is computed only when it may open the alert."""
         if period <= self.last:
             return
-        shown = evidence() if value > self.rule.open_above else ()
+        opening = self.state["state"] == alerts.CLOSED and value > self.rule.open_above
+        shown = evidence() if opening else ()
         self.state, change = alerts.step(self.state, self.rule, period, value, at, shown)
         self.at = at
         if change:
