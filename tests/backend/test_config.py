@@ -63,3 +63,11 @@ def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
         load(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_example_in_water_md_loads(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "water.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = load(write(tmp_path, example))
+    assert config.districts[0].households == ("00001234", "00001235")
+    assert config.night_use_l_per_property_h == 1.7
