@@ -70,6 +70,7 @@ class Backend:
         self.publish = publish
         self.checker = checker or ReadingChecker(config.schema_path)
         self.lock = threading.Lock()
+        self.handled: dict[str, int] = {}     # this process's outcomes (the store counts all)
         self.assigned = {d for district in config.districts
                          for d in (*district.inflow, *district.outflow, *district.households)}
         hours = config.continuous_flow_hours
@@ -108,6 +109,12 @@ class Backend:
     # -- readings ------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> str:
+        """Check, store and evaluate one message; return what happened to it (see ``_handle``)."""
+        outcome = self._handle(topic, payload)
+        self.handled[outcome] = self.handled.get(outcome, 0) + 1
+        return outcome
+
+    def _handle(self, topic: str, payload: bytes) -> str:
         """Check, store and evaluate one message; return what happened to it.
 
         ``bad`` (counted, one line logged), ``duplicate``, ``late`` or ``stored``.
@@ -306,7 +313,8 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     finally:
         counters = store.counters()
         store.close()
-    log("stopped; counters " + json.dumps(counters, sort_keys=True))
+    log("stopped; this process handled " + json.dumps(backend.handled, sort_keys=True)
+        + "; counters " + json.dumps(counters, sort_keys=True))
     return 0
 
 

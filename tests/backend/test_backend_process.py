@@ -74,13 +74,14 @@ def client(broker: Broker) -> Iterator[Client]:
     c.close()
 
 
-def write_config(tmp_path: Path, broker: Broker, share_group: str = "") -> Path:
-    path = tmp_path / "backend.toml"
+def write_config(tmp_path: Path, broker: Broker, share_group: str = "",
+                 client_id: str = "backend-test") -> Path:
+    path = tmp_path / f"{client_id}.toml"
     path.write_text(f"""
 [mqtt]
 host = "{broker.host}"
 port = {broker.port}
-client_id = "backend-test"
+client_id = "{client_id}"
 share_group = "{share_group}"
 [store]
 path = "backend.sqlite"
@@ -98,7 +99,7 @@ class Backend:
     """One ``knute backend run`` process."""
 
     def __init__(self, knute_bin: Path, config: Path) -> None:
-        self.log = config.parent / "backend.log"
+        self.log = config.parent / f"{config.stem}.log"
         self.start = self.log.stat().st_size if self.log.exists() else 0
         self.proc = subprocess.Popen([str(knute_bin), "backend", "run", "--config", str(config)],
                                      stdout=subprocess.DEVNULL,
@@ -170,7 +171,7 @@ def test_readings_become_hours_and_a_leak_a_retained_alert(
     final = json.loads(log.strip().splitlines()[-1].split("counters ", 1)[1])
     assert final == {"bad": 1, "duplicate": 5, "stored": 5}
     status = subprocess.run([str(knute_bin), "backend", "status", "--config",
-                             str(tmp_path / "backend.toml"), "--json"],
+                             str(tmp_path / "backend-test.toml"), "--json"],
                             capture_output=True, text=True, timeout=60, check=True)
     report = json.loads(status.stdout)
     assert report["readings"] == 5 and report["counters"]["duplicate"] == 5
@@ -242,3 +243,27 @@ def test_a_backend_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
             assert len(litres) == 60 and sum(litres) == 6 * sum(range(1, 11)), device
     finally:
         assert backend.stop() == 0
+
+
+def test_two_instances_in_a_shared_subscription_group_split_the_readings(
+        tmp_path: Path, broker: Broker, client: Client, knute_bin: Path) -> None:
+    # `$share/backend/knute/+/+/up`: the broker hands each reading to one member;
+    # both write the same store (SQLite in WAL mode on one machine).
+    backends = [Backend(knute_bin, write_config(tmp_path, broker, "backend", f"backend-{n}"))
+                for n in (1, 2)]
+    db = tmp_path / "backend.sqlite"
+    try:
+        for k in range(6):
+            for m in range(4):
+                client.send(reading(f"0000200{m}", k + 1, T0 + (k + 1) * 6 * HOUR_S, [2] * 6,
+                                    12 * (k + 1)))
+        wait_for(lambda: readings_count(db) == 24, 60, "every reading stored")
+    finally:
+        statuses = [b.stop() for b in backends]
+    assert statuses == [0, 0]
+    handled = [json.loads(b.text().strip().splitlines()[-1].split("handled ", 1)[1]
+                          .split("; counters", 1)[0]) for b in backends]
+    assert all(h.get("stored", 0) + h.get("late", 0) > 0 for h in handled), handled
+    assert sum(sum(h.values()) for h in handled) == 24
+    for m in range(4):
+        assert sum(v for _, v, _ in hours(db, f"0000200{m}")) == 72
