@@ -128,14 +128,15 @@ class Backend:
                 self.store.count("bad")
                 log(f"bad reading on {topic}: {exc}")
                 return "bad"
-            outcome = self.store.add_reading(doc)
-            if outcome == "duplicate" or doc["kind"] != WATER:
+            with self.store.transaction():
+                outcome = self.store.add_reading(doc)
+                if outcome == "duplicate" or doc["kind"] != WATER:
+                    return outcome
+                device = str(doc["device"])
+                if self.assigned and device not in self.assigned:
+                    self.store.count("unassigned")
+                self._evaluate_meter(device, doc)
                 return outcome
-            device = str(doc["device"])
-            if self.assigned and device not in self.assigned:
-                self.store.count("unassigned")
-            self._evaluate_meter(device, doc)
-            return outcome
 
     def _track(self, signal_name: str, subject: str, subject_kind: str,
                keep_period: bool = False) -> _Tracker:
@@ -188,7 +189,7 @@ class Backend:
 
     def evaluate(self, now: float) -> None:
         """Silent meters and district night leakage, as of unix time ``now``."""
-        with self.lock:
+        with self.lock, self.store.transaction():
             kinds = self.store.kinds()
             heard = {d: t for d, t in self.store.last_heard().items() if kinds[d] == WATER}
             for device, t in heard.items():

@@ -106,16 +106,25 @@ class Store:
     class _Tx:
         def __init__(self, db: sqlite3.Connection) -> None:
             self.db = db
+            self.outer = False
 
         def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.outer = not self.db.in_transaction
+            if self.outer:
+                self.db.execute("BEGIN IMMEDIATE")
             return self.db
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if self.outer:
+                self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
     def transaction(self) -> Store._Tx:
-        """A write transaction (``with store.transaction():``)."""
+        """A write transaction (``with store.transaction():``).
+
+        Nested ones join the outermost, which alone commits: a reading, its
+        series and the alert states it moves are committed together, and
+        another process writing the same file waits for the whole of it.
+        """
         return Store._Tx(self.db)
 
     # -- readings ------------------------------------------------------------
