@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("tools.cli.plan", "plan a city's concentrators: a seeded radio simulation"),
     "modbus-sim": ("tools.cli.modbus_sim", "simulate Modbus water meters and air stations"),
     "demo": ("tools.cli.demo", "broker, gateway, fleet and a live view in one command"),
+    "backend": ("tools.cli.backend", "store readings from MQTT, rebuild hourly use, find leaks"),
 }
 
 

@@ -1,0 +1,172 @@
+"""One hourly consumption series per meter, rebuilt from its readings (pure).
+
+A reading carries hourly profile slots and the meter's index. The series is
+keyed by the hour's start (unix seconds, UTC), so overlapping slots from
+several readings merge by timestamp and never add up twice. Rules:
+
+- ``measured``: the hour is a complete profile slot of some reading (a slot is
+  complete when it ended no later than ``ANCHOR_TOLERANCE_S`` after the reading
+  was received). Several readings with the same hour: the latest received wins.
+- An *anchor* is the index at an hour boundary. A reading gives one at the end
+  of its newest complete slot when it was received within
+  ``ANCHOR_TOLERANCE_S`` of it (a node sends right after it closes an hour), or
+  at the start of a running slot (a Modbus reading: the index minus the running
+  hour's litres), and one at the start of its oldest slot (that index minus
+  the complete slots' litres).
+- Between two consecutive anchors, the hours not measured share what the
+  index difference leaves after the measured hours: one such hour gets it
+  exactly (``index``), several share it equally (``estimated``; the total is
+  exact, the split is not).
+- An index lower than the previous anchor's (counter reset, meter replaced
+  under the same id, rollover) fills nothing: those hours stay missing and an
+  ``IndexStep`` is reported. A difference smaller than the measured hours
+  inside it fills nothing either. Missing hours are simply absent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+HOUR_S = 3600
+ANCHOR_TOLERANCE_S = 300    # a node sends within seconds of closing an hour; retries take longer
+
+MEASURED = "measured"
+INDEX = "index"
+ESTIMATED = "estimated"
+QUALITIES = (MEASURED, INDEX, ESTIMATED)
+
+
+def parse_utc(text: str) -> float:
+    """Unix seconds of an ISO 8601 UTC time with ``Z`` (the contract's only form)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def format_hour(hour: int) -> str:
+    """``2024-05-01T06:00:00Z`` for unix seconds ``hour``."""
+    return datetime.fromtimestamp(hour, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One profile slot: the hour starting at ``start`` (unix s) and its litres."""
+
+    start: int
+    litres: float
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    """What the series needs from one stored reading."""
+
+    id: str
+    received_at: float
+    index_l: float | None
+    slots: tuple[Slot, ...]
+
+
+@dataclass(frozen=True)
+class Hour:
+    """One value of the series."""
+
+    start: int
+    litres: float
+    quality: str
+
+
+@dataclass(frozen=True)
+class IndexStep:
+    """The index went backwards between two anchors."""
+
+    at: int            # the later anchor's hour (unix s)
+    before_l: float
+    after_l: float
+    reading_id: str
+
+
+@dataclass(frozen=True)
+class Series:
+    """A meter's hourly series and what was found while building it."""
+
+    hours: dict[int, Hour]
+    steps: list[IndexStep]
+    conflicts: int      # hours where two readings' slots disagreed
+
+
+def meter_reading(doc: Mapping[str, Any]) -> MeterReading:
+    """The series' view of one reading document (already schema-valid)."""
+    index = doc.get("readings", {}).get("index", {}).get("value")
+    slots = []
+    for slot in doc.get("profile", []):
+        if "litres" in slot:
+            slots.append(Slot(int(parse_utc(slot["start"])), float(slot["litres"])))
+    return MeterReading(str(doc["id"]), parse_utc(doc["received_at"]),
+                        None if index is None else float(index), tuple(slots))
+
+
+def _anchors(reading: MeterReading) -> tuple[list[Slot], list[tuple[int, float]]]:
+    """(complete slots, anchors) of one reading."""
+    t = reading.received_at
+    complete = [s for s in reading.slots if s.start + HOUR_S <= t + ANCHOR_TOLERANCE_S]
+    running = [s for s in reading.slots if s.start <= t < s.start + HOUR_S - ANCHOR_TOLERANCE_S]
+    if reading.index_l is None:
+        return complete, []
+    end: tuple[int, float] | None = None
+    if running:
+        end = (running[-1].start, reading.index_l - running[-1].litres)
+    elif complete and t - (complete[-1].start + HOUR_S) <= ANCHOR_TOLERANCE_S:
+        end = (complete[-1].start + HOUR_S, reading.index_l)
+    elif not reading.slots:
+        boundary = round(t / HOUR_S) * HOUR_S
+        if abs(t - boundary) <= ANCHOR_TOLERANCE_S:
+            end = (int(boundary), reading.index_l)
+    if end is None:
+        return complete, []
+    anchors = [end]
+    before = [s for s in complete if s.start < end[0]]
+    if before and _contiguous(before) and before[-1].start + HOUR_S == end[0]:
+        anchors.insert(0, (before[0].start, end[1] - sum(s.litres for s in before)))
+    return complete, anchors
+
+
+def _contiguous(slots: Sequence[Slot]) -> bool:
+    return all(b.start - a.start == HOUR_S for a, b in itertools.pairwise(slots))
+
+
+def rebuild(readings: Iterable[MeterReading]) -> Series:
+    """The hourly series of one meter from all its readings, in any order."""
+    ordered = sorted(readings, key=lambda r: (r.received_at, r.id))
+    hours: dict[int, Hour] = {}
+    conflicts = 0
+    anchors: dict[int, tuple[float, str]] = {}
+    for reading in ordered:
+        complete, points = _anchors(reading)
+        for slot in complete:
+            old = hours.get(slot.start)
+            if old is not None and old.litres != slot.litres:
+                conflicts += 1
+            hours[slot.start] = Hour(slot.start, slot.litres, MEASURED)
+        for at, index in points:
+            anchors[at] = (index, reading.id)     # latest received wins
+    steps: list[IndexStep] = []
+    points_sorted = sorted(anchors.items())
+    for (a_at, (a_index, _)), (b_at, (b_index, b_id)) in itertools.pairwise(points_sorted):
+        if b_index < a_index:
+            steps.append(IndexStep(b_at, a_index, b_index, b_id))
+            continue
+        span = range(a_at, b_at, HOUR_S)
+        gap = [h for h in span if h not in hours]
+        if not gap:
+            continue
+        left = b_index - a_index - sum(hours[h].litres for h in span if h in hours)
+        if left < 0:
+            continue
+        if len(gap) == 1:
+            hours[gap[0]] = Hour(gap[0], left, INDEX)
+        else:
+            for h in gap:
+                hours[h] = Hour(h, left / len(gap), ESTIMATED)
+    return Series(hours, steps, conflicts)

@@ -1,0 +1,48 @@
+"""Checking one MQTT message against the reading contract (pure but for the schema file).
+
+``check(topic, payload)`` returns the reading document or a ``BadReading``
+with a one-line reason naming what is wrong (JSON, the schema path of the
+first error, or a topic that does not match the payload).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "schema" / "reading.schema.json"
+
+
+class BadReading(Exception):
+    """A message that is not a valid reading; ``str()`` is the reason in one line."""
+
+
+class ReadingChecker:
+    """Validates readings against docs/schema/reading.schema.json (or ``schema_path``)."""
+
+    def __init__(self, schema_path: Path | None = None) -> None:
+        path = schema_path or SCHEMA_PATH
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        jsonschema.Draft202012Validator.check_schema(schema)
+        self.validator = jsonschema.Draft202012Validator(schema)
+
+    def check(self, topic: str, payload: bytes) -> dict[str, Any]:
+        """The reading in ``payload`` (published on ``topic``), or raise ``BadReading``."""
+        try:
+            doc = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadReading(f"not JSON: {exc}") from None
+        error = (None if self.validator.is_valid(doc)
+                 else jsonschema.exceptions.best_match(self.validator.iter_errors(doc)))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(document)"
+            message = error.message if len(error.message) < 160 else error.message[:157] + "..."
+            raise BadReading(f"schema: at {where}: {message}")
+        parts = topic.split("/")
+        if len(parts) >= 3 and (parts[-3], parts[-2]) != (doc["kind"], doc["device"]):
+            raise BadReading(f"topic names {parts[-3]}/{parts[-2]} but the reading is "
+                             f"{doc['kind']}/{doc['device']}")
+        return dict(doc)
