@@ -92,7 +92,7 @@ class GatewayConfig:
     gateway_id: str
     registry: str
     spool: str
-    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_max_bytes: int = 1024 * 1024 * 1024
     spool_max_age_s: float = 30 * 86400.0
     spool_fsync: str = "full"
     dedup_window_s: float = 0.2
@@ -251,7 +251,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
 
     sp = root.table("spool") or _Table(file, "spool", {})
     spool = _path(data_dir, sp.text("path", "spool.db"))
-    max_mb = sp.number("max_mb", 256.0, 0.01, 1e7)
+    max_mb = sp.number("max_mb", 1024.0, 0.01, 1e7)
     max_age_days = sp.number("max_age_days", 30.0, 0.0001, 36500.0)
     fsync = sp.text("fsync", "full", choices=("full", "normal"))
     sp.done()

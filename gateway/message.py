@@ -195,19 +195,19 @@ def reading_dict(frame: dict[str, Any], *, device: str, gateway_id: str, receive
         "device": device,
         "kind": frame["kind"],
         "fcnt": fcnt,
-        "received_at": iso_utc(received_at),
-        "readings": readings,
-        "alarms": alarms,
-        "battery": battery,
-        "profile": profile,
-        "receivers": receivers,
-        "gateway": gateway_id,
-        "source": source,
     }
     if epoch:
         out["epoch"] = epoch
+    out["received_at"] = iso_utc(received_at)
+    out["readings"] = readings
+    out["alarms"] = alarms
+    out["battery"] = battery
+    out["profile"] = profile
+    out["receivers"] = receivers
     if receivers_dropped:
         out["receivers_dropped"] = receivers_dropped
+    out["gateway"] = gateway_id
+    out["source"] = source
     if site is not None:
         out["site"] = site
     return out
