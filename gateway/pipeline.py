@@ -94,7 +94,7 @@ DEFAULT_DEDUP_WINDOW_S = 0.2
 DEFAULT_RESET_BELOW = 16
 # Receivers kept per reading. A district gateway has a few concentrators and radio
 # bridges in earshot of a meter; 8 covers every overlap of the model deployment and
-# bounds the list at about 1.5 KB of JSON (packet-forwarder receivers are the longest).
+# bounds the list at about 2 KB of JSON (packet-forwarder receivers are the longest).
 DEFAULT_MAX_RECEIVERS = 8
 
 

@@ -155,7 +155,7 @@ __all__ = ["MAX_PARKED_ROWS", "ROW_OVERHEAD", "SCHEMA_VERSION", "AcceptBatcher",
 _CHUNK = 500               # ids per IN (...) statement, below every SQLite variable limit
 _AGE_CHECK_S = 1.0
 RESERVE_BYTES = 8 * 1024 * 1024   # disk held back for a full file system (max_bytes/4 at most)
-# Larger than any reading the kinds table allows with the receivers bound (about 3 KB),
+# Larger than any reading the kinds table allows with the receivers bound (about 4 KB),
 # and below every common broker limit (AWS IoT Core 128 KB, EMQX 1 MB by default).
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 _CTX_CACHE_MAX = 4096
