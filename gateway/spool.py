@@ -125,15 +125,15 @@ from gateway.spool_park import MAX_PARKED_ROWS, Parking
 from gateway.spool_rows import (
     STORED_COLUMNS,
     Accepted,
+    ContextTable,
     ParkedRow,
     Row,
     SpoolError,
-    Stored,
     create_private,
     is_disk_full,
     make_reserve,
-    message_of,
     read_parked,
+    render,
     row_size,
     store_form,
     stored_row,
@@ -158,7 +158,6 @@ RESERVE_BYTES = 8 * 1024 * 1024   # disk held back for a full file system (max_b
 # Larger than any reading the kinds table allows with the receivers bound (about 4 KB),
 # and below every common broker limit (AWS IoT Core 128 KB, EMQX 1 MB by default).
 DEFAULT_MAX_MESSAGE_BYTES = 65536
-_CTX_CACHE_MAX = 4096
 
 # Persisted counters (table meta). evicted_total is the sum of the four evicted_* classes.
 EVICTION_KEYS = (
@@ -208,8 +207,7 @@ class Spool(Parking):
         self._disk_limit = max_bytes        # lowered when the file system fills up
         self.reserve_path = path + ".reserve"
         self._reserve_bytes = min(RESERVE_BYTES, max(0, max_bytes // 4))
-        self._ctx_ids: dict[tuple[int, str], int] = {}
-        self._ctx_texts: dict[int, tuple[int, str]] = {}
+        self._contexts = ContextTable()
         create_private(path)
         self._db = self._open_checked(path)
         self._make_reserve()
@@ -290,46 +288,12 @@ class Spool(Parking):
         # handed out in the failed transaction are gone with it.
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("ROLLBACK")
-        self._ctx_ids.clear()
-        self._ctx_texts.clear()
+        self._contexts.forget()
 
     def _bump(self, deltas: dict[str, int]) -> None:
         items = [(n, k) for k, n in deltas.items() if n]
         if items:
             self._db.executemany("UPDATE meta SET value = value + ? WHERE key = ?", items)
-
-    def _ctx_id(self, form: int, text: str) -> int:
-        """The context row of (form, text), inserted if new (inside a transaction)."""
-        key = (form, text)
-        found = self._ctx_ids.get(key)
-        if found is not None:
-            return found
-        row = self._db.execute("SELECT id FROM ctx WHERE form = ? AND text = ?",
-                               key).fetchone()
-        if row is None:
-            cur = self._db.execute("INSERT INTO ctx (form, text) VALUES (?, ?)", key)
-            assert cur.lastrowid is not None
-            ctx = int(cur.lastrowid)
-        else:
-            ctx = int(row[0])
-        if len(self._ctx_ids) >= _CTX_CACHE_MAX:
-            self._ctx_ids.clear()
-        self._ctx_ids[key] = ctx
-        return ctx
-
-    def _ctx_text(self, ctx: int) -> tuple[int, str] | None:
-        """(form, text) of a context row (caller holds the lock), None if it is gone."""
-        found = self._ctx_texts.get(ctx)
-        if found is None:
-            row = self._db.execute("SELECT form, text FROM ctx WHERE id = ?",
-                                   (ctx,)).fetchone()
-            if row is None:
-                return None
-            found = (int(row[0]), str(row[1]))
-            if len(self._ctx_texts) >= _CTX_CACHE_MAX:
-                self._ctx_texts.clear()
-            self._ctx_texts[ctx] = found
-        return found
 
     # -- the API ------------------------------------------------------------------------
 
@@ -391,7 +355,8 @@ class Spool(Parking):
                     self._evict(self._clock(), room=added)
                 epochs = self._epochs
                 rows = [(item.device_id, item.fcnt, epochs.get(item.device_id, 0),
-                         self._ctx_id(form, text), body, 1 if item.alarm else 0,
+                         self._contexts.id_of(self._db, form, text), body,
+                         1 if item.alarm else 0,
                          item.received_at, size)
                         for item, form, text, body, size in parts]
                 self._db.executemany(
@@ -548,11 +513,11 @@ class Spool(Parking):
                 stored = [stored_row(r) for r in self._db.execute(
                     f"SELECT {STORED_COLUMNS} FROM rows WHERE id > ? ORDER BY id LIMIT ?",
                     (after_id, limit)).fetchall()]
-                contexts = {s.ctx: self._ctx_text(s.ctx) for s in stored}
+                contexts = {s.ctx: self._contexts.text_of(self._db, s.ctx) for s in stored}
             out: list[Row] = []
             bad: dict[str, list[int]] = {}
             for s in stored:
-                row, problem = self._render(s, contexts[s.ctx])
+                row, problem = render(s, contexts[s.ctx], self.max_message_bytes)
                 if row is not None:
                     out.append(row)
                 else:
@@ -562,17 +527,6 @@ class Spool(Parking):
             if out or not bad or not stored:
                 return out
             after_id = stored[-1].row_id        # a whole batch parked: read on
-
-    def _render(self, s: Stored, ctx: tuple[int, str] | None) -> tuple[Row | None, str]:
-        """The row as the forwarder publishes it, or (None, why it must be parked)."""
-        topic, kind, payload = message_of(s, ctx)
-        if topic is None:
-            return None, kind
-        if len(payload) > self.max_message_bytes:
-            return None, (f"message of {len(payload)} bytes over max_message_bytes "
-                          f"{self.max_message_bytes}")
-        return Row(s.row_id, s.device_id, s.fcnt, kind, topic, payload, s.alarm,
-                   s.received_at), ""
 
     def ack(self, row_ids: Sequence[int]) -> int:
         """Delete delivered rows (broker PUBACK). Returns how many were still there.

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from gateway.spool_rows import (
     PARKED_COLUMNS,
     STORED_COLUMNS,
+    ContextTable,
     ParkedRow,
     SpoolError,
     message_of,
@@ -40,6 +41,7 @@ class Parking:
     _parked: int
     _parked_bytes: int
     _counters: dict[str, int]
+    _contexts: ContextTable
 
     def _begin(self) -> None:
         raise NotImplementedError
@@ -50,8 +52,6 @@ class Parking:
     def _bump(self, deltas: dict[str, int]) -> None:
         raise NotImplementedError
 
-    def _ctx_text(self, ctx: int) -> tuple[int, str] | None:
-        raise NotImplementedError
 
     def park(self, row_ids: Sequence[int], reason: str) -> int:
         """Move rows out of the delivery queue into the parked table; returns how many moved.
@@ -95,7 +95,7 @@ class Parking:
                     continue
                 keep = []
                 for s in stored:
-                    topic, kind, payload = message_of(s, self._ctx_text(s.ctx))
+                    topic, kind, payload = message_of(s, self._contexts.text_of(self._db, s.ctx))
                     if topic is None:         # unreadable: keep its stored bytes as they are
                         topic, kind, payload = "", "", s.body
                     keep.append((s.row_id, s.device_id, s.fcnt, kind, topic, payload,

@@ -102,6 +102,65 @@ def stored_row(r: tuple[Any, ...]) -> Stored:
                    bool(r[6]), float(r[7]), int(r[8]))
 
 
+class ContextTable:
+    """The ``ctx`` table's rows by (form, text) and by id, cached (at most 4,096 each)."""
+
+    MAX_CACHED = 4096
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[int, str], int] = {}
+        self._texts: dict[int, tuple[int, str]] = {}
+
+    def id_of(self, db: sqlite3.Connection, form: int, text: str) -> int:
+        """The context row of (form, text), inserted if new (inside a transaction)."""
+        key = (form, text)
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        row = db.execute("SELECT id FROM ctx WHERE form = ? AND text = ?", key).fetchone()
+        if row is None:
+            cur = db.execute("INSERT INTO ctx (form, text) VALUES (?, ?)", key)
+            assert cur.lastrowid is not None
+            ctx = int(cur.lastrowid)
+        else:
+            ctx = int(row[0])
+        if len(self._ids) >= self.MAX_CACHED:
+            self._ids.clear()
+        self._ids[key] = ctx
+        return ctx
+
+    def text_of(self, db: sqlite3.Connection, ctx: int) -> tuple[int, str] | None:
+        """(form, text) of a context row, None if there is none."""
+        found = self._texts.get(ctx)
+        if found is None:
+            row = db.execute("SELECT form, text FROM ctx WHERE id = ?", (ctx,)).fetchone()
+            if row is None:
+                return None
+            found = (int(row[0]), str(row[1]))
+            if len(self._texts) >= self.MAX_CACHED:
+                self._texts.clear()
+            self._texts[ctx] = found
+        return found
+
+    def forget(self) -> None:
+        """Drop the cache (after a rollback: ids handed out in it are gone)."""
+        self._ids.clear()
+        self._texts.clear()
+
+
+def render(s: Stored, ctx: tuple[int, str] | None,
+           max_message_bytes: int) -> tuple[Row | None, str]:
+    """The row as the forwarder publishes it, or (None, why it must be parked)."""
+    topic, kind, payload = message_of(s, ctx)
+    if topic is None:
+        return None, kind
+    if len(payload) > max_message_bytes:
+        return None, (f"message of {len(payload)} bytes over max_message_bytes "
+                      f"{max_message_bytes}")
+    return Row(s.row_id, s.device_id, s.fcnt, kind, topic, payload, s.alarm,
+               s.received_at), ""
+
+
 def store_form(item: Accepted) -> tuple[int, str, bytes]:
     """(form, context text, body) of an accepted item."""
     if item.reading is not None:
