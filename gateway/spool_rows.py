@@ -181,9 +181,8 @@ def message_of(s: Stored, ctx: tuple[int, str] | None) -> tuple[str | None, str,
     form, text = ctx
     try:
         if form == FORM_READING:
-            reading = message.Reading.from_stored(text, s.body, device_id=s.device_id,
-                                                  fcnt=s.fcnt, received_at=s.received_at)
-            return reading.topic(), reading.kind, reading.json(s.epoch)
+            return message.render_stored(text, s.body, device_id=s.device_id, fcnt=s.fcnt,
+                                         received_at=s.received_at, epoch=s.epoch)
         topic, kind = json.loads(text)
         return str(topic), str(kind), s.body
     except (message.StoredFormError, ValueError, TypeError) as exc:

@@ -68,11 +68,12 @@ receivers_lists = st.lists(st.sampled_from([RADIO, FORWARDER, {"source": "uart0"
 @given(st.sampled_from(KIND_NAMES).flatmap(lambda k: st.tuples(st.just(k), readings(k))),
        st.integers(0, 0xFFFFFFFF), st.integers(0, frame.MAX_FCNT),
        st.floats(1_000_000_000, 3_000_000_000, allow_nan=False), receivers_lists,
-       st.sampled_from([None, SITE, {"site": "x"}]))
+       st.sampled_from([None, SITE, {"site": "x"}]), st.integers(0, 5000))
 def test_stored_form_gives_the_same_json_bytes(kind_values: tuple[str, dict[str, Any]],
                                                device_id: int, fcnt: int, received: float,
                                                receivers: list[dict[str, Any]],
-                                               site: dict[str, Any] | None) -> None:
+                                               site: dict[str, Any] | None,
+                                               dropped: int) -> None:
     kind, values = kind_values
     r = reading(kind, values, device_id=device_id, fcnt=fcnt, received_at=received,
                 receivers=receivers, site=site)
@@ -80,6 +81,19 @@ def test_stored_form_gives_the_same_json_bytes(kind_values: tuple[str, dict[str,
     back = message.Reading.from_stored(ctx, body, device_id=device_id, fcnt=fcnt,
                                        received_at=received)
     assert (back.topic(), back.json()) == old_path(r)
+    topic, kind_back, payload = message.render_stored(ctx, body, device_id=device_id,
+                                                      fcnt=fcnt, received_at=received)
+    assert (topic, payload) == old_path(r) and kind_back == kind
+    for epoch in (1, 977):
+        _t, _k, with_epoch = message.render_stored(ctx, body, device_id=device_id, fcnt=fcnt,
+                                                   received_at=received, epoch=epoch)
+        assert with_epoch == back.json(epoch)
+    if dropped:
+        r2 = reading(kind, values, device_id=device_id, fcnt=fcnt, received_at=received,
+                     receivers=receivers, site=site, dropped=dropped)
+        ctx2, body2 = r2.stored()
+        assert message.render_stored(ctx2, body2, device_id=device_id, fcnt=fcnt,
+                                     received_at=received)[2] == r2.json()
 
 
 def test_values_with_a_gap_and_nulls_round_trip() -> None:
@@ -266,9 +280,12 @@ def test_spool_files_are_private(tmp_path: Path) -> None:
     assert modes == dict.fromkeys(names, 0o600)
 
 
-@pytest.mark.parametrize("bad", [b"", b"[1]", b'[[1,2,3,4,5,6,7,8,9,10,11,12], []]',
-                                 b'[{"99": 1}, []]', b"\xff"])
+@pytest.mark.parametrize("bad", [b"", b"[1]", b"[1,2,3,4,5,6,7,8,9,10,11,12]\n[]",
+                                 b'{"99": 1}\n[]', b"\xff", b"[1]\n{}", b"[1]\n[]\n2\n3",
+                                 b"[1]\n[]\nx", b"7\n[]"])
 def test_damaged_bodies_raise_one_error(bad: bytes) -> None:
     ctx, _ = reading("water_meter", {"index": 1}).stored()
     with pytest.raises(message.StoredFormError):
         message.Reading.from_stored(ctx, bad, device_id=1, fcnt=1, received_at=1.0)
+    with pytest.raises(message.StoredFormError):
+        message.render_stored(ctx, bad, device_id=1, fcnt=1, received_at=1.0)
