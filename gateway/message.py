@@ -29,12 +29,9 @@ the same transaction; within an epoch only a higher counter is accepted, so an
 id never names two different readings, and a copy of the same reading (heard
 twice, re-sent after a crash) keeps its id.
 
-How a reading is stored: the spool keeps a ``Reading`` (the ingredients of the
-JSON) instead of the JSON itself. ``Reading.stored()`` gives a small context
-string shared by many rows (prefix, kind, gateway, source, site) and a compact
-body (the raw field values by field position and the receivers, as JSON);
-``Reading.from_stored`` reverses it and ``Reading.json(epoch)`` builds the
-bytes at publish time, the same bytes ``reading_json`` gives.
+The pipeline hands the spool a ``Reading`` (the ingredients of the JSON); the
+spool builds its bytes with ``Reading.json(epoch)``, the same bytes
+``reading_json`` gives, once it knows the device's epoch.
 """
 
 from __future__ import annotations
@@ -224,34 +221,13 @@ def reading_json(frame: dict[str, Any], *, device: str, gateway_id: str, receive
                                receivers_dropped=receivers_dropped)).encode()
 
 
-class StoredFormError(ValueError):
-    """A stored reading that cannot be read back (damaged or foreign bytes)."""
-
-
-_CTX_CACHE: dict[str, tuple[str, str, int, str, str, dict[str, Any] | None]] = {}
-_FIELD_POS: dict[int, dict[str, int]] = {}
-_FIELD_NAMES: dict[int, tuple[str, ...]] = {}
-
-
-def _field_positions(kind_id: int) -> dict[str, int]:
-    pos = _FIELD_POS.get(kind_id)
-    if pos is None:
-        pos = {name: i for i, name in enumerate(_field_names(kind_id))}
-        _FIELD_POS[kind_id] = pos
-    return pos
-
-
-def _field_names(kind_id: int) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(kind_id)
-    if names is None:
-        names = tuple(field["name"] for field in kinds.kind_by_id(kind_id)["fields"])
-        _FIELD_NAMES[kind_id] = names
-    return names
-
-
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """What one reading's JSON is built from; the spool stores this, not the JSON."""
+    """What one reading's JSON is built from, as the pipeline hands it to the spool.
+
+    The spool builds the JSON (``json(epoch)``) once it knows the device's epoch,
+    in the transaction that accepts the reading, and stores it compressed.
+    """
 
     device_id: int
     kind: str
@@ -279,61 +255,6 @@ class Reading:
                             receivers=self.receivers, source=self.source, site=self.site,
                             epoch=epoch, receivers_dropped=self.receivers_dropped)
 
-    def stored(self) -> tuple[str, bytes]:
-        """(context, body): the compact stored form (``from_stored`` reverses it).
-
-        The context (prefix, kind, gateway, source, site) is shared by the rows of
-        a device. The body is three lines of compact JSON: the raw values by
-        field position (a list when the fields present are the first n of the
-        kind, else an object keyed by position), the receivers exactly as they
-        appear in the message, and the dropped-receivers count when not 0 (JSON
-        text never holds a raw newline). ValueError if a value names no field of
-        the kind (the caller then stores the finished JSON).
-        """
-        ctx = _dumps([self.prefix, self.kind, self.kind_id, self.gateway_id, self.source,
-                      self.site])
-        pos = _field_positions(self.kind_id)
-        values = self.values
-        try:
-            by_pos = sorted((pos[name], value) for name, value in values.items())
-        except KeyError as exc:
-            raise ValueError(f"field {exc} is not in kind {self.kind}") from None
-        packed: list[Any] | dict[str, Any]
-        if not by_pos or by_pos[-1][0] == len(by_pos) - 1:
-            packed = [value for _, value in by_pos]
-        else:
-            packed = {str(p): value for p, value in by_pos}
-        body = f"{_dumps(packed)}\n{_dumps(self.receivers)}"
-        if self.receivers_dropped:
-            body += f"\n{self.receivers_dropped}"
-        return ctx, body.encode()
-
-    @classmethod
-    def from_stored(cls, ctx: str, body: bytes, *, device_id: int, fcnt: int,
-                    received_at: float) -> Reading:
-        """The reading back from ``stored()``'s context and body; StoredFormError if damaged."""
-        try:
-            parts = _CTX_CACHE.get(ctx)
-            if parts is None:
-                prefix, kind, kind_id, gateway_id, source, site = json.loads(ctx)
-                parts = (str(prefix), str(kind), int(kind_id), str(gateway_id), str(source),
-                         site if isinstance(site, dict) else None)
-                if len(_CTX_CACHE) >= 4096:
-                    _CTX_CACHE.clear()
-                _CTX_CACHE[ctx] = parts
-            prefix, kind, kind_id, gateway_id, source, site = parts
-            lines = body.split(b"\n")
-            values = _unpack_values(kind_id, lines[0])
-            receivers = json.loads(lines[1])
-            dropped = int(lines[2]) if len(lines) > 2 else 0
-            if not isinstance(receivers, list) or len(lines) > 3:
-                raise ValueError("not a stored reading")
-        except Exception as exc:       # any damage: one clear error for the caller
-            raise StoredFormError(f"stored reading unreadable: {exc!r}") from None
-        return cls(device_id=device_id, kind=kind, kind_id=kind_id, fcnt=fcnt, values=values,
-                   received_at=received_at, receivers=receivers, source=source, site=site,
-                   gateway_id=gateway_id, prefix=prefix, receivers_dropped=dropped)
-
 
 def is_alarm(frame: dict[str, Any]) -> bool:
     """True when any alarm/status bit of the frame is set (the spool evicts these last)."""
@@ -342,136 +263,3 @@ def is_alarm(frame: dict[str, Any]) -> bool:
         if role == "bits" and values.get(name):
             return True
     return False
-
-
-def _unpack_values(kind_id: int, text: bytes) -> dict[str, Any]:
-    """Raw values by name from the stored values line (see ``Reading.stored``)."""
-    packed = json.loads(text)
-    names = _field_names(kind_id)
-    if isinstance(packed, list):
-        if len(packed) > len(names):
-            raise ValueError("more values than fields")
-        return dict(zip(names, packed, strict=False))
-    if not isinstance(packed, dict):
-        raise ValueError("values are neither a list nor an object")
-    return {names[int(p)]: v for p, v in sorted(packed.items(), key=lambda kv: int(kv[0]))}
-
-
-# -- building the JSON of a stored reading, fast ----------------------------------------
-#
-# The forwarder builds the message of every spooled reading as it publishes, so this
-# is on the drain's path. It writes the same bytes as reading_json (tests compare them
-# for any reading of any kind) from pre-serialised pieces: a reading's constant parts
-# per context, each field's name and unit per kind, and the receivers' JSON as stored.
-
-# Per context text: (topic prefix up to the device, kind, kind id, '"kind":..' piece,
-# the tail from "gateway" to the end).
-_FAST_CTX: dict[str, tuple[str, str, int, str, str]] = {}
-# Per kind id, one step per field: (role, '"name":{"value":' piece, ',"unit":"u"}' piece,
-# mul, div (0 when both are 1), escaped bit names, series key, position of the series'
-# end hour or -1).
-_FastStep = tuple[int, str, str, int, int, tuple[str, ...], str, int]
-_FAST_PLANS: dict[int, tuple[_FastStep, ...]] = {}
-_READING, _BITS, _BATTERY, _SERIES, _OTHER = range(5)
-_ROLES = {"reading": _READING, "bits": _BITS, "battery": _BATTERY, "series": _SERIES}
-_ABSENT = object()
-_decode = json.JSONDecoder().decode
-
-
-def _fast_plan(kind_id: int) -> tuple[_FastStep, ...]:
-    plan = _FAST_PLANS.get(kind_id)
-    if plan is None:
-        steps = _plan(kind_id)
-        pos = {step[0]: i for i, step in enumerate(steps)}
-        plan = tuple((_ROLES.get(role, _OTHER), f"{_dumps(name)}:{{\"value\":",
-                      f",\"unit\":{_dumps(unit)}}}", mul, 0 if mul == 1 and div == 1 else div,
-                      tuple(_dumps(b) for b in bits),
-                      _dumps("litres" if unit == "L" else "value"),
-                      pos.get(name + "_end_h", -1))
-                     for name, role, unit, mul, div, bits in steps)
-        _FAST_PLANS[kind_id] = plan
-    return plan
-
-
-def _fast_ctx(ctx: str) -> tuple[str, str, int, str, str]:
-    parts = _FAST_CTX.get(ctx)
-    if parts is None:
-        prefix, kind, kind_id, gateway_id, source, site = json.loads(ctx)
-        tail = f',"gateway":{_dumps(str(gateway_id))},"source":{_dumps(str(source))}'
-        if isinstance(site, dict):
-            tail += f',"site":{_dumps(site)}'
-        parts = (f"{prefix}/{kind}/", str(kind), int(kind_id), f'"kind":{_dumps(str(kind))}',
-                 tail + "}")
-        if len(_FAST_CTX) >= 4096:
-            _FAST_CTX.clear()
-        _FAST_CTX[ctx] = parts
-    return parts
-
-
-def _num(raw: int, mul: int, div: int) -> str:
-    """A scaled raw value as JSON writes it (div 0: unscaled)."""
-    if not div:
-        return str(raw)
-    value = _scale(raw, mul, div)
-    return repr(value) if value.__class__ is float else str(value)
-
-
-def render_stored(ctx: str, body: bytes, *, device_id: int, fcnt: int, received_at: float,
-                  epoch: int = 0) -> tuple[str, str, bytes]:
-    """(topic, kind, JSON bytes) of a stored reading: ``Reading.from_stored(...).json(epoch)``
-    and its topic, built without the intermediate objects. StoredFormError if damaged."""
-    try:
-        topic_head, kind, kind_id, kind_piece, tail = _fast_ctx(ctx)
-        first, _, rest = body.decode().partition("\n")
-        receivers, _, dropped = rest.partition("\n")
-        if receivers[:1] != "[" or "\n" in dropped:
-            raise ValueError("not a stored reading")
-        plan = _fast_plan(kind_id)
-        packed = _decode(first)
-        if packed.__class__ is list:
-            if len(packed) > len(plan):
-                raise ValueError("more values than fields")
-            vals = packed + [_ABSENT] * (len(plan) - len(packed))
-        else:
-            vals = [_ABSENT] * len(plan)
-            for p, v in packed.items():
-                vals[int(p)] = v
-        device = f"{device_id:08x}"
-        rid = f"{device}:{fcnt}" if not epoch else f"{device}:{epoch}:{fcnt}"
-        out = [f'{{"id":"{rid}","device":"{device}",{kind_piece},"fcnt":{fcnt}']
-        if epoch:
-            out.append(f',"epoch":{epoch}')
-        out.append(f',"received_at":"{iso_utc(received_at)}","readings":{{')
-        readings: list[str] = []
-        alarms: list[str] = []
-        battery = "null"
-        profile: list[str] = []
-        for (role, head, unit, mul, div, bits, key, end_pos), raw in zip(plan, vals,
-                                                                        strict=True):
-            if raw is _ABSENT:
-                continue
-            if role == _READING:
-                readings.append(f"{head}{'null' if raw is None else _num(raw, mul, div)}{unit}")
-            elif role == _BITS:
-                if raw:
-                    alarms.extend(bits[pos] for pos in range(len(bits)) if raw >> pos & 1)
-            elif role == _BATTERY:
-                battery = "null" if raw is None else _num(raw, mul, div)
-            elif role == _SERIES and raw:
-                end_mod = vals[end_pos] if end_pos >= 0 else None
-                if end_mod is not None and end_mod is not _ABSENT:
-                    end = resolve_end_hour(end_mod, received_at)
-                    hour = end - len(raw)
-                    for item in raw:
-                        profile.append(f'{{"start":"{hour_iso(hour)}","end":'
-                                       f'"{hour_iso(hour + 1)}",{key}:{_num(item, mul, div)}}}')
-                        hour += 1
-        out.append(",".join(readings))
-        out.append(f'}},"alarms":[{",".join(alarms)}],"battery":{battery},"profile":'
-                   f'[{",".join(profile)}],"receivers":{receivers}')
-        if dropped:
-            out.append(f',"receivers_dropped":{int(dropped)}')
-        out.append(tail)
-        return f"{topic_head}{device}/up", kind, "".join(out).encode()
-    except Exception as exc:       # any damage: one clear error for the caller
-        raise StoredFormError(f"stored reading unreadable: {exc!r}") from None
