@@ -182,7 +182,8 @@ class Daemon:
         self.pipeline = Pipeline(devices, self.spool.counters(), counters=self.counters,
                                  dedup_window_s=cfg.dedup_window_s,
                                  reset_below=cfg.counter_reset_below,
-                                 max_receivers=cfg.max_receivers)
+                                 max_receivers=cfg.max_receivers,
+                                 epochs=self.spool.epochs())
         self.batcher = AcceptBatcher(self.spool, window_s=COMMIT_WINDOW_S,
                                      max_frames=COMMIT_MAX_FRAMES, on_commit=self._committed)
         self.forwarder = Forwarder(self.spool, cfg.mqtt.to_forwarder(),
@@ -521,13 +522,12 @@ class Daemon:
                 assert self.pipeline is not None
                 self._release(self.pipeline.drain())
                 self._commit(force=True)
-                self.spool.reset_counter(ctl.device_id)
-                assert self.pipeline is not None
-                self.pipeline.forget_counter(ctl.device_id)
+                epoch = self.spool.reset_counter(ctl.device_id)
+                self.pipeline.forget_counter(ctl.device_id, epoch)
                 if self.registry is not None:
                     self.registry.clear_counter(ctl.device_id)
-                log.warning("replay counter of device %08x reset by the operator",
-                            ctl.device_id)
+                log.warning("replay counter of device %08x reset by the operator; its "
+                            "epoch is now %d", ctl.device_id, epoch)
         except Exception as exc:  # reported to the requester
             ctl.error = str(exc)
         finally:

@@ -127,6 +127,7 @@ class Ready:
     deadline: float
     receptions: list[Reception] = field(default_factory=list)
     receivers_dropped: int = 0          # copies left out of ``receptions`` by the bound
+    epoch: int = 0                      # the device's epoch when the frame was accepted
     first_at: float | None = None       # received_at of the first copy
     radio: bool = False                 # some copy was heard over the air
 
@@ -359,11 +360,13 @@ class Pipeline:
                  *, counters: Counters | None = None,
                  dedup_window_s: float = DEFAULT_DEDUP_WINDOW_S,
                  reset_below: int = DEFAULT_RESET_BELOW,
-                 max_receivers: int = DEFAULT_MAX_RECEIVERS) -> None:
+                 max_receivers: int = DEFAULT_MAX_RECEIVERS,
+                 epochs: Mapping[int, int] | None = None) -> None:
         self.devices: Mapping[int, Device] = dict(devices)
         self.counters = counters if counters is not None else Counters()
         self.dedup_window_s = dedup_window_s
         self.max_receivers = max(1, max_receivers)
+        self.epochs: dict[int, int] = dict(epochs or {})
         self.verifier = Verifier()
         self.replay = ReplayGuard(replay, reset_below)
         self._window: OrderedDict[tuple[int, int], Ready] = OrderedDict()
@@ -379,9 +382,12 @@ class Pipeline:
         """Reset the replay state to the spool's committed counters."""
         self.replay.load(counters)
 
-    def forget_counter(self, device_id: int) -> None:
-        """Forget one device's counter (after ``knute devices reset-counter``)."""
+    def forget_counter(self, device_id: int, epoch: int | None = None) -> None:
+        """Forget one device's counter (after ``knute devices reset-counter``); ``epoch``
+        is the device's new epoch (``Spool.reset_counter`` returns it)."""
         self.replay.forget(device_id)
+        if epoch is not None:
+            self.epochs[device_id] = epoch
 
     # -- the decision --------------------------------------------------------------------
 
@@ -428,7 +434,7 @@ class Pipeline:
         self.replay.advance(device_id, fcnt, fingerprint)
         self._window[slot] = Ready(decoded=decoded, device=device, raw=bytes(buf),
                                    digest=fingerprint, deadline=rx.at + self.dedup_window_s,
-                                   receptions=[rx])
+                                   receptions=[rx], epoch=self.epochs.get(device_id, 0))
         return Verdict("pending", None, device_id, fcnt)
 
     def submit_reading(self, frame: Mapping[str, Any], receiver: Mapping[str, Any],
@@ -485,7 +491,7 @@ class Pipeline:
                    "fcnt": fcnt, "tag_len": 0, "values": dict(values)}
         self._window[slot] = Ready(decoded=decoded, device=device, raw=body,
                                    digest=fingerprint, deadline=at + self.dedup_window_s,
-                                   receptions=[rx])
+                                   receptions=[rx], epoch=self.epochs.get(device_id, 0))
         return Verdict("pending", None, device_id, fcnt)
 
     # -- leaving the dedup window --------------------------------------------------------
@@ -519,7 +525,8 @@ class Pipeline:
 
 
 def to_accepted(ready: Ready, *, prefix: str, gateway_id: str) -> Accepted:
-    """The spool row of a released frame: its ``message.Reading`` (JSON built at publish)."""
+    """The spool row of a released frame: its ``message.Reading`` and the reading's JSON
+    (built here, in the ingest thread, with the epoch the frame was accepted in)."""
     decoded = ready.decoded
     reading = message.Reading(
         device_id=ready.device.device_id, kind=decoded["kind"], kind_id=decoded["kind_id"],
@@ -527,9 +534,9 @@ def to_accepted(ready: Ready, *, prefix: str, gateway_id: str) -> Accepted:
         receivers=ready.receivers, source=ready.source_type, site=ready.device.site_info(),
         gateway_id=gateway_id, prefix=prefix, receivers_dropped=ready.receivers_dropped)
     return Accepted(device_id=ready.device.device_id, fcnt=decoded["fcnt"],
-                    kind=decoded["kind"], topic=reading.topic(), payload=b"",
-                    alarm=message.is_alarm(decoded), received_at=ready.received_at,
-                    reading=reading)
+                    kind=decoded["kind"], topic=reading.topic(),
+                    payload=reading.json(ready.epoch), alarm=message.is_alarm(decoded),
+                    received_at=ready.received_at, reading=reading, epoch=ready.epoch)
 
 
 def process_all(pipeline: Pipeline, receptions: Sequence[Reception]) -> list[Verdict]:

@@ -484,6 +484,11 @@ class Spool(Parking):
         with self._lock:
             return self._epochs.get(device_id, 0)
 
+    def epochs(self) -> dict[int, int]:
+        """device_id -> epoch, for the devices whose epoch is not 0."""
+        with self._lock:
+            return dict(self._epochs)
+
     def reset_counter(self, device_id: int) -> int:
         """Forget a device's replay counter and start its next epoch; returns that epoch.
 

@@ -33,10 +33,10 @@ class SpoolError(KnuteError):
 class Accepted:
     """One verified, deduplicated frame ready to spool.
 
-    Either ``reading`` is given (the spool builds its JSON with the device's
-    epoch when it accepts it, and stores it deflated; ``topic`` and ``payload``
-    may then be empty), or ``topic`` and ``payload`` are the finished message,
-    stored as they are.
+    Either ``reading`` is given (``payload`` is then its JSON built with
+    ``epoch``, or empty; the spool rebuilds it if the device's epoch is not
+    that one any more, and stores it deflated), or ``topic`` and ``payload``
+    are the finished message, stored as they are.
     """
 
     device_id: int
@@ -47,6 +47,7 @@ class Accepted:
     alarm: bool            # any alarm/fault bit set -> evicted last
     received_at: float     # unix seconds
     reading: message.Reading | None = None
+    epoch: int = 0         # the epoch ``payload`` names (with a reading)
 
 
 class Row(NamedTuple):
@@ -207,8 +208,9 @@ def store_form(item: Accepted, epoch: int) -> tuple[int, str, bytes]:
     """(form, context text, body) of an accepted item; a reading's JSON gets ``epoch``."""
     if item.reading is not None:
         reading = item.reading
-        return (FORM_DEFLATED, _dumps([reading.topic(), reading.kind]),
-                deflate(reading.json(epoch)))
+        payload = (item.payload if item.payload and item.epoch == epoch
+                   else reading.json(epoch))
+        return FORM_DEFLATED, _dumps([item.topic, reading.kind]), deflate(payload)
     return FORM_MESSAGE, _dumps([item.topic, item.kind]), item.payload
 
 

@@ -31,9 +31,8 @@ def radio(buf: bytes, at: float, name: str, snr: float | None, rssi: int | None,
 
 def published(ready: pl.Ready) -> dict[str, object]:
     """The reading JSON the spool will publish for a released frame."""
-    reading = pl.to_accepted(ready, prefix="c", gateway_id="g").reading
-    assert reading is not None
-    doc: dict[str, object] = json.loads(reading.json())
+    doc: dict[str, object] = json.loads(pl.to_accepted(ready, prefix="c",
+                                                       gateway_id="g").payload)
     return doc
 
 
@@ -84,3 +83,15 @@ def test_ties_keep_the_earlier_receiver_and_radio_is_remembered() -> None:
     (ready,) = p.drain()
     assert [r["source"] for r in ready.receivers] == ["weak"]
     assert ready.receivers_dropped == 2 and ready.source_type == "radio"
+
+
+def test_frames_carry_the_epoch_they_were_accepted_in() -> None:
+    p = pl.Pipeline({DEV: Device(DEV, "water_meter", KEY)}, {DEV: 9}, counters=Counters(),
+                    epochs={DEV: 2})
+    p.submit(radio(water(10), 0.0, "r0", 1.0, -90))
+    waiting = p.submit(radio(water(11), 0.0, "r0", 1.0, -90))
+    p.forget_counter(DEV, 3)                  # an operator's reset, while 11 waits
+    p.submit(radio(water(1), 0.0, "r0", 1.0, -90))
+    assert waiting.status == "pending"
+    ids = [published(ready)["id"] for ready in p.drain()]
+    assert ids == ["00001234:2:10", "00001234:2:11", "00001234:3:1"]
