@@ -211,11 +211,14 @@ class Daemon:
         self._check_files()
         self.registry = Registry(cfg.registry)
         self.spool = Spool(cfg.spool, max_bytes=cfg.spool_max_bytes,
-                           max_age_s=cfg.spool_max_age_s, fsync=cfg.spool_fsync)
+                           max_age_s=cfg.spool_max_age_s, fsync=cfg.spool_fsync,
+                           max_message_bytes=cfg.mqtt.max_message_bytes)
         devices = self.registry.snapshot()
         self.pipeline = Pipeline(devices, self.spool.counters(), counters=self.counters,
                                  dedup_window_s=cfg.dedup_window_s,
-                                 reset_below=cfg.counter_reset_below)
+                                 reset_below=cfg.counter_reset_below,
+                                 max_receivers=cfg.max_receivers,
+                                 epochs=self.spool.epochs())
         self.batcher = AcceptBatcher(self.spool, window_s=COMMIT_WINDOW_S,
                                      max_frames=COMMIT_MAX_FRAMES, on_commit=self._committed)
         self.forwarder = Forwarder(self.spool, cfg.mqtt.to_forwarder(),
@@ -628,15 +631,17 @@ class Daemon:
             if ctl.action == "reload":
                 self._reload_registry()
             elif ctl.action == "reset-counter" and ctl.device_id is not None:
-                # Commit what is waiting first, so the reset is not undone by it.
-                self._commit(force=True)
-                self.spool.reset_counter(ctl.device_id)
+                # Release and commit what is waiting first (in the old epoch), so the
+                # reset is not undone by it and no old frame lands in the new epoch.
                 assert self.pipeline is not None
-                self.pipeline.forget_counter(ctl.device_id)
+                self._release(self.pipeline.drain())
+                self._commit(force=True)
+                epoch = self.spool.reset_counter(ctl.device_id)
+                self.pipeline.forget_counter(ctl.device_id, epoch)
                 if self.registry is not None:
                     self.registry.clear_counter(ctl.device_id)
-                log.warning("replay counter of device %08x reset by the operator",
-                            ctl.device_id)
+                log.warning("replay counter of device %08x reset by the operator; its "
+                            "epoch is now %d", ctl.device_id, epoch)
         except Exception as exc:  # reported to the requester
             ctl.error = str(exc)
         finally:
