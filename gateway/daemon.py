@@ -58,8 +58,8 @@ from gateway.pipeline import (
     to_accepted,
 )
 from gateway.registry import Registry, Seen
-from gateway.spool import Accepted
-from gateway.status import Counters, StatusServer
+from gateway.model import Accepted, Counters
+from gateway.status import StatusServer
 
 if TYPE_CHECKING:
     from gateway.modbus.poller import DeviceCondition, ModbusReading
@@ -183,7 +183,7 @@ class Daemon:
                                  reset_below=cfg.counter_reset_below)
         self.batcher = AcceptBatcher(self.spool, window_s=COMMIT_WINDOW_S,
                                      max_frames=COMMIT_MAX_FRAMES, on_commit=self._committed)
-        self.forwarder = Forwarder(self.spool, cfg.mqtt.to_forwarder(),
+        self.forwarder = Forwarder(self.spool, cfg.mqtt,
                                    gateway_id=cfg.gateway_id,
                                    status_provider=self.mqtt_counters)
         for scfg in cfg.serial:

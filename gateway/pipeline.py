@@ -62,9 +62,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from gateway import message
-from gateway.registry import Device
-from gateway.spool import Accepted
-from gateway.status import Counters
+from gateway.model import Accepted, Counters, Device
+from gateway.model import Reception as Reception  # re-exported: sources build these
 from protocol import frame as pframe
 from protocol import kinds
 from protocol.errors import (
@@ -89,24 +88,6 @@ MODBUS = "modbus"             # source type of readings polled over Modbus
 
 DEFAULT_DEDUP_WINDOW_S = 0.2
 DEFAULT_RESET_BELOW = 16
-
-
-@dataclass(frozen=True)
-class Reception:
-    """One frame as heard by one source.
-
-    ``receiver`` is that source's radio metadata (always with ``source``; radio
-    sources add rssi_dbm, snr_db, freq_hz, sf or datr, and a packet forwarder
-    its gateway_eui, chan and tmst). ``at`` is a monotonic clock reading used
-    for the dedup window; ``received_at`` is wall-clock unix seconds.
-    """
-
-    source: str
-    source_type: str           # "serial" | "radio" | "modbus"
-    frame: bytes               # empty for an already-decoded (Modbus) reading
-    received_at: float
-    at: float
-    receiver: Mapping[str, Any]
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any
 
 from gateway.dbfile import bound_queries, is_corruption, move_aside, quick_check
 from gateway.errors import KnuteError
+from gateway.model import Device as Device  # re-exported: the registry holds these
 from protocol import frame, kinds
 
 log = logging.getLogger("knute.registry")
@@ -94,53 +95,6 @@ def check_kind(kind: str) -> str:
         known = ", ".join(sorted(names))
         raise KnuteError(f"unknown kind {kind!r} (known: {known})")
     return kind
-
-
-@dataclass(frozen=True)
-class Device:
-    """One registered device. ``key`` is left out of repr() so it never lands in a log."""
-
-    device_id: int
-    kind: str
-    key: bytes = field(repr=False)
-    name: str = ""
-    site: str = ""
-    location: Mapping[str, Any] = field(default_factory=dict)
-    last_fcnt: int | None = None
-    last_seen: float | None = None
-    battery: int | None = None
-    alarms: tuple[str, ...] = ()
-
-    @property
-    def hex_id(self) -> str:
-        """The device id as printed in topics and logs."""
-        return format_device_id(self.device_id)
-
-    def site_info(self) -> dict[str, Any] | None:
-        """Site and location metadata for the MQTT reading, or None when there is none."""
-        info: dict[str, Any] = {}
-        if self.site:
-            info["site"] = self.site
-        info.update(self.location)
-        return info or None
-
-    def as_dict(self, *, show_key: bool = False) -> dict[str, Any]:
-        """A JSON-friendly dict; the key only with ``show_key``."""
-        out: dict[str, Any] = {
-            "device": self.hex_id,
-            "device_id": self.device_id,
-            "kind": self.kind,
-            "name": self.name,
-            "site": self.site,
-            "location": dict(self.location),
-            "last_fcnt": self.last_fcnt,
-            "last_seen": self.last_seen,
-            "battery": self.battery,
-            "alarms": list(self.alarms),
-        }
-        if show_key:
-            out["key"] = self.key.hex()
-        return out
 
 
 @dataclass(frozen=True)

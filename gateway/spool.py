@@ -99,6 +99,8 @@ from gateway.dbfile import (
     quick_check,
 )
 from gateway.errors import KnuteError
+from gateway.model import Accepted as Accepted  # re-exported: the spool takes these
+from gateway.model import Row as Row
 
 log = logging.getLogger("knute.spool")
 
@@ -170,32 +172,6 @@ MIGRATIONS: dict[int, str] = {1: _MIGRATE_1_TO_2}
 
 class SpoolError(KnuteError):
     """The spool cannot do what was asked (disk full, newer schema, I/O error)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """One verified, deduplicated frame ready to spool."""
-
-    device_id: int
-    fcnt: int
-    kind: str
-    topic: str             # full MQTT topic, built by message.topic()
-    payload: bytes         # JSON bytes, built by message.reading_json()
-    alarm: bool            # any alarm/fault bit set -> evicted last
-    received_at: float     # unix seconds
-
-
-class Row(NamedTuple):
-    """One spooled frame as the forwarder reads it; ``row_id`` is what ack() takes."""
-
-    row_id: int
-    device_id: int
-    fcnt: int
-    kind: str
-    topic: str
-    payload: bytes
-    alarm: bool
-    received_at: float
 
 
 def row_size(topic: str, payload: bytes) -> int:

@@ -27,8 +27,8 @@ import serial  # type: ignore[import-untyped]
 
 from gateway.config import SerialSourceConfig
 from gateway.pipeline import RateLimit, Reception
+from gateway.model import Counters
 from gateway.sources.base import Backoff, LinkState, Sink, ThreadedSource
-from gateway.status import Counters
 from protocol import stream
 from protocol.errors import FrameError
 
@@ -174,7 +174,7 @@ class SerialSource(ThreadedSource):
             data = port.read(max(1, min(waiting, 4096)))
             if not data:
                 continue
-            if self.backoff.attempt and time.monotonic() - opened_at > 5.0:
+            if self.backoff.attempts and time.monotonic() - opened_at > 5.0:
                 self.backoff.reset()
             for rx in self.reader.feed(bytes(data), time.time(), time.monotonic()):
                 self.sink(rx)

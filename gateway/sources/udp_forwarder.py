@@ -42,8 +42,8 @@ from typing import Any
 
 from gateway.config import UdpSourceConfig
 from gateway.pipeline import OVERSIZE, RateLimit, Reception
+from gateway.model import Counters
 from gateway.sources.base import LinkState, Sink, ThreadedSource
-from gateway.status import Counters
 from protocol import frame as pframe
 from protocol.errors import FrameError
 
