@@ -155,7 +155,7 @@ def bench_end_to_end(port: int, rows: list[Any], inflight: int, workdir: str) ->
                     gateway_id="bench", status_provider=dict)
     fwd.start()
     deadline = time.monotonic() + 10
-    while fwd.state != "connected" and time.monotonic() < deadline:
+    while fwd.state != "open" and time.monotonic() < deadline:
         time.sleep(0.01)
     batcher = AcceptBatcher(spool, on_commit=lambda batch: fwd.wake())
     batcher.start()

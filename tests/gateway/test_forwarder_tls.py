@@ -165,7 +165,7 @@ def test_tls_refusals_are_reported_and_nothing_leaves_the_spool(tls_broker: TlsB
             assert wait_until(lambda f=fwd: f.stats()["reconnects"] >= 2, 20)  # type: ignore[misc]
             assert words in fwd.last_error, fwd.last_error
             assert fwd.stats()["connections"] == 0
-            assert fwd.state != "connected"
+            assert fwd.state != "open"
         finally:
             fwd.stop(drain_timeout_s=0.2)
     assert spool.stats()["depth"] == 3
