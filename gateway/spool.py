@@ -89,7 +89,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from gateway.dbfile import (
     CorruptFile,
@@ -104,22 +104,24 @@ from gateway.model import Row as Row
 
 log = logging.getLogger("knute.spool")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROW_OVERHEAD = 64          # bytes counted per row beyond topic and payload
 _CHUNK = 500               # ids per IN (...) statement, below every SQLite variable limit
 _AGE_CHECK_S = 1.0
 RESERVE_BYTES = 8 * 1024 * 1024   # disk held back for a full file system (max_bytes/4 at most)
+MAX_PARKED_ROWS = 10_000  # parked rows kept at most (and max_parked_bytes), oldest dropped
 
 # Persisted counters (table meta). evicted_total is the sum of the four evicted_* classes.
-COUNTER_KEYS = (
-    "accepted_total",
-    "acked_total",
+EVICTION_KEYS = (
     "evicted_total",
     "evicted_size_routine",
     "evicted_size_alarm",
     "evicted_age_routine",
     "evicted_age_alarm",
 )
+# parked_total: rows ever parked; parked_dropped: parked rows later dropped by the bound.
+COUNTER_KEYS = ("accepted_total", "acked_total", *EVICTION_KEYS,
+                "parked_total", "parked_dropped")
 
 # Migrations: MIGRATIONS[v] turns a version-v file into version v+1.
 _SCHEMA_V2 = """
@@ -138,6 +140,25 @@ CREATE INDEX rows_age ON rows(received_at);
 CREATE TABLE replay (device_id INTEGER PRIMARY KEY, fcnt INTEGER NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+# Version 3 adds the parked table: rows taken out of the delivery queue (a message
+# the broker refuses, or one over the size bound), kept for an operator to inspect.
+_PARKED_V3 = """
+CREATE TABLE parked (
+    id INTEGER PRIMARY KEY,
+    device_id INTEGER NOT NULL,
+    fcnt INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    alarm INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    parked_at REAL NOT NULL
+);
+"""
+_SCHEMA_V3 = _SCHEMA_V2 + _PARKED_V3
 
 # Version 1 kept rows without kind and size, had no persisted counters, and
 # no age index; its replay table is unchanged.
@@ -167,11 +188,26 @@ CREATE INDEX rows_age ON rows(received_at);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-MIGRATIONS: dict[int, str] = {1: _MIGRATE_1_TO_2}
+MIGRATIONS: dict[int, str] = {1: _MIGRATE_1_TO_2, 2: _PARKED_V3}
 
 
 class SpoolError(KnuteError):
     """The spool cannot do what was asked (disk full, newer schema, I/O error)."""
+
+
+class ParkedRow(NamedTuple):
+    """One parked row: taken out of the delivery queue, kept for inspection."""
+
+    row_id: int
+    device_id: int
+    fcnt: int
+    kind: str
+    topic: str
+    payload: bytes
+    alarm: bool
+    received_at: float
+    reason: str
+    parked_at: float
 
 
 def row_size(topic: str, payload: bytes) -> int:
@@ -188,6 +224,7 @@ class Spool:
 
     def __init__(self, path: str, *, max_bytes: int, max_age_s: float,
                  fsync: str = "full", checkpoint_interval_s: float = 1.0,
+                 max_parked_bytes: int | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if fsync not in ("full", "normal"):
             raise SpoolError(f"spool fsync must be 'full' or 'normal', not {fsync!r}")
@@ -196,6 +233,10 @@ class Spool:
         self.path = path
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
+        # Parked rows are few (a message no broker takes); a tenth of max_bytes, at
+        # least 1 MiB, holds thousands of them without squeezing the queue.
+        self.max_parked_bytes = (max(1 << 20, max_bytes // 10) if max_parked_bytes is None
+                                 else max_parked_bytes)
         self.fsync = fsync
         self._sync_pragma = "FULL" if fsync == "full" else "NORMAL"
         self._checkpoint_interval_s = checkpoint_interval_s
@@ -212,6 +253,9 @@ class Spool:
         row = self._db.execute("SELECT count(*), total(size) FROM rows").fetchone()
         self._depth = int(row[0])
         self._bytes = int(row[1])
+        row = self._db.execute("SELECT count(*), total(size) FROM parked").fetchone()
+        self._parked = int(row[0])
+        self._parked_bytes = int(row[1])
         with self._lock:
             self._begin()
             try:
@@ -270,7 +314,7 @@ class Spool:
                 db.close()
                 raise SpoolError(f"{self.path} is an SQLite file but not a knute spool")
             db.execute("BEGIN IMMEDIATE")
-            for statement in _statements(_SCHEMA_V2):
+            for statement in _statements(_SCHEMA_V3):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
@@ -441,7 +485,7 @@ class Spool:
         ``room``: also free that many bytes below the limit (before an insert).
         The limit is ``max_bytes``, or less after the file system filled up.
         """
-        deltas = dict.fromkeys(COUNTER_KEYS, 0)
+        deltas = dict.fromkeys(EVICTION_KEYS, 0)
         limit = max(0, min(self.max_bytes, self._disk_limit) - room)
         if force_age or now - self._last_age_check >= _AGE_CHECK_S:
             self._last_age_check = now
@@ -566,12 +610,109 @@ class Spool:
             self._db.execute(f"PRAGMA synchronous={self._sync_pragma}")
         return deleted, freed
 
+    def park(self, row_ids: Sequence[int], reason: str) -> int:
+        """Move rows out of the delivery queue into the parked table; returns how many moved.
+
+        For a message that must not block the rows behind it (the broker refuses
+        it, or it is over the size bound). Parked rows are never published; they
+        are kept for inspection (:meth:`parked`, ``knute gateway parked``) up to
+        ``MAX_PARKED_ROWS`` rows and ``max_parked_bytes``, the oldest parked
+        dropped first (counted in ``parked_dropped``). Ids already gone are ignored.
+        """
+        if not row_ids:
+            return 0
+        reason = reason.strip() or "unspecified"
+        with self._lock:
+            state = (self._depth, self._bytes, self._parked, self._parked_bytes,
+                     dict(self._counters))
+            try:
+                moved = self._park_rows(row_ids, reason)
+            except sqlite3.Error as exc:
+                (self._depth, self._bytes, self._parked, self._parked_bytes,
+                 self._counters) = state
+                raise SpoolError(f"spool {self.path}: park failed: {exc}") from exc
+        if moved:
+            log.error("spool %s: parked %d rows (%s); they will not be published",
+                      self.path, moved, reason)
+        return moved
+
+    def _park_rows(self, row_ids: Sequence[int], reason: str) -> int:
+        """The park transaction (caller holds the lock)."""
+        moved = 0
+        now = self._clock()
+        self._begin()
+        try:
+            for start in range(0, len(row_ids), _CHUNK):
+                chunk = list(row_ids[start:start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                n, size = self._db.execute(
+                    f"SELECT count(*), total(size) FROM rows WHERE id IN ({marks})",
+                    chunk).fetchone()
+                if not n:
+                    continue
+                self._db.execute(
+                    "INSERT OR REPLACE INTO parked (id, device_id, fcnt, kind, topic, payload, "
+                    "alarm, received_at, size, reason, parked_at) "
+                    "SELECT id, device_id, fcnt, kind, topic, payload, alarm, received_at, "
+                    f"size, ?, ? FROM rows WHERE id IN ({marks})", [reason, now, *chunk])
+                self._db.execute(f"DELETE FROM rows WHERE id IN ({marks})", chunk)
+                moved += int(n)
+                self._depth -= int(n)
+                self._bytes -= int(size)
+                self._parked += int(n)
+                self._parked_bytes += int(size)
+            dropped = self._bound_parked()
+            self._bump({"parked_total": moved, "parked_dropped": dropped})
+            self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+        self._counters["parked_total"] += moved
+        self._counters["parked_dropped"] += dropped
+        return moved
+
+    def _bound_parked(self) -> int:
+        """Drop the oldest parked rows over the bounds (inside the caller's transaction)."""
+        dropped = 0
+        while self._parked > MAX_PARKED_ROWS or (
+                self._parked_bytes > self.max_parked_bytes and self._parked > 0):
+            over_rows = self._parked - MAX_PARKED_ROWS
+            over_bytes = self._parked_bytes - self.max_parked_bytes
+            victims = []
+            freed = 0
+            for row_id, size in self._db.execute(
+                    "SELECT id, size FROM parked ORDER BY parked_at, id LIMIT ?",
+                    (_CHUNK,)).fetchall():
+                victims.append((row_id,))
+                freed += size
+                if len(victims) >= over_rows and freed >= over_bytes:
+                    break
+            if not victims:
+                break
+            self._db.executemany("DELETE FROM parked WHERE id = ?", victims)
+            dropped += len(victims)
+            self._parked -= len(victims)
+            self._parked_bytes -= freed
+        if dropped:
+            log.warning("spool %s: dropped %d parked rows over the bound", self.path, dropped)
+        return dropped
+
+    def parked(self, limit: int = 100) -> list[ParkedRow]:
+        """Up to ``limit`` parked rows, most recently parked first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_PARKED_COLUMNS} FROM parked ORDER BY parked_at DESC, id DESC "
+                "LIMIT ?", (limit,)).fetchall()
+        return [_parked_row(r) for r in rows]
+
     def stats(self) -> dict[str, int]:
-        """depth, bytes, max_bytes, oldest_age_s and the persisted counters."""
+        """depth, bytes, max_bytes, oldest_age_s, parked, parked_bytes and the counters."""
         with self._lock:
             oldest = self._db.execute(
                 "SELECT received_at FROM rows ORDER BY id LIMIT 1").fetchone()
-            out = {"depth": self._depth, "bytes": self._bytes, "max_bytes": self.max_bytes}
+            out = {"depth": self._depth, "bytes": self._bytes, "max_bytes": self.max_bytes,
+                   "parked": self._parked, "parked_bytes": self._parked_bytes}
             out.update(self._counters)
         out["oldest_age_s"] = 0 if oldest is None else max(0, int(self._clock() - oldest[0]))
         return out
@@ -671,6 +812,40 @@ class AcceptBatcher:
             self._thread.join(timeout=5)
             self._thread = None
         self.flush()
+
+
+_PARKED_COLUMNS = ("id, device_id, fcnt, kind, topic, payload, alarm, received_at, reason, "
+                   "parked_at")
+
+
+def _parked_row(r: tuple[Any, ...]) -> ParkedRow:
+    return ParkedRow(int(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]), bytes(r[5]),
+                     bool(r[6]), float(r[7]), str(r[8]), float(r[9]))
+
+
+def read_parked(path: str, limit: int = 100) -> tuple[int, list[ParkedRow]]:
+    """(parked row count, the ``limit`` most recently parked) of a spool file, read-only.
+
+    Safe while the gateway runs (a read transaction in WAL mode blocks nobody).
+    """
+    if not os.path.exists(path):
+        raise SpoolError(f"spool {path}: no such file")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+    except sqlite3.Error as exc:
+        raise SpoolError(f"spool {path}: {exc}") from exc
+    try:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version < 3:
+            return 0, []            # before parking existed: nothing parked
+        count = int(db.execute("SELECT count(*) FROM parked").fetchone()[0])
+        rows = db.execute(f"SELECT {_PARKED_COLUMNS} FROM parked "
+                          "ORDER BY parked_at DESC, id DESC LIMIT ?", (limit,)).fetchall()
+        return count, [_parked_row(r) for r in rows]
+    except sqlite3.Error as exc:
+        raise SpoolError(f"spool {path}: cannot read parked rows: {exc}") from exc
+    finally:
+        db.close()
 
 
 def _is_disk_full(exc: sqlite3.Error) -> bool:

@@ -3,9 +3,12 @@
     knute gateway run --config /etc/knute/gateway.toml [--log-json] [--log-level debug]
     knute gateway status [--config FILE | --socket PATH] [--json]
     knute gateway check --config FILE        (read and check the configuration only)
+    knute gateway parked [--config FILE | --spool PATH] [--limit N] [--json]
 
 ``status`` asks the running daemon over its unix status socket
-(``[status] socket`` in the configuration).
+(``[status] socket`` in the configuration). ``parked`` lists the messages the
+spool took out of the delivery queue (refused by the broker, or over
+``[mqtt] max_message_bytes``), read-only from the spool file.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def default_config() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "gateway") -> None:
-    """Sub-commands run, status and check."""
+    """Sub-commands run, status, check and parked."""
     sub = parser.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run the gateway daemon in the foreground")
     run.add_argument("--config", default=default_config(),
@@ -44,15 +47,24 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "gateway") -> Non
     check = sub.add_parser("check", help="check a configuration file and print a summary")
     check.add_argument("--config", default=default_config(), help="gateway TOML file")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parked = sub.add_parser("parked", help="list messages parked in the spool (not published)")
+    parked.add_argument("--config", default=None,
+                        help="gateway TOML file, to find the spool (default: $KNUTE_CONFIG)")
+    parked.add_argument("--spool", default=None, help="the spool file path")
+    parked.add_argument("--limit", type=int, default=20,
+                        help="most recently parked rows shown (default 20)")
+    parked.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch to run, status or check."""
+    """Dispatch to run, status, check or parked."""
     action = args.gateway_command
     if action == "run":
         return _run(args)
     if action == "status":
         return _status(args)
+    if action == "parked":
+        return _parked(args)
     return _check(args)
 
 
@@ -83,6 +95,29 @@ def _check(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(f"{cfg.path}: OK (gateway {cfg.gateway_id}, {len(summary['sources'])} sources)")
+    return 0
+
+
+def _parked(args: argparse.Namespace) -> int:
+    from gateway.spool import read_parked
+
+    path = args.spool
+    if not path:
+        from gateway import config
+
+        path = config.load(args.config or default_config()).spool
+    count, rows = read_parked(path, max(0, args.limit))
+    if args.json:
+        print(json.dumps({"spool": path, "parked": count, "rows": [
+            {"row_id": r.row_id, "device": f"{r.device_id:08x}", "fcnt": r.fcnt,
+             "kind": r.kind, "topic": r.topic, "bytes": len(r.payload), "alarm": r.alarm,
+             "received_at": iso(r.received_at), "parked_at": iso(r.parked_at),
+             "reason": r.reason} for r in rows]}, indent=2))
+        return 0
+    print(f"{path}: {count} parked" + (f", newest {len(rows)} shown" if rows else ""))
+    for r in rows:
+        print(f"  {iso(r.parked_at)}  row {r.row_id}  {r.topic}  fcnt {r.fcnt}  "
+              f"{len(r.payload)} bytes  {r.reason}")
     return 0
 
 
@@ -131,7 +166,7 @@ def format_status(st: dict[str, Any]) -> str:
                      f"rejected {src.get('rejected', 0)}  {where}")
     spool = st.get("spool", {})
     lines.append(f"spool: {spool.get('depth', 0)} rows, {spool.get('bytes', 0)} bytes, "
-                 f"oldest {spool.get('oldest_age_s', 0)} s")
+                 f"oldest {spool.get('oldest_age_s', 0)} s, parked {spool.get('parked', 0)}")
     fwd = st.get("forwarder", {})
     lines.append(f"mqtt: {fwd.get('state', '?')}  forwarded {fwd.get('forwarded_total', 0)}  "
                  f"in flight {fwd.get('inflight', 0)}  reconnects {fwd.get('reconnects', 0)}")
