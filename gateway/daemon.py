@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import message
 from gateway.config import MODBUS_SOURCE, GatewayConfig
 from gateway.errors import KnuteError
+from gateway.model import Accepted, Counters
 from gateway.pipeline import (
     COUNTER_RESET,
     UNKNOWN_DEVICE,
@@ -58,7 +59,6 @@ from gateway.pipeline import (
     to_accepted,
 )
 from gateway.registry import Registry, Seen
-from gateway.model import Accepted, Counters
 from gateway.status import StatusServer
 
 if TYPE_CHECKING:
@@ -81,6 +81,8 @@ def condition_topic(prefix: str, kind: str, device: str) -> str:
 def condition_row(cond: DeviceCondition, *, prefix: str, gateway_id: str) -> Accepted:
     """The spool row of a Modbus device's condition change (JSON: docs/mqtt.md).
 
+    Retained: a condition is state, so a consumer that subscribes later still sees it.
+
     Its ``fcnt`` is 0: the spool advances a device's counter to the largest
     ``fcnt`` of its rows, so a 0 never moves an existing counter (a device
     without one gets 0, below the first counter a Modbus reading carries).
@@ -92,7 +94,7 @@ def condition_row(cond: DeviceCondition, *, prefix: str, gateway_id: str) -> Acc
     payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     return Accepted(device_id=cond.device_id, fcnt=0, kind=cond.kind,
                     topic=condition_topic(prefix, cond.kind, device), payload=payload,
-                    alarm=True, received_at=cond.since)
+                    alarm=True, received_at=cond.since, retain=True)
 
 
 class JsonFormatter(logging.Formatter):

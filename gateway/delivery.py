@@ -109,18 +109,22 @@ class DeliveryWindow:
         A row too large for the broker's Maximum Packet Size is refused here
         instead (it leaves the queue), so it never reaches the wire.
         """
-        while self._queue and self.max_packet is not None:
-            head = self._queue[0]
-            size = publish_packet_size(head.topic, head.payload, v5=self.v5)
-            if size <= self.max_packet:
-                break
-            self._queue.popleft()
-            self._refused.append(Refusal(head, f"{size} bytes is over the broker's maximum "
-                                               f"packet size of {self.max_packet} bytes"))
         room = self.limit - len(self._in_flight)
-        if room <= 0:
-            return []
-        return [self._queue[i] for i in range(min(room, len(self._queue)))]
+        out: list[Row] = []
+        i = 0
+        while i < len(self._queue) and len(out) < room:
+            row = self._queue[i]
+            if self.max_packet is not None:
+                size = publish_packet_size(row.topic, row.payload, v5=self.v5)
+                if size > self.max_packet:
+                    del self._queue[i]
+                    self._refused.append(Refusal(row, f"{size} bytes is over the broker's "
+                                                      "maximum packet size of "
+                                                      f"{self.max_packet} bytes"))
+                    continue
+            out.append(row)
+            i += 1
+        return out
 
     def stale(self, now: float) -> bool:
         """True when rows are in flight and no PUBACK came for ``ack_timeout_s``."""

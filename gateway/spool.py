@@ -88,7 +88,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from gateway.dbfile import (
@@ -104,7 +103,7 @@ from gateway.model import Row as Row
 
 log = logging.getLogger("knute.spool")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ROW_OVERHEAD = 64          # bytes counted per row beyond topic and payload
 _CHUNK = 500               # ids per IN (...) statement, below every SQLite variable limit
 _AGE_CHECK_S = 1.0
@@ -160,6 +159,15 @@ CREATE TABLE parked (
 """
 _SCHEMA_V3 = _SCHEMA_V2 + _PARKED_V3
 
+# Version 4 stores whether a row is published retained: a property of the message
+# (gateway.model.Accepted.retain), no longer guessed from its topic by the forwarder.
+_RETAIN_V4 = """
+ALTER TABLE rows ADD COLUMN retain INTEGER NOT NULL DEFAULT 0;
+"""
+_SCHEMA_V4 = _SCHEMA_V3 + _RETAIN_V4
+# Before version 4 exactly the rows on a device's condition topic were published retained.
+_LEGACY_RETAIN = "UPDATE rows SET retain = 1 WHERE topic LIKE '%/condition';"
+
 # Version 1 kept rows without kind and size, had no persisted counters, and
 # no age index; its replay table is unchanged.
 _MIGRATE_1_TO_2 = f"""
@@ -188,7 +196,8 @@ CREATE INDEX rows_age ON rows(received_at);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-MIGRATIONS: dict[int, str] = {1: _MIGRATE_1_TO_2, 2: _PARKED_V3}
+MIGRATIONS: dict[int, str] = {1: _MIGRATE_1_TO_2, 2: _PARKED_V3,
+                               3: _RETAIN_V4 + _LEGACY_RETAIN}
 
 
 class SpoolError(KnuteError):
@@ -314,7 +323,7 @@ class Spool:
                 db.close()
                 raise SpoolError(f"{self.path} is an SQLite file but not a knute spool")
             db.execute("BEGIN IMMEDIATE")
-            for statement in _statements(_SCHEMA_V3):
+            for statement in _statements(_SCHEMA_V4):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
@@ -369,7 +378,8 @@ class Spool:
             size = row_size(item.topic, item.payload)
             added += size
             rows.append((item.device_id, item.fcnt, item.kind, item.topic, item.payload,
-                         1 if item.alarm else 0, item.received_at, size))
+                         1 if item.alarm else 0, item.received_at, size,
+                         1 if item.retain else 0))
             if newest.get(item.device_id, -1) < item.fcnt:
                 newest[item.device_id] = item.fcnt
         with self._lock:
@@ -407,7 +417,7 @@ class Spool:
                     self._evict(self._clock(), room=added)
                 self._db.executemany(
                     "INSERT INTO rows (device_id, fcnt, kind, topic, payload, alarm, "
-                    "received_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    "received_at, size, retain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._db.executemany(
                     "INSERT INTO replay (device_id, fcnt) VALUES (?, ?) "
                     "ON CONFLICT(device_id) DO UPDATE SET fcnt = max(fcnt, excluded.fcnt)",
@@ -553,9 +563,9 @@ class Spool:
         """Up to ``limit`` rows with id > ``after_id``, oldest first (per-device order kept)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, device_id, fcnt, kind, topic, payload, alarm, received_at "
+                "SELECT id, device_id, fcnt, kind, topic, payload, alarm, received_at, retain "
                 "FROM rows WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
-        return [Row(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), bool(r[6]), r[7])
+        return [Row(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), bool(r[6]), r[7], bool(r[8]))
                 for r in rows]
 
     def ack(self, row_ids: Sequence[int]) -> int:
@@ -960,6 +970,7 @@ def _salvage(moved: str, db: sqlite3.Connection) -> None:
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [(*r, row_size(str(r[3]), bytes(r[4])))  # type: ignore[call-overload]
          for r in rows])
+    db.execute(_LEGACY_RETAIN)     # what a damaged file held is read as before version 4
     db.executemany("INSERT INTO replay (device_id, fcnt) VALUES (?, ?)", counters.items())
     db.execute("COMMIT")
     log.error("spool %s: salvaged %d rows and %d replay counters from %s",

@@ -26,8 +26,8 @@ from typing import Any
 import serial  # type: ignore[import-untyped]
 
 from gateway.config import SerialSourceConfig
-from gateway.pipeline import RateLimit, Reception
 from gateway.model import Counters
+from gateway.pipeline import RateLimit, Reception
 from gateway.sources.base import Backoff, LinkState, Sink, ThreadedSource
 from protocol import stream
 from protocol.errors import FrameError

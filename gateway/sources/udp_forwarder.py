@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import UdpSourceConfig
-from gateway.pipeline import OVERSIZE, RateLimit, Reception
 from gateway.model import Counters
+from gateway.pipeline import OVERSIZE, RateLimit, Reception
 from gateway.sources.base import LinkState, Sink, ThreadedSource
 from protocol import frame as pframe
 from protocol.errors import FrameError

@@ -30,8 +30,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import message
-from gateway.errors import KnuteError
 from gateway.config import MqttConfig
+from gateway.errors import KnuteError
 from gateway.forwarder import Forwarder
 from gateway.link import Backoff
 from gateway.spool import Accepted, Spool
