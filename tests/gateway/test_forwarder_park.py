@@ -28,8 +28,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import message
-from gateway.model import Accepted
-from gateway.spool import Spool
+from gateway.spool import Accepted, Spool
 from tests.conftest import Broker, free_port
 from tools.typical import TYPICAL
 
@@ -101,7 +100,9 @@ class Listener:
 
 
 @pytest.mark.parametrize("protocol, broker_limit, how", [
-    ("5", f"message_size_limit {LIMIT}", "PUBACK with an error reason code"),
+    # Mosquitto 2.0 answers with PUBACK reason 0x95 (Packet too large), which MQTT 5
+    # does not allow in a PUBACK: paho drops the connection, so the loss rule parks it.
+    ("5", f"message_size_limit {LIMIT}", "an invalid PUBACK, the connection dropped"),
     ("5", f"max_packet_size {LIMIT}", "over the broker's Maximum Packet Size (CONNACK)"),
     ("3.1.1", f"max_packet_size {LIMIT}", "the broker drops the connection"),
 ])
@@ -132,7 +133,6 @@ host = "127.0.0.1"
 port = {broker.port}
 protocol = "{protocol}"
 max_inflight = 8
-park_after_losses = 3
 [[packet_forwarder]]
 name = "concentrator"
 listen = "127.0.0.1:{free_port()}"
@@ -160,11 +160,16 @@ listen = "127.0.0.1:{free_port()}"
         text = subprocess.run([str(knute_bin), "gateway", "status", "--socket", status_socket],
                               capture_output=True, text=True, timeout=30).stdout
         assert "parked 1" in text
-        # Per device, readings kept their order around the parked one.
+        # Per device, first copies kept their order around the parked one (a reconnect
+        # may send a reading again: same id, at least once).
         last: dict[str, int] = {}
+        seen: set[str] = set()
         for rid in listener.ids():
+            if rid in seen:
+                continue
+            seen.add(rid)
             dev, fcnt = rid.split(":")
-            assert int(fcnt) >= last.get(dev, 0)
+            assert int(fcnt) > last.get(dev, 0), f"{rid} after {dev}:{last.get(dev)}"
             last[dev] = int(fcnt)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
