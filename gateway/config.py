@@ -25,12 +25,14 @@ MODBUS_SOURCE = "modbus"          # the Modbus poller's source name (counters, s
 
 
 MAX_INFLIGHT_RANGE = (1, 1000)
-# The one default for [mqtt] max_inflight. paho-mqtt's own figures (loopback, QoS 1)
-# are about 18k msg/s at 20 in flight and 6k at 1000: its in-flight bookkeeping
-# grows with the window, and past a few round trips' worth of messages a larger
-# window buys nothing. `knute bench forwarder` on the reference box measured
-# 20 against 64 (figures in docs/operations.md, [mqtt]); 20 was not slower, so
-# fewer rows are sent twice after a lost connection.
+# The one default for [mqtt] max_inflight (it was 20 here and 64 in the forwarder).
+# paho-mqtt's own figures (loopback, QoS 1): about 18k msg/s at 20 in flight, 6k at
+# 1000: its in-flight bookkeeping grows with the window. Ours, `knute bench gateway
+# --messages 20000 --backlog 20000 --inflight N` on the shared 2-core box: end to
+# end 2.1k/2.2k/3.8k msg/s at 20, 1.8k/2.8k at 64, 3.3k at 200 (load noise is larger
+# than any difference); draining 20k spooled rows 6.7/7.7/10.3 s at 20, 10.8/13.6 s
+# at 64, 10.9 s at 200. A larger window buys nothing measurable and sends more rows
+# twice after a lost connection, so 20.
 DEFAULT_MAX_INFLIGHT = 20
 DEFAULT_PARK_AFTER_LOSSES = 3
 
