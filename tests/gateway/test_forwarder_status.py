@@ -50,8 +50,7 @@ def test_online_is_the_first_message_after_a_broker_restart(
     fwd.start()
     try:
         assert wait_until(lambda: fwd.state == "open")
-        assert wait_until(lambda: [s for s, _r in watcher.statuses()
-                                   if s["status"] == "online"])
+        assert wait_until(lambda: any(s["status"] == "online" for s, _r in watcher.statuses()))
         broker.stop()                              # Mosquitto publishes the will now
         assert wait_until(lambda: fwd.state != "open")
         rows = make_rows(devices=3, per_device=100)
