@@ -65,6 +65,7 @@ class MqttConfig:
     connect_timeout_s: float = 10.0
     ack_timeout_s: float = 30.0
     park_after_losses: int = DEFAULT_PARK_AFTER_LOSSES   # MQTT 3.1.1 refusals; see forwarder
+    max_message_bytes: int = 65536     # a larger reading is parked, never published
 
     def __post_init__(self) -> None:
         if self.protocol not in ("3.1.1", "5"):
@@ -121,10 +122,11 @@ class GatewayConfig:
     gateway_id: str
     registry: str
     spool: str
-    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_max_bytes: int = 1024 * 1024 * 1024
     spool_max_age_s: float = 30 * 86400.0
     spool_fsync: str = "full"
     dedup_window_s: float = 0.2
+    max_receivers: int = 8
     counter_reset_below: int = 16
     drain_timeout_s: float = 10.0
     log_level: str = "info"
@@ -270,6 +272,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
     assert data_dir is not None
     registry = _path(data_dir, gw.text("registry", "registry.db"))
     dedup_ms = gw.integer("dedup_window_ms", 200, 0, 10000)
+    max_receivers = gw.integer("max_receivers", 8, 1, 1000)
     reset_below = gw.integer("counter_reset_below", 16, 0, 1 << 20)
     drain = gw.number("drain_timeout_s", 10.0, 0.0, 3600.0)
     log_level = gw.text("log_level", "info",
@@ -278,7 +281,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
 
     sp = root.table("spool") or _Table(file, "spool", {})
     spool = _path(data_dir, sp.text("path", "spool.db"))
-    max_mb = sp.number("max_mb", 256.0, 0.01, 1e7)
+    max_mb = sp.number("max_mb", 1024.0, 0.01, 1e7)
     max_age_days = sp.number("max_age_days", 30.0, 0.0001, 36500.0)
     fsync = sp.text("fsync", "full", choices=("full", "normal"))
     sp.done()
@@ -358,6 +361,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         path=os.path.abspath(file), gateway_id=gateway_id, registry=registry, spool=spool,
         spool_max_bytes=int(max_mb * 1024 * 1024), spool_max_age_s=max_age_days * 86400.0,
         spool_fsync=fsync, dedup_window_s=dedup_ms / 1000.0, counter_reset_below=reset_below,
+        max_receivers=max_receivers,
         drain_timeout_s=drain, log_level=log_level, status_socket=status_socket,
         metrics_host=metrics_host, metrics_port=metrics_port, mqtt=mqtt,
         serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus)
@@ -394,6 +398,7 @@ def _mqtt(tab: _Table, base: str, gateway_id: str) -> MqttConfig:
     keepalive = tab.integer("keepalive", 30, 5, 3600)
     inflight = tab.integer("max_inflight", DEFAULT_MAX_INFLIGHT, *MAX_INFLIGHT_RANGE)
     park_after = tab.integer("park_after_losses", DEFAULT_PARK_AFTER_LOSSES, 1, 1000)
+    max_message = tab.integer("max_message_bytes", 65536, 1024, 256 * 1024 * 1024)
     ca = cert = key = None
     tt = tab.table("tls")
     if tt is not None:
@@ -408,4 +413,5 @@ def _mqtt(tab: _Table, base: str, gateway_id: str) -> MqttConfig:
     return MqttConfig(host=host, port=port, client_id=client_id, protocol=protocol,
                       username=username, password=password, tls=tt is not None, ca_file=ca,
                       cert_file=cert, key_file=key, prefix=prefix, keepalive=keepalive,
-                      max_inflight=inflight, park_after_losses=park_after)
+                      max_inflight=inflight, park_after_losses=park_after,
+                      max_message_bytes=max_message)

@@ -178,11 +178,13 @@ class Daemon:
             os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
         self.registry = Registry(cfg.registry)
         self.spool = Spool(cfg.spool, max_bytes=cfg.spool_max_bytes,
-                           max_age_s=cfg.spool_max_age_s, fsync=cfg.spool_fsync)
+                           max_age_s=cfg.spool_max_age_s, fsync=cfg.spool_fsync,
+                           max_message_bytes=cfg.mqtt.max_message_bytes)
         devices = self.registry.snapshot()
         self.pipeline = Pipeline(devices, self.spool.counters(), counters=self.counters,
                                  dedup_window_s=cfg.dedup_window_s,
-                                 reset_below=cfg.counter_reset_below)
+                                 reset_below=cfg.counter_reset_below,
+                                 max_receivers=cfg.max_receivers)
         self.batcher = AcceptBatcher(self.spool, window_s=COMMIT_WINDOW_S,
                                      max_frames=COMMIT_MAX_FRAMES, on_commit=self._committed)
         self.forwarder = Forwarder(self.spool, cfg.mqtt,
@@ -516,7 +518,10 @@ class Daemon:
             if ctl.action == "reload":
                 self._reload_registry()
             elif ctl.action == "reset-counter" and ctl.device_id is not None:
-                # Commit what is waiting first, so the reset is not undone by it.
+                # Release and commit what is waiting first (in the old epoch), so the
+                # reset is not undone by it and no old frame lands in the new epoch.
+                assert self.pipeline is not None
+                self._release(self.pipeline.drain())
                 self._commit(force=True)
                 self.spool.reset_counter(ctl.device_id)
                 assert self.pipeline is not None

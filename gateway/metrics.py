@@ -60,14 +60,13 @@ class StatusCollector(Collector):
         yield up
         spool: dict[str, Any] = st.get("spool", {})
         for key, metric in (("depth", "spool_depth"), ("bytes", "spool_bytes"),
-                            ("oldest_age_s", "spool_oldest_age_seconds")):
+                            ("oldest_age_s", "spool_oldest_age_seconds"),
+                            ("parked", "spool_parked_rows")):
             yield GaugeMetricFamily(f"{PREFIX}_{metric}", f"Spool {key}",
                                     value=float(spool.get(key, 0)))
         yield CounterMetricFamily(f"{PREFIX}_spool_evicted", "Rows evicted from the spool",
                                   value=float(spool.get("evicted_total", 0)))
-        yield GaugeMetricFamily(f"{PREFIX}_spool_parked", "Rows parked: refused by the broker",
-                                value=float(spool.get("parked", 0)))
-        yield CounterMetricFamily(f"{PREFIX}_parked", "Rows ever parked (kept across restarts)",
+        yield CounterMetricFamily(f"{PREFIX}_spool_parked", "Rows parked (never published)",
                                   value=float(spool.get("parked_total", 0)))
         fwd: dict[str, Any] = st.get("forwarder", {})
         for key, metric in (("forwarded_total", "forwarded"),

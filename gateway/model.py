@@ -22,7 +22,10 @@ import threading
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from gateway.message import Reading
 
 
 @dataclass(frozen=True)
@@ -92,15 +95,21 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """One verified, deduplicated message ready to spool."""
+    """One verified, deduplicated message ready to spool.
+
+    Either ``reading`` is given (the spool stores it compactly and builds the
+    JSON at publish time; ``topic`` and ``payload`` may then be empty), or
+    ``topic`` and ``payload`` are the finished message, stored as they are.
+    """
 
     device_id: int
     fcnt: int
     kind: str
     topic: str             # full MQTT topic, built by message.topic()
-    payload: bytes         # JSON bytes, built by message.reading_json()
+    payload: bytes         # JSON bytes of a finished message (b"" with a reading)
     alarm: bool            # any alarm/fault bit set -> evicted last
     received_at: float     # unix seconds
+    reading: Reading | None = None
     retain: bool = False   # published retained (state, not an event)
 
 

@@ -36,9 +36,39 @@ window. Acknowledgements (deletes) always commit with ``synchronous=NORMAL``:
 losing one to a power cut only means a duplicate delivery, which the
 idempotency key absorbs; the next FULL commit syncs them as well.
 
+Storage
+-------
+A row stores the reading's ingredients, not its JSON (``message.Reading``:
+raw field values by field position and the receivers as compact JSON, and a
+pointer to a context row shared by the device's rows: prefix, kind, gateway,
+source, site). :meth:`Spool.pending` builds the topic and JSON bytes at
+publish time, byte for byte what ``message.reading_json`` gives. A water
+reading takes about a fifth of the space its JSON would (``knute bench
+gateway`` prints the bytes per spooled reading). Rows handed in as finished
+messages (topic + payload: condition messages, rows migrated from schema 3)
+are stored as they are.
+
+Ids and epochs
+--------------
+The replay table keeps, per device, the last accepted counter and the epoch:
+how many times that counter was reset. :meth:`Spool.reset_counter` adds one
+to the epoch in the same transaction that forgets the counter; each row gets
+its device's epoch when it is accepted, and the reading's id names it
+(``gateway.message.reading_id``). Within an epoch only higher counters are
+accepted, so an id never names two different readings.
+
+Parking
+-------
+:meth:`Spool.park` moves rows out of the delivery queue into the ``parked``
+table (a message the broker refuses must not block the rows behind it). A
+row whose message is over ``max_message_bytes``, or whose stored form cannot
+be read back, is parked by :meth:`Spool.pending` itself and never published.
+Parked rows are kept for inspection (``knute gateway parked``), bounded by
+``MAX_PARKED_ROWS`` and ``max_parked_bytes``, the oldest dropped first.
+
 Bounds and overflow policy
 --------------------------
-``max_bytes`` bounds the stored rows (topic + payload + a fixed per-row
+``max_bytes`` bounds the stored rows (their stored bytes + a fixed per-row
 overhead of ``ROW_OVERHEAD`` bytes for keys and indexes); the database file
 can be somewhat larger (free pages after a drain are reused, not returned).
 When an accept goes over it, the oldest routine rows are evicted first and
@@ -69,8 +99,10 @@ per device, frame-counter order.
 
 Schema and recovery
 -------------------
-The schema version is ``PRAGMA user_version`` (``SCHEMA_VERSION``); older
-files are migrated step by step at open, newer ones are refused. A file that
+The schema version is ``PRAGMA user_version`` (``SCHEMA_VERSION``, history
+and migrations in gateway.spool_schema); older files are migrated step by
+step at open, newer ones are refused. The file and its -wal and -shm files are
+created 0600: readings name meters and addresses. A file that
 is not a readable database, or fails ``PRAGMA quick_check``, is moved aside
 as ``<path>.corrupt-<UTC time>`` with one error log line, whatever rows and
 replay counters can still be read from it are copied into a fresh spool.
@@ -83,32 +115,49 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
 
-from gateway.dbfile import (
-    CorruptFile,
-    bound_queries,
-    is_corruption,
-    move_aside,
-    quick_check,
+from gateway.dbfile import CorruptFile, is_corruption, move_aside, quick_check
+from gateway.spool_park import MAX_PARKED_ROWS, Parking
+from gateway.spool_rows import (
+    STORED_COLUMNS,
+    Accepted,
+    ContextTable,
+    ParkedRow,
+    Row,
+    SpoolError,
+    create_private,
+    is_disk_full,
+    make_reserve,
+    read_parked,
+    render,
+    row_size,
+    store_form,
+    stored_row,
 )
-from gateway.errors import KnuteError
-from gateway.model import Accepted as Accepted  # re-exported: the spool takes these
-from gateway.model import Row as Row
+from gateway.spool_schema import (
+    FORM_MESSAGE,
+    ROW_OVERHEAD,
+    SCHEMA_VERSION,
+    SchemaError,
+    migrate,
+    salvage,
+)
 
 log = logging.getLogger("knute.spool")
 
-SCHEMA_VERSION = 4
-ROW_OVERHEAD = 64          # bytes counted per row beyond topic and payload
+__all__ = ["MAX_PARKED_ROWS", "ROW_OVERHEAD", "SCHEMA_VERSION", "AcceptBatcher", "Accepted",
+           "ParkedRow", "Row", "Spool", "SpoolError", "read_parked", "row_size"]
+
 _CHUNK = 500               # ids per IN (...) statement, below every SQLite variable limit
 _AGE_CHECK_S = 1.0
 RESERVE_BYTES = 8 * 1024 * 1024   # disk held back for a full file system (max_bytes/4 at most)
-MAX_PARKED_ROWS = 10_000  # parked rows kept at most (and max_parked_bytes), oldest dropped
+# Larger than any reading the kinds table allows with the receivers bound (about 4 KB),
+# and below every common broker limit (AWS IoT Core 128 KB, EMQX 1 MB by default).
+DEFAULT_MAX_MESSAGE_BYTES = 65536
 
 # Persisted counters (table meta). evicted_total is the sum of the four evicted_* classes.
 EVICTION_KEYS = (
@@ -122,126 +171,28 @@ EVICTION_KEYS = (
 COUNTER_KEYS = ("accepted_total", "acked_total", *EVICTION_KEYS,
                 "parked_total", "parked_dropped")
 
-# Migrations: MIGRATIONS[v] turns a version-v file into version v+1.
-_SCHEMA_V2 = """
-CREATE TABLE rows (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    device_id INTEGER NOT NULL,
-    fcnt INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    alarm INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    size INTEGER NOT NULL
-);
-CREATE INDEX rows_age ON rows(received_at);
-CREATE TABLE replay (device_id INTEGER PRIMARY KEY, fcnt INTEGER NOT NULL);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
 
-# Version 3 adds the parked table: rows taken out of the delivery queue (a message
-# the broker refuses, or one over the size bound), kept for an operator to inspect.
-_PARKED_V3 = """
-CREATE TABLE parked (
-    id INTEGER PRIMARY KEY,
-    device_id INTEGER NOT NULL,
-    fcnt INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    alarm INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    size INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    parked_at REAL NOT NULL
-);
-"""
-_SCHEMA_V3 = _SCHEMA_V2 + _PARKED_V3
-
-# Version 4 stores whether a row is published retained: a property of the message
-# (gateway.model.Accepted.retain), no longer guessed from its topic by the forwarder.
-_RETAIN_V4 = """
-ALTER TABLE rows ADD COLUMN retain INTEGER NOT NULL DEFAULT 0;
-"""
-_SCHEMA_V4 = _SCHEMA_V3 + _RETAIN_V4
-# Before version 4 exactly the rows on a device's condition topic were published retained.
-_LEGACY_RETAIN = "UPDATE rows SET retain = 1 WHERE topic LIKE '%/condition';"
-
-# Version 1 kept rows without kind and size, had no persisted counters, and
-# no age index; its replay table is unchanged.
-_MIGRATE_1_TO_2 = f"""
-CREATE TABLE rows_v2 (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    device_id INTEGER NOT NULL,
-    fcnt INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    alarm INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    size INTEGER NOT NULL
-);
-INSERT INTO rows_v2 (id, device_id, fcnt, kind, topic, payload, alarm, received_at, size)
-    SELECT id, device_id, fcnt,
-           -- the kind is the topic's second level: <prefix>/<kind>/<device>/up
-           substr(topic, instr(topic, '/') + 1,
-                  instr(substr(topic, instr(topic, '/') + 1), '/') - 1),
-           topic, payload, alarm, received_at,
-           length(CAST(topic AS BLOB)) + length(payload) + {ROW_OVERHEAD}
-    FROM rows ORDER BY id;
-DROP TABLE rows;
-ALTER TABLE rows_v2 RENAME TO rows;
-CREATE INDEX rows_age ON rows(received_at);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-
-MIGRATIONS: dict[int, str] = {1: _MIGRATE_1_TO_2, 2: _PARKED_V3,
-                               3: _RETAIN_V4 + _LEGACY_RETAIN}
-
-
-class SpoolError(KnuteError):
-    """The spool cannot do what was asked (disk full, newer schema, I/O error)."""
-
-
-class ParkedRow(NamedTuple):
-    """One parked row: taken out of the delivery queue, kept for inspection."""
-
-    row_id: int
-    device_id: int
-    fcnt: int
-    kind: str
-    topic: str
-    payload: bytes
-    alarm: bool
-    received_at: float
-    reason: str
-    parked_at: float
-
-
-def row_size(topic: str, payload: bytes) -> int:
-    """The bytes one row counts against ``max_bytes``."""
-    return len(topic.encode()) + len(payload) + ROW_OVERHEAD
-
-
-class Spool:
-    """A durable, bounded queue of accepted frames plus the replay counters.
+class Spool(Parking):
+    """A durable, bounded queue of accepted frames plus the replay counters and epochs.
 
     Thread-safe: one SQLite connection behind a lock, so the ingest side
-    (accept) and the forwarder (pending, ack) can share one instance.
+    (accept) and the forwarder (pending, ack, park) can share one instance.
     """
 
     def __init__(self, path: str, *, max_bytes: int, max_age_s: float,
                  fsync: str = "full", checkpoint_interval_s: float = 1.0,
                  max_parked_bytes: int | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  clock: Callable[[], float] = time.time) -> None:
         if fsync not in ("full", "normal"):
             raise SpoolError(f"spool fsync must be 'full' or 'normal', not {fsync!r}")
-        if max_bytes <= 0 or max_age_s <= 0:
-            raise SpoolError("spool max_bytes and max_age_s must be positive")
+        if max_bytes <= 0 or max_age_s <= 0 or max_message_bytes <= 0:
+            raise SpoolError("spool max_bytes, max_age_s and max_message_bytes must be "
+                             "positive")
         self.path = path
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
+        self.max_message_bytes = max_message_bytes
         # Parked rows are few (a message no broker takes); a tenth of max_bytes, at
         # least 1 MiB, holds thousands of them without squeezing the queue.
         self.max_parked_bytes = (max(1 << 20, max_bytes // 10) if max_parked_bytes is None
@@ -256,9 +207,13 @@ class Spool:
         self._disk_limit = max_bytes        # lowered when the file system fills up
         self.reserve_path = path + ".reserve"
         self._reserve_bytes = min(RESERVE_BYTES, max(0, max_bytes // 4))
+        self._contexts = ContextTable()
+        create_private(path)
         self._db = self._open_checked(path)
         self._make_reserve()
         self._counters = self._load_counters()
+        self._epochs = {int(d): int(e) for d, e in self._db.execute(
+            "SELECT device_id, epoch FROM replay WHERE epoch != 0")}
         row = self._db.execute("SELECT count(*), total(size) FROM rows").fetchone()
         self._depth = int(row[0])
         self._bytes = int(row[1])
@@ -285,6 +240,13 @@ class Spool:
         db.execute("PRAGMA foreign_keys=OFF")
         return db
 
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        try:
+            migrate(db, self.path, COUNTER_KEYS)
+        except SchemaError as exc:
+            db.close()
+            raise SpoolError(str(exc)) from None
+
     def _open_checked(self, path: str) -> sqlite3.Connection:
         """Open (and migrate) the file, or move a corrupt one aside and start fresh."""
         try:
@@ -306,44 +268,11 @@ class Spool:
             moved = move_aside(path)
             log.error("spool %s is corrupt (%s): moved aside to %s, starting a fresh spool",
                       path, exc, moved)
+            create_private(path)
             db = self._connect(path)
             self._migrate(db)
-            _salvage(moved, db)
+            salvage(moved, db)
             return db
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            db.close()
-            raise SpoolError(f"spool {self.path} has schema version {version}, newer than "
-                             f"this gateway's {SCHEMA_VERSION}; upgrade the gateway")
-        if version == 0:
-            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if tables:
-                db.close()
-                raise SpoolError(f"{self.path} is an SQLite file but not a knute spool")
-            db.execute("BEGIN IMMEDIATE")
-            for statement in _statements(_SCHEMA_V4):
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("COMMIT")
-            version = SCHEMA_VERSION
-        while version < SCHEMA_VERSION:
-            log.info("spool %s: migrating schema %d -> %d", self.path, version, version + 1)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _statements(MIGRATIONS[version]):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={version + 1}")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            version += 1
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)",
-                       [(key,) for key in COUNTER_KEYS])
-        db.execute("COMMIT")
 
     def _load_counters(self) -> dict[str, int]:
         rows = self._db.execute("SELECT key, value FROM meta").fetchall()
@@ -353,6 +282,13 @@ class Spool:
 
     def _begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (SQLITE_FULL at COMMIT). Context ids
+        # handed out in the failed transaction are gone with it.
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+        self._contexts.forget()
 
     def _bump(self, deltas: dict[str, int]) -> None:
         items = [(n, k) for k, n in deltas.items() if n]
@@ -364,29 +300,31 @@ class Spool:
     def accept(self, batch: Sequence[Accepted]) -> None:
         """Insert the rows and advance the counters (max per device) in one transaction.
 
-        Returns after the commit, the commit point of "accepted". Evicts per
-        the overflow policy when over ``max_bytes`` or ``max_age_s``, in the
-        same transaction, counting every eviction. Raises SpoolError if the
-        transaction fails (nothing of the batch is then accepted).
+        Returns after the commit, the commit point of "accepted". Each row gets
+        its device's current epoch. Evicts per the overflow policy when over
+        ``max_bytes`` or ``max_age_s``, in the same transaction, counting every
+        eviction. Raises SpoolError if the transaction fails (nothing of the
+        batch is then accepted).
         """
         if not batch:
             return
-        rows = []
+        parts = []
         newest: dict[int, int] = {}
         added = 0
         for item in batch:
-            size = row_size(item.topic, item.payload)
+            form, text, body = store_form(item)
+            size = len(body) + ROW_OVERHEAD
+            if form == FORM_MESSAGE:
+                size += len(item.topic.encode())
             added += size
-            rows.append((item.device_id, item.fcnt, item.kind, item.topic, item.payload,
-                         1 if item.alarm else 0, item.received_at, size,
-                         1 if item.retain else 0))
+            parts.append((item, form, text, body, size))
             if newest.get(item.device_id, -1) < item.fcnt:
                 newest[item.device_id] = item.fcnt
         with self._lock:
             try:
-                self._accept_rows(rows, newest, added, make_room=False)
+                self._accept_rows(parts, newest, added, make_room=False)
             except sqlite3.Error as exc:
-                if not _is_disk_full(exc):
+                if not is_disk_full(exc):
                     raise SpoolError(f"spool {self.path}: accept failed: {exc}") from exc
                 # The file system is full before max_bytes: the disk becomes the bound.
                 # Lower the limit below what is stored now, evict by the usual policy
@@ -401,13 +339,13 @@ class Spool:
                           self.path, self._bytes, self._disk_limit)
                 self._room_to_write()
                 try:
-                    self._accept_rows(rows, newest, added, make_room=True)
+                    self._accept_rows(parts, newest, added, make_room=True)
                 except sqlite3.Error as again:
                     raise SpoolError(f"spool {self.path}: accept failed: {again}") from again
             self._maybe_checkpoint()
 
-    def _accept_rows(self, rows: Sequence[tuple[object, ...]], newest: dict[int, int], added: int,
-                     *, make_room: bool) -> None:
+    def _accept_rows(self, parts: Sequence[tuple[Accepted, int, str, bytes, int]],
+                     newest: dict[int, int], added: int, *, make_room: bool) -> None:
         """The accept transaction (caller holds the lock); state restored on failure."""
         depth, nbytes, counters = self._depth, self._bytes, dict(self._counters)
         try:
@@ -415,9 +353,15 @@ class Spool:
             try:
                 if make_room:
                     self._evict(self._clock(), room=added)
+                epochs = self._epochs
+                rows = [(item.device_id, item.fcnt, epochs.get(item.device_id, 0),
+                         self._contexts.id_of(self._db, form, text), body,
+                         1 if item.alarm else 0,
+                         item.received_at, size)
+                        for item, form, text, body, size in parts]
                 self._db.executemany(
-                    "INSERT INTO rows (device_id, fcnt, kind, topic, payload, alarm, "
-                    "received_at, size, retain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    "INSERT INTO rows (device_id, fcnt, epoch, ctx, body, alarm, "
+                    "received_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._db.executemany(
                     "INSERT INTO replay (device_id, fcnt) VALUES (?, ?) "
                     "ON CONFLICT(device_id) DO UPDATE SET fcnt = max(fcnt, excluded.fcnt)",
@@ -429,39 +373,15 @@ class Spool:
                 self._evict(self._clock())
                 self._db.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         except BaseException:
             self._depth, self._bytes, self._counters = depth, nbytes, counters
             raise
 
     def _make_reserve(self) -> None:
-        """Hold ``RESERVE_BYTES`` of disk in a file that is given back when the disk fills.
-
-        With a full file system SQLite can neither commit (the WAL cannot grow)
-        nor checkpoint (the database file cannot take the WAL's new pages), so
-        not even an eviction could be written. The reserve is what makes room.
-        """
-        want = self._reserve_bytes
-        if not want:
-            return
-        with contextlib.suppress(OSError):
-            if os.path.getsize(self.reserve_path) >= want:
-                return
-        try:
-            with open(self.reserve_path, "wb") as fh:
-                block = b"\0" * 65536
-                for _ in range(0, want, len(block)):
-                    fh.write(block)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            log.warning("spool %s: cannot reserve %d bytes of disk (%s); a full disk may "
-                        "then stop the spool until space is freed", self.path, want,
-                        exc.strerror)
-            with contextlib.suppress(OSError):
-                os.unlink(self.reserve_path)
+        """Hold the reserve (see make_reserve); a failure is logged, not fatal."""
+        make_reserve(self.reserve_path, self._reserve_bytes)
 
     def _room_to_write(self) -> None:
         """After SQLITE_FULL: give back the reserve and fold the WAL into the file."""
@@ -539,9 +459,10 @@ class Spool:
                                   if n and k != "evicted_total"))
 
     def counters(self) -> dict[int, int]:
-        """Replay state: device_id -> last accepted frame counter."""
+        """Replay state: device_id -> last accepted frame counter (devices that have one)."""
         with self._lock:
-            rows = self._db.execute("SELECT device_id, fcnt FROM replay").fetchall()
+            rows = self._db.execute(
+                "SELECT device_id, fcnt FROM replay WHERE fcnt >= 0").fetchall()
         return {int(d): int(f) for d, f in rows}
 
     def last_fcnt(self, device_id: int) -> int | None:
@@ -549,24 +470,63 @@ class Spool:
         with self._lock:
             row = self._db.execute("SELECT fcnt FROM replay WHERE device_id = ?",
                                    (device_id,)).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None or row[0] < 0 else int(row[0])
 
-    def reset_counter(self, device_id: int) -> None:
-        """Forget a device's replay counter (operator action after a node reset)."""
+    def epoch(self, device_id: int) -> int:
+        """The device's epoch: how many times its counter was reset (part of the id)."""
+        with self._lock:
+            return self._epochs.get(device_id, 0)
+
+    def reset_counter(self, device_id: int) -> int:
+        """Forget a device's replay counter and start its next epoch; returns that epoch.
+
+        Operator action after a node reset or re-provisioning: the node counts
+        from 0 again, so its readings need ids the earlier ones never had.
+        """
         with self._lock:
             self._begin()
-            self._db.execute("DELETE FROM replay WHERE device_id = ?", (device_id,))
-            self._db.execute("COMMIT")
-        log.warning("spool %s: replay counter of device %08x reset", self.path, device_id)
+            try:
+                self._db.execute(
+                    "INSERT INTO replay (device_id, fcnt, epoch) VALUES (?, -1, 1) "
+                    "ON CONFLICT(device_id) DO UPDATE SET fcnt = -1, epoch = epoch + 1",
+                    (device_id,))
+                epoch = int(self._db.execute("SELECT epoch FROM replay WHERE device_id = ?",
+                                             (device_id,)).fetchone()[0])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            self._epochs[device_id] = epoch
+        log.warning("spool %s: replay counter of device %08x reset, epoch %d begins",
+                    self.path, device_id, epoch)
+        return epoch
 
     def pending(self, limit: int, after_id: int = 0) -> list[Row]:
-        """Up to ``limit`` rows with id > ``after_id``, oldest first (per-device order kept)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, device_id, fcnt, kind, topic, payload, alarm, received_at, retain "
-                "FROM rows WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
-        return [Row(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), bool(r[6]), r[7], bool(r[8]))
-                for r in rows]
+        """Up to ``limit`` rows with id > ``after_id``, oldest first (per-device order kept).
+
+        Each row carries the topic and JSON bytes to publish, built here. A row
+        whose message is over ``max_message_bytes``, or whose stored form cannot
+        be read back, is parked instead (never published) and left out.
+        """
+        while True:
+            with self._lock:
+                stored = [stored_row(r) for r in self._db.execute(
+                    f"SELECT {STORED_COLUMNS} FROM rows WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, limit)).fetchall()]
+                contexts = {s.ctx: self._contexts.text_of(self._db, s.ctx) for s in stored}
+            out: list[Row] = []
+            bad: dict[str, list[int]] = {}
+            for s in stored:
+                row, problem = render(s, contexts[s.ctx], self.max_message_bytes)
+                if row is not None:
+                    out.append(row)
+                else:
+                    bad.setdefault(problem, []).append(s.row_id)
+            for reason, ids in bad.items():
+                self.park(ids, reason)
+            if out or not bad or not stored:
+                return out
+            after_id = stored[-1].row_id        # a whole batch parked: read on
 
     def ack(self, row_ids: Sequence[int]) -> int:
         """Delete delivered rows (broker PUBACK). Returns how many were still there.
@@ -579,7 +539,7 @@ class Spool:
             try:
                 deleted, freed = self._ack_rows(row_ids)
             except sqlite3.Error as exc:
-                if not _is_disk_full(exc):
+                if not is_disk_full(exc):
                     raise SpoolError(f"spool {self.path}: ack failed: {exc}") from exc
                 self._room_to_write()
                 try:
@@ -620,102 +580,6 @@ class Spool:
             self._db.execute(f"PRAGMA synchronous={self._sync_pragma}")
         return deleted, freed
 
-    def park(self, row_ids: Sequence[int], reason: str) -> int:
-        """Move rows out of the delivery queue into the parked table; returns how many moved.
-
-        For a message that must not block the rows behind it (the broker refuses
-        it, or it is over the size bound). Parked rows are never published; they
-        are kept for inspection (:meth:`parked`, ``knute gateway parked``) up to
-        ``MAX_PARKED_ROWS`` rows and ``max_parked_bytes``, the oldest parked
-        dropped first (counted in ``parked_dropped``). Ids already gone are ignored.
-        """
-        if not row_ids:
-            return 0
-        reason = reason.strip() or "unspecified"
-        with self._lock:
-            state = (self._depth, self._bytes, self._parked, self._parked_bytes,
-                     dict(self._counters))
-            try:
-                moved = self._park_rows(row_ids, reason)
-            except sqlite3.Error as exc:
-                (self._depth, self._bytes, self._parked, self._parked_bytes,
-                 self._counters) = state
-                raise SpoolError(f"spool {self.path}: park failed: {exc}") from exc
-        if moved:
-            log.error("spool %s: parked %d rows (%s); they will not be published",
-                      self.path, moved, reason)
-        return moved
-
-    def _park_rows(self, row_ids: Sequence[int], reason: str) -> int:
-        """The park transaction (caller holds the lock)."""
-        moved = 0
-        now = self._clock()
-        self._begin()
-        try:
-            for start in range(0, len(row_ids), _CHUNK):
-                chunk = list(row_ids[start:start + _CHUNK])
-                marks = ",".join("?" * len(chunk))
-                n, size = self._db.execute(
-                    f"SELECT count(*), total(size) FROM rows WHERE id IN ({marks})",
-                    chunk).fetchone()
-                if not n:
-                    continue
-                self._db.execute(
-                    "INSERT OR REPLACE INTO parked (id, device_id, fcnt, kind, topic, payload, "
-                    "alarm, received_at, size, reason, parked_at) "
-                    "SELECT id, device_id, fcnt, kind, topic, payload, alarm, received_at, "
-                    f"size, ?, ? FROM rows WHERE id IN ({marks})", [reason, now, *chunk])
-                self._db.execute(f"DELETE FROM rows WHERE id IN ({marks})", chunk)
-                moved += int(n)
-                self._depth -= int(n)
-                self._bytes -= int(size)
-                self._parked += int(n)
-                self._parked_bytes += int(size)
-            dropped = self._bound_parked()
-            self._bump({"parked_total": moved, "parked_dropped": dropped})
-            self._db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            raise
-        self._counters["parked_total"] += moved
-        self._counters["parked_dropped"] += dropped
-        return moved
-
-    def _bound_parked(self) -> int:
-        """Drop the oldest parked rows over the bounds (inside the caller's transaction)."""
-        dropped = 0
-        while self._parked > MAX_PARKED_ROWS or (
-                self._parked_bytes > self.max_parked_bytes and self._parked > 0):
-            over_rows = self._parked - MAX_PARKED_ROWS
-            over_bytes = self._parked_bytes - self.max_parked_bytes
-            victims = []
-            freed = 0
-            for row_id, size in self._db.execute(
-                    "SELECT id, size FROM parked ORDER BY parked_at, id LIMIT ?",
-                    (_CHUNK,)).fetchall():
-                victims.append((row_id,))
-                freed += size
-                if len(victims) >= over_rows and freed >= over_bytes:
-                    break
-            if not victims:
-                break
-            self._db.executemany("DELETE FROM parked WHERE id = ?", victims)
-            dropped += len(victims)
-            self._parked -= len(victims)
-            self._parked_bytes -= freed
-        if dropped:
-            log.warning("spool %s: dropped %d parked rows over the bound", self.path, dropped)
-        return dropped
-
-    def parked(self, limit: int = 100) -> list[ParkedRow]:
-        """Up to ``limit`` parked rows, most recently parked first."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_PARKED_COLUMNS} FROM parked ORDER BY parked_at DESC, id DESC "
-                "LIMIT ?", (limit,)).fetchall()
-        return [_parked_row(r) for r in rows]
-
     def stats(self) -> dict[str, int]:
         """depth, bytes, max_bytes, oldest_age_s, parked, parked_bytes and the counters."""
         with self._lock:
@@ -735,243 +599,5 @@ class Spool:
             self._db.close()
 
 
-class AcceptBatcher:
-    """Groups accepted frames into one spool transaction per window.
-
-    ``add()`` may be called from any thread; it commits in the caller's thread
-    when ``max_frames`` are waiting. ``start()`` runs a small thread that
-    commits whatever has waited ``window_s``; without it, call ``flush()``
-    (or ``poll()``) from the ingest loop. ``on_commit(batch)`` runs after each
-    successful commit. A failed commit raises SpoolError from whichever call
-    committed; those frames are not accepted.
-    """
-
-    def __init__(self, spool: Spool, *, window_s: float = 0.05, max_frames: int = 256,
-                 on_commit: Callable[[Sequence[Accepted]], None] | None = None) -> None:
-        self.spool = spool
-        self.window_s = window_s
-        self.max_frames = max_frames
-        self.on_commit = on_commit
-        self._waiting: list[Accepted] = []
-        self._first_at = 0.0
-        self._lock = threading.Lock()          # guards _waiting
-        self._commit_lock = threading.Lock()   # keeps commits in add() order
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.errors = 0
-
-    def add(self, item: Accepted) -> None:
-        """Queue one frame; commits at once if the batch is full."""
-        with self._lock:
-            if not self._waiting:
-                self._first_at = time.monotonic()
-            self._waiting.append(item)
-            full = len(self._waiting) >= self.max_frames
-        if full:
-            self.flush()
-
-    def add_many(self, items: Iterable[Accepted]) -> None:
-        """Queue several frames (commits whenever a batch fills)."""
-        for item in items:
-            self.add(item)
-
-    def poll(self) -> None:
-        """Commit if the oldest waiting frame has waited ``window_s``."""
-        with self._lock:
-            due = bool(self._waiting) and time.monotonic() - self._first_at >= self.window_s
-        if due:
-            self.flush()
-
-    def flush(self) -> None:
-        """Commit everything waiting now."""
-        with self._commit_lock:
-            with self._lock:
-                batch, self._waiting = self._waiting, []
-            if not batch:
-                return
-            self.spool.accept(batch)
-            if self.on_commit is not None:
-                self.on_commit(batch)
-
-    def waiting(self) -> int:
-        """Frames queued but not yet committed (not accepted yet)."""
-        with self._lock:
-            return len(self._waiting)
-
-    def start(self) -> None:
-        """Run the window timer in a daemon thread."""
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="spool-batcher",
-                                            daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        tick = max(self.window_s / 5, 0.001)
-        while not self._stop.wait(tick):
-            try:
-                self.poll()
-            except SpoolError as exc:
-                self.errors += 1
-                log.error("%s", exc)
-
-    def stop(self) -> None:
-        """Stop the timer thread and commit what is waiting."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        self.flush()
-
-
-_PARKED_COLUMNS = ("id, device_id, fcnt, kind, topic, payload, alarm, received_at, reason, "
-                   "parked_at")
-
-
-def _parked_row(r: tuple[Any, ...]) -> ParkedRow:
-    return ParkedRow(int(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]), bytes(r[5]),
-                     bool(r[6]), float(r[7]), str(r[8]), float(r[9]))
-
-
-def read_parked(path: str, limit: int = 100) -> tuple[int, list[ParkedRow]]:
-    """(parked row count, the ``limit`` most recently parked) of a spool file, read-only.
-
-    Safe while the gateway runs (a read transaction in WAL mode blocks nobody).
-    """
-    if not os.path.exists(path):
-        raise SpoolError(f"spool {path}: no such file")
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
-    except sqlite3.Error as exc:
-        raise SpoolError(f"spool {path}: {exc}") from exc
-    try:
-        version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        if version < 3:
-            return 0, []            # before parking existed: nothing parked
-        count = int(db.execute("SELECT count(*) FROM parked").fetchone()[0])
-        rows = db.execute(f"SELECT {_PARKED_COLUMNS} FROM parked "
-                          "ORDER BY parked_at DESC, id DESC LIMIT ?", (limit,)).fetchall()
-        return count, [_parked_row(r) for r in rows]
-    except sqlite3.Error as exc:
-        raise SpoolError(f"spool {path}: cannot read parked rows: {exc}") from exc
-    finally:
-        db.close()
-
-
-def _is_disk_full(exc: sqlite3.Error) -> bool:
-    """True for SQLITE_FULL (the file system, or a size limit, has no room)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF == 13
-    return "full" in str(exc)
-
-
-def _statements(script: str) -> list[str]:
-    """Split a DDL script into statements (no semicolons inside our statements)."""
-    out = []
-    for part in script.split(";"):
-        lines = [ln for ln in part.splitlines() if not ln.strip().startswith("--")]
-        text = "\n".join(lines).strip()
-        if text:
-            out.append(text)
-    return out
-
-
-def _padded_copy(path: str) -> str:
-    """``path``, or a copy padded with zeros to the size its header states.
-
-    A truncated file is unreadable as a whole (SQLite calls it malformed at the
-    first query); padded back to its size, every page that survived reads
-    again and only the missing ones are damaged.
-    """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(100)
-        size = os.path.getsize(path)
-    except OSError:
-        return path
-    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
-        return path
-    page_size = int.from_bytes(head[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    want = int.from_bytes(head[28:32], "big") * page_size
-    if want <= size:
-        return path
-    copy = path + ".salvage"
-    try:
-        shutil.copyfile(path, copy)
-        with open(copy, "r+b") as fh:
-            fh.truncate(want)
-    except OSError:
-        return path
-    return copy
-
-
-def _read_rows(old: sqlite3.Connection, deadline: float) -> list[tuple[object, ...]]:
-    """Every row still readable, in id order, stepping over damaged pages.
-
-    Ids must rise: a damaged page that hands out an id at or below one already
-    read ends that scan (its cells are not trusted), and the scan resumes past it.
-    """
-    rows: list[tuple[object, ...]] = []
-    try:
-        top = int(old.execute("SELECT seq FROM sqlite_sequence WHERE name = 'rows'")
-                  .fetchone()[0])
-    except (sqlite3.Error, TypeError):
-        top = None
-    after, step = 0, 1
-    while time.monotonic() < deadline:
-        try:
-            for r in old.execute("SELECT id, device_id, fcnt, kind, topic, payload, alarm, "
-                                 "received_at FROM rows WHERE id > ? ORDER BY id", (after,)):
-                if not isinstance(r[0], int) or r[0] <= after:
-                    raise sqlite3.DatabaseError("row ids out of order")
-                after, step = r[0], 1
-                if (isinstance(r[1], int) and isinstance(r[2], int) and isinstance(r[3], str)
-                        and isinstance(r[4], str) and isinstance(r[5], bytes)
-                        and isinstance(r[6], int) and isinstance(r[7], int | float)):
-                    rows.append(tuple(r[1:]))           # a damaged cell is left out
-            return rows
-        except sqlite3.Error:
-            if top is None or after >= top:
-                return rows
-            after, step = after + step, step * 2
-    return rows
-
-
-def _salvage(moved: str, db: sqlite3.Connection) -> None:
-    """Copy what can still be read from a corrupt spool (rows, replay counters)."""
-    source = _padded_copy(moved)
-    try:
-        old = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return
-    counters: dict[int, int] = {}
-    rows: list[tuple[object, ...]] = []
-    deadline = bound_queries(old)
-    try:
-        try:
-            for device_id, fcnt in old.execute("SELECT device_id, fcnt FROM replay"):
-                counters[int(device_id)] = max(int(fcnt), counters.get(int(device_id), -1))
-        except sqlite3.Error:
-            pass
-        rows = _read_rows(old, deadline)
-    finally:
-        old.close()
-        if source != moved:
-            with contextlib.suppress(OSError):
-                os.unlink(source)
-    for r in rows:
-        device_id, fcnt = int(r[0]), int(r[1])  # type: ignore[call-overload]
-        counters[device_id] = max(fcnt, counters.get(device_id, -1))
-    db.execute("BEGIN IMMEDIATE")
-    db.executemany(
-        "INSERT INTO rows (device_id, fcnt, kind, topic, payload, alarm, received_at, size) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(*r, row_size(str(r[3]), bytes(r[4])))  # type: ignore[call-overload]
-         for r in rows])
-    db.execute(_LEGACY_RETAIN)     # what a damaged file held is read as before version 4
-    db.executemany("INSERT INTO replay (device_id, fcnt) VALUES (?, ?)", counters.items())
-    db.execute("COMMIT")
-    log.error("spool %s: salvaged %d rows and %d replay counters from %s",
-              moved.rsplit(".corrupt-", 1)[0], len(rows), len(counters), moved)
+# The batcher lives in its own module; imported here so callers keep one import.
+from gateway.spool_batch import AcceptBatcher  # noqa: E402

@@ -10,7 +10,10 @@
 - the time to drain a spool of ``--backlog`` frames after an outage (the
   broker comes back; timed from its restart to an empty spool), and the peak
   RSS of that process (spool filled, then drained), in a child process so
-  that nothing else this benchmark holds counts.
+  that nothing else this benchmark holds counts;
+- the bytes per spooled reading: the spool file (checkpointed) divided by the
+  ``--backlog`` readings in it, and the JSON bytes per reading published, for
+  the same mix (two water meters for one air node, one receiver each).
 
 A Mosquitto (/usr/sbin/mosquitto) on a free loopback port is started and
 stopped by the benchmark itself.
@@ -67,7 +70,7 @@ RECEIVER = {"source": "lora0", "rssi_dbm": -97, "snr_db": 7.5, "freq_hz": 868_10
 
 def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
                      prefix: str = "knute") -> Iterator[Any]:
-    """``count`` Accepted rows with real reading JSON, devices round robin."""
+    """``count`` Accepted readings as the pipeline hands them over, devices round robin."""
     from gateway import message
     from gateway.spool import Accepted
     from tools.typical import TYPICAL
@@ -82,13 +85,12 @@ def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
         now = time.time()
         decoded = {"kind": kind, "kind_id": kind_ids[kind], "device_id": dev, "fcnt": fcnt,
                    "tag_len": 4, "values": TYPICAL[kind]}
-        name = message.device_name(dev)
-        payload = message.reading_json(decoded, device=name, gateway_id=gateway_id,
-                                       received_at=now, receivers=[RECEIVER], source="radio",
-                                       site=None)
-        yield Accepted(device_id=dev, fcnt=fcnt, kind=kind,
-                       topic=message.topic(prefix, kind, name), payload=payload,
-                       alarm=message.is_alarm(decoded), received_at=now)
+        reading = message.Reading(
+            device_id=dev, kind=kind, kind_id=kind_ids[kind], fcnt=fcnt,
+            values=dict(TYPICAL[kind]), received_at=now, receivers=[dict(RECEIVER)],
+            source="radio", site=None, gateway_id=gateway_id, prefix=prefix)
+        yield Accepted(device_id=dev, fcnt=fcnt, kind=kind, topic=reading.topic(), payload=b"",
+                       alarm=message.is_alarm(decoded), received_at=now, reading=reading)
 
 
 # -- broker ----------------------------------------------------------------------------
@@ -194,6 +196,17 @@ def _drain_child(workdir: str, backlog: int, inflight: int) -> dict[str, float]:
             spool.accept(batch)
             batch = []
     spool.accept(batch)
+    # The bytes one spooled reading takes on disk: the file, checkpointed, per row.
+    path = os.path.join(workdir, "drain.db")
+    fwd.stop(5)
+    spool.close()
+    file_bytes = os.path.getsize(path)
+    spool = Spool(path, max_bytes=16 << 30, max_age_s=86400.0)
+    fwd = Forwarder(spool, MqttConfig(host="127.0.0.1", port=broker.port, max_inflight=inflight,
+                                      client_id="bench-drain", backoff_min_s=0.1,
+                                      backoff_max_s=1.0, connect_timeout_s=2.0),
+                    gateway_id="bench", status_provider=dict)
+    fwd.start()
     broker.start()
     start = time.perf_counter()
     deadline = time.monotonic() + 1800
@@ -209,7 +222,8 @@ def _drain_child(workdir: str, backlog: int, inflight: int) -> dict[str, float]:
         for line in fh:
             if line.startswith("VmHWM:"):
                 rss_kb = int(line.split()[1])
-    return {"drain_s": drain_s, "peak_rss_mb": rss_kb / 1024, "left": left}
+    return {"drain_s": drain_s, "peak_rss_mb": rss_kb / 1024, "left": left,
+            "spool_bytes_per_reading": file_bytes / max(1, backlog)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -222,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         decode = bench_decode_verify(args.frames)
         rows = list(_accepted_stream(args.messages))
-        payloads = [(row.topic, row.payload) for row in rows]
+        payloads = [(row.reading.topic(), row.reading.json()) for row in rows]
+        json_per_reading = sum(len(p) for _, p in payloads) / max(1, len(payloads))
         broker = _mosquitto(workdir)
         broker.start()
         try:
@@ -250,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
         "backlog": args.backlog,
         "drain_s": round(drain["drain_s"], 1),
         "peak_rss_mb": round(drain["peak_rss_mb"], 1),
+        "spool_bytes_per_reading": round(drain["spool_bytes_per_reading"]),
+        "json_bytes_per_reading": round(json_per_reading),
     }
     if args.json:
         print(json.dumps(result))
@@ -275,4 +292,6 @@ def run(args: argparse.Namespace) -> int:
           f"{result['drain_s']:>8} s   floor 180 s per 1,000,000   {mark('drain_s')}")
     print(f"peak RSS with the backlog spooled          {result['peak_rss_mb']:>8} MB  "
           f"floor 80 MB   {mark('peak_rss_mb')}")
+    print(f"spool file per spooled reading             {result['spool_bytes_per_reading']:>8} "
+          f"bytes (JSON published: {result['json_bytes_per_reading']} bytes)")
     return 0

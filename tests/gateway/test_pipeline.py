@@ -244,7 +244,8 @@ def test_to_accepted_builds_topic_and_reading() -> None:
     acc = pl.to_accepted(ready, prefix="city", gateway_id="gw1")
     assert acc.topic == "city/water_meter/00001234/up"
     assert (acc.device_id, acc.fcnt, acc.kind, acc.alarm) == (DEV, 3, "water_meter", True)
-    doc = json.loads(acc.payload)
+    assert acc.reading is not None and acc.payload == b""    # JSON built at publish
+    doc = json.loads(acc.reading.json())
     assert doc["id"] == "00001234:3"
     assert doc["receivers"] == [{"source": "bridge", "rssi_dbm": -90}]
     assert doc["alarms"] == ["leak"]
@@ -304,7 +305,8 @@ def test_polled_reading_is_accepted_with_source_modbus() -> None:
     assert ready.source_type == "modbus"
     acc = pl.to_accepted(ready, prefix="city", gateway_id="gw1")
     assert acc.topic == "city/water_meter/00001234/up"
-    doc = json.loads(acc.payload)
+    assert acc.reading is not None and acc.payload == b""    # JSON built at publish
+    doc = json.loads(acc.reading.json())
     assert doc["source"] == "modbus" and doc["id"] == "00001234:1"
     assert doc["receivers"] == [MODBUS_RX]
     assert doc["readings"]["index"] == {"value": 123456, "unit": "L"}
