@@ -193,3 +193,45 @@ listen = "127.0.0.1:{free_port()}"
         assert parked.device_id == 0x999 and parked.fcnt == 7 and parked.reason
     finally:
         spool.close()
+
+
+def test_a_message_refused_by_an_mqtt5_puback_is_parked_without_a_reconnect(
+        tmp_path: Path) -> None:
+    """Mosquitto's ACL answers a PUBLISH it refuses with PUBACK 0x87 (Not authorized)."""
+    from gateway.config import MqttConfig
+    from gateway.forwarder import Forwarder
+
+    (tmp_path / "broker").mkdir()
+    acl = tmp_path / "broker" / "acl"
+    acl.write_text("pattern write knute/water_meter/+/up\npattern write knute/gateway/#\n"
+                   "pattern read #\n")
+    broker = Broker(tmp_path / "broker", "mosquitto", extra_config=f"acl_file {acl}\n")
+    broker.start()
+    rows = [reading(0x100 + dev, fcnt) for fcnt in range(1, 21) for dev in range(3)]
+    denied = Accepted(device_id=0x777, fcnt=1, kind="air_quality",
+                      topic="knute/air_quality/00000777/up", payload=b'{"id":"00000777:1"}',
+                      alarm=False, received_at=time.time())
+    spool = Spool(str(tmp_path / "spool.db"), max_bytes=10**8, max_age_s=10**8)
+    spool.accept(rows[:30])
+    spool.accept([denied])
+    spool.accept(rows[30:])
+    listener = Listener(broker)
+    fwd = Forwarder(spool, MqttConfig(host=broker.host, port=broker.port, protocol="5",
+                                      max_inflight=8, backoff_min_s=0.05, backoff_max_s=0.5),
+                    gateway_id="gw-acl", status_provider=dict)
+    fwd.start()
+    try:
+        expected = {f"{r.device_id:08x}:{r.fcnt}" for r in rows}
+        wait_for(lambda: set(listener.ids()) >= expected, 60, "every allowed reading")
+        wait_for(lambda: spool.stats()["depth"] == 0, 30, "an empty queue")
+        (parked,) = spool.parked()
+        assert parked.device_id == 0x777 and "Not authorized" in parked.reason
+        stats = fwd.stats()
+        assert stats["parked_total"] == 1 and stats["publish_errors"] == 1
+        assert stats["connections"] == 1 and stats["reconnects"] == 0
+        assert len(listener.ids()) == len(rows)       # nothing sent twice either
+    finally:
+        fwd.stop(drain_timeout_s=2)
+        listener.close()
+        spool.close()
+        broker.stop()
