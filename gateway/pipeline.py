@@ -2,6 +2,9 @@
 
 Nothing here does I/O; every function and class works on bytes and in-memory
 state, so the whole decision path is tested without sockets, files or clocks.
+Its types (``Reception``, ``Device``, ``Accepted``, ``Counters``) come from
+gateway.model, not from the registry, spool or status modules that store or
+serve them; tests/gateway/test_pure_core.py keeps it that way.
 
 For each ``Reception`` (frame bytes plus where and how it was heard):
 
