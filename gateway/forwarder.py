@@ -127,7 +127,6 @@ class Forwarder:
         self._down_since: float | None = time.monotonic()
         self._last_down_warn = time.monotonic()
         self.last_error = ""
-        self.last_parked = ""
         self.started_at = time.time()
         self._counts = collections.Counter({
             "forwarded_total": 0, "publish_errors": 0, "reconnects": 0, "connections": 0,
@@ -473,7 +472,6 @@ class Forwarder:
         for reason, ids in by_reason.items():
             self.spool.park(ids, reason)
             self._counts["parked_total"] += len(ids)
-            self.last_parked = reason
 
     # -- paho callbacks (run in the worker thread, inside loop_read) ---------------------
 
