@@ -38,6 +38,15 @@ DEFAULT_PARK_AFTER_LOSSES = 3
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """TLS for the broker connection, the [mqtt.tls] table; all None: the system's CAs."""
+
+    ca: str | None = None      # CA bundle to verify the broker
+    cert: str | None = None    # client certificate (mutual TLS)
+    key: str | None = None     # its key
+
+
+@dataclass(frozen=True)
 class MqttConfig:
     """How to reach the broker and deliver to it: the [mqtt] table, checked.
 
@@ -51,10 +60,7 @@ class MqttConfig:
     protocol: str = "3.1.1"              # "3.1.1" or "5"
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    tls: bool = False                    # also on when ca_file or cert_file is set
-    ca_file: str | None = None           # CA bundle to verify the broker
-    cert_file: str | None = None         # client certificate (mutual TLS)
-    key_file: str | None = None          # client key
+    tls: TlsSettings | None = None       # None: plain TCP
     prefix: str = "knute"
     keepalive: int = 30
     max_inflight: int = DEFAULT_MAX_INFLIGHT
@@ -77,8 +83,8 @@ class MqttConfig:
             raise KnuteError(f"mqtt max_inflight must be {lo}..{hi}, not {self.max_inflight}")
         if self.park_after_losses < 1:
             raise KnuteError("mqtt park_after_losses must be at least 1")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise KnuteError("mqtt cert_file and key_file go together")
+        if self.tls is not None and (self.tls.cert is None) != (self.tls.key is None):
+            raise KnuteError("mqtt tls cert and key go together")
         if not 0 < self.backoff_min_s <= self.backoff_max_s:
             raise KnuteError("mqtt backoff needs 0 < backoff_min_s <= backoff_max_s")
         if (not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/")
@@ -89,7 +95,7 @@ class MqttConfig:
     @property
     def use_tls(self) -> bool:
         """True when the connection is TLS."""
-        return self.tls or self.ca_file is not None or self.cert_file is not None
+        return self.tls is not None
 
 
 @dataclass(frozen=True)
@@ -399,19 +405,21 @@ def _mqtt(tab: _Table, base: str, gateway_id: str) -> MqttConfig:
     inflight = tab.integer("max_inflight", DEFAULT_MAX_INFLIGHT, *MAX_INFLIGHT_RANGE)
     park_after = tab.integer("park_after_losses", DEFAULT_PARK_AFTER_LOSSES, 1, 1000)
     max_message = tab.integer("max_message_bytes", 65536, 1024, 256 * 1024 * 1024)
-    ca = cert = key = None
+    tls = None
     tt = tab.table("tls")
     if tt is not None:
-        ca, cert, key = (_path(base, tt.text(name, None)) for name in ("ca", "cert", "key"))
-        for name, value in (("ca", ca), ("cert", cert), ("key", key)):
+        tls = TlsSettings(ca=_path(base, tt.text("ca", None)),
+                          cert=_path(base, tt.text("cert", None)),
+                          key=_path(base, tt.text("key", None)))
+        for key, value in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)):
             if value is not None and not os.path.exists(value):
-                raise tt.error(name, f"{value}: no such file")
-        if (cert is None) != (key is None):
+                raise tt.error(key, f"{value}: no such file")
+        if (tls.cert is None) != (tls.key is None):
             raise tt.error("key", "cert and key go together")
         tt.done()
     tab.done()
     return MqttConfig(host=host, port=port, client_id=client_id, protocol=protocol,
-                      username=username, password=password, tls=tt is not None, ca_file=ca,
-                      cert_file=cert, key_file=key, prefix=prefix, keepalive=keepalive,
+                      username=username, password=password, tls=tls, prefix=prefix,
+                      keepalive=keepalive,
                       max_inflight=inflight, park_after_losses=park_after,
                       max_message_bytes=max_message)

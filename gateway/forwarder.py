@@ -283,8 +283,8 @@ class Forwarder:
         client.connect_timeout = cfg.connect_timeout_s
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
-        if cfg.use_tls:
-            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file,
+        if cfg.tls is not None:
+            client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key,
                            cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.will_set(self.topic_status, self._offline_will(), qos=1, retain=True)
         client.on_connect = self._on_connect

@@ -30,7 +30,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import message
-from gateway.config import MqttConfig
+from gateway.config import MqttConfig, TlsSettings
 from gateway.errors import KnuteError
 from gateway.forwarder import Forwarder
 from gateway.link import Backoff
@@ -199,7 +199,7 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    {"protocol": "3"}, {"qos": 0}, {"max_inflight": 0}, {"cert_file": "c.pem"},
+    {"protocol": "3"}, {"qos": 0}, {"max_inflight": 0}, {"tls": TlsSettings(cert="c.pem")},
     {"prefix": "city/#"}, {"prefix": "/city"}, {"prefix": ""}])
 def test_config_is_checked(bad: dict[str, Any]) -> None:
     with pytest.raises(KnuteError):
