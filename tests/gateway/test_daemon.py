@@ -397,7 +397,7 @@ def test_unplugged_radio_comes_back_and_devices_change_live(setup: dict[str, Any
     assert "reset-counter 00001234" in gw.log.read_text()
     gw.devices("reset-counter", f"{METER:08x}")
     bridge.write(radio(water(0)))
-    wait_for(lambda: "00001234:0" in sub.ids(), what="frame after counter reset")
+    wait_for(lambda: "00001234:1:0" in sub.ids(), what="frame after counter reset (epoch 1)")
     assert gw.stop() == 0
 
 
