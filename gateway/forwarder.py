@@ -313,18 +313,20 @@ class Forwarder:
             return self._connected_session(gen, sess, client)
         finally:
             self._inflight_now = 0
-            self._settle(window)
-            if sess.lost and not self._stopping:   # the broker (or the network) hung up
-                refusal = self._losses.connection_ended(window.oldest_in_flight(),
-                                                        window.newest_acked)
-                if refusal is not None:
-                    self._park([refusal])
-            with contextlib.suppress(Exception):  # the socket may already be gone
-                client.disconnect()
-            with contextlib.suppress(Exception):
-                sock = client.socket()
-                if sock is not None:
-                    sock.close()
+            try:
+                self._settle(window)
+                if sess.lost and not self._stopping:   # the broker (or the network) hung up
+                    refusal = self._losses.connection_ended(window.oldest_in_flight(),
+                                                            window.newest_acked)
+                    if refusal is not None:
+                        self._park([refusal])
+            finally:   # a spool error above must not leave the socket open
+                with contextlib.suppress(Exception):  # the socket may already be gone
+                    client.disconnect()
+                with contextlib.suppress(Exception):
+                    sock = client.socket()
+                    if sock is not None:
+                        sock.close()
 
     def _await_connack(self, gen: int, sess: _Session, client: mqtt.Client) -> bool:
         """Wait for CONNACK; True when the broker accepted the connection."""
