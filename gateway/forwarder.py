@@ -32,7 +32,9 @@ Design
 - Acknowledged rows are deleted in batches (``ack_batch`` rows or
   ``ack_interval_s``, whichever first) and always before a reconnect.
 - Reconnects use gateway.link's capped exponential backoff with jitter
-  (``backoff_min_s`` doubling up to ``backoff_max_s``).
+  (``backoff_min_s`` doubling up to ``backoff_max_s``), but at most
+  ``REFUSED_RETRY_MAX_S`` while the broker's host refuses the connection (a
+  broker restart), so the gateway is back online within seconds of it.
 - A supervisor thread (``knute-forwarder-supervisor``) watches the worker: a
   worker thread that died is restarted, one whose heartbeat is older than
   ``stall_timeout_s`` is abandoned and replaced (it exits when it wakes up),
@@ -74,6 +76,11 @@ from gateway.spool import Spool
 log = logging.getLogger("knute.forwarder")
 
 THREAD_PREFIX = "knute-forwarder"
+# A host that refuses the TCP connection is up while its broker is not: a broker
+# restart. Try again at least this often, so the gateway's "online" replaces the
+# will the broker published on its way down within seconds of its return, even
+# after a long outage (backoff_max_s is for a network or host that does not answer).
+REFUSED_RETRY_MAX_S = 2.0
 
 
 class _Session:
@@ -113,6 +120,7 @@ class Forwarder:
         self._state = LinkState.CLOSED
         self._state_lock = threading.Lock()
         self._backoff = Backoff(cfg.backoff_min_s, cfg.backoff_max_s)
+        self._refused = False                 # the last connect was refused (broker down)
         self._losses = LossTracker(cfg.park_after_losses)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -262,7 +270,8 @@ class Forwarder:
             if done or not self._alive(gen) or self._drain_over():
                 break
             self._set_state(LinkState.BACKOFF)
-            delay = self._backoff.next()
+            delay = (self._backoff.next_capped(REFUSED_RETRY_MAX_S) if self._refused
+                     else self._backoff.next())
             log.info("mqtt reconnecting in %.1f s", delay)
             until = time.monotonic() + delay
             while self._alive(gen) and not self._drain_over():
@@ -306,9 +315,11 @@ class Forwarder:
             else:
                 client.connect(cfg.host, cfg.port, cfg.keepalive)
         except (OSError, ssl.SSLError, ValueError) as exc:
+            self._refused = isinstance(exc, ConnectionRefusedError)
             self.last_error = f"connect: {exc}"
             log.warning("mqtt connect to %s:%d failed: %s", cfg.host, cfg.port, exc)
             return False
+        self._refused = False
         try:
             return self._connected_session(gen, sess, client)
         finally:

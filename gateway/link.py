@@ -48,3 +48,8 @@ class Backoff:
     def reset(self) -> None:
         """Start again from ``min_s``."""
         self.attempts = 0
+
+    def next_capped(self, cap_s: float) -> float:
+        """The next delay, but at most ``cap_s`` (jittered below it like any delay)."""
+        delay = self.next()
+        return delay if delay <= cap_s else self._rng.uniform(cap_s / 2, cap_s)

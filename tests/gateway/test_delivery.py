@@ -233,3 +233,16 @@ class WindowMachine(RuleBasedStateMachine):
 
 TestWindowMachine = WindowMachine.TestCase
 TestWindowMachine.settings = settings(max_examples=150, stateful_step_count=40)
+
+
+def test_backoff_capped_for_a_refused_connection_stays_jittered_below_the_cap() -> None:
+    import random
+
+    from gateway.link import Backoff
+
+    backoff = Backoff(0.5, 60.0, random.Random(7))
+    delays = [backoff.next_capped(2.0) for _ in range(12)]
+    assert all(0.25 <= d <= 2.0 for d in delays)
+    assert len(set(delays[6:])) == 6                      # jittered, not lock-step
+    uncapped = Backoff(0.5, 60.0, random.Random(7))
+    assert max(uncapped.next() for _ in range(12)) > 2.0

@@ -8,6 +8,7 @@ every connection is the retained "online", ahead of any spooled reading.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,39 @@ def test_online_is_the_first_message_after_a_broker_restart(
         assert retained and doc["status"] == "online" and doc["gateway"] == "gw-restart"
         STATUS.validate(doc)
         assert fwd.stats()["connections"] == 2
+    finally:
+        fwd.stop(drain_timeout_s=2)
+        watcher.close()
+        spool.close()
+
+
+def test_back_online_soon_after_a_long_broker_restart(persistent_broker: Broker,
+                                                      tmp_path: Path) -> None:
+    """After 12 s down the backoff alone would wait 8-16 s more; a broker whose host
+    refuses the connection is retried at least every REFUSED_RETRY_MAX_S (2 s)."""
+    broker = persistent_broker
+    spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
+    cfg = fast_cfg(broker.port, backoff_min_s=0.5, backoff_max_s=60.0,
+                   status_interval_s=3600)
+    fwd = Forwarder(spool, cfg, gateway_id="gw-restart", status_provider=dict)
+    watcher = Collector(broker.host, broker.port, "knute/gateway/+/status",
+                        client_id="restart-watch-long", persistent=True)
+    fwd.start()
+    try:
+        assert wait_until(lambda: fwd.state == "open")
+        broker.stop()
+        assert wait_until(lambda: fwd.state != "open")
+        deadline = time.monotonic() + 12.0
+        while time.monotonic() < deadline:     # a long restart: the gateway keeps trying
+            time.sleep(0.2)
+        attempts_before = fwd.stats()["reconnects"]
+        broker.start()
+        back = time.monotonic()
+        # Generous against load; the backoff alone would take 8-16 s here.
+        assert wait_until(lambda: fwd.state == "open", 7.0), \
+            f"not reconnected {time.monotonic() - back:.1f} s after the broker returned"
+        assert attempts_before >= 6                   # retried every 2 s at most meanwhile
+        assert wait_until(lambda: watcher.statuses()[-1][0]["status"] == "online")
     finally:
         fwd.stop(drain_timeout_s=2)
         watcher.close()
