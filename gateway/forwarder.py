@@ -33,8 +33,8 @@ Design
   ``ack_interval_s``, whichever first) and always before a reconnect.
 - Reconnects use gateway.link's capped exponential backoff with jitter
   (``backoff_min_s`` doubling up to ``backoff_max_s``), but at most
-  ``REFUSED_RETRY_MAX_S`` while the broker's host refuses the connection (a
-  broker restart), so the gateway is back online within seconds of it.
+  ``BROKER_DOWN_RETRY_MAX_S`` while the broker's host refuses or resets the
+  connection (a broker restart), so the gateway is back online within seconds.
 - A supervisor thread (``knute-forwarder-supervisor``) watches the worker: a
   worker thread that died is restarted, one whose heartbeat is older than
   ``stall_timeout_s`` is abandoned and replaced (it exits when it wakes up),
@@ -76,11 +76,13 @@ from gateway.spool import Spool
 log = logging.getLogger("knute.forwarder")
 
 THREAD_PREFIX = "knute-forwarder"
-# A host that refuses the TCP connection is up while its broker is not: a broker
-# restart. Try again at least this often, so the gateway's "online" replaces the
-# will the broker published on its way down within seconds of its return, even
-# after a long outage (backoff_max_s is for a network or host that does not answer).
-REFUSED_RETRY_MAX_S = 2.0
+# A host that refuses or resets the TCP connection (or, without TLS, closes it before
+# CONNACK: a proxy or load balancer in front of a broker that is not there) is up
+# while its broker is not: a broker restart. Try again at least this often, so the
+# gateway's "online" replaces the will the broker published on its way down within
+# seconds of its return, even after a long outage (backoff_max_s is for a network or
+# host that does not answer, and for refusals that retrying will not cure).
+BROKER_DOWN_RETRY_MAX_S = 2.0
 
 
 class _Session:
@@ -120,7 +122,7 @@ class Forwarder:
         self._state = LinkState.CLOSED
         self._state_lock = threading.Lock()
         self._backoff = Backoff(cfg.backoff_min_s, cfg.backoff_max_s)
-        self._refused = False                 # the last connect was refused (broker down)
+        self._broker_down = False             # the host answered, its broker did not
         self._losses = LossTracker(cfg.park_after_losses)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -270,7 +272,7 @@ class Forwarder:
             if done or not self._alive(gen) or self._drain_over():
                 break
             self._set_state(LinkState.BACKOFF)
-            delay = (self._backoff.next_capped(REFUSED_RETRY_MAX_S) if self._refused
+            delay = (self._backoff.next_capped(BROKER_DOWN_RETRY_MAX_S) if self._broker_down
                      else self._backoff.next())
             log.info("mqtt reconnecting in %.1f s", delay)
             until = time.monotonic() + delay
@@ -315,11 +317,11 @@ class Forwarder:
             else:
                 client.connect(cfg.host, cfg.port, cfg.keepalive)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self._refused = isinstance(exc, ConnectionRefusedError)
+            self._broker_down = isinstance(exc, (ConnectionRefusedError, ConnectionResetError))
             self.last_error = f"connect: {exc}"
             log.warning("mqtt connect to %s:%d failed: %s", cfg.host, cfg.port, exc)
             return False
-        self._refused = False
+        self._broker_down = False
         try:
             return self._connected_session(gen, sess, client)
         finally:
@@ -350,6 +352,8 @@ class Forwarder:
                 break
         if sess.connack is None:
             if sess.lost:
+                # With TLS this is also how a refused client certificate looks.
+                self._broker_down = not cfg.use_tls
                 self.last_error = ("connection closed before CONNACK (TLS client certificate "
                                    f"or protocol refused?): {sess.lost_reason}")
             else:

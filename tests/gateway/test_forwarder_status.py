@@ -88,7 +88,7 @@ def test_online_is_the_first_message_after_a_broker_restart(
 def test_back_online_soon_after_a_long_broker_restart(persistent_broker: Broker,
                                                       tmp_path: Path) -> None:
     """After 12 s down the backoff alone would wait 8-16 s more; a broker whose host
-    refuses the connection is retried at least every REFUSED_RETRY_MAX_S (2 s)."""
+    refuses the connection is retried at least every BROKER_DOWN_RETRY_MAX_S (2 s)."""
     broker = persistent_broker
     spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
     cfg = fast_cfg(broker.port, backoff_min_s=0.5, backoff_max_s=60.0,
