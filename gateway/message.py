@@ -29,12 +29,9 @@ the same transaction; within an epoch only a higher counter is accepted, so an
 id never names two different readings, and a copy of the same reading (heard
 twice, re-sent after a crash) keeps its id.
 
-How a reading is stored: the spool keeps a ``Reading`` (the ingredients of the
-JSON) instead of the JSON itself. ``Reading.stored()`` gives a small context
-string shared by many rows (prefix, kind, gateway, source, site) and a compact
-body (the raw field values by field position and the receivers, as JSON);
-``Reading.from_stored`` reverses it and ``Reading.json(epoch)`` builds the
-bytes at publish time, the same bytes ``reading_json`` gives.
+The pipeline hands the spool a ``Reading`` (the ingredients of the JSON); the
+spool builds its bytes with ``Reading.json(epoch)``, the same bytes
+``reading_json`` gives, once it knows the device's epoch.
 """
 
 from __future__ import annotations
@@ -224,34 +221,13 @@ def reading_json(frame: dict[str, Any], *, device: str, gateway_id: str, receive
                                receivers_dropped=receivers_dropped)).encode()
 
 
-class StoredFormError(ValueError):
-    """A stored reading that cannot be read back (damaged or foreign bytes)."""
-
-
-_CTX_CACHE: dict[str, tuple[str, str, int, str, str, dict[str, Any] | None]] = {}
-_FIELD_POS: dict[int, dict[str, int]] = {}
-_FIELD_NAMES: dict[int, tuple[str, ...]] = {}
-
-
-def _field_positions(kind_id: int) -> dict[str, int]:
-    pos = _FIELD_POS.get(kind_id)
-    if pos is None:
-        pos = {name: i for i, name in enumerate(_field_names(kind_id))}
-        _FIELD_POS[kind_id] = pos
-    return pos
-
-
-def _field_names(kind_id: int) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(kind_id)
-    if names is None:
-        names = tuple(field["name"] for field in kinds.kind_by_id(kind_id)["fields"])
-        _FIELD_NAMES[kind_id] = names
-    return names
-
-
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """What one reading's JSON is built from; the spool stores this, not the JSON."""
+    """What one reading's JSON is built from, as the pipeline hands it to the spool.
+
+    The spool builds the JSON (``json(epoch)``) once it knows the device's epoch,
+    in the transaction that accepts the reading, and stores it compressed.
+    """
 
     device_id: int
     kind: str
@@ -278,67 +254,6 @@ class Reading:
                             gateway_id=self.gateway_id, received_at=self.received_at,
                             receivers=self.receivers, source=self.source, site=self.site,
                             epoch=epoch, receivers_dropped=self.receivers_dropped)
-
-    def stored(self) -> tuple[str, bytes]:
-        """(context, body): the compact stored form (``from_stored`` reverses it).
-
-        The context (prefix, kind, gateway, source, site) is shared by the rows of
-        a device. The body is compact JSON ``[values, receivers]`` (plus the
-        dropped-receivers count when not 0), ``values`` being the raw values by
-        field position: a list when the fields present are the first n of the
-        kind, else an object keyed by position. ValueError if a value names no
-        field of the kind (the caller then stores the finished JSON).
-        """
-        ctx = _dumps([self.prefix, self.kind, self.kind_id, self.gateway_id, self.source,
-                      self.site])
-        pos = _field_positions(self.kind_id)
-        values = self.values
-        try:
-            by_pos = sorted((pos[name], value) for name, value in values.items())
-        except KeyError as exc:
-            raise ValueError(f"field {exc} is not in kind {self.kind}") from None
-        packed: list[Any] | dict[str, Any]
-        if not by_pos or by_pos[-1][0] == len(by_pos) - 1:
-            packed = [value for _, value in by_pos]
-        else:
-            packed = {str(p): value for p, value in by_pos}
-        parts: list[Any] = [packed, self.receivers]
-        if self.receivers_dropped:
-            parts.append(self.receivers_dropped)
-        return ctx, _dumps(parts).encode()
-
-    @classmethod
-    def from_stored(cls, ctx: str, body: bytes, *, device_id: int, fcnt: int,
-                    received_at: float) -> Reading:
-        """The reading back from ``stored()``'s context and body; StoredFormError if damaged."""
-        try:
-            parts = _CTX_CACHE.get(ctx)
-            if parts is None:
-                prefix, kind, kind_id, gateway_id, source, site = json.loads(ctx)
-                parts = (str(prefix), str(kind), int(kind_id), str(gateway_id), str(source),
-                         site if isinstance(site, dict) else None)
-                if len(_CTX_CACHE) >= 4096:
-                    _CTX_CACHE.clear()
-                _CTX_CACHE[ctx] = parts
-            prefix, kind, kind_id, gateway_id, source, site = parts
-            doc = json.loads(body)
-            packed, receivers = doc[0], doc[1]
-            dropped = int(doc[2]) if len(doc) > 2 else 0
-            names = _field_names(kind_id)
-            if isinstance(packed, list):
-                values = dict(zip(names, packed, strict=False))
-                if len(packed) > len(names):
-                    raise ValueError("more values than fields")
-            else:
-                values = {names[int(p)]: v for p, v in sorted(packed.items(),
-                                                              key=lambda kv: int(kv[0]))}
-            if not isinstance(receivers, list):
-                raise ValueError("receivers is not a list")
-        except Exception as exc:       # any damage: one clear error for the caller
-            raise StoredFormError(f"stored reading unreadable: {exc!r}") from None
-        return cls(device_id=device_id, kind=kind, kind_id=kind_id, fcnt=fcnt, values=values,
-                   received_at=received_at, receivers=receivers, source=source, site=site,
-                   gateway_id=gateway_id, prefix=prefix, receivers_dropped=dropped)
 
 
 def is_alarm(frame: dict[str, Any]) -> bool:

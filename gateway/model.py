@@ -97,9 +97,10 @@ class Device:
 class Accepted:
     """One verified, deduplicated message ready to spool.
 
-    Either ``reading`` is given (the spool stores it compactly and builds the
-    JSON at publish time; ``topic`` and ``payload`` may then be empty), or
-    ``topic`` and ``payload`` are the finished message, stored as they are.
+    Either ``reading`` is given (the spool builds its JSON with the device's
+    epoch when it accepts it, and stores it deflated; ``topic`` and ``payload``
+    may then be empty), or ``topic`` and ``payload`` are the finished message,
+    stored as they are.
     """
 
     device_id: int

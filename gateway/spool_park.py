@@ -95,8 +95,7 @@ class Parking:
                     continue
                 keep = []
                 for s in stored:
-                    topic, kind, payload, _retain = message_of(
-                        s, self._contexts.text_of(self._db, s.ctx))
+                    topic, kind, payload = message_of(s, self._contexts.text_of(self._db, s.ctx))
                     if topic is None:         # unreadable: keep its stored bytes as they are
                         topic, kind, payload = "", "", s.body
                     keep.append((s.row_id, s.device_id, s.fcnt, kind, topic, payload,

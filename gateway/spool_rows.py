@@ -12,13 +12,14 @@ import json
 import logging
 import os
 import sqlite3
+import zlib
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from gateway import message
 from gateway.errors import KnuteError
 from gateway.model import Accepted as Accepted  # re-exported: the spool takes these
 from gateway.model import Row as Row
-from gateway.spool_schema import FORM_MESSAGE, FORM_READING, ROW_OVERHEAD
+from gateway.spool_schema import FORM_DEFLATED, FORM_MESSAGE, ROW_OVERHEAD, deflate, inflate
 
 log = logging.getLogger("knute.spool")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -79,6 +80,7 @@ class ContextTable:
     def __init__(self) -> None:
         self._ids: dict[tuple[int, str], int] = {}
         self._texts: dict[int, tuple[int, str]] = {}
+        self._parsed: dict[int, tuple[int, str, str, bool]] = {}
 
     def id_of(self, db: sqlite3.Connection, form: int, text: str) -> int:
         """The context row of (form, text), inserted if new (inside a transaction)."""
@@ -111,58 +113,100 @@ class ContextTable:
             self._texts[ctx] = found
         return found
 
+    def parsed(self, db: sqlite3.Connection, ctx: int) -> tuple[int, str, str, bool] | None:
+        """(form, topic, kind, retain) of a context row; None if missing or unreadable."""
+        found = self._parsed.get(ctx)
+        if found is None:
+            entry = self.text_of(db, ctx)
+            if entry is None:
+                return None
+            try:
+                topic, kind, retain = parse_context(entry[1])
+            except (ValueError, TypeError):
+                return None
+            found = (entry[0], topic, kind, retain)
+            if len(self._parsed) >= self.MAX_CACHED:
+                self._parsed.clear()
+            self._parsed[ctx] = found
+        return found
+
     def forget(self) -> None:
         """Drop the cache (after a rollback: ids handed out in it are gone)."""
         self._ids.clear()
         self._texts.clear()
+        self._parsed.clear()
 
 
-def render(s: Stored, ctx: tuple[int, str] | None,
-           max_message_bytes: int) -> tuple[Row | None, str]:
-    """The row as the forwarder publishes it, or (None, why it must be parked)."""
-    topic, kind, payload, retain = message_of(s, ctx)
-    if topic is None:
-        return None, kind
-    if len(payload) > max_message_bytes:
-        return None, (f"message of {len(payload)} bytes over max_message_bytes "
-                      f"{max_message_bytes}")
-    return Row(s.row_id, s.device_id, s.fcnt, kind, topic, payload, s.alarm,
-               s.received_at, retain), ""
+def render_rows(raw: Sequence[tuple[Any, ...]],
+                contexts: dict[int, tuple[int, str, str, bool] | None],
+                max_message_bytes: int) -> tuple[list[Row], dict[str, list[int]]]:
+    """The rows (``SELECT STORED_COLUMNS``) as the forwarder publishes them, and the ids
+    of those that must be parked instead, by reason (over the bound, unreadable)."""
+    out: list[Row] = []
+    bad: dict[str, list[int]] = {}
+    for row_id, device_id, fcnt, _epoch, ctx, body, alarm, received_at, _size in raw:
+        entry = contexts.get(ctx)
+        if entry is None:
+            bad.setdefault(f"context {ctx} of the row is missing or unreadable",
+                           []).append(row_id)
+            continue
+        form, topic, kind, retain = entry
+        if form == FORM_DEFLATED:
+            try:
+                payload = inflate(body)
+            except (zlib.error, ValueError) as exc:
+                bad.setdefault(f"stored row unreadable: {exc}", []).append(row_id)
+                continue
+        elif form == FORM_MESSAGE:
+            payload = bytes(body)
+        else:
+            bad.setdefault(f"unknown row form {form}", []).append(row_id)
+            continue
+        if len(payload) > max_message_bytes:
+            bad.setdefault(f"message of {len(payload)} bytes over max_message_bytes "
+                           f"{max_message_bytes}", []).append(row_id)
+            continue
+        out.append(Row(row_id, device_id, fcnt, kind, topic, payload, bool(alarm),
+                       received_at, retain))
+    return out, bad
 
 
-def store_form(item: Accepted) -> tuple[int, str, bytes]:
-    """(form, context text, body) of an accepted item."""
+def store_form(item: Accepted, epoch: int) -> tuple[int, str, bytes]:
+    """(form, context text, body) of an accepted item; a reading's JSON gets ``epoch``."""
     if item.reading is not None:
-        try:
-            text, body = item.reading.stored()
-            return FORM_READING, text, body
-        except ValueError:     # a value the kind does not know: store the finished JSON
-            reading = item.reading
-            return (FORM_MESSAGE, _dumps([reading.topic(), reading.kind]),
-                    reading.json())
+        reading = item.reading
+        return (FORM_DEFLATED, _dumps([reading.topic(), reading.kind]),
+                deflate(reading.json(epoch)))
     return FORM_MESSAGE, message_context(item.topic, item.kind, item.retain), item.payload
 
 
 def message_context(topic: str, kind: str, retain: bool) -> str:
-    """The ctx text of a message stored as is: ``[topic, kind]``, ``true`` third if retained."""
+    """The ctx text of a message: ``[topic, kind]``, with ``true`` third if it is retained."""
     return _dumps([topic, kind, True] if retain else [topic, kind])
 
 
-def message_of(s: Stored,
-               ctx: tuple[int, str] | None) -> tuple[str | None, str, bytes, bool]:
-    """(topic, kind, payload, retain) of a stored row, or (None, the problem, b"", False)."""
+def parse_context(text: str) -> tuple[str, str, bool]:
+    """(topic, kind, retain) of a ctx text; ValueError or TypeError if it is not one."""
+    topic, kind, *flags = json.loads(text)
+    if flags not in ([], [True]):
+        raise ValueError(f"unexpected context {text!r}")
+    return str(topic), str(kind), flags == [True]
+
+
+def message_of(s: Stored, ctx: tuple[int, str] | None) -> tuple[str | None, str, bytes]:
+    """(topic, kind, payload) of a stored row, or (None, the problem, b"")."""
     if ctx is None:
-        return None, f"context {s.ctx} of the row is missing", b"", False
+        return None, f"context {s.ctx} of the row is missing", b""
     form, text = ctx
     try:
-        if form == FORM_READING:
-            reading = message.Reading.from_stored(text, s.body, device_id=s.device_id,
-                                                  fcnt=s.fcnt, received_at=s.received_at)
-            return reading.topic(), reading.kind, reading.json(s.epoch), False
-        topic, kind, *flags = json.loads(text)
-        return str(topic), str(kind), s.body, flags == [True]
-    except (message.StoredFormError, ValueError, TypeError) as exc:
-        return None, f"stored row unreadable: {exc}", b"", False
+        topic, kind, _retain = parse_context(text)
+        if form == FORM_DEFLATED:
+            return topic, kind, inflate(s.body)
+        if form != FORM_MESSAGE:
+            raise ValueError(f"unknown row form {form}")
+        return topic, kind, s.body
+    except (zlib.error, ValueError, TypeError) as exc:
+        return None, f"stored row unreadable: {exc}", b""
 
 
 def create_private(path: str) -> None:

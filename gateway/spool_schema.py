@@ -5,14 +5,14 @@ Version history (``PRAGMA user_version``):
 1. rows (id, device_id, fcnt, topic, payload, alarm, received_at) and replay.
 2. rows gain kind and size, an age index, and the meta table of counters.
 3. the parked table: rows taken out of the delivery queue, kept for inspection.
-4. compact rows: a row holds the reading's ingredients (``message.Reading``),
-   not its JSON, which is built at publish time. Each row points to a shared
-   context row (``ctx``: form 1 holds prefix, kind, gateway, source and site;
-   form 0 holds the topic and kind of a message stored as is, and ``true``
-   third when it is published retained, its JSON in the row's body). The
-   replay table gains the device's ``epoch``, the number of times its counter
-   was reset (an id names a reading per epoch; see gateway.message). Rows
-   migrated from version 3 keep their JSON (form 0).
+4. compact rows: a row's body is its message JSON deflated with a preset
+   dictionary of typical readings (form 2), about a fifth of the JSON; the
+   topic and kind move to a context row (``ctx``) shared by the device's
+   rows, with ``true`` third when the message is published retained.
+   Messages stored as they are (condition messages, rows migrated from
+   version 3) are form 0. The replay table gains the device's ``epoch``, the
+   number of times its counter was reset (an id names a reading per epoch;
+   see gateway.message).
 
 Every step is tested on a file made with the frozen older schema.
 """
@@ -26,6 +26,7 @@ import os
 import shutil
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +36,59 @@ log = logging.getLogger("knute.spool")
 
 SCHEMA_VERSION = 4
 ROW_OVERHEAD = 64          # bytes counted per row beyond its stored bytes (keys, index)
-FORM_MESSAGE = 0           # ctx text: [topic, kind(, true if retained)]; body: the JSON
-FORM_READING = 1           # ctx text: message.Reading's context; body: its compact form
+# ctx text of both forms: [topic, kind], or [topic, kind, true] for a retained message
+FORM_MESSAGE = 0           # body: the message's JSON as published
+FORM_DEFLATED = 2          # body: that JSON, deflate(DEFLATE_DICT)
+
+# The preset dictionary of form 2: what readings have in common (two typical ones).
+# Part of the file format: rows on disk depend on it, so it never changes; a better
+# one would be a new form. A raw deflate stream with a 2 KiB window (the dictionary
+# fits it) and memory level 1 costs little to set up for every row.
+DEFLATE_DICT = (
+    '{"id":"00002001:52211","device":"00002001","kind":"air_quality","fcnt":52211,'
+    '"received_at":"2024-05-01T12:00:01.750Z","readings":{"pm1":{"value":5.2,"unit":'
+    '"µg/m³"},"pm2_5":{"value":8.7,"unit":"µg/m³"},"pm10":{"value":14.3,"unit":"µg/m³"},'
+    '"temperature":{"value":-3.5,"unit":"°C"},"humidity":{"value":64,"unit":"%"},'
+    '"pressure":{"value":1013.2,"unit":"hPa"}},"alarms":[],"battery":null,"profile":[],'
+    '"receivers":[{"source":"uart0"}],"gateway":"gw-1","source":"serial"}'
+    '{"id":"00001234:1000","device":"00001234","kind":"water_meter","fcnt":1000,'
+    '"received_at":"2024-05-01T12:00:00.250Z","readings":{"index":{"value":123456,'
+    '"unit":"L"}},"alarms":["leak"],"battery":85,"profile":['
+    '{"start":"2024-04-24T10:00:00Z","end":"2024-04-24T11:00:00Z","litres":0},'
+    '{"start":"2024-04-24T11:00:00Z","end":"2024-04-24T12:00:00Z","litres":2},'
+    '{"start":"2024-04-24T12:00:00Z","end":"2024-04-24T13:00:00Z","litres":31},'
+    '{"start":"2024-04-24T13:00:00Z","end":"2024-04-24T14:00:00Z","litres":45},'
+    '{"start":"2024-04-24T14:00:00Z","end":"2024-04-24T15:00:00Z","litres":12},'
+    '{"start":"2024-04-24T15:00:00Z","end":"2024-04-24T16:00:00Z","litres":8}],'
+    '"receivers":[{"source":"lora0","rssi_dbm":-97,"snr_db":7.5,"freq_hz":868100000,'
+    '"sf":9},{"source":"pf-1","gateway_eui":"b827ebfffe6b1a2c","rssi_dbm":-112,'
+    '"snr_db":-4.25,"freq_hz":868300000,"datr":"SF9BW125","chan":0,"tmst":3512348611,'
+    '"time":"2024-05-01T12:00:00.000000Z"}],"gateway":"gw-1","source":"radio","site":'
+    '{"site":"Storgata 12","address":"Storgata 12","lat":59.91,"lon":10.75}}'
+).encode()
+_WBITS = -11
+
+
+# Streams primed with the dictionary once; each row copies one (cheaper than priming).
+_DEFLATER = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 1, zlib.Z_DEFAULT_STRATEGY,
+                             DEFLATE_DICT)
+_INFLATER = zlib.decompressobj(_WBITS, DEFLATE_DICT)
+
+
+def deflate(payload: bytes) -> bytes:
+    """The form-2 body of a message's JSON."""
+    z = _DEFLATER.copy()
+    return z.compress(payload) + z.flush()
+
+
+def inflate(body: bytes) -> bytes:
+    """The message JSON of a form-2 body; zlib.error or ValueError if it is damaged."""
+    z = _INFLATER.copy()
+    out = z.decompress(body, 1 << 24)
+    if not z.eof or z.unused_data or z.unconsumed_tail:
+        raise ValueError("deflate stream incomplete, too long or followed by other bytes")
+    return out
+
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -269,7 +321,7 @@ _ROWS_V2 = ("SELECT id, device_id, fcnt, 0, 0, CASE WHEN topic LIKE '%/condition
 
 def _good(r: tuple[Any, ...]) -> bool:
     return (isinstance(r[1], int) and isinstance(r[2], int) and isinstance(r[3], int)
-            and r[4] in (FORM_MESSAGE, FORM_READING) and isinstance(r[5], str)
+            and r[4] in (FORM_MESSAGE, FORM_DEFLATED) and isinstance(r[5], str)
             and isinstance(r[6], bytes) and isinstance(r[7], int)
             and isinstance(r[8], int | float))
 

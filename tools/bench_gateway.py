@@ -70,11 +70,18 @@ RECEIVER = {"source": "lora0", "rssi_dbm": -97, "snr_db": 7.5, "freq_hz": 868_10
 
 def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
                      prefix: str = "knute") -> Iterator[Any]:
-    """``count`` Accepted readings as the pipeline hands them over, devices round robin."""
+    """``count`` Accepted readings as the pipeline hands them over, devices round robin.
+
+    Values and radio metadata vary from reading to reading (seeded), as in the
+    field, so that the spool's compression is measured on realistic rows.
+    """
+    import random
+
     from gateway import message
     from gateway.spool import Accepted
     from tools.typical import TYPICAL
 
+    rng = random.Random(11)
     kinds_of = {dev: ("water_meter" if dev % 3 else "air_quality")
                 for dev in range(1, devices + 1)}
     kind_ids = {"water_meter": 1, "air_quality": 2}
@@ -83,12 +90,24 @@ def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
         fcnt = i // devices
         kind = kinds_of[dev]
         now = time.time()
-        decoded = {"kind": kind, "kind_id": kind_ids[kind], "device_id": dev, "fcnt": fcnt,
-                   "tag_len": 4, "values": TYPICAL[kind]}
+        values = dict(TYPICAL[kind])
+        if kind == "water_meter":
+            values.update(index=rng.randrange(10_000, 9_000_000), battery=rng.randrange(10, 21),
+                          profile=[rng.randrange(0, 90) for _ in range(6)],
+                          profile_end_h=int(now // 3600) % 256)
+        else:
+            values.update(pm1=rng.randrange(400), pm2_5=rng.randrange(600),
+                          pm10=rng.randrange(900), temperature=rng.randrange(-250, 350),
+                          humidity=rng.randrange(10, 101), pressure=rng.randrange(9600, 10400))
+        receiver = dict(RECEIVER, rssi_dbm=rng.randrange(-125, -60),
+                        snr_db=rng.randrange(-150, 110) / 10,
+                        freq_hz=rng.choice((868_100_000, 868_300_000, 868_500_000)),
+                        sf=rng.randrange(7, 13))
         reading = message.Reading(
-            device_id=dev, kind=kind, kind_id=kind_ids[kind], fcnt=fcnt,
-            values=dict(TYPICAL[kind]), received_at=now, receivers=[dict(RECEIVER)],
-            source="radio", site=None, gateway_id=gateway_id, prefix=prefix)
+            device_id=dev, kind=kind, kind_id=kind_ids[kind], fcnt=fcnt, values=values,
+            received_at=now, receivers=[receiver], source="radio", site=None,
+            gateway_id=gateway_id, prefix=prefix)
+        decoded = {"kind_id": kind_ids[kind], "values": values}
         yield Accepted(device_id=dev, fcnt=fcnt, kind=kind, topic=reading.topic(), payload=b"",
                        alarm=message.is_alarm(decoded), received_at=now, reading=reading)
 
