@@ -12,6 +12,7 @@ Exposed families (all prefixed ``knute_gateway_``):
   rejected_total{source,reason}       rejections by reason
   spool_depth, spool_bytes, spool_oldest_age_seconds
   spool_evicted_total                 rows evicted by the overflow policy
+  spool_parked, parked_total          rows the broker refused, parked (now; ever)
   forwarded_total, publish_errors_total, mqtt_reconnects_total
   mqtt_connected                      1 while the broker session is up
   source_up{source}                   1 while a source's link is open
@@ -74,7 +75,7 @@ class StatusCollector(Collector):
             yield CounterMetricFamily(f"{PREFIX}_{metric}", f"Forwarder {key}",
                                       value=float(fwd.get(key, 0)))
         yield GaugeMetricFamily(f"{PREFIX}_mqtt_connected", "1 while connected to the broker",
-                                value=1.0 if fwd.get("state") == "connected" else 0.0)
+                                value=1.0 if fwd.get("connected") else 0.0)
 
 
 class MetricsServer:

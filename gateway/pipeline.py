@@ -2,6 +2,9 @@
 
 Nothing here does I/O; every function and class works on bytes and in-memory
 state, so the whole decision path is tested without sockets, files or clocks.
+Its types (``Reception``, ``Device``, ``Accepted``, ``Counters``) come from
+gateway.model, not from the registry, spool or status modules that store or
+serve them; tests/gateway/test_pure_core.py keeps it that way.
 
 For each ``Reception`` (frame bytes plus where and how it was heard):
 
@@ -65,9 +68,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from gateway import message
-from gateway.registry import Device
-from gateway.spool import Accepted
-from gateway.status import Counters
+from gateway.model import Accepted, Counters, Device
+from gateway.model import Reception as Reception  # re-exported: sources build these
 from protocol import frame as pframe
 from protocol import kinds
 from protocol.errors import (
@@ -96,24 +98,6 @@ DEFAULT_RESET_BELOW = 16
 # bridges in earshot of a meter; 8 covers every overlap of the model deployment and
 # bounds the list at about 2 KB of JSON (packet-forwarder receivers are the longest).
 DEFAULT_MAX_RECEIVERS = 8
-
-
-@dataclass(frozen=True)
-class Reception:
-    """One frame as heard by one source.
-
-    ``receiver`` is that source's radio metadata (always with ``source``; radio
-    sources add rssi_dbm, snr_db, freq_hz, sf or datr, and a packet forwarder
-    its gateway_eui, chan and tmst). ``at`` is a monotonic clock reading used
-    for the dedup window; ``received_at`` is wall-clock unix seconds.
-    """
-
-    source: str
-    source_type: str           # "serial" | "radio" | "modbus"
-    frame: bytes               # empty for an already-decoded (Modbus) reading
-    received_at: float
-    at: float
-    receiver: Mapping[str, Any]
 
 
 @dataclass

@@ -14,11 +14,11 @@ import os
 import sqlite3
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from gateway import message
 from gateway.errors import KnuteError
+from gateway.model import Accepted as Accepted  # re-exported: the spool takes these
+from gateway.model import Row as Row
 from gateway.spool_schema import FORM_DEFLATED, FORM_MESSAGE, ROW_OVERHEAD, deflate, inflate
 
 log = logging.getLogger("knute.spool")
@@ -27,40 +27,6 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 class SpoolError(KnuteError):
     """The spool cannot do what was asked (disk full, newer schema, I/O error)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """One verified, deduplicated frame ready to spool.
-
-    Either ``reading`` is given (``payload`` is then its JSON built with
-    ``epoch``, or empty; the spool rebuilds it if the device's epoch is not
-    that one any more, and stores it deflated), or ``topic`` and ``payload``
-    are the finished message, stored as they are.
-    """
-
-    device_id: int
-    fcnt: int
-    kind: str
-    topic: str             # full MQTT topic, built by message.topic()
-    payload: bytes         # JSON bytes of a finished message (b"" with a reading)
-    alarm: bool            # any alarm/fault bit set -> evicted last
-    received_at: float     # unix seconds
-    reading: message.Reading | None = None
-    epoch: int = 0         # the epoch ``payload`` names (with a reading)
-
-
-class Row(NamedTuple):
-    """One spooled frame as the forwarder reads it; ``row_id`` is what ack() takes."""
-
-    row_id: int
-    device_id: int
-    fcnt: int
-    kind: str
-    topic: str
-    payload: bytes
-    alarm: bool
-    received_at: float
 
 
 class ParkedRow(NamedTuple):
@@ -114,7 +80,7 @@ class ContextTable:
     def __init__(self) -> None:
         self._ids: dict[tuple[int, str], int] = {}
         self._texts: dict[int, tuple[int, str]] = {}
-        self._parsed: dict[int, tuple[int, str, str]] = {}
+        self._parsed: dict[int, tuple[int, str, str, bool]] = {}
 
     def id_of(self, db: sqlite3.Connection, form: int, text: str) -> int:
         """The context row of (form, text), inserted if new (inside a transaction)."""
@@ -147,18 +113,18 @@ class ContextTable:
             self._texts[ctx] = found
         return found
 
-    def parsed(self, db: sqlite3.Connection, ctx: int) -> tuple[int, str, str] | None:
-        """(form, topic, kind) of a context row; None if it is missing or unreadable."""
+    def parsed(self, db: sqlite3.Connection, ctx: int) -> tuple[int, str, str, bool] | None:
+        """(form, topic, kind, retain) of a context row; None if missing or unreadable."""
         found = self._parsed.get(ctx)
         if found is None:
             entry = self.text_of(db, ctx)
             if entry is None:
                 return None
             try:
-                topic, kind = json.loads(entry[1])
+                topic, kind, retain = parse_context(entry[1])
             except (ValueError, TypeError):
                 return None
-            found = (entry[0], str(topic), str(kind))
+            found = (entry[0], topic, kind, retain)
             if len(self._parsed) >= self.MAX_CACHED:
                 self._parsed.clear()
             self._parsed[ctx] = found
@@ -171,7 +137,8 @@ class ContextTable:
         self._parsed.clear()
 
 
-def render_rows(raw: Sequence[tuple[Any, ...]], contexts: dict[int, tuple[int, str, str] | None],
+def render_rows(raw: Sequence[tuple[Any, ...]],
+                contexts: dict[int, tuple[int, str, str, bool] | None],
                 max_message_bytes: int) -> tuple[list[Row], dict[str, list[int]]]:
     """The rows (``SELECT STORED_COLUMNS``) as the forwarder publishes them, and the ids
     of those that must be parked instead, by reason (over the bound, unreadable)."""
@@ -183,7 +150,7 @@ def render_rows(raw: Sequence[tuple[Any, ...]], contexts: dict[int, tuple[int, s
             bad.setdefault(f"context {ctx} of the row is missing or unreadable",
                            []).append(row_id)
             continue
-        form, topic, kind = entry
+        form, topic, kind, retain = entry
         if form == FORM_DEFLATED:
             try:
                 payload = inflate(body)
@@ -200,7 +167,7 @@ def render_rows(raw: Sequence[tuple[Any, ...]], contexts: dict[int, tuple[int, s
                            f"{max_message_bytes}", []).append(row_id)
             continue
         out.append(Row(row_id, device_id, fcnt, kind, topic, payload, bool(alarm),
-                       received_at))
+                       received_at, retain))
     return out, bad
 
 
@@ -210,8 +177,23 @@ def store_form(item: Accepted, epoch: int) -> tuple[int, str, bytes]:
         reading = item.reading
         payload = (item.payload if item.payload and item.epoch == epoch
                    else reading.json(epoch))
-        return FORM_DEFLATED, _dumps([item.topic, reading.kind]), deflate(payload)
-    return FORM_MESSAGE, _dumps([item.topic, item.kind]), item.payload
+        return (FORM_DEFLATED,
+                message_context(item.topic or reading.topic(), reading.kind, item.retain),
+                deflate(payload))
+    return FORM_MESSAGE, message_context(item.topic, item.kind, item.retain), item.payload
+
+
+def message_context(topic: str, kind: str, retain: bool) -> str:
+    """The ctx text of a message: ``[topic, kind]``, with ``true`` third if it is retained."""
+    return _dumps([topic, kind, True] if retain else [topic, kind])
+
+
+def parse_context(text: str) -> tuple[str, str, bool]:
+    """(topic, kind, retain) of a ctx text; ValueError or TypeError if it is not one."""
+    topic, kind, *flags = json.loads(text)
+    if flags not in ([], [True]):
+        raise ValueError(f"unexpected context {text!r}")
+    return str(topic), str(kind), flags == [True]
 
 
 def message_of(s: Stored, ctx: tuple[int, str] | None) -> tuple[str | None, str, bytes]:
@@ -220,12 +202,12 @@ def message_of(s: Stored, ctx: tuple[int, str] | None) -> tuple[str | None, str,
         return None, f"context {s.ctx} of the row is missing", b""
     form, text = ctx
     try:
-        topic, kind = json.loads(text)
+        topic, kind, _retain = parse_context(text)
         if form == FORM_DEFLATED:
-            return str(topic), str(kind), inflate(s.body)
+            return topic, kind, inflate(s.body)
         if form != FORM_MESSAGE:
             raise ValueError(f"unknown row form {form}")
-        return str(topic), str(kind), s.body
+        return topic, kind, s.body
     except (zlib.error, ValueError, TypeError) as exc:
         return None, f"stored row unreadable: {exc}", b""
 

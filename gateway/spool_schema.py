@@ -8,10 +8,11 @@ Version history (``PRAGMA user_version``):
 4. compact rows: a row's body is its message JSON deflated with a preset
    dictionary of typical readings (form 2), about a fifth of the JSON; the
    topic and kind move to a context row (``ctx``) shared by the device's
-   rows. Messages stored as they are (rows migrated from version 3) are
-   form 0. The replay table gains the device's ``epoch``, the number of
-   times its counter was reset (an id names a reading per epoch; see
-   gateway.message).
+   rows, with ``true`` third when the message is published retained.
+   Messages stored as they are (condition messages, rows migrated from
+   version 3) are form 0. The replay table gains the device's ``epoch``, the
+   number of times its counter was reset (an id names a reading per epoch;
+   see gateway.message).
 
 Every step is tested on a file made with the frozen older schema.
 """
@@ -35,8 +36,9 @@ log = logging.getLogger("knute.spool")
 
 SCHEMA_VERSION = 4
 ROW_OVERHEAD = 64          # bytes counted per row beyond its stored bytes (keys, index)
-FORM_MESSAGE = 0           # ctx text: [topic, kind]; body: the message's JSON as published
-FORM_DEFLATED = 2          # ctx text: [topic, kind]; body: that JSON, deflate(DEFLATE_DICT)
+# ctx text of both forms: [topic, kind], or [topic, kind, true] for a retained message
+FORM_MESSAGE = 0           # body: the message's JSON as published
+FORM_DEFLATED = 2          # body: that JSON, deflate(DEFLATE_DICT)
 
 # The preset dictionary of form 2: what readings have in common (two typical ones).
 # Part of the file format: rows on disk depend on it, so it never changes; a better
@@ -192,8 +194,10 @@ def _migrate_3_to_4(db: sqlite3.Connection) -> None:
                "PRIMARY KEY (topic, kind))")
     pairs = db.execute("SELECT DISTINCT topic, kind FROM rows").fetchall()
     for topic, kind in pairs:
-        cur = db.execute("INSERT INTO ctx (form, text) VALUES (?, ?)",
-                         (FORM_MESSAGE, _dumps([topic, kind])))
+        # Before version 4 the rows on a device's condition topic were published
+        # retained (the forwarder went by the topic); now the row says so itself.
+        text = _dumps([topic, kind, True] if topic.endswith("/condition") else [topic, kind])
+        cur = db.execute("INSERT INTO ctx (form, text) VALUES (?, ?)", (FORM_MESSAGE, text))
         db.execute("INSERT INTO ctx_of VALUES (?, ?, ?)", (topic, kind, cur.lastrowid))
     db.execute("CREATE TABLE rows_v4 (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                "device_id INTEGER NOT NULL, fcnt INTEGER NOT NULL, epoch INTEGER NOT NULL, "
@@ -311,8 +315,10 @@ def _padded_copy(path: str) -> str:
 # A salvaged row: (device_id, fcnt, epoch, form, ctx text, body, alarm, received_at).
 _ROWS_V4 = ("SELECT r.id, r.device_id, r.fcnt, r.epoch, c.form, c.text, r.body, r.alarm, "
             "r.received_at FROM rows r JOIN ctx c ON c.id = r.ctx WHERE r.id > ? ORDER BY r.id")
-_ROWS_V2 = ("SELECT id, device_id, fcnt, 0, 0, json_array(topic, kind), payload, alarm, "
-            "received_at FROM rows WHERE id > ? ORDER BY id")
+# (Condition rows were published retained before version 4, as _migrate_3_to_4 says.)
+_ROWS_V2 = ("SELECT id, device_id, fcnt, 0, 0, CASE WHEN topic LIKE '%/condition' "
+            "THEN json_array(topic, kind, json('true')) ELSE json_array(topic, kind) END, "
+            "payload, alarm, received_at FROM rows WHERE id > ? ORDER BY id")
 
 
 def _good(r: tuple[Any, ...]) -> bool:

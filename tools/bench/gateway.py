@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="messages for the end-to-end and bare paho runs (default 50000)")
     parser.add_argument("--backlog", type=int, default=1_000_000,
                         help="frames spooled during the outage (default 1000000)")
-    parser.add_argument("--inflight", type=int, default=64,
-                        help="QoS 1 in-flight window, forwarder and bare paho (default 64)")
+    parser.add_argument("--inflight", type=int, default=20,
+                        help="QoS 1 in-flight window, forwarder and bare paho (default 20, "
+                             "the gateway's [mqtt] max_inflight)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--drain-child", help=argparse.SUPPRESS)
 
@@ -178,7 +179,7 @@ def bench_end_to_end(port: int, rows: list[Any], inflight: int, workdir: str) ->
                     gateway_id="bench", status_provider=dict)
     fwd.start()
     deadline = time.monotonic() + 10
-    while fwd.state != "connected" and time.monotonic() < deadline:
+    while fwd.state != "open" and time.monotonic() < deadline:
         time.sleep(0.01)
     batcher = AcceptBatcher(spool, on_commit=lambda batch: fwd.wake())
     batcher.start()
