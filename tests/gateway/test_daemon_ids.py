@@ -15,15 +15,9 @@ import pytest
 from protocol import frame
 from tests.conftest import Broker
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
-from tests.gateway.test_daemon import (
-    KEY,
-    METER,
-    Gateway,
-    Pty,
-    Subscriber,
-    rec,
-    wait_for,
-)
+from tests.gateway.test_daemon import KEY, METER, Gateway, Subscriber, rec
+from tools.rig.ptys import Pty
+from tools.rig.wait import wait_for
 
 NEW_KEY = bytes(range(100, 116))
 
@@ -37,7 +31,7 @@ def meter(fcnt: int, index: int, key: bytes = KEY) -> bytes:
 @pytest.fixture
 def rig(tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> Iterator[dict[str, Any]]:
     """A registered gateway (not started) on the test broker, its ptys and a subscriber."""
-    gw = Gateway(tmp_path, knute_bin, mosquitto.port)
+    gw = Gateway(tmp_path, mosquitto.port)
     wired = Pty(tmp_path / "ttyWIRED")
     bridge = Pty(tmp_path / "ttyBRIDGE")
     sub = Subscriber(mosquitto)
