@@ -61,6 +61,7 @@ from gateway.config import MODBUS_SOURCE, GatewayConfig
 from gateway.dbfile import DataLock
 from gateway.errors import ConfigError, KnuteError
 from gateway.logsafe import EventLog, clean
+from gateway.model import Accepted, Counters
 from gateway.pipeline import (
     COUNTER_RESET,
     UNKNOWN_DEVICE,
@@ -72,8 +73,7 @@ from gateway.pipeline import (
     to_accepted,
 )
 from gateway.registry import Registry, Seen
-from gateway.spool import Accepted
-from gateway.status import Counters, StatusServer, Tap
+from gateway.status import StatusServer, Tap
 
 if TYPE_CHECKING:
     from gateway.modbus.poller import DeviceCondition, ModbusReading
@@ -96,6 +96,8 @@ def condition_topic(prefix: str, kind: str, device: str) -> str:
 def condition_row(cond: DeviceCondition, *, prefix: str, gateway_id: str) -> Accepted:
     """The spool row of a Modbus device's condition change (JSON: docs/mqtt.md).
 
+    Retained: a condition is state, so a consumer that subscribes later still sees it.
+
     Its ``fcnt`` is 0: the spool advances a device's counter to the largest
     ``fcnt`` of its rows, so a 0 never moves an existing counter (a device
     without one gets 0, below the first counter a Modbus reading carries).
@@ -107,7 +109,7 @@ def condition_row(cond: DeviceCondition, *, prefix: str, gateway_id: str) -> Acc
     payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     return Accepted(device_id=cond.device_id, fcnt=0, kind=cond.kind,
                     topic=condition_topic(prefix, cond.kind, device), payload=payload,
-                    alarm=True, received_at=cond.since)
+                    alarm=True, received_at=cond.since, retain=True)
 
 
 class JsonFormatter(logging.Formatter):
@@ -211,14 +213,17 @@ class Daemon:
         self._check_files()
         self.registry = Registry(cfg.registry)
         self.spool = Spool(cfg.spool, max_bytes=cfg.spool_max_bytes,
-                           max_age_s=cfg.spool_max_age_s, fsync=cfg.spool_fsync)
+                           max_age_s=cfg.spool_max_age_s, fsync=cfg.spool_fsync,
+                           max_message_bytes=cfg.mqtt.max_message_bytes)
         devices = self.registry.snapshot()
         self.pipeline = Pipeline(devices, self.spool.counters(), counters=self.counters,
                                  dedup_window_s=cfg.dedup_window_s,
-                                 reset_below=cfg.counter_reset_below)
+                                 reset_below=cfg.counter_reset_below,
+                                 max_receivers=cfg.max_receivers,
+                                 epochs=self.spool.epochs())
         self.batcher = AcceptBatcher(self.spool, window_s=COMMIT_WINDOW_S,
                                      max_frames=COMMIT_MAX_FRAMES, on_commit=self._committed)
-        self.forwarder = Forwarder(self.spool, cfg.mqtt.to_forwarder(),
+        self.forwarder = Forwarder(self.spool, cfg.mqtt,
                                    gateway_id=cfg.gateway_id,
                                    status_provider=self.mqtt_counters)
         for scfg in cfg.serial:
@@ -628,15 +633,17 @@ class Daemon:
             if ctl.action == "reload":
                 self._reload_registry()
             elif ctl.action == "reset-counter" and ctl.device_id is not None:
-                # Commit what is waiting first, so the reset is not undone by it.
-                self._commit(force=True)
-                self.spool.reset_counter(ctl.device_id)
+                # Release and commit what is waiting first (in the old epoch), so the
+                # reset is not undone by it and no old frame lands in the new epoch.
                 assert self.pipeline is not None
-                self.pipeline.forget_counter(ctl.device_id)
+                self._release(self.pipeline.drain())
+                self._commit(force=True)
+                epoch = self.spool.reset_counter(ctl.device_id)
+                self.pipeline.forget_counter(ctl.device_id, epoch)
                 if self.registry is not None:
                     self.registry.clear_counter(ctl.device_id)
-                log.warning("replay counter of device %08x reset by the operator",
-                            ctl.device_id)
+                log.warning("replay counter of device %08x reset by the operator; its "
+                            "epoch is now %d", ctl.device_id, epoch)
         except Exception as exc:  # reported to the requester
             ctl.error = str(exc)
         finally:

@@ -1,38 +1,51 @@
 """The forwarder: spool rows to the MQTT broker with QoS 1, deleted only on PUBACK.
 
+This is the I/O shell: paho-mqtt, sockets, threads and the spool. What to
+send, what is acknowledged, what is stale and what to park is decided by the
+pure objects of gateway.delivery (``DeliveryWindow``, ``LossTracker``).
+
 Design
 ------
-- One worker thread drives paho-mqtt 2.x as an external event loop
-  (``select`` on the client's socket plus a wake-up socket, then
-  ``loop_read``/``loop_write``/``loop_misc``), so nothing else in the process
-  shares paho's state.
-- Each connection is a NEW paho client with a clean session. Nothing of
-  paho's in-memory queue survives a disconnect: at every (re)connect the
-  worker starts again from the oldest row still in the spool. A row leaves
-  the spool only when its PUBACK arrives with a success reason code.
+- One worker thread (``knute-forwarder-worker-<n>``) drives paho-mqtt 2.x as an
+  external event loop (``select`` on the client's socket plus a wake-up
+  socket, then ``loop_read``/``loop_write``/``loop_misc``), so nothing else in
+  the process shares paho's state.
+- Each connection is a NEW paho client with a clean session and a new
+  ``DeliveryWindow``: at every (re)connect the worker starts again from the
+  oldest row still in the spool. A row leaves the spool only when its PUBACK
+  arrives with a success reason code, or when it is parked (below).
 - At most ``max_inflight`` rows are published and not yet acknowledged
   (MQTT 5: also at most the broker's Receive Maximum). Rows go out in spool
   order, which is per-device frame-counter order; a broker processes the
   PUBLISHes of one connection in order. After a reconnect the unacknowledged
   rows are sent again, in order, so a consumer may see a duplicate of a
-  reading (same ``id``) but never a device's readings out of order. The one
-  exception: an MQTT 5 PUBACK with an error reason (quota exceeded, not
-  authorized) keeps its row and forces a reconnect, while later rows of the
-  same window may already have been delivered.
+  reading (same ``id``) but never a device's readings out of order.
+- A message the broker refuses never blocks the rest: it is parked
+  (``Spool.park``: moved out of the queue with its reason, counted in
+  ``parked``), logged once, and delivery goes on. Refused means: an MQTT 5
+  PUBACK with an error reason code other than "not now" (Quota exceeded,
+  Packet Identifier in use: those force a reconnect and a resend); a row
+  larger than the Maximum Packet Size of the broker's MQTT 5 CONNACK (parked
+  unsent); or, since an MQTT 3.1.1 broker can only drop the connection, the
+  connection lost ``park_after_losses`` times in a row with the same row
+  oldest in flight and nothing after it acknowledged (see gateway.delivery).
 - Acknowledged rows are deleted in batches (``ack_batch`` rows or
   ``ack_interval_s``, whichever first) and always before a reconnect.
-- Reconnects use capped exponential backoff with jitter
-  (``backoff_min_s`` doubling up to ``backoff_max_s``, each delay drawn
-  uniformly from its upper half).
-- A supervisor thread watches the worker: a worker thread that died is
-  restarted, one whose heartbeat is older than ``stall_timeout_s`` is
-  abandoned and replaced (it exits when it wakes up), and while the link is
-  down a warning is logged every ``down_warn_s``. A connection whose
-  in-flight messages get no PUBACK for ``ack_timeout_s`` is dropped and
-  re-established; paho's keepalive catches a silent broker.
+- Reconnects use gateway.link's capped exponential backoff with jitter
+  (``backoff_min_s`` doubling up to ``backoff_max_s``), but at most
+  ``BROKER_DOWN_RETRY_MAX_S`` while the broker's host refuses or resets the
+  connection (a broker restart), so the gateway is back online within seconds.
+- A supervisor thread (``knute-forwarder-supervisor``) watches the worker: a
+  worker thread that died is restarted, one whose heartbeat is older than
+  ``stall_timeout_s`` is abandoned and replaced (it exits when it wakes up),
+  and while the link is down a warning is logged every ``down_warn_s``. A
+  connection whose in-flight messages get no PUBACK for ``ack_timeout_s`` is
+  dropped and re-established; paho's keepalive catches a silent broker.
 - Status: ``<prefix>/gateway/<id>/status``, retained, QoS 1: "online" with
-  counters at connect and every ``status_interval_s``; the will (LWT) is
-  "offline"; a clean stop publishes "offline" with final counters.
+  counters as the first PUBLISH of every connection (before any row, so a
+  broker restart that published the will is corrected at once) and every
+  ``status_interval_s``; the will (LWT) is "offline"; a clean stop publishes
+  "offline" with final counters.
 """
 
 from __future__ import annotations
@@ -41,15 +54,12 @@ import collections
 import contextlib
 import json
 import logging
-import random
 import select
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -57,102 +67,34 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.errors import KnuteError
+from gateway.config import MqttConfig as MqttConfig  # re-exported for the tools
+from gateway.delivery import RETRY_REASON_CODES, DeliveryWindow, LossTracker, Refusal
+from gateway.link import Backoff, LinkState
 from gateway.message import iso_utc, status_topic
-from gateway.spool import Row, Spool
+from gateway.spool import Spool
 
 log = logging.getLogger("knute.forwarder")
 
-
-class ConnState(StrEnum):
-    """The forwarder's link state."""
-
-    DISCONNECTED = "disconnected"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    BACKOFF = "backoff"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    """How to reach the broker; built by gateway.config from the [mqtt] TOML table."""
-
-    host: str = "localhost"
-    port: int = 1883
-    client_id: str = ""                  # "" -> "knute-<gateway id>"
-    protocol: str = "3.1.1"              # "3.1.1" or "5"
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False                    # also on when ca_file is set
-    ca_file: str | None = None           # CA bundle to verify the broker
-    cert_file: str | None = None         # client certificate (mutual TLS)
-    key_file: str | None = None          # client key
-    prefix: str = "knute"
-    keepalive: int = 30
-    max_inflight: int = 64
-    qos: int = 1
-    status_interval_s: float = 60.0
-    backoff_min_s: float = 0.5
-    backoff_max_s: float = 60.0
-    connect_timeout_s: float = 10.0
-    ack_timeout_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.protocol not in ("3.1.1", "5"):
-            raise KnuteError(f"mqtt protocol must be '3.1.1' or '5', not {self.protocol!r}")
-        if self.qos != 1:
-            raise KnuteError("mqtt qos must be 1 (at-least-once delivery from the spool)")
-        if not 1 <= self.max_inflight <= 65535:
-            raise KnuteError("mqtt max_inflight must be 1..65535")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise KnuteError("mqtt cert_file and key_file go together")
-        if (not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/")
-                or any(c in self.prefix for c in "+#\0")):
-            raise KnuteError(f"mqtt prefix {self.prefix!r} must be a topic without wildcards "
-                             "and without a leading or trailing '/'")
-
-    @property
-    def use_tls(self) -> bool:
-        """True when the connection is TLS."""
-        return self.tls or self.ca_file is not None or self.cert_file is not None
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: delay n in [d/2, d], d = min(max, min * 2^n)."""
-
-    def __init__(self, min_s: float, max_s: float,
-                 rng: Callable[[], float] = random.random) -> None:
-        self.min_s = min_s
-        self.max_s = max_s
-        self.attempts = 0
-        self._rng = rng
-
-    def next_delay(self) -> float:
-        """The next delay, and count one more attempt."""
-        ceiling: float = min(self.max_s, self.min_s * float(2 ** min(self.attempts, 30)))
-        self.attempts += 1
-        return float(ceiling / 2 + self._rng() * ceiling / 2)
-
-    def reset(self) -> None:
-        """Start again from the shortest delay (after a successful connection)."""
-        self.attempts = 0
+THREAD_PREFIX = "knute-forwarder"
+# A host that refuses or resets the TCP connection (or, without TLS, closes it before
+# CONNACK: a proxy or load balancer in front of a broker that is not there) is up
+# while its broker is not: a broker restart. Try again at least this often, so the
+# gateway's "online" replaces the will the broker published on its way down within
+# seconds of its return, even after a long outage (backoff_max_s is for a network or
+# host that does not answer, and for refusals that retrying will not cure).
+BROKER_DOWN_RETRY_MAX_S = 2.0
 
 
 class _Session:
     """Per-connection state; paho's callbacks see it as userdata."""
 
-    def __init__(self, gen: int) -> None:
-        self.gen = gen
+    def __init__(self, window: DeliveryWindow) -> None:
+        self.window = window
         self.connack: ReasonCode | None = None
         self.receive_max = 65535
+        self.max_packet: int | None = None
         self.lost = False
         self.lost_reason = ""
-        self.inflight: dict[int, int] = {}          # mid -> row id
-        self.acked: list[int] = []                  # row ids acknowledged, delete pending
-        self.failed = 0
-        self.last_ack_at = time.monotonic()
         self.status_mid: int | None = None
         self.status_acked = False
 
@@ -177,9 +119,11 @@ class Forwarder:
         self.fetch_batch = fetch_batch
         self.ack_batch = ack_batch
         self.ack_interval_s = ack_interval_s
-        self._state = ConnState.DISCONNECTED
+        self._state = LinkState.CLOSED
         self._state_lock = threading.Lock()
         self._backoff = Backoff(cfg.backoff_min_s, cfg.backoff_max_s)
+        self._broker_down = False             # the host answered, its broker did not
+        self._losses = LossTracker(cfg.park_after_losses)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -196,7 +140,7 @@ class Forwarder:
         self.started_at = time.time()
         self._counts = collections.Counter({
             "forwarded_total": 0, "publish_errors": 0, "reconnects": 0, "connections": 0,
-            "supervisor_restarts": 0, "stale_connections": 0,
+            "supervisor_restarts": 0, "stale_connections": 0, "parked_total": 0,
         })
         self._inflight_now = 0
 
@@ -204,14 +148,14 @@ class Forwarder:
 
     @property
     def state(self) -> str:
-        """The link state, one of ConnState's values."""
+        """The link state, one of gateway.link.LinkState's values."""
         return self._state.value
 
     def stats(self) -> dict[str, int]:
-        """forwarded_total, publish_errors, reconnects, connections, inflight, connected, ..."""
+        """forwarded_total, publish_errors, parked_total, reconnects, inflight, connected..."""
         out = dict(self._counts)
         out["inflight"] = self._inflight_now
-        out["connected"] = 1 if self._state is ConnState.CONNECTED else 0
+        out["connected"] = 1 if self._state is LinkState.OPEN else 0
         return out
 
     def start(self) -> None:
@@ -220,8 +164,8 @@ class Forwarder:
             return
         self._halt.clear()
         self._spawn_worker()
-        self._supervisor = threading.Thread(target=self._supervise, name="mqtt-supervisor",
-                                            daemon=True)
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True,
+                                            name=f"{THREAD_PREFIX}-supervisor")
         self._supervisor.start()
 
     def wake(self) -> None:
@@ -236,7 +180,7 @@ class Forwarder:
         """
         self._drain_deadline = time.monotonic() + max(0.0, drain_timeout_s)
         self._stopping = True
-        self._set_state(ConnState.STOPPING)
+        self._set_state(LinkState.STOPPING)
         self.wake()
         worker = self._worker
         if worker is not None:
@@ -246,7 +190,7 @@ class Forwarder:
             self._supervisor.join(timeout=5)
         if worker is not None and worker.is_alive():
             worker.join(timeout=2)
-        self._set_state(ConnState.STOPPED)
+        self._set_state(LinkState.STOPPED)
         self._wake_r.close()
         self._wake_w.close()
 
@@ -255,8 +199,8 @@ class Forwarder:
     def _spawn_worker(self) -> None:
         self._gen += 1
         self._heartbeat = time.monotonic()
-        worker = threading.Thread(target=self._run_worker, args=(self._gen,),
-                                  name=f"mqtt-forwarder-{self._gen}", daemon=True)
+        worker = threading.Thread(target=self._run_worker, args=(self._gen,), daemon=True,
+                                  name=f"{THREAD_PREFIX}-worker-{self._gen}")
         self._worker = worker
         worker.start()
 
@@ -269,16 +213,15 @@ class Forwarder:
                 if worker is None or not worker.is_alive():
                     return
                 continue
-            if worker is None or not worker.is_alive():
-                log.error("mqtt forwarder thread died; starting a new one")
+            dead = worker is None or not worker.is_alive()
+            if dead or now - self._heartbeat > self.stall_timeout_s:
+                if dead:
+                    log.error("mqtt forwarder thread died; starting a new one")
+                else:
+                    log.error("mqtt forwarder thread stalled for %.0f s; starting a new one",
+                              now - self._heartbeat)
                 self._counts["supervisor_restarts"] += 1
-                self._set_state(ConnState.DISCONNECTED)
-                self._spawn_worker()
-            elif now - self._heartbeat > self.stall_timeout_s:
-                log.error("mqtt forwarder thread stalled for %.0f s; starting a new one",
-                          now - self._heartbeat)
-                self._counts["supervisor_restarts"] += 1
-                self._set_state(ConnState.DISCONNECTED)
+                self._set_state(LinkState.CLOSED)
                 self._spawn_worker()
             if self._down_since is not None and now - self._last_down_warn >= self.down_warn_s:
                 self._last_down_warn = now
@@ -287,12 +230,12 @@ class Forwarder:
                             now - self._down_since, self.state, self.last_error or "none",
                             self.spool.stats()["depth"])
 
-    def _set_state(self, state: ConnState) -> None:
+    def _set_state(self, state: LinkState) -> None:
         with self._state_lock:
             if state is self._state:
                 return
             self._state = state
-            if state is ConnState.CONNECTED:
+            if state is LinkState.OPEN:
                 self._down_since = None
             elif self._down_since is None:
                 self._down_since = time.monotonic()
@@ -319,7 +262,7 @@ class Forwarder:
             if not first:
                 self._counts["reconnects"] += 1
             first = False
-            self._set_state(ConnState.CONNECTING)
+            self._set_state(LinkState.OPENING)
             try:
                 done = self._session(gen)
             except Exception as exc:  # a bug or an odd socket error: log, back off, retry
@@ -328,8 +271,9 @@ class Forwarder:
                 done = False
             if done or not self._alive(gen) or self._drain_over():
                 break
-            self._set_state(ConnState.BACKOFF)
-            delay = self._backoff.next_delay()
+            self._set_state(LinkState.BACKOFF)
+            delay = (self._backoff.next_capped(BROKER_DOWN_RETRY_MAX_S) if self._broker_down
+                     else self._backoff.next())
             log.info("mqtt reconnecting in %.1f s", delay)
             until = time.monotonic() + delay
             while self._alive(gen) and not self._drain_over():
@@ -338,7 +282,7 @@ class Forwarder:
                     break
                 self._halt.wait(min(left, 0.5))
         if gen == self._gen:
-            self._set_state(ConnState.STOPPED if self._stopping else ConnState.DISCONNECTED)
+            self._set_state(LinkState.STOPPED if self._stopping else LinkState.CLOSED)
 
     def _make_client(self, sess: _Session) -> mqtt.Client:
         cfg = self.cfg
@@ -350,8 +294,8 @@ class Forwarder:
         client.connect_timeout = cfg.connect_timeout_s
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
-        if cfg.use_tls:
-            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file,
+        if cfg.tls is not None:
+            client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key,
                            cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.will_set(self.topic_status, self._offline_will(), qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -361,8 +305,11 @@ class Forwarder:
 
     def _session(self, gen: int) -> bool:
         """One connection; returns True when stopping is complete."""
-        sess = _Session(gen)
         cfg = self.cfg
+        window = DeliveryWindow(self._losses.window_limit(cfg.max_inflight),
+                                ack_timeout_s=cfg.ack_timeout_s, now=time.monotonic(),
+                                v5=cfg.protocol == "5")
+        sess = _Session(window)
         try:
             # tls_set reads the CA, certificate and key files: a bad file is one
             # warning line per attempt, like a refused connection, not a traceback.
@@ -378,22 +325,32 @@ class Forwarder:
             else:
                 client.connect(cfg.host, cfg.port, cfg.keepalive)
         except (OSError, ssl.SSLError, ValueError) as exc:
+            self._broker_down = isinstance(exc, (ConnectionRefusedError, ConnectionResetError))
             self.last_error = f"connect: {exc}"
             log.warning("mqtt connect to %s:%d failed: %s", cfg.host, cfg.port, exc)
             return False
+        self._broker_down = False
         try:
             return self._connected_session(gen, sess, client)
         finally:
             self._inflight_now = 0
-            self._commit_acks(sess)
-            with contextlib.suppress(Exception):  # the socket may already be gone
-                client.disconnect()
-            with contextlib.suppress(Exception):
-                sock = client.socket()
-                if sock is not None:
-                    sock.close()
+            try:
+                self._settle(window)
+                if sess.lost and not self._stopping:   # the broker (or the network) hung up
+                    refusal = self._losses.connection_ended(window.oldest_in_flight(),
+                                                            window.newest_acked)
+                    if refusal is not None:
+                        self._park([refusal])
+            finally:   # a spool error above must not leave the socket open
+                with contextlib.suppress(Exception):  # the socket may already be gone
+                    client.disconnect()
+                with contextlib.suppress(Exception):
+                    sock = client.socket()
+                    if sock is not None:
+                        sock.close()
 
-    def _connected_session(self, gen: int, sess: _Session, client: mqtt.Client) -> bool:
+    def _await_connack(self, gen: int, sess: _Session, client: mqtt.Client) -> bool:
+        """Wait for CONNACK; True when the broker accepted the connection."""
         cfg = self.cfg
         deadline = time.monotonic() + cfg.connect_timeout_s
         while sess.connack is None:
@@ -403,6 +360,8 @@ class Forwarder:
                 break
         if sess.connack is None:
             if sess.lost:
+                # With TLS this is also how a refused client certificate looks.
+                self._broker_down = not cfg.use_tls
                 self.last_error = ("connection closed before CONNACK (TLS client certificate "
                                    f"or protocol refused?): {sess.lost_reason}")
             else:
@@ -414,15 +373,22 @@ class Forwarder:
             log.error("mqtt %s:%d refused the connection: %s", cfg.host, cfg.port,
                       sess.connack)
             return False
+        return True
+
+    def _connected_session(self, gen: int, sess: _Session, client: mqtt.Client) -> bool:
+        if not self._await_connack(gen, sess, client):
+            return False
+        cfg = self.cfg
+        window = sess.window
+        # First of all, correct a will the broker may have published while we were away.
+        self._publish_status(client, sess)
         self._counts["connections"] += 1
         self._backoff.reset()
         self.last_error = ""
-        self._set_state(ConnState.CONNECTED)
-        window = max(1, min(cfg.max_inflight, sess.receive_max))
-        self._publish_status(client, sess)
+        self._set_state(LinkState.OPEN)
+        window.limit = max(1, min(window.limit, sess.receive_max))
+        window.max_packet = sess.max_packet
         next_status = time.monotonic() + cfg.status_interval_s
-        buffer: collections.deque[Row] = collections.deque()
-        cursor = 0                 # highest row id fetched in this session
         first_ack_pending = 0.0    # when the oldest uncommitted PUBACK arrived
         spool_empty = False        # the last fetch found nothing; wait for a wake-up
         recheck_at = 0.0           # ... or look again at this time anyway
@@ -432,62 +398,48 @@ class Forwarder:
             now = time.monotonic()
             if spool_empty and now >= recheck_at:
                 spool_empty = False
-            # Fill the in-flight window in spool order.
-            while len(sess.inflight) < window:
-                if not buffer:
-                    if spool_empty:
-                        break
-                    rows = self.spool.pending(self.fetch_batch, cursor)
-                    if not rows:
-                        spool_empty = True
-                        recheck_at = now + 1.0
-                        break
-                    cursor = rows[-1].row_id
-                    buffer.extend(rows)
-                row = buffer.popleft()
-                if not sess.inflight:
-                    sess.last_ack_at = now
-                # A device's condition (online/offline) is state, not an event:
-                # retained, so a consumer that subscribes later still sees it.
-                info = client.publish(row.topic, row.payload, qos=cfg.qos,
-                                      retain=row.topic.endswith("/condition"))
+            if not window.queued and not spool_empty and window.in_flight < window.limit:
+                rows = self.spool.pending(self.fetch_batch, window.cursor)
+                window.offer(rows)
+                if not rows:
+                    spool_empty, recheck_at = True, now + 1.0
+            for row in window.due():
+                info = client.publish(row.topic, row.payload, qos=cfg.qos, retain=row.retain)
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     self.last_error = f"publish: {mqtt.error_string(info.rc)}"
                     return False
-                sess.inflight[info.mid] = row.row_id
-            self._inflight_now = len(sess.inflight)
-            # Stopping: done once everything is delivered, or at the deadline.
-            if self._stopping:
-                drained = (not buffer and not sess.inflight
-                           and not self.spool.pending(1, cursor))
+                window.sent(row, info.mid, now)
+            self._inflight_now = window.in_flight
+            self._park(window.take_refused())
+            if self._stopping:   # done once everything is delivered, or at the deadline
+                drained = window.idle and not self.spool.pending(1, window.cursor)
                 if drained or self._drain_over():
-                    self._commit_acks(sess)
+                    self._settle(window)
                     self._publish_offline(client, sess)
                     return True
             timeout = min(0.5, max(0.0, next_status - now))
-            if sess.acked:
+            if window.acked_waiting:
                 timeout = min(timeout, self.ack_interval_s)
             woken = [False]
             if not self._io(client, timeout, woken):
                 return False
             if woken[0]:
                 spool_empty = False
-            if sess.failed:
-                self._counts["publish_errors"] += sess.failed
-                self.last_error = "PUBACK with an error reason code"
+            if window.failed:
+                self.last_error = "PUBACK with a reason code to retry later"
                 return False
             now = time.monotonic()
-            if sess.acked:
+            if window.acked_waiting:
                 if not first_ack_pending:
                     first_ack_pending = now
-                if (len(sess.acked) >= self.ack_batch or not sess.inflight
+                if (window.acked_waiting >= self.ack_batch or not window.in_flight
                         or now - first_ack_pending >= self.ack_interval_s):
-                    self._commit_acks(sess)
+                    self._settle(window)
                     first_ack_pending = 0.0
-            if sess.inflight and now - sess.last_ack_at > cfg.ack_timeout_s:
+            if window.stale(now):
                 self._counts["stale_connections"] += 1
                 self.last_error = (f"no PUBACK for {cfg.ack_timeout_s:.0f} s with "
-                                   f"{len(sess.inflight)} in flight")
+                                   f"{window.in_flight} in flight")
                 log.warning("mqtt %s:%d: %s; reconnecting", cfg.host, cfg.port,
                             self.last_error)
                 return False
@@ -526,12 +478,25 @@ class Forwarder:
             return False
         return client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _commit_acks(self, sess: _Session) -> None:
-        if not sess.acked:
-            return
-        ids, sess.acked = sess.acked, []
-        self.spool.ack(ids)
-        self._counts["forwarded_total"] += len(ids)
+    def _settle(self, window: DeliveryWindow) -> None:
+        """Delete acknowledged rows and park refused ones."""
+        ids = window.take_acked()
+        if ids:
+            self.spool.ack(ids)
+            self._counts["forwarded_total"] += len(ids)
+        self._park(window.take_refused())
+
+    def _park(self, refusals: list[Refusal]) -> None:
+        """Move refused rows out of the queue, with their reason; count and log each once."""
+        by_reason: dict[str, list[int]] = {}
+        for row, reason in refusals:
+            by_reason.setdefault(reason, []).append(row.row_id)
+            log.error("mqtt %s:%d refused row %d (%s, %d bytes on %s): %s; parked",
+                      self.cfg.host, self.cfg.port, row.row_id, row.kind,
+                      len(row.payload), row.topic, reason)
+        for reason, ids in by_reason.items():
+            self.spool.park(ids, reason)
+            self._counts["parked_total"] += len(ids)
 
     # -- paho callbacks (run in the worker thread, inside loop_read) ---------------------
 
@@ -541,6 +506,9 @@ class Forwarder:
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
         if isinstance(receive_max, int) and receive_max > 0:
             sess.receive_max = receive_max
+        max_packet = getattr(properties, "MaximumPacketSize", None) if properties else None
+        if isinstance(max_packet, int) and max_packet > 0:
+            sess.max_packet = max_packet
 
     def _on_disconnect(self, client: mqtt.Client, sess: _Session, flags: Any,
                        reason_code: ReasonCode, properties: Properties | None) -> None:
@@ -554,18 +522,19 @@ class Forwarder:
                     reason_code: ReasonCode, properties: Properties | None) -> None:
         # Message ids are 16 bits and wrap: a row's mid may equal an old status mid,
         # so rows in flight are looked up first.
-        row_id = sess.inflight.pop(mid, None)
-        if row_id is None:
+        failed = reason_code.is_failure
+        if failed:
+            self._counts["publish_errors"] += 1
+        retry = failed and reason_code.value in RETRY_REASON_CODES
+        refused = (f"the broker refused it: {reason_code} (MQTT 5 reason code "
+                   f"0x{reason_code.value:02x})") if failed and not retry else None
+        row = sess.window.on_puback(mid, refused=refused, retry=retry, now=time.monotonic())
+        if row is None:
             if mid == sess.status_mid:
                 sess.status_mid = None
                 sess.status_acked = True
-            return
-        if reason_code.is_failure:
-            sess.failed += 1
-            log.warning("mqtt PUBACK for row %d: %s; will retry", row_id, reason_code)
-            return
-        sess.acked.append(row_id)
-        sess.last_ack_at = time.monotonic()
+        elif retry:
+            log.warning("mqtt PUBACK for row %d: %s; will retry", row.row_id, reason_code)
 
     # -- status -------------------------------------------------------------------------
 
@@ -586,6 +555,7 @@ class Forwarder:
         counters["spooled"] = spool["accepted_total"]
         counters["evicted"] = spool["evicted_total"]
         counters["forwarded"] = self._counts["forwarded_total"]
+        counters["parked"] = spool.get("parked", 0)
         doc: dict[str, Any] = {
             "gateway": self.gateway_id,
             "status": "online" if online else "offline",
@@ -594,7 +564,8 @@ class Forwarder:
             "counters": counters,
             "spool": {k: spool[k] for k in ("depth", "bytes", "max_bytes", "oldest_age_s",
                                             "evicted_size_routine", "evicted_size_alarm",
-                                            "evicted_age_routine", "evicted_age_alarm")},
+                                            "evicted_age_routine", "evicted_age_alarm",
+                                            "parked") if k in spool},
             "forwarder": {k: v for k, v in self.stats().items()},
         }
         if reason:
@@ -617,4 +588,4 @@ class Forwarder:
         while not sess.status_acked and time.monotonic() < deadline:
             if not self._io(client, 0.05):
                 break
-            self._commit_acks(sess)
+            self._settle(sess.window)

@@ -20,6 +20,18 @@ unix hour H with ``H <= received_hour + 2`` and ``H % 256 == profile_end_h``.
 The two hours of slack accept a node clock running up to two hours ahead of
 the gateway; anything else is taken to lie in the past (up to 253 hours).
 Slot i of n (oldest first) covers the hour ending at H - (n - 1 - i).
+
+The id: ``"<device>:<fcnt>"`` while the device's epoch is 0, and
+``"<device>:<epoch>:<fcnt>"`` once it is higher. The spool keeps the epoch
+beside the device's replay counter and adds one to it whenever that counter is
+reset (``knute devices reset-counter``, which re-provisioning also needs), in
+the same transaction; within an epoch only a higher counter is accepted, so an
+id never names two different readings, and a copy of the same reading (heard
+twice, re-sent after a crash) keeps its id.
+
+The pipeline hands the spool a ``Reading`` (the ingredients of the JSON); the
+spool builds its bytes with ``Reading.json(epoch)``, the same bytes
+``reading_json`` gives, once it knows the device's epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from protocol import kinds
@@ -136,10 +149,21 @@ def profile_slots(values: Iterable[int], end_hour: int, unit: str, mul: int = 1,
     return out
 
 
+def reading_id(device: str, fcnt: int, epoch: int = 0) -> str:
+    """The idempotency key: ``<device>:<fcnt>`` in epoch 0, else ``<device>:<epoch>:<fcnt>``."""
+    return f"{device}:{fcnt}" if not epoch else f"{device}:{epoch}:{fcnt}"
+
+
 def reading_dict(frame: dict[str, Any], *, device: str, gateway_id: str, received_at: float,
                  receivers: list[dict[str, Any]], source: str,
-                 site: dict[str, Any] | None) -> dict[str, Any]:
-    """The reading as a dict (what reading_json serialises)."""
+                 site: dict[str, Any] | None, epoch: int = 0,
+                 receivers_dropped: int = 0) -> dict[str, Any]:
+    """The reading as a dict (what reading_json serialises).
+
+    ``epoch`` (the device's counter epoch) is part of the id and appears as a
+    field when it is not 0; ``receivers_dropped`` (receivers left out of
+    ``receivers`` by the bound on the list) appears when it is not 0.
+    """
     values = frame["values"]
     fcnt = frame["fcnt"]
     readings: dict[str, Any] = {}
@@ -164,19 +188,23 @@ def reading_dict(frame: dict[str, Any], *, device: str, gateway_id: str, receive
                 profile.extend(profile_slots(raw, resolve_end_hour(end_mod, received_at),
                                              unit, mul, div))
     out: dict[str, Any] = {
-        "id": f"{device}:{fcnt}",
+        "id": reading_id(device, fcnt, epoch),
         "device": device,
         "kind": frame["kind"],
         "fcnt": fcnt,
-        "received_at": iso_utc(received_at),
-        "readings": readings,
-        "alarms": alarms,
-        "battery": battery,
-        "profile": profile,
-        "receivers": receivers,
-        "gateway": gateway_id,
-        "source": source,
     }
+    if epoch:
+        out["epoch"] = epoch
+    out["received_at"] = iso_utc(received_at)
+    out["readings"] = readings
+    out["alarms"] = alarms
+    out["battery"] = battery
+    out["profile"] = profile
+    out["receivers"] = receivers
+    if receivers_dropped:
+        out["receivers_dropped"] = receivers_dropped
+    out["gateway"] = gateway_id
+    out["source"] = source
     if site is not None:
         out["site"] = site
     return out
@@ -184,11 +212,48 @@ def reading_dict(frame: dict[str, Any], *, device: str, gateway_id: str, receive
 
 def reading_json(frame: dict[str, Any], *, device: str, gateway_id: str, received_at: float,
                  receivers: list[dict[str, Any]], source: str,
-                 site: dict[str, Any] | None) -> bytes:
+                 site: dict[str, Any] | None, epoch: int = 0,
+                 receivers_dropped: int = 0) -> bytes:
     """The JSON bytes (UTF-8, compact) of one reading; see the module docstring."""
     return _dumps(reading_dict(frame, device=device, gateway_id=gateway_id,
                                received_at=received_at, receivers=receivers, source=source,
-                               site=site)).encode()
+                               site=site, epoch=epoch,
+                               receivers_dropped=receivers_dropped)).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What one reading's JSON is built from, as the pipeline hands it to the spool.
+
+    The spool builds the JSON (``json(epoch)``) once it knows the device's epoch,
+    in the transaction that accepts the reading, and stores it compressed.
+    """
+
+    device_id: int
+    kind: str
+    kind_id: int
+    fcnt: int
+    values: dict[str, Any]          # raw field values, as protocol.frame.decode gives them
+    received_at: float
+    receivers: list[dict[str, Any]]
+    source: str
+    site: dict[str, Any] | None
+    gateway_id: str
+    prefix: str
+    receivers_dropped: int = 0
+
+    def topic(self) -> str:
+        """The MQTT topic of the reading."""
+        return topic(self.prefix, self.kind, device_name(self.device_id))
+
+    def json(self, epoch: int = 0) -> bytes:
+        """The JSON bytes, exactly as ``reading_json`` builds them."""
+        frame = {"kind": self.kind, "kind_id": self.kind_id, "device_id": self.device_id,
+                 "fcnt": self.fcnt, "values": self.values}
+        return reading_json(frame, device=device_name(self.device_id),
+                            gateway_id=self.gateway_id, received_at=self.received_at,
+                            receivers=self.receivers, source=self.source, site=self.site,
+                            epoch=epoch, receivers_dropped=self.receivers_dropped)
 
 
 def is_alarm(frame: dict[str, Any]) -> bool:

@@ -12,6 +12,7 @@ Exposed families (all prefixed ``knute_gateway_``):
   rejected_total{source,reason}       rejections by reason
   spool_depth, spool_bytes, spool_oldest_age_seconds
   spool_evicted_total                 rows evicted by the overflow policy
+  spool_parked, parked_total          rows the broker refused, parked (now; ever)
   forwarded_total, publish_errors_total, mqtt_reconnects_total
   mqtt_connected                      1 while the broker session is up
   source_up{source}                   1 while a source's link is open
@@ -59,11 +60,14 @@ class StatusCollector(Collector):
         yield up
         spool: dict[str, Any] = st.get("spool", {})
         for key, metric in (("depth", "spool_depth"), ("bytes", "spool_bytes"),
-                            ("oldest_age_s", "spool_oldest_age_seconds")):
+                            ("oldest_age_s", "spool_oldest_age_seconds"),
+                            ("parked", "spool_parked_rows")):
             yield GaugeMetricFamily(f"{PREFIX}_{metric}", f"Spool {key}",
                                     value=float(spool.get(key, 0)))
         yield CounterMetricFamily(f"{PREFIX}_spool_evicted", "Rows evicted from the spool",
                                   value=float(spool.get("evicted_total", 0)))
+        yield CounterMetricFamily(f"{PREFIX}_spool_parked", "Rows parked (never published)",
+                                  value=float(spool.get("parked_total", 0)))
         fwd: dict[str, Any] = st.get("forwarder", {})
         for key, metric in (("forwarded_total", "forwarded"),
                             ("publish_errors", "publish_errors"),
@@ -71,7 +75,7 @@ class StatusCollector(Collector):
             yield CounterMetricFamily(f"{PREFIX}_{metric}", f"Forwarder {key}",
                                       value=float(fwd.get(key, 0)))
         yield GaugeMetricFamily(f"{PREFIX}_mqtt_connected", "1 while connected to the broker",
-                                value=1.0 if fwd.get("state") == "connected" else 0.0)
+                                value=1.0 if fwd.get("connected") else 0.0)
 
 
 class MetricsServer:

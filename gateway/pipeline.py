@@ -2,6 +2,9 @@
 
 Nothing here does I/O; every function and class works on bytes and in-memory
 state, so the whole decision path is tested without sockets, files or clocks.
+Its types (``Reception``, ``Device``, ``Accepted``, ``Counters``) come from
+gateway.model, not from the registry, spool or status modules that store or
+serve them; tests/gateway/test_pure_core.py keeps it that way.
 
 For each ``Reception`` (frame bytes plus where and how it was heard):
 
@@ -29,9 +32,12 @@ For each ``Reception`` (frame bytes plus where and how it was heard):
    bits; a node that reaches 16,777,215 must be given a new key.
 6. Dedup window: the frame waits ``dedup_window_s`` (200 ms, as ChirpStack) from
    its first reception so copies heard by other sources (radio bridges,
-   concentrators) are merged into one reading listing every receiver. ``due()``
-   releases frames whose window has closed, oldest first, so per-device order
-   is kept.
+   concentrators) are merged into one reading listing its receivers. The list
+   is bounded (``max_receivers``, default 8): past it a copy replaces the
+   weakest receiver kept when it was heard better (SNR, then RSSI), and every
+   receiver left out is counted in the reading's ``receivers_dropped``, so a
+   flood of copies costs neither memory nor message size. ``due()`` releases
+   frames whose window has closed, oldest first, so per-device order is kept.
 
 Readings that arrive already decoded (a Modbus poll: the gateway read the
 device itself, so there are no frame bytes and no key) go through
@@ -62,9 +68,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from gateway import message
-from gateway.registry import Device
-from gateway.spool import Accepted
-from gateway.status import Counters
+from gateway.model import Accepted, Counters, Device
+from gateway.model import Reception as Reception  # re-exported: sources build these
 from protocol import frame as pframe
 from protocol import kinds
 from protocol.errors import (
@@ -89,24 +94,10 @@ MODBUS = "modbus"             # source type of readings polled over Modbus
 
 DEFAULT_DEDUP_WINDOW_S = 0.2
 DEFAULT_RESET_BELOW = 16
-
-
-@dataclass(frozen=True)
-class Reception:
-    """One frame as heard by one source.
-
-    ``receiver`` is that source's radio metadata (always with ``source``; radio
-    sources add rssi_dbm, snr_db, freq_hz, sf or datr, and a packet forwarder
-    its gateway_eui, chan and tmst). ``at`` is a monotonic clock reading used
-    for the dedup window; ``received_at`` is wall-clock unix seconds.
-    """
-
-    source: str
-    source_type: str           # "serial" | "radio" | "modbus"
-    frame: bytes               # empty for an already-decoded (Modbus) reading
-    received_at: float
-    at: float
-    receiver: Mapping[str, Any]
+# Receivers kept per reading. A district gateway has a few concentrators and radio
+# bridges in earshot of a meter; 8 covers every overlap of the model deployment and
+# bounds the list at about 2 KB of JSON (packet-forwarder receivers are the longest).
+DEFAULT_MAX_RECEIVERS = 8
 
 
 @dataclass
@@ -119,21 +110,52 @@ class Ready:
     digest: bytes
     deadline: float
     receptions: list[Reception] = field(default_factory=list)
+    receivers_dropped: int = 0          # copies left out of ``receptions`` by the bound
+    epoch: int = 0                      # the device's epoch when the frame was accepted
+    first_at: float | None = None       # received_at of the first copy
+    radio: bool = False                 # some copy was heard over the air
+
+    def __post_init__(self) -> None:
+        if self.receptions:
+            first = self.receptions[0]
+            if self.first_at is None:
+                self.first_at = first.received_at
+            self.radio = self.radio or any(r.source_type == "radio" for r in self.receptions)
+
+    def merge(self, rx: Reception, max_receivers: int) -> None:
+        """Add one more copy's receiver, keeping at most ``max_receivers`` of the best.
+
+        Past the bound the weakest receiver kept (lowest SNR, then RSSI; the
+        earliest among equals) gives way to a better one; either way one
+        receiver is counted in ``receivers_dropped``. Kept receivers stay in
+        arrival order.
+        """
+        self.radio = self.radio or rx.source_type == "radio"
+        if len(self.receptions) < max_receivers:
+            self.receptions.append(rx)
+            return
+        self.receivers_dropped += 1
+        if not self.receptions:
+            return
+        weakest = min(range(len(self.receptions)),
+                      key=lambda i: _strength(self.receptions[i].receiver))
+        if _strength(rx.receiver) > _strength(self.receptions[weakest].receiver):
+            del self.receptions[weakest]
+            self.receptions.append(rx)
 
     @property
     def received_at(self) -> float:
         """When the first copy arrived (unix seconds)."""
-        return self.receptions[0].received_at
+        return self.first_at if self.first_at is not None else self.receptions[0].received_at
 
     @property
     def source_type(self) -> str:
         """"radio" when any receiver heard it over the air, else the first source's type."""
-        types = [r.source_type for r in self.receptions]
-        return "radio" if "radio" in types else types[0]
+        return "radio" if self.radio else self.receptions[0].source_type
 
     @property
     def receivers(self) -> list[dict[str, Any]]:
-        """Every receiver's metadata, in arrival order."""
+        """The kept receivers' metadata, in arrival order."""
         return [dict(r.receiver) for r in self.receptions]
 
     @property
@@ -156,6 +178,14 @@ class Verdict:
     device_id: int | None = None
     fcnt: int | None = None
     detail: str | None = None
+
+
+def _strength(receiver: Mapping[str, Any]) -> tuple[float, float]:
+    """How well a receiver heard the frame: (SNR dB, RSSI dBm), missing ones lowest."""
+    snr = receiver.get("snr_db")
+    rssi = receiver.get("rssi_dbm")
+    return (float(snr) if isinstance(snr, int | float) else float("-inf"),
+            float(rssi) if isinstance(rssi, int | float) else float("-inf"))
 
 
 def alarm_names(decoded: Mapping[str, Any]) -> list[str]:
@@ -313,10 +343,14 @@ class Pipeline:
     def __init__(self, devices: Mapping[int, Device], replay: Mapping[int, int] | None = None,
                  *, counters: Counters | None = None,
                  dedup_window_s: float = DEFAULT_DEDUP_WINDOW_S,
-                 reset_below: int = DEFAULT_RESET_BELOW) -> None:
+                 reset_below: int = DEFAULT_RESET_BELOW,
+                 max_receivers: int = DEFAULT_MAX_RECEIVERS,
+                 epochs: Mapping[int, int] | None = None) -> None:
         self.devices: Mapping[int, Device] = dict(devices)
         self.counters = counters if counters is not None else Counters()
         self.dedup_window_s = dedup_window_s
+        self.max_receivers = max(1, max_receivers)
+        self.epochs: dict[int, int] = dict(epochs or {})
         self.verifier = Verifier()
         self.replay = ReplayGuard(replay, reset_below)
         self._window: OrderedDict[tuple[int, int], Ready] = OrderedDict()
@@ -332,9 +366,12 @@ class Pipeline:
         """Reset the replay state to the spool's committed counters."""
         self.replay.load(counters)
 
-    def forget_counter(self, device_id: int) -> None:
-        """Forget one device's counter (after ``knute devices reset-counter``)."""
+    def forget_counter(self, device_id: int, epoch: int | None = None) -> None:
+        """Forget one device's counter (after ``knute devices reset-counter``); ``epoch``
+        is the device's new epoch (``Spool.reset_counter`` returns it)."""
         self.replay.forget(device_id)
+        if epoch is not None:
+            self.epochs[device_id] = epoch
 
     # -- the decision --------------------------------------------------------------------
 
@@ -359,7 +396,7 @@ class Pipeline:
         slot = (device_id, fcnt)
         waiting = self._window.get(slot)
         if waiting is not None and waiting.raw == buf:
-            waiting.receptions.append(rx)
+            waiting.merge(rx, self.max_receivers)
             self.counters.inc("merged", rx.source)
             return Verdict("merged", None, device_id, fcnt)
         fingerprint = digest(buf)
@@ -381,7 +418,7 @@ class Pipeline:
         self.replay.advance(device_id, fcnt, fingerprint)
         self._window[slot] = Ready(decoded=decoded, device=device, raw=bytes(buf),
                                    digest=fingerprint, deadline=rx.at + self.dedup_window_s,
-                                   receptions=[rx])
+                                   receptions=[rx], epoch=self.epochs.get(device_id, 0))
         return Verdict("pending", None, device_id, fcnt)
 
     def submit_reading(self, frame: Mapping[str, Any], receiver: Mapping[str, Any],
@@ -425,7 +462,7 @@ class Pipeline:
         slot = (device_id, fcnt)
         waiting = self._window.get(slot)
         if waiting is not None and waiting.raw == body:
-            waiting.receptions.append(rx)
+            waiting.merge(rx, self.max_receivers)
             self.counters.inc("merged", rx.source)
             return Verdict("merged", None, device_id, fcnt)
         fingerprint = digest(body)
@@ -438,7 +475,7 @@ class Pipeline:
                    "fcnt": fcnt, "tag_len": 0, "values": dict(values)}
         self._window[slot] = Ready(decoded=decoded, device=device, raw=body,
                                    digest=fingerprint, deadline=at + self.dedup_window_s,
-                                   receptions=[rx])
+                                   receptions=[rx], epoch=self.epochs.get(device_id, 0))
         return Verdict("pending", None, device_id, fcnt)
 
     # -- leaving the dedup window --------------------------------------------------------
@@ -472,16 +509,18 @@ class Pipeline:
 
 
 def to_accepted(ready: Ready, *, prefix: str, gateway_id: str) -> Accepted:
-    """The spool row of a released frame: topic and reading JSON from gateway.message."""
+    """The spool row of a released frame: its ``message.Reading`` and the reading's JSON
+    (built here, in the ingest thread, with the epoch the frame was accepted in)."""
     decoded = ready.decoded
-    device = message.device_name(ready.device.device_id)
-    payload = message.reading_json(
-        decoded, device=device, gateway_id=gateway_id, received_at=ready.received_at,
-        receivers=ready.receivers, source=ready.source_type, site=ready.device.site_info())
+    reading = message.Reading(
+        device_id=ready.device.device_id, kind=decoded["kind"], kind_id=decoded["kind_id"],
+        fcnt=decoded["fcnt"], values=decoded["values"], received_at=ready.received_at,
+        receivers=ready.receivers, source=ready.source_type, site=ready.device.site_info(),
+        gateway_id=gateway_id, prefix=prefix, receivers_dropped=ready.receivers_dropped)
     return Accepted(device_id=ready.device.device_id, fcnt=decoded["fcnt"],
-                    kind=decoded["kind"], topic=message.topic(prefix, decoded["kind"], device),
-                    payload=payload, alarm=message.is_alarm(decoded),
-                    received_at=ready.received_at)
+                    kind=decoded["kind"], topic=reading.topic(),
+                    payload=reading.json(ready.epoch), alarm=message.is_alarm(decoded),
+                    received_at=ready.received_at, reading=reading, epoch=ready.epoch)
 
 
 def process_all(pipeline: Pipeline, receptions: Sequence[Reception]) -> list[Verdict]:

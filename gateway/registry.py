@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.dbfile import (
@@ -39,6 +39,8 @@ from gateway.dbfile import (
     quick_check,
 )
 from gateway.errors import KnuteError
+from gateway.model import Device as Device  # re-exported: the registry holds these
+from gateway.model import finite_only as finite_only
 from protocol import frame, kinds
 
 log = logging.getLogger("knute.registry")
@@ -104,55 +106,6 @@ def check_kind(kind: str) -> str:
         known = ", ".join(sorted(names))
         raise KnuteError(f"unknown kind {kind!r} (known: {known})")
     return kind
-
-
-@dataclass(frozen=True)
-class Device:
-    """One registered device. ``key`` is left out of repr() so it never lands in a log."""
-
-    device_id: int
-    kind: str
-    key: bytes = field(repr=False)
-    name: str = ""
-    site: str = ""
-    location: Mapping[str, Any] = field(default_factory=dict)
-    last_fcnt: int | None = None
-    last_seen: float | None = None
-    battery: int | None = None
-    alarms: tuple[str, ...] = ()
-
-    @property
-    def hex_id(self) -> str:
-        """The device id as printed in topics and logs."""
-        return format_device_id(self.device_id)
-
-    def site_info(self) -> dict[str, Any] | None:
-        """Site and location metadata for the MQTT reading, or None when there is none."""
-        info: dict[str, Any] = {}
-        if self.site:
-            info["site"] = self.site
-        # A registry written before locations were checked may hold NaN or Infinity:
-        # the published JSON must stay JSON.
-        info.update(finite_only(dict(self.location)))
-        return info or None
-
-    def as_dict(self, *, show_key: bool = False) -> dict[str, Any]:
-        """A JSON-friendly dict; the key only with ``show_key``."""
-        out: dict[str, Any] = {
-            "device": self.hex_id,
-            "device_id": self.device_id,
-            "kind": self.kind,
-            "name": self.name,
-            "site": self.site,
-            "location": dict(self.location),
-            "last_fcnt": self.last_fcnt,
-            "last_seen": self.last_seen,
-            "battery": self.battery,
-            "alarms": list(self.alarms),
-        }
-        if show_key:
-            out["key"] = self.key.hex()
-        return out
 
 
 @dataclass(frozen=True)
@@ -705,13 +658,3 @@ def _check_finite(value: Any, where: str) -> None:
         for item in value:
             _check_finite(item, where)
 
-
-def finite_only(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (JSON has no NaN/Infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_only(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite_only(v) for v in value]
-    return value

@@ -1,6 +1,6 @@
 """Live counters and the local status endpoint of a running gateway.
 
-Counters: ``Counters`` is a thread-safe bag of integer counters, global and per
+Counters: ``Counters`` (gateway.model) is a thread-safe bag of integer counters, global and per
 source (received, accepted, merged, rejected by reason). The daemon combines
 it with the spool's and the forwarder's stats into one status dict.
 
@@ -33,69 +33,13 @@ import queue
 import select
 import socket
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from gateway.model import Counters as Counters  # re-exported: counted here for status
+
 REQUEST_LIMIT = 4096
 TAP_BACKLOG = 1000          # lines queued per tap client before it loses some
-
-
-class Counters:
-    """Integer counters, global and per source, safe to bump from any thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._totals: dict[str, int] = defaultdict(int)
-        self._rejected: dict[str, int] = defaultdict(int)
-        self._sources: dict[str, dict[str, int]] = {}
-        self._source_rejected: dict[str, dict[str, int]] = {}
-
-    def inc(self, name: str, source: str | None = None, n: int = 1, *,
-            total: bool = True) -> None:
-        """Add ``n`` to counter ``name`` and to the source's own counter.
-
-        ``total=False`` counts for the source only (a frame heard by two sources
-        is accepted once in total but once for each source).
-        """
-        with self._lock:
-            if total:
-                self._totals[name] += n
-            if source is not None:
-                src = self._sources.setdefault(source, defaultdict(int))
-                src[name] += n
-
-    def reject(self, reason: str, source: str | None = None, n: int = 1) -> None:
-        """Count a rejected frame by reason."""
-        with self._lock:
-            self._totals["rejected"] += n
-            self._rejected[reason] += n
-            if source is not None:
-                src = self._sources.setdefault(source, defaultdict(int))
-                src["rejected"] += n
-                rej = self._source_rejected.setdefault(source, defaultdict(int))
-                rej[reason] += n
-
-    def get(self, name: str) -> int:
-        """One global counter."""
-        with self._lock:
-            return self._totals.get(name, 0)
-
-    def rejected(self, reason: str) -> int:
-        """Rejections for one reason."""
-        with self._lock:
-            return self._rejected.get(reason, 0)
-
-    def snapshot(self) -> dict[str, Any]:
-        """A copy: {"totals", "rejected", "sources": {name: {..., "rejected_by_reason"}}}."""
-        with self._lock:
-            sources: dict[str, Any] = {}
-            for name, src in self._sources.items():
-                entry: dict[str, Any] = dict(src)
-                entry["rejected_by_reason"] = dict(self._source_rejected.get(name, {}))
-                sources[name] = entry
-            return {"totals": dict(self._totals), "rejected": dict(self._rejected),
-                    "sources": sources}
 
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]

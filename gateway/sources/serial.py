@@ -29,9 +29,9 @@ import serial  # type: ignore[import-untyped]
 
 from gateway.config import SerialSourceConfig
 from gateway.logsafe import EventLog, clean
+from gateway.model import Counters
 from gateway.pipeline import RateLimit, Reception
 from gateway.sources.base import Backoff, LinkState, Sink, ThreadedSource
-from gateway.status import Counters
 from protocol import stream
 from protocol.errors import FrameError
 
@@ -188,7 +188,7 @@ class SerialSource(ThreadedSource):
             self.reader.flush_logs(time.monotonic())
             if not data:
                 continue
-            if self.backoff.attempt and time.monotonic() - opened_at > 5.0:
+            if self.backoff.attempts and time.monotonic() - opened_at > 5.0:
                 self.backoff.reset()
             for rx in self.reader.feed(bytes(data), time.time(), time.monotonic()):
                 self.sink(rx)

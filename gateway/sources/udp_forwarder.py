@@ -50,9 +50,9 @@ from typing import Any
 
 from gateway.config import UdpSourceConfig
 from gateway.logsafe import EventLog, clean
+from gateway.model import Counters
 from gateway.pipeline import OVERSIZE, Reception
 from gateway.sources.base import LinkState, Sink, ThreadedSource
-from gateway.status import Counters
 from protocol import frame as pframe
 from protocol.errors import FrameError
 

@@ -33,8 +33,7 @@ def test_example_config_parses() -> None:
     assert [s.name for s in cfg.serial] == ["bridge-north"]
     assert cfg.packet_forwarders[0].port == 1700
     assert cfg.metrics_port == 9108
-    assert cfg.mqtt.tls is not None
-    mq = cfg.mqtt.to_forwarder()
+    mq = cfg.mqtt
     assert (mq.host, mq.port, mq.prefix, mq.use_tls) == ("mqtt.example.org", 8883, "knute", True)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,8 +30,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import message
+from gateway.config import MqttConfig, TlsSettings
 from gateway.errors import KnuteError
-from gateway.forwarder import Backoff, Forwarder, MqttConfig
+from gateway.forwarder import Forwarder
+from gateway.link import Backoff
 from gateway.spool import Accepted, Spool
 from tests.conftest import Broker
 from tools.rig.wait import wait_for
@@ -169,16 +172,25 @@ def fast_cfg(port: int, **kw: Any) -> MqttConfig:
 # -- tests -----------------------------------------------------------------------------
 
 def test_backoff_is_capped_exponential_with_jitter() -> None:
-    values = iter([0.0, 1.0, 0.5, 0.0, 1.0, 1.0, 0.25])
-    backoff = Backoff(0.5, 3.0, rng=lambda: next(values))
-    delays = [backoff.next_delay() for _ in range(6)]
+    class Fixed(random.Random):
+        """Draws the given fractions of each range, in turn."""
+
+        def __init__(self, fractions: list[float]) -> None:
+            super().__init__()
+            self.fractions = iter(fractions)
+
+        def uniform(self, a: float, b: float) -> float:
+            return a + (b - a) * next(self.fractions)
+
+    backoff = Backoff(0.5, 3.0, Fixed([0.0, 1.0, 0.5, 0.0, 1.0, 1.0, 0.25]))
+    delays = [backoff.next() for _ in range(6)]
     assert delays == [0.25, 1.0, 1.5, 1.5, 3.0, 3.0]
     backoff.reset()
-    assert backoff.next_delay() == pytest.approx(0.3125)
+    assert backoff.next() == pytest.approx(0.3125)
 
 
 @pytest.mark.parametrize("bad", [
-    {"protocol": "3"}, {"qos": 0}, {"max_inflight": 0}, {"cert_file": "c.pem"},
+    {"protocol": "3"}, {"qos": 0}, {"max_inflight": 0}, {"tls": TlsSettings(cert="c.pem")},
     {"prefix": "city/#"}, {"prefix": "/city"}, {"prefix": ""}])
 def test_config_is_checked(bad: dict[str, Any]) -> None:
     with pytest.raises(KnuteError):
@@ -202,7 +214,7 @@ def test_delivers_in_order_with_retained_status_matching_schemas(
         wait_for(lambda: len(collector.ids()) == len(rows))
         wait_for(lambda: spool.stats()["depth"] == 0)
         assert check_delivery(collector, rows) == 0
-        assert fwd.state == "connected"
+        assert fwd.state == "open"
         for doc in collector.readings():
             READING.validate(doc)
         wait_for(lambda: len(collector.statuses()) >= 2)   # periodic republish
@@ -244,7 +256,7 @@ def test_broker_outage_mid_stream_loses_nothing(tuned_broker: Broker, tmp_path: 
             time.sleep(0.002)
         wait_for(lambda: len(collector.ids()) > 0)
         tuned_broker.stop()                       # outage with rows in flight
-        wait_for(lambda: fwd.state != "connected")
+        wait_for(lambda: fwd.state != "open")
         for start in range(third, 2 * third, 50):  # the gateway goes on accepting
             spool.accept(rows[start:start + 50])
             fwd.wake()
@@ -266,7 +278,8 @@ def test_broker_outage_mid_stream_loses_nothing(tuned_broker: Broker, tmp_path: 
 
 FORWARDER_CHILD = """
 import logging, signal, sys, threading
-from gateway.forwarder import Forwarder, MqttConfig
+from gateway.config import MqttConfig
+from gateway.forwarder import Forwarder
 from gateway.spool import Spool
 logging.basicConfig(level=logging.INFO)
 spool = Spool(sys.argv[1], max_bytes=10**9, max_age_s=10**9)
@@ -361,7 +374,7 @@ def test_supervisor_restarts_a_dead_or_stalled_worker(mosquitto: Broker,
         wait_for(lambda: spool.stats()["depth"] == 0)
         wait_for(lambda: len(collector.ids()) == len(rows))
         check_delivery(collector, rows)
-        wait_for(lambda: fwd.state == "connected")
+        wait_for(lambda: fwd.state == "open")
     finally:
         fwd.stop(drain_timeout_s=2)
         collector.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import TlsSettings
 from gateway.forwarder import Forwarder
 from gateway.spool import Spool
 from tests.gateway.test_forwarder import Collector, check_delivery, fast_cfg, make_rows
@@ -33,8 +34,9 @@ def test_tls_with_client_certificate_and_password(tls_broker: TlsBroker, tmp_pat
     spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
     rows = make_rows(devices=3, per_device=30)
     spool.accept(rows)
-    cfg = fast_cfg(tls_broker.tls_port, protocol=protocol, ca_file=str(pki["ca.pem"]),
-                   cert_file=str(pki["client.pem"]), key_file=str(pki["client.key"]),
+    cfg = fast_cfg(tls_broker.tls_port, protocol=protocol,
+                   tls=TlsSettings(str(pki["ca.pem"]), str(pki["client.pem"]),
+                                   str(pki["client.key"])),
                    username="gateway", password="s3cret")
     assert cfg.use_tls
     fwd = Forwarder(spool, cfg, gateway_id="gw-tls", status_provider=dict)
@@ -56,15 +58,16 @@ def test_tls_refusals_are_reported_and_nothing_leaves_the_spool(tls_broker: TlsB
     spool.accept(make_rows(devices=1, per_device=3))
     cases = [
         # wrong password: the broker answers CONNACK "not authorized"
-        (fast_cfg(tls_broker.tls_port, ca_file=str(pki["ca.pem"]),
-                  cert_file=str(pki["client.pem"]), key_file=str(pki["client.key"]),
+        (fast_cfg(tls_broker.tls_port, tls=TlsSettings(str(pki["ca.pem"]), str(pki["client.pem"]),
+                                                       str(pki["client.key"])),
                   username="gateway", password="wrong"), "refused"),
         # no client certificate: the TLS handshake fails
-        (fast_cfg(tls_broker.tls_port, ca_file=str(pki["ca.pem"]), username="gateway",
+        (fast_cfg(tls_broker.tls_port, tls=TlsSettings(str(pki["ca.pem"])), username="gateway",
                   password="s3cret"), "before CONNACK"),
         # a server certificate not signed by the CA we trust
-        (fast_cfg(tls_broker.tls_port, ca_file=str(pki["client.pem"]),
-                  cert_file=str(pki["client.pem"]), key_file=str(pki["client.key"]),
+        (fast_cfg(tls_broker.tls_port, tls=TlsSettings(str(pki["client.pem"]),
+                                                       str(pki["client.pem"]),
+                                                       str(pki["client.key"])),
                   username="gateway", password="s3cret"), "certificate verify failed"),
     ]
     for cfg, words in cases:
@@ -74,7 +77,7 @@ def test_tls_refusals_are_reported_and_nothing_leaves_the_spool(tls_broker: TlsB
             wait_for(lambda f=fwd: f.stats()["reconnects"] >= 2, 20)  # type: ignore[misc]
             assert words in fwd.last_error, fwd.last_error
             assert fwd.stats()["connections"] == 0
-            assert fwd.state != "connected"
+            assert fwd.state != "open"
         finally:
             fwd.stop(drain_timeout_s=0.2)
     assert spool.stats()["depth"] == 3

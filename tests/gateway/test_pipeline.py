@@ -244,6 +244,7 @@ def test_to_accepted_builds_topic_and_reading() -> None:
     acc = pl.to_accepted(ready, prefix="city", gateway_id="gw1")
     assert acc.topic == "city/water_meter/00001234/up"
     assert (acc.device_id, acc.fcnt, acc.kind, acc.alarm) == (DEV, 3, "water_meter", True)
+    assert acc.reading is not None and acc.payload == acc.reading.json() and acc.epoch == 0
     doc = json.loads(acc.payload)
     assert doc["id"] == "00001234:3"
     assert doc["receivers"] == [{"source": "bridge", "rssi_dbm": -90}]
@@ -304,6 +305,7 @@ def test_polled_reading_is_accepted_with_source_modbus() -> None:
     assert ready.source_type == "modbus"
     acc = pl.to_accepted(ready, prefix="city", gateway_id="gw1")
     assert acc.topic == "city/water_meter/00001234/up"
+    assert acc.reading is not None and acc.payload == acc.reading.json() and acc.epoch == 0
     doc = json.loads(acc.payload)
     assert doc["source"] == "modbus" and doc["id"] == "00001234:1"
     assert doc["receivers"] == [MODBUS_RX]

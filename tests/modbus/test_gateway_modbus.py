@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import config
 from gateway.daemon import condition_row
-from gateway.errors import KnuteError
+from gateway.errors import EXIT_CONFIG, KnuteError
 from gateway.modbus.poller import LINK_REASONS, DeviceCondition
 from gateway.spool import Accepted, Spool
 from tests.conftest import Broker, free_port
@@ -113,7 +113,7 @@ def test_map_error_stops_the_gateway_with_file_and_line(tmp_path: Path,
                                                'map = "acme.toml"'))
     out = subprocess.run([str(knute_bin), "gateway", "run", "--config", path],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
+    assert out.returncode == EXIT_CONFIG      # a bad file: no restart loop
     assert f"{bad_map}:{line}: registers.index.type" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 

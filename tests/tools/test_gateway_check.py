@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import TlsSettings
 from gateway.errors import EXIT_CONFIG
 from gateway.forwarder import Forwarder
 from gateway.spool import Spool
@@ -152,7 +153,7 @@ def test_a_ca_spoilt_while_running_is_one_line_per_attempt(
     spool = Spool(str(tmp_path / "s.db"), max_bytes=1 << 20, max_age_s=3600.0)
     bad = tmp_path / "spoilt.pem"
     bad.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
-    cfg = fast_cfg(free_port(), ca_file=str(bad), tls=True)
+    cfg = fast_cfg(free_port(), tls=TlsSettings(ca=str(bad)))
     fwd = Forwarder(spool, cfg, gateway_id="gw-tls", status_provider=dict)
     with caplog.at_level(logging.INFO, logger="knute"):
         fwd.start()

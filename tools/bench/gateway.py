@@ -10,7 +10,10 @@
 - the time to drain a spool of ``--backlog`` frames after an outage (the
   broker comes back; timed from its restart to an empty spool), and the peak
   RSS of that process (spool filled, then drained), in a child process so
-  that nothing else this benchmark holds counts.
+  that nothing else this benchmark holds counts;
+- the bytes per spooled reading: the spool file (checkpointed) divided by the
+  ``--backlog`` readings in it, and the JSON bytes per reading published, for
+  the same mix (two water meters for one air node, one receiver each).
 
 A Mosquitto (/usr/sbin/mosquitto) on a free loopback port is started and
 stopped by the benchmark itself.
@@ -51,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="messages for the end-to-end and bare paho runs (default 50000)")
     parser.add_argument("--backlog", type=int, default=1_000_000,
                         help="frames spooled during the outage (default 1000000)")
-    parser.add_argument("--inflight", type=int, default=64,
-                        help="QoS 1 in-flight window, forwarder and bare paho (default 64)")
+    parser.add_argument("--inflight", type=int, default=20,
+                        help="QoS 1 in-flight window, forwarder and bare paho (default 20, "
+                             "the gateway's [mqtt] max_inflight)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--drain-child", help=argparse.SUPPRESS)
 
@@ -66,11 +70,18 @@ RECEIVER = {"source": "lora0", "rssi_dbm": -97, "snr_db": 7.5, "freq_hz": 868_10
 
 def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
                      prefix: str = "knute") -> Iterator[Any]:
-    """``count`` Accepted rows with real reading JSON, devices round robin."""
+    """``count`` Accepted readings as the pipeline hands them over, devices round robin.
+
+    Values and radio metadata vary from reading to reading (seeded), as in the
+    field, so that the spool's compression is measured on realistic rows.
+    """
+    import random
+
     from gateway import message
     from gateway.spool import Accepted
     from tools.sim.typical import TYPICAL
 
+    rng = random.Random(11)
     kinds_of = {dev: ("water_meter" if dev % 3 else "air_quality")
                 for dev in range(1, devices + 1)}
     kind_ids = {"water_meter": 1, "air_quality": 2}
@@ -79,15 +90,28 @@ def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
         fcnt = i // devices
         kind = kinds_of[dev]
         now = time.time()
-        decoded = {"kind": kind, "kind_id": kind_ids[kind], "device_id": dev, "fcnt": fcnt,
-                   "tag_len": 4, "values": TYPICAL[kind]}
-        name = message.device_name(dev)
-        payload = message.reading_json(decoded, device=name, gateway_id=gateway_id,
-                                       received_at=now, receivers=[RECEIVER], source="radio",
-                                       site=None)
-        yield Accepted(device_id=dev, fcnt=fcnt, kind=kind,
-                       topic=message.topic(prefix, kind, name), payload=payload,
-                       alarm=message.is_alarm(decoded), received_at=now)
+        values = dict(TYPICAL[kind])
+        if kind == "water_meter":
+            values.update(index=rng.randrange(10_000, 9_000_000), battery=rng.randrange(10, 21),
+                          profile=[rng.randrange(0, 90) for _ in range(6)],
+                          profile_end_h=int(now // 3600) % 256)
+        else:
+            values.update(pm1=rng.randrange(400), pm2_5=rng.randrange(600),
+                          pm10=rng.randrange(900), temperature=rng.randrange(-250, 350),
+                          humidity=rng.randrange(10, 101), pressure=rng.randrange(9600, 10400))
+        receiver = dict(RECEIVER, rssi_dbm=rng.randrange(-125, -60),
+                        snr_db=rng.randrange(-150, 110) / 10,
+                        freq_hz=rng.choice((868_100_000, 868_300_000, 868_500_000)),
+                        sf=rng.randrange(7, 13))
+        reading = message.Reading(
+            device_id=dev, kind=kind, kind_id=kind_ids[kind], fcnt=fcnt, values=values,
+            received_at=now, receivers=[receiver], source="radio", site=None,
+            gateway_id=gateway_id, prefix=prefix)
+        decoded = {"kind_id": kind_ids[kind], "values": values}
+        # As the pipeline hands it over: the JSON built in the ingest thread (epoch 0).
+        yield Accepted(device_id=dev, fcnt=fcnt, kind=kind, topic=reading.topic(),
+                       payload=reading.json(0), alarm=message.is_alarm(decoded),
+                       received_at=now, reading=reading, epoch=0)
 
 
 # -- broker ----------------------------------------------------------------------------
@@ -155,7 +179,7 @@ def bench_end_to_end(port: int, rows: list[Any], inflight: int, workdir: str) ->
                     gateway_id="bench", status_provider=dict)
     fwd.start()
     deadline = time.monotonic() + 10
-    while fwd.state != "connected" and time.monotonic() < deadline:
+    while fwd.state != "open" and time.monotonic() < deadline:
         time.sleep(0.01)
     batcher = AcceptBatcher(spool, on_commit=lambda batch: fwd.wake())
     batcher.start()
@@ -193,6 +217,17 @@ def _drain_child(workdir: str, backlog: int, inflight: int) -> dict[str, float]:
             spool.accept(batch)
             batch = []
     spool.accept(batch)
+    # The bytes one spooled reading takes on disk: the file, checkpointed, per row.
+    path = os.path.join(workdir, "drain.db")
+    fwd.stop(5)
+    spool.close()
+    file_bytes = os.path.getsize(path)
+    spool = Spool(path, max_bytes=16 << 30, max_age_s=86400.0)
+    fwd = Forwarder(spool, MqttConfig(host="127.0.0.1", port=broker.port, max_inflight=inflight,
+                                      client_id="bench-drain", backoff_min_s=0.1,
+                                      backoff_max_s=1.0, connect_timeout_s=2.0),
+                    gateway_id="bench", status_provider=dict)
+    fwd.start()
     broker.start()
     start = time.perf_counter()
     deadline = time.monotonic() + 1800
@@ -208,7 +243,8 @@ def _drain_child(workdir: str, backlog: int, inflight: int) -> dict[str, float]:
         for line in fh:
             if line.startswith("VmHWM:"):
                 rss_kb = int(line.split()[1])
-    return {"drain_s": drain_s, "peak_rss_mb": rss_kb / 1024, "left": left}
+    return {"drain_s": drain_s, "peak_rss_mb": rss_kb / 1024, "left": left,
+            "spool_bytes_per_reading": file_bytes / max(1, backlog)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -222,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         decode = bench_decode_verify(args.frames)
         rows = list(_accepted_stream(args.messages))
         payloads = [(row.topic, row.payload) for row in rows]
+        json_per_reading = sum(len(p) for _, p in payloads) / max(1, len(payloads))
         broker = _mosquitto(workdir)
         broker.start()
         try:
@@ -249,6 +286,8 @@ def run(args: argparse.Namespace) -> int:
         "backlog": args.backlog,
         "drain_s": round(drain["drain_s"], 1),
         "peak_rss_mb": round(drain["peak_rss_mb"], 1),
+        "spool_bytes_per_reading": round(drain["spool_bytes_per_reading"]),
+        "json_bytes_per_reading": round(json_per_reading),
     }
     if args.json:
         print(json.dumps(result))
@@ -274,4 +313,6 @@ def run(args: argparse.Namespace) -> int:
           f"{result['drain_s']:>8} s   floor 180 s per 1,000,000   {mark('drain_s')}")
     print(f"peak RSS with the backlog spooled          {result['peak_rss_mb']:>8} MB  "
           f"floor 80 MB   {mark('peak_rss_mb')}")
+    print(f"spool file per spooled reading             {result['spool_bytes_per_reading']:>8} "
+          f"bytes (JSON published: {result['json_bytes_per_reading']} bytes)")
     return 0

@@ -1,9 +1,10 @@
-"""``knute gateway run|status|tap|check``: the gateway daemon and its live counters.
+"""``knute gateway run|status|tap|check|parked``: the gateway daemon and its live counters.
 
     knute gateway run --config /etc/knute/gateway.toml [--log-json] [--log-level debug]
     knute gateway status [--config FILE | --socket PATH] [--json]
     knute gateway tap [--config FILE | --socket PATH] [--json] [--count N] [--for S]
     knute gateway check --config FILE [--online] [--json]
+    knute gateway parked [--config FILE | --spool PATH] [--limit N] [--json]
 
 ``check`` reads the configuration and checks what it can offline (TLS files,
 data directories, registry and spool files, serial devices); ``--online``
@@ -13,7 +14,9 @@ one a line on stderr and the status is 2.
 ``status`` asks the running daemon over its unix status socket
 (``[status] socket`` in the configuration). ``tap`` stays connected to it and
 prints every frame the gateway decides on as it happens: its hex (what
-``knute decode`` reads) and what became of it.
+``knute decode`` reads) and what became of it. ``parked`` lists the messages
+the spool took out of the delivery queue (refused by the broker, or over
+``[mqtt] max_message_bytes``), read-only from the spool file.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def default_config() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "gateway") -> None:
-    """Sub-commands run, status and check."""
+    """Sub-commands run, status, tap, check and parked."""
     sub = parser.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run the gateway daemon in the foreground")
     run.add_argument("--config", default=default_config(),
@@ -65,10 +68,17 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "gateway") -> Non
     check.add_argument("--online", action="store_true",
                        help="also connect to the broker and open every source once")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parked = sub.add_parser("parked", help="list messages parked in the spool (not published)")
+    parked.add_argument("--config", default=None,
+                        help="gateway TOML file, to find the spool (default: $KNUTE_CONFIG)")
+    parked.add_argument("--spool", default=None, help="the spool file path")
+    parked.add_argument("--limit", type=int, default=20,
+                        help="most recently parked rows shown (default 20)")
+    parked.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch to run, status or check."""
+    """Dispatch to run, status, tap, check or parked."""
     action = args.gateway_command
     if action == "run":
         return _run(args)
@@ -76,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         return _status(args)
     if action == "tap":
         return _tap(args)
+    if action == "parked":
+        return _parked(args)
     return _check(args)
 
 
@@ -254,6 +266,27 @@ def _check_tcp(what: str, host: str, port: int) -> dict[str, Any]:
     except OSError as exc:
         return _result(what, f"cannot connect to {host}:{port}: {exc.strerror or exc}")
     return _result(what, None, f"{host}:{port} accepts connections")
+def _parked(args: argparse.Namespace) -> int:
+    from gateway.spool import read_parked
+
+    path = args.spool
+    if not path:
+        from gateway import config
+
+        path = config.load(args.config or default_config()).spool
+    count, rows = read_parked(path, max(0, args.limit))
+    if args.json:
+        print(json.dumps({"spool": path, "parked": count, "rows": [
+            {"row_id": r.row_id, "device": f"{r.device_id:08x}", "fcnt": r.fcnt,
+             "kind": r.kind, "topic": r.topic, "bytes": len(r.payload), "alarm": r.alarm,
+             "received_at": iso(r.received_at), "parked_at": iso(r.parked_at),
+             "reason": r.reason} for r in rows]}, indent=2))
+        return 0
+    print(f"{path}: {count} parked" + (f", newest {len(rows)} shown" if rows else ""))
+    for r in rows:
+        print(f"  {iso(r.parked_at)}  row {r.row_id}  {r.topic}  fcnt {r.fcnt}  "
+              f"{len(r.payload)} bytes  {r.reason}")
+    return 0
 
 
 def socket_path(config_path: str | None, socket_arg: str | None) -> str:
@@ -386,7 +419,7 @@ def format_status(st: dict[str, Any]) -> str:
                      f"rejected {src.get('rejected', 0)}  {where}")
     spool = st.get("spool", {})
     lines.append(f"spool: {spool.get('depth', 0)} rows, {spool.get('bytes', 0)} bytes, "
-                 f"oldest {spool.get('oldest_age_s', 0)} s")
+                 f"oldest {spool.get('oldest_age_s', 0)} s, parked {spool.get('parked', 0)}")
     fwd = st.get("forwarder", {})
     lines.append(f"mqtt: {fwd.get('state', '?')}  forwarded {fwd.get('forwarded_total', 0)}  "
                  f"in flight {fwd.get('inflight', 0)}  reconnects {fwd.get('reconnects', 0)}")
