@@ -38,15 +38,16 @@ idempotency key absorbs; the next FULL commit syncs them as well.
 
 Storage
 -------
-The pipeline hands over a ``message.Reading``; the spool builds its JSON (with
-the device's epoch in the id, see below) in :meth:`Spool.accept` and stores it
-deflated with a preset dictionary of typical readings (gateway.spool_schema),
-its topic and kind in a context row shared by the device's rows. A reading
-takes about 190 bytes of file instead of about 840 as plain JSON (``knute
-bench gateway`` prints the figure); inflating it when the forwarder reads it
-costs a few microseconds, so a drain after an outage is as fast as before.
-Rows handed in as finished messages (topic + payload: condition messages,
-rows migrated from schema 3) are stored as they are.
+The pipeline hands over a ``message.Reading`` with its JSON, built with the
+device's epoch (see below); the spool stores that JSON deflated with a preset
+dictionary of typical readings (gateway.spool_schema), rebuilding it first if
+the device's epoch changed meanwhile, and keeps its topic and kind in a
+context row shared by the device's rows. A reading takes about 190 bytes of
+file instead of about 840 as plain JSON (``knute bench gateway`` prints the
+figure). Deflating costs about 20 µs of CPU per reading at accept, inflating
+a few µs when the forwarder reads it. Rows handed in as finished messages
+(topic + payload: condition messages, rows migrated from schema 3) are
+stored as they are.
 
 Ids and epochs
 --------------

@@ -213,8 +213,23 @@ def message_of(s: Stored, ctx: tuple[int, str] | None) -> tuple[str | None, str,
 
 
 def create_private(path: str) -> None:
-    """Create the spool file 0600 before SQLite opens it (its -wal/-shm follow its mode)."""
-    if path == ":memory:" or os.path.exists(path):
+    """Create the spool file 0600 before SQLite opens it (its -wal/-shm follow its mode).
+
+    A file an older gateway created readable by others (0644 under umask 022) is
+    made 0600, with its -wal and -shm files.
+    """
+    if path == ":memory:":
+        return
+    if os.path.exists(path):
+        for name in (path, path + "-wal", path + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(name).st_mode & 0o077:
+                    try:
+                        os.chmod(name, 0o600)
+                        log.info("spool %s: made private (mode 0600)", name)
+                    except OSError as exc:
+                        log.warning("spool %s: readable by others and cannot be made "
+                                    "private: %s", name, exc.strerror)
         return
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

@@ -264,6 +264,12 @@ def test_spool_files_are_private(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert modes == dict.fromkeys(names, 0o600)
+    # A spool an older gateway left readable by others is made private at open.
+    for name in names:
+        if (tmp_path / name).exists():
+            os.chmod(tmp_path / name, 0o644)
+    open_spool(tmp_path / "s.db").close()
+    assert stat.S_IMODE(os.stat(tmp_path / "s.db").st_mode) == 0o600
 
 
 @pytest.mark.parametrize("bad", [b"", b"\x00\xff", deflate(b"{}")[:-2], deflate(b"{}") + b"x"])
