@@ -61,6 +61,7 @@ Frame counters
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -498,6 +499,10 @@ class Poller:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Blocking work pymodbus hands to the loop's executor (name lookups) runs on
+        # threads named like every other gateway thread; asyncio.run() joins them.
+        self._loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(thread_name_prefix="knute-modbus-io"))
         self._stop_event = asyncio.Event()
         tasks = [asyncio.create_task(self._run_device(dev), name=f"modbus-{dev.cfg.name}")
                  for dev in self._devices]
