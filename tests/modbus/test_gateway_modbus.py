@@ -22,7 +22,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway import config
 from gateway.daemon import condition_row
 from gateway.errors import KnuteError
-from gateway.modbus.poller import LINK_REASONS, DeviceCondition
+from gateway.modbus.link import LINK_REASONS
+from gateway.modbus.poller import DeviceCondition
 from gateway.spool import Accepted, Spool
 from gateway.status import request
 from tests.conftest import Broker, free_port
