@@ -184,7 +184,7 @@ test: $(STAMP) mosquitto lint typecheck mpy
 	$(call run_pytest,not slow,$(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile))
 
 unit: $(STAMP)
-	$(call run_pytest,not process and not slow,)
+	$(call run_pytest,not process and not slow,$(if $(filter 0,$(JOBS)),,-n $(JOBS)))
 
 reliability: $(STAMP)
 	@rc=0; $(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || rc=$$?; \
