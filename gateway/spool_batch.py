@@ -86,7 +86,7 @@ class AcceptBatcher:
         """Run the window timer in a daemon thread."""
         if self._thread is None:
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="spool-batcher",
+            self._thread = threading.Thread(target=self._run, name="knute-spool-batcher",
                                             daemon=True)
             self._thread.start()
 

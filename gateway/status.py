@@ -179,7 +179,7 @@ class StatusServer:
 
     def start(self) -> None:
         """Start answering requests."""
-        self._thread = threading.Thread(target=self._serve, name="status", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="knute-status", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:

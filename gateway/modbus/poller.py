@@ -61,21 +61,27 @@ Frame counters
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import json
 import logging
-import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.logsafe import clean
-from gateway.modbus import decode
+from gateway.modbus.history import (
+    DeviceState,
+    hourly_profile,
+    load_state,
+    save_state,
+    update_hours,
+)
+from gateway.modbus.link import CONNECT, Failure, Link
 from gateway.modbus.regmap import Image, ReadBlock, image_from_block, map_values
-from gateway.modbus.settings import BusSettings, DeviceSettings, ModbusSettings
+from gateway.modbus.settings import DeviceSettings, ModbusSettings
 from protocol import frame as pframe
 from protocol import kinds
 from protocol.errors import FrameError
@@ -83,21 +89,11 @@ from protocol.errors import FrameError
 log = logging.getLogger("knute.modbus")
 
 SOURCE = "modbus"
-STATE_VERSION = 1
 STATE_SAVE_S = 5.0
-CONNECT_TIMEOUT_MIN_S = 1.0
 
-TIMEOUT = "timeout"
-EXCEPTION = "exception"
-CRC = "crc"
-WRONG_UNIT = "wrong_unit"
-BYTE_COUNT = "byte_count"
-BAD_FRAME = "bad_frame"
-CONNECT = "connect"
 VALUE_RANGE = "value_range"
 FCNT_EXHAUSTED = "fcnt_exhausted"
 SINK_ERROR = "sink_error"
-LINK_REASONS = (TIMEOUT, EXCEPTION, CRC, WRONG_UNIT, BYTE_COUNT, BAD_FRAME, CONNECT)
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -149,238 +145,12 @@ ReadingSink = Callable[[ModbusReading], None]
 ConditionSink = Callable[[DeviceCondition], None]
 
 
-class Failure(Exception):
-    """One failed request: ``reason`` is one of LINK_REASONS."""
-
-    def __init__(self, reason: str, detail: str = "", code: int | None = None) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-        self.code = code
-
-
-def classify_silence(rx: bytes, rtu: bool, unit_id: int) -> str:
-    """Why a request got no usable answer, from the bytes that did arrive (maybe none).
-
-    pymodbus drops RTU frames with a bad CRC and answers from another unit
-    without telling the caller, so the raw bytes seen by the client's packet
-    trace decide between ``timeout``, ``crc``, ``wrong_unit`` and ``bad_frame``.
-    """
-    if not rx:
-        return TIMEOUT
-    if rtu:
-        if not decode.rtu_frame_ok(rx):
-            return CRC
-        return WRONG_UNIT if rx[0] != unit_id else BAD_FRAME
-    if len(rx) >= 7 and rx[6] != unit_id:
-        return WRONG_UNIT
-    return BAD_FRAME
-
-
-# ---------------------------------------------------------------- hourly profile
-
-def update_hours(hours: list[tuple[int, int]], hour: int, index: int,
-                 keep: int) -> list[tuple[int, int]]:
-    """The hour-boundary samples after a reading of ``index`` in unix hour ``hour``.
-
-    The first reading in each hour is that hour's boundary sample. A total that
-    went down (meter replaced or reset) starts the samples again.
-    """
-    if hours and (index < hours[-1][1] or hour < hours[-1][0]):
-        hours = []
-    if not hours or hours[-1][0] != hour:
-        hours = [*hours, (hour, index)]
-    return hours[-keep:]
-
-
-def hourly_profile(hours: list[tuple[int, int]], index: int, slots: int,
-                   slot_max: int = 0xFFFFFF) -> tuple[list[int], int]:
-    """(litres per hour slot oldest first, unix hour at which the last slot ends).
-
-    Slots cover the run of consecutive hours ending with the running hour (the
-    hour of the last sample): completed hours from one boundary sample to the
-    next, then the running hour from its boundary sample to ``index``. Hours in
-    which the gateway took no reading are left out, not guessed.
-    """
-    if not hours:
-        raise ValueError("no hour samples")
-    last_hour, last_index = hours[-1]
-    profile = [min(max(index - last_index, 0), slot_max)]
-    pos = len(hours) - 1
-    while pos > 0 and len(profile) < slots and hours[pos - 1][0] == hours[pos][0] - 1:
-        profile.append(min(hours[pos][1] - hours[pos - 1][1], slot_max))
-        pos -= 1
-    profile.reverse()
-    return profile, last_hour + 1
-
-
-# ---------------------------------------------------------------- persistent state
-
-@dataclass
-class DeviceState:
-    """What survives a restart: the last frame counter and the hour-boundary samples."""
-
-    fcnt: int = 0
-    hours: list[tuple[int, int]] = field(default_factory=list)
-
-
-def load_state(path: str | None) -> dict[int, DeviceState]:
-    """The state file's devices; an absent or unreadable file is an empty state (logged)."""
-    if path is None:
-        return {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        out: dict[int, DeviceState] = {}
-        for name, entry in data["devices"].items():
-            hours = [(int(h), int(x)) for h, x in entry.get("hours", [])]
-            out[int(name, 16)] = DeviceState(int(entry["fcnt"]), hours)
-        return out
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.error("modbus state file %s unreadable (%s); counters continue from the spool's",
-                  path, exc)
-        return {}
-
-
-def save_state(path: str, states: Mapping[int, DeviceState]) -> None:
-    """Write the state file atomically (temporary file, then rename)."""
-    data = {"version": STATE_VERSION,
-            "devices": {f"{dev:08x}": {"fcnt": st.fcnt, "hours": [list(h) for h in st.hours]}
-                        for dev, st in sorted(states.items())}}
-    tmp = f"{path}.tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, separators=(",", ":"))
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------- links
-
-class _Link:
-    """One pymodbus client (a TCP connection or a serial port) and its request lock."""
-
-    def __init__(self, bus: BusSettings, label: str) -> None:
-        self.bus = bus
-        self.label = label
-        self.lock = asyncio.Lock()
-        self.client: Any = None
-        self.rx = b""
-        self.connects = 0
-
-    @property
-    def is_open(self) -> bool:
-        """True while the client is connected."""
-        return self.client is not None and bool(self.client.connected)
-
-    def _trace(self, sending: bool, data: bytes) -> bytes:
-        # pymodbus passes every outgoing packet and the receive buffer through
-        # here; keep what arrived since the last request to classify silences.
-        self.rx = b"" if sending else bytes(data)
-        return data
-
-    def _new_client(self, timeout_s: float) -> Any:
-        from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-        from pymodbus.framer import FramerType
-
-        bus = self.bus
-        if bus.tcp is not None:
-            return AsyncModbusTcpClient(bus.tcp[0], port=bus.tcp[1], name=self.label,
-                                        timeout=timeout_s, retries=0, reconnect_delay=0,
-                                        trace_packet=self._trace)
-        return AsyncModbusSerialClient(str(bus.rtu), framer=FramerType.RTU, name=self.label,
-                                       baudrate=bus.baudrate, bytesize=bus.bytesize,
-                                       parity=bus.parity, stopbits=bus.stopbits,
-                                       timeout=timeout_s, retries=0, reconnect_delay=0,
-                                       trace_packet=self._trace)
-
-    async def _ensure(self, timeout_s: float) -> None:
-        if self.client is None:
-            self.client = self._new_client(timeout_s)
-        if self.client.connected:
-            return
-        self.connects += 1
-        try:
-            ok = await asyncio.wait_for(self.client.connect(),
-                                        max(timeout_s, CONNECT_TIMEOUT_MIN_S))
-        except (TimeoutError, OSError) as exc:
-            ok = False
-            why = str(exc) or type(exc).__name__
-        else:
-            why = "refused or unreachable"
-        if not ok:
-            self.close()
-            raise Failure(CONNECT, f"{self.bus.target}: {why}")
-
-    async def read(self, block: ReadBlock, unit_id: int,
-                   timeout_s: float) -> list[int] | list[bool]:
-        """One read request; Failure with the reason if it does not give the values."""
-        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
-        async with self.lock:
-            await self._ensure(timeout_s)
-            client = self.client
-            # The client's own timeout is the device's (devices share an RTU client).
-            client.ctx.comm_params.timeout_connect = timeout_s
-            call = {1: client.read_coils, 2: client.read_discrete_inputs,
-                    3: client.read_holding_registers, 4: client.read_input_registers}
-            self.rx = b""
-            try:
-                rr = await asyncio.wait_for(
-                    call[block.function](block.address, count=block.count, device_id=unit_id),
-                    timeout_s + 0.5)
-            except (TimeoutError, ModbusIOException) as exc:
-                reason = classify_silence(self.rx, self.bus.rtu is not None, unit_id)
-                detail = _rx_detail(self.rx) if self.rx else f"no answer within {timeout_s:g} s"
-                if isinstance(exc, ModbusIOException) and "No response" not in str(exc):
-                    detail = f"{detail}; {exc}"
-                if self.bus.tcp is not None:
-                    # A late answer would otherwise be taken for the next request's
-                    # (servers and TCP-to-RTU gateways do not all keep transaction ids
-                    # apart): start the next request on a fresh connection.
-                    self.close()
-                raise Failure(reason, detail) from None
-            except ConnectionException as exc:
-                self.close()
-                raise Failure(CONNECT, str(exc)) from None
-            except (ModbusException, OSError) as exc:
-                if isinstance(exc, OSError):
-                    self.close()
-                raise Failure(BAD_FRAME, str(exc)) from None
-        if rr.isError():
-            code = int(getattr(rr, "exception_code", 0) or 0)
-            raise Failure(EXCEPTION, f"exception code {code}", code)
-        if unit_id and getattr(rr, "dev_id", unit_id) != unit_id:
-            raise Failure(WRONG_UNIT, f"answer from unit {rr.dev_id}")
-        if block.function in (3, 4):
-            words: list[int] = list(rr.registers)
-            if len(words) != block.count:
-                raise Failure(BYTE_COUNT, f"{len(words)} registers for {block.count} asked")
-            return words
-        bits: list[bool] = list(rr.bits)
-        if len(bits) != 8 * ((block.count + 7) // 8):
-            raise Failure(BYTE_COUNT, f"{len(bits)} bits for {block.count} asked")
-        return bits[:block.count]
-
-    def close(self) -> None:
-        """Close the client; the next request reconnects."""
-        client, self.client = self.client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-
-
-def _rx_detail(rx: bytes) -> str:
-    return f"received {rx[:32].hex()}" if rx else ""
-
-
 # ---------------------------------------------------------------- devices
 
 class _Device:
     """One polled device: its settings, link, counters and persistent state."""
 
-    def __init__(self, cfg: DeviceSettings, link: _Link, state: DeviceState) -> None:
+    def __init__(self, cfg: DeviceSettings, link: Link, state: DeviceState) -> None:
         self.cfg = cfg
         self.link = link
         self.state = state
@@ -447,7 +217,7 @@ class Poller:
             st = states.get(dev.device_id, DeviceState())
             st.fcnt = max(st.fcnt, spool.get(dev.device_id, 0))
             self._states[dev.device_id] = st
-        self._links: dict[str, _Link] = {}
+        self._links: dict[str, Link] = {}
         self._devices: list[_Device] = []
         buses = {b.name: b for b in settings.buses}
         for dev in settings.devices:
@@ -455,7 +225,7 @@ class Poller:
             key = bus.name if (bus.rtu is not None or bus.shared) else f"{bus.name}/{dev.name}"
             link = self._links.get(key)
             if link is None:
-                link = self._links[key] = _Link(bus, key)
+                link = self._links[key] = Link(bus, key)
             self._devices.append(_Device(dev, link, self._states[dev.device_id]))
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -499,6 +269,10 @@ class Poller:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Blocking work pymodbus hands to the loop's executor (name lookups) runs on
+        # threads named like every other gateway thread; asyncio.run() joins them.
+        self._loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(thread_name_prefix="knute-modbus-io"))
         self._stop_event = asyncio.Event()
         tasks = [asyncio.create_task(self._run_device(dev), name=f"modbus-{dev.cfg.name}")
                  for dev in self._devices]
@@ -539,7 +313,12 @@ class Poller:
         loop = asyncio.get_running_loop()
         interval = dev.cfg.interval_s
         due = loop.time()
-        while True:
+        stop = self._stop_event
+        assert stop is not None
+        # Not `while True`: on Python 3.11 asyncio.wait_for (in the link's read) can
+        # swallow the task's cancellation when the answer arrives at the same time,
+        # and the poll loop would outlive stop(); the stop event ends it regardless.
+        while not stop.is_set():
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -3,7 +3,8 @@
 A map says which registers a device model exposes and which field of a knute
 sensor kind (``protocol.kinds``) each one fills, so that a polled device
 produces the same raw wire integers a radio node would send. docs/modbus.md is
-the reference; ``maps/`` holds the shipped templates. In short::
+the reference; ``gateway/modbus/maps/`` holds the shipped templates, read with
+``importlib.resources`` so they are found in an installed wheel too. In short::
 
     [device]
     model = "generic water meter"
@@ -43,6 +44,13 @@ becomes null).
 (a ``KnuteError``) naming the file and the line: tomllib reports no line
 numbers for valid TOML, so the offending table or key is searched for in the
 source text.
+
+Why one module of ~630 lines: it is the map format, in the order docs/modbus.md
+describes it — the model (Register, RegisterMap, ReadBlock), the validator that
+builds it (about half the lines, one check per documented rule), and the
+conversion of registers into kind values. The validator and the model change
+together whenever the format gains a key; split, every such change would touch
+two modules that import each other's private helpers.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +70,8 @@ from gateway.errors import KnuteError
 from gateway.modbus import decode
 from protocol import kinds
 
-MAPS_DIR = Path(__file__).resolve().parent.parent.parent / "maps"
+# The shipped maps are package data of gateway.modbus (they travel in the wheel).
+SHIPPED_MAPS: Traversable = resources.files("gateway.modbus") / "maps"
 
 FUNCTIONS = {1: "coils", 2: "discrete inputs", 3: "holding registers", 4: "input registers"}
 MAX_REGISTERS = 125     # per read of holding/input registers (MAP v1.1b3, 6.3 and 6.4)
@@ -293,15 +304,26 @@ class _Source:
 
 
 def resolve_map_path(name: str, base_dir: str = ".") -> str:
-    """A map file path: a path (relative to ``base_dir``) or a shipped map's name."""
+    """A map file path: a path (relative to ``base_dir``) or a shipped map's name.
+
+    A shipped map's name becomes the path of its file inside the installed
+    package; a name that no shipped map has is a MapError listing the names.
+    """
     if os.sep in name or name.endswith(".toml"):
         return name if os.path.isabs(name) else os.path.join(base_dir, name)
-    return str(MAPS_DIR / f"{name}.toml")
+    shipped = SHIPPED_MAPS / f"{name}.toml"
+    if not shipped.is_file():
+        raise MapError(f"{name!r} is neither a .toml file nor a shipped register map "
+                       f"(shipped: {', '.join(shipped_maps())})")
+    # Installed packages live in directories (pip unpacks wheels), so the
+    # resource is a file with a path that error messages can name.
+    return str(shipped)
 
 
 def shipped_maps() -> list[str]:
-    """Names of the maps shipped in ``maps/``."""
-    return sorted(p.stem for p in MAPS_DIR.glob("*.toml"))
+    """Names of the maps shipped in ``gateway/modbus/maps/``."""
+    return sorted(entry.name.removesuffix(".toml") for entry in SHIPPED_MAPS.iterdir()
+                  if entry.name.endswith(".toml"))
 
 
 def load_map(path: str) -> RegisterMap:

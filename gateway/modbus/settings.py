@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import KnuteError
-from gateway.modbus.regmap import RegisterMap, load_map, resolve_map_path
+from gateway.modbus.regmap import MapError, RegisterMap, load_map, resolve_map_path
 
 DEFAULT_OFFLINE_AFTER = 3
 DEFAULT_TIMEOUT_S = 1.0
@@ -247,7 +247,10 @@ def parse_settings(data: Mapping[str, Any], *, file: str = "<config>",
         if device_id in seen_ids:
             raise tab.err("device_id", f"{device_id:08x} is used by another device")
         seen_ids.add(device_id)
-        map_path = resolve_map_path(tab.text("map"), base_dir)
+        try:
+            map_path = resolve_map_path(tab.text("map"), base_dir)
+        except MapError as exc:
+            raise tab.err("map", str(exc)) from None
         if map_path not in maps:
             maps[map_path] = load_map(map_path)
         devices.append(DeviceSettings(

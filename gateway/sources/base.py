@@ -44,7 +44,8 @@ class ThreadedSource:
     def start(self) -> None:
         """Start the reader thread."""
         self._thread = threading.Thread(target=self._run,
-                                        name=f"{self.thread_prefix}-{self.name}", daemon=True)
+                                        name=f"knute-{self.thread_prefix}-{self.name}",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:

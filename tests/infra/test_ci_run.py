@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV = ROOT / ".venv"
+VENV = Path(sys.prefix)  # the venv running these tests, wherever it is
 STAMP = VENV / ".knute-bootstrap"
 LONG_AGO = 946684800  # 2000-01-01: older than any bootstrap stamp
 

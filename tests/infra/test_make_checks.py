@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV = ROOT / ".venv"
+VENV = Path(sys.prefix)  # the venv running these tests, wherever it is
 
 CLEAN_MODULE = """\
 import struct
@@ -127,3 +128,37 @@ def test_mpy_compiles_every_module_and_fails_on_errors(tree: Path) -> None:
     assert run.returncode != 0
     assert "firmware/hal/broken.py does not compile" in run.stdout
     assert "mpy-cross: 5 files, 1 failed" in run.stdout
+
+
+STUBBED = """\
+def encode(readings, key, fcnt=0):
+    return bytes(len(readings) + fcnt)
+"""
+
+
+def test_stub_check_catches_a_stub_that_drifted_from_its_module(tree: Path) -> None:
+    (tree / "protocol" / "codec.py").write_text(STUBBED)
+    (tree / "protocol" / "codec.pyi").write_text(
+        "def encode(readings: dict[str, int], key: bytes, fcnt: int = 0) -> bytes: ...\n")
+    run = make(tree, "typecheck-stubs")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "stubtest protocol.codec" in run.stdout
+
+    # the code gains an argument the stub does not know
+    (tree / "protocol" / "codec.py").write_text(STUBBED.replace("fcnt=0", "fcnt=0, nonce=None"))
+    run = make(tree, "typecheck-stubs")
+    assert run.returncode != 0
+    assert "protocol.codec.encode is inconsistent" in run.stdout, run.stdout
+    assert 'stub does not have parameter "nonce"' in run.stdout, run.stdout
+
+
+def test_unix_port_modules_are_checked_against_micropython_stdlib_stubs(tree: Path) -> None:
+    # time.monotonic is CPython's: MicroPython (the unix port too) has ticks_ms.
+    (tree / "firmware" / "hal" / "unix.py").write_text(
+        "import time\n\n\ndef now_ms():\n    return int(time.monotonic() * 1000)\n")
+    run = make(tree, "typecheck-upy")
+    assert run.returncode != 0
+    assert "mypy (MicroPython unix stubs)" in run.stdout
+    assert 'firmware/hal/unix.py:5: error: Module has no attribute "monotonic"' in run.stdout, \
+        run.stdout
+    assert "typecheck-upy: errors with the stubs of: unix" in run.stdout

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.modbus import decode
-from gateway.modbus.poller import classify_silence, hourly_profile, update_hours
+from gateway.modbus.history import hourly_profile, update_hours
+from gateway.modbus.link import classify_silence
 from gateway.modbus.regmap import ReadBlock, image_from_block, map_values, parse_map
 
 # (type, word order, byte order, data bytes as they travel in a read response, value)

@@ -20,7 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway import config
 from gateway.daemon import condition_row
 from gateway.errors import EXIT_CONFIG, KnuteError
-from gateway.modbus.poller import LINK_REASONS, DeviceCondition
+from gateway.modbus.link import LINK_REASONS
+from gateway.modbus.poller import DeviceCondition
 from gateway.spool import Accepted, Spool
 from tests.conftest import Broker, free_port
 from tests.modbus.conftest import SimFactory
@@ -93,6 +94,9 @@ def test_commented_modbus_example_parses() -> None:
     (("interval_s = 30", "interval_s = 30\ncolour = 1"), r"modbus\.device\[0\]\.colour: unknown"),
     (("[modbus]", "[modbus]\noffline_afterr = 2"), r"modbus\.offline_afterr: unknown key"),
     (('map = "generic_water_meter"', 'map = "nosuch.toml"'), r"nosuch\.toml: cannot read"),
+    (('map = "generic_water_meter"', 'map = "nosuch_meter"'),
+     r"modbus\.device\[0\]\.map: 'nosuch_meter' is neither a \.toml file nor a shipped "
+     r"register map \(shipped: generic_air_station, generic_water_meter\)"),
 ])
 def test_modbus_table_errors_name_file_and_key(tmp_path: Path, edit: tuple[str, str],
                                               message: str) -> None:
@@ -105,7 +109,7 @@ def test_modbus_table_errors_name_file_and_key(tmp_path: Path, edit: tuple[str, 
 def test_map_error_stops_the_gateway_with_file_and_line(tmp_path: Path,
                                                         knute_bin: Path) -> None:
     bad_map = tmp_path / "acme.toml"
-    shipped = (ROOT / "maps/generic_water_meter.toml").read_text()
+    shipped = (ROOT / "gateway/modbus/maps/generic_water_meter.toml").read_text()
     bad_map.write_text(shipped.replace('type = "u64"', 'type = "u33"'))
     line = next(n for n, text in enumerate(shipped.splitlines(), 1)
                 if text.startswith('type = "u64"'))

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway import message
-from gateway.modbus.poller import DeviceCondition, ModbusReading, Poller, load_state
+from gateway.modbus.history import load_state
+from gateway.modbus.poller import DeviceCondition, ModbusReading, Poller
 from gateway.modbus.settings import ModbusSettings, parse_settings
 from protocol import kinds
 from tests.conftest import free_port
@@ -281,7 +282,7 @@ def test_sim_cli_errors(knute_bin: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[device]\nkind = "air_quality"\n\n[registers.pm1]\nfunction = 4\n'
                    'address = 0\ntype = "float16"\n')
-    for args, words in ((["--device", "1:no_such_map"], "no_such_map.toml"),
+    for args, words in ((["--device", "1:no_such_map"], "'no_such_map' is neither a .toml"),
                         (["--device", f"1:{bad}"], f"{bad}:7: registers.pm1.type"),
                         (["--device", "x"], "expected UNIT:VALUE")):
         proc = subprocess.run([str(knute_bin), "modbus-sim", *args, "--tcp",

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import KnuteError
-from gateway.modbus.regmap import MAPS_DIR, MapError, load_map, resolve_map_path, shipped_maps
+from gateway.modbus.regmap import (
+    SHIPPED_MAPS,
+    MapError,
+    load_map,
+    resolve_map_path,
+    shipped_maps,
+)
 from gateway.modbus.settings import parse_settings
 from protocol import kinds
 
@@ -64,7 +70,7 @@ def test_shipped_maps_load() -> None:
     assert water.profile_from == "index" and water.profile_field == "profile"
     air_fields = {f["name"] for f in kinds.KINDS[2]["fields"]}
     assert {r.field for r in air.registers} == air_fields
-    assert (MAPS_DIR / "generic_water_meter.toml").read_text().lstrip().startswith("#")
+    assert (SHIPPED_MAPS / "generic_water_meter.toml").read_text().lstrip().startswith("#")
 
 
 def test_good_map(tmp_path: Path) -> None:

