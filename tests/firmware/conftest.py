@@ -8,8 +8,12 @@ from typing import Any
 
 import pytest
 
+# Every MicroPython test here runs on the 64- and the 32-bit build (tests/upybuild.py).
+from tests.upybuild import micropython_bin, upy_bits
 from tools.rig.flash import compile_lib
 from tools.rig.node import BenchNode
+
+__all__ = ["micropython_bin", "upy_bits"]
 
 NodeFactory = Callable[..., BenchNode]
 
