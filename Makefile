@@ -4,7 +4,8 @@
 # project code first bootstraps .venv from requirements.lock (and again
 # whenever requirements.lock or pyproject.toml is newer than the stamp).
 #
-#   make test         bootstrap, Mosquitto, lint, typecheck, mpy, pytest -m "not slow"
+#   make test         bootstrap, Mosquitto, 32-bit MicroPython, lint, typecheck, mpy,
+#                     pytest -m "not slow"
 #   make demo         the demo on its embedded defaults
 #   make lint         ruff check .
 #   make typecheck    mypy --strict (CPython) + MicroPython stub check (esp32, rp2)
@@ -31,7 +32,7 @@ PYTEST_ARGS ?=
 # packages; the warnings about them say nothing about the project.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: test bootstrap mosquitto lint typecheck typecheck-cpython typecheck-upy mpy \
+.PHONY: test bootstrap mosquitto upy32 lint typecheck typecheck-cpython typecheck-upy mpy \
 	unit reliability demo bench lock clean _bootstrap
 
 # ---------------------------------------------------------------- bootstrap
@@ -108,6 +109,15 @@ mosquitto:
 	        "the clients"; \
 	fi
 
+# Every MicroPython test also runs on a 32-bit build of the unix port (a board's
+# small ints and object sizes), kept beside the repository: without it `make test`
+# stops here rather than pass with half the MicroPython runs left out.
+UPY32 ?= $(or $(KNUTE_UPY32),../shared/upy32/micropython)
+
+upy32:
+	@[ -x "$(UPY32)" ] || { echo "make test: FAILED: no 32-bit MicroPython at $(UPY32)" \
+	    "(see shared/upy32/README.md; KNUTE_UPY32=<path> to use another)"; exit 1; }
+
 # ---------------------------------------------------------------- checks
 
 lint: $(STAMP)
@@ -164,7 +174,7 @@ define run_unit
 	exit $$rc
 endef
 
-test: $(STAMP) mosquitto lint typecheck mpy
+test: $(STAMP) mosquitto upy32 lint typecheck mpy
 	$(run_unit)
 
 unit: $(STAMP)
