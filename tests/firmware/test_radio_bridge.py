@@ -9,9 +9,9 @@ from tests.firmware.conftest import NodeFactory
 from tools.rig.node import HOUR_T0, KEY, KEY_HEX, pulse_lines, water_config
 
 # A LoRa node carries protocol.airtime and the duty-cycle ledger instead of the
-# stream framing; like the wired nodes and the bridge it runs in a 64 KiB heap
-# on the 64-bit unix port (docs/firmware.md, "Memory").
-LORA_HEAP = "64k"
+# stream framing; like the wired nodes and the bridge it runs in the bench_node
+# heap: 64 KiB on the 64-bit unix port, 48 KiB on the 32-bit build
+# (docs/firmware.md, "Memory").
 
 
 def bridge_config(**radio: Any) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def test_lora_meter_through_bridge_to_the_gateway_link(bench_node: NodeFactory) 
     meter_cfg["radio"] = {"freq_hz": 868100000, "sf": 12}
     meter_cfg["bench"].update({"radio": {"path": "air.txt"}, "radio_rssi_dbm": -104,
                                "radio_snr_db": -3.5, "stop_after_s": 3 * 3600 + 600})
-    meter = bench_node(meter_cfg, name="meter", heap=LORA_HEAP)
+    meter = bench_node(meter_cfg, name="meter")
     (meter.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [5, 6, 7], 6))
     meter.start()
     assert meter.wait() == 0, meter.console()
@@ -96,7 +96,7 @@ def test_duty_cycle_defers_and_counts(bench_node: NodeFactory) -> None:
     cfg["radio"] = {"freq_hz": 868900000, "sf": 12}
     cfg["jitter_s"] = 0
     cfg["bench"].update({"radio": {"path": "air.txt"}, "stop_after_s": 6 * 3600 + 600})
-    node = bench_node(cfg, heap=LORA_HEAP)
+    node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [300] * 7, 6))
     node.start()
     assert node.wait() == 0, node.console()
