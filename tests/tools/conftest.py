@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.upybuild import upy_bits
+# Virtual boards (and protocol code run by micropython_bin) on both unix port builds.
+from tests.upybuild import micropython_bin, upy_bits
 from tools.sim.vdevice import VirtualBoard
 
-__all__ = ["upy_bits"]
+__all__ = ["micropython_bin", "upy_bits"]
 
 MPREMOTE = Path(sys.executable).parent / "mpremote"
 
