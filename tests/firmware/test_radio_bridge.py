@@ -95,7 +95,11 @@ def test_duty_cycle_defers_and_counts(bench_node: NodeFactory) -> None:
     cfg["link"] = {"type": "lora"}
     cfg["radio"] = {"freq_hz": 868900000, "sf": 12}
     cfg["jitter_s"] = 0
-    cfg["bench"].update({"radio": {"path": "air.txt"}, "stop_after_s": 6 * 3600 + 600})
+    # 1 s real = 1 h simulated (not water_config's 10 h): a loaded machine that holds
+    # the node up for 0.1 s would otherwise skip an hour's send, the next frame's
+    # profile covers it, and no frame is left to defer.
+    cfg["bench"].update({"radio": {"path": "air.txt"}, "stop_after_s": 6 * 3600 + 600,
+                         "time_scale": 3600})
     node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [300] * 7, 6))
     node.start()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.rig.upy import upy32_path
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv"
 STAMP = VENV / ".knute-bootstrap"
@@ -38,7 +40,8 @@ def ci_run(tree: Path) -> subprocess.CompletedProcess[str]:
     """``bash .ci/run`` in ``tree``, using this checkout's bootstrapped .venv."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "PYTEST"))}
     return subprocess.run(
-        ["bash", ".ci/run", "-o", str(STAMP), f"VENV={VENV}", "MOSQUITTO_BIN=/bin/true"],
+        ["bash", ".ci/run", "-o", str(STAMP), f"VENV={VENV}", "MOSQUITTO_BIN=/bin/true",
+         f"UPY32={upy32_path()}"],      # the scratch tree has no ../shared beside it
         cwd=tree, capture_output=True, text=True, timeout=300, env=env)
 
 
