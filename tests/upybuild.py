@@ -5,7 +5,8 @@ on the 64-bit port from PyPI (``[upy64]``) and on the 32-bit build beside the
 repository (``[upy32]``, ``../shared/upy32/micropython``), whose small-int range
 and object sizes are a board's. A missing build fails the test with one line;
 it never skips. A test that only makes sense on one build overrides
-``upy_bits`` with ``@pytest.mark.parametrize("upy_bits", [32])`` and says why.
+``upy_bits`` with ``@pytest.mark.parametrize("upy_bits", [32], indirect=True)``
+and says why.
 """
 
 from __future__ import annotations
