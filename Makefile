@@ -4,9 +4,9 @@
 # project code first bootstraps .venv from requirements.lock (and again
 # whenever requirements.lock or pyproject.toml is newer than the stamp).
 #
-#   make test         bootstrap, Mosquitto, lint, typecheck, mpy, then every test but the
-#                     slow ones (pytest -m "not slow") on both cores (pytest-xdist)
-#   make unit         the pure tier only (-m "not process and not slow"): seconds, no processes
+#   make test         bootstrap, Mosquitto, 32-bit MicroPython, lint, typecheck, mpy, then
+#                     every test but the slow ones (pytest -m "not slow") on both cores
+#   make unit         the pure tier only (-m "not process and not slow"): no processes
 #   make demo         the demo on its embedded defaults
 #   make lint         ruff check .
 #   make typecheck    mypy --strict (CPython), stubtest (protocol/*.pyi against the code)
@@ -39,8 +39,8 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # packages; the warnings about them say nothing about the project.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: test bootstrap mosquitto lint typecheck typecheck-cpython typecheck-stubs typecheck-upy \
-	mpy unit reliability demo bench lock clean _bootstrap
+.PHONY: test bootstrap mosquitto upy32 lint typecheck typecheck-cpython typecheck-stubs \
+	typecheck-upy mpy unit reliability demo bench lock clean _bootstrap
 
 # ---------------------------------------------------------------- bootstrap
 
@@ -116,6 +116,15 @@ mosquitto:
 	        "apt-get); tests use amqtt without the broker, the README's mosquitto_sub needs" \
 	        "the clients"; \
 	fi
+
+# Every MicroPython test also runs on a 32-bit build of the unix port (a board's
+# small ints and object sizes), kept beside the repository: without it `make test`
+# stops here rather than pass with half the MicroPython runs left out.
+UPY32 ?= $(or $(KNUTE_UPY32),../shared/upy32/micropython)
+
+upy32:
+	@[ -x "$(UPY32)" ] || { echo "make test: FAILED: no 32-bit MicroPython at $(UPY32)" \
+	    "(see shared/upy32/README.md; KNUTE_UPY32=<path> to use another)"; exit 1; }
 
 # ---------------------------------------------------------------- checks
 
@@ -193,7 +202,7 @@ endef
 
 # Both tiers on every core: a test that shares an expensive module fixture with
 # its neighbours stays on their worker (--dist loadfile keeps a file together).
-test: $(STAMP) mosquitto lint typecheck mpy
+test: $(STAMP) mosquitto upy32 lint typecheck mpy
 	$(call run_pytest,not slow,$(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile))
 
 unit: $(STAMP)

@@ -263,6 +263,11 @@ class FakeHal:
     """The HAL subset the air role uses: one particle UART, one I2C bus."""
 
     TICKS_PERIOD = 1 << 30          # ticks_ms() wraps here on the ports
+    # 2**30 itself is no small int on a 32-bit build (they stop at 2**30 - 1): an
+    # expression with it makes a heap integer there. ticks_diff works with the
+    # mask and the half period only, as time.ticks_diff does in C.
+    TICKS_MASK = 0x3FFFFFFF
+    TICKS_HALF = 0x20000000
 
     def __init__(self, uart: "Any", i2c: "Any") -> None:
         self._uart = uart
@@ -270,8 +275,12 @@ class FakeHal:
         self.opened: list[tuple[Any, ...]] = []
 
     def ticks_diff(self, new: int, old: int) -> int:
-        half = self.TICKS_PERIOD >> 1
-        return ((new - old + half) & (self.TICKS_PERIOD - 1)) - half
+        # new and old are ticks (0 .. 2**30 - 1): their difference and every
+        # intermediate stay within the 32-bit small ints (-2**30 .. 2**30 - 1).
+        diff = (new - old) & self.TICKS_MASK
+        if diff >= self.TICKS_HALF:
+            return diff - self.TICKS_MASK - 1
+        return diff
 
     def uart(self, name: str, baud: int = 115200) -> "Any":
         self.opened.append(("uart", name, baud))
@@ -319,7 +328,7 @@ def simulate(node: "Any", sensor: "Any", ctx: FakeCtx, start_ms: int, end_ms: in
         if sensor is not None:
             sensor.tick(now)
         ctx.now = now
-        wait = node.poll((tick_base + now) & (FakeHal.TICKS_PERIOD - 1))
+        wait = node.poll((tick_base + now) & FakeHal.TICKS_MASK)
         step = wait if wait < max_step_ms else max_step_ms
         now += step if step > 0 else 1
     return now

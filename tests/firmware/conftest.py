@@ -8,8 +8,12 @@ from typing import Any
 
 import pytest
 
+# Every MicroPython test here runs on the 64- and the 32-bit build (tests/upybuild.py).
+from tests.upybuild import micropython_bin, upy_bits
 from tools.rig.flash import compile_lib
 from tools.rig.node import BenchNode
+
+__all__ = ["micropython_bin", "upy_bits"]
 
 NodeFactory = Callable[..., BenchNode]
 
@@ -20,12 +24,23 @@ def flash_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return compile_lib(tmp_path_factory.mktemp("flash-lib"))
 
 
+# The heap goal on a board's word size: every role boots and runs in 48 KiB on the
+# 32-bit build (docs/firmware.md, "Memory"); the 64-bit port keeps its 64 KiB.
+UPY32_HEAP = "48k"
+
+
 @pytest.fixture
-def bench_node(tmp_path: Path, micropython_bin: Path, flash_lib: Path) -> Iterator[NodeFactory]:
-    """A function (config, name="node", **kw) -> BenchNode; all are closed at teardown."""
+def bench_node(tmp_path: Path, micropython_bin: Path, flash_lib: Path,
+               upy_bits: int) -> Iterator[NodeFactory]:
+    """A function (config, name="node", **kw) -> BenchNode; all are closed at teardown.
+
+    On the 32-bit build a node gets ``UPY32_HEAP`` unless the test asks for a heap.
+    """
     nodes: list[BenchNode] = []
 
     def make(config: dict[str, Any], name: str = "node", **kw: Any) -> BenchNode:
+        if upy_bits == 32:
+            kw.setdefault("heap", UPY32_HEAP)
         node = BenchNode(tmp_path / name, micropython_bin, flash_lib, config, **kw)
         nodes.append(node)
         return node

@@ -1,4 +1,4 @@
-"""``knute bench firmware`` measures inside the unix port and prints one JSON object."""
+"""``knute bench firmware`` measures inside both unix ports and prints one JSON object."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def test_bench_firmware_json() -> None:
         for figures in (entry, entry["naive"]):
             assert figures["allocs_per_cycle"] > 0
             assert figures["resident_bytes"] < figures["peak_heap_bytes"] < 128 * 1024
+        # The contract: the 32-bit build's figures under bits32, next to the 64-bit ones.
+        # Objects are half the size there, so the same code needs less heap.
+        b32 = entry["bits32"]
+        assert b32["resident_bytes"] < b32["peak_heap_bytes"] < entry["peak_heap_bytes"]
+        assert b32["allocs_per_cycle"] > 0
     water = result["water_meter"]
     # A new AES key schedule and fresh values per frame cost allocations.
     assert water["naive"]["allocs_per_cycle"] > water["allocs_per_cycle"]

@@ -134,3 +134,24 @@ def role_polls():
 
 
 locked("role.poll (sampling)", role_polls)
+
+# The same across the wrap of ticks_ms(): the ticks run up to 2**30 - 1 and start
+# again at 0, and nothing on the way may leave the small ints of a 32-bit build.
+wrap_node = Node(ctx)
+wrap_node.start()
+wrap_start = airsim.FakeHal.TICKS_MASK - 6000
+wrap_node.poll(wrap_start)
+uart.pos = 0
+
+
+def role_polls_wrapping():
+    t = wrap_start
+    mask = airsim.FakeHal.TICKS_MASK
+    for _ in range(30):
+        wrap_node.poll(t)
+        # ticks_add(t, 500) without passing through 2**30 (a heap int on 32 bits)
+        t = t + 500 if t <= mask - 500 else t - mask + 499
+    return wrap_node.pm2_5.count
+
+
+locked("role.poll (sampling, ticks wrap)", role_polls_wrapping)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.rig.upy import upy32_path
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)  # the venv running these tests, wherever it is
 STAMP = VENV / ".knute-bootstrap"
@@ -39,7 +41,8 @@ def ci_run(tree: Path) -> subprocess.CompletedProcess[str]:
     """``bash .ci/run`` in ``tree``, using this checkout's bootstrapped .venv."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "PYTEST"))}
     return subprocess.run(
-        ["bash", ".ci/run", "-o", str(STAMP), f"VENV={VENV}", "MOSQUITTO_BIN=/bin/true"],
+        ["bash", ".ci/run", "-o", str(STAMP), f"VENV={VENV}", "MOSQUITTO_BIN=/bin/true",
+         f"UPY32={upy32_path()}"],      # the scratch tree has no ../shared beside it
         cwd=tree, capture_output=True, text=True, timeout=300, env=env)
 
 

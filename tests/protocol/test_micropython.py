@@ -29,14 +29,21 @@ def test_suite_prints_the_same_on_micropython_and_cpython(micropython_bin: Path)
     assert "FAIL" not in upy.stdout
 
 
-def test_one_frame_is_encoded_and_encrypted_in_a_32k_heap(
-    micropython_bin: Path, tmp_path: Path
+def test_one_frame_is_encoded_and_encrypted_in_a_small_heap(
+    micropython_bin: Path, upy_bits: int, tmp_path: Path
 ) -> None:
+    """The whole protocol loaded and one frame made: 32 KB on 64 bits, 16 KB on 32 bits.
+
+    16 KB on the 32-bit build is the issue's goal for a board; the 64-bit port's
+    objects are twice the size, so it gets twice the heap.
+    """
+    heap_kb = 16 if upy_bits == 32 else 32
     compile_lib(tmp_path, ("protocol",))   # as a board holds it
     shutil.copy(ROOT / "tests" / "protocol" / "upy_heap.py", tmp_path / "upy_heap.py")
-    result = _run([str(micropython_bin), "-X", "heapsize=32k", "upy_heap.py"], tmp_path)
+    result = _run([str(micropython_bin), "-X", f"heapsize={heap_kb}k", "upy_heap.py"],
+                  tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     frame_hex, used = result.stdout.split()
     vectors = json.loads((ROOT / "tests" / "vectors" / "frames.json").read_text())
     assert frame_hex == vectors["frames"][0]["frame"]
-    assert 0 < int(used) < 32 * 1024
+    assert 0 < int(used) < heap_kb * 1024

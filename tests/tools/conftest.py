@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# Virtual boards (and protocol code run by micropython_bin) on both unix port builds.
+from tests.upybuild import micropython_bin, upy_bits
 from tools.sim.vdevice import VirtualBoard
+
+__all__ = ["micropython_bin", "upy_bits"]
 
 MPREMOTE = Path(sys.executable).parent / "mpremote"
 
@@ -17,9 +21,9 @@ Mpremote = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def board(tmp_path: Path) -> Iterator[VirtualBoard]:
-    """A started virtual board with its flash in tmp_path/flash."""
-    with VirtualBoard(tmp_path / "flash") as vboard:
+def board(tmp_path: Path, upy_bits: int) -> Iterator[VirtualBoard]:
+    """A started virtual board with its flash in tmp_path/flash, on each unix port build."""
+    with VirtualBoard(tmp_path / "flash", bits=upy_bits) as vboard:
         yield vboard
 
 

@@ -92,6 +92,10 @@ def test_provision_end_to_end_then_check(knute_bin: Path, board: VirtualBoard,
     assert "key on the board differs" in check.stdout
 
 
+# One build: what this checks happens on the host (the summary, the CSV, the
+# files mpremote removes); the boards of both builds are provisioned by
+# test_provision_end_to_end_then_check.
+@pytest.mark.parametrize("upy_bits", [64], indirect=True)
 def test_provision_text_summary_hides_the_key_and_writes_csv(
         knute_bin: Path, board: VirtualBoard, tmp_path: Path) -> None:
     csv_file = tmp_path / "new.csv"
@@ -115,6 +119,10 @@ def test_provision_text_summary_hides_the_key_and_writes_csv(
         registry.close()
 
 
+# One build: what this checks happens on the host (the summary, the CSV, the
+# files mpremote removes); the boards of both builds are provisioned by
+# test_provision_end_to_end_then_check.
+@pytest.mark.parametrize("upy_bits", [64], indirect=True)
 def test_reprovisioning_replaces_old_modules(knute_bin: Path, board: VirtualBoard,
                                              tmp_path: Path) -> None:
     stale = board.flash_dir / "lib" / "protocol"

@@ -58,9 +58,9 @@ def test_fs_commands_work_on_the_flash_dir(board: VirtualBoard, mpremote: Mpremo
     assert missing.returncode != 0 and "No such file" in missing.stderr
 
 
-def test_exec_reports_mpy_version_and_tracebacks(board: VirtualBoard, mpremote: Mpremote,
-                                                 micropython_bin: Path) -> None:
-    real = subprocess.run([str(micropython_bin), "-c",
+def test_exec_reports_mpy_version_and_tracebacks(board: VirtualBoard,
+                                                 mpremote: Mpremote) -> None:
+    real = subprocess.run([board.micropython, "-c",
                            "import sys; print(sys.implementation._mpy)"],
                           capture_output=True, text=True, timeout=30, check=True).stdout
     got = mpremote(board.port, "exec", "import sys; print(sys.implementation._mpy)")

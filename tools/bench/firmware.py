@@ -21,6 +21,11 @@ the cycle leaves, ``bytes_per_cycle`` the growth of ``gc.mem_alloc()``, and
 off, i.e. resident code and data plus everything one cycle allocates: the most
 heap a send cycle can need. An empty cycle is measured the same way and
 subtracted.
+
+Every role is measured on both unix ports (``tools.rig.upy``): the 64-bit one
+from PyPI (the top-level figures and ``naive``) and the 32-bit build, whose
+small ints and object sizes are a board's (``bits32``: the figures that stand
+for an ESP32, RP2040 or STM32). ``--bits 64`` leaves the 32-bit build out.
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ from typing import Any
 
 from tools.rig.flash import MPY_FLAGS, compile_lib, mpy_cross_command
 from tools.rig.ptys import open_pty
+from tools.rig.upy import micropython
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = ROOT / ".venv" / "bin"
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"
 ROLES = ("water_meter", "radio_bridge", "air_quality")
 TIMEOUT_S = 120
@@ -143,6 +148,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "both are taken out of the figures)")
     parser.add_argument("--role", action="append", choices=ROLES,
                         help="measure only this role (repeatable)")
+    parser.add_argument("--bits", choices=("both", "64", "32"), default="both",
+                        help="which unix ports to measure on (default both: the 64-bit figures "
+                             "at the top level, the 32-bit ones under bits32)")
     parser.add_argument("--json", action="store_true", help="one JSON object keyed by role")
 
 
@@ -199,8 +207,9 @@ def _parse(out: str) -> list[dict[str, int]]:
     return cycles
 
 
-def _measure(role: str, variant: str, cycles: int, heap: str, work: Path) -> dict[str, Any]:
-    flash = work / (role + "-" + variant)
+def _measure(role: str, variant: str, cycles: int, heap: str, work: Path,
+             upy: Path, bits: int = 64) -> dict[str, Any]:
+    flash = work / f"{role}-{variant}-{bits}"
     shutil.copytree(work / "image", flash)
     link_master, link_path = open_pty()
     pm_master, pm_path = open_pty()
@@ -216,7 +225,7 @@ def _measure(role: str, variant: str, cycles: int, heap: str, work: Path) -> dic
         (flash / "knute_cycle.py").unlink()
         (flash / "knute_cycle.json").write_text(json.dumps([role, variant, cycles]))
         proc = subprocess.run(
-            [str(VENV_BIN / "micropython"), "-X", "heapsize=" + heap, "-c", LAUNCH], cwd=flash,
+            [str(upy), "-X", "heapsize=" + heap, "-c", LAUNCH], cwd=flash,
             capture_output=True, text=True, timeout=TIMEOUT_S)
     finally:
         os.close(link_master)
@@ -225,7 +234,8 @@ def _measure(role: str, variant: str, cycles: int, heap: str, work: Path) -> dic
         from gateway.errors import KnuteError
 
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        raise KnuteError(f"{role} ({variant}) failed on the unix port: {' | '.join(tail)}")
+        raise KnuteError(f"{role} ({variant}) failed on the {bits}-bit unix port: "
+                         f"{' | '.join(tail)}")
     harness = int(re.search(r"@@harness (\d+)", proc.stdout).group(1))  # type: ignore[union-attr]
     parsed = _parse(proc.stdout)
     empty, real = parsed[0], parsed[1:]
@@ -247,8 +257,8 @@ def run(args: argparse.Namespace) -> int:
     """Measure every (chosen) role, optimized and naive; print a table or JSON."""
     from gateway.errors import KnuteError
 
-    if not (VENV_BIN / "micropython").exists():
-        raise KnuteError("no MicroPython unix port at " + str(VENV_BIN / "micropython"))
+    builds = {bits: micropython(bits) for bits in (64, 32)
+              if args.bits in ("both", str(bits))}
     if args.cycles < 1:
         raise KnuteError("--cycles must be at least 1")
     roles = args.role or [r for r in ROLES if (ROOT / "firmware" / "roles" / (r + ".py")).exists()]
@@ -258,20 +268,36 @@ def run(args: argparse.Namespace) -> int:
         compile_lib(work / "image" / "lib")
         shutil.copy(ROOT / "firmware" / "main.py", work / "image" / "main.py")
         for role in roles:
-            entry = _measure(role, "optimized", args.cycles, args.heap, work)
-            entry["naive"] = _measure(role, "naive", args.cycles, args.heap, work)
-            entry["heap"] = args.heap
+            entry: dict[str, Any] = {}
+            if 64 in builds:
+                entry = _measure(role, "optimized", args.cycles, args.heap, work, builds[64])
+                entry["naive"] = _measure(role, "naive", args.cycles, args.heap, work,
+                                          builds[64])
+                entry["heap"] = args.heap
+            if 32 in builds:
+                entry["bits32"] = _measure(role, "optimized", args.cycles, args.heap, work,
+                                           builds[32], 32)
+                entry["bits32"]["heap"] = args.heap
             results[role] = entry
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
         return 0
-    print(f"send cycle on the MicroPython unix port (-X heapsize={args.heap}), "
+    print(f"send cycle on the MicroPython unix ports (-X heapsize={args.heap}), "
           f"{args.cycles} cycles per role")
-    print(f"{'role':<13} {'peak heap B':>16} {'naive peak B':>16} {'allocs/cycle':>14} "
-          f"{'naive allocs':>14} {'resident B':>12}")
-    for role, entry in results.items():
-        naive = entry["naive"]
-        print(f"{role:<13} {entry['peak_heap_bytes']:>16} {naive['peak_heap_bytes']:>16} "
-              f"{entry['allocs_per_cycle']:>14.1f} {naive['allocs_per_cycle']:>14.1f} "
-              f"{entry['resident_bytes']:>12}")
+    if 64 in builds:
+        print("64-bit port")
+        print(f"{'role':<13} {'peak heap B':>16} {'naive peak B':>16} {'allocs/cycle':>14} "
+              f"{'naive allocs':>14} {'resident B':>12}")
+        for role, entry in results.items():
+            naive = entry["naive"]
+            print(f"{role:<13} {entry['peak_heap_bytes']:>16} {naive['peak_heap_bytes']:>16} "
+                  f"{entry['allocs_per_cycle']:>14.1f} {naive['allocs_per_cycle']:>14.1f} "
+                  f"{entry['resident_bytes']:>12}")
+    if 32 in builds:
+        print("32-bit build (a board's word size)")
+        print(f"{'role':<13} {'peak heap B':>16} {'allocs/cycle':>14} {'resident B':>12}")
+        for role, entry in results.items():
+            b32 = entry["bits32"]
+            print(f"{role:<13} {b32['peak_heap_bytes']:>16} {b32['allocs_per_cycle']:>14.1f} "
+                  f"{b32['resident_bytes']:>12}")
     return 0

@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "vdevice") -> Non
                         help="fault: flip one bit in every write to the flash")
     parser.add_argument("--heapsize", default=DEFAULT_HEAPSIZE,
                         help=f"MicroPython heap (default {DEFAULT_HEAPSIZE})")
+    parser.add_argument("--bits", type=int, choices=(64, 32), default=64,
+                        help="word size of the unix port the board runs on: 64 (the port "
+                             "from PyPI, default) or 32 (../shared/upy32/micropython, a "
+                             "board's small ints and object sizes)")
     parser.add_argument("--bind", action="append", default=[], metavar="HOSTDIR",
                         help="make a host directory visible at the same path on the board "
                              "(e.g. /dev/pts for bench wiring); repeatable")
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             line = NullModem()
         with VirtualBoard(args.flash, flash_size=args.flash_size,
                           corrupt_writes=args.corrupt_writes, heapsize=args.heapsize,
-                          binds=tuple(binds)) as board:
+                          binds=tuple(binds), bits=args.bits) as board:
             info = board.info()
             if line is not None:
                 info["null_modem"] = {"board": line.a_path, "gateway": line.b_path}

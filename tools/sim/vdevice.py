@@ -22,6 +22,9 @@ Two fault options make a board misbehave on purpose, to test the tools that
 write to it: ``flash_size`` (writes fail with ENOSPC past that many bytes, and
 ``os.statvfs`` reports the small flash) and ``corrupt_writes`` (every write
 lands with one bit flipped, so read-back checks fail).
+
+``bits=32`` (``knute vdevice --bits 32``) runs the board on the 32-bit build of
+the unix port (``tools.rig.upy``): a board's small-int range and object sizes.
 """
 
 from __future__ import annotations
@@ -35,14 +38,13 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
 
-from gateway.errors import KnuteError
+from tools.rig import upy
 from tools.rig.ptys import open_pty
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,15 +60,9 @@ _IDLE_POLL_MS = 50             # how often to look for a host while none is conn
 _CTRL_C = 0x03
 
 
-def find_micropython() -> str:
-    """The MicroPython unix port: next to this Python, else on PATH."""
-    candidate = Path(sys.executable).parent / "micropython"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("micropython")
-    if found is None:
-        raise KnuteError("no MicroPython unix port found (expected .venv/bin/micropython)")
-    return found
+def find_micropython(bits: int = 64) -> str:
+    """The MicroPython unix port of ``bits`` bits (``tools.rig.upy.micropython``)."""
+    return str(upy.micropython(bits))
 
 
 def parse_size(text: str) -> int:
@@ -98,6 +94,7 @@ class VirtualBoard:
         binds: tuple[str, ...] = (),
         micropython: str | None = None,
         keep_flash: bool = False,
+        bits: int = 64,
     ) -> None:
         self._own_flash = flash_dir is None
         self.flash_dir = Path(flash_dir) if flash_dir is not None else Path(
@@ -108,7 +105,8 @@ class VirtualBoard:
         self.corrupt_writes = corrupt_writes
         self.heapsize = heapsize
         self.binds = tuple(str(Path(b).resolve()) for b in binds)
-        self.micropython = micropython or find_micropython()
+        self.bits = bits
+        self.micropython = micropython or find_micropython(bits)
         self.keep_flash = keep_flash
         self.port = ""
         self.boots = 0                  # interpreter starts (power-on + resets)
@@ -190,7 +188,8 @@ class VirtualBoard:
         """What `knute vdevice --json` prints: port, flash dir, pids."""
         return {"port": self.port, "flash": str(self.flash_dir), "pid": os.getpid(),
                 "board_pid": self.board_pid, "flash_size": self.flash_size,
-                "corrupt_writes": self.corrupt_writes}
+                "corrupt_writes": self.corrupt_writes, "bits": self.bits,
+                "micropython": self.micropython}
 
     # ------------------------------------------------------------ the interpreter
 
