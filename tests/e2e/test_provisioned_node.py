@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import Broker
@@ -50,8 +51,10 @@ reopen_max_s = 1
 """
 
 
+# On both unix-port builds: the 32-bit one is what a board runs (tools/rig/upy.py).
+@pytest.mark.parametrize("bits", [64, 32], ids=["upy64", "upy32"])
 def test_provisioned_node_reading_reaches_the_backend(
-    knute_bin: Path, mosquitto: Broker, tmp_path: Path
+    knute_bin: Path, mosquitto: Broker, tmp_path: Path, bits: int
 ) -> None:
     received: list[dict[str, Any]] = []
     got = threading.Event()
@@ -69,7 +72,7 @@ def test_provisioned_node_reading_reaches_the_backend(
     backend.loop_start()
     gateway = GatewayProcess(tmp_path)
     # The board's flash may open ptys: its UART is one end of the null modem.
-    with NullModem() as line, VirtualBoard(binds=("/dev/pts",)) as board:
+    with NullModem() as line, VirtualBoard(binds=("/dev/pts",), bits=bits) as board:
         try:
             gateway.write_config(_gateway_config(tmp_path, mosquitto, line.b_path,
                                                  gateway.status_socket))

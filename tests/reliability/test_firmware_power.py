@@ -11,13 +11,15 @@ from tests.reliability.conftest import check
 from tools.bench import reliability as rel
 
 
-def test_five_power_cuts(tmp_path: Path) -> None:
-    result = rel.case_firmware_power_cut(tmp_path, cuts=5)
+@pytest.mark.parametrize("bits", [64, 32], ids=["upy64", "upy32"])
+def test_five_power_cuts(tmp_path: Path, bits: int) -> None:
+    result = rel.case_firmware_power_cut(tmp_path, cuts=5, bits=bits)
     check(result, allow_duplicates=False)
 
 
 @pytest.mark.slow
-def test_a_hundred_power_cuts(tmp_path: Path) -> None:
-    result = rel.case_firmware_power_cut(tmp_path, cuts=100)
+@pytest.mark.parametrize("bits", [64, 32], ids=["upy64", "upy32"])
+def test_a_hundred_power_cuts(tmp_path: Path, bits: int) -> None:
+    result = rel.case_firmware_power_cut(tmp_path, cuts=100, bits=bits)
     check(result, allow_duplicates=False)
     assert result.notes["cuts_inside_a_write"] > 0

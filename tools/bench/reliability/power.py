@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +17,13 @@ from tools.bench.reliability.results import (
 # ---------------------------------------------------------------- firmware power cuts
 
 
-def case_firmware_power_cut(workdir: Path, *, cuts: int = 5, seed: int = 10) -> CaseResult:
+def case_firmware_power_cut(workdir: Path, *, cuts: int = 5, seed: int = 10,
+                            bits: int = 64) -> CaseResult:
     """kill -9 of the unix-port firmware at random points of its counter and index
     writes, ``cuts`` times: never a reused frame counter, the index never goes back.
+
+    ``bits`` picks the unix port: 64, or 32 (the build that stands for a board,
+    tools/rig/upy.py), where the node runs in the 48 KiB heap a board role must fit.
 
     Uses the rig's firmware node (tools/rig/node.py): writes pause
     halfway (``pause_writes_ms``) and are traced, so a cut lands before, inside
@@ -28,18 +31,20 @@ def case_firmware_power_cut(workdir: Path, *, cuts: int = 5, seed: int = 10) -> 
     """
     from tools.rig.flash import compile_lib
     from tools.rig.node import HOUR_T0, KEY, BenchNode, pulse_lines, water_config
+    from tools.rig.upy import micropython as upy_binary
 
     result = CaseResult("firmware_power_cut", runs=cuts)
     rng = random.Random(seed)
     lib = compile_lib(make_dir(workdir / "lib"))
-    micropython = Path(sys.executable).parent / "micropython"
+    micropython = upy_binary(bits)
     cfg = water_config(sends_per_day=24, profile_len=1)
     cfg["fcnt_block"] = 2
     cfg["jitter_s"] = 0
     cfg["power"] = {"boot_loop_limit": 1000}
     cfg["bench"].update({"trace_writes": True, "pause_writes_ms": 60, "time_scale": 3600 * 4,
                          "stop_after_s": 400 * 3600})
-    node = BenchNode(workdir / "node", micropython, lib, cfg, heap="72k")
+    node = BenchNode(workdir / "node", micropython, lib, cfg,
+                     heap="48k" if bits == 32 else "72k")
     (node.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [30] * 420, 6))
     writes = re.compile(r"knute: writing (fcnt|meter)")
     in_write = 0
