@@ -102,6 +102,7 @@ def test_gateway_extra_alone_runs_gateway_check_on_a_shipped_map(
     assert not installed & set(NOT_ON_A_GATEWAY)
 
     data = tmp_path / "data"
+    data.mkdir()                  # check refuses a data directory that does not exist
     config = tmp_path / "gateway.toml"
     config.write_text(CONFIG.format(data=data))
     knute = str(venv / "bin" / "knute")

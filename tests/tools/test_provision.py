@@ -187,8 +187,10 @@ def test_full_flash_is_refused_before_writing(knute_bin: Path, tmp_path: Path) -
 
 def test_a_write_that_fails_midway_is_one_clear_error(tmp_path: Path) -> None:
     files = [FileToCopy(f"/f{n}.bin", bytes(6000)) for n in range(4)]
+    # A generous timeout for the first raw REPL: the board was just powered on, and on a
+    # loaded machine its interpreter may take more than the field default to answer.
     with VirtualBoard(tmp_path / "flash", flash_size=16 * 1024) as vboard, \
-            Board(vboard.port) as conn, \
+            Board(vboard.port, timeout_s=30.0) as conn, \
             pytest.raises(KnuteError, match="flash is full"):
         copy_files(conn, files)
     assert (tmp_path / "flash" / "f0.bin").exists()
