@@ -109,7 +109,8 @@ class _Cal:
 def bme(cal, adc_t, adc_p, adc_h):
     holder = _Cal(cal)
     BME280.compensate(holder, adc_t, adc_p, adc_h)
-    return "%d %d %d %s" % (holder.t_fine, holder.temperature, holder.pressure, holder.humidity)
+    # %s: compensate() gives None where the datasheet divides by zero (var1 == 0)
+    return "%s %s %s %s" % (holder.t_fine, holder.temperature, holder.pressure, holder.humidity)
 
 
 def main():
