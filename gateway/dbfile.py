@@ -118,10 +118,15 @@ def _read_identity(path: str) -> tuple[int, int, list[str]] | None:
     except sqlite3.Error:
         return None
     try:
+        # One read transaction: the three answers come from one snapshot. Read one by
+        # one, a creator committing in between (tables, user_version and application_id
+        # in one transaction) would show its tables without its id.
+        db.execute("BEGIN")
         app_id = int(db.execute("PRAGMA application_id").fetchone()[0])
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
                           "ORDER BY name").fetchall()
+        db.rollback()
     except sqlite3.Error:
         return None
     finally:
