@@ -92,6 +92,24 @@ def inflate(body: bytes) -> bytes:
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
+# The parked table is the same since version 3: one definition for the current
+# schema and the 2 -> 3 migration.
+PARKED_TABLE = """
+CREATE TABLE parked (
+    id INTEGER PRIMARY KEY,
+    device_id INTEGER NOT NULL,
+    fcnt INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    alarm INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    parked_at REAL NOT NULL
+);
+"""
+
 _SCHEMA_V4 = """
 CREATE TABLE rows (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -117,20 +135,7 @@ CREATE TABLE replay (
     epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE parked (
-    id INTEGER PRIMARY KEY,
-    device_id INTEGER NOT NULL,
-    fcnt INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    alarm INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    size INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    parked_at REAL NOT NULL
-);
-"""
+""" + PARKED_TABLE
 
 # Version 1 kept rows without kind and size, had no persisted counters, and
 # no age index; its replay table is unchanged.
@@ -160,21 +165,7 @@ CREATE INDEX rows_age ON rows(received_at);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-_MIGRATE_2_TO_3 = """
-CREATE TABLE parked (
-    id INTEGER PRIMARY KEY,
-    device_id INTEGER NOT NULL,
-    fcnt INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    alarm INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    size INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    parked_at REAL NOT NULL
-);
-"""
+_MIGRATE_2_TO_3 = PARKED_TABLE
 
 
 def _script(text: str) -> Callable[[sqlite3.Connection], None]:

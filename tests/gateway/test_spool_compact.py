@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from gateway import message
 from gateway.spool import SCHEMA_VERSION, Accepted, Spool, row_size
 from gateway.spool_rows import Stored, message_of, store_form
-from gateway.spool_schema import FORM_DEFLATED, deflate
+from gateway.spool_schema import FORM_DEFLATED, PARKED_TABLE, deflate
 from protocol import frame, kinds
+from tests.gateway.test_spool_park import V2_SCHEMA
 from tests.protocol.strategies import KIND_NAMES, readings
 
 RADIO = {"source": "lora0", "rssi_dbm": -101, "snr_db": -3.5, "freq_hz": 868_300_000, "sf": 10}
@@ -177,36 +178,9 @@ def test_an_unreadable_row_is_parked_and_the_rest_goes_on(tmp_path: Path) -> Non
     spool.close()
 
 
-V3_SCHEMA = """
-CREATE TABLE rows (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    device_id INTEGER NOT NULL,
-    fcnt INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    alarm INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    size INTEGER NOT NULL
-);
-CREATE INDEX rows_age ON rows(received_at);
-CREATE TABLE replay (device_id INTEGER PRIMARY KEY, fcnt INTEGER NOT NULL);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE parked (
-    id INTEGER PRIMARY KEY,
-    device_id INTEGER NOT NULL,
-    fcnt INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    alarm INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    size INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    parked_at REAL NOT NULL
-);
-PRAGMA user_version = 3;
-"""
+# Version 3: version 2's tables plus the parked table, which version 4 keeps as it was.
+V3_SCHEMA = (V2_SCHEMA.replace("PRAGMA user_version = 2;", "") + PARKED_TABLE
+             + "PRAGMA user_version = 3;\n")
 
 
 def test_migrates_a_version_3_file(tmp_path: Path) -> None:
