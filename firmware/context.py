@@ -92,8 +92,11 @@ class Context:
         if self.fcnt.take() != fcnt:
             raise RuntimeError("frame counter moved during a send")
         ok = self.link.send(buf)
+        # The log below names the end time the ledger holds, not a later clock
+        # read: what the console shows is what the budget was checked against.
+        sent_t = self.hal.time()
         if self.duty is not None:
-            self.duty.record(self.hal.time(), toa_ms)
+            self.duty.record(sent_t, toa_ms)
         if not ok:
             self.link_errors += 1
             self.last_result = LINK_ERROR
@@ -106,7 +109,7 @@ class Context:
         # The frame's hex ends the line: `knute decode <hex> --key ...` reads it.
         if toa_ms:
             self.log("sent fcnt=%d bytes=%d toa_ms=%d t=%d frame=%s"
-                     % (fcnt, len(buf), int(toa_ms + 0.999), self.hal.time(), buf.hex()))
+                     % (fcnt, len(buf), int(toa_ms + 0.999), sent_t, buf.hex()))
         else:
             self.log("sent fcnt=%d bytes=%d frame=%s" % (fcnt, len(buf), buf.hex()))
         return True
