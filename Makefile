@@ -31,7 +31,9 @@ UPY_PORTS := esp32 rp2
 STUB_PORTS := $(UPY_PORTS) unix
 UPY_DIRS := protocol firmware
 MOSQUITTO_BIN := /usr/sbin/mosquitto
-CPY_DIRS := gateway tools backend tests
+# CPython code is checked under the names it is imported by (knute.gateway, ...):
+# knute/<room> links to the top-level folder (pyproject.toml says why).
+CPY_DIRS := knute/__init__.py knute/gateway/ knute/tools/ knute/backend/ tests
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test` (the machine's cores; `make test JOBS=0` runs serially)
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)

@@ -24,7 +24,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
+
+# The folder that holds firmware/ and protocol/ as a board's /lib holds them: the
+# repository root in a checkout, the knute package folder in an installed wheel.
+BOARD_LIB = Path(__file__).resolve().parents[1]
+
+
+def board_import(name: str) -> Any:
+    """Import a firmware module as a board does, with ``firmware`` and ``protocol`` top-level.
+
+    The firmware's own checks (config validation, pin maps, its version) run on
+    CPython too, so that a technician hears about a bad config before the
+    board does; they import ``protocol`` and ``firmware`` by the names the
+    board's flash gives them, not as ``knute.firmware``.
+    """
+    import importlib
+
+    if name != "firmware" and not name.startswith("firmware."):
+        raise ValueError(f"not a firmware module: {name}")
+    lib = str(BOARD_LIB)
+    added = lib not in sys.path
+    if added:
+        sys.path.insert(0, lib)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if added:
+            sys.path.remove(lib)
+
 
 DEFAULT_TIMEOUT_S = 5.0
 WRITE_CHUNK = 512              # bytes per write on the board (mpremote uses 256)
@@ -482,10 +510,8 @@ def lora_chip(config: dict[str, Any]) -> str | None:
     chip = (config.get("radio") or {}).get("chip")
     if chip:
         return str(chip)
-    import importlib
-
     try:
-        pins = importlib.import_module(f"firmware.boards.{config['board']}").PINS
+        pins = board_import(f"firmware.boards.{config['board']}").PINS
     except ImportError:
         raise KnuteError(f"board {config['board']!r} has no pin map in firmware/boards/: "
                          "use --board with one of its names") from None

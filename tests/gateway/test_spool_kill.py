@@ -18,14 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.spool import Spool
+from knute.gateway.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = 8
 
 CHILD = """
 import random, sys, time
-from gateway.spool import Accepted, AcceptBatcher, Spool
+from knute.gateway.spool import Accepted, AcceptBatcher, Spool
 
 DEVICES = int(sys.argv[3])
 spool = Spool(sys.argv[1], max_bytes=10**9, max_age_s=10**9, fsync="full")

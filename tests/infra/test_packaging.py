@@ -33,7 +33,7 @@ def test_extras_nest_and_the_gateway_extra_is_the_daemon_only() -> None:
     assert not names(list(gateway)) & set(NOT_ON_A_GATEWAY)
     assert names(PYPROJECT["project"]["dependencies"]) == {"cryptography"}
     # The `knute` command's table of extras names what pyproject.toml installs.
-    from tools.cli import EXTRAS as CLI_EXTRAS
+    from knute.tools.cli import EXTRAS as CLI_EXTRAS
     import_names = {"paho-mqtt": "paho.mqtt", "pyserial": "serial",
                     "prometheus-client": "prometheus_client"}
     assert set(CLI_EXTRAS["gateway"]) == {import_names.get(n, n) for n in names(list(gateway))}
@@ -60,9 +60,20 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_ships_the_modbus_maps(wheel: Path) -> None:
     files = zipfile.ZipFile(wheel).namelist()
-    assert "gateway/modbus/maps/generic_water_meter.toml" in files
-    assert "gateway/modbus/maps/generic_air_station.toml" in files
+    assert "knute/gateway/modbus/maps/generic_water_meter.toml" in files
+    assert "knute/gateway/modbus/maps/generic_air_station.toml" in files
     assert not [f for f in files if f.startswith(("tests/", "maps/"))]
+
+
+def test_wheel_installs_one_import_package(wheel: Path) -> None:
+    files = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in files if not name.split("/")[0].endswith(".dist-info")}
+    assert top == {"knute"}, top
+    rooms = {name.split("/")[1] for name in files if name.startswith("knute/") and
+             name.count("/") > 1}
+    assert rooms == {"protocol", "firmware", "gateway", "tools", "backend"}, rooms
+    # The firmware travels as files for `knute provision`, with its board layout.
+    assert "knute/firmware/main.py" in files and "knute/protocol/frame.py" in files
 
 
 CONFIG = """\
@@ -112,6 +123,17 @@ def test_gateway_extra_alone_runs_gateway_check_on_a_shipped_map(
         return subprocess.run([knute, *args], capture_output=True, text=True, timeout=120,
                               cwd=tmp_path, env=env)
 
+    # The firmware's own checks run from the installed files, as a board lays them out.
+    version = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "from knute.tools.board import board_import; import sys\n"
+         "print(board_import('firmware').VERSION, board_import('firmware.config').__file__)\n"
+         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gateway', 'tools')))"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert version.returncode == 0, version.stderr
+    first, second = version.stdout.splitlines()
+    assert "site-packages/knute/firmware/config.py" in first, first
+    assert second == "[]", second
     check = run("gateway", "check", "--config", str(config))
     assert check.returncode == 0, check.stderr
     assert check.stdout.startswith(f"{config}: OK (gateway gw-field"), check.stdout

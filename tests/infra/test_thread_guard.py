@@ -67,7 +67,7 @@ def test_guard_fails_the_test_that_leaks_a_knute_daemon_thread(tmp_path: Path) -
 def test_guard_catches_a_gateway_component_left_running(tmp_path: Path) -> None:
     # A real gateway thread: the status server, started and never closed.
     run = run_pytest(tmp_path, """
-        from gateway.status import StatusServer
+        from knute.gateway.status import StatusServer
 
         def test_forgets_to_close(tmp_path):
             server = StatusServer(str(tmp_path / "status.sock"), lambda request: {})

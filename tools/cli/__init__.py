@@ -1,9 +1,10 @@
 """The ``knute`` command: one table of subcommands, each in its own module.
 
-Every module named in ``COMMANDS`` provides ``add_arguments(parser)`` and
-``run(args) -> int``. Modules keep heavy imports (paho-mqtt, pymodbus, rich)
-inside ``run`` so that building the parser stays cheap. A ``KnuteError`` (or a
-``FrameError`` from the protocol) becomes one line on stderr and exit status 2
+Every module named in ``COMMANDS`` (relative to this package) provides
+``add_arguments(parser)`` and ``run(args) -> int``. Modules keep heavy imports
+(paho-mqtt, pymodbus, rich) inside ``run`` so that building the parser stays
+cheap. A ``KnuteError`` (or a ``FrameError`` from the protocol) becomes one line
+on stderr and exit status 2
 (78 for a ``ConfigError`` of ``knute gateway run``, so systemd stops restarting it).
 A reader that closes the pipe early (``| head``) ends the command quietly.
 
@@ -21,8 +22,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway.errors import KnuteError
-from protocol.errors import FrameError
+from knute.gateway.errors import KnuteError
+from knute.protocol.errors import FrameError
 
 EXIT_BROKEN_PIPE = 141         # 128 + SIGPIPE, as the shell reports a command cut off by `head`
 
@@ -46,21 +47,21 @@ COMMAND_EXTRA: dict[str, str] = {
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "encode": ("tools.cli.codec", "encode readings into an encrypted frame (hex)"),
-    "decode": ("tools.cli.codec", "decode and verify a frame (hex) and print it as JSON"),
-    "protocol": ("tools.cli.protocol", "protocol facts: frame sizes against SenML-CBOR and JSON"),
-    "bench": ("tools.cli.bench",
+    "encode": (".codec", "encode readings into an encrypted frame (hex)"),
+    "decode": (".codec", "decode and verify a frame (hex) and print it as JSON"),
+    "protocol": (".protocol", "protocol facts: frame sizes against SenML-CBOR and JSON"),
+    "bench": (".bench",
               "benchmarks that print figures (protocol, gateway, firmware, ...)"),
-    "gateway": ("tools.cli.gateway", "run the gateway daemon or query a running one"),
-    "devices": ("tools.cli.devices", "manage the gateway's device registry"),
-    "vdevice": ("tools.cli.vdevice", "start a virtual MicroPython board behind a pty"),
-    "provision": ("tools.cli.provision", "provision a node over mpremote and register it"),
-    "simulate": ("tools.cli.simulate", "simulate a fleet of nodes sending real frames"),
-    "airtime": ("tools.cli.airtime", "LoRa time on air, duty-cycle budget and battery life"),
-    "plan": ("tools.cli.plan", "plan a city's concentrators: a seeded radio simulation"),
-    "modbus-sim": ("tools.cli.modbus_sim", "simulate Modbus water meters and air stations"),
-    "demo": ("tools.cli.demo", "broker, gateway, fleet and a live view in one command"),
-    "backend": ("tools.cli.backend", "store readings from MQTT, rebuild hourly use, find leaks"),
+    "gateway": (".gateway", "run the gateway daemon or query a running one"),
+    "devices": (".devices", "manage the gateway's device registry"),
+    "vdevice": (".vdevice", "start a virtual MicroPython board behind a pty"),
+    "provision": (".provision", "provision a node over mpremote and register it"),
+    "simulate": (".simulate", "simulate a fleet of nodes sending real frames"),
+    "airtime": (".airtime", "LoRa time on air, duty-cycle budget and battery life"),
+    "plan": (".plan", "plan a city's concentrators: a seeded radio simulation"),
+    "modbus-sim": (".modbus_sim", "simulate Modbus water meters and air stations"),
+    "demo": (".demo", "broker, gateway, fleet and a live view in one command"),
+    "backend": (".backend", "store readings from MQTT, rebuild hourly use, find leaks"),
 }
 
 
@@ -68,7 +69,7 @@ def _available() -> dict[str, tuple[str, str]]:
     """Subcommands whose module exists in this installation."""
     found = {}
     for name, (module, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(module) is not None:
+        if importlib.util.find_spec(module, __name__) is not None:
             found[name] = (module, help_text)
     return found
 
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = None
         if missing is None:
             try:
-                module = importlib.import_module(module_name)
+                module = importlib.import_module(module_name, __name__)
             except ModuleNotFoundError as exc:
                 missing = _extra_of_missing_module(exc)
                 if missing is None:
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"knute {args.command}: {exc}", file=sys.stderr)
         return exc.exit_status
     except FrameError as exc:
-        from gateway.reasons import describe
+        from knute.gateway.reasons import describe
 
         detail = f" ({exc.detail})" if exc.detail else ""
         print(f"knute {args.command}: {describe(exc.reason)}{detail}", file=sys.stderr)
