@@ -1,6 +1,7 @@
 """``knute backend``: the city's side of the broker (docs/water.md).
 
-    knute backend run --config FILE       consume readings, store them, raise alerts
+    knute backend run --config FILE       consume readings, store them, raise alerts,
+                                          serve the web page (docs/water.md)
     knute backend status --config FILE [--json]
                                           counters, meters and open alerts from the store
 
@@ -44,12 +45,16 @@ def run(args: argparse.Namespace) -> int:
     import sqlite3
 
     from backend import service
+    from backend.config import ConfigError
     from backend.store import Store, StoreError
 
     config = _load(args.config)
     try:
         if args.backend_command == "run":
-            return service.run(config)
+            try:
+                return service.run(config)
+            except ConfigError as exc:      # the web page's address cannot be had
+                raise KnuteError(str(exc)) from None
         if not config.store_path.exists():
             raise KnuteError(f"store {config.store_path}: no such file (has the backend run?)")
         store = Store(config.store_path)
