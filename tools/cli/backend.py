@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "backend") -> Non
     sub = parser.add_subparsers(dest="backend_command", metavar="ACTION", required=True)
     run_cmd = sub.add_parser("run", help="consume readings from MQTT until stopped",
                              description="Subscribe with a persistent session, store every "
-                                         "reading once, rebuild hourly series and publish "
-                                         "alerts retained on <prefix>/alert/...")
+                                         "reading once, rebuild hourly series, publish "
+                                         "alerts retained on <prefix>/alert/... and serve "
+                                         "the web page on [web] host:port")
     run_cmd.add_argument("--config", required=True, help="backend TOML file (docs/water.md)")
     status = sub.add_parser("status", help="counters, meters and open alerts from the store")
     status.add_argument("--config", required=True, help="backend TOML file (docs/water.md)")
