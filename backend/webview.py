@@ -168,9 +168,14 @@ class View:
                 "measured": round(sum(b.measured for b in hours) / n, 3),
                 "estimated": round(sum(b.estimated for b in hours) / n, 3),
                 "missing": round(sum(b.missing for b in hours) / n, 3),
-                "complete": all(b.complete for b in hours),
+                # every hour of the local day (23 or 25 on DST days), each complete
+                "complete": n == self._day_hours(day) and all(b.complete for b in hours),
             })
         return out
+
+    def _day_hours(self, day: date) -> int:
+        return (_local_midnight(day + timedelta(days=1), self.config)
+                - _local_midnight(day, self.config)) // HOUR_S
 
     def _nights(self, district: District, balances: list[analytics.Balance],
                 first_day: date) -> list[dict[str, Any]]:

@@ -112,6 +112,13 @@ def test_the_daily_balance_adds_up_and_says_how_much_of_it_is_estimated(city: Ci
             day["loss_l"])
     assert first["estimated"] == pytest.approx(6 / 48) and not first["complete"]
     assert second["estimated"] == 0 and second["measured"] == 1 and second["complete"]
+    # A day the newest reading leaves unfinished is never complete, even when its hours are.
+    city.send("00000001", DAY0 + 49 * HOUR_S, [0.0])
+    city.send("00000002", DAY0 + 49 * HOUR_S, [0.0])
+    city.send("1000a001", DAY0 + 49 * HOUR_S, [LEAK_L_H])
+    today = get(city.app(), "/api/districts/sentrum")["days"][-1]
+    assert today["date"] == "2026-01-07" and today["hours"] == 1
+    assert today["measured"] == 1 and not today["complete"]
     # The night flow: households use nothing 02-04, so the minimum is the leak.
     nights = {n["night"]: n for n in district["nights"]}
     assert nights["2026-01-06"]["mnf_l_h"] == LEAK_L_H
