@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.hours import Hour, MeterReading, Series, Slot, meter_reading, parse_utc, rebuild
+from knute.backend.hours import Hour, MeterReading, Series, Slot, meter_reading, parse_utc, rebuild
 
 SCHEMA_VERSION = 1
 _IN_CHUNK = 5000        # devices per IN (...) list: below SQLite's bound on parameters

@@ -31,10 +31,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from backend import page
-from backend.config import DEVICE_HEX, Config, ConfigError
-from backend.store import Store
-from backend.webview import SILENT_SHOWN, View
+from knute.backend import page
+from knute.backend.config import DEVICE_HEX, Config, ConfigError
+from knute.backend.store import Store
+from knute.backend.webview import SILENT_SHOWN, View
 
 ROUTES = {
     "/": "the page (HTML); ?meter=<device>&days=N",

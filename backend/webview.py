@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from backend import analytics
-from backend.analytics import KNOWN
-from backend.config import Config, District
-from backend.hours import HOUR_S, format_hour
-from backend.service import WATER, iso
-from backend.store import Store
+from knute.backend import analytics
+from knute.backend.analytics import KNOWN
+from knute.backend.config import Config, District
+from knute.backend.hours import HOUR_S, format_hour
+from knute.backend.service import WATER, iso
+from knute.backend.store import Store
 
 SILENT_SHOWN = 200      # the page lists this many silent meters; /api/silent lists all
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from backend.config import Config, ConfigError, District, load
-from backend.service import Backend, district_balances
-from backend.store import Store
-from backend.web import WebApp, WebServer
-from backend.webview import View
+from knute.backend.config import Config, ConfigError, District, load
+from knute.backend.service import Backend, district_balances
+from knute.backend.store import Store
+from knute.backend.web import WebApp, WebServer
+from knute.backend.webview import View
 from tests.backend.factory import HOUR_S, T0, reading, topic
 
 DAY0 = T0 - HOUR_S          # 2026-0105 00:00 Europe/Oslo

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
+from knute.tools.rig.broker import Broker, free_port
+from knute.tools.rig.browser import Chromium, png_size
+from knute.tools.rig.wait import wait_for
 from tests.backend.factory import HOUR_S, T0, reading
 from tests.backend.test_backend_process import Backend, Client
-from tools.rig.broker import Broker, free_port
-from tools.rig.browser import Chromium, png_size
-from tools.rig.wait import wait_for
 
 DAY0 = T0 - HOUR_S      # 2026-01-05 00:00 Europe/Oslo
 

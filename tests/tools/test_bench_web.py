@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tools.bench import web
+from knute.tools.bench import web
 
 
 def test_the_web_benchmark_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:

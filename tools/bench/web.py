@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 HOUR_S = 3600
 
@@ -71,10 +71,10 @@ def _timed(call: Any, repeat: int = 3) -> tuple[float, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Fill a store, time the page's documents and the SQL baseline, print the figures."""
-    from backend.config import Config, District
-    from backend.service import district_balances
-    from backend.store import Store
-    from backend.web import WebApp
+    from knute.backend.config import Config, District
+    from knute.backend.service import district_balances
+    from knute.backend.store import Store
+    from knute.backend.web import WebApp
 
     if args.meters < 1 or not 1 <= args.days <= 366:
         raise KnuteError("--meters must be at least 1 and --days 1-366")

@@ -17,9 +17,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.rig.gateway import knute_command
-from tools.rig.wait import wait_for
+from knute.gateway.errors import KnuteError
+from knute.tools.rig.gateway import knute_command
+from knute.tools.rig.wait import wait_for
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 NAMES = ("chromium", "chromium-browser", "google-chrome")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
