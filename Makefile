@@ -4,7 +4,7 @@
 # project code first bootstraps .venv from requirements.lock (and again
 # whenever requirements.lock or pyproject.toml is newer than the stamp).
 #
-#   make test         bootstrap, Mosquitto, 32-bit MicroPython, lint, typecheck, mpy, then
+#   make test         bootstrap, Mosquitto, Chromium, 32-bit MicroPython, lint, typecheck, mpy, then
 #                     every test but the slow ones (pytest -m "not slow") on both cores
 #   make unit         the pure tier only (-m "not process and not slow"): no processes
 #   make demo         the demo on its embedded defaults
@@ -41,7 +41,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # packages; the warnings about them say nothing about the project.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: test bootstrap mosquitto upy32 lint typecheck typecheck-cpython typecheck-stubs \
+.PHONY: test bootstrap mosquitto chromium upy32 lint typecheck typecheck-cpython typecheck-stubs \
 	typecheck-upy mpy unit reliability demo bench lock clean _bootstrap
 
 # ---------------------------------------------------------------- bootstrap
@@ -117,6 +117,26 @@ mosquitto:
 	    echo "mosquitto: $$missing not installed and cannot install it here (needs root and" \
 	        "apt-get); tests use amqtt without the broker, the README's mosquitto_sub needs" \
 	        "the clients"; \
+	fi
+
+# Headless Chromium for the backend's web page test (tests/backend/test_web_browser.py),
+# from Debian's packages. Installed like Mosquitto where this runs as root; without
+# it that test fails naming the package (a browser test has no stand-in).
+CHROMIUM_NAMES := chromium chromium-browser google-chrome
+
+chromium:
+	@for name in $(CHROMIUM_NAMES); do command -v $$name >/dev/null && exit 0; done; \
+	if [ -n "$(APT_GET)" ]; then \
+	    echo "chromium: installing chromium with apt-get"; \
+	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
+	        $(APT_GET) install -y -qq --no-install-recommends chromium) \
+	        >/tmp/knute-apt-chromium.log 2>&1; \
+	    then echo "chromium: installed"; \
+	    else echo "chromium: install failed (see /tmp/knute-apt-chromium.log);" \
+	        "the web page's browser test will fail"; fi; \
+	else \
+	    echo "chromium: not installed and cannot install it here (needs root and apt-get);" \
+	        "the web page's browser test will fail"; \
 	fi
 
 # Every MicroPython test also runs on a 32-bit build of the unix port (a board's
@@ -204,7 +224,7 @@ endef
 
 # Both tiers on every core: a test that shares an expensive module fixture with
 # its neighbours stays on their worker (--dist loadfile keeps a file together).
-test: $(STAMP) mosquitto upy32 lint typecheck mpy
+test: $(STAMP) mosquitto chromium upy32 lint typecheck mpy
 	$(call run_pytest,not slow,$(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile))
 
 unit: $(STAMP)

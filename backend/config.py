@@ -55,6 +55,10 @@ class Config:
     district_leak_l_h: float = 100.0
     evaluate_every_s: float = 60.0
     districts: tuple[District, ...] = ()
+    web_enabled: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080
+    web_days: int = 14
 
     @property
     def subscription(self) -> str:
@@ -71,13 +75,14 @@ _SECTIONS: dict[str, dict[str, type]] = {
               "expected_interval_s": float, "silent_after_intervals": int,
               "night_use_l_per_property_h": float, "district_leak_l_h": float,
               "evaluate_every_s": float},
+    "web": {"enabled": bool, "host": str, "port": int, "days": int},
 }
 
 
 def _typed(where: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
     if isinstance(value, int | float) and value < 0:
         raise ConfigError(f"{where}: must not be negative, got {value!r}")
@@ -127,8 +132,15 @@ def load(path: Path | str) -> Config:
             except (ZoneInfoNotFoundError, ValueError):
                 raise ConfigError(f"{path}: water.timezone: unknown time zone "
                                   f"{value!r}") from None
+        elif section == "web":
+            mapped[f"web_{key}"] = value
         else:
             mapped[key] = value
+    if not 0 <= mapped.get("web_port", 0) <= 65535:
+        raise ConfigError(f"{path}: web.port: expected 0-65535 (0: any free port), "
+                          f"got {mapped['web_port']!r}")
+    if not 1 <= mapped.get("web_days", 1) <= 366:
+        raise ConfigError(f"{path}: web.days: expected 1-366, got {mapped['web_days']!r}")
     if mapped.get("protocol", "5") not in ("5", "3.1.1"):
         raise ConfigError(f"{path}: mqtt.protocol: expected \"5\" or \"3.1.1\", "
                           f"got {mapped['protocol']!r}")

@@ -202,15 +202,7 @@ class Backend:
     def balances(self, district_name: str, start: int, end: int) -> list[analytics.Balance]:
         """The hourly balances of a district in [start, end) (hour starts, unix s)."""
         district = next(d for d in self.config.districts if d.name == district_name)
-        series = {d: {h.start: h for h in self.store.hours(d, start, end)}
-                  for d in (*district.inflow, *district.outflow, *district.households)}
-        out = []
-        for hour in range(start - start % HOUR_S, end, HOUR_S):
-            out.append(analytics.district_balance(
-                hour, [series[d].get(hour) for d in district.inflow],
-                [series[d].get(hour) for d in district.outflow],
-                [series[d].get(hour) for d in district.households]))
-        return out
+        return district_balances(self.store, district, start, end)
 
     def _evaluate_district(self, district: District, now: float) -> None:
         inlet = district.inflow[0]
@@ -236,6 +228,20 @@ class Backend:
                         lambda: evidence)
 
 
+def district_balances(store: Store, district: District, start: int,
+                      end: int) -> list[analytics.Balance]:
+    """The hourly balances of ``district`` in [start, end) (hour starts, unix s)."""
+    series = {d: {h.start: h for h in store.hours(d, start, end)}
+              for d in (*district.inflow, *district.outflow, *district.households)}
+    out = []
+    for hour in range(start - start % HOUR_S, end, HOUR_S):
+        out.append(analytics.district_balance(
+            hour, [series[d].get(hour) for d in district.inflow],
+            [series[d].get(hour) for d in district.outflow],
+            [series[d].get(hour) for d in district.households]))
+    return out
+
+
 def run(config: Config, stop: threading.Event | None = None) -> int:
     """Consume readings until SIGTERM/SIGINT (or ``stop``); return the exit status."""
     import paho.mqtt.client as mqtt
@@ -247,6 +253,16 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     store = Store(config.store_path)
+    web = None
+    if config.web_enabled:
+        from knute.backend.web import WebServer
+
+        web = WebServer(config, on_error=log)
+        try:
+            log(f"web page at {web.start()}")
+        except BaseException:
+            store.close()
+            raise
     v5 = config.protocol == "5"
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
                          protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -312,6 +328,8 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
         client.disconnect()
         client.loop_stop()
     finally:
+        if web is not None:
+            web.stop()
         counters = store.counters()
         store.close()
     log("stopped; this process handled " + json.dumps(backend.handled, sort_keys=True)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from knute.backend.hours import Hour, MeterReading, Series, Slot, meter_reading, parse_utc, rebuild
 
 SCHEMA_VERSION = 1
+_IN_CHUNK = 5000        # devices per IN (...) list: below SQLite's bound on parameters
 REUSED_ID_AFTER_S = 86400.0     # docs/mqtt.md: a reused id is weeks apart, a duplicate seconds
 
 _SCHEMA_V1 = """
@@ -227,6 +228,26 @@ class Store:
         return [Hour(int(h), float(v), str(q)) for h, v, q in self.db.execute(
             "SELECT hour, litres, quality FROM hours WHERE device=? AND hour>=? AND hour<? "
             "ORDER BY hour", (device, lo, hi))]
+
+    def hour_sums(self, devices: Sequence[str], start: int, end: int
+                  ) -> dict[int, tuple[float, int, int]]:
+        """hour -> (litres, measured or index hours, estimated hours) summed over ``devices``.
+
+        For hours in [start, end); a meter without a value that hour adds nothing.
+        """
+        out: dict[int, tuple[float, int, int]] = {}
+        for i in range(0, len(devices), _IN_CHUNK):
+            chunk = devices[i:i + _IN_CHUNK]
+            rows = self.db.execute(
+                "SELECT hour, sum(litres), sum(quality IN ('measured','index')), "
+                "sum(quality = 'estimated') FROM hours WHERE device IN "
+                f"({','.join('?' * len(chunk))}) AND hour>=? AND hour<? GROUP BY hour",
+                (*chunk, start, end))
+            for hour, litres, known, estimated in rows:
+                was = out.get(int(hour), (0.0, 0, 0))
+                out[int(hour)] = (was[0] + float(litres), was[1] + int(known),
+                                  was[2] + int(estimated))
+        return out
 
     def index_steps(self, device: str) -> list[tuple[int, float, float]]:
         """(hour, index before, index after) where ``device``'s index went backwards."""

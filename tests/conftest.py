@@ -81,6 +81,7 @@ PROCESS_FIXTURES = frozenset({
 # Tests that start processes without such a fixture: node-id prefixes (a module, a
 # class or one test). A test missing here fails in the process check below.
 PROCESS_TESTS: tuple[str, ...] = (
+    "tests/backend/test_web_browser.py",
     "tests/e2e/",
     "tests/infra/",
     "tests/reliability/",

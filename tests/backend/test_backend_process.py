@@ -87,6 +87,9 @@ share_group = "{share_group}"
 path = "backend.sqlite"
 [water]
 evaluate_every_s = 0.2
+expected_interval_s = 1e9       # the readings are of January 2026: not silent whenever this runs
+[web]
+port = 0                        # instances side by side: any free port each
 [[district]]
 name = "sentrum"
 inflow = ["1000a001"]

@@ -17,11 +17,17 @@ def test_headless_demo_loses_nothing_across_a_broker_outage(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
-    assert set(summary) == {"sent", "received", "lost", "duplicates", "alarms"}
+    assert set(summary) == {"sent", "received", "lost", "duplicates", "alarms", "backend"}
     assert summary["sent"] > 50
     assert summary["lost"] == 0
     # Every valid frame arrived; a firmware node may have sent one more as it stopped.
     assert summary["received"] >= summary["sent"]
+    # The city's backend ran beside it: it stored each reading once and served its page.
+    backend = summary["backend"]
+    assert backend["readings"] == summary["received"]
+    assert backend["bad"] == 0 and backend["meters"] == 30 + 2     # + the firmware meters
+    assert backend["url"].startswith("http://127.0.0.1:")
+    assert f"the backend's web page is at {backend['url']}" in result.stderr
     log = (tmp_path / "run" / "broker" / "mosquitto.log")
     if log.exists():  # the staged outage really stopped and restarted the broker
         assert log.read_text().count("--- start") == 2

@@ -1,6 +1,7 @@
 """``knute backend``: the city's side of the broker (docs/water.md).
 
-    knute backend run --config FILE       consume readings, store them, raise alerts
+    knute backend run --config FILE       consume readings, store them, raise alerts,
+                                          serve the web page (docs/water.md)
     knute backend status --config FILE [--json]
                                           counters, meters and open alerts from the store
 
@@ -22,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "backend") -> Non
     sub = parser.add_subparsers(dest="backend_command", metavar="ACTION", required=True)
     run_cmd = sub.add_parser("run", help="consume readings from MQTT until stopped",
                              description="Subscribe with a persistent session, store every "
-                                         "reading once, rebuild hourly series and publish "
-                                         "alerts retained on <prefix>/alert/...")
+                                         "reading once, rebuild hourly series, publish "
+                                         "alerts retained on <prefix>/alert/... and serve "
+                                         "the web page on [web] host:port")
     run_cmd.add_argument("--config", required=True, help="backend TOML file (docs/water.md)")
     status = sub.add_parser("status", help="counters, meters and open alerts from the store")
     status.add_argument("--config", required=True, help="backend TOML file (docs/water.md)")
@@ -44,12 +46,16 @@ def run(args: argparse.Namespace) -> int:
     import sqlite3
 
     from knute.backend import service
+    from knute.backend.config import ConfigError
     from knute.backend.store import Store, StoreError
 
     config = _load(args.config)
     try:
         if args.backend_command == "run":
-            return service.run(config)
+            try:
+                return service.run(config)
+            except ConfigError as exc:      # the web page's address cannot be had
+                raise KnuteError(str(exc)) from None
         if not config.store_path.exists():
             raise KnuteError(f"store {config.store_path}: no such file (has the backend run?)")
         store = Store(config.store_path)

@@ -17,6 +17,7 @@ BENCHES = {
     "firmware": "peak heap and allocations per send cycle on the MicroPython unix port",
     "reliability": "fault-injection cases: sent, accepted, delivered, lost, duplicates",
     "plan": "knute plan's simulated uplinks/s on a 45,000-node city against a pairwise baseline",
+    "web": "the backend's web page for one district of N meters against an SQL-sum baseline",
 }
 
 

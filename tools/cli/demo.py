@@ -12,14 +12,19 @@ What runs:
 - K water meters (``--real-firmware K``, 2 by default) running the real
   firmware on virtual boards, provisioned with ``knute provision``, their UARTs
   wired to a second serial source of the gateway;
-- an MQTT subscriber that checks what the backend receives.
+- an MQTT subscriber that checks what the backend receives;
+- the city's backend (``knute backend run``): it stores every reading, raises
+  alerts and serves its web page, whose URL the demo prints. The fleet's water
+  meters form two districts; their bulk inlet meters are not simulated here
+  (the page names them as never heard), so the districts show household
+  consumption without a loss figure.
 
 Interactive (a terminal): a rich live view of devices, alarms, spool and
 counters; ``o`` stops or restarts the broker to watch the spool fill and drain,
 ``q`` or Ctrl-C quits. Headless (``--for SECONDS``, with ``--json`` for one JSON
 object): runs that long with a broker outage in the middle, stops the fleet,
 waits for the spool to drain and prints sent, received, lost (must be 0),
-duplicates and alarms.
+duplicates and alarms, and the backend's figures (readings stored, alerts open).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import contextlib
 import json
 import select
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -39,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knute.gateway.errors import KnuteError
+from knute.tools.rig.backend import BackendProcess
 from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.ptys import HeldPty
 
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
     from knute.tools.sim.firmware_nodes import FirmwareNode
 
 PREFIX = "knute"
+DEMO_DISTRICTS = (("sentrum", "b0000001"), ("nord", "b0000002"))   # name, bulk inlet meter
 DEMO_FAULTS = ("leak", "burst", "tamper", "sensor", "garbage", "truncated", "replay")
 
 
@@ -64,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", help="keep the run's files here (default: a temp dir)")
+    parser.add_argument("--web-port", type=int, default=8080,
+                        help="the backend's web page on 127.0.0.1:PORT (default 8080; "
+                        "any free port when it is taken)")
 
 
 @dataclass
@@ -118,6 +129,7 @@ class Demo:
         self.stop_fleet = threading.Event()
         # Its own session: a Ctrl-C in the terminal reaches the demo, which stops it.
         self.gateway = GatewayProcess(workdir, new_session=True)
+        self.backend = BackendProcess(workdir / "backend", new_session=True)
         self.boards: list[FirmwareNode] = []
         self._threads: list[threading.Thread] = []
         self._mqtt: Any = None
@@ -143,6 +155,8 @@ class Demo:
         self._open_links()
         if self.args.real_firmware:
             self._start_real_firmware()
+        # Subscribed before the gateway runs: its session holds every reading published.
+        self._start_backend()
         self._start_gateway()
         for board in self.boards:
             board.run()
@@ -229,6 +243,47 @@ listen = "127.0.0.1:{self.udp_port}"
         while not client.is_connected() and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def _backend_config(self) -> str:
+        from knute.tools.sim.fleet import WATER_SEND_EVERY_S
+
+        meters = sorted([f"{n.device_id:08x}" for n in self.fleet.nodes
+                         if n.kind == "water_meter"]
+                        + [f"{b.device_id:08x}" for b in self.boards])
+        half = (len(meters) + 1) // 2
+        districts = "".join(
+            f'\n[[district]]\nname = "{name}"\ninflow = ["{inlet}"]\n'
+            f"households = {json.dumps(part)}\n"
+            for (name, inlet), part in zip(DEMO_DISTRICTS, (meters[:half], meters[half:]),
+                                           strict=True))
+        # A meter sends every 6 simulated hours: that many real seconds at this speed.
+        interval = max(1.0, WATER_SEND_EVERY_S / self.args.speed)
+        return f"""
+[mqtt]
+host = "{self.broker.host}"
+port = {self.broker.port}
+client_id = "knute-backend"
+prefix = "{PREFIX}"
+protocol = "{"5" if self.broker.kind == "mosquitto" else "3.1.1"}"
+keepalive_s = 5
+
+[store]
+path = "backend.sqlite"
+
+[water]
+expected_interval_s = {interval:.3f}
+evaluate_every_s = 2
+
+[web]
+host = "127.0.0.1"
+port = {_web_port(self.args.web_port)}
+{districts}"""
+
+    def _start_backend(self) -> None:
+        self.backend.write_config(self._backend_config())
+        url = self.backend.start()
+        self.event(f"backend: web page at {url}")
+        print(f"knute demo: the backend's web page is at {url}", file=sys.stderr, flush=True)
+
     def _start_real_firmware(self) -> None:
         from knute.tools.sim.firmware_nodes import start_boards
 
@@ -310,12 +365,19 @@ listen = "127.0.0.1:{self.udp_port}"
         deadline = time.monotonic() + timeout_s
         while self.missing() and time.monotonic() < deadline:
             time.sleep(0.2)
+        # The backend stores what the subscriber received (its own session, same readings).
+        with self.seen.lock:
+            received = len(self.seen.ids)
+        while (self.backend.try_summary().get("readings", 0) < received
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
 
     def stop(self) -> None:
         """Stop everything this run started."""
         self.stop_fleet.set()
         self.gateway.stop(timeout=15)
         self.gateway.close()
+        self.backend.stop()
         for board in self.boards:
             with contextlib.suppress(Exception):
                 board.close()
@@ -334,9 +396,26 @@ listen = "127.0.0.1:{self.udp_port}"
             received = len(self.seen.ids)
             duplicates = sum(n - 1 for n in self.seen.ids.values())
             alarms = self.seen.alarm_readings
+        backend = self.backend.try_summary(timeout=10)
+        counters = backend.get("counters", {})
         return {"sent": len(self.all_expected()), "received": received,
                 "lost": len(self.missing()),
-                "duplicates": duplicates, "alarms": alarms}
+                "duplicates": duplicates, "alarms": alarms,
+                "backend": {"url": self.backend.url, "readings": backend.get("readings"),
+                            "meters": backend.get("meters"),
+                            "alerts_open": backend.get("alerts_open"),
+                            "duplicates": counters.get("duplicate", 0),
+                            "bad": counters.get("bad", 0)}}
+
+
+def _web_port(wanted: int) -> int:
+    """``wanted`` when it can be had on 127.0.0.1, else 0 (the backend takes any free port)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", wanted))
+        except OSError:
+            return 0
+    return wanted
 
 
 # ---------------------------------------------------------------- views
@@ -386,6 +465,10 @@ def _render(demo: Demo) -> Any:
                      "forwarded", str(totals.get("forwarded", 0)))
     counters.add_row("spool depth", str(spool.get("depth", 0)),
                      "evicted", str(totals.get("evicted", 0)))
+    city = demo.backend.try_summary(timeout=0.3)
+    counters.add_row("backend stored", str(city.get("readings", "?")),
+                     "alerts open", str(city.get("alerts_open", "?")))
+    counters.add_row("web page", demo.backend.url)
     rejected = st.get("rejected", {})
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none"
     sim_h = (time.time() - demo.start_time) * demo.args.speed / 3600
@@ -484,7 +567,10 @@ def run(args: argparse.Namespace) -> int:
         json.dump(result, sys.stdout)
         print()
     else:
+        city = result["backend"]
         print(f"sent {result['sent']} valid frames, the backend received {result['received']}"
               f" ({result['duplicates']} duplicates), lost {result['lost']}, "
-              f"{result['alarms']} readings with alarms")
+              f"{result['alarms']} readings with alarms; the backend stored "
+              f"{city['readings']} readings, {city['alerts_open']} alerts open "
+              f"({city['url']})")
     return 0 if result["lost"] == 0 else 1

@@ -1,0 +1,72 @@
+"""`make chromium` installs headless Chromium for the web page's browser test, and says so
+in one line when it cannot.
+
+The real target runs in a scratch copy of the Makefile; apt-get is replaced by a
+script that records what it was asked to install (APT_GET), so nothing is installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A scratch tree with the Makefile and a present program."""
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    present = tmp_path / "present"
+    present.write_text("#!/bin/sh\n")
+    present.chmod(0o755)
+    return tmp_path
+
+
+def _fake_apt(tree: Path, status: int) -> Path:
+    script = tree / "apt-get"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {tree}/apt-calls\nexit {status}\n')
+    script.chmod(0o755)
+    return script
+
+
+def _make(tree: Path, *assignments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["make", "--no-print-directory", "chromium", *assignments],
+                          cwd=tree, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_an_installed_chromium_is_left_alone(tree: Path) -> None:
+    apt = _fake_apt(tree, 0)
+    result = _make(tree, f"CHROMIUM_NAMES={tree}/nothing {tree}/present", f"APT_GET={apt}")
+    assert result.returncode == 0 and result.stdout == ""
+    assert not (tree / "apt-calls").exists()
+
+
+def test_a_missing_chromium_is_installed_from_debian(tree: Path) -> None:
+    apt = _fake_apt(tree, 0)
+    result = _make(tree, f"CHROMIUM_NAMES={tree}/nothing", f"APT_GET={apt}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ("chromium: installing chromium with apt-get\n"
+                             "chromium: installed\n")
+    calls = (tree / "apt-calls").read_text().splitlines()
+    assert calls[0] == "update -qq"
+    assert calls[1].split()[0] == "install" and calls[1].split()[-1] == "chromium"
+
+
+def test_a_failed_install_is_one_line_and_not_a_failure(tree: Path) -> None:
+    apt = _fake_apt(tree, 100)
+    result = _make(tree, f"CHROMIUM_NAMES={tree}/nothing", f"APT_GET={apt}")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout
+    assert lines[1].startswith("chromium: install failed") and "browser test" in lines[1]
+
+
+def test_without_apt_get_it_says_so_in_one_line(tree: Path) -> None:
+    result = _make(tree, f"CHROMIUM_NAMES={tree}/nothing", "APT_GET=")
+    assert result.returncode == 0
+    assert result.stdout.count("\n") == 1
+    assert result.stdout.startswith("chromium: not installed and cannot install it here")
