@@ -68,13 +68,12 @@ class Opened:
     size_l_h: float | None
 
 
-def bench_rules(night_flow_l_h: float = 20.0, continuous_flow_hours: int = 24,
-                district_rise_l_h: float | None = None) -> dict[str, Any]:
+def bench_rules(night_flow_l_h: float = 20.0, continuous_flow_hours: int = 24
+                ) -> dict[str, Any]:
     """The rules the scoreboard runs: the service's per-meter rules and the district rise."""
     from backend.alerts import Rule
-    from backend.leaks import BURST_L_H, DISTRICT_RISE_L_H, STEADY_FLOW_HOURS
+    from backend.leaks import BURST_L_H, STEADY_FLOW_HOURS
 
-    rise = DISTRICT_RISE_L_H if district_rise_l_h is None else district_rise_l_h
     hours = continuous_flow_hours
     return {
         "steady_flow": Rule("steady_flow", open_above=STEADY_FLOW_HOURS - 0.5,
@@ -86,9 +85,8 @@ def bench_rules(night_flow_l_h: float = 20.0, continuous_flow_hours: int = 24,
                            unit="L/h"),
         "burst": Rule("burst", open_above=BURST_L_H, close_below=BURST_L_H / 2,
                       close_after=2, unit="L/h"),
-        "district_loss_rise": Rule("district_loss_rise", open_above=rise,
-                                   close_below=rise / 2, open_after=2, close_after=2,
-                                   unit="L/h"),
+        "district_loss_rise": Rule("district_loss_rise", open_above=1.0, close_below=0.5,
+                                   open_after=2, close_after=2, unit="level"),
     }
 
 
@@ -161,7 +159,7 @@ def district_alerts(city: Any, district: Any, series: dict[str, list[Any]],
         [index[d].get(hour) for d in district.households])
         for hour in range(city.start, city.start + city.days * 86400, HOUR_S)]
     rule = rules["district_loss_rise"]
-    rises = leaks.loss_rises(leaks.night_losses(balances, tz), hold_above_l_h=rule.open_above)
+    rises = leaks.loss_rises(leaks.night_losses(balances, tz))
     ends = {n.night: n.balances[-1].hour + HOUR_S
             for n in leaks.night_losses(balances, tz)}
     out: list[Opened] = []
@@ -171,7 +169,7 @@ def district_alerts(city: Any, district: Any, series: dict[str, list[Any]],
         out.append(Opened("district_loss_rise", district.name, district.name, end,
                           end + 6 * 3600, size))
 
-    _feed(rule, [(ends[r.night], r.rise_l_h) for r in rises], opened)
+    _feed(rule, [(ends[r.night], r.ratio) for r in rises], opened)
     return out
 
 

@@ -3,7 +3,7 @@
 The city is a set of districts (DMAs). Each district is fed through one bulk
 inlet meter and may pass water on to a neighbour through a bulk outlet meter;
 behind them sit households, each with its own meter. Every litre is
-accounted for, hour by hour:
+accounted for, hour by hour (before the meters' errors):
 
     inlet = outlet + Σ household use + background leakage + pipe leaks
             + unmetered operational use (mains flushing)
@@ -20,8 +20,11 @@ injected, each with its size in L/h and its start hour:
 - ``pipe`` leaks sit in the mains between the bulk meters and the households:
   only the bulk inlet sees them, so they show up as loss in the balance.
 
-Bulk meters are not perfect: each has a fixed relative error (its accuracy
-class allows about ±2 %) and a small random error per hour. Household
+Meters are not perfect: each bulk meter has a fixed relative error (its
+accuracy class allows about ±2 %) and a small random error per hour, and each
+household meter a fixed relative error within ±2 % (the maximum permissible
+error of the upper flow zone in the Measuring Instruments Directive and ISO
+4064-1). Household
 readings can be lost on the way (a frame never heard): the hours it carried
 are then known only as their sum (``estimated``), as the backend rebuilds them
 from the index.
@@ -87,6 +90,7 @@ class Household:
     litres_per_person_day: float
     send_phase_s: int            # the meter sends at phase + k × 6 h
     night_appliance: bool        # a dishwasher or washing machine on a night timer
+    meter_error: float = 0.0     # the household meter's relative error (MID class: ±2 %)
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,11 @@ class City:
 
         ``use`` (the day's ``household_use``) saves recomputing it.
         """
-        use = use or self.household_use(device, day)
         home = self.households[device]
+        # What the meter counts: the water used, with the meter's own error, in
+        # whole litres per hour (the firmware's slots are index differences).
+        use = [round(v * (1 + home.meter_error))
+               for v in (use or self.household_use(device, day))]
         rng = random.Random(f"{self.seed}:lost:{device}:{day}")
         day_start = self.start + day * DAY_S
         quality = ["measured"] * 24
@@ -185,16 +192,17 @@ class City:
         return out
 
     def bulk_hours(self, district: str, day: int,
-                   household_use: dict[str, list[int]] | None = None
+                   household_use: dict[str, list[int]] | None = None, noise: bool = True
                    ) -> tuple[list[HourValue], list[HourValue]]:
         """(inlet hours, outlet hours) of ``district`` on ``day``, as its bulk meters count.
 
-        ``household_use`` (device -> the day's 24 values) saves recomputing them.
+        ``household_use`` (device -> the day's 24 values) saves recomputing them;
+        ``noise=False`` leaves out the meters' random error per hour.
         """
         dma = self.by_name(district)
         use = household_use or {d: self.household_use(d, day) for d in dma.households}
         rng = random.Random(f"{self.seed}:bulk:{district}:{day}")
-        flushing = self._flushing(district, day)
+        flushing = self.flushing(district, day)
         day_start = self.start + day * DAY_S
         inlet, outlet = [], []
         for h in range(24):
@@ -204,9 +212,11 @@ class City:
             true_in = (demand + passed + dma.background_l_h
                        + self._leak_litres("pipe", district, start) + flushing.get(h, 0.0))
             inlet.append(HourValue(start, round(
-                true_in * (1 + dma.inflow_bias) * (1 + rng.gauss(0, 0.001)), 1), "measured"))
+                true_in * (1 + dma.inflow_bias) * (1 + rng.gauss(0, 0.001) * noise), 1),
+                "measured"))
             outlet.append(HourValue(start, round(
-                passed * (1 + dma.outflow_bias) * (1 + rng.gauss(0, 0.001)), 1), "measured"))
+                passed * (1 + dma.outflow_bias) * (1 + rng.gauss(0, 0.001) * noise), 1),
+                "measured"))
         return inlet, outlet
 
     def mean_inflow_l_h(self, district: str) -> float:
@@ -227,7 +237,7 @@ class City:
                    if leak.subject == subject and leak.where == where
                    and hour_start >= leak.start)
 
-    def _flushing(self, district: str, day: int) -> dict[int, float]:
+    def flushing(self, district: str, day: int) -> dict[int, float]:
         """Unmetered operational use (mains flushing, fire service): about once a fortnight,
         2-5 hours at 500-3,000 L/h, mostly in working hours but sometimes at night."""
         rng = random.Random(f"{self.seed}:flush:{district}:{day}")
@@ -262,7 +272,8 @@ def build(seed: int, *, districts: int = 4, households: int = 200, days: int = 2
                 device=device, district=name, persons=rng.choice(PERSONS),
                 litres_per_person_day=rng.uniform(*LITRES_PER_PERSON_DAY),
                 send_phase_s=rng.randrange(0, SEND_EVERY_S // HOUR_S) * HOUR_S,
-                night_appliance=rng.random() < 0.05)
+                night_appliance=rng.random() < 0.05,
+                meter_error=rng.uniform(-0.02, 0.02))
         has_outlet = n % 2 == 1
         city.districts.append(District(
             name=name, inflow=f"{0x10000000 + 2 * n:08x}",
