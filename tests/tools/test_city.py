@@ -67,3 +67,39 @@ def test_lost_frames_leave_estimated_hours_with_the_exact_sum() -> None:
             assert abs(sum(h.litres for h in hours) - counted) < 1e-6
             estimated += sum(h.quality == "estimated" for h in hours)
     assert estimated > 0
+
+
+def test_city_households_send_frames_whose_profiles_are_the_city_litres() -> None:
+    from protocol import frame
+    from tools.sim.city_nodes import city_fleet
+
+    day0 = 1_767_571_200                                   # 2026-01-05T00:00:00Z
+    city = build(4, districts=2, households=6, days=16, start=day0,
+                 leak_sizes_l_h=(300.0,), leak_start=day0 + 30 * HOUR_S)
+    start = float(city.start + 10 * HOUR_S)
+    fleet = city_fleet(city, start, seed=4)
+    keys = {n.device_id: n.key for n in fleet.nodes}
+    assert sorted(f"{k:08x}" for k in keys) == sorted(city.households)
+    leaking = next(leak for leak in city.leaks if leak.where == "household")
+    checked = leak_hours = 0
+    for tx in fleet.due(start + 3 * DAY_S):
+        got = frame.decode(tx.payload, keys[frame.parse_header(tx.payload)[1]])
+        values = got["values"]
+        device = f"{got['device_id']:08x}"
+        # The hour after the profile's last: the one whose number mod 256 is profile_end_h.
+        end_h = int(tx_time(fleet, tx) // HOUR_S)
+        end_h -= (end_h - values["profile_end_h"]) % 256
+        for i, litres in enumerate(values["profile"]):
+            hour = (end_h - len(values["profile"]) + i) * HOUR_S
+            day, into = divmod(hour - city.start, DAY_S)
+            assert litres == city.household_counted(device, day)[into // HOUR_S]
+            if device == leaking.subject and hour >= leaking.start:
+                assert litres >= 300 * 0.98
+                leak_hours += 1
+            checked += 1
+    assert checked > 6 * 2 * 4 * 2 and leak_hours >= 24
+
+
+def tx_time(fleet: object, tx: object) -> float:
+    """When ``tx`` was sent: its node's next send is 6 hours later."""
+    return float(tx.node.next_send) - 6 * HOUR_S          # type: ignore[attr-defined]

@@ -41,6 +41,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 HOUR_S = 3600
 DAY_S = 24 * HOUR_S
@@ -154,6 +155,14 @@ class City:
             out.append(round(used))
         return out
 
+    def household_counted(self, device: str, day: int,
+                          use: list[int] | None = None) -> list[int]:
+        """What the household meter counts on ``day``: the water used, with the
+        meter's own error, in whole litres per hour (the firmware's slots are
+        differences of its index)."""
+        error = self.households[device].meter_error
+        return [round(v * (1 + error)) for v in (use or self.household_use(device, day))]
+
     def household_hours(self, device: str, day: int,
                         use: list[int] | None = None) -> list[HourValue]:
         """The household's hours on ``day`` as the backend knows them (lost frames estimated).
@@ -161,10 +170,7 @@ class City:
         ``use`` (the day's ``household_use``) saves recomputing it.
         """
         home = self.households[device]
-        # What the meter counts: the water used, with the meter's own error, in
-        # whole litres per hour (the firmware's slots are index differences).
-        use = [round(v * (1 + home.meter_error))
-               for v in (use or self.household_use(device, day))]
+        use = self.household_counted(device, day, use)
         rng = random.Random(f"{self.seed}:lost:{device}:{day}")
         day_start = self.start + day * DAY_S
         quality = ["measured"] * 24
@@ -254,12 +260,13 @@ def _weekday(t: int) -> int:
 
 def build(seed: int, *, districts: int = 4, households: int = 200, days: int = 21,
           start: int | None = None, leak_sizes_l_h: tuple[float, ...] = (),
-          leak_after_days: int = 7) -> City:
+          leak_after_days: int = 7, leak_start: int | None = None) -> City:
     """A seeded city; with ``leak_sizes_l_h``, one household leak and one pipe leak of
     each size, each starting at a random hour after ``leak_after_days`` days (so
     every detector has a baseline first) and at least 7 days before the end.
     Pipe leaks go one to a district (a second leak in a district already losing
-    water is a different question), household leaks round the districts."""
+    water is a different question), household leaks round the districts.
+    ``leak_start`` (unix s) starts every leak at that hour instead."""
     rng = random.Random(f"{seed}:city")
     if start is None:
         start = int(datetime(2026, 1, 5, tzinfo=UTC).timestamp())   # a Monday
@@ -291,8 +298,42 @@ def build(seed: int, *, districts: int = 4, households: int = 200, days: int = 2
             dma = city.districts[(k + (where == "household")) % districts]
             day = rng.randrange(leak_after_days, max(leak_after_days + 1, last_start))
             when = start + day * DAY_S + rng.randrange(24) * HOUR_S
+            if leak_start is not None:
+                when = leak_start - leak_start % HOUR_S
             taken = {leak.subject for leak in city.leaks}
             subject = dma.name if where == "pipe" else rng.choice(
                 [d for d in dma.households if d not in taken])
             city.leaks.append(Leak(where, dma.name, subject, float(size), when))
     return city
+
+
+def add_city_arguments(parser: Any) -> None:
+    """The options that describe the city (shared by ``simulate`` and ``modbus-sim``)."""
+    parser.add_argument("--districts", type=int, default=2,
+                        help="districts of the city (with --city; default 2)")
+    parser.add_argument("--households", type=int, default=20,
+                        help="households per district (with --city; default 20)")
+    parser.add_argument("--leaks", default="",
+                        help="with --city: leak sizes in L/h, comma-separated; one household "
+                        "leak and one pipe leak of each size")
+    parser.add_argument("--leak-start", type=float, default=None, metavar="UNIX_S",
+                        help="with --city: simulated time the leaks start (default: a day in)")
+
+
+def city_from_args(args: Any, seed: int, start: float) -> City:
+    """The city the options describe; ``start`` is the simulated time the run begins."""
+    from gateway.errors import KnuteError
+
+    if args.districts < 1 or args.households < 1:
+        raise KnuteError("--districts and --households must be at least 1")
+    try:
+        sizes = tuple(float(s) for s in args.leaks.split(",") if s.strip())
+    except ValueError:
+        raise KnuteError(f"--leaks {args.leaks!r}: expected sizes in L/h, "
+                         "comma-separated") from None
+    if any(s <= 0 for s in sizes):
+        raise KnuteError(f"--leaks {args.leaks!r}: every size must be above 0")
+    leak_start = args.leak_start if args.leak_start is not None else start + DAY_S
+    return build(seed, districts=args.districts, households=args.households, days=30,
+                 start=int(start - start % DAY_S), leak_sizes_l_h=sizes,
+                 leak_start=int(leak_start))
