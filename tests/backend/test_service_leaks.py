@@ -45,8 +45,8 @@ def send(core: Backend, doc: dict[str, Any]) -> None:
 def test_steady_flow_opens_on_a_leak_and_not_on_a_busy_household(
         backend: tuple[Backend, Published]) -> None:
     core, published = backend
-    busy = [3, 8, 2, 5, 9, 4] * 5         # water in every hour, but no hour of 20 L or more
-    leak = [25, 30, 26, 40, 90, 25] * 5
+    busy = [3.0, 8, 2, 5, 9, 4] * 5        # water in every hour, but no hour of 20 L or more
+    leak = [25.0, 30, 26, 40, 90, 25] * 5
     for i in range(5):
         send(core, reading("00000001", i + 1, T0 + (i + 1) * 6 * HOUR_S,
                            busy[6 * i:6 * i + 6], sum(busy[:6 * i + 6])))
