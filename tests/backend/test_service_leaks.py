@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from backend.config import Config, District
@@ -16,6 +17,9 @@ from backend.store import Store
 from tests.backend.factory import HOUR_S, T0, reading, topic
 
 HOUSES = ("00000001", "00000002")
+ROOT = Path(__file__).resolve().parents[2]
+ALERT_SCHEMA = jsonschema.Draft202012Validator(
+    json.loads((ROOT / "docs" / "schema" / "alert.schema.json").read_text()))
 INLET = "1000a001"
 
 
@@ -24,6 +28,7 @@ class Published:
         self.messages: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, topic: str, document: Mapping[str, Any]) -> None:
+        ALERT_SCHEMA.validate(json.loads(json.dumps(document)))   # as it goes on the wire
         self.messages.append((topic, dict(document)))
 
     def on(self, alert: str) -> list[dict[str, Any]]:
