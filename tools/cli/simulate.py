@@ -138,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"leak: {leak['where']} {leak['subject']} {leak['size_l_h']:g} L/h "
                   f"from {leak['start']}", flush=True)
     sent = valid = 0
-    wall0 = time.monotonic() - (time.time() - wall_start)
+    wall0 = time.monotonic()
+    if args.city:     # the city's clock started at wall_start (modbus-sim runs on it too)
+        wall0 -= time.time() - wall_start
     try:
         while not stop:
             elapsed = time.monotonic() - wall0
