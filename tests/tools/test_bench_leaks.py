@@ -19,7 +19,7 @@ def test_the_scoreboard_runs_the_service_rules() -> None:
     service = Backend(Config(path=ROOT / "backend.toml"), store=None,  # type: ignore[arg-type]
                       publish=lambda topic, doc: None, checker=object())  # type: ignore[arg-type]
     ours = bench_rules()
-    for name in ("continuous_flow", "night_flow"):
+    for name in ("continuous_flow", "steady_flow", "night_flow", "burst", "district_loss_rise"):
         theirs = service.rules[name]
         mine = ours[name]
         assert (mine.open_above, mine.close_below, mine.open_after, mine.close_after) == \
