@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from backend.analytics import CONTINUOUS_FLOW_HOURS, NIGHT_USE_L_PER_PROPERTY_H
-from backend.leaks import (
+from knute.backend.analytics import CONTINUOUS_FLOW_HOURS, NIGHT_USE_L_PER_PROPERTY_H
+from knute.backend.leaks import (
     BURST_L_H,
     DISTRICT_RISE_MIN_L_H,
     DISTRICT_RISE_SHARE,

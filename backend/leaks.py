@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date
 from zoneinfo import ZoneInfo
 
-from backend.analytics import (
+from knute.backend.analytics import (
     KNOWN,
     NIGHT_WINDOW,
     Balance,
@@ -31,7 +31,7 @@ from backend.analytics import (
     index_backwards,
     local_hour,
 )
-from backend.hours import Hour
+from knute.backend.hours import Hour
 
 # The firmware's burst threshold (firmware/config.py ``burst_lph``): no
 # household draws 2,000 L/h for a whole hour (a shower is 6-12 L/min, and not

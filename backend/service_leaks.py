@@ -11,13 +11,13 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from backend import analytics, leaks
-from backend.alerts import Rule
-from backend.hours import HOUR_S, Hour, format_hour, parse_utc
+from knute.backend import analytics, leaks
+from knute.backend.alerts import Rule
+from knute.backend.hours import HOUR_S, Hour, format_hour, parse_utc
 
 if TYPE_CHECKING:
-    from backend.config import Config, District
-    from backend.service import Backend
+    from knute.backend.config import Config, District
+    from knute.backend.service import Backend
 
 EVALUATE_BACK_S = 9 * 86400     # as the service: nine days of history, a week of baseline
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 from zoneinfo import ZoneInfo
 
-from backend import analytics, leaks
-from backend.analytics import Balance, NightLeakage
-from backend.hours import ESTIMATED, MEASURED, Hour
+from knute.backend import analytics, leaks
+from knute.backend.analytics import Balance, NightLeakage
+from knute.backend.hours import ESTIMATED, MEASURED, Hour
 from tests.backend.factory import HOUR_S, T0
 
 OSLO = ZoneInfo("Europe/Oslo")

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from backend.config import Config
-from backend.service import Backend
-from tools.bench.leaks import bench_rules
+from knute.backend.config import Config
+from knute.backend.service import Backend
+from knute.tools.bench.leaks import bench_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def test_the_scoreboard_runs_the_service_rules() -> None:
 
 def test_small_scoreboard_has_the_keys_and_holds_the_floors() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "bench", "leaks", "--json", "--seed", "2",
+        [sys.executable, "-m", "knute.tools.cli", "bench", "leaks", "--json", "--seed", "2",
          "--cities", "1", "--districts", "5", "--households", "40", "--days", "16",
          "--sizes", "20,50,500,2000"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -47,7 +47,7 @@ def test_small_scoreboard_has_the_keys_and_holds_the_floors() -> None:
 
 
 def test_bad_sizes_are_one_line() -> None:
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "leaks", "--sizes", "x"],
+    proc = subprocess.run([sys.executable, "-m", "knute.tools.cli", "bench", "leaks", "--sizes", "x"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--sizes" in proc.stderr

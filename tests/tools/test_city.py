@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 
-from tools.sim.city import DAY_S, HOUR_S, UTC_OFFSET_S, build
+from knute.tools.sim.city import DAY_S, HOUR_S, UTC_OFFSET_S, build
 
 
 def test_the_same_seed_gives_the_same_city_in_any_order() -> None:
@@ -70,8 +70,8 @@ def test_lost_frames_leave_estimated_hours_with_the_exact_sum() -> None:
 
 
 def test_city_households_send_frames_whose_profiles_are_the_city_litres() -> None:
-    from protocol import frame
-    from tools.sim.city_nodes import city_fleet
+    from knute.protocol import frame
+    from knute.tools.sim.city_nodes import city_fleet
 
     day0 = 1_767_571_200                                   # 2026-01-05T00:00:00Z
     city = build(4, districts=2, households=6, days=16, start=day0,

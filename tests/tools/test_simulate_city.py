@@ -11,17 +11,17 @@ import subprocess
 import time
 from pathlib import Path
 
-from protocol import frame, stream
-from protocol.errors import FrameError
+from knute.protocol import frame, stream
+from knute.protocol.errors import FrameError
+from knute.tools.sim.city import city_from_args
+from knute.tools.sim.city_nodes import BULK_START_INDEX_L, CityBulkUnit
 from tests.conftest import free_port
-from tools.sim.city import city_from_args
-from tools.sim.city_nodes import BULK_START_INDEX_L, CityBulkUnit
 
 
 def test_city_frames_and_bulk_meters_follow_one_model(knute_bin: str, tmp_path: Path) -> None:
     from pymodbus.client import ModbusTcpClient
 
-    from gateway.modbus.regmap import load_map, resolve_map_path
+    from knute.gateway.modbus.regmap import load_map, resolve_map_path
 
     link = tmp_path / "radio"
     fleet_csv = tmp_path / "fleet.csv"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 SIZES_L_H = (20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 HOUSEHOLD_FLOOR_L_H = 50.0
@@ -71,8 +71,8 @@ class Opened:
 def bench_rules(night_flow_l_h: float = 20.0, continuous_flow_hours: int = 24
                 ) -> dict[str, Any]:
     """The rules the scoreboard runs: the service's per-meter rules and the district rise."""
-    from backend.alerts import Rule
-    from backend.leaks import BURST_L_H, STEADY_FLOW_HOURS
+    from knute.backend.alerts import Rule
+    from knute.backend.leaks import BURST_L_H, STEADY_FLOW_HOURS
 
     hours = continuous_flow_hours
     return {
@@ -93,7 +93,7 @@ def bench_rules(night_flow_l_h: float = 20.0, continuous_flow_hours: int = 24
 def _feed(rule: Any, values: Sequence[tuple[int, float]],
           on_open: Callable[[int, int], None]) -> None:
     """Run (period end, value) pairs through the alert's hysteresis; call ``on_open(i, end)``."""
-    from backend.alerts import CLOSED, new_state, step
+    from knute.backend.alerts import CLOSED, new_state, step
 
     state = new_state()
     for i, (end, value) in enumerate(values):
@@ -113,8 +113,8 @@ def _next_send(end: int, phase: int, day0: int) -> int:
 def household_alerts(city: Any, device: str, hours: Sequence[Any], rules: dict[str, Any],
                      tz: ZoneInfo) -> list[Opened]:
     """Every alert that opens on one household's series."""
-    from backend import analytics, leaks
-    from backend.hours import HOUR_S
+    from knute.backend import analytics, leaks
+    from knute.backend.hours import HOUR_S
 
     home = city.households[device]
     out: list[Opened] = []
@@ -149,8 +149,8 @@ def household_alerts(city: Any, device: str, hours: Sequence[Any], rules: dict[s
 def district_alerts(city: Any, district: Any, series: dict[str, list[Any]],
                     rules: dict[str, Any], tz: ZoneInfo) -> list[Opened]:
     """Every ``district_loss_rise`` that opens on one district's balances."""
-    from backend import analytics, leaks
-    from backend.hours import HOUR_S
+    from knute.backend import analytics, leaks
+    from knute.backend.hours import HOUR_S
 
     index = {d: {h.start: h for h in hours} for d, hours in series.items()}
     meters_out = [district.outflow] if district.outflow else []
@@ -176,8 +176,8 @@ def district_alerts(city: Any, district: Any, series: dict[str, list[Any]],
 def run_city(seed: int, districts: int, households: int, days: int,
              sizes: Sequence[float], rules: dict[str, Any]) -> tuple[Any, list[Opened]]:
     """Build one city and every alert that opens in it."""
-    from backend.hours import Hour
-    from tools.sim.city import build
+    from knute.backend.hours import Hour
+    from knute.tools.sim.city import build
 
     tz = ZoneInfo(TIMEZONE)
     city = build(seed, districts=districts, households=households, days=days,

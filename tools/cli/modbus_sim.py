@@ -10,8 +10,8 @@ import argparse
 import os
 import random
 
-from gateway.errors import KnuteError
-from tools.sim.modbus import DEFAULT_DEVICES, DEFAULT_TCP, Faults, SimUnit, serve
+from knute.gateway.errors import KnuteError
+from knute.tools.sim.modbus import DEFAULT_DEVICES, DEFAULT_TCP, Faults, SimUnit, serve
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "modbus-sim") -> None:
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "modbus-sim") -> 
     parser.add_argument("--city-clock", default=None, metavar="START:WALL:SPEED",
                         help="with --city: simulated unix time START at wall time WALL, "
                         "SPEED simulated seconds per second (default: now, now, 1)")
-    from tools.sim.city import add_city_arguments
+    from knute.tools.sim.city import add_city_arguments
 
     add_city_arguments(parser)
 
@@ -74,7 +74,7 @@ def _unit_int(text: str, opt: str) -> tuple[int, int]:
 
 
 def _build(args: argparse.Namespace) -> tuple[dict[int, SimUnit], Faults, random.Random]:
-    from gateway.modbus.regmap import load_map, resolve_map_path
+    from knute.gateway.modbus.regmap import load_map, resolve_map_path
 
     rng = random.Random(args.seed)
     if args.city is not None:
@@ -93,7 +93,7 @@ def _build(args: argparse.Namespace) -> tuple[dict[int, SimUnit], Faults, random
     for unit, names in alarms.items():
         if unit not in units:
             raise KnuteError(f"--alarm: unit {unit} is not a --device")
-        from protocol import kinds
+        from knute.protocol import kinds
 
         known = {b for f in units[unit].kind["fields"] if f["type"] == "bits" for b in f["bits"]}
         unknown = names - known
@@ -108,9 +108,9 @@ def _city_units(args: argparse.Namespace, rng: random.Random) -> dict[int, SimUn
     """The city's bulk meters as units 1..N (inlet, then outlet, district by district)."""
     import time
 
-    from gateway.modbus.regmap import load_map, resolve_map_path
-    from tools.sim.city import city_from_args
-    from tools.sim.city_nodes import CityBulkUnit, bulk_units
+    from knute.gateway.modbus.regmap import load_map, resolve_map_path
+    from knute.tools.sim.city import city_from_args
+    from knute.tools.sim.city_nodes import CityBulkUnit, bulk_units
 
     now = time.time()
     start, wall, speed = now, now, 1.0

@@ -23,8 +23,8 @@ import sys
 import time
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.sim.simulate import open_outputs, register, send
+from knute.gateway.errors import KnuteError
+from knute.tools.sim.simulate import open_outputs, register, send
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -62,14 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--modbus", metavar="HOST:PORT",
                         help="with --city: serve the bulk meters through knute modbus-sim "
                         "on this Modbus TCP address (units 1..N, listed in the summary)")
-    from tools.sim.city import add_city_arguments
+    from knute.tools.sim.city import add_city_arguments
 
     add_city_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the fleet until --for elapses or Ctrl-C, then print a summary."""
-    from tools.sim.fleet import FAULTS, Fleet
+    from knute.tools.sim.fleet import FAULTS, Fleet
 
     faults = tuple(f for f in args.faults.split(",") if f)
     if set(faults) - set(FAULTS):
@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     city_info: dict[str, Any] | None = None
     modbus: Any = None
     if args.city:
-        from tools.sim.city import city_from_args
-        from tools.sim.city_nodes import city_fleet
+        from knute.tools.sim.city import city_from_args
+        from knute.tools.sim.city_nodes import city_fleet
 
         city = city_from_args(args, args.seed, start)
         fleet = city_fleet(city, start, args.seed, faults, args.fault_rate)
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         import tempfile
         from pathlib import Path
 
-        from tools.sim.firmware_nodes import start_boards
+        from knute.tools.sim.firmware_nodes import start_boards
 
         flash_root = Path(tempfile.mkdtemp(prefix="knute-sim-boards-"))
         boards = start_boards(args.real_firmware, flash_root, args.registry, start, args.speed)
@@ -200,7 +200,7 @@ def _city_summary(city: Any, modbus: str | None) -> dict[str, Any]:
     """The city's districts, bulk meters (with Modbus units) and leaks, for the summary."""
     from datetime import UTC, datetime
 
-    from tools.sim.city_nodes import bulk_units
+    from knute.tools.sim.city_nodes import bulk_units
 
     units = {(district, side): (unit, device) for unit, district, side, device
              in bulk_units(city)}
@@ -225,7 +225,7 @@ def _start_modbus(args: argparse.Namespace, start: float, wall_start: float) -> 
     import select
     import subprocess
 
-    command = [sys.executable, "-m", "tools.cli", "modbus-sim", "--tcp", args.modbus, "--json",
+    command = [sys.executable, "-m", "knute.tools.cli", "modbus-sim", "--tcp", args.modbus, "--json",
                "--city", str(args.seed), "--city-clock", f"{start}:{wall_start}:{args.speed}",
                "--districts", str(args.districts), "--households", str(args.households),
                "--leaks", args.leaks, "--seed", str(args.seed)]

@@ -322,7 +322,7 @@ def add_city_arguments(parser: Any) -> None:
 
 def city_from_args(args: Any, seed: int, start: float) -> City:
     """The city the options describe; ``start`` is the simulated time the run begins."""
-    from gateway.errors import KnuteError
+    from knute.gateway.errors import KnuteError
 
     if args.districts < 1 or args.households < 1:
         raise KnuteError("--districts and --households must be at least 1")

@@ -14,9 +14,9 @@ import random
 import time
 from typing import Any
 
-from tools.sim.city import DAY_S, HOUR_S, City
-from tools.sim.fleet import Fleet, MeterNode
-from tools.sim.modbus import SimUnit
+from knute.tools.sim.city import DAY_S, HOUR_S, City
+from knute.tools.sim.fleet import Fleet, MeterNode
+from knute.tools.sim.modbus import SimUnit
 
 BULK_START_INDEX_L = 50_000_000.0
 
