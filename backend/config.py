@@ -12,6 +12,12 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from knute.backend.analytics import CONTINUOUS_FLOW_HOURS, NIGHT_USE_L_PER_PROPERTY_H
+from knute.backend.leaks import (
+    BURST_L_H,
+    DISTRICT_RISE_MIN_L_H,
+    DISTRICT_RISE_SHARE,
+    STEADY_FLOW_L_H,
+)
 
 DEVICE_HEX = frozenset("0123456789abcdef")
 
@@ -53,6 +59,10 @@ class Config:
     silent_after_intervals: int = 3
     night_use_l_per_property_h: float = NIGHT_USE_L_PER_PROPERTY_H
     district_leak_l_h: float = 100.0
+    steady_flow_l_h: float = STEADY_FLOW_L_H
+    burst_l_h: float = BURST_L_H
+    district_rise_share: float = DISTRICT_RISE_SHARE
+    district_rise_min_l_h: float = DISTRICT_RISE_MIN_L_H
     evaluate_every_s: float = 60.0
     districts: tuple[District, ...] = ()
     web_enabled: bool = True
@@ -74,7 +84,8 @@ _SECTIONS: dict[str, dict[str, type]] = {
     "water": {"timezone": str, "night_flow_l_h": float, "continuous_flow_hours": int,
               "expected_interval_s": float, "silent_after_intervals": int,
               "night_use_l_per_property_h": float, "district_leak_l_h": float,
-              "evaluate_every_s": float},
+              "evaluate_every_s": float, "steady_flow_l_h": float, "burst_l_h": float,
+              "district_rise_share": float, "district_rise_min_l_h": float},
     "web": {"enabled": bool, "host": str, "port": int, "days": int},
 }
 

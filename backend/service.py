@@ -31,6 +31,7 @@ from knute.backend.alerts import Rule
 from knute.backend.config import Config, District
 from knute.backend.hours import HOUR_S, Hour, format_hour, parse_utc
 from knute.backend.ingest import BadReading, ReadingChecker
+from knute.backend.service_leaks import evaluate_district_rise, evaluate_meter_leaks, leaks_rules
 from knute.backend.store import Store
 
 WATER = "water_meter"
@@ -100,6 +101,7 @@ class Backend:
                      f"{config.night_use_l_per_property_h:g} L/h per property above "
                      f"{config.district_leak_l_h:g} L/h; closes after 2 nights below half"),
         }
+        self.rules.update(leaks_rules(config))
         for name in NODE_ALARMS:
             self.rules[f"alarm_{name}"] = Rule(
                 f"alarm_{name}", open_above=0.5, close_below=0.5,
@@ -159,6 +161,7 @@ class Backend:
                     night_flow.feed(night.night.toordinal(), night.min_l_h,
                                     format_hour(night.hours[-1].start + HOUR_S),
                                     partial(_evidence, night.hours))
+        evaluate_meter_leaks(self, device, hours, doc)
         at = str(doc["received_at"])
         alarms = set(doc.get("alarms", []))
         for name in NODE_ALARMS:
@@ -211,6 +214,7 @@ class Backend:
             for night in analytics.nights(inlet_hours, self.config.timezone):
                 if night.min_l_h is not None and night.night.toordinal() > leak_alert.last:
                     self._district_night(district, night, leak_alert)
+        evaluate_district_rise(self, district, now)
 
     def _district_night(self, district: District, night: analytics.Night,
                         leak_alert: _Tracker) -> None:

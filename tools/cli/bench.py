@@ -16,6 +16,7 @@ BENCHES = {
     "gateway": "decode+verify, end to end to the broker against bare paho, spool drain, RSS",
     "firmware": "peak heap and allocations per send cycle on the MicroPython unix port",
     "reliability": "fault-injection cases: sent, accepted, delivered, lost, duplicates",
+    "leaks": "leak scoreboard on a simulated city: found, false alerts, time to detect, size",
     "plan": "knute plan's simulated uplinks/s on a 45,000-node city against a pairwise baseline",
     "web": "the backend's web page for one district of N meters against an SQL-sum baseline",
 }

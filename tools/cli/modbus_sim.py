@@ -44,6 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "modbus-sim") -> 
                         help="stop after S seconds (default: run until SIGINT/SIGTERM)")
     parser.add_argument("--json", action="store_true",
                         help="print where it listens as one JSON line")
+    parser.add_argument("--city", type=int, default=None, metavar="SEED",
+                        help="serve the bulk meters of the simulated city SEED (units 1..N, "
+                        "see knute simulate --city) instead of --device")
+    parser.add_argument("--city-clock", default=None, metavar="START:WALL:SPEED",
+                        help="with --city: simulated unix time START at wall time WALL, "
+                        "SPEED simulated seconds per second (default: now, now, 1)")
+    from knute.tools.sim.city import add_city_arguments
+
+    add_city_arguments(parser)
 
 
 def _pair(text: str, opt: str) -> tuple[int, str]:
@@ -68,6 +77,8 @@ def _build(args: argparse.Namespace) -> tuple[dict[int, SimUnit], Faults, random
     from knute.gateway.modbus.regmap import load_map, resolve_map_path
 
     rng = random.Random(args.seed)
+    if args.city is not None:
+        return _city_units(args, rng), _faults(args), rng
     alarms: dict[int, set[str]] = {}
     for text in args.alarm:
         unit, name = _pair(text, "--alarm")
@@ -90,9 +101,36 @@ def _build(args: argparse.Namespace) -> tuple[dict[int, SimUnit], Faults, random
             raise KnuteError(f"--alarm: {', '.join(sorted(unknown))} is not a bit of "
                              f"{units[unit].map.kind} ({', '.join(sorted(known))})")
         del kinds
+    return units, _faults(args), rng
+
+
+def _city_units(args: argparse.Namespace, rng: random.Random) -> dict[int, SimUnit]:
+    """The city's bulk meters as units 1..N (inlet, then outlet, district by district)."""
+    import time
+
+    from knute.gateway.modbus.regmap import load_map, resolve_map_path
+    from knute.tools.sim.city import city_from_args
+    from knute.tools.sim.city_nodes import CityBulkUnit, bulk_units
+
+    now = time.time()
+    start, wall, speed = now, now, 1.0
+    if args.city_clock:
+        try:
+            start, wall, speed = (float(v) for v in args.city_clock.split(":"))
+        except ValueError:
+            raise KnuteError(f"--city-clock {args.city_clock!r}: expected "
+                             "START:WALL:SPEED") from None
+    city = city_from_args(args, args.city, start)
+    rmap = load_map(resolve_map_path("generic_water_meter", os.getcwd()))
+    return {unit: CityBulkUnit(unit, rmap, random.Random(rng.random()), city, district, side,
+                               start, wall, speed)
+            for unit, district, side, _device in bulk_units(city)}
+
+
+def _faults(args: argparse.Namespace) -> Faults:
     if not 0.0 <= args.exception_rate <= 1.0:
         raise KnuteError("--exception-rate must be 0..1")
-    faults = Faults(
+    return Faults(
         slow_s={u: ms / 1000.0 for u, ms in (_unit_int(t, "--slow-ms") for t in args.slow_ms)},
         exception_rate=args.exception_rate,
         exception_units=set(args.exception_unit),
@@ -101,7 +139,6 @@ def _build(args: argparse.Namespace) -> tuple[dict[int, SimUnit], Faults, random
         crc_units=set(args.crc_error_unit),
         short_units=set(args.short_unit),
     )
-    return units, faults, rng
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--registry", help="register the fleet in this registry first")
     parser.add_argument("--csv", help="write the fleet as CSV for knute devices import")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--city", action="store_true",
+                        help="simulate a city instead of --meters/--air: districts of "
+                        "households (tools/sim/city.py) with their bulk meters, and leaks")
+    parser.add_argument("--modbus", metavar="HOST:PORT",
+                        help="with --city: serve the bulk meters through knute modbus-sim "
+                        "on this Modbus TCP address (units 1..N, listed in the summary)")
+    from knute.tools.sim.city import add_city_arguments
+
+    add_city_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,14 +75,29 @@ def run(args: argparse.Namespace) -> int:
     if set(faults) - set(FAULTS):
         raise KnuteError(f"--faults: unknown {','.join(sorted(set(faults) - set(FAULTS)))}; "
                          f"known: {','.join(FAULTS)}")
-    if args.meters < 0 or args.air < 0 or args.meters + args.air == 0:
+    if not args.city and (args.meters < 0 or args.air < 0 or args.meters + args.air == 0):
         raise KnuteError("--meters and --air: at least one node")
+    if args.modbus and not args.city:
+        raise KnuteError("--modbus serves the bulk meters of --city: give --city")
     if args.speed <= 0:
         raise KnuteError("--speed must be positive")
     start = time.time()
-    fleet = Fleet(args.meters, args.air, start=start, seed=args.seed, faults=faults,
-                  fault_rate=args.fault_rate, first_device_id=int(args.first_device_id, 16))
+    wall_start = start
+    city_info: dict[str, Any] | None = None
+    modbus: Any = None
+    if args.city:
+        from knute.tools.sim.city import city_from_args
+        from knute.tools.sim.city_nodes import city_fleet
+
+        city = city_from_args(args, args.seed, start)
+        fleet = city_fleet(city, start, args.seed, faults, args.fault_rate)
+        city_info = _city_summary(city, args.modbus)
+    else:
+        fleet = Fleet(args.meters, args.air, start=start, seed=args.seed, faults=faults,
+                      fault_rate=args.fault_rate, first_device_id=int(args.first_device_id, 16))
     register(args, fleet)
+    if args.modbus:
+        modbus = _start_modbus(args, start, wall_start)
     boards: list[Any] = []
     if args.real_firmware:
         if not args.registry:
@@ -101,8 +125,22 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     if out.pty_link and not args.json:
         print(f"serial: {out.pty_link} -> {os.readlink(out.pty_link)}", flush=True)
+    if city_info is not None and not args.json:
+        print(f"city clock: simulated {start:.3f} at wall {wall_start:.3f}, "
+              f"speed {args.speed:g}", flush=True)
+        for dma in city_info["districts"]:
+            meters = ", ".join(f"{m['side']} {m['device']}"
+                               + (f" (Modbus unit {m['unit']})" if args.modbus else "")
+                               for m in dma["bulk_meters"])
+            print(f"district {dma['name']}: {dma['households']} households; {meters}",
+                  flush=True)
+        for leak in city_info["leaks"]:
+            print(f"leak: {leak['where']} {leak['subject']} {leak['size_l_h']:g} L/h "
+                  f"from {leak['start']}", flush=True)
     sent = valid = 0
     wall0 = time.monotonic()
+    if args.city:     # the city's clock started at wall_start (modbus-sim runs on it too)
+        wall0 -= time.time() - wall_start
     try:
         while not stop:
             elapsed = time.monotonic() - wall0
@@ -126,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
         out.close()
         for board in boards:
             board.close()
+        if modbus is not None:
+            modbus.terminate()
+            modbus.wait(10)
     summary = {
         "nodes": len(fleet.nodes),
         "simulated_s": round((time.monotonic() - wall0) * args.speed),
@@ -139,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         "firmware_nodes": [{"device": f"{b.device_id:08x}", "serial": b.uart_path,
                             "sent": len(b.sent)} for b in boards],
     }
+    if city_info is not None:
+        summary["city"] = city_info
     if args.json:
         json.dump(summary, sys.stdout)
         print()
@@ -151,3 +194,50 @@ def run(args: argparse.Namespace) -> int:
             print("faults injected: " + ", ".join(f"{k} {v}" for k, v in
                                                    summary["faults"].items()))
     return 0
+
+
+def _city_summary(city: Any, modbus: str | None) -> dict[str, Any]:
+    """The city's districts, bulk meters (with Modbus units) and leaks, for the summary."""
+    from datetime import UTC, datetime
+
+    from knute.tools.sim.city_nodes import bulk_units
+
+    units = {(district, side): (unit, device) for unit, district, side, device
+             in bulk_units(city)}
+    return {
+        "modbus": modbus,
+        "districts": [{
+            "name": dma.name, "households": len(dma.households),
+            "household_devices": list(dma.households),
+            "bulk_meters": [{"side": side, "device": units[(dma.name, side)][1],
+                             "unit": units[(dma.name, side)][0]}
+                            for side in ("inflow", "outflow") if (dma.name, side) in units],
+        } for dma in city.districts],
+        "leaks": [{"where": leak.where, "district": leak.district, "subject": leak.subject,
+                   "size_l_h": leak.size_l_h,
+                   "start": datetime.fromtimestamp(leak.start, UTC).strftime(
+                       "%Y-%m-%dT%H:%M:%SZ")} for leak in city.leaks],
+    }
+
+
+def _start_modbus(args: argparse.Namespace, start: float, wall_start: float) -> Any:
+    """``knute modbus-sim`` serving the city's bulk meters on the same simulated clock."""
+    import select
+    import subprocess
+
+    command = [sys.executable, "-m", "knute.tools.cli", "modbus-sim", "--tcp", args.modbus, "--json",
+               "--city", str(args.seed), "--city-clock", f"{start}:{wall_start}:{args.speed}",
+               "--districts", str(args.districts), "--households", str(args.households),
+               "--leaks", args.leaks, "--seed", str(args.seed)]
+    if args.leak_start is not None:
+        command += ["--leak-start", str(args.leak_start)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60.0)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("{"):
+        proc.kill()
+        error = proc.stderr.read().strip().splitlines()
+        raise KnuteError(f"--modbus {args.modbus}: modbus-sim did not start"
+                         + (f": {error[-1]}" if error else ""))
+    return proc

@@ -1,0 +1,111 @@
+"""The signals of backend/leaks.py in the running service: their rules and evaluation.
+
+Kept beside ``backend.service`` so the service only calls in: per meter
+``steady_flow``, ``burst`` and ``backflow`` on each reading, per district
+``district_loss_rise`` on each evaluation (docs/water.md gives each rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from knute.backend import analytics, leaks
+from knute.backend.alerts import Rule
+from knute.backend.hours import HOUR_S, Hour, format_hour, parse_utc
+
+if TYPE_CHECKING:
+    from knute.backend.config import Config, District
+    from knute.backend.service import Backend
+
+EVALUATE_BACK_S = 9 * 86400     # as the service: nine days of history, a week of baseline
+
+
+def leaks_rules(config: Config) -> dict[str, Rule]:
+    """The alert rules of this module's signals under ``config``."""
+    hours = config.continuous_flow_hours
+    level = config.steady_flow_l_h
+    share = config.district_rise_share
+    return {
+        "steady_flow": Rule(
+            "steady_flow", open_above=hours - 0.5, close_below=0.5, close_after=2, unit="h",
+            text=f"every hour at or above {level:g} L/h for {hours} h; closes after 2 hours "
+                 "in a row below it"),
+        "burst": Rule(
+            "burst", open_above=config.burst_l_h, close_below=config.burst_l_h / 2,
+            close_after=2, unit="L/h",
+            text=f"an hour above {config.burst_l_h:g} L/h; closes after 2 hours below half "
+                 "of it"),
+        "backflow": Rule(
+            "backflow", open_above=0.5, close_below=0.5, close_after=4,
+            text=f"the index went down by at most {leaks.BACKFLOW_MAX_L:g} L (water flowed "
+                 "back through the meter); closes after 4 readings without it"),
+        "district_loss_rise": Rule(
+            "district_loss_rise", open_above=1.0, close_below=0.5, open_after=2,
+            close_after=2, unit="level",
+            text=f"night loss above the median of the last {leaks.BASELINE_NIGHTS} quiet "
+                 f"nights by more than {share * 100:g} % of the night's net inflow (at least "
+                 f"{config.district_rise_min_l_h:g} L/h) on 2 nights in a row; closes after "
+                 "2 nights below half of that"),
+    }
+
+
+def _evidence(hours: Sequence[Hour]) -> list[dict[str, Any]]:
+    return [{"hour": format_hour(h.start), "litres": h.litres, "quality": h.quality}
+            for h in hours]
+
+
+def evaluate_meter_leaks(backend: Backend, device: str, hours: Sequence[Hour],
+                         doc: Mapping[str, Any]) -> None:
+    """Steady flow and bursts on a meter's recent ``hours``; backflow on its new reading."""
+    config = backend.config
+    need = config.continuous_flow_hours
+    with backend._track("steady_flow", device, "meter", True) as steady:
+        for i, (hour, length) in enumerate(leaks.steady_run_by_hour(hours,
+                                                                    config.steady_flow_l_h)):
+            if hour > steady.last:
+                steady.feed(hour, length, format_hour(hour + HOUR_S),
+                            partial(_evidence, hours[max(i - length + 1, i + 1 - need):i + 1]))
+    with backend._track("burst", device, "meter", True) as burst:
+        for h in hours:
+            if h.quality in analytics.KNOWN and h.start > burst.last:
+                burst.feed(h.start, h.litres, format_hour(h.start + HOUR_S),
+                           partial(_evidence, [h]))
+    received = parse_utc(doc["received_at"])
+    previous = backend.store.previous_received(device, received)
+    # A drop found by this reading sits at one of its anchors, and its oldest
+    # anchor can be the hour the previous reading ended: so from an hour before it.
+    steps = [(float(h), b, a) for h, b, a in backend.store.index_steps(device)
+             if (previous is None or h > previous - HOUR_S) and h <= received]
+    back = leaks.backflow([(t, b) for t, b, _ in steps] + [(t + 0.5, a) for t, _, a in steps])
+    with backend._track("backflow", device, "meter") as backflow:
+        backflow.feed(received, float(bool(back)), str(doc["received_at"]), lambda: [
+            {"hour": format_hour(int(t)), "index_before_l": b, "index_after_l": a}
+            for t, b, a in back])
+
+
+def evaluate_district_rise(backend: Backend, district: District, now: float) -> None:
+    """The district's night loss against its quiet nights, for every night not yet fed."""
+    config = backend.config
+    inlet = backend.store.hours(district.inflow[0], int(now) - EVALUATE_BACK_S, int(now))
+    nights = [n for n in analytics.nights(inlet, config.timezone) if n.min_l_h is not None]
+    with backend._track("district_loss_rise", district.name, "district", True) as rise_alert:
+        if not nights or nights[-1].night.toordinal() <= rise_alert.last:
+            return
+        balances: list[analytics.Balance] = []
+        for night in nights:
+            balances += backend.balances(district.name, night.hours[0].start,
+                                         night.hours[-1].start + HOUR_S)
+        losses = leaks.night_losses(balances, config.timezone)
+        ends = {n.night: n.balances[-1].hour + HOUR_S for n in losses}
+        rises = leaks.loss_rises(losses, config.district_rise_share,
+                                 config.district_rise_min_l_h)
+        for i, rise in enumerate(rises):
+            if rise.night.toordinal() <= rise_alert.last:
+                continue
+            shown = [{"night": r.night.isoformat(), "loss_l_h": round(r.loss_l_h, 1),
+                      "baseline_l_h": round(r.baseline_l_h, 1), "rise_l_h": round(r.rise_l_h, 1),
+                      "level_l_h": round(r.level_l_h, 1)} for r in rises[max(0, i - 1):i + 1]]
+            rise_alert.feed(rise.night.toordinal(), rise.ratio, format_hour(ends[rise.night]),
+                            partial(list, shown))
