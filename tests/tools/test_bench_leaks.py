@@ -47,7 +47,7 @@ def test_small_scoreboard_has_the_keys_and_holds_the_floors() -> None:
 
 
 def test_bad_sizes_are_one_line() -> None:
-    proc = subprocess.run([sys.executable, "-m", "knute.tools.cli", "bench", "leaks", "--sizes", "x"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "knute.tools.cli", "bench", "leaks",
+                           "--sizes", "x"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--sizes" in proc.stderr

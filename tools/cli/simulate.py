@@ -225,7 +225,8 @@ def _start_modbus(args: argparse.Namespace, start: float, wall_start: float) -> 
     import select
     import subprocess
 
-    command = [sys.executable, "-m", "knute.tools.cli", "modbus-sim", "--tcp", args.modbus, "--json",
+    command = [sys.executable, "-m", "knute.tools.cli", "modbus-sim", "--tcp", args.modbus,
+               "--json",
                "--city", str(args.seed), "--city-clock", f"{start}:{wall_start}:{args.speed}",
                "--districts", str(args.districts), "--households", str(args.households),
                "--leaks", args.leaks, "--seed", str(args.seed)]
