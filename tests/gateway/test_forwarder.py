@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,23 +95,6 @@ def check_delivery(collector: Subscriber, rows: list[Accepted]) -> int:
     missing = expected - set(by_id)
     assert not missing, f"{len(missing)} readings never arrived, e.g. {sorted(missing)[:5]}"
     return duplicates
-
-
-def tuned_broker_at(workdir: Path) -> Broker:
-    """Mosquitto with persistence and unlimited queues, so it loses nothing itself."""
-    return Broker(workdir, "mosquitto", persistent=True,
-                  extra_config="max_queued_messages 0\nmax_inflight_messages 0\n")
-
-
-@pytest.fixture
-def tuned_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A persistent Mosquitto for outage tests (a subscriber's queue survives a restart)."""
-    broker = tuned_broker_at(tmp_path_factory.mktemp("tuned-mosquitto"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def fast_cfg(port: int, **kw: Any) -> MqttConfig:

@@ -9,7 +9,6 @@ every connection is the retained "online", ahead of any spooled reading.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,27 +21,15 @@ from tests.gateway.test_forwarder import (
     fast_cfg,
     make_rows,
     statuses,
-    tuned_broker_at,
 )
 from tools.rig.subscriber import Subscriber
 from tools.rig.wait import wait_for
 
 
-@pytest.fixture
-def persistent_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """Mosquitto with persistence, as docs/mqtt.md advises for the status topic."""
-    broker = tuned_broker_at(tmp_path_factory.mktemp("restart-mosquitto"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_online_is_the_first_message_after_a_broker_restart(
-        persistent_broker: Broker, tmp_path: Path, protocol: str) -> None:
-    broker = persistent_broker
+        tuned_broker: Broker, tmp_path: Path, protocol: str) -> None:
+    broker = tuned_broker
     spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
     fwd = Forwarder(spool, fast_cfg(broker.port, protocol=protocol, status_interval_s=3600),
                     gateway_id="gw-restart", status_provider=dict)
@@ -86,11 +73,11 @@ def test_online_is_the_first_message_after_a_broker_restart(
         spool.close()
 
 
-def test_back_online_soon_after_a_long_broker_restart(persistent_broker: Broker,
+def test_back_online_soon_after_a_long_broker_restart(tuned_broker: Broker,
                                                       tmp_path: Path) -> None:
     """After 12 s down the backoff alone would wait 8-16 s more; a broker whose host
     refuses the connection is retried at least every BROKER_DOWN_RETRY_MAX_S (2 s)."""
-    broker = persistent_broker
+    broker = tuned_broker
     spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
     cfg = fast_cfg(broker.port, backoff_min_s=0.5, backoff_max_s=60.0,
                    status_interval_s=3600)
