@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.forwarder import Forwarder
-from gateway.spool import Spool
+from knute.gateway.forwarder import Forwarder
+from knute.gateway.spool import Spool
+from knute.tools.rig.subscriber import Subscriber
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
 from tests.gateway.test_forwarder import (
     STATUS,
@@ -22,8 +24,6 @@ from tests.gateway.test_forwarder import (
     make_rows,
     statuses,
 )
-from tools.rig.subscriber import Subscriber
-from tools.rig.wait import wait_for
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
