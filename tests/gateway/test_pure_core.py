@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 IO_MODULES = ("sqlite3", "socket", "select", "ssl", "paho", "serial", "knute.gateway.spool",
               "knute.gateway.registry", "knute.gateway.status", "knute.gateway.forwarder",
-              "knute.gateway.daemon", "knute.gateway.dbfile")
+              "knute.gateway.daemon", "knute.gateway.registry_watch", "knute.gateway.dbfile")
 
 
 def test_pipeline_and_delivery_window_import_no_io_module() -> None:

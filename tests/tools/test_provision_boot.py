@@ -16,7 +16,8 @@ import pytest
 
 from knute.gateway.errors import KnuteError
 from knute.gateway.registry import Registry
-from knute.tools.board import BootWatch, lora_chip
+from knute.tools.board import BootWatch
+from knute.tools.lora_drivers import lora_chip
 from knute.tools.sim.vdevice import VirtualBoard
 from tests.tools.conftest import Mpremote
 

@@ -93,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from knute.gateway import config
-    from knute.gateway.daemon import Daemon, setup_logging
+    from knute.gateway.daemon import Daemon
     from knute.gateway.errors import ConfigError
+    from knute.gateway.logsetup import setup_logging
 
     try:
         cfg = config.load(args.config)

@@ -49,7 +49,6 @@ from knute.tools.board import (
     BoardInfo,
     FileToCopy,
     board_import,
-    check_drivers,
     check_space,
     copy_files,
     firmware_version_on,
@@ -57,6 +56,7 @@ from knute.tools.board import (
     prepare_dirs,
     verify_files,
 )
+from knute.tools.lora_drivers import check_drivers
 from knute.tools.rig.flash import MPY_FLAGS, firmware_sources, mpy_cross_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,7 +207,7 @@ def csv_ids(path: Path) -> set[int]:
     """Device ids already in a CSV import file."""
     import csv as csv_mod
 
-    from knute.gateway.registry import parse_device_id
+    from knute.gateway.device_fields import parse_device_id
 
     if not path.exists():
         return set()
@@ -320,7 +320,8 @@ def _open_registry(path: str) -> Any:
 
 def run_provision(args: argparse.Namespace) -> int:
     """The provisioning steps, registry last."""
-    from knute.gateway.registry import csv_header, csv_line, format_device_id, parse_device_id
+    from knute.gateway.device_csv import csv_header, csv_line
+    from knute.gateway.device_fields import format_device_id, parse_device_id
 
     registers = args.kind != "radio_bridge"
     registry = _open_registry(args.registry) if args.registry and registers else None
@@ -444,7 +445,7 @@ def format_summary(summary: dict[str, Any], registers: bool = True) -> str:
 def run_check(args: argparse.Namespace) -> int:
     """Read the board's config and firmware version and compare them with the registry."""
     VERSION = board_import("firmware").VERSION
-    from knute.gateway.registry import format_device_id
+    from knute.gateway.device_fields import format_device_id
 
     with Board(args.port, args.timeout) as board:
         raw = board.read_file("/config.json")
