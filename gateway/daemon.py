@@ -73,6 +73,7 @@ from gateway.pipeline import (
     to_accepted,
 )
 from gateway.registry import Registry, Seen
+from gateway.silence import SilenceCondition, SilenceWatch
 from gateway.status import StatusServer, Tap
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ REGISTRY_POLL_S = 1.0        # how often the registry is checked for changes by 
 COMMIT_WINDOW_S = 0.05
 COMMIT_MAX_FRAMES = 256
 CONDITION_RETRY_S = 1.0      # after a failed spool commit, condition messages wait this long
+SILENCE_CHECK_S = 1.0        # how often devices are checked for being overdue (gateway.silence)
 
 
 def condition_topic(prefix: str, kind: str, device: str) -> str:
@@ -93,8 +95,12 @@ def condition_topic(prefix: str, kind: str, device: str) -> str:
     return f"{prefix}/{kind}/{device}/condition"
 
 
-def condition_row(cond: DeviceCondition, *, prefix: str, gateway_id: str) -> Accepted:
-    """The spool row of a Modbus device's condition change (JSON: docs/mqtt.md).
+def condition_row(cond: DeviceCondition | SilenceCondition, *, prefix: str,
+                  gateway_id: str) -> Accepted:
+    """The spool row of a device's condition change (JSON: docs/mqtt.md).
+
+    Modbus devices go ``offline``/``online`` (gateway.modbus.poller); radio and
+    serial nodes go ``silent``/``heard`` (gateway.silence).
 
     Retained: a condition is state, so a consumer that subscribes later still sees it.
 
@@ -105,6 +111,8 @@ def condition_row(cond: DeviceCondition, *, prefix: str, gateway_id: str) -> Acc
     device = message.device_name(cond.device_id)
     doc = cond.to_dict()
     doc["since"] = message.iso_utc(cond.since)
+    if doc.get("last_seen") is not None:
+        doc["last_seen"] = message.iso_utc(doc["last_seen"])
     doc["gateway"] = gateway_id
     payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     return Accepted(device_id=cond.device_id, fcnt=0, kind=cond.kind,
@@ -161,11 +169,16 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._queue: queue.Queue[Reception | ModbusReading] = queue.Queue(QUEUE_LIMIT)
-        self._conditions: queue.SimpleQueue[DeviceCondition] = queue.SimpleQueue()
+        self._conditions: queue.SimpleQueue[DeviceCondition | SilenceCondition] = (
+            queue.SimpleQueue())
         self._conditions_todo: list[Accepted] = []      # not handed to the batcher yet
         self._conditions_sent: list[Accepted] = []      # in the batcher, not committed yet
         self._conditions_retry_at = 0.0
         self._controls: queue.Queue[_Control] = queue.Queue()
+        self.silence = SilenceWatch(cfg.silence, self.started_at)
+        self._last_silence_check = 0.0
+        self._polled: frozenset[int] = frozenset(
+            d.device_id for d in (cfg.modbus.devices if cfg.modbus is not None else ()))
         self._pending_sources: dict[tuple[int, int], list[str]] = {}
         self._seen: dict[int, Seen] = {}
         self._last_registry_flush = time.monotonic()
@@ -345,6 +358,7 @@ class Daemon:
             "forwarder": fwd,
             "registry": {"path": self.cfg.registry, "checks": self._registry_checks,
                          "reloads": self._registry_reloads},
+            "silence": self.silence.stats(),
         }
 
     def _handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -483,13 +497,12 @@ class Daemon:
             assert self.pipeline is not None
             device = self.pipeline.devices.get(cond.device_id)
             if device is None or device.kind != cond.kind:
-                log.debug("modbus device %08x: condition %s not published: device not "
+                log.debug("device %08x: condition %s not published: device not "
                           "registered as %s", cond.device_id, cond.condition, cond.kind)
                 continue
             self._conditions_todo.append(condition_row(
                 cond, prefix=self.cfg.mqtt.prefix, gateway_id=self.cfg.gateway_id))
-            log.debug("modbus device %08x: condition %s spooled", cond.device_id,
-                      cond.condition)
+            log.debug("device %08x: condition %s spooled", cond.device_id, cond.condition)
         if not self._conditions_todo or (
                 not final and time.monotonic() < self._conditions_retry_at):
             return
@@ -512,6 +525,10 @@ class Daemon:
             self._seen[accepted.device_id] = Seen(
                 accepted.device_id, accepted.fcnt, accepted.received_at, item.battery,
                 tuple(item.alarms))
+            back = self.silence.heard(accepted.device_id, accepted.kind, accepted.received_at)
+            if back is not None:
+                log.info("device %08x heard again after being silent", back.device_id)
+                self._conditions.put(back)
             if self.tap.active:
                 self.tap.publish({
                     "event": "accepted", "source": item.receptions[0].source,
@@ -565,6 +582,9 @@ class Daemon:
     def _housekeeping(self, final: bool = False) -> None:
         now = time.monotonic()
         self._log_events.flush(now)
+        if not final and now - self._last_silence_check >= SILENCE_CHECK_S:
+            self._last_silence_check = now
+            self._check_silence()
         if not final and now - self._last_registry_poll >= REGISTRY_POLL_S:
             self._last_registry_poll = now
             self._poll_registry()
@@ -585,6 +605,16 @@ class Daemon:
                 self.registry.record_seen(seen)
             except Exception as exc:  # display cache only
                 log.warning("registry display cache not updated: %s", exc)
+
+    def _check_silence(self) -> None:
+        """Queue a ``silent`` condition for each device that became overdue."""
+        assert self.pipeline is not None
+        devices = [(d.device_id, d.kind, d.last_seen) for d in self.pipeline.devices.values()
+                   if d.device_id not in self._polled]    # Modbus: offline/online instead
+        for cond in self.silence.check(devices, time.time()):
+            log.warning("device %08x (%s) is silent: %s", cond.device_id, cond.kind,
+                        cond.to_dict()["detail"])
+            self._conditions.put(cond)
 
     def _poll_registry(self) -> None:
         """Pick up devices added or removed by ``knute devices`` without a signal."""
