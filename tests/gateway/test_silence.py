@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from gateway import config
-from gateway.daemon import condition_row
+from gateway.conditions import condition_row
 from gateway.errors import KnuteError
 from gateway.silence import HEARD, SILENT, SilenceSettings, SilenceWatch
 

@@ -134,7 +134,7 @@ def _notify(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any]
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one device sub-command."""
-    from gateway.registry import format_device_id, parse_device_id
+    from gateway.device_fields import format_device_id, parse_device_id
 
     action = args.devices_command
     if action == "reset-counter":
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed {format_device_id(device_id)}")
             return 0
         if action == "import":
-            from gateway.registry import decode_csv
+            from gateway.device_csv import decode_csv
 
             try:
                 with open(args.file, "rb") as fh:
@@ -240,7 +240,7 @@ def _print_table(devices: list[Any], show_key: bool) -> None:
 
 
 def _reset_counter(args: argparse.Namespace) -> int:
-    from gateway.registry import format_device_id, parse_device_id
+    from gateway.device_fields import format_device_id, parse_device_id
 
     device_id = parse_device_id(args.device)
     name = format_device_id(device_id)
