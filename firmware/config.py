@@ -173,8 +173,8 @@ def _channels(radio, given):
     """Fill in and check radio.channels (the sub-band check is firmware.boot's)."""
     chans = radio["channels"]
     if chans is None:
-        chans = [radio["freq_hz"]] if "freq_hz" in given else list(EU868_CHANNELS)
-    if not isinstance(chans, list) or not 1 <= len(chans) <= 16:
+        chans = [radio["freq_hz"]] if "freq_hz" in given else EU868_CHANNELS
+    if not isinstance(chans, (list, tuple)) or not 1 <= len(chans) <= 16:
         raise ConfigError("radio.channels must be a list of 1..16 channel frequencies (Hz)")
     for i, freq in enumerate(chans):
         if (not isinstance(freq, int) or isinstance(freq, bool) or freq < 137000000

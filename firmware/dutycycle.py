@@ -57,16 +57,13 @@ class DutyCycle:
         self._end_s = [0] * _LEDGER
         self._toa_ms = [0] * _LEDGER
         self._in = bytearray(_LEDGER)           # entry -> its sub-band's index
-        self._use(0)
+        self.freq_hz = channels[0]
+        self._cur = self._of[0]
+        self.band = self._names[self._cur]
+        self.budget_ms = self._budgets[self._cur]
         self.deferred = 0       # frames that had to wait for the budget
         self.sent = 0
         self.airtime_ms = 0     # total time on air since boot
-
-    def _use(self, chan):
-        self.freq_hz = self.channels[chan]
-        self._cur = self._of[chan]
-        self.band = self._names[self._cur]
-        self.budget_ms = self._budgets[self._cur]
 
     def used_ms(self, now_s, band=None):
         """Time on air in the hour ending at `now_s` in sub-band index `band` (default: chosen)."""
@@ -114,23 +111,23 @@ class DutyCycle:
                         wait = end + _WINDOW_S - now_s
                         break
             waits.append(wait)
+        # A channel drawn uniformly among those with room (reservoir sampling:
+        # the k-th such channel replaces the choice with probability 1/k), else
+        # the one whose sub-band has room first.
         ok = 0
         best = 0
         for chan in range(len(self.channels)):
             wait = waits[self._of[chan]]
             if wait == 0:
                 ok += 1
-            if wait < waits[self._of[best]]:
+                if ok == 1 or self.random_below(ok) == 0:
+                    best = chan
+            elif ok == 0 and wait < waits[self._of[best]]:
                 best = chan
-        if ok > 1:
-            pick = self.random_below(ok)
-            for chan in range(len(self.channels)):
-                if waits[self._of[chan]] == 0:
-                    if pick == 0:
-                        best = chan
-                        break
-                    pick -= 1
-        self._use(best)
+        self.freq_hz = self.channels[best]
+        self._cur = self._of[best]
+        self.band = self._names[self._cur]
+        self.budget_ms = self._budgets[self._cur]
         return waits[self._cur]
 
     def record(self, end_s, toa_ms):

@@ -100,11 +100,11 @@ class Node:
             # over the whole interval, so meters whose power returns together
             # (a district after a cut) do not send in step. The device id is
             # mixed in: boards whose generators start alike (the same bench
-            # seed, weak entropy at power-up) still get different phases.
+            # seed, weak entropy at power-up) still get different phases
+            # (Fibonacci hashing: consecutive ids land far apart in any period).
             period = 24 // cfg["sends_per_day"] * 3600
-            dev = self.ctx.device_id
-            phase = ((dev & 0xFFFF) * 40503 + (dev >> 16) * 20011 + hal.random_below(period)
-                     ) % period
+            spread = ((self.ctx.device_id * 2654435761) & 0xFFFFFFFF) * period >> 32
+            phase = (spread + hal.random_below(period)) % period
         self.phase_s = phase or 0
         self.ctx.log("water_meter: index=%d L hour=%d known=%d L/pulse=%s sends/day=%d"
                      " phase=%d s" % (self.index_ml // 1000, self.hour, self.known,

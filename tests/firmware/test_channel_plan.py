@@ -65,7 +65,7 @@ def test_each_sub_band_keeps_its_own_budget() -> None:
 def test_a_full_sub_band_is_skipped_not_waited_for() -> None:
     duty = _plan([*G1, 867100000])
     for _ in range(12):                 # g1's hour used up at t=0
-        duty._use(0)                    # 868.1 MHz
+        duty._cur = 0                   # sub-band g1 (868.1 MHz is the first channel)
         duty.record(0, 3000)
     assert duty.used_ms(0) == 36000
     for t in range(1, 11):
