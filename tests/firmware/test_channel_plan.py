@@ -21,7 +21,7 @@ def _plan(channels: list[int], seed: int = 1) -> dutycycle.DutyCycle:
 
 def _send(duty: dutycycle.DutyCycle, now: int, toa_ms: int) -> int:
     """What firmware.context does: ask, and on 0 record on the channel drawn."""
-    wait = duty.wait_s(now, toa_ms)
+    wait: int = duty.wait_s(now, toa_ms)
     if wait == 0:
         duty.record(now, toa_ms)
     return wait

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from typing import Any
 
 import pytest
 
@@ -24,12 +25,12 @@ from tools.rig.node import HOUR_T0, KEY_HEX, pulse_lines, water_config
 SENT = re.compile(r"knute: sent fcnt=\d+ bytes=\d+ toa_ms=\d+ t=(\d+) ")
 
 
-def _lora_meter(device_id: int, **water: int) -> dict[str, object]:
+def _lora_meter(device_id: int, **water: int) -> dict[str, Any]:
     cfg = water_config(**water)
     cfg["device_id"] = device_id
     cfg["link"] = {"type": "lora"}
     cfg["radio"] = {"sf": 9}                     # the default channel plan
-    cfg["bench"]["radio"] = {"path": "air.txt"}  # type: ignore[index]
+    cfg["bench"]["radio"] = {"path": "air.txt"}
     return cfg
 
 
@@ -37,7 +38,7 @@ def test_meter_hops_over_the_plan_and_the_bridge_hears_every_channel(
         bench_node: NodeFactory) -> None:
     cfg = _lora_meter(0x1234, sends_per_day=24, profile_len=1)
     cfg["send_phase_s"] = 0
-    cfg["bench"].update({"stop_after_s": 16 * 3600 + 600})  # type: ignore[union-attr]
+    cfg["bench"].update({"stop_after_s": 16 * 3600 + 600})
     meter = bench_node(cfg, name="meter")
     (meter.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [3] * 17, 6))
     meter.start()
@@ -73,7 +74,7 @@ def test_a_district_back_from_a_power_cut_does_not_send_in_step(
         cfg = _lora_meter(0x00C0FF00 + n)
         # 1 s real = 2 h: a node held up 10 ms by a loaded machine sends 72 s late.
         # The power returns ten minutes before an interval starts (at HOUR_T0 + period).
-        cfg["bench"].update({"start_time": HOUR_T0 + period - 600,  # type: ignore[union-attr]
+        cfg["bench"].update({"start_time": HOUR_T0 + period - 600,
                              "stop_after_s": period + 1200, "time_scale": 7200})
         node = bench_node(cfg, name=f"m{n}")
         (node.dir / "pulses.txt").write_text("")
@@ -123,7 +124,7 @@ def test_air_nodes_booted_together_spread_their_first_frames(
     heap = {"heap": "66k"} if upy_bits == 64 else {}
     firsts = []
     for n in range(3):
-        cfg: dict[str, object] = {
+        cfg: dict[str, Any] = {
             "role": "air_quality", "device_id": 0x00A1A100 + n, "key": KEY_HEX,
             "link": {"type": "lora"}, "radio": {"sf": 7}, "board": "unix", "jitter_s": 0,
             "air": {"pm_sensor": "none", "climate": "none", "interval_s": 600,
