@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 
-from gateway.pipeline import Pipeline
-from gateway.registry import Registry
+from knute.gateway.pipeline import Pipeline
+from knute.gateway.registry import Registry
 
 log = logging.getLogger("knute.gateway")
 

@@ -147,7 +147,7 @@ class SilenceWatch:
 
 def parse_settings(table: Any, file: str) -> SilenceSettings:
     """Check the ``[silence]`` table of a gateway config (errors name the key)."""
-    from gateway.errors import KnuteError
+    from knute.gateway.errors import KnuteError
 
     def error(key: str, problem: str) -> KnuteError:
         return KnuteError(f"{file}: silence.{key}: {problem}")

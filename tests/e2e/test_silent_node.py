@@ -20,12 +20,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.registry import Registry
-from protocol import frame
+from knute.gateway.registry import Registry
+from knute.protocol import frame
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.wait import wait_for
+from knute.tools.sim.pktfwd import EU868_CHANNELS_MHZ, ForwarderClient, rxpk
 from tests.conftest import Broker, free_port
-from tools.rig.gateway import GatewayProcess
-from tools.rig.wait import wait_for
-from tools.sim.pktfwd import EU868_CHANNELS_MHZ, ForwarderClient, rxpk
 
 KEY = bytes(range(16))
 STEADY, LOSSY, STOPPED = 0x51000001, 0x51000002, 0x51000003

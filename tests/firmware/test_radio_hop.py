@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from firmware.config import EU868_CHANNELS
-from protocol import stream
+from knute.protocol import stream
+from knute.tools.rig.node import HOUR_T0, KEY_HEX, pulse_lines, water_config
 from tests.firmware.conftest import NodeFactory
 from tests.firmware.test_radio_bridge import bridge_config
-from tools.rig.node import HOUR_T0, KEY_HEX, pulse_lines, water_config
 
 SENT = re.compile(r"knute: sent fcnt=\d+ bytes=\d+ toa_ms=\d+ t=(\d+) ")
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import adr
-from tools.sim.radio import SNR_FLOOR_DB
+from knute.gateway import adr
+from knute.tools.sim.radio import SNR_FLOOR_DB
 
 
 def test_floors_are_the_datasheets_and_the_planners() -> None:

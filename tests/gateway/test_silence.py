@@ -12,10 +12,10 @@ from pathlib import Path
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from gateway import config
-from gateway.conditions import condition_row
-from gateway.errors import KnuteError
-from gateway.silence import HEARD, SILENT, SilenceSettings, SilenceWatch
+from knute.gateway import config
+from knute.gateway.conditions import condition_row
+from knute.gateway.errors import KnuteError
+from knute.gateway.silence import HEARD, SILENT, SilenceSettings, SilenceWatch
 
 ROOT = Path(__file__).resolve().parents[2]
 CONDITION = jsonschema.Draft202012Validator(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tools.sim.radio import CHANNEL_PLAN_HZ, PlanConfig, aloha_delivery, time_on_air_s
-from tools.sim.radio_plan import simulate
+from knute.tools.sim.radio import CHANNEL_PLAN_HZ, PlanConfig, aloha_delivery, time_on_air_s
+from knute.tools.sim.radio_plan import simulate
 
 
 def _bor(nodes: int, channels: int) -> PlanConfig:

@@ -40,7 +40,7 @@ class NodeLink:
 
     def __init__(self, device_id: int, seed: int = 1, radius_km: float = 2.0,
                  margin_db: float = 10.0) -> None:
-        from tools.sim.radio import HATA_SIGMA_DB, NOISE_DBM, choose_sf, hata_urban_db
+        from knute.tools.sim.radio import HATA_SIGMA_DB, NOISE_DBM, choose_sf, hata_urban_db
 
         rng = random.Random(f"knute-link/{seed}/{device_id}")
         d_km = max(0.05, radius_km * math.sqrt(rng.random()))

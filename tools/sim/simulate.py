@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.rig.ptys import Pty
+from knute.gateway.errors import KnuteError
+from knute.tools.rig.ptys import Pty
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Outputs:
 
 def open_outputs(args: argparse.Namespace) -> Outputs:
     """Open the serial line and the forwarders the options name."""
-    from tools.sim.pktfwd import ForwarderClient, node_links
+    from knute.tools.sim.pktfwd import ForwarderClient, node_links
 
     out = Outputs(links=node_links(getattr(args, "seed", 1)))
     if args.serial_pty:
@@ -72,7 +72,7 @@ def open_outputs(args: argparse.Namespace) -> Outputs:
 
 def register(args: argparse.Namespace, fleet: Any) -> None:
     """Register the fleet (--registry) and/or write it as CSV (--csv)."""
-    from gateway import device_csv, registry
+    from knute.gateway import device_csv, registry
 
     if args.registry:
         reg = registry.Registry(args.registry)
@@ -107,7 +107,7 @@ def _write_serial(out: Outputs, data: bytes) -> None:
 
 def send(out: Outputs, tx: Any, rng: Any) -> None:
     """Put one transmission on every output."""
-    from protocol import stream
+    from knute.protocol import stream
 
     if out.serial_fd is not None:
         if tx.node is None:
