@@ -96,10 +96,15 @@ def boot(config_path="config.json"):
     if "radio" in cfg:
         from protocol import airtime
 
+        radio = cfg["radio"]
+        key = "radio.freq_hz"
         try:
-            airtime.sub_band(cfg["radio"]["freq_hz"], cfg["radio"]["bw_hz"])
+            airtime.sub_band(radio["freq_hz"], radio["bw_hz"])
+            for i in range(len(radio["channels"])):
+                key = "radio.channels[%d]" % i
+                airtime.sub_band(radio["channels"][i], radio["bw_hz"])
         except ValueError as exc:
-            _safe_mode(hal, "radio.freq_hz: " + str(exc))
+            _safe_mode(hal, key + ": " + str(exc))
             return None
     from firmware import context, roles  # long-lived: load them first
 

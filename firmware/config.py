@@ -17,6 +17,10 @@ TOP_DEFAULTS = {
     "board": "unix",
     "jitter_s": 20,         # random delay before each send, 0..jitter_s seconds
     "fcnt_block": 16,       # frame counters reserved per flash write
+    # Seconds after each send interval's start at which a water meter sends.
+    # None: drawn at boot over the whole interval on a LoRa link (meters whose
+    # power returns together do not send in step), 0 on a wired link.
+    "send_phase_s": None,
 }
 LINK_DEFAULTS = {
     "uart": "link",         # UART name in the board's pin map (bench: a pty path)
@@ -34,7 +38,15 @@ RADIO_DEFAULTS = {
     "preamble": 8,
     "power_dbm": 14,
     "syncword": 0x12,       # private network sync word
+    # Uplink channels (Hz): each frame goes out on one of them, drawn at random
+    # among those whose sub-band has duty-cycle room. None = EU868_CHANNELS, or
+    # [freq_hz] when the section sets freq_hz alone (a node pinned to a channel).
+    "channels": None,
 }
+# The eight 125 kHz channels an SX1301/SX1302 concentrator listens on in EU868
+# practice: 867.1-867.9 MHz (sub-band h1.4) and 868.1-868.5 MHz (g1), 1 % each.
+EU868_CHANNELS = (867100000, 867300000, 867500000, 867700000, 867900000,
+                  868100000, 868300000, 868500000)
 POWER_DEFAULTS = {
     "sleep": "light",       # light | idle | none
     "wdt_s": 60,            # hardware watchdog timeout, 0 = off
@@ -157,6 +169,24 @@ def air_section(section):
     return out
 
 
+def _channels(radio, given):
+    """Fill in and check radio.channels (the sub-band check is firmware.boot's)."""
+    chans = radio["channels"]
+    if chans is None:
+        chans = [radio["freq_hz"]] if "freq_hz" in given else EU868_CHANNELS
+    if not isinstance(chans, (list, tuple)) or not 1 <= len(chans) <= 16:
+        raise ConfigError("radio.channels must be a list of 1..16 channel frequencies (Hz)")
+    for i, freq in enumerate(chans):
+        if (not isinstance(freq, int) or isinstance(freq, bool) or freq < 137000000
+                or freq > 1020000000):
+            raise ConfigError("radio.channels[%d] must be an integer 137000000..1020000000" % i)
+        if freq in chans[:i]:
+            raise ConfigError("radio.channels[%d] repeats %d" % (i, freq))
+    radio["channels"] = chans
+    if "freq_hz" not in given:
+        radio["freq_hz"] = chans[0]
+
+
 def validate(cfg):
     """Check a parsed config.json, fill in defaults and return the completed dict."""
     if not isinstance(cfg, dict):
@@ -195,6 +225,7 @@ def validate(cfg):
     out["link"] = link
 
     radio = _merge(cfg.get("radio"), RADIO_DEFAULTS, "radio")
+    _channels(radio, cfg.get("radio") or {})
     _int(radio, "freq_hz", 137000000, 1020000000, "radio")
     _int(radio, "sf", 6, 12, "radio")
     if radio["bw_hz"] not in (125000, 250000, 500000):
@@ -226,6 +257,8 @@ def validate(cfg):
         if spd not in VALID_SPD:
             raise ConfigError("water.sends_per_day must divide 24 (1, 2, 3, 4, 6, 8, 12, 24)")
         _int(water, "send_offset_h", 0, 23, "water")
+        if out["send_phase_s"] is not None:
+            _int(out, "send_phase_s", 0, 24 // spd * 3600 - 1, "config")
         _int(water, "profile_len", 1, 24, "water")
         if water["profile_len"] < 24 // spd:
             raise ConfigError("water.profile_len must be at least 24 / sends_per_day = %d"

@@ -35,7 +35,7 @@ class Context:
             from firmware import dutycycle
 
             lcfg = config["radio"]
-            self.duty = dutycycle.DutyCycle(lcfg["freq_hz"], lcfg["bw_hz"])
+            self.duty = dutycycle.DutyCycle(lcfg["channels"], lcfg["bw_hz"], hal.random_below)
         self.wdt = NullWatchdog()   # the app puts the running watchdog here
         self.retry_s = 0
         self.last_result = None
@@ -89,6 +89,8 @@ class Context:
                          % (fcnt, self.duty.band, self.duty.used_ms(self.hal.time()),
                             self.duty.budget_ms, wait))
                 return False
+            # The hop: the channel drawn for this frame (link.freq_hz after the send).
+            self.link.tune(self.duty.freq_hz)
         if self.fcnt.take() != fcnt:
             raise RuntimeError("frame counter moved during a send")
         ok = self.link.send(buf)

@@ -26,6 +26,17 @@ class LoraLink:
         self.state = UP
         self.errors = 0
 
+    def tune(self, freq_hz):
+        """Move the transmitter to `freq_hz` (a channel of radio.channels) for the next send.
+
+        freq_hz then names the channel the uplink goes out on: the receive
+        windows after it listen there.
+        """
+        if freq_hz != self.freq_hz:
+            # micropython-lib lora: configure() changes only the keys given.
+            self.modem.configure({"freq_khz": freq_hz // 1000})
+            self.freq_hz = freq_hz
+
     def time_on_air_ms(self, length):
         """Computed time on air of a `length`-byte packet with this link's settings."""
         from firmware import dutycycle

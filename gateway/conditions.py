@@ -1,7 +1,8 @@
-"""Modbus device conditions on their way to the spool.
+"""Device conditions on their way to the spool.
 
-A condition change (``offline`` after ``offline_after`` failed polls,
-``online`` again) is spooled like a reading, as JSON on
+A condition change (a polled Modbus device ``offline`` after ``offline_after``
+failed polls, ``online`` again; a node ``silent`` after its kind's missed send
+intervals, ``heard`` again: gateway.silence) is spooled like a reading, as JSON on
 ``<prefix>/<kind>/<device>/condition``, so it survives broker outages and
 restarts and reaches the broker in order (QoS 1, at least once). Nobody sends
 a condition again, so one that a failed spool commit did not take is kept and
@@ -22,6 +23,7 @@ from knute.gateway.model import Accepted, Device
 
 if TYPE_CHECKING:
     from knute.gateway.modbus.poller import DeviceCondition
+    from knute.gateway.silence import SilenceCondition
 
 log = logging.getLogger("knute.gateway")
 
@@ -33,8 +35,9 @@ def condition_topic(prefix: str, kind: str, device: str) -> str:
     return f"{prefix}/{kind}/{device}/condition"
 
 
-def condition_row(cond: DeviceCondition, *, prefix: str, gateway_id: str) -> Accepted:
-    """The spool row of a Modbus device's condition change (JSON: docs/mqtt.md).
+def condition_row(cond: DeviceCondition | SilenceCondition, *, prefix: str,
+                  gateway_id: str) -> Accepted:
+    """The spool row of a device's condition change (JSON: docs/mqtt.md).
 
     Retained: a condition is state, so a consumer that subscribes later still sees it.
 
@@ -45,6 +48,8 @@ def condition_row(cond: DeviceCondition, *, prefix: str, gateway_id: str) -> Acc
     device = message.device_name(cond.device_id)
     doc = cond.to_dict()
     doc["since"] = message.iso_utc(cond.since)
+    if doc.get("last_seen") is not None:
+        doc["last_seen"] = message.iso_utc(doc["last_seen"])
     doc["gateway"] = gateway_id
     payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     return Accepted(device_id=cond.device_id, fcnt=0, kind=cond.kind,
@@ -61,13 +66,14 @@ class ConditionOutbox:
     def __init__(self, *, prefix: str, gateway_id: str) -> None:
         self.prefix = prefix
         self.gateway_id = gateway_id
-        self._incoming: queue.SimpleQueue[DeviceCondition] = queue.SimpleQueue()
+        self._incoming: queue.SimpleQueue[DeviceCondition | SilenceCondition] = (
+            queue.SimpleQueue())
         self._todo: list[Accepted] = []      # not handed to the batcher yet
         self._sent: list[Accepted] = []      # in the batcher, not committed yet
         self._retry_at = 0.0
 
-    def put(self, cond: DeviceCondition) -> None:
-        """A condition change from the poller (any thread, never blocks)."""
+    def put(self, cond: DeviceCondition | SilenceCondition) -> None:
+        """A condition change from the poller or the silence check (any thread, never blocks)."""
         self._incoming.put(cond)
 
     def collect(self, devices: Mapping[int, Device]) -> None:
@@ -81,12 +87,12 @@ class ConditionOutbox:
             # registered with the kind its register map produces.
             device = devices.get(cond.device_id)
             if device is None or device.kind != cond.kind:
-                log.debug("modbus device %08x: condition %s not published: device not "
+                log.debug("device %08x: condition %s not published: device not "
                           "registered as %s", cond.device_id, cond.condition, cond.kind)
                 continue
             self._todo.append(condition_row(cond, prefix=self.prefix,
                                             gateway_id=self.gateway_id))
-            log.debug("modbus device %08x: condition %s spooled", cond.device_id,
+            log.debug("device %08x: condition %s spooled", cond.device_id,
                       cond.condition)
 
     def hand_over(self, add: Callable[[Accepted], None],

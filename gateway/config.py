@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from knute.gateway.errors import KnuteError
+from knute.gateway.silence import SilenceSettings
+from knute.gateway.silence import parse_settings as parse_silence
 
 if TYPE_CHECKING:
     from knute.gateway.modbus.settings import ModbusSettings
@@ -144,6 +146,7 @@ class GatewayConfig:
     serial: tuple[SerialSourceConfig, ...] = ()
     packet_forwarders: tuple[UdpSourceConfig, ...] = ()
     modbus: ModbusSettings | None = None
+    silence: SilenceSettings = field(default_factory=SilenceSettings)
 
     @property
     def source_names(self) -> list[str]:
@@ -351,6 +354,11 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
 
         modbus = parse_settings(modbus_table, file=file, base_dir=base)
 
+    silence = SilenceSettings()
+    silence_table = root.get("silence", dict, None)
+    if silence_table is not None:
+        silence = parse_silence(silence_table, file)
+
     root.done()
     names = [s.name for s in serial] + [u.name for u in udp]
     if modbus is not None and modbus.devices:
@@ -371,7 +379,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         max_receivers=max_receivers,
         drain_timeout_s=drain, log_level=log_level, status_socket=status_socket,
         metrics_host=metrics_host, metrics_port=metrics_port, mqtt=mqtt,
-        serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus)
+        serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus, silence=silence)
 
 
 def _is_hex(text: str) -> bool:

@@ -23,7 +23,9 @@ One gateway per spool: ``<spool>.lock`` is held (flock) while the daemon runs,
 so a second instance on the same data exits with one line before it opens
 anything. A status socket on which a gateway answers is never taken over.
 
-Modbus device conditions are spooled like readings (``gateway.conditions``);
+Modbus device conditions and silent nodes (``gateway.silence``: ``silent``
+after a kind's missed send intervals, ``heard`` again, checked every second)
+are spooled like readings (``gateway.conditions``);
 rejected frames are logged with rate limits (``gateway.rejectlog``).
 """
 
@@ -52,6 +54,7 @@ from knute.gateway.pipeline import Pipeline, Ready, Reception, to_accepted
 from knute.gateway.registry import Registry, Seen
 from knute.gateway.registry_watch import RegistryWatch
 from knute.gateway.rejectlog import RejectionLog
+from knute.gateway.silence import SilenceWatch
 from knute.gateway.status import StatusServer, Tap
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ REGISTRY_FLUSH_S = 10.0      # display cache write interval
 REGISTRY_POLL_S = 1.0        # how often the registry is checked for changes by knute devices
 COMMIT_WINDOW_S = 0.05
 COMMIT_MAX_FRAMES = 256
+SILENCE_CHECK_S = 1.0        # how often devices are checked for being overdue (gateway.silence)
 
 
 class _Control:
@@ -87,6 +91,10 @@ class Daemon:
         self._reload = threading.Event()
         self._queue: queue.Queue[Reception | ModbusReading] = queue.Queue(QUEUE_LIMIT)
         self.conditions = ConditionOutbox(prefix=cfg.mqtt.prefix, gateway_id=cfg.gateway_id)
+        self.silence = SilenceWatch(cfg.silence, self.started_at)
+        self._last_silence_check = 0.0
+        self._polled: frozenset[int] = frozenset(
+            d.device_id for d in (cfg.modbus.devices if cfg.modbus is not None else ()))
         self._controls: queue.Queue[_Control] = queue.Queue()
         self._pending_sources: dict[tuple[int, int], list[str]] = {}
         self._seen: dict[int, Seen] = {}
@@ -271,6 +279,7 @@ class Daemon:
             "registry": {"path": self.cfg.registry,
                          "checks": watch.checks if watch is not None else 0,
                          "reloads": watch.reloads if watch is not None else 0},
+            "silence": self.silence.stats(),
         }
 
     def _handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -381,6 +390,16 @@ class Daemon:
         self.conditions.collect(self.pipeline.devices)
         self.conditions.hand_over(self.batcher.add, self._commit_failed, final=final)
 
+    def _check_silence(self) -> None:
+        """Queue a ``silent`` condition for each device that became overdue."""
+        assert self.pipeline is not None
+        devices = [(d.device_id, d.kind, d.last_seen) for d in self.pipeline.devices.values()
+                   if d.device_id not in self._polled]    # Modbus: offline/online instead
+        for cond in self.silence.check(devices, time.time()):
+            log.warning("device %08x (%s) is silent: %s", cond.device_id, cond.kind,
+                        cond.to_dict()["detail"])
+            self.conditions.put(cond)
+
     def _release(self, ready: Sequence[Ready]) -> None:
         for item in ready:
             accepted = to_accepted(item, prefix=self.cfg.mqtt.prefix,
@@ -390,6 +409,10 @@ class Daemon:
             self._seen[accepted.device_id] = Seen(
                 accepted.device_id, accepted.fcnt, accepted.received_at, item.battery,
                 tuple(item.alarms))
+            back = self.silence.heard(accepted.device_id, accepted.kind, accepted.received_at)
+            if back is not None:
+                log.info("device %08x heard again after being silent", back.device_id)
+                self.conditions.put(back)
             if self.tap.active:
                 self.tap.publish({
                     "event": "accepted", "source": item.receptions[0].source,
@@ -439,6 +462,9 @@ class Daemon:
     def _housekeeping(self, final: bool = False) -> None:
         now = time.monotonic()
         self.rejections.flush(now)
+        if not final and now - self._last_silence_check >= SILENCE_CHECK_S:
+            self._last_silence_check = now
+            self._check_silence()
         assert self.registry_watch is not None
         if not final and now - self._last_registry_poll >= REGISTRY_POLL_S:
             self._last_registry_poll = now

@@ -16,6 +16,7 @@ Exposed families (all prefixed ``knute_gateway_``):
   forwarded_total, publish_errors_total, mqtt_reconnects_total
   mqtt_connected                      1 while the broker session is up
   source_up{source}                   1 while a source's link is open
+  silent_devices                      devices overdue by [silence] missed_intervals
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class StatusCollector(Collector):
                                       value=float(fwd.get(key, 0)))
         yield GaugeMetricFamily(f"{PREFIX}_mqtt_connected", "1 while connected to the broker",
                                 value=1.0 if fwd.get("connected") else 0.0)
+        silence: dict[str, Any] = st.get("silence", {})
+        yield GaugeMetricFamily(f"{PREFIX}_silent_devices",
+                                "Devices that missed [silence] missed_intervals send intervals",
+                                value=float(silence.get("silent", 0)))
 
 
 class MetricsServer:

@@ -21,7 +21,8 @@
 #   @T N S             N edges S ms apart starting at T, through the debouncer
 #
 # Bench radio lines, both directions (one packet each):
-#   RX <rssi_dbm> <snr_db> <hex payload>
+#   RX <rssi_dbm> <snr_db> <hex payload> [<freq_hz> <sf>]
+# (a node writes the channel and SF it sent on; a bridge reads either form)
 #
 # The file inputs (pulses, pins, battery) are in firmware.hal.unix_inputs and
 # the bench radio in firmware.hal.unix_bench, loaded only by nodes that use them.

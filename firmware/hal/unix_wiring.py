@@ -86,7 +86,9 @@ def lora_modem(hal, radio):
     """The bench radio file (bench "radio") standing in for the LoRa modem."""
     from firmware.hal import unix_bench
 
-    return unix_bench.BenchRadio(hal, wire(hal, "radio", "path"), hal.bench)
+    modem = unix_bench.BenchRadio(hal, wire(hal, "radio", "path"), hal.bench)
+    modem.configure({"freq_khz": radio["freq_hz"] // 1000, "sf": radio["sf"]})
+    return modem
 
 
 def led(hal):

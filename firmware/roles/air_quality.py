@@ -154,6 +154,14 @@ class Node:
             self._send_ref = self._clim_ref = now_ms
             self._send_in = min(self._window_ms, self._interval_ms)
             self._clim_in = 0
+            if self.ctx.duty is not None:
+                # On a LoRa link the first frame is also put off by a phase drawn
+                # over a whole interval, with the device id mixed in, so nodes
+                # whose power returns together do not send in step from then on.
+                # (Fibonacci hashing: consecutive ids land far apart in any period.)
+                period = self._interval_ms // 1000
+                spread = ((self.ctx.device_id * 2654435761) & 0xFFFFFFFF) * period >> 32
+                self._send_in += (spread + self.ctx.hal.random_below(period)) % period * 1000
         if self.pm is not None:
             self._poll_pm(now_ms)
         if self.bme is not None:

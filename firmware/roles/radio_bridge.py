@@ -5,6 +5,11 @@
 # The bridge holds no keys and decrypts nothing; with bridge.check_header it
 # drops packets whose header is not a knute frame (other LoRa traffic on the
 # channel), counting them. It never transmits, so it has no duty cycle.
+#
+# A board's single LoRa radio listens on radio.freq_hz only (eight channels at
+# once take a concentrator: docs/operations.md). The bench radio hears lines of
+# every channel: those on a channel outside radio.channels are dropped, and the
+# RADIO record names the channel and SF each packet came on.
 
 try:
     from micropython import const
@@ -27,6 +32,7 @@ class Node:
         radio = ctx.config["radio"]
         self.freq_hz = radio["freq_hz"]
         self.sf = radio["sf"]
+        self.channels = radio["channels"]
         self.check_header = self.cfg["check_header"]
         self.modem = None
         self.heard = 0
@@ -39,11 +45,17 @@ class Node:
         """Open the radio receiver."""
         self.modem = self.ctx.hal.lora_modem(self.ctx.config["radio"])
         self.next_stats = self.ctx.hal.time() + self.cfg["stats_s"]
-        self.ctx.log("radio_bridge: listening on %d Hz SF%d" % (self.freq_hz, self.sf))
+        self.ctx.log("radio_bridge: listening on %d Hz SF%d (channels %s)"
+                     % (self.freq_hz, self.sf, " ".join([str(f) for f in self.channels])))
 
     def forward(self, packet):
         """Hand one received packet (lora.RxPacket-like) to the gateway; True if sent."""
         self.heard += 1
+        freq_hz = getattr(packet, "freq_hz", None) or self.freq_hz
+        sf = getattr(packet, "sf", None) or self.sf
+        if freq_hz not in self.channels and freq_hz != self.freq_hz:
+            self.dropped += 1
+            return False
         if self.check_header:
             try:
                 frame.parse_header(packet)
@@ -55,7 +67,7 @@ class Node:
         # lora.RxPacket gives SNR in dB * 4; the RADIO record carries dB * 10.
         # rounded half away from zero
         snr_x10 = (snr_x4 * 10 + 2) // 4 if snr_x4 >= 0 else -((2 - snr_x4 * 10) // 4)
-        body = stream.pack_radio(rssi, snr_x10, self.freq_hz, self.sf, packet)
+        body = stream.pack_radio(rssi, snr_x10, freq_hz, sf, packet)
         if self.ctx.link.write_record(stream.REC_RADIO, body):
             self.forwarded += 1
             return True

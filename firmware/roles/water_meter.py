@@ -77,6 +77,7 @@ class Node:
         self.send_due = False
         self.send_at = 0
         self.link_tries = 0
+        self.phase_s = 0            # the send's offset into its interval (see start)
         # Reused for every frame: the values dict and the profile list.
         self.values = {"index": 0, "profile_end_h": 0, "alarms": 0, "battery": 20,
                        "profile": [0] * cfg["profile_len"]}
@@ -93,9 +94,22 @@ class Node:
         if cfg["battery"]:
             self.battery_adc = hal.adc(cfg["battery"])
         self._restore(hal.time())
+        phase = self.ctx.config.get("send_phase_s")
+        if phase is None and self.ctx.duty is not None:
+            # On a LoRa link the send's phase in its interval is drawn at boot
+            # over the whole interval, so meters whose power returns together
+            # (a district after a cut) do not send in step. The device id is
+            # mixed in: boards whose generators start alike (the same bench
+            # seed, weak entropy at power-up) still get different phases
+            # (Fibonacci hashing: consecutive ids land far apart in any period).
+            period = 24 // cfg["sends_per_day"] * 3600
+            spread = ((self.ctx.device_id * 2654435761) & 0xFFFFFFFF) * period >> 32
+            phase = (spread + hal.random_below(period)) % period
+        self.phase_s = phase or 0
         self.ctx.log("water_meter: index=%d L hour=%d known=%d L/pulse=%s sends/day=%d"
-                     % (self.index_ml // 1000, self.hour, self.known,
-                        cfg["litres_per_pulse"], cfg["sends_per_day"]))
+                     " phase=%d s" % (self.index_ml // 1000, self.hour, self.known,
+                                      cfg["litres_per_pulse"], cfg["sends_per_day"],
+                                      self.phase_s))
 
     def _restore(self, now):
         saved = self.ctx.state.get("meter")
@@ -187,7 +201,7 @@ class Node:
         period_h = 24 // self.cfg["sends_per_day"]
         if (self.hour - self.cfg["send_offset_h"]) % period_h == 0:
             self.send_due = True
-            self.send_at = self.hour * 3600
+            self.send_at = self.hour * 3600 + self.phase_s
             self.link_tries = 0
 
     def _roll(self, t):

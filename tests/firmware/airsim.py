@@ -300,6 +300,8 @@ class FakeCtx:
         # checked and completed as firmware.config does at boot
         self.config = {"role": "air_quality", "air": air_section(air)}
         self.hal = FakeHal(uart, i2c)
+        self.duty = None            # a wired node: no duty cycle, no send phase
+        self.device_id = 0
         self.sent: list[tuple[int, dict[str, Any]]] = []
         self.lines: list[str] = []
         self.accept = True

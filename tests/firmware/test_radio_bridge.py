@@ -63,6 +63,7 @@ def test_lora_meter_through_bridge_to_the_gateway_link(bench_node: NodeFactory) 
     meter_cfg = water_config(sends_per_day=24, profile_len=1)
     meter_cfg["link"] = {"type": "lora"}
     meter_cfg["radio"] = {"freq_hz": 868100000, "sf": 12}
+    meter_cfg["send_phase_s"] = 0       # at the hour: the three sends fit the run
     meter_cfg["bench"].update({"radio": {"path": "air.txt"}, "radio_rssi_dbm": -104,
                                "radio_snr_db": -3.5, "stop_after_s": 3 * 3600 + 600})
     meter = bench_node(meter_cfg, name="meter")
@@ -95,6 +96,7 @@ def test_duty_cycle_defers_and_counts(bench_node: NodeFactory) -> None:
     cfg["link"] = {"type": "lora"}
     cfg["radio"] = {"freq_hz": 868900000, "sf": 12}
     cfg["jitter_s"] = 0
+    cfg["send_phase_s"] = 0
     # 1 s real = 1 h simulated (not water_config's 10 h): a loaded machine that holds
     # the node up for 0.1 s would otherwise skip an hour's send, the next frame's
     # profile covers it, and no frame is left to defer.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from knute.protocol import frame, stream
 from knute.protocol.errors import FrameError
+from knute.tools.sim.pktfwd import EU868_CHANNELS_MHZ
 
 
 def _keys(csv_path: Path) -> dict[int, bytes]:
@@ -73,6 +74,8 @@ def test_simulate_sends_verifiable_frames_on_serial_and_udp(
     pushes = [d for d in datagrams if len(d) > 12 and d[0] == 2 and d[3] == 0]
     assert pushes
     heard: dict[bytes, set[bytes]] = {}
+    sf_of: dict[int, set[str]] = {}
+    freqs: set[float] = set()
     for push in pushes:
         eui = push[4:12]
         for pk in json.loads(push[12:])["rxpk"]:
@@ -80,7 +83,14 @@ def test_simulate_sends_verifiable_frames_on_serial_and_udp(
             assert pk["size"] == len(raw) and pk["stat"] == 1 and pk["datr"].startswith("SF")
             frame.decode(raw, keys[frame.parse_header(raw)[1]])
             heard.setdefault(raw, set()).add(eui)
+            sf_of.setdefault(frame.parse_header(raw)[1], set()).add(pk["datr"])
+            freqs.add(pk["freq"])
     assert any(len(euis) > 1 for euis in heard.values()), "overlapping coverage expected"
+    # The channel plan and a data rate per node: frames hop over the eight channels,
+    # each node keeps its own SF, and the fleet has several.
+    assert len(freqs) >= 4 and freqs <= set(EU868_CHANNELS_MHZ), freqs
+    assert all(len(datr) == 1 for datr in sf_of.values()), sf_of
+    assert len(set().union(*sf_of.values())) >= 2, sf_of
     assert summary["frames"] == summary["serial_records"]
     assert summary["push_acked"] > 0
 

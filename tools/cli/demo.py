@@ -282,9 +282,10 @@ port = {_web_port(self.args.web_port)}
     # ------------------------------------------------------------ running
     def _send_loop(self) -> None:
         from knute.protocol import stream
-        from knute.tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
+        from knute.tools.sim.pktfwd import node_links
 
         rng = self.fleet.rng
+        links = node_links()
         wall0 = time.monotonic()
         while not self.stop_fleet.is_set():
             now = self.start_time + (time.monotonic() - wall0) * self.args.speed
@@ -297,12 +298,11 @@ port = {_web_port(self.args.web_port)}
                 elif tx.node is None:
                     rng.choice(self._forwarders).send_raw(tx.payload)
                 else:
-                    chan = rng.randrange(3)
-                    for fwd in rng.sample(self._forwarders, rng.randint(1, 2)):
-                        fwd.push([rxpk(tx.payload, rssi_dbm=rng.randint(-124, -80),
-                                       lsnr_db=round(rng.uniform(-10, 8), 1),
-                                       freq_mhz=EU868_CHANNELS_MHZ[chan],
-                                       sf=rng.choice([7, 9, 12]), chan=chan)])
+                    # The node's own SF (from its link budget) on a channel of the plan.
+                    hearing = rng.sample(self._forwarders, rng.randint(1, 2))
+                    copies = links[tx.node.device_id].heard_by(tx.payload, rng, len(hearing))
+                    for fwd, pkt in zip(hearing, copies, strict=True):
+                        fwd.push([pkt])
             for fwd in self._forwarders:
                 fwd.keepalive()
                 fwd.read_acks()

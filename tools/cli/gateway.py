@@ -424,6 +424,12 @@ def format_status(st: dict[str, Any]) -> str:
     fwd = st.get("forwarder", {})
     lines.append(f"mqtt: {fwd.get('state', '?')}  forwarded {fwd.get('forwarded_total', 0)}  "
                  f"in flight {fwd.get('inflight', 0)}  reconnects {fwd.get('reconnects', 0)}")
+    silence = st.get("silence")
+    if silence is not None:
+        names = silence.get("devices", [])
+        shown = " ".join(names[:10]) + (f" ... (+{len(names) - 10})" if len(names) > 10 else "")
+        lines.append(f"silent: {silence.get('silent', 0)} devices"
+                     + (f": {shown}" if names else ""))
     return "\n".join(lines)
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
+import random
 import socket
 import time
 from typing import Any
@@ -21,6 +23,57 @@ PROTOCOL_VERSION = 2
 PUSH_DATA, PUSH_ACK, PULL_DATA, PULL_RESP, PULL_ACK = 0x00, 0x01, 0x02, 0x03, 0x04
 
 EU868_CHANNELS_MHZ = (868.1, 868.3, 868.5, 867.1, 867.3, 867.5, 867.7, 867.9)
+LSNR_MAX_DB = 13.5          # an SX1301 reports no better SNR than about this
+
+
+class NodeLink:
+    """One simulated node's radio link: a place in the district, its mean signal, its SF.
+
+    The same model as ``knute plan`` (tools.sim.radio): the node sits uniformly in
+    a disc around the concentrator, its median path loss is Okumura-Hata urban
+    with log-normal shadowing, and its SF is the fastest whose demodulation floor
+    the mean SNR clears by the installation margin (as it would be set at
+    provisioning from a link check). Seeded by the device id, so a node keeps
+    its SF and signal from run to run. Each uplink hops to a channel of the
+    plan and adds a little fading.
+    """
+
+    def __init__(self, device_id: int, seed: int = 1, radius_km: float = 2.0,
+                 margin_db: float = 10.0) -> None:
+        from knute.tools.sim.radio import HATA_SIGMA_DB, NOISE_DBM, choose_sf, hata_urban_db
+
+        rng = random.Random(f"knute-link/{seed}/{device_id}")
+        d_km = max(0.05, radius_km * math.sqrt(rng.random()))
+        self.rssi_dbm = 14.0 - hata_urban_db(d_km) - rng.gauss(0.0, HATA_SIGMA_DB)
+        self.snr_db = self.rssi_dbm - NOISE_DBM
+        self.sf = choose_sf(self.snr_db, margin_db)
+
+    def heard_by(self, payload: bytes, rng: random.Random, count: int = 1
+                 ) -> list[dict[str, Any]]:
+        """One uplink as ``count`` concentrators report it: one ``rxpk`` each.
+
+        All on the channel the node hopped to and at its SF; the first hears the
+        node's own mean signal (with a little fading), the others a few dB less.
+        """
+        chan = rng.randrange(len(EU868_CHANNELS_MHZ))
+        out = []
+        for n in range(count):
+            fade = rng.gauss(0.0, 2.0) - (rng.uniform(0.0, 10.0) if n else 0.0)
+            out.append(rxpk(payload, rssi_dbm=round(self.rssi_dbm + fade),
+                            lsnr_db=round(min(self.snr_db + fade, LSNR_MAX_DB), 1),
+                            freq_mhz=EU868_CHANNELS_MHZ[chan], sf=self.sf, chan=chan))
+        return out
+
+
+def node_links(seed: int = 1) -> Any:
+    """A dict-like cache device id -> NodeLink (created on first use)."""
+
+    class _Links(dict[int, NodeLink]):
+        def __missing__(self, device_id: int) -> NodeLink:
+            link = self[device_id] = NodeLink(device_id, seed)
+            return link
+
+    return _Links()
 
 
 def rxpk(payload: bytes, *, rssi_dbm: int, lsnr_db: float, freq_mhz: float, sf: int,

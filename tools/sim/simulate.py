@@ -31,6 +31,7 @@ class Outputs:
     forwarders: list[Any] = field(default_factory=list)
     serial_records: int = 0
     udp_packets: int = 0
+    links: Any = None           # device id -> tools.sim.pktfwd.NodeLink (radio outputs)
 
     def close(self) -> None:
         """Close everything this run opened."""
@@ -45,9 +46,9 @@ class Outputs:
 
 def open_outputs(args: argparse.Namespace) -> Outputs:
     """Open the serial line and the forwarders the options name."""
-    from knute.tools.sim.pktfwd import ForwarderClient
+    from knute.tools.sim.pktfwd import ForwarderClient, node_links
 
-    out = Outputs()
+    out = Outputs(links=node_links(getattr(args, "seed", 1)))
     if args.serial_pty:
         line = Pty(Path(args.serial_pty))      # replaces whatever the link pointed at
         os.set_blocking(line.master, False)
@@ -107,7 +108,6 @@ def _write_serial(out: Outputs, data: bytes) -> None:
 def send(out: Outputs, tx: Any, rng: Any) -> None:
     """Put one transmission on every output."""
     from knute.protocol import stream
-    from knute.tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
 
     if out.serial_fd is not None:
         if tx.node is None:
@@ -120,10 +120,9 @@ def send(out: Outputs, tx: Any, rng: Any) -> None:
             rng.choice(out.forwarders).send_raw(tx.payload)
             return
         hearing = rng.sample(out.forwarders, rng.randint(1, len(out.forwarders)))
-        chan = rng.randrange(3)
-        for fwd in hearing:
-            fwd.push([rxpk(tx.payload, rssi_dbm=rng.randint(-125, -70),
-                           lsnr_db=round(rng.uniform(-12, 9), 1),
-                           freq_mhz=EU868_CHANNELS_MHZ[chan], sf=rng.choice([7, 9, 10, 12]),
-                           chan=chan)])
+        # The node's own SF and a channel of the plan; each concentrator hears the
+        # same uplink on the same channel, a few dB apart.
+        copies = out.links[tx.node.device_id].heard_by(tx.payload, rng, len(hearing))
+        for fwd, pkt in zip(hearing, copies, strict=True):
+            fwd.push([pkt])
             out.udp_packets += 1
