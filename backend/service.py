@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -26,12 +25,12 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from backend import alerts, analytics
+from backend import alerts, analytics, queries
 from backend.alerts import Rule
 from backend.config import Config, District
 from backend.hours import HOUR_S, Hour, format_hour, parse_utc
 from backend.ingest import BadReading, ReadingChecker
-from backend.store import Store
+from backend.store import SqlStore, open_store
 
 WATER = "water_meter"
 NODE_ALARMS = ("leak", "burst", "backflow", "tamper")
@@ -63,7 +62,7 @@ def log(message: str) -> None:
 class Backend:
     """Store, series and signals behind one lock (paho's thread and the timer share it)."""
 
-    def __init__(self, config: Config, store: Store, publish: Publish,
+    def __init__(self, config: Config, store: SqlStore, publish: Publish,
                  checker: ReadingChecker | None = None) -> None:
         self.config = config
         self.store = store
@@ -130,7 +129,7 @@ class Backend:
                 return "bad"
             with self.store.transaction():
                 outcome = self.store.add_reading(doc)
-                if outcome == "duplicate" or doc["kind"] != WATER:
+                if outcome in ("duplicate", "expired") or doc["kind"] != WATER:
                     return outcome
                 device = str(doc["device"])
                 if self.assigned and device not in self.assigned:
@@ -190,6 +189,7 @@ class Backend:
     def evaluate(self, now: float) -> None:
         """Silent meters and district night leakage, as of unix time ``now``."""
         with self.lock, self.store.transaction():
+            self.store.lock("evaluate")       # one instance at a time on a shared server
             kinds = self.store.kinds()
             heard = {d: t for d, t in self.store.last_heard().items() if kinds[d] == WATER}
             for device, t in heard.items():
@@ -202,15 +202,7 @@ class Backend:
     def balances(self, district_name: str, start: int, end: int) -> list[analytics.Balance]:
         """The hourly balances of a district in [start, end) (hour starts, unix s)."""
         district = next(d for d in self.config.districts if d.name == district_name)
-        series = {d: {h.start: h for h in self.store.hours(d, start, end)}
-                  for d in (*district.inflow, *district.outflow, *district.households)}
-        out = []
-        for hour in range(start - start % HOUR_S, end, HOUR_S):
-            out.append(analytics.district_balance(
-                hour, [series[d].get(hour) for d in district.inflow],
-                [series[d].get(hour) for d in district.outflow],
-                [series[d].get(hour) for d in district.households]))
-        return out
+        return queries.district_balances(self.store, district, start, end)
 
     def _evaluate_district(self, district: District, now: float) -> None:
         inlet = district.inflow[0]
@@ -246,7 +238,7 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    store = Store(config.store_path)
+    store = open_store(config)
     v5 = config.protocol == "5"
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
                          protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -283,7 +275,7 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
             backend.handle(message.topic, bytes(message.payload))
-        except sqlite3.Error as exc:
+        except store.errors as exc:
             log(f"store error, reading left unacknowledged for redelivery: {exc}")
             return
         except Exception as exc:     # a defect must not stop the consumer
@@ -304,10 +296,18 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
                              clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                              properties=properties)
         client.loop_start()
+        policy = config.retention()
+        retained_at = 0.0
         while not stop.wait(config.evaluate_every_s):
             try:
                 backend.evaluate(time.time())
-            except sqlite3.Error as exc:
+                if config.readings_days and time.time() - retained_at >= config.retention_every_s:
+                    retained_at = time.time()
+                    with backend.lock:
+                        done = store.apply_retention(retained_at, policy)
+                    if any(done.values()):
+                        log("retention: " + json.dumps(done, sort_keys=True))
+            except store.errors as exc:
                 log(f"store error during evaluation: {exc}")
         client.disconnect()
         client.loop_stop()
