@@ -83,6 +83,7 @@ PROCESS_FIXTURES = frozenset({
 # class or one test). A test missing here fails in the process check below.
 PROCESS_TESTS: tuple[str, ...] = (
     "tests/e2e/",
+    "tests/backend/test_schema_packaged.py::test_the_installed_wheel_validates",
     "tests/infra/",
     "tests/reliability/",
     "tests/firmware/test_bench_firmware.py",
