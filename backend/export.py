@@ -9,9 +9,9 @@
   ``missing`` of household hours, and ``complete``.
 
 CSV is UTF-8 with a header row, times in ISO 8601 with ``Z``, empty cells for
-unknown values. Parquet (pyarrow) has typed columns: ``hour`` is a UTC
-timestamp in seconds, unknown values are nulls. Rows are written in batches,
-so a city's year does not have to fit in memory.
+unknown values. Parquet (pyarrow, zstd) has typed columns: ``hour`` is a UTC
+timestamp (milliseconds, Parquet has no seconds unit), unknown values are
+nulls. Rows are written in batches, so a city's year need not fit in memory.
 """
 
 from __future__ import annotations
