@@ -17,6 +17,8 @@ BENCHES = {
     "firmware": "peak heap and allocations per send cycle on the MicroPython unix port",
     "reliability": "fault-injection cases: sent, accepted, delivered, lost, duplicates",
     "plan": "knute plan's simulated uplinks/s on a 45,000-node city against a pairwise baseline",
+    "backend": "the backend's stores side by side: MQTT ingest against bare inserts, bytes per "
+               "hourly value, a district's daily balance, the city's night-flow pass",
 }
 
 
