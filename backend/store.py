@@ -131,6 +131,7 @@ CREATE TABLE days (
     hours_estimated INTEGER NOT NULL,
     PRIMARY KEY (device, day)
 ) WITHOUT ROWID;
+CREATE INDEX hours_hour ON hours (hour);
 CREATE TABLE meta (
     name TEXT PRIMARY KEY,
     value REAL NOT NULL
@@ -273,9 +274,13 @@ class SqlStore:
             if self.keep_from is not None and received < self.keep_from:
                 self._count("expired")
                 return "expired"
-            row = self._x("SELECT received_at FROM readings WHERE id=?", (key,)).fetchone()
-            if row is not None:
-                if abs(float(row[0]) - received) <= REUSED_ID_AFTER_S:
+            # One round trip: this id's reading, and the meter's newest.
+            seen, newest = self._x(
+                "SELECT (SELECT received_at FROM readings WHERE id=?), "
+                "(SELECT max(received_at) FROM readings WHERE device=?)",
+                (key, device)).fetchone()
+            if seen is not None:
+                if abs(float(seen) - received) <= REUSED_ID_AFTER_S:
                     self._count("duplicate")
                     return "duplicate"
                 key = f"{key}@{doc['received_at']}"
@@ -283,8 +288,6 @@ class SqlStore:
                     self._count("duplicate")
                     return "duplicate"
                 self._count("reused_id")
-            newest = self._x("SELECT max(received_at) FROM readings WHERE device=?",
-                             (device,)).fetchone()[0]
             index = doc.get("readings", {}).get("index", {}).get("value")
             reading = meter_reading(doc)
             self._x("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)",
@@ -324,27 +327,36 @@ class SqlStore:
             *self._winners("anchors", device, c.anchors, c.received_at, c.reading_id))]
         if not touched:
             return
-        before = self._x("SELECT max(hour) FROM anchors WHERE device=? AND hour<?",
-                         (device, min(touched))).fetchone()[0]
-        after = self._x("SELECT min(hour) FROM anchors WHERE device=? AND hour>?",
-                        (device, max(touched))).fetchone()[0]
+        before, after = self._x(
+            "SELECT (SELECT max(hour) FROM anchors WHERE device=? AND hour<?), "
+            "(SELECT min(hour) FROM anchors WHERE device=? AND hour>?)",
+            (device, min(touched), device, max(touched))).fetchone()
         lo, hi = span(touched, None if before is None else int(before),
                       None if after is None else int(after))
-        measured = {int(h): float(v) for h, v in self._x(
-            "SELECT hour, litres FROM slots WHERE device=? AND hour>=? AND hour<?",
-            (device, lo, hi))}
-        anchors = [(int(h), float(i), str(r)) for h, i, r in self._x(
-            "SELECT hour, index_l, reading_id FROM anchors WHERE device=? AND hour>=? AND "
-            "hour<=? ORDER BY hour", (device, lo, hi))]
+        # One round trip for the span's winning slots (0), anchors (1) and hours (2).
+        measured: dict[int, float] = {}
+        anchors: list[tuple[int, float, str]] = []
+        stored: dict[int, tuple[float, str]] = {}
+        for table, h, v, text in self._x(
+                "SELECT 0, hour, litres, '' FROM slots WHERE device=? AND hour>=? AND hour<? "
+                "UNION ALL SELECT 1, hour, index_l, reading_id FROM anchors WHERE device=? "
+                "AND hour>=? AND hour<=? UNION ALL SELECT 2, hour, litres, quality FROM hours "
+                "WHERE device=? AND hour>=? AND hour<?",
+                (device, lo, hi, device, lo, hi, device, lo, hi)):
+            if table == 0:
+                measured[int(h)] = float(v)
+            elif table == 1:
+                anchors.append((int(h), float(v), str(text)))
+            else:
+                stored[int(h)] = (float(v), str(text))
+        anchors.sort()
         fresh, steps = fill(lo, hi, measured, anchors)
         # Hours already downsampled to daily totals are never written again (a
         # meter silent for months may have its anchor before that cut).
         lo = max(lo, self.hours_from)
         fresh = {h: v for h, v in fresh.items() if h >= lo}
         steps = [s for s in steps if s.at > lo]
-        stored = {int(h): (float(v), str(q)) for h, v, q in self._x(
-            "SELECT hour, litres, quality FROM hours WHERE device=? AND hour>=? AND hour<?",
-            (device, lo, hi))}
+        stored = {h: v for h, v in stored.items() if h >= lo}
         self._xm("DELETE FROM hours WHERE device=? AND hour=?",
                  [(device, h) for h in stored if h not in fresh])
         self._xm("INSERT INTO hours VALUES (?,?,?,?) ON CONFLICT (device, hour) DO UPDATE "

@@ -76,7 +76,8 @@ def test_a_newer_or_foreign_file_is_refused_by_name(tmp_path: Path) -> None:
     db = sqlite3.connect(newer)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(StoreError, match=r"newer\.sqlite: store schema version 2 is newer"):
+    with pytest.raises(StoreError, match=rf"newer\.sqlite: store schema version "
+                                         rf"{SCHEMA_VERSION + 1} is newer"):
         Store(newer)
     foreign = tmp_path / "spool.sqlite"
     db = sqlite3.connect(foreign)
