@@ -199,6 +199,10 @@ class SqlStore:
     def _begin(self) -> None:
         raise NotImplementedError
 
+    def _end(self, commit: bool) -> None:
+        """COMMIT or ROLLBACK the outermost transaction."""
+        self._x("COMMIT" if commit else "ROLLBACK")
+
     def _lock(self, name: str) -> None:
         """Serialize writers on ``name`` until the transaction ends (no-op where writes are)."""
 
@@ -229,7 +233,7 @@ class SqlStore:
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
             self.store._depth -= 1
             if self.store._depth == 0:
-                self.store._x("ROLLBACK" if exc_type else "COMMIT")
+                self.store._end(commit=exc_type is None)
 
     def transaction(self) -> SqlStore._Tx:
         """A write transaction (``with store.transaction():``).

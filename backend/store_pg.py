@@ -8,6 +8,9 @@ connection, the schema's column types and the locking differ:
 - A write transaction takes a transaction-scoped advisory lock per meter, so
   consumers on several machines sharing one database update a meter's series
   one after the other (SQLite gets the same from its single writer).
+- A lost connection (server restart, network) fails the statement running
+  (``errors``: the consumer leaves that reading unacknowledged) and the next
+  statement outside a transaction connects again.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ class PgStore(SqlStore):
         except psycopg.Error as exc:
             raise StoreError(f"{self.path}: cannot connect: "
                              f"{str(exc).strip().splitlines()[0]}") from None
+        self.reconnects = 0
         self._sql: dict[str, str] = {}
         self._migrate()
         self._load_meta()
@@ -117,7 +121,14 @@ class PgStore(SqlStore):
             translated = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
         return translated
 
+    def _ensure(self) -> None:
+        """Connect again if the connection was lost (only between transactions)."""
+        if self._depth == 0 and (self.db.closed or self.db.broken):
+            self.db = psycopg.connect(self.url, autocommit=True)
+            self.reconnects += 1
+
     def _x(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        self._ensure()
         return self.db.execute(self._q(sql), params)
 
     def _xm(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -127,7 +138,16 @@ class PgStore(SqlStore):
                 cursor.executemany(self._q(sql), rows)
 
     def _begin(self) -> None:
+        self._ensure()
         self.db.execute("BEGIN")
+
+    def _end(self, commit: bool) -> None:
+        # Never on a new connection: a transaction lost with its connection
+        # must fail, not commit nothing.
+        if commit:
+            self.db.execute("COMMIT")
+        elif not (self.db.closed or self.db.broken):
+            self.db.execute("ROLLBACK")
 
     def _lock(self, name: str) -> None:
         if self._depth:

@@ -66,3 +66,23 @@ def test_a_newer_or_foreign_database_on_the_server_is_refused_by_name(
         PgStore(foreign)
     with pytest.raises(StoreError, match=r"cannot connect"):
         PgStore(pg_cluster.url("no_such_database"))
+
+
+def test_a_lost_server_connection_fails_one_reading_and_the_next_reconnects(
+        pg_cluster: PostgresCluster) -> None:
+    import psycopg
+
+    from backend.store_pg import PgStore
+
+    url = pg_cluster.create_database()
+    store = PgStore(url)
+    store.add_reading(reading("00000001", 1, T0 + 6 * HOUR_S, [1.0] * 6, 6.0))
+    pid = store.db.info.backend_pid
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    second = reading("00000001", 2, T0 + 12 * HOUR_S, [1.0] * 6, 12.0)
+    with pytest.raises(store.errors):
+        store.add_reading(second)        # left unacknowledged: the broker sends it again
+    assert store.add_reading(second) == "stored"
+    assert store.reconnects == 1 and store.count_readings() == 2
+    assert sum(h.litres for h in store.hours("00000001")) == 12.0
