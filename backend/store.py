@@ -621,6 +621,24 @@ class Store(SqlStore):
                 self._winners("slots", device, c.slots, c.received_at, c.reading_id)
                 self._winners("anchors", device, c.anchors, c.received_at, c.reading_id)
 
+    def household_totals(self, devices: Sequence[str], start: int,
+                         end: int) -> dict[int, tuple[float, int, int]]:
+        """hour -> (Σ litres, hours known, hours estimated) of ``devices`` in [start, end).
+
+        SQLite's planner would take the index on ``hour`` and fetch every row of
+        the city in the range; CROSS JOIN keeps the meters outside, so each is
+        one seek on the primary key (device, hour).
+        """
+        if not devices:
+            return {}
+        values = ",".join("(?)" for _ in devices)
+        return {int(h): (float(v), int(k), int(e)) for h, v, k, e in self.db.execute(
+            f"WITH d(device) AS (VALUES {values}) SELECT h.hour, sum(h.litres), "
+            f"sum(CASE WHEN h.{KNOWN_SQL} THEN 1 ELSE 0 END), "
+            f"sum(CASE WHEN h.quality='{ESTIMATED}' THEN 1 ELSE 0 END) "
+            "FROM d CROSS JOIN hours AS h WHERE h.device=d.device AND h.hour>=? AND h.hour<? "
+            "GROUP BY h.hour", (*devices, start, end))}
+
     def size_bytes(self, table: str) -> int:
         """Bytes of ``table`` and its indexes (SQLite's dbstat, else pages by estimate)."""
         try:
