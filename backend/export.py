@@ -21,10 +21,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.config import District
-from backend.hours import HOUR_S, format_hour
-from backend.queries import district_balances
-from backend.store import SqlStore
+from knute.backend.config import District
+from knute.backend.hours import HOUR_S, format_hour
+from knute.backend.queries import district_balances
+from knute.backend.store import SqlStore
 
 FORMATS = ("csv", "parquet")
 BATCH_ROWS = 100_000

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from backend.analytics import NIGHT_WINDOW, Balance, _window_hours
-from backend.config import District
-from backend.hours import HOUR_S, Hour
-from backend.store import SqlStore, local_days
+from knute.backend.analytics import NIGHT_WINDOW, Balance, _window_hours
+from knute.backend.config import District
+from knute.backend.hours import HOUR_S, Hour
+from knute.backend.store import SqlStore, local_days
 
 
 def district_balances(store: SqlStore, district: District, start: int,

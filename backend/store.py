@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
-from backend.hours import (
+from knute.backend.hours import (
     ESTIMATED,
     INDEX,
     MEASURED,
@@ -56,7 +56,7 @@ from backend.hours import (
 )
 
 if TYPE_CHECKING:
-    from backend.config import Config
+    from knute.backend.config import Config
 
 SCHEMA_VERSION = 2
 DAY_S = 86400
@@ -665,7 +665,7 @@ def _script(db: sqlite3.Connection, script: str) -> None:
 def open_store(config: Config) -> SqlStore:
     """The store ``config`` names: PostgreSQL when ``[store] url`` is set, else SQLite."""
     if config.store_url:
-        from backend.store_pg import PgStore
+        from knute.backend.store_pg import PgStore
 
         return PgStore(config.store_url)
     return Store(config.store_path)

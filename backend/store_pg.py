@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from backend.store import SCHEMA_VERSION, SqlStore, StoreError, _Cursor
+from knute.backend.store import SCHEMA_VERSION, SqlStore, StoreError, _Cursor
 
 _SCHEMA = """
 CREATE TABLE readings (

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.store import SqlStore, Store
-from tools.rig.postgres import PostgresCluster
+from knute.backend.store import SqlStore, Store
+from knute.tools.rig.postgres import PostgresCluster
 
 STORE_KINDS = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.process)]
 
@@ -60,7 +60,7 @@ class StoreFactory:
         if self.kind == "sqlite":
             store: SqlStore = Store(where)
         else:
-            from backend.store_pg import PgStore
+            from knute.backend.store_pg import PgStore
 
             store = PgStore(where)
         self.opened.append(store)

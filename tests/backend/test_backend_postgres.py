@@ -13,12 +13,12 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from backend.store_pg import PgStore
+from knute.backend.store_pg import PgStore
+from knute.tools.rig.broker import Broker
+from knute.tools.rig.postgres import PostgresCluster
+from knute.tools.rig.wait import wait_for
 from tests.backend.factory import HOUR_S, T0, reading
 from tests.backend.test_backend_process import Backend, Client
-from tools.rig.broker import Broker
-from tools.rig.postgres import PostgresCluster
-from tools.rig.wait import wait_for
 
 
 def _config(tmp_path: Path, broker: Broker, url: str, client_id: str) -> Path:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.config import ConfigError, load
-from backend.store import Store, open_store
+from knute.backend.config import ConfigError, load
+from knute.backend.store import Store, open_store
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -16,10 +16,10 @@ from typing import Any
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
-from backend import export, queries
-from backend.config import District
-from backend.hours import format_hour
-from backend.store import SqlStore, Store
+from knute.backend import export, queries
+from knute.backend.config import District
+from knute.backend.hours import format_hour
+from knute.backend.store import SqlStore, Store
 from tests.backend.factory import HOUR_S, T0, reading
 
 DISTRICT = District("sentrum", ("1000a001",), (), ("00000001", "00000002", "00000003"), 3)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.hours import HOUR_S, IncrementalSeries, MeterReading, Slot, rebuild
+from knute.backend.hours import HOUR_S, IncrementalSeries, MeterReading, Slot, rebuild
 from tests.backend.factory import T0
 from tests.backend.test_hours_property import meter_history
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.ingest import BadReading, ReadingChecker, packaged_schema
+from knute.backend.ingest import BadReading, ReadingChecker, packaged_schema
 from tests.backend.factory import reading, topic
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.store import SCHEMA_VERSION, SqlStore, Store, StoreError
+from knute.backend.store import SCHEMA_VERSION, SqlStore, Store, StoreError
 from tests.backend.factory import HOUR_S, T0, reading
 
 

@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from backend import analytics, queries
-from backend.config import District
-from backend.hours import HOUR_S, MeterReading, rebuild
-from backend.store import DAY_S, Retention, SqlStore
+from knute.backend import analytics, queries
+from knute.backend.config import District
+from knute.backend.hours import HOUR_S, MeterReading, rebuild
+from knute.backend.store import DAY_S, Retention, SqlStore
 from tests.backend.conftest import StoreFactory
 from tests.backend.factory import T0, reading, utc
 from tests.backend.test_hours_property import meter_history

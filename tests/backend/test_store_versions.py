@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from backend.hours import meter_reading, rebuild
-from backend.store import _SCHEMA_V1, SCHEMA_VERSION, Store, StoreError
+from knute.backend.hours import meter_reading, rebuild
+from knute.backend.store import _SCHEMA_V1, SCHEMA_VERSION, Store, StoreError
+from knute.tools.rig.postgres import PostgresCluster
 from tests.backend.factory import HOUR_S, T0, reading
-from tools.rig.postgres import PostgresCluster
 
 
 def _version_1_file(path: Path) -> None:
@@ -51,7 +51,7 @@ def test_a_newer_or_foreign_database_on_the_server_is_refused_by_name(
         pg_cluster: PostgresCluster) -> None:
     import psycopg
 
-    from backend.store_pg import PgStore
+    from knute.backend.store_pg import PgStore
 
     newer = pg_cluster.create_database()
     PgStore(newer).close()
@@ -72,7 +72,7 @@ def test_a_lost_server_connection_fails_one_reading_and_the_next_reconnects(
         pg_cluster: PostgresCluster) -> None:
     import psycopg
 
-    from backend.store_pg import PgStore
+    from knute.backend.store_pg import PgStore
 
     url = pg_cluster.create_database()
     store = PgStore(url)

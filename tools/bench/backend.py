@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 HOUR_S = 3600
 T0 = int(datetime(2026, 1, 5, tzinfo=UTC).timestamp())
@@ -100,13 +100,13 @@ class _Stores:
 
     def new(self) -> tuple[Any, str]:
         """(store, the value of [store] path or url)."""
-        from backend.store import Store
+        from knute.backend.store import Store
 
         self.n += 1
         if self.kind == "sqlite":
             where = str(self.workdir / f"{self.kind}{self.n}.sqlite")
             return Store(where), where
-        from backend.store_pg import PgStore
+        from knute.backend.store_pg import PgStore
 
         where = self.cluster.create_database(f"bench{self.n}")
         return PgStore(where), where
@@ -117,7 +117,7 @@ def _rate(n: int, seconds: float) -> float:
 
 
 def _bare_rows(docs: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
-    from backend.hours import meter_reading
+    from knute.backend.hours import meter_reading
 
     for doc in docs:
         r = meter_reading(doc)
@@ -160,7 +160,7 @@ def _through_mqtt(workdir: Path, store: Any, where: str, docs: list[dict[str, An
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from tools.rig.wait import wait_for
+    from knute.tools.rig.wait import wait_for
 
     key = "url" if where.startswith("postgresql://") else "path"
     config = workdir / f"backend-{store.kind}.toml"
@@ -169,7 +169,7 @@ def _through_mqtt(workdir: Path, store: Any, where: str, docs: list[dict[str, An
                       '[water]\nevaluate_every_s = 3600\n')
     log = workdir / f"backend-{store.kind}.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "backend", "run",
+        proc = subprocess.Popen([sys.executable, "-m", "knute.tools.cli", "backend", "run",
                                  "--config", str(config)], stdout=subprocess.DEVNULL,
                                 stderr=err)
     try:
@@ -248,8 +248,8 @@ def _timed(what: Callable[[], Any]) -> tuple[float, Any]:
 def bench_queries(stores: _Stores, args: argparse.Namespace,
                   rng: random.Random) -> dict[str, Any]:
     """Storage per hourly value, the district's daily balance, the city's night pass."""
-    from backend import analytics, queries
-    from backend.config import District
+    from knute.backend import analytics, queries
+    from knute.backend.config import District
 
     tz = ZoneInfo(TZ)
     store, _ = stores.new()
@@ -294,7 +294,7 @@ def bench_queries(stores: _Stores, args: argparse.Namespace,
 
 def run(args: argparse.Namespace) -> int:
     """Run every figure on every store asked for; print them side by side."""
-    from tools.rig.broker import Broker
+    from knute.tools.rig.broker import Broker
 
     kinds = [k.strip() for k in args.stores.split(",") if k.strip()]
     if not kinds or any(k not in STORES for k in kinds):
@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
         broker.start()
         try:
             if "postgres" in kinds:
-                from tools.rig.postgres import PostgresCluster
+                from knute.tools.rig.postgres import PostgresCluster
 
                 cluster = PostgresCluster().start()
             for kind in kinds:

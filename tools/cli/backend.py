@@ -19,7 +19,7 @@ import argparse
 import json
 from typing import Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "backend") -> None:
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "backend") -> Non
 
 
 def _load(path: str) -> Any:
-    from backend.config import ConfigError, load
+    from knute.backend.config import ConfigError, load
 
     try:
         return load(path)
@@ -68,7 +68,7 @@ def _load(path: str) -> Any:
 def _store_errors() -> tuple[type[BaseException], ...]:
     import sqlite3
 
-    from backend.store import StoreError
+    from knute.backend.store import StoreError
 
     errors: tuple[type[BaseException], ...] = (StoreError, OSError, sqlite3.Error)
     try:
@@ -79,13 +79,13 @@ def _store_errors() -> tuple[type[BaseException], ...]:
 
 
 def _where(config: Any) -> str:
-    from backend.store_pg import _safe
+    from knute.backend.store_pg import _safe
 
     return _safe(config.store_url) if config.store_url else str(config.store_path)
 
 
 def _open(config: Any) -> Any:
-    from backend.store import open_store
+    from knute.backend.store import open_store
 
     if not config.store_url and not config.store_path.exists():
         raise KnuteError(f"store {config.store_path}: no such file (has the backend run?)")
@@ -114,7 +114,7 @@ def _export(args: argparse.Namespace, config: Any, store: Any) -> int:
     import time
     from pathlib import Path
 
-    from backend import export
+    from knute.backend import export
 
     out = Path(args.out)
     try:
@@ -152,7 +152,7 @@ def _first_hour(store: Any, districts: list[Any], last: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch ``knute backend ACTION``."""
-    from backend import service
+    from knute.backend import service
 
     config = _load(args.config)
     if args.backend_command == "run":

@@ -22,8 +22,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from tools.rig.broker import free_port
-from tools.rig.wait import wait_for
+from knute.tools.rig.broker import free_port
+from knute.tools.rig.wait import wait_for
 
 START_TIMEOUT_S = 60.0
 SUPERUSER = "knute"
