@@ -51,7 +51,7 @@ def test_the_installed_wheel_validates_without_the_source_tree(tmp_path: Path) -
     doc = reading("00000001", 1, 1767571200, [1.0], 1.0)
     script = textwrap.dedent(f"""
         import json, sys
-        import backend.ingest as ingest
+        import knute.backend.ingest as ingest
         assert ingest.__file__.startswith({str(target)!r}), ingest.__file__
         checker = ingest.ReadingChecker()
         doc = json.loads({json.dumps(json.dumps(doc))})
