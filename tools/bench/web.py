@@ -43,7 +43,8 @@ def _fill(store: Any, meters: list[str], inlet: str, start: int, days: int,
     """Hourly values for every meter and the inlet (their sum plus a leak), one reading each."""
     hours = range(start, start + days * 24 * HOUR_S, HOUR_S)
     inlet_l = dict.fromkeys(hours, 40.0)
-    with store.transaction() as db:
+    db = store.db           # the SQLite connection: rows straight into the tables
+    with store.transaction():
         for device in meters:
             rows = []
             for hour in hours:
