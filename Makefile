@@ -4,8 +4,9 @@
 # project code first bootstraps .venv from requirements.lock (and again
 # whenever requirements.lock or pyproject.toml is newer than the stamp).
 #
-#   make test         bootstrap, Mosquitto, Chromium, 32-bit MicroPython, lint, typecheck, mpy, then
-#                     every test but the slow ones (pytest -m "not slow") on both cores
+#   make test         bootstrap, Mosquitto, PostgreSQL, Chromium, 32-bit MicroPython, lint,
+#                     typecheck, mpy, then every test but the slow ones (pytest -m "not slow")
+#                     on both cores
 #   make unit         the pure tier only (-m "not process and not slow"): no processes
 #   make demo         the demo on its embedded defaults
 #   make lint         ruff check .
@@ -41,8 +42,8 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # packages; the warnings about them say nothing about the project.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: test bootstrap mosquitto chromium upy32 lint typecheck typecheck-cpython typecheck-stubs \
-	typecheck-upy mpy unit reliability demo bench lock clean _bootstrap
+.PHONY: test bootstrap mosquitto postgresql chromium upy32 lint typecheck typecheck-cpython \
+	typecheck-stubs typecheck-upy mpy unit reliability demo bench lock clean _bootstrap
 
 # ---------------------------------------------------------------- bootstrap
 
@@ -139,6 +140,24 @@ chromium:
 	        "the web page's browser test will fail"; \
 	fi
 
+# PostgreSQL for the backend's server-store tests (tools/rig/postgres.py runs a
+# throwaway cluster from Debian's binaries in /usr/lib/postgresql/*/bin). Installed
+# with apt-get where missing; without it those tests fail naming the package.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	if [ -n "$(APT_GET)" ]; then \
+	    echo "postgresql: installing postgresql with apt-get"; \
+	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
+	        $(APT_GET) install -y -qq --no-install-recommends postgresql) \
+	        >/tmp/knute-apt-postgresql.log 2>&1; \
+	    then echo "postgresql: installed"; \
+	    else echo "postgresql: install failed (see /tmp/knute-apt-postgresql.log);" \
+	        "the backend's PostgreSQL tests will fail"; fi; \
+	else \
+	    echo "postgresql: not installed and cannot install it here (needs root and" \
+	        "apt-get); the backend's PostgreSQL tests will fail"; \
+	fi
+
 # Every MicroPython test also runs on a 32-bit build of the unix port (a board's
 # small ints and object sizes), kept beside the repository: without it `make test`
 # stops here rather than pass with half the MicroPython runs left out.
@@ -224,7 +243,7 @@ endef
 
 # Both tiers on every core: a test that shares an expensive module fixture with
 # its neighbours stays on their worker (--dist loadfile keeps a file together).
-test: $(STAMP) mosquitto chromium upy32 lint typecheck mpy
+test: $(STAMP) mosquitto postgresql chromium upy32 lint typecheck mpy
 	$(call run_pytest,not slow,$(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile))
 
 unit: $(STAMP)

@@ -77,12 +77,14 @@ CHECKED_THREAD_PREFIX = "knute-"
 PROCESS_FIXTURES = frozenset({
     "micropython_bin", "knute_bin", "mosquitto", "mqtt_broker_factory", "pytester",
     "bench_node", "modbus_sim", "board", "mpremote", "tuned_broker", "tls_broker",
+    "pg_cluster",
 })
 # Tests that start processes without such a fixture: node-id prefixes (a module, a
 # class or one test). A test missing here fails in the process check below.
 PROCESS_TESTS: tuple[str, ...] = (
     "tests/backend/test_web_browser.py",
     "tests/e2e/",
+    "tests/backend/test_schema_packaged.py::test_the_installed_wheel_validates",
     "tests/infra/",
     "tests/reliability/",
     "tests/firmware/test_bench_firmware.py",
