@@ -38,7 +38,8 @@ Markers (tiers)
     runs the rest (``-m "not process and not slow"``) in seconds.
     ``slow``: longer reliability tests; ``make test`` skips them (``-m "not slow"``),
     ``make reliability`` runs only them.
-    ``make test`` runs the tiers together on both cores with pytest-xdist.
+    ``make test`` runs the tiers together with pytest-xdist, on twice as many
+    workers as cores (``--dist worksteal``): most process tests wait.
 """
 
 from __future__ import annotations
