@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import kinds
+from knute.protocol import kinds
 
 PROFILE_SLACK_H = 2
 

@@ -74,7 +74,7 @@ def pack_radio(rssi_dbm, snr_db_x10, freq_hz, sf, frame):
 
 def __getattr__(name):
     # The receiving side: see the top of this file.
-    from protocol import stream_decode
+    from . import stream_decode
 
     value = getattr(stream_decode, name)
     globals()[name] = value
