@@ -26,10 +26,12 @@ from functools import partial
 from typing import Any
 
 from knute.backend import alerts, analytics, queries
+from knute.backend.air_service import AIR, AirIndexer
 from knute.backend.alerts import Rule
 from knute.backend.config import Config, District
 from knute.backend.hours import HOUR_S, Hour, format_hour, parse_utc
 from knute.backend.ingest import BadReading, ReadingChecker
+from knute.backend.open_data import OpenData
 from knute.backend.service_leaks import evaluate_district_rise, evaluate_meter_leaks, leaks_rules
 from knute.backend.store import SqlStore, open_store
 
@@ -64,11 +66,14 @@ class Backend:
     """Store, series and signals behind one lock (paho's thread and the timer share it)."""
 
     def __init__(self, config: Config, store: SqlStore, publish: Publish,
-                 checker: ReadingChecker | None = None) -> None:
+                 checker: ReadingChecker | None = None,
+                 publish_air: Callable[[str, Any], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.publish = publish
         self.checker = checker or ReadingChecker(config.schema_path)
+        self.air = AirIndexer(config, store, publish_air or publish, time.time)
+        self.open_data = OpenData(config, publish_air or publish)
         self.lock = threading.Lock()
         self.handled: dict[str, int] = {}     # this process's outcomes (the store counts all)
         self.assigned = {d for district in config.districts
@@ -131,7 +136,12 @@ class Backend:
                 return "bad"
             with self.store.transaction():
                 outcome = self.store.add_reading(doc)
-                if outcome in ("duplicate", "expired") or doc["kind"] != WATER:
+                if outcome in ("duplicate", "expired"):
+                    return outcome
+                self.open_data.handle(doc)
+                if doc["kind"] == AIR:
+                    self.air.handle(doc)
+                if doc["kind"] != WATER:
                     return outcome
                 device = str(doc["device"])
                 if self.assigned and device not in self.assigned:
@@ -281,7 +291,10 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
         client.publish(topic, json.dumps(document, ensure_ascii=False), qos=1, retain=True)
         log(f"alert {document['state']}: {topic}")
 
-    backend = Backend(config, store, publish)
+    def publish_retained(topic: str, document: Any) -> None:
+        client.publish(topic, json.dumps(document, ensure_ascii=False), qos=1, retain=True)
+
+    backend = Backend(config, store, publish, publish_air=publish_retained)
 
     def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                    properties: Any) -> None:

@@ -406,6 +406,12 @@ class SqlStore:
                     "SELECT id, received_at, index_l, slots FROM readings WHERE device=? "
                     "ORDER BY received_at, id", (device,))]
 
+    def payloads(self, device: str, start: float, end: float) -> list[tuple[float, str]]:
+        """(received_at, payload JSON) of ``device``'s readings received in [start, end)."""
+        return [(float(t), str(p)) for t, p in self._x(
+            "SELECT received_at, payload FROM readings WHERE device=? AND received_at>=? "
+            "AND received_at<? ORDER BY received_at", (device, start, end)).fetchall()]
+
     def previous_received(self, device: str, before: float) -> float | None:
         """When ``device``'s newest reading received before ``before`` arrived, or None."""
         row = self._x("SELECT max(received_at) FROM readings WHERE device=? AND "
