@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from knute.backend.air_qc import DEFAULT_QC, Checked, Qc, disagrees, median, stuck
@@ -235,9 +236,8 @@ def area_index(name: str, stations: Sequence[Index], hour: int, qc: Qc = DEFAULT
     return area
 
 
-def _iso(t: float) -> str:
-    from datetime import UTC, datetime
-
+def iso_utc(t: float) -> str:
+    """ISO 8601 UTC to the second with ``Z``."""
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -273,8 +273,8 @@ def document(index: Index, primary: str, scales: Mapping[str, Scale], updated_at
         "scope": index.scope, "subject": index.subject, "scale": primary,
         "level": main["level"], "band": main["band"], "colour": main["colour"],
         "status": index.status, "reasons": sorted(index.reasons),
-        "hour": _iso(index.hour + HOUR_S), "updated_at": _iso(updated_at),
-        "valid_until": _iso(index.hour + HOUR_S + stale_after_s), "scales": per,
+        "hour": iso_utc(index.hour + HOUR_S), "updated_at": iso_utc(updated_at),
+        "valid_until": iso_utc(index.hour + HOUR_S + stale_after_s), "scales": per,
     }
     if "pollutant" in main:
         doc["pollutant"] = main["pollutant"]

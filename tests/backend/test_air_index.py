@@ -73,7 +73,8 @@ def test_hourly_mean_needs_min_readings() -> None:
 def test_running_24h_mean_and_its_window() -> None:
     hours = hourly(series([10.0] * 12 + [100.0]))
     # 1h: the hour itself; 24h: (12 * 10 + 100) / 13 = 16.923 over 13 hours
-    assert averaged(hours, T0 + 12 * H, "pm2_5", "1h") == (pytest.approx(100.0), 1)
+    value, n = averaged(hours, T0 + 12 * H, "pm2_5", "1h")
+    assert value == pytest.approx(100.0) and n == 1
     value, n = averaged(hours, T0 + 12 * H, "pm2_5", "24h")
     assert value == pytest.approx(220.0 / 13) and n == 13
 
