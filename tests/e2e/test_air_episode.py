@@ -41,14 +41,16 @@ T0 = 1_767_571_200          # 2026-01-05 00:00 UTC
 AREA = "knute/air/index/area/sentrum"
 
 
+UPLOADS: list[tuple[str, dict[str, str], Any]] = []
+
+
 class Recorder(BaseHTTPRequestHandler):
     """Sensor.Community's push endpoint as a local server that keeps every request."""
 
-    requests: list[tuple[str, dict[str, str], Any]] = []
-
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.requests.append((self.path, dict(self.headers), json.loads(body)))
+        headers = {k.lower(): v for k, v in self.headers.items()}   # names: any case
+        UPLOADS.append((self.path, headers, json.loads(body)))
         self.send_response(201)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -59,7 +61,7 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upload_server() -> Iterator[ThreadingHTTPServer]:
-    Recorder.requests = []
+    UPLOADS.clear()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -158,11 +160,21 @@ def test_the_episode_end_to_end(tmp_path: Path, broker: Broker, knute_bin: Path,
         assert pm["state_topic"] == "knute/air_quality/00002001/up"
         senml = watch.docs(topic="knute/senml/air_quality/00002001")
         assert senml and senml[-1][0]["bn"] == "knute:00002001:"
-        wait_for(lambda: len(Recorder.requests) >= 2 * len(sent), 60,
+        wait_for(lambda: len(UPLOADS) >= 2 * len(sent), 60,
                  "one PM and one climate upload per reading")
-        path, headers, body = Recorder.requests[0]
+        # The first reading (00002001: PM2.5 2.7, PM10 5.4, 2.5 °C, 55 %, 1009 hPa), as
+        # Sensor.Community's firmware sends it: pin 1 the PM sensor, pin 11 the BME280.
+        (path, pm_headers, pm_body), (_, climate_headers, climate_body) = UPLOADS[:2]
         assert path == "/v1/push-sensor-data/"
-        assert headers["X-Pin"] in ("1", "11") and headers["X-Sensor"].startswith("knute-")
+        assert (pm_headers["x-pin"], pm_headers["x-sensor"]) == ("1", "knute-00002001")
+        assert pm_headers["content-type"] == "application/json"
+        assert pm_body["sensordatavalues"] == [{"value_type": "P1", "value": "5.40"},
+                                               {"value_type": "P2", "value": "2.70"}]
+        assert climate_headers["x-pin"] == "11"
+        assert climate_body["sensordatavalues"] == [
+            {"value_type": "temperature", "value": "2.50"},
+            {"value_type": "humidity", "value": "55.00"},
+            {"value_type": "pressure", "value": "100900.00"}]
 
         # The page, as Chromium builds and draws it.
         url = f"http://127.0.0.1:{web_port}/air"
