@@ -230,3 +230,9 @@ class OpenData:
                 self.publish(f"{self.config.prefix}/senml/{doc['kind']}/{doc['device']}", pack)
         if self.uploader is not None:
             self.uploader.submit(doc)
+
+    def close(self) -> None:
+        """Send the uploads still queued (a few seconds at most) and stop the uploader."""
+        if self.uploader is not None:
+            self.uploader.close()
+            log("sensor.community uploads: " + json.dumps(self.uploader.counts, sort_keys=True))

@@ -360,6 +360,7 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     finally:
         if web is not None:
             web.stop()
+        backend.open_data.close()
         counters = store.counters()
         store.close()
     log("stopped; this process handled " + json.dumps(backend.handled, sort_keys=True)
