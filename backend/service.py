@@ -138,9 +138,16 @@ class Backend:
                 outcome = self.store.add_reading(doc)
                 if outcome in ("duplicate", "expired"):
                     return outcome
-                self.open_data.handle(doc)
-                if doc["kind"] == AIR:
-                    self.air.handle(doc)
+                try:
+                    self.open_data.handle(doc)
+                    if doc["kind"] == AIR:
+                        self.air.handle(doc)
+                except self.store.errors:
+                    raise
+                except Exception as exc:     # the reading is stored whatever the index does
+                    self.store.count("air_errors")
+                    log(f"air index or open data failed on {topic}: "
+                        f"{type(exc).__name__}: {exc}")
                 if doc["kind"] != WATER:
                     return outcome
                 device = str(doc["device"])

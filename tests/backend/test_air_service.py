@@ -108,3 +108,19 @@ def test_norwegian_scale_first(tmp_path: Path) -> None:
     assert [area[h]["band"] for h in sorted(area)[::2]] == [
         "low", "low", "low", "high", "high", "very_high"]
     assert all(doc["scale"] == "no" for doc in area.values())
+
+
+def test_a_failing_index_never_loses_the_reading(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    config = Config(path=tmp_path / "b.toml", store_path=tmp_path / "b.sqlite")
+    store = Store(config.store_path)
+    backend = Backend(config, store, Published())
+
+    def broken(doc: Any) -> None:
+        raise ZeroDivisionError("a defect")
+
+    monkeypatch.setattr(backend.air, "handle", broken)
+    topic, doc = next(episode(STATIONS, 1, T0))
+    assert backend.handle(topic, json.dumps(doc).encode()) == "stored"
+    assert store.count_readings() == 1 and store.counters()["air_errors"] == 1
+    store.close()
