@@ -12,6 +12,7 @@ documents carry ``valid_until`` for consumers to notice silence.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +26,8 @@ from knute.backend.store import SqlStore
 
 AIR = "air_quality"
 BACK_S = 25 * HOUR_S        # a 24-hour window before the hour, and the hour itself
+NODE_INTERVAL_S = 600       # the air node's default: how far back stuck_readings reach
+CACHE_HOURS = 3             # station indexes kept for the hours still being closed
 
 Publish = Callable[[str, Mapping[str, Any]], None]
 
@@ -53,6 +56,12 @@ class AirIndexes:
         self.scales = scales_of(config)
         self.primary = self.scales[config.air_scale]
         self.area_of = {s: a for a in config.air_areas for s in a.stations}
+        # What a station's index reads: the 24-hour window with 24h averaging, else
+        # the hour and the stuck check's readings before it (at least two hours).
+        stuck_s = max(2 * HOUR_S, config.air_stuck_readings * NODE_INTERVAL_S)
+        self.back_s = BACK_S if config.air_pm_averaging == "24h" else HOUR_S + stuck_s
+        self.cache: dict[tuple[str, int], Index] = {}
+        self.newest = 0
 
     def checked(self, device: str, start: float, end: float) -> list[Checked]:
         """``device``'s readings received in [start, end), checked, oldest first."""
@@ -64,13 +73,25 @@ class AirIndexes:
         return out
 
     def station(self, device: str, hour: int) -> Index:
-        """The index of station ``device`` for the hour starting at ``hour``."""
-        readings = self.checked(device, hour + HOUR_S - BACK_S, hour + HOUR_S)
-        index = air_index.station_index(device, readings, hour, self.primary, self.qc,
-                                        self.config.air_min_readings)
-        area = self.area_of.get(device)
-        index.area = area.name if area else None
-        return index
+        """The index of station ``device`` for the hour starting at ``hour`` (a copy).
+
+        Computed once per station and hour: asked for after the hour is over
+        (by reading time), its readings are all in. The last ``CACHE_HOURS``
+        hours are kept; the caller may change the copy it gets.
+        """
+        key = (device, hour)
+        if key not in self.cache:
+            readings = self.checked(device, hour + HOUR_S - self.back_s, hour + HOUR_S)
+            index = air_index.station_index(device, readings, hour, self.primary, self.qc,
+                                            self.config.air_min_readings)
+            area = self.area_of.get(device)
+            index.area = area.name if area else None
+            self.cache[key] = index
+            if hour > self.newest:          # a new hour: forget the ones long closed
+                self.newest = hour
+                self.cache = {k: v for k, v in self.cache.items()
+                              if k[1] > hour - CACHE_HOURS * HOUR_S}
+        return copy.deepcopy(self.cache[key])
 
     def area(self, area: AirArea, hour: int) -> tuple[Index, list[Index]]:
         """The index of ``area`` for the hour at ``hour`` and its stations' indexes."""

@@ -21,6 +21,8 @@ BENCHES = {
     "web": "the backend's web page for one district of N meters against an SQL-sum baseline",
     "backend": "the backend's stores side by side: MQTT ingest against bare inserts, bytes per "
                "hourly value, a district's daily balance, the city's night-flow pass",
+    "air": "the air index's cost to the backend's ingest (against check-and-store alone), "
+           "an area's hour and the air page",
 }
 
 
