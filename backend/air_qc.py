@@ -13,7 +13,7 @@ corrected for humidity) and the reasons it may not use some of them. Rules:
   the reading's PM is dropped (fog droplets, the correction does not hold);
   a correction larger than ``max_correction`` marks it ``humid`` (provisional);
 - stuck: the last ``stuck_readings`` PM2.5 values all within ``stuck_range``;
-- neighbours: an hourly PM2.5 farther from the median of the area's other
+- neighbours: a station's averaged PM2.5 farther from the median of the area's other
   stations than ``max(disagree_abs, disagree_rel × median)``.
 """
 

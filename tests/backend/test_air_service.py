@@ -124,3 +124,23 @@ def test_a_failing_index_never_loses_the_reading(tmp_path: Path,
     assert backend.handle(topic, json.dumps(doc).encode()) == "stored"
     assert store.count_readings() == 1 and store.counters()["air_errors"] == 1
     store.close()
+
+
+def test_a_restarted_backend_closes_each_hour_once(tmp_path: Path) -> None:
+    config = Config(path=tmp_path / "b.toml", store_path=tmp_path / "b.sqlite")
+    readings = list(episode(("00002001",), 3, T0))          # 6 a hour, 18 in all
+    store = Store(config.store_path)
+    first = Published()
+    backend = Backend(config, store, first)
+    for topic, doc in readings[:8]:                          # hour 0 and two of hour 1
+        backend.handle(topic, json.dumps(doc).encode())
+    assert [d["hour"] for _, d in first.messages] == ["2026-01-05T01:00:00Z"]
+    again = Published()
+    restarted = Backend(config, store, again)               # same store, new process
+    for topic, doc in readings[8:12]:                        # the rest of hour 1
+        restarted.handle(topic, json.dumps(doc).encode())
+    assert again.messages == []                              # hour 0 was closed already
+    topic, doc = readings[12]                                # the first of hour 2
+    restarted.handle(topic, json.dumps(doc).encode())
+    assert [d["hour"] for _, d in again.messages] == ["2026-01-05T02:00:00Z"]
+    store.close()
