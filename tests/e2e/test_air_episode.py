@@ -80,7 +80,8 @@ def broker(mqtt_broker_factory: Callable[..., Broker]) -> Broker:
     return mqtt_broker_factory("mosquitto")
 
 
-def write_config(tmp_path: Path, broker: Broker, web_port: int, upload_port: int) -> Path:
+def write_config(tmp_path: Path, broker: Broker, web_port: int, upload_port: int,
+                 pm_averaging: str = "1h") -> Path:
     path = tmp_path / "backend.toml"
     path.write_text(f"""
 [mqtt]
@@ -96,6 +97,7 @@ host = "127.0.0.1"
 port = {web_port}
 [air]
 scale = "eaqi"
+pm_averaging = "{pm_averaging}"
 [[air_area]]
 name = "sentrum"
 stations = {json.dumps(list(STATIONS))}
@@ -196,6 +198,33 @@ def test_the_episode_end_to_end(tmp_path: Path, broker: Broker, knute_bin: Path,
             chart = json.loads(response.read())
         assert [h["band"] for h in chart["hours"] if h["band"]][-2:] == [
             "extremely_poor", "extremely_poor"]
+    finally:
+        watch.close()
+        assert backend.stop() == 0
+
+
+def test_24h_averaging_lags_on_real_processes(tmp_path: Path, broker: Broker,
+                                              knute_bin: Path,
+                                              upload_server: ThreadingHTTPServer) -> None:
+    """The same episode with PM as a 24-hour running mean: the bands follow late."""
+    config = write_config(tmp_path, broker, 0, upload_server.server_address[1], "24h")
+    backend = Backend(knute_bin, config)
+    watch = Subscriber(broker.host, broker.port, AREA)
+    try:
+        assert watch.client is not None
+        for topic, doc in episode(STATIONS, 13, T0, stuck=("00002003",), offsets=OFFSETS):
+            watch.client.publish(topic, json.dumps(doc), qos=1).wait_for_publish(timeout=10)
+        last_hour = "2026-01-05T12:00:00Z"
+        wait_for(lambda: [d for d in watch.docs(topic=AREA)
+                          if d["hour"] == last_hour and len(d["stations"]) == 2], 120,
+                 "the area index of the episode's last hour")
+        by_hour = {d["hour"]: d for d in watch.docs(topic=AREA)}
+        # tests/backend/test_air_service.py works these out by hand: hourly averaging
+        # reaches 6 (extremely poor) by the 11th hour, the 24-hour mean only 4 (poor).
+        assert [by_hour[h]["level"] for h in sorted(by_hour)] == [
+            1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 4, 4]
+        assert all(d["scales"]["eaqi"]["pollutants"]["pm2_5"]["averaging"] == "24h"
+                   for d in by_hour.values())
     finally:
         watch.close()
         assert backend.stop() == 0
