@@ -183,9 +183,10 @@ class Daemon:
             except OSError as exc:
                 raise KnuteError(f"{cfg.path}: metrics.listen {cfg.metrics_host}:"
                                  f"{cfg.metrics_port}: {exc.strerror}") from None
-        log.info("gateway %s: %d devices, %d sources, spool %s (%d rows waiting), mqtt %s:%d",
+        log.info("gateway %s: %d devices, %d sources, spool %s (%d rows waiting), mqtt %s",
                  cfg.gateway_id, len(devices), len(self.sources), cfg.spool,
-                 self.spool.stats()["depth"], cfg.mqtt.host, cfg.mqtt.port)
+                 self.spool.stats()["depth"],
+                 ", ".join(f"{h}:{p}" for h, p in cfg.mqtt.broker_list))
 
     def _check_files(self) -> None:
         """ConfigError (exit 78, no restart) for files no restart can fix.
@@ -254,7 +255,8 @@ class Daemon:
         spool = self.spool.stats() if self.spool is not None else {}
         fwd: dict[str, Any] = {}
         if self.forwarder is not None:
-            fwd = {"state": self.forwarder.state, **self.forwarder.stats()}
+            fwd = {"state": self.forwarder.state, "broker": self.forwarder.broker,
+                   "brokers": self.forwarder.brokers_status(), **self.forwarder.stats()}
         totals = {"received": 0, "accepted": 0, "rejected": 0, "merged": 0}
         totals.update(snap["totals"])
         totals["spooled"] = int(spool.get("accepted_total", 0))
