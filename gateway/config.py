@@ -81,7 +81,7 @@ class MqttConfig:
     brokers: tuple[tuple[str, int], ...] = ()
     failback: str = "primary"          # "primary": back to the first broker up; "stay"
     failback_check_s: float = 30.0     # how often a connection to a later broker looks back
-    learn_counters: bool = True        # learn other gateways' counters from their readings
+    learn_counters: bool = False       # learn other gateways' counters from their readings
 
     def __post_init__(self) -> None:
         if self.protocol not in ("3.1.1", "5"):
@@ -434,7 +434,7 @@ def _mqtt(tab: _Table, base: str, gateway_id: str) -> MqttConfig:
         host, port = brokers[0]
     failback = tab.text("failback", "primary", choices=FAILBACK_POLICIES)
     failback_check = tab.number("failback_check_s", 30.0, 1.0, 86400.0)
-    learn = tab.flag("learn_counters", True)
+    learn = tab.flag("learn_counters", False)
     client_id = tab.text("client_id", f"knute-{gateway_id}")
     protocol = tab.text("protocol", "3.1.1", choices=("3.1.1", "5"))
     username = tab.text("username", None)

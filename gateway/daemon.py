@@ -67,6 +67,7 @@ REGISTRY_FLUSH_S = 10.0      # display cache write interval
 REGISTRY_POLL_S = 1.0        # how often the registry is checked for changes by knute devices
 COMMIT_WINDOW_S = 0.05
 COMMIT_MAX_FRAMES = 256
+PEERS_APPLY_S = 0.2          # how often counters learned from other gateways are applied
 SILENCE_CHECK_S = 1.0        # how often devices are checked for being overdue (gateway.silence)
 
 
@@ -116,6 +117,10 @@ class Daemon:
         self.tap = Tap()            # `knute gateway tap` clients
         self.metrics: Any = None
         self.data_lock: DataLock | None = None
+        self.peers: Any = None       # gateway.peers.PeerListener with [mqtt] learn_counters
+        self.inbox: Any = None
+        self._last_peers_apply = time.monotonic()
+        self.learned = 0             # replay counters raised by other gateways' readings
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -153,6 +158,11 @@ class Daemon:
         self.forwarder = Forwarder(self.spool, cfg.mqtt,
                                    gateway_id=cfg.gateway_id,
                                    status_provider=self.mqtt_counters)
+        if cfg.mqtt.learn_counters:
+            from knute.gateway.peers import CounterInbox, PeerListener
+
+            self.inbox = CounterInbox()
+            self.peers = PeerListener(cfg.mqtt, gateway_id=cfg.gateway_id, inbox=self.inbox)
         for scfg in cfg.serial:
             self.sources.append(SerialSource(scfg, self._sink, self.counters))
         for ucfg in cfg.packet_forwarders:
@@ -282,6 +292,8 @@ class Daemon:
                          "checks": watch.checks if watch is not None else 0,
                          "reloads": watch.reloads if watch is not None else 0},
             "silence": self.silence.stats(),
+            "peers": ({**self.peers.stats(), "learned": self.learned}
+                      if self.peers is not None else None),
         }
 
     def _handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -327,6 +339,8 @@ class Daemon:
         assert self.status_server is not None
         self.status_server.start()
         self.forwarder.start()
+        if self.peers is not None:
+            self.peers.start()
         for src in self.sources:
             src.start()
         log.info("gateway %s running", self.cfg.gateway_id)
@@ -468,6 +482,9 @@ class Daemon:
             self._last_silence_check = now
             self._check_silence()
         assert self.registry_watch is not None
+        if self.inbox is not None and (final or now - self._last_peers_apply >= PEERS_APPLY_S):
+            self._last_peers_apply = now
+            self._apply_learned()
         if not final and now - self._last_registry_poll >= REGISTRY_POLL_S:
             self._last_registry_poll = now
             self.registry_watch.poll()
@@ -488,6 +505,18 @@ class Daemon:
                 self.registry.record_seen(seen)
             except Exception as exc:  # display cache only
                 log.warning("registry display cache not updated: %s", exc)
+
+    def _apply_learned(self) -> None:
+        """Raise replay counters to what other gateways accepted (gateway.peers)."""
+        assert self.pipeline is not None
+        raised = self.pipeline.learn_counters(self.inbox.take())
+        if not raised:
+            return
+        self.learned += len(raised)
+        try:
+            self.spool.learn_counters(raised)
+        except Exception as exc:  # memory is ahead (stricter); the next reading retries
+            log.warning("replay counters learned from other gateways not saved: %s", exc)
 
     def _control(self, ctl: _Control) -> None:
         try:
@@ -535,6 +564,8 @@ class Daemon:
         self.rejections.close()
         if self.forwarder is not None:
             self.forwarder.stop(self.cfg.drain_timeout_s)
+        if self.peers is not None:
+            self.peers.stop()
         self._close()
         log.info("stopped: %s", json.dumps(self.counters.snapshot()["totals"], sort_keys=True))
 

@@ -466,6 +466,7 @@ class Forwarder:
             return False
         cfg = self.cfg
         window = sess.window
+        self._all_down = False
         # First of all, correct a will the broker may have published while we were away.
         self._publish_status(client, sess)
         self._counts["connections"] += 1
@@ -474,7 +475,6 @@ class Forwarder:
         self._broker_errors[self._index] = ""
         self._failed_in_row = 0
         self._state_was_open = True
-        self._all_down = False
         self._set_state(LinkState.OPEN)
         window.limit = max(1, min(window.limit, sess.receive_max))
         window.max_packet = sess.max_packet
