@@ -162,6 +162,7 @@ class GatewayConfig:
     packet_forwarders: tuple[UdpSourceConfig, ...] = ()
     modbus: ModbusSettings | None = None
     silence: SilenceSettings = field(default_factory=SilenceSettings)
+    share_key: str | None = None         # [share] key: this gateway's registry-share key file
 
     @property
     def source_names(self) -> list[str]:
@@ -369,6 +370,12 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
 
         modbus = parse_settings(modbus_table, file=file, base_dir=base)
 
+    share_key = None
+    sh = root.table("share")
+    if sh is not None:
+        share_key = _path(data_dir, sh.text("key", "share.key"))
+        sh.done()
+
     silence = SilenceSettings()
     silence_table = root.get("silence", dict, None)
     if silence_table is not None:
@@ -394,7 +401,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         max_receivers=max_receivers,
         drain_timeout_s=drain, log_level=log_level, status_socket=status_socket,
         metrics_host=metrics_host, metrics_port=metrics_port, mqtt=mqtt,
-        serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus, silence=silence)
+        serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus, silence=silence,
+        share_key=share_key)
 
 
 def _is_hex(text: str) -> bool:

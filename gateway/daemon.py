@@ -67,6 +67,8 @@ REGISTRY_FLUSH_S = 10.0      # display cache write interval
 REGISTRY_POLL_S = 1.0        # how often the registry is checked for changes by knute devices
 COMMIT_WINDOW_S = 0.05
 COMMIT_MAX_FRAMES = 256
+SHARE_APPLY_S = 0.5          # how often registry-share messages are applied
+SHARE_QUEUE_LIMIT = 200_000  # share messages waiting for the ingest loop
 PEERS_APPLY_S = 0.2          # how often counters learned from other gateways are applied
 SILENCE_CHECK_S = 1.0        # how often devices are checked for being overdue (gateway.silence)
 
@@ -120,7 +122,9 @@ class Daemon:
         self.peers: Any = None       # gateway.peers.PeerListener with [mqtt] learn_counters
         self.inbox: Any = None
         self._last_peers_apply = time.monotonic()
+        self._last_share_apply = time.monotonic()
         self.learned = 0             # replay counters raised by other gateways' readings
+        self.share: Any = None       # gateway.registry_share state with a [share] key
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -158,11 +162,24 @@ class Daemon:
         self.forwarder = Forwarder(self.spool, cfg.mqtt,
                                    gateway_id=cfg.gateway_id,
                                    status_provider=self.mqtt_counters)
-        if cfg.mqtt.learn_counters:
+        if cfg.share_key is not None:
+            from knute.gateway.registry_share import load_private_key
+            from knute.gateway.share_apply import ShareState
+
+            try:
+                private = load_private_key(cfg.share_key)
+            except KnuteError as exc:
+                raise ConfigError(f"{cfg.path}: share.key: {exc}") from None
+            self.share = ShareState(private, prefix=cfg.mqtt.prefix, gateway_id=cfg.gateway_id,
+                                    queue_limit=SHARE_QUEUE_LIMIT)
+        if cfg.mqtt.learn_counters or self.share is not None:
             from knute.gateway.peers import CounterInbox, PeerListener
 
-            self.inbox = CounterInbox()
-            self.peers = PeerListener(cfg.mqtt, gateway_id=cfg.gateway_id, inbox=self.inbox)
+            self.inbox = CounterInbox() if cfg.mqtt.learn_counters else None
+            self.peers = PeerListener(
+                cfg.mqtt, gateway_id=cfg.gateway_id, inbox=self.inbox,
+                extra_topics=self.share.topics if self.share is not None else (),
+                on_other=self.share.offer if self.share is not None else None)
         for scfg in cfg.serial:
             self.sources.append(SerialSource(scfg, self._sink, self.counters))
         for ucfg in cfg.packet_forwarders:
@@ -290,7 +307,8 @@ class Daemon:
             "forwarder": fwd,
             "registry": {"path": self.cfg.registry,
                          "checks": watch.checks if watch is not None else 0,
-                         "reloads": watch.reloads if watch is not None else 0},
+                         "reloads": watch.reloads if watch is not None else 0,
+                         "share": self.share.stats() if self.share is not None else None},
             "silence": self.silence.stats(),
             "peers": ({**self.peers.stats(), "learned": self.learned}
                       if self.peers is not None else None),
@@ -482,6 +500,10 @@ class Daemon:
             self._last_silence_check = now
             self._check_silence()
         assert self.registry_watch is not None
+        if (self.share is not None and not final
+                and now - self._last_share_apply >= SHARE_APPLY_S):
+            self._last_share_apply = now
+            self._apply_share()
         if self.inbox is not None and (final or now - self._last_peers_apply >= PEERS_APPLY_S):
             self._last_peers_apply = now
             self._apply_learned()
@@ -517,6 +539,19 @@ class Daemon:
             self.spool.learn_counters(raised)
         except Exception as exc:  # memory is ahead (stricter); the next reading retries
             log.warning("replay counters learned from other gateways not saved: %s", exc)
+
+    def _apply_share(self) -> None:
+        """Apply the shared registry's messages; publish our key fingerprints."""
+        assert self.registry is not None and self.pipeline is not None
+        assert self.registry_watch is not None
+        try:
+            if self.share.apply(self.registry):
+                self.registry_watch.reload()
+        except Exception as exc:  # the registry file: keep serving, try again
+            log.error("registry share not applied: %s", exc)
+        if self.peers is not None:
+            self.peers.publish_retained(self.share.fingerprints(self.pipeline.devices))
+        self.share.refresh()
 
     def _control(self, ctl: _Control) -> None:
         try:

@@ -34,6 +34,7 @@ import json
 import logging
 import ssl
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -116,14 +117,27 @@ class CounterInbox:
 
 
 class PeerListener:
-    """Subscribes to every reading of the city and feeds a ``CounterInbox``."""
+    """The gateway's listening connection to the city's other gateways.
 
-    def __init__(self, cfg: MqttConfig, *, gateway_id: str, inbox: CounterInbox) -> None:
+    With an ``inbox`` it subscribes to every reading and feeds the inbox; with
+    ``extra_topics`` it also hands those topics' messages to ``on_other`` (on
+    this thread: it must not block), which is how the shared registry arrives
+    (gateway.registry_share). ``publish_retained`` keeps retained messages of
+    this gateway on the broker, sent again after every reconnect.
+    """
+
+    def __init__(self, cfg: MqttConfig, *, gateway_id: str, inbox: CounterInbox | None,
+                 extra_topics: Sequence[str] = (),
+                 on_other: Callable[[str, bytes], None] | None = None) -> None:
         self.cfg = cfg
         self.gateway_id = gateway_id
-        self.inbox = inbox
+        self.inbox = inbox if inbox is not None else CounterInbox()
         self.client_id = f"{cfg.client_id or 'knute-' + gateway_id}-peers"
-        self.topic = f"{cfg.prefix}/+/+/up"
+        self.topics = ([f"{cfg.prefix}/+/+/up"] if inbox is not None else []) + list(extra_topics)
+        self._on_other = on_other
+        self._retained: dict[str, bytes] = {}
+        self._dirty: set[str] = set()
+        self._out_lock = threading.Lock()
         self._brokers = cfg.broker_list
         self._index = 0
         self._backoff = Backoff(cfg.backoff_min_s, cfg.backoff_max_s)
@@ -146,6 +160,24 @@ class PeerListener:
         if self._thread is not None:
             self._thread.join(timeout=self.cfg.connect_timeout_s + 5)
             self._thread = None
+
+    def publish_retained(self, items: dict[str, bytes | None]) -> None:
+        """Keep these retained messages published (None: clear the topic's message)."""
+        with self._out_lock:
+            for topic, payload in items.items():
+                if payload is None:
+                    if self._retained.pop(topic, None) is not None:
+                        self._dirty.add(topic)
+                elif self._retained.get(topic) != payload:
+                    self._retained[topic] = payload
+                    self._dirty.add(topic)
+
+    def _flush(self, client: mqtt.Client) -> None:
+        with self._out_lock:
+            dirty, self._dirty = self._dirty, set()
+            out = [(t, self._retained.get(t, b"")) for t in sorted(dirty)]
+        for topic, payload in out:
+            client.publish(topic, payload, qos=1, retain=True)
 
     def stats(self) -> dict[str, Any]:
         """For ``knute gateway status``: connection, broker and what was learned."""
@@ -181,9 +213,11 @@ class PeerListener:
                 client = self._client()
                 client.connect(host, port, self.cfg.keepalive)
                 while not self._halt.is_set():
-                    if client.loop(timeout=0.5) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    if client.loop(timeout=0.2) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         break
                     opened = opened or self.connected
+                    if self.connected:
+                        self._flush(client)
                 self.last_error = "" if self._halt.is_set() else "connection lost"
                 if self._halt.is_set():
                     client.disconnect()
@@ -208,13 +242,19 @@ class PeerListener:
             return
         self.connected = True
         self.connections += 1
-        client.subscribe(self.topic, qos=1)
+        with self._out_lock:
+            self._dirty |= set(self._retained)
+        client.subscribe([(topic, 1) for topic in self.topics])
 
     def _on_subscribe(self, *_args: Any) -> None:
         self.subscribed = True
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any,
                     msg: mqtt.MQTTMessage) -> None:
+        if not msg.topic.endswith("/up"):
+            if self._on_other is not None:
+                self._on_other(msg.topic, bytes(msg.payload))
+            return
         got = parse_reading(msg.topic, bytes(msg.payload), prefix=self.cfg.prefix,
                             own_gateway=self.gateway_id)
         if got is None:
