@@ -95,7 +95,7 @@ def test_messages_are_bound_to_their_gateway_and_fields(tmp_path: Path) -> None:
 
 
 def test_the_rules_never_overwrite_a_local_device() -> None:
-    row = ("water_meter", KEY, "n", "s", {})
+    row: tuple[str, bytes, str, str, dict[str, object]] = ("water_meter", KEY, "n", "s", {})
     put = Shared("put", 1, 10, "water_meter", "n", "s", {}, fingerprint(KEY), KEY)
     changed = Shared("put", 1, 11, "water_meter", "n2", "s", {}, fingerprint(KEY), KEY)
     other_key = Shared("put", 1, 12, "water_meter", "n", "s", {}, fingerprint(OTHER), OTHER)
