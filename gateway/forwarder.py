@@ -46,8 +46,9 @@ Design
   off (and sets ``all_brokers_down`` in the status until a broker answers). A
   connection that was open and is lost tries the same broker once more first.
   With ``failback = "primary"`` a connection to a later broker checks every
-  ``failback_check_s`` whether the first one accepts TCP connections again; if
-  so it stops taking new rows, waits until nothing is in flight and moves back.
+  ``failback_check_s`` whether the first one accepts an MQTT connection again
+  (``broker_answers``); if so it stops taking new rows, waits until nothing is
+  in flight and moves back.
   Every move is a new session from the oldest spooled row, so the guarantees
   above hold across brokers: nothing is deleted without a PUBACK from the broker
   it was sent to, and a row sent twice (to two brokers) has the same id.
@@ -99,6 +100,60 @@ THREAD_PREFIX = "knute-forwarder"
 # seconds of its return, even after a long outage (backoff_max_s is for a network or
 # host that does not answer, and for refusals that retrying will not cure).
 BROKER_DOWN_RETRY_MAX_S = 2.0
+
+
+def broker_answers(cfg: MqttConfig, host: str, port: int, client_id: str,
+                   timeout_s: float = 2.0) -> bool:
+    """True when the broker at host:port accepts an MQTT 3.1.1 CONNECT (CONNACK 0).
+
+    The failback probe: a TCP port that accepts (a proxy, a load balancer, a
+    relay in front of a broker that is down) is not enough. Clean session, no
+    will, DISCONNECT at once; TLS and username/password as configured.
+    """
+    def utf8(text: str) -> bytes:
+        raw = text.encode()
+        return len(raw).to_bytes(2, "big") + raw
+
+    flags = 0x02
+    payload = utf8(client_id)
+    if cfg.username is not None:
+        flags |= 0x80
+        payload += utf8(cfg.username)
+        if cfg.password is not None:
+            flags |= 0x40
+            payload += utf8(cfg.password)
+    body = utf8("MQTT") + bytes((4, flags)) + (10).to_bytes(2, "big") + payload
+    if len(body) > 127:
+        return False                  # one-byte remaining length is all a probe needs
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError:
+        return False
+    sock: socket.socket = raw
+    try:
+        raw.settimeout(timeout_s)
+        if cfg.tls is not None:
+            ctx = ssl.create_default_context(cafile=cfg.tls.ca)
+            if cfg.tls.cert is not None:
+                ctx.load_cert_chain(cfg.tls.cert, cfg.tls.key)
+            sock = ctx.wrap_socket(raw, server_hostname=host)
+        sock.sendall(bytes((0x10, len(body))) + body)
+        connack = b""
+        while len(connack) < 4:
+            chunk = sock.recv(4 - len(connack))
+            if not chunk:
+                return False
+            connack += chunk
+        with contextlib.suppress(OSError):
+            sock.sendall(b"\xe0\x00")
+        return connack[0] == 0x20 and connack[3] == 0
+    except (OSError, ssl.SSLError, ValueError):
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+        with contextlib.suppress(OSError):
+            raw.close()
 
 
 class _Session:
@@ -357,14 +412,11 @@ class Forwarder:
         return False
 
     def _failback_due(self) -> bool:
-        """Whether the first broker takes TCP connections again (policy "primary")."""
+        """Whether the first broker accepts an MQTT connection again (policy "primary")."""
         if self.cfg.failback != "primary" or self._index == 0:
             return False
         host, port = self._brokers[0]
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                pass
-        except OSError:
+        if not broker_answers(self.cfg, host, port, f"{self.client_id}-probe"):
             return False
         log.info("mqtt: broker %s:%d is back; moving to it once nothing is in flight",
                  host, port)

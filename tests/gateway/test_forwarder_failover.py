@@ -11,6 +11,7 @@ What these tests hold the forwarder to:
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,9 @@ import pytest
 
 from knute.gateway.config import parse
 from knute.gateway.errors import KnuteError
-from knute.gateway.forwarder import Forwarder
+from knute.gateway.forwarder import Forwarder, broker_answers
 from knute.gateway.spool import Spool
+from knute.tools.rig.faults import FaultyLink
 from knute.tools.rig.subscriber import Message, Subscriber
 from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
@@ -149,3 +151,24 @@ def test_failover_failback_and_every_broker_down(two_brokers: list[Broker],
         fwd.stop(drain_timeout_s=2)
         both.close()
         spool.close()
+
+
+def test_the_failback_probe_wants_a_connack_not_an_open_port(two_brokers: list[Broker]) -> None:
+    a, _ = two_brokers
+    cfg = fast_cfg(a.port)
+    assert broker_answers(cfg, a.host, a.port, "probe-test")
+    link = FaultyLink((a.host, a.port))
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        assert broker_answers(cfg, "127.0.0.1", link.port, "probe-test")   # relayed: yes
+        link.set_mode("down")                    # the port accepts, the broker is gone
+        assert not broker_answers(cfg, "127.0.0.1", link.port, "probe-test")
+        port = silent.getsockname()[1]           # accepts, never answers
+        assert not broker_answers(cfg, "127.0.0.1", port, "probe-test", timeout_s=0.5)
+        a.stop()
+        assert not broker_answers(cfg, a.host, a.port, "probe-test")
+    finally:
+        silent.close()
+        link.close()
