@@ -3,7 +3,7 @@
 - ``knute devices share`` from the operator's registry reaches a running
   gateway within seconds, and a gateway that was offline catches up when it
   starts; adds, changes and removals all arrive; sharing twice publishes
-  nothing the second time;
+  nothing the second time; a gateway that lost its registry file gets it back;
 - no key appears in the clear in anything the broker carried;
 - a bad share message is reported and ignored; the gateway keeps running;
 - two gateways with different keys for one device both report the conflict,
@@ -98,7 +98,9 @@ def test_registry_shared_by_two_gateways(mosquitto: Broker, knute_bin: Path,
         wait_for(lambda: len(names(gws["gw-b"])) == 3, WAIT_S, "gw-b to catch up")
         assert share() == {g: {"published": 0, "removed": 0, "unchanged": 3} for g in gws}
 
-        # Change one, remove one, add one: both gateways follow.
+        # Change one, remove one, add one while gw-b is stopped: gw-a follows at once,
+        # gw-b when it returns (the removal too: its tombstone is retained).
+        assert gws["gw-b"].stop() == 0
         op = Registry(str(operator))
         op.remove(0x30000003)
         op.add(0x30000004, "air_quality", bytes(range(3, 19)), name="air")
@@ -107,8 +109,15 @@ def test_registry_shared_by_two_gateways(mosquitto: Broker, knute_bin: Path,
         op.close()
         assert share()["gw-b"] == {"published": 2, "removed": 1, "unchanged": 1}
         want = {0x30000001: "renamed", 0x30000002: "meter 30000002", 0x30000004: "air"}
-        for gw in gws.values():
-            wait_for(partial(has_names, gw, want), WAIT_S, "the change at every gateway")
+        wait_for(partial(has_names, gws["gw-a"], want), WAIT_S, "the change at gw-a")
+        gws["gw-b"].start()
+        wait_for(partial(has_names, gws["gw-b"], want), WAIT_S, "the change at gw-b")
+        # A gateway whose registry file is lost gets it all back from the share.
+        assert gws["gw-a"].stop() == 0
+        for suffix in ("", "-wal", "-shm"):
+            Path(gws["gw-a"].registry_path + suffix).unlink(missing_ok=True)
+        gws["gw-a"].start()
+        wait_for(partial(has_names, gws["gw-a"], want), WAIT_S, "gw-a's registry rebuilt")
 
         # A bad share message is reported and ignored.
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bad-share")
@@ -130,6 +139,8 @@ def test_registry_shared_by_two_gateways(mosquitto: Broker, knute_bin: Path,
         for gid, gw in gws.items():
             wait_for(partial(reports_conflict, gw, CLASH), WAIT_S,
                      f"{gid} to report the conflict")
+        text = gws["gw-b"].cli("gateway", "status").stdout
+        assert "registry share:" in text and f"{CLASH:08x}" in text, text
         reg = Registry(gws["gw-b"].registry_path)
         try:
             kept = reg.get(CLASH)
