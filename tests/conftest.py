@@ -94,6 +94,7 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/protocol/test_vectors.py::test_vector_files_are_reproducible_from_the_independent",
     "tests/protocol/test_downlink.py::test_vector_file_is_reproducible_from_the_independent",
     "tests/gateway/test_forwarder_park.py",
+    "tests/gateway/test_forwarder_failover.py",
     "tests/gateway/test_forwarder_status.py",
     "tests/gateway/test_pure_core.py",
     "tests/gateway/test_sources_hostile.py",
