@@ -240,6 +240,9 @@ class SqlStore:
     def _lock(self, name: str) -> None:
         """Serialize writers on ``name`` until the transaction ends (no-op where writes are)."""
 
+    def _exclusive(self, table: str) -> None:
+        """Inside a transaction: no other writer on ``table`` until it ends (SQLite: always)."""
+
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         """``column IN (...)`` and its parameters."""
         return f"{column} IN ({','.join('?' * len(values))})", list(values)
@@ -480,6 +483,9 @@ class SqlStore:
         with self.transaction():
             self._lock("districts")
             held = {str(n): str(d) for n, d in self._x("SELECT name, digest FROM districts")}
+            if any(held.get(n) != district_digest(h) for n, h in districts.items()):
+                # A consumer moving the rollup meanwhile would be lost or counted twice.
+                self._exclusive("district_hours")
             for name in held.keys() - districts.keys():
                 self._w("DELETE FROM district_hours WHERE district=?", (name,))
                 self._w("DELETE FROM districts WHERE name=?", (name,))

@@ -233,6 +233,9 @@ class PgStore(SqlStore):
         if self._depth:
             self._w("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
 
+    def _exclusive(self, table: str) -> None:
+        self._x(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]
 
