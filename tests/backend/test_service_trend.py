@@ -18,6 +18,7 @@ from pathlib import Path
 
 from knute.backend.config import Config, District
 from knute.backend.service import Backend
+from knute.backend.web import WebApp
 from tests.backend.conftest import StoreFactory
 from tests.backend.factory import HOUR_S, T0, reading, topic
 from tests.backend.test_service_leaks import Published
@@ -27,7 +28,8 @@ INLET = "1000a001"
 HOUSE = [3, 0, 0, 1, 0, 0, 2, 10, 20, 15, 10, 10, 12, 10, 8, 8, 10, 15, 20, 20, 15, 10, 8, 5]
 
 
-def _run(tmp_path: Path, store_factory: StoreFactory, leak_l_h: list[float]) -> Published:
+def _run(tmp_path: Path, store_factory: StoreFactory, leak_l_h: list[float]
+         ) -> tuple[Backend, Published]:
     """Feed ``len(leak_l_h)`` days, night ``d`` losing ``leak_l_h[d]`` L/h in the pipes."""
     config = Config(path=tmp_path / "backend.toml",
                     districts=(District("sentrum", (INLET,), (), HOUSES, 2),))
@@ -48,12 +50,12 @@ def _run(tmp_path: Path, store_factory: StoreFactory, leak_l_h: list[float]) -> 
         for doc in docs:
             core.handle(topic(doc), json.dumps(doc).encode())
         core.evaluate(end + 60)
-    return published
+    return core, published
 
 
 def test_a_rising_night_flow_opens_mnf_trend_with_its_nights(
         tmp_path: Path, store_factory: StoreFactory) -> None:
-    published = _run(tmp_path, store_factory, [20.0 + 6 * d for d in range(11)])
+    core, published = _run(tmp_path, store_factory, [20.0 + 6 * d for d in range(11)])
     trend = published.on("mnf_trend")
     assert [d["state"] for d in trend] == ["open"]
     alert = trend[0]
@@ -66,15 +68,24 @@ def test_a_rising_night_flow_opens_mnf_trend_with_its_nights(
     assert {n["allowance_l_h"] for n in nights} == {3.4}
     assert [n["leakage_l_h"] for n in nights] == [round(16.6 + 6 * i, 1) for i in range(11)]
     assert fit == {"slope_l_h_per_day": 6.0, "rise_l_h": 60.0}
-    # Retained documents carry the same: the store holds it open.
+    # Published once on its topic; the page lists it open with its nights and fit.
     assert [t for t, d in published.messages if d["alert"] == "mnf_trend"] == [
         "knute/alert/mnf_trend/sentrum"]
+    app = WebApp(core.config, store_factory.reopen(core.store), clock=lambda: T0 + 12 * 86400)
+    status, _, body = app.answer("/api/alerts")
+    shown = [a for a in json.loads(body) if a["alert"] == "mnf_trend"]
+    assert status == 200 and shown == [{k: v for k, v in alert.items() if k != "_state"}]
+    status, _, page = app.answer("/")
+    html = page.decode()
+    assert status == 200 and "mnf_trend" in html and "slope_l_h_per_day" in html
+    assert "2026-01-15" in html and "76.6" in html
+    app.store.close()
 
 
 def test_a_high_but_steady_night_flow_is_no_trend(
         tmp_path: Path, store_factory: StoreFactory) -> None:
     # 90 L/h every night: MNF leakage 86.6 L/h, below district_leak's 100 and flat.
-    published = _run(tmp_path, store_factory, [90.0] * 11)
+    _, published = _run(tmp_path, store_factory, [90.0] * 11)
     assert published.on("mnf_trend") == []
     assert published.on("district_leak") == []
 
@@ -82,5 +93,5 @@ def test_a_high_but_steady_night_flow_is_no_trend(
 def test_a_slower_rise_stays_below_the_level(tmp_path: Path,
                                              store_factory: StoreFactory) -> None:
     # 3 L/h per day: the rise over the 11 nights is 30 L/h, below 50.
-    published = _run(tmp_path, store_factory, [20.0 + 3 * d for d in range(11)])
+    _, published = _run(tmp_path, store_factory, [20.0 + 3 * d for d in range(11)])
     assert published.on("mnf_trend") == []
