@@ -16,6 +16,7 @@ from knute.backend.leaks import (
     BURST_L_H,
     DISTRICT_RISE_MIN_L_H,
     DISTRICT_RISE_SHARE,
+    MNF_TREND_L_H,
     STEADY_FLOW_L_H,
 )
 from knute.backend.store import Retention
@@ -74,6 +75,7 @@ class Config:
     burst_l_h: float = BURST_L_H
     district_rise_share: float = DISTRICT_RISE_SHARE
     district_rise_min_l_h: float = DISTRICT_RISE_MIN_L_H
+    mnf_trend_l_h: float = MNF_TREND_L_H
     evaluate_every_s: float = 60.0
     districts: tuple[District, ...] = ()
     web_enabled: bool = True
@@ -123,7 +125,8 @@ _SECTIONS: dict[str, dict[str, type]] = {
               "expected_interval_s": float, "silent_after_intervals": int,
               "night_use_l_per_property_h": float, "district_leak_l_h": float,
               "evaluate_every_s": float, "steady_flow_l_h": float, "burst_l_h": float,
-              "district_rise_share": float, "district_rise_min_l_h": float},
+              "district_rise_share": float, "district_rise_min_l_h": float,
+              "mnf_trend_l_h": float},
     "web": {"enabled": bool, "host": str, "port": int, "days": int},
     "retention": {"readings_days": float, "hourly_days": float, "daily_days": float,
                   "every_s": float},

@@ -15,9 +15,10 @@ What runs:
 - an MQTT subscriber that checks what the backend receives;
 - the city's backend (``knute backend run``): it stores every reading, raises
   alerts and serves its web page, whose URL the demo prints. The fleet's water
-  meters form two districts; their bulk inlet meters are not simulated here
-  (the page names them as never heard), so the districts show household
-  consumption without a loss figure.
+  meters form two districts, each with a bulk inlet meter that counts its
+  households' water and what its pipes lose (tools/sim/bulk_meters.py), so the
+  page shows each district's balance and loss. The firmware boards' meters
+  belong to no district (the inlets cannot know their water).
 
 Interactive (a terminal): a rich live view of devices, alarms, spool and
 counters; ``o`` stops or restarts the broker to watch the spool fill and drain,
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 
 PREFIX = "knute"
 DEMO_DISTRICTS = (("sentrum", "b0000001"), ("nord", "b0000002"))   # name, bulk inlet meter
+# What each district's pipes lose between its inlet and its households (share, L/h).
+DEMO_LOSSES = ((0.04, 12.0), (0.08, 30.0))
 DEMO_FAULTS = ("leak", "burst", "tamper", "sensor", "garbage", "truncated", "replay")
 
 
@@ -123,6 +126,7 @@ class Demo:
         self.start_time = time.time()
         self.fleet = Fleet(args.meters, args.air, start=self.start_time, seed=args.seed,
                            faults=DEMO_FAULTS, fault_rate=args.fault_rate)
+        self.districts = self._add_districts()
         self.expected: set[str] = set()
         self.sent_total = 0
         self.seen = Seen()
@@ -229,18 +233,27 @@ listen = "127.0.0.1:{self.udp_port}"
             clean_session=False, keepalive=5,
             on_message=lambda m: self.seen.on_message(m.topic, m.payload))
 
+    def _add_districts(self) -> list[tuple[str, str, list[str]]]:
+        """Split the fleet's water meters in two districts, each with its bulk inlet meter."""
+        from knute.tools.sim.bulk_meters import Loss, add_inlets
+        from knute.tools.sim.fleet import MeterNode
+
+        meters = sorted((n for n in self.fleet.nodes if isinstance(n, MeterNode)),
+                        key=lambda n: n.device_id)
+        half = (len(meters) + 1) // 2
+        parts = (meters[:half], meters[half:])
+        add_inlets(self.fleet, [(int(inlet, 16), part, Loss(*loss)) for (_, inlet), part, loss
+                                in zip(DEMO_DISTRICTS, parts, DEMO_LOSSES, strict=True)
+                                if part], self.start_time)
+        return [(name, inlet, [f"{n.device_id:08x}" for n in part])
+                for (name, inlet), part in zip(DEMO_DISTRICTS, parts, strict=True) if part]
+
     def _backend_config(self) -> str:
         from knute.tools.sim.fleet import WATER_SEND_EVERY_S
 
-        meters = sorted([f"{n.device_id:08x}" for n in self.fleet.nodes
-                         if n.kind == "water_meter"]
-                        + [f"{b.device_id:08x}" for b in self.boards])
-        half = (len(meters) + 1) // 2
         districts = "".join(
             f'\n[[district]]\nname = "{name}"\ninflow = ["{inlet}"]\n'
-            f"households = {json.dumps(part)}\n"
-            for (name, inlet), part in zip(DEMO_DISTRICTS, (meters[:half], meters[half:]),
-                                           strict=True))
+            f"households = {json.dumps(part)}\n" for name, inlet, part in self.districts)
         # A meter sends every 6 simulated hours: that many real seconds at this speed.
         interval = max(1.0, WATER_SEND_EVERY_S / self.args.speed)
         return f"""
