@@ -46,6 +46,8 @@ def port_hal():
 
 def _make_link(hal, cfg):
     gc.collect()
+    if cfg["link"]["type"] == "none":
+        return None
     if cfg["link"]["type"] == "lora":
         from firmware import link_lora
 

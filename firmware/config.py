@@ -6,9 +6,9 @@
 
 import json
 
-ROLES = ("water_meter", "air_quality", "radio_bridge")
+ROLES = ("water_meter", "air_quality", "radio_bridge", "display")
 ROLE_KINDS = {"water_meter": "water_meter", "air_quality": "air_quality"}
-LINK_TYPES = ("uart", "lora")
+LINK_TYPES = ("uart", "lora", "none")
 SLEEP_MODES = ("light", "idle", "none")
 
 # Section defaults. A key absent from config.json takes the value here.
@@ -94,6 +94,45 @@ BRIDGE_DEFAULTS = {
     "stats_s": 3600,        # console/LOG statistics line interval
 }
 
+# The display role's palettes, level 1 (best) first. Default: the Okabe-Ito
+# colour-universal-design set (M. Okabe, K. Ito, "Color Universal Design (CUD):
+# how to make figures and presentations that are friendly to colorblind people",
+# 2008, jfly.uni-koeln.de/color), ordered along its blue-yellow axis, which the
+# common red-green deficiencies keep: blue, sky blue, yellow, orange,
+# vermillion, reddish purple. The Norwegian scale's four classes take blue,
+# yellow, vermillion and reddish purple from the same set.
+DISPLAY_PALETTES = {
+    "eaqi": ("#0072b2", "#56b4e9", "#f0e442", "#e69f00", "#d55e00", "#cc79a7"),
+    "no": ("#0072b2", "#f0e442", "#d55e00", "#cc79a7"),
+}
+DISPLAY_DEFAULTS = {
+    "source": "mqtt",         # mqtt (Wi-Fi); LoRa downlinks are not supported yet
+    "area": None,             # the area whose index is shown (required)
+    "prefix": "knute",        # the backend's MQTT topic prefix
+    "topic": None,            # None = <prefix>/air/index/area/<area>
+    "scale": "eaqi",          # eaqi (levels 1-6) | no (Norway's classes, levels 1-4)
+    "palette": None,          # None = DISPLAY_PALETTES[scale]; else one #rrggbb per level
+    "strip": "strip",         # pin-map name of the strip's data pin (bench: bench.strip.<name>)
+    "pixels": 30,
+    "brightness": 100,        # percent, by day
+    "transition_s": 20,       # cross-fade length of every change
+    "stale_s": 7200,          # no index message for this long: the stale pattern
+    "night": {"start": "22:00", "end": "06:00", "brightness": 25},   # null = no dimming
+    "utc_offset_min": 60,     # local time for the night schedule (CET; no DST rule)
+    "frame_ms": 50,           # frame period while colours move
+    "mqtt": None,             # see DISPLAY_MQTT_DEFAULTS
+    "wifi": None,             # {"ssid": ..., "password": ...} on boards; null on the bench
+}
+DISPLAY_MQTT_DEFAULTS = {
+    "host": None,             # required
+    "port": 1883,
+    "client_id": None,        # None = knute-display-<device id>
+    "user": None,
+    "password": None,
+    "keepalive_s": 60,
+    "max_packet": 4096,       # longer index messages are skipped (and counted)
+}
+
 VALID_SPD = (1, 2, 3, 4, 6, 8, 12, 24)
 
 
@@ -169,6 +208,98 @@ def air_section(section):
     return out
 
 
+def _known(section, defaults, name):
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(name + " must be an object")
+    for key in section or ():
+        if key not in defaults:
+            raise ConfigError("%s.%s is not a known key" % (name, key))
+    return _merge(section, defaults, name)
+
+
+def _hhmm(section, key, name):
+    text = section.get(key)
+    ok = isinstance(text, str) and len(text) == 5 and text[2] == ":"
+    if ok:
+        try:
+            ok = 0 <= int(text[:2]) <= 23 and 0 <= int(text[3:]) <= 59
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ConfigError("%s.%s must be a time of day HH:MM" % (name, key))
+
+
+def _name(section, key, name, required=True):
+    value = section.get(key)
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or not value or "/" in value or "+" in value or "#" in value:
+        raise ConfigError("%s.%s must be a name (no /, + or #)" % (name, key))
+
+
+def display_section(section):
+    """The "display" section with defaults filled in; ConfigError names a bad or unknown key."""
+    out = _known(section, DISPLAY_DEFAULTS, "display")
+    if out["source"] != "mqtt":
+        raise ConfigError("display.source must be mqtt (LoRa downlinks are not supported yet)")
+    _name(out, "area", "display")
+    _name(out, "prefix", "display")
+    _choice(out, "scale", ("eaqi", "no"), "display")
+    if out["topic"] is None:
+        out["topic"] = "%s/air/index/area/%s" % (out["prefix"], out["area"])
+    elif not isinstance(out["topic"], str) or not out["topic"]:
+        raise ConfigError("display.topic must be an MQTT topic filter")
+    levels = len(DISPLAY_PALETTES[out["scale"]])
+    if out["palette"] is None:
+        out["palette"] = list(DISPLAY_PALETTES[out["scale"]])
+    palette = out["palette"]
+    if not isinstance(palette, list) or len(palette) != levels:
+        raise ConfigError("display.palette must be a list of %d colours #rrggbb (scale %s)"
+                          % (levels, out["scale"]))
+    for i, colour in enumerate(palette):
+        ok = isinstance(colour, str) and len(colour) == 7 and colour[0] == "#"
+        if ok:
+            try:
+                int(colour[1:], 16)
+            except ValueError:
+                ok = False
+        if not ok:
+            raise ConfigError("display.palette[%d] must be a colour #rrggbb" % i)
+        palette[i] = colour.lower()
+    _name(out, "strip", "display")
+    _int(out, "pixels", 1, 1000, "display")
+    _int(out, "brightness", 1, 100, "display")
+    _int(out, "transition_s", 0, 3600, "display")
+    _int(out, "stale_s", 60, 7 * 86400, "display")
+    _int(out, "utc_offset_min", -720, 840, "display")
+    _int(out, "frame_ms", 10, 1000, "display")
+    if out["night"] is not None:
+        night = _known(out["night"], {"start": "22:00", "end": "06:00", "brightness": 25},
+                       "display.night")
+        _hhmm(night, "start", "display.night")
+        _hhmm(night, "end", "display.night")
+        _int(night, "brightness", 0, 100, "display.night")
+        out["night"] = night
+    mqtt = _known(out["mqtt"], DISPLAY_MQTT_DEFAULTS, "display.mqtt")
+    if not isinstance(mqtt["host"], str) or not mqtt["host"]:
+        raise ConfigError("display.mqtt.host must be the broker's host name or address")
+    _int(mqtt, "port", 1, 65535, "display.mqtt")
+    _int(mqtt, "keepalive_s", 10, 65535, "display.mqtt")
+    _int(mqtt, "max_packet", 256, 65536, "display.mqtt")
+    for key in ("client_id", "user", "password"):
+        if mqtt[key] is not None and not isinstance(mqtt[key], str):
+            raise ConfigError("display.mqtt.%s must be a string" % key)
+    out["mqtt"] = mqtt
+    if out["wifi"] is not None:
+        wifi = _known(out["wifi"], {"ssid": None, "password": ""}, "display.wifi")
+        if not isinstance(wifi["ssid"], str) or not wifi["ssid"]:
+            raise ConfigError("display.wifi.ssid must be the network's name")
+        if not isinstance(wifi["password"], str):
+            raise ConfigError("display.wifi.password must be a string")
+        out["wifi"] = wifi
+    return out
+
+
 def _channels(radio, given):
     """Fill in and check radio.channels (the sub-band check is firmware.boot's)."""
     chans = radio["channels"]
@@ -200,13 +331,13 @@ def validate(cfg):
     for key in cfg:
         out[key] = cfg[key]
     out["device_id"] = _int(out, "device_id", 0, 0xFFFFFFFF, "config")
-    if role == "radio_bridge" and out.get("key") is None:
+    if role in ("radio_bridge", "display") and out.get("key") is None:
         out["key_bytes"] = None
     else:
         out["key_bytes"] = parse_key(out.get("key"))
     kind = out.get("kind", ROLE_KINDS.get(role))
     out["kind"] = kind
-    if role != "radio_bridge" and kind != ROLE_KINDS[role]:
+    if role in ROLE_KINDS and kind != ROLE_KINDS[role]:
         # A role builds its own kind's fields; a new sensor kind comes with its role.
         raise ConfigError("kind must be %s for role %s" % (ROLE_KINDS[role], role))
     if out["tag_len"] not in (4, 8):
@@ -218,9 +349,12 @@ def validate(cfg):
 
     link = _merge(cfg.get("link"), LINK_DEFAULTS, "link")
     if "type" not in link:
-        link["type"] = "uart"
+        # A display takes its index over Wi-Fi: no uplink of its own.
+        link["type"] = "none" if role == "display" else "uart"
     if link["type"] not in LINK_TYPES:
-        raise ConfigError("link.type must be uart or lora")
+        raise ConfigError("link.type must be uart, lora or none")
+    if link["type"] == "none" and role != "display":
+        raise ConfigError("link.type none is for the display role only")
     _int(link, "baud", 300, 4000000, "link")
     out["link"] = link
 
@@ -242,6 +376,8 @@ def validate(cfg):
         out["radio"] = radio    # uart nodes have no radio: nothing to keep in RAM
 
     power = _merge(cfg.get("power"), POWER_DEFAULTS, "power")
+    if role == "display" and "sleep" not in (cfg.get("power") or {}):
+        power["sleep"] = "idle"     # mains-powered; light sleep would drop the Wi-Fi link
     if power["sleep"] not in SLEEP_MODES:
         raise ConfigError("power.sleep must be light, idle or none")
     _int(power, "wdt_s", 0, 3600, "power")
@@ -276,6 +412,8 @@ def validate(cfg):
         out["water"] = water
     elif role == "air_quality":
         out["air"] = air_section(cfg.get("air"))
+    elif role == "display":
+        out["display"] = display_section(cfg.get("display"))
     elif role == "radio_bridge":
         bridge = _merge(cfg.get("bridge"), BRIDGE_DEFAULTS, "bridge")
         _int(bridge, "stats_s", 10, 86400, "bridge")
