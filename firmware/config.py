@@ -130,7 +130,7 @@ DISPLAY_MQTT_DEFAULTS = {
     "user": None,
     "password": None,
     "keepalive_s": 60,
-    "max_packet": 4096,       # longer index messages are skipped (and counted)
+    "max_packet": 2048,       # longer index messages are skipped (and counted)
 }
 
 VALID_SPD = (1, 2, 3, 4, 6, 8, 12, 24)

@@ -286,7 +286,8 @@ class Subscriber:
             # a broker silent that long (no PINGRESP) is gone.
             if silent > self.keepalive_ms + self.keepalive_ms // 2:
                 raise OSError("no answer for %d ms" % silent)
-            if self.state == UP and self.ticks_diff(now_ms, self.last_tx) >= self.keepalive_ms // 2:
+            quiet = self.ticks_diff(now_ms, self.last_tx)
+            if self.state == UP and quiet >= self.keepalive_ms // 2:
                 self._send(PINGREQ, now_ms)
         except (OSError, ValueError, IndexError) as exc:
             self._fail(str(exc), now_ms)

@@ -128,7 +128,14 @@ class Node:
             self.night = (minute_of_day(night["start"]), minute_of_day(night["end"]),
                           night["brightness"])
         self.strip = None
-        self.mqtt = None
+        # The packet buffer is the node's one large block: taken first, while the
+        # heap is still in one piece (the app collects just before this).
+        mqtt = cfg["mqtt"]
+        client_id = mqtt["client_id"] or "knute-display-%08x" % ctx.device_id
+        self.mqtt = mqttsub.Subscriber(
+            mqtt["host"], mqtt["port"], client_id, self.topic, self.on_message,
+            self.hal.ticks_diff, self.hal.random_below, mqtt["keepalive_s"], mqtt["user"],
+            mqtt["password"], mqtt["max_packet"], ctx.log)
         # What the index says
         self.level = None             # 1.. or None (none yet / withheld)
         self.status_text = None
@@ -159,11 +166,6 @@ class Node:
             except OSError as exc:      # the interface keeps trying; MQTT retries
                 self.ctx.log("display: " + str(exc))
         mqtt = cfg["mqtt"]
-        client_id = mqtt["client_id"] or "knute-display-%08x" % self.ctx.device_id
-        self.mqtt = mqttsub.Subscriber(
-            mqtt["host"], mqtt["port"], client_id, self.topic, self.on_message,
-            hal.ticks_diff, hal.random_below, mqtt["keepalive_s"], mqtt["user"],
-            mqtt["password"], mqtt["max_packet"], self.ctx.log)
         self.ctx.log("display: %d pixels, area %s from %s:%d, palette %s" % (
             cfg["pixels"], cfg["area"], mqtt["host"], mqtt["port"],
             " ".join([colour_hex(c) for c in self.palette])))

@@ -28,7 +28,7 @@ def index_doc(level: int | None, status: str = "ok", valid_until: str = "2099-01
               scale: str = "eaqi") -> dict[str, Any]:
     """An area index message as docs/schema/air_index.schema.json describes it."""
     bands = [None, "good", "fair", "moderate", "poor", "very_poor", "extremely_poor"]
-    band = bands[level] if level is not None else None
+    band = None if level is None else bands[min(level, 6)]
     return {"scope": "area", "subject": "sentrum", "scale": scale, "level": level,
             "band": band, "colour": None, "status": status, "reasons": [],
             "hour": "2025-12-02T12:00:00Z", "updated_at": "2025-12-02T12:00:05Z",
@@ -74,7 +74,7 @@ def test_config_errors_name_the_key(change: dict[str, Any], message: str) -> Non
 
 def test_no_scale_takes_four_colours_and_a_link_none_is_for_displays_only() -> None:
     assert len(validate(_config(scale="no"))["display"]["palette"]) == 4
-    with pytest.raises(ConfigError, match="link.type none is for the display role only"):
+    with pytest.raises(ConfigError, match=r"link\.type none is for the display role only"):
         validate({"role": "water_meter", "device_id": 1, "key": "00" * 16,
                   "link": {"type": "none"}})
 
@@ -165,6 +165,9 @@ class FakeHal:
     def ticks_diff(self, a: int, b: int) -> int:
         return a - b
 
+    def random_below(self, n: int) -> int:
+        return n // 2
+
 
 class FakeCtx:
     def __init__(self, cfg: dict[str, Any], hal: FakeHal) -> None:
@@ -212,9 +215,10 @@ def test_a_new_level_fades_in_over_the_transition() -> None:
     _run(node, hal, 12_000)
     blue = display.parse_colour(DISPLAY_PALETTES["eaqi"][0])
     by_ms = dict(hal.writes)
-    first_ms = hal.writes[0][0]
-    assert by_ms[first_ms + 5000] == blend((0, 0, 0), blue, 1, 2)   # halfway
-    assert hal.writes[-1][1] == blue and hal.writes[-1][0] == first_ms + 10_000
+    # The fade starts at the first frame (ms 0, still dark: nothing to write).
+    assert hal.writes[0][0] == 50
+    assert by_ms[5000] == blend((0, 0, 0), blue, 1, 2)               # halfway
+    assert hal.writes[-1][1] == blue and hal.writes[-1][0] == 10_000
     # Monotonic in every channel: no flicker on the way.
     for (_, a), (_, b) in zip(hal.writes, hal.writes[1:], strict=False):
         assert all(x <= y for x, y in zip(a, b, strict=True))
