@@ -1,0 +1,47 @@
+"""The light sculpture in ``knute demo``: the display firmware follows the area index."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from knute.firmware.config import DISPLAY_PALETTES
+from knute.tools.sim.sculpture import area_level, index_message, pm2_5_level
+
+
+@pytest.mark.parametrize(("pm2_5", "level"), [
+    (0.0, 1), (9.9, 1), (10.0, 2), (19.9, 2), (20.0, 3), (24.9, 3), (25.0, 4), (49.9, 4),
+    (50.0, 5), (74.9, 5), (75.0, 6), (500.0, 6)])
+def test_demo_rule_bands_pm2_5_as_the_eaqi(pm2_5: float, level: int) -> None:
+    assert pm2_5_level(pm2_5) == level
+
+
+def test_demo_rule_takes_the_median_station() -> None:
+    # Median of 4.0, 12.0, 30.0 is 12.0: fair, though one station is poor.
+    assert area_level([30.0, 4.0, 12.0]) == 2
+    assert area_level([8.0, 22.0]) == 2          # median 15.0
+    assert area_level([]) is None
+    doc = index_message(None, 1764676800, [])
+    assert doc["status"] == "withheld" and doc["level"] is None
+    assert index_message(4, 1764676800, ["0000000a"])["valid_until"] == "2025-12-02T12:02:00Z"
+
+
+def test_demo_json_reports_the_sculpture(knute_bin: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [str(knute_bin), "demo", "--for", "12", "--json", "--meters", "4", "--air", "6",
+         "--real-firmware", "0", "--workdir", str(run)],
+        capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    level = summary["air_index"]
+    assert level in range(1, 7)
+    # The strip settled on the palette's colour of the area's final level.
+    assert summary["display_colour"] == DISPLAY_PALETTES["eaqi"][level - 1]
+    lines = (run / "sculpture" / "strip.txt").read_text().splitlines()
+    colours = [line.split()[2].split("*")[0] for line in lines]
+    assert colours[0] == "#000000" and colours[-1] == summary["display_colour"]
+    assert len(set(colours)) >= 10          # it faded in, not jumped
