@@ -137,3 +137,21 @@ def test_night_dims_on_the_schedule(bench_node: NodeFactory, mosquitto: Broker) 
     lines = _wait_colour(strip, scaled(EAQI[2], 20), node)
     dimmed_at = next(t for t, c in lines if c != EAQI[2] and t > T_DUSK + 5)
     assert dimmed_at >= T_DUSK + 30                     # not before 22:00 local
+
+
+def test_broker_outage_keeps_the_colour_and_the_node_comes_back(
+        bench_node: NodeFactory, mosquitto: Broker) -> None:
+    _publish(mosquitto, index_doc(2))
+    node = bench_node(_config(mosquitto, T_DAY, transition_s=4))
+    node.start()
+    strip = node.dir / "strip.txt"
+    _wait_colour(strip, EAQI[1], node)
+    mosquitto.stop()
+    node.wait_line(r"mqtt: down \(")
+    shown = len(_strip(strip))
+    mosquitto.start()                   # no persistence: the retained index is gone
+    node.wait_line(r"mqtt: up, following", count=2)
+    # Through the outage the index was still fresh: the strip never moved.
+    assert {c for _, c in _strip(strip)[shown - 1:]} == {EAQI[1]}
+    _publish(mosquitto, index_doc(5))
+    _wait_colour(strip, EAQI[4], node)
