@@ -13,7 +13,9 @@
 #                 and half brightness (no palette colour is a grey, so it can
 #                 never read as "good"). Stale means: no index yet, withheld
 #                 (level null), past the payload's valid_until (when the
-#                 node's clock is set), or nothing received for stale_s.
+#                 node's clock is set), or no new index (updated_at) for
+#                 stale_s: the retained copy redelivered at a reconnection
+#                 does not count as new.
 #   night         everything scaled by night.brightness (percent) between
 #                 night.start and night.end, local time = UTC + utc_offset_min.
 # Every change of what is shown (a new level, fresh <-> stale, day <-> night)
@@ -141,6 +143,7 @@ class Node:
         self.status_text = None
         self.received_s = None        # node clock at reception
         self.valid_until = None       # unix s from the payload, or None
+        self.updated_at = None        # the payload's updated_at (the backend's clock)
         self.messages = 0
         self.bad_messages = 0
         # What the strip shows
@@ -197,10 +200,17 @@ class Node:
             self.bad_messages += 1
             self.ctx.log("display: bad index message on %s (%s)" % (bytes(topic).decode(), exc))
             return
+        updated = doc.get("updated_at")
+        # The broker hands the retained index out again at every reconnection: only
+        # a new computation (a new updated_at) makes it fresh again, or a node
+        # without a set clock would show an old "good" for as long as the backend
+        # stays silent.
+        if updated is None or updated != self.updated_at or level != self.level:
+            self.received_s = self.hal.time()
+        self.updated_at = updated
         self.level = level
         self.status_text = doc.get("status")
         self.valid_until = until
-        self.received_s = self.hal.time()
         self.ctx.log("display: index level=%s status=%s valid_until=%s"
                      % (level, self.status_text, until))
 

@@ -135,8 +135,9 @@ def test_night_dims_on_the_schedule(bench_node: NodeFactory, mosquitto: Broker) 
     strip = node.dir / "strip.txt"
     _wait_colour(strip, EAQI[2], node)                  # full yellow before 22:00
     lines = _wait_colour(strip, scaled(EAQI[2], 20), node)
-    dimmed_at = next(t for t, c in lines if c != EAQI[2] and t > T_DUSK + 5)
-    assert dimmed_at >= T_DUSK + 30                     # not before 22:00 local
+    # The fade to the night's level starts right after the last full-yellow frame.
+    last_full = max(i for i, (_, c) in enumerate(lines) if c == EAQI[2])
+    assert lines[last_full + 1][0] >= T_DUSK + 30       # not before 22:00 local
 
 
 def test_broker_outage_keeps_the_colour_and_the_node_comes_back(

@@ -259,3 +259,17 @@ def test_night_dims_on_schedule() -> None:
     assert (display.scaled(yellow, 100) in [c for _, c in hal.writes])
     assert hal.writes[-1][1] == display.scaled(yellow, 25)
     assert node.brightness(T_DAY) == 100 and node.brightness(T_NIGHT) == 25
+
+
+def test_the_same_index_redelivered_does_not_count_as_fresh() -> None:
+    # A node without a set clock (no NTP): valid_until cannot be judged, stale_s can.
+    node, hal = _node(t_s=1_000_000, transition_s=0, stale_s=600)
+    doc = index_doc(1, valid_until="2025-12-02T13:00:00Z")
+    _send(node, doc)
+    hal.ms = 500_000
+    _send(node, doc)                    # the retained copy, at a reconnection
+    hal.ms = 650_000
+    assert not node.fresh(hal.time())
+    doc["updated_at"] = "2025-12-02T13:00:05Z"
+    _send(node, doc)                    # a new computation
+    assert node.fresh(hal.time())
