@@ -45,3 +45,22 @@ def test_demo_json_reports_the_sculpture(knute_bin: Path, tmp_path: Path) -> Non
     colours = [line.split()[2].split("*")[0] for line in lines]
     assert colours[0] == "#000000" and colours[-1] == summary["display_colour"]
     assert len(set(colours)) >= 10          # it faded in, not jumped
+
+
+def test_live_view_panel_shows_the_strip_colour_and_band() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from rich.console import Console
+
+    from knute.tools.cli.demo import _sculpture_panel
+
+    demo = SimpleNamespace(sculpture=SimpleNamespace(colour=lambda: "#e69f00", level=4))
+    console = Console(record=True, width=100, color_system="truecolor")
+    console.print(_sculpture_panel(cast(Any, demo)))
+    text = console.export_text(clear=False)
+    assert "#e69f00" in text and "area index: poor (level 4)" in text
+    assert "230;159;0" in console.export_text(styles=True)     # the swatch's background
+    demo.sculpture = None
+    console.print(_sculpture_panel(cast(Any, demo)))
+    assert "no index yet" in console.export_text()
