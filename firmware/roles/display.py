@@ -224,7 +224,8 @@ class Node:
         level = entry.get("level")
         if doc.get("status") == "withheld" or level is None:
             return None
-        if not isinstance(level, int) or not 1 <= level <= len(self.palette):
+        if (not isinstance(level, int) or isinstance(level, bool)
+                or not 1 <= level <= len(self.palette)):
             raise ValueError("level %r outside the palette" % (level,))
         return level
 

@@ -248,7 +248,10 @@ def test_valid_until_past_and_withheld_are_stale_and_bad_messages_change_nothing
     assert node.fresh(hal.time())
     node.on_message(b"t", memoryview(b"{not json"))
     node.on_message(b"t", memoryview(json.dumps(index_doc(9)).encode()))
-    assert node.level == 2 and node.bad_messages == 2
+    bad = index_doc(1)
+    bad["scales"]["eaqi"]["level"] = True
+    node.on_message(b"t", memoryview(json.dumps(bad).encode()))
+    assert node.level == 2 and node.bad_messages == 3
 
 
 def test_night_dims_on_schedule() -> None:

@@ -29,8 +29,9 @@ from knute.tools.rig.upy import micropython
 ROOT = Path(__file__).resolve().parents[2]
 AREA = "sentrum"
 # Upper bounds (ug/m3, exclusive) of EAQI levels 1-5 for PM2.5; above the last: level 6.
-# EEA, European Air Quality Index (airindex.eea.europa.eu): good 0-10, fair 10-20,
-# moderate 20-25, poor 25-50, very poor 50-75, extremely poor 75-800.
+# EEA, European Air Quality Index (airindex.eea.europa.eu), its six-level PM2.5 bands:
+# good 0-10, fair 10-20, moderate 20-25, poor 25-50, very poor 50-75, extremely poor
+# 75-800. The backend's docs/air.md holds the bands and averaging the city uses.
 EAQI_PM2_5_BANDS = (10.0, 20.0, 25.0, 50.0, 75.0)
 BANDS = ("good", "fair", "moderate", "poor", "very_poor", "extremely_poor")
 PUBLISH_EVERY_S = 2.0
