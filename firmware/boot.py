@@ -93,6 +93,7 @@ def boot(config_path="config.json"):
         _safe_mode(hal, str(exc))
         return None
     unload("firmware.config")
+    unload("firmware.config_display")
     del config
     gc.collect()
     if "radio" in cfg:

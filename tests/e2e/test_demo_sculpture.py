@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from knute.firmware.config import DISPLAY_PALETTES
+from knute.firmware.config_display import DISPLAY_PALETTES
 from knute.tools.sim.sculpture import area_level, index_message, pm2_5_level
 
 

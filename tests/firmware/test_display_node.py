@@ -14,7 +14,7 @@ from typing import Any
 
 import paho.mqtt.publish as publish
 
-from firmware.config import DISPLAY_PALETTES
+from firmware.config_display import DISPLAY_PALETTES
 from firmware.roles.display import parse_colour, scaled
 from knute.tools.rig.broker import Broker
 from tests.firmware.conftest import NodeFactory

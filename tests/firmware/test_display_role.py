@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from firmware.config import DISPLAY_PALETTES, ConfigError, validate
+from firmware.config import ConfigError, validate
+from firmware.config_display import DISPLAY_PALETTES
 from firmware.drivers.mqttsub import PacketReader, connect_packet, subscribe_packet
 from firmware.roles import display
 from firmware.roles.display import Node, blend, in_window, parse_utc, stale_colour

@@ -147,7 +147,7 @@ class Sculpture:
 
     def settle(self, timeout_s: float) -> None:
         """Wait until the strip shows the colour of the last level published (or timeout)."""
-        from knute.firmware.config import DISPLAY_PALETTES
+        from knute.firmware.config_display import DISPLAY_PALETTES
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
