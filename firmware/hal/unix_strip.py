@@ -6,6 +6,10 @@
 #
 # Runs of equal pixels are written once with their count. Times are the
 # node's simulated clock (bench.time_scale).
+#
+# strip() and network() are the display's HAL functions on the bench; they live
+# here, not in firmware.hal.unix_wiring, which every bench node loads at boot
+# (their names would cost the other roles heap they do not have to spare).
 
 
 class FileStrip:
@@ -48,3 +52,15 @@ class FileStrip:
         self.handle.write(" ".join(parts) + "\n")
         self.handle.flush()
         self.writes += 1
+
+
+def strip(hal, name, n):
+    """The file (or pty) wired as LED strip `name`: a simulated WS2812 strip of n pixels."""
+    from firmware.hal.unix_wiring import wire
+
+    return FileStrip(hal, wire(hal, "strip", name), n)
+
+
+def network(hal, wifi):
+    """The bench host is on the network already."""
+    return None

@@ -112,14 +112,3 @@ def reset(hal):
     """A board resets; the bench process ends with status 4."""
     sys.exit(4)
 
-
-def strip(hal, name, n):
-    """The file (or pty) wired as LED strip `name`: a simulated WS2812 strip of n pixels."""
-    from firmware.hal.unix_strip import FileStrip
-
-    return FileStrip(hal, wire(hal, "strip", name), n)
-
-
-def network(hal, wifi):
-    """The bench host is on the network already."""
-    return None
