@@ -13,16 +13,16 @@ from knute.tools.sim.sculpture import area_level, index_message, pm2_5_level
 
 
 @pytest.mark.parametrize(("pm2_5", "level"), [
-    (0.0, 1), (9.9, 1), (10.0, 2), (19.9, 2), (20.0, 3), (24.9, 3), (25.0, 4), (49.9, 4),
-    (50.0, 5), (74.9, 5), (75.0, 6), (500.0, 6)])
+    (0.0, 1), (5.0, 1), (5.1, 2), (15.0, 2), (15.1, 3), (50.0, 3), (50.1, 4), (90.0, 4),
+    (90.1, 5), (140.0, 5), (140.1, 6), (500.0, 6)])
 def test_demo_rule_bands_pm2_5_as_the_eaqi(pm2_5: float, level: int) -> None:
     assert pm2_5_level(pm2_5) == level
 
 
 def test_demo_rule_takes_the_median_station() -> None:
-    # Median of 4.0, 12.0, 30.0 is 12.0: fair, though one station is poor.
-    assert area_level([30.0, 4.0, 12.0]) == 2
-    assert area_level([8.0, 22.0]) == 2          # median 15.0
+    # Median of 4.0, 12.0, 60.0 is 12.0: fair, though one station is poor.
+    assert area_level([60.0, 4.0, 12.0]) == 2
+    assert area_level([8.0, 32.0]) == 3          # median 20.0
     assert area_level([]) is None
     doc = index_message(None, 1764676800, [])
     assert doc["status"] == "withheld" and doc["level"] is None

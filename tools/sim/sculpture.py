@@ -7,9 +7,9 @@ publishes that area's index there, retained, as the backend will.
 
 Until the backend's index (docs/air.md) is what the demo runs, the demo computes
 the area's level itself with one documented rule, ``area_level``: the median of
-the air stations' latest PM2.5 values, banded with the PM2.5 bands of the EEA's
-European Air Quality Index (``EAQI_PM2_5_BANDS``). No averaging, no quality
-control: the backend's index replaces this.
+the air stations' latest PM2.5 values, banded with the hourly PM2.5 bands of the
+EEA's European Air Quality Index (``EAQI_PM2_5_BANDS``). No averaging, no quality
+control: the backend's index (docs/air.md) replaces this.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from knute.tools.rig.upy import micropython
 
 ROOT = Path(__file__).resolve().parents[2]
 AREA = "sentrum"
-# Upper bounds (ug/m3, exclusive) of EAQI levels 1-5 for PM2.5; above the last: level 6.
-# EEA, European Air Quality Index (airindex.eea.europa.eu), its six-level PM2.5 bands:
-# good 0-10, fair 10-20, moderate 20-25, poor 25-50, very poor 50-75, extremely poor
-# 75-800. The backend's docs/air.md holds the bands and averaging the city uses.
-EAQI_PM2_5_BANDS = (10.0, 20.0, 25.0, 50.0, 75.0)
+# Upper bounds (ug/m3, each belonging to its band) of EAQI levels 1-5 for hourly PM2.5;
+# above the last: level 6. The EEA's bands as revised in 2024 (ETC HE Report 2024/17,
+# "EEA's revision of the European Air Quality Index bands"), the ones the backend's
+# index uses (docs/air.md): good 0-5, fair 5-15, moderate 15-50, poor 50-90,
+# very poor 90-140, extremely poor above.
+EAQI_PM2_5_BANDS = (5.0, 15.0, 50.0, 90.0, 140.0)
 BANDS = ("good", "fair", "moderate", "poor", "very_poor", "extremely_poor")
 PUBLISH_EVERY_S = 2.0
 VALID_FOR_S = 120
@@ -41,7 +42,7 @@ VALID_FOR_S = 120
 def pm2_5_level(value: float) -> int:
     """The EAQI level (1-6) of a PM2.5 concentration in ug/m3."""
     for level, upper in enumerate(EAQI_PM2_5_BANDS, start=1):
-        if value < upper:
+        if value <= upper:
             return level
     return 6
 
@@ -146,9 +147,16 @@ class Sculpture:
         return whole[-1].split()[2].split("*")[0]
 
     def settle(self, timeout_s: float) -> None:
-        """Wait until the strip shows the colour of the last level published (or timeout)."""
+        """Stop publishing, then wait until the strip shows the last level's colour (or timeout).
+
+        Publishing stops first: a reading still in flight at the end of a run
+        would otherwise move the level while the strip is being read.
+        """
         from knute.firmware.config_display import DISPLAY_PALETTES
 
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.level is not None and self.colour() == DISPLAY_PALETTES["eaqi"][
