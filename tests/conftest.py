@@ -89,6 +89,7 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/infra/",
     "tests/reliability/",
     "tests/firmware/test_bench_firmware.py",
+    "tests/firmware/test_bench_display.py",
     "tests/gateway/test_spool_kill.py",
     "tests/protocol/test_vectors.py::test_frames_json_is_reproducible_from_the_independent_",
     "tests/protocol/test_vectors.py::test_vector_files_are_reproducible_from_the_independent",

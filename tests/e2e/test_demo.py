@@ -22,7 +22,8 @@ def test_headless_demo_loses_nothing_across_a_broker_outage(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
-    assert set(summary) == {"sent", "received", "lost", "duplicates", "alarms", "backend"}
+    assert set(summary) == {"sent", "received", "lost", "duplicates", "alarms", "backend",
+                            "air_index", "display_colour"}
     assert summary["sent"] > 50
     assert summary["lost"] == 0
     # Every valid frame arrived; a firmware node may have sent one more as it stopped.

@@ -18,14 +18,20 @@ What runs:
   meters form two districts, each with a bulk inlet meter that counts its
   households' water and what its pipes lose (tools/sim/bulk_meters.py), so the
   page shows each district's balance and loss. The firmware boards' meters
-  belong to no district (the inlets cannot know their water).
+  belong to no district (the inlets cannot know their water);
+- the light sculpture (tools/sim/sculpture.py): the real ``display`` firmware
+  on the unix port, its LED strip simulated, following the area index the demo
+  publishes retained from the air nodes' PM2.5 (a documented stand-in rule
+  until the backend's index runs here).
 
 Interactive (a terminal): a rich live view of devices, alarms, spool and
 counters; ``o`` stops or restarts the broker to watch the spool fill and drain,
 ``q`` or Ctrl-C quits. Headless (``--for SECONDS``, with ``--json`` for one JSON
 object): runs that long with a broker outage in the middle, stops the fleet,
 waits for the spool to drain and prints sent, received, lost (must be 0),
-duplicates and alarms, and the backend's figures (readings stored, alerts open).
+duplicates and alarms, the backend's figures (readings stored, alerts open), the
+area's final index level (``air_index``) and the strip's final colour
+(``display_colour``, ``#rrggbb``).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from knute.tools.rig.ptys import HeldPty
 
 if TYPE_CHECKING:
     from knute.tools.sim.firmware_nodes import FirmwareNode
+    from knute.tools.sim.sculpture import Sculpture
 
 PREFIX = "knute"
 DEMO_DISTRICTS = (("sentrum", "b0000001"), ("nord", "b0000002"))   # name, bulk inlet meter
@@ -135,6 +142,7 @@ class Demo:
         self.gateway = GatewayProcess(workdir, new_session=True)
         self.backend = BackendProcess(workdir / "backend", new_session=True)
         self.boards: list[FirmwareNode] = []
+        self.sculpture: Sculpture | None = None
         self._threads: list[threading.Thread] = []
         self._mqtt: Any = None
         self._pty: HeldPty | None = None
@@ -165,6 +173,7 @@ class Demo:
         for board in self.boards:
             board.run()
         self._start_subscriber()
+        self._start_sculpture()
         sender = threading.Thread(target=self._send_loop, name="demo-fleet", daemon=True)
         sender.start()
         self._threads.append(sender)
@@ -247,6 +256,25 @@ listen = "127.0.0.1:{self.udp_port}"
                                 if part], self.start_time)
         return [(name, inlet, [f"{n.device_id:08x}" for n in part])
                 for (name, inlet), part in zip(DEMO_DISTRICTS, parts, strict=True) if part]
+
+    def latest_pm2_5(self) -> dict[str, float]:
+        """Each air station's latest PM2.5 (ug/m3) as the subscriber received it."""
+        with self.seen.lock:
+            docs = list(self.seen.last.values())
+        out = {}
+        for doc in docs:
+            value = doc.get("readings", {}).get("pm2_5", {}).get("value")
+            if doc.get("kind") == "air_quality" and isinstance(value, (int, float)):
+                out[doc["device"]] = float(value)
+        return out
+
+    def _start_sculpture(self) -> None:
+        from knute.tools.sim.sculpture import Sculpture
+
+        self.sculpture = Sculpture(self.workdir / "sculpture", self.broker.host,
+                                   self.broker.port, PREFIX)
+        self.sculpture.start(self.latest_pm2_5)
+        self.event(f"sculpture: display node following {self.sculpture.topic}")
 
     def _backend_config(self) -> str:
         from knute.tools.sim.fleet import WATER_SEND_EVERY_S
@@ -377,6 +405,8 @@ port = {_web_port(self.args.web_port)}
         self.gateway.stop(timeout=15)
         self.gateway.close()
         self.backend.stop()
+        if self.sculpture is not None:
+            self.sculpture.stop()
         for board in self.boards:
             with contextlib.suppress(Exception):
                 board.close()
@@ -396,7 +426,12 @@ port = {_web_port(self.args.web_port)}
             alarms = self.seen.alarm_readings
         backend = self.backend.try_summary(timeout=10)
         counters = backend.get("counters", {})
-        return {"sent": len(self.all_expected()), "received": received,
+        sculpture = self.sculpture
+        if sculpture is not None:
+            sculpture.settle(timeout_s=15)
+        return {"air_index": sculpture.level if sculpture else None,
+                "display_colour": sculpture.colour() if sculpture else None,
+                "sent": len(self.all_expected()), "received": received,
                 "lost": len(self.missing()),
                 "duplicates": duplicates, "alarms": alarms,
                 "backend": {"url": self.backend.url, "readings": backend.get("readings"),
@@ -473,10 +508,27 @@ def _render(demo: Demo) -> Any:
     return Group(
         Panel(counters, title=f"knute demo - {sim_h:.1f} simulated hours - "
               r"\[o] broker outage  \[q] quit"),
+        _sculpture_panel(demo),
         devices,
         Panel("\n".join(alarms) or "none yet", title="alarms"),
         Panel(f"rejected by reason: {reasons}\n" + "\n".join(demo.events), title="events"),
     )
+
+
+def _sculpture_panel(demo: Demo) -> Any:
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from knute.tools.sim.sculpture import BANDS
+
+    sculpture = demo.sculpture
+    colour = sculpture.colour() if sculpture else None
+    level = sculpture.level if sculpture else None
+    line = Text()
+    line.append(" " * 40, style=f"on {colour}" if colour else "")
+    band = BANDS[level - 1].replace("_", " ") if level else "no index yet"
+    line.append(f"  {colour or 'dark'}  area index: {band} (level {level or '-'})")
+    return Panel(line, title="light sculpture (display node, simulated strip)")
 
 
 def _live(demo: Demo) -> None:
@@ -570,5 +622,6 @@ def run(args: argparse.Namespace) -> int:
               f" ({result['duplicates']} duplicates), lost {result['lost']}, "
               f"{result['alarms']} readings with alarms; the backend stored "
               f"{city['readings']} readings, {city['alerts_open']} alerts open "
-              f"({city['url']})")
+              f"({city['url']}); the sculpture shows {result['display_colour']} for "
+              f"area index level {result['air_index']}")
     return 0 if result["lost"] == 0 else 1
