@@ -8,7 +8,8 @@ serve them; tests/gateway/test_pure_core.py keeps it that way.
 
 For each ``Reception`` (frame bytes plus where and how it was heard):
 
-1. ``protocol.frame.parse_header``: version, kind, length (no key needed).
+1. ``protocol.frame.parse_header``: version, kind, length (no key needed), answered
+   by ``gateway.fastframe`` for well-formed headers.
 2. Registry lookup by device id: ``unknown_device`` if it is not registered.
 3. Dedup: a copy of a frame already waiting in the dedup window (same device,
    same counter, identical bytes) is merged into it: its receiver metadata is
@@ -16,14 +17,17 @@ For each ``Reception`` (frame bytes plus where and how it was heard):
 4. Verify and decrypt with the device's key (``Verifier``): AES-CCM through
    cryptography's ``AESCCM`` object, cached per device and tag length, nonce
    ``protocol.frame.nonce(device_id, fcnt)``, the 8 header bytes as associated
-   data, then ``protocol.frame.open_payload``. The result is exactly what
+   data, then ``protocol.frame.open_payload`` (``gateway.fastframe`` answers the
+   payloads the kinds table accepts in C, and leaves the rest to the protocol
+   code, so the reasons are the protocol's). The result is exactly what
    ``protocol.frame.decode`` returns, or the same FrameError reason.
    The frame's kind must be the registered kind (``kind_mismatch``).
 5. Replay check (``ReplayGuard``) against the last accepted counter:
      - no counter yet, or a higher one: new;
      - the same counter: ``duplicate`` when the bytes are those of the frame
        accepted with that counter (or when they are unknown, after a restart),
-       ``replay`` otherwise;
+       ``replay`` otherwise (the guard keeps each device's last accepted frame
+       as its fingerprint; a Modbus reading's is ``values_digest``);
      - a lower one: ``counter_reset`` when the new counter is below
        ``reset_below`` (16) and the last one is not, i.e. the node started
        counting again, typically after losing its state; ``replay`` otherwise.
@@ -67,7 +71,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from knute.gateway import message
+from knute.gateway import fastframe, message
 from knute.gateway.model import Accepted, Counters, Device
 from knute.gateway.model import Reception as Reception  # re-exported: sources build these
 from knute.protocol import frame as pframe
@@ -91,6 +95,11 @@ KIND_MISMATCH = "kind_mismatch"
 GATEWAY_REASONS = (UNKNOWN_DEVICE, REPLAY, DUPLICATE, COUNTER_RESET, OVERSIZE, KIND_MISMATCH)
 
 MODBUS = "modbus"             # source type of readings polled over Modbus
+
+_NONCE = fastframe.NONCE.pack     # protocol.frame.nonce's layout, as one C call
+_HEADER_LEN = pframe.HEADER_LEN
+_FAST_KINDS = fastframe.KINDS
+_LOADS = fastframe.LOADS
 
 DEFAULT_DEDUP_WINDOW_S = 0.2
 DEFAULT_RESET_BELOW = 16
@@ -255,14 +264,26 @@ class Verifier:
         has it already. Raises FrameError with the same reason
         ``protocol.frame.decode`` gives.
         """
-        kind_id, device_id, fcnt, tag_len = header_fields or pframe.parse_header(buf)
-        header = bytes(buf[:pframe.HEADER_LEN])
+        kind_id, device_id, fcnt, tag_len = header_fields or fastframe.parse_header(buf)
+        cached = self._aead.get((device_id, tag_len))
+        aead = cached[1] if cached is not None and cached[0] == device.key else \
+            self._cipher(device, tag_len)
+        if buf.__class__ is not bytes:
+            buf = bytes(buf)
         try:
-            plain = self._cipher(device, tag_len).decrypt(
-                pframe.nonce(device_id, fcnt), bytes(buf[pframe.HEADER_LEN:]), header)
+            plain = aead.decrypt(_NONCE(pframe.DIR_UPLINK, device_id, fcnt),
+                                 buf[_HEADER_LEN:], buf[:_HEADER_LEN])
         except InvalidTag:
             raise FrameError(FRAME_TAG) from None
-        return pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
+        # fastframe.decoded, written out: the payloads the kinds table accepts in C,
+        # everything else (and every rejection) by the protocol's own code.
+        kind = _FAST_KINDS.get(kind_id)
+        if kind is not None and _LOADS is not None and kind.match(plain) is not None:
+            payload = _LOADS(plain)
+            fast: dict[str, Any] = kind.build[len(payload)](device_id, fcnt, tag_len, payload)
+            return fast
+        slow: dict[str, Any] = pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
+        return slow
 
 
 class ReplayGuard:
@@ -386,7 +407,7 @@ class Pipeline:
         if len(buf) > pframe.MAX_FRAME:
             return self._reject(rx, OVERSIZE, detail=f"{len(buf)} bytes")
         try:
-            header_fields = pframe.parse_header(buf)
+            header_fields = fastframe.parse_header(buf)
         except FrameError as exc:
             return self._reject(rx, exc.reason, detail=exc.detail)
         device_id, fcnt = header_fields[1], header_fields[2]
@@ -399,7 +420,8 @@ class Pipeline:
             waiting.merge(rx, self.max_receivers)
             self.counters.inc("merged", rx.source)
             return Verdict("merged", None, device_id, fcnt)
-        fingerprint = digest(buf)
+        # A frame's fingerprint is its bytes: exact, and no hashing on the hot path.
+        fingerprint = bytes(buf)
         if self.replay.is_last(device_id, fcnt, fingerprint):
             # Identical bytes to the frame accepted with this counter: already
             # verified, so no need to decrypt again.
