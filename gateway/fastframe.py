@@ -32,14 +32,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from cbor2 import loads as loads  # the C decoder (cbor2 is in the gateway extra)
+
 from knute.protocol import frame as pframe
 from knute.protocol import kinds
-
-LOADS: Callable[[bytes], Any] | None
-try:  # cbor2's C decoder; without it every payload takes the protocol's decoder
-    from cbor2 import loads as LOADS
-except ImportError:  # pragma: no cover - cbor2 is a dependency of the gateway
-    LOADS = None
 
 _ANY = rb"[\x00-\xff]"
 _NULL = rb"\xf6"
@@ -202,8 +198,8 @@ def decoded(kind_id: int, device_id: int, fcnt: int, tag_len: int,
     gateway.pipeline.Verifier.verify has these lines written out (one call less per frame).
     """
     kind = KINDS.get(kind_id)
-    if kind is not None and LOADS is not None and kind.match(plain) is not None:
-        payload = LOADS(plain)
+    if kind is not None and kind.match(plain) is not None:
+        payload = loads(plain)
         fast: dict[str, Any] = kind.build[len(payload)](device_id, fcnt, tag_len, payload)
         return fast
     slow: dict[str, Any] = pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)

@@ -97,9 +97,8 @@ GATEWAY_REASONS = (UNKNOWN_DEVICE, REPLAY, DUPLICATE, COUNTER_RESET, OVERSIZE, K
 MODBUS = "modbus"             # source type of readings polled over Modbus
 
 _NONCE = fastframe.NONCE.pack     # protocol.frame.nonce's layout, as one C call
-_HEADER_LEN = pframe.HEADER_LEN
 _FAST_KINDS = fastframe.KINDS
-_LOADS = fastframe.LOADS
+_LOADS = fastframe.loads
 
 DEFAULT_DEDUP_WINDOW_S = 0.2
 DEFAULT_RESET_BELOW = 16
@@ -239,22 +238,23 @@ class Verifier:
     """Verifies and decrypts frames, with one cached AESCCM object per device key."""
 
     def __init__(self) -> None:
-        self._aead: dict[tuple[int, int], tuple[bytes, AESCCM]] = {}
+        # device id -> (key, tag length, its AESCCM); a device whose key or tag length
+        # changes gets a new object (keyed by the id alone: no tuple built per frame)
+        self._aead: dict[int, tuple[bytes, int, AESCCM]] = {}
 
     def _cipher(self, device: Device, tag_len: int) -> AESCCM:
-        slot = (device.device_id, tag_len)
-        cached = self._aead.get(slot)
-        if cached is None or cached[0] != device.key:
-            cached = (device.key, AESCCM(device.key, tag_length=tag_len))
-            self._aead[slot] = cached
-        return cached[1]
+        cached = self._aead.get(device.device_id)
+        if cached is None or cached[1] != tag_len or cached[0] != device.key:
+            cached = (device.key, tag_len, AESCCM(device.key, tag_length=tag_len))
+            self._aead[device.device_id] = cached
+        return cached[2]
 
     def forget(self, keep: Mapping[int, Device]) -> None:
         """Drop cached ciphers of devices not in ``keep`` (after a registry reload)."""
-        for slot in list(self._aead):
-            dev = keep.get(slot[0])
-            if dev is None or dev.key != self._aead[slot][0]:
-                del self._aead[slot]
+        for device_id in list(self._aead):
+            dev = keep.get(device_id)
+            if dev is None or dev.key != self._aead[device_id][0]:
+                del self._aead[device_id]
 
     def verify(self, buf: bytes, device: Device,
                header_fields: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
@@ -265,20 +265,23 @@ class Verifier:
         ``protocol.frame.decode`` gives.
         """
         kind_id, device_id, fcnt, tag_len = header_fields or fastframe.parse_header(buf)
-        cached = self._aead.get((device_id, tag_len))
-        aead = cached[1] if cached is not None and cached[0] == device.key else \
-            self._cipher(device, tag_len)
+        cached = self._aead.get(device_id)
+        if cached is None or cached[1] != tag_len or cached[0] != device.key:
+            aead = self._cipher(device, tag_len)
+        else:
+            aead = cached[2]
         if buf.__class__ is not bytes:
             buf = bytes(buf)
         try:
-            plain = aead.decrypt(_NONCE(pframe.DIR_UPLINK, device_id, fcnt),
-                                 buf[_HEADER_LEN:], buf[:_HEADER_LEN])
+            # protocol.frame.nonce(device_id, fcnt) and the 8 header bytes as associated
+            # data (DIR_UPLINK 0, HEADER_LEN 8: literals, as this runs for every frame)
+            plain = aead.decrypt(_NONCE(0, device_id, fcnt), buf[8:], buf[:8])
         except InvalidTag:
             raise FrameError(FRAME_TAG) from None
         # fastframe.decoded, written out: the payloads the kinds table accepts in C,
         # everything else (and every rejection) by the protocol's own code.
         kind = _FAST_KINDS.get(kind_id)
-        if kind is not None and _LOADS is not None and kind.match(plain) is not None:
+        if kind is not None and kind.match(plain) is not None:
             payload = _LOADS(plain)
             fast: dict[str, Any] = kind.build[len(payload)](device_id, fcnt, tag_len, payload)
             return fast
