@@ -102,6 +102,8 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/gateway/test_systemd_unit.py",
     "tests/tools/test_plan_cli.py",
     "tests/tools/test_bench_leaks.py",
+    "tests/tools/test_bench_hot_path.py::test_protocol_bench_json_keys",
+    "tests/tools/test_bench_hot_path.py::test_gateway_bench_json_keys",
     "tests/tools/test_provision.py::test_a_write_that_fails_midway_is_one_clear_error",
     "tests/tools/test_vdevice.py::test_temporary_flash_is_removed_on_close",
 )
