@@ -25,10 +25,14 @@ What runs:
   on the unix port, its LED strip simulated, following the area index the
   backend publishes retained.
 
-Time is simulated (``--speed``): the gateway stamps what it receives on the
-fleet's clock (``[gateway] clock_speed``), so the backend's hours, which are
-reading time, pass as fast as the fleet's and an area index comes every
-simulated hour (every 2 s at the default speed).
+Time is simulated (``--speed``): the gateway stamps what it receives on a clock
+that runs at the fleet's pace (``[gateway] clock_speed``), so the backend's
+hours, which are reading time, pass as fast as the fleet's and an area index
+comes every simulated hour (every 2 s at the default speed). The gateway's
+clock starts as the gateway does, the fleet's a moment later when it starts
+sending (about 2 s later here): the readings' times run that gap times
+``--speed`` (about an hour at the default) ahead of the fleet's model, which
+changes no figure the demo checks.
 
 Interactive (a terminal): a rich live view of devices, alarms, spool and
 counters; ``o`` stops or restarts the broker to watch the spool fill and drain,
@@ -138,6 +142,7 @@ class Demo:
         # queued QoS 1 messages survive the outage the demo stages.
         self.broker = Broker(workdir / "broker", None, persistent=True)
         self.start_time = time.time()
+        self.clock_start = self.start_time     # the gateway's simulated clock starts here
         self.fleet = Fleet(args.meters, args.air, start=self.start_time, seed=args.seed,
                            faults=DEMO_FAULTS, fault_rate=args.fault_rate)
         self.districts = self._add_districts()
@@ -212,9 +217,9 @@ id = "demo"
 data_dir = "{self.workdir}"
 registry = "registry.db"
 log_level = "warning"
-# The fleet's clock: readings carry simulated time, so the backend's hours pass.
+# The fleet's pace: readings carry simulated time, so the backend's hours pass.
 clock_speed = {self.args.speed}
-clock_start = {self.start_time:.3f}
+clock_start = {self.clock_start:.3f}
 
 [spool]
 path = "spool.db"
@@ -239,6 +244,8 @@ listen = "127.0.0.1:{self.udp_port}"
 """
 
     def _start_gateway(self) -> None:
+        # As late as may be: the fleet's clock starts when it starts sending, right after.
+        self.clock_start = time.time()
         self.gateway.write_config(self._gateway_config())
         self.gateway.start(wait_sources=False)
         self.event("gateway: running")
