@@ -100,6 +100,7 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/gateway/test_systemd_unit.py",
     "tests/tools/test_plan_cli.py",
     "tests/tools/test_bench_leaks.py",
+    "tests/tools/test_cli_start.py",
     "tests/tools/test_rig_proc.py",
     "tests/tools/test_provision.py::test_a_write_that_fails_midway_is_one_clear_error",
     "tests/tools/test_vdevice.py::test_temporary_flash_is_removed_on_close",
