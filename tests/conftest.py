@@ -62,6 +62,7 @@ import pytest
 
 # The broker class is shared with the demo and the benchmarks; tests import it from here.
 from knute.tools.rig.broker import MOSQUITTO, Broker, BrokerError, free_port
+from tests.budget import NIGHTLY, NIGHTLY_DEFAULT_EXAMPLES, profile_name
 
 __all__ = ["MOSQUITTO", "Broker", "BrokerError", "free_port"]
 
@@ -200,7 +201,8 @@ def _hypothesis_profile() -> None:
     same examples (chosen from each test's own source), so a red CI run is
     reproducible and a green one is not luck. Developers keep random
     exploration and the local example database, which replays past failures.
-    ``$HYPOTHESIS_PROFILE`` picks a profile by name.
+    ``$HYPOTHESIS_PROFILE`` picks a profile by name: ``nightly`` runs every property's
+    larger example count (``tests/budget.py``), randomized.
     """
     try:
         from hypothesis import HealthCheck, settings
@@ -210,8 +212,10 @@ def _hypothesis_profile() -> None:
                               suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("ci", parent=settings.get_profile("knute"), print_blob=True,
                               derandomize=True, database=None)
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or (
-        "ci" if os.environ.get("CI") else "knute"))
+    # Nightly: each property's larger count (tests/budget.py), random examples.
+    settings.register_profile(NIGHTLY, parent=settings.get_profile("knute"), print_blob=True,
+                              max_examples=NIGHTLY_DEFAULT_EXAMPLES)
+    settings.load_profile(profile_name())
 
 
 _hypothesis_profile()
