@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import os
 import random
 import shutil
@@ -79,7 +80,7 @@ CHECKED_THREAD_PREFIX = "knute-"
 PROCESS_FIXTURES = frozenset({
     "micropython_bin", "knute_bin", "mosquitto", "mqtt_broker_factory", "pytester",
     "bench_node", "modbus_sim", "board", "mpremote", "tuned_broker", "tls_broker",
-    "pg_cluster",
+    "pg_cluster", "knute_wheel",
 })
 # Tests that start processes without such a fixture: node-id prefixes (a module, a
 # class or one test). A test missing here fails in the process check below.
@@ -252,6 +253,30 @@ def micropython_bin() -> Path:
 def knute_bin() -> Path:
     """Path of the ``knute`` console script (beside ``sys.executable``)."""
     return _venv_executable("knute", "run `make bootstrap` (pip install -e . into .venv)")
+
+
+# ---------------------------------------------------------------- the wheel
+
+@pytest.fixture(scope="session")
+def knute_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel of this checkout, built once per run (no network: hatchling is in the lock).
+
+    pytest-xdist workers share it: the first to ask builds it under a lock in the
+    run's common temporary folder, the others wait and take it.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "knute-wheel"
+    with open(shared / "knute-wheel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = sorted(out.glob("knute-*.whl"))
+        if not built:
+            subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+                           check=True, capture_output=True, text=True, timeout=600)
+            built = sorted(out.glob("knute-*.whl"))
+    (wheel,) = built
+    return wheel
 
 
 # ---------------------------------------------------------------- ports
