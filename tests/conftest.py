@@ -47,8 +47,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -220,6 +222,39 @@ def _hypothesis_profile() -> None:
 
 
 _hypothesis_profile()
+
+
+# ---------------------------------------------------------------- CPU per test
+
+CPU_LOG_ENV = "KNUTE_TEST_CPU_LOG"   # a path prefix: where each test's CPU is written
+
+
+def _cpu_s() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its reaped children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, object]:
+    """With ``$KNUTE_TEST_CPU_LOG`` set, append each test's wall and CPU seconds (its own
+    and its processes') as a JSON line to ``<prefix>-<xdist worker>.jsonl``: where a
+    run's CPU goes, which the wall-clock ``--durations`` of a loaded machine hides."""
+    prefix = os.environ.get(CPU_LOG_ENV)
+    if not prefix:
+        return (yield)
+    own, children = _cpu_s()
+    started = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        own_after, children_after = _cpu_s()
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(f"{prefix}-{worker}.jsonl", "a") as log:
+            log.write(json.dumps({"id": item.nodeid, "wall": time.monotonic() - started,
+                                  "self": own_after - own,
+                                  "child": children_after - children}) + "\n")
 
 
 # ---------------------------------------------------------------- executables
