@@ -66,14 +66,14 @@ def test_live_view_panel_shows_the_strip_colour_and_band() -> None:
 
     from rich.console import Console
 
-    from knute.tools.cli.demo import _sculpture_panel
+    from knute.tools.cli.demo_view import sculpture_panel
 
     demo = SimpleNamespace(sculpture=SimpleNamespace(colour=lambda: "#e69f00", level=4))
     console = Console(record=True, width=100, color_system="truecolor")
-    console.print(_sculpture_panel(cast(Any, demo)))
+    console.print(sculpture_panel(cast(Any, demo)))
     text = console.export_text(clear=False)
     assert "#e69f00" in text and "area index: poor (level 4)" in text
     assert "230;159;0" in console.export_text(styles=True)     # the swatch's background
     demo.sculpture = None
-    console.print(_sculpture_panel(cast(Any, demo)))
+    console.print(sculpture_panel(cast(Any, demo)))
     assert "no index yet" in console.export_text()

@@ -70,14 +70,15 @@ def _render(demo: Demo) -> Any:
     return Group(
         Panel(counters, title=f"knute demo - {sim_h:.1f} simulated hours - "
               r"\[o] broker outage  \[q] quit"),
-        _sculpture_panel(demo),
+        sculpture_panel(demo),
         devices,
         Panel("\n".join(alarms) or "none yet", title="alarms"),
         Panel(f"rejected by reason: {reasons}\n" + "\n".join(demo.events), title="events"),
     )
 
 
-def _sculpture_panel(demo: Demo) -> Any:
+def sculpture_panel(demo: Demo) -> Any:
+    """The sculpture's line: a swatch of the strip's colour and the area index it shows."""
     from rich.panel import Panel
     from rich.text import Text
 
