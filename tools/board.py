@@ -141,16 +141,24 @@ class Board:
         except TransportError as exc:
             raise KnuteError(f"cannot open {self.port} ({exc}): is another program "
                              "(mpremote, a terminal) using it?") from None
-        try:
-            # mpremote prints what it got when it fails: keep that off our output.
-            with contextlib.redirect_stdout(io.StringIO()):
-                self._transport.enter_raw_repl(soft_reset=True,
-                                               timeout_overall=self.timeout_s)
-        except (TransportError, OSError) as exc:
-            self.close()
-            raise KnuteError(f"no MicroPython answers on {self.port} ({exc}): flash "
-                             "MicroPython on the board, or press its reset button and "
-                             "retry") from None
+        # mpremote gives up on the raw REPL after 10 s without a byte, whatever the
+        # overall bound: a board still busy when its Ctrl-C arrived (a slow soft reset,
+        # a loaded host) is asked again until --timeout has passed.
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                # mpremote prints what it got when it fails: keep that off our output.
+                with contextlib.redirect_stdout(io.StringIO()):
+                    self._transport.enter_raw_repl(
+                        soft_reset=True, timeout_overall=max(deadline - time.monotonic(), 1.0))
+                return
+            except (TransportError, OSError) as exc:
+                if isinstance(exc, TransportError) and deadline - time.monotonic() > 1.0:
+                    continue
+                self.close()
+                raise KnuteError(f"no MicroPython answers on {self.port} ({exc}): flash "
+                                 "MicroPython on the board, or press its reset button and "
+                                 "retry") from None
 
     def close(self) -> None:
         """Leave the raw REPL and close the port."""
