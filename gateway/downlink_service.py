@@ -1,0 +1,222 @@
+"""The gateway's downlink worker: after each verified uplink, read its report and send
+what is queued for the device in its receive window (docs/protocol.md 12.11).
+
+The daemon hands every released uplink to ``heard`` (it never blocks the ingest
+loop); one thread does the rest, in this order per uplink:
+
+1. an uplink verified under a pending rotation's next key commits the rotation
+   (``DownlinkStore.commit_rekey``) and queues ``rekey_done``;
+2. the ``dl`` report moves commands to ``applied`` or ``rejected``, and sends
+   again what the node did not report;
+3. the ``clock`` flag queues a ``time`` command (answered with the end of this
+   uplink), the ``alarm`` flag an ``ack`` when ``downlinks.auto_ack`` is on;
+4. if commands are due, ``downlink_plan.choose`` picks the window, the uplink is
+   claimed and a counter taken in one committed transaction (so one gateway of
+   several answers, and no counter is used twice), the downlink is sealed under
+   the device's current key and handed to the source the uplink came from.
+
+Each state change of a command is passed to ``on_status`` (the daemon spools it
+for MQTT). Transmitters are the sources: ``transmit_downlink(frame, window, up,
+done)`` returns None when the downlink went out or is on its way, or a reason;
+``done(error)`` is called later when the path answers asynchronously (a packet
+forwarder's TX_ACK). Counters: ``downlinks_sent``, ``downlinks_applied``,
+``downlinks_rejected``, ``downlinks_expired`` and ``downlink_errors`` by reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from gateway.downlink_plan import DutyLedger, Uplink, Window, choose
+from gateway.downlinks import APPLIED, EXPIRED, QUEUED, REJECTED, SENT, Command, DownlinkStore
+from gateway.model import Counters
+from protocol import downlink as dls
+from protocol.errors import FrameError
+
+log = logging.getLogger("knute.downlinks")
+
+EXPIRE_EVERY_S = 30.0
+QUEUE_LIMIT = 4096
+
+Done = Callable[[str | None], None]
+
+
+class Transmitter(Protocol):
+    """A source that can send a downlink back the way an uplink came."""
+
+    def transmit_downlink(self, frame: bytes, window: Window, up: Uplink,
+                          done: Done) -> str | None:
+        """Send ``frame`` in ``window``; None if it went (or is going), else why not."""
+
+
+StatusFn = Callable[[Command, str], None]
+
+
+class DownlinkService:
+    """One worker thread between the ingest loop and the downlink store."""
+
+    def __init__(self, store: DownlinkStore, transmitters: Mapping[str, Transmitter],
+                 counters: Counters, on_status: StatusFn, *, auto_ack: bool = False,
+                 kinds_of: Callable[[int], str | None] | None = None) -> None:
+        self.store = store
+        self.transmitters = dict(transmitters)
+        self.counters = counters
+        self.on_status = on_status
+        self.auto_ack = auto_ack
+        self._kinds_of = kinds_of or (lambda _d: None)
+        self._queue: queue.Queue[Uplink | None] = queue.Queue(QUEUE_LIMIT)
+        self._ledgers: dict[str, DutyLedger] = {}
+        self._thread: threading.Thread | None = None
+        self._last_expire = 0.0
+        self._kinds: dict[int, str] = {}
+
+    # -- the ingest side -----------------------------------------------------------
+
+    def heard(self, up: Uplink) -> None:
+        """Queue one verified uplink for the worker (never blocks)."""
+        self._kinds[up.device_id] = up.kind
+        try:
+            self._queue.put_nowait(up)
+        except queue.Full:
+            self.counters.inc("downlink_overload")
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread = threading.Thread(target=self._run, name="downlinks", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish the uplinks already queued, then stop."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            try:
+                up = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self._expire()
+                continue
+            if up is None:
+                return
+            try:
+                self.handle(up)
+            except Exception as exc:  # one bad uplink or a database hiccup never stops it
+                self.counters.inc("downlink_errors")
+                log.error("downlinks: device %08x fcnt %d: %s", up.device_id, up.fcnt, exc)
+            self._expire()
+
+    # -- the work ---------------------------------------------------------------------
+
+    def _status(self, cmds: list[Command]) -> None:
+        for cmd in cmds:
+            name = {APPLIED: "downlinks_applied", REJECTED: "downlinks_rejected",
+                    EXPIRED: "downlinks_expired"}.get(cmd.state)
+            if name is not None:
+                self.counters.inc(name)
+            kind = self._kinds.get(cmd.device_id) or self._kinds_of(cmd.device_id) or "unknown"
+            try:
+                self.on_status(cmd, kind)
+            except Exception as exc:
+                log.error("downlinks: status of command %d not published: %s", cmd.cmd_id, exc)
+
+    def _expire(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_expire < EXPIRE_EVERY_S:
+            return
+        self._last_expire = now
+        self._status(self.store.expire())
+
+    def handle(self, up: Uplink) -> None:
+        """Everything one uplink means for the device's downlinks (the worker's step)."""
+        store = self.store
+        dev = up.device_id
+        flags, entries = up.report
+        if up.under_next_key:
+            finish = store.commit_rekey(dev)
+            if finish is not None:
+                log.info("device %08x: key rotation committed (key %d)", dev,
+                         finish.args["key_no"])
+                rekeyed = [c for c in store.commands(dev) if c.op == "rekey"][-1:]
+                self._status([*rekeyed, finish])
+        self._status(store.report(dev, up.fcnt, entries).changed)
+        open_ops = {c.op for c in store.commands(dev, open_only=True)}
+        if flags & dls.FLAG_CLOCK and "time" not in open_ops:
+            cmd, _ = store.queue(dev, "time")
+            self._status([cmd])
+        if flags & dls.FLAG_ALARM and self.auto_ack and "ack" not in open_ops:
+            cmd, _ = store.queue(dev, "ack", {"bits": up.alarm_bits()})
+            self._status([cmd])
+        due = store.due(dev)
+        if not due:
+            return
+        sender = self.transmitters.get(up.source)
+        if sender is None:
+            self.counters.inc("downlink_errors", up.source)
+            log.warning("device %08x: %d commands waiting, but source %s cannot send "
+                        "downlinks", dev, len(due), up.source)
+            return
+        ledger = self._ledgers.setdefault(_transmitter_id(up), DutyLedger())
+        plan = choose(up, [(c.cmd_id, c.op, c.args) for c in due], ledger, time.time())
+        if plan is None:
+            self.counters.inc("downlink_no_window", up.source)
+            log.info("device %08x: no receive window after fcnt %d fits the downlink "
+                     "(size or duty cycle); it waits for the next uplink", dev, up.fcnt)
+            return
+        key = store.device_key(dev)
+        if key is None:
+            return
+        dcnt = store.take_counter(dev, after_fcnt=up.fcnt)
+        if dcnt is None:
+            self.counters.inc("downlink_claimed_elsewhere", up.source)
+            return
+        try:
+            frame = dls.encode(dev, dcnt, list(plan.commands), key)
+        except (FrameError, ValueError) as exc:
+            self.counters.inc("downlink_errors", up.source)
+            log.error("device %08x: cannot seal downlink: %s", dev, exc)
+            return
+        sent = store.mark_sent(dev, plan.cmd_ids, dcnt, up.fcnt)
+
+        def done(error: str | None, ids: tuple[int, ...] = plan.cmd_ids) -> None:
+            if error is None:
+                return
+            self.counters.inc("downlink_errors", up.source)
+            self.counters.reject(f"tx_{error.lower()}", up.source)
+            log.warning("device %08x: downlink %d refused by %s: %s; sent again after "
+                        "the next uplink", dev, dcnt, up.source, error)
+            self._status(store.unsend(dev, ids))
+
+        error = sender.transmit_downlink(frame, plan.window, up, done)
+        if error is not None:
+            done(error)
+            return
+        if plan.window.freq_hz:
+            ledger.spend(plan.window.freq_hz, plan.window.airtime_ms, plan.window.at_s)
+        self.counters.inc("downlinks_sent")
+        self.counters.inc("downlinks_sent", up.source, total=False)
+        log.info("device %08x: downlink %d (%d bytes, commands %s) in %s after fcnt %d",
+                 dev, dcnt, len(frame), ",".join(map(str, plan.cmd_ids)), plan.window.name,
+                 up.fcnt)
+        self._status([c for c in sent if c.state == SENT])
+
+    def stats(self) -> dict[str, Any]:
+        """The worker's queue depth, for the status report."""
+        return {"waiting": self._queue.qsize()}
+
+
+def _transmitter_id(up: Uplink) -> str:
+    """The transmitter whose duty cycle a downlink after ``up`` spends."""
+    eui = up.receiver.get("gateway_eui")
+    return f"{up.source}/{eui}" if eui else up.source
+
+
+__all__ = ["QUEUED", "DownlinkService", "Transmitter", "Uplink"]
