@@ -196,8 +196,8 @@ class Plan:
 
 def choose(up: Uplink, due: Sequence[tuple[int, str, Mapping[str, Any]]],
            ledger: DutyLedger | None, now_s: float | None = None) -> Plan | None:
-    """The downlink to send after ``up``: up to four of ``due`` (command id, op, args),
-    oldest first, in the first window they fit (payload limit and duty cycle).
+    """The downlink to send after ``up``: the first (up to four) of ``due`` (command id,
+    op, args) in queue order, in the first window they fit (payload limit, duty cycle).
 
     None when nothing is due, or no window can carry even the first command.
     """
@@ -207,10 +207,12 @@ def choose(up: Uplink, due: Sequence[tuple[int, str, Mapping[str, Any]]],
     for win in windows(up):
         chosen: list[tuple[int, list[Any]]] = []
         for cid, cmd in built:
-            if len(chosen) == pdl.MAX_COMMANDS:
+            # In queue order: a command that does not fit ends the downlink, so an
+            # update's switch never overtakes its chunks.
+            if len(chosen) == pdl.MAX_COMMANDS or downlink_size(
+                    [c for _, c in chosen] + [cmd]) > win.limit:
                 break
-            if downlink_size([c for _, c in chosen] + [cmd]) <= win.limit:
-                chosen.append((cid, cmd))
+            chosen.append((cid, cmd))
         if not chosen:
             continue
         size = downlink_size([c for _, c in chosen])

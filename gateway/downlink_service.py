@@ -25,16 +25,29 @@ forwarder's TX_ACK). Counters: ``downlinks_sent``, ``downlinks_applied``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
-from gateway.downlink_plan import DutyLedger, Uplink, Window, choose
+from gateway.downlink_plan import (
+    PATH_BRIDGE,
+    PATH_PKTFWD,
+    PATH_SERIAL,
+    DutyLedger,
+    Uplink,
+    Window,
+    choose,
+    config_name,
+)
 from gateway.downlinks import APPLIED, EXPIRED, QUEUED, REJECTED, SENT, Command, DownlinkStore
+from gateway.message import iso_utc
 from gateway.model import Counters
+from gateway.pipeline import Ready
 from protocol import downlink as dls
 from protocol.errors import FrameError
 
@@ -211,6 +224,52 @@ class DownlinkService:
     def stats(self) -> dict[str, Any]:
         """The worker's queue depth, for the status report."""
         return {"waiting": self._queue.qsize()}
+
+
+def uplink_from(ready: Ready) -> Uplink:
+    """The downlink side's view of a released frame: how it was heard and when it ended.
+
+    The end of the uplink is the packet forwarder's ``time`` ("RX finished", UTC)
+    when the concentrator has GPS time, else the moment the gateway received it
+    (the end of the serial record, or the datagram's arrival).
+    """
+    rx = ready.receptions[0]
+    receiver = dict(rx.receiver)
+    end_s = ready.received_at
+    if "gateway_eui" in receiver:
+        path = PATH_PKTFWD
+        stamp = receiver.get("time")
+        if isinstance(stamp, str):
+            with contextlib.suppress(ValueError):
+                end_s = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    elif rx.source_type == "radio":
+        path = PATH_BRIDGE
+    else:
+        path = PATH_SERIAL
+    decoded = ready.decoded
+    return Uplink(device_id=ready.device.device_id, kind=decoded["kind"], fcnt=decoded["fcnt"],
+                  values=decoded["values"], end_s=end_s, source=rx.source, path=path,
+                  receiver=receiver, under_next_key=ready.under_next_key)
+
+
+def status_topic(prefix: str, kind: str, device_id: int) -> str:
+    """Where a command's progress is published: ``<prefix>/<kind>/<device>/down/status``."""
+    return f"{prefix}/{kind}/{device_id:08x}/down/status"
+
+
+def status_message(cmd: Command, gateway_id: str) -> dict[str, Any]:
+    """The JSON of one progress step (docs/schema/downlink_status.schema.json)."""
+    out: dict[str, Any] = {
+        "device": f"{cmd.device_id:08x}", "id": cmd.ref, "cmd_id": cmd.cmd_id,
+        "command": cmd.op, "state": cmd.state, "sends": cmd.sends,
+        "at": iso_utc(cmd.updated_at), "expires_at": iso_utc(cmd.expires_at),
+        "gateway": gateway_id}
+    if cmd.state == REJECTED:
+        out["result"] = cmd.result
+        out["detail"] = cmd.detail
+        if cmd.op == "config" and cmd.result in ("cmd_range", "cmd_key") and cmd.detail:
+            out["key"] = config_name(cmd.detail)
+    return out
 
 
 def _transmitter_id(up: Uplink) -> str:

@@ -325,6 +325,58 @@ class DownlinkStore:
                              ).fetchone()
         return _command(row), True
 
+    def queue_update(self, device_id: int, bundle: bytes, chunk: int, *,
+                     ref: str | None = None, now: float | None = None) -> list[Command]:
+        """Queue a module update: ``upd_begin``, the bundle in ``chunk``-byte pieces and
+        ``upd_switch``, in one transaction (all or none). Its commands count against no
+        ``max_queued``: a bundle is at most 65,535 bytes, so they are bounded anyway."""
+        if not bundle or len(bundle) > dls.MAX_BUNDLE:
+            raise KnuteError(f"a module bundle is 1..{dls.MAX_BUNDLE} bytes")
+        if not 1 <= chunk <= 192:
+            raise KnuteError("chunk must be 1..192 bytes")
+        now = time.time() if now is None else now
+        with self._write() as db:
+            if any(r[0] for r in db.execute(
+                    "SELECT 1 FROM dl_commands WHERE device_id = ? AND state IN (?, ?) AND "
+                    "op LIKE 'upd_%' LIMIT 1", (device_id, *OPEN_STATES))):
+                raise KnuteError(f"device {device_id:08x}: an update is already on its way")
+            last = db.execute("SELECT args FROM dl_commands WHERE device_id = ? AND "
+                              "op = 'upd_begin' ORDER BY row DESC LIMIT 1",
+                              (device_id,)).fetchone()
+            number = (json.loads(last[0])["update"] % 0xFFFF + 1) if last else 1
+            steps: list[tuple[str, dict[str, Any]]] = [
+                ("upd_begin", {"update": number, "size": len(bundle)})]
+            for offset in range(0, len(bundle), chunk):
+                steps.append(("upd_chunk", {"update": number, "offset": offset,
+                                            "data": bundle[offset:offset + chunk].hex()}))
+            steps.append(("upd_switch", {"update": number}))
+            self._ensure(db, device_id)
+            open_ids = {int(r[0]) for r in db.execute(
+                "SELECT cmd_id FROM dl_commands WHERE device_id = ? AND state IN (?, ?)",
+                (device_id, *OPEN_STATES))}
+            cmd_id = int(db.execute("SELECT cmd_seq FROM dl_devices WHERE device_id = ?",
+                                    (device_id,)).fetchone()[0])
+            first = None
+            for pos, (op, args) in enumerate(steps):
+                while True:
+                    cmd_id = cmd_id % dls.MAX_CMD_ID + 1
+                    if cmd_id not in open_ids:
+                        break
+                open_ids.add(cmd_id)
+                db.execute("INSERT INTO dl_commands (device_id, cmd_id, ref, op, args, state, "
+                           "created_at, expires_at, updated_at) VALUES "
+                           "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (device_id, cmd_id, ref if pos == 0 else None, op,
+                            json.dumps(args, sort_keys=True), QUEUED, now,
+                            now + self.limits.expiry_s, now))
+                if first is None:
+                    first = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+            db.execute("UPDATE dl_devices SET cmd_seq = ? WHERE device_id = ?",
+                       (cmd_id, device_id))
+            rows = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE row >= ? AND "
+                              "device_id = ? ORDER BY row", (first, device_id)).fetchall()
+        return [_command(r) for r in rows]
+
     def commands(self, device_id: int, *, open_only: bool = False,
                  limit: int = 100) -> list[Command]:
         """A device's commands, oldest first (the open ones, or the latest ``limit``)."""
