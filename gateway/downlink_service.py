@@ -26,6 +26,7 @@ forwarder's TX_ACK). Counters: ``downlinks_sent``, ``downlinks_applied``,
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import threading
@@ -46,7 +47,7 @@ from gateway.downlink_plan import (
 )
 from gateway.downlinks import APPLIED, EXPIRED, QUEUED, REJECTED, SENT, Command, DownlinkStore
 from gateway.message import iso_utc
-from gateway.model import Counters
+from gateway.model import Accepted, Counters
 from gateway.pipeline import Ready
 from protocol import downlink as dls
 from protocol.errors import FrameError
@@ -270,6 +271,44 @@ def status_message(cmd: Command, gateway_id: str) -> dict[str, Any]:
         if cmd.op == "config" and cmd.result in ("cmd_range", "cmd_key") and cmd.detail:
             out["key"] = config_name(cmd.detail)
     return out
+
+
+class StatusOutbox:
+    """Progress messages waiting for the ingest loop to spool them (any thread may put).
+
+    They travel like a Modbus device's condition: spooled, then published at QoS 1,
+    so they survive broker outages and restarts and keep their order.
+    """
+
+    def __init__(self, prefix: str, gateway_id: str) -> None:
+        self.prefix = prefix
+        self.gateway_id = gateway_id
+        self._queue: queue.SimpleQueue[Accepted] = queue.SimpleQueue()
+
+    def put(self, cmd: Command, kind: str) -> None:
+        """One command's new state."""
+        self.put_doc(kind, cmd.device_id, status_message(cmd, self.gateway_id))
+
+    def put_doc(self, kind: str, device_id: int, doc: dict[str, Any]) -> None:
+        """A finished status document (a refused MQTT command has no stored command)."""
+        payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        self._queue.put(Accepted(device_id=device_id, fcnt=0, kind=kind,
+                                 topic=status_topic(self.prefix, kind, device_id),
+                                 payload=payload, alarm=False, received_at=time.time()))
+
+    def drain(self) -> list[Accepted]:
+        """Everything put so far."""
+        out: list[Accepted] = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    def put_back(self, rows: list[Accepted]) -> None:
+        """Rows a failed spool commit did not take: kept for the next round."""
+        for row in rows:
+            self._queue.put(row)
 
 
 def _transmitter_id(up: Uplink) -> str:
