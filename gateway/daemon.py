@@ -190,6 +190,7 @@ class Daemon:
         self.tap = Tap()            # `knute gateway tap` clients
         self.metrics: Any = None
         self.data_lock: DataLock | None = None
+        self.downlinks: Any = None      # gateway.downlink_service.DownlinkRuntime
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -241,6 +242,13 @@ class Daemon:
             self.sources.append(ModbusSource(
                 cfg.modbus, self._modbus_reading, on_condition=self._modbus_condition,
                 last_fcnt=self.spool.counters(), name=MODBUS_SOURCE))
+        if cfg.downlinks.enabled:
+            from gateway.downlink_service import DownlinkRuntime
+
+            self.downlinks = DownlinkRuntime(cfg, self.sources, self.counters,
+                                             lambda: self.pipeline.devices if self.pipeline
+                                             else {})
+            self.pipeline.next_keys = self.downlinks.next_keys()
         try:
             self.status_server = StatusServer(cfg.status_socket, self._handle_request,
                                               self.tap)
@@ -345,6 +353,7 @@ class Daemon:
             "forwarder": fwd,
             "registry": {"path": self.cfg.registry, "checks": self._registry_checks,
                          "reloads": self._registry_reloads},
+            "downlinks": self.downlinks.stats() if self.downlinks is not None else None,
         }
 
     def _handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -390,6 +399,8 @@ class Daemon:
         assert self.status_server is not None
         self.status_server.start()
         self.forwarder.start()
+        if self.downlinks is not None:
+            self.downlinks.start()
         for src in self.sources:
             src.start()
         log.info("gateway %s running", self.cfg.gateway_id)
@@ -422,6 +433,7 @@ class Daemon:
                     self._submit(rx)
             self._release(pipeline.due(time.monotonic()))
             self._spool_conditions()
+            self._spool_downlink_status()
             self._commit(force=False)
             self._housekeeping()
 
@@ -503,8 +515,24 @@ class Daemon:
                 self._conditions_todo.extend(todo[pos + 1:])
                 break
 
+    def _spool_downlink_status(self) -> None:
+        """Hand the downlink commands' progress messages to the batcher."""
+        if self.downlinks is None:
+            return
+        rows = self.downlinks.rows()
+        for pos, row in enumerate(rows):
+            self._conditions_sent.append(row)    # not a reading: no counter to advance
+            try:
+                self.batcher.add(row)
+            except Exception as exc:
+                self._commit_failed(exc)
+                self.downlinks.outbox.put_back(rows[pos + 1:])
+                break
+
     def _release(self, ready: Sequence[Ready]) -> None:
         for item in ready:
+            if self.downlinks is not None:
+                self.downlinks.heard(item)
             accepted = to_accepted(item, prefix=self.cfg.mqtt.prefix,
                                    gateway_id=self.cfg.gateway_id)
             self._pending_sources[(accepted.device_id, accepted.fcnt)] = [
@@ -625,6 +653,11 @@ class Daemon:
                       len(self.pipeline.devices), exc)
             return
         self.pipeline.update_devices(devices)
+        if self.downlinks is not None:
+            try:
+                self.pipeline.next_keys = self.downlinks.next_keys()
+            except Exception as exc:  # keep the keys we have
+                log.error("downlink key rotations not re-read: %s", exc)
         self._registry_reloads += 1
         log.info("registry reloaded: %d devices", len(devices))
 
@@ -670,6 +703,11 @@ class Daemon:
             self._spool_conditions(final=True)
             self._commit(force=True)
         self._housekeeping(final=True)
+        if self.downlinks is not None:
+            self.downlinks.stop()
+            self._spool_downlink_status()
+            self._commit(force=True)
+            self.downlinks = None
         self._log_events.close()
         if self.forwarder is not None:
             self.forwarder.stop(self.cfg.drain_timeout_s)

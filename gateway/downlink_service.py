@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from gateway.config import GatewayConfig
 from gateway.downlink_plan import (
     PATH_BRIDGE,
     PATH_PKTFWD,
@@ -45,9 +46,17 @@ from gateway.downlink_plan import (
     choose,
     config_name,
 )
-from gateway.downlinks import APPLIED, EXPIRED, QUEUED, REJECTED, SENT, Command, DownlinkStore
+from gateway.downlinks import (
+    APPLIED,
+    EXPIRED,
+    REJECTED,
+    SENT,
+    Command,
+    DownlinkLimits,
+    DownlinkStore,
+)
 from gateway.message import iso_utc
-from gateway.model import Accepted, Counters
+from gateway.model import Accepted, Counters, Device
 from gateway.pipeline import Ready
 from protocol import downlink as dls
 from protocol.errors import FrameError
@@ -317,4 +326,74 @@ def _transmitter_id(up: Uplink) -> str:
     return f"{up.source}/{eui}" if eui else up.source
 
 
-__all__ = ["QUEUED", "DownlinkService", "Transmitter", "Uplink"]
+
+
+class DownlinkRuntime:
+    """Everything downlink the daemon runs, behind the few calls it makes:
+    ``heard`` per released frame, ``refresh`` after a registry reload, ``rows`` to
+    spool each loop, ``start``/``stop`` and ``stats``."""
+
+    def __init__(self, cfg: GatewayConfig, sources: list[Any], counters: Counters,
+                 devices: Callable[[], Mapping[int, Device]]) -> None:
+        dl = cfg.downlinks
+        self.store = DownlinkStore(cfg.registry, DownlinkLimits(dl.max_queued, dl.expiry_s,
+                                                               dl.max_sends))
+        self.outbox = StatusOutbox(cfg.mqtt.prefix, cfg.gateway_id)
+        self._devices = devices
+        self.publish = dl.status_topics
+        transmitters = {s.name: s for s in sources if hasattr(s, "transmit_downlink")}
+        self.service = DownlinkService(self.store, transmitters, counters, self._status,
+                                       auto_ack=dl.auto_ack, kinds_of=self._kind_of)
+        self.listener: Any = None
+        if dl.commands_from_mqtt:
+            from gateway.downlink_mqtt import CommandListener
+
+            self.listener = CommandListener(
+                cfg.mqtt, self.store, self._kind_of, self._status, self._refused,
+                gateway_id=cfg.gateway_id,
+                client_id=cfg.mqtt.client_id or f"knute-{cfg.gateway_id}")
+
+    def _kind_of(self, device_id: int) -> str | None:
+        dev = self._devices().get(device_id)
+        return None if dev is None else dev.kind
+
+    def _status(self, cmd: Command, kind: str) -> None:
+        if self.publish:
+            self.outbox.put(cmd, kind)
+
+    def _refused(self, kind: str, device_id: int, doc: dict[str, Any]) -> None:
+        if self.publish:
+            self.outbox.put_doc(kind, device_id, doc)
+
+    def next_keys(self) -> dict[int, bytes]:
+        """Pending rotations' next keys, for the pipeline."""
+        return self.store.next_keys()
+
+    def heard(self, ready: Ready) -> None:
+        """A released frame: its report and the device's queue are looked at."""
+        if ready.receptions and ready.receptions[0].frame:
+            self.service.heard(uplink_from(ready))
+
+    def rows(self) -> list[Accepted]:
+        """Progress messages to spool now."""
+        return self.outbox.drain()
+
+    def start(self) -> None:
+        """Start the worker and the command listener."""
+        self.service.start()
+        if self.listener is not None:
+            self.listener.start()
+
+    def stop(self) -> None:
+        """Stop taking commands, finish the uplinks already heard, close the store."""
+        if self.listener is not None:
+            self.listener.stop()
+        self.service.stop()
+        self.store.close()
+
+    def stats(self) -> dict[str, Any]:
+        """For ``knute gateway status``."""
+        out = self.service.stats()
+        if self.listener is not None:
+            out["commands_topic"] = self.listener.stats()
+        return out

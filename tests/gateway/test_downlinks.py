@@ -148,8 +148,9 @@ def test_ids_of_open_commands_stay_unique(tmp_path_factory: pytest.TempPathFacto
                 assert len(s.commands(DEV, open_only=True)) == 5
         elif step == "send":
             due = s.due(DEV, now)[:4]
-            if due:
-                s.mark_sent(DEV, [c.cmd_id for c in due], s.take_counter(DEV), fcnt, now)
+            dcnt = s.take_counter(DEV)
+            if due and dcnt is not None:
+                s.mark_sent(DEV, [c.cmd_id for c in due], dcnt, fcnt, now)
         elif step.startswith("report"):
             fcnt += 1
             sent = [c for c in s.commands(DEV, open_only=True) if c.state == "sent"]
