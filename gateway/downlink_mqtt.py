@@ -209,7 +209,7 @@ class CommandListener:
         if device_id is None:
             return
         self.on_refused(kind, device_id, {
-            "device": f"{device_id:08x}", "id": doc.get("id"), "state": "refused",
+            "device": f"{device_id:08x}", "kind": kind, "id": doc.get("id"), "state": "refused",
             "error": error, "at": iso_utc(time.time()), "gateway": self.gateway_id})
 
     def stats(self) -> dict[str, Any]:

@@ -267,10 +267,10 @@ def status_topic(prefix: str, kind: str, device_id: int) -> str:
     return f"{prefix}/{kind}/{device_id:08x}/down/status"
 
 
-def status_message(cmd: Command, gateway_id: str) -> dict[str, Any]:
+def status_message(cmd: Command, gateway_id: str, kind: str) -> dict[str, Any]:
     """The JSON of one progress step (docs/schema/downlink_status.schema.json)."""
     out: dict[str, Any] = {
-        "device": f"{cmd.device_id:08x}", "id": cmd.ref, "cmd_id": cmd.cmd_id,
+        "device": f"{cmd.device_id:08x}", "kind": kind, "id": cmd.ref, "cmd_id": cmd.cmd_id,
         "command": cmd.op, "state": cmd.state, "sends": cmd.sends,
         "at": iso_utc(cmd.updated_at), "expires_at": iso_utc(cmd.expires_at),
         "gateway": gateway_id}
@@ -296,7 +296,7 @@ class StatusOutbox:
 
     def put(self, cmd: Command, kind: str) -> None:
         """One command's new state."""
-        self.put_doc(kind, cmd.device_id, status_message(cmd, self.gateway_id))
+        self.put_doc(kind, cmd.device_id, status_message(cmd, self.gateway_id, kind))
 
     def put_doc(self, kind: str, device_id: int, doc: dict[str, Any]) -> None:
         """A finished status document (a refused MQTT command has no stored command)."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -29,6 +30,12 @@ METER = 0x00001234
 PREFIX = "t"
 PULL_RESP, TX_ACK = 3, 5
 RX_TMST = 1_000_000
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schema"
+
+
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    """A validator for one of docs/schema's files."""
+    return jsonschema.Draft202012Validator(json.loads((SCHEMAS / name).read_text()))
 
 
 def water(fcnt: int, values: dict[str, Any] | None = None) -> bytes:
@@ -134,8 +141,9 @@ def test_mqtt_command_leaves_in_rx1_and_tx_ack_errors_requeue(one: dict[str, Any
     gw, pf, watcher = one["gw"], one["pf"], one["watcher"]
     gw.start()
     topic = f"{PREFIX}/water_meter/{METER:08x}/down"
-    watcher.command(topic, {"id": "c-1", "command": "config",
-                            "values": {"water.sends_per_day": 4}})
+    good = {"id": "c-1", "command": "config", "values": {"water.sends_per_day": 4}}
+    validator("downlink_command.schema.json").validate(good)
+    watcher.command(topic, good)
     watcher.command(topic, {"id": "bad", "command": "config",
                             "values": {"water.sends_per_day": 5}})
     wait_for(lambda: watcher.states("c-1") == ["queued"], 20, "c-1 queued")
@@ -176,6 +184,10 @@ def test_mqtt_command_leaves_in_rx1_and_tx_ack_errors_requeue(one: dict[str, Any
     assert [(c["cmd_id"], c["state"], c["sends"]) for c in show["downlinks"]] == [
         (1, "sent", 2)]
     assert gw.stop() == 0
+    status = validator("downlink_status.schema.json")
+    assert watcher.messages and set(watcher.topics) == {f"{topic}/status"}
+    for msg in watcher.messages:
+        status.validate(msg)
 
 
 def test_two_gateways_share_the_counter_and_answer_each_uplink_once(
