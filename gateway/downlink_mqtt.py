@@ -124,7 +124,10 @@ class CommandListener:
                                          max(1, round(cfg.backoff_max_s)))
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
         self.connected = False
+        self.subscribed = False
 
     def start(self) -> None:
         """Connect in the background (paho reconnects by itself)."""
@@ -153,6 +156,14 @@ class CommandListener:
             return
         self.connected = True
         client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any = None) -> None:
+        self.subscribed = True
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any = None) -> None:
+        self.connected = self.subscribed = False
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: Any) -> None:
         self.received += 1
@@ -214,5 +225,6 @@ class CommandListener:
 
     def stats(self) -> dict[str, Any]:
         """Counters for the status report."""
-        return {"connected": self.connected, "received": self.received,
+        return {"connected": self.connected, "subscribed": self.subscribed,
+                "received": self.received,
                 "refused": self.refused}

@@ -140,6 +140,8 @@ def one(tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> Iterator[dict[str
 def test_mqtt_command_leaves_in_rx1_and_tx_ack_errors_requeue(one: dict[str, Any]) -> None:
     gw, pf, watcher = one["gw"], one["pf"], one["watcher"]
     gw.start()
+    wait_for(lambda: gw.status()["downlinks"]["commands_topic"]["subscribed"], 20,
+             "the gateway to subscribe to the command topics")
     topic = f"{PREFIX}/water_meter/{METER:08x}/down"
     good = {"id": "c-1", "command": "config", "values": {"water.sends_per_day": 4}}
     validator("downlink_command.schema.json").validate(good)
