@@ -15,29 +15,16 @@ Threads:
 Signals: SIGTERM/SIGINT stop the sources, push everything already received
 through the pipeline and into the spool, give the forwarder
 ``drain_timeout_s`` to deliver, then exit 0. Devices added or removed with
-``knute devices`` take effect within a second without a restart or a signal:
-the ingest loop polls the registry's ``PRAGMA data_version`` (it moves with
-every commit of another connection, never with the daemon's own display-cache
-writes); SIGHUP and the status socket's ``reload`` still re-read it at once.
-A file copied over the open registry is not read (its old -wal would mix in):
-one error line says how to restore safely.
+``knute devices`` take effect within a second without a restart or a signal
+(``gateway.registry_watch``); SIGHUP and the status socket's ``reload`` re-read
+the registry at once.
 
 One gateway per spool: ``<spool>.lock`` is held (flock) while the daemon runs,
 so a second instance on the same data exits with one line before it opens
 anything. A status socket on which a gateway answers is never taken over.
 
-Modbus device conditions (``offline`` after ``offline_after`` failed polls,
-``online`` again) are spooled like readings, as JSON on
-``<prefix>/<kind>/<device>/condition``, so they survive broker outages and
-restarts and reach the broker in order (QoS 1, at least once). A failed spool
-commit keeps them for the next attempt.
-
-Rejected frames are logged with rate limits (the counters always count every
-frame): a counter reset at most once per device per hour; an unknown device
-at most once per device per hour and, whatever the number of devices, one
-line a minute per source, the rest summarised ("... and 8,412 more like it in
-the last 60 s", ``gateway.logsafe``); any other reason likewise one line a
-minute per source and reason.
+Modbus device conditions are spooled like readings (``gateway.conditions``);
+rejected frames are logged with rate limits (``gateway.rejectlog``).
 """
 
 from __future__ import annotations
@@ -49,7 +36,6 @@ import os
 import queue
 import signal
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -57,22 +43,15 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gateway import message
+from gateway.conditions import ConditionOutbox
 from gateway.config import MODBUS_SOURCE, GatewayConfig
 from gateway.dbfile import DataLock
 from gateway.errors import ConfigError, KnuteError
-from gateway.logsafe import EventLog, clean
-from gateway.model import Accepted, Counters
-from gateway.pipeline import (
-    COUNTER_RESET,
-    UNKNOWN_DEVICE,
-    Pipeline,
-    RateLimit,
-    Ready,
-    Reception,
-    Verdict,
-    to_accepted,
-)
+from gateway.model import Counters
+from gateway.pipeline import Pipeline, Ready, Reception, to_accepted
 from gateway.registry import Registry, Seen
+from gateway.registry_watch import RegistryWatch
+from gateway.rejectlog import RejectionLog
 from gateway.status import StatusServer, Tap
 
 if TYPE_CHECKING:
@@ -85,60 +64,6 @@ REGISTRY_FLUSH_S = 10.0      # display cache write interval
 REGISTRY_POLL_S = 1.0        # how often the registry is checked for changes by knute devices
 COMMIT_WINDOW_S = 0.05
 COMMIT_MAX_FRAMES = 256
-CONDITION_RETRY_S = 1.0      # after a failed spool commit, condition messages wait this long
-
-
-def condition_topic(prefix: str, kind: str, device: str) -> str:
-    """The topic of a device's condition: ``<prefix>/<kind>/<device>/condition``."""
-    return f"{prefix}/{kind}/{device}/condition"
-
-
-def condition_row(cond: DeviceCondition, *, prefix: str, gateway_id: str) -> Accepted:
-    """The spool row of a Modbus device's condition change (JSON: docs/mqtt.md).
-
-    Retained: a condition is state, so a consumer that subscribes later still sees it.
-
-    Its ``fcnt`` is 0: the spool advances a device's counter to the largest
-    ``fcnt`` of its rows, so a 0 never moves an existing counter (a device
-    without one gets 0, below the first counter a Modbus reading carries).
-    """
-    device = message.device_name(cond.device_id)
-    doc = cond.to_dict()
-    doc["since"] = message.iso_utc(cond.since)
-    doc["gateway"] = gateway_id
-    payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-    return Accepted(device_id=cond.device_id, fcnt=0, kind=cond.kind,
-                    topic=condition_topic(prefix, cond.kind, device), payload=payload,
-                    alarm=True, received_at=cond.since, retain=True)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line: ts, level, logger, msg (and exc when there is one)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The JSON line of one record."""
-        out: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
-
-
-def setup_logging(level: str, as_json: bool) -> None:
-    """Log to stderr (journald picks it up), human-readable or as JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
-    if as_json:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 class _Control:
@@ -161,27 +86,20 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._queue: queue.Queue[Reception | ModbusReading] = queue.Queue(QUEUE_LIMIT)
-        self._conditions: queue.SimpleQueue[DeviceCondition] = queue.SimpleQueue()
-        self._conditions_todo: list[Accepted] = []      # not handed to the batcher yet
-        self._conditions_sent: list[Accepted] = []      # in the batcher, not committed yet
-        self._conditions_retry_at = 0.0
+        self.conditions = ConditionOutbox(prefix=cfg.mqtt.prefix, gateway_id=cfg.gateway_id)
         self._controls: queue.Queue[_Control] = queue.Queue()
         self._pending_sources: dict[tuple[int, int], list[str]] = {}
         self._seen: dict[int, Seen] = {}
         self._last_registry_flush = time.monotonic()
         self._last_registry_poll = time.monotonic()
-        self._registry_poll_error = ""
-        self._registry_replaced_logged = False
-        self._registry_checks = 0
-        self._registry_reloads = 0
-        self._log_device = RateLimit(3600.0)
-        self._log_events = EventLog(log, period_s=60.0)
+        self.rejections = RejectionLog(log)
         # Packet-forwarder sources by name: told which (address, EUI) brought a verified
         # frame (first or merged copy), so they keep serving it during a flood
         # (UdpForwarderSource.vouch).
         self._vouchers: dict[str, Any] = {}
         self.sources: list[Any] = []
         self.registry: Registry | None = None
+        self.registry_watch: RegistryWatch | None = None
         self.spool: Any = None
         self.forwarder: Any = None
         self.batcher: Any = None
@@ -222,6 +140,7 @@ class Daemon:
                                  reset_below=cfg.counter_reset_below,
                                  max_receivers=cfg.max_receivers,
                                  epochs=self.spool.epochs())
+        self.registry_watch = RegistryWatch(self.registry, self.pipeline)
         self.batcher = AcceptBatcher(self.spool, window_s=COMMIT_WINDOW_S,
                                      max_frames=COMMIT_MAX_FRAMES, on_commit=self._committed)
         self.forwarder = Forwarder(self.spool, cfg.mqtt,
@@ -249,6 +168,7 @@ class Daemon:
                                              lambda: self.pipeline.devices if self.pipeline
                                              else {})
             self.pipeline.next_keys = self.downlinks.next_keys()
+            self.registry_watch.on_reload = self.downlinks.refresh_keys(self.pipeline)
         try:
             self.status_server = StatusServer(cfg.status_socket, self._handle_request,
                                               self.tap)
@@ -305,7 +225,7 @@ class Daemon:
 
     def _modbus_condition(self, cond: DeviceCondition) -> None:
         # On the poller's thread; the ingest loop spools it.
-        self._conditions.put(cond)
+        self.conditions.put(cond)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -337,6 +257,7 @@ class Daemon:
         totals["evicted"] = int(spool.get("evicted_total", 0))
         totals["forwarded"] = int(fwd.get("forwarded_total", 0))
         pipeline = self.pipeline
+        watch = self.registry_watch
         return {
             "gateway": self.cfg.gateway_id,
             "pid": os.getpid(),
@@ -351,8 +272,9 @@ class Daemon:
                        "commit_waiting": self.batcher.waiting() if self.batcher else 0},
             "spool": spool,
             "forwarder": fwd,
-            "registry": {"path": self.cfg.registry, "checks": self._registry_checks,
-                         "reloads": self._registry_reloads},
+            "registry": {"path": self.cfg.registry,
+                         "checks": watch.checks if watch is not None else 0,
+                         "reloads": watch.reloads if watch is not None else 0},
             "downlinks": self.downlinks.stats() if self.downlinks is not None else None,
         }
 
@@ -449,7 +371,7 @@ class Daemon:
                                                    item.at, source=MODBUS_SOURCE)
             source, what = MODBUS_SOURCE, "reading"
         if verdict.status == "rejected":
-            self._log_rejection(source, verdict, what)
+            self.rejections.rejected(source, verdict, what, time.monotonic())
         raw = item.frame if isinstance(item, Reception) else b""
         if raw and log.isEnabledFor(logging.DEBUG):
             log.debug("%s: frame %s: %s%s", source, raw.hex(), verdict.status,
@@ -461,73 +383,16 @@ class Daemon:
                 "device": (f"{verdict.device_id:08x}" if verdict.device_id is not None
                            else None), "received_at": message.iso_utc(item.received_at)})
 
-    def _log_rejection(self, source: str, verdict: Verdict, what: str = "frame") -> None:
-        now = time.monotonic()
-        dev = f"{verdict.device_id:08x}" if verdict.device_id is not None else "-"
-        if verdict.reason == UNKNOWN_DEVICE:
-            if self._log_device.allow((UNKNOWN_DEVICE, verdict.device_id), now):
-                self._log_events.event(
-                    (UNKNOWN_DEVICE, source),
-                    f"{source}: {what} from unknown device {dev} (fcnt {verdict.fcnt}); add "
-                    "it with 'knute devices add' (logged once an hour per device)", now)
-        elif verdict.reason == COUNTER_RESET:
-            if self._log_device.allow((COUNTER_RESET, verdict.device_id), now):
-                log.warning("%s: device %s counter went back to %s (%s): node reset or "
-                            "replay; after checking the node run 'knute devices "
-                            "reset-counter %s' (logged once an hour per device)",
-                            source, dev, verdict.fcnt, verdict.detail, dev)
-        else:
-            who = f" from {dev} fcnt {verdict.fcnt}" if verdict.device_id is not None else ""
-            detail = f" ({clean(verdict.detail)})" if verdict.detail else ""
-            self._log_events.event((verdict.reason, source),
-                                   f"{source}: rejected {what}{who}: {verdict.reason}{detail}",
-                                   now)
-
     def _spool_conditions(self, final: bool = False) -> None:
         """Hand new (and, after a failed commit, unaccepted) condition changes to the batcher."""
-        while True:
-            try:
-                cond = self._conditions.get_nowait()
-            except queue.Empty:
-                break
-            # Like its readings, a device's conditions are published only when it is
-            # registered with the kind its register map produces.
-            assert self.pipeline is not None
-            device = self.pipeline.devices.get(cond.device_id)
-            if device is None or device.kind != cond.kind:
-                log.debug("modbus device %08x: condition %s not published: device not "
-                          "registered as %s", cond.device_id, cond.condition, cond.kind)
-                continue
-            self._conditions_todo.append(condition_row(
-                cond, prefix=self.cfg.mqtt.prefix, gateway_id=self.cfg.gateway_id))
-            log.debug("modbus device %08x: condition %s spooled", cond.device_id,
-                      cond.condition)
-        if not self._conditions_todo or (
-                not final and time.monotonic() < self._conditions_retry_at):
-            return
-        todo, self._conditions_todo = self._conditions_todo, []
-        for pos, row in enumerate(todo):
-            self._conditions_sent.append(row)
-            try:
-                self.batcher.add(row)
-            except Exception as exc:
-                self._commit_failed(exc)          # puts the uncommitted ones back first
-                self._conditions_todo.extend(todo[pos + 1:])
-                break
+        assert self.pipeline is not None
+        self.conditions.collect(self.pipeline.devices)
+        self.conditions.hand_over(self.batcher.add, self._commit_failed, final=final)
 
-    def _spool_downlink_status(self) -> None:
+    def _spool_downlink_status(self, final: bool = False) -> None:
         """Hand the downlink commands' progress messages to the batcher."""
-        if self.downlinks is None:
-            return
-        rows = self.downlinks.rows()
-        for pos, row in enumerate(rows):
-            self._conditions_sent.append(row)    # not a reading: no counter to advance
-            try:
-                self.batcher.add(row)
-            except Exception as exc:
-                self._commit_failed(exc)
-                self.downlinks.outbox.put_back(rows[pos + 1:])
-                break
+        if self.downlinks is not None:
+            self.downlinks.outbox.hand_over(self.batcher.add, self._commit_failed, final=final)
 
     def _release(self, ready: Sequence[Ready]) -> None:
         for item in ready:
@@ -569,10 +434,9 @@ class Daemon:
         self.counters.inc("spool_errors")
         self._pending_sources.clear()
         # Condition changes are not sent again by anybody: keep them for a later commit.
-        if self._conditions_sent:
-            self._conditions_todo[:0] = self._conditions_sent
-            self._conditions_sent = []
-            self._conditions_retry_at = time.monotonic() + CONDITION_RETRY_S
+        self.conditions.requeue()
+        if self.downlinks is not None:
+            self.downlinks.outbox.requeue()
         assert self.pipeline is not None
         try:
             self.pipeline.load_counters(self.spool.counters())
@@ -581,9 +445,10 @@ class Daemon:
 
     def _committed(self, batch: Sequence[Any]) -> None:
         for item in batch:
-            if self._conditions_sent and item is self._conditions_sent[0]:
-                del self._conditions_sent[0]       # a condition message, not a reading
+            if self.conditions.committed(item):        # a condition message, not a reading
                 continue
+            if self.downlinks is not None and self.downlinks.outbox.committed(item):
+                continue                                # a command's progress message
             sources = self._pending_sources.pop((item.device_id, item.fcnt), None) or []
             self.counters.inc("accepted")
             for name in dict.fromkeys(sources):
@@ -592,13 +457,14 @@ class Daemon:
 
     def _housekeeping(self, final: bool = False) -> None:
         now = time.monotonic()
-        self._log_events.flush(now)
+        self.rejections.flush(now)
+        assert self.registry_watch is not None
         if not final and now - self._last_registry_poll >= REGISTRY_POLL_S:
             self._last_registry_poll = now
-            self._poll_registry()
+            self.registry_watch.poll()
         if self._reload.is_set():
             self._reload.clear()
-            self._reload_registry()
+            self.registry_watch.reload()
         while True:
             try:
                 ctl = self._controls.get_nowait()
@@ -614,57 +480,11 @@ class Daemon:
             except Exception as exc:  # display cache only
                 log.warning("registry display cache not updated: %s", exc)
 
-    def _poll_registry(self) -> None:
-        """Pick up devices added or removed by ``knute devices`` without a signal."""
-        assert self.registry is not None
-        self._registry_checks += 1
-        try:
-            if self.registry.replaced():
-                # A file copied or moved over the open registry: SQLite keeps the old
-                # file's -wal next to it, and reading the new file through it would
-                # mix the two. Keep what we have and say how to restore safely.
-                if not self._registry_replaced_logged:
-                    self._registry_replaced_logged = True
-                    log.error("registry %s was replaced while the gateway had it open; "
-                              "keeping %d devices. Restore a registry with the gateway "
-                              "stopped (and its -wal/-shm removed), or while it runs with "
-                              "sqlite3 %s '.restore BACKUP'", self.cfg.registry,
-                              len(self.pipeline.devices) if self.pipeline else 0,
-                              self.cfg.registry)
-                return
-            if not self.registry.changed():
-                return
-        except Exception as exc:  # keep the devices we have; try again on the next poll
-            if str(exc) != self._registry_poll_error:     # once per distinct problem
-                self._registry_poll_error = str(exc)
-                log.error("registry %s cannot be checked for changes, keeping %d devices: "
-                          "%s", self.cfg.registry, len(self.pipeline.devices)
-                          if self.pipeline is not None else 0, exc)
-            return
-        self._registry_poll_error = ""
-        self._reload_registry()
-
-    def _reload_registry(self) -> None:
-        assert self.registry is not None and self.pipeline is not None
-        try:
-            devices = self.registry.snapshot()
-        except Exception as exc:  # keep the old snapshot
-            log.error("registry reload failed, keeping %d devices: %s",
-                      len(self.pipeline.devices), exc)
-            return
-        self.pipeline.update_devices(devices)
-        if self.downlinks is not None:
-            try:
-                self.pipeline.next_keys = self.downlinks.next_keys()
-            except Exception as exc:  # keep the keys we have
-                log.error("downlink key rotations not re-read: %s", exc)
-        self._registry_reloads += 1
-        log.info("registry reloaded: %d devices", len(devices))
-
     def _control(self, ctl: _Control) -> None:
         try:
             if ctl.action == "reload":
-                self._reload_registry()
+                assert self.registry_watch is not None
+                self.registry_watch.reload()
             elif ctl.action == "reset-counter" and ctl.device_id is not None:
                 # Release and commit what is waiting first (in the old epoch), so the
                 # reset is not undone by it and no old frame lands in the new epoch.
@@ -705,10 +525,10 @@ class Daemon:
         self._housekeeping(final=True)
         if self.downlinks is not None:
             self.downlinks.stop()
-            self._spool_downlink_status()
+            self._spool_downlink_status(final=True)
             self._commit(force=True)
             self.downlinks = None
-        self._log_events.close()
+        self.rejections.close()
         if self.forwarder is not None:
             self.forwarder.stop(self.cfg.drain_timeout_s)
         self._close()

@@ -64,6 +64,7 @@ from protocol.errors import FrameError
 log = logging.getLogger("knute.downlinks")
 
 EXPIRE_EVERY_S = 30.0
+RETRY_S = 1.0               # after a failed spool commit, progress messages wait this long
 QUEUE_LIMIT = 4096
 
 Done = Callable[[str | None], None]
@@ -283,16 +284,21 @@ def status_message(cmd: Command, gateway_id: str, kind: str) -> dict[str, Any]:
 
 
 class StatusOutbox:
-    """Progress messages waiting for the ingest loop to spool them (any thread may put).
+    """Progress messages until a spool commit has taken them.
 
-    They travel like a Modbus device's condition: spooled, then published at QoS 1,
-    so they survive broker outages and restarts and keep their order.
+    ``put`` and ``put_doc`` may be called from any thread; the rest on the ingest
+    loop, as ``gateway.conditions.ConditionOutbox``: the messages travel like a
+    Modbus device's condition (spooled, then published at QoS 1), so they survive
+    broker outages and restarts and keep their order.
     """
 
     def __init__(self, prefix: str, gateway_id: str) -> None:
         self.prefix = prefix
         self.gateway_id = gateway_id
-        self._queue: queue.SimpleQueue[Accepted] = queue.SimpleQueue()
+        self._incoming: queue.SimpleQueue[Accepted] = queue.SimpleQueue()
+        self._todo: list[Accepted] = []      # not handed to the batcher yet
+        self._sent: list[Accepted] = []      # in the batcher, not committed yet
+        self._retry_at = 0.0
 
     def put(self, cmd: Command, kind: str) -> None:
         """One command's new state."""
@@ -301,23 +307,47 @@ class StatusOutbox:
     def put_doc(self, kind: str, device_id: int, doc: dict[str, Any]) -> None:
         """A finished status document (a refused MQTT command has no stored command)."""
         payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-        self._queue.put(Accepted(device_id=device_id, fcnt=0, kind=kind,
-                                 topic=status_topic(self.prefix, kind, device_id),
-                                 payload=payload, alarm=False, received_at=time.time()))
+        self._incoming.put(Accepted(device_id=device_id, fcnt=0, kind=kind,
+                                    topic=status_topic(self.prefix, kind, device_id),
+                                    payload=payload, alarm=False, received_at=time.time()))
 
-    def drain(self) -> list[Accepted]:
-        """Everything put so far."""
-        out: list[Accepted] = []
+    def hand_over(self, add: Callable[[Accepted], None],
+                  on_failure: Callable[[Exception], None], *, final: bool = False) -> None:
+        """Give the waiting rows to ``add`` (the batcher), unless a retry is not due yet."""
         while True:
             try:
-                out.append(self._queue.get_nowait())
+                self._todo.append(self._incoming.get_nowait())
             except queue.Empty:
-                return out
+                break
+        if not self._todo or (not final and time.monotonic() < self._retry_at):
+            return
+        todo, self._todo = self._todo, []
+        for pos, row in enumerate(todo):
+            self._sent.append(row)
+            try:
+                add(row)
+            except Exception as exc:
+                on_failure(exc)          # calls requeue: the uncommitted ones go back first
+                self._todo.extend(todo[pos + 1:])
+                break
 
-    def put_back(self, rows: list[Accepted]) -> None:
-        """Rows a failed spool commit did not take: kept for the next round."""
-        for row in rows:
-            self._queue.put(row)
+    def requeue(self) -> None:
+        """A commit failed: keep the rows handed over since the last commit for later."""
+        if self._sent:
+            self._todo[:0] = self._sent
+            self._sent = []
+            self._retry_at = time.monotonic() + RETRY_S
+
+    def committed(self, item: Accepted) -> bool:
+        """True (and forgotten) if ``item`` of a committed batch is one of these rows."""
+        if self._sent and item is self._sent[0]:
+            del self._sent[0]
+            return True
+        return False
+
+    def waiting(self) -> int:
+        """Rows not committed yet (for tests and the status report)."""
+        return self._incoming.qsize() + len(self._todo) + len(self._sent)
 
 
 def _transmitter_id(up: Uplink) -> str:
@@ -369,14 +399,20 @@ class DownlinkRuntime:
         """Pending rotations' next keys, for the pipeline."""
         return self.store.next_keys()
 
+    def refresh_keys(self, pipeline: Any) -> Callable[[], None]:
+        """A callback that gives ``pipeline`` the current next keys (after a registry
+        reload: ``knute devices send DEVICE rekey`` changes the registry file)."""
+        def refresh() -> None:
+            try:
+                pipeline.next_keys = self.store.next_keys()
+            except Exception as exc:  # keep the keys we have
+                log.error("downlink key rotations not re-read: %s", exc)
+        return refresh
+
     def heard(self, ready: Ready) -> None:
         """A released frame: its report and the device's queue are looked at."""
         if ready.receptions and ready.receptions[0].frame:
             self.service.heard(uplink_from(ready))
-
-    def rows(self) -> list[Accepted]:
-        """Progress messages to spool now."""
-        return self.outbox.drain()
 
     def start(self) -> None:
         """Start the worker and the command listener."""

@@ -14,18 +14,13 @@ Keys never appear in ``repr()``, logs or CLI output unless asked for explicitly.
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import json
 import logging
-import math
 import os
-import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,17 +33,14 @@ from gateway.dbfile import (
     move_aside,
     quick_check,
 )
+from gateway.device_csv import read_csv
+from gateway.device_fields import device_row, format_device_id
 from gateway.errors import KnuteError
 from gateway.model import Device as Device  # re-exported: the registry holds these
-from gateway.model import finite_only as finite_only
-from protocol import frame, kinds
 
 log = logging.getLogger("knute.registry")
 
 SCHEMA_VERSION = 2
-CSV_COLUMNS = ("device_id", "kind", "key", "name", "site")
-_HEX8 = re.compile(r"^[0-9a-fA-F]{8}$")
-_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 
 
 class DeviceExists(KnuteError):
@@ -57,55 +49,6 @@ class DeviceExists(KnuteError):
 
 class UnknownDevice(KnuteError):
     """No device with this id is registered."""
-
-
-def parse_device_id(text: str | int) -> int:
-    """A device id from decimal, ``0x``-hex or exactly 8 hex digits (the printed form)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        raw = str(text).strip()
-        try:
-            if raw.lower().startswith("0x"):
-                value = int(raw[2:], 16)
-            elif _HEX8.match(raw):
-                value = int(raw, 16)
-            else:
-                value = int(raw, 10)
-        except ValueError:
-            raise KnuteError(
-                f"device id {raw!r} is not decimal, 0x-hex or 8 hex digits") from None
-    if value < 0 or value > frame.MAX_DEVICE_ID:
-        raise KnuteError(f"device id {value} is outside 0..{frame.MAX_DEVICE_ID}")
-    return value
-
-
-def format_device_id(device_id: int) -> str:
-    """The printed form of a device id: 8 lower-case hex digits."""
-    return f"{device_id:08x}"
-
-
-def parse_key(key: str | bytes) -> bytes:
-    """A 16-byte AES key from bytes or 32 hex digits."""
-    if isinstance(key, bytes | bytearray):
-        raw = bytes(key)
-    else:
-        text = key.strip()
-        if not _HEX32.match(text):
-            raise KnuteError("key must be 32 hex digits (16 bytes)")
-        raw = bytes.fromhex(text)
-    if len(raw) != 16:
-        raise KnuteError("key must be 16 bytes")
-    return raw
-
-
-def check_kind(kind: str) -> str:
-    """``kind`` if it names a sensor kind in protocol.kinds, else a KnuteError."""
-    if kind not in kinds.KIND_IDS:
-        names: list[str] = [str(k) for k in kinds.KIND_IDS]
-        known = ", ".join(sorted(names))
-        raise KnuteError(f"unknown kind {kind!r} (known: {known})")
-    return kind
 
 
 @dataclass(frozen=True)
@@ -117,30 +60,6 @@ class Seen:
     seen_at: float
     battery: int | None
     alarms: tuple[str, ...]
-
-
-def csv_line(device_id: int, kind: str, key: bytes | str, name: str = "", site: str = "",
-             location: Mapping[str, Any] | None = None) -> str:
-    """One CSV line (no header) for ``knute devices import``; columns as CSV_COLUMNS.
-
-    Location metadata (address, lat, lon, ...) goes in a final ``location`` column
-    as a JSON object. The provisioning tool writes these lines when it works
-    offline; ``csv_header()`` gives the matching header.
-    """
-    check_kind(kind)
-    raw_key = parse_key(key)
-    buf = io.StringIO()
-    row = [format_device_id(device_id), kind, raw_key.hex(), name, site]
-    if location:
-        row.append(json.dumps(dict(location), sort_keys=True, separators=(",", ":")))
-    csv.writer(buf, lineterminator="\n").writerow(row)
-    return buf.getvalue()
-
-
-def csv_header(with_location: bool = True) -> str:
-    """The header line of an import file."""
-    cols = [*CSV_COLUMNS, "location"] if with_location else list(CSV_COLUMNS)
-    return ",".join(cols) + "\n"
 
 
 # Schema. Version 1 was id, kind, key, name only; version 2 added site metadata and
@@ -318,7 +237,7 @@ class Registry:
                 location = json.loads(row[5] or "{}")
                 if not isinstance(location, dict):
                     location = {}
-                vals = self._values(int(row[0]), str(row[1]), bytes(row[2]), str(row[3]),
+                vals = device_row(int(row[0]), str(row[1]), bytes(row[2]), str(row[3]),
                                     str(row[4]), location)
             except (KnuteError, ValueError, TypeError):
                 bad += 1
@@ -417,20 +336,10 @@ class Registry:
 
     # -- writes ------------------------------------------------------------------
 
-    @staticmethod
-    def _values(device_id: int | str, kind: str, key: bytes | str, name: str, site: str,
-                location: Mapping[str, Any] | None) -> tuple[Any, ...]:
-        dev = parse_device_id(device_id)
-        check_kind(kind)
-        raw_key = parse_key(key)
-        check_location(location or {})
-        loc = json.dumps(dict(location or {}), sort_keys=True, allow_nan=False)
-        return (dev, kind, raw_key, name, site, loc, time.time())
-
     def add(self, device_id: int | str, kind: str, key: bytes | str, name: str = "",
             site: str = "", location: Mapping[str, Any] | None = None) -> Device:
         """Register one device; DeviceExists if the id is taken."""
-        values = self._values(device_id, kind, key, name, site, location)
+        values = device_row(device_id, kind, key, name, site, location)
         with self._lock:
             try:
                 with self._db:
@@ -454,67 +363,21 @@ class Registry:
     def import_csv(self, text: str, *, source: str = "<csv>") -> int:
         """Register every device of a CSV file in one transaction (all or nothing).
 
-        The header names the columns; ``device_id``, ``kind`` and ``key`` are
-        required, ``name``, ``site`` and ``location`` (a JSON object) optional,
-        and any other column becomes a location entry (e.g. ``address``,
-        ``lat``, ``lon``). Any bad line, an id already registered or repeated in
-        the file, a quote left open, a field over the size limit or a
-        non-finite number rejects the whole file with one line naming the line.
-        ``decode_csv`` turns the file's bytes into ``text`` (BOM, UTF-16).
+        The file's form and checks: ``gateway.device_csv``. An id already
+        registered rejects the whole file too, with one line naming the line.
         """
-        text = text.removeprefix("\ufeff")
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-        records = _records(reader, source)
-        try:
-            line, header = next(records)
-        except StopIteration:
-            raise KnuteError(f"{source}: empty file") from None
-        cols = [c.strip() for c in header]
-        missing = [c for c in ("device_id", "kind", "key") if c not in cols]
-        if missing:
-            raise KnuteError(f"{source} line {line}: header lacks column(s) "
-                             f"{', '.join(missing)} (found: {', '.join(cols) or 'none'})")
-        rows: list[tuple[Any, ...]] = []
-        lines: dict[int, int] = {}
-        for line, fields in records:
-            if len(fields) > len(cols):
-                raise KnuteError(f"{source} line {line}: {len(fields)} fields, the header has "
-                                 f"{len(cols)} columns (an unquoted comma?)")
-            raw = dict(zip(cols, fields, strict=False))
-            rec = {k: v.strip() for k, v in raw.items()}
-            try:
-                location: dict[str, Any] = {}
-                if rec.get("location"):
-                    loaded = json.loads(rec["location"], parse_constant=_no_constant)
-                    if not isinstance(loaded, dict):
-                        raise KnuteError("location must be a JSON object")
-                    location.update(loaded)
-                for col, val in rec.items():
-                    if col in (*CSV_COLUMNS, "location") or not val:
-                        continue
-                    location[col] = _location_value(col, val)
-                values = self._values(rec.get("device_id", ""), rec.get("kind", ""),
-                                      rec.get("key", ""), rec.get("name", ""),
-                                      rec.get("site", ""), location)
-            except (KnuteError, ValueError) as exc:
-                raise KnuteError(f"{source} line {line}: {exc}") from None
-            if values[0] in lines:
-                raise KnuteError(
-                    f"{source} line {line}: device {format_device_id(values[0])} "
-                    f"appears twice (first on line {lines[values[0]]})")
-            lines[values[0]] = line
-            rows.append(values)
+        rows = read_csv(text, source)
         with self._lock:
             try:
                 with self._db:
-                    for values in rows:
+                    for line, values in rows:
                         try:
                             self._db.execute(
                                 "INSERT INTO devices (device_id, kind, key, name, site, "
                                 "location, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
                         except sqlite3.IntegrityError:
                             raise DeviceExists(
-                                f"{source} line {lines[values[0]]}: device "
+                                f"{source} line {line}: device "
                                 f"{format_device_id(values[0])} is already registered; "
                                 "nothing imported") from None
             except sqlite3.DatabaseError as exc:
@@ -554,107 +417,4 @@ def _file_id(path: str) -> tuple[int, int] | None:
         return None
     return st.st_dev, st.st_ino
 
-
-def decode_csv(data: bytes, source: str = "<csv>") -> str:
-    """The text of an import file: UTF-8 (with or without a BOM) or UTF-16 with a BOM.
-
-    Anything else (Latin-1, Windows-1252, UTF-16 without a BOM) is one
-    KnuteError naming the line and column of the first byte that is not UTF-8.
-    """
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError as exc:
-            raise KnuteError(f"{source}: not valid UTF-16 at byte {exc.start}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise KnuteError(
-            f"{source} line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column "
-            f"{column}; Latin-1 or Windows-1252?): save the file as UTF-8") from None
-
-
-def _records(reader: Any, source: str) -> Iterator[tuple[int, list[str]]]:
-    """(first line, fields) of every non-blank record; a record spanning lines is an error.
-
-    A quote left open makes the csv module swallow the following lines (keys
-    included) into one field: no knute column holds a line break, so a record
-    that runs over several lines is refused, naming where it starts.
-    """
-    end = 0
-    while True:
-        start = end + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise KnuteError(f"{source} line {start}: {_csv_problem(exc)}") from None
-        end = reader.line_num
-        if end != start:
-            raise KnuteError(f"{source} line {start}: a quoted field runs on to line {end} "
-                             "(a quote left open?)")
-        if fields and any(f.strip() for f in fields):
-            yield start, fields
-
-
-def _csv_problem(exc: csv.Error) -> str:
-    text = str(exc)
-    if "field larger than field limit" in text:
-        return f"a field is longer than {csv.field_size_limit() // 1024} KiB"
-    if "unexpected end of data" in text:
-        return "a quote is left open up to the end of the file"
-    return text
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"location: {name} is not a finite number")
-
-
-# Location entries that must be numbers, and their ranges.
-_NUMERIC_LOCATION = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0)}
-
-
-def _location_value(col: str, val: str) -> Any:
-    """A location entry from a CSV cell: an int, a finite float, or the text."""
-    try:
-        return int(val)
-    except ValueError:
-        pass
-    try:
-        number = float(val)
-    except ValueError:
-        if col in _NUMERIC_LOCATION:
-            raise KnuteError(f"{col}: {val!r} is not a number") from None
-        return val
-    if math.isfinite(number):
-        return number
-    if col in _NUMERIC_LOCATION:
-        raise KnuteError(f"{col}: {val!r} is not a finite number")
-    return val          # "inf" or "nan" as a word in an address stays text
-
-
-def check_location(location: Mapping[str, Any]) -> None:
-    """KnuteError unless every number in ``location`` is finite (and lat/lon in range)."""
-    for key, value in location.items():
-        _check_finite(value, f"location {key}")
-        if key in _NUMERIC_LOCATION:
-            lo, hi = _NUMERIC_LOCATION[key]
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise KnuteError(f"{key}: must be a number, got {value!r}")
-            if not lo <= value <= hi:
-                raise KnuteError(f"{key}: must be {lo:g}..{hi:g}, got {value:g}")
-
-
-def _check_finite(value: Any, where: str) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise KnuteError(f"{where}: {value} is not a finite number")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_finite(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for item in value:
-            _check_finite(item, where)
 

@@ -67,36 +67,11 @@ read back, is parked by :meth:`Spool.pending` itself and never published.
 Parked rows are kept for inspection (``knute gateway parked``), bounded by
 ``MAX_PARKED_ROWS`` and ``max_parked_bytes``, the oldest dropped first.
 
-Bounds and overflow policy
---------------------------
-``max_bytes`` bounds the stored rows (their stored bytes + a fixed per-row
-overhead of ``ROW_OVERHEAD`` bytes for keys and indexes); the database file
-can be somewhat larger (free pages after a drain are reused, not returned).
-When an accept goes over it, the oldest routine rows are evicted first and
-rows carrying an alarm only once no routine row is left. ``max_age_s``
-bounds age: rows older than that (by ``received_at``) are evicted, routine
-and alarm alike, checked at most once a second. Every eviction is counted in
-persisted counters (``evicted_total`` and by reason and class) reported by
-:meth:`Spool.stats`, and logged.
-
-A file system that fills up before ``max_bytes`` is reached (SQLITE_FULL)
-makes the disk the bound. On a full disk SQLite can write nothing, not even a
-delete (the WAL cannot grow, a checkpoint cannot extend the file), so the
-spool holds ``RESERVE_BYTES`` (8 MiB, at most max_bytes/4) in
-``<path>.reserve`` from its start and gives it back at the first SQLITE_FULL;
-the WAL is then checkpointed, the failed transaction is rolled back, the limit
-is lowered below what is stored (by a tenth, or twice the batch) until the
-next start, and the batch is retried once with room made first by the same
-policy, counted as size evictions. Freed pages are reused inside the file,
-so later inserts and checkpoints need no new disk space. A checkpoint that
-fails after a commit is logged and retried; it never un-accepts the batch.
-
-Delivery order
---------------
-Row ids come from ``AUTOINCREMENT`` and are never reused, so an id held by
-the forwarder for an in-flight message can never name a newer row.
-:meth:`Spool.pending` returns rows in id order, which is acceptance order and,
-per device, frame-counter order.
+Bounds and delivery order
+-------------------------
+``max_bytes`` and ``max_age_s`` bound the stored rows, and a full file
+system makes the disk the bound: gateway.spool_bounds. The forwarder reads
+rows in acceptance order and deletes them on PUBACK: gateway.spool_drain.
 
 Schema and recovery
 -------------------
@@ -115,7 +90,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -130,9 +104,10 @@ from gateway.dbfile import (
     move_aside,
     quick_check,
 )
+from gateway.spool_bounds import EVICTION_KEYS, RESERVE_BYTES, Bounds
+from gateway.spool_drain import Draining
 from gateway.spool_park import MAX_PARKED_ROWS, Parking
 from gateway.spool_rows import (
-    STORED_COLUMNS,
     Accepted,
     ContextTable,
     ParkedRow,
@@ -140,9 +115,7 @@ from gateway.spool_rows import (
     SpoolError,
     create_private,
     is_disk_full,
-    make_reserve,
     read_parked,
-    render_rows,
     row_size,
     store_form,
 )
@@ -160,27 +133,16 @@ log = logging.getLogger("knute.spool")
 __all__ = ["MAX_PARKED_ROWS", "ROW_OVERHEAD", "SCHEMA_VERSION", "AcceptBatcher", "Accepted",
            "ParkedRow", "Row", "Spool", "SpoolError", "read_parked", "row_size"]
 
-_CHUNK = 500               # ids per IN (...) statement, below every SQLite variable limit
-_AGE_CHECK_S = 1.0
-RESERVE_BYTES = 8 * 1024 * 1024   # disk held back for a full file system (max_bytes/4 at most)
 # Larger than any reading the kinds table allows with the receivers bound (about 4 KB),
 # and below every common broker limit (AWS IoT Core 128 KB, EMQX 1 MB by default).
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 
-# Persisted counters (table meta). evicted_total is the sum of the four evicted_* classes.
-EVICTION_KEYS = (
-    "evicted_total",
-    "evicted_size_routine",
-    "evicted_size_alarm",
-    "evicted_age_routine",
-    "evicted_age_alarm",
-)
 # parked_total: rows ever parked; parked_dropped: parked rows later dropped by the bound.
 COUNTER_KEYS = ("accepted_total", "acked_total", *EVICTION_KEYS,
                 "parked_total", "parked_dropped")
 
 
-class Spool(Parking):
+class Spool(Draining, Bounds, Parking):
     """A durable, bounded queue of accepted frames plus the replay counters and epochs.
 
     Thread-safe: one SQLite connection behind a lock, so the ingest side
@@ -399,85 +361,6 @@ class Spool(Parking):
             self._depth, self._bytes, self._counters = depth, nbytes, counters
             raise
 
-    def _make_reserve(self) -> None:
-        """Hold the reserve (see make_reserve); a failure is logged, not fatal."""
-        make_reserve(self.reserve_path, self._reserve_bytes)
-
-    def _room_to_write(self) -> None:
-        """After SQLITE_FULL: give back the reserve and fold the WAL into the file."""
-        if os.path.exists(self.reserve_path):
-            with contextlib.suppress(OSError):
-                os.unlink(self.reserve_path)
-                log.error("spool %s: disk full: released the %d-byte reserve; it is taken "
-                          "again at the next start", self.path, self._reserve_bytes)
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:
-            log.warning("spool %s: checkpoint on a full disk failed: %s", self.path, exc)
-
-    def _maybe_checkpoint(self) -> None:
-        # After the commit: a failure here (a full disk) never un-accepts the batch.
-        # Once the disk has filled, every commit is checkpointed so the WAL stays small.
-        disk_bound = self._disk_limit < self.max_bytes
-        if self.fsync != "normal" and not disk_bound:
-            return
-        now = time.monotonic()
-        if disk_bound or now - self._last_checkpoint >= self._checkpoint_interval_s:
-            self._last_checkpoint = now
-            try:
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:
-                log.warning("spool %s: checkpoint failed (%s); will retry", self.path, exc)
-
-    def _evict(self, now: float, force_age: bool = False, room: int = 0) -> None:
-        """Apply the age and size bounds inside the caller's transaction.
-
-        ``room``: also free that many bytes below the limit (before an insert).
-        The limit is ``max_bytes``, or less after the file system filled up.
-        """
-        deltas = dict.fromkeys(EVICTION_KEYS, 0)
-        limit = max(0, min(self.max_bytes, self._disk_limit) - room)
-        if force_age or now - self._last_age_check >= _AGE_CHECK_S:
-            self._last_age_check = now
-            cutoff = now - self.max_age_s
-            n, alarms, size = self._db.execute(
-                "SELECT count(*), total(alarm), total(size) FROM rows WHERE received_at < ?",
-                (cutoff,)).fetchone()
-            if n:
-                self._db.execute("DELETE FROM rows WHERE received_at < ?", (cutoff,))
-                deltas["evicted_age_alarm"] = int(alarms)
-                deltas["evicted_age_routine"] = int(n) - int(alarms)
-                self._depth -= int(n)
-                self._bytes -= int(size)
-        for alarm, key in ((0, "evicted_size_routine"), (1, "evicted_size_alarm")):
-            while self._bytes > limit:
-                over = self._bytes - limit
-                victims = []
-                freed = 0
-                # Oldest first; alarms are rare, so this walk by id skips few rows.
-                for row_id, size in self._db.execute(
-                        "SELECT id, size FROM rows WHERE alarm = ? ORDER BY id LIMIT ?",
-                        (alarm, _CHUNK)).fetchall():
-                    victims.append((row_id,))
-                    freed += size
-                    if freed >= over:
-                        break
-                if not victims:
-                    break
-                self._db.executemany("DELETE FROM rows WHERE id = ?", victims)
-                deltas[key] += len(victims)
-                self._depth -= len(victims)
-                self._bytes -= freed
-        evicted = sum(deltas.values())
-        if evicted:
-            deltas["evicted_total"] = evicted
-            self._bump(deltas)
-            for k, n in deltas.items():
-                self._counters[k] += n
-            log.warning("spool %s: evicted %d rows (%s)", self.path, evicted,
-                        ", ".join(f"{k}={n}" for k, n in deltas.items()
-                                  if n and k != "evicted_total"))
-
     def counters(self) -> dict[int, int]:
         """Replay state: device_id -> last accepted frame counter (devices that have one)."""
         with self._lock:
@@ -525,78 +408,6 @@ class Spool(Parking):
         log.warning("spool %s: replay counter of device %08x reset, epoch %d begins",
                     self.path, device_id, epoch)
         return epoch
-
-    def pending(self, limit: int, after_id: int = 0) -> list[Row]:
-        """Up to ``limit`` rows with id > ``after_id``, oldest first (per-device order kept).
-
-        Each row carries the topic and JSON bytes to publish. A row whose
-        message is over ``max_message_bytes``, or whose stored bytes cannot be
-        read back, is parked instead (never published) and left out.
-        """
-        while True:
-            with self._lock:
-                raw = self._db.execute(
-                    f"SELECT {STORED_COLUMNS} FROM rows WHERE id > ? ORDER BY id LIMIT ?",
-                    (after_id, limit)).fetchall()
-                contexts = {r[4]: self._contexts.parsed(self._db, r[4]) for r in raw}
-            out, bad = render_rows(raw, contexts, self.max_message_bytes)
-            for reason, ids in bad.items():
-                self.park(ids, reason)
-            if out or not bad or not raw:
-                return out
-            after_id = raw[-1][0]               # a whole batch parked: read on
-
-    def ack(self, row_ids: Sequence[int]) -> int:
-        """Delete delivered rows (broker PUBACK). Returns how many were still there.
-
-        Ids already gone (evicted while in flight, or acked twice) are ignored.
-        """
-        if not row_ids:
-            return 0
-        with self._lock:
-            try:
-                deleted, freed = self._ack_rows(row_ids)
-            except sqlite3.Error as exc:
-                if not is_disk_full(exc):
-                    raise SpoolError(f"spool {self.path}: ack failed: {exc}") from exc
-                self._room_to_write()
-                try:
-                    deleted, freed = self._ack_rows(row_ids)
-                except sqlite3.Error as again:
-                    raise SpoolError(f"spool {self.path}: ack failed: {again}") from again
-            self._counters["acked_total"] += deleted
-            self._depth -= deleted
-            self._bytes -= freed
-        return deleted
-
-    def _ack_rows(self, row_ids: Sequence[int]) -> tuple[int, int]:
-        """The ack transaction (caller holds the lock): (rows deleted, bytes freed)."""
-        deleted = 0
-        freed = 0
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._begin()
-            try:
-                for start in range(0, len(row_ids), _CHUNK):
-                    chunk = list(row_ids[start:start + _CHUNK])
-                    marks = ",".join("?" * len(chunk))
-                    n, size = self._db.execute(
-                        f"SELECT count(*), total(size) FROM rows WHERE id IN ({marks})",
-                        chunk).fetchone()
-                    if n:
-                        self._db.execute(f"DELETE FROM rows WHERE id IN ({marks})", chunk)
-                        deleted += int(n)
-                        freed += int(size)
-                self._bump({"acked_total": deleted})
-                self._db.execute("COMMIT")
-            except BaseException:
-                # SQLite may already have rolled back (SQLITE_FULL at COMMIT).
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
-        finally:
-            self._db.execute(f"PRAGMA synchronous={self._sync_pragma}")
-        return deleted, freed
 
     def stats(self) -> dict[str, int]:
         """depth, bytes, max_bytes, oldest_age_s, parked, parked_bytes and the counters."""

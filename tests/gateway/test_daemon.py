@@ -413,7 +413,7 @@ def test_kill_9_loses_nothing_accepted_and_rejects_replays(setup: dict[str, Any]
 def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
-    from gateway.daemon import setup_logging
+    from gateway.logsetup import setup_logging
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)

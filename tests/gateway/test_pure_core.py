@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 IO_MODULES = ("sqlite3", "socket", "select", "ssl", "paho", "serial", "gateway.spool",
               "gateway.registry", "gateway.status", "gateway.forwarder", "gateway.daemon",
-              "gateway.dbfile")
+              "gateway.registry_watch", "gateway.dbfile")
 
 
 def test_pipeline_and_delivery_window_import_no_io_module() -> None:

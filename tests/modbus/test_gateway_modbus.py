@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import config
-from gateway.daemon import condition_row
+from gateway.conditions import condition_row
 from gateway.errors import EXIT_CONFIG, KnuteError
 from gateway.modbus.link import LINK_REASONS
 from gateway.modbus.poller import DeviceCondition

@@ -14,8 +14,8 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from gateway.device_fields import parse_device_id, parse_key
 from gateway.errors import KnuteError
-from gateway.registry import parse_device_id, parse_key
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:

@@ -135,8 +135,8 @@ def _downlinks(args: argparse.Namespace) -> Any:
 
 
 def _send(args: argparse.Namespace, reg: Any) -> int:
+    from gateway.device_fields import format_device_id, parse_device_id
     from gateway.downlink_plan import config_values
-    from gateway.registry import format_device_id, parse_device_id
 
     device_id = parse_device_id(args.device)
     if reg.get(device_id) is None:
@@ -276,7 +276,7 @@ def _notify(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any]
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one device sub-command."""
-    from gateway.registry import format_device_id, parse_device_id
+    from gateway.device_fields import format_device_id, parse_device_id
 
     action = args.devices_command
     if action == "reset-counter":
@@ -357,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed {format_device_id(device_id)}")
             return 0
         if action == "import":
-            from gateway.registry import decode_csv
+            from gateway.device_csv import decode_csv
 
             try:
                 with open(args.file, "rb") as fh:
@@ -407,7 +407,7 @@ def _print_table(devices: list[Any], show_key: bool) -> None:
 
 
 def _reset_counter(args: argparse.Namespace) -> int:
-    from gateway.registry import format_device_id, parse_device_id
+    from gateway.device_fields import format_device_id, parse_device_id
 
     device_id = parse_device_id(args.device)
     name = format_device_id(device_id)

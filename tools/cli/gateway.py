@@ -93,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from gateway import config
-    from gateway.daemon import Daemon, setup_logging
+    from gateway.daemon import Daemon
     from gateway.errors import ConfigError
+    from gateway.logsetup import setup_logging
 
     try:
         cfg = config.load(args.config)

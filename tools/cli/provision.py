@@ -206,7 +206,7 @@ def csv_ids(path: Path) -> set[int]:
     """Device ids already in a CSV import file."""
     import csv as csv_mod
 
-    from gateway.registry import parse_device_id
+    from gateway.device_fields import parse_device_id
 
     if not path.exists():
         return set()
@@ -319,7 +319,8 @@ def _open_registry(path: str) -> Any:
 
 def run_provision(args: argparse.Namespace) -> int:
     """The provisioning steps, registry last."""
-    from gateway.registry import csv_header, csv_line, format_device_id, parse_device_id
+    from gateway.device_csv import csv_header, csv_line
+    from gateway.device_fields import format_device_id, parse_device_id
 
     registers = args.kind != "radio_bridge"
     registry = _open_registry(args.registry) if args.registry and registers else None
@@ -443,7 +444,7 @@ def format_summary(summary: dict[str, Any], registers: bool = True) -> str:
 def run_check(args: argparse.Namespace) -> int:
     """Read the board's config and firmware version and compare them with the registry."""
     from firmware import VERSION
-    from gateway.registry import format_device_id
+    from gateway.device_fields import format_device_id
 
     with Board(args.port, args.timeout) as board:
         raw = board.read_file("/config.json")

@@ -71,7 +71,7 @@ def open_outputs(args: argparse.Namespace) -> Outputs:
 
 def register(args: argparse.Namespace, fleet: Any) -> None:
     """Register the fleet (--registry) and/or write it as CSV (--csv)."""
-    from gateway import registry
+    from gateway import device_csv, registry
 
     if args.registry:
         reg = registry.Registry(args.registry)
@@ -84,10 +84,10 @@ def register(args: argparse.Namespace, fleet: Any) -> None:
             reg.close()
     if args.csv:
         with open(args.csv, "w", encoding="utf-8") as f:
-            f.write(registry.csv_header(with_location=False))
+            f.write(device_csv.csv_header(with_location=False))
             for node in fleet.nodes:
-                f.write(registry.csv_line(node.device_id, node.kind, node.key,
-                                          f"sim-{node.device_id:08x}", "simulated"))
+                f.write(device_csv.csv_line(node.device_id, node.kind, node.key,
+                                            f"sim-{node.device_id:08x}", "simulated"))
 
 
 def _write_serial(out: Outputs, data: bytes) -> None:

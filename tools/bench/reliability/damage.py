@@ -129,7 +129,7 @@ def case_disk_full(workdir: Path, *, free_kb: int = 1024, overfill: float = 2.0,
     must keep running, evict by its policy (oldest routine first), count the
     evictions, keep the file intact, and deliver what it kept.
     """
-    from gateway.spool import RESERVE_BYTES
+    from gateway.spool_bounds import RESERVE_BYTES
 
     result = CaseResult("disk_full", runs=1)
     size_kb = free_kb + RESERVE_BYTES // 1024 + 1024

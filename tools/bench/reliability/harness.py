@@ -140,7 +140,8 @@ class GatewayProc(GatewayProcess):
                  spool_path: str | None = None, spool_max_mb: float = 64.0,
                  fsync: str = "normal", mqtt_extra: str = "", mqtt_host: str = "127.0.0.1",
                  log_level: str = "info", log_json: bool = False) -> None:
-        from gateway.registry import Registry, csv_header, csv_line
+        from gateway.device_csv import csv_header, csv_line
+        from gateway.registry import Registry
 
         super().__init__(root)
         self.spool_path = spool_path or str(root / "spool.db")
