@@ -1,0 +1,98 @@
+"""A UART node's downlinks through a real gateway process: the command queued with
+``knute devices send`` comes back over the node's serial link as a FRAME record
+right after its uplink, and the node's receiving side (firmware.downlink, here on
+CPython behind a pty) applies it."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import time
+from pathlib import Path
+
+from firmware.downlink import Downlink
+from firmware.state import Store
+from protocol import downlink, frame, stream
+from tests.conftest import Broker
+from tools.rig.gateway import GatewayProcess
+from tools.rig.ptys import Pty
+
+KEY = bytes(range(16))
+DEV = 0x1234
+
+
+def records(pty: Pty, timeout: float) -> list[tuple[int, bytes]]:
+    """Records the gateway writes to the node within ``timeout`` seconds."""
+    decoder = stream.StreamDecoder()
+    out: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not out:
+        ready, _, _ = select.select([pty.master], [], [], 0.1)
+        if ready:
+            for item in decoder.feed(os.read(pty.master, 4096)):
+                assert isinstance(item, tuple), item
+                out.append(item)
+    return out
+
+
+def test_uart_node_receives_its_command_after_its_uplink(
+        tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
+    gw = GatewayProcess(tmp_path / "gw")
+    wired = Pty(tmp_path / "ttyNODE")
+    gw.write_config(f"""
+[gateway]
+id = "gw-serial"
+dedup_window_ms = 50
+drain_timeout_s = 3
+[status]
+socket = "{gw.status_socket}"
+[mqtt]
+host = "127.0.0.1"
+port = {mosquitto.port}
+prefix = "t"
+[downlinks]
+commands_from_mqtt = false
+[[serial]]
+name = "wired"
+url = "{tmp_path / 'ttyNODE'}"
+""")
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    (node_dir / "config.json").write_text(json.dumps({
+        "role": "water_meter", "device_id": DEV, "key": KEY.hex(), "link": {"type": "uart"},
+        "water": {"sends_per_day": 4, "profile_len": 6}}))
+    node = Downlink(Store(str(node_dir / "state")), DEV, str(node_dir / "config.json"),
+                    upd_root=str(node_dir / "upd"), lib=str(node_dir / "lib"))
+    try:
+        gw.cli("devices", "add", f"{DEV:08x}", "--kind", "water_meter", "--key", KEY.hex())
+        gw.start()
+        sent = gw.cli("devices", "send", f"{DEV:08x}", "config", "water.sends_per_day=2",
+                      "water.profile_len=12", "--json")
+        cmd_id = json.loads(sent.stdout)[0]["cmd_id"]
+        values = {"index": 1000, "profile_end_h": 3, "battery": 19, "profile": [1]}
+        before = time.time()
+        wired.write(stream.encode_record(
+            stream.REC_FRAME, frame.encode("water_meter", DEV, 1, values, KEY)))
+        got = records(wired, 15.0)
+        assert got, gw.log_tail()
+        rtype, body = got[0]
+        assert rtype == stream.REC_FRAME
+        dl = downlink.decode(body, KEY)
+        print(f"downlink {body.hex()} ({len(body)} bytes) commands {dl['commands']}")
+        ops = [c[1] for c in dl["commands"]]
+        assert ops == [downlink.OP_CONFIG]
+        assert dl["commands"][0][0] == cmd_id
+        node.uplink_sent(1)
+        assert node.receive(body) is None
+        cfg = json.loads((node_dir / "config.json").read_text())
+        assert cfg["water"] == {"sends_per_day": 2, "profile_len": 12}
+        show = json.loads(gw.cli("devices", "show", f"{DEV:08x}", "--json").stdout)
+        assert [(c["cmd_id"], c["state"]) for c in show["downlinks"]] == [(cmd_id, "sent")]
+        assert show["downlink_counter"] == 0
+        assert gw.status()["totals"].get("downlinks_sent") == 1
+        print(f"uplink to downlink on the wire within {time.time() - before:.2f} s")
+        assert gw.stop() == 0
+    finally:
+        gw.close()
+        wired.close()
