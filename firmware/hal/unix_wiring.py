@@ -86,7 +86,8 @@ def lora_modem(hal, radio):
     """The bench radio file (bench "radio") standing in for the LoRa modem."""
     from firmware.hal import unix_bench
 
-    return unix_bench.BenchRadio(hal, wire(hal, "radio", "path"), hal.bench)
+    rx_path = (hal.bench.get("radio") or {}).get("rx_path")
+    return unix_bench.BenchRadio(hal, wire(hal, "radio", "path"), hal.bench, rx_path)
 
 
 def led(hal):
