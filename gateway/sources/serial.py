@@ -17,8 +17,9 @@ until the device is back; the daemon keeps running meanwhile.
 
 Downlinks go back over the same link (``transmit_downlink``): to a UART node
 as a FRAME record written at once (the node reads it in its receive window;
-the link buffers it until then), to a radio-bridge node as the bridge's
-transmit record (docs/protocol.md section 6).
+the link buffers it until then), to a radio-bridge node as a TX record with
+``at_ms`` 0, which the bridge places in the uplink's RX1 or RX2 window by its
+own clock (docs/protocol.md section 6).
 """
 
 from __future__ import annotations
@@ -138,14 +139,10 @@ class SerialSource(ThreadedSource):
                           done: Callable[[str | None], None]) -> str | None:
         """Write a downlink to the node behind this link; None, or why it could not."""
         if up.path != "serial":
-            tx = getattr(stream, "pack_tx", None)
-            if tx is None:
-                return "bridge_unsupported"
-            end_ms = up.receiver.get("end_ms")
-            at_ms = (int(end_ms) + round((window.at_s - up.end_s) * 1000)
-                     if isinstance(end_ms, int) else 0)
-            record = stream.encode_record(stream.REC_TX,  # type: ignore[attr-defined]
-                                          tx(at_ms, window.freq_hz, window.sf, frame))
+            # at_ms 0: the bridge knows the end of the uplink to the millisecond and
+            # places the downlink in that window itself (docs/protocol.md section 6).
+            record = stream.encode_record(stream.REC_TX,
+                                          stream.pack_tx(0, window.freq_hz, window.sf, frame))
         else:
             record = stream.encode_record(stream.REC_FRAME, frame)
         with self._lock:

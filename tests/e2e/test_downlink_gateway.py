@@ -185,6 +185,12 @@ def test_mqtt_command_leaves_in_rx1_and_tx_ack_errors_requeue(one: dict[str, Any
     assert show["downlink_counter"] == 1
     assert [(c["cmd_id"], c["state"], c["sends"]) for c in show["downlinks"]] == [
         (1, "sent", 2)]
+    # The node applied it and says so in its next uplink's report.
+    report = [downlink.FLAG_WANT, 1 << 8 | downlink.APPLIED]
+    pf.push(rxpk(water(3, {"dl": report}), tmst=RX_TMST + 9_000_000))
+    wait_for(lambda: watcher.states("c-1")[-1:] == ["applied"], 20, "c-1 applied")
+    assert watcher.states("c-1") == ["queued", "sent", "queued", "sent", "applied"]
+    assert pull_resp(pf, timeout=2.0) is None           # nothing left to send
     assert gw.stop() == 0
     status = validator("downlink_status.schema.json")
     assert watcher.messages and set(watcher.topics) == {f"{topic}/status"}

@@ -17,6 +17,7 @@ from protocol import downlink, frame, stream
 from tests.conftest import Broker
 from tools.rig.gateway import GatewayProcess
 from tools.rig.ptys import Pty
+from tools.rig.wait import wait_for
 
 KEY = bytes(range(16))
 DEV = 0x1234
@@ -87,11 +88,34 @@ url = "{tmp_path / 'ttyNODE'}"
         assert node.receive(body) is None
         cfg = json.loads((node_dir / "config.json").read_text())
         assert cfg["water"] == {"sends_per_day": 2, "profile_len": 12}
-        show = json.loads(gw.cli("devices", "show", f"{DEV:08x}", "--json").stdout)
-        assert [(c["cmd_id"], c["state"]) for c in show["downlinks"]] == [(cmd_id, "sent")]
-        assert show["downlink_counter"] == 0
-        assert gw.status()["totals"].get("downlinks_sent") == 1
         print(f"uplink to downlink on the wire within {time.time() - before:.2f} s")
+        # The node's next uplink reports it; the gateway marks it applied.
+        report = node.report()
+        assert report is not None
+        wired.write(stream.encode_record(stream.REC_FRAME, frame.encode(
+            "water_meter", DEV, 2, {**values, "dl": report}, KEY)))
+        node.report_sent()
+
+        def state() -> str:
+            show = json.loads(gw.cli("devices", "show", f"{DEV:08x}", "--json").stdout)
+            cmds = {c["cmd_id"]: c["state"] for c in show["downlinks"]}
+            return str(cmds[cmd_id])
+
+        wait_for(lambda: state() == "applied", 20, "the command to be applied")
+        # The report also asked for the time (no clock since the node's boot): the
+        # answer is the end of uplink 2, as the gateway saw the record arrive.
+        node.uplink_sent(2)
+        got = records(wired, 15.0)
+        assert got and got[0][0] == stream.REC_FRAME
+        clock = downlink.decode(got[0][1], KEY)
+        assert clock["dcnt"] == 1
+        (cmd,) = clock["commands"]
+        assert cmd[1:3] == [downlink.OP_CLOCK, 2]
+        stamp = cmd[3] + cmd[4] / 1000
+        assert abs(stamp - time.time()) < 5, stamp
+        assert node.receive(got[0][1]) is None and node.now_ms() is not None
+        totals = gw.status()["totals"]
+        assert (totals.get("downlinks_sent"), totals.get("downlinks_applied")) == (2, 1)
         assert gw.stop() == 0
     finally:
         gw.close()

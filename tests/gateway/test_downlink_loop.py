@@ -19,7 +19,7 @@ import pytest
 from firmware.downlink import Downlink
 from firmware.state import Store
 from gateway.downlink_plan import PATH_PKTFWD, PATH_SERIAL, Uplink, Window
-from gateway.downlink_service import DownlinkService
+from gateway.downlink_service import DownlinkService, uplink_from
 from gateway.downlinks import Command, DownlinkStore
 from gateway.model import Counters, Reception
 from gateway.pipeline import Pipeline
@@ -74,26 +74,27 @@ class Loop:
         self.pipeline = Pipeline(reg.snapshot())
 
     def uplink(self, *, end_s: float | None = None, alarm: int = 0) -> Uplink:
-        """The node sends its next uplink (with its report); the worker handles it."""
+        """The node sends its next uplink (its report as the frame's ``dl`` field, sealed
+        with the key the node uses); the real pipeline verifies it, the worker handles it."""
         self.fcnt += 1
         report = self.node.report()
         values: dict[str, Any] = {"index": 1000, "profile_end_h": 3, "battery": 19,
                                   "profile": [1], "alarms": alarm}
-        # The frame travels through the real pipeline under the key the node uses
-        # (the current one, or the new one while a rotation is pending).
+        if report is not None:
+            values["dl"] = report
         self.pipeline.next_keys = self.store.next_keys()
         self.pipeline.update_devices(self.registry.snapshot())
         raw = frame.encode("water_meter", DEV, self.fcnt, values, self.node.uplink_key())
-        verdict = self.pipeline.submit(Reception("src", "serial", raw, 0.0, 0.0, {}))
+        end = time.time() if end_s is None else end_s
+        receiver: dict[str, Any] = {"source": "src"}
+        if self.path == PATH_PKTFWD:
+            receiver.update(freq_hz=868100000, sf=9, gateway_eui="aa", tmst=1)
+        verdict = self.pipeline.submit(Reception(
+            "src", "radio" if self.path == PATH_PKTFWD else "serial", raw, end, 0.0,
+            receiver))
         assert verdict.status == "pending", verdict
-        ready = self.pipeline.drain()[0]
-        if report is not None:
-            values["dl"] = report
-        receiver = {"freq_hz": 868100000, "sf": 9, "gateway_eui": "aa", "tmst": 1}
-        up = Uplink(DEV, "water_meter", self.fcnt, values,
-                    time.time() if end_s is None else end_s, "src", self.path,
-                    receiver if self.path == PATH_PKTFWD else {},
-                    under_next_key=ready.under_next_key)
+        up = uplink_from(self.pipeline.drain()[0])
+        assert up.path == self.path and up.end_s == end
         self.node.uplink_sent(self.fcnt, self.board_ms)
         self.node.report_sent()
         self.service.handle(up)
