@@ -208,3 +208,30 @@ def test_packet_forwarder_window_rx1_then_rx2_when_the_budget_is_spent(
         assert (win.name, win.freq_hz, win.sf) == ("rx2", 869525000, 12)
     finally:
         lp.close()
+
+
+def test_module_update_reaches_the_node_in_order(loop: Loop, tmp_path: Path) -> None:
+    lib = tmp_path / "node" / "lib"
+    for path, text in (("firmware/__init__.py", ""), ("firmware/app.py", "APP = 1\n"),
+                       ("protocol/__init__.py", "")):
+        (lib / path).parent.mkdir(parents=True, exist_ok=True)
+        (lib / path).write_text(text)
+    module = b"APP = 2\n" + b"# padding\n" * 60
+    bundle = dls.bundle([("firmware/app.py", module)])
+    loop.uplink()
+    loop.uplink()                                          # clock out of the way
+    cmds = loop.store.queue_update(DEV, bundle, 192)
+    chunks = -(-len(bundle) // 192)
+    assert [c.op for c in cmds] == ["upd_begin"] + ["upd_chunk"] * chunks + ["upd_switch"]
+    for _ in range(chunks + 3):
+        loop.uplink()
+    states = loop.states()
+    assert all(states[c.cmd_id] == ("applied", None) for c in cmds), states
+    assert loop.node.reboot
+    from firmware import downlink_update
+
+    folder, rolled = downlink_update.boot_hook(str(tmp_path / "node" / "upd"))
+    assert rolled is None and (Path(folder) / "firmware/app.py").read_bytes() == module
+    sizes = [len(f) for f, _ in loop.link.sent]
+    print(f"update of {len(bundle)} bytes in downlinks of {sizes} bytes")
+    assert max(sizes) <= dls.MAX_DOWNLINK
