@@ -33,6 +33,9 @@ RX2_FREQ_HZ = 869525000
 RX2_SF = 12
 BW_HZ = 125000
 SERIAL_LIMIT = pdl.MAX_DOWNLINK
+# A radio window is used only when the downlink can reach its transmitter this long
+# before the window opens (a concentrator's just-in-time queue wants it ahead of time).
+TX_LEAD_S = 0.2
 HOUR_S = 3600.0
 
 # Path kinds: how a device was heard, so how a downlink reaches it
@@ -54,6 +57,7 @@ class Uplink:
     path: str                             # PATH_*
     receiver: Mapping[str, Any] = field(default_factory=dict)
     under_next_key: bool = False          # verified under a pending rotation's key
+    heard_s: float | None = None          # the gateway's clock when it arrived (end_s if None)
 
     @property
     def report(self) -> tuple[int, list[tuple[int, str, int]]]:
@@ -105,11 +109,12 @@ class Window:
     """Where and when a downlink goes out."""
 
     name: str                 # "rx1" | "rx2" | "serial"
-    at_s: float               # unix seconds the transmission must start
+    at_s: float               # when the window opens, by the gateway's clock (unix s)
     freq_hz: int
     sf: int
     limit: int                # the largest downlink this window carries
     airtime_ms: float = 0.0
+    delay_s: float = RX1_DELAY_S      # after the end of the uplink
 
 
 class DutyLedger:
@@ -141,14 +146,15 @@ class DutyLedger:
 
 def windows(up: Uplink) -> list[Window]:
     """The receive windows after ``up``, in order of preference."""
+    base = up.end_s if up.heard_s is None else up.heard_s
     if up.path == PATH_SERIAL:
-        return [Window("serial", up.end_s + RX1_DELAY_S, 0, 0, SERIAL_LIMIT)]
+        return [Window("serial", base + RX1_DELAY_S, 0, 0, SERIAL_LIMIT)]
     out: list[Window] = []
     freq, sf = up.freq_hz, up.sf
     if freq is not None and sf is not None and sf in pdl.EU868_MAX_PAYLOAD:
-        out.append(Window("rx1", up.end_s + RX1_DELAY_S, freq, sf, pdl.EU868_MAX_PAYLOAD[sf]))
-    out.append(Window("rx2", up.end_s + RX2_DELAY_S, RX2_FREQ_HZ, RX2_SF,
-                      pdl.EU868_MAX_PAYLOAD[RX2_SF]))
+        out.append(Window("rx1", base + RX1_DELAY_S, freq, sf, pdl.EU868_MAX_PAYLOAD[sf]))
+    out.append(Window("rx2", base + RX2_DELAY_S, RX2_FREQ_HZ, RX2_SF,
+                      pdl.EU868_MAX_PAYLOAD[RX2_SF], delay_s=RX2_DELAY_S))
     return out
 
 
@@ -218,11 +224,14 @@ def choose(up: Uplink, due: Sequence[tuple[int, str, Mapping[str, Any]]],
         size = downlink_size([c for _, c in chosen])
         if win.name == "serial":
             return Plan(tuple(c for c, _ in chosen), tuple(c for _, c in chosen), win)
+        if now_s is not None and now_s > win.at_s - TX_LEAD_S:
+            continue            # too late for this window: the transmitter needs a lead
+
         toa = airtime.time_on_air_ms(size, win.sf, BW_HZ)
         if ledger is not None and not ledger.fits(win.freq_hz, toa,
                                                   win.at_s if now_s is None else now_s):
             continue
-        placed = Window(win.name, win.at_s, win.freq_hz, win.sf, win.limit, toa)
+        placed = Window(win.name, win.at_s, win.freq_hz, win.sf, win.limit, toa, win.delay_s)
         return Plan(tuple(c for c, _ in chosen), tuple(c for _, c in chosen), placed)
     return None
 

@@ -260,7 +260,8 @@ def uplink_from(ready: Ready) -> Uplink:
     decoded = ready.decoded
     return Uplink(device_id=ready.device.device_id, kind=decoded["kind"], fcnt=decoded["fcnt"],
                   values=decoded["values"], end_s=end_s, source=rx.source, path=path,
-                  receiver=receiver, under_next_key=ready.under_next_key)
+                  receiver=receiver, under_next_key=ready.under_next_key,
+                  heard_s=ready.received_at)
 
 
 def status_topic(prefix: str, kind: str, device_id: int) -> str:

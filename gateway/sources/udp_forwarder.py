@@ -583,8 +583,7 @@ class UdpForwarderSource(ThreadedSource):
         tmst = up.receiver.get("tmst")
         if not isinstance(tmst, int):
             return "no_tmst"
-        delay_s = window.at_s - up.end_s
-        txpk = {"imme": False, "tmst": (tmst + round(delay_s * 1e6)) % (1 << 32),
+        txpk = {"imme": False, "tmst": (tmst + round(window.delay_s * 1e6)) % (1 << 32),
                 "freq": round(window.freq_hz / 1e6, 6), "rfch": 0,
                 "powe": 27 if window.name == "rx2" else 14, "modu": "LORA",
                 "datr": f"SF{window.sf}BW125", "codr": "4/5", "ipol": True,

@@ -235,3 +235,17 @@ def test_module_update_reaches_the_node_in_order(loop: Loop, tmp_path: Path) -> 
     sizes = [len(f) for f, _ in loop.link.sent]
     print(f"update of {len(bundle)} bytes in downlinks of {sizes} bytes")
     assert max(sizes) <= dls.MAX_DOWNLINK
+
+
+def test_too_late_for_rx1_takes_rx2_and_too_late_for_both_waits(tmp_path: Path) -> None:
+    lp = Loop(tmp_path, path=PATH_PKTFWD)
+    try:
+        lp.uplink(end_s=time.time() - 1.5)           # RX1 opened half a second ago
+        assert [w.name for _, w in lp.link.sent] == ["rx2"]
+        lp.store.queue(DEV, "reboot")
+        lp.uplink(end_s=time.time() - 5)             # both windows are gone
+        assert len(lp.link.sent) == 1
+        assert lp.counters.get("downlink_no_window") == 1
+        assert [c.state for c in lp.store.commands(DEV)][-1] == "queued"
+    finally:
+        lp.close()
