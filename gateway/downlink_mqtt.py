@@ -205,8 +205,8 @@ class CommandListener:
                 queued, new = self.store.queue(device_id, cmd["command"], cmd["args"],
                                                ref=cmd["id"], expiry_s=cmd.get("expires_in_s"))
         except KnuteError as exc:
-            self._refuse(kind, device_id, topic, {"id": ref if isinstance(ref, str) else None},
-                         str(exc))
+            ok_ref = isinstance(ref, str) and 1 <= len(ref) <= 64
+            self._refuse(kind, device_id, topic, {"id": ref if ok_ref else None}, str(exc))
             return None
         if new:
             self.on_status(queued, kind)

@@ -200,6 +200,44 @@ def test_mqtt_command_leaves_in_rx1_and_tx_ack_errors_requeue(one: dict[str, Any
         status.validate(msg)
 
 
+def test_hostile_command_messages_are_refused_and_the_gateway_goes_on(
+        one: dict[str, Any]) -> None:
+    gw, pf, watcher = one["gw"], one["pf"], one["watcher"]
+    gw.start()
+    wait_for(lambda: gw.status()["downlinks"]["commands_topic"]["subscribed"], 20,
+             "the gateway to subscribe to the command topics")
+    topic = f"{PREFIX}/water_meter/{METER:08x}/down"
+    hostile: list[tuple[str, bytes]] = [
+        (topic, b"not json"), (topic, b"\xff\xfe\x00"), (topic, b"[1, 2]"),
+        (topic, b"{" * 100_000), (topic, json.dumps({"id": "x" * 500}).encode()),
+        (topic, json.dumps({"id": "r1", "command": "rekey", "values": {"a": 1}}).encode()),
+        (topic, json.dumps({"id": "c9", "command": "config",
+                            "values": {"radio.sf": 13}}).encode()),
+        (f"{PREFIX}/air_quality/{METER:08x}/down",
+         json.dumps({"id": "k", "command": "time"}).encode()),
+        (f"{PREFIX}/water_meter/00009999/down",
+         json.dumps({"id": "u", "command": "time"}).encode()),
+        (f"{PREFIX}/water_meter/zz/down", json.dumps({"id": "z", "command": "time"}).encode()),
+    ]
+    for where, payload in hostile:
+        watcher.client.publish(where, payload, qos=1).wait_for_publish(10)
+    watcher.command(topic, {"id": "ok", "command": "time"})
+    wait_for(lambda: watcher.states("ok") == ["queued"], 20, "the good command queued")
+    listener = gw.status()["downlinks"]["commands_topic"]
+    assert listener["refused"] == len(hostile), listener
+    refused = [m for m in watcher.messages if m["state"] == "refused"]
+    print("\n".join(f"{m['id']!s:.12}: {m['error']}" for m in refused))
+    # Every refusal the gateway can address (a registered device id) is published.
+    assert len(refused) == len(hostile) - 1
+    assert all(len(m["error"]) < 200 and "\n" not in m["error"] for m in refused)
+    status = validator("downlink_status.schema.json")
+    for msg in watcher.messages:
+        status.validate(msg)
+    show = json.loads(gw.cli("devices", "show", f"{METER:08x}", "--json").stdout)
+    assert [(c["id"], c["state"]) for c in show["downlinks"]] == [("ok", "queued")]
+    assert gw.stop() == 0
+
+
 def test_two_gateways_share_the_counter_and_answer_each_uplink_once(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
     registry = tmp_path / "registry.db"

@@ -120,3 +120,48 @@ url = "{tmp_path / 'ttyNODE'}"
     finally:
         gw.close()
         wired.close()
+
+
+def test_radio_bridge_gets_a_tx_record_for_its_own_window(
+        tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
+    gw = GatewayProcess(tmp_path / "gw")
+    bridge = Pty(tmp_path / "ttyBRIDGE")
+    gw.write_config(f"""
+[gateway]
+id = "gw-bridge"
+dedup_window_ms = 50
+drain_timeout_s = 3
+[status]
+socket = "{gw.status_socket}"
+[mqtt]
+host = "127.0.0.1"
+port = {mosquitto.port}
+prefix = "t"
+[downlinks]
+commands_from_mqtt = false
+[[serial]]
+name = "bridge"
+url = "{tmp_path / 'ttyBRIDGE'}"
+""")
+    try:
+        gw.cli("devices", "add", f"{DEV:08x}", "--kind", "water_meter", "--key", KEY.hex())
+        gw.start()
+        gw.cli("devices", "send", f"{DEV:08x}", "reboot")
+        up = frame.encode("water_meter", DEV, 1, {"index": 1, "profile_end_h": 3,
+                                                  "battery": 19, "profile": [1]}, KEY)
+        bridge.write(stream.encode_record(
+            stream.REC_RADIO, stream.pack_radio(-91, 65, 868_500_000, 10, up)))
+        got = records(bridge, 15.0)
+        assert got, gw.log_tail()
+        rtype, body = got[0]
+        assert rtype == stream.REC_TX
+        at_ms, freq, sf, payload = stream.unpack_tx(body)
+        # at_ms 0: the bridge places it in the uplink's window by its own clock; RX1
+        # on the uplink's channel, or RX2 if the gateway was too slow for RX1.
+        assert at_ms == 0 and (freq, sf) in ((868_500_000, 10), (869_525_000, 12))
+        dl = downlink.decode(payload, KEY)
+        assert [c[1] for c in dl["commands"]] == [downlink.OP_REBOOT]
+        assert gw.stop() == 0
+    finally:
+        gw.close()
+        bridge.close()
