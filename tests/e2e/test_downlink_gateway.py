@@ -202,7 +202,7 @@ def test_mqtt_command_leaves_in_rx1_and_tx_ack_errors_requeue(one: dict[str, Any
 
 def test_hostile_command_messages_are_refused_and_the_gateway_goes_on(
         one: dict[str, Any]) -> None:
-    gw, pf, watcher = one["gw"], one["pf"], one["watcher"]
+    gw, watcher = one["gw"], one["watcher"]
     gw.start()
     wait_for(lambda: gw.status()["downlinks"]["commands_topic"]["subscribed"], 20,
              "the gateway to subscribe to the command topics")
