@@ -143,6 +143,7 @@ class Demo:
         self._open_links()
         if self.args.real_firmware:
             self._start_real_firmware()
+            self._queue_downlinks()
         self._start_gateway()
         for board in self.boards:
             board.run()
@@ -237,6 +238,22 @@ listen = "127.0.0.1:{self.udp_port}"
                                    self.args.speed)
         self.event(f"firmware: {len(self.boards)} virtual boards provisioned: "
                    + ", ".join(f"{b.device_id:08x}" for b in self.boards))
+
+    def _queue_downlinks(self) -> None:
+        """Set the clock of, and change one setting on, the first firmware board: the
+        gateway sends both after the board's first uplink and follows them to applied."""
+        from gateway.downlinks import DownlinkStore
+
+        if not self.boards:
+            return
+        board = self.boards[0]
+        store = DownlinkStore(str(self.workdir / "registry.db"))
+        try:
+            store.queue(board.device_id, "time", ref="demo-clock")
+            store.queue(board.device_id, "config", {"values": {"4": 6}}, ref="demo-leak-hours")
+        finally:
+            store.close()
+        self.event(f"downlinks: clock and water.leak_hours=6 queued for {board.device_id:08x}")
 
     # ------------------------------------------------------------ running
     def _send_loop(self) -> None:
@@ -334,9 +351,12 @@ listen = "127.0.0.1:{self.udp_port}"
             received = len(self.seen.ids)
             duplicates = sum(n - 1 for n in self.seen.ids.values())
             alarms = self.seen.alarm_readings
+        totals = self.gateway_status().get("totals", {})
         return {"sent": len(self.all_expected()), "received": received,
                 "lost": len(self.missing()),
-                "duplicates": duplicates, "alarms": alarms}
+                "duplicates": duplicates, "alarms": alarms,
+                "downlinks_sent": int(totals.get("downlinks_sent", 0)),
+                "downlinks_applied": int(totals.get("downlinks_applied", 0))}
 
 
 # ---------------------------------------------------------------- views
