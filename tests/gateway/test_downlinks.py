@@ -163,3 +163,17 @@ def test_ids_of_open_commands_stay_unique(tmp_path_factory: pytest.TempPathFacto
     counters = s.counter(DEV)
     s.close()
     assert counters is None or counters >= 0
+
+
+def test_downlinks_table_of_the_configuration() -> None:
+    from gateway import config
+
+    base = {"gateway": {"id": "g"}, "serial": [{"name": "s", "url": "/dev/null"}]}
+    cfg = config.parse({**base, "downlinks": {"max_queued": 4, "expiry_hours": 2,
+                                              "auto_ack": True}})
+    assert (cfg.downlinks.max_queued, cfg.downlinks.expiry_s, cfg.downlinks.auto_ack) == (
+        4, 7200.0, True)
+    with pytest.raises(KnuteError, match=r"downlinks\.max_queued"):
+        config.parse({**base, "downlinks": {"max_queued": 0}})
+    with pytest.raises(KnuteError, match=r"downlinks\.warp"):
+        config.parse({**base, "downlinks": {"warp": 1}})
