@@ -168,7 +168,7 @@ class Daemon:
                                              lambda: self.pipeline.devices if self.pipeline
                                              else {})
             self.pipeline.next_keys = self.downlinks.next_keys()
-            self.registry_watch.on_reload = self.downlinks.refresh_keys(self.pipeline)
+            self.downlinks.watch(self.registry_watch, self.pipeline)
         try:
             self.status_server = StatusServer(cfg.status_socket, self._handle_request,
                                               self.tap)

@@ -400,6 +400,30 @@ class DownlinkRuntime:
         """Pending rotations' next keys, for the pipeline."""
         return self.store.next_keys()
 
+    def watch(self, watch: Any, pipeline: Any) -> None:
+        """Hook into the daemon's registry watch: a change of the registry file refreshes
+        the pending rotations' keys, and re-reads the device snapshot only when the
+        devices changed (the store's own commits do not cost a reload)."""
+        refresh = self.refresh_keys(pipeline)
+        seen = [self._device_changes()]
+
+        def devices_changed() -> bool:
+            refresh()
+            now = self._device_changes()
+            if now is not None and now == seen[0]:
+                return False
+            seen[0] = now
+            return True
+
+        watch.on_reload = refresh
+        watch.devices_changed = devices_changed
+
+    def _device_changes(self) -> int | None:
+        try:
+            return self.store.device_changes()
+        except Exception:  # unreadable: reload, as without the store
+            return None
+
     def refresh_keys(self, pipeline: Any) -> Callable[[], None]:
         """A callback that gives ``pipeline`` the current next keys (after a registry
         reload: ``knute devices send DEVICE rekey`` changes the registry file)."""

@@ -109,6 +109,18 @@ CREATE TABLE IF NOT EXISTS dl_commands (
 CREATE INDEX IF NOT EXISTS dl_commands_open ON dl_commands (device_id, state);
 CREATE UNIQUE INDEX IF NOT EXISTS dl_commands_ref ON dl_commands (device_id, ref)
     WHERE ref IS NOT NULL;
+CREATE TABLE IF NOT EXISTS device_changes (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    n  INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO device_changes VALUES (0, 0);
+CREATE TRIGGER IF NOT EXISTS device_changes_insert AFTER INSERT ON devices
+    BEGIN UPDATE device_changes SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS device_changes_delete AFTER DELETE ON devices
+    BEGIN UPDATE device_changes SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS device_changes_update
+    AFTER UPDATE OF device_id, kind, key, name, site, location ON devices
+    BEGIN UPDATE device_changes SET n = n + 1; END;
 """
 
 
@@ -203,6 +215,19 @@ def _command(row: Sequence[Any]) -> Command:
                    up_fcnt=row[13])
 
 
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (a trigger's body keeps its own ';')."""
+    out: list[str] = []
+    buf = ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip())
+            buf = ""
+    return out
+
+
 class DownlinkStore:
     """The ``dl_*`` tables of a registry database. Thread-safe; each change one transaction.
 
@@ -224,9 +249,8 @@ class DownlinkStore:
 
     def _create(self) -> None:
         with self._write() as db:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
+            for stmt in _statements(_SCHEMA):
+                db.execute(stmt)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -245,6 +269,13 @@ class DownlinkStore:
         """Close the database connection."""
         with self._lock:
             self._db.close()
+
+    def device_changes(self) -> int:
+        """A counter that moves with every change of the ``devices`` table that the
+        pipeline cares about (not the display cache, not the ``dl_*`` tables): the daemon
+        re-reads its device snapshot only when it moved."""
+        with self._lock:
+            return int(self._db.execute("SELECT n FROM device_changes").fetchone()[0])
 
     # -- per-device state ----------------------------------------------------------------
 

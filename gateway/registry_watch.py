@@ -30,6 +30,9 @@ class RegistryWatch:
         self._poll_error = ""
         self._replaced_logged = False
         self.on_reload: Callable[[], None] | None = None   # after each new snapshot
+        # Asked when the file changed: False when only tables other than the devices
+        # changed (the downlink store's), so the snapshot need not be read again.
+        self.devices_changed: Callable[[], bool] | None = None
 
     def poll(self) -> None:
         """Pick up devices added or removed by ``knute devices`` without a signal."""
@@ -49,6 +52,8 @@ class RegistryWatch:
                               len(self.pipeline.devices), path)
                 return
             if not self.registry.changed():
+                return
+            if self.devices_changed is not None and not self.devices_changed():
                 return
         except Exception as exc:  # keep the devices we have; try again on the next poll
             if str(exc) != self._poll_error:     # once per distinct problem

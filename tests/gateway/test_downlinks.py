@@ -177,3 +177,53 @@ def test_downlinks_table_of_the_configuration() -> None:
         config.parse({**base, "downlinks": {"max_queued": 0}})
     with pytest.raises(KnuteError, match=r"downlinks\.warp"):
         config.parse({**base, "downlinks": {"warp": 1}})
+
+
+def test_the_stores_own_commits_cost_no_registry_reload(tmp_path: os.PathLike[str]) -> None:
+    from gateway import config
+    from gateway.downlink_service import DownlinkRuntime
+    from gateway.model import Counters
+    from gateway.pipeline import Pipeline
+    from gateway.registry_watch import RegistryWatch
+
+    path = os.path.join(str(tmp_path), "registry.db")
+    cfg = config.parse({"gateway": {"id": "g", "registry": path},
+                        "serial": [{"name": "s", "url": "/dev/null"}],
+                        "downlinks": {"commands_from_mqtt": False}})
+    reg = Registry(path)
+    reg.add(DEV, "water_meter", KEY)
+    pipeline = Pipeline(reg.snapshot())
+    watch = RegistryWatch(reg, pipeline)
+    runtime = DownlinkRuntime(cfg, [], Counters(), lambda: pipeline.devices)
+    runtime.watch(watch, pipeline)
+    other = dlq.DownlinkStore(path)          # `knute devices send` in another process
+    try:
+        reg.changed()
+        for _ in range(3):
+            other.queue(DEV, "reboot")
+            other.take_counter(DEV)
+            watch.poll()
+        assert watch.reloads == 0
+        other.begin_rekey(DEV, NEW_KEY)          # the next key reaches the pipeline ...
+        watch.poll()
+        assert pipeline.next_keys == {DEV: NEW_KEY} and watch.reloads == 0
+        other.commit_rekey(DEV)                  # ... and the committed key the devices
+        watch.poll()
+        assert watch.reloads == 1 and pipeline.devices[DEV].key == NEW_KEY
+        assert pipeline.next_keys == {}
+        writer = Registry(path)                  # `knute devices add` elsewhere
+        writer.add(0x99, "air_quality", KEY)
+        writer.close()
+        watch.poll()
+        assert watch.reloads == 2 and 0x99 in pipeline.devices
+        reg.record_seen([])                      # the display cache does not count
+        before = other.device_changes()
+        from gateway.registry import Seen
+        writer = Registry(path)
+        writer.record_seen([Seen(DEV, 5, 1.0, 50, ())])
+        writer.close()
+        assert other.device_changes() == before
+    finally:
+        other.close()
+        runtime.store.close()
+        reg.close()
