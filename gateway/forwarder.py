@@ -46,6 +46,12 @@ Design
   broker restart that published the will is corrected at once) and every
   ``status_interval_s``; the will (LWT) is "offline"; a clean stop publishes
   "offline" with final counters.
+
+Why one module of ~590 lines: it is one state machine, a connection's life
+(connect, CONNACK, publish window, PUBACKs, loss, reconnect) driven by one
+worker thread and watched by one supervisor, and every method reads or moves
+the same session. The decisions are already outside it (gateway.delivery,
+gateway.link); what is left is the I/O around them, which reads best whole.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """A Semtech UDP packet-forwarder source (the server side of the protocol).
 
 Any LoRa concentrator running Semtech's packet forwarder (or a compatible
-one) sends to this listener. Datagrams, protocol version 2:
-
-    PUSH_DATA  ver | token(2) | 0x00 | gateway EUI(8) | JSON {"rxpk": [...], "stat": {...}}
-    PUSH_ACK   ver | token(2) | 0x01                       (our answer, same token)
-    PULL_DATA  ver | token(2) | 0x02 | gateway EUI(8)      (keep-alive, every ~10 s)
-    PULL_ACK   ver | token(2) | 0x04                       (our answer, same token)
-    PULL_RESP  ver | token(2) | 0x03 | JSON {"txpk": {...}}  (a downlink, to the PULL_DATA's
-                                                            address)
-    TX_ACK     ver | token(2) | 0x05 | gateway EUI(8) | JSON {"txpk_ack": {"error": ...}}
+one) sends to this listener; the datagrams, and the reasons every fault is
+counted under, are in gateway.sources.semtech_udp.
 
 A downlink (``transmit_downlink``) goes to the address the concentrator's last
 PULL_DATA came from, as a PULL_RESP whose ``txpk`` is timed on the
@@ -19,22 +12,6 @@ inverted polarity. The TX_ACK that echoes its token reports the outcome; an
 error other than ``NONE`` (TOO_LATE, TOO_EARLY, COLLISION_PACKET,
 COLLISION_BEACON, TX_FREQ, TX_POWER, GPS_UNLOCKED, ...) is counted as
 ``tx_ack_<error>`` and the commands go back to the queue.
-
-The protocol has no authentication and no retries, so everything is checked
-and every fault is counted by reason:
-
-    pf_short    datagram shorter than its header
-    pf_version  protocol version other than 2
-    pf_type     unknown or server-to-gateway packet type
-    pf_gateway  gateway EUI not in the configured allow-list
-    pf_json     PUSH_DATA body not a JSON object (or nested too deep)
-    pf_field    an rxpk entry with a missing or ill-typed field, or out of range
-    pf_base64   ``data`` is not valid padded base64
-    pf_size     ``size`` differs from the length of ``data``
-    pf_crc      ``stat`` is not 1 (the concentrator's CRC failed or was absent)
-    oversize    a datagram longer than ``max_datagram`` or a packet over 255 bytes
-    pf_rate     dropped unread: its source address, its gateway EUI or the
-                untrusted senders together are over their rate
 
 Well-formed PUSH_DATA and PULL_DATA headers are acknowledged at once, before
 their content is looked at, as the protocol asks. ``stat`` objects (gateway
@@ -46,7 +23,6 @@ aggregated (``gateway.logsafe``).
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import itertools
 import json
@@ -58,228 +34,32 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import UdpSourceConfig
 from gateway.logsafe import EventLog, clean
 from gateway.model import Counters
-from gateway.pipeline import OVERSIZE, Reception
+from gateway.pipeline import Reception
 from gateway.sources.base import LinkState, Sink, ThreadedSource
-from protocol import frame as pframe
+from gateway.sources.buckets import Buckets, TokenBucket
+from gateway.sources.semtech_udp import (
+    PF_GATEWAY,
+    PF_JSON,
+    PF_RATE,
+    PROTOCOL_VERSION,
+    PULL_DATA,
+    PULL_RESP,
+    PUSH_DATA,
+    TX_ACK,
+    Datagram,
+    ack_for,
+    parse_datagram,
+    parse_push,
+    parse_rxpk,
+)
 from protocol.errors import FrameError
 
 log = logging.getLogger("knute.source.udp")
-
-PROTOCOL_VERSION = 2
-PUSH_DATA = 0x00
-PUSH_ACK = 0x01
-PULL_DATA = 0x02
-PULL_RESP = 0x03
-PULL_ACK = 0x04
-TX_ACK = 0x05
-
-PF_SHORT = "pf_short"
-PF_VERSION = "pf_version"
-PF_TYPE = "pf_type"
-PF_GATEWAY = "pf_gateway"
-PF_JSON = "pf_json"
-PF_FIELD = "pf_field"
-PF_BASE64 = "pf_base64"
-PF_SIZE = "pf_size"
-PF_CRC = "pf_crc"
-PF_RATE = "pf_rate"
-
-_DATR = re.compile(r"^SF(\d{1,2})BW(\d{2,3})$")
-
-
-@dataclass(frozen=True)
-class Datagram:
-    """A checked datagram header; ``body`` is the JSON text of a PUSH_DATA."""
-
-    version: int
-    token: int
-    ptype: int
-    gateway_eui: str           # 16 lower-case hex digits
-    body: bytes
-
-
-def parse_datagram(data: bytes, max_datagram: int = 65535) -> Datagram:
-    """Check a datagram's header; FrameError with a pf_* reason (or oversize)."""
-    if len(data) > max_datagram:
-        raise FrameError(OVERSIZE, f"{len(data)}-byte datagram")
-    if len(data) < 4:
-        raise FrameError(PF_SHORT)
-    version, token, ptype = struct.unpack_from(">BHB", data, 0)
-    if version != PROTOCOL_VERSION:
-        raise FrameError(PF_VERSION, str(version))
-    if ptype not in (PUSH_DATA, PULL_DATA, TX_ACK):
-        raise FrameError(PF_TYPE, str(ptype))
-    if len(data) < 12:
-        raise FrameError(PF_SHORT)
-    eui = data[4:12].hex()
-    return Datagram(version, token, ptype, eui, bytes(data[12:]))
-
-
-def ack_for(dgram: Datagram) -> bytes | None:
-    """The PUSH_ACK or PULL_ACK answering a datagram (None for TX_ACK)."""
-    if dgram.ptype == PUSH_DATA:
-        return struct.pack(">BHB", dgram.version, dgram.token, PUSH_ACK)
-    if dgram.ptype == PULL_DATA:
-        return struct.pack(">BHB", dgram.version, dgram.token, PULL_ACK)
-    return None
-
-
-def parse_push(body: bytes) -> dict[str, Any]:
-    """The JSON object of a PUSH_DATA; FrameError(pf_json) if it is not one."""
-    try:
-        doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FrameError(PF_JSON, type(exc).__name__) from None
-    if not isinstance(doc, dict):
-        raise FrameError(PF_JSON, "not an object")
-    rxpk = doc.get("rxpk")
-    if rxpk is not None and not isinstance(rxpk, list):
-        raise FrameError(PF_JSON, "rxpk is not an array")
-    return doc
-
-
-def _number(pkt: dict[str, Any], name: str, lo: float, hi: float,
-            integer: bool = False) -> Any:
-    value = pkt.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
-            integer and not isinstance(value, int)):
-        raise FrameError(PF_FIELD, name)
-    if not lo <= value <= hi:
-        raise FrameError(PF_FIELD, name)
-    return value
-
-
-def parse_rxpk(pkt: Any, gateway_eui: str, source: str) -> tuple[bytes, dict[str, Any]]:
-    """(frame bytes, receiver metadata) of one rxpk entry; FrameError if it is bad."""
-    if not isinstance(pkt, dict):
-        raise FrameError(PF_FIELD, "rxpk entry is not an object")
-    stat = pkt.get("stat")
-    if isinstance(stat, bool) or not isinstance(stat, int):
-        raise FrameError(PF_FIELD, "stat")
-    if stat != 1:
-        raise FrameError(PF_CRC, str(stat))
-    data = pkt.get("data")
-    if not isinstance(data, str):
-        raise FrameError(PF_FIELD, "data")
-    if len(data) > 4 * (pframe.MAX_FRAME + 2) // 3 + 4:
-        raise FrameError(OVERSIZE, "data")
-    try:
-        frame = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise FrameError(PF_BASE64) from None
-    if len(frame) > pframe.MAX_FRAME:
-        raise FrameError(OVERSIZE, f"{len(frame)} bytes")
-    size = _number(pkt, "size", 0, 65535, integer=True)
-    if size is not None and size != len(frame):
-        raise FrameError(PF_SIZE, f"size {size}, data {len(frame)}")
-    meta: dict[str, Any] = {"source": source, "gateway_eui": gateway_eui}
-    rssi = _number(pkt, "rssi", -250, 50)
-    if rssi is not None:
-        meta["rssi_dbm"] = rssi
-    lsnr = _number(pkt, "lsnr", -50, 50)
-    if lsnr is not None:
-        meta["snr_db"] = lsnr
-    freq = _number(pkt, "freq", 1, 10000)
-    if freq is not None:
-        meta["freq_hz"] = round(freq * 1_000_000)
-    datr = pkt.get("datr")
-    if datr is not None:
-        if isinstance(datr, str):
-            match = _DATR.match(datr)
-            if match is None:
-                raise FrameError(PF_FIELD, "datr")
-            meta["datr"] = datr
-            meta["sf"] = int(match.group(1))
-        elif isinstance(datr, int) and not isinstance(datr, bool) and 0 < datr < 1_000_000:
-            meta["datr"] = datr        # FSK bit rate
-        else:
-            raise FrameError(PF_FIELD, "datr")
-    chan = _number(pkt, "chan", 0, 255, integer=True)
-    if chan is not None:
-        meta["chan"] = chan
-    tmst = _number(pkt, "tmst", 0, 0xFFFFFFFF, integer=True)
-    if tmst is not None:
-        meta["tmst"] = tmst
-    for name in ("time", "modu", "codr"):
-        value = pkt.get(name)
-        if value is not None:
-            if not isinstance(value, str) or len(value) > 40:
-                raise FrameError(PF_FIELD, name)
-            if name == "time":
-                meta["time"] = value
-    return frame, meta
-
-
-class TokenBucket:
-    """One token bucket: ``rate`` events a second with bursts of ``burst``."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = 0.0
-
-    def allow(self, now: float) -> bool:
-        """Take one token; False when the bucket is empty."""
-        tokens = self.tokens + (now - self.stamp) * self.rate
-        self.stamp = now
-        if tokens >= self.burst:
-            tokens = self.burst
-        if tokens < 1.0:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - 1.0
-        return True
-
-
-class Buckets:
-    """Token buckets by key (a peer address, a gateway EUI), bounded in number.
-
-    Each key may pass ``rate`` events a second with bursts of ``burst``. The
-    table keeps the ``max_keys`` keys used last; a key pushed out is counted in
-    ``evicted`` and starts again with a full bucket, so a sender that cycles
-    through more keys than the table holds is not slowed by it: the other
-    limits (allow-list, the cheap checks before any parsing) are what stop it.
-    """
-
-    def __init__(self, rate: float, burst: float, max_keys: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_keys = max_keys
-        self.evicted = 0
-        self._table: OrderedDict[Any, list[float]] = OrderedDict()
-
-    def allow(self, key: Any, now: float) -> bool:
-        """Take one token from ``key``'s bucket; False when it is empty."""
-        slot = self._table.get(key)
-        if slot is None:
-            slot = [self.burst, now]
-            self._table[key] = slot
-            if len(self._table) > self.max_keys:
-                self._table.popitem(last=False)
-                self.evicted += 1
-        else:
-            self._table.move_to_end(key)
-            tokens = slot[0] + (now - slot[1]) * self.rate
-            slot[0] = tokens if tokens < self.burst else self.burst
-            slot[1] = now
-        if slot[0] < 1.0:
-            return False
-        slot[0] -= 1.0
-        return True
-
-    def __len__(self) -> int:
-        return len(self._table)
 
 
 class UdpForwarderSource(ThreadedSource):

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.config import SerialSourceConfig, UdpSourceConfig
 from gateway.pipeline import Reception
+from gateway.sources import semtech_udp
 from gateway.sources import udp_forwarder as uf
 from gateway.sources.base import Backoff, LinkState
 from gateway.sources.serial import RecordReader, SerialSource
@@ -221,5 +222,5 @@ def test_serial_source_over_socket_url() -> None:
 
 def test_unused_helpers_are_consistent() -> None:
     with pytest.raises(FrameError):
-        uf.parse_datagram(b"")
+        semtech_udp.parse_datagram(b"")
     assert base64.b64decode(rxpk(FRAME)["data"]) == FRAME

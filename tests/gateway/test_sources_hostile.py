@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from gateway.config import UdpSourceConfig
+from gateway.sources import semtech_udp
 from gateway.sources import udp_forwarder as uf
+from gateway.sources.buckets import Buckets, TokenBucket
 from gateway.status import Counters
 from protocol import frame, stream
 from tools.bench.reliability.harness import GatewayProc
@@ -168,14 +170,14 @@ def source(**limits: Any) -> tuple[uf.UdpForwarderSource, list[Any], Counters]:
 
 
 def test_token_bucket_passes_its_rate() -> None:
-    bucket = uf.TokenBucket(rate=10.0, burst=5.0)
+    bucket = TokenBucket(rate=10.0, burst=5.0)
     assert [bucket.allow(0.0) for _ in range(7)] == [True] * 5 + [False] * 2
     assert bucket.allow(0.1) and not bucket.allow(0.1)
     assert [bucket.allow(100.0) for _ in range(6)] == [True] * 5 + [False]   # burst caps
 
 
 def test_buckets_pass_the_rate_and_bound_their_table() -> None:
-    buckets = uf.Buckets(rate=10.0, burst=5.0, max_keys=3)
+    buckets = Buckets(rate=10.0, burst=5.0, max_keys=3)
     assert [buckets.allow("a", 0.0) for _ in range(7)] == [True] * 5 + [False] * 2
     assert buckets.allow("a", 0.1)                   # one token back after 0.1 s
     assert not buckets.allow("a", 0.1)
@@ -186,7 +188,7 @@ def test_buckets_pass_the_rate_and_bound_their_table() -> None:
 
 def test_one_eui_over_its_rate_is_shed_before_its_json_is_parsed() -> None:
     src, got, counters = source()
-    src._euis = uf.Buckets(rate=1.0, burst=3.0, max_keys=16)
+    src._euis = Buckets(rate=1.0, burst=3.0, max_keys=16)
     eui = bytes.fromhex("0102030405060708")
     try:
         replies = []
@@ -198,12 +200,12 @@ def test_one_eui_over_its_rate_is_shed_before_its_json_is_parsed() -> None:
     finally:
         src.stop()
     assert len(got) == 3 and len(replies) == 4
-    assert counters.rejected(uf.PF_RATE) == 7 and src.shed == 7
+    assert counters.rejected(semtech_udp.PF_RATE) == 7 and src.shed == 7
 
 
 def test_a_flooding_address_is_shed_and_another_still_heard() -> None:
     src, got, counters = source()
-    src._peers = uf.Buckets(rate=1.0, burst=50.0, max_keys=16)
+    src._peers = Buckets(rate=1.0, burst=50.0, max_keys=16)
     src.start()
     flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     flood.bind(("127.0.0.2", 0))                  # another host
@@ -220,7 +222,7 @@ def test_a_flooding_address_is_shed_and_another_still_heard() -> None:
                      src.address)
         ack = legit.recv(64)
         assert len(ack) == 4 and ack[3] == 1
-        assert src.shed >= 400 and counters.rejected(uf.PF_RATE) == src.shed
+        assert src.shed >= 400 and counters.rejected(semtech_udp.PF_RATE) == src.shed
         assert [rx.frame for rx in got] == [GOOD]
     finally:
         flood.close()
@@ -243,7 +245,7 @@ def test_status_entry_lists_the_last_gateways_heard() -> None:
 
 def test_a_vouched_forwarder_is_served_while_strangers_are_shed() -> None:
     src, got, counters = source()
-    src._strangers = uf.TokenBucket(rate=0.0, burst=20.0)      # 20, then nothing
+    src._strangers = TokenBucket(rate=0.0, burst=20.0)      # 20, then nothing
     eui = bytes.fromhex("0102030405060708")
     push = push_data(eui, [rxpk(GOOD, rssi_dbm=-90, lsnr_db=1.0, freq_mhz=868.1, sf=9)])
     src.start()
@@ -266,7 +268,7 @@ def test_a_vouched_forwarder_is_served_while_strangers_are_shed() -> None:
         legit.sendto(push, src.address)
         assert legit.recv(64)[3] == 1                 # trusted: served during the flood
         assert len(got) == 2
-        assert src.shed == 300 - 19 == counters.rejected(uf.PF_RATE)   # 1 + 19 in budget
+        assert src.shed == 300 - 19 == counters.rejected(semtech_udp.PF_RATE)   # 1 + 19 in budget
     finally:
         legit.close()
         flood.close()

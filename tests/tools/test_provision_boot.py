@@ -17,7 +17,8 @@ import pytest
 from gateway.errors import KnuteError
 from gateway.registry import Registry
 from tests.tools.conftest import Mpremote
-from tools.board import BootWatch, lora_chip
+from tools.board import BootWatch
+from tools.lora_drivers import lora_chip
 from tools.sim.vdevice import VirtualBoard
 
 

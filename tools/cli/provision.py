@@ -48,7 +48,6 @@ from tools.board import (
     Board,
     BoardInfo,
     FileToCopy,
-    check_drivers,
     check_space,
     copy_files,
     firmware_version_on,
@@ -56,6 +55,7 @@ from tools.board import (
     prepare_dirs,
     verify_files,
 )
+from tools.lora_drivers import check_drivers
 from tools.rig.flash import MPY_FLAGS, firmware_sources, mpy_cross_command
 
 ROOT = Path(__file__).resolve().parents[2]

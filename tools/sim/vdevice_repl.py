@@ -29,6 +29,11 @@
 #   I  waiting for input (a Ctrl-C from the host is an ordinary byte)
 #   X  running code (a Ctrl-C from the host becomes SIGINT)
 #   F / W  now in the friendly / raw REPL (output translation of "\n")
+#
+# Why one file of ~530 lines: the unix port runs it as a script from a flash
+# directory mounted at "/", where the host tree is not on sys.path, so everything
+# the board side needs (flash VFS, raw REPL, raw paste, friendly REPL, boot) has
+# to travel in this one file.
 
 import os
 import sys

@@ -178,7 +178,7 @@ import sys, atheris
 with atheris.instrument_imports(include=["protocol"]):
     from protocol import frame, stream, cbor
     from protocol.errors import FrameError
-from gateway.sources import udp_forwarder as uf
+from gateway.sources import semtech_udp as semtech
 
 KEY = bytes(range(16))
 
@@ -197,11 +197,11 @@ def one_input(data):
         elif which == 2:
             cbor.decode(rest)
         else:
-            d = uf.parse_datagram(rest)
-            doc = uf.parse_push(d.body)
+            d = semtech.parse_datagram(rest)
+            doc = semtech.parse_push(d.body)
             for pkt in doc.get("rxpk") or ():
                 try:
-                    uf.parse_rxpk(pkt, d.gateway_eui, "fuzz")
+                    semtech.parse_rxpk(pkt, d.gateway_eui, "fuzz")
                 except FrameError:
                     pass
     except FrameError:
