@@ -283,3 +283,32 @@ def config_name(code: int) -> str:
 def tmst_at(rx_tmst: int, delay_s: float) -> int:
     """The concentrator's microsecond counter ``delay_s`` after ``rx_tmst`` (wraps at 2^32)."""
     return (rx_tmst + math.floor(delay_s * 1e6)) % (1 << 32)
+
+
+def update_plan(bundle_bytes: int, sf: int, nodes: int, interval_s: float,
+                freq_hz: int = 868100000) -> dict[str, Any]:
+    """How long a module bundle takes to reach ``nodes`` nodes over the air at ``sf``.
+
+    Each uplink of a node opens one receive window, which carries one chunk (a
+    chunk fills the downlink): a node needs begin + chunks + switch uplinks, at one
+    per ``interval_s``. The gateway's transmitter sends every chunk of every node
+    within its sub-band's duty cycle (1 % for RX1 on 868.1-868.5 MHz). The fleet
+    takes the longer of the two.
+    """
+    chunk = pdl.chunk_capacity(sf)
+    chunks = -(-bundle_bytes // chunk)
+    downlinks = chunks + 2                    # upd_begin and upd_switch, one each
+    toa_ms = airtime.time_on_air_ms(pdl.EU868_MAX_PAYLOAD[sf], sf, BW_HZ)
+    band, limit = airtime.sub_band(freq_hz, BW_HZ)
+    budget_s_per_h = airtime.airtime_budget_ms(limit) / 1000
+    node_h = downlinks * interval_s / 3600
+    fleet_airtime_s = nodes * downlinks * toa_ms / 1000
+    duty_h = fleet_airtime_s / budget_s_per_h
+    return {"bundle_bytes": bundle_bytes, "sf": sf, "chunk_bytes": chunk, "chunks": chunks,
+            "downlinks_per_node": downlinks, "downlink_airtime_ms": round(toa_ms, 1),
+            "nodes": nodes, "uplink_interval_s": interval_s,
+            "hours_per_node": round(node_h, 2), "sub_band": band,
+            "duty_cycle_budget_s_per_h": budget_s_per_h,
+            "fleet_airtime_s": round(fleet_airtime_s, 1),
+            "hours_for_duty_cycle": round(duty_h, 2),
+            "hours_for_fleet": round(max(node_h, duty_h), 2)}

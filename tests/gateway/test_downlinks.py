@@ -227,3 +227,17 @@ def test_the_stores_own_commits_cost_no_registry_reload(tmp_path: os.PathLike[st
         other.close()
         runtime.store.close()
         reg.close()
+
+
+def test_update_plan_figures() -> None:
+    from gateway.downlink_plan import update_plan
+
+    one = update_plan(5112, 9, 1, 900.0)
+    assert (one["chunk_bytes"], one["chunks"], one["downlinks_per_node"]) == (85, 61, 63)
+    assert one["hours_per_node"] == 15.75          # 63 uplinks, one every 15 minutes
+    fleet = update_plan(5112, 9, 500, 900.0)
+    # 500 x 63 downlinks of 615.4 ms within 36 s an hour of the g1 sub-band
+    assert fleet["hours_for_duty_cycle"] == pytest.approx(500 * 63 * 0.6154 / 36, rel=1e-3)
+    assert fleet["hours_for_fleet"] == fleet["hours_for_duty_cycle"] > one["hours_per_node"]
+    print(f"5 KB at SF9: one node {one['hours_per_node']} h, 500 nodes "
+          f"{fleet['hours_for_fleet']} h")

@@ -92,6 +92,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> Non
     send.add_argument("--chunk", type=int, default=85,
                       help="update: bundle bytes per downlink (85 fits SF9; 192 for SF7-8 "
                            "and serial nodes, 22 for SF10-12)")
+    send.add_argument("--dry-run", action="store_true",
+                      help="update: queue nothing; say how long the bundle takes to reach "
+                           "--fleet nodes over the air at --sf")
+    send.add_argument("--fleet", type=int, default=1, help="update --dry-run: nodes")
+    send.add_argument("--sf", type=int, default=9, choices=range(7, 13), metavar="SF",
+                      help="update --dry-run: the nodes' spreading factor (default 9)")
+    send.add_argument("--interval-s", type=float, default=900.0,
+                      help="update --dry-run: seconds between a node's uplinks while it "
+                           "stages an update (default 900)")
     send.add_argument("--json", action="store_true", help="print the queued command(s)")
 
     cancel = sub.add_parser("cancel", parents=[common], help="stop sending a queued command")
@@ -115,7 +124,8 @@ SEND_COMMANDS = """commands:
   rekey                     rotate the device key in two phases (a new random key)
   reboot                    reset the node once its report is stored
   update FILES ...          send changed firmware modules (paths firmware/... or
-                            protocol/..., relative to the current directory)
+                            protocol/..., relative to the current directory);
+                            --dry-run says how long it takes for --fleet nodes
 """
 
 
@@ -139,9 +149,11 @@ def _send(args: argparse.Namespace, reg: Any) -> int:
     from gateway.downlink_plan import config_values
 
     device_id = parse_device_id(args.device)
+    command, extra = args.dl_command, list(args.args)
+    if args.dry_run:
+        return _update_dry_run(args, extra) if command == "update" else _no_dry_run(command)
     if reg.get(device_id) is None:
         raise KnuteError(f"device {format_device_id(device_id)} is not registered")
-    command, extra = args.dl_command, list(args.args)
     if command in ("time", "rekey", "reboot") and extra:
         raise KnuteError(f"{command} takes no arguments")
     expiry = args.expires_hours * 3600.0 if args.expires_hours is not None else None
@@ -178,6 +190,31 @@ def _send(args: argparse.Namespace, reg: Any) -> int:
         more = f" (+{len(cmds) - 1} more)" if len(cmds) > 1 else ""
         print(f"queued {command} for {format_device_id(device_id)}: command {first.cmd_id}"
               f"{more}, {first.state}")
+    return 0
+
+
+def _no_dry_run(command: str) -> int:
+    raise KnuteError(f"--dry-run is for update, not {command}")
+
+
+def _update_dry_run(args: argparse.Namespace, files: list[str]) -> int:
+    from gateway.downlink_plan import update_plan
+
+    if args.fleet < 1 or args.interval_s <= 0:
+        raise KnuteError("--fleet must be at least 1 and --interval-s positive")
+    plan = update_plan(len(_bundle(files)), args.sf, args.fleet, args.interval_s)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    print(f"bundle {plan['bundle_bytes']} bytes: {plan['chunks']} chunks of "
+          f"{plan['chunk_bytes']} bytes at SF{plan['sf']}, {plan['downlinks_per_node']} "
+          f"downlinks per node of {plan['downlink_airtime_ms']} ms on air")
+    print(f"one node: {plan['hours_per_node']} h at one uplink every "
+          f"{plan['uplink_interval_s']:g} s")
+    print(f"{plan['nodes']} nodes: {plan['fleet_airtime_s']} s on air, "
+          f"{plan['hours_for_duty_cycle']} h within the {plan['sub_band']} sub-band's "
+          f"{plan['duty_cycle_budget_s_per_h']:g} s an hour; the fleet takes "
+          f"{plan['hours_for_fleet']} h")
     return 0
 
 
