@@ -12,18 +12,16 @@ import json
 import signal
 import sqlite3
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.backend.factory import HOUR_S, T0, reading, topic
 from tools.rig.broker import Broker
+from tools.rig.subscriber import Subscriber
 from tools.rig.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,34 +30,24 @@ ALERT_SCHEMA = jsonschema.Draft202012Validator(
 
 
 class Client:
-    """A test client that publishes readings and collects alert messages."""
+    """A test client that publishes readings and collects alert messages (one connection)."""
 
     def __init__(self, broker: Broker) -> None:
-        self.alerts: dict[str, dict[str, Any]] = {}
-        self.lock = threading.Lock()
-        self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-publisher")
-        self.mqtt.on_message = self._on_message
-        self.mqtt.connect(broker.host, broker.port)
-        self.mqtt.subscribe("knute/alert/#", qos=1)
-        self.mqtt.loop_start()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.alerts[msg.topic] = json.loads(msg.payload)
+        self.sub = Subscriber(broker.host, broker.port, "knute/alert/#")
 
     def send(self, doc: dict[str, Any] | bytes, on: str | None = None) -> None:
         payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
         target = on or topic(doc) if isinstance(doc, dict) else str(on)
-        self.mqtt.publish(target, payload, qos=1).wait_for_publish(timeout=10)
+        assert self.sub.client is not None
+        self.sub.client.publish(target, payload, qos=1).wait_for_publish(timeout=10)
 
     def alert(self, key: str) -> dict[str, Any]:
         """The last message on ``key``, empty until one arrived."""
-        with self.lock:
-            return self.alerts.get(key, {})
+        docs = self.sub.docs(topic=key)
+        return dict(docs[-1]) if docs else {}
 
     def close(self) -> None:
-        self.mqtt.disconnect()
-        self.mqtt.loop_stop()
+        self.sub.close()
 
 
 @pytest.fixture

@@ -7,18 +7,17 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import Broker
 from tools.rig.gateway import GatewayProcess
 from tools.rig.nullmodem import NullModem
+from tools.rig.subscriber import Subscriber
+from tools.rig.wait import WaitTimeout, wait_for
 from tools.sim.vdevice import VirtualBoard
 
 DEVICE = "00c0ffee"
@@ -56,20 +55,12 @@ reopen_max_s = 1
 def test_provisioned_node_reading_reaches_the_backend(
     knute_bin: Path, mosquitto: Broker, tmp_path: Path, bits: int
 ) -> None:
-    received: list[dict[str, Any]] = []
-    got = threading.Event()
+    backend = Subscriber(mosquitto.host, mosquitto.port, f"city/water_meter/{DEVICE}/up",
+                         client_id="e2e-backend")
 
-    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        doc = json.loads(msg.payload)
-        received.append(doc)
-        if doc["readings"]["index"]["value"] == 1234:
-            got.set()
+    def with_1234() -> list[dict[str, Any]]:
+        return [d for d in backend.readings() if d["readings"]["index"]["value"] == 1234]
 
-    backend = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="e2e-backend")
-    backend.on_message = on_message
-    backend.connect(mosquitto.host, mosquitto.port, 30)
-    backend.subscribe(f"city/water_meter/{DEVICE}/up", qos=1)
-    backend.loop_start()
     gateway = GatewayProcess(tmp_path)
     # The board's flash may open ptys: its UART is one end of the null modem.
     with NullModem() as line, VirtualBoard(binds=("/dev/pts",), bits=bits) as board:
@@ -99,15 +90,15 @@ def test_provisioned_node_reading_reaches_the_backend(
             assert os.stat(tmp_path / "registry.db").st_mode & 0o077 == 0
             gateway.signal(signal.SIGHUP)               # reload the registry
 
-            got.wait(60)
-            assert got.is_set(), (
-                f"no reading with index 1234; got {received}\n" + gateway.log_text())
+            try:
+                reading = wait_for(with_1234, 60, "a reading with index 1234")[0]
+            except WaitTimeout as exc:
+                raise AssertionError(f"{exc}; got {backend.readings()}\n"
+                                     + gateway.log_text()) from None
         finally:
             gateway.stop(timeout=20)
             gateway.close()
-            backend.loop_stop()
-            backend.disconnect()
-    reading = next(d for d in received if d["readings"]["index"]["value"] == 1234)
+            backend.close()
     assert reading["device"] == DEVICE and reading["kind"] == "water_meter"
     assert reading["id"] == f"{DEVICE}:{reading['fcnt']}"
     assert reading["readings"]["index"]["unit"] == "L"

@@ -16,6 +16,7 @@ from firmware.drivers.regimage_edit import RegImageEdit
 from firmware.drivers.sds011 import SDS011
 from firmware.roles.air_quality import Node
 from tests.firmware import airsim
+from tests.upy_checks import hx
 
 _seed = [12345]
 
@@ -24,10 +25,6 @@ def rnd(n):
     """A deterministic pseudo-random integer 0 <= r < n (same on both interpreters)."""
     _seed[0] = (_seed[0] * 1103515245 + 12345) & 0x7FFFFFFF
     return (_seed[0] >> 8) % n
-
-
-def hx(data):
-    return "".join(["%02x" % b for b in data])
 
 
 def noisy_stream(make_frame, frame_len, count):

@@ -17,33 +17,14 @@ from firmware.downlink import Downlink
 from firmware.downlink_files import make_dirs, read_json, remove_tree
 from firmware.state import Store
 from protocol import downlink as dl
+from tests.upy_checks import check, finish
 
 WORK = sys.argv[1]
-failures = []
 
 with open("tests/vectors/downlink.json") as f:
     DOC = json.load(f)
 KEY = DOC["downlinks"][0]["key"]
 NEW_KEY = DOC["downlinks"][4]["key"]
-
-
-def check(name, cond):
-    if not cond:
-        failures.append(name)
-        print("FAIL " + name)
-
-
-def from_json(value):
-    if isinstance(value, dict):
-        if "bytes" in value:
-            return unhexlify(value["bytes"])
-        result = {}
-        for key, item in value["map"]:
-            result[key] = from_json(item)
-        return result
-    if isinstance(value, list):
-        return [from_json(item) for item in value]
-    return value
 
 
 class Clock:
@@ -244,6 +225,4 @@ test_clock()
 test_rekey()
 test_update()
 test_alarm()
-print("failures", len(failures))
-if failures:
-    sys.exit(1)
+finish()

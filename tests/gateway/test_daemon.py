@@ -4,7 +4,6 @@ a real MQTT broker; hostile input, unplugged radios, broker outages, kill -9."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -15,9 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from protocol import frame, stream
 from tests.conftest import Broker, free_port
@@ -25,6 +22,7 @@ from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
 from tools.rig.faults import FaultyLink
 from tools.rig.gateway import GatewayProcess
 from tools.rig.ptys import Pty
+from tools.rig.subscriber import Subscriber
 from tools.rig.wait import wait_for
 
 KEY = bytes(range(16))
@@ -57,50 +55,6 @@ def radio(buf: bytes, rssi: int = -88) -> bytes:
     """A radio-bridge RADIO record."""
     return stream.encode_record(stream.REC_RADIO,
                                 stream.pack_radio(rssi, 55, 868_100_000, 9, buf))
-
-
-class Subscriber:
-    """Collects every reading published under the test prefix (QoS 1)."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client: mqtt.Client | None = None
-        self.connect()
-
-    def connect(self) -> None:
-        """Connect and subscribe; returns once the SUBACK arrived."""
-        self._subscribed.clear()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{os.getpid()}")
-        client.on_message = self._on_message
-        client.on_subscribe = lambda *a: self._subscribed.set()
-        client.connect(self.broker.host, self.broker.port, 30)
-        client.subscribe(f"{PREFIX}/+/+/up", qos=1)
-        client.loop_start()
-        self.client = client
-        assert self._subscribed.wait(10), "no SUBACK"
-
-    def disconnect(self) -> None:
-        """Stop the client's loop."""
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
-            self.client = None
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, json.loads(msg.payload)))
-
-    def readings(self) -> list[dict[str, Any]]:
-        """Every reading so far, in arrival order."""
-        with self._lock:
-            return [m for _, m in self.messages]
-
-    def ids(self) -> set[str]:
-        """Distinct reading ids."""
-        return {m["id"] for m in self.readings()}
 
 
 class Gateway(GatewayProcess):
@@ -171,7 +125,7 @@ def setup(tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> Iterator[dict[s
     gw = Gateway(tmp_path, proxy.port)
     wired = Pty(tmp_path / "ttyWIRED")
     bridge = Pty(tmp_path / "ttyBRIDGE")
-    sub = Subscriber(mosquitto)
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/+/+/up")
     pf = PacketForwarder("127.0.0.1", gw.udp_port)
     try:
         yield {"gw": gw, "wired": wired, "bridge": bridge, "sub": sub, "pf": pf,

@@ -15,8 +15,9 @@ import pytest
 from protocol import frame
 from tests.conftest import Broker
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
-from tests.gateway.test_daemon import KEY, METER, Gateway, Subscriber, rec
+from tests.gateway.test_daemon import KEY, METER, PREFIX, Gateway, rec
 from tools.rig.ptys import Pty
+from tools.rig.subscriber import Subscriber
 from tools.rig.wait import wait_for
 
 NEW_KEY = bytes(range(100, 116))
@@ -34,7 +35,7 @@ def rig(tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> Iterator[dict[str
     gw = Gateway(tmp_path, mosquitto.port)
     wired = Pty(tmp_path / "ttyWIRED")
     bridge = Pty(tmp_path / "ttyBRIDGE")
-    sub = Subscriber(mosquitto)
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/+/+/up")
     pf = PacketForwarder("127.0.0.1", gw.udp_port)
     try:
         yield {"gw": gw, "wired": wired, "sub": sub, "pf": pf}

@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import message
 from gateway.config import MqttConfig, TlsSettings
@@ -36,6 +34,7 @@ from gateway.forwarder import Forwarder
 from gateway.link import Backoff
 from gateway.spool import Accepted, Spool
 from tests.conftest import Broker
+from tools.rig.subscriber import Subscriber
 from tools.rig.wait import wait_for
 from tools.sim.typical import TYPICAL
 
@@ -69,62 +68,18 @@ def make_rows(devices: int, per_device: int, first_fcnt: int = 0) -> list[Accept
     return out
 
 
-class Collector:
-    """A QoS 1 subscriber that keeps every message it gets, resubscribing on reconnect."""
-
-    def __init__(self, host: str, port: int, topic: str = "knute/#", *,
-                 client_id: str = "", persistent: bool = False, **auth: Any) -> None:
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self.lock = threading.Lock()
-        self.topic = topic
-        self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=client_id, clean_session=not persistent)
-        if auth.get("username"):
-            self.client.username_pw_set(auth["username"], auth.get("password"))
-        self.client.reconnect_delay_set(1, 1)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.connect(host, port, 30)
-        self.client.loop_start()
-        assert self.subscribed.wait(10), "subscription not acknowledged"
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                    props: Any) -> None:
-        client.subscribe(self.topic, qos=1)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
-
-    def readings(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return [json.loads(p) for t, p, _r in self.messages if t.endswith("/up")]
-
-    def raw_readings(self) -> list[bytes]:
-        with self.lock:
-            return [p for t, p, _r in self.messages if t.endswith("/up")]
-
-    def statuses(self) -> list[tuple[dict[str, Any], bool]]:
-        with self.lock:
-            return [(json.loads(p), r) for t, p, r in self.messages if t.endswith("/status")]
-
-    def ids(self) -> set[str]:
-        return {doc["id"] for doc in self.readings()}
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def statuses(sub: Subscriber) -> list[tuple[dict[str, Any], bool]]:
+    """The gateway status messages so far, with their retain flags."""
+    return [(m.doc(), m.retain) for m in sub.messages("/status")]
 
 
-def check_delivery(collector: Collector, rows: list[Accepted]) -> int:
+def check_delivery(collector: Subscriber, rows: list[Accepted]) -> int:
     """All rows arrived; per device in order (first copies); duplicates identical.
 
     Returns the number of duplicates seen.
     """
     expected = {f"{r.device_id:08x}:{r.fcnt}" for r in rows}
-    raw = collector.raw_readings()
+    raw = [m.payload for m in collector.messages("/up")]
     by_id: dict[str, bytes] = {}
     last: dict[str, int] = {}
     duplicates = 0
@@ -200,7 +155,7 @@ def test_config_is_checked(bad: dict[str, Any]) -> None:
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_delivers_in_order_with_retained_status_matching_schemas(
         mosquitto: Broker, tmp_path: Path, protocol: str) -> None:
-    collector = Collector(mosquitto.host, mosquitto.port)
+    collector = Subscriber(mosquitto.host, mosquitto.port, "knute/#")
     spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
     rows = make_rows(devices=5, per_device=40)
     spool.accept(rows[:100])
@@ -217,23 +172,23 @@ def test_delivers_in_order_with_retained_status_matching_schemas(
         assert fwd.state == "open"
         for doc in collector.readings():
             READING.validate(doc)
-        wait_for(lambda: len(collector.statuses()) >= 2)   # periodic republish
+        wait_for(lambda: len(statuses(collector)) >= 2)   # periodic republish
         # A late subscriber gets the retained online status at once.
-        late = Collector(mosquitto.host, mosquitto.port, "knute/gateway/+/status")
-        wait_for(lambda: bool(late.statuses()))
-        doc, retained = late.statuses()[0]
+        late = Subscriber(mosquitto.host, mosquitto.port, "knute/gateway/+/status")
+        wait_for(lambda: bool(statuses(late)))
+        doc, retained = statuses(late)[0]
         late.close()
         assert retained and doc["status"] == "online" and doc["gateway"] == "gw-test"
         assert doc["counters"]["rejected_by_reason"] == {"frame_tag": 2}
         assert doc["counters"]["spooled"] == len(rows)
-        for status, _retained in collector.statuses():
+        for status, _retained in statuses(collector):
             STATUS.validate(status)
     finally:
         fwd.stop(drain_timeout_s=5)
     assert fwd.state == "stopped"
     assert fwd.stats()["forwarded_total"] == len(rows)
-    wait_for(lambda: collector.statuses()[-1][0]["status"] == "offline")
-    final = collector.statuses()[-1][0]
+    wait_for(lambda: statuses(collector)[-1][0]["status"] == "offline")
+    final = statuses(collector)[-1][0]
     STATUS.validate(final)
     assert final["reason"] == "shutdown" and final["counters"]["forwarded"] == len(rows)
     collector.close()
@@ -241,8 +196,8 @@ def test_delivers_in_order_with_retained_status_matching_schemas(
 
 
 def test_broker_outage_mid_stream_loses_nothing(tuned_broker: Broker, tmp_path: Path) -> None:
-    collector = Collector(tuned_broker.host, tuned_broker.port, client_id="outage-sub",
-                          persistent=True)
+    collector = Subscriber(tuned_broker.host, tuned_broker.port, "knute/#",
+                           client_id="outage-sub", clean_session=False)
     spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
     rows = make_rows(devices=6, per_device=250)
     fwd = Forwarder(spool, fast_cfg(tuned_broker.port), gateway_id="gw-test",
@@ -315,7 +270,7 @@ def test_forwarder_killed_mid_stream_and_restarted(tuned_broker: Broker,
     for start in range(0, len(rows), 256):
         spool.accept(rows[start:start + 256])
     spool.close()
-    collector = Collector(mosquitto.host, mosquitto.port)
+    collector = Subscriber(mosquitto.host, mosquitto.port, "knute/#")
     proc = start_forwarder_process(db, mosquitto.port)
     try:
         wait_for(lambda: len(collector.ids()) >= len(rows) // 4)
@@ -325,7 +280,7 @@ def test_forwarder_killed_mid_stream_and_restarted(tuned_broker: Broker,
         assert got_at_kill < len(rows), "everything was delivered before the kill"
         # The broker publishes the will: the gateway is offline.
         wait_for(lambda: any(s["status"] == "offline" and s["reason"] ==
-                                      "connection lost" for s, _r in collector.statuses()))
+                                      "connection lost" for s, _r in statuses(collector)))
         proc = start_forwarder_process(db, mosquitto.port)
         wait_for(lambda: len(collector.ids()) == len(rows))
         check_delivery(collector, rows)
@@ -341,9 +296,9 @@ def test_forwarder_killed_mid_stream_and_restarted(tuned_broker: Broker,
     spool = Spool(str(db), max_bytes=10**9, max_age_s=10**9)
     assert spool.stats()["depth"] == 0
     spool.close()
-    for status, _retained in collector.statuses():
+    for status, _retained in statuses(collector):
         STATUS.validate(status)
-    assert collector.statuses()[-1][0]["status"] == "offline"
+    assert statuses(collector)[-1][0]["status"] == "offline"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -359,7 +314,7 @@ def test_supervisor_restarts_a_dead_or_stalled_worker(mosquitto: Broker,
             time.sleep(1.5)                       # the worker stalls here
         return {}
 
-    collector = Collector(mosquitto.host, mosquitto.port)
+    collector = Subscriber(mosquitto.host, mosquitto.port, "knute/#")
     spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
     fwd = Forwarder(spool, fast_cfg(mosquitto.port, status_interval_s=0.2),
                     gateway_id="gw-test", status_provider=provider, stall_timeout_s=0.6)

@@ -17,19 +17,17 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import message
 from gateway.spool import Accepted, Spool
 from tests.conftest import Broker, free_port
+from tools.rig.subscriber import Subscriber
+from tools.rig.wait import wait_for
 from tools.sim.typical import TYPICAL
 
 LIMIT = 8192          # bytes the broker takes at most
@@ -50,53 +48,6 @@ def reading(dev: int, fcnt: int, receivers: int = 1) -> Accepted:
     return Accepted(device_id=dev, fcnt=fcnt, kind="water_meter",
                     topic=message.topic("knute", "water_meter", name), payload=payload,
                     alarm=False, received_at=now)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    """Poll until ``cond()`` is truthy (bounded); returns its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class Listener:
-    """Every message under ``knute/#`` (QoS 1)."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="park-listener")
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect(broker.host, broker.port, 30)
-        self.client.subscribe("knute/#", qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10), "no SUBACK"
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, json.loads(msg.payload)))
-
-    def ids(self) -> list[str]:
-        """Reading ids in arrival order."""
-        with self._lock:
-            return [doc["id"] for topic, doc in self.messages if topic.endswith("/up")]
-
-    def statuses(self) -> list[dict[str, Any]]:
-        """Gateway status messages in arrival order."""
-        with self._lock:
-            return [doc for topic, doc in self.messages if topic.endswith("/status")]
-
-    def close(self) -> None:
-        """Disconnect."""
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.mark.parametrize("protocol, broker_limit, how", [
@@ -137,7 +88,7 @@ max_inflight = 8
 name = "concentrator"
 listen = "127.0.0.1:{free_port()}"
 """)
-    listener = Listener(broker)
+    listener = Subscriber(broker.host, broker.port, "knute/#")
     log = tmp_path / "gateway.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([str(knute_bin), "gateway", "run", "--config", str(config)],
@@ -150,11 +101,11 @@ listen = "127.0.0.1:{free_port()}"
 
     try:
         expected = [f"{r.device_id:08x}:{r.fcnt}" for r in rows]
-        wait_for(lambda: set(listener.ids()) >= set(expected), 90,
+        wait_for(lambda: listener.ids() >= set(expected), 90,
                  f"every other reading ({how}); log:\n" + log.read_text())
         assert "00000999:7" not in listener.ids()
         st = wait_for(lambda: (lambda s: s if s.get("spool", {}).get("parked") == 1
-                               and s["spool"]["depth"] == 0 else None)(status()),
+                               and s["spool"]["depth"] == 0 else {})(status()),
                       30, "the status to show one parked row")
         assert st["forwarder"]["parked_total"] == 1
         text = subprocess.run([str(knute_bin), "gateway", "status", "--socket", status_socket],
@@ -164,7 +115,7 @@ listen = "127.0.0.1:{free_port()}"
         # may send a reading again: same id, at least once).
         last: dict[str, int] = {}
         seen: set[str] = set()
-        for rid in listener.ids():
+        for rid in [doc["id"] for doc in listener.readings()]:
             if rid in seen:
                 continue
             seen.add(rid)
@@ -173,7 +124,7 @@ listen = "127.0.0.1:{free_port()}"
             last[dev] = int(fcnt)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        final = wait_for(lambda: [s for s in listener.statuses() if s["status"] == "offline"],
+        final = wait_for(lambda: [s for s in listener.docs("/status") if s["status"] == "offline"],
                          10, "the final status")[-1]
         assert final["counters"]["parked"] == 1
         parked_logs = [line for line in log.read_text().splitlines()
@@ -215,21 +166,21 @@ def test_a_message_refused_by_an_mqtt5_puback_is_parked_without_a_reconnect(
     spool.accept(rows[:30])
     spool.accept([denied])
     spool.accept(rows[30:])
-    listener = Listener(broker)
+    listener = Subscriber(broker.host, broker.port, "knute/#")
     fwd = Forwarder(spool, MqttConfig(host=broker.host, port=broker.port, protocol="5",
                                       max_inflight=8, backoff_min_s=0.05, backoff_max_s=0.5),
                     gateway_id="gw-acl", status_provider=dict)
     fwd.start()
     try:
         expected = {f"{r.device_id:08x}:{r.fcnt}" for r in rows}
-        wait_for(lambda: set(listener.ids()) >= expected, 60, "every allowed reading")
+        wait_for(lambda: listener.ids() >= expected, 60, "every allowed reading")
         wait_for(lambda: spool.stats()["depth"] == 0, 30, "an empty queue")
         (parked,) = spool.parked()
         assert parked.device_id == 0x777 and "Not authorized" in parked.reason
         stats = fwd.stats()
         assert stats["parked_total"] == 1 and stats["publish_errors"] == 1
         assert stats["connections"] == 1 and stats["reconnects"] == 0
-        assert len(listener.ids()) == len(rows)       # nothing sent twice either
+        assert len(listener.readings()) == len(rows)   # nothing sent twice either
     finally:
         fwd.stop(drain_timeout_s=2)
         listener.close()

@@ -19,11 +19,12 @@ from gateway.spool import Spool
 from tests.conftest import Broker
 from tests.gateway.test_forwarder import (
     STATUS,
-    Collector,
     fast_cfg,
     make_rows,
+    statuses,
     tuned_broker_at,
 )
+from tools.rig.subscriber import Subscriber
 from tools.rig.wait import wait_for
 
 
@@ -47,33 +48,33 @@ def test_online_is_the_first_message_after_a_broker_restart(
                     gateway_id="gw-restart", status_provider=dict)
     # A persistent QoS 1 session: the broker keeps what is published while the
     # watcher itself reconnects, so it sees the gateway's messages in order.
-    watcher = Collector(broker.host, broker.port, client_id="restart-watch", persistent=True)
+    watcher = Subscriber(broker.host, broker.port, "knute/#", client_id="restart-watch",
+                         clean_session=False)
     fwd.start()
     try:
         wait_for(lambda: fwd.state == "open")
-        wait_for(lambda: any(s["status"] == "online" for s, _r in watcher.statuses()))
+        wait_for(lambda: any(s["status"] == "online" for s, _r in statuses(watcher)))
         broker.stop()                              # Mosquitto publishes the will now
         wait_for(lambda: fwd.state != "open")
         rows = make_rows(devices=3, per_device=100)
         spool.accept(rows)                         # a backlog waits for the broker
         fwd.wake()
-        before = len(watcher.messages)
+        before = len(watcher.messages())
         broker.start()
         wait_for(lambda: spool.stats()["depth"] == 0)
         wait_for(lambda: len(watcher.ids()) == len(rows))
-        with watcher.lock:
-            after = watcher.messages[before:]
+        after = watcher.messages()[before:]
         # The first thing the gateway published on its new connection is "online",
         # before any of the backlog.
-        first_reading = next(i for i, (t, _p, _r) in enumerate(after) if t.endswith("/up"))
-        statuses = [(i, t, p) for i, (t, p, _r) in enumerate(after) if t.endswith("/status")]
-        onlines = [i for i, _t, p in statuses if b'"status":"online"' in p]
+        first_reading = next(i for i, m in enumerate(after) if m.topic.endswith("/up"))
+        onlines = [i for i, m in enumerate(after)
+                   if m.topic.endswith("/status") and b'"status":"online"' in m.payload]
         assert onlines and onlines[0] < first_reading, after[:3]
         # A subscriber arriving now reads the gateway as online.
-        late = Collector(broker.host, broker.port, "knute/gateway/+/status")
+        late = Subscriber(broker.host, broker.port, "knute/gateway/+/status")
         try:
-            wait_for(lambda: bool(late.statuses()))
-            doc, retained = late.statuses()[0]
+            wait_for(lambda: bool(statuses(late)))
+            doc, retained = statuses(late)[0]
         finally:
             late.close()
         assert retained and doc["status"] == "online" and doc["gateway"] == "gw-restart"
@@ -94,8 +95,8 @@ def test_back_online_soon_after_a_long_broker_restart(persistent_broker: Broker,
     cfg = fast_cfg(broker.port, backoff_min_s=0.5, backoff_max_s=60.0,
                    status_interval_s=3600)
     fwd = Forwarder(spool, cfg, gateway_id="gw-restart", status_provider=dict)
-    watcher = Collector(broker.host, broker.port, "knute/gateway/+/status",
-                        client_id="restart-watch-long", persistent=True)
+    watcher = Subscriber(broker.host, broker.port, "knute/gateway/+/status",
+                         client_id="restart-watch-long", clean_session=False)
     fwd.start()
     try:
         wait_for(lambda: fwd.state == "open")
@@ -110,7 +111,7 @@ def test_back_online_soon_after_a_long_broker_restart(persistent_broker: Broker,
         wait_for(lambda: fwd.state == "open", 7.0,
                  what="the reconnection within 7 s of the broker's return")
         assert attempts_before >= 6                   # retried every 2 s at most meanwhile
-        wait_for(lambda: watcher.statuses()[-1][0]["status"] == "online")
+        wait_for(lambda: statuses(watcher)[-1][0]["status"] == "online")
     finally:
         fwd.stop(drain_timeout_s=2)
         watcher.close()

@@ -10,7 +10,8 @@ import pytest
 from gateway.config import TlsSettings
 from gateway.forwarder import Forwarder
 from gateway.spool import Spool
-from tests.gateway.test_forwarder import Collector, check_delivery, fast_cfg, make_rows
+from tests.gateway.test_forwarder import check_delivery, fast_cfg, make_rows
+from tools.rig.subscriber import Subscriber
 from tools.rig.tls import TlsBroker
 from tools.rig.wait import wait_for
 
@@ -30,7 +31,7 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
 def test_tls_with_client_certificate_and_password(tls_broker: TlsBroker, tmp_path: Path,
                                                   protocol: str) -> None:
     pki = tls_broker.pki
-    collector = Collector(tls_broker.host, tls_broker.port)
+    collector = Subscriber(tls_broker.host, tls_broker.port, "knute/#")
     spool = Spool(str(tmp_path / "s.db"), max_bytes=10**9, max_age_s=10**9)
     rows = make_rows(devices=3, per_device=30)
     spool.accept(rows)

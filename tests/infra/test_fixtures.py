@@ -13,7 +13,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 
 from tests.conftest import (
     MOSQUITTO,
@@ -25,6 +24,7 @@ from tests.conftest import (
     free_port,
     leaked_threads,
 )
+from tools.rig.subscriber import Subscriber
 
 WAIT_S = 15.0  # upper bound on any wait below; never a speed requirement
 
@@ -37,52 +37,6 @@ def read_exactly(fd: int, count: int) -> bytes:
         assert ready, f"no data on fd {fd} after {len(data)} of {count} bytes"
         data += os.read(fd, count - len(data))
     return data
-
-
-class Subscriber:
-    """A paho-mqtt client that subscribes to one topic and records messages.
-
-    It re-subscribes on every (re)connect, so it follows broker outages.
-    """
-
-    def __init__(self, broker: Broker, topic: str) -> None:
-        self.topic = topic
-        self.messages: list[mqtt.MQTTMessage] = []
-        self.got_message = threading.Event()
-        self.subscribed = threading.Event()
-        self.disconnected = threading.Event()
-        self.connects = 0
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{os.getpid()}")
-        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
-        self.client.on_disconnect = self._on_disconnect
-        self.client.connect(broker.host, broker.port, keepalive=10)
-        self.client.loop_start()
-
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                    reason: ReasonCode, properties: object) -> None:
-        self.connects += 1
-        client.subscribe(self.topic, qos=1)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
-                      reasons: list[ReasonCode], properties: object) -> None:
-        self.subscribed.set()
-
-    def _on_message(self, client: mqtt.Client, userdata: object,
-                    message: mqtt.MQTTMessage) -> None:
-        self.messages.append(message)
-        self.got_message.set()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason: ReasonCode, properties: object) -> None:
-        self.disconnected.set()
-
-    def close(self) -> None:
-        """Disconnect and stop the network thread."""
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def publish_qos1(broker: Broker, topic: str, payload: bytes) -> None:
@@ -111,14 +65,13 @@ def broker_kinds() -> list[str]:
 def test_broker_delivers_qos1(mqtt_broker_factory: BrokerFactory, kind: str) -> None:
     broker = mqtt_broker_factory(kind)
     assert broker.kind == kind and broker.running
-    sub = Subscriber(broker, "knute-test/qos1")
+    sub = Subscriber(broker.host, broker.port, "knute-test/qos1", keepalive=10)
     try:
-        assert sub.subscribed.wait(WAIT_S), "SUBACK never came"
+        assert sub.subscribed.is_set(), "SUBACK never came"
         publish_qos1(broker, "knute-test/qos1", b"\x01reading")
-        assert sub.got_message.wait(WAIT_S), "the subscriber received nothing"
-        message = sub.messages[0]
-        assert (message.topic, message.payload, message.qos) == (
-            "knute-test/qos1", b"\x01reading", 1)
+        (message,) = sub.wait_count(1, timeout=WAIT_S)
+        assert (message.topic, message.payload, message.qos, message.retain) == (
+            "knute-test/qos1", b"\x01reading", 1, False)
     finally:
         sub.close()
 
@@ -136,9 +89,9 @@ def test_mosquitto_fixture_is_the_default_broker(mosquitto: Broker) -> None:
 @pytest.mark.parametrize("kind", broker_kinds())
 def test_broker_outage_and_return(mqtt_broker_factory: BrokerFactory, kind: str) -> None:
     broker = mqtt_broker_factory(kind)
-    sub = Subscriber(broker, "knute-test/outage")
+    sub = Subscriber(broker.host, broker.port, "knute-test/outage", keepalive=10)
     try:
-        assert sub.subscribed.wait(WAIT_S)
+        assert sub.subscribed.is_set()
         port, pid = broker.port, broker.pid
 
         broker.stop()
@@ -153,8 +106,7 @@ def test_broker_outage_and_return(mqtt_broker_factory: BrokerFactory, kind: str)
         assert sub.subscribed.wait(WAIT_S), "the client did not reconnect and resubscribe"
         assert sub.connects == 2
         publish_qos1(broker, "knute-test/outage", b"after")
-        assert sub.got_message.wait(WAIT_S)
-        assert sub.messages[-1].payload == b"after"
+        assert sub.wait_count(1, timeout=WAIT_S)[-1].payload == b"after"
 
         broker.restart()
         assert broker.running and broker.starts == 3

@@ -4,18 +4,14 @@ over TCP and RTU (a pty), publishing to a real broker; the ``[modbus]`` config t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import config
 from gateway.conditions import condition_row
@@ -26,6 +22,7 @@ from gateway.spool import Accepted, Spool
 from tests.conftest import Broker, free_port
 from tests.modbus.conftest import SimFactory
 from tools.rig.gateway import GatewayProcess
+from tools.rig.subscriber import Subscriber
 from tools.rig.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,48 +162,14 @@ def test_condition_row_is_schema_valid_and_leaves_counters_alone(tmp_path: Path)
 
 # ---------------------------------------------------------------- end to end
 
-class Listener:
-    """Every message under the test prefix (QoS 1), as (topic, JSON) in arrival order."""
+def ups(sub: Subscriber, dev: int) -> list[dict[str, Any]]:
+    """A water meter's readings so far, first copies only."""
+    return sub.first_copies(topic=up(dev))
 
-    def __init__(self, broker: Broker) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"mb-{os.getpid()}-{id(self)}")
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect(broker.host, broker.port, 30)
-        self.client.subscribe(f"{PREFIX}/#", qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10), "no SUBACK"
 
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, json.loads(msg.payload)))
-
-    def on(self, topic: str) -> list[dict[str, Any]]:
-        """Payloads published on ``topic``, first copies only (same id or same since)."""
-        out: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        with self._lock:
-            items = [m for t, m in self.messages if t == topic]
-        for m in items:
-            key = str(m.get("id") or (m.get("condition"), m.get("since")))
-            if key not in seen:
-                seen.add(key)
-                out.append(m)
-        return out
-
-    def topics(self) -> set[str]:
-        """Every topic seen."""
-        with self._lock:
-            return {t for t, _ in self.messages}
-
-    def close(self) -> None:
-        """Disconnect."""
-        self.client.disconnect()
-        self.client.loop_stop()
+def conds(sub: Subscriber, dev: int) -> list[dict[str, Any]]:
+    """A water meter's condition messages so far, first copies only."""
+    return sub.first_copies(topic=cond(dev))
 
 
 def up(dev: int) -> str:
@@ -280,9 +243,9 @@ interval_s = 0.25
 
 
 @pytest.fixture
-def listener(mosquitto: Broker) -> Iterator[Listener]:
+def listener(mosquitto: Broker) -> Iterator[Subscriber]:
     """A subscriber to everything under the test prefix."""
-    sub = Listener(mosquitto)
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/#")
     try:
         yield sub
     finally:
@@ -309,7 +272,7 @@ def check_readings(readings: list[dict[str, Any]], dev: int, bus: str, unit: int
 
 
 def test_gateway_polls_modbus_tcp_and_rtu_and_publishes_conditions(
-        tmp_path: Path, knute_bin: Path, mosquitto: Broker, listener: Listener,
+        tmp_path: Path, knute_bin: Path, mosquitto: Broker, listener: Subscriber,
         modbus_sim: SimFactory) -> None:
     tcp_port = free_port()
     sim_args = ("--device", "1:generic_water_meter", "--device", "2:generic_air_station",
@@ -320,30 +283,30 @@ def test_gateway_polls_modbus_tcp_and_rtu_and_publishes_conditions(
     try:
         gw.start()
         # Readings over both buses, each device announced online at its first answer.
-        wait_for(lambda: len(listener.on(up(TCP_DEV))) >= 6 and len(listener.on(up(RTU_DEV)))
+        wait_for(lambda: len(ups(listener, TCP_DEV)) >= 6 and len(ups(listener, RTU_DEV))
                  >= 4, what="readings over TCP and RTU")
-        wait_for(lambda: listener.on(cond(TCP_DEV)) and listener.on(cond(RTU_DEV)),
+        wait_for(lambda: conds(listener, TCP_DEV) and conds(listener, RTU_DEV),
                  what="first online conditions")
         for dev in (TCP_DEV, RTU_DEV):
-            (first,) = listener.on(cond(dev))
+            (first,) = conds(listener, dev)
             CONDITION.validate(first)
             assert (first["condition"], first["reason"], first["gateway"]) == (
                 "online", None, "gw-modbus")
-        check_readings(listener.on(up(TCP_DEV)), TCP_DEV, "plant-tcp", 1)
-        check_readings(listener.on(up(RTU_DEV)), RTU_DEV, "plant-rs485", 5)
-        assert listener.on(up(TCP_DEV))[-1]["readings"]["index"]["value"] > listener.on(
-            up(TCP_DEV))[0]["readings"]["index"]["value"]
+        check_readings(ups(listener, TCP_DEV), TCP_DEV, "plant-tcp", 1)
+        check_readings(ups(listener, RTU_DEV), RTU_DEV, "plant-rs485", 5)
+        tcp = ups(listener, TCP_DEV)
+        assert tcp[-1]["readings"]["index"]["value"] > tcp[0]["readings"]["index"]["value"]
         # The air station is polled but not registered: rejected, never published.
         wait_for(lambda: gw.status()["sources"]["modbus"]["rejected_by_reason"].get(
             "unknown_device", 0) >= 2, what="unregistered device rejected")
-        assert not any("/air_quality/" in t for t in listener.topics())
+        assert not any("/air_quality/" in t for t in {m.topic for m in listener.messages()})
         st = gw.status()["sources"]["modbus"]
         assert (st["type"], st["state"], st["devices_total"]) == ("modbus", "open", 3)
         assert st["accepted"] >= 10 and st["received"] >= st["accepted"]
 
         # The TCP simulator goes away: offline, while the RTU meter keeps reading.
         tcp_sim.stop()
-        offline = wait_for(lambda: [c for c in listener.on(cond(TCP_DEV))
+        offline = wait_for(lambda: [c for c in conds(listener, TCP_DEV)
                                     if c["condition"] == "offline"], what="offline")[0]
         CONDITION.validate(offline)
         assert offline["reason"] in LINK_REASONS
@@ -352,38 +315,38 @@ def test_gateway_polls_modbus_tcp_and_rtu_and_publishes_conditions(
                                                                            "modbus")
         assert f"{TCP_DEV:08x}" in gw.status()["sources"]["modbus"]["offline"]
         # The condition is retained: a backend that subscribes now still learns it.
-        late = Listener(mosquitto)
+        late = Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/#")
         try:
-            wait_for(lambda: [c["condition"] for c in late.on(cond(TCP_DEV))] == ["offline"],
+            wait_for(lambda: [c["condition"] for c in conds(late, TCP_DEV)] == ["offline"],
                      what="the retained offline condition for a late subscriber")
         finally:
             late.close()
-        rtu_before = len(listener.on(up(RTU_DEV)))
-        wait_for(lambda: len(listener.on(up(RTU_DEV))) >= rtu_before + 3,
+        rtu_before = len(ups(listener, RTU_DEV))
+        wait_for(lambda: len(ups(listener, RTU_DEV)) >= rtu_before + 3,
                  what="RTU readings while the TCP device is offline")
-        last_tcp = listener.on(up(TCP_DEV))[-1]["fcnt"]
+        last_tcp = ups(listener, TCP_DEV)[-1]["fcnt"]
 
         # It comes back on the same port: online, and counters carry on.
         modbus_sim(*sim_args, port=tcp_port)
-        wait_for(lambda: [c["condition"] for c in listener.on(cond(TCP_DEV))] == [
+        wait_for(lambda: [c["condition"] for c in conds(listener, TCP_DEV)] == [
             "online", "offline", "online"], what="online again")
-        wait_for(lambda: listener.on(up(TCP_DEV))[-1]["fcnt"] > last_tcp + 2,
+        wait_for(lambda: ups(listener, TCP_DEV)[-1]["fcnt"] > last_tcp + 2,
                  what="readings after the return")
-        check_readings([m for m in listener.on(up(TCP_DEV)) if m["fcnt"] > last_tcp],
+        check_readings([m for m in ups(listener, TCP_DEV) if m["fcnt"] > last_tcp],
                        TCP_DEV, "plant-tcp", 1)
-        assert [c["condition"] for c in listener.on(cond(RTU_DEV))] == ["online"]
+        assert [c["condition"] for c in conds(listener, RTU_DEV)] == ["online"]
         assert gw.stop() == 0
         assert (tmp_path / "modbus-state.json").exists()
 
         # After a restart the counters continue above every published one.
-        published = max(m["fcnt"] for m in listener.on(up(TCP_DEV)))
+        published = max(m["fcnt"] for m in ups(listener, TCP_DEV))
         gw.start()
-        wait_for(lambda: listener.on(up(TCP_DEV))[-1]["fcnt"] > published,
+        wait_for(lambda: ups(listener, TCP_DEV)[-1]["fcnt"] > published,
                  what="a reading after the restart")
-        fcnts = [m["fcnt"] for m in listener.on(up(TCP_DEV))]
+        fcnts = [m["fcnt"] for m in ups(listener, TCP_DEV)]
         assert fcnts == sorted(set(fcnts))
         # Each start states every device's condition once: online at its first answer.
-        wait_for(lambda: [c["condition"] for c in listener.on(cond(TCP_DEV))] == [
+        wait_for(lambda: [c["condition"] for c in conds(listener, TCP_DEV)] == [
             "online", "offline", "online", "online"], what="online after the restart")
         assert gw.stop() == 0
         log = gw.log.read_text()

@@ -8,45 +8,10 @@ import sys
 
 sys.path.insert(0, ".")
 
-from binascii import hexlify, unhexlify
+from binascii import unhexlify
 
 from protocol import downlink as dl
-from protocol.errors import FrameError
-
-failures = []
-
-
-def hx(data):
-    return hexlify(bytes(data)).decode()
-
-
-def check(name, cond):
-    if not cond:
-        failures.append(name)
-        print("FAIL " + name)
-
-
-def from_json(value):
-    # downlink.json writes bytes and maps as tagged objects (JSON has neither).
-    if isinstance(value, dict):
-        if "bytes" in value:
-            return unhexlify(value["bytes"])
-        result = {}
-        for key, item in value["map"]:
-            result[key] = from_json(item)
-        return result
-    if isinstance(value, list):
-        return [from_json(item) for item in value]
-    return value
-
-
-def reason_of(fn, *args):
-    try:
-        fn(*args)
-    except FrameError as err:
-        return err.reason
-    return None
-
+from tests.upy_checks import check, finish, from_json, hx, reason_of
 
 with open("tests/vectors/downlink.json") as f:
     DOC = json.load(f)
@@ -111,6 +76,4 @@ def test_bundle_and_sizes():
 test_downlinks()
 test_rejected()
 test_bundle_and_sizes()
-print("failures", len(failures))
-if failures:
-    sys.exit(1)
+finish()

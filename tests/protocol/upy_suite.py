@@ -9,45 +9,13 @@ import sys
 
 sys.path.insert(0, ".")
 
-from binascii import hexlify, unhexlify
+from binascii import unhexlify
 
 from protocol import cbor, ccm, frame, stream
 from protocol.errors import FrameError
+from tests.upy_checks import check, finish, from_json, hx, reason_of
 
 VECTORS = "tests/vectors/"
-failures = []
-
-
-def hx(data):
-    return hexlify(bytes(data)).decode()
-
-
-def check(name, cond):
-    if not cond:
-        failures.append(name)
-        print("FAIL " + name)
-
-
-def reason_of(fn, *args):
-    try:
-        fn(*args)
-    except FrameError as err:
-        return err.reason
-    return None
-
-
-def from_json(value):
-    # cbor.json writes bytes and maps as tagged objects (JSON has neither).
-    if isinstance(value, dict):
-        if "bytes" in value:
-            return unhexlify(value["bytes"])
-        result = {}
-        for key, item in value["map"]:
-            result[key] = from_json(item)
-        return result
-    if isinstance(value, list):
-        return [from_json(item) for item in value]
-    return value
 
 
 def load(name):
@@ -238,6 +206,4 @@ test_frames()
 test_rejected()
 test_stream()
 test_link()
-print("failures", len(failures))
-if failures:
-    sys.exit(1)
+finish()

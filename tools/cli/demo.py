@@ -208,27 +208,13 @@ listen = "127.0.0.1:{self.udp_port}"
         self.event("gateway: running")
 
     def _start_subscriber(self) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        from tools.rig.subscriber import Subscriber
 
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="knute-demo-backend",
-                             protocol=mqtt.MQTTv311, clean_session=False)
-
-        def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            c.subscribe([(f"{PREFIX}/+/+/up", 1), (f"{PREFIX}/gateway/+/status", 1)])
-
-        def on_message(c: Any, userdata: Any, msg: Any) -> None:
-            self.seen.on_message(msg.topic, msg.payload)
-
-        client.on_connect = on_connect
-        client.on_message = on_message
-        client.reconnect_delay_set(1, 2)
-        client.connect(self.broker.host, self.broker.port, keepalive=5)
-        client.loop_start()
-        self._mqtt = client
-        deadline = time.monotonic() + 10
-        while not client.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self._mqtt = Subscriber(
+            self.broker.host, self.broker.port,
+            [f"{PREFIX}/+/+/up", f"{PREFIX}/gateway/+/status"], client_id="knute-demo-backend",
+            clean_session=False, keepalive=5,
+            on_message=lambda m: self.seen.on_message(m.topic, m.payload))
 
     def _start_real_firmware(self) -> None:
         from tools.sim.firmware_nodes import start_boards
@@ -337,8 +323,7 @@ listen = "127.0.0.1:{self.udp_port}"
             with contextlib.suppress(Exception):
                 board.close()
         if self._mqtt is not None:
-            self._mqtt.loop_stop()
-            self._mqtt.disconnect()
+            self._mqtt.close()
         for fwd in self._forwarders:
             fwd.close()
         if self._pty is not None:

@@ -5,6 +5,8 @@
 - ``tls``: Mosquitto with a TLS listener and a throwaway PKI;
 - ``gateway``: ``knute gateway run`` as a real process (start, wait until it
   listens, stop, kill -9, status, log);
+- ``subscriber``: ``Subscriber``, the MQTT client standing for the backend
+  (subscribe, keep topic/payload/retain/QoS, wait for a count or a condition);
 - ``faults``: ``FaultyLink``, a TCP relay that refuses, swallows or drops;
 - ``ptys`` and ``nullmodem``: serial lines without hardware;
 - ``flash`` and ``node``: firmware images compiled by mpy-cross and nodes run

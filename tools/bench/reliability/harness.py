@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import random
 import sqlite3
@@ -24,6 +23,7 @@ from tools.bench.reliability.results import (
 from tools.rig.faults import FaultyLink
 from tools.rig.gateway import GatewayProcess
 from tools.rig.ptys import HeldPty
+from tools.rig.subscriber import Message, Subscriber
 from tools.rig.wait import wait_for
 
 # ---------------------------------------------------------------- the backend
@@ -42,37 +42,24 @@ class Backend:
         self.order: dict[str, list[int]] = {}
         self.mismatched: list[str] = []
         self._lock = threading.Lock()
-        self._client: Any = None
-        self._subscribed = threading.Event()
+        self._sub: Subscriber | None = None
 
     def connect(self) -> None:
         """Connect and subscribe; returns once the SUBACK is in."""
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self._subscribed.clear()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                             client_id=f"rel-backend-{os.getpid()}-{id(self)}")
-        client.on_message = self._on_message
-        client.on_subscribe = lambda *a: self._subscribed.set()
-        client.connect(self.host, self.port, 30)
-        client.subscribe(f"{self.prefix}/+/+/up", qos=1)
-        client.loop_start()
-        self._client = client
-        if not self._subscribed.wait(15):
-            raise KnuteError("backend subscriber: no SUBACK")
+        self._sub = Subscriber(self.host, self.port, f"{self.prefix}/+/+/up",
+                               client_id=f"rel-backend-{os.getpid()}-{id(self)}",
+                               on_message=self._on_message)
 
     def disconnect(self) -> None:
         """Stop the client."""
-        client, self._client = self._client, None
-        if client is not None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
             with contextlib.suppress(Exception):
-                client.disconnect()
-            client.loop_stop()
+                sub.close()
 
-    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+    def _on_message(self, msg: Message) -> None:
         try:
-            doc = json.loads(msg.payload)
+            doc = msg.doc()
             rid = str(doc["id"])
             device = str(doc["device"])
             fcnt = int(doc["fcnt"])
@@ -83,7 +70,7 @@ class Backend:
         with self._lock:
             known = self.payloads.get(rid)
             if known is None:
-                self.payloads[rid] = bytes(msg.payload)
+                self.payloads[rid] = msg.payload
                 self.counts[rid] = 1
                 self.order.setdefault(device, []).append(fcnt)
             else:
