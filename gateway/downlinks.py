@@ -78,6 +78,7 @@ OPEN_STATES = (QUEUED, SENT)
 DEFAULT_MAX_QUEUED = 32           # open commands per device
 DEFAULT_EXPIRY_S = 7 * 86400.0    # a meter sending 4 times a day gets 28 chances
 DEFAULT_MAX_SENDS = 8             # sends without a report before a command expires
+KEEP_CLOSED_S = 30 * 86400.0      # finished commands stay this long for `devices show`
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dl_devices (
@@ -444,9 +445,12 @@ class DownlinkStore:
         return cmd
 
     def expire(self, now: float | None = None) -> list[Command]:
-        """Move open commands past their expiry (or their sends) to ``expired``."""
+        """Move open commands past their expiry (or their sends) to ``expired``; forget
+        finished commands older than ``KEEP_CLOSED_S`` (the table stays bounded)."""
         now = time.time() if now is None else now
         with self._write() as db:
+            db.execute("DELETE FROM dl_commands WHERE state NOT IN (?, ?) AND updated_at < ?",
+                       (*OPEN_STATES, now - KEEP_CLOSED_S))
             rows = db.execute(
                 f"SELECT row, {_COLS} FROM dl_commands WHERE state IN (?, ?) AND "
                 "(expires_at <= ? OR (state = ? AND sends >= ?))",
