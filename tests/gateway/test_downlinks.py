@@ -103,7 +103,7 @@ def test_expiry_and_send_limit(tmp_path: os.PathLike[str]) -> None:
     assert [x.cmd_id for x in s.expire(now=150.0)] == [b.cmd_id]
     assert s.due(DEV, now=150.0) == []
     assert len(s.commands(DEV)) == 2
-    s.expire(now=150.0 + dlq.KEEP_CLOSED_S)          # finished ones are forgotten
+    s.expire(now=151.0 + dlq.KEEP_CLOSED_S)          # finished ones are forgotten
     assert s.commands(DEV) == []
     s.close()
 
