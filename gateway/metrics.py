@@ -16,6 +16,8 @@ Exposed families (all prefixed ``knute_gateway_``):
   forwarded_total, publish_errors_total, mqtt_reconnects_total
   mqtt_connected                      1 while the broker session is up
   source_up{source}                   1 while a source's link is open
+  downlinks_total{state}              downlinks sent; commands applied, rejected, expired
+  downlink_errors_total               downlinks not sent (no path, refused by a TX_ACK, ...)
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ class StatusCollector(Collector):
                                       value=float(fwd.get(key, 0)))
         yield GaugeMetricFamily(f"{PREFIX}_mqtt_connected", "1 while connected to the broker",
                                 value=1.0 if fwd.get("connected") else 0.0)
+        totals: dict[str, Any] = st.get("totals", {})
+        dl = CounterMetricFamily(f"{PREFIX}_downlinks", "Downlinks sent, and commands by "
+                                 "outcome", labels=["state"])
+        for state in ("sent", "applied", "rejected", "expired"):
+            dl.add_metric([state], float(totals.get(f"downlinks_{state}", 0)))
+        yield dl
+        yield CounterMetricFamily(f"{PREFIX}_downlink_errors", "Downlinks not sent",
+                                  value=float(totals.get("downlink_errors", 0)))
 
 
 class MetricsServer:

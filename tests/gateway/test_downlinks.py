@@ -244,3 +244,18 @@ def test_update_plan_figures() -> None:
     assert fleet["hours_for_fleet"] == fleet["hours_for_duty_cycle"] > one["hours_per_node"]
     print(f"5 KB at SF9: one node {one['hours_per_node']} h, 500 nodes "
           f"{fleet['hours_for_fleet']} h")
+
+
+def test_downlink_metrics_come_from_the_status() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.metrics import StatusCollector
+
+    reg = CollectorRegistry()
+    reg.register(StatusCollector(lambda: {"totals": {
+        "downlinks_sent": 3, "downlinks_applied": 2, "downlink_errors": 1}}))
+    text = generate_latest(reg).decode()
+    assert 'knute_gateway_downlinks_total{state="sent"} 3.0' in text
+    assert 'knute_gateway_downlinks_total{state="applied"} 2.0' in text
+    assert 'knute_gateway_downlinks_total{state="expired"} 0.0' in text
+    assert "knute_gateway_downlink_errors_total 1.0" in text
