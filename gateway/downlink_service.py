@@ -198,7 +198,7 @@ class DownlinkService:
         key = store.device_key(dev)
         if key is None:
             return
-        dcnt = store.take_counter(dev, after_fcnt=up.fcnt)
+        dcnt = store.take_counter(dev, after_fcnt=up.fcnt, epoch=up.epoch)
         if dcnt is None:
             self.counters.inc("downlink_claimed_elsewhere", up.source)
             return
@@ -261,7 +261,7 @@ def uplink_from(ready: Ready) -> Uplink:
     return Uplink(device_id=ready.device.device_id, kind=decoded["kind"], fcnt=decoded["fcnt"],
                   values=decoded["values"], end_s=end_s, source=rx.source, path=path,
                   receiver=receiver, under_next_key=ready.under_next_key,
-                  heard_s=ready.received_at)
+                  heard_s=ready.received_at, epoch=ready.epoch)
 
 
 def status_topic(prefix: str, kind: str, device_id: int) -> str:

@@ -18,7 +18,7 @@ What it keeps per device (table ``dl_devices``):
   itself stays in ``devices.key``), and while a rotation is pending the
   ``next_key`` and its number. ``commit_rekey`` moves next to current in the
   same transaction that updates ``devices.key``.
-- ``answered``: the last uplink counter a downlink was sent after. Several
+- ``answered``: the last uplink (epoch, counter) a downlink was sent after. Several
   gateways hear the same uplink; ``take_counter(device, after_fcnt)`` claims
   the uplink and the counter in one transaction, so exactly one of them
   answers it.
@@ -284,26 +284,30 @@ class DownlinkStore:
     def _ensure(db: sqlite3.Connection, device_id: int) -> None:
         db.execute("INSERT OR IGNORE INTO dl_devices (device_id) VALUES (?)", (device_id,))
 
-    def take_counter(self, device_id: int, after_fcnt: int | None = None) -> int | None:
+    def take_counter(self, device_id: int, after_fcnt: int | None = None,
+                     epoch: int = 0) -> int | None:
         """The next downlink counter of a device, committed before it is returned.
 
-        With ``after_fcnt`` (the uplink the downlink answers) the uplink is claimed in
-        the same transaction: None when a downlink after it (or a later uplink) was
-        already sent, by this gateway or another one sharing the registry.
+        With ``after_fcnt`` (the uplink the downlink answers, in the device's counter
+        ``epoch``) the uplink is claimed in the same transaction: None when a downlink
+        after it (or a later uplink) was already sent, by this gateway or another one
+        sharing the registry. An operator's counter reset starts a new epoch, so the
+        node's restarted counter is answered again.
         """
+        claim = None if after_fcnt is None else (epoch << 24) + after_fcnt
         with self._write() as db:
             self._ensure(db, device_id)
             dcnt, answered = db.execute(
                 "SELECT dcnt, answered FROM dl_devices WHERE device_id = ?",
                 (device_id,)).fetchone()
-            if after_fcnt is not None and int(answered) >= after_fcnt:
+            if claim is not None and int(answered) >= claim:
                 return None
             value = int(dcnt) + 1
             if value > dls.MAX_DCNT:
                 raise CounterExhausted(f"device {device_id:08x}: downlink counter exhausted")
             db.execute("UPDATE dl_devices SET dcnt = ?, answered = max(answered, ?) "
                        "WHERE device_id = ?",
-                       (value, -1 if after_fcnt is None else after_fcnt, device_id))
+                       (value, -1 if claim is None else claim, device_id))
         return value
 
     def counter(self, device_id: int) -> int | None:
@@ -533,8 +537,10 @@ class DownlinkStore:
             for cmd_id, row in rows.items():
                 if cmd_id in reported or row[5] != SENT:
                     continue
+                # Any uplink but the one the downlink answered could carry its report
+                # (uplinks arrive in counter order; after a counter reset, lower ones).
                 sent_after = row[14]
-                if sent_after is not None and int(sent_after) < fcnt:
+                if sent_after is not None and int(sent_after) != fcnt:
                     db.execute("UPDATE dl_commands SET state = ?, updated_at = ? "
                                "WHERE row = ?", (QUEUED, now, row[0]))
                     out.changed.append(_command((*row[1:5], QUEUED, *row[6:8], now,

@@ -259,3 +259,17 @@ def test_downlink_metrics_come_from_the_status() -> None:
     assert 'knute_gateway_downlinks_total{state="applied"} 2.0' in text
     assert 'knute_gateway_downlinks_total{state="expired"} 0.0' in text
     assert "knute_gateway_downlink_errors_total 1.0" in text
+
+
+def test_an_uplink_is_claimed_once_and_a_counter_reset_starts_over(
+        store: dlq.DownlinkStore) -> None:
+    assert store.take_counter(DEV, after_fcnt=40) == 0
+    assert store.take_counter(DEV, after_fcnt=40) is None      # another gateway: no
+    assert store.take_counter(DEV, after_fcnt=39) is None      # an older uplink: no
+    assert store.take_counter(DEV, after_fcnt=41) == 1
+    # The operator reset the node's counter: epoch 1 starts again at low counters.
+    assert store.take_counter(DEV, after_fcnt=0, epoch=1) == 2
+    cmd, _ = store.queue(DEV, "reboot", now=1.0)
+    store.mark_sent(DEV, [cmd.cmd_id], 3, up_fcnt=50, now=2.0)
+    out = store.report(DEV, 1, [], now=3.0)       # the node restarted its counter
+    assert [(c.cmd_id, c.state) for c in out.changed] == [(cmd.cmd_id, "queued")]
