@@ -97,6 +97,8 @@ class DownlinkService:
         self._ledgers: dict[str, DutyLedger] = {}
         self._thread: threading.Thread | None = None
         self._last_expire = 0.0
+        self._stopping = False
+        self._last_error: dict[str, float] = {}
         self._kinds: dict[int, str] = {}
 
     # -- the ingest side -----------------------------------------------------------
@@ -118,6 +120,7 @@ class DownlinkService:
         """Finish the uplinks already queued, then stop."""
         if self._thread is None:
             return
+        self._stopping = True
         self._queue.put(None)
         self._thread.join(timeout)
         self._thread = None
@@ -127,16 +130,28 @@ class DownlinkService:
             try:
                 up = self._queue.get(timeout=1.0)
             except queue.Empty:
-                self._expire()
-                continue
-            if up is None:
+                up = None
+                if self._stopping:
+                    return
+            if up is None and self._stopping:
                 return
+            if up is not None:
+                try:
+                    self.handle(up)
+                except Exception as exc:  # a bad uplink or a database hiccup never stops it
+                    self.counters.inc("downlink_errors")
+                    self._error(f"device {up.device_id:08x} fcnt {up.fcnt}: {exc}")
             try:
-                self.handle(up)
-            except Exception as exc:  # one bad uplink or a database hiccup never stops it
-                self.counters.inc("downlink_errors")
-                log.error("downlinks: device %08x fcnt %d: %s", up.device_id, up.fcnt, exc)
-            self._expire()
+                self._expire()
+            except Exception as exc:
+                self._error(f"expiry: {exc}")
+
+    def _error(self, text: str) -> None:
+        """Log a failure, once per distinct text a minute (a broken database repeats)."""
+        now = time.monotonic()
+        if self._last_error.get(text, -1e9) + 60.0 <= now:
+            self._last_error[text] = now
+            log.error("downlinks: %s", text)
 
     # -- the work ---------------------------------------------------------------------
 
@@ -408,9 +423,14 @@ class DownlinkRuntime:
         seen = [self._device_changes()]
 
         def devices_changed() -> bool:
+            created = False
+            try:   # a registry restored from a backup may lack the downlink tables
+                created = self.store.ensure_tables()
+            except Exception as exc:
+                log.error("downlink tables not checked: %s", exc)
             refresh()
             now = self._device_changes()
-            if now is not None and now == seen[0]:
+            if not created and now is not None and now == seen[0]:
                 return False
             seen[0] = now
             return True

@@ -248,6 +248,17 @@ class DownlinkStore:
         except sqlite3.Error as exc:
             raise KnuteError(f"registry {path}: downlink tables: {exc}") from None
 
+    def ensure_tables(self) -> bool:
+        """Create the downlink tables if they are missing (a registry restored from a
+        backup taken before them); True if they were."""
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
+                                   "('dl_devices', 'dl_commands', 'device_changes')").fetchone()
+        if int(row[0]) < 3:
+            self._create()
+            return True
+        return False
+
     def _create(self) -> None:
         with self._write() as db:
             for stmt in _statements(_SCHEMA):
