@@ -24,7 +24,8 @@ except ImportError:  # CPython (type checks, host tools): const(x) is x
 _POLL_FAILURES = const(5)     # consecutive failed polls before a reset
 _HEALTHY_S = const(600)       # uptime after which a node that sends nothing counts as booted
 # config keys nobody reads once the node runs (dropped to give the heap back)
-_BOOT_ONLY = ("key", "key_bytes", "board", "fcnt_block", "bench")
+_BOOT_ONLY = ("key", "key_bytes", "key_next", "key_next_bytes", "board", "fcnt_block",
+              "bench")
 
 
 def _print_exception(exc):
@@ -55,7 +56,7 @@ def say_status(ctx, node):
 
 
 def run(hal, ctx, node):
-    """The main loop: poll the role, feed the watchdog, sleep."""
+    """The main loop: poll the role, feed the watchdog, sleep; True to apply a downlink."""
     power = ctx.config["power"]
     wdt_ms = power["wdt_s"] * 1000
     wdt = hal.watchdog(wdt_ms) if wdt_ms else NullWatchdog()
@@ -83,6 +84,12 @@ def run(hal, ctx, node):
         try:
             wait = node.poll(hal.ticks_ms())
             failures = 0
+            if ctx.dl and ctx.dl[5]:
+                # A window heard a downlink: main() restarts in place to apply it.
+                if hasattr(node, "_save"):
+                    node._save()
+                store.put("boots", 0)
+                return True
         except Exception as exc:  # a role fault must not stop the meter for good
             failures += 1
             ctx.log("error in %s.poll (%d in a row): %r" % (ctx.config["role"], failures, exc))
@@ -107,33 +114,74 @@ def run(hal, ctx, node):
         hal.sleep_ms(wait)
 
 
-def main(config_path="config.json"):
-    """Boot the node and run it (the whole of /main.py)."""
+def _updated():
+    # Only a node that has received a module update has an upd/ folder.
+    import os
+
+    try:
+        os.stat("upd")
+        return True
+    except OSError:
+        return False
+
+
+def main(config_path="config.json", hook=True):
+    """Boot the node and run it (the whole of /main.py).
+
+    A node that has received a module update (an upd/ folder) runs the boot
+    hook first (firmware.downlink_update.hook, docs/protocol.md 12.10): True,
+    at once, when it made another module set active; main.py then runs that
+    set's app.
+    When a receive window heard a downlink, the node restarts in place: the
+    role and what it loaded leave the heap, the downlink is applied
+    (firmware.downlink_window.apply_pending) and the node boots again with
+    the same HAL.
+    """
+    if hook and _updated():
+        from firmware import downlink_update
+
+        if downlink_update.hook():
+            return True             # main.py runs the active set's app
+        unload("firmware.downlink_update")
+        unload("firmware.downlink_files")
     from firmware import boot
 
-    booted = boot.boot(config_path)
-    if booted is None:
-        return
-    hal, ctx, role = booted
-    del booted
-    # Boot-only code leaves the heap before the role allocates its buffers.
-    unload("firmware.roles")
-    unload("firmware.boot")
-    del boot
-    gc.collect()
-    node = role.Node(ctx)
-    try:
-        node.start()
-    except (OSError, ValueError) as exc:
-        from firmware import status
+    hal = None
+    while True:
+        booted = boot.boot(config_path, hal)
+        if booted is None:
+            return None
+        hal, ctx, role = booted
+        del booted
+        # Boot-only code leaves the heap before the role allocates its buffers.
+        unload("firmware.roles")
+        unload("firmware.boot")
+        del boot
+        gc.collect()
+        node = role.Node(ctx)
+        try:
+            node.start()
+        except (OSError, ValueError) as exc:
+            from firmware import status
 
-        status.safe_mode(hal, "role " + ctx.config["role"] + " did not start: " + str(exc))
-        return
-    cfg = ctx.config
-    for key in _BOOT_ONLY:
-        if key in cfg:
-            del cfg[key]
-    unload("firmware.hal.unix_wiring")
-    gc.collect()
-    ctx.log("heap: %d bytes used, %d free after boot" % (gc.mem_alloc(), gc.mem_free()))
-    run(hal, ctx, node)
+            status.safe_mode(hal, "role " + ctx.config["role"] + " did not start: " + str(exc))
+            return None
+        cfg = ctx.config
+        for key in _BOOT_ONLY:
+            if key in cfg:
+                del cfg[key]
+        unload("firmware.hal.unix_wiring")
+        gc.collect()
+        ctx.log("heap: %d bytes used, %d free after boot" % (gc.mem_alloc(), gc.mem_free()))
+        if not run(hal, ctx, node):
+            return None
+        # A downlink was heard: everything but the HAL leaves the heap.
+        ctx.log("restarting in place to apply a downlink")
+        del ctx, node, role, cfg
+        from firmware import downlink_apply
+
+        downlink_apply.restart(hal, config_path)
+        unload("firmware.downlink_apply")
+        del downlink_apply
+        gc.collect()
+        from firmware import boot

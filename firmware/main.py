@@ -9,4 +9,8 @@ if "lib" not in sys.path:
 
 from firmware import app
 
-app.main()
+if app.main():
+    # A module update is active (firmware.downlink_update.hook): its own app runs.
+    from firmware import app
+
+    app.main("config.json", False)
