@@ -114,74 +114,44 @@ def run(hal, ctx, node):
         hal.sleep_ms(wait)
 
 
-def _updated():
-    # Only a node that has received a module update has an upd/ folder.
-    import os
+def main(config_path="config.json", hal=None):
+    """Boot the node and run it (main.py); what main.py must do next, else None.
 
-    try:
-        os.stat("upd")
-        return True
-    except OSError:
-        return False
-
-
-def main(config_path="config.json", hook=True):
-    """Boot the node and run it (the whole of /main.py).
-
-    A node that has received a module update (an upd/ folder) runs the boot
-    hook first (firmware.downlink_update.hook, docs/protocol.md 12.10): True,
-    at once, when it made another module set active; main.py then runs that
-    set's app.
-    When a receive window heard a downlink, the node restarts in place: the
-    role and what it loaded leave the heap, the downlink is applied
-    (firmware.downlink_window.apply_pending) and the node boots again with
-    the same HAL.
+    False at once when the module-update boot hook made another module set
+    active (firmware.boot.update_hook); the HAL when a receive window heard a
+    downlink. main.py then hands either to firmware.downlink_apply.restart and
+    calls main() again with what it returns (False: boot without the hook).
     """
-    if hook and _updated():
-        from firmware import downlink_update
-
-        if downlink_update.hook():
-            return True             # main.py runs the active set's app
-        unload("firmware.downlink_update")
-        unload("firmware.downlink_files")
     from firmware import boot
 
-    hal = None
-    while True:
-        booted = boot.boot(config_path, hal)
-        if booted is None:
-            return None
-        hal, ctx, role = booted
-        del booted
-        # Boot-only code leaves the heap before the role allocates its buffers.
-        unload("firmware.roles")
-        unload("firmware.boot")
-        del boot
-        gc.collect()
-        node = role.Node(ctx)
-        try:
-            node.start()
-        except (OSError, ValueError) as exc:
-            from firmware import status
+    if hal is None and boot.update_hook():
+        return False
+    booted = boot.boot(config_path, hal or None)
+    if booted is None:
+        return None
+    hal, ctx, role = booted
+    del booted
+    # Boot-only code leaves the heap before the role allocates its buffers.
+    unload("firmware.roles")
+    unload("firmware.boot")
+    del boot
+    gc.collect()
+    node = role.Node(ctx)
+    try:
+        node.start()
+    except (OSError, ValueError) as exc:
+        from firmware import status
 
-            status.safe_mode(hal, "role " + ctx.config["role"] + " did not start: " + str(exc))
-            return None
-        cfg = ctx.config
-        for key in _BOOT_ONLY:
-            if key in cfg:
-                del cfg[key]
-        unload("firmware.hal.unix_wiring")
-        gc.collect()
-        ctx.log("heap: %d bytes used, %d free after boot" % (gc.mem_alloc(), gc.mem_free()))
-        if not run(hal, ctx, node):
-            return None
-        # A downlink was heard: everything but the HAL leaves the heap.
+        status.safe_mode(hal, "role " + ctx.config["role"] + " did not start: " + str(exc))
+        return None
+    cfg = ctx.config
+    for key in _BOOT_ONLY:
+        if key in cfg:
+            del cfg[key]
+    unload("firmware.hal.unix_wiring")
+    gc.collect()
+    ctx.log("heap: %d bytes used, %d free after boot" % (gc.mem_alloc(), gc.mem_free()))
+    if run(hal, ctx, node):
         ctx.log("restarting in place to apply a downlink")
-        del ctx, node, role, cfg
-        from firmware import downlink_apply
-
-        downlink_apply.restart(hal, config_path)
-        unload("firmware.downlink_apply")
-        del downlink_apply
-        gc.collect()
-        from firmware import boot
+        return hal
+    return None

@@ -3,7 +3,7 @@
 
 import gc
 import sys
-from os import remove
+from os import remove, stat
 
 from firmware import state
 from firmware.app import unload
@@ -70,6 +70,21 @@ def _wait_for_supply(hal, cfg):
         print("knute: supply low (%d mV < %d mV): waiting before flash writes and radio"
               % (mv, limit))
         hal.sleep_ms(_BROWNOUT_WAIT_MS)
+
+
+def update_hook():
+    """The module-update boot hook on a node with an upd/ folder; True: another set is active."""
+    try:
+        stat("upd")
+    except OSError:
+        return False
+    from firmware import downlink_update
+
+    if downlink_update.hook():
+        return True
+    unload("firmware.downlink_update")
+    unload("firmware.downlink_files")
+    return False
 
 
 def boot(config_path="config.json", hal=None):

@@ -1,12 +1,12 @@
 # The restart in place that applies a downlink (see firmware.downlink_window):
-# called by the app once the role's main loop has returned, with nothing but
-# the HAL left to keep.
+# called by main.py once the app has returned, with nothing but the HAL left
+# to keep.
 
 import gc
 import sys
 
 # modules the HAL object and the app's loop need across the restart
-_KEEP = ("firmware.app", "firmware.hal", "firmware.hal.unix", "firmware.hal.board",
+_KEEP = ("firmware.hal", "firmware.hal.unix", "firmware.hal.board",
          "firmware.hal.esp32", "firmware.hal.rp2", "firmware.downlink_apply")
 
 
@@ -20,12 +20,19 @@ def _unload_all():
 
 
 def restart(hal, config_path="config.json"):
-    """Drop every loaded module but the HAL's, apply state/dlrx.json, drop them again."""
+    """Between two lives of the node (main.py): apply a waiting downlink, drop all modules.
+
+    `hal` is the HAL of the life that ended (a downlink waits), or False
+    (a module update became active: nothing to apply). Returns what
+    firmware.app.main takes next.
+    """
     _unload_all()
-    try:
-        return apply_pending(hal, config_path)
-    finally:
-        _unload_all()
+    if hal:
+        try:
+            apply_pending(hal, config_path)
+        finally:
+            _unload_all()
+    return hal
 
 
 def apply_pending(hal, config_path="config.json"):

@@ -9,8 +9,12 @@ if "lib" not in sys.path:
 
 from firmware import app
 
-if app.main():
-    # A module update is active (firmware.downlink_update.hook): its own app runs.
+hal = app.main()
+while hal is not None:
+    # A module update became active, or a downlink waits: firmware.downlink_apply.
+    from firmware import downlink_apply
+
+    hal = downlink_apply.restart(hal)
     from firmware import app
 
-    app.main("config.json", False)
+    hal = app.main("config.json", hal)
