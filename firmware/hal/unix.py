@@ -69,6 +69,8 @@ class Hal:
 
     port = "unix"
     ticks_diff = time.ticks_diff
+    offset_ms = 0                   # the node's clock minus board time (set by a downlink)
+    clock_set = False               # a downlink set the clock since the last reset
 
     def __init__(self):
         self.scale = 1
@@ -97,19 +99,15 @@ class Hal:
         return self._elapsed_ms() & _TICKS_MASK
 
     def time(self):
-        """Simulated unix seconds."""
-        return self.start_s + self._elapsed_ms() // 1000
+        """The node's clock in unix seconds: board time plus the downlink clock's offset."""
+        return (self.start_s * 1000 + self._elapsed_ms() + self.offset_ms) // 1000
 
     def time_ms(self):
-        """Simulated unix milliseconds (the bench radio's clock)."""
+        """Board time in unix milliseconds, without the offset (the bench radio's clock)."""
         return self.start_s * 1000 + self._elapsed_ms()
 
-    def hold_ns(self, real_ns):
-        """Take `real_ns` of real time out of the simulated clock (a held clock)."""
-        self.t0_ns += real_ns
-
     def set_time(self, unix_s):
-        """Set the simulated clock (as a board sets its RTC)."""
+        """Set the simulated clock so that time() gives `unix_s` (as a board sets its RTC)."""
         self.start_s += unix_s - self.time()
 
     def stopping(self):

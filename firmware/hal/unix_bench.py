@@ -9,8 +9,6 @@
 # end_ms and start_ms are the receiving node's bench clock (board time, unix
 # milliseconds); old 4-field RX lines, without end_ms, still parse.
 
-import time
-
 from firmware.hal.unix_inputs import LineSource
 
 
@@ -30,8 +28,9 @@ class BenchRadio:
 
     A transmitting node appends RX lines (with the bench "radio_rssi_dbm" /
     "radio_snr_db" values, as a receiver next to it would hear them), so its
-    radio file can be fed straight to a radio_bridge node. window() listens
-    for TX lines in a receive window; transmit_at() writes one.
+    radio file can be fed straight to a radio_bridge node. The TX lines (a
+    receive window, a bridge's transmission) are firmware.hal.unix_bench_rx's,
+    loaded only by nodes that use them.
     """
 
     def __init__(self, hal, path, bench, rx_path=None):
@@ -40,18 +39,18 @@ class BenchRadio:
         self.rx_path = rx_path
         self.rssi = bench.get("radio_rssi_dbm", -80)
         self.snr_db = bench.get("radio_snr_db", 9.0)
-        self.wait_real_ms = bench.get("rx_wait_real_ms", 0)
         self.lines = None
-        self.rx_lines = None
+        self.rx_lines = None        # TX lines of rx_path (unix_bench_rx)
         self.pending = None         # a TX line read for a later window
         self.bad_lines = 0
         self.not_heard = 0          # TX lines outside every window the node opened
 
     def send(self, packet, tx_at_ms=None):
         """Append one packet line; returns ticks_ms at the end, as SyncModem.send."""
+        self.end_ms = self.hal.time_ms()    # the transmission's end, as the line says
         with open(self.path, "a") as handle:
             handle.write("RX %d %s %s %d\n" % (self.rssi, self.snr_db, bytes(packet).hex(),
-                                               self.hal.time_ms()))
+                                               self.end_ms))
         return self.hal.ticks_ms()
 
     def recv(self, timeout_ms=None, rx_length=0xFF, rx_packet=None):
@@ -81,62 +80,3 @@ class BenchRadio:
             self.bad_lines += 1
             return None
         return BenchPacket(payload, rssi, snr_x4, end_ms)
-
-    def transmit_at(self, start_ms, freq_hz, sf, payload):
-        """Transmit `payload` starting at `start_ms` (bench: append a TX line to rx_path)."""
-        with open(self.rx_path, "a") as handle:
-            handle.write("TX %d %d %d %s\n" % (start_ms, freq_hz, sf, bytes(payload).hex()))
-
-    def _next_tx(self):
-        # (start_ms, freq_hz, sf, payload) of the next TX line, or None for now.
-        if self.pending is not None:
-            item = self.pending
-            self.pending = None
-            return item
-        if self.rx_lines is None:
-            if self.rx_path is None:
-                return None
-            self.rx_lines = LineSource(self.rx_path)
-        while True:
-            line = self.rx_lines.readline()
-            if line is None:
-                return None
-            parts = line.split()
-            try:
-                if len(parts) != 5 or parts[0] != "TX":
-                    raise ValueError
-                return int(parts[1]), int(parts[2]), int(parts[3]), bytes.fromhex(parts[4])
-            except ValueError:
-                self.bad_lines += 1
-
-    def window(self, open_ms, freq_hz, sf, preamble_ms):
-        """The packet a receive window opening at bench time `open_ms` hears, or None.
-
-        Heard: a TX line on this channel and SF whose start lies within the
-        preamble time after the window opens. Earlier lines were not heard
-        (counted), a later one is kept for the next window. While nothing is
-        heard the node may wait up to bench rx_wait_real_ms of real time for
-        a line, its clock held (the wait is taken out of the bench clock).
-        """
-        start_ns = time.time_ns()
-        held = False
-        try:
-            while True:
-                item = self._next_tx()
-                if item is None:
-                    if (time.time_ns() - start_ns) // 1000000 >= self.wait_real_ms:
-                        return None
-                    held = True
-                    time.sleep_ms(2)
-                    continue
-                start_ms, freq, lsf, payload = item
-                if start_ms > open_ms + preamble_ms:
-                    self.pending = item
-                    return None
-                if start_ms < open_ms or freq != freq_hz or lsf != sf:
-                    self.not_heard += 1
-                    continue
-                return BenchPacket(payload, self.rssi, round(self.snr_db * 4), start_ms)
-        finally:
-            if held:
-                self.hal.hold_ns(time.time_ns() - start_ns)
