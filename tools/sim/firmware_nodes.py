@@ -70,7 +70,7 @@ class FirmwareNode:
                    seed: int) -> None:
         wiring = workdir.parent / f"{workdir.name}-wiring.json"
         wiring.write_text(json.dumps({
-            "jitter_s": 30,
+            "jitter_s": 30, "downlink": True,
             "water": {"sends_per_day": 4, "profile_len": 6, "litres_per_pulse": 1},
             "bench": {"uart": {"link": self.line.a_path}, "pulse": {"pulse": "pulses.txt"},
                       "time_scale": speed, "start_time": int(start), "seed": seed,
