@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from gateway import message
-from gateway.model import Accepted, Device
+from knute.gateway import message
+from knute.gateway.model import Accepted, Device
 
 if TYPE_CHECKING:
-    from gateway.modbus.poller import DeviceCondition
+    from knute.gateway.modbus.poller import DeviceCondition
 
 log = logging.getLogger("knute.gateway")
 

@@ -42,20 +42,20 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from gateway import message
-from gateway.conditions import ConditionOutbox
-from gateway.config import MODBUS_SOURCE, GatewayConfig
-from gateway.dbfile import DataLock
-from gateway.errors import ConfigError, KnuteError
-from gateway.model import Counters
-from gateway.pipeline import Pipeline, Ready, Reception, to_accepted
-from gateway.registry import Registry, Seen
-from gateway.registry_watch import RegistryWatch
-from gateway.rejectlog import RejectionLog
-from gateway.status import StatusServer, Tap
+from knute.gateway import message
+from knute.gateway.conditions import ConditionOutbox
+from knute.gateway.config import MODBUS_SOURCE, GatewayConfig
+from knute.gateway.dbfile import DataLock
+from knute.gateway.errors import ConfigError, KnuteError
+from knute.gateway.model import Counters
+from knute.gateway.pipeline import Pipeline, Ready, Reception, to_accepted
+from knute.gateway.registry import Registry, Seen
+from knute.gateway.registry_watch import RegistryWatch
+from knute.gateway.rejectlog import RejectionLog
+from knute.gateway.status import StatusServer, Tap
 
 if TYPE_CHECKING:
-    from gateway.modbus.poller import DeviceCondition, ModbusReading
+    from knute.gateway.modbus.poller import DeviceCondition, ModbusReading
 
 log = logging.getLogger("knute.gateway")
 
@@ -113,10 +113,10 @@ class Daemon:
     # -- wiring ---------------------------------------------------------------------------
 
     def _open(self) -> None:
-        from gateway.forwarder import Forwarder
-        from gateway.sources.serial import SerialSource
-        from gateway.sources.udp_forwarder import UdpForwarderSource
-        from gateway.spool import AcceptBatcher, Spool
+        from knute.gateway.forwarder import Forwarder
+        from knute.gateway.sources.serial import SerialSource
+        from knute.gateway.sources.udp_forwarder import UdpForwarderSource
+        from knute.gateway.spool import AcceptBatcher, Spool
 
         cfg = self.cfg
         for path in (cfg.registry, cfg.spool):
@@ -156,13 +156,13 @@ class Daemon:
                 raise KnuteError(f"{cfg.path}: packet_forwarder {ucfg.name!r}: cannot listen "
                                  f"on {ucfg.host}:{ucfg.port}: {exc.strerror}") from None
         if cfg.modbus is not None and cfg.modbus.devices:
-            from gateway.sources.modbus import ModbusSource
+            from knute.gateway.sources.modbus import ModbusSource
 
             self.sources.append(ModbusSource(
                 cfg.modbus, self._modbus_reading, on_condition=self._modbus_condition,
                 last_fcnt=self.spool.counters(), name=MODBUS_SOURCE))
         if cfg.downlinks.enabled:
-            from gateway.downlink_service import DownlinkRuntime
+            from knute.gateway.downlink_service import DownlinkRuntime
 
             self.downlinks = DownlinkRuntime(cfg, self.sources, self.counters,
                                              lambda: self.pipeline.devices if self.pipeline
@@ -176,7 +176,7 @@ class Daemon:
             raise KnuteError(f"{cfg.path}: status.socket {cfg.status_socket}: "
                              f"{exc.strerror}") from None
         if cfg.metrics_port is not None:
-            from gateway.metrics import MetricsServer
+            from knute.gateway.metrics import MetricsServer
 
             assert cfg.metrics_host is not None
             try:
@@ -195,9 +195,14 @@ class Daemon:
         spool path naming a file that is not that knute database (the
         configuration file itself, the other database) must never be replaced.
         """
-        from gateway import registry, spool
-        from gateway.config import tls_problems
-        from gateway.dbfile import REGISTRY_APP_ID, SPOOL_APP_ID, NotKnuteFile, check_identity
+        from knute.gateway import registry, spool
+        from knute.gateway.config import tls_problems
+        from knute.gateway.dbfile import (
+            REGISTRY_APP_ID,
+            SPOOL_APP_ID,
+            NotKnuteFile,
+            check_identity,
+        )
 
         cfg = self.cfg
         problems = tls_problems(cfg)
@@ -426,7 +431,7 @@ class Daemon:
 
     def _commit_failed(self, exc: Exception) -> None:
         # The batch was not accepted; memory must not run ahead of the spool.
-        from gateway.spool import SpoolError
+        from knute.gateway.spool import SpoolError
 
         if not isinstance(exc, SpoolError | sqlite3.Error | OSError):
             raise exc  # a programming error: let the supervisor (systemd) see it

@@ -17,14 +17,14 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from gateway.device_fields import (
+from knute.gateway.device_fields import (
     check_kind,
     device_row,
     format_device_id,
     location_value,
     parse_key,
 )
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 CSV_COLUMNS = ("device_id", "kind", "key", "name", "site")
 

@@ -13,8 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.errors import KnuteError
-from protocol import frame, kinds
+from knute.gateway.errors import KnuteError
+from knute.protocol import frame, kinds
 
 _HEX8 = re.compile(r"^[0-9a-fA-F]{8}$")
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")

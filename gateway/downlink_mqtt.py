@@ -28,12 +28,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import MqttConfig
-from gateway.downlink_plan import config_values
-from gateway.downlinks import Command, DownlinkStore
-from gateway.errors import KnuteError
-from gateway.logsafe import EventLog, clean
-from gateway.message import iso_utc
+from knute.gateway.config import MqttConfig
+from knute.gateway.downlink_plan import config_values
+from knute.gateway.downlinks import Command, DownlinkStore
+from knute.gateway.errors import KnuteError
+from knute.gateway.logsafe import EventLog, clean
+from knute.gateway.message import iso_utc
 
 log = logging.getLogger("knute.downlinks.mqtt")
 

@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import KnuteError
-from protocol import airtime, kinds
-from protocol import downlink as pdl
+from knute.gateway.errors import KnuteError
+from knute.protocol import airtime, kinds
+from knute.protocol import downlink as pdl
 
 RX1_DELAY_S = 1.0
 RX2_DELAY_S = 2.0
@@ -187,7 +187,7 @@ def wire_command(cmd_id: int, op: str, args: Mapping[str, Any], up: Uplink) -> l
 
 def downlink_size(cmds: Sequence[list[Any]]) -> int:
     """Bytes of a sealed downlink carrying ``cmds``."""
-    from protocol import cbor
+    from knute.protocol import cbor
 
     return pdl.HEADER_LEN + len(cbor.encode(list(cmds))) + pdl.TAG_LEN
 

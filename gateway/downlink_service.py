@@ -35,8 +35,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from gateway.config import GatewayConfig
-from gateway.downlink_plan import (
+from knute.gateway.config import GatewayConfig
+from knute.gateway.downlink_plan import (
     PATH_BRIDGE,
     PATH_PKTFWD,
     PATH_SERIAL,
@@ -46,7 +46,7 @@ from gateway.downlink_plan import (
     choose,
     config_name,
 )
-from gateway.downlinks import (
+from knute.gateway.downlinks import (
     APPLIED,
     EXPIRED,
     REJECTED,
@@ -55,11 +55,11 @@ from gateway.downlinks import (
     DownlinkLimits,
     DownlinkStore,
 )
-from gateway.message import iso_utc
-from gateway.model import Accepted, Counters, Device
-from gateway.pipeline import Ready
-from protocol import downlink as dls
-from protocol.errors import FrameError
+from knute.gateway.message import iso_utc
+from knute.gateway.model import Accepted, Counters, Device
+from knute.gateway.pipeline import Ready
+from knute.protocol import downlink as dls
+from knute.protocol.errors import FrameError
 
 log = logging.getLogger("knute.downlinks")
 
@@ -392,7 +392,7 @@ class DownlinkRuntime:
                                        auto_ack=dl.auto_ack, kinds_of=self._kind_of)
         self.listener: Any = None
         if dl.commands_from_mqtt:
-            from gateway.downlink_mqtt import CommandListener
+            from knute.gateway.downlink_mqtt import CommandListener
 
             self.listener = CommandListener(
                 cfg.mqtt, self.store, self._kind_of, self._status, self._refused,

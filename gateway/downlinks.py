@@ -50,8 +50,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import KnuteError
-from protocol import downlink as dls
+from knute.gateway.errors import KnuteError
+from knute.protocol import downlink as dls
 
 # Command ops as the CLI, MQTT and the store name them -> the wire op.
 OPS: dict[str, int] = {

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.dbfile import (
+from knute.gateway.dbfile import (
     REGISTRY_APP_ID,
     NotKnuteFile,
     bound_queries,
@@ -33,10 +33,10 @@ from gateway.dbfile import (
     move_aside,
     quick_check,
 )
-from gateway.device_csv import read_csv
-from gateway.device_fields import device_row, format_device_id
-from gateway.errors import KnuteError
-from gateway.model import Device as Device  # re-exported: the registry holds these
+from knute.gateway.device_csv import read_csv
+from knute.gateway.device_fields import device_row, format_device_id
+from knute.gateway.errors import KnuteError
+from knute.gateway.model import Device as Device  # re-exported: the registry holds these
 
 log = logging.getLogger("knute.registry")
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from gateway.pipeline import Pipeline
-from gateway.registry import Registry
+from knute.gateway.pipeline import Pipeline
+from knute.gateway.registry import Registry
 
 log = logging.getLogger("knute.gateway")
 

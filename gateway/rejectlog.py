@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from gateway.logsafe import EventLog, clean
-from gateway.pipeline import COUNTER_RESET, UNKNOWN_DEVICE, RateLimit, Verdict
+from knute.gateway.logsafe import EventLog, clean
+from knute.gateway.pipeline import COUNTER_RESET, UNKNOWN_DEVICE, RateLimit, Verdict
 
 
 class RejectionLog:

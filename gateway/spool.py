@@ -95,7 +95,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from gateway.dbfile import (
+from knute.gateway.dbfile import (
     SPOOL_APP_ID,
     CorruptFile,
     NotKnuteFile,
@@ -104,10 +104,10 @@ from gateway.dbfile import (
     move_aside,
     quick_check,
 )
-from gateway.spool_bounds import EVICTION_KEYS, RESERVE_BYTES, Bounds
-from gateway.spool_drain import Draining
-from gateway.spool_park import MAX_PARKED_ROWS, Parking
-from gateway.spool_rows import (
+from knute.gateway.spool_bounds import EVICTION_KEYS, RESERVE_BYTES, Bounds
+from knute.gateway.spool_drain import Draining
+from knute.gateway.spool_park import MAX_PARKED_ROWS, Parking
+from knute.gateway.spool_rows import (
     Accepted,
     ContextTable,
     ParkedRow,
@@ -119,7 +119,7 @@ from gateway.spool_rows import (
     row_size,
     store_form,
 )
-from gateway.spool_schema import (
+from knute.gateway.spool_schema import (
     FORM_MESSAGE,
     ROW_OVERHEAD,
     SCHEMA_VERSION,
@@ -429,4 +429,4 @@ class Spool(Draining, Bounds, Parking):
 
 
 # The batcher lives in its own module; imported here so callers keep one import.
-from gateway.spool_batch import AcceptBatcher  # noqa: E402
+from knute.gateway.spool_batch import AcceptBatcher  # noqa: E402

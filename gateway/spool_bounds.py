@@ -37,7 +37,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING
 
-from gateway.spool_rows import make_reserve
+from knute.gateway.spool_rows import make_reserve
 
 log = logging.getLogger("knute.spool")
 

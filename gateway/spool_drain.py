@@ -19,7 +19,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from gateway.spool_rows import (
+from knute.gateway.spool_rows import (
     STORED_COLUMNS,
     ContextTable,
     Row,

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.board import Board
+from knute.gateway.errors import KnuteError
+from knute.tools.board import Board
 
 # micropython-lib LoRa drivers by radio chip: the class the firmware's board HAL
 # builds, and the mip packages that define it (lora.SX1262 exists only with the

@@ -42,9 +42,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.pipeline import OVERSIZE
-from protocol import frame as pframe
-from protocol.errors import FrameError
+from knute.gateway.pipeline import OVERSIZE
+from knute.protocol import frame as pframe
+from knute.protocol.errors import FrameError
 
 PROTOCOL_VERSION = 2
 PUSH_DATA = 0x00

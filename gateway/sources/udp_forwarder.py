@@ -36,13 +36,13 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.config import UdpSourceConfig
-from gateway.logsafe import EventLog, clean
-from gateway.model import Counters
-from gateway.pipeline import Reception
-from gateway.sources.base import LinkState, Sink, ThreadedSource
-from gateway.sources.buckets import Buckets, TokenBucket
-from gateway.sources.semtech_udp import (
+from knute.gateway.config import UdpSourceConfig
+from knute.gateway.logsafe import EventLog, clean
+from knute.gateway.model import Counters
+from knute.gateway.pipeline import Reception
+from knute.gateway.sources.base import LinkState, Sink, ThreadedSource
+from knute.gateway.sources.buckets import Buckets, TokenBucket
+from knute.gateway.sources.semtech_udp import (
     PF_GATEWAY,
     PF_JSON,
     PF_RATE,
@@ -57,7 +57,7 @@ from gateway.sources.semtech_udp import (
     parse_push,
     parse_rxpk,
 )
-from protocol.errors import FrameError
+from knute.protocol.errors import FrameError
 
 log = logging.getLogger("knute.source.udp")
 

@@ -19,10 +19,10 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
+from knute.tools.rig.broker import Broker
+from knute.tools.rig.subscriber import Subscriber
+from knute.tools.rig.wait import wait_for
 from tests.backend.factory import HOUR_S, T0, reading, topic
-from tools.rig.broker import Broker
-from tools.rig.subscriber import Subscriber
-from tools.rig.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERT_SCHEMA = jsonschema.Draft202012Validator(

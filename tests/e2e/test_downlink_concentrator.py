@@ -7,11 +7,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from protocol import downlink, frame
+from knute.protocol import downlink, frame
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.wait import wait_for
+from knute.tools.sim.pktfwd_radio import NodeRadio, RadioConcentrator
 from tests.conftest import Broker, free_port
-from tools.rig.gateway import GatewayProcess
-from tools.rig.wait import wait_for
-from tools.sim.pktfwd_radio import NodeRadio, RadioConcentrator
 
 KEY = bytes(range(16))
 DEV = 0x1234

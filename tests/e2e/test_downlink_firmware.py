@@ -9,11 +9,11 @@ import json
 import time
 from pathlib import Path
 
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.wait import wait_for
+from knute.tools.sim.firmware_nodes import start_boards
 from tests.conftest import Broker
 from tests.e2e.test_downlink_gateway import Watcher
-from tools.rig.gateway import GatewayProcess
-from tools.rig.wait import wait_for
-from tools.sim.firmware_nodes import start_boards
 
 
 def test_mqtt_command_is_applied_by_the_real_firmware_over_uart(

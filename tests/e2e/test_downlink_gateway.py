@@ -19,11 +19,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from protocol import downlink, frame
+from knute.protocol import downlink, frame
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker, free_port
 from tests.gateway.pf_client import PacketForwarder, rxpk
-from tools.rig.gateway import GatewayProcess
-from tools.rig.wait import wait_for
 
 KEY = bytes(range(16))
 METER = 0x00001234

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from firmware.downlink import Downlink
 from firmware.state import Store
-from protocol import downlink, frame, stream
+from knute.protocol import downlink, frame, stream
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.ptys import Pty
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
-from tools.rig.gateway import GatewayProcess
-from tools.rig.ptys import Pty
-from tools.rig.wait import wait_for
 
 KEY = bytes(range(16))
 DEV = 0x1234

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.nullmodem import NullModem
+from knute.tools.rig.subscriber import Subscriber
+from knute.tools.rig.wait import WaitTimeout, wait_for
+from knute.tools.sim.vdevice import VirtualBoard
 from tests.conftest import Broker
-from tools.rig.gateway import GatewayProcess
-from tools.rig.nullmodem import NullModem
-from tools.rig.subscriber import Subscriber
-from tools.rig.wait import WaitTimeout, wait_for
-from tools.sim.vdevice import VirtualBoard
 
 DEVICE = "00c0ffee"
 START = 1_790_006_400          # simulated boot time, on a 6-hour boundary

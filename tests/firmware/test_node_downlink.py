@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from firmware import context, downlink_window
-from protocol import downlink as dl
-from protocol import frame, stream
+from knute.protocol import downlink as dl
+from knute.protocol import frame, stream
+from knute.tools.rig.node import HOUR_T0, KEY, water_config
 from tests.firmware.conftest import NodeFactory
-from tools.rig.node import HOUR_T0, KEY, water_config
 
 DEVICE = 4660
 # The LoRa water meter's downlink path does not fit the 64 KiB heap of the

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from protocol import frame, stream
+from knute.protocol import frame, stream
+from knute.tools.rig.faults import FaultyLink
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.ptys import Pty
+from knute.tools.rig.subscriber import Subscriber
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker, free_port
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
-from tools.rig.faults import FaultyLink
-from tools.rig.gateway import GatewayProcess
-from tools.rig.ptys import Pty
-from tools.rig.subscriber import Subscriber
-from tools.rig.wait import wait_for
 
 KEY = bytes(range(16))
 KEY_HEX = KEY.hex()
@@ -367,7 +367,7 @@ def test_kill_9_loses_nothing_accepted_and_rejects_replays(setup: dict[str, Any]
 def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
-    from gateway.logsetup import setup_logging
+    from knute.gateway.logsetup import setup_logging
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from protocol import frame
+from knute.protocol import frame
+from knute.tools.rig.ptys import Pty
+from knute.tools.rig.subscriber import Subscriber
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
 from tests.gateway.test_daemon import KEY, METER, PREFIX, Gateway, rec
-from tools.rig.ptys import Pty
-from tools.rig.subscriber import Subscriber
-from tools.rig.wait import wait_for
 
 NEW_KEY = bytes(range(100, 116))
 

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-from gateway.downlinks import DownlinkStore
-from gateway.registry import Registry
+from knute.gateway.downlinks import DownlinkStore
+from knute.gateway.registry import Registry
 
 DEV = 0x1234
 TAKER = """

@@ -18,14 +18,14 @@ import pytest
 
 from firmware.downlink import Downlink
 from firmware.state import Store
-from gateway.downlink_plan import PATH_PKTFWD, PATH_SERIAL, Uplink, Window
-from gateway.downlink_service import DownlinkService, uplink_from
-from gateway.downlinks import Command, DownlinkStore
-from gateway.model import Counters, Reception
-from gateway.pipeline import Pipeline
-from gateway.registry import Registry
-from protocol import downlink as dls
-from protocol import frame
+from knute.gateway.downlink_plan import PATH_PKTFWD, PATH_SERIAL, Uplink, Window
+from knute.gateway.downlink_service import DownlinkService, uplink_from
+from knute.gateway.downlinks import Command, DownlinkStore
+from knute.gateway.model import Counters, Reception
+from knute.gateway.pipeline import Pipeline
+from knute.gateway.registry import Registry
+from knute.protocol import downlink as dls
+from knute.protocol import frame
 
 KEY = bytes(range(16))
 DEV = 0x1234

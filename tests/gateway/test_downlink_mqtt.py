@@ -10,10 +10,10 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from gateway.downlink_mqtt import parse_command
-from gateway.downlink_service import status_message
-from gateway.downlinks import Command
-from gateway.errors import KnuteError
+from knute.gateway.downlink_mqtt import parse_command
+from knute.gateway.downlink_service import status_message
+from knute.gateway.downlinks import Command
+from knute.gateway.errors import KnuteError
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schema"
 COMMAND = jsonschema.Draft202012Validator(

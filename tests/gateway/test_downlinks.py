@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import downlinks as dlq
-from gateway.errors import KnuteError
-from gateway.registry import Registry
-from protocol import downlink_send as dls
+from knute.gateway import downlinks as dlq
+from knute.gateway.errors import KnuteError
+from knute.gateway.registry import Registry
+from knute.protocol import downlink_send as dls
 
 DEV = 0x1234
 KEY = bytes(range(16))
@@ -169,7 +169,7 @@ def test_ids_of_open_commands_stay_unique(tmp_path_factory: pytest.TempPathFacto
 
 
 def test_downlinks_table_of_the_configuration() -> None:
-    from gateway import config
+    from knute.gateway import config
 
     base = {"gateway": {"id": "g"}, "serial": [{"name": "s", "url": "/dev/null"}]}
     cfg = config.parse({**base, "downlinks": {"max_queued": 4, "expiry_hours": 2,
@@ -183,11 +183,11 @@ def test_downlinks_table_of_the_configuration() -> None:
 
 
 def test_the_stores_own_commits_cost_no_registry_reload(tmp_path: os.PathLike[str]) -> None:
-    from gateway import config
-    from gateway.downlink_service import DownlinkRuntime
-    from gateway.model import Counters
-    from gateway.pipeline import Pipeline
-    from gateway.registry_watch import RegistryWatch
+    from knute.gateway import config
+    from knute.gateway.downlink_service import DownlinkRuntime
+    from knute.gateway.model import Counters
+    from knute.gateway.pipeline import Pipeline
+    from knute.gateway.registry_watch import RegistryWatch
 
     path = os.path.join(str(tmp_path), "registry.db")
     cfg = config.parse({"gateway": {"id": "g", "registry": path},
@@ -221,7 +221,7 @@ def test_the_stores_own_commits_cost_no_registry_reload(tmp_path: os.PathLike[st
         assert watch.reloads == 2 and 0x99 in pipeline.devices
         reg.record_seen([])                      # the display cache does not count
         before = other.device_changes()
-        from gateway.registry import Seen
+        from knute.gateway.registry import Seen
         writer = Registry(path)
         writer.record_seen([Seen(DEV, 5, 1.0, 50, ())])
         writer.close()
@@ -233,7 +233,7 @@ def test_the_stores_own_commits_cost_no_registry_reload(tmp_path: os.PathLike[st
 
 
 def test_update_plan_figures() -> None:
-    from gateway.downlink_plan import update_plan
+    from knute.gateway.downlink_plan import update_plan
 
     one = update_plan(5112, 9, 1, 900.0)
     assert (one["chunk_bytes"], one["chunks"], one["downlinks_per_node"]) == (85, 61, 63)
@@ -249,7 +249,7 @@ def test_update_plan_figures() -> None:
 def test_downlink_metrics_come_from_the_status() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from gateway.metrics import StatusCollector
+    from knute.gateway.metrics import StatusCollector
 
     reg = CollectorRegistry()
     reg.register(StatusCollector(lambda: {"totals": {

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.forwarder import Forwarder
-from gateway.spool import Spool
+from knute.gateway.forwarder import Forwarder
+from knute.gateway.spool import Spool
+from knute.tools.rig.subscriber import Subscriber
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
 from tests.gateway.test_forwarder import (
     STATUS,
@@ -24,8 +26,6 @@ from tests.gateway.test_forwarder import (
     statuses,
     tuned_broker_at,
 )
-from tools.rig.subscriber import Subscriber
-from tools.rig.wait import wait_for
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import TlsSettings
-from gateway.forwarder import Forwarder
-from gateway.spool import Spool
+from knute.gateway.config import TlsSettings
+from knute.gateway.forwarder import Forwarder
+from knute.gateway.spool import Spool
+from knute.tools.rig.subscriber import Subscriber
+from knute.tools.rig.tls import TlsBroker
+from knute.tools.rig.wait import wait_for
 from tests.gateway.test_forwarder import check_delivery, fast_cfg, make_rows
-from tools.rig.subscriber import Subscriber
-from tools.rig.tls import TlsBroker
-from tools.rig.wait import wait_for
 
 
 @pytest.fixture

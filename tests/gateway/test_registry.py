@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.device_csv import csv_header, csv_line
-from gateway.device_fields import format_device_id, parse_device_id
-from gateway.errors import KnuteError
-from gateway.registry import SCHEMA_VERSION, DeviceExists, Registry, Seen, create_v1
+from knute.gateway.device_csv import csv_header, csv_line
+from knute.gateway.device_fields import format_device_id, parse_device_id
+from knute.gateway.errors import KnuteError
+from knute.gateway.registry import SCHEMA_VERSION, DeviceExists, Registry, Seen, create_v1
 
 KEY = "000102030405060708090a0b0c0d0e0f"
 

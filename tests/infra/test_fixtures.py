@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from knute.tools.rig.subscriber import Subscriber
 from tests.conftest import (
     MOSQUITTO,
     Broker,
@@ -24,7 +25,6 @@ from tests.conftest import (
     free_port,
     leaked_threads,
 )
-from tools.rig.subscriber import Subscriber
 
 WAIT_S = 15.0  # upper bound on any wait below; never a speed requirement
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import KnuteError
-from gateway.registry import Registry
+from knute.gateway.errors import KnuteError
+from knute.gateway.registry import Registry
+from knute.tools.board import BootWatch
+from knute.tools.lora_drivers import lora_chip
+from knute.tools.sim.vdevice import VirtualBoard
 from tests.tools.conftest import Mpremote
-from tools.board import BootWatch
-from tools.lora_drivers import lora_chip
-from tools.sim.vdevice import VirtualBoard
 
 
 def _provision(knute_bin: Path, *args: str, timeout: float = 120,

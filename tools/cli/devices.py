@@ -26,7 +26,7 @@ import os
 import sys
 from typing import Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> None:
@@ -131,7 +131,7 @@ SEND_COMMANDS = """commands:
 
 def _downlinks(args: argparse.Namespace) -> Any:
     """The downlink store of the registry (created with the registry when missing)."""
-    from gateway.downlinks import DownlinkLimits, DownlinkStore
+    from knute.gateway.downlinks import DownlinkLimits, DownlinkStore
 
     path = getattr(args, "registry", None)
     limits = DownlinkLimits()
@@ -145,8 +145,8 @@ def _downlinks(args: argparse.Namespace) -> Any:
 
 
 def _send(args: argparse.Namespace, reg: Any) -> int:
-    from gateway.device_fields import format_device_id, parse_device_id
-    from gateway.downlink_plan import config_values
+    from knute.gateway.device_fields import format_device_id, parse_device_id
+    from knute.gateway.downlink_plan import config_values
 
     device_id = parse_device_id(args.device)
     command, extra = args.dl_command, list(args.args)
@@ -198,7 +198,7 @@ def _no_dry_run(command: str) -> int:
 
 
 def _update_dry_run(args: argparse.Namespace, files: list[str]) -> int:
-    from gateway.downlink_plan import update_plan
+    from knute.gateway.downlink_plan import update_plan
 
     if args.fleet < 1 or args.interval_s <= 0:
         raise KnuteError("--fleet must be at least 1 and --interval-s positive")
@@ -219,7 +219,7 @@ def _update_dry_run(args: argparse.Namespace, files: list[str]) -> int:
 
 
 def _bundle(files: list[str]) -> bytes:
-    from protocol import downlink
+    from knute.protocol import downlink
 
     if not files:
         raise KnuteError("update needs at least one module file")
@@ -241,7 +241,7 @@ def _bundle(files: list[str]) -> bytes:
 
 
 def _print_commands(cmds: list[Any]) -> None:
-    from tools.cli.gateway import iso
+    from knute.tools.cli.gateway import iso
 
     if not cmds:
         print("downlinks  none")
@@ -257,14 +257,14 @@ def _print_commands(cmds: list[Any]) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from gateway import config
-    from tools.cli.gateway import default_config
+    from knute.gateway import config
+    from knute.tools.cli.gateway import default_config
 
     return config.load(getattr(args, "config", None) or default_config())
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from gateway.registry import Registry
+    from knute.gateway.registry import Registry
 
     path = getattr(args, "registry", None) or _config(args).registry
     _check_owner(path, "registry")
@@ -297,7 +297,7 @@ def _check_owner(path: str, what: str) -> None:
 
 def _notify(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any] | None:
     """Send a request to a running gateway, if one can be found; None otherwise."""
-    from gateway.status import request
+    from knute.gateway.status import request
 
     try:
         path = _config(args).status_socket
@@ -313,7 +313,7 @@ def _notify(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any]
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one device sub-command."""
-    from gateway.device_fields import format_device_id, parse_device_id
+    from knute.gateway.device_fields import format_device_id, parse_device_id
 
     action = args.devices_command
     if action == "reset-counter":
@@ -394,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed {format_device_id(device_id)}")
             return 0
         if action == "import":
-            from gateway.device_csv import decode_csv
+            from knute.gateway.device_csv import decode_csv
 
             try:
                 with open(args.file, "rb") as fh:
@@ -414,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _show_value(key: str, value: Any) -> str:
-    from tools.cli.gateway import iso
+    from knute.tools.cli.gateway import iso
 
     if key == "last_seen":
         return iso(value)
@@ -424,7 +424,7 @@ def _show_value(key: str, value: Any) -> str:
 
 
 def _print_table(devices: list[Any], show_key: bool) -> None:
-    from tools.cli.gateway import iso
+    from knute.tools.cli.gateway import iso
 
     header = ["device", "kind", "name", "site", "last_fcnt", "last_seen", "battery", "alarms"]
     if show_key:
@@ -444,7 +444,7 @@ def _print_table(devices: list[Any], show_key: bool) -> None:
 
 
 def _reset_counter(args: argparse.Namespace) -> int:
-    from gateway.device_fields import format_device_id, parse_device_id
+    from knute.gateway.device_fields import format_device_id, parse_device_id
 
     device_id = parse_device_id(args.device)
     name = format_device_id(device_id)
@@ -461,9 +461,9 @@ def _reset_counter(args: argparse.Namespace) -> int:
         how = "by the running gateway"
         last = None
     else:
-        from gateway.dbfile import DataLock
-        from gateway.registry import Registry
-        from gateway.spool import Spool
+        from knute.gateway.dbfile import DataLock
+        from knute.gateway.registry import Registry
+        from knute.gateway.spool import Spool
 
         spool_path = args.spool or _config(args).spool
         _check_owner(spool_path, "spool")

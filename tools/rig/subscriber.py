@@ -21,7 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tools.rig.wait import DEFAULT_TIMEOUT_S, WaitTimeout, wait_for
+from knute.tools.rig.wait import DEFAULT_TIMEOUT_S, WaitTimeout, wait_for
 
 SUBACK_TIMEOUT_S = 15.0     # an upper bound on the first subscription, never a speed check
 

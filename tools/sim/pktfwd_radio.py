@@ -33,7 +33,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from tools.sim.pktfwd import PROTOCOL_VERSION, PULL_RESP, pull_data, push_data
+from knute.tools.sim.pktfwd import PROTOCOL_VERSION, PULL_RESP, pull_data, push_data
 
 TX_ACK = 0x05
 MAX_AHEAD_US = 3_000_000        # the JIT queue takes downlinks at most 3 s ahead
