@@ -3,7 +3,7 @@
 
 import gc
 import sys
-from os import remove
+from os import remove, stat
 
 from firmware import state
 from firmware.app import unload
@@ -72,9 +72,29 @@ def _wait_for_supply(hal, cfg):
         hal.sleep_ms(_BROWNOUT_WAIT_MS)
 
 
-def boot(config_path="config.json"):
-    """Steps 1-6 of the boot; returns (hal, ctx, role module) or None after safe mode."""
-    hal = port_hal()
+def update_hook():
+    """The module-update boot hook on a node with an upd/ folder; True: another set is active."""
+    try:
+        stat("upd")
+    except OSError:
+        return False
+    from firmware import downlink_update
+
+    if downlink_update.hook():
+        return True
+    unload("firmware.downlink_update")
+    unload("firmware.downlink_files")
+    return False
+
+
+def boot(config_path="config.json", hal=None):
+    """Steps 1-6 of the boot; returns (hal, ctx, role module) or None after safe mode.
+
+    With `hal` (a restart in place, firmware.app) the HAL and its clock are kept.
+    """
+    again = hal is not None
+    if not again:
+        hal = port_hal()
     # The heap is not compacted, and on a 64 KiB heap fragmentation is what
     # runs out: the protocol (long-lived) comes in first, then config.py (big,
     # needed once) on top of it, dropped again before the rest of the
@@ -117,7 +137,8 @@ def boot(config_path="config.json"):
         return None
     gc.collect()
     try:
-        hal.configure(cfg)
+        if not again:
+            hal.configure(cfg)
     except (OSError, ValueError, ImportError, KeyError) as exc:
         _safe_mode(hal, "board setup failed (" + cfg["board"] + "): " + str(exc))
         return None
@@ -143,6 +164,9 @@ def boot(config_path="config.json"):
         print("knute: state/%s: a write was cut short (power loss); the previous value stands"
               % name)
 
+    clock = store.get("clock")
+    if isinstance(clock, dict) and isinstance(clock.get("offset_ms"), int):
+        hal.offset_ms = clock["offset_ms"]      # the clock a downlink set (protocol.md 12.6)
     boots = store.get("boots", 0)
     if not isinstance(boots, int):
         boots = 0

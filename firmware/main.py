@@ -9,4 +9,12 @@ if "lib" not in sys.path:
 
 from firmware import app
 
-app.main()
+hal = app.main()
+while hal is not None:
+    # A module update became active, or a downlink waits: firmware.downlink_apply.
+    from firmware import downlink_apply
+
+    hal = downlink_apply.restart(hal)
+    from firmware import app
+
+    hal = app.main("config.json", hal)

@@ -7,6 +7,7 @@
 import struct
 
 from . import ccm
+from . import kinds as _kinds
 from .downlink import (
     DL_DEVICE,
     DL_FORGED,
@@ -74,8 +75,8 @@ RESULTS = ("applied", "cmd_unknown", "cmd_args", "cmd_range", "cmd_key", "cmd_st
 DL_REASONS = (DL_SHORT, DL_LONG, DL_FORMAT, DL_DEVICE, DL_FORGED, DL_REPLAY, DL_ORDER,
               DL_PAYLOAD)
 
-# The report field an uplink kind ends with (a TABLE field tuple of protocol.kinds).
-REPORT_FIELD = ("dl", "series", "", 1, 1, 0, 0xFFFFFF, (1, 1 + MAX_REPORT), 1)
+# The report field every uplink kind ends with (a TABLE field tuple of protocol.kinds).
+REPORT_FIELD = _kinds.REPORT_FIELD
 
 # EU868 maximum application payload by spreading factor at 125 kHz (LoRaWAN
 # Regional Parameters RP002-1.0.4, table "EU863-870 maximum payload size",

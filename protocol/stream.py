@@ -15,6 +15,10 @@
 #                      | sf (uint8), all big-endian, then one knute frame;
 #                sent by a radio-bridge node for each LoRa packet it hears
 #   0x03 LOG    body = UTF-8 text of a node's console line (diagnostics)
+#   0x04 TX     body = at_ms (uint64) | freq_hz (uint32) | sf (uint8), all
+#                      big-endian, then one downlink: sent by the gateway to a
+#                      radio-bridge node, "transmit this at at_ms of your clock"
+#                      (0: in the addressed device's next receive window)
 #
 # The receiving side (cobs_decode, decode_record, unpack_radio, StreamDecoder)
 # lives in protocol.stream_decode, imported on first use of those names here:
@@ -26,12 +30,15 @@ import struct
 REC_FRAME = 1
 REC_RADIO = 2
 REC_LOG = 3
-RECORD_TYPES = (REC_FRAME, REC_RADIO, REC_LOG)
+REC_TX = 4
+RECORD_TYPES = (REC_FRAME, REC_RADIO, REC_LOG, REC_TX)
 
 MAX_BODY = 300          # longest body: a 255-byte frame plus radio metadata, with room
 MAX_ENCODED = MAX_BODY + 5 + (MAX_BODY + 5) // 254 + 2  # COBS of type+body+CRC, + delimiter
 _RADIO = ">hhIB"
 RADIO_META_LEN = 9
+_TX = ">QIB"
+TX_META_LEN = 13
 
 
 def cobs_encode(data):
@@ -70,6 +77,11 @@ def encode_record(rtype, body):
 def pack_radio(rssi_dbm, snr_db_x10, freq_hz, sf, frame):
     """The body of a RADIO record: reception metadata followed by the frame."""
     return struct.pack(_RADIO, rssi_dbm, snr_db_x10, freq_hz, sf) + bytes(frame)
+
+
+def pack_tx(at_ms, freq_hz, sf, payload):
+    """The body of a TX record: when (ms of the bridge's clock, 0 = its window) and how."""
+    return struct.pack(_TX, at_ms, freq_hz, sf) + bytes(payload)
 
 
 def __getattr__(name):

@@ -87,6 +87,7 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/reliability/",
     "tests/firmware/test_bench_firmware.py",
     "tests/gateway/test_spool_kill.py",
+    "tests/gateway/test_downlink_counter_procs.py",
     "tests/protocol/test_vectors.py::test_frames_json_is_reproducible_from_the_independent_",
     "tests/protocol/test_vectors.py::test_vector_files_are_reproducible_from_the_independent",
     "tests/protocol/test_downlink.py::test_vector_file_is_reproducible_from_the_independent",

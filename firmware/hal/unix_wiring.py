@@ -86,7 +86,8 @@ def lora_modem(hal, radio):
     """The bench radio file (bench "radio") standing in for the LoRa modem."""
     from firmware.hal import unix_bench
 
-    modem = unix_bench.BenchRadio(hal, wire(hal, "radio", "path"), hal.bench)
+    rx_path = (hal.bench.get("radio") or {}).get("rx_path")
+    modem = unix_bench.BenchRadio(hal, wire(hal, "radio", "path"), hal.bench, rx_path)
     modem.configure({"freq_khz": radio["freq_hz"] // 1000, "sf": radio["sf"]})
     return modem
 

@@ -56,7 +56,8 @@ def test_bridge_forwards_packets_with_rssi_snr_frequency(bench_node: NodeFactory
     assert all(meta["freq_hz"] == 868300000 and meta["sf"] == 9 for meta, _ in got)
     assert [bytes(body) for _, body in got] == good
     assert frame.decode(got[1][1], KEY)["values"]["index"] == 11
-    assert "status dropped=1 forwarded=2 heard=3 link_errors=0" in node.console()
+    assert ("status dropped=1 forwarded=2 heard=3 link_errors=0 sent=0 tx_dropped=0"
+            in node.console())
 
 
 def test_lora_meter_through_bridge_to_the_gateway_link(bench_node: NodeFactory) -> None:
