@@ -299,16 +299,18 @@ def test_the_node_side_constants_are_the_protocols() -> None:
     assert context.SENT == "sent"
 
 
-def test_the_report_flags_agree_with_firmware_downlink(tmp_path: Path) -> None:
+def test_the_report_flags_agree_with_firmware_downlink(tmp_path: Path,
+                                                        monkeypatch: Any) -> None:
     from firmware.downlink import Downlink
     from firmware.state import Store
 
     (tmp_path / "config.json").write_text(json.dumps({
         "role": "water_meter", "device_id": DEVICE, "key": KEY.hex(),
         "link": {"type": "lora"}}))
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     store = Store("state")
-    cfg = {"device_id": DEVICE, "tag_len": 4, "key_bytes": KEY, "kind": "water_meter"}
+    cfg = {"device_id": DEVICE, "tag_len": 4, "key_bytes": KEY, "kind": "water_meter",
+           "downlink": True}
 
     class Hal:
         clock_set = False
@@ -324,3 +326,14 @@ def test_the_report_flags_agree_with_firmware_downlink(tmp_path: Path) -> None:
     node.offset_ms = 5
     assert downlink_window.report(ctx, {"alarms": 0}) == node.report() == [0, 256, 517]
     assert downlink_window.report(ctx, {"alarms": 1})[0] == dl.FLAG_WANT | dl.FLAG_ALARM
+
+
+def test_bench_firmware_reports_window_energy_next_to_the_uplinks() -> None:
+    from tools.bench.firmware import window_energy
+
+    water = window_energy("water_meter")
+    # SF9: RX1 listens 33 ms (8 symbols), RX2 263 ms at SF12, per uplink.
+    assert water["windows_ms"] == 33 + 263
+    assert water["windows_uah_per_day"] == round(4 * 296 * 11.5 / 3600, 1)
+    assert 0 < water["windows_uah_per_day"] < water["uplink_uah_per_day"]
+    assert window_energy("air_quality")["sends_per_day"] == 144
