@@ -137,7 +137,7 @@ class Context:
                      % (fcnt, len(buf), int(toa_ms + 0.999), sent_t, buf.hex()))
         else:
             self.log("sent fcnt=%d bytes=%d frame=%s" % (fcnt, len(buf), buf.hex()))
-        if self.dl is not None or self.sent == 1:
+        if self.dl is not None:
             from firmware import downlink_window
 
             downlink_window.after_send(self, report, fcnt, end_ms)

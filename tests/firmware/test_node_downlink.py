@@ -28,6 +28,9 @@ DEVICE = 4660
 # The LoRa water meter's downlink path does not fit the 64 KiB heap of the
 # 64-bit unix port yet (docs/firmware.md, "Memory"); its tests run it in 80 KiB.
 LORA_HEAP = "80k"
+# On the 32-bit build a node's 48 KiB heap does not hold firmware.downlink even
+# in the restart in place yet: the serial node's test runs it in 64 KiB there too.
+UART_HEAP = "64k"
 DAYS3_MS = 3 * 86400 * 1000
 FREQ = 868100000
 SF = 7
@@ -180,7 +183,7 @@ def test_uart_node_gets_its_downlink_as_a_frame_record(bench_node: NodeFactory) 
     cfg["downlink"] = True
     cfg["bench"].update({"rx_wait_real_ms": 20000, "time_scale": 3600,
                          "stop_after_s": 40 * 3600})
-    node = bench_node(cfg)
+    node = bench_node(cfg, heap=UART_HEAP)
     node.start()
     reader = node.ptys["link"]
     first = _next_frame(node, 0)
@@ -272,6 +275,7 @@ def test_a_bad_module_set_rolls_back_after_three_boots(bench_node: NodeFactory) 
 
 def test_a_good_module_set_is_confirmed_by_its_first_send(bench_node: NodeFactory) -> None:
     cfg = water_config()
+    cfg["downlink"] = True          # updates come by downlink: a node that takes them
     cfg["bench"]["stop_after_s"] = 7 * 3600
     node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text("")
