@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from backend.hours import ESTIMATED, HOUR_S, INDEX, MEASURED, Hour
+from knute.backend.hours import ESTIMATED, HOUR_S, INDEX, MEASURED, Hour
 
 KNOWN = (MEASURED, INDEX)
 CONTINUOUS_FLOW_HOURS = 24

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from backend.analytics import CONTINUOUS_FLOW_HOURS, NIGHT_USE_L_PER_PROPERTY_H
+from knute.backend.analytics import CONTINUOUS_FLOW_HOURS, NIGHT_USE_L_PER_PROPERTY_H
 
 DEVICE_HEX = frozenset("0123456789abcdef")
 

@@ -26,12 +26,12 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from backend import alerts, analytics
-from backend.alerts import Rule
-from backend.config import Config, District
-from backend.hours import HOUR_S, Hour, format_hour, parse_utc
-from backend.ingest import BadReading, ReadingChecker
-from backend.store import Store
+from knute.backend import alerts, analytics
+from knute.backend.alerts import Rule
+from knute.backend.config import Config, District
+from knute.backend.hours import HOUR_S, Hour, format_hour, parse_utc
+from knute.backend.ingest import BadReading, ReadingChecker
+from knute.backend.store import Store
 
 WATER = "water_meter"
 NODE_ALARMS = ("leak", "burst", "backflow", "tamper")

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from backend.hours import Hour, MeterReading, Series, Slot, meter_reading, parse_utc, rebuild
+from knute.backend.hours import Hour, MeterReading, Series, Slot, meter_reading, parse_utc, rebuild
 
 SCHEMA_VERSION = 1
 REUSED_ID_AFTER_S = 86400.0     # docs/mqtt.md: a reused id is weeks apart, a duplicate seconds

@@ -16,10 +16,10 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 if TYPE_CHECKING:
-    from gateway.modbus.settings import ModbusSettings
+    from knute.gateway.modbus.settings import ModbusSettings
 
 DEFAULT_STATUS_SOCKET = "/run/knute/gateway.sock"
 MODBUS_SOURCE = "modbus"          # the Modbus poller's source name (counters, status)
@@ -347,7 +347,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
     modbus = None
     modbus_table = root.get("modbus", dict, None)
     if modbus_table is not None:
-        from gateway.modbus.settings import parse_settings
+        from knute.gateway.modbus.settings import parse_settings
 
         modbus = parse_settings(modbus_table, file=file, base_dir=base)
 
@@ -472,7 +472,7 @@ def offline_problems(cfg: GatewayConfig) -> list[str]:
     path (also the Modbus RTU buses). Files this user may not read are left
     to the daemon's own user.
     """
-    from gateway.dbfile import REGISTRY_APP_ID, SPOOL_APP_ID, check_identity
+    from knute.gateway.dbfile import REGISTRY_APP_ID, SPOOL_APP_ID, check_identity
 
     problems = tls_problems(cfg)
     dirs: dict[str, str] = {}
@@ -483,7 +483,7 @@ def offline_problems(cfg: GatewayConfig) -> list[str]:
             problems.append(f"{cfg.path}: {key}: data directory {folder} does not exist")
         elif not os.path.isdir(folder):
             problems.append(f"{cfg.path}: {key}: {folder} is not a directory")
-    from gateway import registry, spool
+    from knute.gateway import registry, spool
 
     for key, path, what, app_id, version in (
             ("gateway.registry", cfg.registry, "registry", REGISTRY_APP_ID,

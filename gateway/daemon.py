@@ -56,13 +56,13 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from gateway import message
-from gateway.config import MODBUS_SOURCE, GatewayConfig
-from gateway.dbfile import DataLock
-from gateway.errors import ConfigError, KnuteError
-from gateway.logsafe import EventLog, clean
-from gateway.model import Accepted, Counters
-from gateway.pipeline import (
+from knute.gateway import message
+from knute.gateway.config import MODBUS_SOURCE, GatewayConfig
+from knute.gateway.dbfile import DataLock
+from knute.gateway.errors import ConfigError, KnuteError
+from knute.gateway.logsafe import EventLog, clean
+from knute.gateway.model import Accepted, Counters
+from knute.gateway.pipeline import (
     COUNTER_RESET,
     UNKNOWN_DEVICE,
     Pipeline,
@@ -72,11 +72,11 @@ from gateway.pipeline import (
     Verdict,
     to_accepted,
 )
-from gateway.registry import Registry, Seen
-from gateway.status import StatusServer, Tap
+from knute.gateway.registry import Registry, Seen
+from knute.gateway.status import StatusServer, Tap
 
 if TYPE_CHECKING:
-    from gateway.modbus.poller import DeviceCondition, ModbusReading
+    from knute.gateway.modbus.poller import DeviceCondition, ModbusReading
 
 log = logging.getLogger("knute.gateway")
 
@@ -194,10 +194,10 @@ class Daemon:
     # -- wiring ---------------------------------------------------------------------------
 
     def _open(self) -> None:
-        from gateway.forwarder import Forwarder
-        from gateway.sources.serial import SerialSource
-        from gateway.sources.udp_forwarder import UdpForwarderSource
-        from gateway.spool import AcceptBatcher, Spool
+        from knute.gateway.forwarder import Forwarder
+        from knute.gateway.sources.serial import SerialSource
+        from knute.gateway.sources.udp_forwarder import UdpForwarderSource
+        from knute.gateway.spool import AcceptBatcher, Spool
 
         cfg = self.cfg
         for path in (cfg.registry, cfg.spool):
@@ -236,7 +236,7 @@ class Daemon:
                 raise KnuteError(f"{cfg.path}: packet_forwarder {ucfg.name!r}: cannot listen "
                                  f"on {ucfg.host}:{ucfg.port}: {exc.strerror}") from None
         if cfg.modbus is not None and cfg.modbus.devices:
-            from gateway.sources.modbus import ModbusSource
+            from knute.gateway.sources.modbus import ModbusSource
 
             self.sources.append(ModbusSource(
                 cfg.modbus, self._modbus_reading, on_condition=self._modbus_condition,
@@ -248,7 +248,7 @@ class Daemon:
             raise KnuteError(f"{cfg.path}: status.socket {cfg.status_socket}: "
                              f"{exc.strerror}") from None
         if cfg.metrics_port is not None:
-            from gateway.metrics import MetricsServer
+            from knute.gateway.metrics import MetricsServer
 
             assert cfg.metrics_host is not None
             try:
@@ -267,9 +267,14 @@ class Daemon:
         spool path naming a file that is not that knute database (the
         configuration file itself, the other database) must never be replaced.
         """
-        from gateway import registry, spool
-        from gateway.config import tls_problems
-        from gateway.dbfile import REGISTRY_APP_ID, SPOOL_APP_ID, NotKnuteFile, check_identity
+        from knute.gateway import registry, spool
+        from knute.gateway.config import tls_problems
+        from knute.gateway.dbfile import (
+            REGISTRY_APP_ID,
+            SPOOL_APP_ID,
+            NotKnuteFile,
+            check_identity,
+        )
 
         cfg = self.cfg
         problems = tls_problems(cfg)
@@ -533,7 +538,7 @@ class Daemon:
 
     def _commit_failed(self, exc: Exception) -> None:
         # The batch was not accepted; memory must not run ahead of the spool.
-        from gateway.spool import SpoolError
+        from knute.gateway.spool import SpoolError
 
         if not isinstance(exc, SpoolError | sqlite3.Error | OSError):
             raise exc  # a programming error: let the supervisor (systemd) see it

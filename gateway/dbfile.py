@@ -18,7 +18,7 @@ import struct
 import time
 import urllib.parse
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _HEADER_SIZE = 100

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from gateway.model import Row
+from knute.gateway.model import Row
 
 # MQTT 5 PUBACK reason codes (section 3.4.2.1) that say "not now" rather than
 # "never": the row is sent again on a new connection instead of being parked.

@@ -67,11 +67,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.config import MqttConfig as MqttConfig  # re-exported for the tools
-from gateway.delivery import RETRY_REASON_CODES, DeliveryWindow, LossTracker, Refusal
-from gateway.link import Backoff, LinkState
-from gateway.message import iso_utc, status_topic
-from gateway.spool import Spool
+from knute.gateway.config import MqttConfig as MqttConfig  # re-exported for the tools
+from knute.gateway.delivery import RETRY_REASON_CODES, DeliveryWindow, LossTracker, Refusal
+from knute.gateway.link import Backoff, LinkState
+from knute.gateway.message import iso_utc, status_topic
+from knute.gateway.spool import Spool
 
 log = logging.getLogger("knute.forwarder")
 

@@ -45,8 +45,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import kinds
-from protocol.downlink_send import RESULTS
+from knute.protocol import kinds
+from knute.protocol.downlink_send import RESULTS
 
 PROFILE_SLACK_H = 2
 REPORT = kinds.REPORT_FIELD[0]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from gateway.message import Reading
+    from knute.gateway.message import Reading
 
 
 @dataclass(frozen=True)

@@ -67,12 +67,12 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from gateway import message
-from gateway.model import Accepted, Counters, Device
-from gateway.model import Reception as Reception  # re-exported: sources build these
-from protocol import frame as pframe
-from protocol import kinds
-from protocol.errors import (
+from knute.gateway import message
+from knute.gateway.model import Accepted, Counters, Device
+from knute.gateway.model import Reception as Reception  # re-exported: sources build these
+from knute.protocol import frame as pframe
+from knute.protocol import kinds
+from knute.protocol.errors import (
     FRAME_DEVICE,
     FRAME_FCNT,
     FRAME_KIND,

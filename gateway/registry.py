@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.dbfile import (
+from knute.gateway.dbfile import (
     REGISTRY_APP_ID,
     NotKnuteFile,
     bound_queries,
@@ -38,10 +38,10 @@ from gateway.dbfile import (
     move_aside,
     quick_check,
 )
-from gateway.errors import KnuteError
-from gateway.model import Device as Device  # re-exported: the registry holds these
-from gateway.model import finite_only as finite_only
-from protocol import frame, kinds
+from knute.gateway.errors import KnuteError
+from knute.gateway.model import Device as Device  # re-exported: the registry holds these
+from knute.gateway.model import finite_only as finite_only
+from knute.protocol import frame, kinds
 
 log = logging.getLogger("knute.registry")
 

@@ -121,7 +121,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from gateway.dbfile import (
+from knute.gateway.dbfile import (
     SPOOL_APP_ID,
     CorruptFile,
     NotKnuteFile,
@@ -130,8 +130,8 @@ from gateway.dbfile import (
     move_aside,
     quick_check,
 )
-from gateway.spool_park import MAX_PARKED_ROWS, Parking
-from gateway.spool_rows import (
+from knute.gateway.spool_park import MAX_PARKED_ROWS, Parking
+from knute.gateway.spool_rows import (
     STORED_COLUMNS,
     Accepted,
     ContextTable,
@@ -146,7 +146,7 @@ from gateway.spool_rows import (
     row_size,
     store_form,
 )
-from gateway.spool_schema import (
+from knute.gateway.spool_schema import (
     FORM_MESSAGE,
     ROW_OVERHEAD,
     SCHEMA_VERSION,
@@ -618,4 +618,4 @@ class Spool(Parking):
 
 
 # The batcher lives in its own module; imported here so callers keep one import.
-from gateway.spool_batch import AcceptBatcher  # noqa: E402
+from knute.gateway.spool_batch import AcceptBatcher  # noqa: E402

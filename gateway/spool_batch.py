@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 if TYPE_CHECKING:
-    from gateway.spool import Accepted, Spool
+    from knute.gateway.spool import Accepted, Spool
 
 log = logging.getLogger("knute.spool")
 

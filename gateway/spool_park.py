@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 
-from gateway.spool_rows import (
+from knute.gateway.spool_rows import (
     PARKED_COLUMNS,
     STORED_COLUMNS,
     ContextTable,

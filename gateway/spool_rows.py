@@ -16,10 +16,10 @@ import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from gateway.errors import KnuteError
-from gateway.model import Accepted as Accepted  # re-exported: the spool takes these
-from gateway.model import Row as Row
-from gateway.spool_schema import FORM_DEFLATED, FORM_MESSAGE, ROW_OVERHEAD, deflate, inflate
+from knute.gateway.errors import KnuteError
+from knute.gateway.model import Accepted as Accepted  # re-exported: the spool takes these
+from knute.gateway.model import Row as Row
+from knute.gateway.spool_schema import FORM_DEFLATED, FORM_MESSAGE, ROW_OVERHEAD, deflate, inflate
 
 log = logging.getLogger("knute.spool")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from gateway.dbfile import SPOOL_APP_ID, bound_queries
+from knute.gateway.dbfile import SPOOL_APP_ID, bound_queries
 
 log = logging.getLogger("knute.spool")
 

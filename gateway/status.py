@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from gateway.model import Counters as Counters  # re-exported: counted here for status
+from knute.gateway.model import Counters as Counters  # re-exported: counted here for status
 
 REQUEST_LIMIT = 4096
 TAP_BACKLOG = 1000          # lines queued per tap client before it loses some

@@ -90,7 +90,7 @@ def __getattr__(name):
     # min_interval_s are for planning tools (`knute airtime`); they live in
     # protocol.airtime_plan, imported on first use, so a LoRa node does not
     # carry them.
-    from protocol import airtime_plan
+    from . import airtime_plan
 
     value = getattr(airtime_plan, name)
     globals()[name] = value

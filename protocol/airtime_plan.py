@@ -3,7 +3,7 @@
 # table and the time-on-air formula, does not carry them. Reached as
 # airtime.band_limit etc. (protocol.airtime imports this module on first use).
 
-from protocol.airtime import HOUR_MS, SUB_BANDS
+from .airtime import HOUR_MS, SUB_BANDS
 
 
 def symbol_time_ms(sf, bw_hz=125000):

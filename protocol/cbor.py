@@ -89,7 +89,7 @@ def encode(obj):
 
 def __getattr__(name):
     # decode and decode_prefix: see the top of this file.
-    from protocol import cbor_decode
+    from . import cbor_decode
 
     value = getattr(cbor_decode, name)
     globals()[name] = value

@@ -5,8 +5,8 @@
 
 import struct
 
-from protocol.cbor import MAX_DEPTH, MAX_LENGTH
-from protocol.errors import (
+from .cbor import MAX_DEPTH, MAX_LENGTH
+from .errors import (
     CBOR_BAD_TEXT,
     CBOR_INDEFINITE,
     CBOR_MAP_KEY,

@@ -13,7 +13,7 @@
 # of ccm.open_, and the CPython block function in protocol.ccm_host: every
 # name a module holds is interned in a node's RAM for good, loaded or not.
 
-from protocol.errors import KEY_LENGTH, FrameError
+from .errors import KEY_LENGTH, FrameError
 
 try:
     import cryptolib  # MicroPython
@@ -25,7 +25,7 @@ try:
         return cryptolib.aes(bytes(key), 1).encrypt  # mode 1: ECB
 
 except ImportError:  # CPython
-    from protocol.ccm_host import aes_block  # noqa: F401 (this module's aes_block)
+    from .ccm_host import aes_block  # noqa: F401 (this module's aes_block)
 
 
 NONCE_LEN = 13
@@ -101,7 +101,7 @@ def seal(block, nonce, aad, plaintext, tag_len):
 
 def __getattr__(name):
     # open_: see the top of this file.
-    from protocol import ccm_open
+    from . import ccm_open
 
     value = getattr(ccm_open, name)
     globals()[name] = value

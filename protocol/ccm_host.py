@@ -3,7 +3,7 @@
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol.errors import KEY_LENGTH, FrameError
+from .errors import KEY_LENGTH, FrameError
 
 
 def aes_block(key):

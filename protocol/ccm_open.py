@@ -1,8 +1,8 @@
 # The receiving half of protocol.ccm (AES-128-CCM, RFC 3610), kept apart so
 # that a node, which only seals, does not carry it.
 
-from protocol.ccm import _check_params, _ctr, _mac
-from protocol.errors import FRAME_TAG, FrameError
+from .ccm import _check_params, _ctr, _mac
+from .errors import FRAME_TAG, FrameError
 
 
 def open_(block, nonce, aad, data, tag_len):

@@ -25,8 +25,8 @@
 
 import struct
 
-from protocol import ccm
-from protocol.errors import FrameError
+from . import ccm
+from .errors import FrameError
 
 try:
     from micropython import const
@@ -234,7 +234,7 @@ def path_ok(path):
 
 def __getattr__(name):
     # The sending side: see the top of this file.
-    from protocol import downlink_send
+    from . import downlink_send
 
     value = getattr(downlink_send, name)
     globals()[name] = value

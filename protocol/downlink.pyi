@@ -1,6 +1,6 @@
 from typing import Any
 
-from protocol.ccm import BlockFn
+from .ccm import BlockFn
 
 CONTROL: int
 HEADER_LEN: int

@@ -6,9 +6,9 @@
 
 import struct
 
-from protocol import ccm
-from protocol import kinds as _kinds
-from protocol.downlink import (
+from . import ccm
+from . import kinds as _kinds
+from .downlink import (
     DL_DEVICE,
     DL_FORGED,
     DL_FORMAT,
@@ -23,7 +23,7 @@ from protocol.downlink import (
     parse_header,
     path_ok,
 )
-from protocol.errors import FRAME_DEVICE, FRAME_FCNT, FrameError
+from .errors import FRAME_DEVICE, FRAME_FCNT, FrameError
 
 CONTROL = 0x60
 HEADER_LEN = 8
@@ -97,7 +97,7 @@ def encode(device_id, dcnt, cmds, key, block=None):
     """A sealed downlink carrying the command list `cmds` (see the builders below)."""
     if not cmds or len(cmds) > MAX_COMMANDS:
         raise ValueError("a downlink carries 1..4 commands")
-    from protocol import cbor
+    from . import cbor
 
     plain = cbor.encode(cmds)
     if HEADER_LEN + len(plain) + TAG_LEN > MAX_DOWNLINK:
@@ -170,7 +170,7 @@ def upd_switch(cmd_id, upd_no):
 def chunk_capacity(sf, cmd_id=0xFFFF, upd_no=0xFFFF, offset=0xFFFF):
     """Bundle bytes one chunk downlink carries at spreading factor `sf` (EU868, 125 kHz)."""
     room = EU868_MAX_PAYLOAD[sf] - HEADER_LEN - TAG_LEN
-    from protocol import cbor
+    from . import cbor
 
     fixed = len(cbor.encode([upd_chunk(cmd_id, upd_no, offset, b"")]))
     # A byte string's head grows by one byte at 24 bytes and again at 256.

@@ -37,7 +37,7 @@ PAYLOAD_UNKNOWN = "payload_unknown"      # a field name not in the kind (encoder
 
 def __getattr__(name):
     # The receiver's reasons: see the top of this file.
-    from protocol import errors_decode
+    from . import errors_decode
 
     value = getattr(errors_decode, name)
     globals()[name] = value

@@ -17,8 +17,8 @@
 
 import struct
 
-from protocol import cbor, ccm, kinds
-from protocol.errors import (
+from . import cbor, ccm, kinds
+from .errors import (
     FRAME_DEVICE,
     FRAME_FCNT,
     FRAME_LONG,
@@ -102,7 +102,7 @@ def encode(kind_name, device_id, fcnt, values, key, tag_len=4, block=None):
 
 def __getattr__(name):
     # The receiving side: see the top of this file.
-    from protocol import frame_decode
+    from . import frame_decode
 
     value = getattr(frame_decode, name)
     globals()[name] = value

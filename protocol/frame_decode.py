@@ -2,8 +2,8 @@
 # decrypt and check a frame against the kinds table. A node only encodes and
 # never loads this module.
 
-from protocol import cbor, ccm, kinds
-from protocol.frame import HEADER_LEN, nonce, parse_header
+from . import cbor, ccm, kinds
+from .frame import HEADER_LEN, nonce, parse_header
 
 
 def open_payload(kind_id, plain):

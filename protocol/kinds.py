@@ -32,7 +32,7 @@ except ImportError:  # CPython: const(x) is x
     def const(x):
         return x
 
-from protocol.errors import (
+from .errors import (
     FRAME_KIND,
     PAYLOAD_MISSING,
     PAYLOAD_RANGE,
@@ -95,7 +95,7 @@ _FLAGS = const(8)
 def __getattr__(name):
     # KINDS and KIND_IDS (dict views of TABLE), unpack(), readings() and the
     # other receiver helpers live in protocol.kinds_decode, imported on first use.
-    from protocol import kinds_decode
+    from . import kinds_decode
 
     value = getattr(kinds_decode, name)
     globals()[name] = value
@@ -121,7 +121,7 @@ def kind_id(name):
 def kind_by_id(kid):
     """The KINDS entry of kind `kid`; FrameError(frame_kind) if there is none."""
     table_entry(kid)
-    from protocol import kinds_decode
+    from . import kinds_decode
 
     return kinds_decode.KINDS[kid]
 

@@ -3,8 +3,8 @@
 # A node only encodes and never loads this module; protocol.kinds imports it
 # on first use of any name below (kinds.KINDS, kinds.unpack, ...).
 
-from protocol.errors import PAYLOAD_MISSING, PAYLOAD_SHAPE, FrameError
-from protocol.kinds import NULLABLE, OPTIONAL, TABLE, check, field_range
+from .errors import PAYLOAD_MISSING, PAYLOAD_SHAPE, FrameError
+from .kinds import NULLABLE, OPTIONAL, TABLE, check, field_range
 
 
 def _field_dict(field):

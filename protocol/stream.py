@@ -86,7 +86,7 @@ def pack_tx(at_ms, freq_hz, sf, payload):
 
 def __getattr__(name):
     # The receiving side: see the top of this file.
-    from protocol import stream_decode
+    from . import stream_decode
 
     value = getattr(stream_decode, name)
     globals()[name] = value

@@ -1,6 +1,6 @@
 from typing import Any
 
-from protocol.errors import FrameError
+from .errors import FrameError
 
 REC_FRAME: int
 REC_RADIO: int

@@ -5,7 +5,7 @@
 import binascii
 import struct
 
-from protocol.errors import (
+from .errors import (
     LINK_COBS,
     LINK_CRC,
     LINK_OVERSIZE,
@@ -14,7 +14,7 @@ from protocol.errors import (
     LINK_TYPE,
     FrameError,
 )
-from protocol.stream import _RADIO, _TX, MAX_ENCODED, RADIO_META_LEN, RECORD_TYPES, TX_META_LEN
+from .stream import _RADIO, _TX, MAX_ENCODED, RADIO_META_LEN, RECORD_TYPES, TX_META_LEN
 
 
 def cobs_decode(data):

@@ -60,7 +60,7 @@ from typing import Any
 import pytest
 
 # The broker class is shared with the demo and the benchmarks; tests import it from here.
-from tools.rig.broker import MOSQUITTO, Broker, BrokerError, free_port
+from knute.tools.rig.broker import MOSQUITTO, Broker, BrokerError, free_port
 
 __all__ = ["MOSQUITTO", "Broker", "BrokerError", "free_port"]
 

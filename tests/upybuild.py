@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import KnuteError
-from tools.rig import upy
+from knute.gateway.errors import KnuteError
+from knute.tools.rig import upy
 
 
 @pytest.fixture(scope="session", params=upy.BITS, ids=[f"upy{b}" for b in upy.BITS])

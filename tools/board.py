@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 DEFAULT_TIMEOUT_S = 5.0
 WRITE_CHUNK = 512              # bytes per write on the board (mpremote uses 256)

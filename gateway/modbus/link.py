@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 from typing import Any
 
-from gateway.modbus import decode
-from gateway.modbus.regmap import ReadBlock
-from gateway.modbus.settings import BusSettings
+from knute.gateway.modbus import decode
+from knute.gateway.modbus.regmap import ReadBlock
+from knute.gateway.modbus.settings import BusSettings
 
 CONNECT_TIMEOUT_MIN_S = 1.0
 

@@ -71,20 +71,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.logsafe import clean
-from gateway.modbus.history import (
+from knute.gateway.logsafe import clean
+from knute.gateway.modbus.history import (
     DeviceState,
     hourly_profile,
     load_state,
     save_state,
     update_hours,
 )
-from gateway.modbus.link import CONNECT, Failure, Link
-from gateway.modbus.regmap import Image, ReadBlock, image_from_block, map_values
-from gateway.modbus.settings import DeviceSettings, ModbusSettings
-from protocol import frame as pframe
-from protocol import kinds
-from protocol.errors import FrameError
+from knute.gateway.modbus.link import CONNECT, Failure, Link
+from knute.gateway.modbus.regmap import Image, ReadBlock, image_from_block, map_values
+from knute.gateway.modbus.settings import DeviceSettings, ModbusSettings
+from knute.protocol import frame as pframe
+from knute.protocol import kinds
+from knute.protocol.errors import FrameError
 
 log = logging.getLogger("knute.modbus")
 

@@ -66,12 +66,12 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
-from gateway.modbus import decode
-from protocol import kinds
+from knute.gateway.errors import KnuteError
+from knute.gateway.modbus import decode
+from knute.protocol import kinds
 
 # The shipped maps are package data of gateway.modbus (they travel in the wheel).
-SHIPPED_MAPS: Traversable = resources.files("gateway.modbus") / "maps"
+SHIPPED_MAPS: Traversable = resources.files("knute.gateway.modbus") / "maps"
 
 FUNCTIONS = {1: "coils", 2: "discrete inputs", 3: "holding registers", 4: "input registers"}
 MAX_REGISTERS = 125     # per read of holding/input registers (MAP v1.1b3, 6.3 and 6.4)

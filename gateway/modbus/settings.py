@@ -42,8 +42,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import KnuteError
-from gateway.modbus.regmap import MapError, RegisterMap, load_map, resolve_map_path
+from knute.gateway.errors import KnuteError
+from knute.gateway.modbus.regmap import MapError, RegisterMap, load_map, resolve_map_path
 
 DEFAULT_OFFLINE_AFTER = 3
 DEFAULT_TIMEOUT_S = 1.0

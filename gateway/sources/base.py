@@ -7,8 +7,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from gateway.link import Backoff, LinkState
-from gateway.model import Reception
+from knute.gateway.link import Backoff, LinkState
+from knute.gateway.model import Reception
 
 __all__ = ["Backoff", "LinkState", "Sink", "ThreadedSource"]
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.modbus.poller import ConditionSink, Poller, ReadingSink
-from gateway.modbus.settings import ModbusSettings
-from gateway.sources.base import LinkState
+from knute.gateway.modbus.poller import ConditionSink, Poller, ReadingSink
+from knute.gateway.modbus.settings import ModbusSettings
+from knute.gateway.sources.base import LinkState
 
 
 class ModbusSource(Poller):

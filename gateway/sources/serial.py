@@ -27,13 +27,13 @@ from typing import Any
 
 import serial  # type: ignore[import-untyped]
 
-from gateway.config import SerialSourceConfig
-from gateway.logsafe import EventLog, clean
-from gateway.model import Counters
-from gateway.pipeline import RateLimit, Reception
-from gateway.sources.base import Backoff, LinkState, Sink, ThreadedSource
-from protocol import stream
-from protocol.errors import FrameError
+from knute.gateway.config import SerialSourceConfig
+from knute.gateway.logsafe import EventLog, clean
+from knute.gateway.model import Counters
+from knute.gateway.pipeline import RateLimit, Reception
+from knute.gateway.sources.base import Backoff, LinkState, Sink, ThreadedSource
+from knute.protocol import stream
+from knute.protocol.errors import FrameError
 
 log = logging.getLogger("knute.source.serial")
 READ_TIMEOUT_S = 0.2

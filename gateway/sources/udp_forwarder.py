@@ -48,13 +48,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import UdpSourceConfig
-from gateway.logsafe import EventLog, clean
-from gateway.model import Counters
-from gateway.pipeline import OVERSIZE, Reception
-from gateway.sources.base import LinkState, Sink, ThreadedSource
-from protocol import frame as pframe
-from protocol.errors import FrameError
+from knute.gateway.config import UdpSourceConfig
+from knute.gateway.logsafe import EventLog, clean
+from knute.gateway.model import Counters
+from knute.gateway.pipeline import OVERSIZE, Reception
+from knute.gateway.sources.base import LinkState, Sink, ThreadedSource
+from knute.protocol import frame as pframe
+from knute.protocol.errors import FrameError
 
 log = logging.getLogger("knute.source.udp")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend import alerts
-from backend.alerts import Rule
+from knute.backend import alerts
+from knute.backend.alerts import Rule
 
 RULE = Rule("night_flow", open_above=20, close_below=10, open_after=2, close_after=2,
             unit="L/h")

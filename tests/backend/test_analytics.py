@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from backend import analytics
-from backend.hours import ESTIMATED, INDEX, MEASURED, Hour
+from knute.backend import analytics
+from knute.backend.hours import ESTIMATED, INDEX, MEASURED, Hour
 from tests.backend.factory import HOUR_S, T0
 
 OSLO = ZoneInfo("Europe/Oslo")

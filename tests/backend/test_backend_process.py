@@ -22,9 +22,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from knute.tools.rig.broker import Broker
+from knute.tools.rig.wait import wait_for
 from tests.backend.factory import HOUR_S, T0, reading, topic
-from tools.rig.broker import Broker
-from tools.rig.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERT_SCHEMA = jsonschema.Draft202012Validator(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.config import ConfigError, load
+from knute.backend.config import ConfigError, load
 
 GOOD = """
 [mqtt]

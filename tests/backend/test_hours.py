@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from backend.hours import (
+from knute.backend.hours import (
     ESTIMATED,
     INDEX,
     MEASURED,

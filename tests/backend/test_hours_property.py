@@ -13,7 +13,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.hours import ESTIMATED, HOUR_S, MeterReading, Slot, rebuild
+from knute.backend.hours import ESTIMATED, HOUR_S, MeterReading, Slot, rebuild
 from tests.backend.factory import T0
 
 

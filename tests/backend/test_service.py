@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from backend.config import Config, District
-from backend.service import Backend
-from backend.store import Store
+from knute.backend.config import Config, District
+from knute.backend.service import Backend
+from knute.backend.store import Store
 from tests.backend.factory import HOUR_S, T0, reading, topic
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.store import SCHEMA_VERSION, Store, StoreError
+from knute.backend.store import SCHEMA_VERSION, Store, StoreError
 from tests.backend.factory import HOUR_S, T0, reading
 
 

@@ -16,10 +16,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.nullmodem import NullModem
+from knute.tools.sim.vdevice import VirtualBoard
 from tests.conftest import Broker
-from tools.rig.gateway import GatewayProcess
-from tools.rig.nullmodem import NullModem
-from tools.sim.vdevice import VirtualBoard
 
 DEVICE = "00c0ffee"
 START = 1_790_006_400          # simulated boot time, on a 6-hour boundary

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from knute.tools.rig.flash import compile_lib
+from knute.tools.rig.node import BenchNode
+
 # Every MicroPython test here runs on the 64- and the 32-bit build (tests/upybuild.py).
 from tests.upybuild import micropython_bin, upy_bits
-from tools.rig.flash import compile_lib
-from tools.rig.node import BenchNode
 
 __all__ = ["micropython_bin", "upy_bits"]
 

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from knute.tools.rig.node import KEY_HEX
+from knute.tools.rig.ptys import open_pty
 from tests.firmware.airsim import EXAMPLE_ADC_P, EXAMPLE_ADC_T, EXAMPLE_CALIB, bme280_image
 from tests.firmware.airsim import sds011_frame as make_frame
 from tests.firmware.conftest import NodeFactory
-from tools.rig.node import KEY_HEX
-from tools.rig.ptys import open_pty
 
 SLEEP, WORK = (6, 1, 0), (6, 1, 1)
 

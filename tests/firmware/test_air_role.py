@@ -16,7 +16,7 @@ from firmware.roles.air_quality import (
     WARMUP,
     Node,
 )
-from protocol import frame, kinds
+from knute.protocol import frame, kinds
 from tests.firmware.airsim import (
     EXAMPLE_ADC_P,
     EXAMPLE_ADC_T,

@@ -6,12 +6,12 @@ import json
 import subprocess
 import sys
 
-from tools.rig.node import ROOT
+from knute.tools.rig.node import ROOT
 
 
 def test_bench_firmware_json() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "bench", "firmware", "--json", "--cycles", "2",
+        [sys.executable, "-m", "knute.tools.cli", "bench", "firmware", "--json", "--cycles", "2",
          "--role", "water_meter", "--role", "radio_bridge"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
+from knute.tools.rig.node import HOUR_T0, water_config
 from tests.firmware.conftest import NodeFactory
-from tools.rig.node import HOUR_T0, water_config
 
 SCALE = 1200
 STOP_S = 2 * 3600 + 600

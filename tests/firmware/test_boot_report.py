@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import re
 
-from protocol import frame
+from knute.protocol import frame
+from knute.tools.rig.node import HOUR_T0, KEY, pulse_lines, water_config
 from tests.firmware.conftest import NodeFactory
-from tools.rig.node import HOUR_T0, KEY, pulse_lines, water_config
 
 
 def test_console_prints_the_device_id_and_each_frame_in_hex(bench_node: NodeFactory) -> None:

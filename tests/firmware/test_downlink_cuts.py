@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from protocol import downlink as dl
+from knute.protocol import downlink as dl
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "firmware" / "upy_downlink_cut.py"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol import downlink as dl
+from knute.protocol import downlink as dl
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = bytes(range(16))

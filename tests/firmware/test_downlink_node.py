@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from firmware.downlink import Downlink
 from firmware.state import Store
-from protocol import downlink as dl
+from knute.protocol import downlink as dl
 
 DEVICE = 0x1234
 K1 = bytes(range(16))

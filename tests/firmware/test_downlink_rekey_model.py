@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from firmware.downlink import Downlink
 from firmware.state import Store
-from protocol import ccm
-from protocol import downlink as dl
-from protocol.errors import FrameError
+from knute.protocol import ccm
+from knute.protocol import downlink as dl
+from knute.protocol.errors import FrameError
 
 DEVICE = 0x42
 K1 = bytes(range(16))

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from firmware import context, downlink_window
-from protocol import downlink as dl
-from protocol import frame, stream
+from knute.protocol import downlink as dl
+from knute.protocol import frame, stream
+from knute.tools.rig.node import HOUR_T0, KEY, water_config
 from tests.firmware.conftest import NodeFactory
-from tools.rig.node import HOUR_T0, KEY, water_config
 
 DEVICE = 4660
 # The LoRa water meter's downlink path does not fit the 64 KiB heap of the
@@ -333,7 +333,7 @@ def test_the_report_flags_agree_with_firmware_downlink(tmp_path: Path,
 
 
 def test_bench_firmware_reports_window_energy_next_to_the_uplinks() -> None:
-    from tools.bench.firmware import window_energy
+    from knute.tools.bench.firmware import window_energy
 
     water = window_energy("water_meter")
     # SF9: RX1 listens 33 ms (8 symbols), RX2 263 ms at SF12, per uplink.

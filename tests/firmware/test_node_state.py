@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from knute.tools.rig.node import HOUR_T0, pulse_lines, water_config
 from tests.firmware.conftest import NodeFactory
-from tools.rig.node import HOUR_T0, pulse_lines, water_config
 
 
 @pytest.mark.parametrize("text, reason", [

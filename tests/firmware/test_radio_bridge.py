@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol import frame, stream
+from knute.protocol import frame, stream
+from knute.tools.rig.node import HOUR_T0, KEY, KEY_HEX, pulse_lines, water_config
 from tests.firmware.conftest import NodeFactory
-from tools.rig.node import HOUR_T0, KEY, KEY_HEX, pulse_lines, water_config
 
 # A LoRa node carries protocol.airtime and the duty-cycle ledger instead of the
 # stream framing; like the wired nodes and the bridge it runs in the bench_node

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from knute.tools.rig.node import HOUR_T0, pulse_lines, water_config
 from tests.firmware.conftest import NodeFactory
-from tools.rig.node import HOUR_T0, pulse_lines, water_config
 
 LEAK, BURST, BACKFLOW, TAMPER, DRY, LOW_BATTERY = 1, 2, 4, 8, 16, 32
 H0 = HOUR_T0 // 3600

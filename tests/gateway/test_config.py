@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config
-from gateway.errors import KnuteError
+from knute.gateway import config
+from knute.gateway.errors import KnuteError
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = """

@@ -19,13 +19,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from protocol import frame, stream
+from knute.protocol import frame, stream
+from knute.tools.rig.faults import FaultyLink
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.ptys import Pty
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker, free_port
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
-from tools.rig.faults import FaultyLink
-from tools.rig.gateway import GatewayProcess
-from tools.rig.ptys import Pty
-from tools.rig.wait import wait_for
 
 KEY = bytes(range(16))
 KEY_HEX = KEY.hex()
@@ -413,7 +413,7 @@ def test_kill_9_loses_nothing_accepted_and_rejects_replays(setup: dict[str, Any]
 def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
-    from gateway.daemon import setup_logging
+    from knute.gateway.daemon import setup_logging
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from protocol import frame
+from knute.protocol import frame
+from knute.tools.rig.ptys import Pty
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
 from tests.gateway.test_daemon import KEY, METER, Gateway, Subscriber, rec
-from tools.rig.ptys import Pty
-from tools.rig.wait import wait_for
 
 NEW_KEY = bytes(range(100, 116))
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from gateway.status import request
-from protocol import frame
+from knute.gateway.status import request
+from knute.protocol import frame
+from knute.tools.rig.wait import wait_for
 from tests.conftest import free_port
 from tests.gateway.pf_client import PacketForwarder, rxpk
-from tools.rig.wait import wait_for
 
 KEY_HEX = bytes(range(16)).hex()
 METER = 0x00004242
@@ -210,7 +210,7 @@ def test_a_registry_restored_with_the_backup_api_is_read_and_a_copied_one_is_not
         tmp_path: Path, knute_bin: Path, sock_dir: str) -> None:
     import sqlite3
 
-    from gateway.registry import Registry
+    from knute.gateway.registry import Registry
 
     data = tmp_path / "data"
     gw = Install(tmp_path / "gw", knute_bin, data=data, socket=f"{sock_dir}/gw.sock")

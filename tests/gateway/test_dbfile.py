@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dbfile import CorruptFile, bound_queries, is_corruption, move_aside, quick_check
+from knute.gateway.dbfile import CorruptFile, bound_queries, is_corruption, move_aside, quick_check
 
 ENDLESS = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
            "SELECT count(*) FROM c")

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dbfile import (
+from knute.gateway.dbfile import (
     REGISTRY_APP_ID,
     SPOOL_APP_ID,
     NotKnuteFile,
     check_identity,
 )
-from gateway.errors import KnuteError
-from gateway.registry import SCHEMA_VERSION, Registry, create_v1
-from gateway.spool import Spool, SpoolError
+from knute.gateway.errors import KnuteError
+from knute.gateway.registry import SCHEMA_VERSION, Registry, create_v1
+from knute.gateway.spool import Spool, SpoolError
 
 CONFIG = """[gateway]
 id = "district-3"

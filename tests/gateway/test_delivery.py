@@ -19,8 +19,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from gateway.delivery import DeliveryWindow, LossTracker, publish_packet_size
-from gateway.model import Row
+from knute.gateway.delivery import DeliveryWindow, LossTracker, publish_packet_size
+from knute.gateway.model import Row
 
 
 def row(row_id: int, payload: bytes = b"{}", topic: str = "k/water_meter/00000001/up") -> Row:
@@ -238,7 +238,7 @@ TestWindowMachine.settings = settings(max_examples=150, stateful_step_count=40)
 def test_backoff_capped_for_a_refused_connection_stays_jittered_below_the_cap() -> None:
     import random
 
-    from gateway.link import Backoff
+    from knute.gateway.link import Backoff
 
     backoff = Backoff(0.5, 60.0, random.Random(7))
     delays = [backoff.next_capped(2.0) for _ in range(12)]

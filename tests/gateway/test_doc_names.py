@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gateway.registry import Device
+from knute.gateway.registry import Device
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

@@ -29,15 +29,15 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import message
-from gateway.config import MqttConfig, TlsSettings
-from gateway.errors import KnuteError
-from gateway.forwarder import Forwarder
-from gateway.link import Backoff
-from gateway.spool import Accepted, Spool
+from knute.gateway import message
+from knute.gateway.config import MqttConfig, TlsSettings
+from knute.gateway.errors import KnuteError
+from knute.gateway.forwarder import Forwarder
+from knute.gateway.link import Backoff
+from knute.gateway.spool import Accepted, Spool
+from knute.tools.rig.wait import wait_for
+from knute.tools.sim.typical import TYPICAL
 from tests.conftest import Broker
-from tools.rig.wait import wait_for
-from tools.sim.typical import TYPICAL
 
 ROOT = Path(__file__).resolve().parents[2]
 READING = jsonschema.Draft202012Validator(

@@ -27,10 +27,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import message
-from gateway.spool import Accepted, Spool
+from knute.gateway import message
+from knute.gateway.spool import Accepted, Spool
+from knute.tools.sim.typical import TYPICAL
 from tests.conftest import Broker, free_port
-from tools.sim.typical import TYPICAL
 
 LIMIT = 8192          # bytes the broker takes at most
 BIG_RECEIVERS = 400   # about 30 kB of receivers' metadata
@@ -198,8 +198,8 @@ listen = "127.0.0.1:{free_port()}"
 def test_a_message_refused_by_an_mqtt5_puback_is_parked_without_a_reconnect(
         tmp_path: Path) -> None:
     """Mosquitto's ACL answers a PUBLISH it refuses with PUBACK 0x87 (Not authorized)."""
-    from gateway.config import MqttConfig
-    from gateway.forwarder import Forwarder
+    from knute.gateway.config import MqttConfig
+    from knute.gateway.forwarder import Forwarder
 
     (tmp_path / "broker").mkdir()
     acl = tmp_path / "broker" / "acl"

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.forwarder import Forwarder
-from gateway.spool import Spool
+from knute.gateway.forwarder import Forwarder
+from knute.gateway.spool import Spool
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
 from tests.gateway.test_forwarder import (
     STATUS,
@@ -24,7 +25,6 @@ from tests.gateway.test_forwarder import (
     make_rows,
     tuned_broker_at,
 )
-from tools.rig.wait import wait_for
 
 
 @pytest.fixture

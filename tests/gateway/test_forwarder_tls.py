@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import TlsSettings
-from gateway.forwarder import Forwarder
-from gateway.spool import Spool
+from knute.gateway.config import TlsSettings
+from knute.gateway.forwarder import Forwarder
+from knute.gateway.spool import Spool
+from knute.tools.rig.tls import TlsBroker
+from knute.tools.rig.wait import wait_for
 from tests.gateway.test_forwarder import Collector, check_delivery, fast_cfg, make_rows
-from tools.rig.tls import TlsBroker
-from tools.rig.wait import wait_for
 
 
 @pytest.fixture

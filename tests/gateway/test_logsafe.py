@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gateway.logsafe import EventLog, clean
+from knute.gateway.logsafe import EventLog, clean
 
 
 def test_clean_escapes_every_line_break_and_control() -> None:

@@ -12,8 +12,8 @@ import jsonschema  # type: ignore[import-untyped]
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import message
-from protocol import frame, kinds
+from knute.gateway import message
+from knute.protocol import frame, kinds
 from tests.protocol.strategies import KIND_NAMES, readings
 
 ROOT = Path(__file__).resolve().parents[2]

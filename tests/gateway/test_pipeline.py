@@ -9,11 +9,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import pipeline as pl
-from gateway.registry import Device
-from gateway.status import Counters
-from protocol import ccm, frame, kinds
-from protocol.errors import FrameError
+from knute.gateway import pipeline as pl
+from knute.gateway.registry import Device
+from knute.gateway.status import Counters
+from knute.protocol import ccm, frame, kinds
+from knute.protocol.errors import FrameError
 
 KEY = bytes(range(16))
 OTHER_KEY = bytes(range(1, 17))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import random
 
-from gateway import pipeline as pl
-from gateway.registry import Device
-from gateway.status import Counters
-from protocol import frame
+from knute.gateway import pipeline as pl
+from knute.gateway.registry import Device
+from knute.gateway.status import Counters
+from knute.protocol import frame
 
 KEY = bytes(range(16))
 DEV = 0x00001234

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import KnuteError
-from gateway.registry import (
+from knute.gateway.errors import KnuteError
+from knute.gateway.registry import (
     SCHEMA_VERSION,
     DeviceExists,
     Registry,

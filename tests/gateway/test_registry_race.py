@@ -6,7 +6,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from gateway.registry import SCHEMA_VERSION, Registry
+from knute.gateway.registry import SCHEMA_VERSION, Registry
 
 OPENERS = 6
 ROUNDS = 8

@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from gateway.config import SerialSourceConfig, UdpSourceConfig
-from gateway.pipeline import Reception
-from gateway.sources import udp_forwarder as uf
-from gateway.sources.base import Backoff, LinkState
-from gateway.sources.serial import RecordReader, SerialSource
-from gateway.status import Counters
-from protocol import frame, stream
-from protocol.errors import FrameError
+from knute.gateway.config import SerialSourceConfig, UdpSourceConfig
+from knute.gateway.pipeline import Reception
+from knute.gateway.sources import udp_forwarder as uf
+from knute.gateway.sources.base import Backoff, LinkState
+from knute.gateway.sources.serial import RecordReader, SerialSource
+from knute.gateway.status import Counters
+from knute.protocol import frame, stream
+from knute.protocol.errors import FrameError
+from knute.tools.rig.ptys import Pty
+from knute.tools.rig.wait import wait_for
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
-from tools.rig.ptys import Pty
-from tools.rig.wait import wait_for
 
 KEY = bytes(range(16))
 FRAME = frame.encode("water_meter", 0x1234, 1,

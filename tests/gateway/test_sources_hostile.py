@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from gateway.config import UdpSourceConfig
-from gateway.sources import udp_forwarder as uf
-from gateway.status import Counters
-from protocol import frame, stream
-from tools.bench.reliability.harness import GatewayProc
-from tools.rig.broker import Broker, free_port
-from tools.rig.wait import wait_for
-from tools.sim.pktfwd import pull_data, push_data, rxpk
+from knute.gateway.config import UdpSourceConfig
+from knute.gateway.sources import udp_forwarder as uf
+from knute.gateway.status import Counters
+from knute.protocol import frame, stream
+from knute.tools.bench.reliability.harness import GatewayProc
+from knute.tools.rig.broker import Broker, free_port
+from knute.tools.rig.wait import wait_for
+from knute.tools.sim.pktfwd import pull_data, push_data, rxpk
 
 KEY = bytes(range(16))
 DEVICE = 0x00001234

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.spool import (
+from knute.gateway.spool import (
     ROW_OVERHEAD,
     SCHEMA_VERSION,
     AcceptBatcher,

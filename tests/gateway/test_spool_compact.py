@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import message
-from gateway.spool import SCHEMA_VERSION, Accepted, Spool, row_size
-from gateway.spool_rows import Stored, message_of, store_form
-from gateway.spool_schema import FORM_DEFLATED, PARKED_TABLE, deflate
-from protocol import frame, kinds
+from knute.gateway import message
+from knute.gateway.spool import SCHEMA_VERSION, Accepted, Spool, row_size
+from knute.gateway.spool_rows import Stored, message_of, store_form
+from knute.gateway.spool_schema import FORM_DEFLATED, PARKED_TABLE, deflate
+from knute.protocol import frame, kinds
 from tests.gateway.test_spool_park import V2_SCHEMA
 from tests.protocol.strategies import KIND_NAMES, readings
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.spool import Spool
+from knute.gateway.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = 8

@@ -6,7 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from gateway.spool import SCHEMA_VERSION, Accepted, Spool, read_parked, row_size
+from knute.gateway.spool import SCHEMA_VERSION, Accepted, Spool, read_parked, row_size
 
 
 def item(device: int, fcnt: int, size: int = 100) -> Accepted:

@@ -8,8 +8,8 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.spool import SCHEMA_VERSION, Accepted, Spool
-from gateway.spool_schema import FORM_DEFLATED
+from knute.gateway.spool import SCHEMA_VERSION, Accepted, Spool
+from knute.gateway.spool_schema import FORM_DEFLATED
 from tests.gateway.test_spool_compact import V3_SCHEMA, reading
 
 

@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from gateway.spool import Accepted, Spool, row_size
+from knute.gateway.spool import Accepted, Spool, row_size
 
 MAX_BYTES = 4000
 MAX_AGE_S = 500.0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import EXIT_CONFIG
+from knute.gateway.errors import EXIT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "contrib" / "knute-gateway.service"

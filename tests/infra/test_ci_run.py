@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.rig.upy import upy32_path
+from knute.tools.rig.upy import upy32_path
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)  # the venv running these tests, wherever it is

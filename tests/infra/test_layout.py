@@ -88,10 +88,10 @@ def test_long_modules_say_why_at_their_top(room: str) -> None:
 
 
 def test_the_knute_command_and_its_rooms() -> None:
-    from tools.cli import COMMANDS
+    from knute.tools.cli import COMMANDS
 
     for module, _help in COMMANDS.values():
-        assert module.startswith("tools.cli."), module
+        assert module.startswith("knute.tools.cli."), module
         assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
     for room in ("cli", "sim", "bench", "rig"):
         assert (ROOT / "tools" / room / "__init__.py").is_file(), room

@@ -33,7 +33,7 @@ def test_extras_nest_and_the_gateway_extra_is_the_daemon_only() -> None:
     assert not names(list(gateway)) & set(NOT_ON_A_GATEWAY)
     assert names(PYPROJECT["project"]["dependencies"]) == {"cryptography"}
     # The `knute` command's table of extras names what pyproject.toml installs.
-    from tools.cli import EXTRAS as CLI_EXTRAS
+    from knute.tools.cli import EXTRAS as CLI_EXTRAS
     import_names = {"paho-mqtt": "paho.mqtt", "pyserial": "serial",
                     "prometheus-client": "prometheus_client"}
     assert set(CLI_EXTRAS["gateway"]) == {import_names.get(n, n) for n in names(list(gateway))}

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.modbus import decode
-from gateway.modbus.history import hourly_profile, update_hours
-from gateway.modbus.link import classify_silence
-from gateway.modbus.regmap import ReadBlock, image_from_block, map_values, parse_map
+from knute.gateway.modbus import decode
+from knute.gateway.modbus.history import hourly_profile, update_hours
+from knute.gateway.modbus.link import classify_silence
+from knute.gateway.modbus.regmap import ReadBlock, image_from_block, map_values, parse_map
 
 # (type, word order, byte order, data bytes as they travel in a read response, value)
 # Worked out by hand: e.g. 100000 = 0x000186A0; CDAB puts the low word 0x86A0 first;

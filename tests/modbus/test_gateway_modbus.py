@@ -17,16 +17,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import config
-from gateway.daemon import condition_row
-from gateway.errors import EXIT_CONFIG, KnuteError
-from gateway.modbus.link import LINK_REASONS
-from gateway.modbus.poller import DeviceCondition
-from gateway.spool import Accepted, Spool
+from knute.gateway import config
+from knute.gateway.daemon import condition_row
+from knute.gateway.errors import EXIT_CONFIG, KnuteError
+from knute.gateway.modbus.link import LINK_REASONS
+from knute.gateway.modbus.poller import DeviceCondition
+from knute.gateway.spool import Accepted, Spool
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker, free_port
 from tests.modbus.conftest import SimFactory
-from tools.rig.gateway import GatewayProcess
-from tools.rig.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 READING = jsonschema.Draft202012Validator(

@@ -12,14 +12,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from gateway import message
-from gateway.modbus.history import load_state
-from gateway.modbus.poller import DeviceCondition, ModbusReading, Poller
-from gateway.modbus.settings import ModbusSettings, parse_settings
-from protocol import kinds
+from knute.gateway import message
+from knute.gateway.modbus.history import load_state
+from knute.gateway.modbus.poller import DeviceCondition, ModbusReading, Poller
+from knute.gateway.modbus.settings import ModbusSettings, parse_settings
+from knute.protocol import kinds
+from knute.tools.rig.wait import wait_for
 from tests.conftest import free_port
 from tests.modbus.conftest import SimFactory
-from tools.rig.wait import wait_for
 
 WAIT_S = 20.0
 

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import KnuteError
-from gateway.modbus.regmap import (
+from knute.gateway.errors import KnuteError
+from knute.gateway.modbus.regmap import (
     SHIPPED_MAPS,
     MapError,
     load_map,
     resolve_map_path,
     shipped_maps,
 )
-from gateway.modbus.settings import parse_settings
-from protocol import kinds
+from knute.gateway.modbus.settings import parse_settings
+from knute.protocol import kinds
 
 GOOD = """\
 [device]

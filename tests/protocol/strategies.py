@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from protocol import kinds
+from knute.protocol import kinds
 
 
 def field_value(field: dict[str, Any]) -> st.SearchStrategy[Any]:

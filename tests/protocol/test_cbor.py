@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import cbor
-from protocol.errors import FrameError
+from knute.protocol import cbor
+from knute.protocol.errors import FrameError
 
 scalars = (
     st.integers(-(2**64), 2**64 - 1)

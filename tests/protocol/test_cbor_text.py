@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import cbor
-from protocol.errors import FrameError
+from knute.protocol import cbor
+from knute.protocol.errors import FrameError
 
 # Bytes biased towards lead and continuation bytes, where the edge cases are.
 utf8ish = st.lists(st.one_of(st.integers(0, 0x7F), st.integers(0x80, 0xBF),

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from protocol import ccm
-from protocol.errors import FrameError
+from knute.protocol import ccm
+from knute.protocol.errors import FrameError
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")

@@ -6,9 +6,9 @@ import json
 import re
 from pathlib import Path
 
-from gateway import pipeline
-from gateway.reasons import DESCRIPTIONS
-from protocol import errors, errors_decode, frame, kinds, stream
+from knute.gateway import pipeline
+from knute.gateway.reasons import DESCRIPTIONS
+from knute.protocol import errors, errors_decode, frame, kinds, stream
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")

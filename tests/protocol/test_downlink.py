@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import cbor, frame
-from protocol import downlink as dl
-from protocol.errors import FrameError
+from knute.protocol import cbor, frame
+from knute.protocol import downlink as dl
+from knute.protocol.errors import FrameError
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors"
@@ -83,7 +83,7 @@ def test_the_nodes_private_numbers_are_the_public_ones() -> None:
     # names are protocol.downlink_send's. Each twin must agree.
     from firmware import downlink as node_downlink
     from firmware import downlink_update
-    from protocol import downlink_send
+    from knute.protocol import downlink_send
 
     twins = 0
     for module in (dl, node_downlink, downlink_update):

@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from protocol import cbor, downlink_send
-from protocol import downlink as dl
+from knute.protocol import cbor, downlink_send
+from knute.protocol import downlink as dl
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")

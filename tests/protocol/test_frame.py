@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import ccm, frame, kinds
-from protocol.errors import FrameError
+from knute.protocol import ccm, frame, kinds
+from knute.protocol.errors import FrameError
 from tests.protocol.strategies import frames_in, readings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools.rig.flash import compile_lib
+from knute.tools.rig.flash import compile_lib
 
 ROOT = Path(__file__).resolve().parents[2]
 

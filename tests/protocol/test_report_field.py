@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import cbor, downlink, frame, kinds, stream
-from protocol.errors import FrameError
+from knute.protocol import cbor, downlink, frame, kinds, stream
+from knute.protocol.errors import FrameError
 
 KEY = bytes(range(16))
 

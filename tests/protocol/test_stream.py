@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import stream
-from protocol.errors import FrameError
+from knute.protocol import stream
+from knute.protocol.errors import FrameError
 
 bodies = st.binary(max_size=stream.MAX_BODY)
 records = st.lists(st.tuples(st.sampled_from(stream.RECORD_TYPES), bodies), max_size=6)

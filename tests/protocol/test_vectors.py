@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gateway.pipeline import Verifier
-from gateway.registry import Device
-from protocol import frame, stream
-from protocol.errors import FrameError
+from knute.gateway.pipeline import Verifier
+from knute.gateway.registry import Device
+from knute.protocol import frame, stream
+from knute.protocol.errors import FrameError
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors"

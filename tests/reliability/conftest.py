@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tools.bench.reliability import CaseResult
+from knute.tools.bench.reliability import CaseResult
 
 
 def check(result: CaseResult, *, allow_duplicates: bool = True) -> None:

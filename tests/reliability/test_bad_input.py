@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import frame, stream
-from protocol.errors import FrameError
+from knute.protocol import frame, stream
+from knute.protocol.errors import FrameError
+from knute.tools.bench import reliability as rel
 from tests.reliability.conftest import check
-from tools.bench import reliability as rel
 
 KEY = bytes(range(16))
 GOOD = frame.encode("water_meter", 0x1234, 7, {"index": 4242, "profile_end_h": 3,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from knute.tools.bench import reliability as rel
 from tests.reliability.conftest import check
-from tools.bench import reliability as rel
 
 
 def test_broker_killed_for_one_second(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from knute.tools.bench import reliability as rel
 from tests.reliability.conftest import check
-from tools.bench import reliability as rel
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 

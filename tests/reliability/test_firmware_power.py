@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from knute.tools.bench import reliability as rel
 from tests.reliability.conftest import check
-from tools.bench import reliability as rel
 
 
 @pytest.mark.parametrize("bits", [64, 32], ids=["upy64", "upy32"])

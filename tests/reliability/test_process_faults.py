@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.registry import Registry
+from knute.gateway.registry import Registry
+from knute.tools.bench import reliability as rel
+from knute.tools.bench.reliability.damage import scribble
 from tests.reliability.conftest import check
-from tools.bench import reliability as rel
-from tools.bench.reliability.damage import scribble
 
 
 def test_gateway_kill9_three_times_under_load(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from knute.tools.bench import reliability as rel
 from tests.reliability.conftest import check
-from tools.bench import reliability as rel
 
 
 def test_security_over_tls(tmp_path: Path) -> None:

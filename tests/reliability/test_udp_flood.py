@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from knute.tools.bench.reliability import udp_flood as flood
 from tests.reliability.conftest import check
-from tools.bench.reliability import udp_flood as flood
 
 
 def test_legitimate_frames_get_through_a_flood(tmp_path: Path) -> None:

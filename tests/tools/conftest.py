@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from knute.tools.sim.vdevice import VirtualBoard
+
 # Virtual boards (and protocol code run by micropython_bin) on both unix port builds.
 from tests.upybuild import micropython_bin, upy_bits
-from tools.sim.vdevice import VirtualBoard
 
 __all__ = ["micropython_bin", "upy_bits"]
 

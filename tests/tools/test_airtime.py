@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import airtime
-from tools.cli import airtime as airtime_cli
+from knute.protocol import airtime
+from knute.tools.cli import airtime as airtime_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden" / "airtime.txt"
@@ -99,7 +99,7 @@ def test_table_text_matches_golden(knute_bin: Path) -> None:
 
 
 def test_table_json_uses_real_frame_sizes(knute_bin: Path) -> None:
-    from tools.sim.typical import typical_frame
+    from knute.tools.sim.typical import typical_frame
 
     result = _run([str(knute_bin), "airtime", "--json"])
     data = json.loads(result.stdout)

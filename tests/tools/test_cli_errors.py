@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.registry import Registry
-from tools.cli import EXIT_BROKEN_PIPE
+from knute.gateway.registry import Registry
+from knute.tools.cli import EXIT_BROKEN_PIPE
 
 KEY = "00112233445566778899aabbccddeeff"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import KnuteError
-from gateway.registry import Device, Registry
+from knute.gateway.errors import KnuteError
+from knute.gateway.registry import Device, Registry
 
 KEY1 = "00112233445566778899aabbccddeeff"
 KEY2 = "ffeeddccbbaa99887766554433221100"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dbfile import DataLock
-from gateway.registry import Registry
-from gateway.spool import Spool
+from knute.gateway.dbfile import DataLock
+from knute.gateway.registry import Registry
+from knute.gateway.spool import Spool
 
 KEY = "00112233445566778899aabbccddeeff"
 NOBODY = 65534

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from protocol import frame
-from protocol.errors import FrameError
-from tools.sim.fleet import HOUR, Fleet, MeterNode
+from knute.protocol import frame
+from knute.protocol.errors import FrameError
+from knute.tools.sim.fleet import HOUR, Fleet, MeterNode
 
 START = 1_790_000_000.0
 

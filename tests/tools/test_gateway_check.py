@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import TlsSettings
-from gateway.errors import EXIT_CONFIG
-from gateway.forwarder import Forwarder
-from gateway.spool import Spool
+from knute.gateway.config import TlsSettings
+from knute.gateway.errors import EXIT_CONFIG
+from knute.gateway.forwarder import Forwarder
+from knute.gateway.spool import Spool
 from tests.conftest import Broker, free_port
 from tests.gateway.test_forwarder import fast_cfg
 

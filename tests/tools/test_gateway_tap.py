@@ -19,11 +19,11 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from protocol import frame
+from knute.protocol import frame
+from knute.tools.rig.ptys import Pty
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
 from tests.gateway.test_daemon import KEY, KEY_HEX, WRONG_KEY, Gateway, rec, water
-from tools.rig.ptys import Pty
-from tools.rig.wait import wait_for
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "schema"
                      / "reading.schema.json").read_text())

@@ -16,9 +16,9 @@ import zlib
 
 import pytest
 
-from tools.sim import radio
-from tools.sim.radio import PlanConfig
-from tools.sim.radio_plan import simulate, slot_completeness
+from knute.tools.sim import radio
+from knute.tools.sim.radio import PlanConfig
+from knute.tools.sim.radio_plan import simulate, slot_completeness
 
 FRAME = 31
 SF = 9
@@ -138,7 +138,7 @@ def test_more_concentrators_deliver_more_and_flag_fewer_nodes() -> None:
 
 
 def test_png_is_a_valid_image() -> None:
-    from tools.sim.radio_png import render
+    from knute.tools.sim.radio_png import render
 
     r = simulate(PlanConfig(nodes=300, gateways=2, frame_bytes=FRAME))
     png = render(r.summary, r.city.node_xy, r.city.sf, 5.0)

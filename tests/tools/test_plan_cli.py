@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def knute(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tools.cli", *argv], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "knute.tools.cli", *argv], cwd=ROOT,
                           capture_output=True, text=True, timeout=240)
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import KnuteError
-from gateway.registry import Registry
+from knute.gateway.errors import KnuteError
+from knute.gateway.registry import Registry
+from knute.tools.board import BootWatch, lora_chip
+from knute.tools.sim.vdevice import VirtualBoard
 from tests.tools.conftest import Mpremote
-from tools.board import BootWatch, lora_chip
-from tools.sim.vdevice import VirtualBoard
 
 
 def _provision(knute_bin: Path, *args: str, timeout: float = 120,

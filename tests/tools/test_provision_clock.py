@@ -11,7 +11,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tools.sim.vdevice import VirtualBoard
+from knute.tools.sim.vdevice import VirtualBoard
 
 
 def test_provision_writes_the_clock_and_the_node_boots_with_it(

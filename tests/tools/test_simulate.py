@@ -13,8 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from protocol import frame, stream
-from protocol.errors import FrameError
+from knute.protocol import frame, stream
+from knute.protocol.errors import FrameError
 
 
 def _keys(csv_path: Path) -> dict[int, bytes]:
@@ -96,7 +96,7 @@ def test_simulate_without_an_output_is_one_clear_error(knute_bin: str) -> None:
 def test_simulate_runs_real_firmware_nodes_on_their_own_serial_lines(
     knute_bin: str, tmp_path: Path
 ) -> None:
-    from gateway.registry import Registry
+    from knute.gateway.registry import Registry
 
     registry = tmp_path / "registry.db"
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import serial  # type: ignore[import-untyped]
 
+from knute.tools.sim.vdevice import VirtualBoard, parse_size
 from tests.tools.conftest import Mpremote
-from tools.sim.vdevice import VirtualBoard, parse_size
 
 
 def _read_until(port: serial.Serial, marker: bytes, timeout_s: float = 10) -> bytes:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from knute.tools.rig import upy
 from tests.tools.conftest import Mpremote
-from tools.rig import upy
 
 MAXSIZE = {64: 2**63 - 1, 32: 2**31 - 1}
 

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.status import request
-from protocol import frame
+from knute.gateway.status import request
+from knute.protocol import frame
+from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
-from tools.rig.wait import wait_for
 
 START = 1_790_006_400          # simulated boot time, on a 6-hour boundary
 

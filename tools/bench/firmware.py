@@ -40,9 +40,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tools.rig.flash import MPY_FLAGS, compile_lib, mpy_cross_command
-from tools.rig.ptys import open_pty
-from tools.rig.upy import micropython
+from knute.tools.rig.flash import MPY_FLAGS, compile_lib, mpy_cross_command
+from knute.tools.rig.ptys import open_pty
+from knute.tools.rig.upy import micropython
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"
@@ -155,7 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _radio_lines(count: int) -> str:
-    from protocol import frame
+    from knute.protocol import frame
 
     key = bytes.fromhex(KEY_HEX)
     lines = []
@@ -231,7 +231,7 @@ def _measure(role: str, variant: str, cycles: int, heap: str, work: Path,
         os.close(link_master)
         os.close(pm_master)
     if proc.returncode != 0 or "@@end" not in proc.stdout:
-        from gateway.errors import KnuteError
+        from knute.gateway.errors import KnuteError
 
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
         raise KnuteError(f"{role} ({variant}) failed on the {bits}-bit unix port: "
@@ -268,8 +268,8 @@ ENERGY_SF = 9                                            # config.json radio.sf 
 def window_energy(role: str, sf: int = ENERGY_SF) -> dict[str, Any]:
     """µAh a day of a LoRa role's uplinks and of its empty receive windows."""
     from firmware.downlink_window import window_ms
-    from protocol.airtime import time_on_air_ms
-    from tools.sim.typical import typical_frame
+    from knute.protocol.airtime import time_on_air_ms
+    from knute.tools.sim.typical import typical_frame
 
     kind = {"water_meter": "water_meter", "air_quality": "air_quality"}[role]
     sends = ENERGY_ROLES[role]
@@ -284,7 +284,7 @@ def window_energy(role: str, sf: int = ENERGY_SF) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Measure every (chosen) role, optimized and naive; print a table or JSON."""
-    from gateway.errors import KnuteError
+    from knute.gateway.errors import KnuteError
 
     builds = {bits: micropython(bits) for bits in (64, 32)
               if args.bits in ("both", str(bits))}

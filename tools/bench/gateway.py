@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tools.rig.broker import MOSQUITTO, Broker
+from knute.tools.rig.broker import MOSQUITTO, Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,9 +77,9 @@ def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
     """
     import random
 
-    from gateway import message
-    from gateway.spool import Accepted
-    from tools.sim.typical import TYPICAL
+    from knute.gateway import message
+    from knute.gateway.spool import Accepted
+    from knute.tools.sim.typical import TYPICAL
 
     rng = random.Random(11)
     kinds_of = {dev: ("water_meter" if dev % 3 else "air_quality")
@@ -120,7 +120,7 @@ def _accepted_stream(count: int, devices: int = 1000, gateway_id: str = "bench",
 def _mosquitto(workdir: str) -> Broker:
     """A throwaway Mosquitto on 127.0.0.1 (not started)."""
     if not os.access(MOSQUITTO, os.X_OK):
-        from gateway.errors import KnuteError
+        from knute.gateway.errors import KnuteError
 
         raise KnuteError(f"{MOSQUITTO} not found: install it (apt-get install mosquitto)")
     return Broker(Path(workdir), "mosquitto")
@@ -132,7 +132,7 @@ def _mosquitto(workdir: str) -> Broker:
 def bench_decode_verify(frames: int) -> float:
     """Frames/s through the pipeline's Verifier on this thread: the same measurement
     as ``knute bench protocol`` (best of its rounds), so both print one figure."""
-    from tools.bench.protocol import _rate, _workload, gateway_path
+    from knute.tools.bench.protocol import _rate, _workload, gateway_path
 
     work, keys = _workload()
     return _rate(gateway_path(keys), work, frames)
@@ -170,8 +170,8 @@ def bench_bare_paho(port: int, payloads: list[tuple[str, bytes]], inflight: int)
 
 def bench_end_to_end(port: int, rows: list[Any], inflight: int, workdir: str) -> float:
     """Frames/s from a source thread through spool and forwarder to PUBACK."""
-    from gateway.forwarder import Forwarder, MqttConfig
-    from gateway.spool import AcceptBatcher, Spool
+    from knute.gateway.forwarder import Forwarder, MqttConfig
+    from knute.gateway.spool import AcceptBatcher, Spool
 
     spool = Spool(os.path.join(workdir, "e2e.db"), max_bytes=4 << 30, max_age_s=86400.0)
     fwd = Forwarder(spool, MqttConfig(host="127.0.0.1", port=port, max_inflight=inflight,
@@ -200,8 +200,8 @@ def bench_end_to_end(port: int, rows: list[Any], inflight: int, workdir: str) ->
 
 def _drain_child(workdir: str, backlog: int, inflight: int) -> dict[str, float]:
     """In a child process: spool ``backlog`` frames while the broker is down, then drain."""
-    from gateway.forwarder import Forwarder, MqttConfig
-    from gateway.spool import Spool
+    from knute.gateway.forwarder import Forwarder, MqttConfig
+    from knute.gateway.spool import Spool
 
     broker = _mosquitto(workdir)
     spool = Spool(os.path.join(workdir, "drain.db"), max_bytes=16 << 30, max_age_s=86400.0)
@@ -268,11 +268,11 @@ def run(args: argparse.Namespace) -> int:
             broker.stop()
         del rows, payloads
         child = subprocess.run(
-            [sys.executable, "-m", "tools.cli", "bench", "gateway", "--drain-child",
+            [sys.executable, "-m", "knute.tools.cli", "bench", "gateway", "--drain-child",
              f"{workdir},{args.backlog},{args.inflight}"],
             cwd=ROOT, capture_output=True, text=True, timeout=3600, check=False)
         if child.returncode != 0:
-            from gateway.errors import KnuteError
+            from knute.gateway.errors import KnuteError
 
             raise KnuteError(f"drain benchmark failed: {child.stderr.strip()[-500:]}")
         drain = json.loads(child.stdout.strip().splitlines()[-1])

@@ -16,7 +16,7 @@ import json
 import time
 from typing import Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _timed(cfg: Any, finder: Any) -> tuple[float, Any]:
-    from tools.sim.radio_plan import simulate
+    from knute.tools.sim.radio_plan import simulate
 
     start = time.perf_counter()
     result = simulate(cfg, finder)
@@ -39,7 +39,7 @@ def _timed(cfg: Any, finder: Any) -> tuple[float, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run both simulations and print the figures."""
-    from tools.sim.radio import PlanConfig, find_overlaps, find_overlaps_pairwise
+    from knute.tools.sim.radio import PlanConfig, find_overlaps, find_overlaps_pairwise
 
     if args.nodes < 1 or args.baseline_nodes < 1 or args.gateways < 1:
         raise KnuteError("--nodes, --baseline-nodes and --gateways must be at least 1")

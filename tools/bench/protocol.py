@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _workload(devices: int = 500) -> tuple[list[bytes], dict[int, bytes]]:
     """Frames of both kinds from `devices` nodes, each with its own key."""
-    from protocol import frame
-    from tools.sim.typical import TYPICAL
+    from knute.protocol import frame
+    from knute.tools.sim.typical import TYPICAL
 
     keys = {dev: os.urandom(16) for dev in range(1, devices + 1)}
     frames = []
@@ -75,9 +75,9 @@ def _workload(devices: int = 500) -> tuple[list[bytes], dict[int, bytes]]:
 
 def gateway_path(keys: dict[int, bytes]) -> Callable[[bytes], dict[str, Any]]:
     """The gateway's own decode+verify (``gateway.pipeline.Verifier``)."""
-    from gateway.pipeline import Verifier
-    from gateway.registry import Device
-    from protocol import frame
+    from knute.gateway.pipeline import Verifier
+    from knute.gateway.registry import Device
+    from knute.protocol import frame
 
     devices = {dev: Device(dev, "water_meter" if dev % 3 else "air_quality", key)
                for dev, key in keys.items()}
@@ -93,7 +93,7 @@ def gateway_path(keys: dict[int, bytes]) -> Callable[[bytes], dict[str, Any]]:
 
 def pure_path(keys: dict[int, bytes]) -> Callable[[bytes], dict[str, Any]]:
     """protocol.frame.decode with the AES block function cached per device."""
-    from protocol import ccm, frame
+    from knute.protocol import ccm, frame
 
     blocks = {dev: ccm.aes_block(key) for dev, key in keys.items()}
 

@@ -21,8 +21,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway.errors import KnuteError
-from protocol.errors import FrameError
+from knute.gateway.errors import KnuteError
+from knute.protocol.errors import FrameError
 
 EXIT_BROKEN_PIPE = 141         # 128 + SIGPIPE, as the shell reports a command cut off by `head`
 
@@ -46,21 +46,21 @@ COMMAND_EXTRA: dict[str, str] = {
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "encode": ("tools.cli.codec", "encode readings into an encrypted frame (hex)"),
-    "decode": ("tools.cli.codec", "decode and verify a frame (hex) and print it as JSON"),
-    "protocol": ("tools.cli.protocol", "protocol facts: frame sizes against SenML-CBOR and JSON"),
-    "bench": ("tools.cli.bench",
+    "encode": ("knute.tools.cli.codec", "encode readings into an encrypted frame (hex)"),
+    "decode": ("knute.tools.cli.codec", "decode and verify a frame (hex) and print it as JSON"),
+    "protocol": ("knute.tools.cli.protocol", "protocol facts: frame sizes against SenML-CBOR and JSON"),
+    "bench": ("knute.tools.cli.bench",
               "benchmarks that print figures (protocol, gateway, firmware, ...)"),
-    "gateway": ("tools.cli.gateway", "run the gateway daemon or query a running one"),
-    "devices": ("tools.cli.devices", "manage the gateway's device registry"),
-    "vdevice": ("tools.cli.vdevice", "start a virtual MicroPython board behind a pty"),
-    "provision": ("tools.cli.provision", "provision a node over mpremote and register it"),
-    "simulate": ("tools.cli.simulate", "simulate a fleet of nodes sending real frames"),
-    "airtime": ("tools.cli.airtime", "LoRa time on air, duty-cycle budget and battery life"),
-    "plan": ("tools.cli.plan", "plan a city's concentrators: a seeded radio simulation"),
-    "modbus-sim": ("tools.cli.modbus_sim", "simulate Modbus water meters and air stations"),
-    "demo": ("tools.cli.demo", "broker, gateway, fleet and a live view in one command"),
-    "backend": ("tools.cli.backend", "store readings from MQTT, rebuild hourly use, find leaks"),
+    "gateway": ("knute.tools.cli.gateway", "run the gateway daemon or query a running one"),
+    "devices": ("knute.tools.cli.devices", "manage the gateway's device registry"),
+    "vdevice": ("knute.tools.cli.vdevice", "start a virtual MicroPython board behind a pty"),
+    "provision": ("knute.tools.cli.provision", "provision a node over mpremote and register it"),
+    "simulate": ("knute.tools.cli.simulate", "simulate a fleet of nodes sending real frames"),
+    "airtime": ("knute.tools.cli.airtime", "LoRa time on air, duty-cycle budget and battery life"),
+    "plan": ("knute.tools.cli.plan", "plan a city's concentrators: a seeded radio simulation"),
+    "modbus-sim": ("knute.tools.cli.modbus_sim", "simulate Modbus water meters and air stations"),
+    "demo": ("knute.tools.cli.demo", "broker, gateway, fleet and a live view in one command"),
+    "backend": ("knute.tools.cli.backend", "store readings from MQTT, rebuild hourly use, find leaks"),
 }
 
 
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"knute {args.command}: {exc}", file=sys.stderr)
         return exc.exit_status
     except FrameError as exc:
-        from gateway.reasons import describe
+        from knute.gateway.reasons import describe
 
         detail = f" ({exc.detail})" if exc.detail else ""
         print(f"knute {args.command}: {describe(exc.reason)}{detail}", file=sys.stderr)

@@ -2,6 +2,6 @@
 
 import sys
 
-from tools.cli import main
+from knute.tools.cli import main
 
 sys.exit(main())

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import airtime
+from knute.protocol import airtime
 
 SFS = tuple(range(7, 13))
 LORAWAN_OVERHEAD = 13           # MHDR 1 + DevAddr 4 + FCtrl 1 + FCnt 2 + FPort 1 + MIC 4
@@ -84,7 +84,7 @@ def oms_payload_len(kind: str) -> int:
 
 def knute_frame_len(kind: str) -> int:
     """Bytes of knute's frame of the typical readings of `kind`."""
-    from tools.sim.typical import typical_frame
+    from knute.tools.sim.typical import typical_frame
 
     return len(typical_frame(kind))
 
@@ -263,7 +263,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "airtime") -> Non
 
 def run(args: argparse.Namespace) -> int:
     """Print one time on air (--payload) or the full table."""
-    from gateway.errors import KnuteError
+    from knute.gateway.errors import KnuteError
 
     if args.payload is not None:
         if not 0 <= args.payload <= 255:

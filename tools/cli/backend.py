@@ -14,7 +14,7 @@ import argparse
 import json
 from typing import Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "backend") -> None:
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "backend") -> Non
 
 
 def _load(path: str) -> Any:
-    from backend.config import ConfigError, load
+    from knute.backend.config import ConfigError, load
 
     try:
         return load(path)
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch ``knute backend ACTION``."""
     import sqlite3
 
-    from backend import service
-    from backend.store import Store, StoreError
+    from knute.backend import service
+    from knute.backend.store import Store, StoreError
 
     config = _load(args.config)
     try:

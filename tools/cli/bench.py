@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """One sub-parser per benchmark module present in this installation."""
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for bench, help_text in BENCHES.items():
-        module_name = f"tools.bench.{bench}"
+        module_name = f"knute.tools.bench.{bench}"
         if importlib.util.find_spec(module_name) is None:
             continue
         module = importlib.import_module(module_name)

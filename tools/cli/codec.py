@@ -14,8 +14,8 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from gateway.errors import KnuteError
-from gateway.registry import parse_device_id, parse_key
+from knute.gateway.errors import KnuteError
+from knute.gateway.registry import parse_device_id, parse_key
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -88,9 +88,9 @@ def parse_reading(field: dict[str, Any], text: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Print the frame in hex (encode) or the decoded frame as JSON (decode)."""
-    from gateway.reasons import describe
-    from protocol import frame, kinds
-    from protocol.errors import FrameError
+    from knute.gateway.reasons import describe
+    from knute.protocol import frame, kinds
+    from knute.protocol.errors import FrameError
 
     if args.command == "encode":
         kind = kinds.KINDS[kinds.kind_id(args.kind)]
@@ -160,7 +160,7 @@ def mqtt_reading(decoded: dict[str, Any], received_at: str | None,
     """
     import time
 
-    from gateway import message
+    from knute.gateway import message
 
     return message.reading_dict(
         decoded, device=message.device_name(decoded["device_id"]), gateway_id="knute-decode",

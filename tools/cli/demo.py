@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import KnuteError
-from tools.rig.gateway import GatewayProcess
-from tools.rig.ptys import HeldPty
+from knute.gateway.errors import KnuteError
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.ptys import HeldPty
 
 if TYPE_CHECKING:
-    from tools.sim.firmware_nodes import FirmwareNode
+    from knute.tools.sim.firmware_nodes import FirmwareNode
 
 PREFIX = "knute"
 DEMO_FAULTS = ("leak", "burst", "tamper", "sensor", "garbage", "truncated", "replay")
@@ -101,8 +101,8 @@ class Demo:
     """Every process and thread of one demo run."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        from tools.rig.broker import Broker
-        from tools.sim.fleet import Fleet
+        from knute.tools.rig.broker import Broker
+        from knute.tools.sim.fleet import Fleet
 
         self.args = args
         self.workdir = workdir
@@ -128,7 +128,7 @@ class Demo:
     # ------------------------------------------------------------ start-up
     def start(self) -> None:
         """Start broker, gateway, subscriber and fleet."""
-        from gateway import registry
+        from knute.gateway import registry
 
         (self.workdir / "broker").mkdir(parents=True, exist_ok=True)
         self.broker.start()
@@ -156,8 +156,8 @@ class Demo:
         self.events.appendleft(f"{time.strftime('%H:%M:%S')} {text}")
 
     def _open_links(self) -> None:
-        from tools.rig.broker import free_port
-        from tools.sim.pktfwd import ForwarderClient
+        from knute.tools.rig.broker import free_port
+        from knute.tools.sim.pktfwd import ForwarderClient
 
         self._pty = HeldPty()  # held open so the line survives gateway restarts
         self.serial_path = self._pty.path
@@ -230,7 +230,7 @@ listen = "127.0.0.1:{self.udp_port}"
             time.sleep(0.05)
 
     def _start_real_firmware(self) -> None:
-        from tools.sim.firmware_nodes import start_boards
+        from knute.tools.sim.firmware_nodes import start_boards
 
         self.boards = start_boards(self.args.real_firmware, self.workdir / "boards",
                                    str(self.workdir / "registry.db"), self.start_time,
@@ -240,8 +240,8 @@ listen = "127.0.0.1:{self.udp_port}"
 
     # ------------------------------------------------------------ running
     def _send_loop(self) -> None:
-        from protocol import stream
-        from tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
+        from knute.protocol import stream
+        from knute.tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
 
         rng = self.fleet.rng
         wall0 = time.monotonic()

@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> None:
@@ -78,14 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> Non
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from gateway import config
-    from tools.cli.gateway import default_config
+    from knute.gateway import config
+    from knute.tools.cli.gateway import default_config
 
     return config.load(getattr(args, "config", None) or default_config())
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from gateway.registry import Registry
+    from knute.gateway.registry import Registry
 
     path = getattr(args, "registry", None) or _config(args).registry
     _check_owner(path, "registry")
@@ -118,7 +118,7 @@ def _check_owner(path: str, what: str) -> None:
 
 def _notify(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any] | None:
     """Send a request to a running gateway, if one can be found; None otherwise."""
-    from gateway.status import request
+    from knute.gateway.status import request
 
     try:
         path = _config(args).status_socket
@@ -134,7 +134,7 @@ def _notify(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any]
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one device sub-command."""
-    from gateway.registry import format_device_id, parse_device_id
+    from knute.gateway.registry import format_device_id, parse_device_id
 
     action = args.devices_command
     if action == "reset-counter":
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed {format_device_id(device_id)}")
             return 0
         if action == "import":
-            from gateway.registry import decode_csv
+            from knute.gateway.registry import decode_csv
 
             try:
                 with open(args.file, "rb") as fh:
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _show_value(key: str, value: Any) -> str:
-    from tools.cli.gateway import iso
+    from knute.tools.cli.gateway import iso
 
     if key == "last_seen":
         return iso(value)
@@ -220,7 +220,7 @@ def _show_value(key: str, value: Any) -> str:
 
 
 def _print_table(devices: list[Any], show_key: bool) -> None:
-    from tools.cli.gateway import iso
+    from knute.tools.cli.gateway import iso
 
     header = ["device", "kind", "name", "site", "last_fcnt", "last_seen", "battery", "alarms"]
     if show_key:
@@ -240,7 +240,7 @@ def _print_table(devices: list[Any], show_key: bool) -> None:
 
 
 def _reset_counter(args: argparse.Namespace) -> int:
-    from gateway.registry import format_device_id, parse_device_id
+    from knute.gateway.registry import format_device_id, parse_device_id
 
     device_id = parse_device_id(args.device)
     name = format_device_id(device_id)
@@ -257,9 +257,9 @@ def _reset_counter(args: argparse.Namespace) -> int:
         how = "by the running gateway"
         last = None
     else:
-        from gateway.dbfile import DataLock
-        from gateway.registry import Registry
-        from gateway.spool import Spool
+        from knute.gateway.dbfile import DataLock
+        from knute.gateway.registry import Registry
+        from knute.gateway.spool import Spool
 
         spool_path = args.spool or _config(args).spool
         _check_owner(spool_path, "spool")

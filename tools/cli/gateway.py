@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 DEFAULT_CONFIG = "/etc/knute/gateway.toml"
 
@@ -92,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway import config
-    from gateway.daemon import Daemon, setup_logging
-    from gateway.errors import ConfigError
+    from knute.gateway import config
+    from knute.gateway.daemon import Daemon, setup_logging
+    from knute.gateway.errors import ConfigError
 
     try:
         cfg = config.load(args.config)
@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from gateway import config
+    from knute.gateway import config
 
     cfg = config.load(args.config)
     sources: list[dict[str, Any]] = (
@@ -267,11 +267,11 @@ def _check_tcp(what: str, host: str, port: int) -> dict[str, Any]:
         return _result(what, f"cannot connect to {host}:{port}: {exc.strerror or exc}")
     return _result(what, None, f"{host}:{port} accepts connections")
 def _parked(args: argparse.Namespace) -> int:
-    from gateway.spool import read_parked
+    from knute.gateway.spool import read_parked
 
     path = args.spool
     if not path:
-        from gateway import config
+        from knute.gateway import config
 
         path = config.load(args.config or default_config()).spool
     count, rows = read_parked(path, max(0, args.limit))
@@ -293,13 +293,13 @@ def socket_path(config_path: str | None, socket_arg: str | None) -> str:
     """The status socket: --socket, else the one the configuration names."""
     if socket_arg:
         return socket_arg
-    from gateway import config
+    from knute.gateway import config
 
     return config.load(config_path or default_config()).status_socket
 
 
 def _status(args: argparse.Namespace) -> int:
-    from gateway.status import request
+    from knute.gateway.status import request
 
     path = socket_path(args.config, args.socket)
     try:

@@ -10,8 +10,8 @@ import argparse
 import os
 import random
 
-from gateway.errors import KnuteError
-from tools.sim.modbus import DEFAULT_DEVICES, DEFAULT_TCP, Faults, SimUnit, serve
+from knute.gateway.errors import KnuteError
+from knute.tools.sim.modbus import DEFAULT_DEVICES, DEFAULT_TCP, Faults, SimUnit, serve
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "modbus-sim") -> None:
@@ -65,7 +65,7 @@ def _unit_int(text: str, opt: str) -> tuple[int, int]:
 
 
 def _build(args: argparse.Namespace) -> tuple[dict[int, SimUnit], Faults, random.Random]:
-    from gateway.modbus.regmap import load_map, resolve_map_path
+    from knute.gateway.modbus.regmap import load_map, resolve_map_path
 
     rng = random.Random(args.seed)
     alarms: dict[int, set[str]] = {}
@@ -82,7 +82,7 @@ def _build(args: argparse.Namespace) -> tuple[dict[int, SimUnit], Faults, random
     for unit, names in alarms.items():
         if unit not in units:
             raise KnuteError(f"--alarm: unit {unit} is not a --device")
-        from protocol import kinds
+        from knute.protocol import kinds
 
         known = {b for f in units[unit].kind["fields"] if f["type"] == "bits" for b in f["bits"]}
         unknown = names - known

@@ -17,11 +17,11 @@ import sys
 import time
 from typing import Any
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 
 def _channels(text: str) -> tuple[int, ...]:
-    from tools.sim.radio import CHANNEL_PLAN_HZ
+    from knute.tools.sim.radio import CHANNEL_PLAN_HZ
 
     text = text.strip()
     if text.isdigit():
@@ -42,7 +42,7 @@ def _channels(text: str) -> tuple[int, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "plan") -> None:
     """Options of ``knute plan``."""
-    from tools.sim.radio import MODELS
+    from knute.tools.sim.radio import MODELS
 
     parser.add_argument("--nodes", type=int, default=45_000,
                         help="water meters, uniform in the disc (default 45000)")
@@ -92,11 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "plan") -> None:
 
 def config(args: argparse.Namespace) -> Any:
     """The PlanConfig of the command line."""
-    from tools.sim.radio import CHANNEL_PLAN_HZ, PlanConfig
-    from tools.sim.radio_plan import read_xy_csv
+    from knute.tools.sim.radio import CHANNEL_PLAN_HZ, PlanConfig
+    from knute.tools.sim.radio_plan import read_xy_csv
 
     if args.frame_bytes is None:
-        from tools.cli.airtime import knute_frame_len
+        from knute.tools.cli.airtime import knute_frame_len
 
         frame_bytes = knute_frame_len("water_meter")
     else:
@@ -169,7 +169,7 @@ def _write_csv(path: str, result: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate (or search the concentrator count) and report."""
-    from tools.sim import radio, radio_plan
+    from knute.tools.sim import radio, radio_plan
 
     cfg = config(args)
     started = time.perf_counter()
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     if found is not None:
         s["find_gateways"] = found
     if args.png:
-        from tools.sim.radio_png import render
+        from knute.tools.sim.radio_png import render
 
         try:
             with open(args.png, "wb") as fh:

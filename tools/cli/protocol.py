@@ -16,7 +16,7 @@ from typing import Any
 
 import cbor2
 
-from tools.sim.typical import TYPICAL, TYPICAL_DEVICE_ID, TYPICAL_FCNT, typical_frame
+from knute.tools.sim.typical import TYPICAL, TYPICAL_DEVICE_ID, TYPICAL_FCNT, typical_frame
 
 BASE_TIME = 1_790_000_000  # a send time in 2026, seconds since the epoch
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def senml_records(kind_name: str, values: dict[str, Any]) -> list[dict[int, Any]]:
     """The readings as a SenML pack with integer labels (RFC 8428 section 6)."""
-    from protocol import kinds
+    from knute.protocol import kinds
 
     kind = kinds.KINDS[kinds.kind_id(kind_name)]
     records: list[dict[int, Any]] = []
@@ -59,7 +59,7 @@ def senml_records(kind_name: str, values: dict[str, Any]) -> list[dict[int, Any]
 
 def json_object(kind_name: str, values: dict[str, Any]) -> dict[str, Any]:
     """The readings as one compact JSON object, scaled to their units."""
-    from protocol import kinds
+    from knute.protocol import kinds
 
     kind = kinds.KINDS[kinds.kind_id(kind_name)]
     out: dict[str, Any] = {"dev": f"{TYPICAL_DEVICE_ID:08x}", "fcnt": TYPICAL_FCNT,

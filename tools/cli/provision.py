@@ -42,8 +42,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.board import (
+from knute.gateway.errors import KnuteError
+from knute.tools.board import (
     DEFAULT_TIMEOUT_S,
     Board,
     BoardInfo,
@@ -57,7 +57,7 @@ from tools.board import (
     set_clock,
     verify_files,
 )
-from tools.rig.flash import MPY_FLAGS, firmware_sources, mpy_cross_command
+from knute.tools.rig.flash import MPY_FLAGS, firmware_sources, mpy_cross_command
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("water_meter", "air_quality", "radio_bridge")
@@ -207,7 +207,7 @@ def csv_ids(path: Path) -> set[int]:
     """Device ids already in a CSV import file."""
     import csv as csv_mod
 
-    from gateway.registry import parse_device_id
+    from knute.gateway.registry import parse_device_id
 
     if not path.exists():
         return set()
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _open_registry(path: str) -> Any:
-    from gateway.registry import Registry
+    from knute.gateway.registry import Registry
 
     if not Path(path).parent.is_dir():
         raise KnuteError(f"--registry {path}: no such directory")
@@ -320,7 +320,7 @@ def _open_registry(path: str) -> Any:
 
 def run_provision(args: argparse.Namespace) -> int:
     """The provisioning steps, registry last."""
-    from gateway.registry import csv_header, csv_line, format_device_id, parse_device_id
+    from knute.gateway.registry import csv_header, csv_line, format_device_id, parse_device_id
 
     registers = args.kind != "radio_bridge"
     registry = _open_registry(args.registry) if args.registry and registers else None
@@ -447,7 +447,7 @@ def format_summary(summary: dict[str, Any], registers: bool = True) -> str:
 def run_check(args: argparse.Namespace) -> int:
     """Read the board's config and firmware version and compare them with the registry."""
     from firmware import VERSION
-    from gateway.registry import format_device_id
+    from knute.gateway.registry import format_device_id
 
     with Board(args.port, args.timeout) as board:
         raw = board.read_file("/config.json")

@@ -23,8 +23,8 @@ import sys
 import time
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.sim.simulate import open_outputs, register, send
+from knute.gateway.errors import KnuteError
+from knute.tools.sim.simulate import open_outputs, register, send
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the fleet until --for elapses or Ctrl-C, then print a summary."""
-    from tools.sim.fleet import FAULTS, Fleet
+    from knute.tools.sim.fleet import FAULTS, Fleet
 
     faults = tuple(f for f in args.faults.split(",") if f)
     if set(faults) - set(FAULTS):
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         import tempfile
         from pathlib import Path
 
-        from tools.sim.firmware_nodes import start_boards
+        from knute.tools.sim.firmware_nodes import start_boards
 
         flash_root = Path(tempfile.mkdtemp(prefix="knute-sim-boards-"))
         boards = start_boards(args.real_firmware, flash_root, args.registry, start, args.speed)

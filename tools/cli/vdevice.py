@@ -19,8 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
-from gateway.errors import KnuteError
-from tools.sim.vdevice import DEFAULT_HEAPSIZE, VirtualBoard, parse_size
+from knute.gateway.errors import KnuteError
+from knute.tools.sim.vdevice import DEFAULT_HEAPSIZE, VirtualBoard, parse_size
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "vdevice") -> None:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     line = None
     try:
         if args.null_modem:
-            from tools.rig.nullmodem import NullModem
+            from knute.tools.rig.nullmodem import NullModem
 
             line = NullModem()
         with VirtualBoard(args.flash, flash_size=args.flash_size,

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("protocol", "firmware")

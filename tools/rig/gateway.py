@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.rig.wait import WaitTimeout, wait_for
+from knute.gateway.errors import KnuteError
+from knute.tools.rig.wait import WaitTimeout, wait_for
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
@@ -109,7 +109,7 @@ class GatewayProcess:
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
         """The live status over the unix socket (OSError/ValueError if it does not answer)."""
-        from gateway.status import request
+        from knute.gateway.status import request
 
         return request(self.status_socket, {"cmd": "status"}, timeout=timeout)
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from protocol import frame, stream
-from tools.rig.ptys import open_pty
+from knute.protocol import frame, stream
+from knute.tools.rig.ptys import open_pty
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"

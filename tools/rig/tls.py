@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tools.rig.broker import Broker, free_port
+from knute.tools.rig.broker import Broker, free_port
 
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 

@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 ROOT = Path(__file__).resolve().parents[2]
 BITS = (64, 32)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from gateway.errors import KnuteError
+from knute.gateway.errors import KnuteError
 
 T = TypeVar("T")
 

@@ -23,10 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.errors import KnuteError
-from tools.rig.nullmodem import NullModem
-from tools.sim.fleet import HOUR, Household
-from tools.sim.vdevice import VirtualBoard
+from knute.gateway.errors import KnuteError
+from knute.tools.rig.nullmodem import NullModem
+from knute.tools.sim.fleet import HOUR, Household
+from knute.tools.sim.vdevice import VirtualBoard
 
 PULSE_DAYS = 90               # simulated days of pulses written ahead
 _SENT = re.compile(r"knute: sent fcnt=(\d+)")

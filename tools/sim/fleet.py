@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import ccm, frame
+from knute.protocol import ccm, frame
 
 HOUR = 3600
 DAY = 24 * HOUR

@@ -42,8 +42,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.rig.nullmodem import NullModem
+from knute.gateway.errors import KnuteError
+from knute.tools.rig.nullmodem import NullModem
 
 DEFAULT_DEVICES = ("1:generic_water_meter", "2:generic_air_station")
 DEFAULT_TCP = "127.0.0.1:5020"
@@ -68,7 +68,7 @@ class SimUnit:
     """One simulated device: a register map and plausible, changing readings."""
 
     def __init__(self, unit_id: int, rmap: Any, rng: random.Random, alarms: set[str]) -> None:
-        from protocol import kinds
+        from knute.protocol import kinds
 
         self.unit_id = unit_id
         self.map = rmap
@@ -116,8 +116,8 @@ class SimUnit:
 
     def image(self) -> dict[tuple[int, int], int]:
         """(function, address) -> register word (or bit) for the map's registers, now."""
-        from gateway.modbus import decode
-        from gateway.modbus.regmap import kind_field, unit_conversion
+        from knute.gateway.modbus import decode
+        from knute.gateway.modbus.regmap import kind_field, unit_conversion
 
         readings = self.step()
         out: dict[tuple[int, int], int] = {}
@@ -214,7 +214,7 @@ def _sim_device(unit: SimUnit | None, unit_id: int, faults: Faults,
 
 def make_trace(faults: Faults, units: set[int], rtu: bool) -> Any:
     """The server's packet hook: silences, rewrites unit ids, breaks CRCs, drops a register."""
-    from gateway.modbus.decode import with_crc
+    from knute.gateway.modbus.decode import with_crc
 
     def trace(sending: bool, packet: bytes) -> bytes:
         if not sending or not packet:

@@ -21,7 +21,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from protocol import airtime
+from knute.protocol import airtime
 
 SFS = (7, 8, 9, 10, 11, 12)
 BW_HZ = 125_000

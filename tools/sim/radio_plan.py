@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from protocol import airtime
-from tools.sim.radio import (
+from knute.protocol import airtime
+from knute.tools.sim.radio import (
     BW_HZ,
     DAY_S,
     HOUR_S,
@@ -92,7 +92,7 @@ def _median(values: list[float]) -> float:
 
 def summarise(cfg: PlanConfig, city: City, fr: Frames, ok: list[bool]) -> dict[str, Any]:
     """The figures of one run, JSON-friendly (the keys of `knute plan --json`)."""
-    from tools.cli.airtime import Battery
+    from knute.tools.cli.airtime import Battery
 
     n_frames = len(fr.node)
     delivered = sum(ok)
@@ -178,7 +178,7 @@ def summarise(cfg: PlanConfig, city: City, fr: Frames, ok: list[bool]) -> dict[s
 
 def check(cfg: PlanConfig) -> None:
     """Refuse inputs the model cannot run, with the option they came from."""
-    from gateway.errors import KnuteError
+    from knute.gateway.errors import KnuteError
 
     if cfg.node_xy is None and cfg.nodes < 1:
         raise KnuteError(f"--nodes must be at least 1; got {cfg.nodes}")
@@ -286,7 +286,7 @@ def _with_gateways(cfg: PlanConfig, n: int) -> PlanConfig:
 
 def read_xy_csv(path: str, what: str) -> list[tuple[float, float]]:
     """Coordinates in km from a CSV: `x_km,y_km` per line (a header line is allowed)."""
-    from gateway.errors import KnuteError
+    from knute.gateway.errors import KnuteError
 
     out: list[tuple[float, float]] = []
     try:

@@ -16,7 +16,7 @@ import struct
 import zlib
 from typing import Any
 
-from tools.sim.radio import SFS
+from knute.tools.sim.radio import SFS
 
 SIZE = 400
 RGB = tuple[int, int, int]

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.rig.ptys import Pty
+from knute.gateway.errors import KnuteError
+from knute.tools.rig.ptys import Pty
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Outputs:
 
 def open_outputs(args: argparse.Namespace) -> Outputs:
     """Open the serial line and the forwarders the options name."""
-    from tools.sim.pktfwd import ForwarderClient
+    from knute.tools.sim.pktfwd import ForwarderClient
 
     out = Outputs()
     if args.serial_pty:
@@ -71,7 +71,7 @@ def open_outputs(args: argparse.Namespace) -> Outputs:
 
 def register(args: argparse.Namespace, fleet: Any) -> None:
     """Register the fleet (--registry) and/or write it as CSV (--csv)."""
-    from gateway import registry
+    from knute.gateway import registry
 
     if args.registry:
         reg = registry.Registry(args.registry)
@@ -106,8 +106,8 @@ def _write_serial(out: Outputs, data: bytes) -> None:
 
 def send(out: Outputs, tx: Any, rng: Any) -> None:
     """Put one transmission on every output."""
-    from protocol import stream
-    from tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
+    from knute.protocol import stream
+    from knute.tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
 
     if out.serial_fd is not None:
         if tx.node is None:

@@ -35,6 +35,6 @@ TYPICAL_KEY = bytes(range(16))
 
 def typical_frame(kind: str) -> bytes:
     """The encrypted frame of the typical readings of `kind` (4-byte tag)."""
-    from protocol import frame
+    from knute.protocol import frame
 
     return frame.encode(kind, TYPICAL_DEVICE_ID, TYPICAL_FCNT, TYPICAL[kind], TYPICAL_KEY)

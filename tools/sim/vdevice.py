@@ -44,8 +44,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tools.rig import upy
-from tools.rig.ptys import open_pty
+from knute.tools.rig import upy
+from knute.tools.rig.ptys import open_pty
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = Path(__file__).resolve().parent / "vdevice_repl.py"

@@ -36,20 +36,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.bench.reliability.bad_input import case_bad_input, case_bad_input_daemon
-from tools.bench.reliability.damage import case_corrupt_files, case_disk_full
-from tools.bench.reliability.delivery import (
+from knute.gateway.errors import KnuteError
+from knute.tools.bench.reliability.bad_input import case_bad_input, case_bad_input_daemon
+from knute.tools.bench.reliability.damage import case_corrupt_files, case_disk_full
+from knute.tools.bench.reliability.delivery import (
     case_broker_outage,
     case_kill9,
     case_no_puback,
     case_reconnect_storm,
 )
-from tools.bench.reliability.harness import make_dir
-from tools.bench.reliability.power import case_firmware_power_cut
-from tools.bench.reliability.results import DESIGN_RATE_FPS, ROW_KEYS, CaseResult, key_leaks
-from tools.bench.reliability.security import case_security
-from tools.bench.reliability.udp_flood import case_udp_flood
+from knute.tools.bench.reliability.harness import make_dir
+from knute.tools.bench.reliability.power import case_firmware_power_cut
+from knute.tools.bench.reliability.results import DESIGN_RATE_FPS, ROW_KEYS, CaseResult, key_leaks
+from knute.tools.bench.reliability.security import case_security
+from knute.tools.bench.reliability.udp_flood import case_udp_flood
 
 # The cases and the checks tests/reliability/ calls (as ``rel.case_...``).
 __all__ = ["DESIGN_RATE_FPS", "CaseResult", "add_arguments", "case_bad_input",

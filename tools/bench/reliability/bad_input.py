@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.bench.reliability.harness import (
+from knute.tools.bench.reliability.harness import (
     rig,
 )
-from tools.bench.reliability.results import (
+from knute.tools.bench.reliability.results import (
     ROOT,
     CaseResult,
 )
@@ -81,15 +81,15 @@ def fuzz_in_process(n: int, *, seed: int = 7) -> tuple[FuzzTally, dict[str, Any]
     A forgery is an accepted frame whose bytes are not those of a frame the
     fleet really sent. Every rejection must be counted by reason.
     """
-    from gateway.config import UdpSourceConfig
-    from gateway.pipeline import Pipeline, Reception
-    from gateway.registry import Device
-    from gateway.sources.serial import RecordReader
-    from gateway.sources.udp_forwarder import UdpForwarderSource
-    from gateway.status import Counters
-    from protocol import stream
-    from tools.sim.fleet import Fleet
-    from tools.sim.pktfwd import push_data, rxpk
+    from knute.gateway.config import UdpSourceConfig
+    from knute.gateway.pipeline import Pipeline, Reception
+    from knute.gateway.registry import Device
+    from knute.gateway.sources.serial import RecordReader
+    from knute.gateway.sources.udp_forwarder import UdpForwarderSource
+    from knute.gateway.status import Counters
+    from knute.protocol import stream
+    from knute.tools.sim.fleet import Fleet
+    from knute.tools.sim.pktfwd import push_data, rxpk
 
     logging.getLogger("knute").setLevel(logging.ERROR)    # rejections are counted, not logged
     rng = random.Random(seed)
@@ -280,8 +280,8 @@ def case_bad_input_daemon(workdir: Path, *, frames: int = 2000, rate: float = 10
     interleaved with the fleet's genuine traffic: the process survives, only genuine
     frames reach the backend, every rejection is counted."""
     result = CaseResult("bad_input_daemon", runs=1)
-    from protocol import stream
-    from tools.sim.pktfwd import push_data, rxpk
+    from knute.protocol import stream
+    from knute.tools.sim.pktfwd import push_data, rxpk
 
     rng = random.Random(seed)
     with rig(workdir, meters=20, air=10, rate=rate, seed=seed) as r:

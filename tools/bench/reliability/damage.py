@@ -12,17 +12,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.errors import KnuteError
-from tools.bench.reliability.harness import (
+from knute.gateway.errors import KnuteError
+from knute.tools.bench.reliability.harness import (
     rig,
 )
-from tools.bench.reliability.results import (
+from knute.tools.bench.reliability.results import (
     WAIT_S,
     CaseResult,
     key_leaks,
     spool_problems,
 )
-from tools.rig.wait import wait_for
+from knute.tools.rig.wait import wait_for
 
 
 def _truncate_middle(path: str, keep: float) -> None:
@@ -129,7 +129,7 @@ def case_disk_full(workdir: Path, *, free_kb: int = 1024, overfill: float = 2.0,
     must keep running, evict by its policy (oldest routine first), count the
     evictions, keep the file intact, and deliver what it kept.
     """
-    from gateway.spool import RESERVE_BYTES
+    from knute.gateway.spool import RESERVE_BYTES
 
     result = CaseResult("disk_full", runs=1)
     size_kb = free_kb + RESERVE_BYTES // 1024 + 1024

@@ -6,15 +6,15 @@ import random
 import time
 from pathlib import Path
 
-from tools.bench.reliability.harness import (
+from knute.tools.bench.reliability.harness import (
     rig,
 )
-from tools.bench.reliability.results import (
+from knute.tools.bench.reliability.results import (
     WAIT_S,
     CaseResult,
     spool_problems,
 )
-from tools.rig.wait import wait_for
+from knute.tools.rig.wait import wait_for
 
 # ---------------------------------------------------------------- delivery cases
 

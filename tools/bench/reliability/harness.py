@@ -14,17 +14,17 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.bench.reliability.results import (
+from knute.gateway.errors import KnuteError
+from knute.tools.bench.reliability.results import (
     PREFIX,
     WAIT_S,
     CaseResult,
     key_leaks,
 )
-from tools.rig.faults import FaultyLink
-from tools.rig.gateway import GatewayProcess
-from tools.rig.ptys import HeldPty
-from tools.rig.wait import wait_for
+from knute.tools.rig.faults import FaultyLink
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.ptys import HeldPty
+from knute.tools.rig.wait import wait_for
 
 # ---------------------------------------------------------------- the backend
 
@@ -140,7 +140,7 @@ class GatewayProc(GatewayProcess):
                  spool_path: str | None = None, spool_max_mb: float = 64.0,
                  fsync: str = "normal", mqtt_extra: str = "", mqtt_host: str = "127.0.0.1",
                  log_level: str = "info", log_json: bool = False) -> None:
-        from gateway.registry import Registry, csv_header, csv_line
+        from knute.gateway.registry import Registry, csv_header, csv_line
 
         super().__init__(root)
         self.spool_path = spool_path or str(root / "spool.db")
@@ -205,7 +205,7 @@ class FleetDriver:
     def __init__(self, meters: int = 60, air: int = 20, *, seed: int = 1, rate: float = 200.0,
                  faults: tuple[str, ...] = ("garbage", "truncated", "replay"),
                  fault_rate: float = 0.02, first_device_id: int = 0x20000000) -> None:
-        from tools.sim.fleet import Fleet
+        from knute.tools.sim.fleet import Fleet
 
         self.fleet = Fleet(meters, air, start=1_767_225_600.0, seed=seed, faults=faults,
                            fault_rate=fault_rate, first_device_id=first_device_id)
@@ -213,10 +213,10 @@ class FleetDriver:
         self.rng = random.Random(seed + 1000)
         self._pty = HeldPty()        # held open: the line survives gateway restarts
         self.serial_path = self._pty.path
-        from tools.rig.broker import free_port
+        from knute.tools.rig.broker import free_port
 
         self.udp_port = free_port()
-        from tools.sim.pktfwd import ForwarderClient
+        from knute.tools.sim.pktfwd import ForwarderClient
 
         self._forwarders = [ForwarderClient(bytes.fromhex("aa555a00000000") + bytes((n,)),
                                             "127.0.0.1", self.udp_port) for n in range(2)]
@@ -272,14 +272,14 @@ class FleetDriver:
 
     def send_one(self, device_id: int | None, payload: bytes, valid: bool) -> None:
         """Put one transmission on a link and account for it."""
-        from protocol import stream
-        from tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
+        from knute.protocol import stream
+        from knute.tools.sim.pktfwd import EU868_CHANNELS_MHZ, rxpk
 
         with self._lock:
             self.sent += 1
             if valid and device_id is not None:
                 self.sent_valid += 1
-                from protocol import frame
+                from knute.protocol import frame
 
                 _, dev, fcnt, _ = frame.parse_header(payload)
                 self.valid_ids.add(f"{dev:08x}:{fcnt}")
@@ -335,7 +335,7 @@ class Rig:
                  seed: int = 1, spool_path: str | None = None, spool_max_mb: float = 64.0,
                  fsync: str = "normal", broker: Any = None, mqtt_port: int | None = None,
                  mqtt_extra: str = "", log_level: str = "info") -> None:
-        from tools.rig.broker import Broker
+        from knute.tools.rig.broker import Broker
 
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,10 @@ import re
 import time
 from pathlib import Path
 
-from tools.bench.reliability.harness import (
+from knute.tools.bench.reliability.harness import (
     make_dir,
 )
-from tools.bench.reliability.results import (
+from knute.tools.bench.reliability.results import (
     CaseResult,
 )
 
@@ -29,9 +29,9 @@ def case_firmware_power_cut(workdir: Path, *, cuts: int = 5, seed: int = 10,
     halfway (``pause_writes_ms``) and are traced, so a cut lands before, inside
     or after a write at random.
     """
-    from tools.rig.flash import compile_lib
-    from tools.rig.node import HOUR_T0, KEY, BenchNode, pulse_lines, water_config
-    from tools.rig.upy import micropython as upy_binary
+    from knute.tools.rig.flash import compile_lib
+    from knute.tools.rig.node import HOUR_T0, KEY, BenchNode, pulse_lines, water_config
+    from knute.tools.rig.upy import micropython as upy_binary
 
     result = CaseResult("firmware_power_cut", runs=cuts)
     rng = random.Random(seed)
@@ -67,7 +67,7 @@ def case_firmware_power_cut(workdir: Path, *, cuts: int = 5, seed: int = 10,
         frames = [frame for rtype, frame in node.records() if rtype == 1]
     finally:
         node.close()
-    from protocol import frame as pframe
+    from knute.protocol import frame as pframe
 
     decoded = [pframe.decode(buf, KEY) for buf in frames]
     fcnts = [d["fcnt"] for d in decoded]

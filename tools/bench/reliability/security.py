@@ -10,17 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KnuteError
-from tools.bench.reliability.harness import (
+from knute.gateway.errors import KnuteError
+from knute.tools.bench.reliability.harness import (
     Rig,
     make_dir,
     rig,
 )
-from tools.bench.reliability.results import (
+from knute.tools.bench.reliability.results import (
     CaseResult,
     key_leaks,
 )
-from tools.rig.wait import wait_for
+from knute.tools.rig.wait import wait_for
 
 # ---------------------------------------------------------------- security
 
@@ -29,8 +29,8 @@ def case_security(workdir: Path, *, tls: bool = True, seed: int = 9) -> CaseResu
     """Forged tags, replays (also after a restart and across two sources), counter
     resets, device-id spoofing; no key in logs, output or status; 0600 files; TLS
     with a test CA and a password against Mosquitto for the whole gateway path."""
-    from protocol import frame, stream
-    from tools.sim.pktfwd import push_data, rxpk
+    from knute.protocol import frame, stream
+    from knute.tools.sim.pktfwd import push_data, rxpk
 
     result = CaseResult("security", runs=1)
     broker: Any = None
@@ -40,7 +40,7 @@ def case_security(workdir: Path, *, tls: bool = True, seed: int = 9) -> CaseResu
     if tls:
         # Mosquitto with a plain listener (the backend) and a TLS listener that wants
         # a client certificate from the test CA and the gateway's password.
-        from tools.rig.tls import TlsBroker
+        from knute.tools.rig.tls import TlsBroker
 
         bdir = make_dir(workdir / "tls-broker")
         broker = TlsBroker(bdir)

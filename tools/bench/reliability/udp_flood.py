@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tools.bench.reliability.results import CaseResult
+    from knute.tools.bench.reliability.results import CaseResult
 
 LEGIT_EUI = bytes.fromhex("aa555a00000000f1")
 MAX_LOG_BYTES = 64 * 1024          # what the log may grow by during the flood
@@ -162,7 +162,7 @@ class Flood:
         frames_file = workdir / "flood-frames.txt"
         frames_file.write_text("\n".join(buf.hex() for buf in genuine))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.bench.reliability.udp_flood", "127.0.0.1", str(port),
+            [sys.executable, "-m", "knute.tools.bench.reliability.udp_flood", "127.0.0.1", str(port),
              str(seconds), str(rate), str(senders), str(seed), str(frames_file)],
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
             cwd=str(Path(__file__).resolve().parents[3]))
@@ -228,7 +228,7 @@ def _cpu_s(pid: int) -> float:
 
 def _send_legit(fwd: Any, frames: Sequence[bytes], rate: float) -> None:
     """Push ``frames`` one per PUSH_DATA at ``rate`` a second, reading the acks."""
-    from tools.sim.pktfwd import rxpk
+    from knute.tools.sim.pktfwd import rxpk
 
     interval = 1.0 / rate
     next_at = time.monotonic()
@@ -250,9 +250,9 @@ def case_udp_flood(workdir: Path, *, flood_s: float = 20.0, rate: float = 0.0,
     one process can send) from ``senders`` sockets; the genuine forwarder sends
     ``flood_s * legit_rate`` frames in each phase.
     """
-    from tools.bench.reliability.harness import rig
-    from tools.bench.reliability.results import CaseResult
-    from tools.sim.pktfwd import ForwarderClient
+    from knute.tools.bench.reliability.harness import rig
+    from knute.tools.bench.reliability.results import CaseResult
+    from knute.tools.sim.pktfwd import ForwarderClient
 
     result = CaseResult("udp_flood", runs=1)
     per_phase = max(1, int(flood_s * legit_rate))
