@@ -118,7 +118,7 @@ class Context:
         # The clock is read only when something needs it (a clock read allocates
         # on some ports): the duty-cycle ledger and the receive windows.
         end_ms = 0
-        if self.duty is not None or self.dl is not None or self.sent == 0:
+        if self.duty is not None or self.dl is not None:
             end_ms = self.hal.time_ms()
         # The log below names the end time the ledger holds, not a later clock
         # read: what the console shows is what the budget was checked against.
@@ -143,7 +143,7 @@ class Context:
                      % (fcnt, len(buf), int(toa_ms + 0.999), sent_t, buf.hex()))
         else:
             self.log("sent fcnt=%d bytes=%d frame=%s" % (fcnt, len(buf), buf.hex()))
-        if self.dl is not None or self.sent == 1:
+        if self.dl is not None:
             from firmware import downlink_window
 
             downlink_window.after_send(self, report, fcnt, end_ms)

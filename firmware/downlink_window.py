@@ -113,8 +113,6 @@ def after_send(ctx, sent_report, fcnt, end_ms):
     try:
         if ctx.sent == 1:
             _confirm_update(ctx)
-        if dls is None:
-            return
         # The bench radio knows the end of its line to the millisecond.
         end_ms = getattr(getattr(ctx.link, "modem", None), "end_ms", end_ms)
         packet = windows(ctx, end_ms)

@@ -12,6 +12,7 @@ from firmware import app
 hal = app.main()
 while hal is not None:
     # A module update became active, or a downlink waits: firmware.downlink_apply.
+    del app
     from firmware import downlink_apply
 
     hal = downlink_apply.restart(hal)
