@@ -137,6 +137,7 @@ def main(config_path="config.json", hal=None):
     del boot
     gc.collect()
     node = role.Node(ctx)
+    ctx.start_duty()    # after the role's buffers: a LoRa node's heap peak (docs/firmware.md)
     try:
         node.start()
     except (OSError, ValueError) as exc:

@@ -126,6 +126,10 @@ def boot(config_path="config.json", hal=None):
         except ValueError as exc:
             _safe_mode(hal, key + ": " + str(exc))
             return None
+        # The sub-band table leaves the heap until the duty-cycle ledger takes
+        # it back after boot (Context.start_duty): 2 KB of the boot's peak.
+        unload("protocol.airtime")
+        del airtime
     from firmware import context, roles  # long-lived: load them first
 
     gc.collect()

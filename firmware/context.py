@@ -36,12 +36,10 @@ class Context:
         # One AES object for the node's life: building it is the costly part of a send.
         self.block = ccm.aes_block(self.key) if self.key else None
         self.jitter_ms = int(config.get("jitter_s", 0) * 1000)
+        # A LoRa link's duty-cycle ledger (firmware.dutycycle): built by
+        # start_duty() once the boot-only code has left the heap (firmware.app),
+        # as the boot is where a 64 KiB heap runs out.
         self.duty = None
-        if link is not None and link.lora:
-            from firmware import dutycycle
-
-            lcfg = config["radio"]
-            self.duty = dutycycle.DutyCycle(lcfg["channels"], lcfg["bw_hz"], hal.random_below)
         self.wdt = NullWatchdog()   # the app puts the running watchdog here
         self.retry_s = 0
         self.last_result = None
@@ -54,6 +52,15 @@ class Context:
         # receive-window ms, time-on-air ms, key rotation pending, downlink heard]
         self.dl = [None, False, 0, 0, config.get("key_next_bytes") is not None, False] \
             if config.get("downlink") else None
+
+    def start_duty(self):
+        """Build the duty-cycle ledger and channel plan when the link is LoRa."""
+        if self.link is not None and self.link.lora and self.duty is None:
+            from firmware import dutycycle
+
+            lcfg = self.config["radio"]
+            self.duty = dutycycle.DutyCycle(lcfg["channels"], lcfg["bw_hz"],
+                                            self.hal.random_below)
 
     def log(self, msg):
         """One console line (and a LOG record on a UART link when enabled)."""
