@@ -50,6 +50,8 @@ class Air:
         self.down = node_dir / "dl.txt"
         self.down.write_text("")
         self.seen = 0
+        self.freq = FREQ        # the channel and SF of the last uplink (the node hops)
+        self.sf = SF
 
     def uplink(self, proc: Any, timeout: float = WAIT_S) -> tuple[dict[str, Any], int]:
         """The next uplink: (decoded frame, end_ms), waiting for the node to send it."""
@@ -60,14 +62,22 @@ class Air:
             if len(complete) > self.seen:
                 parts = complete[self.seen].split()
                 self.seen += 1
+                # RX <rssi> <snr> <hex> <end_ms> <freq_hz> <sf>
+                self.freq, self.sf = int(parts[5]), int(parts[6])
                 return frame.decode(bytes.fromhex(parts[3]), KEY), int(parts[4])
             if proc is not None and proc.poll() is not None:
                 break
             time.sleep(0.01)
         raise AssertionError("no uplink from the node:\n" + self.node.console())
 
-    def answer(self, start_ms: int, payload: bytes, freq: int = FREQ, sf: int = SF) -> None:
-        """Transmit `payload` to the node starting at its bench time `start_ms`."""
+    def answer(self, start_ms: int, payload: bytes, freq: int | None = None,
+               sf: int | None = None) -> None:
+        """Transmit `payload` to the node starting at its bench time `start_ms`.
+
+        By default on the last uplink's channel and SF, where its RX1 listens.
+        """
+        freq = self.freq if freq is None else freq
+        sf = self.sf if sf is None else sf
         with self.down.open("a") as handle:
             handle.write(f"TX {start_ms} {freq} {sf} {payload.hex()}\n")
 
