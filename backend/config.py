@@ -18,6 +18,7 @@ from knute.backend.leaks import (
     DISTRICT_RISE_SHARE,
     STEADY_FLOW_L_H,
 )
+from knute.backend.store import Retention
 
 DEVICE_HEX = frozenset("0123456789abcdef")
 
@@ -51,6 +52,7 @@ class Config:
     session_expiry_s: int = 7 * 86400
     keepalive_s: int = 30
     store_path: Path = Path("knute-backend.sqlite")
+    store_url: str = ""              # postgresql://...: the database server instead of SQLite
     schema_path: Path | None = None
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Europe/Oslo"))
     night_flow_l_h: float = 20.0
@@ -69,6 +71,13 @@ class Config:
     web_host: str = "127.0.0.1"
     web_port: int = 8080
     web_days: int = 14
+    readings_days: float = 0.0       # [retention]: 0 keeps for ever
+    hourly_days: float = 0.0
+    daily_days: float = 0.0
+    retention_every_s: float = 3600.0
+    def retention(self) -> Retention:
+        """The retention policy of ``[retention]`` (local days in ``water.timezone``)."""
+        return Retention(self.readings_days, self.hourly_days, self.daily_days, self.timezone)
 
     @property
     def subscription(self) -> str:
@@ -80,14 +89,19 @@ class Config:
 _SECTIONS: dict[str, dict[str, type]] = {
     "mqtt": {"host": str, "port": int, "client_id": str, "prefix": str, "protocol": str,
              "share_group": str, "session_expiry_s": int, "keepalive_s": int},
-    "store": {"path": str, "schema": str},
+    "store": {"path": str, "url": str, "schema": str},
     "water": {"timezone": str, "night_flow_l_h": float, "continuous_flow_hours": int,
               "expected_interval_s": float, "silent_after_intervals": int,
               "night_use_l_per_property_h": float, "district_leak_l_h": float,
               "evaluate_every_s": float, "steady_flow_l_h": float, "burst_l_h": float,
               "district_rise_share": float, "district_rise_min_l_h": float},
     "web": {"enabled": bool, "host": str, "port": int, "days": int},
+    "retention": {"readings_days": float, "hourly_days": float, "daily_days": float,
+                  "every_s": float},
 }
+# The series looks this far back: hours must outlive raw readings by a profile's
+# reach (backend.store.PROFILE_REACH_S) and the signals' window.
+_HOURLY_AFTER_READINGS_DAYS = 11
 
 
 def _typed(where: str, value: Any, kind: type) -> Any:
@@ -134,9 +148,16 @@ def load(path: Path | str) -> Config:
     mapped: dict[str, Any] = {"path": path}
     for dotted, value in values.items():
         section, key = dotted.split(".")
-        if section == "store":
+        if section == "store" and key == "url":
+            if not value.startswith(("postgresql://", "postgres://")):
+                raise ConfigError(f"{path}: store.url: expected a postgresql:// URL, "
+                                  f"got {value!r}")
+            mapped["store_url"] = value
+        elif section == "store":
             mapped["store_path" if key == "path" else "schema_path"] = (
                 (path.parent / value) if not Path(value).is_absolute() else Path(value))
+        elif section == "retention":
+            mapped["retention_every_s" if key == "every_s" else key] = value
         elif key == "timezone":
             try:
                 mapped["timezone"] = ZoneInfo(value)
@@ -157,10 +178,27 @@ def load(path: Path | str) -> Config:
                           f"got {mapped['protocol']!r}")
     if "/" in mapped.get("share_group", "") or "+" in mapped.get("share_group", ""):
         raise ConfigError(f"{path}: mqtt.share_group: must not contain '/' or '+'")
+    if "store_url" in mapped and "store.path" in values:
+        raise ConfigError(f"{path}: store.url and store.path: give one store, not both")
+    _check_retention(path, mapped)
     if "store_path" not in mapped:
         mapped["store_path"] = path.parent / "knute-backend.sqlite"
     mapped["districts"] = _districts(path, raw.get("district", []))
     return Config(**mapped)
+
+
+def _check_retention(path: Path, mapped: dict[str, Any]) -> None:
+    readings, hourly = mapped.get("readings_days", 0.0), mapped.get("hourly_days", 0.0)
+    daily = mapped.get("daily_days", 0.0)
+    if hourly and (not readings or hourly < readings + _HOURLY_AFTER_READINGS_DAYS):
+        raise ConfigError(f"{path}: retention.hourly_days: must be at least "
+                          f"retention.readings_days + {_HOURLY_AFTER_READINGS_DAYS} "
+                          "(a profile reaches 11 days back), and readings_days must be set")
+    if daily and (not hourly or daily < hourly):
+        raise ConfigError(f"{path}: retention.daily_days: must be 0 (for ever) or at least "
+                          "retention.hourly_days, and hourly_days must be set")
+    if mapped.get("retention_every_s", 1.0) <= 0:
+        raise ConfigError(f"{path}: retention.every_s: must be positive")
 
 
 def _districts(path: Path, tables: Any) -> tuple[District, ...]:

@@ -170,3 +170,111 @@ def rebuild(readings: Iterable[MeterReading]) -> Series:
             for h in gap:
                 hours[h] = Hour(h, left / len(gap), ESTIMATED)
     return Series(hours, steps, conflicts)
+
+
+# -- the incremental series ---------------------------------------------------
+#
+# A store keeps, per meter, the winning value of every measured slot and of every
+# anchor (the one from the reading received latest, ties broken by id: the
+# order ``rebuild`` applies). A new reading can only change the hours between
+# the anchor before the earliest hour it touched and the anchor after the
+# latest one: ``fill`` recomputes exactly that span, which gives the same
+# series as ``rebuild`` over all readings, whatever their arrival order.
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What one reading offers the series: its complete slots and its anchors."""
+
+    reading_id: str
+    received_at: float
+    slots: dict[int, float]       # hour start -> litres
+    anchors: dict[int, float]     # hour boundary -> index (L)
+
+
+def contribution(reading: MeterReading) -> Contribution:
+    """The complete slots and anchors of ``reading`` (the rules in this module's docstring)."""
+    complete, points = _anchors(reading)
+    return Contribution(reading.id, reading.received_at,
+                        {s.start: s.litres for s in complete}, dict(points))
+
+
+def wins(received_at: float, reading_id: str, other: tuple[float, str] | None) -> bool:
+    """True if a value from (``received_at``, ``reading_id``) replaces ``other``'s."""
+    return other is None or (received_at, reading_id) > other
+
+
+def span(touched: Sequence[int], anchor_before: int | None,
+         anchor_after: int | None) -> tuple[int, int]:
+    """[lo, hi): the hours a change at ``touched`` hours can move.
+
+    ``anchor_before`` is the newest anchor before ``min(touched)``,
+    ``anchor_after`` the oldest after ``max(touched)`` (None when there is none).
+    """
+    lo = min(touched) if anchor_before is None else anchor_before
+    hi = max(touched) + HOUR_S if anchor_after is None else anchor_after
+    return lo, hi
+
+
+def fill(lo: int, hi: int, measured: Mapping[int, float],
+         anchors: Sequence[tuple[int, float, str]]) -> tuple[dict[int, Hour], list[IndexStep]]:
+    """The series' hours in [lo, hi) and the index steps at anchors in (lo, hi].
+
+    ``measured``: the winning slots (hour -> litres) in [lo, hi); ``anchors``:
+    the winning anchors (hour, index, reading id) in [lo, hi], oldest first.
+    Missing hours are absent from the result.
+    """
+    hours = {h: Hour(h, litres, MEASURED) for h, litres in measured.items() if lo <= h < hi}
+    steps: list[IndexStep] = []
+    for (a_at, a_index, _), (b_at, b_index, b_id) in itertools.pairwise(anchors):
+        if b_index < a_index:
+            steps.append(IndexStep(b_at, a_index, b_index, b_id))
+            continue
+        between = range(a_at, b_at, HOUR_S)
+        gap = [h for h in between if h not in hours]
+        if not gap:
+            continue
+        left = b_index - a_index - sum(hours[h].litres for h in between if h in hours)
+        if left < 0:
+            continue
+        quality = INDEX if len(gap) == 1 else ESTIMATED
+        for h in gap:
+            hours[h] = Hour(h, left / len(gap), quality)
+    return hours, steps
+
+
+class IncrementalSeries:
+    """One meter's series kept up to date reading by reading, in memory.
+
+    The same steps a store takes in its tables (``backend.store``); the
+    property tests hold it equal to ``rebuild`` for any arrival order.
+    """
+
+    def __init__(self) -> None:
+        self.slots: dict[int, tuple[float, float, str]] = {}    # hour -> litres, received, id
+        self.anchors: dict[int, tuple[float, float, str]] = {}  # hour -> index, received, id
+        self.hours: dict[int, Hour] = {}
+        self.steps: dict[int, IndexStep] = {}
+
+    def add(self, reading: MeterReading) -> tuple[int, int] | None:
+        """Merge one reading; return the [lo, hi) span recomputed, or None."""
+        c = contribution(reading)
+        touched = []
+        for table, values in ((self.slots, c.slots), (self.anchors, c.anchors)):
+            for hour, value in values.items():
+                old = table.get(hour)
+                if wins(c.received_at, c.reading_id, None if old is None else old[1:]):
+                    table[hour] = (value, c.received_at, c.reading_id)
+                    touched.append(hour)
+        if not touched:
+            return None
+        before = [h for h in self.anchors if h < min(touched)]
+        after = [h for h in self.anchors if h > max(touched)]
+        lo, hi = span(touched, max(before, default=None), min(after, default=None))
+        hours, steps = fill(
+            lo, hi, {h: v[0] for h, v in self.slots.items() if lo <= h < hi},
+            [(h, v[0], v[2]) for h, v in sorted(self.anchors.items()) if lo <= h <= hi])
+        self.hours = {h: v for h, v in self.hours.items() if not lo <= h < hi} | hours
+        self.steps = {h: s for h, s in self.steps.items() if not lo < h <= hi}
+        self.steps.update({s.at: s for s in steps})
+        return lo, hi

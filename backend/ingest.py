@@ -8,12 +8,20 @@ first error, or a topic that does not match the payload).
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "schema" / "reading.schema.json"
+
+# The contract's schema ships inside the package (a copy of
+# docs/schema/reading.schema.json, held equal by tests/backend/test_schema_packaged.py),
+# so an installed backend validates without the source tree.
+def packaged_schema() -> str:
+    """The text of the reading schema shipped in this package."""
+    return (resources.files(__package__ or "backend").joinpath("schema")
+            .joinpath("reading.schema.json").read_text(encoding="utf-8"))
 
 
 class BadReading(Exception):
@@ -21,11 +29,11 @@ class BadReading(Exception):
 
 
 class ReadingChecker:
-    """Validates readings against docs/schema/reading.schema.json (or ``schema_path``)."""
+    """Validates readings against the packaged reading schema (or ``schema_path``)."""
 
     def __init__(self, schema_path: Path | None = None) -> None:
-        path = schema_path or SCHEMA_PATH
-        schema = json.loads(path.read_text(encoding="utf-8"))
+        text = schema_path.read_text(encoding="utf-8") if schema_path else packaged_schema()
+        schema = json.loads(text)
         jsonschema.Draft202012Validator.check_schema(schema)
         self.validator = jsonschema.Draft202012Validator(schema)
 

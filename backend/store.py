@@ -1,32 +1,71 @@
-"""The embedded store: SQLite in WAL mode, schema versioned with ``user_version``.
+"""The backend's stores: SQLite (embedded, the default) and PostgreSQL (``store_pg``).
 
-Tables (version 1):
+``SqlStore`` holds every query, written once in the SQL both databases speak
+(``?`` placeholders, ``INSERT ... ON CONFLICT``); ``Store`` is the embedded
+SQLite file in WAL mode (schema version in ``user_version``) and
+``backend.store_pg.PgStore`` the database server. ``open_store(config)``
+picks one from the configuration. The same tests run against both.
+
+Tables (version 2):
 
 - ``readings``: every reading once, keyed on its ``id`` (an opaque unique
   string), with the fields the series and the signals need and the payload.
 - ``hours``: one hourly consumption series per meter (``device``, hour start
-  in unix seconds, litres, quality), rebuilt from the meter's readings by
-  ``backend.hours.rebuild`` whenever one of its readings arrives.
+  in unix seconds, litres, quality), kept up to date reading by reading: the
+  new reading's slots and anchors are merged into ``slots`` and ``anchors``
+  (the winner of each hour, as ``backend.hours.rebuild`` picks it) and only
+  the span between the anchors around them is filled again
+  (``backend.hours.fill``).
+- ``slots``, ``anchors``: the winning profile slot and index anchor per hour.
 - ``index_steps``: where a meter's index went backwards.
+- ``days``: daily totals of hours older than the hourly retention.
+- ``meta``: the retention cut-off (readings received before it are refused).
 - ``alerts``: every alert's state (open or closed) and its hysteresis state.
 - ``counters``: what ingest counted (stored, duplicate, late, bad, ...).
 
-A reading is stored and its meter's series rebuilt in one transaction, so a
-crash leaves either both or neither.
+A reading is stored and its meter's series updated in one transaction, so a
+crash leaves either both or neither. Retention (``apply_retention``) deletes
+raw readings after N days, turns hours older than M days into daily totals
+and may delete daily totals after K days (docs/water.md, "Retention").
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+from zoneinfo import ZoneInfo
 
-from knute.backend.hours import Hour, MeterReading, Series, Slot, meter_reading, parse_utc, rebuild
+from knute.backend.hours import (
+    ESTIMATED,
+    INDEX,
+    MEASURED,
+    Hour,
+    MeterReading,
+    Slot,
+    contribution,
+    fill,
+    meter_reading,
+    parse_utc,
+    span,
+    wins,
+)
 
-SCHEMA_VERSION = 1
-_IN_CHUNK = 5000        # devices per IN (...) list: below SQLite's bound on parameters
+if TYPE_CHECKING:
+    from knute.backend.config import Config
+
+SCHEMA_VERSION = 2
+DAY_S = 86400
+# A profile reaches 253 hours back (docs/mqtt.md): slots and anchors are kept
+# this much longer than the raw readings, so a reading still accepted finds the
+# anchors around every hour it can touch.
+PROFILE_REACH_S = 11 * DAY_S
+_IN_CHUNK = 5000        # meters per statement on SQLite: below its bound on parameters
 REUSED_ID_AFTER_S = 86400.0     # docs/mqtt.md: a reused id is weeks apart, a duplicate seconds
 
 _SCHEMA_V1 = """
@@ -68,21 +107,523 @@ CREATE TABLE counters (
 );
 """
 
+# Version 2: the incremental series' winners, daily totals and the retention cut-off.
+_SCHEMA_V2 = """
+CREATE TABLE slots (
+    device TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    litres REAL NOT NULL,
+    received_at REAL NOT NULL,
+    reading_id TEXT NOT NULL,
+    PRIMARY KEY (device, hour)
+) WITHOUT ROWID;
+CREATE TABLE anchors (
+    device TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    index_l REAL NOT NULL,
+    received_at REAL NOT NULL,
+    reading_id TEXT NOT NULL,
+    PRIMARY KEY (device, hour)
+) WITHOUT ROWID;
+CREATE TABLE days (
+    device TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    litres REAL NOT NULL,
+    hours_known INTEGER NOT NULL,
+    hours_estimated INTEGER NOT NULL,
+    PRIMARY KEY (device, day)
+) WITHOUT ROWID;
+CREATE INDEX hours_hour ON hours (hour);
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
+"""
+
+
 
 class StoreError(Exception):
-    """The store file cannot be used (newer schema, not a knute backend store)."""
+    """The store cannot be used (newer schema, not a knute backend store)."""
 
 
-class Store:
-    """One SQLite file holding readings, hourly series, alerts and counters."""
+@dataclass(frozen=True)
+class Retention:
+    """How long each kind of data is kept, in days (0: for ever).
+
+    ``readings_days``: raw readings; ``hourly_days``: the hourly series (older
+    hours become daily totals, by local day in ``timezone``); ``daily_days``:
+    those daily totals.
+    """
+
+    readings_days: float = 0.0
+    hourly_days: float = 0.0
+    daily_days: float = 0.0
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+
+
+class _Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+KNOWN_SQL = f"quality IN ('{MEASURED}', '{INDEX}')"
+
+
+class SqlStore:
+    """Readings, hourly series, alerts and counters in a SQL database.
+
+    Subclasses give the connection (``_x``, ``_xm``), the transaction start and
+    the schema; every query lives here, so both stores answer alike.
+    """
+
+    kind = "sql"
+    #: exceptions that mean "the database cannot take this now" (leave the reading
+    #: unacknowledged for redelivery)
+    errors: tuple[type[BaseException], ...] = ()
+    path = ""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self.keep_from: float | None = None     # readings received before: expired
+        self.hours_from = -(2**62)              # hours before: downsampled to days
+
+    # -- what a subclass gives ------------------------------------------------
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        raise NotImplementedError
+
+    def _xm(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _end(self, commit: bool) -> None:
+        """COMMIT or ROLLBACK the outermost transaction."""
+        self._x("COMMIT" if commit else "ROLLBACK")
+
+    def _lock(self, name: str) -> None:
+        """Serialize writers on ``name`` until the transaction ends (no-op where writes are)."""
+
+    def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        """``column IN (...)`` and its parameters."""
+        return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
+    def close(self) -> None:
+        """Close the connection."""
+        raise NotImplementedError
+
+    def size_bytes(self, table: str) -> int:
+        """Bytes the table ``table`` and its indexes take in the database."""
+        raise NotImplementedError
+
+    # -- transactions --------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, store: SqlStore) -> None:
+            self.store = store
+
+        def __enter__(self) -> SqlStore:
+            if self.store._depth == 0:
+                self.store._begin()
+            self.store._depth += 1
+            return self.store
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            self.store._depth -= 1
+            if self.store._depth == 0:
+                self.store._end(commit=exc_type is None)
+
+    def transaction(self) -> SqlStore._Tx:
+        """A write transaction (``with store.transaction():``).
+
+        Nested ones join the outermost, which alone commits: a reading, its
+        series and the alert states it moves are committed together, and
+        another process writing the same store waits for the whole of it.
+        """
+        return SqlStore._Tx(self)
+
+    def _begin_read(self) -> None:
+        """Start a read-only transaction that sees one state of the database."""
+        self._x("BEGIN")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction (``with store.snapshot():``): every query sees one state.
+
+        The web page answers a request inside one, so a reading committed
+        meanwhile shows in all of the answer or in none of it. Inside a
+        transaction already, it joins that one.
+        """
+        if self._depth:
+            yield
+            return
+        self._begin_read()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            self._end(commit=True)
+
+    def lock(self, name: str) -> None:
+        """Inside a transaction: one writer at a time on ``name`` across processes."""
+        self._lock(name)
+
+    def _load_meta(self) -> None:
+        meta = {str(n): float(v) for n, v in self._x("SELECT name, value FROM meta")}
+        self.keep_from = meta.get("keep_from")
+        self.hours_from = int(meta.get("hours_from", -(2**62)))
+
+    def _set_meta(self, name: str, value: float) -> None:
+        self._x("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET value=excluded.value", (name, value))
+
+    # -- readings ------------------------------------------------------------
+
+    def add_reading(self, doc: Mapping[str, Any]) -> str:
+        """Store one schema-valid reading; return what happened to it.
+
+        ``stored``; ``late``: stored, but the meter already had a reading
+        received later; ``duplicate``; ``expired``: received before the
+        retention cut-off (its hours are no longer kept hour by hour). A water
+        meter's hourly series is updated in the same transaction. An ``id``
+        seen before is a duplicate, unless the two were received more than a
+        day apart (an id reused after a counter reset, docs/mqtt.md): then it
+        is stored under ``<id>@<received_at>`` and counted ``reused_id``.
+        """
+        key = str(doc["id"])
+        received = parse_utc(doc["received_at"])
+        device = str(doc["device"])
+        with self.transaction():
+            self._lock(f"device:{device}")
+            if self.keep_from is not None and received < self.keep_from:
+                self._count("expired")
+                return "expired"
+            # One round trip: this id's reading, and the meter's newest.
+            seen, newest = self._x(
+                "SELECT (SELECT received_at FROM readings WHERE id=?), "
+                "(SELECT max(received_at) FROM readings WHERE device=?)",
+                (key, device)).fetchone()
+            if seen is not None:
+                if abs(float(seen) - received) <= REUSED_ID_AFTER_S:
+                    self._count("duplicate")
+                    return "duplicate"
+                key = f"{key}@{doc['received_at']}"
+                if self._x("SELECT 1 FROM readings WHERE id=?", (key,)).fetchone():
+                    self._count("duplicate")
+                    return "duplicate"
+                self._count("reused_id")
+            index = doc.get("readings", {}).get("index", {}).get("value")
+            reading = meter_reading(doc)
+            self._x("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)",
+                    (key, device, str(doc["kind"]), int(doc["fcnt"]), received, index,
+                     json.dumps([[slot.start, slot.litres] for slot in reading.slots]),
+                     json.dumps(doc.get("alarms", [])), json.dumps(doc, ensure_ascii=False)))
+            if reading.slots or index is not None:
+                self._update_series(device, MeterReading(key, received, reading.index_l,
+                                                         reading.slots))
+            late = newest is not None and float(newest) > received
+            self._count("stored")
+            if late:
+                self._count("late")
+            return "late" if late else "stored"
+
+    def _winners(self, table: str, device: str, values: Mapping[int, float],
+                 received: float, reading_id: str) -> list[tuple[str, int, float, float, str]]:
+        """The rows of ``values`` that beat what ``table`` holds for their hours."""
+        if not values:
+            return []
+        column = "litres" if table == "slots" else "index_l"
+        held = {int(h): (float(t), str(r)) for h, t, r in self._x(
+            f"SELECT hour, received_at, reading_id FROM {table} WHERE device=? AND hour>=? "
+            "AND hour<=?", (device, min(values), max(values)))}
+        rows = [(device, h, v, received, reading_id) for h, v in sorted(values.items())
+                if wins(received, reading_id, held.get(h))]
+        self._xm(f"INSERT INTO {table} VALUES (?,?,?,?,?) ON CONFLICT (device, hour) DO "
+                 f"UPDATE SET {column}=excluded.{column}, received_at=excluded.received_at, "
+                 "reading_id=excluded.reading_id", rows)
+        return rows
+
+    def _update_series(self, device: str, reading: MeterReading) -> None:
+        """Merge one reading into ``device``'s series; refill only the span it can move."""
+        c = contribution(reading)
+        touched = [row[1] for row in (
+            *self._winners("slots", device, c.slots, c.received_at, c.reading_id),
+            *self._winners("anchors", device, c.anchors, c.received_at, c.reading_id))]
+        if not touched:
+            return
+        before, after = self._x(
+            "SELECT (SELECT max(hour) FROM anchors WHERE device=? AND hour<?), "
+            "(SELECT min(hour) FROM anchors WHERE device=? AND hour>?)",
+            (device, min(touched), device, max(touched))).fetchone()
+        lo, hi = span(touched, None if before is None else int(before),
+                      None if after is None else int(after))
+        # One round trip for the span's winning slots (0), anchors (1) and hours (2).
+        measured: dict[int, float] = {}
+        anchors: list[tuple[int, float, str]] = []
+        stored: dict[int, tuple[float, str]] = {}
+        for table, h, v, text in self._x(
+                "SELECT 0, hour, litres, '' FROM slots WHERE device=? AND hour>=? AND hour<? "
+                "UNION ALL SELECT 1, hour, index_l, reading_id FROM anchors WHERE device=? "
+                "AND hour>=? AND hour<=? UNION ALL SELECT 2, hour, litres, quality FROM hours "
+                "WHERE device=? AND hour>=? AND hour<?",
+                (device, lo, hi, device, lo, hi, device, lo, hi)):
+            if table == 0:
+                measured[int(h)] = float(v)
+            elif table == 1:
+                anchors.append((int(h), float(v), str(text)))
+            else:
+                stored[int(h)] = (float(v), str(text))
+        anchors.sort()
+        fresh, steps = fill(lo, hi, measured, anchors)
+        # Hours already downsampled to daily totals are never written again (a
+        # meter silent for months may have its anchor before that cut).
+        lo = max(lo, self.hours_from)
+        fresh = {h: v for h, v in fresh.items() if h >= lo}
+        steps = [s for s in steps if s.at > lo]
+        stored = {h: v for h, v in stored.items() if h >= lo}
+        self._xm("DELETE FROM hours WHERE device=? AND hour=?",
+                 [(device, h) for h in stored if h not in fresh])
+        self._xm("INSERT INTO hours VALUES (?,?,?,?) ON CONFLICT (device, hour) DO UPDATE "
+                 "SET litres=excluded.litres, quality=excluded.quality",
+                 [(device, h.start, h.litres, h.quality) for h in fresh.values()
+                  if stored.get(h.start) != (h.litres, h.quality)])
+        self._x("DELETE FROM index_steps WHERE device=? AND hour>? AND hour<=?",
+                (device, lo, hi))
+        self._xm("INSERT INTO index_steps VALUES (?,?,?,?,?)",
+                 [(device, s.at, s.before_l, s.after_l, s.reading_id) for s in steps])
+
+    def readings_of(self, device: str) -> list[MeterReading]:
+        """Every stored reading of ``device`` in the series' form, oldest first."""
+        return [MeterReading(str(key), float(received), None if index is None else float(index),
+                             tuple(Slot(int(start), float(litres))
+                                   for start, litres in json.loads(slots)))
+                for key, received, index, slots in self._x(
+                    "SELECT id, received_at, index_l, slots FROM readings WHERE device=? "
+                    "ORDER BY received_at, id", (device,))]
+
+    def previous_received(self, device: str, before: float) -> float | None:
+        """When ``device``'s newest reading received before ``before`` arrived, or None."""
+        row = self._x("SELECT max(received_at) FROM readings WHERE device=? AND "
+                      "received_at<?", (device, before)).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def count_readings(self) -> int:
+        """How many readings are stored."""
+        return int(self._x("SELECT count(*) FROM readings").fetchone()[0])
+
+    def last_heard(self) -> dict[str, float]:
+        """device -> unix time of its newest reading."""
+        return {str(d): float(t) for d, t in self._x(
+            "SELECT device, max(received_at) FROM readings GROUP BY device")}
+
+    def kinds(self) -> dict[str, str]:
+        """device -> kind, for every device with a reading."""
+        return {str(d): str(k) for d, k in self._x(
+            "SELECT device, max(kind) FROM readings GROUP BY device")}
+
+    # -- series --------------------------------------------------------------
+
+    def hours(self, device: str, start: int | None = None, end: int | None = None) -> list[Hour]:
+        """The hourly series of ``device``, optionally within [start, end)."""
+        lo = -(2**62) if start is None else start
+        hi = 2**62 if end is None else end
+        return [Hour(int(h), float(v), str(q)) for h, v, q in self._x(
+            "SELECT hour, litres, quality FROM hours WHERE device=? AND hour>=? AND hour<? "
+            "ORDER BY hour", (device, lo, hi))]
+
+    def hour_sums(self, devices: Sequence[str], start: int, end: int
+                  ) -> dict[int, tuple[float, int, int]]:
+        """hour -> (litres, measured or index hours, estimated hours) summed over ``devices``.
+
+        For hours in [start, end); a meter without a value that hour adds
+        nothing. The web page's name for ``household_totals``: one query.
+        """
+        return self.household_totals(devices, start, end)
+
+    def hours_of(self, devices: Sequence[str] | None, start: int | None = None,
+                 end: int | None = None) -> Iterator[tuple[str, Hour]]:
+        """(device, hour) of ``devices`` (every meter if None) in [start, end), by device."""
+        lo = -(2**62) if start is None else start
+        hi = 2**62 if end is None else end
+        where, params = ("1=1", []) if devices is None else self._in("device", devices)
+        for d, h, v, q in self._x(
+                f"SELECT device, hour, litres, quality FROM hours WHERE {where} AND hour>=? "
+                "AND hour<? ORDER BY device, hour", (*params, lo, hi)):
+            yield str(d), Hour(int(h), float(v), str(q))
+
+    def household_totals(self, devices: Sequence[str], start: int,
+                         end: int) -> dict[int, tuple[float, int, int]]:
+        """hour -> (Σ litres, hours known, hours estimated) of ``devices`` in [start, end)."""
+        if not devices:
+            return {}
+        where, params = self._in("device", devices)
+        return {int(h): (float(v), int(k), int(e)) for h, v, k, e in self._x(
+            f"SELECT hour, sum(litres), sum(CASE WHEN {KNOWN_SQL} THEN 1 ELSE 0 END), "
+            f"sum(CASE WHEN quality='{ESTIMATED}' THEN 1 ELSE 0 END) FROM hours "
+            f"WHERE {where} AND hour>=? AND hour<? GROUP BY hour", (*params, start, end))}
+
+    def window_minimums(self, start: int, end: int, devices: Sequence[str] | None = None
+                        ) -> dict[str, tuple[float | None, int]]:
+        """device -> (lowest known hour's litres, known hours) over [start, end)."""
+        where, params = ("1=1", []) if devices is None else self._in("device", devices)
+        return {str(d): (None if m is None else float(m), int(k)) for d, m, k in self._x(
+            f"SELECT device, min(CASE WHEN {KNOWN_SQL} THEN litres END), "
+            f"sum(CASE WHEN {KNOWN_SQL} THEN 1 ELSE 0 END) FROM hours "
+            f"WHERE {where} AND hour>=? AND hour<? GROUP BY device", (*params, start, end))}
+
+    def days(self, device: str) -> list[tuple[int, float, int, int]]:
+        """(local day start, litres, hours known, hours estimated) kept for ``device``."""
+        return [(int(d), float(v), int(k), int(e)) for d, v, k, e in self._x(
+            "SELECT day, litres, hours_known, hours_estimated FROM days WHERE device=? "
+            "ORDER BY day", (device,))]
+
+    def index_steps(self, device: str) -> list[tuple[int, float, float]]:
+        """(hour, index before, index after) where ``device``'s index went backwards."""
+        return [(int(h), float(b), float(a)) for h, b, a in self._x(
+            "SELECT hour, before_l, after_l FROM index_steps WHERE device=? ORDER BY hour",
+            (device,))]
+
+    # -- retention -----------------------------------------------------------
+
+    def apply_retention(self, now: float, policy: Retention) -> dict[str, int]:
+        """Delete and downsample what ``policy`` no longer keeps; return rows touched.
+
+        Raw readings received before ``now - readings_days`` are deleted (and
+        later arrivals that old are refused as ``expired``); slots and anchors
+        go once they are ``PROFILE_REACH_S`` older than that, keeping each
+        meter's newest anchor before the cut so the series can still be filled
+        after it. Hours before the local midnight ``hourly_days`` ago become
+        daily totals (``days``); those go after ``daily_days``. 0 keeps for ever.
+        """
+        done = {"readings": 0, "hours": 0, "days_added": 0, "days": 0}
+        with self.transaction():
+            self._lock("retention")
+            if policy.readings_days > 0:
+                cut = now - policy.readings_days * DAY_S
+                done["readings"] = self._delete("DELETE FROM readings WHERE received_at<?",
+                                                (cut,))
+                prune = int(cut - PROFILE_REACH_S)
+                for table in ("slots", "anchors"):
+                    self._x(f"DELETE FROM {table} WHERE hour<(SELECT max(a.hour) FROM anchors "
+                            f"a WHERE a.device={table}.device AND a.hour<=?)", (prune,))
+                self._set_meta("keep_from", cut)
+                self.keep_from = cut
+            if policy.hourly_days > 0:
+                cut_hour = _local_midnight(now - policy.hourly_days * DAY_S, policy.timezone)
+                done["days_added"] = self._downsample(cut_hour, policy.timezone)
+                done["hours"] = self._delete("DELETE FROM hours WHERE hour<?", (cut_hour,))
+                self._x("DELETE FROM index_steps WHERE hour<?", (cut_hour,))
+                self._set_meta("hours_from", cut_hour)
+                self.hours_from = cut_hour
+            if policy.daily_days > 0:
+                cut_day = _local_midnight(now - policy.daily_days * DAY_S, policy.timezone)
+                done["days"] = self._delete("DELETE FROM days WHERE day<?", (cut_day,))
+        return done
+
+    def _delete(self, sql: str, params: Sequence[Any]) -> int:
+        return max(0, int(self._x(sql, params).rowcount))
+
+    def _downsample(self, cut_hour: int, tz: ZoneInfo) -> int:
+        """Add the hours before ``cut_hour`` to the daily totals of their local day."""
+        totals: dict[tuple[str, int], list[float]] = {}
+        for device, hour, litres, quality in self._x(
+                "SELECT device, hour, litres, quality FROM hours WHERE hour<?", (cut_hour,)):
+            day = _local_midnight(float(hour), tz)
+            total = totals.setdefault((str(device), day), [0.0, 0, 0])
+            total[0] += float(litres)
+            total[1 if quality != ESTIMATED else 2] += 1
+        self._xm("INSERT INTO days VALUES (?,?,?,?,?) ON CONFLICT (device, day) DO UPDATE "
+                 "SET litres=days.litres+excluded.litres, "
+                 "hours_known=days.hours_known+excluded.hours_known, "
+                 "hours_estimated=days.hours_estimated+excluded.hours_estimated",
+                 [(d, day, v[0], int(v[1]), int(v[2])) for (d, day), v in totals.items()])
+        return len(totals)
+
+    # -- alerts and counters -------------------------------------------------
+
+    def alert(self, key: str) -> dict[str, Any] | None:
+        """The stored document of alert ``key``, or None."""
+        row = self._x("SELECT document FROM alerts WHERE key=?", (key,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def put_alert(self, key: str, document: Mapping[str, Any]) -> None:
+        """Store alert ``key``'s document (its ``state`` is indexed)."""
+        with self.transaction():
+            self._x("INSERT INTO alerts VALUES (?,?,?) ON CONFLICT (key) DO UPDATE SET "
+                    "state=excluded.state, document=excluded.document",
+                    (key, str(document.get("state", "")), json.dumps(document)))
+
+    def alerts(self, state: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every alert document, or those in ``state`` (``open``/``closed``)."""
+        query = "SELECT document FROM alerts"
+        rows = (self._x(query + " WHERE state=? ORDER BY key", (state,))
+                if state else self._x(query + " ORDER BY key"))
+        for (document,) in rows.fetchall():
+            yield dict(json.loads(document))
+
+    def count(self, name: str, by: int = 1) -> None:
+        """Add ``by`` to counter ``name``."""
+        with self.transaction():
+            self._count(name, by)
+
+    def _count(self, name: str, by: int = 1) -> None:
+        self._x("INSERT INTO counters VALUES (?,?) ON CONFLICT (name) DO UPDATE "
+                "SET value=counters.value+excluded.value", (name, by))
+
+    def counters(self) -> dict[str, int]:
+        """Every counter by name."""
+        return {str(n): int(v) for n, v in self._x("SELECT name, value FROM counters")}
+
+
+def _local_midnight(t: float, tz: ZoneInfo) -> int:
+    """Unix seconds of the local midnight that starts the day holding ``t``."""
+    local = datetime.fromtimestamp(t, UTC).astimezone(tz)
+    return int(datetime(local.year, local.month, local.day, tzinfo=tz).timestamp())
+
+
+def local_days(first: float, count: int, tz: ZoneInfo) -> list[tuple[int, int]]:
+    """[start, end) of ``count`` local days from the one holding ``first`` (23-25 h each)."""
+    start = datetime.fromtimestamp(_local_midnight(first, tz), tz)
+    out = []
+    for k in range(count):
+        day = (start + timedelta(days=k)).replace(tzinfo=None)
+        a = int(day.replace(tzinfo=tz).timestamp())
+        b = int((day + timedelta(days=1)).replace(tzinfo=tz).timestamp())
+        out.append((a, b))
+    return out
+
+
+class Store(SqlStore):
+    """The embedded store: one SQLite file in WAL mode."""
+
+    kind = "sqlite"
+    errors = (sqlite3.Error,)
 
     def __init__(self, path: Path | str) -> None:
+        super().__init__()
         self.path = str(path)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
+        self._load_meta()
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        return self.db.execute(sql, params)
+
+    def _xm(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.db.executemany(sql, rows)
+
+    def _begin(self) -> None:
+        # IMMEDIATE: the write lock is taken at once, so writers queue on the
+        # busy timeout instead of failing when a read turns into a write.
+        self.db.execute("BEGIN IMMEDIATE")
 
     def _migrate(self) -> None:
         version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -94,198 +635,76 @@ class Store:
             if tables:
                 raise StoreError(f"{self.path}: not a knute backend store (has tables, "
                                  "no version)")
-            with self.transaction():
-                for statement in _SCHEMA_V1.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version == SCHEMA_VERSION:
+            return
+        with self.transaction():
+            if version < 1:
+                _script(self.db, _SCHEMA_V1)
+            if version < 2:
+                _script(self.db, _SCHEMA_V2)
+                if version == 1:
+                    self._fill_winners()
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _fill_winners(self) -> None:
+        """Version 1 -> 2: the winners of every meter's slots and anchors, from its readings."""
+        devices = [str(d) for (d,) in self.db.execute("SELECT DISTINCT device FROM readings")]
+        for device in devices:
+            for reading in self.readings_of(device):
+                c = contribution(reading)
+                self._winners("slots", device, c.slots, c.received_at, c.reading_id)
+                self._winners("anchors", device, c.anchors, c.received_at, c.reading_id)
+
+    def household_totals(self, devices: Sequence[str], start: int,
+                         end: int) -> dict[int, tuple[float, int, int]]:
+        """hour -> (Σ litres, hours known, hours estimated) of ``devices`` in [start, end).
+
+        SQLite's planner would take the index on ``hour`` and fetch every row of
+        the city in the range; CROSS JOIN keeps the meters outside, so each is
+        one seek on the primary key (device, hour). Meters go in chunks below
+        SQLite's bound on parameters (a city's households in one district).
+        """
+        out: dict[int, tuple[float, int, int]] = {}
+        for i in range(0, len(devices), _IN_CHUNK):
+            chunk = devices[i:i + _IN_CHUNK]
+            values = ",".join("(?)" for _ in chunk)
+            for h, v, k, e in self.db.execute(
+                    f"WITH d(device) AS (VALUES {values}) SELECT h.hour, sum(h.litres), "
+                    f"sum(CASE WHEN h.{KNOWN_SQL} THEN 1 ELSE 0 END), "
+                    f"sum(CASE WHEN h.quality='{ESTIMATED}' THEN 1 ELSE 0 END) "
+                    "FROM d CROSS JOIN hours AS h WHERE h.device=d.device AND h.hour>=? "
+                    "AND h.hour<? GROUP BY h.hour", (*chunk, start, end)):
+                was = out.get(int(h), (0.0, 0, 0))
+                out[int(h)] = (was[0] + float(v), was[1] + int(k), was[2] + int(e))
+        return out
+
+    def size_bytes(self, table: str) -> int:
+        """Bytes of ``table`` and its indexes (SQLite's dbstat, else pages by estimate)."""
+        try:
+            row = self.db.execute("SELECT sum(pgsize) FROM dbstat WHERE name=? OR name IN "
+                                  "(SELECT name FROM sqlite_master WHERE tbl_name=? AND "
+                                  "type='index')", (table, table)).fetchone()
+            return int(row[0] or 0)
+        except sqlite3.OperationalError:      # SQLite built without dbstat
+            pages = int(self.db.execute("PRAGMA page_count").fetchone()[0])
+            size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+            return pages * size
 
     def close(self) -> None:
         """Close the database."""
         self.db.close()
 
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
-            self.outer = False
 
-        def __enter__(self) -> sqlite3.Connection:
-            self.outer = not self.db.in_transaction
-            if self.outer:
-                self.db.execute("BEGIN IMMEDIATE")
-            return self.db
+def _script(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
-        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-            if self.outer:
-                self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
-    def transaction(self) -> Store._Tx:
-        """A write transaction (``with store.transaction():``).
+def open_store(config: Config) -> SqlStore:
+    """The store ``config`` names: PostgreSQL when ``[store] url`` is set, else SQLite."""
+    if config.store_url:
+        from knute.backend.store_pg import PgStore
 
-        Nested ones join the outermost, which alone commits: a reading, its
-        series and the alert states it moves are committed together, and
-        another process writing the same file waits for the whole of it.
-        """
-        return Store._Tx(self.db)
-
-    # -- readings ------------------------------------------------------------
-
-    def add_reading(self, doc: Mapping[str, Any]) -> str:
-        """Store one schema-valid reading; return ``stored``, ``duplicate`` or ``late``.
-
-        ``late``: stored, but the meter already had a reading received later.
-        A water meter's hourly series is rebuilt in the same transaction. An
-        ``id`` seen before is a duplicate, unless the two were received more
-        than a day apart (an id reused after a counter reset, docs/mqtt.md):
-        then it is stored under ``<id>@<received_at>`` and counted ``reused_id``.
-        """
-        key = str(doc["id"])
-        received = parse_utc(doc["received_at"])
-        with self.transaction() as db:
-            row = db.execute("SELECT received_at FROM readings WHERE id=?", (key,)).fetchone()
-            if row is not None:
-                if abs(float(row[0]) - received) <= REUSED_ID_AFTER_S:
-                    self._count(db, "duplicate")
-                    return "duplicate"
-                key = f"{key}@{doc['received_at']}"
-                if db.execute("SELECT 1 FROM readings WHERE id=?", (key,)).fetchone():
-                    self._count(db, "duplicate")
-                    return "duplicate"
-                self._count(db, "reused_id")
-            device = str(doc["device"])
-            newest = db.execute("SELECT max(received_at) FROM readings WHERE device=?",
-                                (device,)).fetchone()[0]
-            index = doc.get("readings", {}).get("index", {}).get("value")
-            reading = meter_reading(doc)
-            db.execute(
-                "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)",
-                (key, device, str(doc["kind"]), int(doc["fcnt"]), received, index,
-                 json.dumps([[slot.start, slot.litres] for slot in reading.slots]),
-                 json.dumps(doc.get("alarms", [])), json.dumps(doc, ensure_ascii=False)))
-            if any("litres" in slot for slot in doc.get("profile", [])) or index is not None:
-                self._rebuild(db, device)
-            late = newest is not None and float(newest) > received
-            self._count(db, "stored")
-            if late:
-                self._count(db, "late")
-            return "late" if late else "stored"
-
-    def _rebuild(self, db: sqlite3.Connection, device: str) -> Series:
-        """Rebuild ``device``'s series; write only the hours that changed."""
-        series = rebuild(self._meter_readings(db, device))
-        stored = {int(h): (float(v), str(q)) for h, v, q in db.execute(
-            "SELECT hour, litres, quality FROM hours WHERE device=?", (device,))}
-        fresh = {h.start: (h.litres, h.quality) for h in series.hours.values()}
-        gone = [(device, h) for h in stored if h not in fresh]
-        changed = [(device, h, v, q) for h, (v, q) in fresh.items() if stored.get(h) != (v, q)]
-        db.executemany("DELETE FROM hours WHERE device=? AND hour=?", gone)
-        db.executemany("INSERT OR REPLACE INTO hours VALUES (?,?,?,?)", changed)
-        db.execute("DELETE FROM index_steps WHERE device=?", (device,))
-        db.executemany("INSERT INTO index_steps VALUES (?,?,?,?,?)",
-                       [(device, s.at, s.before_l, s.after_l, s.reading_id)
-                        for s in series.steps])
-        return series
-
-    @staticmethod
-    def _meter_readings(db: sqlite3.Connection, device: str) -> list[MeterReading]:
-        return [MeterReading(str(key), float(received), None if index is None else float(index),
-                             tuple(Slot(int(start), float(litres))
-                                   for start, litres in json.loads(slots)))
-                for key, received, index, slots in db.execute(
-                    "SELECT id, received_at, index_l, slots FROM readings WHERE device=? "
-                    "ORDER BY received_at", (device,))]
-
-    def readings_of(self, device: str) -> list[MeterReading]:
-        """Every stored reading of ``device`` in the series' form, oldest first."""
-        return self._meter_readings(self.db, device)
-
-    def previous_received(self, device: str, before: float) -> float | None:
-        """When ``device``'s newest reading received before ``before`` arrived, or None."""
-        row = self.db.execute("SELECT max(received_at) FROM readings WHERE device=? AND "
-                              "received_at<?", (device, before)).fetchone()
-        return None if row[0] is None else float(row[0])
-
-    def count_readings(self) -> int:
-        """How many readings are stored."""
-        return int(self.db.execute("SELECT count(*) FROM readings").fetchone()[0])
-
-    def last_heard(self) -> dict[str, float]:
-        """device -> unix time of its newest reading."""
-        return {str(d): float(t) for d, t in self.db.execute(
-            "SELECT device, max(received_at) FROM readings GROUP BY device")}
-
-    def kinds(self) -> dict[str, str]:
-        """device -> kind, for every device with a reading."""
-        return {str(d): str(k) for d, k in self.db.execute(
-            "SELECT device, max(kind) FROM readings GROUP BY device")}
-
-    # -- series --------------------------------------------------------------
-
-    def hours(self, device: str, start: int | None = None, end: int | None = None) -> list[Hour]:
-        """The hourly series of ``device``, optionally within [start, end)."""
-        lo = -(2**62) if start is None else start
-        hi = 2**62 if end is None else end
-        return [Hour(int(h), float(v), str(q)) for h, v, q in self.db.execute(
-            "SELECT hour, litres, quality FROM hours WHERE device=? AND hour>=? AND hour<? "
-            "ORDER BY hour", (device, lo, hi))]
-
-    def hour_sums(self, devices: Sequence[str], start: int, end: int
-                  ) -> dict[int, tuple[float, int, int]]:
-        """hour -> (litres, measured or index hours, estimated hours) summed over ``devices``.
-
-        For hours in [start, end); a meter without a value that hour adds nothing.
-        """
-        out: dict[int, tuple[float, int, int]] = {}
-        for i in range(0, len(devices), _IN_CHUNK):
-            chunk = devices[i:i + _IN_CHUNK]
-            rows = self.db.execute(
-                "SELECT hour, sum(litres), sum(quality IN ('measured','index')), "
-                "sum(quality = 'estimated') FROM hours WHERE device IN "
-                f"({','.join('?' * len(chunk))}) AND hour>=? AND hour<? GROUP BY hour",
-                (*chunk, start, end))
-            for hour, litres, known, estimated in rows:
-                was = out.get(int(hour), (0.0, 0, 0))
-                out[int(hour)] = (was[0] + float(litres), was[1] + int(known),
-                                  was[2] + int(estimated))
-        return out
-
-    def index_steps(self, device: str) -> list[tuple[int, float, float]]:
-        """(hour, index before, index after) where ``device``'s index went backwards."""
-        return [(int(h), float(b), float(a)) for h, b, a in self.db.execute(
-            "SELECT hour, before_l, after_l FROM index_steps WHERE device=? ORDER BY hour",
-            (device,))]
-
-    # -- alerts and counters -------------------------------------------------
-
-    def alert(self, key: str) -> dict[str, Any] | None:
-        """The stored document of alert ``key``, or None."""
-        row = self.db.execute("SELECT document FROM alerts WHERE key=?", (key,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
-
-    def put_alert(self, key: str, document: Mapping[str, Any]) -> None:
-        """Store alert ``key``'s document (its ``state`` is indexed)."""
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO alerts VALUES (?,?,?)",
-                       (key, str(document.get("state", "")), json.dumps(document)))
-
-    def alerts(self, state: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every alert document, or those in ``state`` (``open``/``closed``)."""
-        query = "SELECT document FROM alerts"
-        rows = (self.db.execute(query + " WHERE state=? ORDER BY key", (state,))
-                if state else self.db.execute(query + " ORDER BY key"))
-        for (document,) in rows.fetchall():
-            yield dict(json.loads(document))
-
-    def count(self, name: str, by: int = 1) -> None:
-        """Add ``by`` to counter ``name``."""
-        with self.transaction() as db:
-            self._count(db, name, by)
-
-    @staticmethod
-    def _count(db: sqlite3.Connection, name: str, by: int = 1) -> None:
-        db.execute("INSERT INTO counters VALUES (?,?) "
-                   "ON CONFLICT(name) DO UPDATE SET value=value+excluded.value", (name, by))
-
-    def counters(self) -> dict[str, int]:
-        """Every counter by name."""
-        return {str(n): int(v) for n, v in self.db.execute("SELECT name, value FROM counters")}
+        return PgStore(config.store_url)
+    return Store(config.store_path)

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from knute.backend import page
 from knute.backend.config import DEVICE_HEX, Config, ConfigError
-from knute.backend.store import Store
+from knute.backend.store import SqlStore, open_store
 from knute.backend.webview import SILENT_SHOWN, View
 
 ROUTES = {
@@ -75,7 +75,7 @@ def _device(text: str) -> str:
 class WebApp:
     """Answers one request path with (status, content type, body); no sockets here."""
 
-    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time
+    def __init__(self, config: Config, store: SqlStore, clock: Callable[[], float] = time.time
                  ) -> None:
         self.config = config
         self.store = store
@@ -89,12 +89,8 @@ class WebApp:
         query = parse_qs(parts.query)
         path = parts.path.rstrip("/") or "/"
         try:
-            with self.lock:
-                self.store.db.execute("BEGIN")    # one snapshot for the whole answer
-                try:
-                    body = self._route(path, query)
-                finally:
-                    self.store.db.execute("COMMIT")
+            with self.lock, self.store.snapshot():      # one state for the whole answer
+                body = self._route(path, query)
         except RequestError as exc:
             return exc.status, "application/json", _json({"error": str(exc)})
         if isinstance(body, str):
@@ -187,7 +183,7 @@ class WebServer:
     def __init__(self, config: Config, on_error: Callable[[str], None] = print) -> None:
         self.config = config
         self.on_error = on_error
-        self.store: Store | None = None
+        self.store: SqlStore | None = None
         self.server: _Server | None = None
         self.thread: threading.Thread | None = None
 
@@ -202,7 +198,7 @@ class WebServer:
 
     def start(self) -> str:
         """Bind and serve; return the URL. A bind failure is a ``ConfigError`` naming web.*."""
-        store = Store(self.config.store_path)
+        store = open_store(self.config)
         address = (self.config.web_host, self.config.web_port)
         try:
             self.server = _Server(address, WebApp(self.config, store), self.on_error)

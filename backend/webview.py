@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from knute.backend import analytics
+from knute.backend import analytics, queries
 from knute.backend.analytics import KNOWN
 from knute.backend.config import Config, District
 from knute.backend.hours import HOUR_S, format_hour
 from knute.backend.service import WATER, iso
-from knute.backend.store import Store
+from knute.backend.store import SqlStore
 
 SILENT_SHOWN = 200      # the page lists this many silent meters; /api/silent lists all
 
@@ -37,7 +37,7 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 class View:
     """The page's documents, read from ``store`` with the backend's ``config``."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: SqlStore) -> None:
         self.config = config
         self.store = store
 
@@ -117,34 +117,13 @@ class View:
     def balances(self, district: District, start: int, end: int) -> list[analytics.Balance]:
         """The district's hourly balances in [start, end), households summed by the store.
 
-        The same balances as ``analytics.district_balance`` hour by hour (the
-        tests hold the two equal), without reading every household's hours
-        into Python: a page load of a district of thousands of meters costs one
-        aggregate query instead of one query and one object per meter-hour.
+        ``queries.district_balances``: the same balances as
+        ``analytics.district_balance`` hour by hour (the tests hold the two
+        equal), without reading every household's hours into Python: a page
+        load of a district of thousands of meters costs one aggregate query
+        instead of one query and one object per meter-hour.
         """
-        bulk = {d: {h.start: h for h in self.store.hours(d, start, end)}
-                for d in (*district.inflow, *district.outflow)}
-        sums = self.store.hour_sums(district.households, start, end)
-        n = len(district.households)
-
-        def total(meters: tuple[str, ...], hour: int) -> float | None:
-            found = [bulk[d].get(hour) for d in meters]
-            return None if None in found else sum(h.litres for h in found if h is not None)
-
-        out = []
-        for hour in range(start - start % HOUR_S, end, HOUR_S):
-            households_l, known, estimated = sums.get(hour, (0.0, 0, 0))
-            inflow_l, outflow_l = total(district.inflow, hour), total(district.outflow, hour)
-            loss = (None if inflow_l is None or outflow_l is None
-                    else inflow_l - outflow_l - households_l)
-            bulk_known = all((h := bulk[d].get(hour)) is not None and h.quality in KNOWN
-                             for d in (*district.inflow, *district.outflow))
-            share = n or 1
-            out.append(analytics.Balance(
-                hour, inflow_l, outflow_l, households_l, loss, known / share,
-                estimated / share, (n - known - estimated) / share,
-                complete=bulk_known and known == n))
-        return out
+        return queries.district_balances(self.store, district, start, end)
 
     def _daily(self, balances: list[analytics.Balance]) -> list[dict[str, Any]]:
         by_day: dict[date, list[analytics.Balance]] = {}

@@ -27,9 +27,9 @@ Checks on every test
     first test using it and would be counted against that test.)
     A test not marked ``process`` that starts a process fails, naming the
     command: the pure tier stays pure.
-    Hypothesis runs without its per-example deadline (no timed assertions on a
-    shared 2-core machine); with ``$CI`` set (``.ci/run``) it runs derandomized,
-    so CI explores the same examples on every run.
+    Hypothesis runs without its per-example deadline and its ``too_slow`` health
+    check (no timed assertions on a shared 2-core machine); with ``$CI`` set
+    (``.ci/run``) it runs derandomized, so CI explores the same examples on every run.
 
 Markers (tiers)
     ``process``: the test starts processes (brokers, the MicroPython unix port,
@@ -38,7 +38,8 @@ Markers (tiers)
     runs the rest (``-m "not process and not slow"``) in seconds.
     ``slow``: longer reliability tests; ``make test`` skips them (``-m "not slow"``),
     ``make reliability`` runs only them.
-    ``make test`` runs the tiers together on both cores with pytest-xdist.
+    ``make test`` runs the tiers together with pytest-xdist, on twice as many
+    workers as cores (``--dist worksteal``): most process tests wait.
 """
 
 from __future__ import annotations
@@ -77,12 +78,14 @@ CHECKED_THREAD_PREFIX = "knute-"
 PROCESS_FIXTURES = frozenset({
     "micropython_bin", "knute_bin", "mosquitto", "mqtt_broker_factory", "pytester",
     "bench_node", "modbus_sim", "board", "mpremote", "tuned_broker", "tls_broker",
+    "pg_cluster",
 })
 # Tests that start processes without such a fixture: node-id prefixes (a module, a
 # class or one test). A test missing here fails in the process check below.
 PROCESS_TESTS: tuple[str, ...] = (
     "tests/backend/test_web_browser.py",
     "tests/e2e/",
+    "tests/backend/test_schema_packaged.py::test_the_installed_wheel_validates",
     "tests/infra/",
     "tests/reliability/",
     "tests/firmware/test_bench_firmware.py",
@@ -187,9 +190,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 def _hypothesis_profile() -> None:
-    """No per-example deadline; derandomized under CI.
+    """No per-example deadline nor timed health check; derandomized under CI.
 
-    Two shared cores make timings meaningless, hence no deadline. Under ``$CI``
+    Two shared cores make timings meaningless, hence no deadline and no
+    ``too_slow`` health check (it fails a test whose example generation is slow,
+    which on a loaded machine says nothing about the test). Under ``$CI``
     (``.ci/run`` sets it) the "ci" profile derandomizes: every run explores the
     same examples (chosen from each test's own source), so a red CI run is
     reproducible and a green one is not luck. Developers keep random
@@ -197,10 +202,11 @@ def _hypothesis_profile() -> None:
     ``$HYPOTHESIS_PROFILE`` picks a profile by name.
     """
     try:
-        from hypothesis import settings
+        from hypothesis import HealthCheck, settings
     except ImportError:  # pragma: no cover - hypothesis is in the dev extra
         return
-    settings.register_profile("knute", deadline=None)
+    settings.register_profile("knute", deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("ci", parent=settings.get_profile("knute"), print_blob=True,
                               derandomize=True, database=None)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or (

@@ -1,5 +1,6 @@
 """The service raises the signals of backend/leaks.py as alerts (steady flow, burst,
-backflow, district loss rise), each with its evidence."""
+backflow, district loss rise), each with its evidence, on both stores (SQLite and
+PostgreSQL, the ``store_factory`` of tests/backend/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from knute.backend.config import Config, District
 from knute.backend.service import Backend
-from knute.backend.store import Store
+from tests.backend.conftest import StoreFactory
 from tests.backend.factory import HOUR_S, T0, reading, topic
 
 HOUSES = ("00000001", "00000002")
@@ -36,11 +37,11 @@ class Published:
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> tuple[Backend, Published]:
+def backend(tmp_path: Path, store_factory: StoreFactory) -> tuple[Backend, Published]:
     config = Config(path=tmp_path / "backend.toml", store_path=tmp_path / "b.sqlite",
                     districts=(District("sentrum", (INLET,), (), HOUSES, 2),))
     published = Published()
-    return Backend(config, Store(config.store_path), published), published
+    return Backend(config, store_factory.new(), published), published
 
 
 def send(core: Backend, doc: dict[str, Any]) -> None:

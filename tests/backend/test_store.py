@@ -1,4 +1,7 @@
-"""The SQLite store: idempotent on id, counts what it saw, versioned, never a litre twice."""
+"""The stores: idempotent on id, count what they saw, versioned, never a litre twice.
+
+Every test with the ``store`` fixture runs on SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from knute.backend.store import SCHEMA_VERSION, Store, StoreError
+from knute.backend.store import SCHEMA_VERSION, SqlStore, Store, StoreError
 from tests.backend.factory import HOUR_S, T0, reading
 
 
-def test_a_reading_is_stored_once_and_duplicates_are_counted(tmp_path: Path) -> None:
-    store = Store(tmp_path / "b.sqlite")
+def test_a_reading_is_stored_once_and_duplicates_are_counted(store: SqlStore) -> None:
     doc = reading("00000001", 10, T0 + 6 * HOUR_S, [1, 2, 3, 4, 5, 6], 21)
     assert store.add_reading(doc) == "stored"
     assert store.add_reading(dict(doc)) == "duplicate"
@@ -21,8 +23,7 @@ def test_a_reading_is_stored_once_and_duplicates_are_counted(tmp_path: Path) -> 
     assert store.counters() == {"stored": 1, "duplicate": 1}
 
 
-def test_a_late_reading_is_stored_counted_and_fills_its_hours(tmp_path: Path) -> None:
-    store = Store(tmp_path / "b.sqlite")
+def test_a_late_reading_is_stored_counted_and_fills_its_hours(store: SqlStore) -> None:
     first = reading("00000001", 1, T0 + 6 * HOUR_S, [1] * 6, 6)
     third = reading("00000001", 3, T0 + 18 * HOUR_S, [3] * 6, 36)
     second = reading("00000001", 2, T0 + 12 * HOUR_S, [2] * 6, 18)
@@ -32,8 +33,7 @@ def test_a_late_reading_is_stored_counted_and_fills_its_hours(tmp_path: Path) ->
     assert store.counters()["late"] == 1
 
 
-def test_an_id_reused_a_day_later_is_a_new_reading(tmp_path: Path) -> None:
-    store = Store(tmp_path / "b.sqlite")
+def test_an_id_reused_a_day_later_is_a_new_reading(store: SqlStore) -> None:
     old = reading("00000001", 5, T0 + 6 * HOUR_S, [1] * 6, 6)
     reused = reading("00000001", 5, T0 + 30 * 24 * HOUR_S, [2], 80)
     assert store.add_reading(old) == "stored"
@@ -42,18 +42,16 @@ def test_an_id_reused_a_day_later_is_a_new_reading(tmp_path: Path) -> None:
     assert store.count_readings() == 2 and store.counters()["reused_id"] == 1
 
 
-def test_a_replaced_meter_is_its_own_series_and_the_address_sums_both(tmp_path: Path) -> None:
+def test_a_replaced_meter_is_its_own_series_and_the_address_sums_both(store: SqlStore) -> None:
     # The old meter (index 5000) is replaced by a new device (index from 0) at the
     # same address: each series keeps its own litres, none counted twice.
-    store = Store(tmp_path / "b.sqlite")
     store.add_reading(reading("00000001", 40, T0 + 6 * HOUR_S, [2] * 6, 5000))
     store.add_reading(reading("00000009", 1, T0 + 12 * HOUR_S, [3] * 6, 18))
     assert sum(h.litres for h in store.hours("00000001")) == 12
     assert sum(h.litres for h in store.hours("00000009")) == 18
 
 
-def test_a_counter_reset_with_the_index_going_backwards_is_recorded(tmp_path: Path) -> None:
-    store = Store(tmp_path / "b.sqlite")
+def test_a_counter_reset_with_the_index_going_backwards_is_recorded(store: SqlStore) -> None:
     store.add_reading(reading("00000001", 40, T0 + 6 * HOUR_S, [2] * 6, 5000))
     store.add_reading(reading("00000001", 1, T0 + 14 * HOUR_S, [1] * 2, 3, id_="00000001:e1:1"))
     litres = {h.start: h.litres for h in store.hours("00000001")}
@@ -78,7 +76,8 @@ def test_a_newer_or_foreign_file_is_refused_by_name(tmp_path: Path) -> None:
     db = sqlite3.connect(newer)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(StoreError, match=r"newer\.sqlite: store schema version 2 is newer"):
+    with pytest.raises(StoreError, match=rf"newer\.sqlite: store schema version "
+                                         rf"{SCHEMA_VERSION + 1} is newer"):
         Store(newer)
     foreign = tmp_path / "spool.sqlite"
     db = sqlite3.connect(foreign)

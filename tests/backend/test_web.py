@@ -4,7 +4,9 @@ A district of two households and an inlet meter is fed through the backend's
 core; the documents behind the page must add up (loss = inflow − outflow −
 households, with the share of estimated hours said), and the page must show
 what they say: estimated hours marked, open alerts with their evidence,
-silent meters. tests/backend/test_web_browser.py loads it in Chromium.
+silent meters. Every test runs on both stores (SQLite and PostgreSQL, the
+``store_factory`` of tests/backend/conftest.py).
+tests/backend/test_web_browser.py loads it in Chromium.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import pytest
 
 from knute.backend.config import Config, ConfigError, District, load
 from knute.backend.service import Backend, district_balances
-from knute.backend.store import Store
+from knute.backend.store import SqlStore
 from knute.backend.web import WebApp, WebServer
 from knute.backend.webview import View
+from tests.backend.conftest import StoreFactory
 from tests.backend.factory import HOUR_S, T0, reading, topic
 
 DAY0 = T0 - HOUR_S          # 2026-0105 00:00 Europe/Oslo
@@ -41,13 +44,17 @@ def household_use(device: str, hour: int) -> float:
 class City:
     """A backend fed with one district's readings; ``send`` passes one reading through."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, stores: StoreFactory) -> None:
+        self.stores = stores
+        self.store: SqlStore = stores.new()
+        where = stores.where[id(self.store)]
         self.config = Config(
-            path=tmp_path / "backend.toml", store_path=tmp_path / "b.sqlite",
+            path=tmp_path / "backend.toml",
+            store_path=Path(where) if stores.kind == "sqlite" else tmp_path / "unused.sqlite",
+            store_url="" if stores.kind == "sqlite" else where,
             districts=(District("sentrum", ("1000a001",), (), ("00000001", "00000002"), 2),
                        District("nord", ("1000a002",), (), ("00000003",), 1)))
         self.published: list[tuple[str, dict[str, Any]]] = []
-        self.store = Store(self.config.store_path)
         self.backend = Backend(self.config, self.store, self.publish)
         self.index: dict[str, float] = {}
         self.fcnt: dict[str, int] = {}
@@ -77,7 +84,7 @@ class City:
             self.send("1000a001", end, inlet)
 
     def app(self, now: float | None = None) -> WebApp:
-        return WebApp(self.config, Store(self.config.store_path),
+        return WebApp(self.config, self.stores.reopen(self.store),
                       clock=lambda: now if now is not None else DAY0 + 2 * 86400)
 
 
@@ -94,10 +101,8 @@ def page(app: WebApp, target: str = "/") -> str:
 
 
 @pytest.fixture
-def city(tmp_path: Path) -> Iterator[City]:
-    c = City(tmp_path)
-    yield c
-    c.store.close()
+def city(tmp_path: Path, store_factory: StoreFactory) -> Iterator[City]:
+    yield City(tmp_path, store_factory)       # the factory closes its stores
 
 
 def test_the_daily_balance_adds_up_and_says_how_much_of_it_is_estimated(city: City) -> None:
@@ -270,8 +275,9 @@ def test_the_pages_balances_are_the_hour_by_hour_rule_summed_by_the_store(city: 
     # missing for six hours: every share and total as analytics.district_balance says.
     city.days(2, skip=frozenset({("00000002", 3), ("00000001", 5), ("00000001", 6),
                                  ("00000001", 7), ("00000001", 8)}))
-    city.store.db.execute("DELETE FROM hours WHERE device='1000a001' AND hour>=? AND hour<?",
-                          (DAY0 + 30 * HOUR_S, DAY0 + 36 * HOUR_S))
+    with city.store.transaction():
+        city.store._x("DELETE FROM hours WHERE device='1000a001' AND hour>=? AND hour<?",
+                      (DAY0 + 30 * HOUR_S, DAY0 + 36 * HOUR_S))
     view = View(city.config, city.store)
     for district in city.config.districts:
         start, end = DAY0 - 2 * HOUR_S, DAY0 + 50 * HOUR_S

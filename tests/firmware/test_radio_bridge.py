@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from knute.protocol import frame, stream
 from knute.tools.rig.node import HOUR_T0, KEY, KEY_HEX, pulse_lines, water_config
 from tests.firmware.conftest import NodeFactory
@@ -90,6 +92,10 @@ def test_lora_meter_through_bridge_to_the_gateway_link(bench_node: NodeFactory) 
         (HOUR_T0 // 3600 + h) % 256 for h in (1, 2, 3)]
 
 
+@pytest.mark.skip(reason="known defect of this test: hourly frames sent exactly an hour "
+                  "apart fit the g2 budget, so whether any frame is deferred depends on how "
+                  "late the node's poll runs each hour; the ledger's own rules are covered "
+                  "by tests/firmware/test_dutycycle.py")
 def test_duty_cycle_defers_and_counts(bench_node: NodeFactory) -> None:
     # g2 (868.7-869.2 MHz) allows 0.1 %: 3.6 s an hour. Hourly SF12 frames with
     # 24 hourly values take about 2.3 s each: every other hour must wait.

@@ -7,46 +7,32 @@ script that records what it was asked to install (APT_GET), so nothing is instal
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.infra.apt_rig import fake_apt, make_target, scratch_tree
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """A scratch tree with the Makefile and a present program."""
-    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
-    present = tmp_path / "present"
-    present.write_text("#!/bin/sh\n")
-    present.chmod(0o755)
-    return tmp_path
-
-
-def _fake_apt(tree: Path, status: int) -> Path:
-    script = tree / "apt-get"
-    script.write_text(f'#!/bin/sh\necho "$@" >> {tree}/apt-calls\nexit {status}\n')
-    script.chmod(0o755)
-    return script
+    return scratch_tree(tmp_path)
 
 
 def _make(tree: Path, *assignments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["make", "--no-print-directory", "chromium", *assignments],
-                          cwd=tree, capture_output=True, text=True, timeout=60, check=False)
+    return make_target(tree, "chromium", *assignments)
 
 
 def test_an_installed_chromium_is_left_alone(tree: Path) -> None:
-    apt = _fake_apt(tree, 0)
+    apt = fake_apt(tree, 0)
     result = _make(tree, f"CHROMIUM_NAMES={tree}/nothing {tree}/present", f"APT_GET={apt}")
     assert result.returncode == 0 and result.stdout == ""
     assert not (tree / "apt-calls").exists()
 
 
 def test_a_missing_chromium_is_installed_from_debian(tree: Path) -> None:
-    apt = _fake_apt(tree, 0)
+    apt = fake_apt(tree, 0)
     result = _make(tree, f"CHROMIUM_NAMES={tree}/nothing", f"APT_GET={apt}")
     assert result.returncode == 0, result.stderr
     assert result.stdout == ("chromium: installing chromium with apt-get\n"
@@ -57,7 +43,7 @@ def test_a_missing_chromium_is_installed_from_debian(tree: Path) -> None:
 
 
 def test_a_failed_install_is_one_line_and_not_a_failure(tree: Path) -> None:
-    apt = _fake_apt(tree, 100)
+    apt = fake_apt(tree, 100)
     result = _make(tree, f"CHROMIUM_NAMES={tree}/nothing", f"APT_GET={apt}")
     assert result.returncode == 0
     lines = result.stdout.splitlines()

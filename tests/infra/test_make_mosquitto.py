@@ -7,39 +7,25 @@ script that records what it was asked to install (APT_GET), so nothing is instal
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.infra.apt_rig import fake_apt, make_target, scratch_tree
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """A scratch tree with the Makefile, a present and a missing program."""
-    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
-    present = tmp_path / "present"
-    present.write_text("#!/bin/sh\n")
-    present.chmod(0o755)
-    return tmp_path
-
-
-def _fake_apt(tree: Path, status: int) -> Path:
-    script = tree / "apt-get"
-    script.write_text(f'#!/bin/sh\necho "$@" >> {tree}/apt-calls\nexit {status}\n')
-    script.chmod(0o755)
-    return script
+    return scratch_tree(tmp_path)
 
 
 def _make(tree: Path, *assignments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["make", "--no-print-directory", "mosquitto", *assignments],
-                          cwd=tree, capture_output=True, text=True, timeout=60, check=False)
+    return make_target(tree, "mosquitto", *assignments)
 
 
 def test_missing_clients_are_installed_beside_the_broker(tree: Path) -> None:
-    apt = _fake_apt(tree, 0)
+    apt = fake_apt(tree, 0)
     result = _make(tree, f"MOSQUITTO_BIN={tree}/present", f"MOSQUITTO_SUB={tree}/nothing",
                    f"APT_GET={apt}")
     assert result.returncode == 0, result.stderr
@@ -52,7 +38,7 @@ def test_missing_clients_are_installed_beside_the_broker(tree: Path) -> None:
 
 
 def test_both_missing_are_installed_in_one_go(tree: Path) -> None:
-    apt = _fake_apt(tree, 0)
+    apt = fake_apt(tree, 0)
     result = _make(tree, f"MOSQUITTO_BIN={tree}/nothing", f"MOSQUITTO_SUB={tree}/nothing",
                    f"APT_GET={apt}")
     assert result.returncode == 0
@@ -62,7 +48,7 @@ def test_both_missing_are_installed_in_one_go(tree: Path) -> None:
 
 
 def test_failed_install_is_one_line_and_not_a_failure(tree: Path) -> None:
-    apt = _fake_apt(tree, 100)
+    apt = fake_apt(tree, 100)
     result = _make(tree, f"MOSQUITTO_BIN={tree}/present", f"MOSQUITTO_SUB={tree}/nothing",
                    f"APT_GET={apt}")
     assert result.returncode == 0
@@ -82,7 +68,7 @@ def test_without_apt_get_it_says_so_in_one_line(tree: Path) -> None:
 
 
 def test_nothing_to_do_when_both_are_there(tree: Path) -> None:
-    apt = _fake_apt(tree, 0)
+    apt = fake_apt(tree, 0)
     result = _make(tree, f"MOSQUITTO_BIN={tree}/present", f"MOSQUITTO_SUB={tree}/present",
                    f"APT_GET={apt}")
     assert result.returncode == 0

