@@ -14,7 +14,7 @@ from knute.gateway.registry import Registry
 DEV = 0x1234
 TAKER = """
 import sys
-from gateway.downlinks import DownlinkStore
+from knute.gateway.downlinks import DownlinkStore
 store = DownlinkStore(sys.argv[1])
 for _ in range(int(sys.argv[2])):
     print(store.take_counter(0x1234), flush=True)
