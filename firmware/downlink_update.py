@@ -232,7 +232,7 @@ class Updater:
         import hashlib
         import struct
 
-        from protocol import downlink as dl
+        from protocol.downlink_path import path_ok
 
         pos = 0
         view = memoryview(buf)
@@ -249,7 +249,7 @@ class Updater:
                     path = raw.decode()
                 except UnicodeError:
                     return _CMD_ARGS
-                if not dl.path_ok(path):
+                if not path_ok(path):
                     return _CMD_ARGS
                 length = struct.unpack(">I", meta[:4])[0]
                 pos += 1 + len(raw) + 36 + length

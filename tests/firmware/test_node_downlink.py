@@ -306,7 +306,7 @@ def test_the_node_side_constants_are_the_protocols() -> None:
         dl.FLAG_WANT, dl.FLAG_CLOCK, dl.FLAG_ALARM, dl.FLAG_REKEY, dl.FLAG_UPDATE)
     from firmware import downlink
 
-    assert downlink_window._ALARM_REPEATS == downlink.ALARM_REPEATS
+    assert downlink_window._ALARM_REPEATS == downlink._ALARM_REPEATS
     # 8 symbols: 8.2 ms at SF7, 262.2 ms at SF12 (docs/protocol.md 12.6), rounded up.
     assert downlink_window.window_ms(7, 125000) == 9
     assert downlink_window.window_ms(12, 125000) == 263

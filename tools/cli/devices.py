@@ -220,13 +220,14 @@ def _update_dry_run(args: argparse.Namespace, files: list[str]) -> int:
 
 def _bundle(files: list[str]) -> bytes:
     from knute.protocol import downlink
+    from knute.protocol.downlink_path import path_ok
 
     if not files:
         raise KnuteError("update needs at least one module file")
     entries = []
     for name in files:
         path = os.path.normpath(name).replace(os.sep, "/")
-        if not downlink.path_ok(path):
+        if not path_ok(path):
             raise KnuteError(f"{name}: a module path is firmware/... or protocol/..., "
                              "ends with .py or .mpy, 1-64 characters of a-z 0-9 _ . /")
         try:
