@@ -35,6 +35,14 @@ DAYS3_MS = 3 * 86400 * 1000
 FREQ = 868100000
 SF = 7
 WAIT_S = 60.0
+# The bench clock runs 3600 times faster than real time except while a window
+# waits for the test's answer (its clock held). Neither may run out before the
+# test is done, however loaded the machine: a run of 40 simulated hours was
+# 40 real seconds of boots and restarts, which a loaded machine can take, and
+# the node then left its loop before the test's last uplink. The test ends the
+# node itself (close), and every window it opens gets an answer or silence().
+RX_WAIT_REAL_MS = 300000
+STOP_AFTER_S = 1000 * 3600
 # A TX line whose start lies after every window: each later window ends at once
 # (the node keeps it for a window that never comes) instead of waiting.
 NO_MORE = "TX 99999999999999 0 0 00\n"
@@ -94,8 +102,8 @@ def lora_water(**water: Any) -> dict[str, Any]:
     cfg["link"] = {"type": "lora"}
     cfg["radio"] = {"freq_hz": FREQ, "sf": SF}
     cfg["bench"].update({"radio": {"path": "air.txt", "rx_path": "dl.txt"},
-                         "rx_wait_real_ms": 20000, "time_scale": 3600,
-                         "stop_after_s": 40 * 3600})
+                         "rx_wait_real_ms": RX_WAIT_REAL_MS, "time_scale": 3600,
+                         "stop_after_s": STOP_AFTER_S})
     return cfg
 
 
@@ -191,8 +199,8 @@ def test_hostile_downlinks_are_dropped_with_their_reasons(bench_node: NodeFactor
 def test_uart_node_gets_its_downlink_as_a_frame_record(bench_node: NodeFactory) -> None:
     cfg = water_config(sends_per_day=24, profile_len=1)
     cfg["downlink"] = True
-    cfg["bench"].update({"rx_wait_real_ms": 20000, "time_scale": 3600,
-                         "stop_after_s": 40 * 3600})
+    cfg["bench"].update({"rx_wait_real_ms": RX_WAIT_REAL_MS, "time_scale": 3600,
+                         "stop_after_s": STOP_AFTER_S})
     node = bench_node(cfg, heap=UART_HEAP)
     node.start()
     reader = node.ptys["link"]
