@@ -58,7 +58,8 @@ def _held_wait(hal, poll, real_ms):
         while poll() is None and (time.time_ns() - start) // 1000000 < real_ms:
             time.sleep_ms(2)
     finally:
-        hal.t0_ns += time.time_ns() - start
+        if hal.scale:               # a stepped clock (time_scale 0) stands still anyway
+            hal.t0_ns += time.time_ns() - start
 
 
 def _frame_body(encoded):

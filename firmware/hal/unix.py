@@ -7,7 +7,9 @@
 #   "adc":   {"battery": "battery.txt"}                   file holding millivolts
 #   "i2c":   {"i2c0": "bus0.txt"}                         register-image file (drivers/regimage)
 #   "radio": {"path": "radio.txt", "rx_path": "dl.txt"}   bench radio (unix_bench.BenchRadio)
-#   "time_scale": 3600       simulated seconds per real second (1 = real time)
+#   "time_scale": 3600       simulated seconds per real second (1 = real time;
+#                            0 = a stepped clock that moves only when the node
+#                            sleeps, so a run's schedule never depends on load)
 #   "start_time": 1700000000 simulated unix time at boot (default: the host clock)
 #   "stop_after_s": 86400    leave the main loop after this much simulated time
 #   "seed": 1                random seed for jitter (default: from os.urandom)
@@ -94,6 +96,8 @@ class Hal:
         return NullWatchdog()
 
     def _elapsed_ms(self):
+        if not self.scale:          # the stepped clock: t0_ns counts the time slept
+            return self.t0_ns // 1000000
         return int((time.time_ns() - self.t0_ns) * self.scale) // 1000000
 
     def ticks_ms(self):
@@ -119,11 +123,14 @@ class Hal:
     def sleep_ms(self, ms):
         """Sleep `ms` simulated milliseconds."""
         if ms > 0:
-            time.sleep(ms / 1000 / self.scale)
+            if self.scale:
+                time.sleep(ms / 1000 / self.scale)
+            else:
+                self.t0_ns += ms * 1000000
 
     def max_sleep_ms(self):
         """Longest nap before the bench inputs are polled again (simulated ms)."""
-        return int(_POLL_REAL_MS * self.scale)
+        return int(_POLL_REAL_MS * self.scale) if self.scale else 3600000
 
     def random_below(self, n):
         """A random integer 0 <= r < n."""

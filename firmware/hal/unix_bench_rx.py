@@ -24,7 +24,8 @@ def held_wait(hal, poll, real_ms):
                 return got
             time.sleep_ms(2)
     finally:
-        hal.t0_ns += time.time_ns() - start
+        if hal.scale:               # a stepped clock (time_scale 0) stands still anyway
+            hal.t0_ns += time.time_ns() - start
 
 
 def transmit_at(radio, start_ms, freq_hz, sf, payload):

@@ -24,7 +24,7 @@ def configure(hal, config):
 
     seed = bench.get("seed")
     random.seed(int.from_bytes(os.urandom(4), "big") if seed is None else seed)
-    hal.t0_ns = time.time_ns()
+    hal.t0_ns = time.time_ns() if hal.scale else 0
 
 
 def wire(hal, group, name):
