@@ -134,6 +134,9 @@ class DownlinkConfig:
     auto_ack: bool = False           # acknowledge every alarm that asks for it
     status_topics: bool = True       # publish each command's progress on MQTT
     commands_from_mqtt: bool = True  # take commands from <prefix>/<kind>/<device>/down
+    adr: bool = False                # set LoRa nodes' SF and power by the data-rate rule
+    adr_margin_db: float = 10.0      # the rule's installation margin (gateway/adr.py)
+    adr_history: int = 20            # uplinks a decision rests on
 
 
 @dataclass(frozen=True)
@@ -369,7 +372,10 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         max_sends=dl.integer("max_sends", 8, 1, 1000),
         auto_ack=dl.flag("auto_ack", False),
         status_topics=dl.flag("status_topics", True),
-        commands_from_mqtt=dl.flag("commands_from_mqtt", True))
+        commands_from_mqtt=dl.flag("commands_from_mqtt", True),
+        adr=dl.flag("adr", False),
+        adr_margin_db=dl.number("adr_margin_db", 10.0, 0.0, 30.0),
+        adr_history=dl.integer("adr_history", 20, 1, 100))
     dl.done()
 
     modbus = None

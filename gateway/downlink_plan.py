@@ -59,6 +59,7 @@ class Uplink:
     under_next_key: bool = False          # verified under a pending rotation's key
     heard_s: float | None = None          # the gateway's clock when it arrived (end_s if None)
     epoch: int = 0                        # the device's counter epoch (counter resets)
+    snr_db: float | None = None           # the best SNR any receiver reported
 
     @property
     def report(self) -> tuple[int, list[tuple[int, str, int]]]:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from knute.gateway.adr import AdrHistory
 from knute.gateway.config import GatewayConfig
 from knute.gateway.downlink_plan import (
     PATH_BRIDGE,
@@ -64,6 +65,8 @@ from knute.protocol.errors import FrameError
 log = logging.getLogger("knute.downlinks")
 
 EXPIRE_EVERY_S = 30.0
+ADR_SF, ADR_POWER = 11, 12  # config codes of radio.sf and radio.power_dbm (protocol.md 12)
+ADR_REF = "adr-"            # ref prefix of the commands the data-rate rule queues
 RETRY_S = 1.0               # after a failed spool commit, progress messages wait this long
 QUEUE_LIMIT = 4096
 
@@ -86,7 +89,8 @@ class DownlinkService:
 
     def __init__(self, store: DownlinkStore, transmitters: Mapping[str, Transmitter],
                  counters: Counters, on_status: StatusFn, *, auto_ack: bool = False,
-                 kinds_of: Callable[[int], str | None] | None = None) -> None:
+                 kinds_of: Callable[[int], str | None] | None = None,
+                 adr: AdrHistory | None = None) -> None:
         self.store = store
         self.transmitters = dict(transmitters)
         self.counters = counters
@@ -100,6 +104,7 @@ class DownlinkService:
         self._stopping = False
         self._last_error: dict[str, float] = {}
         self._kinds: dict[int, str] = {}
+        self.adr = adr
 
     # -- the ingest side -----------------------------------------------------------
 
@@ -194,6 +199,8 @@ class DownlinkService:
         if flags & dls.FLAG_ALARM and self.auto_ack and "ack" not in open_ops:
             cmd, _ = store.queue(dev, "ack", {"bits": up.alarm_bits()})
             self._status([cmd])
+        if self.adr is not None and up.path != PATH_SERIAL:
+            self._adr(up, store.commands(dev, open_only=True))
         due = store.due(dev)
         if not due:
             return
@@ -247,6 +254,24 @@ class DownlinkService:
                  up.fcnt)
         self._status([c for c in sent if c.state == SENT])
 
+    def _adr(self, up: Uplink, open_cmds: list[Command]) -> None:
+        """Queue the data-rate rule's radio settings for the node when they change."""
+        assert self.adr is not None
+        if any(c.ref and c.ref.startswith(ADR_REF) for c in open_cmds):
+            return                  # the last decision is still on its way
+        decision = self.adr.observe(up.device_id, up.snr_db, up.sf)
+        if decision is None:
+            return
+        values = {str(ADR_SF): decision.sf, str(ADR_POWER): decision.power_dbm}
+        cmd, _ = self.store.queue(up.device_id, "config", {"values": values},
+                                  ref=f"{ADR_REF}{up.fcnt}-{time.time_ns()}")
+        self.adr.sent(up.device_id, decision)
+        self.counters.inc("adr_changes")
+        log.info("device %08x: ADR margin %.1f dB (%d steps): SF%d -> SF%d, %d dBm",
+                 up.device_id, decision.margin_db, decision.steps, up.sf or 0, decision.sf,
+                 decision.power_dbm)
+        self._status([cmd])
+
     def stats(self) -> dict[str, Any]:
         """The worker's queue depth, for the status report."""
         return {"waiting": self._queue.qsize()}
@@ -273,10 +298,13 @@ def uplink_from(ready: Ready) -> Uplink:
     else:
         path = PATH_SERIAL
     decoded = ready.decoded
+    snrs = [float(r.receiver["snr_db"]) for r in ready.receptions
+            if isinstance(r.receiver.get("snr_db"), int | float)]
     return Uplink(device_id=ready.device.device_id, kind=decoded["kind"], fcnt=decoded["fcnt"],
                   values=decoded["values"], end_s=end_s, source=rx.source, path=path,
                   receiver=receiver, under_next_key=ready.under_next_key,
-                  heard_s=ready.received_at, epoch=ready.epoch)
+                  heard_s=ready.received_at, epoch=ready.epoch,
+                  snr_db=max(snrs) if snrs else None)
 
 
 def status_topic(prefix: str, kind: str, device_id: int) -> str:
@@ -389,7 +417,10 @@ class DownlinkRuntime:
         self.publish = dl.status_topics
         transmitters = {s.name: s for s in sources if hasattr(s, "transmit_downlink")}
         self.service = DownlinkService(self.store, transmitters, counters, self._status,
-                                       auto_ack=dl.auto_ack, kinds_of=self._kind_of)
+                                       auto_ack=dl.auto_ack, kinds_of=self._kind_of,
+                                       adr=AdrHistory(installation_margin_db=dl.adr_margin_db,
+                                                      history=dl.adr_history)
+                                       if dl.adr else None)
         self.listener: Any = None
         if dl.commands_from_mqtt:
             from knute.gateway.downlink_mqtt import CommandListener
