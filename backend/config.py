@@ -16,11 +16,13 @@ from knute.backend.leaks import (
     BURST_L_H,
     DISTRICT_RISE_MIN_L_H,
     DISTRICT_RISE_SHARE,
+    MNF_TREND_L_H,
     STEADY_FLOW_L_H,
 )
 from knute.backend.store import Retention
 
 DEVICE_HEX = frozenset("0123456789abcdef")
+_AREA_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 class ConfigError(Exception):
@@ -36,6 +38,14 @@ class District:
     outflow: tuple[str, ...]
     households: tuple[str, ...]
     properties: int
+
+
+@dataclass(frozen=True)
+class AirArea:
+    """An area of the air-quality index: a name and its stations (air nodes)."""
+
+    name: str
+    stations: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class Config:
     burst_l_h: float = BURST_L_H
     district_rise_share: float = DISTRICT_RISE_SHARE
     district_rise_min_l_h: float = DISTRICT_RISE_MIN_L_H
+    mnf_trend_l_h: float = MNF_TREND_L_H
     evaluate_every_s: float = 60.0
     districts: tuple[District, ...] = ()
     web_enabled: bool = True
@@ -75,6 +86,26 @@ class Config:
     hourly_days: float = 0.0
     daily_days: float = 0.0
     retention_every_s: float = 3600.0
+    # [air] (docs/air.md): the index scale shown first, PM averaging and the QC thresholds
+    air_scale: str = "eaqi"
+    air_pm_averaging: str = "1h"
+    air_min_readings: int = 2
+    air_stale_after_s: float = 3 * 3600.0
+    air_kappa: float = 0.4
+    air_rh_from: float = 70.0
+    air_rh_fog: float = 95.0
+    air_max_correction: float = 2.0
+    air_stuck_readings: int = 12
+    air_stuck_range: float = 0.0
+    air_disagree_abs: float = 10.0
+    air_disagree_rel: float = 1.0
+    air_areas: tuple[AirArea, ...] = ()
+    # [open_data] (docs/air.md): optional outputs for neighbours
+    open_data_sensor_community_url: str = ""        # empty: no uploads
+    open_data_sensor_community_prefix: str = "knute-"
+    open_data_home_assistant_prefix: str = ""       # e.g. homeassistant; empty: no discovery
+    open_data_senml: bool = False                   # publish <prefix>/senml/<device> too
+
     def retention(self) -> Retention:
         """The retention policy of ``[retention]`` (local days in ``water.timezone``)."""
         return Retention(self.readings_days, self.hourly_days, self.daily_days, self.timezone)
@@ -94,10 +125,17 @@ _SECTIONS: dict[str, dict[str, type]] = {
               "expected_interval_s": float, "silent_after_intervals": int,
               "night_use_l_per_property_h": float, "district_leak_l_h": float,
               "evaluate_every_s": float, "steady_flow_l_h": float, "burst_l_h": float,
-              "district_rise_share": float, "district_rise_min_l_h": float},
+              "district_rise_share": float, "district_rise_min_l_h": float,
+              "mnf_trend_l_h": float},
     "web": {"enabled": bool, "host": str, "port": int, "days": int},
     "retention": {"readings_days": float, "hourly_days": float, "daily_days": float,
                   "every_s": float},
+    "air": {"scale": str, "pm_averaging": str, "min_readings": int, "stale_after_s": float,
+            "kappa": float, "rh_from": float, "rh_fog": float, "max_correction": float,
+            "stuck_readings": int, "stuck_range": float, "disagree_abs": float,
+            "disagree_rel": float},
+    "open_data": {"sensor_community_url": str, "sensor_community_prefix": str,
+                  "home_assistant_prefix": str, "senml": bool},
 }
 # The series looks this far back: hours must outlive raw readings by a profile's
 # reach (backend.store.PROFILE_REACH_S) and the signals' window.
@@ -135,7 +173,7 @@ def load(path: Path | str) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
     for name in raw:
-        if name not in (*_SECTIONS, "district"):
+        if name not in (*_SECTIONS, "district", "air_area"):
             raise ConfigError(f"{path}: unknown section [{name}]")
     for section, keys in _SECTIONS.items():
         table = raw.get(section, {})
@@ -164,8 +202,8 @@ def load(path: Path | str) -> Config:
             except (ZoneInfoNotFoundError, ValueError):
                 raise ConfigError(f"{path}: water.timezone: unknown time zone "
                                   f"{value!r}") from None
-        elif section == "web":
-            mapped[f"web_{key}"] = value
+        elif section in ("web", "air", "open_data"):
+            mapped[f"{section}_{key}"] = value
         else:
             mapped[key] = value
     if not 0 <= mapped.get("web_port", 0) <= 65535:
@@ -184,7 +222,50 @@ def load(path: Path | str) -> Config:
     if "store_path" not in mapped:
         mapped["store_path"] = path.parent / "knute-backend.sqlite"
     mapped["districts"] = _districts(path, raw.get("district", []))
+    _check_air(path, mapped)
+    mapped["air_areas"] = _air_areas(path, raw.get("air_area", []))
     return Config(**mapped)
+
+
+def _check_air(path: Path, mapped: dict[str, Any]) -> None:
+    if mapped.get("air_scale", "eaqi") not in ("eaqi", "no"):
+        raise ConfigError(f"{path}: air.scale: expected \"eaqi\" or \"no\", "
+                          f"got {mapped['air_scale']!r}")
+    if mapped.get("air_pm_averaging", "1h") not in ("1h", "24h"):
+        raise ConfigError(f"{path}: air.pm_averaging: expected \"1h\" or \"24h\", "
+                          f"got {mapped['air_pm_averaging']!r}")
+    if not 0 < mapped.get("air_rh_from", 70.0) < mapped.get("air_rh_fog", 95.0) < 100:
+        raise ConfigError(f"{path}: air.rh_from and air.rh_fog: expected "
+                          "0 < rh_from < rh_fog < 100")
+    if mapped.get("air_min_readings", 1) < 1:
+        raise ConfigError(f"{path}: air.min_readings: must be at least 1")
+    url = mapped.get("open_data_sensor_community_url", "")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}: open_data.sensor_community_url: expected an http(s) URL, "
+                          f"got {url!r}")
+
+
+def _air_areas(path: Path, tables: Any) -> tuple[AirArea, ...]:
+    if not isinstance(tables, list):
+        raise ConfigError(f"{path}: air_area must be an array of tables ([[air_area]])")
+    out: list[AirArea] = []
+    for i, table in enumerate(tables):
+        where = f"{path}: air_area[{i}]"
+        unknown = set(table) - {"name", "stations"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]}")
+        name = table.get("name")
+        if (not isinstance(name, str) or not name or name[0] in "_-"
+                or not set(name) <= _AREA_CHARS):
+            raise ConfigError(f"{where}.name: expected a lower-case name of letters, digits, "
+                              f"'_' and '-', got {name!r}")
+        if any(a.name == name for a in out):
+            raise ConfigError(f"{where}.name: air area {name!r} is defined twice")
+        stations = _devices(f"{where}.stations", table.get("stations", []))
+        if not stations:
+            raise ConfigError(f"{where}.stations: an area needs at least one station")
+        out.append(AirArea(name, stations))
+    return tuple(out)
 
 
 def _check_retention(path: Path, mapped: dict[str, Any]) -> None:

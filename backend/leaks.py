@@ -57,6 +57,13 @@ MIN_BASELINE_NIGHTS = 3
 # Tuned on the simulated city's seed 1 (docs/water.md).
 DISTRICT_RISE_SHARE = 0.03
 DISTRICT_RISE_MIN_L_H = 5.0
+# ``mnf_trend`` (docs/water.md, "Trend of the minimum night flow"): the slope of
+# the last 14 nights' MNF leakage, once 7 nights have a value, projected over
+# the nights it spans; the alert opens when that rise is above half of the
+# ``district_leak`` level (50 L/h by default) on 2 nights in a row.
+TREND_NIGHTS = 14
+MIN_TREND_NIGHTS = 7
+MNF_TREND_L_H = 50.0
 
 
 def bursts(hours: Iterable[Hour], threshold_l_h: float = BURST_L_H) -> list[Hour]:
@@ -189,6 +196,11 @@ class Trend:
     nights: int
     slope_l_h_per_day: float
     latest_l_h: float
+
+    @property
+    def rise_l_h(self) -> float:
+        """The slope times the days from the first night to the last: the fitted rise."""
+        return self.slope_l_h_per_day * (self.last.toordinal() - self.first.toordinal())
 
 
 def mnf_trend(leakages: Sequence[NightLeakage], nights: int = 14) -> Trend | None:

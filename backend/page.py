@@ -425,7 +425,8 @@ def render(summary: Mapping[str, Any], districts: Sequence[Mapping[str, Any]],
         '<header><h1>knute · water network</h1><div class="figures" id="summary">'
         f'{figures}</div><div class="muted" style="color:#c9d6e3;font-size:12px">as of '
         f'{escape(_local(summary["generated_at"], tz, "%Y-%m-%d %H:%M:%S"))} '
-        f'{escape(str(tz))} · JSON: <a style="color:#c9d6e3" href="/api">/api</a></div>'
+        f'{escape(str(tz))} · JSON: <a style="color:#c9d6e3" href="/api">/api</a> · '
+        '<a style="color:#c9d6e3" href="/air">air quality</a></div>'
         "</header><main>"
         f'<section id="districts"><h2>Districts ({len(districts)})</h2>{district_html}'
         "</section>"

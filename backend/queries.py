@@ -3,7 +3,8 @@
 ``analytics`` holds the rules as pure functions of hourly series; these are the
 same rules as aggregate queries, for a district of thousands of meters or a
 city of tens of thousands: the households' hours are summed by the database
-(``SqlStore.household_totals``) instead of being read meter by meter. Tests
+(``SqlStore.household_totals``) instead of being read meter by meter, or read
+from the district's rollup kept at ingest (``SqlStore.district_totals``). Tests
 hold each equal to its pure counterpart on both stores.
 """
 
@@ -30,7 +31,7 @@ def district_balances(store: SqlStore, district: District, start: int,
     bulk: dict[str, dict[int, Hour]] = {d: {} for d in (*district.inflow, *district.outflow)}
     for device, value in store.hours_of(list(bulk), start, end):
         bulk[device][value.start] = value
-    totals = store.household_totals(district.households, start, end)
+    totals = store.district_totals(district.name, district.households, start, end)
     n = len(district.households)
     out = []
     for hour in range(start, end, HOUR_S):

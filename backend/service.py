@@ -26,15 +26,31 @@ from functools import partial
 from typing import Any
 
 from knute.backend import alerts, analytics, queries
+from knute.backend.air_service import AIR, AirIndexer
 from knute.backend.alerts import Rule
 from knute.backend.config import Config, District
 from knute.backend.hours import HOUR_S, Hour, format_hour, parse_utc
 from knute.backend.ingest import BadReading, ReadingChecker
-from knute.backend.service_leaks import evaluate_district_rise, evaluate_meter_leaks, leaks_rules
+from knute.backend.open_data import OpenData
+from knute.backend.service_leaks import (
+    evaluate_backflow,
+    evaluate_district_rise,
+    evaluate_meter_leaks,
+    evaluate_mnf_trend,
+    leaks_rules,
+)
 from knute.backend.store import SqlStore, open_store
 
 WATER = "water_meter"
 NODE_ALARMS = ("leak", "burst", "backflow", "tamper")
+# A district's bulk (inlet, outlet) meter carries the flow of hundreds of
+# households: it never has a zero hour, its night flow is the district's and an
+# hour of 2,000 L is ordinary. The household flow rules (and the node's own
+# flow alarms, the same rules in the firmware) say nothing about it; the
+# district signals read its hours instead. Its index, backflow, tamper and
+# silence are checked as any meter's (docs/water.md, "Bulk meters").
+HOUSEHOLD_ONLY = ("continuous_flow", "night_flow", "steady_flow", "burst",
+                  "alarm_leak", "alarm_burst")
 
 Publish = Callable[[str, Mapping[str, Any]], None]
 Evidence = Callable[[], Sequence[Mapping[str, Any]]]
@@ -64,15 +80,24 @@ class Backend:
     """Store, series and signals behind one lock (paho's thread and the timer share it)."""
 
     def __init__(self, config: Config, store: SqlStore, publish: Publish,
-                 checker: ReadingChecker | None = None) -> None:
+                 checker: ReadingChecker | None = None,
+                 publish_air: Callable[[str, Any], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.publish = publish
         self.checker = checker or ReadingChecker(config.schema_path)
+        self.air = AirIndexer(config, store, publish_air or publish, time.time)
+        self.open_data = OpenData(config, publish_air or publish)
         self.lock = threading.Lock()
         self.handled: dict[str, int] = {}     # this process's outcomes (the store counts all)
+        # The alert documents of the meter being evaluated, read in one query.
+        self._alerts: dict[str, dict[str, Any] | None] = {}
         self.assigned = {d for district in config.districts
                          for d in (*district.inflow, *district.outflow, *district.households)}
+        self.bulk = {d for district in config.districts
+                     for d in (*district.inflow, *district.outflow)}
+        # The districts' rollup of household hours, kept at ingest from here on.
+        store.set_districts({d.name: d.households for d in config.districts})
         hours = config.continuous_flow_hours
         self.rules = {
             "continuous_flow": Rule(
@@ -131,13 +156,37 @@ class Backend:
                 return "bad"
             with self.store.transaction():
                 outcome = self.store.add_reading(doc)
-                if outcome in ("duplicate", "expired") or doc["kind"] != WATER:
+                if outcome in ("duplicate", "expired"):
+                    return outcome
+                try:
+                    self.open_data.handle(doc)
+                    if doc["kind"] == AIR:
+                        self.air.handle(doc)
+                except self.store.errors:
+                    raise
+                except Exception as exc:     # the reading is stored whatever the index does
+                    self.store.count("air_errors")
+                    log(f"air index or open data failed on {topic}: "
+                        f"{type(exc).__name__}: {exc}")
+                if doc["kind"] != WATER:
                     return outcome
                 device = str(doc["device"])
                 if self.assigned and device not in self.assigned:
                     self.store.count("unassigned")
-                self._evaluate_meter(device, doc)
+                keys = [f"{name}/{device}" for name in self.rules]
+                found = self.store.alerts_by_key(keys)
+                self._alerts = {key: found.get(key) for key in keys}
+                try:
+                    self._evaluate_meter(device, doc)
+                finally:
+                    self._alerts = {}
                 return outcome
+
+    def stored_alert(self, key: str) -> dict[str, Any] | None:
+        """Alert ``key``'s stored document (read with the meter's others while it is evaluated)."""
+        if key in self._alerts:
+            return self._alerts[key]
+        return self.store.alert(key)
 
     def _track(self, signal_name: str, subject: str, subject_kind: str,
                keep_period: bool = False) -> _Tracker:
@@ -145,6 +194,9 @@ class Backend:
 
     def _evaluate_meter(self, device: str, doc: Mapping[str, Any]) -> None:
         received = parse_utc(doc["received_at"])
+        if device in self.bulk:
+            self._evaluate_bulk(device, doc, received)
+            return
         since = int(received) - EVALUATE_BACK_S
         hours = self.store.hours(device, since - since % HOUR_S)
         need = self.config.continuous_flow_hours
@@ -161,9 +213,20 @@ class Backend:
                                     format_hour(night.hours[-1].start + HOUR_S),
                                     partial(_evidence, night.hours))
         evaluate_meter_leaks(self, device, hours, doc)
+        self._evaluate_index(device, doc, received)
+
+    def _evaluate_bulk(self, device: str, doc: Mapping[str, Any], received: float) -> None:
+        """A bulk meter's reading: backflow, index and node alarms, no household flow rule."""
+        evaluate_backflow(self, device, doc)
+        self._evaluate_index(device, doc, received)
+
+    def _evaluate_index(self, device: str, doc: Mapping[str, Any], received: float) -> None:
+        """The node's own alarms and a backwards index, on ``device``'s new reading."""
         at = str(doc["received_at"])
         alarms = set(doc.get("alarms", []))
         for name in NODE_ALARMS:
+            if device in self.bulk and f"alarm_{name}" in HOUSEHOLD_ONLY:
+                continue
             with self._track(f"alarm_{name}", device, "meter") as alarm:
                 alarm.feed(received, float(name in alarms), at,
                            lambda: [{"reading": doc["id"], "received_at": at}])
@@ -215,6 +278,7 @@ class Backend:
                 if night.min_l_h is not None and night.night.toordinal() > leak_alert.last:
                     self._district_night(district, night, leak_alert)
         evaluate_district_rise(self, district, now)
+        evaluate_mnf_trend(self, district, now)
 
     def _district_night(self, district: District, night: analytics.Night,
                         leak_alert: _Tracker) -> None:
@@ -281,7 +345,10 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
         client.publish(topic, json.dumps(document, ensure_ascii=False), qos=1, retain=True)
         log(f"alert {document['state']}: {topic}")
 
-    backend = Backend(config, store, publish)
+    def publish_retained(topic: str, document: Any) -> None:
+        client.publish(topic, json.dumps(document, ensure_ascii=False), qos=1, retain=True)
+
+    backend = Backend(config, store, publish, publish_air=publish_retained)
 
     def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                    properties: Any) -> None:
@@ -347,6 +414,7 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     finally:
         if web is not None:
             web.stop()
+        backend.open_data.close()
         counters = store.counters()
         store.close()
     log("stopped; this process handled " + json.dumps(backend.handled, sort_keys=True)
@@ -372,7 +440,7 @@ class _Tracker:
         self.key = f"{signal_name}/{subject}"
         self.subject = subject
         self.subject_kind = subject_kind
-        stored = backend.store.alert(self.key)
+        stored = backend.stored_alert(self.key)
         self.before: dict[str, Any] = stored["_state"] if stored else alerts.new_state()
         self.state = dict(self.before)
         self.at = ""
@@ -408,4 +476,7 @@ class _Tracker:
         if moved != {k: v for k, v in self.before.items() if k not in ignored}:
             document = alerts.document(self.rule, self.subject, self.subject_kind,
                                        self.state, self.at)
-            self.backend.store.put_alert(self.key, {**document, "_state": self.state})
+            stored = {**document, "_state": self.state}
+            self.backend.store.put_alert(self.key, stored)
+            if self.key in self.backend._alerts:
+                self.backend._alerts[self.key] = stored

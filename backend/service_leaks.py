@@ -2,7 +2,8 @@
 
 Kept beside ``backend.service`` so the service only calls in: per meter
 ``steady_flow``, ``burst`` and ``backflow`` on each reading, per district
-``district_loss_rise`` on each evaluation (docs/water.md gives each rule).
+``district_loss_rise`` and ``mnf_trend`` on each evaluation (docs/water.md
+gives each rule).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from knute.backend.service import Backend
 
 EVALUATE_BACK_S = 9 * 86400     # as the service: nine days of history, a week of baseline
+# The trend's window of nights, and a night more: the inlet's hours read for it.
+TREND_BACK_S = (leaks.TREND_NIGHTS + 1) * 86400
 
 
 def leaks_rules(config: Config) -> dict[str, Rule]:
@@ -48,6 +51,13 @@ def leaks_rules(config: Config) -> dict[str, Rule]:
                  f"nights by more than {share * 100:g} % of the night's net inflow (at least "
                  f"{config.district_rise_min_l_h:g} L/h) on 2 nights in a row; closes after "
                  "2 nights below half of that"),
+        "mnf_trend": Rule(
+            "mnf_trend", open_above=config.mnf_trend_l_h, close_below=config.mnf_trend_l_h / 2,
+            open_after=2, close_after=2, unit="L/h",
+            text=f"the least-squares rise of the minimum night flow leakage over the last "
+                 f"{leaks.TREND_NIGHTS} nights (at least {leaks.MIN_TREND_NIGHTS}) above "
+                 f"{config.mnf_trend_l_h:g} L/h on 2 nights in a row; closes after 2 nights "
+                 "below half of it"),
     }
 
 
@@ -72,6 +82,11 @@ def evaluate_meter_leaks(backend: Backend, device: str, hours: Sequence[Hour],
             if h.quality in analytics.KNOWN and h.start > burst.last:
                 burst.feed(h.start, h.litres, format_hour(h.start + HOUR_S),
                            partial(_evidence, [h]))
+    evaluate_backflow(backend, device, doc)
+
+
+def evaluate_backflow(backend: Backend, device: str, doc: Mapping[str, Any]) -> None:
+    """Backflow on ``device``'s new reading ``doc`` (a small drop of its index)."""
     received = parse_utc(doc["received_at"])
     previous = backend.store.previous_received(device, received)
     # A drop found by this reading sits at one of its anchors, and its oldest
@@ -109,3 +124,43 @@ def evaluate_district_rise(backend: Backend, district: District, now: float) -> 
                       "level_l_h": round(r.level_l_h, 1)} for r in rises[max(0, i - 1):i + 1]]
             rise_alert.feed(rise.night.toordinal(), rise.ratio, format_hour(ends[rise.night]),
                             partial(list, shown))
+
+
+def evaluate_mnf_trend(backend: Backend, district: District, now: float) -> None:
+    """The trend of the district's MNF leakage, for every night not yet fed.
+
+    Each night's value is the rise fitted (``leaks.mnf_trend``) over the
+    window of nights that ends with it; its evidence lists those nights'
+    MNF, allowance and leakage, and the slope.
+    """
+    config = backend.config
+    inlet = backend.store.hours(district.inflow[0], int(now) - TREND_BACK_S, int(now))
+    nights = [n for n in analytics.nights(inlet, config.timezone) if n.min_l_h is not None]
+    with backend._track("mnf_trend", district.name, "district", True) as trend_alert:
+        if not nights or nights[-1].night.toordinal() <= trend_alert.last:
+            return
+        found: list[analytics.NightLeakage] = []
+        ends: dict[int, int] = {}
+        for night in nights:
+            last = night.hours[-1].start + HOUR_S
+            balances = backend.balances(district.name, night.hours[0].start, last)
+            leak = analytics.mnf_leakage(night.night, balances, district.properties,
+                                         config.night_use_l_per_property_h)
+            if leak is not None:
+                found.append(leak)
+                ends[night.night.toordinal()] = last
+        for i, leak in enumerate(found):
+            period = leak.night.toordinal()
+            if period <= trend_alert.last:
+                continue
+            trend = leaks.mnf_trend(found[:i + 1], leaks.TREND_NIGHTS)
+            if trend is None or trend.nights < leaks.MIN_TREND_NIGHTS:
+                continue
+            window = found[max(0, i + 1 - leaks.TREND_NIGHTS):i + 1]
+            shown = [{"night": n.night.isoformat(), "mnf_l_h": round(n.mnf_l_h, 1),
+                      "allowance_l_h": round(n.allowance_l_h, 1),
+                      "leakage_l_h": round(n.leakage_l_h, 1)} for n in window]
+            shown.append({"slope_l_h_per_day": round(trend.slope_l_h_per_day, 2),
+                          "rise_l_h": round(trend.rise_l_h, 1)})
+            trend_alert.feed(period, trend.rise_l_h, format_hour(ends[period]),
+                             partial(list, shown))

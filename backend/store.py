@@ -6,7 +6,7 @@ SQLite file in WAL mode (schema version in ``user_version``) and
 ``backend.store_pg.PgStore`` the database server. ``open_store(config)``
 picks one from the configuration. The same tests run against both.
 
-Tables (version 2):
+Tables (version 3):
 
 - ``readings``: every reading once, keyed on its ``id`` (an opaque unique
   string), with the fields the series and the signals need and the payload.
@@ -22,6 +22,12 @@ Tables (version 2):
 - ``meta``: the retention cut-off (readings received before it are refused).
 - ``alerts``: every alert's state (open or closed) and its hysteresis state.
 - ``counters``: what ingest counted (stored, duplicate, late, bad, ...).
+- ``district_hours``: per district and hour, the sums of its households' hours
+  (litres, known and estimated hours), kept at ingest from each change of an
+  hour (``set_districts`` names the households; ``districts`` holds a digest of
+  each district's list, and a district whose list changed is summed again from
+  ``hours``). A district's balance then reads one row per hour instead of one
+  per meter and hour.
 
 A reading is stored and its meter's series updated in one transaction, so a
 crash leaves either both or neither. Retention (``apply_retention``) deletes
@@ -31,6 +37,7 @@ and may delete daily totals after K days (docs/water.md, "Retention").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -59,7 +66,7 @@ from knute.backend.hours import (
 if TYPE_CHECKING:
     from knute.backend.config import Config
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DAY_S = 86400
 # A profile reaches 253 hours back (docs/mqtt.md): slots and anchors are kept
 # this much longer than the raw readings, so a reading still accepted finds the
@@ -140,6 +147,22 @@ CREATE TABLE meta (
 );
 """
 
+# Version 3: the per-district rollup of household hours.
+_SCHEMA_V3 = """
+CREATE TABLE district_hours (
+    district TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    litres REAL NOT NULL,
+    known INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    PRIMARY KEY (district, hour)
+) WITHOUT ROWID;
+CREATE TABLE districts (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL
+);
+"""
+
 
 
 class StoreError(Exception):
@@ -189,6 +212,7 @@ class SqlStore:
         self._depth = 0
         self.keep_from: float | None = None     # readings received before: expired
         self.hours_from = -(2**62)              # hours before: downsampled to days
+        self.district_of: dict[str, tuple[str, ...]] = {}   # household -> its districts
 
     # -- what a subclass gives ------------------------------------------------
 
@@ -197,6 +221,14 @@ class SqlStore:
 
     def _xm(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         raise NotImplementedError
+
+    def _w(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A write whose result is not read: a server store may send it with the next batch."""
+        self._x(sql, params)
+
+    def _wm(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """``_xm`` whose result is not read (see ``_w``)."""
+        self._xm(sql, rows)
 
     def _begin(self) -> None:
         raise NotImplementedError
@@ -207,6 +239,9 @@ class SqlStore:
 
     def _lock(self, name: str) -> None:
         """Serialize writers on ``name`` until the transaction ends (no-op where writes are)."""
+
+    def _exclusive(self, table: str) -> None:
+        """Inside a transaction: no other writer on ``table`` until it ends (SQLite: always)."""
 
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         """``column IN (...)`` and its parameters."""
@@ -319,7 +354,7 @@ class SqlStore:
                 self._count("reused_id")
             index = doc.get("readings", {}).get("index", {}).get("value")
             reading = meter_reading(doc)
-            self._x("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)",
+            self._w("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)",
                     (key, device, str(doc["kind"]), int(doc["fcnt"]), received, index,
                      json.dumps([[slot.start, slot.litres] for slot in reading.slots]),
                      json.dumps(doc.get("alarms", [])), json.dumps(doc, ensure_ascii=False)))
@@ -332,28 +367,38 @@ class SqlStore:
                 self._count("late")
             return "late" if late else "stored"
 
-    def _winners(self, table: str, device: str, values: Mapping[int, float],
-                 received: float, reading_id: str) -> list[tuple[str, int, float, float, str]]:
-        """The rows of ``values`` that beat what ``table`` holds for their hours."""
-        if not values:
+    def _winners(self, device: str, slots: Mapping[int, float], anchors: Mapping[int, float],
+                 received: float, reading_id: str) -> list[int]:
+        """Store the slots and anchors that beat the held ones for their hours; their hours.
+
+        What both tables hold over the reading's hours is read in one query.
+        """
+        if not slots and not anchors:
             return []
-        column = "litres" if table == "slots" else "index_l"
-        held = {int(h): (float(t), str(r)) for h, t, r in self._x(
-            f"SELECT hour, received_at, reading_id FROM {table} WHERE device=? AND hour>=? "
-            "AND hour<=?", (device, min(values), max(values)))}
-        rows = [(device, h, v, received, reading_id) for h, v in sorted(values.items())
-                if wins(received, reading_id, held.get(h))]
-        self._xm(f"INSERT INTO {table} VALUES (?,?,?,?,?) ON CONFLICT (device, hour) DO "
-                 f"UPDATE SET {column}=excluded.{column}, received_at=excluded.received_at, "
-                 "reading_id=excluded.reading_id", rows)
-        return rows
+        held: tuple[dict[int, tuple[float, str]], ...] = ({}, {})
+        spans = [(min(v), max(v)) if v else (1, 0) for v in (slots, anchors)]
+        for table, h, t, r in self._x(
+                "SELECT 0, hour, received_at, reading_id FROM slots WHERE device=? AND hour>=? "
+                "AND hour<=? UNION ALL SELECT 1, hour, received_at, reading_id FROM anchors "
+                "WHERE device=? AND hour>=? AND hour<=?",
+                (device, *spans[0], device, *spans[1])):
+            held[int(table)][int(h)] = (float(t), str(r))
+        touched = []
+        for (table, column), values, kept in zip(
+                (("slots", "litres"), ("anchors", "index_l")), (slots, anchors), held,
+                strict=True):
+            rows = [(device, h, v, received, reading_id) for h, v in sorted(values.items())
+                    if wins(received, reading_id, kept.get(h))]
+            self._wm(f"INSERT INTO {table} VALUES (?,?,?,?,?) ON CONFLICT (device, hour) DO "
+                     f"UPDATE SET {column}=excluded.{column}, "
+                     "received_at=excluded.received_at, reading_id=excluded.reading_id", rows)
+            touched += [row[1] for row in rows]
+        return touched
 
     def _update_series(self, device: str, reading: MeterReading) -> None:
         """Merge one reading into ``device``'s series; refill only the span it can move."""
         c = contribution(reading)
-        touched = [row[1] for row in (
-            *self._winners("slots", device, c.slots, c.received_at, c.reading_id),
-            *self._winners("anchors", device, c.anchors, c.received_at, c.reading_id))]
+        touched = self._winners(device, c.slots, c.anchors, c.received_at, c.reading_id)
         if not touched:
             return
         before, after = self._x(
@@ -386,16 +431,96 @@ class SqlStore:
         fresh = {h: v for h, v in fresh.items() if h >= lo}
         steps = [s for s in steps if s.at > lo]
         stored = {h: v for h, v in stored.items() if h >= lo}
-        self._xm("DELETE FROM hours WHERE device=? AND hour=?",
-                 [(device, h) for h in stored if h not in fresh])
-        self._xm("INSERT INTO hours VALUES (?,?,?,?) ON CONFLICT (device, hour) DO UPDATE "
+        gone = [h for h in stored if h not in fresh]
+        moved = [h for h in fresh.values() if stored.get(h.start) != (h.litres, h.quality)]
+        self._wm("DELETE FROM hours WHERE device=? AND hour=?", [(device, h) for h in gone])
+        self._wm("INSERT INTO hours VALUES (?,?,?,?) ON CONFLICT (device, hour) DO UPDATE "
                  "SET litres=excluded.litres, quality=excluded.quality",
-                 [(device, h.start, h.litres, h.quality) for h in fresh.values()
-                  if stored.get(h.start) != (h.litres, h.quality)])
-        self._x("DELETE FROM index_steps WHERE device=? AND hour>? AND hour<=?",
+                 [(device, h.start, h.litres, h.quality) for h in moved])
+        if device in self.district_of:
+            self._roll(device, {h: stored[h] for h in gone},
+                       {h.start: stored.get(h.start) for h in moved}, moved)
+        self._w("DELETE FROM index_steps WHERE device=? AND hour>? AND hour<=?",
                 (device, lo, hi))
-        self._xm("INSERT INTO index_steps VALUES (?,?,?,?,?)",
+        self._wm("INSERT INTO index_steps VALUES (?,?,?,?,?)",
                  [(device, s.at, s.before_l, s.after_l, s.reading_id) for s in steps])
+
+    def _roll(self, device: str, gone: Mapping[int, tuple[float, str]],
+              replaced: Mapping[int, tuple[float, str] | None], moved: Sequence[Hour]) -> None:
+        """Move ``device``'s districts' rollup by its hours' change (deleted, then written)."""
+        delta: dict[int, list[float]] = {}
+
+        def add(hour: int, litres: float, quality: str, sign: int) -> None:
+            d = delta.setdefault(hour, [0.0, 0, 0])
+            d[0] += sign * litres
+            d[1 if quality != ESTIMATED else 2] += sign
+
+        for hour, (litres, quality) in gone.items():
+            add(hour, litres, quality, -1)
+        for h in moved:
+            old = replaced.get(h.start)
+            if old is not None:
+                add(h.start, old[0], old[1], -1)
+            add(h.start, h.litres, h.quality, 1)
+        self._wm("INSERT INTO district_hours VALUES (?,?,?,?,?) ON CONFLICT (district, hour) "
+                 "DO UPDATE SET litres=district_hours.litres+excluded.litres, "
+                 "known=district_hours.known+excluded.known, "
+                 "estimated=district_hours.estimated+excluded.estimated",
+                 [(district, hour, d[0], int(d[1]), int(d[2]))
+                  for district in self.district_of[device] for hour, d in sorted(delta.items())])
+
+    # -- districts -----------------------------------------------------------
+
+    def set_districts(self, districts: Mapping[str, Sequence[str]]) -> list[str]:
+        """Name each district's households (name -> device ids); return those summed again.
+
+        From here on this store keeps the district rollup at ingest. A district
+        whose list differs from the one the rollup was kept for (or that has no
+        rollup yet) is summed again from ``hours``; a district no longer named
+        loses its rollup.
+        """
+        rebuilt = []
+        with self.transaction():
+            self._lock("districts")
+            held = {str(n): str(d) for n, d in self._x("SELECT name, digest FROM districts")}
+            if any(held.get(n) != district_digest(h) for n, h in districts.items()):
+                # A consumer moving the rollup meanwhile would be lost or counted twice.
+                self._exclusive("district_hours")
+            for name in held.keys() - districts.keys():
+                self._w("DELETE FROM district_hours WHERE district=?", (name,))
+                self._w("DELETE FROM districts WHERE name=?", (name,))
+            for name, households in sorted(districts.items()):
+                digest = district_digest(households)
+                if held.get(name) == digest:
+                    continue
+                self._w("DELETE FROM district_hours WHERE district=?", (name,))
+                totals = (self.household_totals(sorted(set(households)), -(2**62), 2**62)
+                          if households else {})
+                self._wm("INSERT INTO district_hours VALUES (?,?,?,?,?)",
+                         [(name, h, v, k, e) for h, (v, k, e) in sorted(totals.items())])
+                self._w("INSERT INTO districts VALUES (?,?) ON CONFLICT (name) DO UPDATE "
+                        "SET digest=excluded.digest", (name, digest))
+                rebuilt.append(name)
+        of: dict[str, list[str]] = {}
+        for name, households in districts.items():
+            for device in set(households):
+                of.setdefault(device, []).append(name)
+        self.district_of = {d: tuple(sorted(names)) for d, names in of.items()}
+        return rebuilt
+
+    def district_totals(self, name: str, households: Sequence[str], start: int,
+                        end: int) -> dict[int, tuple[float, int, int]]:
+        """``household_totals`` of district ``name``: from its rollup when kept for ``households``.
+
+        Else (no rollup, or one kept for another list) the households' hours are
+        summed as ``household_totals`` does.
+        """
+        row = self._x("SELECT digest FROM districts WHERE name=?", (name,)).fetchone()
+        if row is None or str(row[0]) != district_digest(households):
+            return self.household_totals(households, start, end)
+        return {int(h): (float(v), int(k), int(e)) for h, v, k, e in self._x(
+            "SELECT hour, litres, known, estimated FROM district_hours WHERE district=? "
+            "AND hour>=? AND hour<? AND (known<>0 OR estimated<>0)", (name, start, end))}
 
     def readings_of(self, device: str) -> list[MeterReading]:
         """Every stored reading of ``device`` in the series' form, oldest first."""
@@ -405,6 +530,12 @@ class SqlStore:
                 for key, received, index, slots in self._x(
                     "SELECT id, received_at, index_l, slots FROM readings WHERE device=? "
                     "ORDER BY received_at, id", (device,))]
+
+    def payloads(self, device: str, start: float, end: float) -> list[tuple[float, str]]:
+        """(received_at, payload JSON) of ``device``'s readings received in [start, end)."""
+        return [(float(t), str(p)) for t, p in self._x(
+            "SELECT received_at, payload FROM readings WHERE device=? AND received_at>=? "
+            "AND received_at<? ORDER BY received_at", (device, start, end)).fetchall()]
 
     def previous_received(self, device: str, before: float) -> float | None:
         """When ``device``'s newest reading received before ``before`` arrived, or None."""
@@ -517,6 +648,7 @@ class SqlStore:
                 cut_hour = _local_midnight(now - policy.hourly_days * DAY_S, policy.timezone)
                 done["days_added"] = self._downsample(cut_hour, policy.timezone)
                 done["hours"] = self._delete("DELETE FROM hours WHERE hour<?", (cut_hour,))
+                self._x("DELETE FROM district_hours WHERE hour<?", (cut_hour,))
                 self._x("DELETE FROM index_steps WHERE hour<?", (cut_hour,))
                 self._set_meta("hours_from", cut_hour)
                 self.hours_from = cut_hour
@@ -551,10 +683,18 @@ class SqlStore:
         row = self._x("SELECT document FROM alerts WHERE key=?", (key,)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
+    def alerts_by_key(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """key -> stored document of each alert of ``keys`` that exists, in one query."""
+        if not keys:
+            return {}
+        where, params = self._in("key", keys)
+        return {str(k): dict(json.loads(d)) for k, d in self._x(
+            f"SELECT key, document FROM alerts WHERE {where}", params)}
+
     def put_alert(self, key: str, document: Mapping[str, Any]) -> None:
         """Store alert ``key``'s document (its ``state`` is indexed)."""
         with self.transaction():
-            self._x("INSERT INTO alerts VALUES (?,?,?) ON CONFLICT (key) DO UPDATE SET "
+            self._w("INSERT INTO alerts VALUES (?,?,?) ON CONFLICT (key) DO UPDATE SET "
                     "state=excluded.state, document=excluded.document",
                     (key, str(document.get("state", "")), json.dumps(document)))
 
@@ -572,12 +712,17 @@ class SqlStore:
             self._count(name, by)
 
     def _count(self, name: str, by: int = 1) -> None:
-        self._x("INSERT INTO counters VALUES (?,?) ON CONFLICT (name) DO UPDATE "
+        self._w("INSERT INTO counters VALUES (?,?) ON CONFLICT (name) DO UPDATE "
                 "SET value=counters.value+excluded.value", (name, by))
 
     def counters(self) -> dict[str, int]:
         """Every counter by name."""
         return {str(n): int(v) for n, v in self._x("SELECT name, value FROM counters")}
+
+
+def district_digest(households: Sequence[str]) -> str:
+    """A digest of a district's household list (order and repeats do not count)."""
+    return hashlib.sha256(",".join(sorted(set(households))).encode()).hexdigest()
 
 
 def _local_midnight(t: float, tz: ZoneInfo) -> int:
@@ -644,6 +789,8 @@ class Store(SqlStore):
                 _script(self.db, _SCHEMA_V2)
                 if version == 1:
                     self._fill_winners()
+            if version < 3:
+                _script(self.db, _SCHEMA_V3)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _fill_winners(self) -> None:
@@ -652,8 +799,7 @@ class Store(SqlStore):
         for device in devices:
             for reading in self.readings_of(device):
                 c = contribution(reading)
-                self._winners("slots", device, c.slots, c.received_at, c.reading_id)
-                self._winners("anchors", device, c.anchors, c.received_at, c.reading_id)
+                self._winners(device, c.slots, c.anchors, c.received_at, c.reading_id)
 
     def household_totals(self, devices: Sequence[str], start: int,
                          end: int) -> dict[int, tuple[float, int, int]]:

@@ -8,6 +8,13 @@ connection, the schema's column types and the locking differ:
 - A write transaction takes a transaction-scoped advisory lock per meter, so
   consumers on several machines sharing one database update a meter's series
   one after the other (SQLite gets the same from its single writer).
+- Round trips: inside a transaction, writes whose result is not read
+  (``_w``, ``_wm``: the reading's row, its hours, counters, alert states) and
+  the transaction's ``BEGIN`` and lock are held back and sent in one pipeline
+  with the next query or with the ``COMMIT`` (psycopg's pipeline mode), so a
+  reading costs a handful of round trips, not one per statement
+  (``batch=False`` sends each at once, for ``knute bench backend``'s
+  comparison).
 - A lost connection (server restart, network) fails the statement running
   (``errors``: the consumer leaves that reading unacknowledged) and the next
   statement outside a transaction connects again.
@@ -21,6 +28,22 @@ from typing import Any
 import psycopg
 
 from knute.backend.store import SCHEMA_VERSION, SqlStore, StoreError, _Cursor
+
+# Version 3: the per-district rollup of household hours (backend.store).
+_V3 = ("""
+CREATE TABLE district_hours (
+    district TEXT NOT NULL,
+    hour BIGINT NOT NULL,
+    litres DOUBLE PRECISION NOT NULL,
+    known INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    PRIMARY KEY (district, hour)
+);
+CREATE TABLE districts (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL
+);
+""",)
 
 _SCHEMA = """
 CREATE TABLE readings (
@@ -91,7 +114,7 @@ CREATE TABLE meta (
 CREATE TABLE schema_version (
     version INTEGER NOT NULL
 );
-"""
+""" + "".join(_V3)
 
 
 class PgStore(SqlStore):
@@ -101,9 +124,12 @@ class PgStore(SqlStore):
     errors = (psycopg.OperationalError, psycopg.errors.DiskFull,
               psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, batch: bool = True) -> None:
         super().__init__()
         self.url = url
+        self.batch = batch
+        # Statements held back: (sql, parameters) or (sql, rows of executemany).
+        self._pending: list[tuple[str, Sequence[Any], bool]] = []
         self.path = _safe(url)
         try:
             self.db = psycopg.connect(url, autocommit=True)
@@ -129,17 +155,59 @@ class PgStore(SqlStore):
 
     def _x(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
         self._ensure()
-        return self.db.execute(self._q(sql), params)
+        if not self._pending:
+            return self.db.execute(self._q(sql), params)
+        cursor: _Cursor = self._flush((self._q(sql), params))
+        return cursor
 
     def _xm(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = list(rows)
         if rows:
+            self._flush()
             with self.db.cursor() as cursor:
                 cursor.executemany(self._q(sql), rows)
 
+    def _w(self, sql: str, params: Sequence[Any] = ()) -> None:
+        if self.batch and self._depth:
+            self._pending.append((self._q(sql), params, False))
+        else:
+            self._x(sql, params)
+
+    def _wm(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        if self.batch and self._depth:
+            self._pending.append((self._q(sql), rows, True))
+        else:
+            self._xm(sql, rows)
+
+    def _flush(self, last: tuple[str, Sequence[Any]] | None = None) -> Any:
+        """Send the held-back statements and ``last`` in one pipeline; ``last``'s cursor."""
+        pending, self._pending = self._pending, []
+        cursor = None
+        many_cursors = []
+        try:
+            with self.db.pipeline():
+                for sql, params, many in pending:
+                    if many:
+                        many_cursors.append(self.db.cursor())
+                        many_cursors[-1].executemany(sql, params)
+                    else:
+                        self.db.execute(sql, params)
+                if last is not None:
+                    cursor = self.db.execute(*last)
+        finally:
+            for each in many_cursors:
+                each.close()
+        return cursor
+
     def _begin(self) -> None:
         self._ensure()
-        self.db.execute("BEGIN")
+        if self.batch:
+            self._pending.append(("BEGIN", (), False))
+        else:
+            self.db.execute("BEGIN")
 
     def _begin_read(self) -> None:
         self._ensure()
@@ -149,13 +217,24 @@ class PgStore(SqlStore):
         # Never on a new connection: a transaction lost with its connection
         # must fail, not commit nothing.
         if commit:
-            self.db.execute("COMMIT")
-        elif not (self.db.closed or self.db.broken):
+            if self._pending:
+                self._flush(("COMMIT", ()))
+            else:
+                self.db.execute("COMMIT")
+            return
+        unsent = bool(self._pending) and self._pending[0][0] == "BEGIN"
+        self._pending.clear()
+        if unsent:
+            return         # not even its BEGIN was sent: there is nothing to roll back
+        if not (self.db.closed or self.db.broken):
             self.db.execute("ROLLBACK")
 
     def _lock(self, name: str) -> None:
         if self._depth:
-            self.db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
+            self._w("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
+
+    def _exclusive(self, table: str) -> None:
+        self._x(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
 
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]
@@ -169,18 +248,31 @@ class PgStore(SqlStore):
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: store schema version {version} is newer than "
                                  f"this knute ({SCHEMA_VERSION})")
+            if version < SCHEMA_VERSION:
+                self._upgrade()
             return
         if tables:
             raise StoreError(f"{self.path}: not a knute backend store (has tables, "
                              "no version)")
         with self.transaction():
-            self.db.execute("SELECT pg_advisory_xact_lock(hashtextextended('schema', 0))")
-            exists = self.db.execute("SELECT to_regclass('schema_version')").fetchone()
+            self._x("SELECT pg_advisory_xact_lock(hashtextextended('schema', 0))")
+            exists = self._x("SELECT to_regclass('schema_version')").fetchone()
             if exists is None or exists[0] is None:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
-                        self.db.execute(statement)
-                self.db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+                        self._x(statement)
+                self._x("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+    def _upgrade(self) -> None:
+        """Version 2 -> 3: the district rollup's tables (filled by ``set_districts``)."""
+        with self.transaction():
+            self._x("SELECT pg_advisory_xact_lock(hashtextextended('schema', 0))")
+            version = int(self._x("SELECT max(version) FROM schema_version").fetchone()[0])
+            if version < 3:
+                for statement in _V3[0].split(";"):
+                    if statement.strip():
+                        self._x(statement)
+            self._x("UPDATE schema_version SET version=?", (SCHEMA_VERSION,))
 
     def size_bytes(self, table: str) -> int:
         """Bytes of ``table`` with its indexes and TOAST (``pg_total_relation_size``)."""

@@ -17,6 +17,8 @@ GET routes (JSON unless said otherwise; docs/water.md lists the fields):
 - ``/api/alerts``: ``?state=open`` (default), ``closed`` or ``all``
 - ``/api/meters`` and ``/api/meters/<device>``: hourly consumption, qualities
 - ``/api/silent``: meters not heard for the configured number of intervals
+- ``/air``: the air-quality page (HTML); ``/api/air``, ``/api/air/<device>``: its
+  documents (docs/air.md)
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from knute.backend import page
+from knute.backend import air_web, page
 from knute.backend.config import DEVICE_HEX, Config, ConfigError
 from knute.backend.store import SqlStore, open_store
 from knute.backend.webview import SILENT_SHOWN, View
@@ -45,6 +47,9 @@ ROUTES = {
     "/api/meters": "every device heard: kind, last heard, district",
     "/api/meters/<device>": "one meter's hourly consumption with qualities; ?days=N",
     "/api/silent": "meters not heard for silent_after_intervals expected intervals",
+    "/air": "the air-quality page (HTML): stations and areas in band colours, 48-hour charts",
+    "/api/air": "every air station's and area's index for its last closed hour",
+    "/api/air/<device>": "one air station's last 48 hours: PM2.5, level, colour, status",
 }
 
 
@@ -80,6 +85,7 @@ class WebApp:
         self.config = config
         self.store = store
         self.view = View(config, store)
+        self.air = air_web.AirView(config, store)
         self.clock = clock
         self.lock = threading.Lock()
 
@@ -136,6 +142,19 @@ class WebApp:
             return meter
         if path == "/api/silent":
             return view.silent(now)
+        if path == "/air":
+            overview = self.air.overview(now)
+            charts = [self.air.station(d["subject"]) for d in overview["stations"]]
+            return air_web.render(overview, [c for c in charts if c is not None])
+        if path == "/api/air":
+            return self.air.overview(now)
+        if path.startswith("/api/air/"):
+            device = _device(unquote(path.removeprefix("/api/air/")))
+            station = self.air.station(device)
+            if station is None:
+                raise RequestError(HTTPStatus.NOT_FOUND,
+                                   f"air station {device} has not been heard")
+            return station
         raise RequestError(HTTPStatus.NOT_FOUND, f"no page at {path} (see /api)")
 
 

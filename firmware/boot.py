@@ -46,6 +46,8 @@ def port_hal():
 
 def _make_link(hal, cfg):
     gc.collect()
+    if cfg["link"]["type"] == "none":
+        return None
     if cfg["link"]["type"] == "lora":
         from firmware import link_lora
 
@@ -111,6 +113,7 @@ def boot(config_path="config.json", hal=None):
         _safe_mode(hal, str(exc))
         return None
     unload("firmware.config")
+    unload("firmware.config_display")
     del config
     gc.collect()
     if "radio" in cfg:

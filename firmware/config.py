@@ -6,9 +6,9 @@
 
 import json
 
-ROLES = ("water_meter", "air_quality", "radio_bridge")
+ROLES = ("water_meter", "air_quality", "radio_bridge", "display")
 ROLE_KINDS = {"water_meter": "water_meter", "air_quality": "air_quality"}
-LINK_TYPES = ("uart", "lora")
+LINK_TYPES = ("uart", "lora", "none")
 SLEEP_MODES = ("light", "idle", "none")
 
 # Section defaults. A key absent from config.json takes the value here.
@@ -200,7 +200,7 @@ def validate(cfg):
     for key in cfg:
         out[key] = cfg[key]
     out["device_id"] = _int(out, "device_id", 0, 0xFFFFFFFF, "config")
-    if role == "radio_bridge" and out.get("key") is None:
+    if role in ("radio_bridge", "display") and out.get("key") is None:
         out["key_bytes"] = None
     else:
         out["key_bytes"] = parse_key(out.get("key"))
@@ -209,7 +209,7 @@ def validate(cfg):
         out["key_next_bytes"] = parse_key(out["key_next"])
     kind = out.get("kind", ROLE_KINDS.get(role))
     out["kind"] = kind
-    if role != "radio_bridge" and kind != ROLE_KINDS[role]:
+    if role in ROLE_KINDS and kind != ROLE_KINDS[role]:
         # A role builds its own kind's fields; a new sensor kind comes with its role.
         raise ConfigError("kind must be %s for role %s" % (ROLE_KINDS[role], role))
     if out["tag_len"] not in (4, 8):
@@ -221,9 +221,12 @@ def validate(cfg):
 
     link = _merge(cfg.get("link"), LINK_DEFAULTS, "link")
     if "type" not in link:
-        link["type"] = "uart"
+        # A display takes its index over Wi-Fi: no uplink of its own.
+        link["type"] = "none" if role == "display" else "uart"
     if link["type"] not in LINK_TYPES:
-        raise ConfigError("link.type must be uart or lora")
+        raise ConfigError("link.type must be uart, lora or none")
+    if link["type"] == "none" and role != "display":
+        raise ConfigError("link.type none is for the display role only")
     _int(link, "baud", 300, 4000000, "link")
     out["link"] = link
 
@@ -245,6 +248,8 @@ def validate(cfg):
         out["radio"] = radio    # uart nodes have no radio: nothing to keep in RAM
 
     power = _merge(cfg.get("power"), POWER_DEFAULTS, "power")
+    if role == "display" and "sleep" not in (cfg.get("power") or {}):
+        power["sleep"] = "idle"     # mains-powered; light sleep would drop the Wi-Fi link
     if power["sleep"] not in SLEEP_MODES:
         raise ConfigError("power.sleep must be light, idle or none")
     _int(power, "wdt_s", 0, 3600, "power")
@@ -279,6 +284,12 @@ def validate(cfg):
         out["water"] = water
     elif role == "air_quality":
         out["air"] = air_section(cfg.get("air"))
+    elif role == "display":
+        # Its own module: the display's key names would otherwise become qstrs,
+        # interned for good, on every node (firmware.config is loaded at boot).
+        from firmware import config_display
+
+        out["display"] = config_display.display_section(cfg.get("display"))
     elif role == "radio_bridge":
         bridge = _merge(cfg.get("bridge"), BRIDGE_DEFAULTS, "bridge")
         _int(bridge, "stats_s", 10, 86400, "bridge")

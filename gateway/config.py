@@ -38,6 +38,8 @@ MAX_INFLIGHT_RANGE = (1, 1000)
 # twice after a lost connection, so 20.
 DEFAULT_MAX_INFLIGHT = 20
 DEFAULT_PARK_AFTER_LOSSES = 3
+FAILBACK_POLICIES = ("primary", "stay")
+MAX_BROKERS = 16
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ class MqttConfig:
     ack_timeout_s: float = 30.0
     park_after_losses: int = DEFAULT_PARK_AFTER_LOSSES   # MQTT 3.1.1 refusals; see forwarder
     max_message_bytes: int = 65536     # a larger reading is parked, never published
+    # Several brokers: (host, port) in order of preference; empty: (host, port) alone.
+    brokers: tuple[tuple[str, int], ...] = ()
+    failback: str = "primary"          # "primary": back to the first broker up; "stay"
+    failback_check_s: float = 30.0     # how often a connection to a later broker looks back
+    learn_counters: bool = False       # learn other gateways' counters from their readings
 
     def __post_init__(self) -> None:
         if self.protocol not in ("3.1.1", "5"):
@@ -90,6 +97,9 @@ class MqttConfig:
             raise KnuteError("mqtt tls cert and key go together")
         if not 0 < self.backoff_min_s <= self.backoff_max_s:
             raise KnuteError("mqtt backoff needs 0 < backoff_min_s <= backoff_max_s")
+        if self.failback not in FAILBACK_POLICIES:
+            raise KnuteError(f"mqtt failback must be one of {', '.join(FAILBACK_POLICIES)}, "
+                             f"not {self.failback!r}")
         if (not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/")
                 or any(c in self.prefix for c in "+#\0")):
             raise KnuteError(f"mqtt prefix {self.prefix!r} must be a topic without wildcards "
@@ -99,6 +109,11 @@ class MqttConfig:
     def use_tls(self) -> bool:
         """True when the connection is TLS."""
         return self.tls is not None
+
+    @property
+    def broker_list(self) -> tuple[tuple[str, int], ...]:
+        """Every broker in order of preference: ``brokers``, or (host, port) alone."""
+        return self.brokers or ((self.host, self.port),)
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,7 @@ class GatewayConfig:
     modbus: ModbusSettings | None = None
     silence: SilenceSettings = field(default_factory=SilenceSettings)
     downlinks: DownlinkConfig = field(default_factory=DownlinkConfig)
+    share_key: str | None = None         # [share] key: this gateway's registry-share key file
 
     @property
     def source_names(self) -> list[str]:
@@ -385,6 +401,12 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
 
         modbus = parse_settings(modbus_table, file=file, base_dir=base)
 
+    share_key = None
+    sh = root.table("share")
+    if sh is not None:
+        share_key = _path(data_dir, sh.text("key", "share.key"))
+        sh.done()
+
     silence = SilenceSettings()
     silence_table = root.get("silence", dict, None)
     if silence_table is not None:
@@ -411,7 +433,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         drain_timeout_s=drain, log_level=log_level, status_socket=status_socket,
         metrics_host=metrics_host, metrics_port=metrics_port, mqtt=mqtt,
         serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus, silence=silence,
-        downlinks=downlinks)
+        downlinks=downlinks,
+        share_key=share_key)
 
 
 def _is_hex(text: str) -> bool:
@@ -422,9 +445,36 @@ def _is_hex(text: str) -> bool:
     return True
 
 
+def _brokers(tab: _Table) -> tuple[tuple[str, int], ...]:
+    """``brokers = ["host:port", ...]``: checked, each once, at most MAX_BROKERS."""
+    items = tab.get("brokers", list, [])
+    if "brokers" in tab.data and ("host" in tab.data or "port" in tab.data):
+        raise tab.error("brokers", "give host/port or brokers, not both")
+    if "brokers" in tab.data and not items:
+        raise tab.error("brokers", "must name at least one broker as \"HOST:PORT\"")
+    if len(items) > MAX_BROKERS:
+        raise tab.error("brokers", f"at most {MAX_BROKERS} brokers, got {len(items)}")
+    out: list[tuple[str, int]] = []
+    for i, item in enumerate(items):
+        host, sep, port = item.rpartition(":") if isinstance(item, str) else ("", "", "")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise tab.error(f"brokers[{i}]", f"must be \"HOST:PORT\", got {item!r}")
+        if (host, int(port)) in out:
+            raise tab.error(f"brokers[{i}]", f"{item!r} is listed twice")
+        out.append((host, int(port)))
+    return tuple(out)
+
+
 def _mqtt(tab: _Table, base: str, gateway_id: str) -> MqttConfig:
+    brokers = _brokers(tab)
     host = tab.text("host", "localhost")
     port = tab.integer("port", 1883, 1, 65535)
+    if brokers:
+        host, port = brokers[0]
+    failback = tab.text("failback", "primary", choices=FAILBACK_POLICIES)
+    failback_check = tab.number("failback_check_s", 30.0, 1.0, 86400.0)
+    learn = tab.flag("learn_counters", False)
     client_id = tab.text("client_id", f"knute-{gateway_id}")
     protocol = tab.text("protocol", "3.1.1", choices=("3.1.1", "5"))
     username = tab.text("username", None)
@@ -463,7 +513,8 @@ def _mqtt(tab: _Table, base: str, gateway_id: str) -> MqttConfig:
                       username=username, password=password, tls=tls, prefix=prefix,
                       keepalive=keepalive,
                       max_inflight=inflight, park_after_losses=park_after,
-                      max_message_bytes=max_message)
+                      max_message_bytes=max_message, brokers=brokers, failback=failback,
+                      failback_check_s=failback_check, learn_counters=learn)
 
 
 # -- checks beyond the file's syntax (``knute gateway check``, daemon start) -----------------

@@ -67,6 +67,9 @@ REGISTRY_FLUSH_S = 10.0      # display cache write interval
 REGISTRY_POLL_S = 1.0        # how often the registry is checked for changes by knute devices
 COMMIT_WINDOW_S = 0.05
 COMMIT_MAX_FRAMES = 256
+SHARE_APPLY_S = 0.5          # how often registry-share messages are applied
+SHARE_QUEUE_LIMIT = 200_000  # share messages waiting for the ingest loop
+PEERS_APPLY_S = 0.2          # how often counters learned from other gateways are applied
 SILENCE_CHECK_S = 1.0        # how often devices are checked for being overdue (gateway.silence)
 
 
@@ -117,6 +120,12 @@ class Daemon:
         self.metrics: Any = None
         self.data_lock: DataLock | None = None
         self.downlinks: Any = None      # gateway.downlink_service.DownlinkRuntime
+        self.peers: Any = None       # gateway.peers.PeerListener with [mqtt] learn_counters
+        self.inbox: Any = None
+        self._last_peers_apply = time.monotonic()
+        self._last_share_apply = time.monotonic()
+        self.learned = 0             # replay counters raised by other gateways' readings
+        self.share: Any = None       # gateway.registry_share state with a [share] key
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -154,6 +163,24 @@ class Daemon:
         self.forwarder = Forwarder(self.spool, cfg.mqtt,
                                    gateway_id=cfg.gateway_id,
                                    status_provider=self.mqtt_counters)
+        if cfg.share_key is not None:
+            from knute.gateway.registry_share import load_private_key
+            from knute.gateway.share_apply import ShareState
+
+            try:
+                private = load_private_key(cfg.share_key)
+            except KnuteError as exc:
+                raise ConfigError(f"{cfg.path}: share.key: {exc}") from None
+            self.share = ShareState(private, prefix=cfg.mqtt.prefix, gateway_id=cfg.gateway_id,
+                                    queue_limit=SHARE_QUEUE_LIMIT)
+        if cfg.mqtt.learn_counters or self.share is not None:
+            from knute.gateway.peers import CounterInbox, PeerListener
+
+            self.inbox = CounterInbox() if cfg.mqtt.learn_counters else None
+            self.peers = PeerListener(
+                cfg.mqtt, gateway_id=cfg.gateway_id, inbox=self.inbox,
+                extra_topics=self.share.topics if self.share is not None else (),
+                on_other=self.share.offer if self.share is not None else None)
         for scfg in cfg.serial:
             self.sources.append(SerialSource(scfg, self._sink, self.counters))
         for ucfg in cfg.packet_forwarders:
@@ -192,9 +219,10 @@ class Daemon:
             except OSError as exc:
                 raise KnuteError(f"{cfg.path}: metrics.listen {cfg.metrics_host}:"
                                  f"{cfg.metrics_port}: {exc.strerror}") from None
-        log.info("gateway %s: %d devices, %d sources, spool %s (%d rows waiting), mqtt %s:%d",
+        log.info("gateway %s: %d devices, %d sources, spool %s (%d rows waiting), mqtt %s",
                  cfg.gateway_id, len(devices), len(self.sources), cfg.spool,
-                 self.spool.stats()["depth"], cfg.mqtt.host, cfg.mqtt.port)
+                 self.spool.stats()["depth"],
+                 ", ".join(f"{h}:{p}" for h, p in cfg.mqtt.broker_list))
 
     def _check_files(self) -> None:
         """ConfigError (exit 78, no restart) for files no restart can fix.
@@ -263,7 +291,8 @@ class Daemon:
         spool = self.spool.stats() if self.spool is not None else {}
         fwd: dict[str, Any] = {}
         if self.forwarder is not None:
-            fwd = {"state": self.forwarder.state, **self.forwarder.stats()}
+            fwd = {"state": self.forwarder.state, "broker": self.forwarder.broker,
+                   "brokers": self.forwarder.brokers_status(), **self.forwarder.stats()}
         totals = {"received": 0, "accepted": 0, "rejected": 0, "merged": 0}
         totals.update(snap["totals"])
         totals["spooled"] = int(spool.get("accepted_total", 0))
@@ -287,9 +316,12 @@ class Daemon:
             "forwarder": fwd,
             "registry": {"path": self.cfg.registry,
                          "checks": watch.checks if watch is not None else 0,
-                         "reloads": watch.reloads if watch is not None else 0},
+                         "reloads": watch.reloads if watch is not None else 0,
+                         "share": self.share.stats() if self.share is not None else None},
             "silence": self.silence.stats(),
             "downlinks": self.downlinks.stats() if self.downlinks is not None else None,
+            "peers": ({**self.peers.stats(), "learned": self.learned}
+                      if self.peers is not None else None),
         }
 
     def _handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -337,6 +369,8 @@ class Daemon:
         self.forwarder.start()
         if self.downlinks is not None:
             self.downlinks.start()
+        if self.peers is not None:
+            self.peers.start()
         for src in self.sources:
             src.start()
         log.info("gateway %s running", self.cfg.gateway_id)
@@ -489,6 +523,13 @@ class Daemon:
             self._last_silence_check = now
             self._check_silence()
         assert self.registry_watch is not None
+        if (self.share is not None and not final
+                and now - self._last_share_apply >= SHARE_APPLY_S):
+            self._last_share_apply = now
+            self._apply_share()
+        if self.inbox is not None and (final or now - self._last_peers_apply >= PEERS_APPLY_S):
+            self._last_peers_apply = now
+            self._apply_learned()
         if not final and now - self._last_registry_poll >= REGISTRY_POLL_S:
             self._last_registry_poll = now
             self.registry_watch.poll()
@@ -509,6 +550,31 @@ class Daemon:
                 self.registry.record_seen(seen)
             except Exception as exc:  # display cache only
                 log.warning("registry display cache not updated: %s", exc)
+
+    def _apply_learned(self) -> None:
+        """Raise replay counters to what other gateways accepted (gateway.peers)."""
+        assert self.pipeline is not None
+        raised = self.pipeline.learn_counters(self.inbox.take())
+        if not raised:
+            return
+        self.learned += len(raised)
+        try:
+            self.spool.learn_counters(raised)
+        except Exception as exc:  # memory is ahead (stricter); the next reading retries
+            log.warning("replay counters learned from other gateways not saved: %s", exc)
+
+    def _apply_share(self) -> None:
+        """Apply the shared registry's messages; publish our key fingerprints."""
+        assert self.registry is not None and self.pipeline is not None
+        assert self.registry_watch is not None
+        try:
+            if self.share.apply(self.registry):
+                self.registry_watch.reload()
+        except Exception as exc:  # the registry file: keep serving, try again
+            log.error("registry share not applied: %s", exc)
+        if self.peers is not None:
+            self.peers.publish_retained(self.share.fingerprints(self.pipeline.devices))
+        self.share.refresh()
 
     def _control(self, ctl: _Control) -> None:
         try:
@@ -561,6 +627,8 @@ class Daemon:
         self.rejections.close()
         if self.forwarder is not None:
             self.forwarder.stop(self.cfg.drain_timeout_s)
+        if self.peers is not None:
+            self.peers.stop()
         self._close()
         log.info("stopped: %s", json.dumps(self.counters.snapshot()["totals"], sort_keys=True))
 

@@ -41,6 +41,17 @@ Design
   and while the link is down a warning is logged every ``down_warn_s``. A
   connection whose in-flight messages get no PUBACK for ``ack_timeout_s`` is
   dropped and re-established; paho's keepalive catches a silent broker.
+- Several brokers (``[mqtt] brokers``): a connection attempt that fails moves
+  to the next broker of the list at once; only a whole round of failures backs
+  off (and sets ``all_brokers_down`` in the status until a broker answers). A
+  connection that was open and is lost tries the same broker once more first.
+  With ``failback = "primary"`` a connection to a later broker checks every
+  ``failback_check_s`` whether the first one accepts an MQTT connection again
+  (``broker_answers``); if so it stops taking new rows, waits until nothing is
+  in flight and moves back.
+  Every move is a new session from the oldest spooled row, so the guarantees
+  above hold across brokers: nothing is deleted without a PUBACK from the broker
+  it was sent to, and a row sent twice (to two brokers) has the same id.
 - Status: ``<prefix>/gateway/<id>/status``, retained, QoS 1: "online" with
   counters as the first PUBLISH of every connection (before any row, so a
   broker restart that published the will is corrected at once) and every
@@ -89,6 +100,60 @@ THREAD_PREFIX = "knute-forwarder"
 # seconds of its return, even after a long outage (backoff_max_s is for a network or
 # host that does not answer, and for refusals that retrying will not cure).
 BROKER_DOWN_RETRY_MAX_S = 2.0
+
+
+def broker_answers(cfg: MqttConfig, host: str, port: int, client_id: str,
+                   timeout_s: float = 2.0) -> bool:
+    """True when the broker at host:port accepts an MQTT 3.1.1 CONNECT (CONNACK 0).
+
+    The failback probe: a TCP port that accepts (a proxy, a load balancer, a
+    relay in front of a broker that is down) is not enough. Clean session, no
+    will, DISCONNECT at once; TLS and username/password as configured.
+    """
+    def utf8(text: str) -> bytes:
+        raw = text.encode()
+        return len(raw).to_bytes(2, "big") + raw
+
+    flags = 0x02
+    payload = utf8(client_id)
+    if cfg.username is not None:
+        flags |= 0x80
+        payload += utf8(cfg.username)
+        if cfg.password is not None:
+            flags |= 0x40
+            payload += utf8(cfg.password)
+    body = utf8("MQTT") + bytes((4, flags)) + (10).to_bytes(2, "big") + payload
+    if len(body) > 127:
+        return False                  # one-byte remaining length is all a probe needs
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError:
+        return False
+    sock: socket.socket = raw
+    try:
+        raw.settimeout(timeout_s)
+        if cfg.tls is not None:
+            ctx = ssl.create_default_context(cafile=cfg.tls.ca)
+            if cfg.tls.cert is not None:
+                ctx.load_cert_chain(cfg.tls.cert, cfg.tls.key)
+            sock = ctx.wrap_socket(raw, server_hostname=host)
+        sock.sendall(bytes((0x10, len(body))) + body)
+        connack = b""
+        while len(connack) < 4:
+            chunk = sock.recv(4 - len(connack))
+            if not chunk:
+                return False
+            connack += chunk
+        with contextlib.suppress(OSError):
+            sock.sendall(b"\xe0\x00")
+        return connack[0] == 0x20 and connack[3] == 0
+    except (OSError, ssl.SSLError, ValueError):
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+        with contextlib.suppress(OSError):
+            raw.close()
 
 
 class _Session:
@@ -149,6 +214,15 @@ class Forwarder:
             "supervisor_restarts": 0, "stale_connections": 0, "parked_total": 0,
         })
         self._inflight_now = 0
+        self._brokers = cfg.broker_list
+        self._index = 0                       # the broker tried or connected now
+        self._failed_in_row = 0               # connection attempts failed since the last open
+        self._all_down = False                # a whole round of the list failed
+        self._switch_to: int | None = None    # failback: end this session, go there
+        self._broker_errors = ["" for _ in self._brokers]
+        self._counts["failovers"] = 0
+        self._state_was_open = False
+        self._counts["failbacks"] = 0
 
     # -- public API ---------------------------------------------------------------------
 
@@ -162,7 +236,21 @@ class Forwarder:
         out = dict(self._counts)
         out["inflight"] = self._inflight_now
         out["connected"] = 1 if self._state is LinkState.OPEN else 0
+        out["broker_index"] = self._index
+        out["all_brokers_down"] = 1 if self._all_down else 0
         return out
+
+    @property
+    def broker(self) -> str:
+        """The broker tried or connected now, as ``host:port``."""
+        host, port = self._brokers[self._index]
+        return f"{host}:{port}"
+
+    def brokers_status(self) -> list[dict[str, Any]]:
+        """Each configured broker: its address, whether it is the current one, its last error."""
+        return [{"broker": f"{h}:{p}", "current": i == self._index,
+                 "last_error": self._broker_errors[i]}
+                for i, (h, p) in enumerate(self._brokers)]
 
     def start(self) -> None:
         """Start the supervisor, which starts and watches the worker thread."""
@@ -232,7 +320,7 @@ class Forwarder:
             if self._down_since is not None and now - self._last_down_warn >= self.down_warn_s:
                 self._last_down_warn = now
                 log.warning("mqtt %s:%d still not connected after %.0f s (state %s, "
-                            "last error: %s); %d rows spooled", self.cfg.host, self.cfg.port,
+                            "last error: %s); %d rows spooled", *self._brokers[self._index],
                             now - self._down_since, self.state, self.last_error or "none",
                             self.spool.stats()["depth"])
 
@@ -246,7 +334,7 @@ class Forwarder:
             elif self._down_since is None:
                 self._down_since = time.monotonic()
                 self._last_down_warn = self._down_since
-        log.info("mqtt %s:%d %s", self.cfg.host, self.cfg.port, state.value)
+        log.info("mqtt %s:%d %s", *self._brokers[self._index], state.value)
 
     def _alive(self, gen: int) -> bool:
         """Heartbeat; False when this worker generation should end."""
@@ -277,6 +365,12 @@ class Forwarder:
                 done = False
             if done or not self._alive(gen) or self._drain_over():
                 break
+            if self._switch_to is not None:          # failback: straight to the other broker
+                self._index, self._switch_to = self._switch_to, None
+                self._counts["failbacks"] += 1
+                continue
+            if not self._next_broker():
+                continue                             # the next broker of the list, at once
             self._set_state(LinkState.BACKOFF)
             delay = (self._backoff.next_capped(BROKER_DOWN_RETRY_MAX_S) if self._broker_down
                      else self._backoff.next())
@@ -289,6 +383,44 @@ class Forwarder:
                 self._halt.wait(min(left, 0.5))
         if gen == self._gen:
             self._set_state(LinkState.STOPPED if self._stopping else LinkState.CLOSED)
+
+    def _next_broker(self) -> bool:
+        """After a failed session: move along the list; True when it is time to back off.
+
+        A session that had been open (``_failed_in_row`` 0 after it) retries its own
+        broker once; a failed attempt moves to the next broker; a whole round of
+        failures backs off and marks every broker down.
+        """
+        self._broker_errors[self._index] = self.last_error
+        if self._failed_in_row == 0 and self._state_was_open:
+            self._state_was_open = False
+            self._failed_in_row = 0
+            return True
+        self._failed_in_row += 1
+        if len(self._brokers) > 1:
+            self._index = (self._index + 1) % len(self._brokers)
+            self._counts["failovers"] += 1
+            log.warning("mqtt: moving to broker %s (%d of %d)", self.broker, self._index + 1,
+                        len(self._brokers))
+        if self._failed_in_row >= len(self._brokers):
+            if not self._all_down:
+                log.error("mqtt: every broker is down (%s); the spool keeps the readings",
+                          ", ".join(f"{h}:{p}" for h, p in self._brokers))
+            self._all_down = True
+            self._failed_in_row = 0
+            return True
+        return False
+
+    def _failback_due(self) -> bool:
+        """Whether the first broker accepts an MQTT connection again (policy "primary")."""
+        if self.cfg.failback != "primary" or self._index == 0:
+            return False
+        host, port = self._brokers[0]
+        if not broker_answers(self.cfg, host, port, f"{self.client_id}-probe"):
+            return False
+        log.info("mqtt: broker %s:%d is back; moving to it once nothing is in flight",
+                 host, port)
+        return True
 
     def _make_client(self, sess: _Session) -> mqtt.Client:
         cfg = self.cfg
@@ -323,17 +455,17 @@ class Forwarder:
         except (OSError, ssl.SSLError, ValueError) as exc:
             self.last_error = f"tls: {exc}"
             log.warning("mqtt %s:%d: cannot set up TLS with [mqtt.tls] ca/cert/key: %s",
-                        cfg.host, cfg.port, exc)
+                        *self._brokers[self._index], exc)
             return False
         try:
             if cfg.protocol == "5":
-                client.connect(cfg.host, cfg.port, cfg.keepalive, clean_start=True)
+                client.connect(*self._brokers[self._index], cfg.keepalive, clean_start=True)
             else:
-                client.connect(cfg.host, cfg.port, cfg.keepalive)
+                client.connect(*self._brokers[self._index], cfg.keepalive)
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._broker_down = isinstance(exc, (ConnectionRefusedError, ConnectionResetError))
             self.last_error = f"connect: {exc}"
-            log.warning("mqtt connect to %s:%d failed: %s", cfg.host, cfg.port, exc)
+            log.warning("mqtt connect to %s:%d failed: %s", *self._brokers[self._index], exc)
             return False
         self._broker_down = False
         try:
@@ -372,11 +504,11 @@ class Forwarder:
                                    f"or protocol refused?): {sess.lost_reason}")
             else:
                 self.last_error = f"no CONNACK within {cfg.connect_timeout_s:g} s"
-            log.warning("mqtt %s:%d: %s", cfg.host, cfg.port, self.last_error)
+            log.warning("mqtt %s:%d: %s", *self._brokers[self._index], self.last_error)
             return False
         if sess.connack.is_failure:
             self.last_error = f"broker refused the connection: {sess.connack}"
-            log.error("mqtt %s:%d refused the connection: %s", cfg.host, cfg.port,
+            log.error("mqtt %s:%d refused the connection: %s", *self._brokers[self._index],
                       sess.connack)
             return False
         return True
@@ -386,11 +518,15 @@ class Forwarder:
             return False
         cfg = self.cfg
         window = sess.window
+        self._all_down = False
         # First of all, correct a will the broker may have published while we were away.
         self._publish_status(client, sess)
         self._counts["connections"] += 1
         self._backoff.reset()
         self.last_error = ""
+        self._broker_errors[self._index] = ""
+        self._failed_in_row = 0
+        self._state_was_open = True
         self._set_state(LinkState.OPEN)
         window.limit = max(1, min(window.limit, sess.receive_max))
         window.max_packet = sess.max_packet
@@ -398,13 +534,21 @@ class Forwarder:
         first_ack_pending = 0.0    # when the oldest uncommitted PUBACK arrived
         spool_empty = False        # the last fetch found nothing; wait for a wake-up
         recheck_at = 0.0           # ... or look again at this time anyway
+        next_failback = time.monotonic() + cfg.failback_check_s
+        leaving = False            # failback: take no new rows, go once nothing is in flight
         while True:
             if not self._alive(gen):
                 return False
             now = time.monotonic()
             if spool_empty and now >= recheck_at:
                 spool_empty = False
-            if not window.queued and not spool_empty and window.in_flight < window.limit:
+            if leaving and window.idle:
+                self._settle(window)
+                self._switch_to = 0
+                self.last_error = "failing back to the first broker"
+                return False
+            if (not leaving and not window.queued and not spool_empty
+                    and window.in_flight < window.limit):
                 rows = self.spool.pending(self.fetch_batch, window.cursor)
                 window.offer(rows)
                 if not rows:
@@ -446,12 +590,15 @@ class Forwarder:
                 self._counts["stale_connections"] += 1
                 self.last_error = (f"no PUBACK for {cfg.ack_timeout_s:.0f} s with "
                                    f"{window.in_flight} in flight")
-                log.warning("mqtt %s:%d: %s; reconnecting", cfg.host, cfg.port,
+                log.warning("mqtt %s:%d: %s; reconnecting", *self._brokers[self._index],
                             self.last_error)
                 return False
             if now >= next_status:
                 self._publish_status(client, sess)
                 next_status = now + cfg.status_interval_s
+            if not leaving and not self._stopping and now >= next_failback:
+                leaving = self._failback_due()
+                next_failback = time.monotonic() + cfg.failback_check_s
 
     def _io(self, client: mqtt.Client, timeout: float, woken: list[bool] | None = None) -> bool:
         """One select round on the client's socket and the wake-up socket."""
@@ -498,7 +645,7 @@ class Forwarder:
         for row, reason in refusals:
             by_reason.setdefault(reason, []).append(row.row_id)
             log.error("mqtt %s:%d refused row %d (%s, %d bytes on %s): %s; parked",
-                      self.cfg.host, self.cfg.port, row.row_id, row.kind,
+                      *self._brokers[self._index], row.row_id, row.kind,
                       len(row.payload), row.topic, reason)
         for reason, ids in by_reason.items():
             self.spool.park(ids, reason)
@@ -521,7 +668,7 @@ class Forwarder:
         sess.lost = True
         sess.lost_reason = f"disconnected: {reason_code}"
         if sess.connack is not None and not sess.connack.is_failure and not self._stopping:
-            log.warning("mqtt %s:%d connection lost: %s", self.cfg.host, self.cfg.port,
+            log.warning("mqtt %s:%d connection lost: %s", *self._brokers[self._index],
                         reason_code)
 
     def _on_publish(self, client: mqtt.Client, sess: _Session, mid: int,

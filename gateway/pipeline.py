@@ -305,6 +305,19 @@ class ReplayGuard:
         self._last[device_id] = fcnt
         self._digest[device_id] = fingerprint
 
+    def learn(self, device_id: int, fcnt: int) -> bool:
+        """Raise a device's counter to ``fcnt`` accepted elsewhere; True if it rose.
+
+        The bytes accepted there are unknown, so a frame with exactly this counter
+        is then a ``duplicate`` here (another gateway already took it).
+        """
+        last = self._last.get(device_id)
+        if last is not None and fcnt <= last:
+            return False
+        self._last[device_id] = fcnt
+        self._digest.pop(device_id, None)
+        return True
+
     def forget(self, device_id: int) -> None:
         """Drop a device's counter (operator-confirmed counter reset)."""
         self._last.pop(device_id, None)
@@ -369,6 +382,18 @@ class Pipeline:
     def load_counters(self, counters: Mapping[int, int]) -> None:
         """Reset the replay state to the spool's committed counters."""
         self.replay.load(counters)
+
+    def learn_counters(self, heard: Mapping[int, tuple[int, int]]) -> dict[int, int]:
+        """Counters other gateways accepted, ``device_id -> (fcnt, epoch)``: each one of a
+        known device in the device's current epoch and above its own counter raises it.
+        Returns the counters that rose (for the spool)."""
+        raised: dict[int, int] = {}
+        for device_id, (fcnt, epoch) in heard.items():
+            if device_id not in self.devices or epoch != self.epochs.get(device_id, 0):
+                continue
+            if self.replay.learn(device_id, fcnt):
+                raised[device_id] = fcnt
+        return raised
 
     def forget_counter(self, device_id: int, epoch: int | None = None) -> None:
         """Forget one device's counter (after ``knute devices reset-counter``); ``epoch``

@@ -40,7 +40,7 @@ from knute.gateway.model import Device as Device  # re-exported: the registry ho
 
 log = logging.getLogger("knute.registry")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class DeviceExists(KnuteError):
@@ -84,7 +84,13 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN alarms TEXT NOT NULL DEFAULT '[]'")
 
 
-_MIGRATIONS = {1: _migrate_1_to_2}
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    # Registry sharing (gateway.registry_share): the share version a row came from;
+    # NULL for a device registered here, which the share never overwrites.
+    db.execute("ALTER TABLE devices ADD COLUMN shared_version INTEGER")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def create_v1(path: str) -> None:
@@ -360,29 +366,92 @@ class Registry:
         if cur.rowcount == 0:
             raise UnknownDevice(f"device {format_device_id(device_id)} is not registered")
 
-    def import_csv(self, text: str, *, source: str = "<csv>") -> int:
-        """Register every device of a CSV file in one transaction (all or nothing).
+    def import_csv(self, text: str, *, source: str = "<csv>", update: bool = False) -> int:
+        """Register the devices of a CSV file; returns how many were added or updated.
 
-        The file's form and checks: ``gateway.device_csv``. An id already
-        registered rejects the whole file too, with one line naming the line.
+        See ``import_report``; this is its ``added + updated``.
+        """
+        report = self.import_report(text, source=source, update=update)
+        return report["added"] + report["updated"]
+
+    def import_report(self, text: str, *, source: str = "<csv>",
+                      update: bool = False) -> dict[str, int]:
+        """Import a CSV file in one transaction (all or nothing): added, updated, unchanged.
+
+        The file's form and checks: ``gateway.device_csv``. Importing is
+        idempotent: a row equal to the registered device changes nothing. A row
+        that differs (kind, key, name, site or location) is an update the
+        operator confirms: without ``update`` the whole file is rejected with
+        one line naming the first such line and what differs; with it the rows
+        are updated.
         """
         rows = read_csv(text, source)
+        fields = ("kind", "key", "name", "site", "location")
+        added = updated = same = 0
+        changed: list[tuple[int, int, list[str]]] = []
         with self._lock:
             try:
                 with self._db:
                     for line, values in rows:
-                        try:
+                        old = self._db.execute(
+                            "SELECT kind, key, name, site, location FROM devices "
+                            "WHERE device_id = ?", (values[0],)).fetchone()
+                        if old is None:
                             self._db.execute(
                                 "INSERT INTO devices (device_id, kind, key, name, site, "
                                 "location, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
-                        except sqlite3.IntegrityError:
-                            raise DeviceExists(
-                                f"{source} line {line}: device "
-                                f"{format_device_id(values[0])} is already registered; "
-                                "nothing imported") from None
+                            added += 1
+                            continue
+                        was = (old[0], bytes(old[1]), old[2], old[3], json.loads(old[4] or "{}"))
+                        now = (values[1], values[2], values[3], values[4], json.loads(values[5]))
+                        diff = [f for f, a, b in zip(fields, was, now, strict=True) if a != b]
+                        if not diff:
+                            same += 1
+                            continue
+                        changed.append((line, values[0], diff))
+                        if update:
+                            self._db.execute(
+                                "UPDATE devices SET kind = ?, key = ?, name = ?, site = ?, "
+                                "location = ? WHERE device_id = ?", (*values[1:6], values[0]))
+                            updated += 1
+                    if changed and not update:
+                        line, device_id, diff = changed[0]
+                        more = f" ({len(changed)} rows differ)" if len(changed) > 1 else ""
+                        raise DeviceExists(
+                            f"{source} line {line}: device {format_device_id(device_id)} is "
+                            f"already registered with another {', '.join(diff)}{more}; "
+                            "nothing imported; import again with --update to change them")
             except sqlite3.DatabaseError as exc:
                 raise KnuteError(f"{source}: {exc}; nothing imported") from None
-        return len(rows)
+        return {"added": added, "updated": updated, "unchanged": same}
+
+    def shared_state(self, device_id: int) -> tuple[tuple[str, bytes, str, str,
+                                                          dict[str, Any]] | None, int | None]:
+        """((kind, key, name, site, location) or None, share version or None) of one device."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT kind, key, name, site, location, shared_version FROM devices "
+                "WHERE device_id = ?", (device_id,)).fetchone()
+        if row is None:
+            return None, None
+        local = (str(row[0]), bytes(row[1]), str(row[2]), str(row[3]),
+                 json.loads(row[4] or "{}"))
+        return local, None if row[5] is None else int(row[5])
+
+    def apply_shared(self, device_id: int, version: int, values: Sequence[Any] | None) -> None:
+        """Write what the share decided: ``values`` = (kind, key, name, site, location)
+        to add or replace the device at ``version``, None to remove it."""
+        with self._lock, self._db:
+            if values is None:
+                self._db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
+                return
+            row = device_row(device_id, *values)
+            self._db.execute(
+                "INSERT INTO devices (device_id, kind, key, name, site, location, added_at, "
+                "shared_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO "
+                "UPDATE SET kind = excluded.kind, key = excluded.key, name = excluded.name, "
+                "site = excluded.site, location = excluded.location, "
+                "shared_version = excluded.shared_version", (*row, version))
 
     def record_seen(self, updates: Iterable[Seen]) -> None:
         """Refresh the display cache (last counter, last seen, battery, alarms)."""

@@ -368,6 +368,22 @@ class Spool(Draining, Bounds, Parking):
                 "SELECT device_id, fcnt FROM replay WHERE fcnt >= 0").fetchall()
         return {int(d): int(f) for d, f in rows}
 
+    def learn_counters(self, counters: dict[int, int]) -> None:
+        """Raise replay counters to what other gateways accepted (never lowers one)."""
+        if not counters:
+            return
+        with self._lock:
+            self._begin()
+            try:
+                self._db.executemany(
+                    "INSERT INTO replay (device_id, fcnt) VALUES (?, ?) "
+                    "ON CONFLICT(device_id) DO UPDATE SET fcnt = max(fcnt, excluded.fcnt)",
+                    counters.items())
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
     def last_fcnt(self, device_id: int) -> int | None:
         """The last accepted frame counter of one device, or None if it has none."""
         with self._lock:

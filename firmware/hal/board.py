@@ -234,6 +234,39 @@ class BoardHal:
         return cls(spi, pin(lora_pins["cs"]), dio0=pin(lora_pins["dio0"]),
                    dio1=pin(dio1) if dio1 is not None else None, reset=reset, lora_cfg=cfg)
 
+    def strip(self, name, n):
+        """A WS2812 strip of n pixels on pin-map entry <name> (MicroPython's neopixel)."""
+        import neopixel
+
+        return neopixel.NeoPixel(self.machine.Pin(self._pin_no(name), self.machine.Pin.OUT), n)
+
+    def network(self, wifi):
+        """Join the Wi-Fi network wifi = {"ssid", "password"} and set the clock by NTP.
+
+        Waits up to 20 s for the association; a network that does not answer
+        raises OSError (the role keeps retrying its MQTT connection anyway,
+        and the interface keeps trying to associate in the background).
+        """
+        import network
+
+        wlan = network.WLAN(network.STA_IF)
+        wlan.active(True)
+        if not wlan.isconnected():
+            wlan.connect(wifi["ssid"], wifi["password"])
+            for _ in range(200):
+                if wlan.isconnected():
+                    break
+                time.sleep_ms(100)
+        if not wlan.isconnected():
+            raise OSError("Wi-Fi " + wifi["ssid"] + " did not associate")
+        try:
+            import ntptime
+
+            ntptime.settime()       # UTC; staleness of the index is judged on this clock
+        except (ImportError, OSError):
+            print("knute: NTP failed: staleness is judged from reception time only")
+        return wlan
+
     def watchdog(self, timeout_ms):
         """machine.WDT (it cannot be stopped once started)."""
         return self.machine.WDT(timeout=timeout_ms)

@@ -86,7 +86,11 @@ class Hal:
     def __getattr__(self, name):
         from firmware.hal import unix_wiring
 
-        wiring = getattr(unix_wiring, name)
+        wiring = getattr(unix_wiring, name, None)
+        if wiring is None:      # strip(), network(): the display's, in their own module
+            from firmware.hal import unix_strip
+
+            wiring = getattr(unix_strip, name)
         return lambda *args: wiring(self, *args)
 
     def watchdog(self, timeout_ms):

@@ -112,3 +112,4 @@ def safe_mode(hal, reason):
 def reset(hal):
     """A board resets; the bench process ends with status 4."""
     sys.exit(4)
+

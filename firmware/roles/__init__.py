@@ -9,7 +9,7 @@
 # config.json "role" picks one; the app imports only that module, so a node
 # carries the RAM cost of its own role only.
 
-ROLE_NAMES = ("water_meter", "air_quality", "radio_bridge")
+ROLE_NAMES = ("water_meter", "air_quality", "radio_bridge", "display")
 
 
 def load(name):
@@ -20,6 +20,8 @@ def load(name):
         from firmware.roles import air_quality as module
     elif name == "radio_bridge":
         from firmware.roles import radio_bridge as module
+    elif name == "display":
+        from firmware.roles import display as module
     else:
         raise ImportError("no role " + str(name))
     return module

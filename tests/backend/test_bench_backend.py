@@ -23,7 +23,9 @@ def test_the_backend_bench_reports_each_store_side_by_side(knute_bin: Path,
         ingest = store["ingest"]
         assert ingest["readings"] == ingest["stored"] == 40
         assert min(ingest["mqtt_consumer_per_s"], ingest["add_reading_per_s"],
-                   ingest["bare_insert_per_s"]) > 0
+                   ingest["add_reading_unbatched_per_s"], ingest["bare_insert_per_s"]) > 0
+        assert min(store["district_daily_balance_s"], store["district_daily_balance_bare_s"],
+                   store["district_rollup_build_s"]) >= 0
         assert store["hourly_values"] == 20 * 72 + 72 + 30 * 24
         assert store["bytes_per_hourly_value"] > 8
         assert store["city_meters"] == 51 and store["days"] == 3

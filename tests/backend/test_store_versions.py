@@ -36,7 +36,7 @@ def test_a_version_1_file_is_migrated_and_its_series_goes_on(tmp_path: Path) -> 
     path = tmp_path / "old.sqlite"
     _version_1_file(path)
     store = Store(path)
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     # The next reading sends only hour 11: hours 6-10 are filled from the anchor
     # the version 1 reading left (index 12 at hour 6), which the migration kept.
     store.add_reading(reading("00000001", 2, T0 + 12 * HOUR_S, [4.0], 26.0))
@@ -57,7 +57,7 @@ def test_a_newer_or_foreign_database_on_the_server_is_refused_by_name(
     PgStore(newer).close()
     with psycopg.connect(newer, autocommit=True) as db:
         db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
-    with pytest.raises(StoreError, match=r"store schema version 3 is newer than this knute"):
+    with pytest.raises(StoreError, match=r"store schema version 4 is newer than this knute"):
         PgStore(newer)
     foreign = pg_cluster.create_database()
     with psycopg.connect(foreign, autocommit=True) as db:

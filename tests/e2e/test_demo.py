@@ -6,6 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+from knute.backend import config as backend_config
+from knute.backend import queries
+from knute.backend.store import Store
+from knute.tools.cli.demo import DEMO_LOSSES
+
 
 def test_headless_demo_loses_nothing_across_a_broker_outage(
     knute_bin: Path, tmp_path: Path
@@ -18,7 +23,8 @@ def test_headless_demo_loses_nothing_across_a_broker_outage(
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
     assert set(summary) == {"sent", "received", "lost", "duplicates", "alarms", "backend",
-                            "downlinks_sent", "downlinks_applied"}
+                            "downlinks_sent", "downlinks_applied",
+                            "air_index", "display_colour"}
     print(f"downlinks sent {summary['downlinks_sent']}, applied "
           f"{summary['downlinks_applied']}")
     # The clock and the setting queued for the first firmware board leave after its
@@ -33,9 +39,31 @@ def test_headless_demo_loses_nothing_across_a_broker_outage(
     # The city's backend ran beside it: it stored each reading once and served its page.
     backend = summary["backend"]
     assert backend["readings"] == summary["received"]
-    assert backend["bad"] == 0 and backend["meters"] == 30 + 2     # + the firmware meters
+    # + the firmware meters and the districts' two inlets
+    assert backend["bad"] == 0 and backend["meters"] == 30 + 2 + 2
     assert backend["url"].startswith("http://127.0.0.1:")
     assert f"the backend's web page is at {backend['url']}" in result.stderr
+    _districts_balance(tmp_path / "run" / "backend")
     log = (tmp_path / "run" / "broker" / "mosquitto.log")
     if log.exists():  # the staged outage really stopped and restarted the broker
         assert log.read_text().count("--- start") == 2
+
+
+def _districts_balance(backend_dir: Path) -> None:
+    """Each district's complete hours lose what its pipes lose in the model, to the litre."""
+    config = backend_config.load(next(backend_dir.glob("*.toml")))
+    store = Store(config.store_path)
+    try:
+        assert [d.name for d in config.districts] == ["sentrum", "nord"]
+        complete = 0
+        for district, (share, fixed) in zip(config.districts, DEMO_LOSSES, strict=True):
+            hours = [h.start for d in district.households for h in store.hours(d)]
+            balances = queries.district_balances(store, district, min(hours), max(hours) + 1)
+            for b in balances:
+                if b.complete:
+                    complete += 1
+                    assert b.loss_l is not None
+                    assert fixed - 0.5 <= b.loss_l <= fixed + share * b.households_l + 0.5, b
+        assert complete > 0
+    finally:
+        store.close()

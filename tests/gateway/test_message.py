@@ -158,6 +158,8 @@ def test_docs_examples_match_the_schemas() -> None:
     """Every JSON example in docs/mqtt.md validates against its schema."""
     status = jsonschema.Draft202012Validator(
         json.loads((ROOT / "docs/schema/status.schema.json").read_text()))
+    air_index = jsonschema.Draft202012Validator(
+        json.loads((ROOT / "docs/schema/air_index.schema.json").read_text()))
     text = (ROOT / "docs/mqtt.md").read_text()
     blocks = [part.split("```", 1)[0] for part in text.split("```json")[1:]]
     assert len(blocks) >= 3
@@ -166,6 +168,8 @@ def test_docs_examples_match_the_schemas() -> None:
         doc = json.loads(block)
         if "status" in doc and "gateway" in doc and "id" not in doc:
             status.validate(doc)
+        elif doc.get("scope") in ("station", "area"):
+            air_index.validate(doc)
         else:
             READING.validate(doc)
             kinds_seen.add(doc["kind"])

@@ -10,14 +10,17 @@ from typing import Any
 
 from knute.backend.config import Config
 from knute.backend.service import Backend
+from knute.backend.store import Store
 from knute.tools.bench.leaks import bench_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_scoreboard_runs_the_service_rules() -> None:
-    service = Backend(Config(path=ROOT / "backend.toml"), store=None,  # type: ignore[arg-type]
+def test_the_scoreboard_runs_the_service_rules(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b.sqlite")
+    service = Backend(Config(path=ROOT / "backend.toml"), store=store,
                       publish=lambda topic, doc: None, checker=object())  # type: ignore[arg-type]
+    store.close()
     ours = bench_rules()
     for name in ("continuous_flow", "steady_flow", "night_flow", "burst", "district_loss_rise"):
         theirs = service.rules[name]

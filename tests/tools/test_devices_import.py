@@ -100,19 +100,34 @@ def test_a_field_over_the_limit_names_its_line(tmp_path: Path, knute_bin: Path) 
     refused(knute_bin, tmp_path, data, "line 3:", "longer than 128 KiB")
 
 
-def test_reimporting_names_the_line_of_the_existing_device(tmp_path: Path,
-                                                           knute_bin: Path) -> None:
+def test_reimporting_is_idempotent_and_a_changed_row_needs_update(tmp_path: Path,
+                                                                  knute_bin: Path) -> None:
     csv_file = tmp_path / "d.csv"
     registry = tmp_path / "registry.db"
     csv_file.write_text(HEADER + f"00000001,water_meter,{KEY1},a,b,1,2\n")
     assert run_import(knute_bin, registry, csv_file).returncode == 0
+    # The same row again is no error: it changes nothing; the new row goes in.
     csv_file.write_text(HEADER + f"00000002,water_meter,{KEY2},a,b,1,2\n"
                         f"00000001,water_meter,{KEY1},a,b,1,2\n")
     out = run_import(knute_bin, registry, csv_file)
+    assert out.returncode == 0, out.stderr
+    assert "1 unchanged" in out.stdout
+    assert sorted(registered(registry)) == [1, 2]
+    # A changed row is refused, naming its line and what differs, until confirmed.
+    csv_file.write_text(HEADER + f"00000003,water_meter,{KEY3},a,b,1,2\n"
+                        f"00000001,water_meter,{KEY2},a,c,1,2\n")
+    out = run_import(knute_bin, registry, csv_file)
     assert out.returncode == 2
     assert out.stderr.strip() == (f"knute devices: {csv_file} line 3: device 00000001 is "
-                                  "already registered; nothing imported")
-    assert sorted(registered(registry)) == [1]
+                                  "already registered with another key, site; nothing "
+                                  "imported; import again with --update to change them")
+    assert sorted(registered(registry)) == [1, 2]
+    out = subprocess.run([str(knute_bin), "devices", "import", str(csv_file), "--update",
+                          "--json", "--registry", str(registry)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"imported": 2, "updated": 1}
+    assert registered(registry)[1].key.hex() == KEY2
 
 
 @pytest.mark.parametrize("lat,lon", [("nan", "10.7"), ("59.9", "inf"), ("-Infinity", "1"),

@@ -7,12 +7,17 @@ Figures, for each store in one run (PostgreSQL is a throwaway cluster from
   real Mosquitto and consumed by ``knute backend run`` (schema check, store,
   incremental series, alerts), in readings per second from the first publish
   to the last commit; beside it ``Store.add_reading`` called in a loop (the
-  store's share) and a bare loop of one ``INSERT`` of the same rows per
-  transaction into the same kind of store (the database's floor);
+  store's share; on PostgreSQL also with every statement sent at once,
+  ``PgStore(batch=False)``, the store before its writes were batched) and a
+  bare loop of one ``INSERT`` of the same rows per transaction into the same
+  kind of store (the database's floor);
 - storage: bytes per hourly value of the ``hours`` table with its index, after
   loading the data below;
 - the daily balance of one district of ``--district-meters`` (5,000) meters
-  over ``--days`` (30) days of hourly data (``backend.queries.daily_balances``);
+  over ``--days`` (30) days of hourly data (``backend.queries.daily_balances``),
+  from the district rollup and, beside it, summing the households' hours in
+  SQL (the bare query, what the balance did before the rollup), with the time
+  to build the rollup from the hours (``SqlStore.set_districts``);
 - the night-flow pass of the whole city (``--city-meters``, 45,000) for one
   night: one aggregate query (``backend.queries.night_flows``) against the
   per-meter rule (``analytics.nights`` over each meter's hours, read one meter
@@ -98,8 +103,8 @@ class _Stores:
         self.cluster = cluster
         self.n = 0
 
-    def new(self) -> tuple[Any, str]:
-        """(store, the value of [store] path or url)."""
+    def new(self, batch: bool = True) -> tuple[Any, str]:
+        """(store, the value of [store] path or url); ``batch``: PostgreSQL's batched writes."""
         from knute.backend.store import Store
 
         self.n += 1
@@ -109,7 +114,7 @@ class _Stores:
         from knute.backend.store_pg import PgStore
 
         where = self.cluster.create_database(f"bench{self.n}")
-        return PgStore(where), where
+        return PgStore(where, batch=batch), where
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -136,13 +141,22 @@ def bench_ingest(stores: _Stores, docs: list[dict[str, Any]], broker: Any) -> di
             bare._x("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)", row)
     bare_s = time.perf_counter() - start
     bare.close()
-    # The store's own path, in process.
+    # The store's own path, in process; on PostgreSQL also unbatched (a round trip
+    # per statement).
     direct, _ = stores.new()
     start = time.perf_counter()
     for doc in docs:
         direct.add_reading(doc)
     direct_s = time.perf_counter() - start
     direct.close()
+    unbatched_s = direct_s
+    if stores.kind == "postgres":
+        one_by_one, _ = stores.new(batch=False)
+        start = time.perf_counter()
+        for doc in docs:
+            one_by_one.add_reading(doc)
+        unbatched_s = time.perf_counter() - start
+        one_by_one.close()
     # Through the broker and `knute backend run`.
     store, where = stores.new()
     mqtt_s = _through_mqtt(stores.workdir, store, where, docs, broker)
@@ -151,6 +165,7 @@ def bench_ingest(stores: _Stores, docs: list[dict[str, Any]], broker: Any) -> di
     return {"readings": len(docs),
             "mqtt_consumer_per_s": _rate(len(docs), mqtt_s),
             "add_reading_per_s": _rate(len(docs), direct_s),
+            "add_reading_unbatched_per_s": _rate(len(docs), unbatched_s),
             "bare_insert_per_s": _rate(len(docs), bare_s),
             "stored": counters.get("stored", 0)}
 
@@ -265,10 +280,15 @@ def bench_queries(stores: _Stores, args: argparse.Namespace,
     size = store.size_bytes("hours")
     homes = tuple(f"{0x00200000 + m:08x}" for m in range(args.district_meters))
     district = District("bench", ("1000a001",), (), homes, len(homes))
+    bare_s, bare = _timed(lambda: queries.daily_balances(store, district, first_day,
+                                                         args.days, tz))
+    rollup_s, _ = _timed(lambda: store.set_districts({district.name: homes}))
     balance_s, days = _timed(lambda: queries.daily_balances(store, district, first_day,
                                                             args.days, tz))
     if len(days) != args.days or days[1].hours != 24 or days[1].missing:
         raise KnuteError(f"daily balance of {store.kind} came out wrong: {days[1]}")
+    if days != bare:
+        raise KnuteError(f"daily balance of {store.kind} from the rollup differs from SQL's")
     pass_s, flows = _timed(lambda: queries.night_flows(store, night, tz))
     devices = [f"{0x00200000 + m:08x}" for m in range(args.city_meters)]
     start, end, _ = queries.night_window(night, tz)
@@ -286,7 +306,9 @@ def bench_queries(stores: _Stores, args: argparse.Namespace,
     store.close()
     return {"hourly_values": n, "load_s": round(load_s + extra_s, 2),
             "bytes_per_hourly_value": round(size / n, 1),
-            "district_daily_balance_s": round(balance_s, 3),
+            "district_daily_balance_s": round(balance_s, 4),
+            "district_daily_balance_bare_s": round(bare_s, 3),
+            "district_rollup_build_s": round(rollup_s, 2),
             "district_meters": args.district_meters, "days": args.days,
             "city_night_pass_s": round(pass_s, 3), "city_meters": len(flows),
             "city_night_per_meter_s": round(baseline_s, 3)}
@@ -340,10 +362,15 @@ def _print(results: dict[str, Any]) -> None:
         ("ingest via MQTT + knute backend run, readings/s",
          lambda r: r["ingest"]["mqtt_consumer_per_s"]),
         ("  Store.add_reading loop, readings/s", lambda r: r["ingest"]["add_reading_per_s"]),
+        ("    the same, a round trip per statement",
+         lambda r: r["ingest"]["add_reading_unbatched_per_s"]),
         ("  bare INSERT per transaction, readings/s",
          lambda r: r["ingest"]["bare_insert_per_s"]),
         ("storage, bytes per hourly value", lambda r: r["bytes_per_hourly_value"]),
-        ("daily balance, district x days, s", lambda r: r["district_daily_balance_s"]),
+        ("daily balance, district x days, rollup, s", lambda r: r["district_daily_balance_s"]),
+        ("  bare SQL sum of the households' hours, s",
+         lambda r: r["district_daily_balance_bare_s"]),
+        ("  rollup built from the hours (once), s", lambda r: r["district_rollup_build_s"]),
         ("night-flow pass, one query, s", lambda r: r["city_night_pass_s"]),
         ("  per-meter rule, meter by meter, s", lambda r: r["city_night_per_meter_s"]),
     ]

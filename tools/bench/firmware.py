@@ -12,7 +12,14 @@ node inside ``micropython -X heapsize=...`` and runs send cycles there:
   against a generic baseline that copies the packet and gathers its metadata
   in a dict with a float SNR;
 - air_quality (when the role is installed): ``ctx.send(node.values())`` against
-  the same naive encoding as the water meter's baseline.
+  the same naive encoding as the water meter's baseline;
+- display: one area-index PUBLISH packet through the role's MQTT packet reader
+  into ``on_message`` (the JSON payload of docs/schema/air_index.schema.json,
+  its level changing every cycle) and the frame it shows, against a baseline
+  that copies the payload and sets every pixel from a fresh tuple. The strip is
+  a bytearray-backed stand-in with neopixel.NeoPixel's interface (its write()
+  is the board's bit-banging, which allocates nothing), so the bench's own
+  strip file does not count.
 
 Each cycle runs with the collector off between two ``micropython.mem_info(1)``
 heap dumps: ``allocs_per_cycle`` counts the new heap blocks (allocation heads)
@@ -46,7 +53,7 @@ from knute.tools.rig.upy import micropython
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"
-ROLES = ("water_meter", "radio_bridge", "air_quality")
+ROLES = ("water_meter", "radio_bridge", "air_quality", "display")
 TIMEOUT_S = 120
 
 # Runs inside the unix port, in the flash directory (compiled to knute_cycle.mpy);
@@ -107,6 +114,56 @@ def main():
         else:
             ctx.send(values)
 
+    class Strip:
+        # neopixel.NeoPixel's interface and storage; write() sends the buffer out.
+        def __init__(self, n):
+            self.n = n
+            self.buf = bytearray(3 * n)
+
+        def __setitem__(self, i, rgb):
+            self.buf[3 * i] = rgb[0]
+            self.buf[3 * i + 1] = rgb[1]
+            self.buf[3 * i + 2] = rgb[2]
+
+        def fill(self, rgb):
+            for i in range(self.n):
+                self[i] = rgb
+
+        def write(self):
+            return None
+
+    packets = []
+    if role_name == "display":
+        node.strip = Strip(node.cfg["pixels"])
+        topic = node.topic.encode()
+        for level in (1, 2, 3, 4, 5, 6):
+            doc = ('{"scope":"area","subject":"sentrum","scale":"eaqi","level":%d,'
+                   '"band":"b","colour":null,"status":"ok","reasons":[],'
+                   '"hour":"2023-11-15T00:00:00Z","updated_at":"2023-11-15T00:00:05Z",'
+                   '"valid_until":"2099-01-01T00:00:00Z","pollutant":"pm2_5","scales":'
+                   '{"eaqi":{"level":%d,"band":"b","colour":null,"pollutant":"pm2_5",'
+                   '"pollutants":{"pm2_5":{"value":12.5,"unit":"ug/m3","averaging":"1h",'
+                   '"hours":1,"level":%d}}}}}') % (level, level, level)
+            body = bytes((len(topic) >> 8, len(topic) & 255)) + topic + doc.encode()
+            n = len(body)
+            packets.append(bytes((0x30, (n & 127) | 128, n >> 7)) + body)
+    state = [0]
+
+    def show(naive):
+        packet = packets[state[0] % len(packets)]
+        state[0] += 1
+        if naive:
+            # The generic way: a copy of the payload, a fresh tuple per pixel.
+            payload = bytes(packet[5 + len(node.topic):])
+            doc = json.loads(payload.decode())
+            colour = tuple(node.palette[doc["scales"]["eaqi"]["level"] - 1])
+            for i in range(node.strip.n):
+                node.strip[i] = tuple([c for c in colour])
+            node.strip.write()
+            return
+        node.mqtt.reader.feed(packet, node.mqtt._packet)
+        node.show(hal.ticks_ms() + state[0] * 100000, hal.time())
+
     if role_name == "air_quality":
         for name, sample in (("pm1", 83), ("pm2_5", 121), ("pm10", 190), ("temperature", 215),
                              ("humidity", 48), ("pressure", 10132)):
@@ -114,7 +171,8 @@ def main():
             if mean is not None:
                 for i in range(5):
                     mean.add(sample + i)
-    cycle = {"water_meter": water, "radio_bridge": bridge, "air_quality": air}[role_name]
+    cycle = {"water_meter": water, "radio_bridge": bridge, "air_quality": air,
+             "display": show}[role_name]
     naive = variant == "naive"
 
     def nothing(naive):
@@ -178,6 +236,11 @@ def _config(role: str, link_path: str, pm_path: str) -> dict[str, Any]:
         cfg["water"] = {"sends_per_day": 4, "profile_len": 6}
     elif role == "air_quality":
         cfg["air"] = {"pm_sensor": "sds011", "climate": "none"}
+    elif role == "display":
+        del cfg["key"], cfg["link"]
+        bench["strip"] = {"strip": "strip.txt"}
+        cfg["display"] = {"area": "sentrum", "mqtt": {"host": "127.0.0.1"},
+                          "transition_s": 0, "night": None}
     return cfg
 
 

@@ -5,8 +5,11 @@ those) with one district of ``--meters`` household meters and an inlet meter,
 ``--days`` days of hourly values each. Figures, side by side in one run:
 
 - the district's document (``/api/districts/<name>``: daily balances and the
-  night-flow trend) as the page builds it: the store sums the households'
-  hours per hour in one query (``Store.hour_sums``);
+  night-flow trend) as the page builds it: from the district rollup kept at
+  ingest (``SqlStore.district_totals``), and before the rollup exists, when
+  the store sums the households' hours per hour in one query
+  (``Store.household_totals``); and the time to build the rollup from the
+  hours (``SqlStore.set_districts``, once);
 - the same balances hour by hour with ``analytics.district_balance``, every
   meter's hours read into Python (what the page did first);
 - the baseline: the bare SQL sum of the same hours per hour;
@@ -94,9 +97,15 @@ def run(args: argparse.Namespace) -> int:
         _fill(store, meters, inlet, start, args.days, rng)
         fill_s = time.perf_counter() - t0
         app = WebApp(config, Store(path), clock=lambda: float(end + 60))
+        t_summed, (status, _, summed) = _timed(lambda: app.answer("/api/districts/bench"))
+        t0 = time.perf_counter()
+        store.set_districts({"bench": meters})
+        rollup_s = time.perf_counter() - t0
         t_district, (status, _, body) = _timed(lambda: app.answer("/api/districts/bench"))
         if status != 200:
             raise KnuteError(f"/api/districts/bench answered {status}: {body[:200]!r}")
+        if body != summed:
+            raise KnuteError("the district document from the rollup differs from the summed one")
         district = json.loads(body)
         marks = ",".join("?" * len(meters))
 
@@ -121,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         "meters": args.meters, "days": args.days, "hourly_values": (args.meters + 1)
         * args.days * 24, "fill_s": round(fill_s, 2), "store_bytes": db_bytes,
         "district_document_s": round(t_district, 6),
+        "district_document_summed_s": round(t_summed, 6),
+        "rollup_build_s": round(rollup_s, 3),
         "hour_by_hour_rule_s": round(t_rule, 6),
         "baseline_sql_sum_s": round(t_sql, 6),
         "district_vs_baseline": round(t_district / t_sql, 1) if t_sql else None,
@@ -132,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"district of {args.meters} meters x {args.days} days "
           f"({out['hourly_values']:,} hourly values, store {db_bytes / 1e6:.1f} MB)")
-    print(f"  district document (page's way)   {t_district:8.3f} s")
+    print(f"  district document, rollup        {t_district:8.3f} s")
+    print(f"  the same, households summed      {t_summed:8.3f} s")
+    print(f"  rollup built from hours (once)   {rollup_s:8.3f} s")
     print(f"  hour by hour, meters in Python   {t_rule:8.3f} s")
     print(f"  baseline: one SQL sum per hour   {t_sql:8.3f} s   "
           f"({out['district_vs_baseline']}x)")

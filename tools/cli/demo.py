@@ -15,16 +15,23 @@ What runs:
 - an MQTT subscriber that checks what the backend receives;
 - the city's backend (``knute backend run``): it stores every reading, raises
   alerts and serves its web page, whose URL the demo prints. The fleet's water
-  meters form two districts; their bulk inlet meters are not simulated here
-  (the page names them as never heard), so the districts show household
-  consumption without a loss figure.
+  meters form two districts, each with a bulk inlet meter that counts its
+  households' water and what its pipes lose (tools/sim/bulk_meters.py), so the
+  page shows each district's balance and loss. The firmware boards' meters
+  belong to no district (the inlets cannot know their water);
+- the light sculpture (tools/sim/sculpture.py): the real ``display`` firmware
+  on the unix port, its LED strip simulated, following the area index the demo
+  publishes retained from the air nodes' PM2.5 (a documented stand-in rule
+  until the backend's index runs here).
 
 Interactive (a terminal): a rich live view of devices, alarms, spool and
 counters; ``o`` stops or restarts the broker to watch the spool fill and drain,
 ``q`` or Ctrl-C quits. Headless (``--for SECONDS``, with ``--json`` for one JSON
 object): runs that long with a broker outage in the middle, stops the fleet,
 waits for the spool to drain and prints sent, received, lost (must be 0),
-duplicates and alarms, and the backend's figures (readings stored, alerts open).
+duplicates and alarms, the backend's figures (readings stored, alerts open), the
+area's final index level (``air_index``) and the strip's final colour
+(``display_colour``, ``#rrggbb``).
 """
 
 from __future__ import annotations
@@ -51,9 +58,12 @@ from knute.tools.rig.ptys import HeldPty
 
 if TYPE_CHECKING:
     from knute.tools.sim.firmware_nodes import FirmwareNode
+    from knute.tools.sim.sculpture import Sculpture
 
 PREFIX = "knute"
 DEMO_DISTRICTS = (("sentrum", "b0000001"), ("nord", "b0000002"))   # name, bulk inlet meter
+# What each district's pipes lose between its inlet and its households (share, L/h).
+DEMO_LOSSES = ((0.04, 12.0), (0.08, 30.0))
 DEMO_FAULTS = ("leak", "burst", "tamper", "sensor", "garbage", "truncated", "replay")
 
 
@@ -123,6 +133,7 @@ class Demo:
         self.start_time = time.time()
         self.fleet = Fleet(args.meters, args.air, start=self.start_time, seed=args.seed,
                            faults=DEMO_FAULTS, fault_rate=args.fault_rate)
+        self.districts = self._add_districts()
         self.expected: set[str] = set()
         self.sent_total = 0
         self.seen = Seen()
@@ -131,6 +142,7 @@ class Demo:
         self.gateway = GatewayProcess(workdir, new_session=True)
         self.backend = BackendProcess(workdir / "backend", new_session=True)
         self.boards: list[FirmwareNode] = []
+        self.sculpture: Sculpture | None = None
         self._threads: list[threading.Thread] = []
         self._mqtt: Any = None
         self._pty: HeldPty | None = None
@@ -162,6 +174,7 @@ class Demo:
         for board in self.boards:
             board.run()
         self._start_subscriber()
+        self._start_sculpture()
         sender = threading.Thread(target=self._send_loop, name="demo-fleet", daemon=True)
         sender.start()
         self._threads.append(sender)
@@ -230,18 +243,46 @@ listen = "127.0.0.1:{self.udp_port}"
             clean_session=False, keepalive=5,
             on_message=lambda m: self.seen.on_message(m.topic, m.payload))
 
+    def _add_districts(self) -> list[tuple[str, str, list[str]]]:
+        """Split the fleet's water meters in two districts, each with its bulk inlet meter."""
+        from knute.tools.sim.bulk_meters import Loss, add_inlets
+        from knute.tools.sim.fleet import MeterNode
+
+        meters = sorted((n for n in self.fleet.nodes if isinstance(n, MeterNode)),
+                        key=lambda n: n.device_id)
+        half = (len(meters) + 1) // 2
+        parts = (meters[:half], meters[half:])
+        add_inlets(self.fleet, [(int(inlet, 16), part, Loss(*loss)) for (_, inlet), part, loss
+                                in zip(DEMO_DISTRICTS, parts, DEMO_LOSSES, strict=True)
+                                if part], self.start_time)
+        return [(name, inlet, [f"{n.device_id:08x}" for n in part])
+                for (name, inlet), part in zip(DEMO_DISTRICTS, parts, strict=True) if part]
+
+    def latest_pm2_5(self) -> dict[str, float]:
+        """Each air station's latest PM2.5 (ug/m3) as the subscriber received it."""
+        with self.seen.lock:
+            docs = list(self.seen.last.values())
+        out = {}
+        for doc in docs:
+            value = doc.get("readings", {}).get("pm2_5", {}).get("value")
+            if doc.get("kind") == "air_quality" and isinstance(value, (int, float)):
+                out[doc["device"]] = float(value)
+        return out
+
+    def _start_sculpture(self) -> None:
+        from knute.tools.sim.sculpture import Sculpture
+
+        self.sculpture = Sculpture(self.workdir / "sculpture", self.broker.host,
+                                   self.broker.port, PREFIX)
+        self.sculpture.start(self.latest_pm2_5)
+        self.event(f"sculpture: display node following {self.sculpture.topic}")
+
     def _backend_config(self) -> str:
         from knute.tools.sim.fleet import WATER_SEND_EVERY_S
 
-        meters = sorted([f"{n.device_id:08x}" for n in self.fleet.nodes
-                         if n.kind == "water_meter"]
-                        + [f"{b.device_id:08x}" for b in self.boards])
-        half = (len(meters) + 1) // 2
         districts = "".join(
             f'\n[[district]]\nname = "{name}"\ninflow = ["{inlet}"]\n'
-            f"households = {json.dumps(part)}\n"
-            for (name, inlet), part in zip(DEMO_DISTRICTS, (meters[:half], meters[half:]),
-                                           strict=True))
+            f"households = {json.dumps(part)}\n" for name, inlet, part in self.districts)
         # A meter sends every 6 simulated hours: that many real seconds at this speed.
         interval = max(1.0, WATER_SEND_EVERY_S / self.args.speed)
         return f"""
@@ -381,6 +422,8 @@ port = {_web_port(self.args.web_port)}
         self.gateway.stop(timeout=15)
         self.gateway.close()
         self.backend.stop()
+        if self.sculpture is not None:
+            self.sculpture.stop()
         for board in self.boards:
             with contextlib.suppress(Exception):
                 board.close()
@@ -401,7 +444,12 @@ port = {_web_port(self.args.web_port)}
         backend = self.backend.try_summary(timeout=10)
         counters = backend.get("counters", {})
         totals = self.gateway_status().get("totals", {})
-        return {"sent": len(self.all_expected()), "received": received,
+        sculpture = self.sculpture
+        if sculpture is not None:
+            sculpture.settle(timeout_s=15)
+        return {"air_index": sculpture.level if sculpture else None,
+                "display_colour": sculpture.colour() if sculpture else None,
+                "sent": len(self.all_expected()), "received": received,
                 "lost": len(self.missing()),
                 "duplicates": duplicates, "alarms": alarms,
                 "downlinks_sent": int(totals.get("downlinks_sent", 0)),
@@ -480,10 +528,27 @@ def _render(demo: Demo) -> Any:
     return Group(
         Panel(counters, title=f"knute demo - {sim_h:.1f} simulated hours - "
               r"\[o] broker outage  \[q] quit"),
+        _sculpture_panel(demo),
         devices,
         Panel("\n".join(alarms) or "none yet", title="alarms"),
         Panel(f"rejected by reason: {reasons}\n" + "\n".join(demo.events), title="events"),
     )
+
+
+def _sculpture_panel(demo: Demo) -> Any:
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from knute.tools.sim.sculpture import BANDS
+
+    sculpture = demo.sculpture
+    colour = sculpture.colour() if sculpture else None
+    level = sculpture.level if sculpture else None
+    line = Text()
+    line.append(" " * 40, style=f"on {colour}" if colour else "")
+    band = BANDS[level - 1].replace("_", " ") if level else "no index yet"
+    line.append(f"  {colour or 'dark'}  area index: {band} (level {level or '-'})")
+    return Panel(line, title="light sculpture (display node, simulated strip)")
 
 
 def _live(demo: Demo) -> None:
@@ -577,5 +642,6 @@ def run(args: argparse.Namespace) -> int:
               f" ({result['duplicates']} duplicates), lost {result['lost']}, "
               f"{result['alarms']} readings with alarms; the backend stored "
               f"{city['readings']} readings, {city['alerts_open']} alerts open "
-              f"({city['url']})")
+              f"({city['url']}); the sculpture shows {result['display_colour']} for "
+              f"area index level {result['air_index']}")
     return 0 if result["lost"] == 0 else 1

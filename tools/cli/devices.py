@@ -5,7 +5,10 @@
     knute devices list [--json] [--show-key]
     knute devices show DEVICE [--json] [--show-key]
     knute devices remove DEVICE
-    knute devices import FILE.csv           (all or nothing)
+    knute devices import FILE.csv [--update] (all or nothing; idempotent)
+    knute devices export --seal-for PUBLIC  (keys sealed; tools/cli/devices_share.py)
+    knute devices share --gateway ID=PUBLIC (one registry for many gateways)
+    knute devices share-key                 (this gateway's public share key)
     knute devices reset-counter DEVICE      (accept a node's restarted frame counter)
     knute devices send DEVICE COMMAND [ARGS...] [--id REF] [--json]
                                             (queue a downlink command; see --help)
@@ -72,6 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> Non
                          help="register every device of a CSV file (all or nothing)")
     imp.add_argument("file", help="CSV with header device_id,kind,key[,name,site,location,...]")
     imp.add_argument("--json", action="store_true", help="print the count as JSON")
+    imp.add_argument("--update", action="store_true",
+                     help="update devices whose row differs (else the file is refused)")
 
     send = sub.add_parser(
         "send", parents=[common], help="queue a command for the node's next receive window",
@@ -113,6 +118,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> Non
     rc.add_argument("device")
     rc.add_argument("--spool", help="spool database path (instead of the configuration's)")
     rc.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    from knute.tools.cli import devices_share
+
+    devices_share.add_arguments(sub, common)
 
 
 SEND_CHOICES = ("time", "config", "ack", "rekey", "reboot", "update")
@@ -319,6 +328,10 @@ def run(args: argparse.Namespace) -> int:
     action = args.devices_command
     if action == "reset-counter":
         return _reset_counter(args)
+    if action == "share-key":
+        from knute.tools.cli import devices_share
+
+        return devices_share.share_key(_config(args), args.json)
     reg = _registry(args)
     try:
         if action == "send":
@@ -402,13 +415,32 @@ def run(args: argparse.Namespace) -> int:
                     data = fh.read()
             except OSError as exc:
                 raise KnuteError(f"{args.file}: {exc.strerror}") from None
-            count = reg.import_csv(decode_csv(data, args.file), source=args.file)
+            from knute.tools.cli.devices_share import open_sealed_csv
+
+            text = decode_csv(data, args.file)
+            cfg = None
+            if "x25519:" in text:
+                cfg = _config(args)
+            text = open_sealed_csv(text, cfg, args.file)
+            report = reg.import_report(text, source=args.file, update=args.update)
             _notify(args, {"cmd": "reload"})
+            count = report["added"] + report["updated"]
             if args.json:
-                print(json.dumps({"imported": count}))
+                print(json.dumps({"imported": count, **{k: v for k, v in report.items()
+                                                        if v and k != "added"}}))
             else:
-                print(f"imported {count} devices from {args.file}")
+                print(f"imported {count} devices from {args.file}" + (
+                    f" ({report['updated']} updated, {report['unchanged']} unchanged)"
+                    if report["updated"] or report["unchanged"] else ""))
             return 0
+        if action == "export":
+            from knute.tools.cli import devices_share
+
+            return devices_share.export(reg, args.seal_for, args.out)
+        if action == "share":
+            from knute.tools.cli import devices_share
+
+            return devices_share.share(_config(args), reg, args.gateway, args.json)
     finally:
         reg.close()
     raise KnuteError(f"unknown action {action}")

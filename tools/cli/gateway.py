@@ -423,7 +423,21 @@ def format_status(st: dict[str, Any]) -> str:
                  f"oldest {spool.get('oldest_age_s', 0)} s, parked {spool.get('parked', 0)}")
     fwd = st.get("forwarder", {})
     lines.append(f"mqtt: {fwd.get('state', '?')}  forwarded {fwd.get('forwarded_total', 0)}  "
-                 f"in flight {fwd.get('inflight', 0)}  reconnects {fwd.get('reconnects', 0)}")
+                 f"in flight {fwd.get('inflight', 0)}  reconnects {fwd.get('reconnects', 0)}"
+                 + (f"  broker {fwd.get('broker')}" + ("  EVERY BROKER DOWN"
+                                                       if fwd.get("all_brokers_down") else "")
+                    if len(fwd.get("brokers", ())) > 1 else ""))
+    peers = st.get("peers")
+    if peers:
+        lines.append(f"peers: {'connected' if peers.get('connected') else 'not connected'}  "
+                     f"heard {peers.get('heard', 0)}  counters learned {peers.get('learned', 0)}")
+    share = (st.get("registry") or {}).get("share")
+    if share:
+        conflicts = share.get("conflicts", [])
+        lines.append(f"registry share: applied {sum(share.get('applied', {}).values())}  "
+                     f"bad messages {share.get('bad_messages', 0)}  conflicts {len(conflicts)}"
+                     + (": " + " ".join(c["device"] for c in conflicts[:10]) if conflicts
+                        else ""))
     silence = st.get("silence")
     if silence is not None:
         names = silence.get("devices", [])

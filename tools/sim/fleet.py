@@ -253,6 +253,11 @@ class Fleet:
         for pos, each in enumerate(self.nodes):
             heapq.heappush(self._queue, (each.next_send, each.device_id, pos))
 
+    def add_node(self, node: Node) -> None:
+        """Schedule one more node (its first send at ``node.next_send``)."""
+        self.nodes.append(node)
+        heapq.heappush(self._queue, (node.next_send, node.device_id, len(self.nodes) - 1))
+
     def next_time(self) -> float:
         """Simulated time of the next scheduled send."""
         return self._queue[0][0] if self._queue else math.inf

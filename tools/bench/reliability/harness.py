@@ -33,10 +33,16 @@ class Backend:
     """The MQTT subscriber standing for the city's backend (QoS 1, own connection)."""
 
     def __init__(self, host: str, port: int, *, prefix: str = PREFIX,
-                 tls_port: int | None = None) -> None:
+                 tls_port: int | None = None, more: Sequence[tuple[str, int]] = (),
+                 persistent: bool = False) -> None:
         self.host = host
         self.port = port
         self.prefix = prefix
+        # Further brokers (a gateway's fallbacks) subscribed to as well; ``persistent``:
+        # sessions that outlive the subscriber's connection (fixed client ids).
+        self.more = list(more)
+        self.persistent = persistent
+        self._more_subs: list[Subscriber] = []
         self.payloads: dict[str, bytes] = {}
         self.counts: dict[str, int] = {}
         self.order: dict[str, list[int]] = {}
@@ -48,14 +54,22 @@ class Backend:
         """Connect and subscribe; returns once the SUBACK is in."""
         self._sub = Subscriber(self.host, self.port, f"{self.prefix}/+/+/up",
                                client_id=f"rel-backend-{os.getpid()}-{id(self)}",
-                               on_message=self._on_message)
+                               on_message=self._on_message,
+                               clean_session=not self.persistent)
+        self._more_subs = [Subscriber(host, port, f"{self.prefix}/+/+/up",
+                                      client_id=f"rel-backend-{os.getpid()}-{id(self)}-{n}",
+                                      on_message=self._on_message,
+                                      clean_session=not self.persistent)
+                           for n, (host, port) in enumerate(self.more)]
 
     def disconnect(self) -> None:
-        """Stop the client."""
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                sub.close()
+        """Stop the clients."""
+        subs = [self._sub, *self._more_subs]
+        self._sub, self._more_subs = None, []
+        for sub in subs:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    sub.close()
 
     def _on_message(self, msg: Message) -> None:
         try:
@@ -126,7 +140,8 @@ class GatewayProc(GatewayProcess):
                  *, serial_url: str | None = None, udp_port: int | None = None,
                  spool_path: str | None = None, spool_max_mb: float = 64.0,
                  fsync: str = "normal", mqtt_extra: str = "", mqtt_host: str = "127.0.0.1",
-                 log_level: str = "info", log_json: bool = False) -> None:
+                 log_level: str = "info", log_json: bool = False, gateway_id: str = "rel",
+                 fallback_ports: Sequence[int] = ()) -> None:
         from knute.gateway.device_csv import csv_header, csv_line
         from knute.gateway.registry import Registry
 
@@ -140,9 +155,12 @@ class GatewayProc(GatewayProcess):
                         "reopen_min_s = 0.05\nreopen_max_s = 0.5\n")
         if udp_port is not None:
             sources += f'[[packet_forwarder]]\nname = "udp"\nlisten = "127.0.0.1:{udp_port}"\n'
+        brokers = (f'host = "{mqtt_host}"\nport = {mqtt_port}' if not fallback_ports else
+                   "brokers = [" + ", ".join(f'"{mqtt_host}:{p}"'
+                                             for p in (mqtt_port, *fallback_ports)) + "]")
         self.write_config(f"""
 [gateway]
-id = "rel"
+id = "{gateway_id}"
 data_dir = "{root}"
 registry = "registry.db"
 log_level = "{log_level}"
@@ -154,8 +172,7 @@ fsync = "{fsync}"
 [status]
 socket = "{self.status_socket}"
 [mqtt]
-host = "{mqtt_host}"
-port = {mqtt_port}
+{brokers}
 prefix = "{PREFIX}"
 keepalive = 5
 {mqtt_extra}
@@ -209,6 +226,7 @@ class FleetDriver:
         self._forwarders = [ForwarderClient(bytes.fromhex("aa555a00000000") + bytes((n,)),
                                             "127.0.0.1", self.udp_port) for n in range(2)]
         self.valid_ids: set[str] = set()
+        self.record: list[bytes] | None = None    # a list: every valid frame sent goes in
         self.sent = 0
         self.sent_valid = 0
         self.local_drops = 0
@@ -271,6 +289,8 @@ class FleetDriver:
 
                 _, dev, fcnt, _ = frame.parse_header(payload)
                 self.valid_ids.add(f"{dev:08x}:{fcnt}")
+                if self.record is not None:
+                    self.record.append(payload)
         rng = self.rng
         if device_id is None:                 # garbage: raw bytes on either link
             if rng.random() < 0.5:
@@ -322,7 +342,8 @@ class Rig:
     def __init__(self, workdir: Path, *, meters: int = 60, air: int = 20, rate: float = 200.0,
                  seed: int = 1, spool_path: str | None = None, spool_max_mb: float = 64.0,
                  fsync: str = "normal", broker: Any = None, mqtt_port: int | None = None,
-                 mqtt_extra: str = "", log_level: str = "info") -> None:
+                 mqtt_extra: str = "", log_level: str = "info",
+                 fallbacks: Sequence[Any] = ()) -> None:
         from knute.tools.rig.broker import Broker
 
         self.workdir = workdir
@@ -336,13 +357,20 @@ class Rig:
         if self.own_broker:
             self.broker.start()
         self.link = FaultyLink((self.broker.host, mqtt_port or self.broker.port), seed=seed)
-        self.backend = Backend(self.broker.host, self.broker.port)
+        # Fallback brokers (started by the caller): each behind its own fault relay, the
+        # backend subscribed to every broker with sessions that outlive a broker stop.
+        self.fallback_links = [FaultyLink((b.host, b.port), seed=seed + 1 + n)
+                               for n, b in enumerate(fallbacks)]
+        self.backend = Backend(self.broker.host, self.broker.port,
+                               more=[(b.host, b.port) for b in fallbacks],
+                               persistent=bool(fallbacks))
         self.backend.connect()
         self.fleet = FleetDriver(meters, air, seed=seed, rate=rate)
         self.gw = GatewayProc(workdir / "gateway", self.link.port, self.fleet.devices,
                               serial_url=self.fleet.serial_path, udp_port=self.fleet.udp_port,
                               spool_path=spool_path, spool_max_mb=spool_max_mb, fsync=fsync,
-                              mqtt_extra=mqtt_extra, log_level=log_level)
+                              mqtt_extra=mqtt_extra, log_level=log_level,
+                              fallback_ports=[lk.port for lk in self.fallback_links])
 
     def kill_broker(self) -> None:
         """Cut the gateway's link, let the backend take what is on its way, kill -9 the broker.
@@ -429,6 +457,8 @@ class Rig:
         self.gw.close()
         self.backend.disconnect()
         self.link.close()
+        for link in self.fallback_links:
+            link.close()
         if self.own_broker:
             self.broker.stop()
 

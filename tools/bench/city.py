@@ -1,0 +1,146 @@
+"""``knute bench city``: several gateway processes on one broker, each with its own fleet.
+
+Each gateway is ``knute gateway run`` (``learn_counters = true``, so every
+gateway also takes in every other gateway's readings, as in a city), fed by a
+simulated fleet of its own (real encrypted frames over a pty and the UDP
+packet-forwarder protocol, tools/bench/reliability/harness.FleetDriver) at
+``--rate`` transmissions a second, for ``--seconds``. One backend subscriber
+counts what arrives. The baseline is one gateway alone with the same fleet
+and rate, measured first in the same run.
+
+Figures per gateway: frames accepted per second, readings delivered per
+second, the gateway process's CPU seconds per 1,000 accepted frames; for the
+run: lost (accepted and never delivered) and duplicates (always the same id
+and bytes). On a 2-core machine the fleets, the broker and the gateways share
+the CPU, so the figures are a floor for a gateway on its own box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from knute.gateway.errors import KnuteError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the city benchmark."""
+    parser.add_argument("--gateways", type=int, default=3, help="gateway processes (default 3)")
+    parser.add_argument("--rate", type=float, default=300.0,
+                        help="transmissions a second per gateway's fleet (default 300)")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="how long the fleets send (default 20)")
+    parser.add_argument("--meters", type=int, default=200, help="meters per fleet (default 200)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run(workdir: Path, gateways: int, rate: float, seconds: float,
+         meters: int) -> dict[str, Any]:
+    from knute.tools.bench.reliability.harness import Backend, FleetDriver, GatewayProc
+    from knute.tools.rig.broker import Broker
+    from knute.tools.rig.wait import wait_for
+
+    broker = Broker(workdir / "broker", "mosquitto",
+                    extra_config="max_queued_messages 0\n")
+    (workdir / "broker").mkdir(parents=True, exist_ok=True)
+    broker.start()
+    fleets: list[Any] = []
+    gws: list[Any] = []
+    backend = Backend(broker.host, broker.port)
+    try:
+        backend.connect()
+        for n in range(gateways):
+            fleet = FleetDriver(meters, meters // 10, seed=100 + n, rate=rate,
+                                faults=(), fault_rate=0.0,
+                                first_device_id=0x40000000 + n * 0x10000)
+            gw = GatewayProc(workdir / f"gw-{n}", broker.port, fleet.devices,
+                             serial_url=fleet.serial_path, udp_port=fleet.udp_port,
+                             gateway_id=f"city-{n}", mqtt_extra="learn_counters = true\n",
+                             log_level="warning")
+            fleets.append(fleet)
+            gws.append(gw)
+        for gw in gws:
+            gw.start()
+        cpu0 = [_cpu_s(gw.proc.pid) for gw in gws]
+        start = time.monotonic()
+        for fleet in fleets:
+            fleet.start()
+        time.sleep(seconds)
+        for fleet in fleets:
+            fleet.stop()
+        sent_s = time.monotonic() - start
+
+        def drained() -> bool:
+            total = 0
+            for gw in gws:
+                st = gw.status()
+                if st["spool"]["depth"] or st["ingest"]["commit_waiting"]:
+                    return False
+                total += int(st["spool"]["accepted_total"])
+            return backend.delivered() >= total
+
+        wait_for(drained, 120 + seconds, "every gateway's spool to drain")
+        done_s = time.monotonic() - start
+        backend.quiet(0.3)
+        per_gw = []
+        accepted_total = 0
+        for n, gw in enumerate(gws):
+            st = gw.status()
+            accepted = int(st["spool"]["accepted_total"])
+            accepted_total += accepted
+            cpu = _cpu_s(gw.proc.pid) - cpu0[n]
+            per_gw.append({
+                "gateway": f"city-{n}", "sent": fleets[n].sent, "accepted": accepted,
+                "accepted_per_s": round(accepted / sent_s, 1),
+                "delivered_per_s": round(accepted / done_s, 1),
+                "cpu_s_per_1000": round(1000 * cpu / accepted, 3) if accepted else None,
+                "learned_heard": int((st.get("peers") or {}).get("heard", 0)),
+            })
+        return {"gateways": gateways, "rate_per_gateway": rate, "seconds": round(sent_s, 1),
+                "drained_after_s": round(done_s, 1), "per_gateway": per_gw,
+                "accepted": accepted_total, "delivered": backend.delivered(),
+                "lost": max(0, accepted_total - backend.delivered()),
+                "duplicates": backend.duplicates(),
+                "mismatched_duplicates": len(backend.mismatched)}
+    finally:
+        for gw in gws:
+            gw.close()
+        for fleet in fleets:
+            fleet.close()
+        backend.disconnect()
+        broker.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the baseline (one gateway) and the city (``--gateways``); print the figures."""
+    if args.gateways < 1 or args.rate <= 0 or args.seconds <= 0 or args.meters < 10:
+        raise KnuteError("--gateways >= 1, --rate > 0, --seconds > 0 and --meters >= 10")
+    with tempfile.TemporaryDirectory(prefix="knute-city-") as tmp:
+        base = _run(Path(tmp) / "baseline", 1, args.rate, args.seconds, args.meters)
+        city = _run(Path(tmp) / "city", args.gateways, args.rate, args.seconds, args.meters)
+    if args.json:
+        print(json.dumps({"baseline": base, "city": city}, indent=1))
+        return 0
+    print(f"{'run':<10} {'gateway':<8} {'sent':>7} {'accepted':>9} {'acc/s':>7} "
+          f"{'deliv/s':>8} {'cpu s/1k':>9} {'heard':>7}")
+    for name, res in (("baseline", base), ("city", city)):
+        for g in res["per_gateway"]:
+            print(f"{name:<10} {g['gateway']:<8} {g['sent']:>7} {g['accepted']:>9} "
+                  f"{g['accepted_per_s']:>7} {g['delivered_per_s']:>8} "
+                  f"{g['cpu_s_per_1000']!s:>9} {g['learned_heard']:>7}")
+        print(f"{name:<10} lost {res['lost']}, duplicates {res['duplicates']} "
+              f"({res['mismatched_duplicates']} with other bytes), drained after "
+              f"{res['drained_after_s']} s")
+    return 0 if not base["lost"] and not city["lost"] else 1
