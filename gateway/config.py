@@ -170,6 +170,8 @@ class GatewayConfig:
     counter_reset_below: int = 16
     drain_timeout_s: float = 10.0
     log_level: str = "info"
+    clock_speed: float = 1.0             # simulations: receptions stamped on a faster clock
+    clock_start: float | None = None     # ... running from this unix time (default: start)
     status_socket: str = DEFAULT_STATUS_SOCKET
     metrics_host: str | None = None
     metrics_port: int | None = None
@@ -320,6 +322,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
     drain = gw.number("drain_timeout_s", 10.0, 0.0, 3600.0)
     log_level = gw.text("log_level", "info",
                         choices=("debug", "info", "warning", "error"))
+    clock_speed = gw.number("clock_speed", 1.0, 1.0, 1e6)
+    clock_start = gw.number("clock_start", None, 0.0, 1e11)
     gw.done()
 
     sp = root.table("spool") or _Table(file, "spool", {})
@@ -431,6 +435,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         spool_fsync=fsync, dedup_window_s=dedup_ms / 1000.0, counter_reset_below=reset_below,
         max_receivers=max_receivers,
         drain_timeout_s=drain, log_level=log_level, status_socket=status_socket,
+        clock_speed=float(clock_speed),
+        clock_start=None if clock_start is None else float(clock_start),
         metrics_host=metrics_host, metrics_port=metrics_port, mqtt=mqtt,
         serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus, silence=silence,
         downlinks=downlinks,

@@ -32,6 +32,7 @@ rejected frames are logged with rate limits (``gateway.rejectlog``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -251,10 +252,17 @@ class Daemon:
             raise ConfigError(f"{cfg.path}: {exc}") from None
 
     def _sink(self, rx: Reception) -> None:
+        if self.cfg.clock_speed != 1.0:
+            rx = dataclasses.replace(rx, received_at=self._simulated(rx.received_at))
         try:
             self._queue.put(rx, timeout=1.0)
         except queue.Full:
             self.counters.reject("overload", rx.source)
+
+    def _simulated(self, t: float) -> float:
+        """Wall-clock ``t`` on ``[gateway] clock_speed``'s clock (simulations only)."""
+        start = self.cfg.clock_start if self.cfg.clock_start is not None else self.started_at
+        return start + (t - start) * self.cfg.clock_speed
 
     def _modbus_reading(self, reading: ModbusReading) -> None:
         # On the poller's thread: must not block.

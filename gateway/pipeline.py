@@ -8,7 +8,8 @@ serve them; tests/gateway/test_pure_core.py keeps it that way.
 
 For each ``Reception`` (frame bytes plus where and how it was heard):
 
-1. ``protocol.frame.parse_header``: version, kind, length (no key needed).
+1. ``protocol.frame.parse_header``: version, kind, length (no key needed), answered
+   by ``gateway.fastframe`` for well-formed headers.
 2. Registry lookup by device id: ``unknown_device`` if it is not registered.
 3. Dedup: a copy of a frame already waiting in the dedup window (same device,
    same counter, identical bytes) is merged into it: its receiver metadata is
@@ -16,14 +17,17 @@ For each ``Reception`` (frame bytes plus where and how it was heard):
 4. Verify and decrypt with the device's key (``Verifier``): AES-CCM through
    cryptography's ``AESCCM`` object, cached per device and tag length, nonce
    ``protocol.frame.nonce(device_id, fcnt)``, the 8 header bytes as associated
-   data, then ``protocol.frame.open_payload``. The result is exactly what
+   data, then ``protocol.frame.open_payload`` (``gateway.fastframe`` answers the
+   payloads the kinds table accepts in C, and leaves the rest to the protocol
+   code, so the reasons are the protocol's). The result is exactly what
    ``protocol.frame.decode`` returns, or the same FrameError reason.
    The frame's kind must be the registered kind (``kind_mismatch``).
 5. Replay check (``ReplayGuard``) against the last accepted counter:
      - no counter yet, or a higher one: new;
      - the same counter: ``duplicate`` when the bytes are those of the frame
        accepted with that counter (or when they are unknown, after a restart),
-       ``replay`` otherwise;
+       ``replay`` otherwise (the guard keeps each device's last accepted frame
+       as its fingerprint; a Modbus reading's is ``values_digest``);
      - a lower one: ``counter_reset`` when the new counter is below
        ``reset_below`` (16) and the last one is not, i.e. the node started
        counting again, typically after losing its state; ``replay`` otherwise.
@@ -67,7 +71,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from knute.gateway import message
+from knute.gateway import fastframe, message
 from knute.gateway.model import Accepted, Counters, Device
 from knute.gateway.model import Reception as Reception  # re-exported: sources build these
 from knute.protocol import frame as pframe
@@ -91,6 +95,10 @@ KIND_MISMATCH = "kind_mismatch"
 GATEWAY_REASONS = (UNKNOWN_DEVICE, REPLAY, DUPLICATE, COUNTER_RESET, OVERSIZE, KIND_MISMATCH)
 
 MODBUS = "modbus"             # source type of readings polled over Modbus
+
+_NONCE = fastframe.NONCE.pack     # protocol.frame.nonce's layout, as one C call
+_FAST_KINDS = fastframe.KINDS
+_LOADS = fastframe.loads
 
 DEFAULT_DEDUP_WINDOW_S = 0.2
 DEFAULT_RESET_BELOW = 16
@@ -231,22 +239,23 @@ class Verifier:
     """Verifies and decrypts frames, with one cached AESCCM object per device key."""
 
     def __init__(self) -> None:
-        self._aead: dict[tuple[int, int], tuple[bytes, AESCCM]] = {}
+        # device id -> (key, tag length, its AESCCM); a device whose key or tag length
+        # changes gets a new object (keyed by the id alone: no tuple built per frame)
+        self._aead: dict[int, tuple[bytes, int, AESCCM]] = {}
 
     def _cipher(self, device: Device, tag_len: int) -> AESCCM:
-        slot = (device.device_id, tag_len)
-        cached = self._aead.get(slot)
-        if cached is None or cached[0] != device.key:
-            cached = (device.key, AESCCM(device.key, tag_length=tag_len))
-            self._aead[slot] = cached
-        return cached[1]
+        cached = self._aead.get(device.device_id)
+        if cached is None or cached[1] != tag_len or cached[0] != device.key:
+            cached = (device.key, tag_len, AESCCM(device.key, tag_length=tag_len))
+            self._aead[device.device_id] = cached
+        return cached[2]
 
     def forget(self, keep: Mapping[int, Device]) -> None:
         """Drop cached ciphers of devices not in ``keep`` (after a registry reload)."""
-        for slot in list(self._aead):
-            dev = keep.get(slot[0])
-            if dev is None or dev.key != self._aead[slot][0]:
-                del self._aead[slot]
+        for device_id in list(self._aead):
+            dev = keep.get(device_id)
+            if dev is None or dev.key != self._aead[device_id][0]:
+                del self._aead[device_id]
 
     def verify(self, buf: bytes, device: Device,
                header_fields: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
@@ -256,14 +265,29 @@ class Verifier:
         has it already. Raises FrameError with the same reason
         ``protocol.frame.decode`` gives.
         """
-        kind_id, device_id, fcnt, tag_len = header_fields or pframe.parse_header(buf)
-        header = bytes(buf[:pframe.HEADER_LEN])
+        kind_id, device_id, fcnt, tag_len = header_fields or fastframe.parse_header(buf)
+        cached = self._aead.get(device_id)
+        if cached is None or cached[1] != tag_len or cached[0] != device.key:
+            aead = self._cipher(device, tag_len)
+        else:
+            aead = cached[2]
+        if buf.__class__ is not bytes:
+            buf = bytes(buf)
         try:
-            plain = self._cipher(device, tag_len).decrypt(
-                pframe.nonce(device_id, fcnt), bytes(buf[pframe.HEADER_LEN:]), header)
+            # protocol.frame.nonce(device_id, fcnt) and the 8 header bytes as associated
+            # data (DIR_UPLINK 0, HEADER_LEN 8: literals, as this runs for every frame)
+            plain = aead.decrypt(_NONCE(0, device_id, fcnt), buf[8:], buf[:8])
         except InvalidTag:
             raise FrameError(FRAME_TAG) from None
-        return pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
+        # fastframe.decoded, written out: the payloads the kinds table accepts in C,
+        # everything else (and every rejection) by the protocol's own code.
+        kind = _FAST_KINDS.get(kind_id)
+        if kind is not None and kind.match(plain) is not None:
+            payload = _LOADS(plain)
+            fast: dict[str, Any] = kind.build[len(payload)](device_id, fcnt, tag_len, payload)
+            return fast
+        slow: dict[str, Any] = pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
+        return slow
 
 
 class ReplayGuard:
@@ -415,7 +439,7 @@ class Pipeline:
         if len(buf) > pframe.MAX_FRAME:
             return self._reject(rx, OVERSIZE, detail=f"{len(buf)} bytes")
         try:
-            header_fields = pframe.parse_header(buf)
+            header_fields = fastframe.parse_header(buf)
         except FrameError as exc:
             return self._reject(rx, exc.reason, detail=exc.detail)
         device_id, fcnt = header_fields[1], header_fields[2]
@@ -428,7 +452,8 @@ class Pipeline:
             waiting.merge(rx, self.max_receivers)
             self.counters.inc("merged", rx.source)
             return Verdict("merged", None, device_id, fcnt)
-        fingerprint = digest(buf)
+        # A frame's fingerprint is its bytes: exact, and no hashing on the hot path.
+        fingerprint = bytes(buf)
         if self.replay.is_last(device_id, fcnt, fingerprint):
             # Identical bytes to the frame accepted with this counter: already
             # verified, so no need to decrypt again.

@@ -46,8 +46,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
+import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -62,6 +65,7 @@ import pytest
 
 # The broker class is shared with the demo and the benchmarks; tests import it from here.
 from knute.tools.rig.broker import MOSQUITTO, Broker, BrokerError, free_port
+from tests.budget import NIGHTLY, NIGHTLY_DEFAULT_EXAMPLES, profile_name
 
 __all__ = ["MOSQUITTO", "Broker", "BrokerError", "free_port"]
 
@@ -78,7 +82,7 @@ CHECKED_THREAD_PREFIX = "knute-"
 PROCESS_FIXTURES = frozenset({
     "micropython_bin", "knute_bin", "mosquitto", "mqtt_broker_factory", "pytester",
     "bench_node", "modbus_sim", "board", "mpremote", "tuned_broker", "tls_broker",
-    "pg_cluster",
+    "pg_cluster", "knute_wheel",
 })
 # Tests that start processes without such a fixture: node-id prefixes (a module, a
 # class or one test). A test missing here fails in the process check below.
@@ -103,6 +107,10 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/gateway/test_systemd_unit.py",
     "tests/tools/test_plan_cli.py",
     "tests/tools/test_bench_leaks.py",
+    "tests/tools/test_bench_hot_path.py::test_protocol_bench_json_keys",
+    "tests/tools/test_bench_hot_path.py::test_gateway_bench_json_keys",
+    "tests/tools/test_cli_start.py",
+    "tests/tools/test_rig_proc.py",
     "tests/tools/test_provision.py::test_a_write_that_fails_midway_is_one_clear_error",
     "tests/tools/test_vdevice.py::test_temporary_flash_is_removed_on_close",
 )
@@ -201,7 +209,8 @@ def _hypothesis_profile() -> None:
     same examples (chosen from each test's own source), so a red CI run is
     reproducible and a green one is not luck. Developers keep random
     exploration and the local example database, which replays past failures.
-    ``$HYPOTHESIS_PROFILE`` picks a profile by name.
+    ``$HYPOTHESIS_PROFILE`` picks a profile by name: ``nightly`` runs every property's
+    larger example count (``tests/budget.py``), randomized.
     """
     try:
         from hypothesis import HealthCheck, settings
@@ -211,11 +220,46 @@ def _hypothesis_profile() -> None:
                               suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("ci", parent=settings.get_profile("knute"), print_blob=True,
                               derandomize=True, database=None)
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or (
-        "ci" if os.environ.get("CI") else "knute"))
+    # Nightly: each property's larger count (tests/budget.py), random examples.
+    settings.register_profile(NIGHTLY, parent=settings.get_profile("knute"), print_blob=True,
+                              max_examples=NIGHTLY_DEFAULT_EXAMPLES)
+    settings.load_profile(profile_name())
 
 
 _hypothesis_profile()
+
+
+# ---------------------------------------------------------------- CPU per test
+
+CPU_LOG_ENV = "KNUTE_TEST_CPU_LOG"   # a path prefix: where each test's CPU is written
+
+
+def _cpu_s() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its reaped children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, object]:
+    """With ``$KNUTE_TEST_CPU_LOG`` set, append each test's wall and CPU seconds (its own
+    and its processes') as a JSON line to ``<prefix>-<xdist worker>.jsonl``: where a
+    run's CPU goes, which the wall-clock ``--durations`` of a loaded machine hides."""
+    prefix = os.environ.get(CPU_LOG_ENV)
+    if not prefix:
+        return (yield)
+    own, children = _cpu_s()
+    started = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        own_after, children_after = _cpu_s()
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(f"{prefix}-{worker}.jsonl", "a") as log:
+            log.write(json.dumps({"id": item.nodeid, "wall": time.monotonic() - started,
+                                  "self": own_after - own,
+                                  "child": children_after - children}) + "\n")
 
 
 # ---------------------------------------------------------------- executables
@@ -249,6 +293,30 @@ def micropython_bin() -> Path:
 def knute_bin() -> Path:
     """Path of the ``knute`` console script (beside ``sys.executable``)."""
     return _venv_executable("knute", "run `make bootstrap` (pip install -e . into .venv)")
+
+
+# ---------------------------------------------------------------- the wheel
+
+@pytest.fixture(scope="session")
+def knute_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel of this checkout, built once per run (no network: hatchling is in the lock).
+
+    pytest-xdist workers share it: the first to ask builds it under a lock in the
+    run's common temporary folder, the others wait and take it.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "knute-wheel"
+    with open(shared / "knute-wheel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = sorted(out.glob("knute-*.whl"))
+        if not built:
+            subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+                           check=True, capture_output=True, text=True, timeout=600)
+            built = sorted(out.glob("knute-*.whl"))
+    (wheel,) = built
+    return wheel
 
 
 # ---------------------------------------------------------------- ports

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from knute.backend.hours import HOUR_S, IncrementalSeries, MeterReading, Slot, rebuild
 from tests.backend.factory import T0
 from tests.backend.test_hours_property import meter_history
+from tests.budget import examples
 
 
 def _same(readings: list[MeterReading]) -> IncrementalSeries:
@@ -27,7 +28,9 @@ def _same(readings: list[MeterReading]) -> IncrementalSeries:
     return series
 
 
-@settings(max_examples=400)
+# Arrival orders are permutations of at most a dozen readings with repeats; 100
+# fixed orders include reversed, repeated and gapped histories. Nightly: 2,000.
+@settings(max_examples=examples(ci=100, nightly=2000))
 @given(meter_history())
 def test_incremental_equals_rebuild_for_any_arrival_order(
         history: tuple[list[int], list[MeterReading]]) -> None:
@@ -35,7 +38,9 @@ def test_incremental_equals_rebuild_for_any_arrival_order(
     _same(readings)
 
 
-@settings(max_examples=200)
+# Each example draws up to 12 readings with five delay classes and conflicting
+# slots; 60 fixed examples meet each delay class against each other. Nightly: 1,000.
+@settings(max_examples=examples(ci=60, nightly=1000))
 @given(st.data())
 def test_incremental_equals_rebuild_when_readings_disagree_and_arrive_late(
         data: st.DataObject) -> None:

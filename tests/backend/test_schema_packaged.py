@@ -38,12 +38,9 @@ def test_the_checker_uses_the_packaged_schema_unless_told_otherwise(tmp_path: Pa
         ReadingChecker(strict).check(topic(doc), json.dumps(doc).encode())
 
 
-def test_the_installed_wheel_validates_without_the_source_tree(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(wheels), str(ROOT)], check=True, capture_output=True,
-                   text=True, timeout=TIMEOUT_S)
-    (wheel,) = wheels.glob("knute-*.whl")
+def test_the_installed_wheel_validates_without_the_source_tree(tmp_path: Path,
+                                                               knute_wheel: Path) -> None:
+    wheel = knute_wheel
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(target), str(wheel)], check=True, capture_output=True, text=True,

@@ -6,27 +6,17 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-
+from knute.backend import config as backend_config
+from knute.backend.air_index import EAQI, HOUR_S
+from knute.backend.air_service import AirIndexes
+from knute.backend.store import Store
 from knute.firmware.config_display import DISPLAY_PALETTES
-from knute.tools.sim.sculpture import area_level, index_message, pm2_5_level
+from knute.tools.sim.sculpture import AREA, BANDS
 
 
-@pytest.mark.parametrize(("pm2_5", "level"), [
-    (0.0, 1), (5.0, 1), (5.1, 2), (15.0, 2), (15.1, 3), (50.0, 3), (50.1, 4), (90.0, 4),
-    (90.1, 5), (140.0, 5), (140.1, 6), (500.0, 6)])
-def test_demo_rule_bands_pm2_5_as_the_eaqi(pm2_5: float, level: int) -> None:
-    assert pm2_5_level(pm2_5) == level
-
-
-def test_demo_rule_takes_the_median_station() -> None:
-    # Median of 4.0, 12.0, 60.0 is 12.0: fair, though one station is poor.
-    assert area_level([60.0, 4.0, 12.0]) == 2
-    assert area_level([8.0, 32.0]) == 3          # median 20.0
-    assert area_level([]) is None
-    doc = index_message(None, 1764676800, [])
-    assert doc["status"] == "withheld" and doc["level"] is None
-    assert index_message(4, 1764676800, ["0000000a"])["valid_until"] == "2025-12-02T12:02:00Z"
+def test_sculpture_bands_are_the_backends_eaqi_bands() -> None:
+    # air_index in the demo's summary is a band name of the backend's primary scale.
+    assert EAQI.names == BANDS
 
 
 def test_demo_json_reports_the_sculpture(knute_bin: Path, tmp_path: Path) -> None:
@@ -37,14 +27,37 @@ def test_demo_json_reports_the_sculpture(knute_bin: Path, tmp_path: Path) -> Non
         capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
-    level = summary["air_index"]
-    assert level in range(1, 7)
-    # The strip settled on the palette's colour of the area's final level.
+    # air_index is the backend's last area index: the band its store gives for the
+    # last hour the air stations' readings closed.
+    band = summary["air_index"]
+    assert band in BANDS
+    assert band == _backends_last_band(run / "backend")
+    level = BANDS.index(band) + 1
+    # The strip settled on the palette's colour of the backend's final band.
     assert summary["display_colour"] == DISPLAY_PALETTES["eaqi"][level - 1]
     lines = (run / "sculpture" / "strip.txt").read_text().splitlines()
     colours = [line.split()[2].split("*")[0] for line in lines]
     assert colours[0] == "#000000" and colours[-1] == summary["display_colour"]
     assert len(set(colours)) >= 10          # it faded in, not jumped
+
+
+def _backends_last_band(backend_dir: Path) -> str | None:
+    config = backend_config.load(next(backend_dir.glob("*.toml")))
+    assert [a.name for a in config.air_areas] == [AREA]
+    area = config.air_areas[0]
+    assert len(area.stations) == 6
+    store = Store(config.store_path)
+    try:
+        heard = store.last_heard()
+        newest = max(heard[d] for d in area.stations if d in heard)
+        # The hour before the newest reading's: closed by that reading, published last.
+        hour = int(newest) - int(newest) % HOUR_S - HOUR_S
+        indexes = AirIndexes(config, store)
+        index, _ = indexes.area(area, hour)
+        band = indexes.document(index, newest)["band"]
+        return band if isinstance(band, str) else None
+    finally:
+        store.close()
 
 
 def test_live_view_panel_shows_the_strip_colour_and_band() -> None:

@@ -21,6 +21,7 @@ from hypothesis.stateful import (
 
 from knute.gateway.delivery import DeliveryWindow, LossTracker, publish_packet_size
 from knute.gateway.model import Row
+from tests.budget import examples
 
 
 def row(row_id: int, payload: bytes = b"{}", topic: str = "k/water_meter/00000001/up") -> Row:
@@ -232,7 +233,11 @@ class WindowMachine(RuleBasedStateMachine):
 
 
 TestWindowMachine = WindowMachine.TestCase
-TestWindowMachine.settings = settings(max_examples=150, stateful_step_count=40)
+# A limit of 1 to 8 rows and up to 6 offered a step: 40 steps fill the window in
+# most runs, and 50 fixed runs meet each pair of rules (offer, take, answer, time
+# passes) several times. Nightly: 1,000.
+TestWindowMachine.settings = settings(max_examples=examples(ci=50, nightly=1000),
+                                      stateful_step_count=40)
 
 
 def test_backoff_capped_for_a_refused_connection_stays_jittered_below_the_cap() -> None:

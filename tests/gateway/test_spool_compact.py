@@ -21,6 +21,7 @@ from knute.gateway.spool import SCHEMA_VERSION, Accepted, Spool, row_size
 from knute.gateway.spool_rows import Stored, message_of, store_form
 from knute.gateway.spool_schema import FORM_DEFLATED, PARKED_TABLE, deflate
 from knute.protocol import frame, kinds
+from tests.budget import examples
 from tests.gateway.test_spool_park import V2_SCHEMA
 from tests.protocol.strategies import KIND_NAMES, readings
 
@@ -75,7 +76,9 @@ def through_the_spool(r: message.Reading, epoch: int = 0) -> tuple[str | None, s
     return message_of(stored, (form, text))
 
 
-@settings(max_examples=300)
+# The stored form differs by kind and reading shape: 100 fixed examples give
+# each kind over a dozen readings. Nightly: 2,000.
+@settings(max_examples=examples(ci=100, nightly=2000))
 @given(st.sampled_from(KIND_NAMES).flatmap(lambda k: st.tuples(st.just(k), readings(k))),
        st.integers(0, 0xFFFFFFFF), st.integers(0, frame.MAX_FCNT),
        st.floats(1_000_000_000, 3_000_000_000, allow_nan=False), receivers_lists,

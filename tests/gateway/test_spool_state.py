@@ -27,6 +27,7 @@ from hypothesis.stateful import (
 )
 
 from knute.gateway.spool import Accepted, Spool, row_size
+from tests.budget import examples
 
 MAX_BYTES = 4000
 MAX_AGE_S = 500.0
@@ -159,6 +160,9 @@ class SpoolMachine(RuleBasedStateMachine):
         assert self.spool.counters() == self.max_fcnt
 
 
-SpoolMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
-                                          deadline=None)
+# Five rules (accept, fetch, ack, reopen, time passes) over 30 steps: 20 fixed
+# runs meet each pair of rules several times. Every step works on a real SQLite
+# file, so runs are costly (60 were 7 s of CPU). Nightly: 300.
+SpoolMachine.TestCase.settings = settings(max_examples=examples(ci=20, nightly=300),
+                                          stateful_step_count=30, deadline=None)
 TestSpoolMachine = SpoolMachine.TestCase

@@ -37,31 +37,42 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def ci_run(tree: Path) -> subprocess.CompletedProcess[str]:
-    """``bash .ci/run`` in ``tree``, using this checkout's bootstrapped .venv."""
+@pytest.fixture(scope="session")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache for every scratch run: each checks the same typeshed first."""
+    return tmp_path_factory.mktemp("mypy-cache")
+
+
+def ci_run(tree: Path, mypy_cache: Path) -> subprocess.CompletedProcess[str]:
+    """``bash .ci/run`` in ``tree``, using this checkout's bootstrapped .venv.
+
+    One pytest-xdist worker (JOBS=1): a scratch suite of one test needs no more, and
+    the run still goes through xdist as make test does.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "PYTEST"))}
+    env["MYPY_CACHE_DIR"] = str(mypy_cache)
     return subprocess.run(
         ["bash", ".ci/run", "-o", str(STAMP), f"VENV={VENV}", "MOSQUITTO_BIN=/bin/true",
-         f"UPY32={upy32_path()}"],      # the scratch tree has no ../shared beside it
+         f"UPY32={upy32_path()}", "JOBS=1"],   # the scratch tree has no ../shared beside it
         cwd=tree, capture_output=True, text=True, timeout=300, env=env)
 
 
-def test_ci_fails_when_no_test_was_collected(tree: Path) -> None:
-    run = ci_run(tree)
+def test_ci_fails_when_no_test_was_collected(tree: Path, mypy_cache: Path) -> None:
+    run = ci_run(tree, mypy_cache)
     assert run.returncode != 0, run.stdout
     assert "make test: FAILED: pytest collected no test (exit status 5)" in run.stdout
     assert "ci: FAILED: pytest collected no tests" in run.stdout
 
 
-def test_ci_passes_a_green_suite_and_fails_a_red_one(tree: Path) -> None:
+def test_ci_passes_a_green_suite_and_fails_a_red_one(tree: Path, mypy_cache: Path) -> None:
     test_file = tree / "tests" / "test_sample.py"
     test_file.write_text("def test_sample() -> None:\n    assert 6 * 7 == 42\n")
-    run = ci_run(tree)
+    run = ci_run(tree, mypy_cache)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
     assert "ci: make test passed" in run.stdout
 
     test_file.write_text("def test_sample() -> None:\n    assert 6 * 7 == 43\n")
-    run = ci_run(tree)
+    run = ci_run(tree, mypy_cache)
     assert run.returncode != 0
     assert "1 failed" in run.stdout and "ci: FAILED: make test exited" in run.stdout

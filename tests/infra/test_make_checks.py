@@ -1,11 +1,15 @@
 """The Makefile's MicroPython checks (typecheck-upy, mpy) catch what they should.
 
 Each test copies the Makefile and mypy-upy.ini into a scratch tree with a few
-modules and runs the real target there, using this checkout's .venv.
+modules and runs the real target there, using this checkout's .venv. A
+typecheck-upy run is three mypy starts over MicroPython's stubs (6 s of CPU), so
+cases that fail in their own modules share one run, which checks each module's
+errors by name.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -56,41 +60,82 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_upy_check_passes_clean_code(tree: Path) -> None:
-    (tree / "firmware" / "timing.py").write_text(CLEAN_MODULE)
-    run = make(tree, "typecheck-upy")
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "esp32 stubs" in run.stdout and "rp2 stubs" in run.stdout
+# Modules named after a port (<port>.py, <port>_*.py) are checked against their own
+# port's stubs only, unix.py and unix_*.py against the unix port's only: rp2 exists
+# only in the rp2 stubs, esp32 only in the esp32 stubs, termios only on unix.
+PORT_NAMED = {
+    "firmware/hal/rp2.py": "import rp2\nSM = rp2.StateMachine\n",
+    "firmware/hal/rp2_pio.py": "import rp2\n",
+    "firmware/hal/esp32.py": "import esp32\nP = esp32.Partition\n",
+    "firmware/hal/unix.py": "import termios\n",
+    "firmware/hal/unix_wiring.py": "import termios\n",
+}
 
-
-@pytest.mark.parametrize(("source", "message"), [
+# What MicroPython lacks, one module each: (source, what mypy says about it).
+LACKING = [
     ("import itertools\n", 'module named "itertools"'),
     ("import time\nT = time.monotonic()\n", '"monotonic"'),
     ("import time\n\ndef later(t):\n    return time.ticks_add(t)\n", '"ticks_add"'),
     ("import machine\n\ndef f():\n    machine.no_such_thing()\n", '"no_such_thing"'),
-])
-def test_upy_check_rejects_what_micropython_lacks(tree: Path, source: str, message: str) -> None:
-    (tree / "protocol" / "bad.py").write_text(source)
-    run = make(tree, "typecheck-upy")
-    assert run.returncode != 0
-    assert "protocol/bad.py" in run.stdout and message in run.stdout, run.stdout
+]
 
 
-def test_upy_check_uses_each_ports_own_stubs(tree: Path) -> None:
-    # rp2 exists only in the rp2 stubs, esp32 only in the esp32 stubs; port-named
-    # modules (<port>.py, <port>_*.py) are checked against their own port only,
-    # unix.py and unix_*.py against none.
-    (tree / "firmware" / "hal" / "rp2.py").write_text("import rp2\nSM = rp2.StateMachine\n")
-    (tree / "firmware" / "hal" / "esp32.py").write_text("import esp32\nP = esp32.Partition\n")
-    (tree / "firmware" / "hal" / "unix.py").write_text("import termios\n")
-    (tree / "firmware" / "hal" / "unix_wiring.py").write_text("import termios\n")
-    (tree / "firmware" / "hal" / "rp2_pio.py").write_text("import rp2\n")
+def write(tree: Path, files: dict[str, str]) -> None:
+    """Write ``files`` (path in the tree -> text)."""
+    for name, text in files.items():
+        (tree / name).write_text(text)
+
+
+def by_port(stdout: str) -> dict[str, str]:
+    """typecheck-upy's report split into each port's mypy output (port -> text)."""
+    parts = re.split(r"^mypy \(MicroPython (\w+) stubs\).*$", stdout, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def errors_of(report: str, path: str) -> list[str]:
+    """The error lines of ``report`` about the module at ``path``."""
+    return [line for line in report.splitlines()
+            if line.startswith(path + ":") and ": error: " in line]
+
+
+def test_upy_check_passes_clean_code_and_port_named_modules(tree: Path) -> None:
+    write(tree, {"firmware/timing.py": CLEAN_MODULE, **PORT_NAMED})
     run = make(tree, "typecheck-upy")
     assert run.returncode == 0, run.stdout + run.stderr
+    assert set(by_port(run.stdout)) == {"esp32", "rp2", "unix"}, run.stdout
 
-    (tree / "firmware" / "shared.py").write_text("import rp2\n")
+
+def test_upy_check_rejects_what_each_port_lacks(tree: Path) -> None:
+    # Every case in one run (a typecheck-upy is a mypy per port over its stubs): each
+    # case is a module of its own, and each error line names its module.
+    write(tree, {f"protocol/bad_{i}.py": source for i, (source, _) in enumerate(LACKING)})
+    write(tree, PORT_NAMED)
+    write(tree, {
+        "firmware/shared.py": "import rp2\n",     # not port-named: checked on every port
+        # time.monotonic is CPython's: MicroPython (the unix port too) has ticks_ms.
+        "firmware/hal/unix.py":
+            "import time\n\n\ndef now_ms():\n    return int(time.monotonic() * 1000)\n",
+    })
     run = make(tree, "typecheck-upy")
-    assert run.returncode != 0 and 'module named "rp2"' in run.stdout, run.stdout
+    assert run.returncode != 0
+    report = by_port(run.stdout)
+    assert set(report) == {"esp32", "rp2", "unix"}, run.stdout
+    for port in ("esp32", "rp2"):
+        for i, (_, message) in enumerate(LACKING):
+            found = errors_of(report[port], f"protocol/bad_{i}.py")
+            assert found and message in found[0], (port, message, run.stdout)
+    # Port-named modules are left out of the other ports' checks.
+    for port, text in report.items():
+        for path in PORT_NAMED:
+            if path != "firmware/hal/unix.py":
+                assert not errors_of(text, path), (port, path, run.stdout)
+    assert 'module named "rp2"' in errors_of(report["esp32"], "firmware/shared.py")[0]
+    assert not errors_of(report["rp2"], "firmware/shared.py"), run.stdout
+    # unix.py only against the unix port's stubs, which lack CPython's time.monotonic.
+    assert errors_of(report["unix"], "firmware/hal/unix.py") == [
+        'firmware/hal/unix.py:5: error: Module has no attribute "monotonic"  [attr-defined]']
+    assert "firmware/hal/unix.py" not in report["esp32"] + report["rp2"]
+    assert "typecheck-upy: errors with the stubs of: esp32 rp2 unix" in run.stdout
 
 
 def test_upy_stubs_do_not_leak_into_the_cpython_check(tmp_path: Path) -> None:
@@ -150,15 +195,3 @@ def test_stub_check_catches_a_stub_that_drifted_from_its_module(tree: Path) -> N
     assert run.returncode != 0
     assert "protocol.codec.encode is inconsistent" in run.stdout, run.stdout
     assert 'stub does not have parameter "nonce"' in run.stdout, run.stdout
-
-
-def test_unix_port_modules_are_checked_against_micropython_stdlib_stubs(tree: Path) -> None:
-    # time.monotonic is CPython's: MicroPython (the unix port too) has ticks_ms.
-    (tree / "firmware" / "hal" / "unix.py").write_text(
-        "import time\n\n\ndef now_ms():\n    return int(time.monotonic() * 1000)\n")
-    run = make(tree, "typecheck-upy")
-    assert run.returncode != 0
-    assert "mypy (MicroPython unix stubs)" in run.stdout
-    assert 'firmware/hal/unix.py:5: error: Module has no attribute "monotonic"' in run.stdout, \
-        run.stdout
-    assert "typecheck-upy: errors with the stubs of: unix" in run.stdout

@@ -47,15 +47,10 @@ def test_lock_pins_every_extra_of_the_dev_venv() -> None:
     assert "knute" not in pinned and "file://" not in lock
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel of this checkout, built without network (hatchling is in the lock)."""
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
-    (built,) = out.glob("knute-*.whl")
-    return built
+@pytest.fixture
+def wheel(knute_wheel: Path) -> Path:
+    """The wheel of this checkout (built once per run, tests/conftest.py)."""
+    return knute_wheel
 
 
 def test_wheel_ships_the_modbus_maps(wheel: Path) -> None:
@@ -98,14 +93,18 @@ map = "generic_water_meter"
 def test_gateway_extra_alone_runs_gateway_check_on_a_shipped_map(
         wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # No pip in the new venv (ensurepip alone took minutes on a loaded machine): this
+    # venv's pip installs into it with --python.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
     install = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+        [*pip, "install", "-q", "--disable-pip-version-check",
          "-c", str(ROOT / "requirements.lock"), f"{wheel}[gateway]"],
         capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, env=env)
     assert install.returncode == 0, install.stdout + install.stderr
-    listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+    listed = subprocess.run([*pip, "list", "--format=freeze"],
                             capture_output=True, text=True, check=True, timeout=120, env=env)
     installed = {line.split("==")[0].lower().replace("_", "-")
                  for line in listed.stdout.splitlines()}

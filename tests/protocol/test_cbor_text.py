@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from knute.protocol import cbor
 from knute.protocol.errors import FrameError
+from tests.budget import examples
 
 # Bytes biased towards lead and continuation bytes, where the edge cases are.
 utf8ish = st.lists(st.one_of(st.integers(0, 0x7F), st.integers(0x80, 0xBF),
@@ -24,7 +25,10 @@ def _text_item(raw: bytes) -> bytes:
     return bytes((0x60 | len(raw),)) + raw
 
 
-@settings(max_examples=1000)
+# Text of at most 12 bytes, biased to lead and continuation bytes: 400 fixed
+# examples cover each UTF-8 error class (overlong, surrogate, truncated, above
+# U+10FFFF) many times over. Nightly: 5,000.
+@settings(max_examples=examples(ci=400, nightly=5000))
 @given(st.one_of(utf8ish, st.binary(max_size=12), st.text(max_size=6).map(str.encode)))
 def test_text_is_accepted_exactly_when_cpython_decodes_it(raw: bytes) -> None:
     try:

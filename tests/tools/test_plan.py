@@ -66,13 +66,18 @@ def test_seeded_runs_repeat_and_seeds_differ() -> None:
 
 
 def test_sweep_finds_the_same_overlaps_as_the_pairwise_reference() -> None:
+    # The reference is O(n^2): 3,600 frames in an hour and a half at 96 sends a day,
+    # dense enough that a quarter of them overlap and some 190 overlap more than one
+    # other (a day at 24 sends, 14,400 frames, cost 20 times the CPU and had a third
+    # as many of those).
     cfg = PlanConfig(nodes=600, gateways=1, radius_km=2.0, channels=radio.CHANNEL_PLAN_HZ[:2],
-                     sends_per_day=24, frame_bytes=FRAME)
+                     sends_per_day=96, duration_s=radio.DAY_S / 16, frame_bytes=FRAME)
     city = radio.build_city(cfg)
     fr = radio.make_frames(cfg, city)
     sweep = radio.find_overlaps(fr)
     pairs = radio.find_overlaps_pairwise(fr)
-    assert sweep.keys() == pairs.keys() and len(sweep) > 50
+    assert sweep.keys() == pairs.keys() and len(sweep) > 500
+    assert sum(1 for others in sweep.values() if len(others) > 1) > 100
     assert all(sorted(sweep[k]) == sorted(pairs[k]) for k in sweep)
 
 

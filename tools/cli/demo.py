@@ -14,15 +14,25 @@ What runs:
   wired to a second serial source of the gateway;
 - an MQTT subscriber that checks what the backend receives;
 - the city's backend (``knute backend run``): it stores every reading, raises
-  alerts and serves its web page, whose URL the demo prints. The fleet's water
+  alerts, computes the air-quality index of the demo's area (every air node is
+  a station of ``sentrum``, docs/air.md) and serves its web page, whose URL the
+  demo prints. The fleet's water
   meters form two districts, each with a bulk inlet meter that counts its
   households' water and what its pipes lose (tools/sim/bulk_meters.py), so the
   page shows each district's balance and loss. The firmware boards' meters
   belong to no district (the inlets cannot know their water);
 - the light sculpture (tools/sim/sculpture.py): the real ``display`` firmware
-  on the unix port, its LED strip simulated, following the area index the demo
-  publishes retained from the air nodes' PM2.5 (a documented stand-in rule
-  until the backend's index runs here).
+  on the unix port, its LED strip simulated, following the area index the
+  backend publishes retained.
+
+Time is simulated (``--speed``): the gateway stamps what it receives on a clock
+that runs at the fleet's pace (``[gateway] clock_speed``), so the backend's
+hours, which are reading time, pass as fast as the fleet's and an area index
+comes every simulated hour (every 2 s at the default speed). The gateway's
+clock starts as the gateway does, the fleet's a moment later when it starts
+sending (about 2 s later here): the readings' times run that gap times
+``--speed`` (about an hour at the default) ahead of the fleet's model, which
+changes no figure the demo checks.
 
 Interactive (a terminal): a rich live view of devices, alarms, spool and
 counters; ``o`` stops or restarts the broker to watch the spool fill and drain,
@@ -30,8 +40,9 @@ counters; ``o`` stops or restarts the broker to watch the spool fill and drain,
 object): runs that long with a broker outage in the middle, stops the fleet,
 waits for the spool to drain and prints sent, received, lost (must be 0),
 duplicates and alarms, the backend's figures (readings stored, alerts open), the
-area's final index level (``air_index``) and the strip's final colour
-(``display_colour``, ``#rrggbb``).
+EAQI band of the backend's last area index (``air_index``, read from its retained
+topic; null when none was published or it was withheld) and the strip's final
+colour (``display_colour``, ``#rrggbb``).
 """
 
 from __future__ import annotations
@@ -131,6 +142,7 @@ class Demo:
         # queued QoS 1 messages survive the outage the demo stages.
         self.broker = Broker(workdir / "broker", None, persistent=True)
         self.start_time = time.time()
+        self.clock_start = self.start_time     # the gateway's simulated clock starts here
         self.fleet = Fleet(args.meters, args.air, start=self.start_time, seed=args.seed,
                            faults=DEMO_FAULTS, fault_rate=args.fault_rate)
         self.districts = self._add_districts()
@@ -206,6 +218,9 @@ id = "demo"
 data_dir = "{self.workdir}"
 registry = "registry.db"
 log_level = "warning"
+# The fleet's pace: readings carry simulated time, so the backend's hours pass.
+clock_speed = {self.args.speed}
+clock_start = {self.clock_start:.3f}
 
 [spool]
 path = "spool.db"
@@ -230,6 +245,8 @@ listen = "127.0.0.1:{self.udp_port}"
 """
 
     def _start_gateway(self) -> None:
+        # As late as may be: the fleet's clock starts when it starts sending, right after.
+        self.clock_start = time.time()
         self.gateway.write_config(self._gateway_config())
         self.gateway.start(wait_sources=False)
         self.event("gateway: running")
@@ -258,33 +275,27 @@ listen = "127.0.0.1:{self.udp_port}"
         return [(name, inlet, [f"{n.device_id:08x}" for n in part])
                 for (name, inlet), part in zip(DEMO_DISTRICTS, parts, strict=True) if part]
 
-    def latest_pm2_5(self) -> dict[str, float]:
-        """Each air station's latest PM2.5 (ug/m3) as the subscriber received it."""
-        with self.seen.lock:
-            docs = list(self.seen.last.values())
-        out = {}
-        for doc in docs:
-            value = doc.get("readings", {}).get("pm2_5", {}).get("value")
-            if doc.get("kind") == "air_quality" and isinstance(value, (int, float)):
-                out[doc["device"]] = float(value)
-        return out
-
     def _start_sculpture(self) -> None:
         from knute.tools.sim.sculpture import Sculpture
 
         self.sculpture = Sculpture(self.workdir / "sculpture", self.broker.host,
                                    self.broker.port, PREFIX)
-        self.sculpture.start(self.latest_pm2_5)
+        self.sculpture.start()
         self.event(f"sculpture: display node following {self.sculpture.topic}")
 
     def _backend_config(self) -> str:
         from knute.tools.sim.fleet import WATER_SEND_EVERY_S
+        from knute.tools.sim.sculpture import AREA
 
         districts = "".join(
             f'\n[[district]]\nname = "{name}"\ninflow = ["{inlet}"]\n'
             f"households = {json.dumps(part)}\n" for name, inlet, part in self.districts)
         # A meter sends every 6 simulated hours: that many real seconds at this speed.
         interval = max(1.0, WATER_SEND_EVERY_S / self.args.speed)
+        stations = sorted(f"{n.device_id:08x}" for n in self.fleet.nodes
+                          if n.kind == "air_quality")
+        air = (f'\n[air]\nscale = "eaqi"\n\n[[air_area]]\nname = "{AREA}"\n'
+               f"stations = {json.dumps(stations)}\n" if stations else "")
         return f"""
 [mqtt]
 host = "{self.broker.host}"
@@ -304,7 +315,7 @@ evaluate_every_s = 2
 [web]
 host = "127.0.0.1"
 port = {_web_port(self.args.web_port)}
-{districts}"""
+{air}{districts}"""
 
     def _start_backend(self) -> None:
         self.backend.write_config(self._backend_config())
@@ -447,7 +458,7 @@ port = {_web_port(self.args.web_port)}
         sculpture = self.sculpture
         if sculpture is not None:
             sculpture.settle(timeout_s=15)
-        return {"air_index": sculpture.level if sculpture else None,
+        return {"air_index": sculpture.band if sculpture else None,
                 "display_colour": sculpture.colour() if sculpture else None,
                 "sent": len(self.all_expected()), "received": received,
                 "lost": len(self.missing()),

@@ -12,6 +12,8 @@
 - ``flash`` and ``node``: firmware images compiled by mpy-cross and nodes run
   by the MicroPython unix port;
 - ``wait``: ``wait_for(condition, timeout, what)``, the one way to wait.
+- ``proc``: ``terminate(proc, timeout)``, the one way to stop a daemon (SIGTERM,
+  then kill -9 past the timeout).
 
 Shipped code may use the rig; the rig never imports ``tests``.
 """

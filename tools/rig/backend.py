@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -19,6 +18,7 @@ from typing import Any
 
 from knute.gateway.errors import KnuteError
 from knute.tools.rig.gateway import knute_command
+from knute.tools.rig.proc import terminate
 from knute.tools.rig.wait import wait_for
 
 START_TIMEOUT_S = 60.0
@@ -88,13 +88,6 @@ class BackendProcess:
         """SIGTERM and wait; the exit status (-9 if it had to be killed, -1 if not running)."""
         if self.proc is None:
             return -1
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            code = -9
+        code = terminate(self.proc, timeout)
         self.proc = None
-        return int(code)
+        return code

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from knute.tools.rig.proc import terminate
+
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 BROKER_KINDS = ("mosquitto", "amqtt")
 BROKER_START_TIMEOUT_S = 15.0
@@ -209,12 +211,8 @@ class Broker:
         if proc is None:
             return
         if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                proc.wait(timeout=BROKER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=BROKER_STOP_TIMEOUT_S)
+            terminate(proc, BROKER_STOP_TIMEOUT_S, sig=signal.SIGKILL if kill else signal.SIGTERM,
+                      kill_timeout=BROKER_STOP_TIMEOUT_S)
 
     def restart(self) -> None:
         """Stop, then start again on the same port."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from knute.gateway.errors import KnuteError
+from knute.tools.rig.proc import terminate
 from knute.tools.rig.wait import WaitTimeout, wait_for
 
 START_TIMEOUT_S = 60.0
@@ -153,15 +153,9 @@ class GatewayProcess:
             code = self.proc.returncode
             self.proc = None
             return int(code)
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            code = -9
+        code = terminate(self.proc, timeout)
         self.proc = None
-        return int(code)
+        return code
 
     def log_text(self) -> str:
         """Everything the gateway logged (every start)."""

@@ -1,0 +1,170 @@
+"""gateway.fastframe answers exactly as protocol.frame does: same values, same reasons."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import cbor2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from knute.gateway import fastframe
+from knute.protocol import cbor, frame, kinds
+from knute.protocol.errors import FrameError
+
+
+def outcome(fn: Any, *args: Any) -> Any:
+    """fn's result (repr, so 1 and True differ) or its FrameError reason."""
+    try:
+        return ("ok", repr(fn(*args)))
+    except FrameError as exc:
+        return ("error", exc.reason)
+
+
+def same_payload(kind_id: int, plain: bytes) -> None:
+    assert (outcome(fastframe.decoded, kind_id, 7, 9, 4, plain)
+            == outcome(frame.decoded, kind_id, 7, 9, 4, plain))
+    assert (outcome(fastframe.open_payload, kind_id, plain)
+            == outcome(frame.open_payload, kind_id, plain))
+
+
+def field_values(draw: Any, kind_id: int) -> list[Any]:
+    """A payload array of kind ``kind_id``: in range, at the edges and just past them."""
+    fields = kinds.table_entry(kind_id)[2]
+    required = sum(1 for f in fields if not f[8] & kinds.OPTIONAL)
+    n = draw(st.integers(max(0, required - 1), len(fields) + 1))
+    out: list[Any] = []
+    for pos in range(n):
+        if pos >= len(fields):
+            out.append(draw(st.integers(0, 30)))
+            continue
+        field = fields[pos]
+        lo, hi = kinds.field_range(field)
+        number = st.one_of(st.integers(lo, hi), st.sampled_from([lo, hi, lo - 1, hi + 1]),
+                           st.integers(-(2**64), 2**64 - 1))
+        if field[1] == "series":
+            low, high = field[7]
+            value: Any = draw(st.lists(number, min_size=max(0, low - 1), max_size=high + 1))
+        else:
+            value = draw(number)
+        if draw(st.integers(0, 9)) == 0:
+            value = draw(st.sampled_from([None, True, False, b"\x01", "a", 1.5, {1: 2}, []]))
+        out.append(value)
+    return out
+
+
+def encode_any(value: Any) -> bytes:
+    """Shortest-form CBOR of ints, None, bools, lists (cbor2 for the rest)."""
+    if type(value) is int and -(2**64) <= value < 2**64:
+        return cbor.encode(value)
+    if isinstance(value, list):
+        n = len(value)
+        head = cbor.encode(n)
+        return bytes([head[0] | 0x80]) + head[1:] + b"".join(encode_any(v) for v in value)
+    return bytes(cbor2.dumps(value))
+
+
+@st.composite
+def payloads(draw: Any) -> tuple[int, bytes]:
+    kind_id = draw(st.sampled_from([entry[0] for entry in kinds.TABLE]))
+    return kind_id, encode_any(field_values(draw, kind_id))
+
+
+@settings(max_examples=600)
+@given(payloads())
+def test_same_answer_on_payloads_near_the_kinds_table(case: tuple[int, bytes]) -> None:
+    same_payload(*case)
+
+
+@settings(max_examples=500)
+@given(payloads(), st.lists(st.tuples(st.integers(0, 200), st.integers(1, 255)), max_size=3),
+       st.integers(-3, 3))
+def test_same_answer_on_mutated_payloads(case: tuple[int, bytes], flips: list[tuple[int, int]],
+                                         cut: int) -> None:
+    kind_id, plain = case
+    bad = bytearray(plain)
+    for pos, xor in flips:
+        if bad:
+            bad[pos % len(bad)] ^= xor
+    if cut < 0:
+        bad = bad[:cut]
+    elif cut > 0:
+        bad += bytes(range(cut))
+    same_payload(kind_id, bytes(bad))
+
+
+@settings(max_examples=500)
+@given(st.sampled_from([1, 2]), st.binary(max_size=60))
+def test_same_answer_on_random_payloads(kind_id: int, plain: bytes) -> None:
+    same_payload(kind_id, plain)
+
+
+def non_shortest(value: int) -> list[bytes]:
+    """Longer heads for the same unsigned value (the subset rejects them)."""
+    out = []
+    for info, fmt in ((24, ">B"), (25, ">H"), (26, ">I"), (27, ">Q")):
+        try:
+            longer = bytes([info]) + struct.pack(fmt, value)
+        except struct.error:
+            continue
+        if len(longer) > len(cbor.encode(value)):
+            out.append(longer)
+    return out
+
+
+@settings(max_examples=300)
+@given(index=st.integers(0, 0xFFFFFFFF), battery=st.integers(0, 20),
+       profile=st.lists(st.integers(0, 0xFFFFFF), min_size=1, max_size=24),
+       max_flow=st.one_of(st.none(), st.integers(0, 0xFFFFFF)))
+def test_every_valid_payload_takes_the_fast_path(index: int, battery: int, profile: list[int],
+                                                 max_flow: int | None) -> None:
+    values: dict[str, Any] = {"index": index, "profile_end_h": 3, "alarms": 5,
+                              "battery": battery, "profile": profile}
+    if max_flow is not None:
+        values["max_flow"] = max_flow
+    plain = cbor.encode(kinds.pack_id(1, values))
+    # Not just the same answer by falling back: the pattern itself takes it.
+    assert fastframe.KINDS[1].match(plain) is not None
+    assert fastframe.open_payload(1, plain) == values
+    # The same index in a longer head than needed is outside the subset.
+    head = cbor.encode(index)
+    for longer in non_shortest(index):
+        bad = plain.replace(head, longer, 1)
+        assert fastframe.KINDS[1].match(bad) is None
+        same_payload(1, bad)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.none(), st.integers(-500, 21000)), min_size=7, max_size=8))
+def test_air_payloads_with_nulls(values: list[int | None]) -> None:
+    plain = encode_any(values)
+    same_payload(2, plain)
+    fields = kinds.table_entry(2)[2]
+    valid = True
+    for field, value in zip(fields, values, strict=False):
+        lo, hi = kinds.field_range(field)
+        if value is None:
+            valid = valid and bool(field[8] & kinds.NULLABLE)
+        else:
+            valid = valid and lo <= value <= hi
+    assert (fastframe.KINDS[2].match(plain) is not None) == valid
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=300))
+def test_header_same_answer_on_random_bytes(buf: bytes) -> None:
+    assert outcome(fastframe.parse_header, buf) == outcome(frame.parse_header, buf)
+
+
+@settings(max_examples=500)
+@given(st.integers(0, 255), st.binary(min_size=0, max_size=40))
+def test_header_same_answer_for_every_control_byte(control: int, rest: bytes) -> None:
+    buf = bytes([control]) + rest
+    assert outcome(fastframe.parse_header, buf) == outcome(frame.parse_header, buf)
+
+
+@given(st.integers(0, frame.MAX_DEVICE_ID), st.integers(0, frame.MAX_FCNT))
+def test_nonce_layout_is_the_protocols(device_id: int, fcnt: int) -> None:
+    assert fastframe.NONCE.pack(frame.DIR_UPLINK, device_id, fcnt) == frame.nonce(device_id,
+                                                                                    fcnt)
