@@ -102,7 +102,7 @@ def boot(config_path="config.json", hal=None):
     # needed once) on top of it, dropped again before the rest of the
     # long-lived code fills the space it leaves; a collection after each step
     # keeps boot-time garbage from ending up between long-lived objects.
-    from protocol import frame  # noqa: F401
+    from protocol import frame
 
     gc.collect()
     from firmware import config
@@ -115,6 +115,13 @@ def boot(config_path="config.json", hal=None):
     unload("firmware.config")
     unload("firmware.config_display")
     del config
+    if cfg["link"]["type"] == "none":
+        # A node without an uplink (the display) never builds a frame: the
+        # protocol leaves the heap again, room for the role's buffers.
+        for name in ("protocol.frame", "protocol.cbor", "protocol.ccm", "protocol.kinds",
+                     "protocol.errors"):
+            unload(name)
+        del frame
     gc.collect()
     if "radio" in cfg:
         from protocol import airtime
