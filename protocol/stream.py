@@ -30,15 +30,14 @@ import struct
 REC_FRAME = 1
 REC_RADIO = 2
 REC_LOG = 3
-REC_TX = 4
-RECORD_TYPES = (REC_FRAME, REC_RADIO, REC_LOG, REC_TX)
+# REC_TX, RECORD_TYPES and the TX body (pack_tx, unpack_tx) are the gateway's
+# and the radio bridge's: protocol.stream_decode, so a sending node never
+# carries their code and names (every name a node loads stays in its heap).
 
 MAX_BODY = 300          # longest body: a 255-byte frame plus radio metadata, with room
 MAX_ENCODED = MAX_BODY + 5 + (MAX_BODY + 5) // 254 + 2  # COBS of type+body+CRC, + delimiter
 _RADIO = ">hhIB"
 RADIO_META_LEN = 9
-_TX = ">QIB"
-TX_META_LEN = 13
 
 
 def cobs_encode(data):
@@ -77,11 +76,6 @@ def encode_record(rtype, body):
 def pack_radio(rssi_dbm, snr_db_x10, freq_hz, sf, frame):
     """The body of a RADIO record: reception metadata followed by the frame."""
     return struct.pack(_RADIO, rssi_dbm, snr_db_x10, freq_hz, sf) + bytes(frame)
-
-
-def pack_tx(at_ms, freq_hz, sf, payload):
-    """The body of a TX record: when (ms of the bridge's clock, 0 = its window) and how."""
-    return struct.pack(_TX, at_ms, freq_hz, sf) + bytes(payload)
 
 
 def __getattr__(name):

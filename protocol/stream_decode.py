@@ -14,7 +14,17 @@ from .errors import (
     LINK_TYPE,
     FrameError,
 )
-from .stream import _RADIO, _TX, MAX_ENCODED, RADIO_META_LEN, RECORD_TYPES, TX_META_LEN
+from .stream import _RADIO, MAX_ENCODED, RADIO_META_LEN, REC_FRAME, REC_LOG, REC_RADIO
+
+REC_TX = 4
+RECORD_TYPES = (REC_FRAME, REC_RADIO, REC_LOG, REC_TX)
+_TX = ">QIB"
+TX_META_LEN = 13
+
+
+def pack_tx(at_ms, freq_hz, sf, payload):
+    """The body of a TX record: when (ms of the bridge's clock, 0 = its window) and how."""
+    return struct.pack(_TX, at_ms, freq_hz, sf) + bytes(payload)
 
 
 def cobs_decode(data):
