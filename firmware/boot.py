@@ -115,13 +115,6 @@ def boot(config_path="config.json", hal=None):
     unload("firmware.config")
     unload("firmware.config_display")
     del config
-    if cfg["link"]["type"] == "none":
-        # A node without an uplink (the display) never builds a frame: the
-        # protocol leaves the heap again, room for the role's buffers.
-        for name in ("protocol.frame", "protocol.cbor", "protocol.ccm", "protocol.kinds",
-                     "protocol.errors"):
-            unload(name)
-        del frame
     gc.collect()
     if "radio" in cfg:
         from protocol import airtime
@@ -142,6 +135,16 @@ def boot(config_path="config.json", hal=None):
         del airtime
     from firmware import context, roles  # long-lived: load them first
 
+    if cfg["link"]["type"] == "none":
+        # A node without an uplink (the display) never builds a frame: the
+        # protocol leaves the heap again, room for the role's buffers. (Here,
+        # not in Context: a sending node's resident code stays as it was.)
+        del context.ccm, context.frame
+        for name in ("protocol.frame", "protocol.cbor", "protocol.ccm", "protocol.kinds",
+                     "protocol.errors"):
+            unload(name)
+        del frame
+    gc.collect()
     gc.collect()
     try:
         role = roles.load(cfg["role"])

@@ -9,10 +9,7 @@
 # heap after it (see there).
 
 from firmware.hal import NullWatchdog
-
-# protocol.frame (with cbor, ccm and kinds) is imported where it is used: a
-# node that never sends (the display) boots without it, 5 KB of the 64 KiB
-# heap; the others have it loaded first by firmware.boot (the heap's order).
+from protocol import ccm, frame
 
 # send() results, also kept in ctx.last_result for the console and tests
 SENT = "sent"
@@ -37,11 +34,7 @@ class Context:
         # During a key rotation uplinks are sealed with the next key (section 12.9).
         self.key = config.get("key_next_bytes") or config.get("key_bytes")
         # One AES object for the node's life: building it is the costly part of a send.
-        self.block = None
-        if self.key:
-            from protocol import ccm
-
-            self.block = ccm.aes_block(self.key)
+        self.block = ccm.aes_block(self.key) if self.key else None
         self.jitter_ms = int(config.get("jitter_s", 0) * 1000)
         # A LoRa link's duty-cycle ledger (firmware.dutycycle): built by
         # start_duty() once the boot-only code has left the heap (firmware.app),
@@ -99,8 +92,6 @@ class Context:
         # The frame's length does not depend on the counter value, so the frame
         # is built with the counter it will get and the counter is reserved only
         # once the duty cycle lets it go.
-        from protocol import frame
-
         fcnt = self.fcnt.peek()
         report = None
         if self.dl is not None:
