@@ -19,6 +19,23 @@ def _unload_all():
     gc.collect()
 
 
+def lives(hal):
+    """The node's later lives (main.py, after the first app.main() returned `hal`).
+
+    Apply what waits, boot again, as long as a life ends that way. Here and not
+    in main.py: main.py is compiled on the node, and its code stays in the heap.
+    """
+    while hal is not None:
+        hal = _life(restart(hal))
+
+
+def _life(hal):
+    # app is a local here, so nothing holds it once this life has ended
+    from firmware import app
+
+    return app.main("config.json", hal)
+
+
 def restart(hal, config_path="config.json"):
     """Between two lives of the node (main.py): apply a waiting downlink, drop all modules.
 

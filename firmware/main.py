@@ -10,12 +10,9 @@ if "lib" not in sys.path:
 from firmware import app
 
 hal = app.main()
-while hal is not None:
+if hal is not None:
     # A module update became active, or a downlink waits: firmware.downlink_apply.
     del app
     from firmware import downlink_apply
 
-    hal = downlink_apply.restart(hal)
-    from firmware import app
-
-    hal = app.main("config.json", hal)
+    downlink_apply.lives(hal)
