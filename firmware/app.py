@@ -24,7 +24,8 @@ except ImportError:  # CPython (type checks, host tools): const(x) is x
 _POLL_FAILURES = const(5)     # consecutive failed polls before a reset
 _HEALTHY_S = const(600)       # uptime after which a node that sends nothing counts as booted
 # config keys nobody reads once the node runs (dropped to give the heap back)
-_BOOT_ONLY = ("key", "key_bytes", "board", "fcnt_block", "bench")
+_BOOT_ONLY = ("key", "key_bytes", "key_next", "key_next_bytes", "board", "fcnt_block",
+              "bench")
 
 
 def _print_exception(exc):
@@ -55,7 +56,7 @@ def say_status(ctx, node):
 
 
 def run(hal, ctx, node):
-    """The main loop: poll the role, feed the watchdog, sleep."""
+    """The main loop: poll the role, feed the watchdog, sleep; True to apply a downlink."""
     power = ctx.config["power"]
     wdt_ms = power["wdt_s"] * 1000
     wdt = hal.watchdog(wdt_ms) if wdt_ms else NullWatchdog()
@@ -83,6 +84,12 @@ def run(hal, ctx, node):
         try:
             wait = node.poll(hal.ticks_ms())
             failures = 0
+            if ctx.dl and ctx.dl[5]:
+                # A window heard a downlink: main() restarts in place to apply it.
+                if hasattr(node, "_save"):
+                    node._save()
+                store.put("boots", 0)
+                return True
         except Exception as exc:  # a role fault must not stop the meter for good
             failures += 1
             ctx.log("error in %s.poll (%d in a row): %r" % (ctx.config["role"], failures, exc))
@@ -107,13 +114,21 @@ def run(hal, ctx, node):
         hal.sleep_ms(wait)
 
 
-def main(config_path="config.json"):
-    """Boot the node and run it (the whole of /main.py)."""
+def main(config_path="config.json", hal=None):
+    """Boot the node and run it (main.py); what main.py must do next, else None.
+
+    False at once when the module-update boot hook made another module set
+    active (firmware.boot.update_hook); the HAL when a receive window heard a
+    downlink. main.py then hands either to firmware.downlink_apply.restart and
+    calls main() again with what it returns (False: boot without the hook).
+    """
     from firmware import boot
 
-    booted = boot.boot(config_path)
+    if hal is None and boot.update_hook():
+        return False
+    booted = boot.boot(config_path, hal or None)
     if booted is None:
-        return
+        return None
     hal, ctx, role = booted
     del booted
     # Boot-only code leaves the heap before the role allocates its buffers.
@@ -122,13 +137,14 @@ def main(config_path="config.json"):
     del boot
     gc.collect()
     node = role.Node(ctx)
+    ctx.start_duty()    # after the role's buffers: a LoRa node's heap peak (docs/firmware.md)
     try:
         node.start()
     except (OSError, ValueError) as exc:
         from firmware import status
 
         status.safe_mode(hal, "role " + ctx.config["role"] + " did not start: " + str(exc))
-        return
+        return None
     cfg = ctx.config
     for key in _BOOT_ONLY:
         if key in cfg:
@@ -136,4 +152,7 @@ def main(config_path="config.json"):
     unload("firmware.hal.unix_wiring")
     gc.collect()
     ctx.log("heap: %d bytes used, %d free after boot" % (gc.mem_alloc(), gc.mem_free()))
-    run(hal, ctx, node)
+    if run(hal, ctx, node):
+        ctx.log("restarting in place to apply a downlink")
+        return hal
+    return None

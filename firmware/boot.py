@@ -3,7 +3,7 @@
 
 import gc
 import sys
-from os import remove
+from os import remove, stat
 
 from firmware import state
 from firmware.app import unload
@@ -74,15 +74,35 @@ def _wait_for_supply(hal, cfg):
         hal.sleep_ms(_BROWNOUT_WAIT_MS)
 
 
-def boot(config_path="config.json"):
-    """Steps 1-6 of the boot; returns (hal, ctx, role module) or None after safe mode."""
-    hal = port_hal()
+def update_hook():
+    """The module-update boot hook on a node with an upd/ folder; True: another set is active."""
+    try:
+        stat("upd")
+    except OSError:
+        return False
+    from firmware import downlink_update
+
+    if downlink_update.hook():
+        return True
+    unload("firmware.downlink_update")
+    unload("firmware.downlink_files")
+    return False
+
+
+def boot(config_path="config.json", hal=None):
+    """Steps 1-6 of the boot; returns (hal, ctx, role module) or None after safe mode.
+
+    With `hal` (a restart in place, firmware.app) the HAL and its clock are kept.
+    """
+    again = hal is not None
+    if not again:
+        hal = port_hal()
     # The heap is not compacted, and on a 64 KiB heap fragmentation is what
     # runs out: the protocol (long-lived) comes in first, then config.py (big,
     # needed once) on top of it, dropped again before the rest of the
     # long-lived code fills the space it leaves; a collection after each step
     # keeps boot-time garbage from ending up between long-lived objects.
-    from protocol import frame  # noqa: F401
+    from protocol import frame
 
     gc.collect()
     from firmware import config
@@ -109,8 +129,22 @@ def boot(config_path="config.json"):
         except ValueError as exc:
             _safe_mode(hal, key + ": " + str(exc))
             return None
+        # The sub-band table leaves the heap until the duty-cycle ledger takes
+        # it back after boot (Context.start_duty): 2 KB of the boot's peak.
+        unload("protocol.airtime")
+        del airtime
     from firmware import context, roles  # long-lived: load them first
 
+    if cfg["link"]["type"] == "none":
+        # A node without an uplink (the display) never builds a frame: the
+        # protocol leaves the heap again, room for the role's buffers. (Here,
+        # not in Context: a sending node's resident code stays as it was.)
+        del context.ccm, context.frame
+        for name in ("protocol.frame", "protocol.cbor", "protocol.ccm", "protocol.kinds",
+                     "protocol.errors"):
+            unload(name)
+        del frame
+    gc.collect()
     gc.collect()
     try:
         role = roles.load(cfg["role"])
@@ -120,7 +154,8 @@ def boot(config_path="config.json"):
         return None
     gc.collect()
     try:
-        hal.configure(cfg)
+        if not again:
+            hal.configure(cfg)
     except (OSError, ValueError, ImportError, KeyError) as exc:
         _safe_mode(hal, "board setup failed (" + cfg["board"] + "): " + str(exc))
         return None
@@ -146,6 +181,9 @@ def boot(config_path="config.json"):
         print("knute: state/%s: a write was cut short (power loss); the previous value stands"
               % name)
 
+    clock = store.get("clock")
+    if isinstance(clock, dict) and isinstance(clock.get("offset_ms"), int):
+        hal.offset_ms = clock["offset_ms"]      # the clock a downlink set (protocol.md 12.6)
     boots = store.get("boots", 0)
     if not isinstance(boots, int):
         boots = 0

@@ -204,6 +204,9 @@ def validate(cfg):
         out["key_bytes"] = None
     else:
         out["key_bytes"] = parse_key(out.get("key"))
+    if out.get("key_next"):
+        # A key rotation is pending (docs/protocol.md 12.9): uplinks use the next key.
+        out["key_next_bytes"] = parse_key(out["key_next"])
     kind = out.get("kind", ROLE_KINDS.get(role))
     out["kind"] = kind
     if role in ROLE_KINDS and kind != ROLE_KINDS[role]:

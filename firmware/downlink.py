@@ -31,7 +31,7 @@ try:
 except ImportError:  # CPython (type checks, host tools): const(x) is x
     const = int
 
-ALARM_REPEATS = const(6)    # alarm frames sent at most this often without an ack
+_ALARM_REPEATS = const(6)   # alarm frames sent at most this often without an ack
 
 # protocol.downlink_send's numbers (docs/protocol.md section 12), as consts
 # that take no RAM; tests/protocol/test_downlink.py checks them against it.
@@ -152,7 +152,7 @@ class Downlink:
 
     def alarm_repeat_due(self):
         """True (and counted) while an unacknowledged alarm may be sent again."""
-        if not self.alarm_bits or self.alarm_repeats >= ALARM_REPEATS:
+        if not self.alarm_bits or self.alarm_repeats >= _ALARM_REPEATS:
             return False
         self.alarm_repeats += 1
         self._put_alarm()
@@ -212,7 +212,7 @@ class Downlink:
         except FrameError as err:
             return self._reject(err.reason)
         if device_id != self.device_id:
-            return self._reject(dl.DL_DEVICE)
+            return self._reject("dl_device")
         plain = None
         under_next = False
         for block, is_next in ((self._block_next, True), (self._block, False)):
@@ -225,19 +225,20 @@ class Downlink:
             except FrameError:
                 pass
         if plain is None:
-            return self._reject(dl.DL_FORGED)
+            return self._reject("dl_forged")
         try:
             cmds = dl.commands(plain)
         except FrameError as err:
             return self._reject(err.reason)
         if dcnt == self.last:
-            return self._reject(dl.DL_REPLAY)
+            return self._reject("dl_replay")
         if dcnt < self.last:
-            return self._reject(dl.DL_ORDER)
+            return self._reject("dl_order")
         # Stored before anything is applied: no downlink is ever applied twice.
         self.store.put("dcnt", {"last": dcnt})
         self.last = dcnt
-        self._step("counter")
+        if self.pause is not None:
+            self.pause("counter")
         if under_next:
             # Only a gateway that accepted an uplink under the new key seals with it.
             self._commit_key()
@@ -247,10 +248,6 @@ class Downlink:
         self.entries = (self.entries + results)[-_MAX_REPORT:]
         self.store.put("dlrep", self.entries)
         return None
-
-    def _step(self, name):
-        if self.pause is not None:
-            self.pause(name)
 
     def _apply(self, cmd):
         cmd_id = cmd[0]
@@ -313,8 +310,10 @@ class Downlink:
             return _APPLIED       # a repeat: the rotation is already staged or done
         if self.key_next is not None:
             return _CMD_STATE     # one rotation at a time
+        from binascii import hexlify
+
         raw = self._read_config()
-        raw["key_next"] = _hex(new_key)
+        raw["key_next"] = hexlify(new_key).decode()
         raw["key_no_next"] = key_no
         self._write_config(raw)
         self._load_keys()
@@ -344,7 +343,12 @@ class Downlink:
         rejects = []
         for code in sorted(values):
             row = dl.config_entry(code)
-            if row is None or not self._section_ok(row[1]):
+            # The code's section must be the role's, or radio on a LoRa link.
+            section = None if row is None else row[1]
+            if section is None or not (
+                    self.role == "water_meter" if section == "water"
+                    else self.role == "air_quality" if section == "air"
+                    else self.link_type == "lora"):
                 result = _CMD_KEY
             else:
                 result = dl.config_check(code, values[code])
@@ -370,22 +374,9 @@ class Downlink:
         self._write_config(raw)
         return [dl.report_entry(cmd_id, _APPLIED)]
 
-    def _section_ok(self, section):
-        if section == "water":
-            return self.role == "water_meter"
-        if section == "air":
-            return self.role == "air_quality"
-        return self.link_type == "lora"
-
 
 def _uints(values):
     for value in values:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             return False
     return True
-
-
-def _hex(data):
-    from binascii import hexlify
-
-    return hexlify(data).decode()

@@ -93,6 +93,22 @@ def boot_hook(root="upd", trial_boots=TRIAL_BOOTS):
     return (active or None), rolled_back
 
 
+def hook(root="upd"):
+    """The boot hook as firmware.app runs it: True when a set other than lib/ is active.
+
+    Counts the boot, rolls an unconfirmed set back after TRIAL_BOOTS boots
+    (and says so on the console), and activates the set that runs.
+    """
+    folder, rolled_back = boot_hook(root)
+    if rolled_back is not None:
+        print("knute: module update %s rolled back: %d boots without a completed send"
+              % (rolled_back, TRIAL_BOOTS))
+    if folder:
+        activate(folder)
+        return True
+    return False
+
+
 def activate(folder, lib="lib"):
     """Put module set `folder` before `lib` on sys.path and drop loaded firmware modules."""
     pos = sys.path.index(lib) if lib in sys.path else 1
@@ -216,7 +232,7 @@ class Updater:
         import hashlib
         import struct
 
-        from protocol import downlink as dl
+        from protocol.downlink_path import path_ok
 
         pos = 0
         view = memoryview(buf)
@@ -233,7 +249,7 @@ class Updater:
                     path = raw.decode()
                 except UnicodeError:
                     return _CMD_ARGS
-                if not dl.path_ok(path):
+                if not path_ok(path):
                     return _CMD_ARGS
                 length = struct.unpack(">I", meta[:4])[0]
                 pos += 1 + len(raw) + 36 + length

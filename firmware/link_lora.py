@@ -37,11 +37,12 @@ class LoraLink:
             self.modem.configure({"freq_khz": freq_hz // 1000})
             self.freq_hz = freq_hz
 
-    def time_on_air_ms(self, length):
-        """Computed time on air of a `length`-byte packet with this link's settings."""
+    def time_on_air_ms(self, length, sf=None):
+        """Computed time on air of a `length`-byte packet (this link's SF unless given)."""
         from firmware import dutycycle
 
-        return dutycycle.time_on_air_ms(length, self.sf, self.bw_hz, self.cr, self.preamble)
+        return dutycycle.time_on_air_ms(length, sf or self.sf, self.bw_hz, self.cr,
+                                        self.preamble)
 
     def send(self, frame):
         """Transmit one packet and wait until it has left; False on a radio error."""

@@ -9,4 +9,10 @@ if "lib" not in sys.path:
 
 from firmware import app
 
-app.main()
+hal = app.main()
+if hal is not None:
+    # A module update became active, or a downlink waits: firmware.downlink_apply.
+    del app
+    from firmware import downlink_apply
+
+    downlink_apply.lives(hal)

@@ -91,3 +91,38 @@ def decide(snr_db: Sequence[float], sf: int, power_dbm: int, *,
         left += 1
     return AdrDecision(new_sf, new_power, round(margin, 2), steps,
                        (new_sf, new_power) != (sf, power_dbm))
+
+
+class AdrHistory:
+    """Per device: the best SNR of its last uplinks and the settings it was last given.
+
+    No I/O: the downlink worker calls ``observe`` for every uplink and queues the
+    config command when a decision changes something; ``sent`` then starts a fresh
+    history, so the next decision rests on uplinks at the new settings.
+    """
+
+    def __init__(self, *, installation_margin_db: float = INSTALLATION_MARGIN_DB,
+                 history: int = HISTORY, power_dbm: int = POWER_MAX_DBM) -> None:
+        self.installation_margin_db = installation_margin_db
+        self.history = history
+        self.default_power_dbm = power_dbm      # what a node runs before ADR sets it
+        self._snr: dict[int, list[float]] = {}
+        self._power: dict[int, int] = {}
+
+    def observe(self, device_id: int, best_snr_db: float | None,
+                sf: int | None) -> AdrDecision | None:
+        """Note one uplink; the decision when the rule changes the node's settings."""
+        if best_snr_db is None or sf not in SNR_FLOOR_DB:
+            return None
+        snrs = self._snr.setdefault(device_id, [])
+        snrs.append(float(best_snr_db))
+        del snrs[:-self.history]
+        power = self._power.get(device_id, self.default_power_dbm)
+        got = decide(snrs, sf, power, installation_margin_db=self.installation_margin_db,
+                     history=self.history)
+        return got if got is not None and got.changed else None
+
+    def sent(self, device_id: int, decision: AdrDecision) -> None:
+        """The decision went into the queue: remember its power, start a new history."""
+        self._power[device_id] = decision.power_dbm
+        self._snr.pop(device_id, None)

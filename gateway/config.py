@@ -139,6 +139,22 @@ class UdpSourceConfig:
 
 
 @dataclass(frozen=True)
+class DownlinkConfig:
+    """The [downlinks] table: queue bounds, expiry and automatic answers."""
+
+    enabled: bool = True
+    max_queued: int = 32             # open commands per device
+    expiry_s: float = 7 * 86400.0    # a command not applied by then is expired
+    max_sends: int = 8               # sends without a report before it is expired
+    auto_ack: bool = False           # acknowledge every alarm that asks for it
+    status_topics: bool = True       # publish each command's progress on MQTT
+    commands_from_mqtt: bool = True  # take commands from <prefix>/<kind>/<device>/down
+    adr: bool = False                # set LoRa nodes' SF and power by the data-rate rule
+    adr_margin_db: float = 10.0      # the rule's installation margin (gateway/adr.py)
+    adr_history: int = 20            # uplinks a decision rests on
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """Everything ``knute gateway run`` needs, checked."""
 
@@ -164,6 +180,7 @@ class GatewayConfig:
     packet_forwarders: tuple[UdpSourceConfig, ...] = ()
     modbus: ModbusSettings | None = None
     silence: SilenceSettings = field(default_factory=SilenceSettings)
+    downlinks: DownlinkConfig = field(default_factory=DownlinkConfig)
     share_key: str | None = None         # [share] key: this gateway's registry-share key file
 
     @property
@@ -367,6 +384,20 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
             max_datagram=tab.integer("max_datagram", 16384, 64, 65535)))
         tab.done()
 
+    dl = root.table("downlinks") or _Table(file, "downlinks", {})
+    downlinks = DownlinkConfig(
+        enabled=dl.flag("enabled", True),
+        max_queued=dl.integer("max_queued", 32, 1, 10000),
+        expiry_s=dl.number("expiry_hours", 168.0, 0.01, 24.0 * 3650) * 3600.0,
+        max_sends=dl.integer("max_sends", 8, 1, 1000),
+        auto_ack=dl.flag("auto_ack", False),
+        status_topics=dl.flag("status_topics", True),
+        commands_from_mqtt=dl.flag("commands_from_mqtt", True),
+        adr=dl.flag("adr", False),
+        adr_margin_db=dl.number("adr_margin_db", 10.0, 0.0, 30.0),
+        adr_history=dl.integer("adr_history", 20, 1, 100))
+    dl.done()
+
     modbus = None
     modbus_table = root.get("modbus", dict, None)
     if modbus_table is not None:
@@ -408,6 +439,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         clock_start=None if clock_start is None else float(clock_start),
         metrics_host=metrics_host, metrics_port=metrics_port, mqtt=mqtt,
         serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus, silence=silence,
+        downlinks=downlinks,
         share_key=share_key)
 
 

@@ -120,6 +120,7 @@ class Daemon:
         self.tap = Tap()            # `knute gateway tap` clients
         self.metrics: Any = None
         self.data_lock: DataLock | None = None
+        self.downlinks: Any = None      # gateway.downlink_service.DownlinkRuntime
         self.peers: Any = None       # gateway.peers.PeerListener with [mqtt] learn_counters
         self.inbox: Any = None
         self._last_peers_apply = time.monotonic()
@@ -196,6 +197,14 @@ class Daemon:
             self.sources.append(ModbusSource(
                 cfg.modbus, self._modbus_reading, on_condition=self._modbus_condition,
                 last_fcnt=self.spool.counters(), name=MODBUS_SOURCE))
+        if cfg.downlinks.enabled:
+            from knute.gateway.downlink_service import DownlinkRuntime
+
+            self.downlinks = DownlinkRuntime(cfg, self.sources, self.counters,
+                                             lambda: self.pipeline.devices if self.pipeline
+                                             else {})
+            self.pipeline.next_keys = self.downlinks.next_keys()
+            self.downlinks.watch(self.registry_watch, self.pipeline)
         try:
             self.status_server = StatusServer(cfg.status_socket, self._handle_request,
                                               self.tap)
@@ -318,6 +327,7 @@ class Daemon:
                          "reloads": watch.reloads if watch is not None else 0,
                          "share": self.share.stats() if self.share is not None else None},
             "silence": self.silence.stats(),
+            "downlinks": self.downlinks.stats() if self.downlinks is not None else None,
             "peers": ({**self.peers.stats(), "learned": self.learned}
                       if self.peers is not None else None),
         }
@@ -365,6 +375,8 @@ class Daemon:
         assert self.status_server is not None
         self.status_server.start()
         self.forwarder.start()
+        if self.downlinks is not None:
+            self.downlinks.start()
         if self.peers is not None:
             self.peers.start()
         for src in self.sources:
@@ -399,6 +411,7 @@ class Daemon:
                     self._submit(rx)
             self._release(pipeline.due(time.monotonic()))
             self._spool_conditions()
+            self._spool_downlink_status()
             self._commit(force=False)
             self._housekeeping()
 
@@ -442,8 +455,14 @@ class Daemon:
                         cond.to_dict()["detail"])
             self.conditions.put(cond)
 
+    def _spool_downlink_status(self, final: bool = False) -> None:
+        """Hand the downlink commands' progress messages to the batcher."""
+        if self.downlinks is not None:
+            self.downlinks.outbox.hand_over(self.batcher.add, self._commit_failed, final=final)
     def _release(self, ready: Sequence[Ready]) -> None:
         for item in ready:
+            if self.downlinks is not None:
+                self.downlinks.heard(item)
             accepted = to_accepted(item, prefix=self.cfg.mqtt.prefix,
                                    gateway_id=self.cfg.gateway_id)
             self._pending_sources[(accepted.device_id, accepted.fcnt)] = [
@@ -485,6 +504,8 @@ class Daemon:
         self._pending_sources.clear()
         # Condition changes are not sent again by anybody: keep them for a later commit.
         self.conditions.requeue()
+        if self.downlinks is not None:
+            self.downlinks.outbox.requeue()
         assert self.pipeline is not None
         try:
             self.pipeline.load_counters(self.spool.counters())
@@ -495,6 +516,8 @@ class Daemon:
         for item in batch:
             if self.conditions.committed(item):        # a condition message, not a reading
                 continue
+            if self.downlinks is not None and self.downlinks.outbox.committed(item):
+                continue                                # a command's progress message
             sources = self._pending_sources.pop((item.device_id, item.fcnt), None) or []
             self.counters.inc("accepted")
             for name in dict.fromkeys(sources):
@@ -604,6 +627,11 @@ class Daemon:
             self._spool_conditions(final=True)
             self._commit(force=True)
         self._housekeeping(final=True)
+        if self.downlinks is not None:
+            self.downlinks.stop()
+            self._spool_downlink_status(final=True)
+            self._commit(force=True)
+            self.downlinks = None
         self.rejections.close()
         if self.forwarder is not None:
             self.forwarder.stop(self.cfg.drain_timeout_s)

@@ -8,6 +8,9 @@ What goes where (read from protocol.kinds, nothing kind-specific here):
 
 - a ``bits`` field's set bits go to ``alarms`` (bit names, in table order);
 - a field named ``battery`` goes to ``battery`` (scaled, in %);
+- the downlink report ``dl`` (docs/protocol.md section 12.7, the last field of
+  every kind) goes to ``dl`` as ``{"flags": [names], "results": [{"command",
+  "result", "detail"}, ...]}``, absent when the frame carried none;
 - a ``series`` field ``X`` goes to ``profile`` and needs a field ``X_end_h``:
   the unix hour (seconds // 3600) modulo 256 at which the last slot ends;
 - every other field goes to ``readings`` as ``{"value": v, "unit": u}``
@@ -43,8 +46,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from knute.protocol import kinds
+from knute.protocol.downlink_send import RESULTS
 
 PROFILE_SLACK_H = 2
+REPORT = kinds.REPORT_FIELD[0]
+# Names of the report's flag bits, bit 0 first (docs/protocol.md section 12.7).
+REPORT_FLAGS = ("want", "clock", "alarm", "rekey", "update")
 
 # Per kind id: a tuple of (name, role, unit, mul, div, bits) built from protocol.kinds.
 _Plan = tuple[tuple[str, str, str, int, int, tuple[str, ...]], ...]
@@ -80,6 +87,8 @@ def _plan(kind_id: int) -> _Plan:
         name = field["name"]
         if field["type"] == "bits":
             role = "bits"
+        elif name == REPORT:
+            role = "report"
         elif field["type"] == "series":
             role = "series"
         elif name == "battery":
@@ -149,6 +158,18 @@ def profile_slots(values: Iterable[int], end_hour: int, unit: str, mul: int = 1,
     return out
 
 
+def report_dict(series: list[int]) -> dict[str, Any]:
+    """The ``dl`` object of a reading: a report series' flag names and command results."""
+    flags = [REPORT_FLAGS[pos] for pos in range(len(REPORT_FLAGS)) if series[0] >> pos & 1]
+    results = []
+    for item in series[1:]:
+        code = item & 0xF
+        results.append({"command": item >> 8,
+                        "result": RESULTS[code] if code < len(RESULTS) else f"result_{code}",
+                        "detail": (item >> 4) & 0xF})
+    return {"flags": flags, "results": results}
+
+
 def reading_id(device: str, fcnt: int, epoch: int = 0) -> str:
     """The idempotency key: ``<device>:<fcnt>`` in epoch 0, else ``<device>:<epoch>:<fcnt>``."""
     return f"{device}:{fcnt}" if not epoch else f"{device}:{epoch}:{fcnt}"
@@ -170,6 +191,7 @@ def reading_dict(frame: dict[str, Any], *, device: str, gateway_id: str, receive
     alarms: list[str] = []
     battery: int | float | None = None
     profile: list[dict[str, Any]] = []
+    report: dict[str, Any] | None = None
     for name, role, unit, mul, div, bits in _plan(frame["kind_id"]):
         if name not in values:
             continue
@@ -182,6 +204,8 @@ def reading_dict(frame: dict[str, Any], *, device: str, gateway_id: str, receive
                 alarms.extend(bits[pos] for pos in range(len(bits)) if raw >> pos & 1)
         elif role == "battery":
             battery = None if raw is None else _scale(raw, mul, div)
+        elif role == "report" and raw:
+            report = report_dict(raw)
         elif role == "series" and raw:
             end_mod = values.get(name + "_end_h")
             if end_mod is not None:
@@ -200,6 +224,8 @@ def reading_dict(frame: dict[str, Any], *, device: str, gateway_id: str, receive
     out["alarms"] = alarms
     out["battery"] = battery
     out["profile"] = profile
+    if report is not None:
+        out["dl"] = report
     out["receivers"] = receivers
     if receivers_dropped:
         out["receivers_dropped"] = receivers_dropped

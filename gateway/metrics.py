@@ -17,6 +17,8 @@ Exposed families (all prefixed ``knute_gateway_``):
   mqtt_connected                      1 while the broker session is up
   source_up{source}                   1 while a source's link is open
   silent_devices                      devices overdue by [silence] missed_intervals
+  downlinks_total{state}              downlinks sent; commands applied, rejected, expired
+  downlink_errors_total               downlinks not sent (no path, refused by a TX_ACK, ...)
 """
 
 from __future__ import annotations
@@ -81,6 +83,14 @@ class StatusCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_silent_devices",
                                 "Devices that missed [silence] missed_intervals send intervals",
                                 value=float(silence.get("silent", 0)))
+        totals: dict[str, Any] = st.get("totals", {})
+        dl = CounterMetricFamily(f"{PREFIX}_downlinks", "Downlinks sent, and commands by "
+                                 "outcome", labels=["state"])
+        for state in ("sent", "applied", "rejected", "expired"):
+            dl.add_metric([state], float(totals.get(f"downlinks_{state}", 0)))
+        yield dl
+        yield CounterMetricFamily(f"{PREFIX}_downlink_errors", "Downlinks not sent",
+                                  value=float(totals.get("downlink_errors", 0)))
 
 
 class MetricsServer:

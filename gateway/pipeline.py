@@ -65,7 +65,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -122,6 +122,7 @@ class Ready:
     epoch: int = 0                      # the device's epoch when the frame was accepted
     first_at: float | None = None       # received_at of the first copy
     radio: bool = False                 # some copy was heard over the air
+    under_next_key: bool = False        # verified under a pending key rotation's next key
 
     def __post_init__(self) -> None:
         if self.receptions:
@@ -391,6 +392,9 @@ class Pipeline:
         self.verifier = Verifier()
         self.replay = ReplayGuard(replay, reset_below)
         self._window: OrderedDict[tuple[int, int], Ready] = OrderedDict()
+        # device id -> the next key of a pending key rotation (docs/protocol.md 12.9):
+        # a frame that fails under the current key is tried under it.
+        self.next_keys: dict[int, bytes] = {}
 
     # -- state changes from outside ----------------------------------------------------
 
@@ -454,10 +458,18 @@ class Pipeline:
             # Identical bytes to the frame accepted with this counter: already
             # verified, so no need to decrypt again.
             return self._reject(rx, DUPLICATE, device_id, fcnt)
+        under_next = False
         try:
             decoded = self.verifier.verify(buf, device, header_fields)
         except FrameError as exc:
-            return self._reject(rx, exc.reason, device_id, fcnt, exc.detail)
+            nxt = self.next_keys.get(device_id)
+            if exc.reason != FRAME_TAG or nxt is None:
+                return self._reject(rx, exc.reason, device_id, fcnt, exc.detail)
+            try:
+                decoded = self.verifier.verify(buf, replace(device, key=nxt), header_fields)
+            except FrameError as again:
+                return self._reject(rx, again.reason, device_id, fcnt, again.detail)
+            under_next = True
         if decoded["kind"] != device.kind:
             return self._reject(rx, KIND_MISMATCH, device_id, fcnt,
                                 f"frame says {decoded['kind']}, registered as {device.kind}")
@@ -468,7 +480,8 @@ class Pipeline:
         self.replay.advance(device_id, fcnt, fingerprint)
         self._window[slot] = Ready(decoded=decoded, device=device, raw=bytes(buf),
                                    digest=fingerprint, deadline=rx.at + self.dedup_window_s,
-                                   receptions=[rx], epoch=self.epochs.get(device_id, 0))
+                                   receptions=[rx], epoch=self.epochs.get(device_id, 0),
+                                   under_next_key=under_next)
         return Verdict("pending", None, device_id, fcnt)
 
     def submit_reading(self, frame: Mapping[str, Any], receiver: Mapping[str, Any],

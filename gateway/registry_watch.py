@@ -11,6 +11,7 @@ read (its old -wal would mix in): one error line says how to restore safely.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from knute.gateway.pipeline import Pipeline
 from knute.gateway.registry import Registry
@@ -28,6 +29,10 @@ class RegistryWatch:
         self.reloads = 0         # snapshots handed to the pipeline so far
         self._poll_error = ""
         self._replaced_logged = False
+        self.on_reload: Callable[[], None] | None = None   # after each new snapshot
+        # Asked when the file changed: False when only tables other than the devices
+        # changed (the downlink store's), so the snapshot need not be read again.
+        self.devices_changed: Callable[[], bool] | None = None
 
     def poll(self) -> None:
         """Pick up devices added or removed by ``knute devices`` without a signal."""
@@ -48,6 +53,8 @@ class RegistryWatch:
                 return
             if not self.registry.changed():
                 return
+            if self.devices_changed is not None and not self.devices_changed():
+                return
         except Exception as exc:  # keep the devices we have; try again on the next poll
             if str(exc) != self._poll_error:     # once per distinct problem
                 self._poll_error = str(exc)
@@ -66,5 +73,7 @@ class RegistryWatch:
                       len(self.pipeline.devices), exc)
             return
         self.pipeline.update_devices(devices)
+        if self.on_reload is not None:
+            self.on_reload()
         self.reloads += 1
         log.info("registry reloaded: %d devices", len(devices))

@@ -51,15 +51,10 @@ _MAX_ITEMS = const(16)      # elements of one array or map in a downlink
 _CMD_RANGE = const(3)       # results of config_check (see downlink_send.RESULTS)
 _CMD_KEY = const(4)
 
-# Frame-level reasons: the node drops the whole downlink and counts the reason.
-DL_SHORT = "dl_short"       # shorter than 17 bytes (truncated)
-DL_LONG = "dl_long"         # longer than 222 bytes (oversize)
-DL_FORMAT = "dl_format"     # control byte is not 0x60
-DL_DEVICE = "dl_device"     # addressed to another device id
-DL_FORGED = "dl_forged"     # tag does not verify under any key the node holds
-DL_REPLAY = "dl_replay"     # counter equal to the last accepted one
-DL_ORDER = "dl_order"       # counter below the last accepted one (late or replayed)
-DL_PAYLOAD = "dl_payload"   # authentic, but not a CBOR array of commands
+# Frame-level reasons (the node drops the whole downlink and counts the
+# reason) are written out where they are raised: a module-level name for each
+# would be one more interned string for good on a node (docs/firmware.md,
+# "Memory"). Their public names ("dl_short", ...) are protocol.downlink_send's.
 
 # Config whitelist: (code, section, key, lowest, highest). Codes are 1..15 so
 # that a rejected code fits the detail nibble of a report entry.
@@ -90,11 +85,11 @@ def parse_header(buf):
     """(device_id, dcnt) of a downlink, checking length and control byte (no key needed)."""
     n = len(buf)
     if n > _MAX_DOWNLINK:
-        raise FrameError(DL_LONG, str(n))
+        raise FrameError("dl_long", str(n))
     if n < _MIN_DOWNLINK:
-        raise FrameError(DL_SHORT, str(n))
+        raise FrameError("dl_short", str(n))
     if buf[0] != _CONTROL:
-        raise FrameError(DL_FORMAT, "control 0x%02x" % buf[0])
+        raise FrameError("dl_format", "control 0x%02x" % buf[0])
     device_id, hi, lo = struct.unpack_from(">IBH", buf, 1)
     return device_id, (hi << 16) | lo
 
@@ -105,7 +100,7 @@ def open_with(buf, device_id, dcnt, block):
         return ccm.open_(block, nonce(device_id, dcnt), bytes(buf[:_HEADER_LEN]),
                          bytes(buf[_HEADER_LEN:]), _TAG_LEN)
     except FrameError:
-        raise FrameError(DL_FORGED) from None
+        raise FrameError("dl_forged") from None
 
 
 def commands(plain):
@@ -117,13 +112,13 @@ def commands(plain):
     """
     value, end = _item(plain, 0, 0)
     if end != len(plain):
-        raise FrameError(DL_PAYLOAD, "bytes after the command list")
+        raise FrameError("dl_payload", "bytes after the command list")
     if not isinstance(value, list) or not value or len(value) > _MAX_COMMANDS:
-        raise FrameError(DL_PAYLOAD, "not an array of 1..4 commands")
+        raise FrameError("dl_payload", "not an array of 1..4 commands")
     for cmd in value:
         if (not isinstance(cmd, list) or len(cmd) < 2 or not _uint(cmd[0], _MAX_CMD_ID)
                 or not _uint(cmd[1], 0xFF)):
-            raise FrameError(DL_PAYLOAD, "command is not [id, op, ...]")
+            raise FrameError("dl_payload", "command is not [id, op, ...]")
     return value
 
 
@@ -138,7 +133,7 @@ def _item(buf, i, depth):
     # (5), definite lengths in their shortest form, nested at most 3 deep;
     # anything else is dl_payload.
     if i >= len(buf):
-        raise FrameError(DL_PAYLOAD, "truncated")
+        raise FrameError("dl_payload", "truncated")
     major = buf[i] >> 5
     info = buf[i] & 0x1F
     i += 1
@@ -147,25 +142,25 @@ def _item(buf, i, depth):
     elif info < 28:
         n = 1 << (info - 24)
         if i + n > len(buf):
-            raise FrameError(DL_PAYLOAD, "truncated")
+            raise FrameError("dl_payload", "truncated")
         arg = 0
         for pos in range(i, i + n):
             arg = (arg << 8) | buf[pos]
         if arg < (24 if n == 1 else 1 << (4 * n)):
-            raise FrameError(DL_PAYLOAD, "not in shortest form")
+            raise FrameError("dl_payload", "not in shortest form")
         i += n
     else:
-        raise FrameError(DL_PAYLOAD, "indefinite length or reserved")
+        raise FrameError("dl_payload", "indefinite length or reserved")
     if major == 0:
         return arg, i
     if major == 1:
         return -1 - arg, i
     if major == 2:
         if i + arg > len(buf):
-            raise FrameError(DL_PAYLOAD, "truncated")
+            raise FrameError("dl_payload", "truncated")
         return bytes(buf[i:i + arg]), i + arg
     if major not in (4, 5) or depth > 2 or arg > _MAX_ITEMS:
-        raise FrameError(DL_PAYLOAD, "not a command item")
+        raise FrameError("dl_payload", "not a command item")
     if major == 4:
         out = []
         for _ in range(arg):
@@ -177,7 +172,7 @@ def _item(buf, i, depth):
     for _ in range(arg):
         key, i = _item(buf, i, depth + 1)
         if not isinstance(key, int) or key <= last:
-            raise FrameError(DL_PAYLOAD, "map key not ascending and unsigned")
+            raise FrameError("dl_payload", "map key not ascending and unsigned")
         table[key], i = _item(buf, i, depth + 1)
         last = key
     return table, i
@@ -214,22 +209,6 @@ def config_check(code, value):
 def report_entry(cmd_id, result, detail=0):
     """One report entry: command id, result code (downlink_send.RESULTS), a 0..15 detail."""
     return (cmd_id << 8) | ((detail & 0xF) << 4) | result
-
-
-# Module bundles (OP_UPD_*): the bytes the chunks carry, one entry per module,
-#   path length (1) | path (UTF-8) | size (4, big-endian) | SHA-256 (32) | content
-
-def path_ok(path):
-    """True for a module path a bundle may carry: firmware/ or protocol/, .py or .mpy."""
-    if not isinstance(path, str) or len(path) < 1 or len(path) > 64:
-        return False
-    if not (path.startswith("firmware/") or path.startswith("protocol/")):
-        return False
-    if not (path.endswith(".py") or path.endswith(".mpy")):
-        return False
-    if ".." in path or "//" in path:
-        return False
-    return all("a" <= ch <= "z" or "0" <= ch <= "9" or ch in "_./" for ch in path)
 
 
 def __getattr__(name):

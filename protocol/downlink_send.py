@@ -7,21 +7,9 @@
 import struct
 
 from . import ccm
-from .downlink import (
-    DL_DEVICE,
-    DL_FORGED,
-    DL_FORMAT,
-    DL_LONG,
-    DL_ORDER,
-    DL_PAYLOAD,
-    DL_REPLAY,
-    DL_SHORT,
-    commands,
-    nonce,
-    open_with,
-    parse_header,
-    path_ok,
-)
+from . import kinds as _kinds
+from .downlink import commands, nonce, open_with, parse_header
+from .downlink_path import path_ok
 from .errors import FRAME_DEVICE, FRAME_FCNT, FrameError
 
 CONTROL = 0x60
@@ -71,11 +59,22 @@ MAX_REPORT = 8              # entries after the flags
 RESULTS = ("applied", "cmd_unknown", "cmd_args", "cmd_range", "cmd_key", "cmd_state",
            "cmd_hash", "cmd_stale", "cmd_order")
 
+# Frame-level reasons: the node drops the whole downlink and counts the reason
+# (protocol.downlink raises them by value; a node keeps no names for them).
+DL_SHORT = "dl_short"       # shorter than 17 bytes (truncated)
+DL_LONG = "dl_long"         # longer than 222 bytes (oversize)
+DL_FORMAT = "dl_format"     # control byte is not 0x60
+DL_DEVICE = "dl_device"     # addressed to another device id
+DL_FORGED = "dl_forged"     # tag does not verify under any key the node holds
+DL_REPLAY = "dl_replay"     # counter equal to the last accepted one
+DL_ORDER = "dl_order"       # counter below the last accepted one (late or replayed)
+DL_PAYLOAD = "dl_payload"   # authentic, but not a CBOR array of commands
+
 DL_REASONS = (DL_SHORT, DL_LONG, DL_FORMAT, DL_DEVICE, DL_FORGED, DL_REPLAY, DL_ORDER,
               DL_PAYLOAD)
 
-# The report field an uplink kind ends with (a TABLE field tuple of protocol.kinds).
-REPORT_FIELD = ("dl", "series", "", 1, 1, 0, 0xFFFFFF, (1, 1 + MAX_REPORT), 1)
+# The report field every uplink kind ends with (a TABLE field tuple of protocol.kinds).
+REPORT_FIELD = _kinds.REPORT_FIELD
 
 # EU868 maximum application payload by spreading factor at 125 kHz (LoRaWAN
 # Regional Parameters RP002-1.0.4, table "EU863-870 maximum payload size",

@@ -47,6 +47,11 @@ AIR_STATUS = ("pm_fault", "pm_bad_frames", "climate_fault", "no2_fault", "warmup
 OPTIONAL = 1
 NULLABLE = 2
 
+# The downlink report (docs/protocol.md section 12.7), the last field of every
+# kind: [flags, entry, ...], 1 + 8 values. protocol.downlink offers it as
+# downlink.REPORT_FIELD; a new kind ends with it too.
+REPORT_FIELD = ("dl", "series", "", 1, 1, 0, 0xFFFFFF, (1, 9), OPTIONAL)
+
 TABLE = (
     (1, "water_meter", (
         # Meter index: total volume through the meter since installation.
@@ -59,8 +64,10 @@ TABLE = (
         ("battery", "u", "%", 5, 1, 0, 20, None, 0),
         # Litres per hour slot, oldest first, the last slot ending at profile_end_h.
         ("profile", "series", "L", 1, 1, 0, 0xFFFFFF, (1, 24), 0),
-        # Highest flow seen since the last frame; sent when an alarm is active.
-        ("max_flow", "u", "L/h", 1, 1, 0, 0xFFFFFF, None, OPTIONAL),
+        # Highest flow seen since the last frame; sent when an alarm is active
+        # (null when a downlink report follows without it).
+        ("max_flow", "u", "L/h", 1, 1, 0, 0xFFFFFF, None, OPTIONAL | NULLABLE),
+        REPORT_FIELD,
     )),
     (2, "air_quality", (
         ("pm1", "u", "µg/m³", 1, 10, 0, 20000, None, NULLABLE),
@@ -72,6 +79,7 @@ TABLE = (
         ("pressure", "u", "hPa", 1, 10, 3000, 11000, None, NULLABLE),
         ("status", "bits", "", 1, 1, None, None, AIR_STATUS, 0),
         ("no2", "u", "µg/m³", 1, 1, 0, 2000, None, OPTIONAL | NULLABLE),
+        REPORT_FIELD,
     )),
 )
 

@@ -8,6 +8,7 @@ AIR_STATUS: tuple[str, ...]
 TableField = tuple[str, str, str, int, int, int | None, int | None, Any, int]
 OPTIONAL: int
 NULLABLE: int
+REPORT_FIELD: TableField
 TABLE: tuple[tuple[int, str, tuple[TableField, ...]], ...]
 KINDS: dict[int, Kind]
 KIND_IDS: dict[str, int]

@@ -15,6 +15,10 @@
 #                      | sf (uint8), all big-endian, then one knute frame;
 #                sent by a radio-bridge node for each LoRa packet it hears
 #   0x03 LOG    body = UTF-8 text of a node's console line (diagnostics)
+#   0x04 TX     body = at_ms (uint64) | freq_hz (uint32) | sf (uint8), all
+#                      big-endian, then one downlink: sent by the gateway to a
+#                      radio-bridge node, "transmit this at at_ms of your clock"
+#                      (0: in the addressed device's next receive window)
 #
 # The receiving side (cobs_decode, decode_record, unpack_radio, StreamDecoder)
 # lives in protocol.stream_decode, imported on first use of those names here:
@@ -26,7 +30,9 @@ import struct
 REC_FRAME = 1
 REC_RADIO = 2
 REC_LOG = 3
-RECORD_TYPES = (REC_FRAME, REC_RADIO, REC_LOG)
+# REC_TX, RECORD_TYPES and the TX body (pack_tx, unpack_tx) are the gateway's
+# and the radio bridge's: protocol.stream_decode, so a sending node never
+# carries their code and names (every name a node loads stays in its heap).
 
 MAX_BODY = 300          # longest body: a 255-byte frame plus radio metadata, with room
 MAX_ENCODED = MAX_BODY + 5 + (MAX_BODY + 5) // 254 + 2  # COBS of type+body+CRC, + delimiter

@@ -14,7 +14,17 @@ from .errors import (
     LINK_TYPE,
     FrameError,
 )
-from .stream import _RADIO, MAX_ENCODED, RADIO_META_LEN, RECORD_TYPES
+from .stream import _RADIO, MAX_ENCODED, RADIO_META_LEN, REC_FRAME, REC_LOG, REC_RADIO
+
+REC_TX = 4
+RECORD_TYPES = (REC_FRAME, REC_RADIO, REC_LOG, REC_TX)
+_TX = ">QIB"
+TX_META_LEN = 13
+
+
+def pack_tx(at_ms, freq_hz, sf, payload):
+    """The body of a TX record: when (ms of the bridge's clock, 0 = its window) and how."""
+    return struct.pack(_TX, at_ms, freq_hz, sf) + bytes(payload)
 
 
 def cobs_decode(data):
@@ -60,6 +70,14 @@ def unpack_radio(body):
     rssi, snr, freq, sf = struct.unpack_from(_RADIO, body, 0)
     meta = {"rssi_dbm": rssi, "snr_db": snr / 10, "freq_hz": freq, "sf": sf}
     return meta, body[RADIO_META_LEN:]
+
+
+def unpack_tx(body):
+    """(at_ms, freq_hz, sf, downlink bytes) of a TX record body; FrameError(link_radio)."""
+    if len(body) < TX_META_LEN:
+        raise FrameError(LINK_RADIO, "tx")
+    at_ms, freq, sf = struct.unpack_from(_TX, body, 0)
+    return at_ms, freq, sf, bytes(body[TX_META_LEN:])
 
 
 class StreamDecoder:

@@ -95,6 +95,7 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/firmware/test_bench_firmware.py",
     "tests/firmware/test_bench_display.py",
     "tests/gateway/test_spool_kill.py",
+    "tests/gateway/test_downlink_counter_procs.py",
     "tests/protocol/test_vectors.py::test_frames_json_is_reproducible_from_the_independent_",
     "tests/protocol/test_vectors.py::test_vector_files_are_reproducible_from_the_independent",
     "tests/protocol/test_downlink.py::test_vector_file_is_reproducible_from_the_independent",

@@ -485,6 +485,42 @@ except OSError:
 """
 
 
+_SET_CLOCK = """
+import os, time
+now_ms = {now_ms}
+epoch = 946684800 if time.gmtime(0)[0] == 2000 else 0
+try:
+    import machine
+    t = time.gmtime(now_ms // 1000 - epoch)
+    machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0))
+    offset = 0
+except (ImportError, AttributeError):
+    offset = now_ms - (time.time_ns() // 1000000 + epoch * 1000)
+try:
+    os.mkdir('state')
+except OSError:
+    pass
+with open('state/clock.tmp', 'w') as f:
+    f.write('{{"offset_ms": %d}}' % offset)
+os.rename('state/clock.tmp', 'state/clock.json')
+print(offset)
+"""
+
+
+def set_clock(board: Board, now_s: float | None = None) -> int:
+    """Set the node's clock to the host's UTC time (docs/protocol.md 12.6); the offset kept.
+
+    A board's RTC is set (mpremote's ``rtc --set`` does the same) and the
+    firmware's clock offset (state/clock.json, read at every boot) cleared; a
+    port without machine.RTC (the unix port of a virtual board) keeps its
+    clock and gets the offset instead. Returns that offset in ms.
+    """
+    import time
+
+    now_ms = int((time.time() if now_s is None else now_s) * 1000)
+    return int(board.exec(_SET_CLOCK.format(now_ms=now_ms)).decode().strip() or 0)
+
+
 def forget_boots(board: Board) -> None:
     """Drop the node's boot count: a trial boot on the bench is not a field boot, and
     the boot-loop guard starts afresh."""

@@ -105,6 +105,8 @@ class BoardHal:
     """machine-based HAL; subclasses set `port` and override what differs."""
 
     port = "board"
+    offset_ms = 0                   # the node's clock minus the RTC's (set by a downlink)
+    clock_set = False               # a downlink set the clock since the last reset
 
     def __init__(self):
         import machine
@@ -131,12 +133,16 @@ class BoardHal:
         return time.ticks_diff(a, b)
 
     def time(self):
-        """Unix seconds from the RTC (whatever the port's epoch)."""
-        return int(time.time()) + self.epoch_offset
+        """The node's clock in unix seconds: the RTC plus the downlink clock's offset."""
+        return (self.time_ms() + self.offset_ms) // 1000
+
+    def time_ms(self):
+        """The RTC in unix milliseconds (whatever the port's epoch), without the offset."""
+        return time.time_ns() // 1000000 + self.epoch_offset * 1000
 
     def set_time(self, unix_s):
-        """Set the RTC to unix seconds."""
-        t = time.gmtime(unix_s - self.epoch_offset)
+        """Set the RTC so that time() gives unix seconds `unix_s`."""
+        t = time.gmtime(unix_s - self.epoch_offset - self.offset_ms // 1000)
         self.machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0))
 
     def stopping(self):

@@ -6,23 +6,28 @@
 #   "pin":   {"tamper": "tamper.txt"}                     file holding 0 or 1
 #   "adc":   {"battery": "battery.txt"}                   file holding millivolts
 #   "i2c":   {"i2c0": "bus0.txt"}                         register-image file (drivers/regimage)
-#   "radio": {"path": "radio.txt"}                        bench radio (unix_bench.BenchRadio)
-#   "time_scale": 3600       simulated seconds per real second (1 = real time)
+#   "radio": {"path": "radio.txt", "rx_path": "dl.txt"}   bench radio (unix_bench.BenchRadio)
+#   "time_scale": 3600       simulated seconds per real second (1 = real time;
+#                            0 = a stepped clock that moves only when the node
+#                            sleeps, so a run's schedule never depends on load)
 #   "start_time": 1700000000 simulated unix time at boot (default: the host clock)
 #   "stop_after_s": 86400    leave the main loop after this much simulated time
 #   "seed": 1                random seed for jitter (default: from os.urandom)
 #   "pause_writes_ms": 0     pause halfway through state writes (kill -9 tests) ...
 #   "pause_writes_of": null  ... of these state names only (null: all)
 #   "trace_writes": false    print "knute: writing <name>" before every state write
+#   "rx_wait_real_ms": 0     real ms a receive window may wait for a TX line, clock held
 #
 # Pulse file lines (one event each; blank lines and "#" comments ignored):
 #   N                  N pulses now (negative: reverse flow)
 #   @T N               N pulses at simulated unix time T
 #   @T N S             N edges S ms apart starting at T, through the debouncer
 #
-# Bench radio lines, both directions (one packet each):
-#   RX <rssi_dbm> <snr_db> <hex payload> [<freq_hz> <sf>]
-# (a node writes the channel and SF it sent on; a bridge reads either form)
+# Bench radio lines (one packet each; times in unix ms of the node's clock):
+#   RX <rssi_dbm> <snr_db> <hex payload> <end_ms> <freq_hz> <sf>   uplinks, in "path"
+#   TX <start_ms> <freq_hz> <sf> <hex payload>       sent to the node, in "rx_path"
+# (a node writes the channel and SF it sent on; a bridge also reads the older
+# forms without end_ms and/or the channel: firmware/hal/unix_bench.py)
 #
 # The file inputs (pulses, pins, battery) are in firmware.hal.unix_inputs and
 # the bench radio in firmware.hal.unix_bench, loaded only by nodes that use them.
@@ -68,6 +73,8 @@ class Hal:
 
     port = "unix"
     ticks_diff = time.ticks_diff
+    offset_ms = 0                   # the node's clock minus board time (set by a downlink)
+    clock_set = False               # a downlink set the clock since the last reset
 
     def __init__(self):
         self.scale = 1
@@ -93,6 +100,8 @@ class Hal:
         return NullWatchdog()
 
     def _elapsed_ms(self):
+        if not self.scale:          # the stepped clock: t0_ns counts the time slept
+            return self.t0_ns // 1000000
         return int((time.time_ns() - self.t0_ns) * self.scale) // 1000000
 
     def ticks_ms(self):
@@ -100,11 +109,15 @@ class Hal:
         return self._elapsed_ms() & _TICKS_MASK
 
     def time(self):
-        """Simulated unix seconds."""
-        return self.start_s + self._elapsed_ms() // 1000
+        """The node's clock in unix seconds: board time plus the downlink clock's offset."""
+        return (self.start_s * 1000 + self._elapsed_ms() + self.offset_ms) // 1000
+
+    def time_ms(self):
+        """Board time in unix milliseconds, without the offset (the bench radio's clock)."""
+        return self.start_s * 1000 + self._elapsed_ms()
 
     def set_time(self, unix_s):
-        """Set the simulated clock (as a board sets its RTC)."""
+        """Set the simulated clock so that time() gives `unix_s` (as a board sets its RTC)."""
         self.start_s += unix_s - self.time()
 
     def stopping(self):
@@ -114,11 +127,14 @@ class Hal:
     def sleep_ms(self, ms):
         """Sleep `ms` simulated milliseconds."""
         if ms > 0:
-            time.sleep(ms / 1000 / self.scale)
+            if self.scale:
+                time.sleep(ms / 1000 / self.scale)
+            else:
+                self.t0_ns += ms * 1000000
 
     def max_sleep_ms(self):
         """Longest nap before the bench inputs are polled again (simulated ms)."""
-        return int(_POLL_REAL_MS * self.scale)
+        return int(_POLL_REAL_MS * self.scale) if self.scale else 3600000
 
     def random_below(self, n):
         """A random integer 0 <= r < n."""

@@ -1,5 +1,15 @@
 # The bench radio, loaded on first use so that only LoRa nodes and the radio
-# bridge carry it. See firmware/hal/unix.py for the line format.
+# bridge carry it. The line formats (docs/firmware.md, "The bench"):
+#
+#   uplinks, appended to bench radio "path" by the node that sends them:
+#     RX <rssi_dbm> <snr_db> <hex> <end_ms> <freq_hz> <sf>
+#   packets sent to the node, appended to its "rx_path" by whoever transmits:
+#     TX <start_ms> <freq_hz> <sf> <hex>
+#
+# end_ms and start_ms are the receiving node's bench clock (board time, unix
+# milliseconds); freq_hz and sf are the channel and SF the uplink went out on.
+# Older RX lines still parse: 4 fields (neither), 5 (end_ms only), 6 (freq_hz sf
+# only).
 
 from firmware.hal.unix_inputs import LineSource
 
@@ -7,33 +17,44 @@ from firmware.hal.unix_inputs import LineSource
 class BenchPacket(bytearray):
     """A received packet with the metadata of micropython-lib's lora.RxPacket."""
 
-    def __init__(self, payload, rssi, snr, freq_hz=None, sf=None):
+    def __init__(self, payload, rssi, snr, freq_hz=None, sf=None, end_ms=None):
         super().__init__(payload)
         self.rssi = rssi            # dBm
         self.snr = snr              # dB * 4, as lora.RxPacket
         self.valid_crc = True
         self.freq_hz = freq_hz      # the bench line's channel (None: not given)
         self.sf = sf
+        self.end_ms = end_ms        # the sender's bench clock at the end (None: unknown)
 
 
 class BenchRadio:
-    """A LoRa modem stand-in: send()/recv() like lora.SyncModem, over a text file.
+    """A LoRa modem stand-in: send()/recv() like lora.SyncModem, over text files.
 
-    Each packet is one line "RX <rssi_dbm> <snr_db> <hex> [<freq_hz> <sf>]". A
-    transmitting node appends lines (with the bench "radio_rssi_dbm"/"radio_snr_db"
-    values, as a receiver next to it would hear them, and the channel and SF it
-    sent on), so its radio file can be fed straight to a radio_bridge node.
+    Each packet is one line (docs/firmware.md, "The bench radio"):
+    "RX <rssi_dbm> <snr_db> <hex> <end_ms> <freq_hz> <sf>". A transmitting node
+    appends lines (with the bench "radio_rssi_dbm"/"radio_snr_db" values, as a
+    receiver next to it would hear them, the end of the transmission in its
+    bench clock, and the channel and SF it sent on), so its radio file can be
+    fed straight to a radio_bridge node. Older lines without the end time
+    and/or the channel still parse. The TX lines (a receive window, a bridge's
+    transmission) are firmware.hal.unix_bench_rx's, loaded only by nodes that
+    use them.
     """
 
-    def __init__(self, hal, path, bench):
+    def __init__(self, hal, path, bench, rx_path=None):
         self.hal = hal
         self.path = path
+        self.rx_path = rx_path
         self.rssi = bench.get("radio_rssi_dbm", -80)
         self.snr_db = bench.get("radio_snr_db", 9.0)
         self.lines = None
+        self.rx_lines = None        # TX lines of rx_path (unix_bench_rx)
+        self.pending = None         # a TX line read for a later window
         self.bad_lines = 0
+        self.not_heard = 0          # TX lines outside every window the node opened
         self.freq_hz = None
         self.sf = None
+        self.end_ms = None
 
     def configure(self, lora_cfg):
         """Take the keys given (freq_khz, sf), as lora's configure() does."""
@@ -44,8 +65,9 @@ class BenchRadio:
 
     def send(self, packet, tx_at_ms=None):
         """Append one packet line; returns ticks_ms at the end, as SyncModem.send."""
+        self.end_ms = self.hal.time_ms()    # the transmission's end, as the line says
         with open(self.path, "a") as handle:
-            line = "RX %d %s %s" % (self.rssi, self.snr_db, bytes(packet).hex())
+            line = "RX %d %s %s %d" % (self.rssi, self.snr_db, bytes(packet).hex(), self.end_ms)
             if self.freq_hz is not None:
                 line += " %d %d" % (self.freq_hz, self.sf)
             handle.write(line + "\n")
@@ -68,14 +90,17 @@ class BenchRadio:
             return None
         parts = line.split()
         try:
-            if len(parts) not in (4, 6) or parts[0] != "RX":
+            # 4: old; 5: + end_ms; 6: + freq_hz sf (no end_ms); 7: + end_ms freq_hz sf
+            n = len(parts)
+            if n < 4 or n > 7 or parts[0] != "RX":
                 raise ValueError
             rssi = int(parts[1])
             snr_x4 = round(float(parts[2]) * 4)
             payload = bytes.fromhex(parts[3])
-            freq_hz = int(parts[4]) if len(parts) == 6 else None
-            sf = int(parts[5]) if len(parts) == 6 else None
+            end_ms = int(parts[4]) if n in (5, 7) else None
+            freq_hz = int(parts[n - 2]) if n >= 6 else None
+            sf = int(parts[n - 1]) if n >= 6 else None
         except ValueError:
             self.bad_lines += 1
             return None
-        return BenchPacket(payload, rssi, snr_x4, freq_hz, sf)
+        return BenchPacket(payload, rssi, snr_x4, freq_hz, sf, end_ms)

@@ -24,7 +24,7 @@ def configure(hal, config):
 
     seed = bench.get("seed")
     random.seed(int.from_bytes(os.urandom(4), "big") if seed is None else seed)
-    hal.t0_ns = time.time_ns()
+    hal.t0_ns = time.time_ns() if hal.scale else 0
 
 
 def wire(hal, group, name):
@@ -86,7 +86,8 @@ def lora_modem(hal, radio):
     """The bench radio file (bench "radio") standing in for the LoRa modem."""
     from firmware.hal import unix_bench
 
-    modem = unix_bench.BenchRadio(hal, wire(hal, "radio", "path"), hal.bench)
+    rx_path = (hal.bench.get("radio") or {}).get("rx_path")
+    modem = unix_bench.BenchRadio(hal, wire(hal, "radio", "path"), hal.bench, rx_path)
     modem.configure({"freq_khz": radio["freq_hz"] // 1000, "sf": radio["sf"]})
     return modem
 

@@ -4,12 +4,20 @@
 #
 # The bridge holds no keys and decrypts nothing; with bridge.check_header it
 # drops packets whose header is not a knute frame (other LoRa traffic on the
-# channel), counting them. It never transmits, so it has no duty cycle.
+# channel), counting them.
 #
 # A board's single LoRa radio listens on radio.freq_hz only (eight channels at
 # once take a concentrator: docs/operations.md). The bench radio hears lines of
 # every channel: those on a channel outside radio.channels are dropped, and the
 # RADIO record names the channel and SF each packet came on.
+#
+# Downlinks (docs/protocol.md sections 6 and 12.6): the gateway writes TX
+# records (protocol.stream.pack_tx) to the bridge, which transmits each one at
+# its `at_ms`, or, for at_ms 0, in the receive window of the last uplink it
+# heard from the device the downlink addresses: RX1 (1 s after that uplink's
+# end, on the channel and SF that uplink came on) or RX2 (2 s after,
+# 869.525 MHz SF12), as the record's frequency and SF say. It transmits
+# nothing else; the gateway keeps the duty cycle of what it asks for.
 
 try:
     from micropython import const
@@ -21,6 +29,9 @@ from protocol.errors import FrameError
 
 _RX_TIMEOUT_MS = const(500)  # longest recv blocks before the loop runs again (feeds the WDT)
 _BURST = const(16)           # packets forwarded per poll before the loop runs again
+_HEARD_MAX = const(64)       # devices whose last uplink time the bridge remembers
+_RX2_FREQ_HZ = const(869525000)
+_RX2_SF = const(12)
 
 
 class Node:
@@ -40,6 +51,11 @@ class Node:
         self.dropped = 0
         self.link_errors = 0
         self.next_stats = 0
+        # device id -> (board ms at the end, freq_hz, sf) of its last uplink
+        self.heard_at = {}
+        self.records = None         # protocol.stream_decode.StreamDecoder, on the first byte
+        self.sent = 0               # TX records transmitted
+        self.tx_dropped = 0         # TX records that could not be placed or were bad
 
     def start(self):
         """Open the radio receiver."""
@@ -62,6 +78,13 @@ class Node:
             except FrameError:
                 self.dropped += 1
                 return False
+        end_ms = getattr(packet, "end_ms", None)
+        if len(packet) >= 5:
+            if len(self.heard_at) >= _HEARD_MAX:
+                self.heard_at.clear()    # rare: a crowded channel; windows are short anyway
+            if end_ms is None:
+                end_ms = self.ctx.hal.time_ms()
+            self.heard_at[int.from_bytes(packet[1:5], "big")] = (end_ms, freq_hz, sf)
         rssi = packet.rssi if packet.rssi is not None else 0
         snr_x4 = packet.snr if packet.snr is not None else 0
         # lora.RxPacket gives SNR in dB * 4; the RADIO record carries dB * 10.
@@ -83,16 +106,77 @@ class Node:
                 break
             self.forward(packet)
             got += 1
+        port = self.ctx.link.port
+        if port.any():
+            self.serve(port.read(256))
         now = self.ctx.hal.time()
         if now >= self.next_stats:
             self.next_stats = now + self.cfg["stats_s"]
-            self.ctx.log("radio_bridge: heard=%d forwarded=%d dropped=%d link_errors=%d"
-                         % (self.heard, self.forwarded, self.dropped, self.link_errors))
+            self.ctx.log("radio_bridge: heard=%d forwarded=%d dropped=%d link_errors=%d "
+                         "sent=%d tx_dropped=%d" % (self.heard, self.forwarded, self.dropped,
+                                                    self.link_errors, self.sent,
+                                                    self.tx_dropped))
         # recv() has already waited for packets: run again at once, never sleep
         # (a bridge is powered by the gateway's USB port).
         return 0
 
+    def serve(self, data):
+        """Read link bytes from the gateway; transmit each TX record in them."""
+        if not data:
+            return
+        from protocol import stream_decode
+
+        if self.records is None:
+            self.records = stream_decode.StreamDecoder()
+        for item in self.records.feed(data):
+            if isinstance(item, Exception) or item[0] != stream.REC_TX:
+                continue
+            try:
+                at_ms, freq, sf, payload = stream_decode.unpack_tx(item[1])
+            except FrameError:
+                self.tx_dropped += 1
+                continue
+            self.transmit(at_ms, freq, sf, payload)
+
+    def transmit(self, at_ms, freq_hz, sf, payload):
+        """Transmit one downlink at `at_ms` (0: the addressed device's window); True if sent."""
+        if at_ms == 0:
+            last = self.heard_at.get(int.from_bytes(payload[1:5], "big")) \
+                if len(payload) >= 5 else None
+            if last is None:
+                self.tx_dropped += 1        # never heard that device: no window to use
+                return False
+            end, up_freq, up_sf = last
+            if freq_hz == _RX2_FREQ_HZ and sf == _RX2_SF:
+                at_ms = end + 2000
+            elif freq_hz == up_freq and sf == up_sf:
+                at_ms = end + 1000          # RX1: the uplink's own channel (the node hops)
+            else:
+                self.tx_dropped += 1        # neither RX1's channel and SF nor RX2's
+                return False
+        modem = self.modem
+        try:
+            if hasattr(modem, "rx_path"):       # the bench radio: a TX line
+                from firmware.hal import unix_bench_rx
+
+                unix_bench_rx.transmit_at(modem, at_ms, freq_hz, sf, payload)
+            else:
+                wait = at_ms - self.ctx.hal.time_ms()
+                if wait > 0:
+                    self.ctx.hal.sleep_ms(wait)
+                modem.configure({"freq_khz": freq_hz // 1000, "sf": sf})
+                try:
+                    modem.send(payload)
+                finally:
+                    modem.configure({"freq_khz": self.freq_hz // 1000, "sf": self.sf})
+        except OSError:
+            self.tx_dropped += 1
+            return False
+        self.sent += 1
+        return True
+
     def status(self):
         """Counters for the console and bench tools."""
         return {"heard": self.heard, "forwarded": self.forwarded, "dropped": self.dropped,
-                "link_errors": self.link_errors}
+                "link_errors": self.link_errors, "sent": self.sent,
+                "tx_dropped": self.tx_dropped}

@@ -41,6 +41,7 @@ _LINK_RETRY_S = const(300)
 _LINK_TRIES = const(3)
 _MAX_INDEX = const(0xFFFFFFFF)
 _MAX_SERIES = const(0xFFFFFF)
+_ALARM_REPEAT_S = const(1800)   # an alarm frame not acknowledged is sent again after this
 
 
 class Node:
@@ -128,11 +129,16 @@ class Node:
             self.max_flow = saved["max_flow"]
             self.reverse_ml = saved["reverse_ml"]
             if now < self.hour * 3600:
-                # A board without a backed-up RTC restarts at its epoch after a
-                # power cut: carry on from the last saved hour.
-                self.ctx.log("clock %d is behind the saved hour %d: clock set to it"
-                             % (now, self.hour))
-                self.ctx.hal.set_time(self.hour * 3600)
+                if self.ctx.hal.clock_set:
+                    # A downlink set the clock back (the node ran fast): the
+                    # open hour goes on as the hour of the right time.
+                    self.hour = now // 3600
+                else:
+                    # A board without a backed-up RTC restarts at its epoch after
+                    # a power cut: carry on from the last saved hour.
+                    self.ctx.log("clock %d is behind the saved hour %d: clock set to it"
+                                 % (now, self.hour))
+                    self.ctx.hal.set_time(self.hour * 3600)
         else:
             self.hour = now // 3600
             self.hour_start_ml = self.index_ml
@@ -282,6 +288,11 @@ class Node:
             self.latched = self._active()
             self.max_flow = self.flow_lph
             self.reverse_ml = 0
+            if self.ctx.dl and self.ctx.dl[1]:
+                # No ack_alarm came in this frame's windows: send again, bounded.
+                self.send_due = True
+                self.send_at = self.ctx.hal.time() + _ALARM_REPEAT_S
+                self.link_tries = 0
             return
         result = self.ctx.last_result
         if result == context.DEFERRED:

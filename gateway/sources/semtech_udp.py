@@ -7,6 +7,9 @@ one) sends to this listener. Datagrams, protocol version 2:
     PUSH_ACK   ver | token(2) | 0x01                       (our answer, same token)
     PULL_DATA  ver | token(2) | 0x02 | gateway EUI(8)      (keep-alive, every ~10 s)
     PULL_ACK   ver | token(2) | 0x04                       (our answer, same token)
+    PULL_RESP  ver | token(2) | 0x03 | JSON {"txpk": {...}}  (a downlink, to the PULL_DATA's
+                                                            address)
+    TX_ACK     ver | token(2) | 0x05 | gateway EUI(8) | JSON {"txpk_ack": {"error": ...}}
 
 The protocol has no authentication and no retries, so everything is checked
 and every fault is counted by reason:

@@ -14,6 +14,12 @@ decoder resynchronises at the next delimiter. When the device disappears
 (a USB radio unplugged: read errors, or the path vanishes) the source closes
 the port, goes to ``BACKOFF`` and tries again with capped, jittered backoff
 until the device is back; the daemon keeps running meanwhile.
+
+Downlinks go back over the same link (``transmit_downlink``): to a UART node
+as a FRAME record written at once (the node reads it in its receive window;
+the link buffers it until then), to a radio-bridge node as a TX record with
+``at_ms`` 0, which the bridge places in the uplink's RX1 or RX2 window by its
+own clock (docs/protocol.md section 6).
 """
 
 from __future__ import annotations
@@ -128,6 +134,28 @@ class SerialSource(ThreadedSource):
     def _shutdown(self) -> None:
         self._close()
         self.reader.close_logs()
+
+    def transmit_downlink(self, frame: bytes, window: Any, up: Any,
+                          done: Callable[[str | None], None]) -> str | None:
+        """Write a downlink to the node behind this link; None, or why it could not."""
+        if up.path != "serial":
+            # at_ms 0: the bridge knows the end of the uplink to the millisecond and
+            # places the downlink in that window itself (docs/protocol.md section 6).
+            record = stream.encode_record(stream.REC_TX,
+                                          stream.pack_tx(0, window.freq_hz, window.sf, frame))
+        else:
+            record = stream.encode_record(stream.REC_FRAME, frame)
+        with self._lock:
+            port = self._port
+            if port is None:
+                return "link_down"
+            try:
+                port.write(record)
+                port.flush()
+            except (OSError, serial.SerialException) as exc:
+                log.warning("%s: downlink not written: %s", self.name, exc)
+                return "link_write"
+        return None
 
     def stats(self) -> dict[str, Any]:
         """State and link counters for the status report."""

@@ -4,6 +4,15 @@ Any LoRa concentrator running Semtech's packet forwarder (or a compatible
 one) sends to this listener; the datagrams, and the reasons every fault is
 counted under, are in gateway.sources.semtech_udp.
 
+A downlink (``transmit_downlink``) goes to the address the concentrator's last
+PULL_DATA came from, as a PULL_RESP whose ``txpk`` is timed on the
+concentrator's microsecond counter: the uplink's ``tmst`` plus the receive
+window's delay (``imme`` false), with ``ipol`` true as downlinks are sent with
+inverted polarity. The TX_ACK that echoes its token reports the outcome; an
+error other than ``NONE`` (TOO_LATE, TOO_EARLY, COLLISION_PACKET,
+COLLISION_BEACON, TX_FREQ, TX_POWER, GPS_UNLOCKED, ...) is counted as
+``tx_ack_<error>`` and the commands go back to the queue.
+
 Well-formed PUSH_DATA and PULL_DATA headers are acknowledged at once, before
 their content is looked at, as the protocol asks. ``stat`` objects (gateway
 status) are counted and logged at debug level. Nothing from a datagram reaches
@@ -13,10 +22,15 @@ aggregated (``gateway.logsafe``).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
+import json
 import logging
+import random
+import re
 import socket
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -30,8 +44,14 @@ from knute.gateway.sources.base import LinkState, Sink, ThreadedSource
 from knute.gateway.sources.buckets import Buckets, TokenBucket
 from knute.gateway.sources.semtech_udp import (
     PF_GATEWAY,
+    PF_JSON,
     PF_RATE,
+    PROTOCOL_VERSION,
+    PULL_DATA,
+    PULL_RESP,
     PUSH_DATA,
+    TX_ACK,
+    Datagram,
     ack_for,
     parse_datagram,
     parse_push,
@@ -111,6 +131,11 @@ class UdpForwarderSource(ThreadedSource):
         self._trusted: OrderedDict[tuple[str, bytes], float] = OrderedDict()
         self._events = EventLog(log, period_s=60.0)
         self._debug = EventLog(log, period_s=10.0, burst=10, level=logging.DEBUG)
+        # EUI -> (host, port) of its last PULL_DATA: where its downlinks go
+        self._pull_peers: OrderedDict[str, Any] = OrderedDict()
+        # PULL_RESP token -> (callback for its TX_ACK, sent at monotonic s)
+        self._tx_pending: OrderedDict[int, tuple[Any, float]] = OrderedDict()
+        self._tokens = itertools.count(random.randrange(1 << 16))
 
     @staticmethod
     def _grow_rcvbuf(sock: socket.socket, size: int) -> int:
@@ -250,7 +275,14 @@ class UdpForwarderSource(ThreadedSource):
 
     def _serve(self, view: memoryview, nbytes: int, peer: Any) -> None:
         at = time.monotonic()
-        for reply in self.handle(bytes(view[:nbytes]), time.time(), at, peer[0]):
+        replies = self.handle(bytes(view[:nbytes]), time.time(), at, peer[0])
+        if replies and nbytes >= 12 and view[3] == PULL_DATA:
+            eui = bytes(view[4:12]).hex()
+            self._pull_peers[eui] = peer
+            self._pull_peers.move_to_end(eui)
+            while len(self._pull_peers) > self.MAX_GATEWAYS:
+                self._pull_peers.popitem(last=False)
+        for reply in replies:
             try:
                 self._sock.sendto(reply, peer)
             except OSError as exc:
@@ -278,6 +310,8 @@ class UdpForwarderSource(ThreadedSource):
         self._heard(eui, received_at, host)
         reply = ack_for(dgram)
         replies = [reply] if reply is not None else []
+        if dgram.ptype == TX_ACK:
+            self._tx_ack(dgram)
         if dgram.ptype != PUSH_DATA:
             return replies
         try:
@@ -299,6 +333,56 @@ class UdpForwarderSource(ThreadedSource):
                 continue
             self.sink(Reception(self.name, "radio", frame, received_at, at, meta))
         return replies
+
+    def _tx_ack(self, dgram: Datagram) -> None:
+        """The outcome of one of our PULL_RESPs (protocol v2's TX_ACK)."""
+        pending = self._tx_pending.pop(dgram.token, None)
+        error = "NONE"
+        if dgram.body.strip():
+            try:
+                doc = json.loads(dgram.body)
+                ack = doc.get("txpk_ack") if isinstance(doc, dict) else None
+                if isinstance(ack, dict) and isinstance(ack.get("error"), str):
+                    error = ack["error"][:32]
+            except (ValueError, UnicodeDecodeError):
+                self.counters.reject(PF_JSON, self.name)
+                return
+        if not re.fullmatch(r"[A-Z_]{1,32}", error):
+            error = "INVALID"
+        self.counters.inc(f"tx_ack_{error.lower()}", self.name)
+        if pending is not None:
+            pending[0](None if error == "NONE" else error)
+
+    def transmit_downlink(self, frame: bytes, window: Any, up: Any,
+                          done: Any) -> str | None:
+        """Send a downlink as a PULL_RESP to the concentrator that heard ``up``."""
+        eui = up.receiver.get("gateway_eui")
+        peer = self._pull_peers.get(eui) if isinstance(eui, str) else None
+        if peer is None:
+            return "no_pull"          # the concentrator has not sent a PULL_DATA yet
+        tmst = up.receiver.get("tmst")
+        if not isinstance(tmst, int):
+            return "no_tmst"
+        txpk = {"imme": False, "tmst": (tmst + round(window.delay_s * 1e6)) % (1 << 32),
+                "freq": round(window.freq_hz / 1e6, 6), "rfch": 0,
+                "powe": 27 if window.name == "rx2" else 14, "modu": "LORA",
+                "datr": f"SF{window.sf}BW125", "codr": "4/5", "ipol": True,
+                "size": len(frame), "data": base64.b64encode(frame).decode()}
+        token = next(self._tokens) & 0xFFFF
+        now = time.monotonic()
+        while self._tx_pending and (len(self._tx_pending) >= 1024
+                                    or next(iter(self._tx_pending.values()))[1] < now - 60):
+            self._tx_pending.popitem(last=False)
+        self._tx_pending[token] = (done, now)
+        body = json.dumps({"txpk": txpk}, separators=(",", ":")).encode()
+        try:
+            self._sock.sendto(struct.pack(">BHB", PROTOCOL_VERSION, token, PULL_RESP) + body,
+                              peer)
+        except OSError as exc:
+            self._tx_pending.pop(token, None)
+            return f"sendto: {exc.strerror}"
+        self.counters.inc("pull_resp", self.name)
+        return None
 
     def _heard(self, eui: str, received_at: float, host: str) -> None:
         table = self.gateways

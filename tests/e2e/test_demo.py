@@ -23,7 +23,15 @@ def test_headless_demo_loses_nothing_across_a_broker_outage(
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
     assert set(summary) == {"sent", "received", "lost", "duplicates", "alarms", "backend",
+                            "downlinks_sent", "downlinks_applied",
                             "air_index", "display_colour"}
+    print(f"downlinks sent {summary['downlinks_sent']}, applied "
+          f"{summary['downlinks_applied']}")
+    # The clock and the setting queued for the first firmware board leave after its
+    # first uplink (a board asking for the time gets its answer too); the board's
+    # next uplink reports both applied.
+    assert summary["downlinks_sent"] >= 1
+    assert summary["downlinks_applied"] >= 2
     assert summary["sent"] > 50
     assert summary["lost"] == 0
     # Every valid frame arrived; a firmware node may have sent one more as it stopped.

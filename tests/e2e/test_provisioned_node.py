@@ -73,11 +73,14 @@ def test_provisioned_node_reading_reaches_the_backend(
             # 1,234 litres flow in the first simulated hour.
             (board.flash_dir / "pulses.txt").write_text(f"@{START + 600} 1234\n")
             wiring = tmp_path / "bench.json"
+            # Every frame carries a day of hours: a loaded machine that holds the
+            # board up past a send (an hour is 1 real second here) delays the
+            # reading, it cannot push the flow's hour out of the profile.
             wiring.write_text(json.dumps({
                 "jitter_s": 1,
-                "water": {"sends_per_day": 4, "profile_len": 6, "litres_per_pulse": 1},
+                "water": {"sends_per_day": 4, "profile_len": 24, "litres_per_pulse": 1},
                 "bench": {"uart": {"link": line.a_path}, "pulse": {"pulse": "pulses.txt"},
-                          "time_scale": 7200, "start_time": START, "seed": 3},
+                          "time_scale": 3600, "start_time": START, "seed": 3},
             }))
             result = subprocess.run(
                 [str(knute_bin), "provision", "--port", board.port, "--kind", "water_meter",

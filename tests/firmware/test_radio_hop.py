@@ -45,16 +45,18 @@ def test_meter_hops_over_the_plan_and_the_bridge_hears_every_channel(
     assert meter.wait() == 0, meter.console()
     lines = (meter.dir / "air.txt").read_text().splitlines()
     assert len(lines) == 16
-    freqs = [int(line.split()[4]) for line in lines]
+    # RX <rssi> <snr> <hex> <end_ms> <freq_hz> <sf>
+    assert all(len(line.split()) == 7 for line in lines), lines
+    freqs = [int(line.split()[5]) for line in lines]
     assert set(freqs) <= set(EU868_CHANNELS)
     assert len(set(freqs)) >= 4, freqs            # 16 draws over 8 channels
-    assert {int(line.split()[5]) for line in lines} == {9}
+    assert {int(line.split()[6]) for line in lines} == {9}
 
     # A bridge on the plan forwards all, each RADIO record with its own channel;
     # a packet on a channel outside its list is dropped.
     bridge = bench_node(bridge_config(channels=list(EU868_CHANNELS)), name="bridge")
     foreign = lines[0].split()
-    foreign[4] = "869525000"
+    foreign[5] = "869525000"
     (bridge.dir / "radio.txt").write_text("\n".join([*lines, " ".join(foreign)]) + "\n")
     bridge.start()
     assert bridge.wait() == 0, bridge.console()
@@ -116,12 +118,11 @@ def test_bad_channel_list_is_one_safe_mode_line(bench_node: NodeFactory,
 
 
 def test_air_nodes_booted_together_spread_their_first_frames(
-        bench_node: NodeFactory, upy_bits: int) -> None:
+        bench_node: NodeFactory) -> None:
     # Three air-quality nodes on LoRa, same boot instant and seed: the first frame
     # of each leaves at its own phase of the 600 s interval, not all 60 s after boot.
-    # An air node on LoRa needs 65 KiB on the 64-bit port (46 KiB on the 32-bit
-    # build, within its 48): docs/firmware.md, "Memory".
-    heap = {"heap": "66k"} if upy_bits == 64 else {}
+    # At the default heap: 64 KiB on the 64-bit port, 48 KiB on the 32-bit build
+    # (docs/firmware.md, "Memory").
     firsts = []
     for n in range(3):
         cfg: dict[str, Any] = {
@@ -132,7 +133,7 @@ def test_air_nodes_booted_together_spread_their_first_frames(
             "bench": {"radio": {"path": "air.txt"}, "time_scale": 600, "seed": 3,
                       "start_time": HOUR_T0, "stop_after_s": 700},
         }
-        node = bench_node(cfg, name=f"a{n}", **heap)
+        node = bench_node(cfg, name=f"a{n}")
         node.start()
         assert node.wait() == 0, node.console()
         sent = [int(t) for t in SENT.findall(node.console())]

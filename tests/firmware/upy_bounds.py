@@ -57,6 +57,8 @@ class _Ctx:
         self.sent = []
         self.last_result = 0
         self.retry_s = 60
+        self.dl = None          # no downlinks (firmware.context)
+        self.duty = None
 
     def send(self, values):
         self.sent.append(values["index"])

@@ -136,6 +136,8 @@ def test_any_frame_matches_schema_and_kinds_table(kind_values: tuple[str, dict[s
             continue
         if field["type"] == "bits":
             alarms.extend(kinds.bit_names(field, values[name]))
+        elif name == "dl":
+            assert doc["dl"] == message.report_dict(values[name])
         elif field["type"] == "series":
             key = "litres" if field["unit"] == "L" else "value"
             assert [s[key] for s in doc["profile"]] == kinds.scaled(field, values[name])
@@ -172,3 +174,17 @@ def test_docs_examples_match_the_schemas() -> None:
             READING.validate(doc)
             kinds_seen.add(doc["kind"])
     assert kinds_seen == set(KIND_NAMES)        # an example of each kind
+
+
+def test_the_downlink_report_is_published_as_dl() -> None:
+    """docs/protocol.md 12.7's example: clock asked, command 2 applied, 22 refused (code 3)."""
+    values = {"index": 5, "profile_end_h": 10, "alarms": 0, "battery": 20, "profile": [1],
+              "dl": [3, 512, 5683]}
+    doc = _reading(_frame("water_meter", values), 1_796_158_014.0)
+    READING.validate(doc)
+    assert doc["dl"] == {"flags": ["want", "clock"], "results": [
+        {"command": 2, "result": "applied", "detail": 0},
+        {"command": 22, "result": "cmd_range", "detail": 3}]}
+    assert "max_flow" not in doc["readings"] and "dl" not in doc["readings"]
+    del values["dl"]
+    assert "dl" not in _reading(_frame("water_meter", values), 1_796_158_014.0)

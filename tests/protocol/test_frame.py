@@ -174,7 +174,7 @@ def _sealed_payload(kind_id: int, payload: bytes) -> bytes:
     [
         ("a0", "payload_shape"),                       # a map, not an array
         ("80", "payload_missing"),                     # empty array
-        ("8701020304050607", "payload_shape"),         # 7 elements (max 6)
+        ("880102030405060708", "payload_shape"),       # 8 elements (max 7)
         ("8501000003f6", "payload_type"),              # profile null
         ("850100000381f5", "payload_type"),            # profile element true
         ("850100001581", "cbor_truncated"),

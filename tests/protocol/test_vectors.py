@@ -77,9 +77,12 @@ def _receive(decoder: stream.StreamDecoder, data: bytes) -> list[Any]:
         if isinstance(item, FrameError):
             out.append({"reason": item.reason})
             continue
-        if item[0] == stream.REC_RADIO:
+        if item[0] in (stream.REC_RADIO, stream.REC_TX):
             try:
-                stream.unpack_radio(item[1])
+                if item[0] == stream.REC_RADIO:
+                    stream.unpack_radio(item[1])
+                else:
+                    stream.unpack_tx(item[1])
             except FrameError as err:
                 out.append({"reason": err.reason})
                 continue
@@ -102,3 +105,8 @@ def test_record_encodes_to_its_wire_bytes(vector: dict[str, Any]) -> None:
     wire = stream.encode_record(vector["type"], body)
     assert wire.hex() == vector["record"]
     assert stream.decode_record(wire[1:-1]) == (vector["type"], body)
+    if "tx" in vector:
+        tx = vector["tx"]
+        payload = bytes.fromhex(tx["payload"])
+        assert stream.unpack_tx(body) == (tx["at_ms"], tx["freq_hz"], tx["sf"], payload)
+        assert stream.pack_tx(tx["at_ms"], tx["freq_hz"], tx["sf"], payload) == body

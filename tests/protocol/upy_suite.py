@@ -146,8 +146,9 @@ def receive(dec, data):
         if isinstance(item, FrameError):
             out.append(item.reason)
             continue
-        if item[0] == stream.REC_RADIO:
-            reason = reason_of(stream.unpack_radio, item[1])
+        if item[0] in (stream.REC_RADIO, stream.REC_TX):
+            unpack = stream.unpack_radio if item[0] == stream.REC_RADIO else stream.unpack_tx
+            reason = reason_of(unpack, item[1])
             if reason:
                 out.append(reason)
                 continue
@@ -170,6 +171,12 @@ def test_link():
                   and round(meta["snr_db"] * 10) == r["snr_db_x10"]
                   and meta["freq_hz"] == r["freq_hz"] and meta["sf"] == r["sf"]
                   and hx(inner) == r["frame"])
+        if "tx" in v:
+            t = v["tx"]
+            check("link tx " + v["name"], stream.unpack_tx(body) == (
+                t["at_ms"], t["freq_hz"], t["sf"], unhexlify(t["payload"])))
+            check("link tx pack " + v["name"], stream.pack_tx(
+                t["at_ms"], t["freq_hz"], t["sf"], unhexlify(t["payload"])) == body)
         if "text" in v:
             check("link text " + v["name"], body.decode("utf-8") == v["text"])
     faults = 0

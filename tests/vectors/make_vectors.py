@@ -176,8 +176,8 @@ def rejected() -> list[dict[str, Any]]:
          _sealed(0x41, bytes.fromhex("99040101"))),
         ("payload_shape_map", "payload_shape", "a map instead of an array",
          _sealed(0x41, bytes.fromhex("a10000"))),
-        ("payload_shape_seven", "payload_shape", "7 elements; water_meter has 6 fields",
-         _sealed(0x41, _water(*typical, 40, 1))),
+        ("payload_shape_eight", "payload_shape", "8 elements; water_meter has 7 fields",
+         _sealed(0x41, _water(*typical, 40, [1], 1))),
         ("payload_missing", "payload_missing", "profile left off (it is not optional)",
          _sealed(0x41, _water(*typical[:4]))),
         ("payload_type_null", "payload_type", "null index (not nullable)",
@@ -230,11 +230,17 @@ def _run_of_254() -> bytes:
     raise RuntimeError("no body without a zero CRC byte")
 
 
+# The clock downlink of docs/protocol.md section 12.12 (tests/vectors/downlink.json).
+DOWNLINK_CLOCK = bytes.fromhex("60000012340000010aa27fc07e0849a0e2082ac49cc77d4d20bf8012")
+
+
 def link() -> dict[str, Any]:
     """The link.json document: good records and streams with their faults."""
     frame0 = bytes.fromhex(build(CASES[0])["frame"])
     frame2 = bytes.fromhex(build(CASES[2])["frame"])
     radio_body = struct.pack(">hhIB", -117, -75, 868100000, 12) + frame0
+    tx_body = struct.pack(">QIB", 1796158015123, 868100000, 12) + DOWNLINK_CLOCK
+    tx_now_body = struct.pack(">QIB", 0, 869525000, 12) + DOWNLINK_CLOCK
     log_text = "knute 1.4 boot: målar 12 L/h, reset=power"
     run254 = _run_of_254()
     records: list[dict[str, Any]] = [
@@ -245,6 +251,14 @@ def link() -> dict[str, Any]:
          "type": 2, "body": radio_body.hex(),
          "radio": {"rssi_dbm": -117, "snr_db_x10": -75, "freq_hz": 868100000, "sf": 12,
                    "frame": frame0.hex()}},
+        {"name": "tx", "note": "a downlink for a radio bridge to send in RX1",
+         "type": 4, "body": tx_body.hex(),
+         "tx": {"at_ms": 1796158015123, "freq_hz": 868100000, "sf": 12,
+                "payload": DOWNLINK_CLOCK.hex()}},
+        {"name": "tx_now", "note": "at_ms 0: the bridge picks the window itself",
+         "type": 4, "body": tx_now_body.hex(),
+         "tx": {"at_ms": 0, "freq_hz": 869525000, "sf": 12,
+                "payload": DOWNLINK_CLOCK.hex()}},
         {"name": "log", "note": "a console line, UTF-8", "type": 3,
          "body": log_text.encode().hex(), "text": log_text},
         {"name": "log_254_run", "note": "type | body | CRC is 254 non-zero bytes: code 0xff, "
@@ -288,11 +302,14 @@ def link() -> dict[str, Any]:
         {"name": "short_record", "note": "COBS of 4 bytes: less than type + CRC",
          "wire": bytes.fromhex("00050102030400") + wire["log"],
          "items": [{"reason": "link_short"}, item("log")]},
-        {"name": "unknown_type", "note": "type 0x04 and type 0x00 with good CRCs",
-         "wire": record(4, b"future") + record(0, b"") + wire["log"],
+        {"name": "unknown_type", "note": "type 0x0e and type 0x00 with good CRCs",
+         "wire": record(0x0E, b"future") + record(0, b"") + wire["log"],
          "items": [{"reason": "link_type"}, {"reason": "link_type"}, item("log")]},
         {"name": "short_radio", "note": "a RADIO record with 8 bytes of metadata",
          "wire": record(2, bytes(8)) + wire["log"],
+         "items": [{"reason": "link_radio"}, item("log")]},
+        {"name": "short_tx", "note": "a TX record with 12 bytes of metadata",
+         "wire": record(4, bytes(12)) + wire["log"],
          "items": [{"reason": "link_radio"}, item("log")]},
         {"name": "oversize", "note": "309 bytes without a delimiter: dropped, reported once",
          "wire": b"\x55" * 309 + wire["log"],
@@ -320,8 +337,8 @@ def link() -> dict[str, Any]:
         "tests/vectors/make_vectors.py with zlib's CRC-32 and its own COBS. 'records' are "
         "good records: type, body and the bytes on the wire, delimiters included. 'streams' "
         "are byte streams and what a receiver makes of them, in order: a good record as "
-        "its type and body, a fault as its reason (a RADIO record shorter than its metadata "
-        "included), whether the stream arrives at once or a byte at a time.",
+        "its type and body, a fault as its reason (a RADIO or TX record shorter than its "
+        "metadata included), whether the stream arrives at once or a byte at a time.",
         "records": records,
         "streams": streams,
     }

@@ -316,6 +316,35 @@ def _measure(role: str, variant: str, cycles: int, heap: str, work: Path,
     }
 
 
+# Receive-window energy against the uplink's (docs/firmware.md, "Downlinks"):
+# computed from the LoRa timings, not measured. Currents: 60 mA on air (as
+# `knute airtime`: SX1276 datasheet 2.5.1 plus the awake MCU), 11.5 mA while
+# a window listens (SX1276 datasheet table 7, IDDR_L at 125 kHz; the MCU
+# waits for the radio's interrupt asleep). With no downlink, RX1 listens 8
+# symbols at the uplink's SF and RX2 8 symbols at SF12.
+TX_MA = 60.0
+RX_MA = 11.5
+ENERGY_ROLES = {"water_meter": 4, "air_quality": 144}    # sends a day (the defaults)
+ENERGY_SF = 9                                            # config.json radio.sf default
+
+
+def window_energy(role: str, sf: int = ENERGY_SF) -> dict[str, Any]:
+    """µAh a day of a LoRa role's uplinks and of its empty receive windows."""
+    from firmware.downlink_window import window_ms
+    from knute.protocol.airtime import time_on_air_ms
+    from knute.tools.sim.typical import typical_frame
+
+    kind = {"water_meter": "water_meter", "air_quality": "air_quality"}[role]
+    sends = ENERGY_ROLES[role]
+    frame_len = len(typical_frame(kind)) + 2        # + the dl report asking for the time
+    toa = time_on_air_ms(frame_len, sf)
+    listen = window_ms(sf, 125000) + window_ms(12, 125000)
+    return {"sends_per_day": sends, "sf": sf, "uplink_ms": round(toa, 1),
+            "windows_ms": listen,
+            "uplink_uah_per_day": round(sends * toa * TX_MA / 3600, 1),
+            "windows_uah_per_day": round(sends * listen * RX_MA / 3600, 1)}
+
+
 def run(args: argparse.Namespace) -> int:
     """Measure every (chosen) role, optimized and naive; print a table or JSON."""
     from knute.gateway.errors import KnuteError
@@ -341,6 +370,8 @@ def run(args: argparse.Namespace) -> int:
                 entry["bits32"] = _measure(role, "optimized", args.cycles, args.heap, work,
                                            builds[32], 32)
                 entry["bits32"]["heap"] = args.heap
+            if role in ENERGY_ROLES:
+                entry["energy"] = window_energy(role)
             results[role] = entry
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
@@ -363,4 +394,12 @@ def run(args: argparse.Namespace) -> int:
             b32 = entry["bits32"]
             print(f"{role:<13} {b32['peak_heap_bytes']:>16} {b32['allocs_per_cycle']:>14.1f} "
                   f"{b32['resident_bytes']:>12}")
+    energy = {role: e["energy"] for role, e in results.items() if "energy" in e}
+    if energy:
+        print(f"LoRa energy a day at SF{ENERGY_SF} (computed; {TX_MA:g} mA on air, "
+              f"{RX_MA:g} mA listening)")
+        print(f"{'role':<13} {'sends/day':>10} {'uplink uAh':>12} {'RX1+RX2 uAh':>12}")
+        for role, e in energy.items():
+            print(f"{role:<13} {e['sends_per_day']:>10} {e['uplink_uah_per_day']:>12} "
+                  f"{e['windows_uah_per_day']:>12}")
     return 0

@@ -178,6 +178,7 @@ class Demo:
         self._open_links()
         if self.args.real_firmware:
             self._start_real_firmware()
+            self._queue_downlinks()
         # Subscribed before the gateway runs: its session holds every reading published.
         self._start_backend()
         self._start_gateway()
@@ -330,6 +331,22 @@ port = {_web_port(self.args.web_port)}
         self.event(f"firmware: {len(self.boards)} virtual boards provisioned: "
                    + ", ".join(f"{b.device_id:08x}" for b in self.boards))
 
+    def _queue_downlinks(self) -> None:
+        """Set the clock of, and change one setting on, the first firmware board: the
+        gateway sends both after the board's first uplink and follows them to applied."""
+        from knute.gateway.downlinks import DownlinkStore
+
+        if not self.boards:
+            return
+        board = self.boards[0]
+        store = DownlinkStore(str(self.workdir / "registry.db"))
+        try:
+            store.queue(board.device_id, "time", ref="demo-clock")
+            store.queue(board.device_id, "config", {"values": {"4": 6}}, ref="demo-leak-hours")
+        finally:
+            store.close()
+        self.event(f"downlinks: clock and water.leak_hours=6 queued for {board.device_id:08x}")
+
     # ------------------------------------------------------------ running
     def _send_loop(self) -> None:
         from knute.protocol import stream
@@ -436,6 +453,7 @@ port = {_web_port(self.args.web_port)}
             alarms = self.seen.alarm_readings
         backend = self.backend.try_summary(timeout=10)
         counters = backend.get("counters", {})
+        totals = self.gateway_status().get("totals", {})
         sculpture = self.sculpture
         if sculpture is not None:
             sculpture.settle(timeout_s=15)
@@ -444,6 +462,8 @@ port = {_web_port(self.args.web_port)}
                 "sent": len(self.all_expected()), "received": received,
                 "lost": len(self.missing()),
                 "duplicates": duplicates, "alarms": alarms,
+                "downlinks_sent": int(totals.get("downlinks_sent", 0)),
+                "downlinks_applied": int(totals.get("downlinks_applied", 0)),
                 "backend": {"url": self.backend.url, "readings": backend.get("readings"),
                             "meters": backend.get("meters"),
                             "alerts_open": backend.get("alerts_open"),

@@ -10,6 +10,9 @@
     knute devices share --gateway ID=PUBLIC (one registry for many gateways)
     knute devices share-key                 (this gateway's public share key)
     knute devices reset-counter DEVICE      (accept a node's restarted frame counter)
+    knute devices send DEVICE COMMAND [ARGS...] [--id REF] [--json]
+                                            (queue a downlink command; see --help)
+    knute devices cancel DEVICE CMD_ID      (stop sending a queued command)
 
 The registry is found through ``--registry PATH`` or the gateway configuration
 (``--config``, default $KNUTE_CONFIG or /etc/knute/gateway.toml). DEVICE is
@@ -75,6 +78,41 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> Non
     imp.add_argument("--update", action="store_true",
                      help="update devices whose row differs (else the file is refused)")
 
+    send = sub.add_parser(
+        "send", parents=[common], help="queue a command for the node's next receive window",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Queue a downlink command; the gateway sends it after the node's next "
+                    "uplink\nand follows it to applied, rejected or expired "
+                    "('knute devices show DEVICE').",
+        epilog=SEND_COMMANDS)
+    send.add_argument("device", help="device id: decimal, 0x-hex or 8 hex digits")
+    send.add_argument("dl_command", choices=SEND_CHOICES, metavar="COMMAND",
+                      help="one of: " + ", ".join(SEND_CHOICES))
+    send.add_argument("args", nargs="*", metavar="ARG",
+                      help="KEY=VALUE for config, alarm bits for ack, FILES for update")
+    send.add_argument("--id", dest="ref", help="your reference for the command (unique per "
+                      "device; a repeat is not queued twice)")
+    send.add_argument("--expires-hours", type=float, help="expiry (default: the "
+                      "configuration's downlinks.expiry_hours)")
+    send.add_argument("--chunk", type=int, default=85,
+                      help="update: bundle bytes per downlink (85 fits SF9; 192 for SF7-8 "
+                           "and serial nodes, 22 for SF10-12)")
+    send.add_argument("--dry-run", action="store_true",
+                      help="update: queue nothing; say how long the bundle takes to reach "
+                           "--fleet nodes over the air at --sf")
+    send.add_argument("--fleet", type=int, default=1, help="update --dry-run: nodes")
+    send.add_argument("--sf", type=int, default=9, choices=range(7, 13), metavar="SF",
+                      help="update --dry-run: the nodes' spreading factor (default 9)")
+    send.add_argument("--interval-s", type=float, default=900.0,
+                      help="update --dry-run: seconds between a node's uplinks while it "
+                           "stages an update (default 900)")
+    send.add_argument("--json", action="store_true", help="print the queued command(s)")
+
+    cancel = sub.add_parser("cancel", parents=[common], help="stop sending a queued command")
+    cancel.add_argument("device")
+    cancel.add_argument("cmd_id", type=int)
+    cancel.add_argument("--json", action="store_true", help="print the command as JSON")
+
     rc = sub.add_parser("reset-counter", parents=[common],
                         help="accept a node's restarted frame counter (after checking it)")
     rc.add_argument("device")
@@ -84,6 +122,148 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> Non
     from knute.tools.cli import devices_share
 
     devices_share.add_arguments(sub, common)
+
+
+SEND_CHOICES = ("time", "config", "ack", "rekey", "reboot", "update")
+SEND_COMMANDS = """commands:
+  time                      set the node's clock (answered with the end of its next uplink)
+  config KEY=VALUE ...      set 1-4 whitelisted values, e.g. water.sends_per_day=4
+                            (docs/protocol.md 12.8; a value out of range is refused here)
+  ack [BITS]                acknowledge alarms (default: the bits of the next uplink)
+  rekey                     rotate the device key in two phases (a new random key)
+  reboot                    reset the node once its report is stored
+  update FILES ...          send changed firmware modules (paths firmware/... or
+                            protocol/..., relative to the current directory);
+                            --dry-run says how long it takes for --fleet nodes
+"""
+
+
+def _downlinks(args: argparse.Namespace) -> Any:
+    """The downlink store of the registry (created with the registry when missing)."""
+    from knute.gateway.downlinks import DownlinkLimits, DownlinkStore
+
+    path = getattr(args, "registry", None)
+    limits = DownlinkLimits()
+    if path is None:
+        cfg = _config(args)
+        path = cfg.registry
+        limits = DownlinkLimits(cfg.downlinks.max_queued, cfg.downlinks.expiry_s,
+                                cfg.downlinks.max_sends)
+    _check_owner(path, "registry")
+    return DownlinkStore(path, limits)
+
+
+def _send(args: argparse.Namespace, reg: Any) -> int:
+    from knute.gateway.device_fields import format_device_id, parse_device_id
+    from knute.gateway.downlink_plan import config_values
+
+    device_id = parse_device_id(args.device)
+    command, extra = args.dl_command, list(args.args)
+    if args.dry_run:
+        return _update_dry_run(args, extra) if command == "update" else _no_dry_run(command)
+    if reg.get(device_id) is None:
+        raise KnuteError(f"device {format_device_id(device_id)} is not registered")
+    if command in ("time", "rekey", "reboot") and extra:
+        raise KnuteError(f"{command} takes no arguments")
+    expiry = args.expires_hours * 3600.0 if args.expires_hours is not None else None
+    store = _downlinks(args)
+    try:
+        if command == "config":
+            cmds = [store.queue(device_id, "config", {"values": config_values(extra)},
+                                ref=args.ref, expiry_s=expiry)[0]]
+        elif command == "ack":
+            if len(extra) > 1:
+                raise KnuteError("ack takes at most one argument: the alarm bits")
+            bits: dict[str, Any] = {}
+            if extra:
+                try:
+                    bits["bits"] = int(extra[0], 0)
+                except ValueError:
+                    raise KnuteError(f"ack: {extra[0]!r} is not an integer") from None
+                if not 0 <= bits["bits"] <= 0xFFFFFF:
+                    raise KnuteError("ack: alarm bits are 0..16777215")
+            cmds = [store.queue(device_id, "ack", bits, ref=args.ref, expiry_s=expiry)[0]]
+        elif command == "rekey":
+            cmds = [store.begin_rekey(device_id, os.urandom(16), ref=args.ref)]
+        elif command == "update":
+            cmds = store.queue_update(device_id, _bundle(extra), args.chunk, ref=args.ref)
+        else:
+            cmds = [store.queue(device_id, command, {}, ref=args.ref, expiry_s=expiry)[0]]
+    finally:
+        store.close()
+    _notify(args, {"cmd": "reload"})
+    if args.json:
+        print(json.dumps([c.as_dict() for c in cmds], indent=2))
+    else:
+        first = cmds[0]
+        more = f" (+{len(cmds) - 1} more)" if len(cmds) > 1 else ""
+        print(f"queued {command} for {format_device_id(device_id)}: command {first.cmd_id}"
+              f"{more}, {first.state}")
+    return 0
+
+
+def _no_dry_run(command: str) -> int:
+    raise KnuteError(f"--dry-run is for update, not {command}")
+
+
+def _update_dry_run(args: argparse.Namespace, files: list[str]) -> int:
+    from knute.gateway.downlink_plan import update_plan
+
+    if args.fleet < 1 or args.interval_s <= 0:
+        raise KnuteError("--fleet must be at least 1 and --interval-s positive")
+    plan = update_plan(len(_bundle(files)), args.sf, args.fleet, args.interval_s)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    print(f"bundle {plan['bundle_bytes']} bytes: {plan['chunks']} chunks of "
+          f"{plan['chunk_bytes']} bytes at SF{plan['sf']}, {plan['downlinks_per_node']} "
+          f"downlinks per node of {plan['downlink_airtime_ms']} ms on air")
+    print(f"one node: {plan['hours_per_node']} h at one uplink every "
+          f"{plan['uplink_interval_s']:g} s")
+    print(f"{plan['nodes']} nodes: {plan['fleet_airtime_s']} s on air, "
+          f"{plan['hours_for_duty_cycle']} h within the {plan['sub_band']} sub-band's "
+          f"{plan['duty_cycle_budget_s_per_h']:g} s an hour; the fleet takes "
+          f"{plan['hours_for_fleet']} h")
+    return 0
+
+
+def _bundle(files: list[str]) -> bytes:
+    from knute.protocol import downlink
+    from knute.protocol.downlink_path import path_ok
+
+    if not files:
+        raise KnuteError("update needs at least one module file")
+    entries = []
+    for name in files:
+        path = os.path.normpath(name).replace(os.sep, "/")
+        if not path_ok(path):
+            raise KnuteError(f"{name}: a module path is firmware/... or protocol/..., "
+                             "ends with .py or .mpy, 1-64 characters of a-z 0-9 _ . /")
+        try:
+            with open(name, "rb") as fh:
+                entries.append((path, fh.read()))
+        except OSError as exc:
+            raise KnuteError(f"{name}: {exc.strerror}") from None
+    try:
+        return bytes(downlink.bundle(entries))
+    except ValueError as exc:
+        raise KnuteError(str(exc)) from None
+
+
+def _print_commands(cmds: list[Any]) -> None:
+    from knute.tools.cli.gateway import iso
+
+    if not cmds:
+        print("downlinks  none")
+        return
+    print("downlinks")
+    for c in cmds:
+        outcome = ""
+        if c.result is not None:
+            outcome = f" {c.result}" + (f" (detail {c.detail})" if c.detail else "")
+        ref = f" id={c.ref}" if c.ref else ""
+        print(f"  {c.cmd_id:>5} {c.op:<10} {c.state:<9}{outcome} sends={c.sends} "
+              f"updated {iso(c.updated_at)}{ref}")
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -154,6 +334,19 @@ def run(args: argparse.Namespace) -> int:
         return devices_share.share_key(_config(args), args.json)
     reg = _registry(args)
     try:
+        if action == "send":
+            return _send(args, reg)
+        if action == "cancel":
+            store = _downlinks(args)
+            try:
+                cmd = store.cancel(parse_device_id(args.device), args.cmd_id)
+            finally:
+                store.close()
+            if args.json:
+                print(json.dumps(cmd.as_dict(), indent=2))
+            else:
+                print(f"command {cmd.cmd_id} cancelled")
+            return 0
         if action == "add":
             location: dict[str, Any] = {}
             if args.address:
@@ -190,11 +383,23 @@ def run(args: argparse.Namespace) -> int:
             if dev is None:
                 raise KnuteError(f"device {format_device_id(device_id)} is not registered")
             data = dev.as_dict(show_key=args.show_key)
+            store = _downlinks(args)
+            try:
+                cmds = store.commands(device_id, limit=20)
+                dcnt = store.counter(device_id)
+                rot = store.rekey_state(device_id)
+            finally:
+                store.close()
+            data["downlink_counter"] = dcnt
+            data["key_no"] = rot.key_no
+            data["rekey_pending"] = rot.next_key_no
             if args.json:
+                data["downlinks"] = [c.as_dict() for c in cmds]
                 print(json.dumps(data, indent=2))
             else:
                 for key, value in data.items():
-                    print(f"{key:<10} {_show_value(key, value)}")
+                    print(f"{key:<16} {_show_value(key, value)}")
+                _print_commands(cmds)
             return 0
         if action == "remove":
             device_id = parse_device_id(args.device)

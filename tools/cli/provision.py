@@ -54,6 +54,7 @@ from knute.tools.board import (
     firmware_version_on,
     forget_boots,
     prepare_dirs,
+    set_clock,
     verify_files,
 )
 from knute.tools.lora_drivers import check_drivers
@@ -369,6 +370,8 @@ def run_provision(args: argparse.Namespace) -> int:
             copy_files(board, files, progress=lambda d, t: update("copying", d, t))
             verified = verify_files(board, info, files)
             version = firmware_version_on(board)
+            # The node's clock from the start: its profile hours rest on it.
+            clock_offset_ms = set_clock(board)
             # Registered only once the node has been seen running (its boot report).
             board.soft_reset_to_run()
             console = board.watch_boot(device_id, args.boot_timeout)
@@ -412,6 +415,7 @@ def run_provision(args: argparse.Namespace) -> int:
         "link": config["link"]["type"],
         "boot": next(line.strip()[7:] for line in console if "knute: boot " in line),
         "running": not args.no_start,
+        "clock_offset_ms": clock_offset_ms,
     }
     if args.show_key and key is not None:
         summary["key"] = key.hex()

@@ -70,10 +70,13 @@ class FirmwareNode:
                    seed: int) -> None:
         wiring = workdir.parent / f"{workdir.name}-wiring.json"
         wiring.write_text(json.dumps({
-            "jitter_s": 30,
+            "jitter_s": 30, "downlink": True,
             "water": {"sends_per_day": 4, "profile_len": 6, "litres_per_pulse": 1},
             "bench": {"uart": {"link": self.line.a_path}, "pulse": {"pulse": "pulses.txt"},
-                      "time_scale": speed, "start_time": int(start), "seed": seed},
+                      "time_scale": speed, "start_time": int(start), "seed": seed,
+                      # a receive window may wait this long in real time (clock held)
+                      # for the gateway's downlink, whatever the time scale
+                      "rx_wait_real_ms": 2000},
         }))
         knute = str(Path(sys.executable).parent / "knute")
         result = subprocess.run(

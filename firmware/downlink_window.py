@@ -1,0 +1,170 @@
+# A node's side of the downlink path around one uplink (docs/protocol.md
+# section 12): the report that goes into the frame (the `dl` field, 12.7),
+# then the receive windows after it (12.6).
+#
+# Loaded by Context.send() around a send and dropped again after the windows:
+# a booted air node has about 2 KB of heap to spare. A downlink needs far
+# more to be checked and applied (firmware.downlink: about 14 KB of code,
+# and up to 9 KB while it works), more than any role leaves free on a
+# 64 KiB heap. So a heard packet is only stored (state/dlrx.json) and the
+# app restarts the node in place: it drops the role and everything it
+# loaded, applies the downlink in the heap that gives back
+# (firmware.downlink_apply) and boots again with the same HAL, so the clock
+# runs on and the new configuration, key and clock take effect at once.
+#
+# The report's flags are worked out here from small state, the same rules as
+# firmware.downlink.Downlink.report (a test checks that they agree).
+#
+# Windows (LoRaWAN class A, section 12.6): RX1 opens 1 s after the uplink's
+# end on its channel and SF, RX2 2 s after it on 869.525 MHz SF12; each stays
+# open 8 symbols unless a packet starts (firmware.downlink_lora). On a serial
+# link the gateway writes the downlink as a FRAME record while the windows are
+# open: the node reads its UART from the uplink's end until RX2 closes
+# (firmware.downlink_uart). Each is loaded only for its link, after the send.
+
+import gc
+
+try:
+    from micropython import const
+except ImportError:  # CPython (type checks, host tools): const(x) is x
+    const = int
+
+# protocol.downlink_send's numbers (tests/firmware/test_node_downlink.py checks them).
+_FLAG_WANT = const(1)
+_FLAG_CLOCK = const(2)
+_FLAG_ALARM = const(4)
+_FLAG_REKEY = const(8)
+_FLAG_UPDATE = const(16)
+_RX2_DELAY_MS = const(2000)     # LoRaWAN RECEIVE_DELAY2; RX2 at SF12 (RP002-1.0.4 2.4)
+_RX2_SF = const(12)
+_PREAMBLE_SYMBOLS = const(8)    # enough to detect a preamble
+_ALARM_REPEATS = const(6)       # firmware.downlink.ALARM_REPEATS
+_MODULES = ("firmware.downlink_update", "firmware.downlink_files", "firmware.downlink_lora",
+            "firmware.downlink_uart", "firmware.hal.unix_bench_rx", "firmware.downlink_window")
+# Positions in Context.dl
+_ALARM = const(0)
+_REPEAT = const(1)
+_RX_MS = const(2)
+_REKEY = const(4)
+_HEARD = const(5)
+
+
+def window_ms(sf, bw_hz):
+    """How long a receive window at `sf` stays open without a packet: 8 symbols, rounded up."""
+    return (_PREAMBLE_SYMBOLS * (1 << sf) * 1000 + bw_hz - 1) // bw_hz
+
+
+def _alarm(ctx):
+    # [bits waiting for ack_alarm, repeats sent], from state/alarm.json (the
+    # same file firmware.downlink keeps) on first use.
+    alarm = ctx.dl[_ALARM]
+    if alarm is None:
+        rec = ctx.state.get("alarm")
+        alarm = [rec.get("bits", 0), rec.get("repeats", 0)] if isinstance(rec, dict) \
+            else [0, 0]
+        ctx.dl[_ALARM] = alarm
+    return alarm
+
+
+def report(ctx, values):
+    """The `dl` report series for a frame with `values`, or None (section 12.7)."""
+    flags = 0
+    if not ctx.hal.clock_set:       # no clock command since the last reset
+        flags |= _FLAG_CLOCK
+    bits = values.get("alarms", 0)
+    alarm = _alarm(ctx)
+    if bits & ~alarm[0]:
+        alarm[0] |= bits
+        alarm[1] = 0
+        ctx.state.put("alarm", {"bits": alarm[0], "repeats": 0})
+    if bits & alarm[0]:
+        flags |= _FLAG_ALARM
+    if ctx.dl[_REKEY]:
+        flags |= _FLAG_REKEY
+    import os
+
+    try:
+        os.stat("upd/stage.json")
+        flags |= _FLAG_UPDATE
+    except OSError:
+        pass
+    entries = ctx.state.get("dlrep")
+    if not isinstance(entries, list):
+        entries = []
+    if flags:
+        flags |= _FLAG_WANT
+    elif not entries:
+        return None
+    return [flags] + entries[-8:]  # noqa: RUF005 (no star-unpacking in MicroPython)
+
+
+def after_send(ctx, sent_report, fcnt, end_ms):
+    """The frame with `sent_report` left at board time `end_ms`: listen in the windows.
+
+    Confirms a module update after the first send since boot. A heard packet
+    is stored with the uplink it answers (state/dlrx.json) and ctx.dl says
+    so: the app then restarts the node in place to apply it. Otherwise
+    ctx.dl says whether the frame's alarm, still unacknowledged, may be sent
+    again (at most ALARM_REPEATS times; the role decides when).
+    """
+    if sent_report is not None and len(sent_report) > 1:
+        ctx.state.put("dlrep", [])      # its entries left with the frame
+    dls = ctx.dl
+    try:
+        if ctx.sent == 1:
+            _confirm_update(ctx)
+        # The bench radio knows the end of its line to the millisecond.
+        end_ms = getattr(getattr(ctx.link, "modem", None), "end_ms", end_ms)
+        packet = windows(ctx, end_ms)
+        dls[_REPEAT] = False
+        if packet is not None:
+            ctx.state.put("dlrx", {"hex": bytes(packet).hex(), "fcnt": fcnt, "end_ms": end_ms})
+            dls[_HEARD] = True
+            return
+        alarm = _alarm(ctx)
+        if sent_report is not None and sent_report[0] & _FLAG_ALARM and alarm[0] \
+                and alarm[1] < _ALARM_REPEATS:
+            alarm[1] += 1
+            ctx.state.put("alarm", {"bits": alarm[0], "repeats": alarm[1]})
+            dls[_REPEAT] = True
+    finally:
+        from firmware.app import unload
+
+        for name in _MODULES:
+            unload(name)
+        gc.collect()
+
+
+def _confirm_update(ctx):
+    # The first completed send since boot: the running module set is kept
+    # (docs/protocol.md 12.10). What firmware.downlink_update.confirm does, in
+    # a few lines, as that module does not fit beside a running role.
+    import json
+    import os
+
+    path = "upd/manifest.json"
+    try:
+        with open(path) as handle:
+            manifest = json.loads(handle.read())
+    except (OSError, ValueError):
+        return                      # never updated: nothing to confirm
+    if not isinstance(manifest, dict) or manifest.get("confirmed"):
+        return
+    manifest["confirmed"] = True
+    with open(path + ".tmp", "w") as handle:   # as downlink_files.write_atomic
+        handle.write(json.dumps(manifest))
+    os.rename(path + ".tmp", path)
+    ctx.log("module update confirmed: it completed a send")
+
+
+def windows(ctx, end_ms):
+    """The packet heard in RX1 or RX2 after an uplink that ended at `end_ms`, or None."""
+    if ctx.link.lora:
+        from firmware import downlink_lora
+
+        return downlink_lora.windows(ctx, end_ms)
+    from firmware import downlink_uart
+
+    until = end_ms + _RX2_DELAY_MS + window_ms(_RX2_SF, 125000)
+    ctx.dl[_RX_MS] += until - end_ms
+    return downlink_uart.listen(ctx.link, ctx.hal, until)

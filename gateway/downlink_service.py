@@ -1,0 +1,511 @@
+"""The gateway's downlink worker: after each verified uplink, read its report and send
+what is queued for the device in its receive window (docs/protocol.md 12.11).
+
+The daemon hands every released uplink to ``heard`` (it never blocks the ingest
+loop); one thread does the rest, in this order per uplink:
+
+1. an uplink verified under a pending rotation's next key commits the rotation
+   (``DownlinkStore.commit_rekey``) and queues ``rekey_done``;
+2. the ``dl`` report moves commands to ``applied`` or ``rejected``, and sends
+   again what the node did not report;
+3. the ``clock`` flag queues a ``time`` command (answered with the end of this
+   uplink), the ``alarm`` flag an ``ack`` when ``downlinks.auto_ack`` is on;
+4. if commands are due, ``downlink_plan.choose`` picks the window, the uplink is
+   claimed and a counter taken in one committed transaction (so one gateway of
+   several answers, and no counter is used twice), the downlink is sealed under
+   the device's current key and handed to the source the uplink came from.
+
+Each state change of a command is passed to ``on_status`` (the daemon spools it
+for MQTT). Transmitters are the sources: ``transmit_downlink(frame, window, up,
+done)`` returns None when the downlink went out or is on its way, or a reason;
+``done(error)`` is called later when the path answers asynchronously (a packet
+forwarder's TX_ACK). Counters: ``downlinks_sent``, ``downlinks_applied``,
+``downlinks_rejected``, ``downlinks_expired`` and ``downlink_errors`` by reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+from knute.gateway.adr import AdrHistory
+from knute.gateway.config import GatewayConfig
+from knute.gateway.downlink_plan import (
+    PATH_BRIDGE,
+    PATH_PKTFWD,
+    PATH_SERIAL,
+    DutyLedger,
+    Uplink,
+    Window,
+    choose,
+    config_name,
+)
+from knute.gateway.downlinks import (
+    APPLIED,
+    EXPIRED,
+    REJECTED,
+    SENT,
+    Command,
+    DownlinkLimits,
+    DownlinkStore,
+)
+from knute.gateway.message import iso_utc
+from knute.gateway.model import Accepted, Counters, Device
+from knute.gateway.pipeline import Ready
+from knute.protocol import downlink as dls
+from knute.protocol.errors import FrameError
+
+log = logging.getLogger("knute.downlinks")
+
+EXPIRE_EVERY_S = 30.0
+ADR_SF, ADR_POWER = 11, 12  # config codes of radio.sf and radio.power_dbm (protocol.md 12)
+ADR_REF = "adr-"            # ref prefix of the commands the data-rate rule queues
+RETRY_S = 1.0               # after a failed spool commit, progress messages wait this long
+QUEUE_LIMIT = 4096
+
+Done = Callable[[str | None], None]
+
+
+class Transmitter(Protocol):
+    """A source that can send a downlink back the way an uplink came."""
+
+    def transmit_downlink(self, frame: bytes, window: Window, up: Uplink,
+                          done: Done) -> str | None:
+        """Send ``frame`` in ``window``; None if it went (or is going), else why not."""
+
+
+StatusFn = Callable[[Command, str], None]
+
+
+class DownlinkService:
+    """One worker thread between the ingest loop and the downlink store."""
+
+    def __init__(self, store: DownlinkStore, transmitters: Mapping[str, Transmitter],
+                 counters: Counters, on_status: StatusFn, *, auto_ack: bool = False,
+                 kinds_of: Callable[[int], str | None] | None = None,
+                 adr: AdrHistory | None = None) -> None:
+        self.store = store
+        self.transmitters = dict(transmitters)
+        self.counters = counters
+        self.on_status = on_status
+        self.auto_ack = auto_ack
+        self._kinds_of = kinds_of or (lambda _d: None)
+        self._queue: queue.Queue[Uplink | None] = queue.Queue(QUEUE_LIMIT)
+        self._ledgers: dict[str, DutyLedger] = {}
+        self._thread: threading.Thread | None = None
+        self._last_expire = 0.0
+        self._stopping = False
+        self._last_error: dict[str, float] = {}
+        self._kinds: dict[int, str] = {}
+        self.adr = adr
+
+    # -- the ingest side -----------------------------------------------------------
+
+    def heard(self, up: Uplink) -> None:
+        """Queue one verified uplink for the worker (never blocks)."""
+        self._kinds[up.device_id] = up.kind
+        try:
+            self._queue.put_nowait(up)
+        except queue.Full:
+            self.counters.inc("downlink_overload")
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread = threading.Thread(target=self._run, name="downlinks", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish the uplinks already queued, then stop."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            try:
+                up = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                up = None
+                if self._stopping:
+                    return
+            if up is None and self._stopping:
+                return
+            if up is not None:
+                try:
+                    self.handle(up)
+                except Exception as exc:  # a bad uplink or a database hiccup never stops it
+                    self.counters.inc("downlink_errors")
+                    self._error(f"device {up.device_id:08x} fcnt {up.fcnt}: {exc}")
+            try:
+                self._expire()
+            except Exception as exc:
+                self._error(f"expiry: {exc}")
+
+    def _error(self, text: str) -> None:
+        """Log a failure, once per distinct text a minute (a broken database repeats)."""
+        now = time.monotonic()
+        if self._last_error.get(text, -1e9) + 60.0 <= now:
+            self._last_error[text] = now
+            log.error("downlinks: %s", text)
+
+    # -- the work ---------------------------------------------------------------------
+
+    def _status(self, cmds: list[Command]) -> None:
+        for cmd in cmds:
+            name = {APPLIED: "downlinks_applied", REJECTED: "downlinks_rejected",
+                    EXPIRED: "downlinks_expired"}.get(cmd.state)
+            if name is not None:
+                self.counters.inc(name)
+            kind = self._kinds.get(cmd.device_id) or self._kinds_of(cmd.device_id) or "unknown"
+            try:
+                self.on_status(cmd, kind)
+            except Exception as exc:
+                log.error("downlinks: status of command %d not published: %s", cmd.cmd_id, exc)
+
+    def _expire(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_expire < EXPIRE_EVERY_S:
+            return
+        self._last_expire = now
+        self._status(self.store.expire())
+
+    def handle(self, up: Uplink) -> None:
+        """Everything one uplink means for the device's downlinks (the worker's step)."""
+        store = self.store
+        dev = up.device_id
+        flags, entries = up.report
+        if up.under_next_key:
+            finish = store.commit_rekey(dev)
+            if finish is not None:
+                log.info("device %08x: key rotation committed (key %d)", dev,
+                         finish.args["key_no"])
+                rekeyed = [c for c in store.commands(dev) if c.op == "rekey"][-1:]
+                self._status([*rekeyed, finish])
+        self._status(store.report(dev, up.fcnt, entries).changed)
+        open_ops = {c.op for c in store.commands(dev, open_only=True)}
+        if flags & dls.FLAG_CLOCK and "time" not in open_ops:
+            cmd, _ = store.queue(dev, "time")
+            self._status([cmd])
+        if flags & dls.FLAG_ALARM and self.auto_ack and "ack" not in open_ops:
+            cmd, _ = store.queue(dev, "ack", {"bits": up.alarm_bits()})
+            self._status([cmd])
+        if self.adr is not None and up.path != PATH_SERIAL:
+            self._adr(up, store.commands(dev, open_only=True))
+        due = store.due(dev)
+        if not due:
+            return
+        sender = self.transmitters.get(up.source)
+        if sender is None:
+            self.counters.inc("downlink_errors", up.source)
+            log.warning("device %08x: %d commands waiting, but source %s cannot send "
+                        "downlinks", dev, len(due), up.source)
+            return
+        ledger = self._ledgers.setdefault(_transmitter_id(up), DutyLedger())
+        plan = choose(up, [(c.cmd_id, c.op, c.args) for c in due], ledger, time.time())
+        if plan is None:
+            self.counters.inc("downlink_no_window", up.source)
+            log.info("device %08x: no receive window after fcnt %d fits the downlink "
+                     "(size or duty cycle); it waits for the next uplink", dev, up.fcnt)
+            return
+        key = store.device_key(dev)
+        if key is None:
+            return
+        dcnt = store.take_counter(dev, after_fcnt=up.fcnt, epoch=up.epoch)
+        if dcnt is None:
+            self.counters.inc("downlink_claimed_elsewhere", up.source)
+            return
+        try:
+            frame = dls.encode(dev, dcnt, list(plan.commands), key)
+        except (FrameError, ValueError) as exc:
+            self.counters.inc("downlink_errors", up.source)
+            log.error("device %08x: cannot seal downlink: %s", dev, exc)
+            return
+        sent = store.mark_sent(dev, plan.cmd_ids, dcnt, up.fcnt)
+
+        def done(error: str | None, ids: tuple[int, ...] = plan.cmd_ids) -> None:
+            if error is None:
+                return
+            self.counters.inc("downlink_errors", up.source)
+            self.counters.reject(f"tx_{error.lower()}", up.source)
+            log.warning("device %08x: downlink %d refused by %s: %s; sent again after "
+                        "the next uplink", dev, dcnt, up.source, error)
+            self._status(store.unsend(dev, ids))
+
+        error = sender.transmit_downlink(frame, plan.window, up, done)
+        if error is not None:
+            done(error)
+            return
+        if plan.window.freq_hz:
+            ledger.spend(plan.window.freq_hz, plan.window.airtime_ms, plan.window.at_s)
+        self.counters.inc("downlinks_sent")
+        self.counters.inc("downlinks_sent", up.source, total=False)
+        log.info("device %08x: downlink %d (%d bytes, commands %s) in %s after fcnt %d",
+                 dev, dcnt, len(frame), ",".join(map(str, plan.cmd_ids)), plan.window.name,
+                 up.fcnt)
+        self._status([c for c in sent if c.state == SENT])
+
+    def _adr(self, up: Uplink, open_cmds: list[Command]) -> None:
+        """Queue the data-rate rule's radio settings for the node when they change."""
+        assert self.adr is not None
+        if any(c.ref and c.ref.startswith(ADR_REF) for c in open_cmds):
+            return                  # the last decision is still on its way
+        decision = self.adr.observe(up.device_id, up.snr_db, up.sf)
+        if decision is None:
+            return
+        values = {str(ADR_SF): decision.sf, str(ADR_POWER): decision.power_dbm}
+        cmd, _ = self.store.queue(up.device_id, "config", {"values": values},
+                                  ref=f"{ADR_REF}{up.fcnt}-{time.time_ns()}")
+        self.adr.sent(up.device_id, decision)
+        self.counters.inc("adr_changes")
+        log.info("device %08x: ADR margin %.1f dB (%d steps): SF%d -> SF%d, %d dBm",
+                 up.device_id, decision.margin_db, decision.steps, up.sf or 0, decision.sf,
+                 decision.power_dbm)
+        self._status([cmd])
+
+    def stats(self) -> dict[str, Any]:
+        """The worker's queue depth, for the status report."""
+        return {"waiting": self._queue.qsize()}
+
+
+def uplink_from(ready: Ready) -> Uplink:
+    """The downlink side's view of a released frame: how it was heard and when it ended.
+
+    The end of the uplink is the packet forwarder's ``time`` ("RX finished", UTC)
+    when the concentrator has GPS time, else the moment the gateway received it
+    (the end of the serial record, or the datagram's arrival).
+    """
+    rx = ready.receptions[0]
+    receiver = dict(rx.receiver)
+    end_s = ready.received_at
+    if "gateway_eui" in receiver:
+        path = PATH_PKTFWD
+        stamp = receiver.get("time")
+        if isinstance(stamp, str):
+            with contextlib.suppress(ValueError):
+                end_s = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    elif rx.source_type == "radio":
+        path = PATH_BRIDGE
+    else:
+        path = PATH_SERIAL
+    decoded = ready.decoded
+    snrs = [float(r.receiver["snr_db"]) for r in ready.receptions
+            if isinstance(r.receiver.get("snr_db"), int | float)]
+    return Uplink(device_id=ready.device.device_id, kind=decoded["kind"], fcnt=decoded["fcnt"],
+                  values=decoded["values"], end_s=end_s, source=rx.source, path=path,
+                  receiver=receiver, under_next_key=ready.under_next_key,
+                  heard_s=ready.received_at, epoch=ready.epoch,
+                  snr_db=max(snrs) if snrs else None)
+
+
+def status_topic(prefix: str, kind: str, device_id: int) -> str:
+    """Where a command's progress is published: ``<prefix>/<kind>/<device>/down/status``."""
+    return f"{prefix}/{kind}/{device_id:08x}/down/status"
+
+
+def status_message(cmd: Command, gateway_id: str, kind: str) -> dict[str, Any]:
+    """The JSON of one progress step (docs/schema/downlink_status.schema.json)."""
+    out: dict[str, Any] = {
+        "device": f"{cmd.device_id:08x}", "kind": kind, "id": cmd.ref, "cmd_id": cmd.cmd_id,
+        "command": cmd.op, "state": cmd.state, "sends": cmd.sends,
+        "at": iso_utc(cmd.updated_at), "expires_at": iso_utc(cmd.expires_at),
+        "gateway": gateway_id}
+    if cmd.state == REJECTED:
+        out["result"] = cmd.result
+        out["detail"] = cmd.detail
+        if cmd.op == "config" and cmd.result in ("cmd_range", "cmd_key") and cmd.detail:
+            out["key"] = config_name(cmd.detail)
+    return out
+
+
+class StatusOutbox:
+    """Progress messages until a spool commit has taken them.
+
+    ``put`` and ``put_doc`` may be called from any thread; the rest on the ingest
+    loop, as ``gateway.conditions.ConditionOutbox``: the messages travel like a
+    Modbus device's condition (spooled, then published at QoS 1), so they survive
+    broker outages and restarts and keep their order.
+    """
+
+    def __init__(self, prefix: str, gateway_id: str) -> None:
+        self.prefix = prefix
+        self.gateway_id = gateway_id
+        self._incoming: queue.SimpleQueue[Accepted] = queue.SimpleQueue()
+        self._todo: list[Accepted] = []      # not handed to the batcher yet
+        self._sent: list[Accepted] = []      # in the batcher, not committed yet
+        self._retry_at = 0.0
+
+    def put(self, cmd: Command, kind: str) -> None:
+        """One command's new state."""
+        self.put_doc(kind, cmd.device_id, status_message(cmd, self.gateway_id, kind))
+
+    def put_doc(self, kind: str, device_id: int, doc: dict[str, Any]) -> None:
+        """A finished status document (a refused MQTT command has no stored command)."""
+        payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        self._incoming.put(Accepted(device_id=device_id, fcnt=0, kind=kind,
+                                    topic=status_topic(self.prefix, kind, device_id),
+                                    payload=payload, alarm=False, received_at=time.time()))
+
+    def hand_over(self, add: Callable[[Accepted], None],
+                  on_failure: Callable[[Exception], None], *, final: bool = False) -> None:
+        """Give the waiting rows to ``add`` (the batcher), unless a retry is not due yet."""
+        while True:
+            try:
+                self._todo.append(self._incoming.get_nowait())
+            except queue.Empty:
+                break
+        if not self._todo or (not final and time.monotonic() < self._retry_at):
+            return
+        todo, self._todo = self._todo, []
+        for pos, row in enumerate(todo):
+            self._sent.append(row)
+            try:
+                add(row)
+            except Exception as exc:
+                on_failure(exc)          # calls requeue: the uncommitted ones go back first
+                self._todo.extend(todo[pos + 1:])
+                break
+
+    def requeue(self) -> None:
+        """A commit failed: keep the rows handed over since the last commit for later."""
+        if self._sent:
+            self._todo[:0] = self._sent
+            self._sent = []
+            self._retry_at = time.monotonic() + RETRY_S
+
+    def committed(self, item: Accepted) -> bool:
+        """True (and forgotten) if ``item`` of a committed batch is one of these rows."""
+        if self._sent and item is self._sent[0]:
+            del self._sent[0]
+            return True
+        return False
+
+    def waiting(self) -> int:
+        """Rows not committed yet (for tests and the status report)."""
+        return self._incoming.qsize() + len(self._todo) + len(self._sent)
+
+
+def _transmitter_id(up: Uplink) -> str:
+    """The transmitter whose duty cycle a downlink after ``up`` spends."""
+    eui = up.receiver.get("gateway_eui")
+    return f"{up.source}/{eui}" if eui else up.source
+
+
+
+
+class DownlinkRuntime:
+    """Everything downlink the daemon runs, behind the few calls it makes:
+    ``heard`` per released frame, ``refresh`` after a registry reload, ``rows`` to
+    spool each loop, ``start``/``stop`` and ``stats``."""
+
+    def __init__(self, cfg: GatewayConfig, sources: list[Any], counters: Counters,
+                 devices: Callable[[], Mapping[int, Device]]) -> None:
+        dl = cfg.downlinks
+        self.store = DownlinkStore(cfg.registry, DownlinkLimits(dl.max_queued, dl.expiry_s,
+                                                               dl.max_sends))
+        self.outbox = StatusOutbox(cfg.mqtt.prefix, cfg.gateway_id)
+        self._devices = devices
+        self.publish = dl.status_topics
+        transmitters = {s.name: s for s in sources if hasattr(s, "transmit_downlink")}
+        self.service = DownlinkService(self.store, transmitters, counters, self._status,
+                                       auto_ack=dl.auto_ack, kinds_of=self._kind_of,
+                                       adr=AdrHistory(installation_margin_db=dl.adr_margin_db,
+                                                      history=dl.adr_history)
+                                       if dl.adr else None)
+        self.listener: Any = None
+        if dl.commands_from_mqtt:
+            from knute.gateway.downlink_mqtt import CommandListener
+
+            self.listener = CommandListener(
+                cfg.mqtt, self.store, self._kind_of, self._status, self._refused,
+                gateway_id=cfg.gateway_id,
+                client_id=cfg.mqtt.client_id or f"knute-{cfg.gateway_id}")
+
+    def _kind_of(self, device_id: int) -> str | None:
+        dev = self._devices().get(device_id)
+        return None if dev is None else dev.kind
+
+    def _status(self, cmd: Command, kind: str) -> None:
+        if self.publish:
+            self.outbox.put(cmd, kind)
+
+    def _refused(self, kind: str, device_id: int, doc: dict[str, Any]) -> None:
+        if self.publish:
+            self.outbox.put_doc(kind, device_id, doc)
+
+    def next_keys(self) -> dict[int, bytes]:
+        """Pending rotations' next keys, for the pipeline."""
+        return self.store.next_keys()
+
+    def watch(self, watch: Any, pipeline: Any) -> None:
+        """Hook into the daemon's registry watch: a change of the registry file refreshes
+        the pending rotations' keys, and re-reads the device snapshot only when the
+        devices changed (the store's own commits do not cost a reload)."""
+        refresh = self.refresh_keys(pipeline)
+        seen = [self._device_changes()]
+
+        def devices_changed() -> bool:
+            created = False
+            try:   # a registry restored from a backup may lack the downlink tables
+                created = self.store.ensure_tables()
+            except Exception as exc:
+                log.error("downlink tables not checked: %s", exc)
+            refresh()
+            now = self._device_changes()
+            if not created and now is not None and now == seen[0]:
+                return False
+            seen[0] = now
+            return True
+
+        watch.on_reload = refresh
+        watch.devices_changed = devices_changed
+
+    def _device_changes(self) -> int | None:
+        try:
+            return self.store.device_changes()
+        except Exception:  # unreadable: reload, as without the store
+            return None
+
+    def refresh_keys(self, pipeline: Any) -> Callable[[], None]:
+        """A callback that gives ``pipeline`` the current next keys (after a registry
+        reload: ``knute devices send DEVICE rekey`` changes the registry file)."""
+        def refresh() -> None:
+            try:
+                pipeline.next_keys = self.store.next_keys()
+            except Exception as exc:  # keep the keys we have
+                log.error("downlink key rotations not re-read: %s", exc)
+        return refresh
+
+    def heard(self, ready: Ready) -> None:
+        """A released frame: its report and the device's queue are looked at."""
+        if ready.receptions and ready.receptions[0].frame:
+            self.service.heard(uplink_from(ready))
+
+    def start(self) -> None:
+        """Start the worker and the command listener."""
+        self.service.start()
+        if self.listener is not None:
+            self.listener.start()
+
+    def stop(self) -> None:
+        """Stop taking commands, finish the uplinks already heard, close the store."""
+        if self.listener is not None:
+            self.listener.stop()
+        self.service.stop()
+        self.store.close()
+
+    def stats(self) -> dict[str, Any]:
+        """For ``knute gateway status``."""
+        out = self.service.stats()
+        if self.listener is not None:
+            out["commands_topic"] = self.listener.stats()
+        return out

@@ -1,0 +1,622 @@
+"""The durable per-device downlink store (docs/protocol.md section 12.11).
+
+It lives in the registry database (its own ``dl_*`` tables next to
+``devices``), because everything in it is shared by the gateways that serve
+a device, as the registry is: the downlink counter, the command queue and the
+key-rotation state. Every change is one SQLite transaction taken with
+``BEGIN IMMEDIATE``, so two gateway processes on one registry serialise on
+the database lock and never hand out the same counter value or command id.
+
+What it keeps per device (table ``dl_devices``):
+
+- ``dcnt``: the last downlink counter taken. ``take_counter`` commits the next
+  value before anything is sealed; a downlink built but never sent wastes a
+  value, none is ever used twice (restarts, ``kill -9``, several gateways).
+- ``cmd_seq``: the last command id handed out (1..65535, wrapping past ids
+  still open).
+- the rotation state (section 12.9): ``key_no`` of the current key (the key
+  itself stays in ``devices.key``), and while a rotation is pending the
+  ``next_key`` and its number. ``commit_rekey`` moves next to current in the
+  same transaction that updates ``devices.key``.
+- ``answered``: the last uplink (epoch, counter) a downlink was sent after. Several
+  gateways hear the same uplink; ``take_counter(device, after_fcnt)`` claims
+  the uplink and the counter in one transaction, so exactly one of them
+  answers it.
+
+Each command (table ``dl_commands``) has the device's command id (what travels
+in the downlink and comes back in the node's report), the caller's reference
+(an MQTT command's ``id``; unique per device, so a command delivered twice is
+queued once), its op and arguments as JSON, and a state:
+
+    queued -> sent -> applied | rejected (result, detail)
+       ^        |
+       +--------+  no report for it in the next uplink: sent again, new counter
+    queued | sent -> expired (past ``expires_at``) | cancelled (by the operator)
+
+Bounds (``DownlinkLimits``, the ``[downlinks]`` table of the gateway
+configuration): open commands per device (a full queue refuses a new one
+with a clear error), the default expiry and the number of sends before a
+command is given up as ``expired``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from knute.gateway.errors import KnuteError
+from knute.protocol import downlink as dls
+
+# Command ops as the CLI, MQTT and the store name them -> the wire op.
+OPS: dict[str, int] = {
+    "time": dls.OP_CLOCK,
+    "config": dls.OP_CONFIG,
+    "ack": dls.OP_ACK_ALARM,
+    "rekey": dls.OP_REKEY,
+    "rekey_done": dls.OP_REKEY_DONE,
+    "reboot": dls.OP_REBOOT,
+    "upd_begin": dls.OP_UPD_BEGIN,
+    "upd_chunk": dls.OP_UPD_CHUNK,
+    "upd_switch": dls.OP_UPD_SWITCH,
+}
+
+QUEUED = "queued"
+SENT = "sent"
+APPLIED = "applied"
+REJECTED = "rejected"
+EXPIRED = "expired"
+CANCELLED = "cancelled"
+STATES = (QUEUED, SENT, APPLIED, REJECTED, EXPIRED, CANCELLED)
+OPEN_STATES = (QUEUED, SENT)
+
+DEFAULT_MAX_QUEUED = 32           # open commands per device
+DEFAULT_EXPIRY_S = 7 * 86400.0    # a meter sending 4 times a day gets 28 chances
+DEFAULT_MAX_SENDS = 8             # sends without a report before a command expires
+KEEP_CLOSED_S = 30 * 86400.0      # finished commands stay this long for `devices show`
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dl_devices (
+    device_id   INTEGER PRIMARY KEY,
+    dcnt        INTEGER NOT NULL DEFAULT -1,
+    cmd_seq     INTEGER NOT NULL DEFAULT 0,
+    key_no      INTEGER NOT NULL DEFAULT 0,
+    next_key    BLOB,
+    next_key_no INTEGER,
+    answered    INTEGER NOT NULL DEFAULT -1
+);
+CREATE TABLE IF NOT EXISTS dl_commands (
+    row         INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id   INTEGER NOT NULL,
+    cmd_id      INTEGER NOT NULL,
+    ref         TEXT,
+    op          TEXT NOT NULL,
+    args        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    result      TEXT,
+    detail      INTEGER,
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    sends       INTEGER NOT NULL DEFAULT 0,
+    dcnt        INTEGER,
+    up_fcnt     INTEGER
+);
+CREATE INDEX IF NOT EXISTS dl_commands_open ON dl_commands (device_id, state);
+CREATE UNIQUE INDEX IF NOT EXISTS dl_commands_ref ON dl_commands (device_id, ref)
+    WHERE ref IS NOT NULL;
+CREATE TABLE IF NOT EXISTS device_changes (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    n  INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO device_changes VALUES (0, 0);
+CREATE TRIGGER IF NOT EXISTS device_changes_insert AFTER INSERT ON devices
+    BEGIN UPDATE device_changes SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS device_changes_delete AFTER DELETE ON devices
+    BEGIN UPDATE device_changes SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS device_changes_update
+    AFTER UPDATE OF device_id, kind, key, name, site, location ON devices
+    BEGIN UPDATE device_changes SET n = n + 1; END;
+"""
+
+
+class QueueFull(KnuteError):
+    """The device already has the configured number of open commands."""
+
+
+class CounterExhausted(KnuteError):
+    """The device's downlink counter reached 16,777,215: it gets no more downlinks."""
+
+
+@dataclass(frozen=True)
+class DownlinkLimits:
+    """Queue bounds and expiry: the ``[downlinks]`` table of the gateway configuration."""
+
+    max_queued: int = DEFAULT_MAX_QUEUED
+    expiry_s: float = DEFAULT_EXPIRY_S
+    max_sends: int = DEFAULT_MAX_SENDS
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command and its progress."""
+
+    device_id: int
+    cmd_id: int
+    op: str
+    args: dict[str, Any]
+    state: str
+    created_at: float
+    expires_at: float
+    updated_at: float
+    ref: str | None = None
+    result: str | None = None
+    detail: int | None = None
+    sends: int = 0
+    dcnt: int | None = None
+    up_fcnt: int | None = None
+
+    @property
+    def open(self) -> bool:
+        """Still to be sent or waiting for the node's report."""
+        return self.state in OPEN_STATES
+
+    def as_dict(self) -> dict[str, Any]:
+        """The command as JSON (``knute devices show``, the MQTT status message)."""
+        out: dict[str, Any] = {
+            "device": f"{self.device_id:08x}", "cmd_id": self.cmd_id, "id": self.ref,
+            "op": self.op, "args": _public_args(self.op, self.args), "state": self.state,
+            "created_at": self.created_at, "expires_at": self.expires_at,
+            "updated_at": self.updated_at, "sends": self.sends}
+        if self.result is not None:
+            out["result"] = self.result
+            out["detail"] = self.detail
+        return out
+
+
+def _public_args(op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Arguments fit to print: never a key, never a bundle's bytes."""
+    if op == "rekey":
+        return {"key_no": args.get("key_no")}
+    if op == "upd_chunk":
+        return {k: v for k, v in args.items() if k != "data"}
+    return dict(args)
+
+
+@dataclass(frozen=True)
+class RekeyState:
+    """A device's key numbers: the current one and, during a rotation, the next key."""
+
+    key_no: int
+    next_key: bytes | None = field(default=None, repr=False)
+    next_key_no: int | None = None
+
+
+@dataclass
+class ReportOutcome:
+    """What an uplink's report changed: commands that reached a final state or went back."""
+
+    changed: list[Command] = field(default_factory=list)
+
+
+_COLS = ("device_id, cmd_id, op, args, state, created_at, expires_at, updated_at, ref, "
+         "result, detail, sends, dcnt, up_fcnt")
+
+
+def _command(row: Sequence[Any]) -> Command:
+    return Command(device_id=int(row[0]), cmd_id=int(row[1]), op=str(row[2]),
+                   args=json.loads(row[3]), state=str(row[4]), created_at=float(row[5]),
+                   expires_at=float(row[6]), updated_at=float(row[7]), ref=row[8],
+                   result=row[9], detail=row[10], sends=int(row[11]), dcnt=row[12],
+                   up_fcnt=row[13])
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (a trigger's body keeps its own ';')."""
+    out: list[str] = []
+    buf = ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip())
+            buf = ""
+    return out
+
+
+class DownlinkStore:
+    """The ``dl_*`` tables of a registry database. Thread-safe; each change one transaction.
+
+    Open it on a registry that exists (``gateway.registry.Registry`` creates and
+    migrates the file); the tables are created here when missing.
+    """
+
+    def __init__(self, path: str, limits: DownlinkLimits | None = None) -> None:
+        self.path = path
+        self.limits = limits or DownlinkLimits()
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, timeout=30.0,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._create()
+        except sqlite3.Error as exc:
+            raise KnuteError(f"registry {path}: downlink tables: {exc}") from None
+
+    def ensure_tables(self) -> bool:
+        """Create the downlink tables if they are missing (a registry restored from a
+        backup taken before them); True if they were."""
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
+                                   "('dl_devices', 'dl_commands', 'device_changes')").fetchone()
+        if int(row[0]) < 3:
+            self._create()
+            return True
+        return False
+
+    def _create(self) -> None:
+        with self._write() as db:
+            for stmt in _statements(_SCHEMA):
+                db.execute(stmt)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    def device_changes(self) -> int:
+        """A counter that moves with every change of the ``devices`` table that the
+        pipeline cares about (not the display cache, not the ``dl_*`` tables): the daemon
+        re-reads its device snapshot only when it moved."""
+        with self._lock:
+            return int(self._db.execute("SELECT n FROM device_changes").fetchone()[0])
+
+    # -- per-device state ----------------------------------------------------------------
+
+    @staticmethod
+    def _ensure(db: sqlite3.Connection, device_id: int) -> None:
+        db.execute("INSERT OR IGNORE INTO dl_devices (device_id) VALUES (?)", (device_id,))
+
+    def take_counter(self, device_id: int, after_fcnt: int | None = None,
+                     epoch: int = 0) -> int | None:
+        """The next downlink counter of a device, committed before it is returned.
+
+        With ``after_fcnt`` (the uplink the downlink answers, in the device's counter
+        ``epoch``) the uplink is claimed in the same transaction: None when a downlink
+        after it (or a later uplink) was already sent, by this gateway or another one
+        sharing the registry. An operator's counter reset starts a new epoch, so the
+        node's restarted counter is answered again.
+        """
+        claim = None if after_fcnt is None else (epoch << 24) + after_fcnt
+        with self._write() as db:
+            self._ensure(db, device_id)
+            dcnt, answered = db.execute(
+                "SELECT dcnt, answered FROM dl_devices WHERE device_id = ?",
+                (device_id,)).fetchone()
+            if claim is not None and int(answered) >= claim:
+                return None
+            value = int(dcnt) + 1
+            if value > dls.MAX_DCNT:
+                raise CounterExhausted(f"device {device_id:08x}: downlink counter exhausted")
+            db.execute("UPDATE dl_devices SET dcnt = ?, answered = max(answered, ?) "
+                       "WHERE device_id = ?",
+                       (value, -1 if claim is None else claim, device_id))
+        return value
+
+    def counter(self, device_id: int) -> int | None:
+        """The last downlink counter taken for a device, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT dcnt FROM dl_devices WHERE device_id = ?",
+                                   (device_id,)).fetchone()
+        return None if row is None or row[0] < 0 else int(row[0])
+
+    # -- the queue -----------------------------------------------------------------------
+
+    def queue(self, device_id: int, op: str, args: dict[str, Any] | None = None, *,
+              ref: str | None = None, expiry_s: float | None = None,
+              now: float | None = None) -> tuple[Command, bool]:
+        """Queue one command; (the command, True if new). A repeated ``ref`` is not queued
+        again: the command already stored under it is returned with False.
+
+        QueueFull when the device has ``max_queued`` open commands.
+        """
+        if op not in OPS:
+            raise KnuteError(f"unknown command {op!r} (known: {', '.join(OPS)})")
+        now = time.time() if now is None else now
+        expiry = self.limits.expiry_s if expiry_s is None else expiry_s
+        text = json.dumps(args or {}, sort_keys=True)
+        with self._write() as db:
+            if ref is not None:
+                row = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE device_id = ? "
+                                 "AND ref = ?", (device_id, ref)).fetchone()
+                if row is not None:
+                    return _command(row), False
+            open_ids = {int(r[0]) for r in db.execute(
+                "SELECT cmd_id FROM dl_commands WHERE device_id = ? AND state IN (?, ?)",
+                (device_id, *OPEN_STATES))}
+            if len(open_ids) >= self.limits.max_queued:
+                raise QueueFull(f"device {device_id:08x} has {len(open_ids)} commands "
+                                f"waiting (downlinks.max_queued = {self.limits.max_queued})")
+            self._ensure(db, device_id)
+            seq = int(db.execute("SELECT cmd_seq FROM dl_devices WHERE device_id = ?",
+                                 (device_id,)).fetchone()[0])
+            cmd_id = seq
+            while True:
+                cmd_id = cmd_id % dls.MAX_CMD_ID + 1          # 1..65535
+                if cmd_id not in open_ids:
+                    break
+            db.execute("UPDATE dl_devices SET cmd_seq = ? WHERE device_id = ?",
+                       (cmd_id, device_id))
+            db.execute("INSERT INTO dl_commands (device_id, cmd_id, ref, op, args, state, "
+                       "created_at, expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (device_id, cmd_id, ref, op, text, QUEUED, now, now + expiry, now))
+            row = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE row = last_insert_rowid()"
+                             ).fetchone()
+        return _command(row), True
+
+    def queue_update(self, device_id: int, bundle: bytes, chunk: int, *,
+                     ref: str | None = None, now: float | None = None) -> list[Command]:
+        """Queue a module update: ``upd_begin``, the bundle in ``chunk``-byte pieces and
+        ``upd_switch``, in one transaction (all or none). Its commands count against no
+        ``max_queued``: a bundle is at most 65,535 bytes, so they are bounded anyway."""
+        if not bundle or len(bundle) > dls.MAX_BUNDLE:
+            raise KnuteError(f"a module bundle is 1..{dls.MAX_BUNDLE} bytes")
+        if not 1 <= chunk <= 192:
+            raise KnuteError("chunk must be 1..192 bytes")
+        now = time.time() if now is None else now
+        with self._write() as db:
+            if any(r[0] for r in db.execute(
+                    "SELECT 1 FROM dl_commands WHERE device_id = ? AND state IN (?, ?) AND "
+                    "op LIKE 'upd_%' LIMIT 1", (device_id, *OPEN_STATES))):
+                raise KnuteError(f"device {device_id:08x}: an update is already on its way")
+            last = db.execute("SELECT args FROM dl_commands WHERE device_id = ? AND "
+                              "op = 'upd_begin' ORDER BY row DESC LIMIT 1",
+                              (device_id,)).fetchone()
+            number = (json.loads(last[0])["update"] % 0xFFFF + 1) if last else 1
+            steps: list[tuple[str, dict[str, Any]]] = [
+                ("upd_begin", {"update": number, "size": len(bundle)})]
+            for offset in range(0, len(bundle), chunk):
+                steps.append(("upd_chunk", {"update": number, "offset": offset,
+                                            "data": bundle[offset:offset + chunk].hex()}))
+            steps.append(("upd_switch", {"update": number}))
+            self._ensure(db, device_id)
+            open_ids = {int(r[0]) for r in db.execute(
+                "SELECT cmd_id FROM dl_commands WHERE device_id = ? AND state IN (?, ?)",
+                (device_id, *OPEN_STATES))}
+            cmd_id = int(db.execute("SELECT cmd_seq FROM dl_devices WHERE device_id = ?",
+                                    (device_id,)).fetchone()[0])
+            first = None
+            for pos, (op, args) in enumerate(steps):
+                while True:
+                    cmd_id = cmd_id % dls.MAX_CMD_ID + 1
+                    if cmd_id not in open_ids:
+                        break
+                open_ids.add(cmd_id)
+                db.execute("INSERT INTO dl_commands (device_id, cmd_id, ref, op, args, state, "
+                           "created_at, expires_at, updated_at) VALUES "
+                           "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (device_id, cmd_id, ref if pos == 0 else None, op,
+                            json.dumps(args, sort_keys=True), QUEUED, now,
+                            now + self.limits.expiry_s, now))
+                if first is None:
+                    first = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+            db.execute("UPDATE dl_devices SET cmd_seq = ? WHERE device_id = ?",
+                       (cmd_id, device_id))
+            rows = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE row >= ? AND "
+                              "device_id = ? ORDER BY row", (first, device_id)).fetchall()
+        return [_command(r) for r in rows]
+
+    def commands(self, device_id: int, *, open_only: bool = False,
+                 limit: int = 100) -> list[Command]:
+        """A device's commands, oldest first (the open ones, or the latest ``limit``)."""
+        where = "device_id = ?"
+        params: list[Any] = [device_id]
+        if open_only:
+            where += " AND state IN (?, ?)"
+            params += list(OPEN_STATES)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLS} FROM (SELECT * FROM dl_commands WHERE {where} "
+                "ORDER BY row DESC LIMIT ?) ORDER BY row", (*params, limit)).fetchall()
+        return [_command(r) for r in rows]
+
+    def get(self, device_id: int, cmd_id: int) -> Command | None:
+        """The latest command with this id, or None."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLS} FROM dl_commands WHERE device_id = ? AND cmd_id = ? "
+                "ORDER BY row DESC LIMIT 1", (device_id, cmd_id)).fetchone()
+        return None if row is None else _command(row)
+
+    def cancel(self, device_id: int, cmd_id: int, now: float | None = None) -> Command:
+        """Stop sending an open command (a node that applied it still reports it)."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            cur = db.execute("UPDATE dl_commands SET state = ?, updated_at = ? WHERE "
+                             "device_id = ? AND cmd_id = ? AND state IN (?, ?)",
+                             (CANCELLED, now, device_id, cmd_id, *OPEN_STATES))
+            if cur.rowcount == 0:
+                raise KnuteError(f"device {device_id:08x} has no open command {cmd_id}")
+        cmd = self.get(device_id, cmd_id)
+        assert cmd is not None
+        return cmd
+
+    def expire(self, now: float | None = None) -> list[Command]:
+        """Move open commands past their expiry (or their sends) to ``expired``; forget
+        finished commands older than ``KEEP_CLOSED_S`` (the table stays bounded)."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            db.execute("DELETE FROM dl_commands WHERE state NOT IN (?, ?) AND updated_at < ?",
+                       (*OPEN_STATES, now - KEEP_CLOSED_S))
+            rows = db.execute(
+                f"SELECT row, {_COLS} FROM dl_commands WHERE state IN (?, ?) AND "
+                "(expires_at <= ? OR (state = ? AND sends >= ?))",
+                (*OPEN_STATES, now, QUEUED, self.limits.max_sends)).fetchall()
+            db.executemany("UPDATE dl_commands SET state = ?, updated_at = ? WHERE row = ?",
+                           [(EXPIRED, now, r[0]) for r in rows])
+        return [_command((*r[1:5], EXPIRED, *r[6:8], now, *r[9:])) for r in rows]
+
+    def due(self, device_id: int, now: float | None = None) -> list[Command]:
+        """Queued commands of a device, oldest first, not yet expired."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLS} FROM dl_commands WHERE device_id = ? AND state = ? AND "
+                "expires_at > ? ORDER BY row", (device_id, QUEUED, now)).fetchall()
+        return [_command(r) for r in rows]
+
+    def mark_sent(self, device_id: int, cmd_ids: Sequence[int], dcnt: int, up_fcnt: int,
+                  now: float | None = None) -> list[Command]:
+        """Record that these queued commands left in downlink ``dcnt`` after uplink
+        ``up_fcnt``; their report is due in a later uplink."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            db.executemany(
+                "UPDATE dl_commands SET state = ?, sends = sends + 1, dcnt = ?, up_fcnt = ?, "
+                "updated_at = ? WHERE device_id = ? AND cmd_id = ? AND state IN (?, ?)",
+                [(SENT, dcnt, up_fcnt, now, device_id, c, *OPEN_STATES) for c in cmd_ids])
+        out = [self.get(device_id, c) for c in cmd_ids]
+        return [c for c in out if c is not None]
+
+    def unsend(self, device_id: int, cmd_ids: Sequence[int], now: float | None = None
+               ) -> list[Command]:
+        """Put sent commands back in the queue (the transmitter refused the downlink)."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            db.executemany("UPDATE dl_commands SET state = ?, updated_at = ? WHERE "
+                           "device_id = ? AND cmd_id = ? AND state = ?",
+                           [(QUEUED, now, device_id, c, SENT) for c in cmd_ids])
+        out = [self.get(device_id, c) for c in cmd_ids]
+        return [c for c in out if c is not None]
+
+    def device_key(self, device_id: int) -> bytes | None:
+        """The device's current key as committed in the registry (fresh after a rotation)."""
+        with self._lock:
+            row = self._db.execute("SELECT key FROM devices WHERE device_id = ?",
+                                   (device_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def report(self, device_id: int, fcnt: int, entries: Sequence[tuple[int, str, int]],
+               now: float | None = None) -> ReportOutcome:
+        """Apply an uplink's report (``protocol.downlink_send.parse_report``'s entries).
+
+        A reported command that is open becomes ``applied`` or ``rejected`` (with
+        the result and detail). A command sent after an earlier uplink and not in
+        this report is queued again: the downlink or its report was lost, and it
+        goes out again under a new counter.
+        """
+        now = time.time() if now is None else now
+        out = ReportOutcome()
+        with self._write() as db:
+            rows = {int(r[2]): r for r in db.execute(
+                f"SELECT row, {_COLS} FROM dl_commands WHERE device_id = ? AND state IN (?, ?)",
+                (device_id, *OPEN_STATES))}
+            reported: set[int] = set()
+            for cmd_id, result, detail in entries:
+                row = rows.get(cmd_id)
+                if row is None:
+                    continue          # cancelled or expired since, or an old id
+                state = APPLIED if result == "applied" else REJECTED
+                res = None if state == APPLIED else result
+                if cmd_id in reported:          # a config with two refused values
+                    continue
+                reported.add(cmd_id)
+                db.execute("UPDATE dl_commands SET state = ?, result = ?, detail = ?, "
+                           "updated_at = ? WHERE row = ?",
+                           (state, res, None if state == APPLIED else detail, now, row[0]))
+                out.changed.append(_command((*row[1:5], state, *row[6:8], now, row[9], res,
+                                             None if state == APPLIED else detail,
+                                             *row[12:])))
+            for cmd_id, row in rows.items():
+                if cmd_id in reported or row[5] != SENT:
+                    continue
+                # Any uplink but the one the downlink answered could carry its report
+                # (uplinks arrive in counter order; after a counter reset, lower ones).
+                sent_after = row[14]
+                if sent_after is not None and int(sent_after) != fcnt:
+                    db.execute("UPDATE dl_commands SET state = ?, updated_at = ? "
+                               "WHERE row = ?", (QUEUED, now, row[0]))
+                    out.changed.append(_command((*row[1:5], QUEUED, *row[6:8], now,
+                                                 *row[9:])))
+        return out
+
+    # -- key rotation (section 12.9) ---------------------------------------------------
+
+    def rekey_state(self, device_id: int) -> RekeyState:
+        """The device's key numbers and pending next key."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT key_no, next_key, next_key_no FROM dl_devices WHERE device_id = ?",
+                (device_id,)).fetchone()
+        if row is None:
+            return RekeyState(0)
+        return RekeyState(int(row[0]), None if row[1] is None else bytes(row[1]), row[2])
+
+    def next_keys(self) -> dict[int, bytes]:
+        """device id -> next key, for every device with a rotation pending."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT device_id, next_key FROM dl_devices WHERE next_key IS NOT NULL"
+            ).fetchall()
+        return {int(r[0]): bytes(r[1]) for r in rows}
+
+    def begin_rekey(self, device_id: int, new_key: bytes, *, ref: str | None = None,
+                    now: float | None = None) -> Command:
+        """Step 1 and 2 of a rotation: store ``new_key`` as next, then queue ``rekey``.
+
+        Both in one transaction, so the key is stored before anything can send it.
+        A second rotation while one is pending is refused.
+        """
+        if len(new_key) != 16:
+            raise KnuteError("a key is 16 bytes")
+        with self._write() as db:
+            self._ensure(db, device_id)
+            key_no, pending = db.execute(
+                "SELECT key_no, next_key FROM dl_devices WHERE device_id = ?",
+                (device_id,)).fetchone()
+            if pending is not None:
+                raise KnuteError(f"device {device_id:08x}: a key rotation is already pending")
+            nxt = (int(key_no) + 1) % 256
+            db.execute("UPDATE dl_devices SET next_key = ?, next_key_no = ? WHERE "
+                       "device_id = ?", (bytes(new_key), nxt, device_id))
+        cmd, _ = self.queue(device_id, "rekey", {"key_no": nxt, "key": new_key.hex()},
+                            ref=ref, now=now)
+        return cmd
+
+    def commit_rekey(self, device_id: int, now: float | None = None) -> Command | None:
+        """Step 3: an uplink verified under the next key. The next key becomes the
+        device's key (``devices.key``) and the old one is dropped, in one transaction;
+        then ``rekey_done`` is queued. None when no rotation was pending."""
+        with self._write() as db:
+            row = db.execute("SELECT next_key, next_key_no FROM dl_devices WHERE "
+                             "device_id = ?", (device_id,)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            db.execute("UPDATE devices SET key = ? WHERE device_id = ?",
+                       (bytes(row[0]), device_id))
+            db.execute("UPDATE dl_devices SET key_no = ?, next_key = NULL, next_key_no = NULL "
+                       "WHERE device_id = ?", (int(row[1]), device_id))
+            now_s = time.time() if now is None else now
+            db.execute("UPDATE dl_commands SET state = ?, updated_at = ? WHERE device_id = ? "
+                       "AND op = 'rekey' AND state IN (?, ?)",
+                       (APPLIED, now_s, device_id, *OPEN_STATES))
+        cmd, _ = self.queue(device_id, "rekey_done", {"key_no": int(row[1])}, now=now)
+        return cmd

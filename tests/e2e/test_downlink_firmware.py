@@ -1,0 +1,59 @@
+"""A command published on Mosquitto reaches a node running the real firmware on the
+unix port, over its UART: the gateway sends it in the node's receive window, the
+node applies it, its next uplink reports it, and the status topic follows the
+command to ``applied``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.wait import wait_for
+from knute.tools.sim.firmware_nodes import start_boards
+from tests.conftest import Broker
+from tests.e2e.test_downlink_gateway import Watcher
+
+
+def test_mqtt_command_is_applied_by_the_real_firmware_over_uart(
+        tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
+    registry = tmp_path / "registry.db"
+    boards = start_boards(1, tmp_path / "boards", str(registry), time.time(), 3600.0)
+    gw = GatewayProcess(tmp_path / "gw")
+    watcher = Watcher(mosquitto)
+    board = boards[0]
+    try:
+        gw.write_config(f"""
+[gateway]
+id = "gw-fw"
+registry = "{registry}"
+[status]
+socket = "{gw.status_socket}"
+[mqtt]
+host = "127.0.0.1"
+port = {mosquitto.port}
+prefix = "t"
+[[serial]]
+name = "node"
+url = "{board.uart_path}"
+""")
+        gw.start()
+        wait_for(lambda: gw.status()["downlinks"]["commands_topic"]["subscribed"], 30,
+                 "the command topics subscribed")
+        topic = f"t/water_meter/{board.device_id:08x}/down"
+        watcher.command(topic, {"id": "fw-1", "command": "config",
+                                "values": {"water.leak_hours": 5}})
+        wait_for(lambda: watcher.states("fw-1") == ["queued"], 20, "fw-1 queued")
+        board.run()
+        wait_for(lambda: "applied" in watcher.states("fw-1"), 90, "fw-1 applied")
+        print(f"fw-1: {watcher.states('fw-1')}")
+        assert watcher.states("fw-1")[-2:] == ["sent", "applied"]
+        cfg = json.loads((tmp_path / "boards" / "board-0" / "config.json").read_text())
+        assert cfg["water"]["leak_hours"] == 5
+        assert gw.stop() == 0
+    finally:
+        gw.close()
+        watcher.close()
+        for b in boards:
+            b.close()
