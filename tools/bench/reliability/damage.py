@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -39,6 +40,28 @@ def scribble(path: str, at: float, n: int, seed: int) -> None:
         fh.write(rng.randbytes(n))
 
 
+def scribble_table(path: str, table: str, n: int, seed: int) -> None:
+    """Write ``n`` random bytes into the middle of the last leaf page of ``table``.
+
+    A torn sector lands in one table's page: aiming at the table by its pages (SQLite's
+    dbstat) keeps the damage where the case means it however the file's other tables grow.
+    """
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        pages = [int(row[0]) for row in db.execute(
+            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
+            (table,))]
+    finally:
+        db.close()
+    if not pages:
+        raise RuntimeError(f"{path}: table {table} has no leaf page")
+    offset = (pages[-1] - 1) * page_size + (page_size - n) // 2
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(random.Random(seed).randbytes(n))
+
+
 def case_corrupt_files(workdir: Path, *, seed: int = 5) -> CaseResult:
     """A truncated spool and a scribbled-over registry at start-up.
 
@@ -61,7 +84,7 @@ def case_corrupt_files(workdir: Path, *, seed: int = 5) -> CaseResult:
         # 1. the spool loses its tail (a torn copy, a full disk during a restore)
         _truncate_middle(r.gw.spool_path, 0.6)
         # 2. the registry gets a torn 512-byte sector in its device table
-        scribble(r.gw.registry_path, 0.6, 512, seed)
+        scribble_table(r.gw.registry_path, "devices", 512, seed)
         r.gw.start()
         log = r.gw.log_text()
         st = r.gw.status()
