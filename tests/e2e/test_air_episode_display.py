@@ -63,6 +63,9 @@ client_id = "backend-air-display"
 path = "backend.sqlite"
 [water]
 evaluate_every_s = 0.5
+[web]
+host = "127.0.0.1"
+port = 0
 [air]
 scale = "eaqi"
 pm_averaging = "1h"
