@@ -104,6 +104,19 @@ def scaled(rgb, percent):
             (rgb[2] * percent + 50) // 100)
 
 
+def _loads(payload):
+    """The JSON document in `payload` (a memoryview into the MQTT packet buffer).
+
+    MicroPython's json parses any buffer in place: no copy of the payload (the
+    backend's area index is ~1 KB, a big block on a 64 KiB heap). CPython's
+    wants bytes.
+    """
+    try:
+        return json.loads(payload)
+    except TypeError:
+        return json.loads(bytes(payload))
+
+
 def stale_colour(phase_ms):
     """The calm stale pattern at `phase_ms` into a breath: a triangle wave of neutral white."""
     half = _BREATH_MS // 2
@@ -191,11 +204,13 @@ class Node:
         """Take one index message (docs/schema/air_index.schema.json)."""
         self.messages += 1
         try:
-            doc = json.loads(bytes(payload))
+            doc = _loads(payload)
             level = self._level(doc)
             until = doc.get("valid_until")
             until = parse_utc(until) if until is not None else None
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, MemoryError) as exc:
+            # (MemoryError too: raised out of the MQTT reader it would cut the rest
+            # of the stream short, and the next packet would be read from its middle.)
             # A bad message changes nothing: what was shown ages into stale.
             self.bad_messages += 1
             self.ctx.log("display: bad index message on %s (%s)" % (bytes(topic).decode(), exc))
