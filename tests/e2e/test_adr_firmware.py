@@ -39,18 +39,7 @@ def test_gateway_moves_a_strong_node_from_sf12_to_sf7(
     (meter.dir / "dl.txt").write_text("")
     gw = GatewayProcess(tmp_path / "gw")
     port = free_port()
-    gw.write_config(f"""
-[gateway]
-id = "gw-adr"
-dedup_window_ms = 50
-drain_timeout_s = 3
-[status]
-socket = "{gw.status_socket}"
-[mqtt]
-host = "127.0.0.1"
-port = {mosquitto.port}
-prefix = "t"
-[downlinks]
+    gw.write_test_config("gw-adr", mosquitto.port, f"""[downlinks]
 commands_from_mqtt = false
 adr = true
 adr_history = 3

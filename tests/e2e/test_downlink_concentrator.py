@@ -22,18 +22,7 @@ def test_concentrator_turns_pull_resp_into_the_nodes_rx1_line(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
     gw = GatewayProcess(tmp_path / "gw")
     port = free_port()
-    gw.write_config(f"""
-[gateway]
-id = "gw-conc"
-dedup_window_ms = 50
-drain_timeout_s = 3
-[status]
-socket = "{gw.status_socket}"
-[mqtt]
-host = "127.0.0.1"
-port = {mosquitto.port}
-prefix = "t"
-[downlinks]
+    gw.write_test_config("gw-conc", mosquitto.port, f"""[downlinks]
 commands_from_mqtt = false
 [[packet_forwarder]]
 name = "lora"

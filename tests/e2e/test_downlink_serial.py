@@ -41,18 +41,7 @@ def test_uart_node_receives_its_command_after_its_uplink(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
     gw = GatewayProcess(tmp_path / "gw")
     wired = Pty(tmp_path / "ttyNODE")
-    gw.write_config(f"""
-[gateway]
-id = "gw-serial"
-dedup_window_ms = 50
-drain_timeout_s = 3
-[status]
-socket = "{gw.status_socket}"
-[mqtt]
-host = "127.0.0.1"
-port = {mosquitto.port}
-prefix = "t"
-[downlinks]
+    gw.write_test_config("gw-serial", mosquitto.port, f"""[downlinks]
 commands_from_mqtt = false
 [[serial]]
 name = "wired"
@@ -126,18 +115,7 @@ def test_radio_bridge_gets_a_tx_record_for_its_own_window(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
     gw = GatewayProcess(tmp_path / "gw")
     bridge = Pty(tmp_path / "ttyBRIDGE")
-    gw.write_config(f"""
-[gateway]
-id = "gw-bridge"
-dedup_window_ms = 50
-drain_timeout_s = 3
-[status]
-socket = "{gw.status_socket}"
-[mqtt]
-host = "127.0.0.1"
-port = {mosquitto.port}
-prefix = "t"
-[downlinks]
+    gw.write_test_config("gw-bridge", mosquitto.port, f"""[downlinks]
 commands_from_mqtt = false
 [[serial]]
 name = "bridge"

@@ -56,6 +56,22 @@ class GatewayProcess:
         """Write the config file (it should name ``self.status_socket``)."""
         self.config.write_text(text)
 
+    def write_test_config(self, gateway_id: str, mqtt_port: int, rest: str) -> None:
+        """Write a test gateway's config: its id, a short dedup window and drain, its
+        status socket, the broker on 127.0.0.1 with prefix ``t``, then ``rest`` (the
+        sources and any further sections, TOML)."""
+        self.write_config(f"""[gateway]
+id = "{gateway_id}"
+dedup_window_ms = 50
+drain_timeout_s = 3
+[status]
+socket = "{self.status_socket}"
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+prefix = "t"
+""" + rest)
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``knute ARGS --config CONFIG``; KnuteError with its stderr if it fails."""
         out = subprocess.run([self.knute, *args, "--config", str(self.config)],
