@@ -57,20 +57,71 @@ def condition_row(cond: DeviceCondition | SilenceCondition, *, prefix: str,
                     alarm=True, received_at=cond.since, retain=True)
 
 
-class ConditionOutbox:
+class SpooledOutbox:
+    """Rows the gateway makes itself (conditions, downlink progress) until a spool commit
+    has taken them.
+
+    The ingest loop hands the waiting rows to the batcher (``hand_over``), learns of each
+    committed one (``committed``) and, when a commit fails, puts the uncommitted ones back
+    in front (``requeue``), to be handed over again ``retry_s`` later.
+    """
+
+    def __init__(self, retry_s: float) -> None:
+        self.retry_s = retry_s
+        self._todo: list[Accepted] = []      # not handed to the batcher yet
+        self._sent: list[Accepted] = []      # in the batcher, not committed yet
+        self._retry_at = 0.0
+
+    def hand_over(self, add: Callable[[Accepted], None],
+                  on_failure: Callable[[Exception], None], *, final: bool = False) -> None:
+        """Give the waiting rows to ``add`` (the batcher), unless a retry is not due yet.
+
+        When ``add`` fails, ``on_failure`` runs (it calls ``requeue``) and the
+        rows not handed over yet stay waiting behind the requeued ones.
+        """
+        self.collect_incoming()
+        if not self._todo or (not final and time.monotonic() < self._retry_at):
+            return
+        todo, self._todo = self._todo, []
+        for pos, row in enumerate(todo):
+            self._sent.append(row)
+            try:
+                add(row)
+            except Exception as exc:
+                on_failure(exc)          # puts the uncommitted ones back first
+                self._todo.extend(todo[pos + 1:])
+                break
+
+    def collect_incoming(self) -> None:
+        """Move rows made on other threads to the waiting list (none here)."""
+
+    def requeue(self) -> None:
+        """A commit failed: keep the rows handed over since the last commit for later."""
+        if self._sent:
+            self._todo[:0] = self._sent
+            self._sent = []
+            self._retry_at = time.monotonic() + self.retry_s
+
+    def committed(self, item: Accepted) -> bool:
+        """True (and forgotten) if ``item`` of a committed batch is one of these rows."""
+        if self._sent and item is self._sent[0]:
+            del self._sent[0]
+            return True
+        return False
+
+
+class ConditionOutbox(SpooledOutbox):
     """Condition changes from the poller's thread until a spool commit has taken them.
 
     ``put`` is called on the poller's thread; everything else on the ingest loop.
     """
 
     def __init__(self, *, prefix: str, gateway_id: str) -> None:
+        super().__init__(CONDITION_RETRY_S)
         self.prefix = prefix
         self.gateway_id = gateway_id
         self._incoming: queue.SimpleQueue[DeviceCondition | SilenceCondition] = (
             queue.SimpleQueue())
-        self._todo: list[Accepted] = []      # not handed to the batcher yet
-        self._sent: list[Accepted] = []      # in the batcher, not committed yet
-        self._retry_at = 0.0
 
     def put(self, cond: DeviceCondition | SilenceCondition) -> None:
         """A condition change from the poller or the silence check (any thread, never blocks)."""
@@ -94,36 +145,3 @@ class ConditionOutbox:
                                             gateway_id=self.gateway_id))
             log.debug("device %08x: condition %s spooled", cond.device_id,
                       cond.condition)
-
-    def hand_over(self, add: Callable[[Accepted], None],
-                  on_failure: Callable[[Exception], None], *, final: bool = False) -> None:
-        """Give the waiting rows to ``add`` (the batcher), unless a retry is not due yet.
-
-        When ``add`` fails, ``on_failure`` runs (it calls ``requeue``) and the
-        rows not handed over yet stay waiting behind the requeued ones.
-        """
-        if not self._todo or (not final and time.monotonic() < self._retry_at):
-            return
-        todo, self._todo = self._todo, []
-        for pos, row in enumerate(todo):
-            self._sent.append(row)
-            try:
-                add(row)
-            except Exception as exc:
-                on_failure(exc)          # puts the uncommitted ones back first
-                self._todo.extend(todo[pos + 1:])
-                break
-
-    def requeue(self) -> None:
-        """A commit failed: keep the rows handed over since the last commit for later."""
-        if self._sent:
-            self._todo[:0] = self._sent
-            self._sent = []
-            self._retry_at = time.monotonic() + CONDITION_RETRY_S
-
-    def committed(self, item: Accepted) -> bool:
-        """True (and forgotten) if ``item`` of a committed batch is a condition row."""
-        if self._sent and item is self._sent[0]:
-            del self._sent[0]
-            return True
-        return False

@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from knute.gateway.adr import AdrHistory
+from knute.gateway.conditions import SpooledOutbox
 from knute.gateway.config import GatewayConfig
 from knute.gateway.downlink_plan import (
     PATH_BRIDGE,
@@ -327,22 +328,20 @@ def status_message(cmd: Command, gateway_id: str, kind: str) -> dict[str, Any]:
     return out
 
 
-class StatusOutbox:
+class StatusOutbox(SpooledOutbox):
     """Progress messages until a spool commit has taken them.
 
     ``put`` and ``put_doc`` may be called from any thread; the rest on the ingest
-    loop, as ``gateway.conditions.ConditionOutbox``: the messages travel like a
-    Modbus device's condition (spooled, then published at QoS 1), so they survive
-    broker outages and restarts and keep their order.
+    loop: the messages travel like a Modbus device's condition (spooled, then
+    published at QoS 1), so they survive broker outages and restarts and keep
+    their order.
     """
 
     def __init__(self, prefix: str, gateway_id: str) -> None:
+        super().__init__(RETRY_S)
         self.prefix = prefix
         self.gateway_id = gateway_id
         self._incoming: queue.SimpleQueue[Accepted] = queue.SimpleQueue()
-        self._todo: list[Accepted] = []      # not handed to the batcher yet
-        self._sent: list[Accepted] = []      # in the batcher, not committed yet
-        self._retry_at = 0.0
 
     def put(self, cmd: Command, kind: str) -> None:
         """One command's new state."""
@@ -355,39 +354,13 @@ class StatusOutbox:
                                     topic=status_topic(self.prefix, kind, device_id),
                                     payload=payload, alarm=False, received_at=time.time()))
 
-    def hand_over(self, add: Callable[[Accepted], None],
-                  on_failure: Callable[[Exception], None], *, final: bool = False) -> None:
-        """Give the waiting rows to ``add`` (the batcher), unless a retry is not due yet."""
+    def collect_incoming(self) -> None:
+        """Move the messages put on other threads to the waiting list."""
         while True:
             try:
                 self._todo.append(self._incoming.get_nowait())
             except queue.Empty:
                 break
-        if not self._todo or (not final and time.monotonic() < self._retry_at):
-            return
-        todo, self._todo = self._todo, []
-        for pos, row in enumerate(todo):
-            self._sent.append(row)
-            try:
-                add(row)
-            except Exception as exc:
-                on_failure(exc)          # calls requeue: the uncommitted ones go back first
-                self._todo.extend(todo[pos + 1:])
-                break
-
-    def requeue(self) -> None:
-        """A commit failed: keep the rows handed over since the last commit for later."""
-        if self._sent:
-            self._todo[:0] = self._sent
-            self._sent = []
-            self._retry_at = time.monotonic() + RETRY_S
-
-    def committed(self, item: Accepted) -> bool:
-        """True (and forgotten) if ``item`` of a committed batch is one of these rows."""
-        if self._sent and item is self._sent[0]:
-            del self._sent[0]
-            return True
-        return False
 
     def waiting(self) -> int:
         """Rows not committed yet (for tests and the status report)."""
