@@ -373,11 +373,14 @@ def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     saved = (root.handlers[:], root.level)
     try:
         setup_logging("info", as_json=True)
-        logging.getLogger("knute.test").warning("device %s: %s", "00001234", "unknown")
+        # A logger of this test's own: a level another test left on "knute" must not hide it.
+        logger = logging.getLogger("logsetup_test")
+        logger.setLevel(logging.NOTSET)
+        logger.warning("device %s: %s", "00001234", "unknown")
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
     line = capsys.readouterr().err.strip().splitlines()[-1]
     doc = json.loads(line)
     assert (doc["level"], doc["logger"], doc["msg"]) == (
-        "warning", "knute.test", "device 00001234: unknown")
+        "warning", "logsetup_test", "device 00001234: unknown")

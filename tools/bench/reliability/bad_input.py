@@ -91,7 +91,9 @@ def fuzz_in_process(n: int, *, seed: int = 7) -> tuple[FuzzTally, dict[str, Any]
     from knute.tools.sim.fleet import Fleet
     from knute.tools.sim.pktfwd import push_data, rxpk
 
-    logging.getLogger("knute").setLevel(logging.ERROR)    # rejections are counted, not logged
+    knute_log = logging.getLogger("knute")
+    saved_level = knute_log.level
+    knute_log.setLevel(logging.ERROR)    # rejections are counted, not logged
     rng = random.Random(seed)
     fleet = Fleet(30, 10, start=1_767_225_600.0, seed=seed, first_device_id=0x30000000)
     genuine: list[bytes] = []
@@ -170,6 +172,7 @@ def fuzz_in_process(n: int, *, seed: int = 7) -> tuple[FuzzTally, dict[str, Any]
         pipeline.drain()
     finally:
         udp.stop(timeout=0.1)
+        knute_log.setLevel(saved_level)    # the caller (a test worker, the CLI) keeps its own
     return tally, counters.snapshot()
 
 
