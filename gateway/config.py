@@ -152,6 +152,9 @@ class DownlinkConfig:
     adr: bool = False                # set LoRa nodes' SF and power by the data-rate rule
     adr_margin_db: float = 10.0      # the rule's installation margin (gateway/adr.py)
     adr_history: int = 20            # uplinks a decision rests on
+    gateway_index: int = 0           # this gateway's place among `gateways` (0..gateways-1)
+    gateways: int = 1                # gateways of the city with their own registries
+    gather_s: float = 0.3            # several gateways: claims heard before one answers
 
 
 @dataclass(frozen=True)
@@ -395,7 +398,13 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         commands_from_mqtt=dl.flag("commands_from_mqtt", True),
         adr=dl.flag("adr", False),
         adr_margin_db=dl.number("adr_margin_db", 10.0, 0.0, 30.0),
-        adr_history=dl.integer("adr_history", 20, 1, 100))
+        adr_history=dl.integer("adr_history", 20, 1, 100),
+        gateway_index=dl.integer("gateway_index", 0, 0, 63),
+        gateways=dl.integer("gateways", 1, 1, 64),
+        gather_s=dl.integer("gather_ms", 300, 50, 700) / 1000.0)
+    if downlinks.gateway_index >= downlinks.gateways:
+        raise dl.error("gateway_index", f"{downlinks.gateway_index} is not below "
+                       f"gateways = {downlinks.gateways} (indexes are 0..gateways-1)")
     dl.done()
 
     modbus = None

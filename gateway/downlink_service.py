@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from knute.gateway.adr import AdrHistory
 from knute.gateway.conditions import SpooledOutbox
@@ -63,6 +63,9 @@ from knute.gateway.pipeline import Ready
 from knute.protocol import downlink as dls
 from knute.protocol.errors import FrameError
 
+if TYPE_CHECKING:
+    from knute.gateway.downlink_city import DownlinkCity
+
 log = logging.getLogger("knute.downlinks")
 
 EXPIRE_EVERY_S = 30.0
@@ -91,7 +94,7 @@ class DownlinkService:
     def __init__(self, store: DownlinkStore, transmitters: Mapping[str, Transmitter],
                  counters: Counters, on_status: StatusFn, *, auto_ack: bool = False,
                  kinds_of: Callable[[int], str | None] | None = None,
-                 adr: AdrHistory | None = None) -> None:
+                 adr: AdrHistory | None = None, city: DownlinkCity | None = None) -> None:
         self.store = store
         self.transmitters = dict(transmitters)
         self.counters = counters
@@ -106,6 +109,7 @@ class DownlinkService:
         self._last_error: dict[str, float] = {}
         self._kinds: dict[int, str] = {}
         self.adr = adr
+        self.city = city
 
     # -- the ingest side -----------------------------------------------------------
 
@@ -185,6 +189,10 @@ class DownlinkService:
         store = self.store
         dev = up.device_id
         flags, entries = up.report
+        if self.city is not None and not self._lead(up):
+            store.report(dev, up.fcnt, entries)      # what the node says, without a word
+            self.counters.inc("downlink_claimed_elsewhere", up.source)
+            return
         if up.under_next_key:
             finish = store.commit_rekey(dev)
             if finish is not None:
@@ -232,6 +240,8 @@ class DownlinkService:
             log.error("device %08x: cannot seal downlink: %s", dev, exc)
             return
         sent = store.mark_sent(dev, plan.cmd_ids, dcnt, up.fcnt)
+        if self.city is not None:
+            self.city.announce(dev, up.fcnt, dcnt, sent)
 
         def done(error: str | None, ids: tuple[int, ...] = plan.cmd_ids) -> None:
             if error is None:
@@ -254,6 +264,17 @@ class DownlinkService:
                  dev, dcnt, len(frame), ",".join(map(str, plan.cmd_ids)), plan.window.name,
                  up.fcnt)
         self._status([c for c in sent if c.state == SENT])
+
+    def _lead(self, up: Uplink) -> bool:
+        """Several gateways: whether this one answers ``up`` (``gateway.downlink_city``).
+        An uplink that asks for nothing, reports nothing and finds no command open is
+        answered by nobody, so it needs no claim."""
+        assert self.city is not None
+        flags, entries = up.report
+        if not (flags or entries or self.store.commands(up.device_id, open_only=True)):
+            return True
+        return self.city.elect(up.device_id, up.fcnt, up.snr_db,
+                               bool(self.store.due(up.device_id)), up.heard_s)
 
     def _adr(self, up: Uplink, open_cmds: list[Command]) -> None:
         """Queue the data-rate rule's radio settings for the node when they change."""
@@ -384,8 +405,17 @@ class DownlinkRuntime:
                  devices: Callable[[], Mapping[int, Device]]) -> None:
         dl = cfg.downlinks
         self.store = DownlinkStore(cfg.registry, DownlinkLimits(dl.max_queued, dl.expiry_s,
-                                                               dl.max_sends))
+                                                               dl.max_sends),
+                                   (dl.gateway_index, dl.gateways))
         self.outbox = StatusOutbox(cfg.mqtt.prefix, cfg.gateway_id)
+        self.city: DownlinkCity | None = None
+        if dl.gateways > 1:
+            from knute.gateway.downlink_city import DownlinkCity
+
+            self.city = DownlinkCity(cfg.mqtt, self.store, gateway_id=cfg.gateway_id,
+                                     index=dl.gateway_index, gather_s=dl.gather_s,
+                                     client_id=cfg.mqtt.client_id or f"knute-{cfg.gateway_id}",
+                                     count=counters.inc)
         self._devices = devices
         self.publish = dl.status_topics
         transmitters = {s.name: s for s in sources if hasattr(s, "transmit_downlink")}
@@ -393,7 +423,7 @@ class DownlinkRuntime:
                                        auto_ack=dl.auto_ack, kinds_of=self._kind_of,
                                        adr=AdrHistory(installation_margin_db=dl.adr_margin_db,
                                                       history=dl.adr_history)
-                                       if dl.adr else None)
+                                       if dl.adr else None, city=self.city)
         self.listener: Any = None
         if dl.commands_from_mqtt:
             from knute.gateway.downlink_mqtt import CommandListener
@@ -466,6 +496,8 @@ class DownlinkRuntime:
     def start(self) -> None:
         """Start the worker and the command listener."""
         self.service.start()
+        if self.city is not None:
+            self.city.start()
         if self.listener is not None:
             self.listener.start()
 
@@ -474,6 +506,8 @@ class DownlinkRuntime:
         if self.listener is not None:
             self.listener.stop()
         self.service.stop()
+        if self.city is not None:
+            self.city.stop()
         self.store.close()
 
     def stats(self) -> dict[str, Any]:
@@ -481,4 +515,6 @@ class DownlinkRuntime:
         out = self.service.stats()
         if self.listener is not None:
             out["commands_topic"] = self.listener.stats()
+        if self.city is not None:
+            out["city"] = self.city.stats()
         return out

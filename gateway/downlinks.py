@@ -125,6 +125,24 @@ CREATE TRIGGER IF NOT EXISTS device_changes_update
 """
 
 
+MAX_GATEWAYS = 64                 # gateways of a city that take downlink counters
+
+
+def next_in_stride(last: int, index: int, count: int) -> int:
+    """The smallest value above ``last`` that is ``index`` modulo ``count``."""
+    value = last + 1
+    return value + (index - value) % count
+
+
+def next_cmd_id(last: int, index: int, count: int) -> int:
+    """The command id after ``last`` (1..65535) that is this gateway's: ``(id - 1) % count
+    == index``, so ids handed out by different gateways never meet at a node."""
+    value = next_in_stride(last - 1, index, count) + 1
+    if value > dls.MAX_CMD_ID:
+        value = index + 1
+    return value
+
+
 class QueueFull(KnuteError):
     """The device already has the configured number of open commands."""
 
@@ -236,9 +254,14 @@ class DownlinkStore:
     migrates the file); the tables are created here when missing.
     """
 
-    def __init__(self, path: str, limits: DownlinkLimits | None = None) -> None:
+    def __init__(self, path: str, limits: DownlinkLimits | None = None,
+                 stride: tuple[int, int] = (0, 1)) -> None:
         self.path = path
         self.limits = limits or DownlinkLimits()
+        if not 0 <= stride[0] < stride[1] <= MAX_GATEWAYS:
+            raise KnuteError(f"gateway index {stride[0]} of {stride[1]}: the index is "
+                             f"0..count-1 and the count 1..{MAX_GATEWAYS}")
+        self.stride = stride
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, timeout=30.0,
@@ -304,8 +327,14 @@ class DownlinkStore:
         after it (or a later uplink) was already sent, by this gateway or another one
         sharing the registry. An operator's counter reset starts a new epoch, so the
         node's restarted counter is answered again.
+
+        With a ``stride`` (``index`` of ``count`` gateways, each with its own registry)
+        the value is the next one above every counter this store knows of (its own and
+        those learned from the other gateways) with ``value % count == index``: the
+        gateways' counters are disjoint by construction, whatever they learned.
         """
         claim = None if after_fcnt is None else (epoch << 24) + after_fcnt
+        index, count = self.stride
         with self._write() as db:
             self._ensure(db, device_id)
             dcnt, answered = db.execute(
@@ -313,13 +342,25 @@ class DownlinkStore:
                 (device_id,)).fetchone()
             if claim is not None and int(answered) >= claim:
                 return None
-            value = int(dcnt) + 1
+            value = next_in_stride(int(dcnt), index, count)
             if value > dls.MAX_DCNT:
                 raise CounterExhausted(f"device {device_id:08x}: downlink counter exhausted")
             db.execute("UPDATE dl_devices SET dcnt = ?, answered = max(answered, ?) "
                        "WHERE device_id = ?",
                        (value, -1 if claim is None else claim, device_id))
         return value
+
+    def learn_counter(self, device_id: int, dcnt: int) -> bool:
+        """Another gateway used downlink counter ``dcnt`` for the device: the next one taken
+        here is above it (the node accepts only increasing counters). True if it raised
+        what this store knew."""
+        if not 0 <= dcnt <= dls.MAX_DCNT:
+            return False
+        with self._write() as db:
+            self._ensure(db, device_id)
+            cur = db.execute("UPDATE dl_devices SET dcnt = ? WHERE device_id = ? AND dcnt < ?",
+                             (dcnt, device_id, dcnt))
+            return cur.rowcount > 0
 
     def counter(self, device_id: int) -> int | None:
         """The last downlink counter taken for a device, or None."""
@@ -360,7 +401,7 @@ class DownlinkStore:
                                  (device_id,)).fetchone()[0])
             cmd_id = seq
             while True:
-                cmd_id = cmd_id % dls.MAX_CMD_ID + 1          # 1..65535
+                cmd_id = next_cmd_id(cmd_id, *self.stride)          # 1..65535
                 if cmd_id not in open_ids:
                     break
             db.execute("UPDATE dl_devices SET cmd_seq = ? WHERE device_id = ?",
@@ -406,7 +447,7 @@ class DownlinkStore:
             first = None
             for pos, (op, args) in enumerate(steps):
                 while True:
-                    cmd_id = cmd_id % dls.MAX_CMD_ID + 1
+                    cmd_id = next_cmd_id(cmd_id, *self.stride)
                     if cmd_id not in open_ids:
                         break
                 open_ids.add(cmd_id)
@@ -495,6 +536,47 @@ class DownlinkStore:
                 [(SENT, dcnt, up_fcnt, now, device_id, c, *OPEN_STATES) for c in cmd_ids])
         out = [self.get(device_id, c) for c in cmd_ids]
         return [c for c in out if c is not None]
+
+    def adopt(self, device_id: int, sent: Sequence[dict[str, Any]], dcnt: int, up_fcnt: int,
+              now: float | None = None) -> int:
+        """Record commands another gateway sent in downlink ``dcnt`` after uplink ``up_fcnt``
+        (``gateway.downlink_city``'s notice: ``ref``, ``cmd_id``, ``op``, ``args``,
+        ``expires_at`` each), so this gateway does not send them too and reads the node's
+        report of them under the sender's command id. An open command with the same ref
+        becomes ``sent``; one this store never had is added as ``sent``; a closed one is
+        left alone, as is one whose id is taken here by another open command. Nothing is
+        published for it here. Returns how many commands changed."""
+        now = time.time() if now is None else now
+        changed = 0
+        with self._write() as db:
+            for cmd in sent:
+                ref, cmd_id = str(cmd["ref"]), int(cmd["cmd_id"])
+                if str(cmd["op"]) not in OPS or not 1 <= cmd_id <= dls.MAX_CMD_ID:
+                    continue
+                row = db.execute("SELECT row, state FROM dl_commands WHERE device_id = ? "
+                                 "AND ref = ?", (device_id, ref)).fetchone()
+                if row is not None and row[1] not in OPEN_STATES:
+                    continue
+                mine = -1 if row is None else int(row[0])
+                if db.execute("SELECT 1 FROM dl_commands WHERE device_id = ? AND cmd_id = ? "
+                              "AND state IN (?, ?) AND row != ?",
+                              (device_id, cmd_id, *OPEN_STATES, mine)).fetchone():
+                    continue
+                if row is None:
+                    db.execute(
+                        "INSERT INTO dl_commands (device_id, cmd_id, ref, op, args, state, "
+                        "created_at, expires_at, updated_at, sends, dcnt, up_fcnt) VALUES "
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                        (device_id, cmd_id, ref, str(cmd["op"]),
+                         json.dumps(cmd.get("args") or {}, sort_keys=True), SENT, now,
+                         float(cmd.get("expires_at") or now + self.limits.expiry_s), now,
+                         dcnt, up_fcnt))
+                else:
+                    db.execute("UPDATE dl_commands SET state = ?, cmd_id = ?, "
+                               "sends = sends + 1, dcnt = ?, up_fcnt = ?, updated_at = ? "
+                               "WHERE row = ?", (SENT, cmd_id, dcnt, up_fcnt, now, mine))
+                changed += 1
+        return changed
 
     def unsend(self, device_id: int, cmd_ids: Sequence[int], now: float | None = None
                ) -> list[Command]:
@@ -587,6 +669,11 @@ class DownlinkStore:
         """
         if len(new_key) != 16:
             raise KnuteError("a key is 16 bytes")
+        if self.stride[1] > 1:
+            raise KnuteError(f"device {device_id:08x}: key rotation is not available with "
+                             "several gateways ([downlinks] gateways > 1): each has its own "
+                             "registry; give the device a new key with knute provision and "
+                             "share it (docs/operations.md)")
         with self._write() as db:
             self._ensure(db, device_id)
             key_no, pending = db.execute(

@@ -144,13 +144,15 @@ def _downlinks(args: argparse.Namespace) -> Any:
 
     path = getattr(args, "registry", None)
     limits = DownlinkLimits()
+    stride = (0, 1)
     if path is None:
         cfg = _config(args)
         path = cfg.registry
         limits = DownlinkLimits(cfg.downlinks.max_queued, cfg.downlinks.expiry_s,
                                 cfg.downlinks.max_sends)
+        stride = (cfg.downlinks.gateway_index, cfg.downlinks.gateways)
     _check_owner(path, "registry")
-    return DownlinkStore(path, limits)
+    return DownlinkStore(path, limits, stride)
 
 
 def _send(args: argparse.Namespace, reg: Any) -> int:

@@ -1,0 +1,263 @@
+"""Downlinks with several gateways, each with its own registry (docs/operations.md,
+"Several gateways: downlinks").
+
+Gateways that share devices over the broker (``[share]``) each keep their own
+downlink store, so the database claim that lets gateways on ONE registry agree
+cannot work between them. Three rules take its place:
+
+1. Counters disjoint by construction. Gateway ``index`` of ``gateways`` takes
+   only downlink counters with ``dcnt % gateways == index`` (and command ids
+   with ``(id - 1) % gateways == index``): two gateways can never seal two
+   downlinks under one counter, whatever messages are lost. Each takes the next
+   such value above the highest counter it knows was used for the device, its
+   own or one it learned, because the node accepts only increasing counters.
+2. One answer per uplink. A gateway that has something to do for an uplink (a
+   command open, a report or a flag in it) publishes a claim on
+   ``<prefix>/downlink/claim/<device>`` (its SNR and whether it has commands
+   due), waits ``gather_ms`` after it heard the uplink, and answers only when
+   its claim ranks first of those heard for the uplink: commands due first, then
+   the best SNR, then the lowest index. The others apply the report silently.
+3. What was sent is told. The answering gateway publishes each downlink it
+   sends on ``<prefix>/downlink/sent/<device>`` (the counter, the uplink and
+   the commands with their refs and ids) and the counter, retained, on
+   ``<prefix>/downlink/counter/<device>/<gateway>``. The others raise their
+   counter above it and record the commands as sent under the sender's ids
+   (``DownlinkStore.adopt``), so none sends them again, and whichever gateway
+   answers the next uplink reads their report and publishes the progress: each
+   ``sent``, ``applied`` or ``rejected`` reaches the backend once.
+
+A gateway that cannot reach the broker answers alone (counted as
+``downlink_alone``): its counters stay disjoint, but a peer in the same state
+may answer the same uplink.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from knute.gateway.config import MqttConfig
+from knute.gateway.downlinks import Command, DownlinkStore
+from knute.gateway.logsafe import clean
+
+log = logging.getLogger("knute.downlinks.city")
+
+CLAIM_TTL_S = 30.0       # claims and notices older than this are forgotten
+MAX_MESSAGE = 16384
+
+Rank = tuple[bool, float, int, str]
+
+
+def rank(due: bool, snr_db: float | None, index: int, gateway: str) -> Rank:
+    """A claim's place: commands due first, then the best SNR, then the lowest index."""
+    return (due, -1e9 if snr_db is None else float(snr_db), -index, gateway)
+
+
+def winner(claims: dict[str, Rank]) -> str:
+    """The gateway whose claim ranks first (``claims``: gateway id -> rank)."""
+    return max(claims.items(), key=lambda item: item[1])[0]
+
+
+def command_ref(cmd: Command, gateway_id: str) -> str:
+    """The reference a command travels under between gateways: the caller's ``id``, or
+    for a command without one (the CLI, the clock flag) one made from the queuing gateway
+    and the command, the same each time that gateway sends it."""
+    if cmd.ref is not None:
+        return cmd.ref
+    return f"{gateway_id}/{cmd.cmd_id}/{cmd.created_at:.6f}"
+
+
+class DownlinkCity:
+    """The claims and notices of one gateway, on a client of its own."""
+
+    def __init__(self, cfg: MqttConfig, store: DownlinkStore, *, gateway_id: str,
+                 index: int, gather_s: float, client_id: str,
+                 count: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.gateway_id = gateway_id
+        self.index = index
+        self.gather_s = gather_s
+        self.prefix = cfg.prefix
+        self._count = count or (lambda _name: None)
+        self._lock = threading.Lock()
+        self._claims: dict[tuple[int, int], dict[str, tuple[Rank, float]]] = {}
+        self._answered: dict[tuple[int, int], tuple[str, float]] = {}
+        self.figures = {"claims_sent": 0, "claims_heard": 0, "won": 0, "lost": 0,
+                        "alone": 0, "notices_heard": 0, "adopted": 0, "counters_learned": 0,
+                        "bad_messages": 0}
+        v5 = cfg.protocol == "5"
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{client_id}-city",
+                                   protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                                   clean_session=None if v5 else False)
+        if cfg.username is not None:
+            self._client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls is not None:
+            self._client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert,
+                                 keyfile=cfg.tls.key, cert_reqs=ssl.CERT_REQUIRED,
+                                 tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self._client.reconnect_delay_set(max(1, round(cfg.backoff_min_s)),
+                                         max(1, round(cfg.backoff_max_s)))
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self.connected = False
+        self.subscribed = False
+
+    # -- the connection ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background (paho reconnects by itself)."""
+        if self.cfg.protocol == "5":
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 86400
+            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive,
+                                       clean_start=False, properties=props)
+        else:
+            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            log.warning("downlink claims: broker refused the connection: %s", reason)
+            return
+        self.connected = True
+        client.subscribe([(f"{self.prefix}/downlink/claim/+", 1),
+                          (f"{self.prefix}/downlink/sent/+", 1),
+                          (f"{self.prefix}/downlink/counter/+/+", 1)])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any = None) -> None:
+        self.subscribed = True
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any = None) -> None:
+        self.connected = self.subscribed = False
+
+    # -- what the others say -------------------------------------------------------
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: Any) -> None:
+        try:
+            self.handle(msg.topic, bytes(msg.payload))
+        except Exception as exc:  # a bad message never stops the network thread
+            self.figures["bad_messages"] += 1
+            log.warning("downlink claims: message on %s ignored: %s", clean(msg.topic),
+                        clean(str(exc)))
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """One claim, notice or counter from another gateway."""
+        if len(payload) > MAX_MESSAGE:
+            raise ValueError(f"longer than {MAX_MESSAGE} bytes")
+        parts = topic.split("/")
+        what = parts[-2] if parts[-2] in ("claim", "sent") else parts[-3]
+        if not payload:
+            return                          # a cleared retained counter
+        doc = json.loads(payload)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        gateway = str(doc["gateway"])
+        if gateway == self.gateway_id:
+            return
+        device = int(doc["device"], 16)
+        now = time.time()
+        if what == "counter":
+            if self.store.learn_counter(device, int(doc["dcnt"])):
+                self.figures["counters_learned"] += 1
+            return
+        fcnt = int(doc["fcnt"])
+        if what == "claim":
+            snr = doc.get("snr_db")
+            mark = rank(bool(doc["due"]), None if snr is None else float(snr),
+                        int(doc["index"]), gateway)
+            with self._lock:
+                self._prune(now)
+                self._claims.setdefault((device, fcnt), {})[gateway] = (mark, now)
+            self.figures["claims_heard"] += 1
+            return
+        if what == "sent":
+            dcnt = int(doc["dcnt"])
+            with self._lock:
+                self._prune(now)
+                self._answered[(device, fcnt)] = (gateway, now)
+            self.figures["notices_heard"] += 1
+            if self.store.learn_counter(device, dcnt):
+                self.figures["counters_learned"] += 1
+            cmds = doc.get("commands")
+            if isinstance(cmds, list) and cmds:
+                self.figures["adopted"] += self.store.adopt(
+                    device, [c for c in cmds if isinstance(c, dict)], dcnt, fcnt)
+
+    def _prune(self, now: float) -> None:
+        cut = now - CLAIM_TTL_S
+        for key in [k for k, v in self._claims.items()
+                    if max(at for _r, at in v.values()) < cut]:
+            del self._claims[key]
+        for key in [k for k, (_g, at) in self._answered.items() if at < cut]:
+            del self._answered[key]
+
+    # -- this gateway's side --------------------------------------------------------
+
+    def elect(self, device_id: int, fcnt: int, snr_db: float | None, due: bool,
+              heard_s: float | None) -> bool:
+        """Claim the uplink, wait until ``gather_s`` after it was heard, and say whether
+        this gateway answers it."""
+        if not self.connected:
+            self.figures["alone"] += 1
+            self._count("downlink_alone")
+            return True
+        mine = rank(due, snr_db, self.index, self.gateway_id)
+        doc = {"gateway": self.gateway_id, "index": self.index, "device": f"{device_id:08x}",
+               "fcnt": fcnt, "snr_db": snr_db, "due": due, "at": time.time()}
+        self._client.publish(f"{self.prefix}/downlink/claim/{device_id:08x}",
+                             json.dumps(doc, separators=(",", ":")), qos=1)
+        self.figures["claims_sent"] += 1
+        start = time.time() if heard_s is None else heard_s
+        wait = start + self.gather_s - time.time()
+        if wait > 0:
+            threading.Event().wait(wait)
+        with self._lock:
+            if (device_id, fcnt) in self._answered:
+                won = False           # another gateway already sent after this uplink
+            else:
+                claims = {g: r for g, (r, _at) in self._claims.get((device_id, fcnt),
+                                                                   {}).items()}
+                claims[self.gateway_id] = mine
+                won = winner(claims) == self.gateway_id
+        self.figures["won" if won else "lost"] += 1
+        return won
+
+    def announce(self, device_id: int, fcnt: int, dcnt: int, cmds: Sequence[Command]) -> None:
+        """Tell the other gateways about a downlink this one sealed (before it leaves)."""
+        doc = {"gateway": self.gateway_id, "device": f"{device_id:08x}", "fcnt": fcnt,
+               "dcnt": dcnt, "at": time.time(),
+               "commands": [{"ref": command_ref(c, self.gateway_id), "cmd_id": c.cmd_id,
+                             "op": c.op, "args": c.args, "expires_at": c.expires_at}
+                            for c in cmds]}
+        self._client.publish(f"{self.prefix}/downlink/sent/{device_id:08x}",
+                             json.dumps(doc, separators=(",", ":")), qos=1)
+        counter = {"gateway": self.gateway_id, "device": f"{device_id:08x}", "dcnt": dcnt}
+        self._client.publish(
+            f"{self.prefix}/downlink/counter/{device_id:08x}/{self.gateway_id}",
+            json.dumps(counter, separators=(",", ":")), qos=1, retain=True)
+
+    def stats(self) -> dict[str, Any]:
+        """For ``knute gateway status``."""
+        return {"connected": self.connected, "subscribed": self.subscribed, **self.figures}
