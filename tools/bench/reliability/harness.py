@@ -394,7 +394,8 @@ class Rig:
         """Stop the fleet, wait until the spool is empty and the backend has it all, then
         stop the gateway and fill in the result."""
         self.fleet.stop()
-        self.link.set_mode("relay")
+        if self.link.mode != "relay":   # switching resets every connection, even to relay
+            self.link.set_mode("relay")
         if not self.gw.running:
             self.gw.check()
             self.gw.start()
