@@ -1,0 +1,212 @@
+"""Two gateway processes, each with its own registry, hear one node through their own
+packet forwarders (Mosquitto between them, ``[downlinks] gateways = 2``): 100
+commands published once each on MQTT are each answered by exactly one gateway,
+the node (firmware.downlink.Downlink, the code a node runs) applies each once,
+no downlink counter repeats, and each command's ``sent`` and ``applied`` reach
+the backend once, with gateway A killed (kill -9) halfway."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import select
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from firmware.downlink import Downlink
+from firmware.state import Store
+from knute.protocol import downlink, frame
+from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.wait import wait_for
+from tests.conftest import Broker, free_port
+from tests.e2e.test_downlink_gateway import PREFIX, Watcher, tx_ack
+from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
+
+KEY = bytes(range(16))
+METER = 0x00001234
+PULL_RESP = 3
+COMMANDS = 100
+KILL_AT = 50
+VALUES = (4, 6, 8, 12, 24)     # water.sends_per_day: divisors of 24, >= 24 / profile_len
+
+
+def _gateway(root: Path, name: str, index: int, mqtt_port: int) -> tuple[GatewayProcess, int]:
+    gw = GatewayProcess(root)
+    port = free_port()
+    gw.write_test_config(name, mqtt_port, f"""
+[downlinks]
+gateways = 2
+gateway_index = {index}
+gather_ms = 300
+[[packet_forwarder]]
+name = "concentrator"
+listen = "127.0.0.1:{port}"
+""")
+    # Each gateway its own registry with the same device and key (what `knute devices
+    # share` gives each of them).
+    gw.cli("devices", "add", f"{METER:08x}", "--kind", "water_meter", "--key", KEY.hex())
+    return gw, port
+
+
+class Node:
+    """The node: its real downlink code on CPython, its uplinks heard by both forwarders."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir()
+        cfg = {"role": "water_meter", "device_id": METER, "key": KEY.hex(),
+               "link": {"type": "lora"}, "water": {"sends_per_day": 4, "profile_len": 6}}
+        (root / "config.json").write_text(json.dumps(cfg))
+        self.dl = Downlink(Store(str(root / "state")), METER, str(root / "config.json"),
+                           None, str(root / "upd"), str(root / "lib"))
+        self.fcnt = 0
+        self.tmst = 1_000_000
+
+    def uplink(self) -> bytes:
+        """The next uplink, with the report of what the node applied."""
+        self.fcnt += 1
+        self.tmst += 10_000_000
+        values: dict[str, Any] = {"index": 1000 + self.fcnt, "profile_end_h": 3,
+                                  "battery": 19, "profile": [1]}
+        report = self.dl.report()
+        if report is not None:
+            values["dl"] = report
+        raw = frame.encode("water_meter", METER, self.fcnt, values, self.dl.uplink_key())
+        self.dl.uplink_sent(self.fcnt)
+        self.dl.report_sent()
+        return raw
+
+
+def _pull_resps(pfs: dict[str, PacketForwarder], wait_s: float,
+                after_first_s: float = 0.4) -> list[tuple[str, int, bytes]]:
+    """The PULL_RESPs that arrive at the forwarders within ``wait_s``, or until
+    ``after_first_s`` after the first one (a second answer to the same uplink comes
+    within the claims' gather time): (which, token, downlink bytes). PUSH_ACKs and
+    PULL_ACKs are skipped."""
+    out: list[tuple[str, int, bytes]] = []
+    first = 0.0
+    deadline = time.monotonic() + wait_s
+    socks = {pf.sock: name for name, pf in pfs.items()}
+    while True:
+        if out:
+            deadline = min(deadline, first + after_first_s)
+        else:
+            first = time.monotonic()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return out
+        ready, _, _ = select.select(list(socks), [], [], left)
+        for sock in ready:
+            data, _ = sock.recvfrom(65535)
+            if len(data) >= 4 and data[3] == PULL_RESP:
+                txpk = json.loads(data[4:])["txpk"]
+                out.append((socks[sock], struct.unpack_from(">H", data, 1)[0],
+                            base64.b64decode(txpk["data"])))
+
+
+def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
+        tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
+    rng = random.Random(42)
+    gws: dict[str, GatewayProcess] = {}
+    pfs: dict[str, PacketForwarder] = {}
+    for index, name in enumerate(("gw-a", "gw-b")):
+        gw, port = _gateway(tmp_path / name, name, index, mosquitto.port)
+        gws[name] = gw
+        pfs[name] = PacketForwarder("127.0.0.1", port, eui=bytes([0xAA, 0, 0, 0, 0, 0, 0,
+                                                                  index + 1]))
+    watcher = Watcher(mosquitto)
+    node = Node(tmp_path / "node")
+    downlinks: list[tuple[str, dict[str, Any]]] = []    # (gateway, decoded) as received
+    topic = f"{PREFIX}/water_meter/{METER:08x}/down"
+    try:
+        for gw in gws.values():
+            gw.start()
+        for name, gw in gws.items():
+            wait_for(lambda gw=gw: gw.status()["downlinks"]["commands_topic"]["subscribed"]
+                     and gw.status()["downlinks"]["city"]["subscribed"], 30,
+                     f"{name} subscribed")
+            pfs[name].pull()
+        alive = ["gw-a", "gw-b"]
+
+        def heard_by_all(ref: str) -> bool:
+            return watcher.states(ref).count("queued") >= len(alive)
+
+        def uplink(snr: dict[str, float], wait_s: float = 5.0) -> list[tuple[str, int, bytes]]:
+            raw = node.uplink()
+            for name in alive:
+                body = {"rxpk": [rxpk(raw, tmst=node.tmst, freq=868.3, datr="SF9BW125",
+                                      lsnr=snr[name])]}
+                pfs[name].send_raw(push_data(pfs[name].eui, body)[1])
+            return _pull_resps({n: pfs[n] for n in alive}, wait_s)
+
+        for i in range(COMMANDS):
+            ref = f"c-{i}"
+            watcher.command(topic, {"id": ref, "command": "config",
+                                    "values": {"water.sends_per_day": VALUES[i % len(VALUES)]}})
+            wait_for(lambda ref=ref: heard_by_all(ref), 30, f"{ref} queued at every gateway")
+            # Which gateway hears the node better changes from uplink to uplink; before
+            # the kill, gateway A answers (it hears best), then it dies with its command
+            # applied at the node but not yet reported.
+            snr = {"gw-a": rng.uniform(-10, 10), "gw-b": rng.uniform(-10, 10)}
+            if i == KILL_AT:
+                snr = {"gw-a": 9.0, "gw-b": -9.0}
+            got = uplink(snr)
+            assert len(got) == 1, (i, [(g, t) for g, t, _ in got],
+                                   gws["gw-a"].log_tail(), gws["gw-b"].log_tail())
+            name, token, raw = got[0]
+            decoded = downlink.decode(raw, KEY)
+            downlinks.append((name, decoded))
+            assert node.dl.receive(raw) is None, node.dl.counts
+            tx_ack(pfs[name], token)
+            if i == KILL_AT:
+                assert name == "gw-a"
+                gws["gw-a"].kill()
+                alive = ["gw-b"]
+        # One more uplink carries the last report; nothing is left to send.
+        last = uplink({"gw-a": 0.0, "gw-b": 0.0}, 1.5)
+        assert last == [], [downlink.decode(r, KEY) for _, _, r in last]
+        refs = [f"c-{i}" for i in range(COMMANDS)]
+        try:
+            wait_for(lambda: all(watcher.states(r)[-1:] == ["applied"] for r in refs), 60,
+                     "every command applied")
+        except Exception:
+            print({r: watcher.states(r) for r in refs if watcher.states(r)[-1:] != ["applied"]})
+            print(gws["gw-b"].log_tail(40))
+            raise
+        time.sleep(0.5)                    # a late second answer would show up here
+        assert _pull_resps({n: pfs[n] for n in alive}, 0.5) == []
+    finally:
+        for gw in gws.values():
+            gw.close()
+        for pf in pfs.values():
+            pf.close()
+        watcher.close()
+
+    counters = [d["dcnt"] for _, d in downlinks]
+    print(f"{len(downlinks)} downlinks, by gw-a {sum(g == 'gw-a' for g, _ in downlinks)}, "
+          f"by gw-b {sum(g == 'gw-b' for g, _ in downlinks)}; counters {counters[:6]}...")
+    assert len(downlinks) == COMMANDS
+    assert len(set(counters)) == COMMANDS and counters == sorted(counters)
+    assert all(d["dcnt"] % 2 == (0 if g == "gw-a" else 1) for g, d in downlinks)
+    assert {g for g, _ in downlinks[:KILL_AT]} == {"gw-a", "gw-b"}
+    assert node.dl.counts == {}            # no downlink refused: no replay, no order
+    assert node.dl.last == counters[-1]
+    assert node.dl.clock_set               # the clock flag of the first uplink, answered once
+    assert sum(c[1] == downlink.OP_CLOCK for _, d in downlinks for c in d["commands"]) == 1
+    # Each command: in exactly one downlink, `sent` and `applied` published once.
+    for i in range(COMMANDS):
+        ref = f"c-{i}"
+        states = watcher.states(ref)
+        assert states.count("sent") == 1 and states.count("applied") == 1, (ref, states)
+        sent = next(m for m in watcher.messages if m.get("id") == ref and
+                    m["state"] == "sent")
+        carried = [d for g, d in downlinks if g == sent["gateway"]
+                   and any(c[0] == sent["cmd_id"] for c in d["commands"])]
+        assert len(carried) == 1, (ref, sent)
+        entry = next(c for c in carried[0]["commands"] if c[0] == sent["cmd_id"])
+        assert entry[1:] == [downlink.OP_CONFIG, {1: VALUES[i % len(VALUES)]}], entry
+    applied_by = {m["gateway"] for m in watcher.messages
+                  if m.get("id") == f"c-{KILL_AT}" and m["state"] == "applied"}
+    assert applied_by == {"gw-b"}          # A died; B read the node's report of A's command
