@@ -13,6 +13,7 @@ import random
 import select
 import struct
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +124,12 @@ def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
     try:
         for gw in gws.values():
             gw.start()
+        def subscribed(gw: GatewayProcess) -> bool:
+            dl = gw.status()["downlinks"]
+            return bool(dl["commands_topic"]["subscribed"] and dl["city"]["subscribed"])
+
         for name, gw in gws.items():
-            wait_for(lambda gw=gw: gw.status()["downlinks"]["commands_topic"]["subscribed"]
-                     and gw.status()["downlinks"]["city"]["subscribed"], 30,
-                     f"{name} subscribed")
+            wait_for(partial(subscribed, gw), 30, f"{name} subscribed")
             pfs[name].pull()
         alive = ["gw-a", "gw-b"]
 
@@ -145,7 +148,7 @@ def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
             ref = f"c-{i}"
             watcher.command(topic, {"id": ref, "command": "config",
                                     "values": {"water.sends_per_day": VALUES[i % len(VALUES)]}})
-            wait_for(lambda ref=ref: heard_by_all(ref), 30, f"{ref} queued at every gateway")
+            wait_for(partial(heard_by_all, ref), 30, f"{ref} queued at every gateway")
             # Which gateway hears the node better changes from uplink to uplink; before
             # the kill, gateway A answers (it hears best), then it dies with its command
             # applied at the node but not yet reported.
