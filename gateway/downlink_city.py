@@ -24,7 +24,9 @@ cannot work between them. Three rules take its place:
    counter above it and record the commands as sent under the sender's ids
    (``DownlinkStore.adopt``), so none sends them again, and whichever gateway
    answers the next uplink reads their report and publishes the progress: each
-   ``sent``, ``applied`` or ``rejected`` reaches the backend once.
+   ``sent``, ``applied`` or ``rejected`` reaches the backend once. It also
+   tells, on the same topic, which commands a report closed, so a gateway that
+   was away closes its copies when it catches up and never sends them again.
 
 A gateway that cannot reach the broker answers alone (counted as
 ``downlink_alone``): its counters stay disjoint, but a peer in the same state
@@ -45,7 +47,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from knute.gateway.config import MqttConfig
-from knute.gateway.downlinks import Command, DownlinkStore
+from knute.gateway.downlinks import APPLIED, REJECTED, Command, DownlinkStore
 from knute.gateway.logsafe import clean
 
 log = logging.getLogger("knute.downlinks.city")
@@ -92,8 +94,8 @@ class DownlinkCity:
         self._claims: dict[tuple[int, int], dict[str, tuple[Rank, float]]] = {}
         self._answered: dict[tuple[int, int], tuple[str, float]] = {}
         self.figures = {"claims_sent": 0, "claims_heard": 0, "won": 0, "lost": 0,
-                        "alone": 0, "notices_heard": 0, "adopted": 0, "counters_learned": 0,
-                        "bad_messages": 0}
+                        "alone": 0, "notices_heard": 0, "adopted": 0, "closed": 0,
+                        "counters_learned": 0, "bad_messages": 0}
         v5 = cfg.protocol == "5"
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{client_id}-city",
                                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -193,11 +195,17 @@ class DownlinkCity:
             self.figures["claims_heard"] += 1
             return
         if what == "sent":
+            self.figures["notices_heard"] += 1
+            closed = doc.get("closed")
+            if isinstance(closed, list) and closed:
+                self.figures["closed"] += self.store.close_reported(
+                    device, [c for c in closed if isinstance(c, dict)])
+            if doc.get("dcnt") is None:
+                return                      # a report read, no downlink
             dcnt = int(doc["dcnt"])
             with self._lock:
                 self._prune(now)
                 self._answered[(device, fcnt)] = (gateway, now)
-            self.figures["notices_heard"] += 1
             if self.store.learn_counter(device, dcnt):
                 self.figures["counters_learned"] += 1
             cmds = doc.get("commands")
@@ -257,6 +265,19 @@ class DownlinkCity:
         self._client.publish(
             f"{self.prefix}/downlink/counter/{device_id:08x}/{self.gateway_id}",
             json.dumps(counter, separators=(",", ":")), qos=1, retain=True)
+
+    def announce_closed(self, device_id: int, fcnt: int, cmds: Sequence[Command]) -> None:
+        """Tell the other gateways which commands the node's report in uplink ``fcnt``
+        closed (on the topic of the sent notices, so they arrive after them)."""
+        done = [{"ref": command_ref(c, self.gateway_id), "state": c.state,
+                 "result": c.result, "detail": c.detail}
+                for c in cmds if c.state in (APPLIED, REJECTED)]
+        if not done:
+            return
+        doc = {"gateway": self.gateway_id, "device": f"{device_id:08x}", "fcnt": fcnt,
+               "at": time.time(), "closed": done}
+        self._client.publish(f"{self.prefix}/downlink/sent/{device_id:08x}",
+                             json.dumps(doc, separators=(",", ":")), qos=1)
 
     def stats(self) -> dict[str, Any]:
         """For ``knute gateway status``."""

@@ -200,7 +200,10 @@ class DownlinkService:
                          finish.args["key_no"])
                 rekeyed = [c for c in store.commands(dev) if c.op == "rekey"][-1:]
                 self._status([*rekeyed, finish])
-        self._status(store.report(dev, up.fcnt, entries).changed)
+        reported = store.report(dev, up.fcnt, entries).changed
+        self._status(reported)
+        if self.city is not None:
+            self.city.announce_closed(dev, up.fcnt, reported)
         open_ops = {c.op for c in store.commands(dev, open_only=True)}
         if flags & dls.FLAG_CLOCK and "time" not in open_ops:
             cmd, _ = store.queue(dev, "time")

@@ -578,6 +578,30 @@ class DownlinkStore:
                 changed += 1
         return changed
 
+    def close_reported(self, device_id: int, outcomes: Sequence[dict[str, Any]],
+                       now: float | None = None) -> int:
+        """Close commands another gateway read the node's report of (``ref``, ``state``
+        ``applied`` or ``rejected``, ``result``, ``detail`` each): open ones with that ref
+        take the state, without a word. A gateway that was away and gets the others'
+        notices late learns so that what it holds was done, and never sends it again."""
+        now = time.time() if now is None else now
+        changed = 0
+        with self._write() as db:
+            for out in outcomes:
+                state = out.get("state")
+                if state not in (APPLIED, REJECTED):
+                    continue
+                result = None if state == APPLIED else out.get("result")
+                detail = None if state == APPLIED else out.get("detail")
+                cur = db.execute(
+                    "UPDATE dl_commands SET state = ?, result = ?, detail = ?, updated_at = ? "
+                    "WHERE device_id = ? AND ref = ? AND state IN (?, ?)",
+                    (state, None if result is None else str(result),
+                     detail if isinstance(detail, int) else None, now, device_id,
+                     str(out["ref"]), *OPEN_STATES))
+                changed += cur.rowcount
+        return changed
+
     def unsend(self, device_id: int, cmd_ids: Sequence[int], now: float | None = None
                ) -> list[Command]:
         """Put sent commands back in the queue (the transmitter refused the downlink)."""

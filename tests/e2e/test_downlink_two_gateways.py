@@ -3,7 +3,8 @@ packet forwarders (Mosquitto between them, ``[downlinks] gateways = 2``): 100
 commands published once each on MQTT are each answered by exactly one gateway,
 the node (firmware.downlink.Downlink, the code a node runs) applies each once,
 no downlink counter repeats, and each command's ``sent`` and ``applied`` reach
-the backend once, with gateway A killed (kill -9) halfway."""
+the backend once, with gateway A killed (kill -9) halfway; A back at the end holds
+nothing open and answers with a counter above B's."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import base64
 import json
 import random
 import select
+import sqlite3
 import struct
 import time
 from functools import partial
@@ -50,6 +52,16 @@ listen = "127.0.0.1:{port}"
     # share` gives each of them).
     gw.cli("devices", "add", f"{METER:08x}", "--kind", "water_meter", "--key", KEY.hex())
     return gw, port
+
+
+def _open_commands(registry: Path) -> int:
+    """Commands a gateway's registry holds as queued or sent."""
+    db = sqlite3.connect(str(registry), timeout=10)
+    try:
+        return int(db.execute("SELECT count(*) FROM dl_commands WHERE state IN "
+                              "('queued', 'sent')").fetchone()[0])
+    finally:
+        db.close()
 
 
 class Node:
@@ -171,15 +183,26 @@ def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
         last = uplink({"gw-a": 0.0, "gw-b": 0.0}, 1.5)
         assert last == [], [downlink.decode(r, KEY) for _, _, r in last]
         refs = [f"c-{i}" for i in range(COMMANDS)]
-        try:
-            wait_for(lambda: all(watcher.states(r)[-1:] == ["applied"] for r in refs), 60,
-                     "every command applied")
-        except Exception:
-            print({r: watcher.states(r) for r in refs if watcher.states(r)[-1:] != ["applied"]})
-            print(gws["gw-b"].log_tail(40))
-            raise
+        wait_for(lambda: all(watcher.states(r)[-1:] == ["applied"] for r in refs), 60,
+                 "every command applied")
         time.sleep(0.5)                    # a late second answer would show up here
         assert _pull_resps({n: pfs[n] for n in alive}, 0.5) == []
+        # A comes back: from its sessions it gets the commands B took meanwhile and B's
+        # notices of what it sent and what the node reported; it holds nothing open
+        # (so it sends nothing again), and its next counter is above B's last.
+        gws["gw-a"].start()
+        wait_for(partial(subscribed, gws["gw-a"]), 30, "gw-a subscribed again")
+        wait_for(lambda: _open_commands(tmp_path / "gw-a" / "registry.db") == 0, 30,
+                 "gw-a to close what B did while it was away")
+        pfs["gw-a"].pull()
+        alive = ["gw-a", "gw-b"]
+        assert uplink({"gw-a": 5.0, "gw-b": -5.0}, 1.5) == []
+        watcher.command(topic, {"id": "after", "command": "reboot"})
+        wait_for(partial(heard_by_all, "after"), 30, "after queued at both")
+        last = uplink({"gw-a": 5.0, "gw-b": -5.0})
+        assert [g for g, _, _ in last] == ["gw-a"]
+        downlinks.append(("gw-a", downlink.decode(last[0][2], KEY)))
+        assert node.dl.receive(last[0][2]) is None, node.dl.counts
     finally:
         for gw in gws.values():
             gw.close()
@@ -190,8 +213,8 @@ def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
     counters = [d["dcnt"] for _, d in downlinks]
     print(f"{len(downlinks)} downlinks, by gw-a {sum(g == 'gw-a' for g, _ in downlinks)}, "
           f"by gw-b {sum(g == 'gw-b' for g, _ in downlinks)}; counters {counters[:6]}...")
-    assert len(downlinks) == COMMANDS
-    assert len(set(counters)) == COMMANDS and counters == sorted(counters)
+    assert len(downlinks) == COMMANDS + 1
+    assert len(set(counters)) == COMMANDS + 1 and counters == sorted(counters)
     assert all(d["dcnt"] % 2 == (0 if g == "gw-a" else 1) for g, d in downlinks)
     assert {g for g, _ in downlinks[:KILL_AT]} == {"gw-a", "gw-b"}
     assert node.dl.counts == {}            # no downlink refused: no replay, no order
