@@ -1,10 +1,11 @@
-"""Two gateway processes, each with its own registry, hear one node through their own
-packet forwarders (Mosquitto between them, ``[downlinks] gateways = 2``): 100
-commands published once each on MQTT are each answered by exactly one gateway,
-the node (firmware.downlink.Downlink, the code a node runs) applies each once,
-no downlink counter repeats, and each command's ``sent`` and ``applied`` reach
-the backend once, with gateway A killed (kill -9) halfway; A back at the end holds
-nothing open and answers with a counter above B's."""
+"""Two gateway processes, each with its own registry (the device shared to both over
+the broker, its key sealed for each), hear one node through their own packet
+forwarders, Mosquitto between them, ``[downlinks] gateways = 2``: 100 commands
+published once each on MQTT are each answered by exactly one gateway, the node
+(firmware.downlink.Downlink, the code a node runs) applies each once, no downlink
+counter repeats, and each command's ``sent`` and ``applied`` reach the backend
+once, with gateway A killed (kill -9) halfway; A back at the end holds nothing
+open and answers with a counter above B's."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from firmware.downlink import Downlink
 from firmware.state import Store
+from knute.gateway.registry import Registry
 from knute.protocol import downlink, frame
 from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.wait import wait_for
@@ -44,14 +46,31 @@ def _gateway(root: Path, name: str, index: int, mqtt_port: int) -> tuple[Gateway
 gateways = 2
 gateway_index = {index}
 gather_ms = 300
+[share]
+key = "share.key"
 [[packet_forwarder]]
 name = "concentrator"
 listen = "127.0.0.1:{port}"
 """)
-    # Each gateway its own registry with the same device and key (what `knute devices
-    # share` gives each of them).
-    gw.cli("devices", "add", f"{METER:08x}", "--kind", "water_meter", "--key", KEY.hex())
     return gw, port
+
+
+def _share_keys(gws: dict[str, GatewayProcess]) -> list[str]:
+    """Each gateway's share key made; the ``--gateway`` arguments of ``devices share``."""
+    targets = []
+    for name, gw in gws.items():
+        out = gw.cli("devices", "share-key", "--json")
+        targets += ["--gateway", f"{name}={json.loads(out.stdout)['public_key']}"]
+    return targets
+
+
+def _share(gw: GatewayProcess, operator: Path, targets: list[str]) -> None:
+    """The operator's registry with the node, shared over the broker: each gateway
+    gets the device, its key sealed for that gateway, into its own registry."""
+    op = Registry(str(operator))
+    op.add(METER, "water_meter", KEY, name="meter")
+    op.close()
+    gw.cli("devices", "share", "--registry", str(operator), *targets)
 
 
 def _open_commands(registry: Path) -> int:
@@ -134,13 +153,19 @@ def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
     downlinks: list[tuple[str, dict[str, Any]]] = []    # (gateway, decoded) as received
     topic = f"{PREFIX}/water_meter/{METER:08x}/down"
     try:
+        targets = _share_keys(gws)
         for gw in gws.values():
             gw.start()
+        _share(gws["gw-a"], tmp_path / "operator.db", targets)
+        def serves_device(gw: GatewayProcess) -> bool:
+            return bool(gw.status()["devices"] == 1)
+
         def subscribed(gw: GatewayProcess) -> bool:
             dl = gw.status()["downlinks"]
             return bool(dl["commands_topic"]["subscribed"] and dl["city"]["subscribed"])
 
         for name, gw in gws.items():
+            wait_for(partial(serves_device, gw), 30, f"{name} to get the device")
             wait_for(partial(subscribed, gw), 30, f"{name} subscribed")
             pfs[name].pull()
         alive = ["gw-a", "gw-b"]
