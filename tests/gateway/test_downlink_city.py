@@ -4,8 +4,8 @@ claim ranking, and the commands one gateway adopts from another's notice."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -167,16 +167,17 @@ def test_messages_from_the_others(tmp_path: Path) -> None:
 
 def test_a_missing_index_is_caught_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(KnuteError, match="index 2 of 2"):
-        _store(tmp_path / os.path.join("r.db"), 2, 2)
+        _store(tmp_path / "r.db", 2, 2)
 
 
 def test_a_report_read_elsewhere_closes_the_copies_here(tmp_path: Path) -> None:
     b = _store(tmp_path / "b.db", 1, 2)
     ok, _ = b.queue(DEV, "reboot", ref="r-1")
     bad, _ = b.queue(DEV, "config", {"values": {"1": 4}}, ref="c-1")
-    closed = [{"ref": "r-1", "state": "applied", "result": None, "detail": None},
-              {"ref": "c-1", "state": "rejected", "result": "cmd_range", "detail": 1},
-              {"ref": "nobody", "state": "applied"}, {"ref": "r-1", "state": "queued"}]
+    closed: list[dict[str, Any]] = [
+        {"ref": "r-1", "state": "applied", "result": None, "detail": None},
+        {"ref": "c-1", "state": "rejected", "result": "cmd_range", "detail": 1},
+        {"ref": "nobody", "state": "applied"}, {"ref": "r-1", "state": "queued"}]
     assert b.close_reported(DEV, closed) == 2
     assert b.close_reported(DEV, closed) == 0          # closed already: nothing moves
     got = {c.ref: (c.state, c.result, c.detail) for c in b.commands(DEV)}
