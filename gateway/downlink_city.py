@@ -185,7 +185,11 @@ class DownlinkCity:
                 self.figures["counters_learned"] += 1
             return
         fcnt = int(doc["fcnt"])
+        at = float(doc.get("at") or now)
+        stale = now - at > CLAIM_TTL_S      # from a session's backlog: long decided
         if what == "claim":
+            if stale:
+                return
             snr = doc.get("snr_db")
             mark = rank(bool(doc["due"]), None if snr is None else float(snr),
                         int(doc["index"]), gateway)
@@ -203,9 +207,10 @@ class DownlinkCity:
             if doc.get("dcnt") is None:
                 return                      # a report read, no downlink
             dcnt = int(doc["dcnt"])
-            with self._lock:
-                self._prune(now)
-                self._answered[(device, fcnt)] = (gateway, now)
+            if not stale:
+                with self._lock:
+                    self._prune(now)
+                    self._answered[(device, fcnt)] = (gateway, now)
             if self.store.learn_counter(device, dcnt):
                 self.figures["counters_learned"] += 1
             cmds = doc.get("commands")

@@ -271,13 +271,14 @@ class DownlinkService:
     def _lead(self, up: Uplink) -> bool:
         """Several gateways: whether this one answers ``up`` (``gateway.downlink_city``).
         An uplink that asks for nothing, reports nothing and finds no command open is
-        answered by nobody, so it needs no claim."""
+        answered by nobody, so it needs no claim. Commands count as due only when the
+        source that heard the uplink can send a downlink."""
         assert self.city is not None
         flags, entries = up.report
         if not (flags or entries or self.store.commands(up.device_id, open_only=True)):
             return True
-        return self.city.elect(up.device_id, up.fcnt, up.snr_db,
-                               bool(self.store.due(up.device_id)), up.heard_s)
+        due = bool(self.store.due(up.device_id)) and up.source in self.transmitters
+        return self.city.elect(up.device_id, up.fcnt, up.snr_db, due, up.heard_s)
 
     def _adr(self, up: Uplink, open_cmds: list[Command]) -> None:
         """Queue the data-rate rule's radio settings for the node when they change."""

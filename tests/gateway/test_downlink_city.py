@@ -4,6 +4,7 @@ claim ranking, and the commands one gateway adopts from another's notice."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,11 @@ def test_messages_from_the_others(tmp_path: Path) -> None:
     claim = {"gateway": "gw-b", "index": 1, "device": f"{DEV:08x}", "fcnt": 3,
              "snr_db": 5.0, "due": True}
     city.handle(f"t/downlink/claim/{DEV:08x}", json.dumps(claim).encode())
+    assert city.figures["claims_heard"] == 1
+    # A claim out of a session's backlog (a gateway back after a while) was decided long ago.
+    old = {**claim, "fcnt": 4, "at": time.time() - 120}
+    city.handle(f"t/downlink/claim/{DEV:08x}", json.dumps(old).encode())
+    assert city.figures["claims_heard"] == 1
     for bad in (b"[]", b"{", b'{"gateway": "gw-b"}'):
         with pytest.raises((ValueError, KeyError)):
             city.handle(f"t/downlink/claim/{DEV:08x}", bad)
