@@ -47,6 +47,7 @@ def test_a_publish_is_received_when_no_512_byte_block_is_free(
             assert head == 0x82                                    # SUBSCRIBE
             conn.sendall(b"\x90\x03" + body[:2] + b"\x01")         # SUBACK, QoS 1
             assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stderr is not None
             assert proc.stdout.readline().strip() == "up", proc.stderr.read()
             topic = TOPIC.encode()
             body = len(topic).to_bytes(2, "big") + topic + b"\x00\x07" + PAYLOAD
