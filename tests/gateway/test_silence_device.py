@@ -191,3 +191,30 @@ def test_an_applied_config_downlink_moves_the_registry_interval(tmp_path: Path) 
     finally:
         store.close()
         reg.close()
+
+
+def test_a_sealed_export_carries_the_interval_to_another_gateway(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from knute.gateway.registry_share import new_private_key_file
+    from knute.tools.cli.devices_share import export, open_sealed_csv
+
+    key_file = str(tmp_path / "share.key")
+    public = new_private_key_file(key_file)
+    source = Registry(str(tmp_path / "operator.db"))
+    target = Registry(str(tmp_path / "gateway.db"))
+    try:
+        source.add(SLOW, "water_meter", KEY, interval_s=8 * H)
+        source.add(PLAIN, "water_meter", KEY)
+        out = tmp_path / "devices.csv"
+        assert export(source, public, str(out)) == 0
+        text = out.read_text()
+        assert text.splitlines()[0] == "device_id,kind,key,name,site,interval_s,location"
+        assert KEY.hex() not in text
+        opened = open_sealed_csv(text, SimpleNamespace(share_key=key_file), str(out))
+        assert target.import_report(opened)["added"] == 2
+        assert [(d.device_id, d.interval_s) for d in target.all()] == [
+            (SLOW, 8 * H), (PLAIN, None)]
+    finally:
+        source.close()
+        target.close()

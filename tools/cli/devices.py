@@ -76,8 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> Non
 
     imp = sub.add_parser("import", parents=[common],
                          help="register every device of a CSV file (all or nothing)")
-    imp.add_argument("file", help="CSV with header device_id,kind,key[,name,site,interval_s,"
-                                         "location,...]")
+    imp.add_argument("file", help="CSV with header "
+                     "device_id,kind,key[,name,site,interval_s,location,...]")
     imp.add_argument("--json", action="store_true", help="print the count as JSON")
     imp.add_argument("--update", action="store_true",
                      help="update devices whose row differs (else the file is refused)")
