@@ -34,7 +34,7 @@ from knute.gateway.dbfile import (
     quick_check,
 )
 from knute.gateway.device_csv import read_csv
-from knute.gateway.device_fields import device_row, format_device_id
+from knute.gateway.device_fields import device_row, format_device_id, parse_interval
 from knute.gateway.errors import KnuteError
 from knute.gateway.model import Device as Device  # re-exported: the registry holds these
 
@@ -232,14 +232,19 @@ class Registry:
             return 0, 0
         bound_queries(old)
         try:
-            for cols in ("device_id, kind, key, name, site, location",
-                         "device_id, kind, key, name, '', '{}'"):
+            for cols in ("device_id, kind, key, name, site, location, interval_s",
+                         "device_id, kind, key, name, site, location, NULL",
+                         "device_id, kind, key, name, '', '{}', NULL"):
+                # The first column list the file has; rows up to a damaged page count.
+                got: list[Sequence[Any]] = []
                 try:
                     for row in old.execute(f"SELECT {cols} FROM devices"):
-                        rows.append(row)
-                    break
+                        got.append(row)
                 except sqlite3.Error:
-                    continue
+                    if not got:
+                        continue
+                rows = got
+                break
         finally:
             old.close()
         values: dict[int, tuple[Any, ...]] = {}
@@ -248,8 +253,12 @@ class Registry:
                 location = json.loads(row[5] or "{}")
                 if not isinstance(location, dict):
                     location = {}
+                try:        # a damaged interval only costs the device its own interval
+                    interval = parse_interval(row[6])
+                except KnuteError:
+                    interval = None
                 vals = device_row(int(row[0]), str(row[1]), bytes(row[2]), str(row[3]),
-                                    str(row[4]), location)
+                                    str(row[4]), location, interval)
             except (KnuteError, ValueError, TypeError):
                 bad += 1
                 continue

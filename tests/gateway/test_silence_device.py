@@ -218,3 +218,22 @@ def test_a_sealed_export_carries_the_interval_to_another_gateway(tmp_path: Path)
     finally:
         source.close()
         target.close()
+
+
+def test_a_salvaged_registry_keeps_the_intervals(tmp_path: Path) -> None:
+    from knute.tools.bench.reliability.damage import scribble
+
+    path = str(tmp_path / "registry.db")
+    reg = Registry(path)
+    for n in range(300):
+        reg.add(0x100 + n, "water_meter", bytes([n % 256]) * 16, interval_s=900 + n)
+    reg.close()
+    scribble(path, 0.6, 4096, seed=3)
+    again = Registry(path)
+    try:
+        devices = again.all()
+        assert 0 < len(devices) <= 300 and any(".corrupt-" in p.name
+                                               for p in tmp_path.iterdir())
+        assert all(d.interval_s == 900 + d.device_id - 0x100 for d in devices)
+    finally:
+        again.close()
