@@ -9,12 +9,11 @@ shared registry, and moved by a config downlink the node reports applied,
 interval (defaults below, ``[silence.interval_s]`` overrides them, see
 docs/operations.md). So the gateway knows when each device is overdue: a meter
 sending every 8 hours is not silent after 2 hours, one sending every 15
-minutes is. Only after
-``missed_intervals`` whole intervals without a single accepted frame (plus
-half an interval of slack for the node's jitter and a phase drawn anew at its
-boot) is it ``silent``: a node that loses a frame now and then is not, its
-next frame's hourly profile covers the gap (``profile_len`` 12 with 4 sends a
-day covers one lost frame).
+minutes is. Only after ``missed_intervals`` whole intervals of its own without
+a single accepted frame (plus half an interval of slack for the node's jitter
+and a phase drawn anew at its boot) is it ``silent``: a node that loses a
+frame now and then is not, its next frame's hourly profile covers the gap
+(``profile_len`` 12 with 4 sends a day covers one lost frame).
 
 The change is published like a Modbus device's ``offline`` condition (the
 shape of docs/mqtt.md, retained, from the spool): ``silent`` when a device
