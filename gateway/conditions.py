@@ -1,7 +1,7 @@
 """Device conditions on their way to the spool.
 
 A condition change (a polled Modbus device ``offline`` after ``offline_after``
-failed polls, ``online`` again; a node ``silent`` after its kind's missed send
+failed polls, ``online`` again; a node ``silent`` after its missed send
 intervals, ``heard`` again: gateway.silence) is spooled like a reading, as JSON on
 ``<prefix>/<kind>/<device>/condition``, so it survives broker outages and
 restarts and reaches the broker in order (QoS 1, at least once). Nobody sends

@@ -24,7 +24,7 @@ so a second instance on the same data exits with one line before it opens
 anything. A status socket on which a gateway answers is never taken over.
 
 Modbus device conditions and silent nodes (``gateway.silence``: ``silent``
-after a kind's missed send intervals, ``heard`` again, checked every second)
+after its missed send intervals, ``heard`` again, checked every second)
 are spooled like readings (``gateway.conditions``);
 rejected frames are logged with rate limits (``gateway.rejectlog``).
 """
@@ -448,7 +448,8 @@ class Daemon:
     def _check_silence(self) -> None:
         """Queue a ``silent`` condition for each device that became overdue."""
         assert self.pipeline is not None
-        devices = [(d.device_id, d.kind, d.last_seen) for d in self.pipeline.devices.values()
+        devices = [(d.device_id, d.kind, d.last_seen, d.interval_s)
+                   for d in self.pipeline.devices.values()
                    if d.device_id not in self._polled]    # Modbus: offline/online instead
         for cond in self.silence.check(devices, time.time()):
             log.warning("device %08x (%s) is silent: %s", cond.device_id, cond.kind,

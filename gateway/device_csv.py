@@ -1,7 +1,9 @@
 """The device import file (``knute devices import``): reading, writing and checking it.
 
 The header names the columns; ``device_id``, ``kind`` and ``key`` are
-required, ``name``, ``site`` and ``location`` (a JSON object) optional, and
+required, ``name``, ``site``, ``interval_s`` (the device's send interval in
+seconds for the silent-node alarm; empty: its kind's, and on a registered
+device the interval it has) and ``location`` (a JSON object) optional, and
 any other column becomes a location entry (e.g. ``address``, ``lat``,
 ``lon``). Any bad line, an id repeated in the file, a quote left open, a field
 over the size limit or a non-finite number rejects the whole file with one
@@ -14,7 +16,7 @@ import codecs
 import csv
 import io
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from knute.gateway.device_fields import (
@@ -22,27 +24,41 @@ from knute.gateway.device_fields import (
     device_row,
     format_device_id,
     location_value,
+    parse_interval,
     parse_key,
 )
 from knute.gateway.errors import KnuteError
 
-CSV_COLUMNS = ("device_id", "kind", "key", "name", "site")
+CSV_COLUMNS = ("device_id", "kind", "key", "name", "site", "interval_s")
 
 
 def csv_line(device_id: int, kind: str, key: bytes | str, name: str = "", site: str = "",
-             location: Mapping[str, Any] | None = None) -> str:
+             location: Mapping[str, Any] | None = None, interval_s: float | None = None,
+             columns: Sequence[str] | None = None) -> str:
     """One CSV line (no header) for ``knute devices import``; columns as CSV_COLUMNS.
 
     Location metadata (address, lat, lon, ...) goes in a final ``location`` column
     as a JSON object. The provisioning tool writes these lines when it works
-    offline; ``csv_header()`` gives the matching header.
+    offline; ``csv_header()`` gives the matching header. ``columns``: the header of
+    a file written earlier (a line appended to it follows its columns; a value its
+    header lacks is left out).
     """
     check_kind(kind)
     raw_key = parse_key(key)
+    interval = parse_interval(interval_s)
+    cells = {"device_id": format_device_id(device_id), "kind": kind, "key": raw_key.hex(),
+             "name": name, "site": site, "interval_s": "" if interval is None else f"{interval:g}",
+             "location": (json.dumps(dict(location), sort_keys=True, separators=(",", ":"))
+                          if location else "")}
+    if columns is None:
+        row = [cells[c] for c in CSV_COLUMNS]
+        if location:
+            row.append(cells["location"])
+    else:
+        row = [cells.get(c.strip(), "") for c in columns]
+        while row and not row[-1]:
+            row.pop()
     buf = io.StringIO()
-    row = [format_device_id(device_id), kind, raw_key.hex(), name, site]
-    if location:
-        row.append(json.dumps(dict(location), sort_keys=True, separators=(",", ":")))
     csv.writer(buf, lineterminator="\n").writerow(row)
     return buf.getvalue()
 
@@ -153,7 +169,7 @@ def read_csv(text: str, source: str = "<csv>") -> list[tuple[int, tuple[Any, ...
                 location[col] = location_value(col, val)
             values = device_row(rec.get("device_id", ""), rec.get("kind", ""),
                                 rec.get("key", ""), rec.get("name", ""),
-                                rec.get("site", ""), location)
+                                rec.get("site", ""), location, rec.get("interval_s"))
         except (KnuteError, ValueError) as exc:
             raise KnuteError(f"{source} line {line}: {exc}") from None
         if values[0] in lines:

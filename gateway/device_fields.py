@@ -117,9 +117,37 @@ def _check_finite(value: Any, where: str) -> None:
 
 
 
+# A device's own send interval (the silent-node alarm): a second up to a year.
+MAX_INTERVAL_S = 366 * 86400
+
+
+def parse_interval(value: str | float | None) -> float | None:
+    """A device's send interval in seconds from a number or its text; None for none given
+    (empty text): the device then has its kind's interval."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            raise KnuteError(f"interval_s: {text!r} is not a number of seconds") from None
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise KnuteError(f"interval_s: must be seconds, got {value!r}")
+    else:
+        number = float(value)
+    if not math.isfinite(number) or not 1 <= number <= MAX_INTERVAL_S:
+        raise KnuteError(f"interval_s: must be seconds 1..{MAX_INTERVAL_S}, got {value!r}")
+    return number
+
+
 def device_row(device_id: int | str, kind: str, key: bytes | str, name: str, site: str,
-               location: Mapping[str, Any] | None) -> tuple[Any, ...]:
-    """The registry row of one device (id, kind, key, name, site, location JSON, added_at).
+               location: Mapping[str, Any] | None,
+               interval_s: str | float | None = None) -> tuple[Any, ...]:
+    """The registry row of one device (id, kind, key, name, site, location JSON, added_at,
+    interval_s).
 
     Every field is checked first; the first bad one is a KnuteError.
     """
@@ -128,4 +156,4 @@ def device_row(device_id: int | str, kind: str, key: bytes | str, name: str, sit
     raw_key = parse_key(key)
     check_location(location or {})
     loc = json.dumps(dict(location or {}), sort_keys=True, allow_nan=False)
-    return (dev, kind, raw_key, name, site, loc, time.time())
+    return (dev, kind, raw_key, name, site, loc, time.time(), parse_interval(interval_s))

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from knute.gateway.errors import KnuteError
+from knute.gateway.silence import config_send_interval_s
 from knute.protocol import downlink as dls
 
 # Command ops as the CLI, MQTT and the store name them -> the wire op.
@@ -121,6 +122,9 @@ CREATE TRIGGER IF NOT EXISTS device_changes_delete AFTER DELETE ON devices
     BEGIN UPDATE device_changes SET n = n + 1; END;
 CREATE TRIGGER IF NOT EXISTS device_changes_update
     AFTER UPDATE OF device_id, kind, key, name, site, location ON devices
+    BEGIN UPDATE device_changes SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS device_changes_interval
+    AFTER UPDATE OF interval_s ON devices
     BEGIN UPDATE device_changes SET n = n + 1; END;
 """
 
@@ -232,6 +236,20 @@ def _command(row: Sequence[Any]) -> Command:
                    expires_at=float(row[6]), updated_at=float(row[7]), ref=row[8],
                    result=row[9], detail=row[10], sends=int(row[11]), dcnt=row[12],
                    up_fcnt=row[13])
+
+
+def _apply_send_interval(db: sqlite3.Connection, device_id: int, args: Any) -> None:
+    """Record the send interval an applied config command set (if it set one)."""
+    values = args.get("values") if isinstance(args, dict) else None
+    interval = config_send_interval_s(values) if isinstance(values, dict) else None
+    if interval is None:
+        return
+    try:
+        db.execute("UPDATE devices SET interval_s = ? WHERE device_id = ?",
+                   (interval, device_id))
+    except sqlite3.OperationalError as exc:     # a registry file from before the column
+        if "interval_s" not in str(exc):
+            raise
 
 
 def _statements(script: str) -> list[str]:
@@ -627,7 +645,10 @@ class DownlinkStore:
         A reported command that is open becomes ``applied`` or ``rejected`` (with
         the result and detail). A command sent after an earlier uplink and not in
         this report is queued again: the downlink or its report was lost, and it
-        goes out again under a new counter.
+        goes out again under a new counter. An applied ``config`` that sets the
+        node's send interval (``water.sends_per_day``, ``air.interval_s``) sets the
+        device's ``interval_s`` in the registry in the same transaction (the
+        silent-node alarm, gateway.silence).
         """
         now = time.time() if now is None else now
         out = ReportOutcome()
@@ -648,6 +669,8 @@ class DownlinkStore:
                 db.execute("UPDATE dl_commands SET state = ?, result = ?, detail = ?, "
                            "updated_at = ? WHERE row = ?",
                            (state, res, None if state == APPLIED else detail, now, row[0]))
+                if state == APPLIED and row[3] == "config":
+                    _apply_send_interval(db, device_id, json.loads(row[4]))
                 out.changed.append(_command((*row[1:5], state, *row[6:8], now, row[9], res,
                                              None if state == APPLIED else detail,
                                              *row[12:])))

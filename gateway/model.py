@@ -61,6 +61,7 @@ class Device:
     last_seen: float | None = None
     battery: int | None = None
     alarms: tuple[str, ...] = ()
+    interval_s: float | None = None     # its own send interval; None: its kind's (silence)
 
     @property
     def hex_id(self) -> str:
@@ -90,6 +91,7 @@ class Device:
             "last_seen": self.last_seen,
             "battery": self.battery,
             "alarms": list(self.alarms),
+            "interval_s": self.interval_s,
         }
         if show_key:
             out["key"] = self.key.hex()

@@ -34,13 +34,13 @@ from knute.gateway.dbfile import (
     quick_check,
 )
 from knute.gateway.device_csv import read_csv
-from knute.gateway.device_fields import device_row, format_device_id
+from knute.gateway.device_fields import device_row, format_device_id, parse_interval
 from knute.gateway.errors import KnuteError
 from knute.gateway.model import Device as Device  # re-exported: the registry holds these
 
 log = logging.getLogger("knute.registry")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class DeviceExists(KnuteError):
@@ -90,7 +90,12 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN shared_version INTEGER")
 
 
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+def _migrate_3_to_4(db: sqlite3.Connection) -> None:
+    # The device's own send interval (gateway.silence); NULL: its kind's.
+    db.execute("ALTER TABLE devices ADD COLUMN interval_s REAL")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def create_v1(path: str) -> None:
@@ -227,14 +232,19 @@ class Registry:
             return 0, 0
         bound_queries(old)
         try:
-            for cols in ("device_id, kind, key, name, site, location",
-                         "device_id, kind, key, name, '', '{}'"):
+            for cols in ("device_id, kind, key, name, site, location, interval_s",
+                         "device_id, kind, key, name, site, location, NULL",
+                         "device_id, kind, key, name, '', '{}', NULL"):
+                # The first column list the file has; rows up to a damaged page count.
+                got: list[Sequence[Any]] = []
                 try:
                     for row in old.execute(f"SELECT {cols} FROM devices"):
-                        rows.append(row)
-                    break
+                        got.append(row)
                 except sqlite3.Error:
-                    continue
+                    if not got:
+                        continue
+                rows = got
+                break
         finally:
             old.close()
         values: dict[int, tuple[Any, ...]] = {}
@@ -243,8 +253,12 @@ class Registry:
                 location = json.loads(row[5] or "{}")
                 if not isinstance(location, dict):
                     location = {}
+                try:        # a damaged interval only costs the device its own interval
+                    interval = parse_interval(row[6])
+                except KnuteError:
+                    interval = None
                 vals = device_row(int(row[0]), str(row[1]), bytes(row[2]), str(row[3]),
-                                    str(row[4]), location)
+                                    str(row[4]), location, interval)
             except (KnuteError, ValueError, TypeError):
                 bad += 1
                 continue
@@ -252,7 +266,7 @@ class Registry:
         with self._lock, self._db:
             self._db.executemany(
                 "INSERT OR IGNORE INTO devices (device_id, kind, key, name, site, location, "
-                "added_at) VALUES (?, ?, ?, ?, ?, ?, ?)", list(values.values()))
+                "added_at, interval_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(values.values()))
         return len(values), bad
 
     # -- schema ------------------------------------------------------------------
@@ -307,7 +321,7 @@ class Registry:
     # -- reads -------------------------------------------------------------------
 
     _COLS = ("device_id, kind, key, name, site, location, last_fcnt, last_seen, battery, "
-             "alarms")
+             "alarms, interval_s")
 
     @staticmethod
     def _row(row: Sequence[Any]) -> Device:
@@ -315,7 +329,8 @@ class Registry:
             device_id=int(row[0]), kind=str(row[1]), key=bytes(row[2]), name=str(row[3]),
             site=str(row[4]), location=json.loads(row[5] or "{}"),
             last_fcnt=row[6], last_seen=row[7], battery=row[8],
-            alarms=tuple(json.loads(row[9] or "[]")))
+            alarms=tuple(json.loads(row[9] or "[]")),
+            interval_s=None if row[10] is None else float(row[10]))
 
     def get(self, device_id: int) -> Device | None:
         """The device with this id, or None."""
@@ -343,15 +358,19 @@ class Registry:
     # -- writes ------------------------------------------------------------------
 
     def add(self, device_id: int | str, kind: str, key: bytes | str, name: str = "",
-            site: str = "", location: Mapping[str, Any] | None = None) -> Device:
-        """Register one device; DeviceExists if the id is taken."""
-        values = device_row(device_id, kind, key, name, site, location)
+            site: str = "", location: Mapping[str, Any] | None = None,
+            interval_s: float | None = None) -> Device:
+        """Register one device; DeviceExists if the id is taken.
+
+        ``interval_s``: its send interval (the silent-node alarm); None for its kind's.
+        """
+        values = device_row(device_id, kind, key, name, site, location, interval_s)
         with self._lock:
             try:
                 with self._db:
                     self._db.execute(
                         "INSERT INTO devices (device_id, kind, key, name, site, location, "
-                        "added_at) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+                        "added_at, interval_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
             except sqlite3.IntegrityError:
                 raise DeviceExists(
                     f"device {format_device_id(values[0])} is already registered") from None
@@ -380,13 +399,14 @@ class Registry:
 
         The file's form and checks: ``gateway.device_csv``. Importing is
         idempotent: a row equal to the registered device changes nothing. A row
-        that differs (kind, key, name, site or location) is an update the
+        that differs (kind, key, name, site, location, or an ``interval_s`` it
+        gives: an empty or missing one leaves the registered interval) is an update the
         operator confirms: without ``update`` the whole file is rejected with
         one line naming the first such line and what differs; with it the rows
         are updated.
         """
         rows = read_csv(text, source)
-        fields = ("kind", "key", "name", "site", "location")
+        fields = ("kind", "key", "name", "site", "location", "interval_s")
         added = updated = same = 0
         changed: list[tuple[int, int, list[str]]] = []
         with self._lock:
@@ -394,16 +414,20 @@ class Registry:
                 with self._db:
                     for line, values in rows:
                         old = self._db.execute(
-                            "SELECT kind, key, name, site, location FROM devices "
+                            "SELECT kind, key, name, site, location, interval_s FROM devices "
                             "WHERE device_id = ?", (values[0],)).fetchone()
                         if old is None:
                             self._db.execute(
                                 "INSERT INTO devices (device_id, kind, key, name, site, "
-                                "location, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+                                "location, added_at, interval_s) VALUES "
+                                "(?, ?, ?, ?, ?, ?, ?, ?)", values)
                             added += 1
                             continue
-                        was = (old[0], bytes(old[1]), old[2], old[3], json.loads(old[4] or "{}"))
-                        now = (values[1], values[2], values[3], values[4], json.loads(values[5]))
+                        interval = old[5] if values[7] is None else values[7]
+                        was = (old[0], bytes(old[1]), old[2], old[3], json.loads(old[4] or "{}"),
+                               old[5])
+                        now = (values[1], values[2], values[3], values[4], json.loads(values[5]),
+                               interval)
                         diff = [f for f, a, b in zip(fields, was, now, strict=True) if a != b]
                         if not diff:
                             same += 1
@@ -412,7 +436,8 @@ class Registry:
                         if update:
                             self._db.execute(
                                 "UPDATE devices SET kind = ?, key = ?, name = ?, site = ?, "
-                                "location = ? WHERE device_id = ?", (*values[1:6], values[0]))
+                                "location = ?, interval_s = ? WHERE device_id = ?",
+                                (*values[1:6], interval, values[0]))
                             updated += 1
                     if changed and not update:
                         line, device_id, diff = changed[0]
@@ -426,21 +451,23 @@ class Registry:
         return {"added": added, "updated": updated, "unchanged": same}
 
     def shared_state(self, device_id: int) -> tuple[tuple[str, bytes, str, str,
-                                                          dict[str, Any]] | None, int | None]:
-        """((kind, key, name, site, location) or None, share version or None) of one device."""
+                                                          dict[str, Any], float | None] | None,
+                                                    int | None]:
+        """((kind, key, name, site, location, interval_s) or None, share version or None)
+        of one device."""
         with self._lock:
             row = self._db.execute(
-                "SELECT kind, key, name, site, location, shared_version FROM devices "
-                "WHERE device_id = ?", (device_id,)).fetchone()
+                "SELECT kind, key, name, site, location, shared_version, interval_s "
+                "FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         if row is None:
             return None, None
         local = (str(row[0]), bytes(row[1]), str(row[2]), str(row[3]),
-                 json.loads(row[4] or "{}"))
+                 json.loads(row[4] or "{}"), None if row[6] is None else float(row[6]))
         return local, None if row[5] is None else int(row[5])
 
     def apply_shared(self, device_id: int, version: int, values: Sequence[Any] | None) -> None:
-        """Write what the share decided: ``values`` = (kind, key, name, site, location)
-        to add or replace the device at ``version``, None to remove it."""
+        """Write what the share decided: ``values`` = (kind, key, name, site, location,
+        interval_s) to add or replace the device at ``version``, None to remove it."""
         with self._lock, self._db:
             if values is None:
                 self._db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
@@ -448,9 +475,11 @@ class Registry:
             row = device_row(device_id, *values)
             self._db.execute(
                 "INSERT INTO devices (device_id, kind, key, name, site, location, added_at, "
-                "shared_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO "
+                "interval_s, shared_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(device_id) DO "
                 "UPDATE SET kind = excluded.kind, key = excluded.key, name = excluded.name, "
                 "site = excluded.site, location = excluded.location, "
+                "interval_s = excluded.interval_s, "
                 "shared_version = excluded.shared_version", (*row, version))
 
     def record_seen(self, updates: Iterable[Seen]) -> None:

@@ -10,7 +10,8 @@ persistence files nor a backup of them ever hold a key in the clear.
 Messages (all retained, QoS 1):
 - ``<prefix>/registry/<gateway-id>/<device>``: one device for one gateway,
   JSON ``{"v": 1, "op": "put"|"remove", "device", "version", "kind", "name",
-  "site", "location", "fingerprint", "sealed"}``. ``sealed`` is the device key
+  "site", "location", "fingerprint", "sealed"}`` and, for a device with its own
+  send interval, ``"interval_s"`` (the silent-node alarm). ``sealed`` is the device key
   encrypted for that gateway: X25519 with a fresh ephemeral key, HKDF-SHA256,
   AES-128-GCM, the other fields (and the gateway id) as associated data, so
   nothing in the message can be swapped or replayed to another gateway.
@@ -48,7 +49,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from knute.gateway.device_fields import check_kind, format_device_id, parse_device_id
+from knute.gateway.device_fields import (
+    check_kind,
+    format_device_id,
+    parse_device_id,
+    parse_interval,
+)
 from knute.gateway.errors import KnuteError
 
 FORMAT = 1
@@ -165,22 +171,31 @@ class Shared:
     location: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
     key: bytes | None = None
+    interval_s: float | None = None
+
+
+# Bound as associated data. ``interval_s`` only when the message has it, so a message
+# without one (a device on its kind's interval) is the same bytes as before the field.
+_BOUND = ("v", "op", "device", "version", "kind", "name", "site", "location", "fingerprint")
 
 
 def _aad(gateway_id: str, doc: dict[str, Any]) -> bytes:
-    bound = {k: doc.get(k) for k in ("v", "op", "device", "version", "kind", "name", "site",
-                                     "location", "fingerprint")}
+    bound = {k: doc.get(k) for k in _BOUND}
+    if "interval_s" in doc:
+        bound["interval_s"] = doc["interval_s"]
     bound["gateway"] = gateway_id
     return json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
 
 
 def put_message(*, gateway_id: str, recipient: X25519PublicKey, device_id: int, kind: str,
                 key: bytes, name: str, site: str, location: dict[str, Any],
-                version: int) -> bytes:
+                version: int, interval_s: float | None = None) -> bytes:
     """The retained message that gives one gateway one device (key sealed for it)."""
     doc: dict[str, Any] = {"v": FORMAT, "op": "put", "device": format_device_id(device_id),
                            "version": version, "kind": kind, "name": name, "site": site,
                            "location": location, "fingerprint": fingerprint(key)}
+    if interval_s is not None:
+        doc["interval_s"] = interval_s
     doc["sealed"] = seal_key(key, recipient, _aad(gateway_id, doc))
     return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -214,13 +229,18 @@ def read_message(payload: bytes, *, gateway_id: str,
             and isinstance(loc, dict) and isinstance(doc.get("sealed"), str)):
         raise KnuteError("kind, name, site, location or sealed missing or of the wrong type")
     check_kind(kind)
+    interval = None
+    if "interval_s" in doc:
+        if not isinstance(doc["interval_s"], int | float):
+            raise KnuteError(f"interval_s: must be seconds, got {doc['interval_s']!r}")
+        interval = parse_interval(doc["interval_s"])
     key = None
     if private is not None:
         key = open_key(doc["sealed"], private, _aad(gateway_id, doc))
         if len(key) != 16:
             raise KnuteError("sealed key is not 16 bytes")
     return Shared("put", device_id, version, kind, name, site, loc,
-                  str(doc.get("fingerprint", "")), key)
+                  str(doc.get("fingerprint", "")), key, interval)
 
 
 def next_version(previous: int | None, now: float | None = None) -> int:
@@ -231,10 +251,10 @@ def next_version(previous: int | None, now: float | None = None) -> int:
 
 # -- what a gateway does with a message ------------------------------------------------
 
-def decide(local: tuple[str, bytes, str, str, dict[str, Any]] | None, local_version: int | None,
-           shared: Shared) -> str:
-    """What to do with ``shared`` given the local row (kind, key, name, site, location)
-    and the share version it came from (None: registered locally).
+def decide(local: tuple[str, bytes, str, str, dict[str, Any], float | None] | None,
+           local_version: int | None, shared: Shared) -> str:
+    """What to do with ``shared`` given the local row (kind, key, name, site, location,
+    interval_s) and the share version it came from (None: registered locally).
 
     One of: ``add``, ``update``, ``remove``, ``adopt`` (a local row with the same
     key joins the share), ``same``, ``stale``, ``conflict`` (a local row with
@@ -252,8 +272,18 @@ def decide(local: tuple[str, bytes, str, str, dict[str, Any]] | None, local_vers
         return "adopt" if local[1] == shared.key else "conflict"
     if shared.version <= local_version:
         return "stale"
-    wanted = (shared.kind, shared.key, shared.name, shared.site, shared.location)
+    wanted = (shared.kind, shared.key, shared.name, shared.site, shared.location,
+              kept_interval(local, shared))
     return "same" if wanted == local else "update"
+
+
+def kept_interval(local: tuple[Any, ...] | None, shared: Shared) -> float | None:
+    """The send interval a device gets from ``shared``: the message's, or when it states
+    none (an operator's knute before the field) the one the gateway holds."""
+    if shared.interval_s is not None or local is None:
+        return shared.interval_s
+    held = local[5]
+    return None if held is None else float(held)
 
 
 def check_topic_parts(topic: str, prefix: str) -> tuple[int, str] | None:

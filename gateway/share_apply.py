@@ -28,6 +28,7 @@ from knute.gateway.registry_share import (
     conflicts,
     decide,
     fingerprint,
+    kept_interval,
     read_message,
 )
 
@@ -122,7 +123,7 @@ class ShareState:
         if action in ("add", "update", "adopt"):
             registry.apply_shared(shared.device_id, shared.version,
                                   (shared.kind, shared.key, shared.name, shared.site,
-                                   shared.location))
+                                   shared.location, kept_interval(local, shared)))
             log.info("device %s %s from the shared registry (version %d)", name,
                      {"add": "added", "update": "updated", "adopt": "joined"}[action],
                      shared.version)

@@ -1,14 +1,19 @@
 """The silent-node alarm: a radio or serial node that stopped sending.
 
 A node sends on its own schedule (a water meter ``sends_per_day`` times a day,
-an air-quality node every ``interval_s``); the gateway knows each kind's send
+an air-quality node every ``interval_s``); the registry holds each device's
+send interval (``interval_s``: set by ``knute provision`` from the node's
+config.json, by ``knute devices add --interval-s``, an import file or the
+shared registry, and moved by a config downlink the node reports applied,
+``config_send_interval_s``). A device without one falls back on its kind's
 interval (defaults below, ``[silence.interval_s]`` overrides them, see
-docs/operations.md) and so when a device is overdue. Only after
-``missed_intervals`` whole intervals without a single accepted frame (plus
-half an interval of slack for the node's jitter and a phase drawn anew at its
-boot) is it ``silent``: a node that loses a frame now and then is not, its
-next frame's hourly profile covers the gap (``profile_len`` 12 with 4 sends a
-day covers one lost frame).
+docs/operations.md). So the gateway knows when each device is overdue: a meter
+sending every 8 hours is not silent after 2 hours, one sending every 15
+minutes is. Only after ``missed_intervals`` whole intervals of its own without
+a single accepted frame (plus half an interval of slack for the node's jitter
+and a phase drawn anew at its boot) is it ``silent``: a node that loses a
+frame now and then is not, its next frame's hourly profile covers the gap
+(``profile_len`` 12 with 4 sends a day covers one lost frame).
 
 The change is published like a Modbus device's ``offline`` condition (the
 shape of docs/mqtt.md, retained, from the spool): ``silent`` when a device
@@ -27,6 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from knute.protocol import downlink as pdl
+
 SILENT = "silent"
 HEARD = "heard"
 SOURCE = "radio"
@@ -35,6 +42,8 @@ SOURCE = "radio"
 # the firmware defaults (firmware/config.py: water.sends_per_day 4,
 # air.interval_s 600).
 DEFAULT_INTERVAL_S: Mapping[str, float] = {"water_meter": 6 * 3600.0, "air_quality": 600.0}
+_FIRMWARE_SENDS_PER_DAY = 4
+_FIRMWARE_AIR_INTERVAL_S = 600
 DEFAULT_MISSED = 3
 SLACK_INTERVALS = 0.5
 
@@ -46,9 +55,16 @@ class SilenceSettings:
     missed_intervals: int = DEFAULT_MISSED          # 0 turns the alarm off
     interval_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_INTERVAL_S))
 
-    def limit_s(self, kind: str) -> float | None:
-        """Seconds without a frame after which a device of ``kind`` is silent (None: never)."""
-        interval = self.interval_s.get(kind)
+    def interval_for(self, kind: str, device_interval_s: float | None = None) -> float | None:
+        """A device's send interval: its own (from the registry), else its kind's."""
+        if device_interval_s:
+            return device_interval_s
+        return self.interval_s.get(kind)
+
+    def limit_s(self, kind: str, device_interval_s: float | None = None) -> float | None:
+        """Seconds without a frame after which a device of ``kind`` with its own interval
+        ``device_interval_s`` (None: the kind's) is silent (None: never)."""
+        interval = self.interval_for(kind, device_interval_s)
         if not self.missed_intervals or not interval:
             return None
         return (self.missed_intervals + SLACK_INTERVALS) * interval
@@ -105,17 +121,18 @@ class SilenceWatch:
         return SilenceCondition(device_id, kind, HEARD, at, was.last_seen, was.interval_s,
                                 was.missed_intervals)
 
-    def check(self, devices: Iterable[tuple[int, str, float | None]],
+    def check(self, devices: Iterable[tuple[int, str, float | None, float | None]],
               now: float) -> list[SilenceCondition]:
-        """``silent`` changes for the devices (id, kind, registry last_seen) overdue at ``now``.
+        """``silent`` changes for the devices (id, kind, registry last_seen, the device's
+        own send interval or None for its kind's) overdue at ``now``.
 
         Devices no longer listed are forgotten (removed from the registry).
         """
         out: list[SilenceCondition] = []
         listed: set[int] = set()
-        for device_id, kind, last_seen in devices:
+        for device_id, kind, last_seen, own_interval in devices:
             listed.add(device_id)
-            limit = self.settings.limit_s(kind)
+            limit = self.settings.limit_s(kind, own_interval)
             if limit is None or device_id in self._silent:
                 continue
             last = self._last.get(device_id)
@@ -124,7 +141,8 @@ class SilenceWatch:
             since = (last if last is not None else self.started_at) + limit
             if now < since:
                 continue
-            interval = self.settings.interval_s[kind]
+            interval = self.settings.interval_for(kind, own_interval)
+            assert interval is not None          # limit_s gave a limit
             cond = SilenceCondition(device_id, kind, SILENT, since, last, interval,
                                     self.settings.missed_intervals)
             self._silent[device_id] = cond
@@ -143,6 +161,40 @@ class SilenceWatch:
                 "devices": [f"{d:08x}" for d in sorted(self._silent)],
                 "missed_intervals": self.settings.missed_intervals,
                 "interval_s": dict(self.settings.interval_s)}
+
+
+def node_send_interval_s(kind: str, node_config: Mapping[str, Any]) -> float | None:
+    """The send interval of a node from its config.json (firmware/config.py's keys and
+    defaults): ``86400 / water.sends_per_day`` for a meter, ``air.interval_s`` for an
+    air-quality node; None for a kind that sends on no schedule of its own."""
+    if kind == "water_meter":
+        section = node_config.get("water") or {}
+        spd = section.get("sends_per_day", _FIRMWARE_SENDS_PER_DAY)
+        return 86400.0 / spd if isinstance(spd, int) and spd > 0 else None
+    if kind == "air_quality":
+        section = node_config.get("air") or {}
+        interval = section.get("interval_s", _FIRMWARE_AIR_INTERVAL_S)
+        return float(interval) if isinstance(interval, int | float) and interval > 0 else None
+    return None
+
+
+def config_send_interval_s(values: Mapping[str, Any]) -> float | None:
+    """The new send interval a config downlink sets (its ``values``, whitelist code as
+    text -> value, protocol/downlink.py CONFIG_KEYS), or None when it sets none."""
+    out = None
+    for code, value in values.items():
+        try:
+            row = pdl.config_entry(int(code))
+        except (TypeError, ValueError):
+            continue
+        if row is None or not isinstance(value, int) or value <= 0:
+            continue
+        section, key = row[1], row[2]
+        if (section, key) == ("water", "sends_per_day"):
+            out = 86400.0 / value
+        elif (section, key) == ("air", "interval_s"):
+            out = float(value)
+    return out
 
 
 def parse_settings(table: Any, file: str) -> SilenceSettings:

@@ -34,9 +34,13 @@ _PUBACK = const(4)
 _SUBACK = const(9)
 _PINGRESP = const(13)
 
+# errno values of "nothing waiting" on a non-blocking socket: EAGAIN on Linux
+# (= EWOULDBLOCK), 11 also on lwIP (ESP32, RP2); 35 is EAGAIN on macOS/BSD hosts.
+_EAGAIN = (11, 35)
+
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
-_READ_MAX = const(512)          # bytes taken from the socket per recv
+_READ_MAX = const(512)          # bytes taken from the socket per read
 
 
 class PacketReader:
@@ -170,8 +174,14 @@ class Subscriber:
         self.password = password
         self.log = log
         self.reader = PacketReader(max_packet)
+        # The receive buffer, allocated once here (at boot): sock.recv(n) allocated n
+        # bytes per call, and on a fragmented heap that MemoryError came with a packet
+        # waiting, so a long-running node stopped hearing its topic.
+        self.rx = bytearray(_READ_MAX)
+        self.rx_view = memoryview(self.rx)
         self.state = DOWN
         self.sock = None
+        self._readinto = None
         self.poller = None
         self.backoff_ms = 0           # the first attempt is at once
         self.retry_ref = 0
@@ -186,8 +196,30 @@ class Subscriber:
             self.log("mqtt: " + text)
 
     def _send(self, data, now_ms):
-        self.sock.send(data)
+        self._write(data)
         self.last_tx = now_ms
+
+    def _write(self, data):
+        # The socket is non-blocking once connected; our packets are a few dozen bytes
+        # and a socket buffer that cannot take them means a dead connection.
+        sent = self.sock.send(data)
+        if sent is not None and sent != len(data):
+            raise OSError("send: %d of %d bytes taken" % (sent or 0, len(data)))
+
+    def _read(self):
+        """Bytes read into self.rx (0: closed by the broker; -1: nothing waiting).
+
+        Non-blocking: on MicroPython readinto on a blocking socket waits until the
+        whole buffer is full. MicroPython returns None when nothing is waiting;
+        CPython (the host tests) has recv_into and raises on EAGAIN instead.
+        """
+        try:
+            n = self._readinto(self.rx)
+        except OSError as exc:
+            if exc.args and exc.args[0] in _EAGAIN:
+                return -1
+            raise
+        return -1 if n is None else n
 
     def _open(self, now_ms):
         import select
@@ -201,6 +233,10 @@ class Subscriber:
         except (AttributeError, OSError):
             pass
         sock.connect(addr)
+        sock.setblocking(False)         # reads into self.rx take only what is there
+        self._readinto = getattr(sock, "readinto", None)
+        if self._readinto is None:      # CPython's socket (the host tests)
+            self._readinto = sock.recv_into  # type: ignore[attr-defined]
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
         self.reader.reset()
@@ -220,6 +256,7 @@ class Subscriber:
             self.drops += 1
             self._say("down (%s), retry in %d ms" % (reason, self.backoff_ms))
         self.sock = None
+        self._readinto = None
         self.poller = None
         self.state = DOWN
 
@@ -243,7 +280,7 @@ class Subscriber:
                 packet_id = body[pos:pos + 2]
                 pos += 2
                 # PUBACK (3.4) for QoS 1; QoS 2 is never granted (we ask for 1)
-                self.sock.send(bytes((0x40, 2)) + bytes(packet_id))
+                self._write(bytes((0x40, 2)) + bytes(packet_id))
             self.messages += 1
             self.on_message(topic, body[pos:])
         elif ptype == _CONNACK:
@@ -251,7 +288,7 @@ class Subscriber:
             if code != 0:
                 raise OSError("connection refused, return code %d" % code)
             self.state = SUBSCRIBING
-            self.sock.send(subscribe_packet(1, self.topic))
+            self._write(subscribe_packet(1, self.topic))
         elif ptype == _SUBACK:
             if len(body) < 3 or body[2] == 0x80:
                 raise OSError("subscription to %s refused" % self.topic)
@@ -274,12 +311,14 @@ class Subscriber:
                 return self.backoff_ms
         try:
             while self.sock is not None and self.poller.poll(0):
-                data = self.sock.recv(_READ_MAX)
-                if not data:
+                n = self._read()
+                if n < 0:
+                    break
+                if n == 0:
                     raise OSError("closed by the broker")
                 self.last_rx = now_ms
-                self.reader.feed(data, self._packet)
-                if len(data) < _READ_MAX:
+                self.reader.feed(self.rx_view[:n], self._packet)
+                if n < _READ_MAX:
                     break
             silent = self.ticks_diff(now_ms, self.last_rx)
             # Section 3.1.2.10: the server drops a client silent for 1.5 keepalives;

@@ -7,6 +7,12 @@ comes back. Only the stopped one gets a retained ``silent`` condition, and a
 ``heard`` one when its frames arrive again; ``knute gateway status`` and the
 Prometheus endpoint count it while it is silent. The frames come on all eight
 channels of the plan and every SF, and the gateway accepts them all.
+
+Each device is overdue by its own send interval (the registry's, set here with
+``knute devices add --interval-s`` and ``knute devices import``): of two meters
+that stop together, the one sending every second is silent after 3.5 s, the
+one sending every 4 s only after 14 s, and a meter without an interval of its
+own keeps its kind's (a minute here) and is not silent at all in that time.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +41,7 @@ MISSED = 3               # silent after 3.5 s without a frame
 
 
 def _config(root: Path, broker: Broker, udp_port: int, metrics_port: int,
-            socket: str) -> str:
+            socket: str, kind_interval_s: float = INTERVAL_S) -> str:
     return f"""
 [gateway]
 id = "silence"
@@ -59,7 +66,7 @@ listen = "127.0.0.1:{udp_port}"
 missed_intervals = {MISSED}
 
 [silence.interval_s]
-water_meter = {INTERVAL_S}
+water_meter = {kind_interval_s}
 """
 
 
@@ -201,6 +208,99 @@ def test_stopped_node_goes_silent_and_clears_lossy_node_never_does(
             heard_on = set(conditions.heard_on)
         assert {f for f, _ in heard_on} == {round(f * 1e6) for f in EU868_CHANNELS_MHZ}
         assert {sf for _, sf in heard_on} == {7, 8, 9, 10, 11, 12}
+    finally:
+        quit_meters.set()
+        if sender.is_alive():
+            sender.join(10)
+        conditions.close()
+        conc.close()
+        gateway.stop(timeout=20)
+        gateway.close()
+
+
+FAST, SLOW, PLAIN = 0x52000001, 0x52000002, 0x52000003
+FAST_S, SLOW_S, KIND_S = 1.0, 4.0, 60.0
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_two_meters_of_one_kind_are_overdue_by_their_own_intervals(
+        mosquitto: Broker, tmp_path: Path) -> None:
+    udp_port, metrics_port = free_port(), free_port()
+    gateway = GatewayProcess(tmp_path / "gw")
+    gateway.write_config(_config(tmp_path, mosquitto, udp_port, metrics_port,
+                                 gateway.status_socket, kind_interval_s=KIND_S))
+    # The intervals as an operator registers them: one by hand, one from an import file
+    # (the form knute provision --csv writes), one left to its kind's.
+    gateway.cli("devices", "add", f"{FAST:08x}", "--kind", "water_meter", "--key", KEY.hex(),
+                "--interval-s", str(FAST_S))
+    csv_file = tmp_path / "meters.csv"
+    csv_file.write_text("device_id,kind,key,name,site,interval_s\n"
+                        f"{SLOW:08x},water_meter,{KEY.hex()},slow,,{SLOW_S:g}\n"
+                        f"{PLAIN:08x},water_meter,{KEY.hex()},plain,,\n")
+    gateway.cli("devices", "import", str(csv_file))
+    listed = {d["device"]: d["interval_s"]
+              for d in json.loads(gateway.cli("devices", "list", "--json").stdout)}
+    assert listed == {f"{FAST:08x}": FAST_S, f"{SLOW:08x}": SLOW_S, f"{PLAIN:08x}": None}
+
+    conditions = Conditions(mosquitto)
+    conc = ForwarderClient(bytes.fromhex("aa555a0000000202"), "127.0.0.1", udp_port)
+    fcnt = {FAST: 0, SLOW: 0, PLAIN: 0}
+    sending = threading.Event()
+    sending.set()
+    quit_meters = threading.Event()
+
+    def send(dev: int) -> None:
+        fcnt[dev] += 1
+        buf = frame.encode("water_meter", dev, fcnt[dev], {
+            "index": fcnt[dev], "profile_end_h": 0, "alarms": 0, "battery": 20,
+            "profile": [1]}, KEY)
+        conc.push([rxpk(buf, rssi_dbm=-100, lsnr_db=2.0, sf=9, freq_mhz=EU868_CHANNELS_MHZ[0])])
+
+    def meters() -> None:
+        # Each meter on its own schedule: FAST every second, SLOW and PLAIN every 4 s.
+        tick = 0
+        while not quit_meters.is_set():
+            if sending.is_set():
+                send(FAST)
+                if tick % int(SLOW_S / FAST_S) == 0:
+                    send(SLOW)
+                    send(PLAIN)
+                tick += 1
+            quit_meters.wait(FAST_S)
+
+    sender = threading.Thread(target=meters, name="meters", daemon=True)
+    try:
+        gateway.start()
+        sender.start()
+        wait_for(lambda: all(n >= 3 for n in fcnt.values()), 60, "three frames from each")
+        wait_for(lambda: gateway.status()["totals"]["accepted"] >= 9, 30, "frames accepted")
+        assert gateway.status()["silence"]["silent"] == 0
+        # All three stop together.
+        sending.clear()
+        wait_for(lambda: any(c["condition"] == "silent" for c in conditions.of(FAST)),
+                 30, "the 1-second meter to be silent")
+        # The 4-second meter missed no more than one send so far: not silent.
+        assert conditions.of(SLOW) == [] and conditions.of(PLAIN) == []
+        assert gateway.status()["silence"]["devices"] == [f"{FAST:08x}"]
+        wait_for(lambda: any(c["condition"] == "silent" for c in conditions.of(SLOW)),
+                 60, "the 4-second meter to be silent")
+        fast = next(c for c in conditions.of(FAST) if c["condition"] == "silent")
+        slow = next(c for c in conditions.of(SLOW) if c["condition"] == "silent")
+        for doc, interval in ((fast, FAST_S), (slow, SLOW_S)):
+            assert doc["interval_s"] == interval and doc["reason"] == "overdue"
+            assert doc["detail"] == f"no frame for {MISSED} send intervals of {interval:g} s"
+            # Overdue (MISSED + 0.5) of its own intervals after its last frame.
+            overdue = _seconds(doc["since"]) - _seconds(doc["last_seen"])
+            assert abs(overdue - (MISSED + 0.5) * interval) < 0.01, doc
+        # The meter on its kind's minute sent with the 4-second one and stopped with it,
+        # but is not silent (that takes 3.5 minutes).
+        assert conditions.of(PLAIN) == []
+        st = gateway.status()["silence"]
+        assert st["devices"] == [f"{FAST:08x}", f"{SLOW:08x}"]
+        assert st["interval_s"] == {"water_meter": KIND_S, "air_quality": 600.0}
     finally:
         quit_meters.set()
         if sender.is_alive():

@@ -69,7 +69,7 @@ def test_migration_from_v1_file(tmp_path: Path) -> None:
                    (0x42, "air_quality", bytes.fromhex(KEY), "Torget"))
     db.close()
     reg = Registry(path)
-    assert reg.version == SCHEMA_VERSION == 3
+    assert reg.version == SCHEMA_VERSION == 4
     dev = reg.get(0x42)
     assert dev is not None
     assert (dev.kind, dev.name, dev.site, dev.last_fcnt, dev.alarms) == (

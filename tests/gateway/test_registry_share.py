@@ -95,7 +95,8 @@ def test_messages_are_bound_to_their_gateway_and_fields(tmp_path: Path) -> None:
 
 
 def test_the_rules_never_overwrite_a_local_device() -> None:
-    row: tuple[str, bytes, str, str, dict[str, object]] = ("water_meter", KEY, "n", "s", {})
+    row: tuple[str, bytes, str, str, dict[str, object], float | None] = (
+        "water_meter", KEY, "n", "s", {}, None)
     put = Shared("put", 1, 10, "water_meter", "n", "s", {}, fingerprint(KEY), KEY)
     changed = Shared("put", 1, 11, "water_meter", "n2", "s", {}, fingerprint(KEY), KEY)
     other_key = Shared("put", 1, 12, "water_meter", "n", "s", {}, fingerprint(OTHER), OTHER)
@@ -175,8 +176,8 @@ def test_a_version_2_registry_migrates_and_keeps_its_devices(tmp_path: Path) -> 
     db.close()
     reg = Registry(path)
     try:
-        assert reg.version == SCHEMA_VERSION == 3
+        assert reg.version == SCHEMA_VERSION == 4
         assert reg.get(4).name == "old"  # type: ignore[union-attr]
-        assert reg.shared_state(4) == (("water_meter", KEY, "old", "", {}), None)
+        assert reg.shared_state(4) == (("water_meter", KEY, "old", "", {}, None), None)
     finally:
         reg.close()

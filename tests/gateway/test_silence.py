@@ -25,9 +25,10 @@ METER, AIR, OTHER = 0x51000001, 0x51000002, 0x51000003
 T0 = 1_767_225_600.0      # 2026-01-01T00:00:00Z
 
 
-def _devices(last_seen: float | None = None) -> list[tuple[int, str, float | None]]:
-    return [(METER, "water_meter", last_seen), (AIR, "air_quality", last_seen),
-            (OTHER, "noise_level", last_seen)]
+def _devices(last_seen: float | None = None
+             ) -> list[tuple[int, str, float | None, float | None]]:
+    return [(METER, "water_meter", last_seen, None), (AIR, "air_quality", last_seen, None),
+            (OTHER, "noise_level", last_seen, None)]
 
 
 def test_silent_only_after_the_missed_intervals_and_heard_clears_it() -> None:
@@ -53,19 +54,19 @@ def test_a_node_that_loses_single_frames_is_never_silent() -> None:
     for n in range(200):                 # every third frame lost: gaps of 12 h
         if n % 3 != 2:
             watch.heard(METER, "water_meter", t)
-        assert watch.check([(METER, "water_meter", None)], t + 5 * H) == []
+        assert watch.check([(METER, "water_meter", None, None)], t + 5 * H) == []
         t += 6 * H
 
 
 def test_registry_last_seen_and_gateway_start_are_the_reference() -> None:
     watch = SilenceWatch(SilenceSettings(), started_at=T0)
     # Known to the registry, last heard long ago: silent at the first check.
-    old = watch.check([(METER, "water_meter", T0 - 30 * H)], T0)
+    old = watch.check([(METER, "water_meter", T0 - 30 * H, None)], T0)
     assert [(c.condition, c.since, c.last_seen) for c in old] == [
         (SILENT, T0 - 9 * H, T0 - 30 * H)]
     # Never heard: counted from the gateway's start, not raised at once.
-    assert watch.check([(AIR, "air_quality", None)], T0 + 2000) == []
-    assert len(watch.check([(AIR, "air_quality", None)], T0 + 2100)) == 1
+    assert watch.check([(AIR, "air_quality", None, None)], T0 + 2000) == []
+    assert len(watch.check([(AIR, "air_quality", None, None)], T0 + 2100)) == 1
     # A device removed from the registry is forgotten.
     watch.check([], T0 + 3000)
     assert watch.silent() == []
@@ -81,7 +82,7 @@ def test_unknown_kind_and_zero_turn_it_off() -> None:
 def test_condition_messages_match_the_schema_and_the_docs_example() -> None:
     watch = SilenceWatch(SilenceSettings(), started_at=T0)
     watch.heard(METER, "water_meter", T0)
-    silent = watch.check([(METER, "water_meter", None)], T0 + 21 * H)[0]
+    silent = watch.check([(METER, "water_meter", None, None)], T0 + 21 * H)[0]
     heard = watch.heard(METER, "water_meter", T0 + 30 * H)
     assert heard is not None
     docs = []

@@ -106,6 +106,6 @@ def test_head_on_a_real_pipeline(tmp_path: Path, knute_bin: Path) -> None:
     out = subprocess.run(
         f"'{knute_bin}' devices list --registry '{registry}' | head -1",
         shell=True, capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["device", "kind", "name", "site", "last_fcnt", "last_seen",
-                                  "battery", "alarms"]
+    assert out.stdout.split() == ["device", "kind", "name", "site", "interval_s", "last_fcnt",
+                                  "last_seen", "battery", "alarms"]
     assert "Traceback" not in out.stderr, out.stderr

@@ -59,7 +59,8 @@ def test_provision_end_to_end_then_check(knute_bin: Path, board: VirtualBoard,
     reg = tmp_path / "registry.db"
     result = _provision(knute_bin, "--port", board.port, "--kind", "water_meter",
                         "--registry", str(reg), "--device-id", "0x00c0ffee", "--show-key",
-                        "--json", "--no-start", "--config", _bench_wiring(tmp_path, board))
+                        "--json", "--no-start", "--config", _bench_wiring(tmp_path, board),
+                        "--set", "water.sends_per_day=8")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["device"] == "00c0ffee" and summary["kind"] == "water_meter"
@@ -75,6 +76,14 @@ def test_provision_end_to_end_then_check(knute_bin: Path, board: VirtualBoard,
     assert (flash / "lib" / "protocol" / "frame.mpy").read_bytes()[:2] == b"M\x06"
     assert not list((flash / "lib").rglob("*.py"))
     assert _devices(reg) == [(0x00C0FFEE, "water_meter", bytes.fromhex(summary["key"]))]
+    # Its send interval, from its config.json, for the gateway's silent-node alarm.
+    assert summary["interval_s"] == 3 * 3600
+    registry = Registry(str(reg))
+    try:
+        registered = registry.get(0x00C0FFEE)
+        assert registered is not None and registered.interval_s == 3 * 3600
+    finally:
+        registry.close()
 
     # The compiled modules load on the board (the .mpy version matched).
     got = mpremote(board.port, "exec", "import sys\nsys.path.append('/lib')\n"
@@ -113,12 +122,15 @@ def test_provision_text_summary_hides_the_key_and_writes_csv(
     assert "registered  " + str(csv_file) in result.stdout
     lines = csv_file.read_text().splitlines()
     assert csv_file.stat().st_mode & 0o777 == 0o600, "the CSV holds keys"
-    assert lines[0] == "device_id,kind,key,name,site"
-    assert lines[1] == f"{config['device_id']:08x},air_quality,{config['key']},school yard,"
-    # The file imports into a registry as `knute devices import` does.
+    assert lines[0] == "device_id,kind,key,name,site,interval_s"
+    assert lines[1] == (f"{config['device_id']:08x},air_quality,{config['key']},school yard,"
+                        ",600")
+    # The file imports into a registry as `knute devices import` does, interval and all.
     registry = Registry(str(tmp_path / "reg.db"))
     try:
         assert registry.import_csv(csv_file.read_text()) == 1
+        imported = registry.get(config["device_id"])
+        assert imported is not None and imported.interval_s == 600.0
     finally:
         registry.close()
 

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> Non
     add.add_argument("--address", help="street address (location metadata)")
     add.add_argument("--lat", type=float, help="latitude (location metadata)")
     add.add_argument("--lon", type=float, help="longitude (location metadata)")
+    add.add_argument("--interval-s", type=float,
+                     help="its send interval in seconds, for the silent-node alarm (default: "
+                          "its kind's, [silence.interval_s])")
     add.add_argument("--show-key", action="store_true", help="print the key")
     add.add_argument("--json", action="store_true", help="print the device as JSON")
 
@@ -73,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "devices") -> Non
 
     imp = sub.add_parser("import", parents=[common],
                          help="register every device of a CSV file (all or nothing)")
-    imp.add_argument("file", help="CSV with header device_id,kind,key[,name,site,location,...]")
+    imp.add_argument("file", help="CSV with header "
+                     "device_id,kind,key[,name,site,interval_s,location,...]")
     imp.add_argument("--json", action="store_true", help="print the count as JSON")
     imp.add_argument("--update", action="store_true",
                      help="update devices whose row differs (else the file is refused)")
@@ -359,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
                 location["lon"] = args.lon
             key = os.urandom(16) if args.generate_key else args.key
             dev = reg.add(args.device, args.kind, key, name=args.name, site=args.site,
-                          location=location)
+                          location=location, interval_s=args.interval_s)
             _notify(args, {"cmd": "reload"})
             if args.json:
                 print(json.dumps(dev.as_dict(show_key=args.show_key), indent=2))
@@ -461,12 +465,14 @@ def _show_value(key: str, value: Any) -> str:
 def _print_table(devices: list[Any], show_key: bool) -> None:
     from knute.tools.cli.gateway import iso
 
-    header = ["device", "kind", "name", "site", "last_fcnt", "last_seen", "battery", "alarms"]
+    header = ["device", "kind", "name", "site", "interval_s", "last_fcnt", "last_seen",
+              "battery", "alarms"]
     if show_key:
         header.append("key")
     rows = [header]
     for d in devices:
         row = [d.hex_id, d.kind, d.name, d.site,
+               "-" if d.interval_s is None else f"{d.interval_s:g}",
                "-" if d.last_fcnt is None else str(d.last_fcnt), iso(d.last_seen),
                "-" if d.battery is None else f"{d.battery}%", ",".join(d.alarms) or "-"]
         if show_key:

@@ -83,6 +83,7 @@ def export(registry: Any, seal_for: str, out: str | None) -> int:
     for dev in registry.all():
         sealed = SEALED_PREFIX + seal_key(dev.key, recipient, dev.hex_id.encode())
         writer.writerow([dev.hex_id, dev.kind, sealed, dev.name, dev.site,
+                         "" if dev.interval_s is None else f"{dev.interval_s:g}",
                          json.dumps(dict(dev.location), sort_keys=True, separators=(",", ":"))
                          if dev.location else ""])
     if out is None:
@@ -202,13 +203,14 @@ def share(cfg: Any, registry: Any, targets: list[str], as_json: bool) -> int:
                 location = dict(dev.location)
                 if (old is not None and old.op == "put" and old.kind == dev.kind
                         and old.name == dev.name and old.site == dev.site
-                        and old.location == location
+                        and old.location == location and old.interval_s == dev.interval_s
                         and old.fingerprint == fingerprint(dev.key)):
                     c["unchanged"] += 1
                     continue
                 payload = put_message(gateway_id=gid, recipient=public,
                                       device_id=dev.device_id, kind=dev.kind, key=dev.key,
                                       name=dev.name, site=dev.site, location=location,
+                                      interval_s=dev.interval_s,
                                       version=next_version(old.version if old else None))
                 infos.append(client.publish(topic, payload, qos=1, retain=True))
                 c["published"] += 1

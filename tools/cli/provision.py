@@ -225,6 +225,14 @@ def csv_ids(path: Path) -> set[int]:
     return ids
 
 
+def csv_columns(path: Path) -> list[str]:
+    """The header of an existing CSV import file (a line appended follows it)."""
+    import csv as csv_mod
+
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        return [c.strip() for c in next(csv_mod.reader(handle), [])]
+
+
 # ---------------------------------------------------------------- progress
 
 
@@ -328,6 +336,7 @@ def run_provision(args: argparse.Namespace) -> int:
     """The provisioning steps, registry last."""
     from knute.gateway.device_csv import csv_header, csv_line
     from knute.gateway.device_fields import format_device_id, parse_device_id
+    from knute.gateway.silence import node_send_interval_s
 
     registers = args.kind not in UNREGISTERED
     registry = _open_registry(args.registry) if args.registry and registers else None
@@ -379,18 +388,28 @@ def run_provision(args: argparse.Namespace) -> int:
                 board.stop_node()
                 # The trial boot is not a field boot: the boot-loop guard starts afresh.
                 forget_boots(board)
+            # The node's send interval as its config.json sets it: the gateway's
+            # silent-node alarm counts this device's missed sends by it.
+            interval_s = node_send_interval_s(args.kind, config)
             if registry is not None:
-                registry.add(device_id, args.kind, key, name=args.name, site=args.site)
+                registry.add(device_id, args.kind, key, name=args.name, site=args.site,
+                             interval_s=interval_s)
                 registered = args.registry
             elif csv_path is not None:
                 new_file = not csv_path.exists() or csv_path.stat().st_size == 0
+                columns = None if new_file else csv_columns(csv_path)
+                if columns is not None and "interval_s" not in columns:
+                    print(f"knute provision: {csv_path} has no interval_s column: the "
+                          "gateway will use the kind's send interval for this node",
+                          file=sys.stderr)
                 # The file holds keys: created readable by its owner only, like the registry.
                 fd = os.open(csv_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 with os.fdopen(fd, "a") as handle:
                     if new_file:
                         handle.write(csv_header(with_location=False))
                     assert key is not None
-                    handle.write(csv_line(device_id, args.kind, key, args.name, args.site))
+                    handle.write(csv_line(device_id, args.kind, key, args.name, args.site,
+                                          interval_s=interval_s, columns=columns))
                 registered = args.csv
             else:
                 registered = None
@@ -416,6 +435,7 @@ def run_provision(args: argparse.Namespace) -> int:
         "boot": next(line.strip()[7:] for line in console if "knute: boot " in line),
         "running": not args.no_start,
         "clock_offset_ms": clock_offset_ms,
+        "interval_s": interval_s if registers else None,
     }
     if args.show_key and key is not None:
         summary["key"] = key.hex()
@@ -507,6 +527,14 @@ def run_check(args: argparse.Namespace) -> int:
             if device.key.hex() != str(config.get("key", "")).lower():
                 problems.append("the key on the board differs from the registry's: the "
                                 "gateway will reject its frames")
+            from knute.gateway.silence import node_send_interval_s
+
+            on_board = node_send_interval_s(device.kind, config)
+            if (device.interval_s is not None and on_board is not None
+                    and on_board != device.interval_s):
+                problems.append(f"send interval {on_board:g} s on the board, "
+                                f"{device.interval_s:g} s in the registry: the gateway's "
+                                "silent-node alarm counts by the registry's")
         report["registry"] = args.registry
     report["ok"] = not problems
     if args.json:
