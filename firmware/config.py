@@ -297,6 +297,11 @@ def validate(cfg):
         if link["type"] != "uart":
             raise ConfigError("radio_bridge needs link.type uart (the gateway's USB serial)")
 
+    # Downlinks (docs/protocol.md section 12): off unless asked for, as the
+    # LoRa water meter and the air node do not hold the path in the bench's
+    # heaps yet (docs/firmware.md, "Memory").
+    if not isinstance(out.get("downlink", False), bool):
+        raise ConfigError("downlink must be true or false")
     bench = cfg.get("bench")
     if bench is not None and not isinstance(bench, dict):
         raise ConfigError("bench must be an object")
