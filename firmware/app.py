@@ -23,8 +23,9 @@ except ImportError:  # CPython (type checks, host tools): const(x) is x
 
 _POLL_FAILURES = const(5)     # consecutive failed polls before a reset
 _HEALTHY_S = const(600)       # uptime after which a node that sends nothing counts as booted
-_LIGHT = const(3)             # firmware.power.LIGHT and IDLE: ctx.power's light and idle ms
+_LIGHT = const(3)             # firmware.power.LIGHT, IDLE, DEEP: ctx.power's sleep ms
 _IDLE = const(4)
+_DEEP = const(2)
 # config keys nobody reads once the node runs (dropped to give the heap back)
 _BOOT_ONLY = ("key", "key_bytes", "key_next", "key_next_bytes", "board", "fcnt_block",
               "bench")
@@ -80,6 +81,8 @@ def run(hal, ctx, node):
     nap = _IDLE
     if power["sleep"] == "light" and hal.port != "rp2":
         nap = _LIGHT
+    elif power["sleep"] == "deep":
+        nap = _DEEP
     while True:
         wdt.feed()
         if hal.stopping():
@@ -121,7 +124,7 @@ def run(hal, ctx, node):
             _report(hal, ctx)
         if wait > hal.max_sleep_ms():
             wait = hal.max_sleep_ms()
-        if wait > max_nap:
+        if wait > max_nap and nap != _DEEP:     # a deep sleep ends in a reset: no watchdog
             wait = max_nap
         slept = hal.ticks_ms()
         hal.sleep_ms(wait)

@@ -210,3 +210,10 @@ def _encode(op: str, args: list[str], pc: int, labels: dict[str, int],
     if op == "halt":
         return OP_HALT << 28
     raise ValueError(f"the ULP assembler here does not know {op!r}")
+
+
+def image(pulse_rtcio: int, direction_rtcio: int, tamper_rtcio: int,
+          tamper_active: int = 1) -> bytes:
+    """``ulp.bin`` for a board's flash: the entry word, then the words, little endian."""
+    words, entry = assemble(pulse_rtcio, direction_rtcio, tamper_rtcio, tamper_active)
+    return b"".join(w.to_bytes(4, "little") for w in [entry, *words])
