@@ -56,7 +56,9 @@ def test_a_lora_meter_accounts_its_day(bench_node: NodeFactory, upy_bits: int) -
     assert len(lines) == 2, node.console()       # midnight, and the stop of the run
     day = parse(lines[0])
     # The first line covers from boot (22:00) to midnight; the second the day after.
-    assert 0.9 * 2 * 3600 * 1000 <= day["ms"] <= 2 * 3600 * 1000
+    # (the line comes at the first poll after midnight: on a loaded host a
+    # poll can be minutes of simulated time late)
+    assert 0.9 * 2 * 3600 * 1000 <= day["ms"] <= 1.1 * 2 * 3600 * 1000
     full = parse(lines[1])
     assert full["day"] == day["day"] + 1
     parts = full["deep"] + full["light"] + full["idle"] + full["awake"] + full["rx"]
