@@ -117,13 +117,11 @@ class Hal:
         """True once the bench run's stop_after_s of simulated time has passed."""
         return self.stop_ms is not None and self._elapsed_ms() >= self.stop_ms
 
+    # In deep sleep the CPU is off until the RTC timer wakes it on time: the
+    # simulated clock jumps by `ms` at once, so a loaded host cannot make the
+    # node wake late (and a bench week runs at the speed of its polls).
     def sleep_ms(self, ms):
-        """Sleep `ms` simulated milliseconds.
-
-        In deep sleep the CPU is off until the RTC timer wakes it on time: the
-        simulated clock jumps by `ms` at once, so a loaded host cannot make
-        the node wake late (and a bench week runs at the speed of its polls).
-        """
+        """Sleep `ms` simulated milliseconds."""
         if ms > 0:
             if self.deep:
                 self.t0_ns -= int(ms * 1000000 / self.scale)
