@@ -20,6 +20,7 @@ def configure(hal, config):
     hal.start_s = bench.get("start_time", hal.start_s)
     stop = bench.get("stop_after_s")
     hal.stop_ms = None if stop is None else stop * 1000
+    hal.deep = config["power"]["sleep"] == "deep"
     import random
 
     seed = bench.get("seed")
@@ -76,7 +77,15 @@ def adc(hal, name):
 
 
 def pulse_source(hal, name, direction, debounce_ms):
-    """Pulse events from the file or FIFO wired as `name` (direction is in the lines)."""
+    """Pulse events from the file or FIFO wired as `name` (direction is in the lines).
+
+    In deep sleep a simulated ULP counts them into rtc.json (unix_ulp.SimUlp).
+    """
+    if hal.deep:
+        from firmware.hal.unix_ulp import SimUlp
+        from firmware.ulp_counter import UlpCounter
+
+        return UlpCounter(SimUlp(hal, wire(hal, "pulse", name), debounce_ms).read)
     from firmware.hal.unix_inputs import FilePulseSource
 
     return FilePulseSource(hal, wire(hal, "pulse", name), debounce_ms)

@@ -19,7 +19,11 @@
 #
 # Persistence: state "meter" is written when each hour closes (and every
 # persist_pulses pulses when set), so a power cut loses at most the pulses
-# counted since the last of those writes.
+# counted since the last of those writes. In deep sleep (power.sleep "deep")
+# the ULP counts in RTC memory and the meter writes the state, with the
+# counters it took ("ulp"), after every take that found pulses (config sets
+# persist_pulses to 1), before the CPU sleeps again: a reset never loses a
+# pulse nor takes one twice (firmware/ulp_counter.py).
 
 try:
     from micropython import const
@@ -128,6 +132,7 @@ class Node:
             self.latched = saved["latched"]
             self.max_flow = saved["max_flow"]
             self.reverse_ml = saved["reverse_ml"]
+            self.source.taken = saved.get("ulp")   # deep sleep: firmware.ulp_counter
             if now < self.hour * 3600:
                 if self.ctx.hal.clock_set:
                     # A downlink set the clock back (the node ran fast): the
@@ -151,6 +156,7 @@ class Node:
             "known": self.known, "since_zero": self.hours_since_zero,
             "since_use": self.hours_since_use, "latched": self.latched,
             "max_flow": self.max_flow, "reverse_ml": self.reverse_ml,
+            "ulp": getattr(self.source, "taken", None),
         })
         self.unsaved_pulses = 0
 
