@@ -311,9 +311,9 @@ def test_the_node_side_constants_are_the_protocols() -> None:
     assert (downlink_window._FLAG_WANT, downlink_window._FLAG_CLOCK, downlink_window._FLAG_ALARM,
             downlink_window._FLAG_REKEY, downlink_window._FLAG_UPDATE) == (
         dl.FLAG_WANT, dl.FLAG_CLOCK, dl.FLAG_ALARM, dl.FLAG_REKEY, dl.FLAG_UPDATE)
-    from firmware import downlink
+    from firmware import downlink_model
 
-    assert downlink_window._ALARM_REPEATS == downlink._ALARM_REPEATS
+    assert downlink_window._ALARM_REPEATS == downlink_model._ALARM_REPEATS
     # 8 symbols: 8.2 ms at SF7, 262.2 ms at SF12 (docs/protocol.md 12.6), rounded up.
     assert downlink_window.window_ms(7, 125000) == 9
     assert downlink_window.window_ms(12, 125000) == 263
@@ -322,7 +322,7 @@ def test_the_node_side_constants_are_the_protocols() -> None:
 
 def test_the_report_flags_agree_with_firmware_downlink(tmp_path: Path,
                                                         monkeypatch: Any) -> None:
-    from firmware.downlink import Downlink
+    from firmware.downlink_model import Downlink
     from firmware.state import Store
 
     (tmp_path / "config.json").write_text(json.dumps({
