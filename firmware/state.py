@@ -58,20 +58,23 @@ class Store:
 
     def put(self, name, value):
         """Store `value` under `name` atomically (temporary file, then rename)."""
-        data = json.dumps(value)
         tmp = self._path(name, _TMP)
         if self.trace is not None:
             self.trace(name)
         with open(tmp, "w") as handle:
             if self.pause is not None:
                 # Bench only: leave a window in which a kill -9 interrupts the write.
+                data = json.dumps(value)
                 half = len(data) // 2
                 handle.write(data[:half])
                 handle.flush()
                 self.pause(name)
                 handle.write(data[half:])
             else:
-                handle.write(data)
+                # Written as it is encoded: no string of the whole value on the
+                # heap (a water meter's state is some 250 bytes, and a LoRa
+                # node's heap may not have them in one piece).
+                json.dump(value, handle)
         os.rename(tmp, self._path(name, _SUFFIX))
         self._count()
 

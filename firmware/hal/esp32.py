@@ -15,6 +15,7 @@ from firmware.hal.board import BoardHal
 
 _RTC_SLOW = 0x50000000      # RTC slow memory (ESP32 TRM, "System and Memory": RTC SLOW)
 _ULP_PERIOD_US = 10000      # tools/ulp.PERIOD_MS
+_ULP_ENTRY = 9              # tools/ulp.ENTRY: the words before the code
 
 
 class Hal(BoardHal):
@@ -54,17 +55,18 @@ class Hal(BoardHal):
         return source
 
     def _ulp_counter(self, esp32):
-        # ulp.bin: the entry word (4 bytes, little endian), then the words
-        # (tools/ulp.image). Loaded at a power-on only: after a deep sleep the
-        # ULP has been counting all along and its RTC memory holds the counts.
+        # ulp.bin: the ESP-IDF ULP binary (tools/ulp.image, written by
+        # `knute provision`), the counter words first, the code from word
+        # _ULP_ENTRY. Loaded at a power-on only: after a deep sleep the ULP has
+        # been counting all along and its RTC memory holds the counts.
         machine = self.machine
         if machine.reset_cause() != machine.DEEPSLEEP_RESET:
             with open("ulp.bin", "rb") as handle:
                 image = handle.read()
             ulp = esp32.ULP()
             ulp.set_wakeup_period(0, _ULP_PERIOD_US)
-            ulp.load_binary(0, image[4:])
-            ulp.run(int.from_bytes(image[:4], "little") * 4)
+            ulp.load_binary(0, image)
+            ulp.run(_ULP_ENTRY * 4)
         mem = machine.mem32
 
         def read():

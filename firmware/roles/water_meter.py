@@ -150,14 +150,20 @@ class Node:
             self.ctx.log("water_meter: no saved state, starting a new index")
 
     def _save(self):
-        self.ctx.state.put("meter", {
+        saved = {
             "v": _STATE_VERSION, "index_ml": self.index_ml, "hour": self.hour,
             "hour_start_ml": self.hour_start_ml, "profile": self.profile, "head": self.head,
             "known": self.known, "since_zero": self.hours_since_zero,
             "since_use": self.hours_since_use, "latched": self.latched,
             "max_flow": self.max_flow, "reverse_ml": self.reverse_ml,
-            "ulp": getattr(self.source, "taken", None),
-        })
+        }
+        # Deep sleep only (firmware.ulp_counter): a thirteenth key would make
+        # every meter's hourly dict a block bigger, where a LoRa meter's heap
+        # has none to spare.
+        taken = getattr(self.source, "taken", None)
+        if taken is not None:
+            saved["ulp"] = taken
+        self.ctx.state.put("meter", saved)
         self.unsaved_pulses = 0
 
     # -- counting ------------------------------------------------------------

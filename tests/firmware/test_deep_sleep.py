@@ -82,10 +82,7 @@ def test_kills_in_the_ulp_hand_over_never_lose_or_double_a_pulse(
     events = [(HOUR_T0 + 600 + 30 * i, 1) for i in range(6000)]   # forward: the index only grows
     cfg = deep_config(time_scale=600, trace_writes=True, pause_writes_ms=150,
                       pause_writes_of=["meter"])
-    # On the 64-bit port a boot after a cut (the interrupted write to clean up)
-    # sometimes does not fit in 64 KiB beside the bench's write tracing; the
-    # 32-bit build (a board's word size) runs it in its 48 KiB.
-    node = bench_node(cfg, **({"heap": "72k"} if upy_bits == 64 else {}))
+    node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text("".join(f"@{t} {n}\n" for t, n in events))
     start = HOUR_T0
     last_index = 0

@@ -43,11 +43,7 @@ def test_a_lora_meter_accounts_its_day(bench_node: NodeFactory, upy_bits: int) -
     cfg["jitter_s"] = 0
     cfg["bench"].update({"radio": {"path": "air.txt"}, "time_scale": 7200,
                          "start_time": HOUR_T0 - 7200, "stop_after_s": 26 * 3600})
-    # The LoRa meter at SF12 has a few hundred bytes of heap to spare on the
-    # 64-bit port at 64 KiB (docs/firmware.md, "Memory"): an unlucky heap
-    # layout fails a state write there now and then, and the node retries it.
-    # This test is about the accounting, so it gives the 64-bit port room.
-    node = bench_node(cfg, **({"heap": "72k"} if upy_bits == 64 else {}))
+    node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [40, 0, 12, 300, 5, 7]))
     node.start()
     assert node.wait() == 0, node.console()
