@@ -49,7 +49,8 @@ def unload(name):
         delattr(parent, attr)
 
 
-def _report(hal, ctx, node=None):
+def report(hal, ctx, node=None):
+    """Say the day's power line (firmware.power) and, at a bench run's end, the status."""
     # The daily lines (and, with `node`, the bench's last status line) come
     # from firmware.power, loaded only to say them: a LoRa meter's heap has a
     # few hundred bytes to spare. A node must not stop for a report: when the
@@ -59,7 +60,7 @@ def _report(hal, ctx, node=None):
     try:
         from firmware import power
 
-        power.day(hal, ctx, node)
+        power.report(hal, ctx, node)
     except MemoryError:
         pass
     unload("firmware.power")
@@ -99,7 +100,7 @@ def run(hal, ctx, node):
                 node.poll(hal.ticks_ms())
             except Exception as exc:  # leaving anyway; the fault is logged
                 ctx.log("error in %s.poll: %r" % (ctx.config["role"], exc))
-            _report(hal, ctx, node)
+            report(hal, ctx, node)
             ctx.log("bench: stop_after_s reached, leaving the loop")
             return
         try:
@@ -126,7 +127,7 @@ def run(hal, ctx, node):
             booted = True
         if now // 86400 != day:
             day = now // 86400
-            _report(hal, ctx)
+            report(hal, ctx)
         if wait > hal.max_sleep_ms():
             wait = hal.max_sleep_ms()
         if wait > max_nap and nap != _DEEP:     # a deep sleep ends in a reset: no watchdog

@@ -53,7 +53,7 @@ def say_status(ctx, node):
     ctx.log("status " + " ".join(["%s=%s" % (key, values[key]) for key in sorted(values)]))
 
 
-def day(hal, ctx, node=None):
+def report(hal, ctx, node=None):
     """Log the day so far and start counting the next in the same list.
 
     At a new day the flash writes and sends follow; at the end of a bench

@@ -13,7 +13,7 @@
 #   "start_time": 1700000000 simulated unix time at boot (default: the host clock)
 #   "stop_after_s": 86400    leave the main loop after this much simulated time
 #   "seed": 1                random seed for jitter (default: from os.urandom)
-#   "pause_writes_ms": 0     pause halfway through state writes (kill -9 tests) ...
+#   "pause_writes_ms": 0     pause state writes before their rename (kill -9 tests) ...
 #   "pause_writes_of": null  ... of these state names only (null: all)
 #   "trace_writes": false    print "knute: writing <name>" before every state write
 #   "rx_wait_real_ms": 0     real ms a receive window may wait for a TX line, clock held

@@ -21,7 +21,7 @@
 # persist_pulses pulses when set), so a power cut loses at most the pulses
 # counted since the last of those writes. In deep sleep (power.sleep "deep")
 # the ULP counts in RTC memory and the meter writes the state, with the
-# counters it took ("ulp"), after every take that found pulses (config sets
+# counters it took ("pulse"), after every take that found pulses (config sets
 # persist_pulses to 1), before the CPU sleeps again: a reset never loses a
 # pulse nor takes one twice (firmware/ulp_counter.py).
 
@@ -93,12 +93,17 @@ class Node:
         """Open the inputs and restore the meter state."""
         hal = self.ctx.hal
         cfg = self.cfg
+        # The saved state is read before the inputs' code loads, while the
+        # heap still has room in one piece for the parsed dict (a deep-sleep
+        # bench meter loads three modules for its simulated ULP).
+        saved = self.ctx.state.get("meter")
         self.source = hal.pulse_source(cfg["pulse"], cfg["direction"], cfg["debounce_ms"])
         if cfg["tamper"]:
             self.tamper_pin = hal.pin(cfg["tamper"])
         if cfg["battery"]:
             self.battery_adc = hal.adc(cfg["battery"])
-        self._restore(hal.time())
+        self._restore(hal.time(), saved)
+        del saved
         phase = self.ctx.config.get("send_phase_s")
         if phase is None and self.ctx.duty is not None:
             # On a LoRa link the send's phase in its interval is drawn at boot
@@ -116,8 +121,7 @@ class Node:
                                       cfg["litres_per_pulse"], cfg["sends_per_day"],
                                       self.phase_s))
 
-    def _restore(self, now):
-        saved = self.ctx.state.get("meter")
+    def _restore(self, now, saved):
         if isinstance(saved, dict) and saved.get("v") == _STATE_VERSION:
             self.index_ml = saved["index_ml"]
             self.hour = saved["hour"]
@@ -132,7 +136,7 @@ class Node:
             self.latched = saved["latched"]
             self.max_flow = saved["max_flow"]
             self.reverse_ml = saved["reverse_ml"]
-            self.source.taken = saved.get("ulp")   # deep sleep: firmware.ulp_counter
+            self.source.last = saved.get("pulse")   # deep sleep: firmware.ulp_counter
             if now < self.hour * 3600:
                 if self.ctx.hal.clock_set:
                     # A downlink set the clock back (the node ran fast): the
@@ -159,10 +163,11 @@ class Node:
         }
         # Deep sleep only (firmware.ulp_counter): a thirteenth key would make
         # every meter's hourly dict a block bigger, where a LoRa meter's heap
-        # has none to spare.
-        taken = getattr(self.source, "taken", None)
+        # has none to spare. "pulse" and "last" are names the boot has
+        # interned already (docs/firmware.md, "Memory", qstrs).
+        taken = getattr(self.source, "last", None)
         if taken is not None:
-            saved["ulp"] = taken
+            saved["pulse"] = taken
         self.ctx.state.put("meter", saved)
         self.unsaved_pulses = 0
 

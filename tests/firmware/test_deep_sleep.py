@@ -69,7 +69,7 @@ def test_a_simulated_week_in_deep_sleep(bench_node: NodeFactory) -> None:
     assert index == sum(hourly) or index <= forward
     assert node.state("meter")["index_ml"] // 1000 == sum(hourly)
     rtc = json.loads((node.dir / "rtc.json").read_text())
-    assert node.state("meter")["ulp"] == rtc[:2]
+    assert node.state("meter")["pulse"] == rtc[:2]
     assert "power day=" in node.console() and " deep=" in node.console()
 
 
@@ -117,5 +117,5 @@ def test_kills_in_the_ulp_hand_over_never_lose_or_double_a_pulse(
     rtc = json.loads((node.dir / "rtc.json").read_text())
     due = [n for _t, n in events[:rtc[2]]]
     assert rtc[:2] == [len(due), 0]
-    assert node.state("meter")["ulp"] == rtc[:2]
+    assert node.state("meter")["pulse"] == rtc[:2]
     assert node.state("meter")["index_ml"] == sum(due) * 1000

@@ -377,9 +377,11 @@ def run(args: argparse.Namespace) -> int:
 
     # Battery figures per role, board and power design (tools/power.py: the
     # per-board current table applied to a day of the firmware's power states).
-    power_rows = power.rows()
+    # Only the roles measured (`--role`): the display has no battery rows.
+    power_rows = [row for row in power.rows() if row["role"] in roles]
     if args.json:
-        print(json.dumps({**results, "power": power_rows}, indent=2, sort_keys=True))
+        out = {**results, "power": power_rows} if power_rows else results
+        print(json.dumps(out, indent=2, sort_keys=True))
         return 0
     print(f"send cycle on the MicroPython unix ports (-X heapsize={args.heap}), "
           f"{args.cycles} cycles per role")
@@ -407,7 +409,8 @@ def run(args: argparse.Namespace) -> int:
         for role, e in energy.items():
             print(f"{role:<13} {e['sends_per_day']:>10} {e['uplink_uah_per_day']:>12} "
                   f"{e['windows_uah_per_day']:>12}")
-    print_power(power_rows)
+    if power_rows:
+        print_power(power_rows)
     return 0
 
 
