@@ -26,6 +26,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.knute-bootstrap
 STUBS := $(VENV)/stubs
+UPY_LIB := $(VENV)/lib/micropython
 UPY_PORTS := esp32 rp2
 # Ports checked against their MicroPython stubs: the boards, and the unix port
 # that firmware/hal/unix*.py (the bench and the tests' nodes) run on.
@@ -48,19 +49,20 @@ PIP_NOISE := is ignored: it is neither a file nor a directory
 
 .PHONY: test checks bootstrap mosquitto postgresql chromium upy32 lint typecheck \
 	typecheck-cpython typecheck-stubs typecheck-upy mpy unit reliability demo bench lock clean \
-	_bootstrap
+	_bootstrap _upy_lib
 
 # ---------------------------------------------------------------- bootstrap
 
 bootstrap: $(STAMP)
 
 # flock: two `make` runs in one tree must not install into .venv at once.
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml requirements-upy.txt
 	@flock .venv.lock $(MAKE) --no-print-directory _bootstrap
 
 _bootstrap:
 	@if [ -f $(STAMP) ] && [ $(STAMP) -nt requirements.lock ] \
-	    && [ $(STAMP) -nt pyproject.toml ]; then exit 0; fi; \
+	    && [ $(STAMP) -nt pyproject.toml ] && [ $(STAMP) -nt requirements-upy.txt ]; \
+	    then exit 0; fi; \
 	echo "bootstrap: $(VENV) from requirements.lock"; \
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV); \
 	{ $(BIN)/python -m pip install -q -r requirements.lock 2>&1 \
@@ -81,8 +83,28 @@ _bootstrap:
 	    $(BIN)/python -m pip install -q --no-deps --target $(STUBS)/$$port $$pins 2>&1 \
 	        | { grep -v -e '$(PIP_NOISE)' || true; }; \
 	done; \
+	$(MAKE) --no-print-directory _upy_lib; \
 	touch $(STAMP); \
 	echo "bootstrap: done"
+
+# requirements-upy.txt (micropython-esp32-ulp, for the ULP tests): pip downloads the
+# archive and checks its hash, then stops, as the archive has no setup.py or
+# pyproject.toml (MicroPython's installers take such plain source trees); --no-clean
+# keeps the tree pip unpacked, and its package folder is copied to $(UPY_LIB).
+_upy_lib:
+	@rm -rf $(UPY_LIB); tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	TMPDIR=$$tmp $(BIN)/python -m pip download -q --no-clean --no-deps --no-binary :all: \
+	    --require-hashes -r requirements-upy.txt -d $$tmp/dl >$$tmp/log 2>&1 || true; \
+	mkdir -p $(UPY_LIB); \
+	for name in $$(sed -n 's/^\([a-z0-9-]*\)==.*/\1/p' requirements-upy.txt); do \
+	    tree=$$(ls -d $$tmp/pip-download-*/$$name*/ 2>/dev/null | head -1); \
+	    pkgs=$$(ls -d $$tree*/__init__.py 2>/dev/null || true); \
+	    if [ -z "$$tree" ] || [ -z "$$pkgs" ]; then \
+	        grep -v -e '$(PIP_NOISE)' $$tmp/log || true; \
+	        echo "bootstrap: could not fetch $$name (requirements-upy.txt)"; exit 1; \
+	    fi; \
+	    for init in $$pkgs; do cp -r $$(dirname $$init) $(UPY_LIB)/; done; \
+	done
 
 # The lock is made with pip-compile from the venv; before the first lock
 # exists, pip-tools is installed on its own. The dev extra includes every other

@@ -23,6 +23,9 @@ except ImportError:  # CPython (type checks, host tools): const(x) is x
 
 _POLL_FAILURES = const(5)     # consecutive failed polls before a reset
 _HEALTHY_S = const(600)       # uptime after which a node that sends nothing counts as booted
+_LIGHT = const(3)             # firmware.power.LIGHT, IDLE, DEEP: ctx.power's sleep ms
+_IDLE = const(4)
+_DEEP = const(2)
 # config keys nobody reads once the node runs (dropped to give the heap back)
 _BOOT_ONLY = ("key", "key_bytes", "key_next", "key_next_bytes", "board", "fcnt_block",
               "bench")
@@ -46,13 +49,22 @@ def unload(name):
         delattr(parent, attr)
 
 
-def say_status(ctx, node):
-    """One console line with the role's counters (sorted key=value pairs)."""
-    report = getattr(node, "status", None)
-    if report is None:
-        return
-    values = report()
-    ctx.log("status " + " ".join(["%s=%s" % (key, values[key]) for key in sorted(values)]))
+def report(hal, ctx, node=None):
+    """Say the day's power line (firmware.power) and, at a bench run's end, the status."""
+    # The daily lines (and, with `node`, the bench's last status line) come
+    # from firmware.power, loaded only to say them: a LoRa meter's heap has a
+    # few hundred bytes to spare. A node must not stop for a report: when the
+    # heap cannot take them (the 64-bit air node at a bench run's end) the
+    # counters carry on and the next day's line covers both days (its ms=).
+    gc.collect()
+    try:
+        from firmware import power
+
+        power.report(hal, ctx, node)
+    except MemoryError:
+        pass
+    unload("firmware.power")
+    gc.collect()
 
 
 def run(hal, ctx, node):
@@ -67,6 +79,16 @@ def run(hal, ctx, node):
     failures = 0
     day = hal.time() // 86400
     store = ctx.state
+    # Power-state accounting (the list is described in firmware/power.py). The
+    # sleep between polls is light sleep where the port does it
+    # (docs/firmware.md, "Power"): rp2 idles whatever power.sleep says.
+    acc = [day, hal.ticks_ms(), 0, 0, 0, {}, ctx.dl[2] if ctx.dl else 0]
+    ctx.power = acc
+    nap = _IDLE
+    if power["sleep"] == "light" and hal.port != "rp2":
+        nap = _LIGHT
+    elif power["sleep"] == "deep":
+        nap = _DEEP
     while True:
         wdt.feed()
         if hal.stopping():
@@ -78,7 +100,7 @@ def run(hal, ctx, node):
                 node.poll(hal.ticks_ms())
             except Exception as exc:  # leaving anyway; the fault is logged
                 ctx.log("error in %s.poll: %r" % (ctx.config["role"], exc))
-            say_status(ctx, node)
+            report(hal, ctx, node)
             ctx.log("bench: stop_after_s reached, leaving the loop")
             return
         try:
@@ -105,13 +127,14 @@ def run(hal, ctx, node):
             booted = True
         if now // 86400 != day:
             day = now // 86400
-            ctx.log("flash writes: %d yesterday, %d since boot; sent=%d deferred=%d"
-                    % (store.writes_yesterday, store.writes_total, ctx.sent, ctx.deferred))
+            report(hal, ctx)
         if wait > hal.max_sleep_ms():
             wait = hal.max_sleep_ms()
-        if wait > max_nap:
+        if wait > max_nap and nap != _DEEP:     # a deep sleep ends in a reset: no watchdog
             wait = max_nap
+        slept = hal.ticks_ms()
         hal.sleep_ms(wait)
+        acc[nap] += hal.ticks_diff(hal.ticks_ms(), slept)
 
 
 def main(config_path="config.json", hal=None):

@@ -188,6 +188,8 @@ def boot(config_path="config.json", hal=None):
     if not isinstance(boots, int):
         boots = 0
     limit = cfg["power"]["boot_loop_limit"]
+    if hal.reset_cause()[:4] == "deep":   # "deep-sleep": no new name on the boot path
+        boots = 0       # a deep-sleeping meter boots at every wake-up: no loop
     if boots >= limit:
         _safe_mode(hal, "boot loop: %d resets without a completed send (last reset: %s); "
                    "remove state/boots.json once the cause is fixed"

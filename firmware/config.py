@@ -9,7 +9,7 @@ import json
 ROLES = ("water_meter", "air_quality", "radio_bridge", "display")
 ROLE_KINDS = {"water_meter": "water_meter", "air_quality": "air_quality"}
 LINK_TYPES = ("uart", "lora", "none")
-SLEEP_MODES = ("light", "idle", "none")
+SLEEP_MODES = ("light", "idle", "none", "deep")
 
 # Section defaults. A key absent from config.json takes the value here.
 TOP_DEFAULTS = {
@@ -48,7 +48,7 @@ RADIO_DEFAULTS = {
 EU868_CHANNELS = (867100000, 867300000, 867500000, 867700000, 867900000,
                   868100000, 868300000, 868500000)
 POWER_DEFAULTS = {
-    "sleep": "light",       # light | idle | none
+    "sleep": "light",       # light | idle | none | deep
     "wdt_s": 60,            # hardware watchdog timeout, 0 = off
     "brownout_mv": 0,       # boot waits while the battery reads below this (0 = off)
     "boot_loop_limit": 5,   # resets without one completed send before safe mode
@@ -251,7 +251,7 @@ def validate(cfg):
     if role == "display" and "sleep" not in (cfg.get("power") or {}):
         power["sleep"] = "idle"     # mains-powered; light sleep would drop the Wi-Fi link
     if power["sleep"] not in SLEEP_MODES:
-        raise ConfigError("power.sleep must be light, idle or none")
+        raise ConfigError("power.sleep must be light, idle, none or deep")
     _int(power, "wdt_s", 0, 3600, "power")
     _int(power, "brownout_mv", 0, 10000, "power")
     _int(power, "boot_loop_limit", 1, 1000, "power")
@@ -281,6 +281,10 @@ def validate(cfg):
         _int(water, "battery_full_mv", water["battery_empty_mv"] + 1, 10000, "water")
         _int(water, "persist_pulses", 0, 1000000, "water")
         _int(water, "tamper_active", 0, 1, "water")
+        if power["sleep"] == "deep":
+            # The RAM is lost at each deep sleep: every take of the ULP's
+            # counters is saved before the next sleep (firmware/ulp_counter.py).
+            water["persist_pulses"] = 1
         out["water"] = water
     elif role == "air_quality":
         out["air"] = air_section(cfg.get("air"))
@@ -297,6 +301,11 @@ def validate(cfg):
         if link["type"] != "uart":
             raise ConfigError("radio_bridge needs link.type uart (the gateway's USB serial)")
 
+    # Downlinks (docs/protocol.md section 12): off unless asked for, as the
+    # LoRa water meter and the air node do not hold the path in the bench's
+    # heaps yet (docs/firmware.md, "Memory").
+    if not isinstance(out.get("downlink", False), bool):
+        raise ConfigError("downlink must be true or false")
     bench = cfg.get("bench")
     if bench is not None and not isinstance(bench, dict):
         raise ConfigError("bench must be an object")

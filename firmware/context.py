@@ -41,6 +41,7 @@ class Context:
         # as the boot is where a 64 KiB heap runs out.
         self.duty = None
         self.wdt = NullWatchdog()   # the app puts the running watchdog here
+        self.power = None           # and its power-state counters (firmware.power)
         self.retry_s = 0
         self.last_result = None
         self.sent = 0
@@ -144,6 +145,11 @@ class Context:
             self.led.blink(1)
         # The frame's hex ends the line: `knute decode <hex> --key ...` reads it.
         if toa_ms:
+            if self.power is not None:
+                # firmware.power: ms on air by SF and output power
+                sent = self.power[5]
+                key = self.link.sf * 100 + 20 + self.config["radio"]["power_dbm"]
+                sent[key] = sent.get(key, 0) + int(toa_ms + 0.999)
             if self.dl is not None:
                 self.dl[3] += int(toa_ms + 0.999)
             self.log("sent fcnt=%d bytes=%d toa_ms=%d t=%d frame=%s"

@@ -2,10 +2,13 @@
 # a received buffer, keep the downlink counter, apply the commands atomically
 # and keep the report the next uplink carries.
 #
-# Pure of radio timing: a role (or its link) opens the receive windows and
-# hands each received buffer to Downlink.receive(). Nothing here is loaded
-# until a node first builds a Downlink, and module updates live apart in
-# firmware.downlink_update, loaded only by an OP_UPD_* command.
+# Pure of radio timing: firmware.downlink_window opens the receive windows
+# and stores what it hears; firmware.downlink_apply hands it to
+# Downlink.receive() in the restart in place. Module updates live apart in
+# firmware.downlink_update, loaded only by an OP_UPD_* command; the report
+# and alarm bookkeeping that the running node does in
+# firmware.downlink_window is firmware.downlink_model's, for tests and tools
+# (fewer names here: docs/firmware.md, "The downlink path's heap").
 #
 # What is written where, each write atomic (temporary file, then rename):
 #   state/dcnt.json     {"last": n}  the highest downlink counter accepted
@@ -21,7 +24,6 @@
 import json
 import os
 
-from firmware.downlink_files import write_atomic
 from protocol import ccm
 from protocol import downlink as dl
 from protocol.errors import FrameError
@@ -31,7 +33,6 @@ try:
 except ImportError:  # CPython (type checks, host tools): const(x) is x
     const = int
 
-_ALARM_REPEATS = const(6)   # alarm frames sent at most this often without an ack
 
 # protocol.downlink_send's numbers (docs/protocol.md section 12), as consts
 # that take no RAM; tests/protocol/test_downlink.py checks them against it.
@@ -42,11 +43,6 @@ _CMD_RANGE = const(3)
 _CMD_STALE = const(7)
 _CMD_STATE = const(5)
 _CMD_UNKNOWN = const(1)
-_FLAG_ALARM = const(4)
-_FLAG_CLOCK = const(2)
-_FLAG_REKEY = const(8)
-_FLAG_UPDATE = const(16)
-_FLAG_WANT = const(1)
 _MAX_CONFIG = const(4)
 _MAX_REPORT = const(8)
 _OP_ACK_ALARM = const(3)
@@ -59,25 +55,32 @@ _OP_UPD_BEGIN = const(7)
 _OP_UPD_SWITCH = const(9)
 
 
-def board_ms():
-    """Milliseconds of the board's own time source (unix port: time since the epoch)."""
-    import time
-
-    try:
-        return time.time_ns() // 1000000
-    except AttributeError:
-        return int(time.time() * 1000)
+def write_atomic(path, text, pause=None):
+    # firmware.downlink_files.write_atomic, repeated here: that module's other
+    # names (module sets, for updates only) would be interned for good by
+    # every apply, and they push a LoRa node past 620 (docs/firmware.md).
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        if pause is not None:
+            half = len(text) // 2
+            handle.write(text[:half])
+            handle.flush()
+            pause(path)
+            handle.write(text[half:])
+        else:
+            handle.write(text)
+    os.rename(tmp, path)
 
 
 class Downlink:
     """Verify and apply downlinks for one node; keep its clock and its report."""
 
-    def __init__(self, store, device_id, config_path="config.json", time_ms=None,
-                 upd_root="upd", lib="lib", pause=None):
+    def __init__(self, store, device_id, config_path, time_ms, upd_root="upd", lib="lib",
+                 pause=None):
         self.store = store
         self.device_id = device_id
         self.config_path = config_path
-        self.time_ms = time_ms or board_ms
+        self.time_ms = time_ms     # board time in ms (the HAL's time_ms)
         self.upd_root = upd_root
         self.lib = lib
         self.pause = pause          # bench only: pause(step) between the steps of an apply
@@ -122,10 +125,6 @@ class Downlink:
         self._block = ccm.aes_block(self.key)
         self._block_next = ccm.aes_block(self.key_next) if self.key_next else None
 
-    def uplink_key(self):
-        """The key the next uplink is sealed with: the new one while a rotation is pending."""
-        return self.key_next if self.key_next is not None else self.key
-
     # ----------------------------------------------------------- the clock
 
     def uplink_sent(self, fcnt, end_ms=None):
@@ -133,67 +132,10 @@ class Downlink:
         self.up_fcnt = fcnt
         self.up_end_ms = self.time_ms() if end_ms is None else end_ms
 
-    def now_ms(self):
-        """Unix time in ms by the node's clock, or None before the first clock command."""
-        if self.offset_ms is None:
-            return None
-        return self.time_ms() + self.offset_ms
-
     # ------------------------------------------------------------- alarms
-
-    def alarm_raised(self, bits):
-        """Alarm bits that must be acknowledged; True if new bits were added."""
-        if bits & ~self.alarm_bits:
-            self.alarm_bits |= bits
-            self.alarm_repeats = 0
-            self._put_alarm()
-            return True
-        return False
-
-    def alarm_repeat_due(self):
-        """True (and counted) while an unacknowledged alarm may be sent again."""
-        if not self.alarm_bits or self.alarm_repeats >= _ALARM_REPEATS:
-            return False
-        self.alarm_repeats += 1
-        self._put_alarm()
-        return True
 
     def _put_alarm(self):
         self.store.put("alarm", {"bits": self.alarm_bits, "repeats": self.alarm_repeats})
-
-    # ------------------------------------------------------------- report
-
-    def report(self, want=False):
-        """The report series for the next uplink, or None when there is nothing to say."""
-        flags = 0
-        if self.offset_ms is None or not self.clock_set:
-            flags |= _FLAG_CLOCK
-        if self.alarm_bits:
-            flags |= _FLAG_ALARM
-        if self.key_next is not None:
-            flags |= _FLAG_REKEY
-        if self._staging():
-            flags |= _FLAG_UPDATE
-        if flags or want:
-            flags |= _FLAG_WANT
-        if not flags and not self.entries:
-            return None
-        out = [flags]
-        out.extend(self.entries)
-        return out
-
-    def report_sent(self):
-        """The uplink with report() left: its entries are not sent again."""
-        if self.entries:
-            self.entries = []
-            self.store.put("dlrep", [])
-
-    def _staging(self):
-        try:
-            os.stat(self.upd_root + "/stage.json")
-            return True
-        except OSError:
-            return False
 
     # ------------------------------------------------------------ receive
 

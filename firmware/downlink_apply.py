@@ -77,6 +77,8 @@ def apply_pending(hal, config_path="config.json"):
     node = downlink.Downlink(store, device_id, config_path, hal.time_ms)
     node.uplink_sent(rec["fcnt"], rec["end_ms"])
     reason = node.receive(unhexlify(rec["hex"]))
+    gc.collect()
+    print("knute: heap: %d bytes used, %d free after the apply" % (gc.mem_alloc(), gc.mem_free()))
     if reason is not None:
         print("knute: downlink dropped: %s" % reason)
     else:

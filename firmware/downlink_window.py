@@ -39,7 +39,8 @@ _RX2_DELAY_MS = const(2000)     # LoRaWAN RECEIVE_DELAY2; RX2 at SF12 (RP002-1.0
 _RX2_SF = const(12)
 _PREAMBLE_SYMBOLS = const(8)    # enough to detect a preamble
 _ALARM_REPEATS = const(6)       # firmware.downlink.ALARM_REPEATS
-_MODULES = ("firmware.downlink_update", "firmware.downlink_files", "firmware.downlink_lora",
+_MODULES = ("firmware.downlink_update", "firmware.downlink_files", "firmware.downlink_confirm",
+            "firmware.downlink_lora",
             "firmware.downlink_uart", "firmware.hal.unix_bench_rx", "firmware.downlink_window")
 # Positions in Context.dl
 _ALARM = const(0)
@@ -112,9 +113,21 @@ def after_send(ctx, sent_report, fcnt, end_ms):
     dls = ctx.dl
     try:
         if ctx.sent == 1:
-            _confirm_update(ctx)
+            import os
+
+            try:
+                os.stat("upd/manifest.json")
+            except OSError:
+                pass                    # never updated: nothing to confirm
+            else:
+                from firmware import downlink_confirm
+
+                downlink_confirm.confirm(ctx)
         # The bench radio knows the end of its line to the millisecond.
         end_ms = getattr(getattr(ctx.link, "modem", None), "end_ms", end_ms)
+        # The frame's encoding and the send left garbage in the holes the
+        # window code is loaded into next.
+        gc.collect()
         packet = windows(ctx, end_ms)
         dls[_REPEAT] = False
         if packet is not None:
@@ -133,28 +146,9 @@ def after_send(ctx, sent_report, fcnt, end_ms):
         for name in _MODULES:
             unload(name)
         gc.collect()
-
-
-def _confirm_update(ctx):
-    # The first completed send since boot: the running module set is kept
-    # (docs/protocol.md 12.10). What firmware.downlink_update.confirm does, in
-    # a few lines, as that module does not fit beside a running role.
-    import json
-    import os
-
-    path = "upd/manifest.json"
-    try:
-        with open(path) as handle:
-            manifest = json.loads(handle.read())
-    except (OSError, ValueError):
-        return                      # never updated: nothing to confirm
-    if not isinstance(manifest, dict) or manifest.get("confirmed"):
-        return
-    manifest["confirmed"] = True
-    with open(path + ".tmp", "w") as handle:   # as downlink_files.write_atomic
-        handle.write(json.dumps(manifest))
-    os.rename(path + ".tmp", path)
-    ctx.log("module update confirmed: it completed a send")
+        if ctx.sent == 1:
+            ctx.log("heap: %d bytes used, %d free after the first send"
+                    % (gc.mem_alloc(), gc.mem_free()))
 
 
 def windows(ctx, end_ms):

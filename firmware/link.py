@@ -1,7 +1,7 @@
 # The node's uplink: a UART/RS-485 line carrying protocol.stream records, or
 # a LoRa radio. Both offer send(frame) -> bool and log(text).
 #
-# The LoRa side (LoraLink, lora_settings) is in firmware.link_lora, which only
+# The LoRa side (LoraLink) is in firmware.link_lora, which only
 # LoRa nodes load; the link states below are shared.
 
 # Link states (an explicit state, as for every link in knute).

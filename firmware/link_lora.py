@@ -58,18 +58,3 @@ class LoraLink:
     def log(self, text):
         """Console lines never go on air."""
         return None
-
-
-def lora_settings(cfg):
-    """The micropython-lib `lora_cfg` dict for the radio section of config.json."""
-    return {
-        "freq_khz": cfg["freq_hz"] // 1000,
-        "sf": cfg["sf"],
-        "bw": str(cfg["bw_hz"] // 1000),
-        "coding_rate": cfg["cr"],
-        "preamble_len": cfg["preamble"],
-        "output_power": cfg["power_dbm"],
-        "syncword": cfg["syncword"],
-        "crc_en": True,
-        "implicit_header": False,
-    }

@@ -58,20 +58,19 @@ class Store:
 
     def put(self, name, value):
         """Store `value` under `name` atomically (temporary file, then rename)."""
-        data = json.dumps(value)
         tmp = self._path(name, _TMP)
         if self.trace is not None:
             self.trace(name)
         with open(tmp, "w") as handle:
+            # Written as it is encoded: no string of the whole value on the
+            # heap (a water meter's state is some 250 bytes, and a LoRa node's
+            # heap may not have them in one piece).
+            json.dump(value, handle)
             if self.pause is not None:
-                # Bench only: leave a window in which a kill -9 interrupts the write.
-                half = len(data) // 2
-                handle.write(data[:half])
+                # Bench only: a window before the rename, the write's commit
+                # point, in which a kill -9 cuts the write short.
                 handle.flush()
                 self.pause(name)
-                handle.write(data[half:])
-            else:
-                handle.write(data)
         os.rename(tmp, self._path(name, _SUFFIX))
         self._count()
 

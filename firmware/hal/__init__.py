@@ -53,3 +53,4 @@ class NullLed:
     def set(self, on):
         """Nothing to switch."""
         return None
+

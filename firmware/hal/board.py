@@ -211,14 +211,12 @@ class BoardHal:
 
     def lora_modem(self, radio):
         """The board's SX126x/SX127x as a micropython-lib lora SyncModem."""
-        from firmware import link_lora
-
         lora_pins = self._pin_no("lora")
         chip = radio.get("chip") or lora_pins["chip"]
         pin = self.machine.Pin
         spi = self.machine.SPI(lora_pins["spi"], baudrate=2000000, sck=pin(lora_pins["sck"]),
                                mosi=pin(lora_pins["mosi"]), miso=pin(lora_pins["miso"]))
-        cfg = link_lora.lora_settings(radio)
+        cfg = lora_settings(radio)
         reset = pin(lora_pins["reset"], pin.OUT) if "reset" in lora_pins else None
         if chip in ("sx1262", "sx1261"):
             import lora  # micropython-lib lora-sync + lora-sx126x
@@ -324,3 +322,21 @@ class BoardHal:
 def null_watchdog():
     """A watchdog stand-in for boards run with power.wdt_s = 0."""
     return NullWatchdog()
+
+
+def lora_settings(cfg):
+    """The micropython-lib `lora_cfg` dict for the radio section of config.json.
+
+    Here, not in firmware.link_lora: only a board builds its modem (once, at boot).
+    """
+    return {
+        "freq_khz": cfg["freq_hz"] // 1000,
+        "sf": cfg["sf"],
+        "bw": str(cfg["bw_hz"] // 1000),
+        "coding_rate": cfg["cr"],
+        "preamble_len": cfg["preamble"],
+        "output_power": cfg["power_dbm"],
+        "syncword": cfg["syncword"],
+        "crc_en": True,
+        "implicit_header": False,
+    }

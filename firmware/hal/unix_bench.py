@@ -11,22 +11,6 @@
 # Older RX lines still parse: 4 fields (neither), 5 (end_ms only), 6 (freq_hz sf
 # only).
 
-from firmware.hal.unix_inputs import LineSource
-
-
-class BenchPacket(bytearray):
-    """A received packet with the metadata of micropython-lib's lora.RxPacket."""
-
-    def __init__(self, payload, rssi, snr, freq_hz=None, sf=None, end_ms=None):
-        super().__init__(payload)
-        self.rssi = rssi            # dBm
-        self.snr = snr              # dB * 4, as lora.RxPacket
-        self.valid_crc = True
-        self.freq_hz = freq_hz      # the bench line's channel (None: not given)
-        self.sf = sf
-        self.end_ms = end_ms        # the sender's bench clock at the end (None: unknown)
-
-
 class BenchRadio:
     """A LoRa modem stand-in: send()/recv() like lora.SyncModem, over text files.
 
@@ -36,9 +20,9 @@ class BenchRadio:
     receiver next to it would hear them, the end of the transmission in its
     bench clock, and the channel and SF it sent on), so its radio file can be
     fed straight to a radio_bridge node. Older lines without the end time
-    and/or the channel still parse. The TX lines (a receive window, a bridge's
-    transmission) are firmware.hal.unix_bench_rx's, loaded only by nodes that
-    use them.
+    and/or the channel still parse. A receive window's TX lines are
+    firmware.hal.unix_bench_rx's, a bridge's RX and TX lines
+    firmware.hal.unix_bench_bridge's, each loaded only by nodes that use them.
     """
 
     def __init__(self, hal, path, bench, rx_path=None):
@@ -76,31 +60,9 @@ class BenchRadio:
     def recv(self, timeout_ms=None, rx_length=0xFF, rx_packet=None):
         """The next packet line as a BenchPacket; None after waiting up to timeout_ms.
 
-        Like SyncModem.recv, it blocks while nothing arrives (bounded by the
-        bench poll interval, so the bench inputs stay responsive).
+        Like SyncModem.recv. In firmware.hal.unix_bench_bridge, which a node
+        that only sends never loads.
         """
-        if self.lines is None:
-            self.lines = LineSource(self.path)
-        line = self.lines.readline()
-        if line is None:
-            nap = self.hal.max_sleep_ms()
-            if timeout_ms is not None and timeout_ms < nap:
-                nap = timeout_ms
-            self.hal.sleep_ms(nap)
-            return None
-        parts = line.split()
-        try:
-            # 4: old; 5: + end_ms; 6: + freq_hz sf (no end_ms); 7: + end_ms freq_hz sf
-            n = len(parts)
-            if n < 4 or n > 7 or parts[0] != "RX":
-                raise ValueError
-            rssi = int(parts[1])
-            snr_x4 = round(float(parts[2]) * 4)
-            payload = bytes.fromhex(parts[3])
-            end_ms = int(parts[4]) if n in (5, 7) else None
-            freq_hz = int(parts[n - 2]) if n >= 6 else None
-            sf = int(parts[n - 1]) if n >= 6 else None
-        except ValueError:
-            self.bad_lines += 1
-            return None
-        return BenchPacket(payload, rssi, snr_x4, freq_hz, sf, end_ms)
+        from firmware.hal import unix_bench_bridge
+
+        return unix_bench_bridge.recv(self, timeout_ms)

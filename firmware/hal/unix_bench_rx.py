@@ -1,11 +1,10 @@
-# The bench radio's other direction (see firmware/hal/unix_bench.py for the
-# line formats): TX lines a node hears in its receive windows, and the TX
-# lines a radio bridge writes. Loaded only around receive windows and by a
-# bridge that transmits, so that a node's heap does not carry it otherwise.
+# The bench radio's receive windows (see firmware/hal/unix_bench.py for the
+# line formats): the TX lines a node hears in them. Loaded only around
+# receive windows, so that a node's heap does not carry it otherwise; a
+# bridge's side of the lines is firmware.hal.unix_bench_bridge.
 
 import time
 
-from firmware.hal.unix_bench import BenchPacket
 from firmware.hal.unix_inputs import LineSource
 
 
@@ -26,12 +25,6 @@ def held_wait(hal, poll, real_ms):
     finally:
         if hal.scale:               # a stepped clock (time_scale 0) stands still anyway
             hal.t0_ns += time.time_ns() - start
-
-
-def transmit_at(radio, start_ms, freq_hz, sf, payload):
-    """Append "TX <start_ms> <freq_hz> <sf> <hex>" to the radio's rx_path."""
-    with open(radio.rx_path, "a") as handle:
-        handle.write("TX %d %d %d %s\n" % (start_ms, freq_hz, sf, bytes(payload).hex()))
 
 
 def _next_tx(radio):
@@ -58,7 +51,7 @@ def _next_tx(radio):
 
 
 def window(radio, open_ms, freq_hz, sf, preamble_ms):
-    """The packet a receive window opening at bench time `open_ms` hears, or None.
+    """The payload a receive window opening at bench time `open_ms` hears, or None.
 
     Heard: a TX line on this channel and SF whose start lies within the
     preamble time after the window opens. Earlier lines were not heard
@@ -81,8 +74,7 @@ def window(radio, open_ms, freq_hz, sf, preamble_ms):
             if start_ms < open_ms or freq != freq_hz or lsf != sf:
                 radio.not_heard += 1
                 continue
-            found.append(BenchPacket(payload, radio.rssi, round(radio.snr_db * 4), freq, lsf,
-                                     start_ms))
+            found.append(payload)   # a node needs no more than the bytes
             return True
 
     wait = radio.hal.bench.get("rx_wait_real_ms", 0)

@@ -20,6 +20,7 @@ def configure(hal, config):
     hal.start_s = bench.get("start_time", hal.start_s)
     stop = bench.get("stop_after_s")
     hal.stop_ms = None if stop is None else stop * 1000
+    hal.deep = config["power"]["sleep"] == "deep"
     import random
 
     seed = bench.get("seed")
@@ -76,7 +77,16 @@ def adc(hal, name):
 
 
 def pulse_source(hal, name, direction, debounce_ms):
-    """Pulse events from the file or FIFO wired as `name` (direction is in the lines)."""
+    """Pulse events from the file or FIFO wired as `name` (direction is in the lines).
+
+    In deep sleep a simulated ULP counts them into rtc.json (unix_ulp.SimUlp).
+    """
+    if hal.deep:
+        # Imported by a string (longer than a qstr's 10 bytes): the names of
+        # the deep-sleep modules stay off every other node's boot path
+        # (docs/firmware.md, "Memory", qstrs).
+        ulp = __import__("firmware.hal.unix_ulp", None, None, ("pulse_source",))
+        return ulp.pulse_source(hal, wire(hal, "pulse", name), debounce_ms)
     from firmware.hal.unix_inputs import FilePulseSource
 
     return FilePulseSource(hal, wire(hal, "pulse", name), debounce_ms)

@@ -157,9 +157,9 @@ class Node:
         modem = self.modem
         try:
             if hasattr(modem, "rx_path"):       # the bench radio: a TX line
-                from firmware.hal import unix_bench_rx
+                from firmware.hal import unix_bench_bridge
 
-                unix_bench_rx.transmit_at(modem, at_ms, freq_hz, sf, payload)
+                unix_bench_bridge.transmit_at(modem, at_ms, freq_hz, sf, payload)
             else:
                 wait = at_ms - self.ctx.hal.time_ms()
                 if wait > 0:

@@ -19,7 +19,11 @@
 #
 # Persistence: state "meter" is written when each hour closes (and every
 # persist_pulses pulses when set), so a power cut loses at most the pulses
-# counted since the last of those writes.
+# counted since the last of those writes. In deep sleep (power.sleep "deep")
+# the ULP counts in RTC memory and the meter writes the state, with the
+# counters it took ("pulse"), after every take that found pulses (config sets
+# persist_pulses to 1), before the CPU sleeps again: a reset never loses a
+# pulse nor takes one twice (firmware/ulp_counter.py).
 
 try:
     from micropython import const
@@ -89,12 +93,17 @@ class Node:
         """Open the inputs and restore the meter state."""
         hal = self.ctx.hal
         cfg = self.cfg
+        # The saved state is read before the inputs' code loads, while the
+        # heap still has room in one piece for the parsed dict (a deep-sleep
+        # bench meter loads three modules for its simulated ULP).
+        saved = self.ctx.state.get("meter")
         self.source = hal.pulse_source(cfg["pulse"], cfg["direction"], cfg["debounce_ms"])
         if cfg["tamper"]:
             self.tamper_pin = hal.pin(cfg["tamper"])
         if cfg["battery"]:
             self.battery_adc = hal.adc(cfg["battery"])
-        self._restore(hal.time())
+        self._restore(hal.time(), saved)
+        del saved
         phase = self.ctx.config.get("send_phase_s")
         if phase is None and self.ctx.duty is not None:
             # On a LoRa link the send's phase in its interval is drawn at boot
@@ -112,8 +121,7 @@ class Node:
                                       cfg["litres_per_pulse"], cfg["sends_per_day"],
                                       self.phase_s))
 
-    def _restore(self, now):
-        saved = self.ctx.state.get("meter")
+    def _restore(self, now, saved):
         if isinstance(saved, dict) and saved.get("v") == _STATE_VERSION:
             self.index_ml = saved["index_ml"]
             self.hour = saved["hour"]
@@ -128,6 +136,7 @@ class Node:
             self.latched = saved["latched"]
             self.max_flow = saved["max_flow"]
             self.reverse_ml = saved["reverse_ml"]
+            self.source.last = saved.get("pulse")   # deep sleep: firmware.ulp_counter
             if now < self.hour * 3600:
                 if self.ctx.hal.clock_set:
                     # A downlink set the clock back (the node ran fast): the
@@ -145,13 +154,21 @@ class Node:
             self.ctx.log("water_meter: no saved state, starting a new index")
 
     def _save(self):
-        self.ctx.state.put("meter", {
+        saved = {
             "v": _STATE_VERSION, "index_ml": self.index_ml, "hour": self.hour,
             "hour_start_ml": self.hour_start_ml, "profile": self.profile, "head": self.head,
             "known": self.known, "since_zero": self.hours_since_zero,
             "since_use": self.hours_since_use, "latched": self.latched,
             "max_flow": self.max_flow, "reverse_ml": self.reverse_ml,
-        })
+        }
+        # Deep sleep only (firmware.ulp_counter): a thirteenth key would make
+        # every meter's hourly dict a block bigger, where a LoRa meter's heap
+        # has none to spare. "pulse" and "last" are names the boot has
+        # interned already (docs/firmware.md, "Memory", qstrs).
+        taken = getattr(self.source, "last", None)
+        if taken is not None:
+            saved["pulse"] = taken
+        self.ctx.state.put("meter", saved)
         self.unsaved_pulses = 0
 
     # -- counting ------------------------------------------------------------

@@ -11,7 +11,7 @@ import select
 import time
 from pathlib import Path
 
-from firmware.downlink import Downlink
+from firmware.downlink_model import Downlink
 from firmware.state import Store
 from knute.protocol import downlink, frame, stream
 from knute.tools.rig.gateway import GatewayProcess

@@ -16,7 +16,13 @@ def test_bench_firmware_json() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert set(result) == {"water_meter", "radio_bridge"}
+    assert set(result) == {"water_meter", "radio_bridge", "power"}
+    # The power contract: one row per role, board and design (tools/power.py).
+    rows = result.pop("power")
+    for row in rows:
+        assert {"role", "board", "design", "uah_per_day", "battery_years"} <= set(row)
+    designs = {row["design"] for row in rows if row["role"] == "water_meter"}
+    assert designs == {"light_sleep", "deep_sleep"}
     for entry in result.values():
         for figures in (entry, entry["naive"]):
             assert figures["allocs_per_cycle"] > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.downlink import Downlink
+from firmware.downlink_model import Downlink
 from firmware.state import Store
 from knute.protocol import downlink as dl
 

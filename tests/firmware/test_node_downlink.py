@@ -26,8 +26,10 @@ from tests.firmware.conftest import NodeFactory
 
 DEVICE = 4660
 # The LoRa water meter's downlink path does not fit the 64 KiB heap of the
-# 64-bit unix port yet (docs/firmware.md, "Memory"); its tests run it in 80 KiB.
-LORA_HEAP = "80k"
+# 64-bit unix port yet (docs/firmware.md, "The downlink path's heap"); its tests
+# run it in 80 KiB there, and in 56 KiB on the 32-bit build (80 KiB before the
+# apply came under 620 names; at 48 KiB the apply fits, the next life does not).
+LORA_HEAP = {64: "80k", 32: "56k"}
 # The serial water meter takes its downlink in the bench_node heap: 64 KiB on
 # the 64-bit port, 48 KiB on the 32-bit build.
 DAYS3_MS = 3 * 86400 * 1000
@@ -107,10 +109,10 @@ def lora_water(**water: Any) -> dict[str, Any]:
 
 
 def test_clock_3_days_off_is_set_in_rx1_and_profile_hours_are_right_after(
-        bench_node: NodeFactory) -> None:
+        bench_node: NodeFactory, upy_bits: int) -> None:
     cfg = lora_water()
     cfg["bench"]["start_time"] = HOUR_T0 - DAYS3_MS // 1000   # the board's clock: 3 days slow
-    node = bench_node(cfg, heap=LORA_HEAP)
+    node = bench_node(cfg, heap=LORA_HEAP[upy_bits])
     air = Air(node)
     node.start()
     first, end_ms = air.uplink(node.proc)
@@ -139,8 +141,9 @@ def test_clock_3_days_off_is_set_in_rx1_and_profile_hours_are_right_after(
     assert node.state("clock") == {"offset_ms": DAYS3_MS}
 
 
-def test_rx2_answer_and_an_answer_outside_the_windows(bench_node: NodeFactory) -> None:
-    node = bench_node(lora_water(), heap=LORA_HEAP)
+def test_rx2_answer_and_an_answer_outside_the_windows(bench_node: NodeFactory,
+                                                      upy_bits: int) -> None:
+    node = bench_node(lora_water(), heap=LORA_HEAP[upy_bits])
     air = Air(node)
     node.start()
     _first, end_ms = air.uplink(node.proc)
@@ -155,8 +158,9 @@ def test_rx2_answer_and_an_answer_outside_the_windows(bench_node: NodeFactory) -
     assert json.loads((node.dir / "config.json").read_text())["water"]["dry_days"] == 30
 
 
-def test_hostile_downlinks_are_dropped_with_their_reasons(bench_node: NodeFactory) -> None:
-    node = bench_node(lora_water(), heap=LORA_HEAP)
+def test_hostile_downlinks_are_dropped_with_their_reasons(bench_node: NodeFactory,
+                                                          upy_bits: int) -> None:
+    node = bench_node(lora_water(), heap=LORA_HEAP[upy_bits])
     air = Air(node)
     node.start()
     good = dl.encode(DEVICE, 5, [dl.ack_alarm(1, 1)], KEY)
@@ -311,9 +315,9 @@ def test_the_node_side_constants_are_the_protocols() -> None:
     assert (downlink_window._FLAG_WANT, downlink_window._FLAG_CLOCK, downlink_window._FLAG_ALARM,
             downlink_window._FLAG_REKEY, downlink_window._FLAG_UPDATE) == (
         dl.FLAG_WANT, dl.FLAG_CLOCK, dl.FLAG_ALARM, dl.FLAG_REKEY, dl.FLAG_UPDATE)
-    from firmware import downlink
+    from firmware import downlink_model
 
-    assert downlink_window._ALARM_REPEATS == downlink._ALARM_REPEATS
+    assert downlink_window._ALARM_REPEATS == downlink_model._ALARM_REPEATS
     # 8 symbols: 8.2 ms at SF7, 262.2 ms at SF12 (docs/protocol.md 12.6), rounded up.
     assert downlink_window.window_ms(7, 125000) == 9
     assert downlink_window.window_ms(12, 125000) == 263
@@ -322,7 +326,7 @@ def test_the_node_side_constants_are_the_protocols() -> None:
 
 def test_the_report_flags_agree_with_firmware_downlink(tmp_path: Path,
                                                         monkeypatch: Any) -> None:
-    from firmware.downlink import Downlink
+    from firmware.downlink_model import Downlink
     from firmware.state import Store
 
     (tmp_path / "config.json").write_text(json.dumps({

@@ -23,7 +23,7 @@ def pause(name):
 
 
 def apply():
-    from firmware.downlink import Downlink
+    from firmware.downlink_model import Downlink
     from firmware.state import Store
 
     with open("config.json") as f:

@@ -31,9 +31,9 @@ def step(name, fn):
 
 
 def load():
-    from firmware import downlink
+    from firmware import downlink_model
 
-    return downlink
+    return downlink_model
 
 
 with open("frames.hex") as f:

@@ -13,8 +13,8 @@ sys.path.insert(0, ".")
 from binascii import unhexlify
 
 from firmware import downlink_update
-from firmware.downlink import Downlink
 from firmware.downlink_files import make_dirs, read_json, remove_tree
+from firmware.downlink_model import Downlink
 from firmware.state import Store
 from protocol import downlink as dl
 from tests.upy_checks import check, finish

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from firmware.downlink import Downlink
+from firmware.downlink_model import Downlink
 from firmware.state import Store
 from knute.gateway.downlink_plan import PATH_PKTFWD, PATH_SERIAL, Uplink, Window
 from knute.gateway.downlink_service import DownlinkService, uplink_from

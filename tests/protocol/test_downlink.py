@@ -82,11 +82,11 @@ def test_the_nodes_private_numbers_are_the_public_ones() -> None:
     # A node holds the numbers as `_NAME = const(...)` (no RAM); the public
     # names are protocol.downlink_send's. Each twin must agree.
     from firmware import downlink as node_downlink
-    from firmware import downlink_update
+    from firmware import downlink_model, downlink_update
     from knute.protocol import downlink_send
 
     twins = 0
-    for module in (dl, node_downlink, downlink_update):
+    for module in (dl, node_downlink, downlink_model, downlink_update):
         for name, value in vars(module).items():
             public = getattr(downlink_send, name[1:], None)
             if name.startswith("_") and name[1:].isupper() and isinstance(public, int):

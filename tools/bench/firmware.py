@@ -373,8 +373,15 @@ def run(args: argparse.Namespace) -> int:
             if role in ENERGY_ROLES:
                 entry["energy"] = window_energy(role)
             results[role] = entry
+    from knute.tools import power
+
+    # Battery figures per role, board and power design (tools/power.py: the
+    # per-board current table applied to a day of the firmware's power states).
+    # Only the roles measured (`--role`): the display has no battery rows.
+    power_rows = [row for row in power.rows() if row["role"] in roles]
     if args.json:
-        print(json.dumps(results, indent=2, sort_keys=True))
+        out = {**results, "power": power_rows} if power_rows else results
+        print(json.dumps(out, indent=2, sort_keys=True))
         return 0
     print(f"send cycle on the MicroPython unix ports (-X heapsize={args.heap}), "
           f"{args.cycles} cycles per role")
@@ -402,4 +409,19 @@ def run(args: argparse.Namespace) -> int:
         for role, e in energy.items():
             print(f"{role:<13} {e['sends_per_day']:>10} {e['uplink_uah_per_day']:>12} "
                   f"{e['windows_uah_per_day']:>12}")
+    if power_rows:
+        print_power(power_rows)
     return 0
+
+
+def print_power(rows: list[dict[str, Any]]) -> None:
+    """The power budget table: µAh a day and years on a 3.6 Ah cell, where it goes."""
+    print("power budget a day (tools/power.py; water meter 4 frames at SF12, +14 dBm; "
+          "air node 144 at SF9), years on a 3.6 Ah cell")
+    print(f"{'role':<12} {'board':<12} {'design':<12} {'uAh/day':>9} {'years':>6}  "
+          "largest parts (uAh/day)")
+    for row in rows:
+        parts = sorted(row["parts_uah"].items(), key=lambda kv: -kv[1])[:4]
+        spent = ", ".join(f"{name} {value:g}" for name, value in parts)
+        print(f"{row['role']:<12} {row['board']:<12} {row['design']:<12} "
+              f"{row['uah_per_day']:>9.1f} {row['battery_years']:>6.1f}  {spent}")

@@ -7,13 +7,13 @@ status). Next to it: the same readings sent over LoRaWAN (13 bytes: MHDR 1,
 DevAddr 4, FCtrl 1, FCnt 2, FPort 1, MIC 4) with an OMS-style application
 payload under OMS security profile B, byte count in ``OMS_PAYLOAD`` below.
 
-Battery model (defaults and their sources):
+Battery model (defaults from the per-board current table in tools/power.py,
+the design it names: deep sleep with the ULP pulse counter on the meter board):
   capacity     3.6 Ah, one A-size Li-SOCl2 cell (Saft LS17500 datasheet: 3.6 Ah)
-  sleep        10 µA average between sends (ESP32 datasheet, power consumption
-               by mode: deep sleep with RTC timer + RTC memory about 10 µA;
-               SX1276 datasheet table 6: sleep 0.2 µA)
-  transmit     60 mA while on air (SX1276 datasheet section 2.5.1: 29 mA at
-               +13 dBm on RFO; plus about 30 mA for the awake MCU)
+  sleep        the meter's day without its transmissions, spread over 24 h:
+               deep sleep, ULP samples, hourly wake-ups, receive windows,
+               radio sleep, regulator, reed pull-up (tools/power.py)
+  transmit     radio at +14 dBm plus the awake MCU while on air (tools/power.py)
   self-discharge 1 % of capacity a year (Li-SOCl2 bobbin cells, LS17500 datasheet)
   life_years = capacity / (I_avg * 8766 h + 1 % of capacity per year)
 """
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from knute.protocol import airtime
+from knute.tools import power
 
 SFS = tuple(range(7, 13))
 LORAWAN_OVERHEAD = 13           # MHDR 1 + DevAddr 4 + FCtrl 1 + FCnt 2 + FPort 1 + MIC 4
@@ -35,8 +36,10 @@ LORAWAN_MAX_SF10_12 = 51        # EU868 FRMPayload limit at DR0..DR2 (SF12..SF10
 HOURS_PER_YEAR = 8766
 SELF_DISCHARGE_PER_YEAR = 0.01
 DEFAULT_CAPACITY_MAH = 3600.0
-DEFAULT_SLEEP_UA = 10.0
-DEFAULT_TX_MA = 60.0
+_ASSUMED = power.assumed_battery()
+DESIGN = f"{_ASSUMED['design']} on {_ASSUMED['board']}"
+DEFAULT_SLEEP_UA = float(_ASSUMED["sleep_ua"])
+DEFAULT_TX_MA = float(_ASSUMED["tx_ma"])
 SENDS_PER_DAY = {"water_meter": 4, "air_quality": 144}
 
 # OMS-style application payload, security profile B (OMS Specification Vol. 2:
@@ -150,7 +153,8 @@ def table(battery: Battery, sends_per_day: dict[str, float] | None = None) -> di
     return {
         "radio": {"bw_hz": 125000, "cr": "4/5", "preamble": 8, "explicit_header": True,
                   "crc": True, "ldro": "SF11/12"},
-        "battery": {"capacity_mah": battery.capacity_mah, "sleep_ua": battery.sleep_ua,
+        "battery": {"design": DESIGN, "capacity_mah": battery.capacity_mah,
+                    "sleep_ua": battery.sleep_ua,
                     "tx_ma": battery.tx_ma, "self_discharge_per_year": SELF_DISCHARGE_PER_YEAR},
         "sub_bands": [{"name": name, "low_hz": lo, "high_hz": hi, "limit_percent": limit / 100}
                       for name, lo, hi, limit in airtime.SUB_BANDS],
@@ -191,7 +195,8 @@ def render_text(data: dict[str, Any]) -> str:
         "low data-rate optimisation at SF11/12",
         "Uplinks per hour: EU868 duty cycle per sub-band, "
         + "; ".join(f"{_percent(limit)} = {', '.join(names)}" for limit, names in _limits()),
-        f"Battery: {bat['capacity_mah'] / 1000:g} Ah cell, {bat['sleep_ua']:g} uA asleep, "
+        f"Battery ({bat['design']}, tools/power.py): {bat['capacity_mah'] / 1000:g} Ah cell, "
+        f"{bat['sleep_ua']:g} uA asleep, "
         f"{bat['tx_ma']:g} mA on air, {bat['self_discharge_per_year'] * 100:g} %/year "
         "self-discharge",
         "",

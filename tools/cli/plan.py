@@ -140,7 +140,7 @@ def render_text(s: dict[str, Any]) -> str:
             for sf in s["nodes_by_sf"]),
         "per channel: " + ", ".join(f"{c['freq_mhz']:.1f} MHz G={c['offered_load']:.4f}"
                                     for c in s["channel_load"]),
-        f"battery years (3.6 Ah, 10 uA asleep, 60 mA on air): min "
+        f"battery years (3.6 Ah, {airtime_battery()}): min "
         f"{s['battery_years']['min']:.1f}, median {s['battery_years']['median']:.1f}",
         f"nodes below 99 % delivery: {s['nodes_below_99_percent']}; nodes needing another "
         f"concentrator (margin under {s['margin_db']:g} dB at their SF): "
@@ -208,3 +208,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(s))
     return 0
+
+
+def airtime_battery() -> str:
+    """The power design and currents the plan's battery years assume (tools/power.py)."""
+    from knute.tools.cli import airtime
+
+    return (f"{airtime.DESIGN}, {airtime.DEFAULT_SLEEP_UA:g} uA asleep, "
+            f"{airtime.DEFAULT_TX_MA:g} mA on air")

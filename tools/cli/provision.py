@@ -124,8 +124,41 @@ def build_files(board: BoardInfo, config: dict[str, Any], *, compile_mpy: bool =
                 progress(done, len(sources))
     files.append(FileToCopy("/main.py", (ROOT / "firmware" / "main.py").read_bytes()))
     files.append(FileToCopy("/config.json", config_bytes(config)))
+    ulp_image = ulp_bin(config)
+    if ulp_image is not None:
+        files.append(FileToCopy("/ulp.bin", ulp_image))
     how = "py" if flags is None else f"mpy {board.mpy_version}"
     return files, how
+
+
+def ulp_bin(config: dict[str, Any]) -> bytes | None:
+    """/ulp.bin for a deep-sleeping water meter (power.sleep "deep"), else None.
+
+    The ULP pulse counter (tools/ulp.py) for the board's pulse, direction and
+    tamper inputs, which must be RTC GPIOs: the ULP reads all three whether
+    the meter uses them or not. The water section names the pin-map entries
+    (its defaults when it does not).
+    """
+    if config.get("role") != "water_meter" or config.get("power", {}).get("sleep") != "deep":
+        return None
+    from knute.tools import ulp
+
+    board = config["board"]
+    try:
+        pins = board_import(f"firmware.boards.{board}").PINS
+    except ImportError:
+        raise KnuteError(f'power.sleep "deep": no pin map for board {board!r}') from None
+    water = config.get("water", {})
+    rtcio = []
+    for what in ("pulse", "direction", "tamper"):
+        name = water.get(what) or what
+        gpio = pins.get(name)
+        if gpio not in ulp.RTC_GPIO:
+            where = "no such pin" if gpio is None else f"GPIO {gpio} is not an RTC GPIO"
+            raise KnuteError(f'power.sleep "deep" on board {board}: the ULP reads water.{what} '
+                             f'(pin-map entry {name!r}): {where} (docs/firmware.md, "Power")')
+        rtcio.append(ulp.RTC_GPIO[gpio])
+    return ulp.image(rtcio[0], rtcio[1], rtcio[2], water.get("tamper_active", 1))
 
 
 def config_bytes(config: dict[str, Any]) -> bytes:
