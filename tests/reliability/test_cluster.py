@@ -66,5 +66,6 @@ def test_a_partition_loses_nothing(rabbit_cluster: RabbitCluster, tmp_path: Path
     result = rel.case_broker_partition(tmp_path, cluster=rabbit_cluster, cut_s=1.0)
     check(result)
     assert result.delivered > 300
-    # The cut node paused (pause_minority): it stopped serving MQTT, then resumed.
+    # The cut node paused (pause_minority), and it alone: the majority kept serving.
+    assert result.notes["paused_nodes"] == [1]
     assert result.notes["pause_s"] < 60 and result.notes["resume_s"] > 0

@@ -59,6 +59,8 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 NODE_START_TIMEOUT_S = 180.0    # upper bounds only: every wait ends when its condition holds
 NODE_STOP_TIMEOUT_S = 60.0
 CTL_TIMEOUT_S = 120.0
+# What a node logs when pause_minority makes it pause (rabbit_node_monitor, 3.10).
+PAUSE_LINE = "Cluster minority/secondary status detected"
 
 # Erlang distribution protocol, epmd requests and replies (erts: "Distribution Protocol").
 _ALIVE2_REQ = 120
@@ -338,6 +340,14 @@ class RabbitNode:
                               f"{out.returncode}: {(out.stderr or out.stdout).strip()[-800:]}")
         return out.stdout
 
+    def pauses(self) -> int:
+        """How often this node has paused itself as a minority (lines in its log)."""
+        try:
+            text = (self.dir / "log" / self.log_path.name).read_text(errors="replace")
+        except OSError:
+            return 0
+        return text.count(PAUSE_LINE)
+
     def log_tail(self, lines: int = 25) -> str:
         """The last lines of the node's log (and its stdout, where boot errors go)."""
         text = ""
@@ -445,9 +455,15 @@ class RabbitCluster:
                 link.set_mode("down")
 
     def heal(self) -> None:
-        """Let every inter-node link pass again."""
+        """Let every cut inter-node link pass again.
+
+        Only the cut ones: switching a link resets its connections, and resetting
+        the live link between the two majority nodes as well made each of them see
+        the other go down while node 1 was still away, a minority of one each.
+        """
         for link in self.links.values():
-            link.set_mode("relay")
+            if link.mode != "relay":
+                link.set_mode("relay")
 
     def stop(self) -> None:
         """Stop every node (in parallel), then the relays and the epmds."""

@@ -236,6 +236,7 @@ def case_broker_partition(workdir: Path, *, cluster: RabbitCluster | None = None
         minority = ring.node(1)
         wait_for(lambda: city.broker_of(gw_a) == minority.mqtt_port, WAIT_S,
                  "gateway A on node 1")
+        pauses = [n.pauses() for n in ring.nodes]
         t0 = time.monotonic()
         ring.partition(1)
         wait_for(lambda: not minority.accepts_mqtt(), WAIT_S, "node 1 to pause")
@@ -249,6 +250,12 @@ def case_broker_partition(workdir: Path, *, cluster: RabbitCluster | None = None
         ring.heal()
         wait_for(minority.accepts_mqtt, WAIT_S, "node 1 to resume after the partition")
         result.notes["resume_s"] = round(time.monotonic() - t0, 2)
+        paused = [n.index for n, before in zip(ring.nodes, pauses, strict=True)
+                  if n.pauses() > before]
+        result.notes["paused_nodes"] = paused
+        if paused != [1]:
+            result.problems.append(f"nodes {paused} paused; pause_minority should pause "
+                                   "node 1 alone, the minority")
         wait_for(lambda: city.broker_of(gw_a) == minority.mqtt_port, WAIT_S,
                  "gateway A back on node 1")
         city.wait_more(30, "deliveries with node 1 back")
