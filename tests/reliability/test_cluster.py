@@ -69,3 +69,15 @@ def test_a_partition_loses_nothing(rabbit_cluster: RabbitCluster, tmp_path: Path
     # The cut node paused (pause_minority), and it alone: the majority kept serving.
     assert result.notes["paused_nodes"] == [1]
     assert result.notes["pause_s"] < 60 and result.notes["resume_s"] > 0
+
+
+def test_bench_city_on_the_cluster(rabbit_cluster: RabbitCluster, tmp_path: Path) -> None:
+    # `knute bench city --rabbitmq`: two gateways, each preferring its own node.
+    from knute.tools.bench import city
+
+    run = city.measure(tmp_path, 2, 60.0, 3.0, 20, rabbit_cluster)
+    assert [g["gateway"] for g in run["per_gateway"]] == ["city-0", "city-1"]
+    assert all(g["accepted"] > 0 and g["accepted_per_s"] > 0 for g in run["per_gateway"])
+    assert all(g["learned_heard"] > 0 for g in run["per_gateway"])
+    assert run["lost"] == 0 and run["mismatched_duplicates"] == 0
+    assert run["delivered"] >= run["accepted"] > 0
