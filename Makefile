@@ -4,8 +4,8 @@
 # project code first bootstraps .venv from requirements.lock (and again
 # whenever requirements.lock or pyproject.toml is newer than the stamp).
 #
-#   make test         bootstrap, Mosquitto, PostgreSQL, Chromium, 32-bit MicroPython, lint,
-#                     typecheck, mpy, then every test but the slow ones (pytest -m "not slow")
+#   make test         bootstrap, Mosquitto, PostgreSQL, RabbitMQ, Chromium, 32-bit MicroPython,
+#                     lint, typecheck, mpy, then every test but the slow ones (pytest -m "not slow")
 #                     on both cores
 #   make unit         the pure tier only (-m "not process and not slow"): no processes
 #   make demo         the demo on its embedded defaults
@@ -47,7 +47,7 @@ XDIST = $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist worksteal)
 # packages; the warnings about them say nothing about the project.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: test checks bootstrap mosquitto postgresql chromium upy32 lint typecheck \
+.PHONY: test checks bootstrap mosquitto postgresql rabbitmq chromium upy32 lint typecheck \
 	typecheck-cpython typecheck-stubs typecheck-upy mpy unit reliability demo bench lock clean \
 	_bootstrap _upy_lib
 
@@ -185,6 +185,26 @@ postgresql:
 	        "apt-get); the backend's PostgreSQL tests will fail"; \
 	fi
 
+# RabbitMQ (Debian's rabbitmq-server, with Erlang and the MQTT plugin) for the clustered
+# broker cases of the reliability suite (tools/rig/rabbitmq.py runs three nodes of it).
+# Installed with apt-get where missing; without it those tests fail naming the package.
+RABBITMQ_SERVER ?= /usr/lib/rabbitmq/bin/rabbitmq-server
+
+rabbitmq:
+	@if [ -x $(RABBITMQ_SERVER) ]; then exit 0; fi; \
+	if [ -n "$(APT_GET)" ]; then \
+	    echo "rabbitmq: installing rabbitmq-server with apt-get"; \
+	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
+	        $(APT_GET) install -y -qq --no-install-recommends rabbitmq-server) \
+	        >/tmp/knute-apt-rabbitmq.log 2>&1; \
+	    then echo "rabbitmq: installed"; \
+	    else echo "rabbitmq: install failed (see /tmp/knute-apt-rabbitmq.log);" \
+	        "the clustered broker tests will fail"; fi; \
+	else \
+	    echo "rabbitmq: not installed and cannot install it here (needs root and" \
+	        "apt-get); the clustered broker tests will fail"; \
+	fi
+
 # Every MicroPython test also runs on a 32-bit build of the unix port (a board's
 # small ints and object sizes), kept beside the repository: without it `make test`
 # stops here rather than pass with half the MicroPython runs left out.
@@ -286,7 +306,7 @@ checks: lint typecheck mpy
 # stubtest, the MicroPython stubs, mpy-cross), side by side in a second make whose
 # report is shown after pytest's: most process tests wait on their subprocesses, and
 # the checks use the cores meanwhile. Either failing fails make test.
-test: $(STAMP) mosquitto postgresql chromium upy32
+test: $(STAMP) mosquitto postgresql rabbitmq chromium upy32
 	@checks=$$(mktemp); trap 'rm -f "$$checks"' EXIT; \
 	$(MAKE) --no-print-directory -j 4 -O checks >"$$checks" 2>&1 </dev/null & pid=$$!; \
 	rc=0; $(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS) || rc=$$?; \

@@ -82,7 +82,7 @@ CHECKED_THREAD_PREFIX = "knute-"
 PROCESS_FIXTURES = frozenset({
     "micropython_bin", "knute_bin", "mosquitto", "mqtt_broker_factory", "pytester",
     "bench_node", "modbus_sim", "board", "mpremote", "tuned_broker", "tls_broker",
-    "pg_cluster", "knute_wheel",
+    "pg_cluster", "knute_wheel", "rabbit_cluster",
 })
 # Tests that start processes without such a fixture: node-id prefixes (a module, a
 # class or one test). A test missing here fails in the process check below.

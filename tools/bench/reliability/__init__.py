@@ -39,6 +39,7 @@ from typing import Any
 from knute.gateway.errors import KnuteError
 from knute.tools.bench.reliability.bad_input import case_bad_input, case_bad_input_daemon
 from knute.tools.bench.reliability.city import case_broker_failover, case_cross_gateway_replay
+from knute.tools.bench.reliability.cluster import case_broker_node_kill, case_broker_partition
 from knute.tools.bench.reliability.damage import case_corrupt_files, case_disk_full
 from knute.tools.bench.reliability.delivery import (
     case_broker_outage,
@@ -54,7 +55,8 @@ from knute.tools.bench.reliability.udp_flood import case_udp_flood
 
 # The cases and the checks tests/reliability/ calls (as ``rel.case_...``).
 __all__ = ["DESIGN_RATE_FPS", "CaseResult", "add_arguments", "case_bad_input",
-           "case_bad_input_daemon", "case_broker_failover", "case_broker_outage",
+           "case_bad_input_daemon", "case_broker_failover", "case_broker_node_kill",
+           "case_broker_outage", "case_broker_partition",
            "case_corrupt_files", "case_cross_gateway_replay",
            "case_disk_full", "case_firmware_power_cut", "case_kill9", "case_no_puback",
            "case_reconnect_storm", "case_security", "key_leaks", "render_table", "run"]
@@ -99,6 +101,10 @@ CASES: tuple[Case, ...] = (
     Case("broker_failover", case_broker_failover, {"down_s": 30.0}, {"down_s": 2.0}),
     Case("cross_gateway_replay", case_cross_gateway_replay, {"frames": 5000},
          {"frames": 300}),
+    Case("broker_node_kill", case_broker_node_kill, {"down_s": 30.0, "rate": 200.0},
+         {"down_s": 2.0}),
+    Case("broker_partition", case_broker_partition, {"cut_s": 30.0, "rate": 200.0},
+         {"cut_s": 2.0}),
 )
 
 

@@ -50,10 +50,15 @@ class Backend:
         self._lock = threading.Lock()
         self._sub: Subscriber | None = None
 
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id of the first subscription (the same on every connect)."""
+        return f"rel-backend-{os.getpid()}-{id(self)}"
+
     def connect(self) -> None:
         """Connect and subscribe; returns once the SUBACK is in."""
         self._sub = Subscriber(self.host, self.port, f"{self.prefix}/+/+/up",
-                               client_id=f"rel-backend-{os.getpid()}-{id(self)}",
+                               client_id=self.client_id,
                                on_message=self._on_message,
                                clean_session=not self.persistent)
         self._more_subs = [Subscriber(host, port, f"{self.prefix}/+/+/up",
