@@ -286,12 +286,14 @@ def case_udp_flood(workdir: Path, *, flood_s: float = 20.0, rate: float = 0.0,
             _send_legit(fwd, during, legit_rate)
             figures = flood.wait(timeout=flood_s + 60.0)
             flood = None
+            # The gateway may still be reading its receive buffer when the flood ends:
+            # count the acks only once it has read everything it holds.
+            read_all = _settled(r.gw)
             fwd.read_acks()
             # Each genuine PUSH_DATA carries one frame and is acknowledged when the
             # gateway reads it: the acks during the flood count the genuine frames that
             # reached the gateway (the rest the kernel's receive buffer dropped).
             legit_read_flood = fwd.acked - acked_before
-            read_all = _settled(r.gw)
             after = _memory_kb(pid)
             cpu_flood = _cpu_s(pid) - cpu_before
             log_flood = r.gw.log.stat().st_size - log_before
