@@ -132,10 +132,11 @@ def _mosquitto(workdir: str) -> Broker:
 def bench_decode_verify(frames: int) -> float:
     """Frames/s through the pipeline's Verifier on this thread: the same measurement
     as ``knute bench protocol`` (best of its rounds), so both print one figure."""
-    from knute.tools.bench.protocol import _rate, _workload, gateway_path
+    from knute.tools.bench.protocol import _rate, _workload, gateway_path_passes
 
     work, keys = _workload()
-    return _rate(gateway_path(keys), work, frames)
+    verify, new_pass = gateway_path_passes(keys)
+    return _rate(verify, work, frames, new_pass)
 
 
 def bench_bare_paho(port: int, payloads: list[tuple[str, bytes]],
