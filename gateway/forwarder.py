@@ -88,6 +88,7 @@ from knute.gateway.config import MqttConfig as MqttConfig  # re-exported for the
 from knute.gateway.delivery import RETRY_REASON_CODES, DeliveryWindow, LossTracker, Refusal
 from knute.gateway.link import Backoff, LinkState
 from knute.gateway.message import iso_utc, status_topic
+from knute.gateway.mqttclient import make_client
 from knute.gateway.spool import Spool
 
 log = logging.getLogger("knute.forwarder")
@@ -425,7 +426,7 @@ class Forwarder:
     def _make_client(self, sess: _Session) -> mqtt.Client:
         cfg = self.cfg
         v5 = cfg.protocol == "5"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+        client = make_client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                              clean_session=None if v5 else True, userdata=sess)
         client.max_inflight_messages_set(cfg.max_inflight + 16)
@@ -606,6 +607,8 @@ class Forwarder:
         if sock is None:
             return False
         pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+        # bytes the client read ahead (gateway.mqttclient) are not in the socket any more
+        pending = pending or getattr(client, "buffered", 0)
         if pending:
             timeout = 0.0
         wlist = [sock] if client.want_write() else []
