@@ -537,6 +537,8 @@ class Forwarder:
         recheck_at = 0.0           # ... or look again at this time anyway
         next_failback = time.monotonic() + cfg.failback_check_s
         leaving = False            # failback: take no new rows, go once nothing is in flight
+        hold_writes = getattr(client, "hold_writes", None)
+        release_writes = getattr(client, "release_writes", None)
         while True:
             if not self._alive(gen):
                 return False
@@ -554,12 +556,25 @@ class Forwarder:
                 window.offer(rows)
                 if not rows:
                     spool_empty, recheck_at = True, now + 1.0
-            for row in window.due():
-                info = client.publish(row.topic, row.payload, qos=cfg.qos, retain=row.retain)
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self.last_error = f"publish: {mqtt.error_string(info.rc)}"
+            due = window.due()
+            if due:
+                # the PUBLISHes of this step leave in one send (gateway.mqttclient)
+                if hold_writes is not None:
+                    hold_writes()
+                rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+                for row in due:
+                    info = client.publish(row.topic, row.payload, qos=cfg.qos,
+                                          retain=row.retain)
+                    rc = info.rc
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+                    window.sent(row, info.mid, now)
+                if release_writes is not None:
+                    released = release_writes()
+                    rc = rc or released
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self.last_error = f"publish: {mqtt.error_string(rc)}"
                     return False
-                window.sent(row, info.mid, now)
             self._inflight_now = window.in_flight
             self._park(window.take_refused())
             if self._stopping:   # done once everything is delivered, or at the deadline

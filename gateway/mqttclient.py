@@ -20,8 +20,19 @@ ids, the in-flight bookkeeping, keepalive, TLS, the callbacks) is paho's:
   Every other PUBACK (MQTT 5 with a reason code or properties, or malformed)
   and every PUBCOMP goes to paho's own code, unchanged.
 
-Both overrides use private names of paho-mqtt 2.x (``_sock_recv``,
-``_handle_pubackcomp``, ``_in_packet``, ``_out_messages``, ``_do_on_publish``).
+- Writes: between ``hold_writes()`` and ``release_writes()`` the packets paho
+  writes are collected and sent with one ``send`` (the forwarder holds while it
+  publishes the rows the window lets out), instead of one system call per
+  PUBLISH. paho counts a held packet as written; the bytes go out in paho's
+  order, before anything written later. Should the send fail, the connection
+  is lost exactly as when paho's own write fails (``on_disconnect``), and the
+  rows, never acknowledged, are sent again on the next connection: the PUBACK
+  stays the commit point. Past ``WRITE_HOLD_MAX`` bytes held, paho is told the
+  socket would block and keeps its packets queued until the next write.
+
+The overrides use private names of paho-mqtt 2.x (``_sock_recv``, ``_sock_send``,
+``_sock_close``, ``_handle_pubackcomp``, ``_in_packet``, ``_out_messages``,
+``_do_on_publish``, ``_loop_rc_handle``).
 ``available()`` checks that they exist; where they do not (another paho
 version) the forwarder uses paho's ``Client`` as it is.
 tests/gateway/test_mqttclient.py plays a broker byte by byte against it.
@@ -29,6 +40,7 @@ tests/gateway/test_mqttclient.py plays a broker byte by byte against it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
@@ -38,8 +50,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 READ_CHUNK = 65536
+WRITE_HOLD_MAX = 256 * 1024
 
-_PRIVATE = ("_sock_recv", "_handle_pubackcomp", "_do_on_publish", "_easy_log")
+_PRIVATE = ("_sock_recv", "_sock_send", "_sock_close", "_handle_pubackcomp", "_do_on_publish",
+            "_loop_rc_handle")
 _SUCCESS = ReasonCode(PacketTypes.PUBACK)             # reason code 0, "Success"
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
@@ -50,12 +64,15 @@ def available() -> bool:
 
 
 class ForwarderClient(mqtt.Client):
-    """paho's ``Client`` with buffered reads and shared objects for plain PUBACKs."""
+    """paho's ``Client`` with buffered reads, held writes and shared objects for plain
+    PUBACKs."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rx = b""          # bytes read ahead of paho's reader ...
         self._rx_pos = 0        # ... from this position on
+        self._tx = bytearray()  # packets paho wrote while writes were held, not sent yet
+        self._holding = False
 
     @property
     def buffered(self) -> int:
@@ -76,6 +93,76 @@ class ForwarderClient(mqtt.Client):
             return data
         self._rx, self._rx_pos = data, bufsize
         return data[:bufsize]
+
+    def hold_writes(self) -> None:
+        """Collect the packets paho writes from now on, until ``release_writes``."""
+        self._holding = True
+
+    def release_writes(self) -> MQTTErrorCode:
+        """Send what was collected (as much as the socket takes now; the rest when it is
+        writable, see ``want_write``). Not success when the connection was lost."""
+        self._holding = False
+        return self._flush()
+
+    def want_write(self) -> bool:
+        """paho's answer, or True while collected bytes wait for the socket."""
+        return bool(self._tx) or super().want_write()
+
+    def loop_write(self) -> MQTTErrorCode:
+        """Send collected bytes first, then paho's queued packets (while writes are held,
+        paho's packets are only collected)."""
+        if self._tx and not self._holding:
+            rc = self._flush()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._tx:
+                return rc
+        result: MQTTErrorCode = super().loop_write()
+        return result
+
+    def _send_held(self) -> None:
+        """Send collected bytes until the socket would block; OSError as paho's send."""
+        tx = self._tx
+        while tx:
+            try:
+                sent = super()._sock_send(tx)
+            except BlockingIOError:
+                return                                       # the rest when writable
+            except OSError:
+                tx.clear()
+                raise
+            del tx[:sent]
+
+    def _flush(self) -> MQTTErrorCode:
+        if self._sock is None:
+            self._tx.clear()
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        try:
+            self._send_held()
+        except OSError:   # as when paho's own write fails: close, on_disconnect
+            lost: MQTTErrorCode = self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+            return lost
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if self._holding:
+            if self._sock is None:
+                raise ConnectionError("self._sock is None")
+            if len(self._tx) >= WRITE_HOLD_MAX:
+                raise BlockingIOError()
+            self._tx += buf
+            return len(buf)
+        if self._tx:                    # what was collected goes first
+            self._send_held()           # an OSError reaches paho's write as its own would
+            if self._tx:
+                raise BlockingIOError()
+        sent: int = super()._sock_send(buf)
+        return sent
+
+    def _sock_close(self) -> None:
+        if self._tx and self._sock is not None:
+            with contextlib.suppress(OSError):   # best effort: a DISCONNECT may be among them
+                super()._sock_send(self._tx)
+        self._tx.clear()
+        super()._sock_close()
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         packet = self._in_packet["packet"]

@@ -140,3 +140,110 @@ def test_the_installed_paho_has_what_the_client_overrides() -> None:
     client = mqttclient.make_client(CallbackAPIVersion.VERSION2, client_id="t")
     assert isinstance(client, mqttclient.ForwarderClient)
     assert client.buffered == 0
+
+
+def topic_of(publish: bytes) -> str:
+    """The topic of a PUBLISH packet (fixed header included)."""
+    pos = 1
+    while publish[pos] & 0x80:
+        pos += 1
+    pos += 1
+    size = int.from_bytes(publish[pos:pos + 2], "big")
+    return publish[pos + 2:pos + 2 + size].decode()
+
+
+def connected(client_class: type[mqtt.Client], events: list[Any],
+              inflight: int = 20) -> tuple[mqtt.Client, socket.socket, socket.socket]:
+    """A client connected (MQTT 3.1.1) to a scripted broker: (client, broker's end, server)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = client_class(CallbackAPIVersion.VERSION2, client_id="t")
+    client.max_inflight_messages_set(inflight)
+    client.on_disconnect = lambda c, u, flags, rc, props: events.append(("disconnect",))
+    client.connect("127.0.0.1", server.getsockname()[1], 60)
+    conn, _ = server.accept()
+    assert read_packet(conn)[0] == 0x10
+    conn.sendall(CONNACK_311)
+    pump(client, lambda: client.is_connected())
+    return client, conn, server
+
+
+def test_held_writes_go_out_together_in_order() -> None:
+    events: list[Any] = []
+    client, conn, server = connected(mqttclient.ForwarderClient, events)
+    assert isinstance(client, mqttclient.ForwarderClient)
+    try:
+        client.hold_writes()
+        for n in range(5):
+            client.publish(f"t/{n}", b"x" * n, qos=1)
+        assert client.want_write()
+        assert select.select([conn], [], [], 0.2)[0] == []       # nothing sent while held
+        assert client.release_writes() == mqtt.MQTT_ERR_SUCCESS
+        topics = []
+        for _ in range(5):
+            packet = read_packet(conn)
+            assert packet[0] & 0xF0 == 0x30
+            topics.append(topic_of(packet))
+        assert topics == [f"t/{n}" for n in range(5)]
+        assert not client.want_write()
+    finally:
+        conn.close()
+        server.close()
+        client.disconnect()
+
+
+def test_more_than_the_hold_limit_arrives_whole_and_in_order() -> None:
+    # 600 messages of 4 KB: past WRITE_HOLD_MAX paho keeps its packets queued, and the
+    # socket takes only part at a time; every byte must still arrive, in order.
+    events: list[Any] = []
+    client, conn, server = connected(mqttclient.ForwarderClient, events, inflight=1000)
+    assert isinstance(client, mqttclient.ForwarderClient)
+    received: list[bytes] = []
+    done = [False]
+
+    def broker() -> None:
+        while len(received) < 600:
+            received.append(read_packet(conn))
+        done[0] = True
+
+    import threading
+    reader = threading.Thread(target=broker, daemon=True)
+    try:
+        client.hold_writes()
+        for n in range(600):
+            client.publish(f"t/{n}", n.to_bytes(2, "big") * 2048, qos=1)
+        client.release_writes()
+        reader.start()
+        pump(client, lambda: done[0] and not client.want_write(), timeout_s=60)
+        reader.join(timeout=10)
+        assert [topic_of(p) for p in received] == [f"t/{n}" for n in range(600)]
+        assert all(p.endswith(n.to_bytes(2, "big") * 2048) for n, p in enumerate(received))
+        assert events == []
+    finally:
+        conn.close()
+        server.close()
+        client.disconnect()
+
+
+@pytest.mark.parametrize("client_class", [mqtt.Client, mqttclient.ForwarderClient])
+def test_a_write_to_a_reset_connection_is_a_lost_connection_once(
+        client_class: type[mqtt.Client]) -> None:
+    events: list[Any] = []
+    client, conn, server = connected(client_class, events)
+    import struct
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()                                      # an RST, not a FIN
+    server.close()
+    time.sleep(0.1)
+    hold = getattr(client, "hold_writes", None)
+    for n in range(3):
+        if hold is not None:
+            hold()
+        client.publish(f"t/{n}", b"x", qos=1)
+        release = getattr(client, "release_writes", None)
+        if release is not None:
+            release()
+    pump(client, lambda: bool(events), 2.0)
+    assert events == [("disconnect",)]
+    client.disconnect()
