@@ -9,7 +9,9 @@ Design
 - One worker thread (``knute-forwarder-worker-<n>``) drives paho-mqtt 2.x as an
   external event loop (``select`` on the client's socket plus a wake-up
   socket, then ``loop_read``/``loop_write``/``loop_misc``), so nothing else in
-  the process shares paho's state.
+  the process shares paho's state. The client is gateway.mqttclient's: paho's
+  own, reading PUBACKs through a buffer and sending the PUBLISHes of one loop
+  step with one system call.
 - Each connection is a NEW paho client with a clean session and a new
   ``DeliveryWindow``: at every (re)connect the worker starts again from the
   oldest row still in the spool. A row leaves the spool only when its PUBACK
