@@ -39,7 +39,7 @@ from knute.protocol import kinds
 
 _ANY = rb"[\x00-\xff]"
 _NULL = rb"\xf6"
-_UNPACK_IDS = struct.Struct(">IBH").unpack_from
+UNPACK_IDS = struct.Struct(">IBH").unpack_from   # device id, counter (high, low)
 # protocol.frame.nonce(device_id, fcnt, direction) is NONCE.pack(direction, device_id, fcnt)
 NONCE = struct.Struct(">BIIxxxx")
 
@@ -168,7 +168,7 @@ KINDS: dict[int, _Kind] = {
     entry[0]: _Kind(entry[0], entry[1], tuple(f[0] for f in entry[2])) for entry in kinds.TABLE}
 
 # control byte -> (kind id, tag length, shortest frame): version 1, a known kind
-_CONTROL: dict[int, tuple[int, int, int]] = {
+CONTROL: dict[int, tuple[int, int, int]] = {
     (pframe.VERSION << 6) | (0x20 if tag_len == 8 else 0) | kind_id:
         (kind_id, tag_len, pframe.HEADER_LEN + 1 + tag_len)
     for kind_id in KINDS for tag_len in (4, 8)}
@@ -177,11 +177,11 @@ _CONTROL: dict[int, tuple[int, int, int]] = {
 def parse_header(buf: bytes) -> tuple[int, int, int, int]:
     """(kind_id, device_id, fcnt, tag_len): ``protocol.frame.parse_header``'s answer."""
     n = len(buf)
-    control = _CONTROL.get(buf[0]) if pframe.HEADER_LEN <= n <= pframe.MAX_FRAME else None
+    control = CONTROL.get(buf[0]) if pframe.HEADER_LEN <= n <= pframe.MAX_FRAME else None
     if control is None or n < control[2]:
         result: tuple[int, int, int, int] = pframe.parse_header(buf)
         return result
-    device_id, hi, lo = _UNPACK_IDS(buf, 1)
+    device_id, hi, lo = UNPACK_IDS(buf, 1)
     return control[0], device_id, (hi << 16) | lo, control[1]
 
 

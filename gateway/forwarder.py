@@ -9,7 +9,9 @@ Design
 - One worker thread (``knute-forwarder-worker-<n>``) drives paho-mqtt 2.x as an
   external event loop (``select`` on the client's socket plus a wake-up
   socket, then ``loop_read``/``loop_write``/``loop_misc``), so nothing else in
-  the process shares paho's state.
+  the process shares paho's state. The client is gateway.mqttclient's: paho's
+  own, reading PUBACKs through a buffer and sending the PUBLISHes of one loop
+  step with one system call.
 - Each connection is a NEW paho client with a clean session and a new
   ``DeliveryWindow``: at every (re)connect the worker starts again from the
   oldest row still in the spool. A row leaves the spool only when its PUBACK
@@ -88,6 +90,7 @@ from knute.gateway.config import MqttConfig as MqttConfig  # re-exported for the
 from knute.gateway.delivery import RETRY_REASON_CODES, DeliveryWindow, LossTracker, Refusal
 from knute.gateway.link import Backoff, LinkState
 from knute.gateway.message import iso_utc, status_topic
+from knute.gateway.mqttclient import make_client
 from knute.gateway.spool import Spool
 
 log = logging.getLogger("knute.forwarder")
@@ -425,7 +428,7 @@ class Forwarder:
     def _make_client(self, sess: _Session) -> mqtt.Client:
         cfg = self.cfg
         v5 = cfg.protocol == "5"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+        client = make_client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                              clean_session=None if v5 else True, userdata=sess)
         client.max_inflight_messages_set(cfg.max_inflight + 16)
@@ -536,6 +539,8 @@ class Forwarder:
         recheck_at = 0.0           # ... or look again at this time anyway
         next_failback = time.monotonic() + cfg.failback_check_s
         leaving = False            # failback: take no new rows, go once nothing is in flight
+        hold_writes = getattr(client, "hold_writes", None)
+        release_writes = getattr(client, "release_writes", None)
         while True:
             if not self._alive(gen):
                 return False
@@ -553,12 +558,25 @@ class Forwarder:
                 window.offer(rows)
                 if not rows:
                     spool_empty, recheck_at = True, now + 1.0
-            for row in window.due():
-                info = client.publish(row.topic, row.payload, qos=cfg.qos, retain=row.retain)
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self.last_error = f"publish: {mqtt.error_string(info.rc)}"
+            due = window.due()
+            if due:
+                # the PUBLISHes of this step leave in one send (gateway.mqttclient)
+                if hold_writes is not None:
+                    hold_writes()
+                rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+                for row in due:
+                    info = client.publish(row.topic, row.payload, qos=cfg.qos,
+                                          retain=row.retain)
+                    rc = info.rc
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+                    window.sent(row, info.mid, now)
+                if release_writes is not None:
+                    released = release_writes()
+                    rc = rc or released
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self.last_error = f"publish: {mqtt.error_string(rc)}"
                     return False
-                window.sent(row, info.mid, now)
             self._inflight_now = window.in_flight
             self._park(window.take_refused())
             if self._stopping:   # done once everything is delivered, or at the deadline
@@ -606,6 +624,8 @@ class Forwarder:
         if sock is None:
             return False
         pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+        # bytes the client read ahead (gateway.mqttclient) are not in the socket any more
+        pending = pending or getattr(client, "buffered", 0)
         if pending:
             timeout = 0.0
         wlist = [sock] if client.want_write() else []

@@ -425,6 +425,11 @@ class Spool(Draining, Bounds, Parking):
                     self.path, device_id, epoch)
         return epoch
 
+    @property
+    def depth(self) -> int:
+        """Rows in the queue (``stats()["depth"]`` without a query or the lock)."""
+        return self._depth
+
     def stats(self) -> dict[str, int]:
         """depth, bytes, max_bytes, oldest_age_s, parked, parked_bytes and the counters."""
         with self._lock:
