@@ -141,22 +141,11 @@ def pytest_collection(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests that start processes (see ``PROCESS_FIXTURES``, ``PROCESS_TESTS``),
-    then run the modules that start processes first.
-
-    Process tests are the long ones (seconds to a minute each); the pure tier is
-    thousands of short ones. With them last, pytest-xdist's workers steal short tests
-    from each other at the end of a run instead of waiting on one long test that was
-    queued late. Each module's tests stay together and in their order (module
-    fixtures are set up once).
-    """
-    process_modules = set()
+    """Mark the tests that start processes (see ``PROCESS_FIXTURES``, ``PROCESS_TESTS``)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & PROCESS_FIXTURES or item.nodeid.startswith(PROCESS_TESTS):
             item.add_marker(pytest.mark.process)
-            process_modules.add(item.nodeid.split("::", 1)[0])
-    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in process_modules)
 
 
 class _ProcessStarted(BaseException):
