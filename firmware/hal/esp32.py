@@ -15,7 +15,7 @@ from firmware.hal.board import BoardHal
 
 _RTC_SLOW = 0x50000000      # RTC slow memory (ESP32 TRM, "System and Memory": RTC SLOW)
 _ULP_PERIOD_US = 10000      # tools/ulp.PERIOD_MS
-_ULP_ENTRY = 9              # tools/ulp.ENTRY: the words before the code
+_ULP_ENTRY = 10             # tools/ulp.ENTRY: the words before the code
 
 
 class Hal(BoardHal):
