@@ -4,7 +4,9 @@ The deep-sleep water meter (docs/firmware.md, "Power") leaves pulse counting
 to the ULP coprocessor: the RTC timer wakes the ULP every ``PERIOD_MS``, the
 program samples the reed input, the direction input and the tamper input
 through the RTC GPIO input register, and keeps its counters in RTC slow
-memory, which survives the main CPU's deep sleep and resets.
+memory, which survives the main CPU's deep sleep and resets. Before its first
+sample it switches its three pads to the RTC domain (``RTC_PADS``, ``pad_writes``):
+until then RTC_GPIO_IN_REG does not show them.
 
 RTC memory words (16-bit values; ``WORDS`` names them):
   state          debounced reed level (1 open, 0 closed)
@@ -38,7 +40,7 @@ on the MicroPython unix port and checks that ``image()`` gives the same bytes
 uses, so ``knute provision`` needs no MicroPython on the technician's host.
 Its encodings follow the ESP32 Technical Reference Manual, chapter "ULP
 Coprocessor", section "ULP Coprocessor Instruction Set" (field layouts of
-ALU, ST, LD, JUMP, JUMPR, REG_RD, WAKE and HALT); it knows only these
+ALU, ST, LD, JUMP, JUMPR, REG_RD, REG_WR, WAKE and HALT); it knows only these
 instructions, ``.set``, ``.text`` and ``.long``. Labels are word addresses,
 LD/ST offsets bytes (as in that assembler).
 
