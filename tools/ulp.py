@@ -4,7 +4,9 @@ The deep-sleep water meter (docs/firmware.md, "Power") leaves pulse counting
 to the ULP coprocessor: the RTC timer wakes the ULP every ``PERIOD_MS``, the
 program samples the reed input, the direction input and the tamper input
 through the RTC GPIO input register, and keeps its counters in RTC slow
-memory, which survives the main CPU's deep sleep and resets.
+memory, which survives the main CPU's deep sleep and resets. Before its first
+sample it switches its three pads to the RTC domain (``RTC_PADS``, ``pad_writes``):
+until then RTC_GPIO_IN_REG does not show them.
 
 RTC memory words (16-bit values; ``WORDS`` names them):
   state          debounced reed level (1 open, 0 closed)
@@ -16,6 +18,8 @@ RTC memory words (16-bit values; ``WORDS`` names them):
   window_left    samples left in the current burst window
   window_count   forward pulses in the current burst window
   woken          1 once a burst woke the CPU (the CPU clears it)
+  pads           1 once the program switched its three pads to the RTC domain (the
+                 CPU clears it at each boot, so the next run sets them up again)
 
 The counters only ever grow; the CPU never writes them. It takes
 ``(forward - taken) mod 2**16`` at each wake-up and keeps ``taken`` in flash
@@ -36,7 +40,7 @@ on the MicroPython unix port and checks that ``image()`` gives the same bytes
 uses, so ``knute provision`` needs no MicroPython on the technician's host.
 Its encodings follow the ESP32 Technical Reference Manual, chapter "ULP
 Coprocessor", section "ULP Coprocessor Instruction Set" (field layouts of
-ALU, ST, LD, JUMP, JUMPR, REG_RD, WAKE and HALT); it knows only these
+ALU, ST, LD, JUMP, JUMPR, REG_RD, REG_WR, WAKE and HALT); it knows only these
 instructions, ``.set``, ``.text`` and ``.long``. Labels are word addresses,
 LD/ST offsets bytes (as in that assembler).
 
@@ -51,17 +55,46 @@ from __future__ import annotations
 PERIOD_MS = 10
 DEBOUNCE = 2
 WORDS = ("state", "run", "forward", "reverse", "tamper", "burst_limit", "window_left",
-         "window_count", "woken")
+         "window_count", "woken", "pads")
 ENTRY = len(WORDS)          # the first instruction, in words (firmware/hal/esp32.py)
 RTC_GPIO_IN_REG = 0x3FF48424    # ESP32 TRM, "RTC_IO registers": RTC_GPIO_IN_REG
 RTC_GPIO_IN_FIRST_BIT = 14  # RTC_GPIO_IN_NEXT: bit 14 + RTC GPIO number
 _RTCIO_BASE, _SENS_BASE = 0x3FF48400, 0x3FF48800
 PERIPH_RTC_IO = 1
-# GPIO -> RTC GPIO number: the GPIOs the ULP can read, from the RTC_GPIO0 ...
-# RTC_GPIO17 functions in the ESP32 datasheet's pin list ("Pin Definitions":
-# the RTC function column; also the TRM's "RTC_MUX Pin List" table).
-RTC_GPIO = {36: 0, 37: 1, 38: 2, 39: 3, 34: 4, 35: 5, 25: 6, 26: 7, 33: 8, 32: 9, 4: 10,
-            0: 11, 2: 12, 15: 13, 13: 14, 12: 15, 14: 16, 27: 17}
+# The RTC GPIO pads, one row per RTC GPIO number: (GPIO, pad register, MUX_SEL bit,
+# FUN_SEL low bit (2 bits), FUN_IE bit, RUE bit, RDE bit, HOLD bit); RUE/RDE None where
+# the pad has no pull resistors (GPIO 34 ... 39). ESP32 Technical Reference Manual,
+# chapter "IO_MUX and GPIO Matrix", section "RTC IO_MUX": table "RTC_MUX Pin Summary"
+# (GPIO -> RTC GPIO number -> pad name), and the RTC_IO register descriptions in the
+# same chapter: RTCIO_SENSOR_PADS_REG (SENSE1..4), RTCIO_ADC_PAD_REG (ADC1/2),
+# RTCIO_PAD_DAC1_REG, RTCIO_PAD_DAC2_REG, RTCIO_XTAL_32K_PAD_REG (X32N, X32P) and
+# RTCIO_TOUCH_PADn_REG. MUX_SEL 1 routes the pad to the RTC block, FUN_SEL 0 is its
+# RTC_GPIO function, FUN_IE enables its input; only then does RTC_GPIO_IN_REG see it.
+# The datasheet's pin list ("Pin Definitions", RTC function column) gives the same
+# GPIO -> RTC GPIO numbers. This table is the only copy: provisioning's pin check,
+# the program's prologue and the tests' ULP model all read it.
+RTC_PADS = (
+    (36, 0x3FF4847C, 27, 22, 19, None, None, 31),   # RTC_GPIO0  SENSOR_PADS SENSE1
+    (37, 0x3FF4847C, 26, 17, 14, None, None, 30),   # RTC_GPIO1  SENSE2
+    (38, 0x3FF4847C, 25, 12, 9, None, None, 29),    # RTC_GPIO2  SENSE3
+    (39, 0x3FF4847C, 24, 7, 4, None, None, 28),     # RTC_GPIO3  SENSE4
+    (34, 0x3FF48480, 29, 26, 23, None, None, 31),   # RTC_GPIO4  ADC_PAD ADC1
+    (35, 0x3FF48480, 28, 21, 18, None, None, 30),   # RTC_GPIO5  ADC_PAD ADC2
+    (25, 0x3FF48484, 17, 15, 11, 27, 28, 29),       # RTC_GPIO6  PAD_DAC1
+    (26, 0x3FF48488, 17, 15, 11, 27, 28, 29),       # RTC_GPIO7  PAD_DAC2
+    (33, 0x3FF4848C, 18, 15, 11, 27, 28, 29),       # RTC_GPIO8  XTAL_32K_PAD X32N
+    (32, 0x3FF4848C, 17, 9, 5, 22, 23, 24),         # RTC_GPIO9  XTAL_32K_PAD X32P
+    (4, 0x3FF48494, 19, 17, 13, 27, 28, 31),        # RTC_GPIO10 TOUCH_PAD0
+    (0, 0x3FF48498, 19, 17, 13, 27, 28, 31),        # RTC_GPIO11 TOUCH_PAD1
+    (2, 0x3FF4849C, 19, 17, 13, 27, 28, 31),        # RTC_GPIO12 TOUCH_PAD2
+    (15, 0x3FF484A0, 19, 17, 13, 27, 28, 31),       # RTC_GPIO13 TOUCH_PAD3
+    (13, 0x3FF484A4, 19, 17, 13, 27, 28, 31),       # RTC_GPIO14 TOUCH_PAD4
+    (12, 0x3FF484A8, 19, 17, 13, 27, 28, 31),       # RTC_GPIO15 TOUCH_PAD5
+    (14, 0x3FF484AC, 19, 17, 13, 27, 28, 31),       # RTC_GPIO16 TOUCH_PAD6
+    (27, 0x3FF484B0, 19, 17, 13, 27, 28, 31),       # RTC_GPIO17 TOUCH_PAD7
+)
+# GPIO -> RTC GPIO number: the GPIOs the ULP can read.
+RTC_GPIO = {row[0]: number for number, row in enumerate(RTC_PADS)}
 MAGIC = 0x00706C75          # "ulp\\0", ESP-IDF components/ulp/ld/esp32.ulp.ld
 
 OP_WR_REG, OP_RD_REG, OP_ST, OP_ALU, OP_BRANCH, OP_END, OP_HALT, OP_LD = 1, 2, 6, 7, 8, 9, 11, 13
@@ -73,9 +106,15 @@ JUMP_TYPES = {"": 0, "eq": 1, "ov": 2}
 PROGRAM = """
     .text
     .long 1                         // state: the contact starts open
-    .long 0, 0, 0, 0, 0, 0, 0, 0    // run ... woken
+    .long 0, 0, 0, 0, 0, 0, 0, 0, 0 // run ... pads
 entry:
     move r3, 0                      // r3: RTC memory base of the counter words
+    ld r0, r3, pads
+    jumpr pads_done, 1, ge          // the pads are set up already
+PADS_INIT
+    move r0, 1
+    st r0, r3, pads
+pads_done:
     reg_rd RTC_GPIO_IN_REG, TAMPER_BIT, TAMPER_BIT
     jumpr no_tamper, 1, TAMPER_IDLE // r0 = tamper input: at rest, skip the latch
     move r0, 1
@@ -138,6 +177,30 @@ new_window:
 """
 
 
+def pad_writes(rtcio: int) -> list[tuple[int, int, int, int]]:
+    """The register writes that give the ULP RTC GPIO `rtcio` as an input: (reg, high, low, value).
+
+    What ESP-IDF's ``rtc_gpio_init`` plus an input configuration do, from ``RTC_PADS``:
+    MUX_SEL 1 (the pad to the RTC block), FUN_SEL 0 (RTC_GPIO), FUN_IE 1 (input on),
+    the pull-up on and the pull-down off where the pad has them (the reed contact and
+    the switches pull to GND), HOLD 0 (the pad follows its input, not a latched value).
+    """
+    _gpio, reg, mux, fun_sel, fun_ie, rue, rde, hold = RTC_PADS[rtcio]
+    writes = [(reg, mux, mux, 1), (reg, fun_sel + 1, fun_sel, 0), (reg, fun_ie, fun_ie, 1)]
+    if rue is not None and rde is not None:
+        writes += [(reg, rue, rue, 1), (reg, rde, rde, 0)]
+    writes.append((reg, hold, hold, 0))
+    return writes
+
+
+def _pads_init(rtcios: tuple[int, ...]) -> str:
+    lines = []
+    for rtcio in rtcios:
+        for reg, high, low, value in pad_writes(rtcio):
+            lines.append(f"    reg_wr 0x{reg:x}, {high}, {low}, {value}  // RTC_GPIO{rtcio}\n")
+    return "".join(lines)
+
+
 def source(pulse_rtcio: int, direction_rtcio: int, tamper_rtcio: int,
            tamper_active: int = 1, window_s: int = 60) -> str:
     """The pulse counter's assembler source for these RTC GPIO numbers.
@@ -156,7 +219,9 @@ def source(pulse_rtcio: int, direction_rtcio: int, tamper_rtcio: int,
     sets += [(name, str(i * 4)) for i, name in enumerate(WORDS)]
     idle = "lt" if tamper_active else "ge"
     text = "".join(f"    .set {name}, {value}\n" for name, value in sets)
-    return text + PROGRAM.replace("TAMPER_IDLE", idle)
+    program = PROGRAM.replace("TAMPER_IDLE", idle)
+    pads = _pads_init(tuple(dict.fromkeys((pulse_rtcio, direction_rtcio, tamper_rtcio))))
+    return text + program.replace("PADS_INIT\n", pads)
 
 
 def _reg(token: str) -> int:
@@ -253,6 +318,16 @@ def _encode(op: str, args: list[str], pc: int, labels: dict[str, int],
             raise ValueError(f"reg_rd here reads RTC_IO registers only, not 0x{reg:x}")
         # REG_RD: addr[7:0] (word in the block) periph[9:8] low[22:18] high[27:23] op 2
         return (reg & 0xFF) >> 2 | PERIPH_RTC_IO << 8 | low << 18 | high << 23 | OP_RD_REG << 28
+    if op == "reg_wr":
+        reg, high, low, value = (_imm(a, consts) for a in args)
+        if not _RTCIO_BASE <= reg < _SENS_BASE:
+            raise ValueError(f"reg_wr here writes RTC_IO registers only, not 0x{reg:x}")
+        if not 0 <= value <= 0xFF or not 0 <= low <= high <= 31 or high - low > 7:
+            raise ValueError(f"reg_wr writes up to 8 bits: {high}:{low} = {value}")
+        # REG_WR: addr[7:0] (word in the block) periph[9:8] data[17:10] low[22:18]
+        # high[27:23] op 1
+        return ((reg & 0xFF) >> 2 | PERIPH_RTC_IO << 8 | value << 10 | low << 18 | high << 23
+                | OP_WR_REG << 28)
     if op == "wake":
         return 1 | 0 << 25 | OP_END << 28     # END/WAKE: wakeup[0] sub 0 op 9
     if op == "halt":

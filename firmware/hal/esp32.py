@@ -15,7 +15,8 @@ from firmware.hal.board import BoardHal
 
 _RTC_SLOW = 0x50000000      # RTC slow memory (ESP32 TRM, "System and Memory": RTC SLOW)
 _ULP_PERIOD_US = 10000      # tools/ulp.PERIOD_MS
-_ULP_ENTRY = 9              # tools/ulp.ENTRY: the words before the code
+_ULP_ENTRY = 10             # tools/ulp.ENTRY: the words before the code
+_ULP_PADS = 9               # tools/ulp.WORDS "pads": 1 once the ULP set up its input pads
 
 
 class Hal(BoardHal):
@@ -68,6 +69,11 @@ class Hal(BoardHal):
             ulp.load_binary(0, image)
             ulp.run(_ULP_ENTRY * 4)
         mem = machine.mem32
+        # The ULP program itself switches the reed, direction and tamper pads to
+        # the RTC domain (RTC_IO pad registers, ESP32 TRM "RTC IO_MUX"; tools/ulp.py
+        # RTC_PADS) when this word is 0. Cleared at every boot, so whatever the
+        # boot did to those pins, the ULP's next run (within 10 ms) sets them again.
+        mem[_RTC_SLOW + 4 * _ULP_PADS] = 0
 
         def read():
             # RTC slow memory words 2 and 3 (tools/ulp.WORDS), low 16 bits

@@ -3,17 +3,25 @@
 It decodes the 32-bit words the program is assembled to and runs them: only
 the instructions tools/ulp.py's pulse counter uses (ALU register and
 immediate forms, LD, ST, JUMP, JUMPR, REG_RD of the RTC GPIO input register,
-WAKE, HALT), with the semantics of the ESP32 Technical Reference Manual,
+REG_WR of the RTC_IO block, WAKE, HALT), with the semantics of the ESP32 Technical
+Reference Manual,
 "ULP Coprocessor Instruction Set": 16-bit registers R0..R3; ALU results set
 the zero flag and ADD/SUB the overflow flag; LD reads, ST writes the low 16
 bits of an RTC memory word addressed in words; JUMPR compares R0 with its
 immediate. Any other opcode is an error, so the program cannot use an
 instruction the model does not know.
+
+The RTC_IO pad registers start at zero, as after a power-on (MUX_SEL 0: the pad
+belongs to the digital IO_MUX). RTC_GPIO_IN_REG shows an input's level only for
+a pad the program has switched to the RTC domain (MUX_SEL 1, FUN_SEL 0, FUN_IE
+1, from tools/ulp.RTC_PADS); any other pad reads 0, as it does on the chip.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from knute.tools import ulp
 
 MAX_STEPS = 1000            # a run that does not HALT is a program error
 
@@ -34,6 +42,19 @@ class Ulp:
         self.ov = False
         self.wakes = 0
         self.steps = 0
+        self.rtc_io: dict[int, int] = {}    # RTC_IO register (word in the block) -> value
+
+    def pad_ready(self, rtcio: int) -> bool:
+        """Whether RTC GPIO `rtcio` is routed to the RTC block as an input."""
+        _gpio, reg, mux, fun_sel, fun_ie, _rue, _rde, _hold = ulp.RTC_PADS[rtcio]
+        value = self.rtc_io.get((reg & 0xFF) >> 2, 0)
+        return bool(value >> mux & 1 and not value >> fun_sel & 3 and value >> fun_ie & 1)
+
+    def rtc_gpio_in(self) -> int:
+        """RTC_GPIO_IN_NEXT: the inputs' levels, of the pads configured as RTC inputs only."""
+        levels = self.inputs()
+        ready = sum(1 << n for n in range(len(ulp.RTC_PADS)) if self.pad_ready(n))
+        return levels & ready
 
     def word(self, index: int) -> int:
         """The low 16 bits of RTC memory word `index`."""
@@ -62,8 +83,16 @@ class Ulp:
                 low, high = ins >> 18 & 31, ins >> 23 & 31
                 if (addr, periph) != (9, 1):
                     raise UlpError(f"REG_RD of a register the model has not: {addr}/{periph}")
-                value = (self.inputs() << 14) >> low
+                value = (self.rtc_gpio_in() << 14) >> low
                 self.regs[0] = value & ((1 << (high - low + 1)) - 1)
+            elif op == 1:                               # REG_WR
+                addr, periph = ins & 0xFF, ins >> 8 & 3
+                data, low, high = ins >> 10 & 0xFF, ins >> 18 & 31, ins >> 23 & 31
+                if periph != 1:
+                    raise UlpError(f"REG_WR of a block the model has not: {addr}/{periph}")
+                mask = ((1 << (high - low + 1)) - 1) << low
+                old = self.rtc_io.get(addr, 0)
+                self.rtc_io[addr] = old & ~mask | data << low & mask
             elif op == 9 and ins >> 25 & 7 == 0:        # WAKE
                 self.wakes += ins & 1
             elif op == 11:                              # HALT
