@@ -166,6 +166,7 @@ class _Device:
         self.exception_codes: dict[int, int] = defaultdict(int)
         self.last_error: str | None = None
         self.last_ok_at: float | None = None
+        self.last_total: tuple[float, int] | None = None   # (time, total) of the last reading
 
     def snapshot(self) -> dict[str, Any]:
         """This device's part of ``Poller.stats()``."""
@@ -404,7 +405,8 @@ class Poller:
             if isinstance(total, int):
                 with self._lock:
                     dev.state.hours = update_hours(dev.state.hours, int(now // 3600), total,
-                                                   rmap.profile_slots + 1)
+                                                   rmap.profile_slots + 1, now, dev.last_total)
+                    dev.last_total = (now, total)
                     hours = list(dev.state.hours)
                 profile, end_hour = hourly_profile(hours, total, rmap.profile_slots)
                 values[rmap.profile_field] = profile
