@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="simulated time the run begins (default: now); a start in the "
                         "past keeps the simulated hours behind the gateway's clock, which "
                         "resolves a profile's hours against its own")
+    parser.add_argument("--wall-start", type=float, default=None, metavar="UNIX_S",
+                        help="wall-clock time at which the simulated clock reads --start "
+                        "(default: now); a later time holds the run until then, so that "
+                        "what consumes it (a gateway on the city's clock) can be up first")
     parser.add_argument("--for", dest="duration", type=float, default=None,
                         help="stop after this many real seconds (default: until Ctrl-C)")
     parser.add_argument("--serial-pty", metavar="LINK",
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise KnuteError("--modbus serves the bulk meters of --city: give --city")
     if args.speed <= 0:
         raise KnuteError("--speed must be positive")
-    wall_start = time.time()
+    wall_start = time.time() if args.wall_start is None else args.wall_start
     start = wall_start if args.start is None else args.start
     city_info: dict[str, Any] | None = None
     modbus: Any = None
@@ -157,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
                   f"from {leak['start']}", flush=True)
     sent = valid = 0
     wall0 = time.monotonic()
-    if args.city:     # the city's clock started at wall_start (modbus-sim runs on it too)
+    if args.city or args.wall_start is not None:
+        # The clock reads ``start`` at wall_start (modbus-sim runs on it too), set up
+        # since then or to come (--wall-start: nothing is due before it).
         wall0 -= time.time() - wall_start
     try:
         while not stop:
