@@ -194,9 +194,13 @@ class Daemon:
         if cfg.modbus is not None and cfg.modbus.devices:
             from knute.gateway.sources.modbus import ModbusSource
 
+            # A poll is stamped when it is answered, so on a simulation's clock the
+            # poller's hours (its hourly profile) are the simulated ones too.
             self.sources.append(ModbusSource(
                 cfg.modbus, self._modbus_reading, on_condition=self._modbus_condition,
-                last_fcnt=self.spool.counters(), name=MODBUS_SOURCE))
+                last_fcnt=self.spool.counters(), name=MODBUS_SOURCE,
+                clock=(time.time if cfg.clock_speed == 1.0
+                       else lambda: self._simulated(time.time()))))
         if cfg.downlinks.enabled:
             from knute.gateway.downlink_service import DownlinkRuntime
 

@@ -17,17 +17,39 @@ STATE_VERSION = 1
 
 
 def update_hours(hours: list[tuple[int, int]], hour: int, index: int,
-                 keep: int) -> list[tuple[int, int]]:
+                 keep: int, at: float | None = None,
+                 previous: tuple[float, int] | None = None) -> list[tuple[int, int]]:
     """The hour-boundary samples after a reading of ``index`` in unix hour ``hour``.
 
-    The first reading in each hour is that hour's boundary sample. A total that
+    The first reading in each hour gives that hour's boundary sample. When the
+    reading before it (``previous``: its unix time and index) was taken in the
+    hour just before and ``at`` is this reading's time, the sample is the index
+    interpolated at the boundary between the two readings: the total grows by
+    the flow between polls, so the first reading alone would put the water of
+    the minutes since the boundary into the hour before (a quarter of an hour's
+    flow at 15-minute polls). Otherwise it is the reading itself. A total that
     went down (meter replaced or reset) starts the samples again.
     """
     if hours and (index < hours[-1][1] or hour < hours[-1][0]):
         hours = []
     if not hours or hours[-1][0] != hour:
-        hours = [*hours, (hour, index)]
+        sample = index
+        if at is not None and previous is not None:
+            sample = _at_boundary(hour * 3600, previous, (at, index))
+        hours = [*hours, (hour, sample)]
     return hours[-keep:]
+
+
+def _at_boundary(boundary: int, before: tuple[float, int], after: tuple[float, int]) -> int:
+    """The index at ``boundary`` (unix s) interpolated between two readings around it.
+
+    ``after``'s index when ``before`` is not from the hour before the boundary,
+    is not older than ``after`` or has a higher index (a reset between them).
+    """
+    (t0, i0), (t1, i1) = before, after
+    if not boundary - 3600 <= t0 < boundary <= t1 or t1 <= t0 or i0 > i1:
+        return i1
+    return i0 + round((i1 - i0) * (boundary - t0) / (t1 - t0))
 
 
 def hourly_profile(hours: list[tuple[int, int]], index: int, slots: int,

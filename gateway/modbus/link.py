@@ -7,12 +7,19 @@ a bad CRC and answers from another unit without telling the caller, so the
 link keeps the raw bytes of the client's packet trace and ``classify_silence``
 tells a timeout from a CRC error, a wrong unit or a bad frame. The poller
 (gateway.modbus.poller) decides what a failure means for a device.
+
+Each answered request leaves its ``Exchange`` on the link: when the request
+went out and when its answer came, on the poller's clock and on the monotonic
+clock. The device read its registers somewhere in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from knute.gateway.modbus import decode
@@ -59,16 +66,34 @@ def classify_silence(rx: bytes, rtu: bool, unit_id: int) -> str:
     return BAD_FRAME
 
 
-class Link:
-    """One pymodbus client (a TCP connection or a serial port) and its request lock."""
+@dataclass(frozen=True)
+class Exchange:
+    """One answered request: when it went out and when its answer came, on the
+    link's clock (``*_at``) and on the monotonic clock (``*_mono``)."""
 
-    def __init__(self, bus: BusSettings, label: str) -> None:
+    sent_at: float
+    answered_at: float
+    sent_mono: float
+    answered_mono: float
+
+
+class Link:
+    """One pymodbus client (a TCP connection or a serial port) and its request lock.
+
+    ``clock`` stamps each request's ``Exchange`` (the poller's clock: unix
+    seconds, or a simulation's).
+    """
+
+    def __init__(self, bus: BusSettings, label: str,
+                 clock: Callable[[], float] = time.time) -> None:
         self.bus = bus
         self.label = label
+        self.clock = clock
         self.lock = asyncio.Lock()
         self.client: Any = None
         self.rx = b""
         self.connects = 0
+        self.exchange: Exchange | None = None    # the last answered request's
 
     @property
     def is_open(self) -> bool:
@@ -116,7 +141,12 @@ class Link:
 
     async def read(self, block: ReadBlock, unit_id: int,
                    timeout_s: float) -> list[int] | list[bool]:
-        """One read request; Failure with the reason if it does not give the values."""
+        """One read request; Failure with the reason if it does not give the values.
+
+        An answer, even an exception, leaves its timing in ``exchange``; read it
+        before the next request on this link (the caller holds no lock after
+        the return, but nothing else runs on the loop until it awaits).
+        """
         from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
         async with self.lock:
@@ -127,10 +157,12 @@ class Link:
             call = {1: client.read_coils, 2: client.read_discrete_inputs,
                     3: client.read_holding_registers, 4: client.read_input_registers}
             self.rx = b""
+            sent_at, sent_mono = self.clock(), time.monotonic()
             try:
                 rr = await asyncio.wait_for(
                     call[block.function](block.address, count=block.count, device_id=unit_id),
                     timeout_s + 0.5)
+                self.exchange = Exchange(sent_at, self.clock(), sent_mono, time.monotonic())
             except (TimeoutError, ModbusIOException) as exc:
                 reason = classify_silence(self.rx, self.bus.rtu is not None, unit_id)
                 detail = rx_detail(self.rx) if self.rx else f"no answer within {timeout_s:g} s"

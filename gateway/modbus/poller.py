@@ -79,7 +79,7 @@ from knute.gateway.modbus.history import (
     save_state,
     update_hours,
 )
-from knute.gateway.modbus.link import CONNECT, Failure, Link
+from knute.gateway.modbus.link import CONNECT, Exchange, Failure, Link
 from knute.gateway.modbus.regmap import Image, ReadBlock, image_from_block, map_values
 from knute.gateway.modbus.settings import DeviceSettings, ModbusSettings
 from knute.protocol import frame as pframe
@@ -109,7 +109,10 @@ class ModbusReading:
     gateway read it itself) and values (raw wire integers by field name,
     already checked against the kinds table). ``receiver`` is the reception
     metadata for the JSON's ``receivers`` list: ``{"source": "modbus", "bus":
-    <bus name>, "unit_id": <unit>}``. ``received_at`` is unix seconds, ``at`` a
+    <bus name>, "unit_id": <unit>, "round_trip_ms": <ms from the poll's first
+    request to its last answer>}``. ``received_at`` is unix seconds (the
+    poller's clock) halfway between the two: the device read its registers in
+    between, so that is off by at most half the round trip. ``at`` is a
     monotonic reading (for a dedup window, if the caller keeps one).
     """
 
@@ -166,6 +169,7 @@ class _Device:
         self.exception_codes: dict[int, int] = defaultdict(int)
         self.last_error: str | None = None
         self.last_ok_at: float | None = None
+        self.last_total: tuple[float, int] | None = None   # (time, total) of the last reading
 
     def snapshot(self) -> dict[str, Any]:
         """This device's part of ``Poller.stats()``."""
@@ -225,7 +229,7 @@ class Poller:
             key = bus.name if (bus.rtu is not None or bus.shared) else f"{bus.name}/{dev.name}"
             link = self._links.get(key)
             if link is None:
-                link = self._links[key] = Link(bus, key)
+                link = self._links[key] = Link(bus, key, self.clock)
             self._devices.append(_Device(dev, link, self._states[dev.device_id]))
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -330,13 +334,21 @@ class Poller:
 
     async def _poll(self, dev: _Device) -> None:
         image: Image = {}
+        first: Exchange | None = None
+        last: Exchange | None = None
         try:
             for block in dev.reads:
                 image.update(image_from_block(block, await self._read(dev, block)))
+                last = dev.link.exchange            # this read's (see Link.read)
+                first = first or last
         except Failure as failure:
             self._failed(dev, failure)
             return
-        self._answered(dev, image)
+        if first is None or last is None:     # a map without registers: nothing was asked
+            self._answered(dev, image, self.clock(), 0.0)
+        else:
+            self._answered(dev, image, (first.sent_at + last.answered_at) / 2,
+                           last.answered_mono - first.sent_mono)
 
     async def _read(self, dev: _Device, block: ReadBlock) -> list[int] | list[bool]:
         cfg = dev.cfg
@@ -374,7 +386,9 @@ class Poller:
                         cfg.name, cfg.bus, cfg.unit_id, dev.consecutive, failure.reason)
             self._emit_condition(change)
 
-    def _answered(self, dev: _Device, image: Image) -> None:
+    def _answered(self, dev: _Device, image: Image, at: float, round_trip_s: float) -> None:
+        """Hand on an answered poll: ``at`` halfway between its first request and its
+        last answer on the poller's clock, ``round_trip_s`` between them (monotonic)."""
         cfg = dev.cfg
         rmap = cfg.map
         now = self.clock()
@@ -403,8 +417,9 @@ class Poller:
             total = values.get(rmap.profile_from)
             if isinstance(total, int):
                 with self._lock:
-                    dev.state.hours = update_hours(dev.state.hours, int(now // 3600), total,
-                                                   rmap.profile_slots + 1)
+                    dev.state.hours = update_hours(dev.state.hours, int(at // 3600), total,
+                                                   rmap.profile_slots + 1, at, dev.last_total)
+                    dev.last_total = (at, total)
                     hours = list(dev.state.hours)
                 profile, end_hour = hourly_profile(hours, total, rmap.profile_slots)
                 values[rmap.profile_field] = profile
@@ -439,8 +454,9 @@ class Poller:
         reading = ModbusReading(
             frame={"kind": rmap.kind, "kind_id": rmap.kind_id, "device_id": cfg.device_id,
                    "fcnt": fcnt, "tag_len": 0, "values": values},
-            receiver={"source": SOURCE, "bus": cfg.bus, "unit_id": cfg.unit_id},
-            received_at=now, at=time.monotonic())
+            receiver={"source": SOURCE, "bus": cfg.bus, "unit_id": cfg.unit_id,
+                      "round_trip_ms": round(round_trip_s * 1000.0, 1)},
+            received_at=at, at=time.monotonic())
         try:
             self.on_reading(reading)
         except Exception:

@@ -11,7 +11,8 @@ condition change (``offline``/``online``) as a message on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from knute.gateway.modbus.poller import ConditionSink, Poller, ReadingSink
@@ -33,9 +34,10 @@ class ModbusSource(Poller):
     def __init__(self, settings: ModbusSettings, on_reading: ReadingSink, *,
                  on_condition: ConditionSink | None = None,
                  last_fcnt: Mapping[int, int] | None = None, name: str = "modbus",
-                 report_first_online: bool = True) -> None:
+                 report_first_online: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__(settings, on_reading, on_condition=on_condition, last_fcnt=last_fcnt,
-                         report_first_online=report_first_online)
+                         clock=clock, report_first_online=report_first_online)
         self.name = name
         self._was_started = False
 

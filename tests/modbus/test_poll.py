@@ -92,7 +92,9 @@ def check_like_frames(col: Collector, device_id: int, kind: str, receiver: dict[
         assert frame["kind"] == kind and frame["kind_id"] == kinds.KIND_IDS[kind]
         assert frame["fcnt"] == n and frame["tag_len"] == 0
         assert kinds.unpack(kind_def, kinds.pack(kind_def, frame["values"])) == frame["values"]
-        assert reading.receiver == receiver
+        rx = dict(reading.receiver)
+        round_trip = rx.pop("round_trip_ms")
+        assert rx == receiver and isinstance(round_trip, float) and round_trip >= 0.0
 
 
 def test_tcp_readings_are_frames(modbus_sim: SimFactory) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from knute.protocol import frame, stream
 from knute.protocol.errors import FrameError
 from knute.tools.sim.city import city_from_args
-from knute.tools.sim.city_nodes import BULK_START_INDEX_L, CityBulkUnit
+from knute.tools.sim.city_nodes import BULK_START_INDEX_L, CityBulkUnit, bulk_units
 from tests.conftest import free_port
 
 
@@ -82,7 +82,10 @@ def test_city_frames_and_bulk_meters_follow_one_model(knute_bin: str, tmp_path: 
     assert proc.returncode == 0, err
     with fleet_csv.open(encoding="utf-8") as f:
         keys = {int(row["device_id"], 16): bytes.fromhex(row["key"]) for row in csv.DictReader(f)}
-    assert sorted(f"{k:08x}" for k in keys) == sorted(city.households)
+    # The households, and the bulk meters the gateway polls (it accepts registered ones only).
+    bulk = [device for _, _, _, device in bulk_units(city)]
+    assert bulk == ["10000000", "10000002", "10000003"]
+    assert sorted(f"{k:08x}" for k in keys) == sorted([*city.households, *bulk])
     assert records
     for raw in records:
         frame.decode(raw, keys[frame.parse_header(raw)[1]])

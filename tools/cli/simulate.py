@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="simulated time the run begins (default: now); a start in the "
                         "past keeps the simulated hours behind the gateway's clock, which "
                         "resolves a profile's hours against its own")
+    parser.add_argument("--wall-start", type=float, default=None, metavar="UNIX_S",
+                        help="wall-clock time at which the simulated clock reads --start "
+                        "(default: now); a later time holds the run until then, so that "
+                        "what consumes it (a gateway on the city's clock) can be up first")
     parser.add_argument("--for", dest="duration", type=float, default=None,
                         help="stop after this many real seconds (default: until Ctrl-C)")
     parser.add_argument("--serial-pty", metavar="LINK",
@@ -85,21 +89,31 @@ def run(args: argparse.Namespace) -> int:
         raise KnuteError("--modbus serves the bulk meters of --city: give --city")
     if args.speed <= 0:
         raise KnuteError("--speed must be positive")
-    wall_start = time.time()
+    wall_start = time.time() if args.wall_start is None else args.wall_start
     start = wall_start if args.start is None else args.start
     city_info: dict[str, Any] | None = None
     modbus: Any = None
+    polled: list[tuple[int, str, bytes]] = []
     if args.city:
         from knute.tools.sim.city import city_from_args
-        from knute.tools.sim.city_nodes import city_fleet
+        from knute.tools.sim.city_nodes import bulk_units, city_fleet, gateway_clock_start
 
         city = city_from_args(args, args.seed, start)
         fleet = city_fleet(city, start, args.seed, faults, args.fault_rate)
         city_info = _city_summary(city, args.modbus)
+        city_info["clock"] = {"start": start, "wall_start": wall_start, "speed": args.speed,
+                              "gateway_clock_start": gateway_clock_start(start, wall_start,
+                                                                         args.speed)}
+        if args.modbus:      # a polled meter has no key on the air; the registry wants one
+            import random
+
+            keys = random.Random(f"{args.seed}:bulk-keys")
+            polled = [(int(device, 16), "water_meter", keys.randbytes(16))
+                      for _, _, _, device in bulk_units(city)]
     else:
         fleet = Fleet(args.meters, args.air, start=start, seed=args.seed, faults=faults,
                       fault_rate=args.fault_rate, first_device_id=int(args.first_device_id, 16))
-    register(args, fleet)
+    register(args, fleet, polled)
     if args.modbus:
         modbus = _start_modbus(args, start, wall_start)
     boards: list[Any] = []
@@ -130,8 +144,12 @@ def run(args: argparse.Namespace) -> int:
     if out.pty_link and not args.json:
         print(f"serial: {out.pty_link} -> {os.readlink(out.pty_link)}", flush=True)
     if city_info is not None and not args.json:
+        clock_start = city_info["clock"]["gateway_clock_start"]
         print(f"city clock: simulated {start:.3f} at wall {wall_start:.3f}, "
-              f"speed {args.speed:g}", flush=True)
+              f"speed {args.speed:g}"
+              + ("" if clock_start is None else
+                 f" (a gateway on it: clock_speed = {args.speed:g}, "
+                 f"clock_start = {clock_start:.3f})"), flush=True)
         for dma in city_info["districts"]:
             meters = ", ".join(f"{m['side']} {m['device']}"
                                + (f" (Modbus unit {m['unit']})" if args.modbus else "")
@@ -143,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
                   f"from {leak['start']}", flush=True)
     sent = valid = 0
     wall0 = time.monotonic()
-    if args.city:     # the city's clock started at wall_start (modbus-sim runs on it too)
+    if args.city or args.wall_start is not None:
+        # The clock reads ``start`` at wall_start (modbus-sim runs on it too), set up
+        # since then or to come (--wall-start: nothing is due before it).
         wall0 -= time.time() - wall_start
     try:
         while not stop:
@@ -236,6 +256,8 @@ def _start_modbus(args: argparse.Namespace, start: float, wall_start: float) -> 
                "--leaks", args.leaks, "--seed", str(args.seed)]
     if args.leak_start is not None:
         command += ["--leak-start", str(args.leak_start)]
+    if args.leak_district is not None:
+        command += ["--leak-district", args.leak_district]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
     ready, _, _ = select.select([proc.stdout], [], [], 60.0)

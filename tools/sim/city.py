@@ -254,25 +254,33 @@ class City:
         return {h: rate for h in range(first, min(24, first + rng.randint(2, 5)))}
 
 
+def district_name(n: int) -> str:
+    """The name of the city's district ``n`` (from 0): ``dma01``, ``dma02``, ..."""
+    return f"dma{n + 1:02d}"
+
+
 def _weekday(t: int) -> int:
     return datetime.fromtimestamp(t, UTC).weekday()
 
 
 def build(seed: int, *, districts: int = 4, households: int = 200, days: int = 21,
           start: int | None = None, leak_sizes_l_h: tuple[float, ...] = (),
-          leak_after_days: int = 7, leak_start: int | None = None) -> City:
+          leak_after_days: int = 7, leak_start: int | None = None,
+          leak_district: str | None = None) -> City:
     """A seeded city; with ``leak_sizes_l_h``, one household leak and one pipe leak of
     each size, each starting at a random hour after ``leak_after_days`` days (so
     every detector has a baseline first) and at least 7 days before the end.
     Pipe leaks go one to a district (a second leak in a district already losing
     water is a different question), household leaks round the districts.
-    ``leak_start`` (unix s) starts every leak at that hour instead."""
+    ``leak_start`` (unix s) starts every leak at that hour instead;
+    ``leak_district`` (a district's name) puts every leak in that district, so
+    the others stay without leaks."""
     rng = random.Random(f"{seed}:city")
     if start is None:
         start = int(datetime(2026, 1, 5, tzinfo=UTC).timestamp())   # a Monday
     city = City(seed=seed, start=start, days=days)
     for n in range(districts):
-        name = f"dma{n + 1:02d}"
+        name = district_name(n)
         devices = tuple(f"{0x20000000 + n * 0x10000 + i:08x}" for i in range(households))
         for device in devices:
             city.households[device] = Household(
@@ -296,6 +304,8 @@ def build(seed: int, *, districts: int = 4, households: int = 200, days: int = 2
             if where == "pipe" and k >= districts:
                 continue
             dma = city.districts[(k + (where == "household")) % districts]
+            if leak_district is not None:
+                dma = city.by_name(leak_district)
             day = rng.randrange(leak_after_days, max(leak_after_days + 1, last_start))
             when = start + day * DAY_S + rng.randrange(24) * HOUR_S
             if leak_start is not None:
@@ -318,6 +328,10 @@ def add_city_arguments(parser: Any) -> None:
                         "leak and one pipe leak of each size")
     parser.add_argument("--leak-start", type=float, default=None, metavar="UNIX_S",
                         help="with --city: simulated time the leaks start (default: a day in)")
+    parser.add_argument("--leak-district", default=None, metavar="NAME",
+                        help="with --city: put every leak in district NAME (dma01, ...; "
+                        "default: household leaks round the districts, pipe leaks one to a "
+                        "district)")
 
 
 def city_from_args(args: Any, seed: int, start: float) -> City:
@@ -333,7 +347,12 @@ def city_from_args(args: Any, seed: int, start: float) -> City:
                          "comma-separated") from None
     if any(s <= 0 for s in sizes):
         raise KnuteError(f"--leaks {args.leaks!r}: every size must be above 0")
+    leak_district = getattr(args, "leak_district", None)
+    names = [district_name(n) for n in range(args.districts)]
+    if leak_district is not None and leak_district not in names:
+        raise KnuteError(f"--leak-district {leak_district!r}: the city's districts are "
+                         f"{', '.join(names)}")
     leak_start = args.leak_start if args.leak_start is not None else start + DAY_S
     return build(seed, districts=args.districts, households=args.households, days=30,
                  start=int(start - start % DAY_S), leak_sizes_l_h=sizes,
-                 leak_start=int(leak_start))
+                 leak_start=int(leak_start), leak_district=leak_district)

@@ -69,6 +69,20 @@ def bulk_units(city: City) -> list[tuple[int, str, str, str]]:
     return out
 
 
+def gateway_clock_start(sim_start: float, wall_start: float, speed: float) -> float | None:
+    """``[gateway] clock_start`` that puts a gateway on the city's clock, or None at speed 1.
+
+    The gateway's clock is ``clock_start + (t - clock_start) * speed`` at wall
+    time ``t`` (it meets the wall clock at ``clock_start``); the city's is
+    ``sim_start + (t - wall_start) * speed``. With ``clock_speed = speed`` the
+    two are one clock when ``clock_start`` is where the city's clock meets the
+    wall clock. At speed 1 they never meet unless they are the same.
+    """
+    if speed == 1.0:
+        return None
+    return (wall_start * speed - sim_start) / (speed - 1.0)
+
+
 class CityBulkUnit(SimUnit):
     """A ``knute modbus-sim`` unit that is one bulk meter of the city.
 

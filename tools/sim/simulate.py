@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,25 +71,31 @@ def open_outputs(args: argparse.Namespace) -> Outputs:
     return out
 
 
-def register(args: argparse.Namespace, fleet: Any) -> None:
-    """Register the fleet (--registry) and/or write it as CSV (--csv)."""
+def register(args: argparse.Namespace, fleet: Any,
+             polled: Sequence[tuple[int, str, bytes]] = ()) -> None:
+    """Register the fleet (--registry) and/or write it as CSV (--csv).
+
+    ``polled`` adds (device id, kind, key) devices the gateway polls (the city's
+    bulk meters on Modbus): the gateway accepts only registered devices' readings.
+    """
     from knute.gateway import device_csv, registry
 
+    devices = [(n.device_id, n.kind, n.key) for n in fleet.nodes] + list(polled)
     if args.registry:
         reg = registry.Registry(args.registry)
         try:
-            for node in fleet.nodes:
-                if reg.get(node.device_id) is None:
-                    reg.add(node.device_id, node.kind, node.key, name=f"sim-{node.device_id:08x}",
+            for device_id, kind, key in devices:
+                if reg.get(device_id) is None:
+                    reg.add(device_id, kind, key, name=f"sim-{device_id:08x}",
                             site="simulated")
         finally:
             reg.close()
     if args.csv:
         with open(args.csv, "w", encoding="utf-8") as f:
             f.write(device_csv.csv_header(with_location=False))
-            for node in fleet.nodes:
-                f.write(device_csv.csv_line(node.device_id, node.kind, node.key,
-                                            f"sim-{node.device_id:08x}", "simulated"))
+            for device_id, kind, key in devices:
+                f.write(device_csv.csv_line(device_id, kind, key,
+                                            f"sim-{device_id:08x}", "simulated"))
 
 
 def _write_serial(out: Outputs, data: bytes) -> None:
