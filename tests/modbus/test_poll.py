@@ -147,11 +147,19 @@ def test_rtu_over_pty_with_faults(modbus_sim: SimFactory) -> None:
                      "--device", "2:generic_air_station", "--device", "3:generic_water_meter",
                      "--device", "4:generic_air_station", "--crc-error-unit", "3",
                      "--wrong-unit", "4:9", "--silent-unit", "5", tcp=False)
-    fast = {"timeout_s": 0.3, "retries": 0, "interval_s": 0.3}
+    # A timeout long enough for any answer on a loaded machine: the CRC error and the
+    # wrong unit must be seen as themselves, never as a late answer taken for a timeout
+    # (nor a late answer read as the reply to the next request).
+    # The client waits out its timeout after a bad answer (CRC, other unit), so those
+    # units get a shorter one; still long enough that their answer, however late on a
+    # loaded machine, is the one judged. The silent unit never answers.
+    fast = {"timeout_s": 2.0, "retries": 0, "interval_s": 0.3}
+    bad = {"timeout_s": 1.0, "retries": 0, "interval_s": 0.3}
+    silent = {"timeout_s": 0.3, "retries": 0, "interval_s": 0.3}
     cfg = settings({"rtu": sim.rtu, "baudrate": 19200},
                    [(1, WATER, "generic_water_meter", fast), (2, AIR, "generic_air_station", fast),
-                    (3, 3, "generic_water_meter", fast), (4, 4, "generic_air_station", fast),
-                    (5, 5, "generic_air_station", fast)], offline_after=2)
+                    (3, 3, "generic_water_meter", bad), (4, 4, "generic_air_station", bad),
+                    (5, 5, "generic_air_station", silent)], offline_after=2)
     poller, col = run_poller(cfg)
     try:
         wait_for(lambda: len(col.of(WATER)) >= 3 and len(col.of(AIR)) >= 3
