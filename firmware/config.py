@@ -301,10 +301,12 @@ def validate(cfg):
         if link["type"] != "uart":
             raise ConfigError("radio_bridge needs link.type uart (the gateway's USB serial)")
 
-    # Downlinks (docs/protocol.md section 12): off unless asked for, as the
-    # LoRa water meter and the air node do not hold the path in the bench's
-    # heaps yet (docs/firmware.md, "Memory").
-    if not isinstance(out.get("downlink", False), bool):
+    # Downlinks (docs/protocol.md section 12): on by default for the roles that
+    # send uplinks of their own, as every supported board's heap holds the path
+    # (docs/firmware.md, "The boards' heap"); false turns them off.
+    if "downlink" not in out:
+        out["downlink"] = role in ROLE_KINDS
+    if not isinstance(out["downlink"], bool):
         raise ConfigError("downlink must be true or false")
     bench = cfg.get("bench")
     if bench is not None and not isinstance(bench, dict):

@@ -35,7 +35,7 @@ def test_gateway_moves_a_strong_node_from_sf12_to_sf7(
     cfg["bench"].update({"radio": {"path": "air.txt", "rx_path": "dl.txt"},
                          "radio_snr_db": 5.0, "rx_wait_real_ms": 4000, "time_scale": 3600,
                          "stop_after_s": 1000 * 3600})
-    meter = bench_node(cfg, name="meter", heap="80k")
+    meter = bench_node(cfg, name="meter")
     (meter.dir / "dl.txt").write_text("")
     gw = GatewayProcess(tmp_path / "gw")
     port = free_port()

@@ -35,13 +35,11 @@ __all__ = ["bench_node", "flash_lib", "micropython_bin", "upy_bits"]
 DEV = 0x1234                    # water_config's device id
 FREQ = 868_100_000
 SF = 7
-# The LoRa water meter's receive windows need more than 64 KiB (docs/firmware.md).
-LORA_HEAP = "80k"
 
 
 def _meter(bench_node: NodeFactory) -> Any:
     cfg = water_config(sends_per_day=24, profile_len=1)
-    cfg["downlink"] = True
+    cfg["downlink"] = True       # the default; its heap follows bench_heap
     cfg["link"] = {"type": "lora"}
     cfg["radio"] = {"freq_hz": FREQ, "sf": SF}
     # Each window may wait a few real seconds for the gateway's answer, the
@@ -49,7 +47,7 @@ def _meter(bench_node: NodeFactory) -> Any:
     cfg["bench"].update({"radio": {"path": "air.txt", "rx_path": "dl.txt"},
                          "rx_wait_real_ms": 4000, "time_scale": 3600,
                          "stop_after_s": 1000 * 3600})
-    node = bench_node(cfg, name="meter", heap=LORA_HEAP)
+    node = bench_node(cfg, name="meter")
     (node.dir / "dl.txt").write_text("")
     return node
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from knute.tools.board_heap import MARGIN_HEAP
 from knute.tools.rig.flash import compile_lib
 from knute.tools.rig.node import BenchNode
 
@@ -26,8 +27,10 @@ def flash_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # The heap goal on a board's word size: every role boots and runs in 48 KiB on the
-# 32-bit build (docs/firmware.md, "Memory"); the 64-bit port keeps its 64 KiB.
-UPY32_HEAP = "48k"
+# 32-bit build without downlinks (docs/firmware.md, "Memory"); the 64-bit port
+# keeps its 64 KiB. Nodes with downlinks on get the smallest supported board's
+# heap (knute.tools.board_heap.bench_heap, the one rule).
+UPY32_HEAP = MARGIN_HEAP[32]
 
 
 @pytest.fixture
@@ -35,13 +38,13 @@ def bench_node(tmp_path: Path, micropython_bin: Path, flash_lib: Path,
                upy_bits: int) -> Iterator[NodeFactory]:
     """A function (config, name="node", **kw) -> BenchNode; all are closed at teardown.
 
-    On the 32-bit build a node gets ``UPY32_HEAP`` unless the test asks for a heap.
+    A node's heap follows ``bench_heap`` for the build (64 KiB, 48 KiB on the
+    32-bit build, the smallest board's heap with downlinks on) unless the test asks.
     """
     nodes: list[BenchNode] = []
 
     def make(config: dict[str, Any], name: str = "node", **kw: Any) -> BenchNode:
-        if upy_bits == 32:
-            kw.setdefault("heap", UPY32_HEAP)
+        kw.setdefault("bits", upy_bits)
         node = BenchNode(tmp_path / name, micropython_bin, flash_lib, config, **kw)
         nodes.append(node)
         return node

@@ -117,8 +117,10 @@ def test_air_node_sends_averaged_frames_over_the_link(bench_node: NodeFactory,
             "bench": {"uart": {"pm": pm_path}, "i2c": {"i2c0": str(image)},
                       "time_scale": 10, "stop_after_s": 100, "seed": 3},
         }
-        # The default 64 KiB heap, as every node: the air node holds about
-        # 58 KB after boot on the 64-bit unix port (docs/firmware.md, "Memory").
+        # Downlinks on (the default): the bench rule's heap, the smallest supported
+        # board's. Without them the air node holds about 58 KB after boot on the
+        # 64-bit unix port (docs/firmware.md, "Memory";
+        # tests/firmware/test_downlink_off_margin.py runs it in 64 KiB).
         node = bench_node(config)
         node.start()
         assert node.wait() == 0, node.console()

@@ -25,13 +25,9 @@ from knute.tools.rig.node import HOUR_T0, KEY, water_config
 from tests.firmware.conftest import NodeFactory
 
 DEVICE = 4660
-# The LoRa water meter's downlink path does not fit the 64 KiB heap of the
-# 64-bit unix port yet (docs/firmware.md, "The downlink path's heap"); its tests
-# run it in 80 KiB there, and in 56 KiB on the 32-bit build (80 KiB before the
-# apply came under 620 names; at 48 KiB the apply fits, the next life does not).
-LORA_HEAP = {64: "80k", 32: "56k"}
-# The serial water meter takes its downlink in the bench_node heap: 64 KiB on
-# the 64-bit port, 48 KiB on the 32-bit build.
+# Nodes with downlinks on run in the smallest supported board's heap (the one
+# rule, knute.tools.board_heap.bench_heap); what each role needs at least is
+# measured by tests/firmware/test_downlink_roles_heap.py.
 DAYS3_MS = 3 * 86400 * 1000
 FREQ = 868100000
 SF = 7
@@ -112,7 +108,7 @@ def test_clock_3_days_off_is_set_in_rx1_and_profile_hours_are_right_after(
         bench_node: NodeFactory, upy_bits: int) -> None:
     cfg = lora_water()
     cfg["bench"]["start_time"] = HOUR_T0 - DAYS3_MS // 1000   # the board's clock: 3 days slow
-    node = bench_node(cfg, heap=LORA_HEAP[upy_bits])
+    node = bench_node(cfg)
     air = Air(node)
     node.start()
     first, end_ms = air.uplink(node.proc)
@@ -143,7 +139,7 @@ def test_clock_3_days_off_is_set_in_rx1_and_profile_hours_are_right_after(
 
 def test_rx2_answer_and_an_answer_outside_the_windows(bench_node: NodeFactory,
                                                       upy_bits: int) -> None:
-    node = bench_node(lora_water(), heap=LORA_HEAP[upy_bits])
+    node = bench_node(lora_water())
     air = Air(node)
     node.start()
     _first, end_ms = air.uplink(node.proc)
@@ -160,7 +156,7 @@ def test_rx2_answer_and_an_answer_outside_the_windows(bench_node: NodeFactory,
 
 def test_hostile_downlinks_are_dropped_with_their_reasons(bench_node: NodeFactory,
                                                           upy_bits: int) -> None:
-    node = bench_node(lora_water(), heap=LORA_HEAP[upy_bits])
+    node = bench_node(lora_water())
     air = Air(node)
     node.start()
     good = dl.encode(DEVICE, 5, [dl.ack_alarm(1, 1)], KEY)

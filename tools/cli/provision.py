@@ -57,6 +57,7 @@ from knute.tools.board import (
     set_clock,
     verify_files,
 )
+from knute.tools.board_heap import check_downlink
 from knute.tools.lora_drivers import check_drivers
 from knute.tools.rig.flash import MPY_FLAGS, firmware_sources, mpy_cross_command
 
@@ -230,6 +231,10 @@ def build_config(args: argparse.Namespace, device_id: int, key: bytes | None,
         fw_config.validate(json.loads(json.dumps(config)))
     except fw_config.ConfigError as exc:
         raise KnuteError(f"config.json would be rejected by the firmware: {exc}") from None
+    # Downlinks are on by default: the board's heap must hold the role's path.
+    problem = check_downlink(config, args.config or "config.json")
+    if problem is not None:
+        raise KnuteError(problem)
     return config
 
 

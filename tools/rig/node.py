@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from knute.protocol import frame, stream
+from knute.tools.board_heap import bench_heap
 from knute.tools.rig.ptys import open_pty
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,11 +87,14 @@ class BenchNode:
     """One node on the bench (see the module docstring)."""
 
     def __init__(self, workdir: Path, micropython: Path, lib: Path, config: dict[str, Any],
-                 heap: str = os.environ.get("KNUTE_FW_HEAP", "64k"),
-                 uarts: tuple[str, ...] = ("link",)) -> None:
+                 heap: str | None = None, uarts: tuple[str, ...] = ("link",),
+                 bits: int = 64) -> None:
         self.dir = workdir
         self.micropython = micropython
-        self.heap = heap
+        # The one rule for a bench node's heap (knute.tools.board_heap.bench_heap):
+        # KNUTE_FW_HEAP, else the smallest supported board's heap with downlinks
+        # on, else the project's margin; a test may ask for a heap of its own.
+        self.heap = heap or bench_heap(config, bits)
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "lib").exists():
             shutil.copytree(lib, self.dir / "lib")
