@@ -251,7 +251,10 @@ class Board:
             # Wait for the board to say it rebooted before the port is closed: bytes
             # still unread on a USB-serial or pty link when the host closes it can be
             # dropped, and the board would sit in the REPL instead of running the node.
-            transport.read_until(1, b"soft reboot", timeout=3, timeout_overall=5)
+            # As long as the board is given to answer (--timeout): a board slow to
+            # reset (a virtual one on a loaded host) must not have its Ctrl-D dropped.
+            wait_s = max(self.timeout_s, 5.0)
+            transport.read_until(1, b"soft reboot", timeout=wait_s, timeout_overall=wait_s)
 
     def watch_boot(self, device_id: int, timeout_s: float) -> list[str]:
         """Read the console of the booting node until its boot report; the lines read.

@@ -17,7 +17,8 @@ from tests.firmware.conftest import NodeFactory
 def test_console_prints_the_device_id_and_each_frame_in_hex(bench_node: NodeFactory) -> None:
     cfg = water_config()
     cfg["device_id"] = 0x00C0FFEE
-    cfg["bench"]["stop_after_s"] = int(6.2 * 3600)
+    # The stepped clock: at 36000x the 0.2 h after the send are 20 ms of real time.
+    cfg["bench"].update({"stop_after_s": int(6.2 * 3600), "time_scale": 0})
     node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [100, 0, 334, 200, 500, 100]))
     node.start()

@@ -20,10 +20,10 @@ H0 = HOUR_T0 // 3600
 def _run(bench_node: NodeFactory, config: dict[str, Any], pulses: str, hours: float,
          extra_files: dict[str, str] | None = None) -> tuple[Any, list[dict[str, Any]]]:
     config["bench"]["stop_after_s"] = int(hours * 3600)
-    # The bench clock follows the host's: at the harness's 36000x the 0.2 h after
-    # the last send is 20 ms of real time, and a loaded host's stall skipped that
-    # send. At 7200x it is 0.1 s.
-    config["bench"]["time_scale"] = 7200
+    # The stepped clock (time_scale 0): on a scaled one the 0.2 h after the last
+    # send is a few ms of real time, and a loaded host's stall skipped that send.
+    # Every input carries its own time (@T pulse lines), so nothing needs real time.
+    config["bench"]["time_scale"] = 0
     node = bench_node(config)
     (node.dir / "pulses.txt").write_text(pulses)
     for name, text in (extra_files or {}).items():

@@ -21,10 +21,17 @@ from knute.tools.lora_drivers import lora_chip
 from knute.tools.sim.vdevice import VirtualBoard
 from tests.tools.conftest import Mpremote
 
+# Hang guards, not what the tests prove: a virtual board's soft reset starts a fresh
+# interpreter, which on a loaded host can take longer than the 5 s a real board is given
+# to answer (--timeout) before provision gives up on its raw REPL.
+BOARD_TIMEOUT_S = "60"
+BOOT_TIMEOUT_S = "120"
 
-def _provision(knute_bin: Path, *args: str, timeout: float = 120,
+
+def _provision(knute_bin: Path, *args: str, timeout: float = 400,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(knute_bin), "provision", *args], capture_output=True,
+    guards = ["--timeout", BOARD_TIMEOUT_S, "--boot-timeout", BOOT_TIMEOUT_S]
+    return subprocess.run([str(knute_bin), "provision", *guards, *args], capture_output=True,
                           text=True, timeout=timeout, check=False,
                           env=None if env is None else {**os.environ, **env})
 
