@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from firmware.downlink import Downlink
+from firmware.downlink_model import Downlink
 from firmware.state import Store
 from knute.gateway.registry import Registry
 from knute.protocol import downlink, frame

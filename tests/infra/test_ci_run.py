@@ -29,7 +29,8 @@ def tree(tmp_path: Path) -> Path:
         pytest.fail(f"{STAMP} is missing: run `make bootstrap` first", pytrace=False)
     (tmp_path / ".ci").mkdir()
     shutil.copy(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
-    for name in ("Makefile", "mypy-upy.ini", "pyproject.toml", "requirements.lock"):
+    for name in ("Makefile", "mypy-upy.ini", "pyproject.toml", "requirements.lock",
+                 "requirements-upy.txt"):
         shutil.copy(ROOT / name, tmp_path / name)
         os.utime(tmp_path / name, (LONG_AGO, LONG_AGO))
     (tmp_path / "tests").mkdir()
