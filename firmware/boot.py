@@ -167,11 +167,20 @@ def boot(config_path="config.json", hal=None):
     if bench.get("pause_writes_ms"):
         pause_ms = bench["pause_writes_ms"]
         pause_for = bench.get("pause_writes_of")    # state names, or None for all
+        hold = bench.get("hold_write")      # [name, n]: that write stays paused until killed
+        held = [0]
 
         def pause(name):
             if pause_for is None or name in pause_for:
                 import time
 
+                if hold and hold[0] == name:
+                    held[0] += 1
+                    if held[0] == hold[1]:
+                        # A kill -9 test lands by this line, not by the clock.
+                        print("knute: holding the " + name + " write")
+                        while True:
+                            time.sleep(1)
                 time.sleep(pause_ms / 1000)
     if bench.get("trace_writes"):
         def trace(name):

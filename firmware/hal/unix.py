@@ -15,6 +15,8 @@
 #   "seed": 1                random seed for jitter (default: from os.urandom)
 #   "pause_writes_ms": 0     pause state writes before their rename (kill -9 tests) ...
 #   "pause_writes_of": null  ... of these state names only (null: all)
+#   "hold_write": null       ["fcnt", 2]: the 2nd paused fcnt write of this boot prints
+#                            "knute: holding the fcnt write" and never ends (kill -9 tests)
 #   "trace_writes": false    print "knute: writing <name>" before every state write
 #   "rx_wait_real_ms": 0     real ms a receive window may wait for a TX line, clock held
 #

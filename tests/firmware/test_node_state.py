@@ -56,17 +56,24 @@ def test_kill9_during_counter_write_never_reuses_a_counter(bench_node: NodeFacto
     cfg["fcnt_block"] = 2
     cfg["jitter_s"] = 0
     cfg["power"] = {"boot_loop_limit": 10}
+    # The second counter write of each run stays paused before its rename until the
+    # kill: the kill lands inside the write by the node's word, whatever the load.
     cfg["bench"].update({"trace_writes": True, "pause_writes_ms": 300,
-                         "pause_writes_of": ["fcnt"], "stop_after_s": 8 * 3600})
+                         "pause_writes_of": ["fcnt"], "hold_write": ["fcnt", 2],
+                         "stop_after_s": 8 * 3600,
+                         # A stepped clock: the pauses and the load move no simulated time,
+                         # so every run reaches its second counter write before the end.
+                         "time_scale": 0})
     node = bench_node(cfg)      # the default 64 KiB heap, instrumentation included
     (node.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [30] * 48, 6))
     cuts = 0
     for run in range(4):
+        if run == 3:
+            del cfg["bench"]["hold_write"]      # the last run goes on to its end
+            node.write_config(cfg)
         node.start()
         if run < 3:
-            # The second counter write of this run; the kill lands in the paused write.
-            node.wait_line("knute: writing fcnt", count=len(
-                [line for line in node.lines if "writing fcnt" in line]) + 2)
+            node.wait_line("knute: holding the fcnt write", count=cuts + 1)
             node.kill9()
             cuts += 1
             leftover = list((node.dir / "state").glob("*.tmp"))

@@ -92,7 +92,14 @@ class Pty:
         os.write(self.master, data)
 
     def close(self) -> None:
-        """Close what is still open."""
+        """Close what is still open, and remove the path with it.
+
+        The kernel hands a closed pty's number to the next pty opened, in any test
+        running beside this one: a process still following a path left behind
+        (a source reopening its link) would read and write that other test's line.
+        """
         if self.master >= 0:
             os.close(self.master)
             self.master = -1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.link)
