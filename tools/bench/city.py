@@ -349,7 +349,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<10} {g['gateway']:<8} {g['sent']:>7} {g['accepted']:>9} "
                   f"{g['accepted_per_s']:>7} {g['delivered_per_s']:>8} "
                   f"{g['cpu_s_per_1000']!s:>9} {g['learned_heard']:>7}")
+        other = "another reading" if "valid" in res else "other bytes"
+        if "valid" in res:
+            print(f"{name:<10} simulate sent {res['valid']} valid frames "
+                  f"({res['valid'] / res['seconds']:.0f}/s), {res['delivered']} delivered")
         print(f"{name:<10} lost {res['lost']}, duplicates {res['duplicates']} "
-              f"({res['mismatched_duplicates']} with other bytes), drained after "
+              f"({res['mismatched_duplicates']} with {other}), drained after "
               f"{res['drained_after_s']} s")
     return 0 if not base["lost"] and not city["lost"] else 1
