@@ -107,6 +107,7 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/gateway/test_systemd_unit.py",
     "tests/tools/test_plan_cli.py",
     "tests/tools/test_bench_leaks.py",
+    "tests/tools/test_simulate_gateways.py",
     "tests/tools/test_bench_hot_path.py::test_protocol_bench_json_keys",
     "tests/tools/test_bench_hot_path.py::test_gateway_bench_json_keys",
     "tests/tools/test_cli_start.py",

@@ -14,6 +14,16 @@ run: lost (accepted and never delivered) and duplicates (always the same id
 and bytes). On a 2-core machine the fleets, the broker and the gateways share
 the CPU, so the figures are a floor for a gateway on its own box.
 
+``--load simulate`` generates the load with one ``knute simulate`` process
+instead: the fleets of every gateway as one city (``--meters`` per gateway),
+``--rate`` times ``--gateways`` transmissions a second, sent from one
+simulated packet forwarder per gateway whose coverage overlaps (``--udp``
+repeated), so a packet heard by several forwarders reaches several gateways.
+Lost is then every valid frame simulate sent that never arrived; duplicates
+are cross-gateway copies, and ``mismatched_duplicates`` counts copies whose
+reading (device, counter, values) differs from the first, not the receiver
+metadata every gateway adds.
+
 ``--rabbitmq`` runs both on a three-node RabbitMQ cluster with its MQTT plugin
 (tools/rig/rabbitmq.py) instead of one Mosquitto: each gateway's ``[mqtt]
 brokers`` lists the three nodes, gateway n preferring node n mod 3, and the
@@ -42,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="how long the fleets send (default 20)")
     parser.add_argument("--meters", type=int, default=200, help="meters per fleet (default 200)")
+    parser.add_argument("--load", choices=("fleet", "simulate"), default="fleet",
+                        help="fleet: an in-process fleet per gateway (default); simulate: one "
+                        "knute simulate process sending to every gateway's UDP port")
     parser.add_argument("--rabbitmq", action="store_true",
                         help="run on a three-node RabbitMQ cluster instead of one Mosquitto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -54,12 +67,61 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+READING_KEYS = ("id", "device", "kind", "fcnt", "readings", "alarms", "battery", "profile")
+
+
+def _reading_backend(host: str, port: int, persistent: bool) -> Any:
+    """A Backend that also compares each copy's reading (not its receivers) with the first."""
+    from knute.tools.bench.reliability.harness import Backend
+    from knute.tools.rig.subscriber import Message
+
+    class ReadingBackend(Backend):
+        def __init__(self) -> None:
+            super().__init__(host, port, persistent=persistent)
+            self.readings: dict[str, str] = {}
+            self.other_readings: list[str] = []
+
+        def _on_message(self, msg: Message) -> None:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                doc = msg.doc()
+                reading = json.dumps({k: doc.get(k) for k in READING_KEYS}, sort_keys=True)
+                with self._lock:
+                    first = self.readings.setdefault(str(doc["id"]), reading)
+                    if first != reading:
+                        self.other_readings.append(str(doc["id"]))
+            super()._on_message(msg)
+
+    return ReadingBackend()
+
+
+def _simulate(ports: list[int], meters: int, air: int, start: float, speed: float,
+              seconds: float) -> Any:
+    """Start ``knute simulate`` on every gateway's UDP port, one forwarder each."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "knute.tools.cli", "simulate", "--meters", str(meters),
+               "--air", str(air), "--seed", "100", "--first-device-id", "40000000",
+               "--start", repr(start), "--speed", repr(speed), "--for", repr(seconds),
+               "--forwarders", str(len(ports)), "--json"]
+    for port in ports:
+        command += ["--udp", f"127.0.0.1:{port}"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def measure(workdir: Path, gateways: int, rate: float, seconds: float,
-         meters: int, cluster: Any = None) -> dict[str, Any]:
-    """One run; on ``cluster`` (a started RabbitCluster) if given, else on a Mosquitto."""
+            meters: int, cluster: Any = None, load: str = "fleet") -> dict[str, Any]:
+    """One run; on ``cluster`` (a started RabbitCluster) if given, else on a Mosquitto.
+
+    ``load``: "fleet" (an in-process fleet per gateway) or "simulate" (one
+    ``knute simulate`` process for the whole city).
+    """
     from knute.tools.bench.reliability.harness import Backend, FleetDriver, GatewayProc
     from knute.tools.rig.broker import Broker
     from knute.tools.rig.wait import wait_for
+
+    if load == "simulate":
+        return _measure_simulate(workdir, gateways, rate, seconds, meters, cluster)
 
     broker: Any = None
     balancer: Any = None
@@ -151,6 +213,109 @@ def measure(workdir: Path, gateways: int, rate: float, seconds: float,
             balancer.close()
 
 
+def _measure_simulate(workdir: Path, gateways: int, rate: float, seconds: float,
+                      meters: int, cluster: Any) -> dict[str, Any]:
+    """``measure`` with one ``knute simulate`` process as the load of every gateway."""
+    from knute.tools.bench.reliability.harness import GatewayProc
+    from knute.tools.rig.broker import Broker, free_port
+    from knute.tools.rig.wait import wait_for
+    from knute.tools.sim.fleet import AIR_SEND_EVERY_S, WATER_SEND_EVERY_S, Fleet
+
+    broker: Any = None
+    balancer: Any = None
+    if cluster is None:
+        (workdir / "broker").mkdir(parents=True, exist_ok=True)
+        broker = Broker(workdir / "broker", "mosquitto",
+                        extra_config="max_queued_messages 0\n")
+        broker.start()
+        ports = [broker.port]
+        backend = _reading_backend(broker.host, broker.port, False)
+    else:
+        from knute.tools.rig.rabbitmq import Balancer
+
+        ports = list(cluster.mqtt_ports)
+        balancer = Balancer(ports)
+        backend = _reading_backend("127.0.0.1", balancer.port, True)
+    city_meters, city_air = meters * gateways, meters // 10 * gateways
+    start = float(int(time.time()))
+    # simulate builds the same fleet from the same seed and start: the gateways know it.
+    fleet = Fleet(city_meters, city_air, start=start, seed=100, first_device_id=0x40000000)
+    devices = [(n.device_id, n.kind, n.key) for n in fleet.nodes]
+    speed = rate * gateways / (city_meters / WATER_SEND_EVERY_S + city_air / AIR_SEND_EVERY_S)
+    udp_ports = [free_port() for _ in range(gateways)]
+    gws: list[Any] = []
+    sim: Any = None
+    try:
+        backend.connect()
+        for n in range(gateways):
+            order = ports[n % len(ports):] + ports[:n % len(ports)]
+            gws.append(GatewayProc(workdir / f"gw-{n}", order[0], devices,
+                                   udp_port=udp_ports[n], gateway_id=f"city-{n}",
+                                   mqtt_extra="learn_counters = true\n", log_level="warning",
+                                   fallback_ports=order[1:]))
+        for gw in gws:
+            gw.start()
+        cpu0 = [_cpu_s(gw.proc.pid) for gw in gws]
+        start_wall = time.monotonic()
+        sim = _simulate(udp_ports, city_meters, city_air, start, speed, seconds)
+        out, err = sim.communicate(timeout=seconds + 120)
+        if sim.returncode != 0:
+            raise KnuteError(f"knute simulate failed: {err.strip().splitlines()[-1:]}")
+        summary = json.loads(out)
+        sent_s = summary["simulated_s"] / speed
+        valid = int(summary["valid"])
+
+        def drained() -> bool:
+            for gw in gws:
+                st = gw.status()
+                if st["spool"]["depth"] or st["ingest"]["commit_waiting"]:
+                    return False
+            return bool(backend.delivered() >= valid)
+
+        wait_for(drained, 120 + seconds, "every gateway's spool to drain")
+        done_s = time.monotonic() - start_wall
+        backend.quiet(0.3)
+        per_gw = []
+        accepted_total = 0
+        for n, gw in enumerate(gws):
+            st = gw.status()
+            accepted = int(st["spool"]["accepted_total"])
+            accepted_total += accepted
+            cpu = _cpu_s(gw.proc.pid) - cpu0[n]
+            per_gw.append({
+                "gateway": f"city-{n}", "sent": summary["udp_per_gateway"][n]["packets"],
+                "accepted": accepted,
+                "accepted_per_s": round(accepted / sent_s, 1),
+                "delivered_per_s": round(int(st["forwarder"]["forwarded_total"]) / done_s, 1),
+                "cpu_s_per_1000": round(1000 * cpu / accepted, 3) if accepted else None,
+                "learned_heard": int((st.get("peers") or {}).get("heard", 0)),
+            })
+        delivered = backend.delivered()
+        return {"gateways": gateways, "rate_per_gateway": rate, "seconds": round(sent_s, 1),
+                "drained_after_s": round(done_s, 1), "per_gateway": per_gw,
+                "load": "simulate", "simulate_sent": int(summary["sent"]), "valid": valid,
+                "accepted": accepted_total, "delivered": delivered,
+                "lost": max(0, valid - delivered),
+                "duplicates": backend.duplicates(),
+                "mismatched_duplicates": len(backend.other_readings)}
+    finally:
+        if sim is not None and sim.poll() is None:
+            sim.kill()
+            sim.wait(10)
+        for gw in gws:
+            gw.close()
+        backend.disconnect()
+        if broker is not None:
+            broker.stop()
+        if balancer is not None:
+            from knute.tools.rig.subscriber import Subscriber
+
+            with contextlib.suppress(Exception):    # a clean session drops the queue
+                Subscriber("127.0.0.1", balancer.port, "city/none",
+                           client_id=backend.client_id, clean_session=True).close()
+            balancer.close()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the baseline (one gateway) and the city (``--gateways``); print the figures."""
     if args.gateways < 1 or args.rate <= 0 or args.seconds <= 0 or args.meters < 10:
@@ -163,10 +328,11 @@ def run(args: argparse.Namespace) -> int:
             cluster = RabbitCluster(Path(tmp) / "rabbitmq")
             cluster.start()
         try:
+            load = getattr(args, "load", "fleet")
             base = measure(Path(tmp) / "baseline", 1, args.rate, args.seconds, args.meters,
-                        cluster)
+                           cluster, load)
             city = measure(Path(tmp) / "city", args.gateways, args.rate, args.seconds,
-                        args.meters, cluster)
+                           args.meters, cluster, load)
         finally:
             if cluster is not None:
                 cluster.stop()
@@ -175,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"baseline": base, "city": city}, indent=1))
         return 0
-    print(f"broker: {broker_kind}")
+    print(f"broker: {broker_kind}, load: {getattr(args, 'load', 'fleet')}")
     print(f"{'run':<10} {'gateway':<8} {'sent':>7} {'accepted':>9} {'acc/s':>7} "
           f"{'deliv/s':>8} {'cpu s/1k':>9} {'heard':>7}")
     for name, res in (("baseline", base), ("city", city)):
@@ -183,7 +349,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<10} {g['gateway']:<8} {g['sent']:>7} {g['accepted']:>9} "
                   f"{g['accepted_per_s']:>7} {g['delivered_per_s']:>8} "
                   f"{g['cpu_s_per_1000']!s:>9} {g['learned_heard']:>7}")
+        other = "another reading" if "valid" in res else "other bytes"
+        if "valid" in res:
+            print(f"{name:<10} simulate sent {res['valid']} valid frames "
+                  f"({res['valid'] / res['seconds']:.0f}/s), {res['delivered']} delivered")
         print(f"{name:<10} lost {res['lost']}, duplicates {res['duplicates']} "
-              f"({res['mismatched_duplicates']} with other bytes), drained after "
+              f"({res['mismatched_duplicates']} with {other}), drained after "
               f"{res['drained_after_s']} s")
     return 0 if not base["lost"] and not city["lost"] else 1

@@ -16,8 +16,9 @@ BENCHES = {
     "gateway": "decode+verify, end to end to the broker against bare paho, spool drain, RSS",
     "firmware": "peak heap and allocations per send cycle on the MicroPython unix port",
     "reliability": "fault-injection cases: sent, accepted, delivered, lost, duplicates",
-    "city": "several gateway processes on one broker, each with its own fleet: per-gateway "
-            "frames/s and CPU against one gateway alone",
+    "city": "several gateway processes on one broker, each with its own fleet (or all fed "
+            "by one knute simulate, --load simulate): per-gateway frames/s and CPU against "
+            "one gateway alone",
     "leaks": "leak scoreboard on a simulated city: found, false alerts, time to detect, size",
     "plan": "knute plan's simulated uplinks/s on a 45,000-node city against a pairwise baseline",
     "web": "the backend's web page for one district of N meters against an SQL-sum baseline",

@@ -5,7 +5,10 @@ the wall clock. Frames go out over a serial line (a pty this command creates,
 ``--serial-pty LINK``, or an existing device, ``--serial PATH``) as link records,
 over the Semtech UDP packet-forwarder protocol (``--udp HOST:PORT``) from
 ``--forwarders`` simulated LoRa gateways whose coverage overlaps (each packet is
-heard by one to all of them, so the gateway sees duplicates), or both. Thousands
+heard by one to all of them, so the gateway sees duplicates), or both. ``--udp``
+repeated spreads the forwarders over several gateways (forwarder i sends to
+address i mod N), so a packet heard by several forwarders reaches several
+gateways; the summary counts the packets sent to each address. Thousands
 of nodes run in-process; ``--real-firmware K`` adds K water meters running the
 real firmware on virtual boards, each on a serial line of its own.
 
@@ -46,10 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--serial-pty", metavar="LINK",
                         help="create a pty, point the symlink LINK at it, send link records")
     parser.add_argument("--serial", metavar="PATH", help="send link records to this device")
-    parser.add_argument("--udp", metavar="HOST:PORT",
-                        help="send as packet forwarders to the gateway's UDP port")
+    parser.add_argument("--udp", metavar="HOST:PORT", action="append",
+                        help="send as packet forwarders to the gateway's UDP port; repeat "
+                        "for several gateways (forwarder i sends to address i mod N)")
     parser.add_argument("--forwarders", type=int, default=2,
-                        help="simulated packet forwarders with overlapping coverage (default 2)")
+                        help="simulated packet forwarders with overlapping coverage (default 2, "
+                        "at least one per --udp address)")
     parser.add_argument("--faults", default="",
                         help="comma-separated: leak,burst,tamper,sensor,garbage,truncated,"
                         "replay,reset")
@@ -200,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
         "serial_records": out.serial_records,
         "udp_packets": out.udp_packets,
         "push_acked": sum(f.acked for f in out.forwarders),
+        "udp_per_gateway": [{"address": addr, "forwarders": out.forwarder_targets.count(addr),
+                             "packets": n} for addr, n in out.udp_by_target.items()],
         "faults": {k: v for k, v in fleet.injected.items() if v},
         "firmware_nodes": [{"device": f"{b.device_id:08x}", "serial": b.uart_path,
                             "sent": len(b.sent)} for b in boards],
@@ -214,6 +221,10 @@ def run(args: argparse.Namespace) -> int:
               f"{summary['frames']} frames ({summary['valid']} a gateway should accept), "
               f"{summary['serial_records']} serial records, {summary['udp_packets']} UDP "
               f"packets ({summary['push_acked']} acknowledged)")
+        if len(out.udp_by_target) > 1:
+            print("UDP per gateway: " + ", ".join(
+                f"{g['address']} {g['packets']} ({g['forwarders']} forwarders)"
+                for g in summary["udp_per_gateway"]))
         if summary["faults"]:
             print("faults injected: " + ", ".join(f"{k} {v}" for k, v in
                                                    summary["faults"].items()))

@@ -32,6 +32,10 @@ class Outputs:
     forwarders: list[Any] = field(default_factory=list)
     serial_records: int = 0
     udp_packets: int = 0
+    # One "HOST:PORT" per forwarder (forwarder i sends to --udp address i mod N), and the
+    # packets sent to each address.
+    forwarder_targets: list[str] = field(default_factory=list)
+    udp_by_target: dict[str, int] = field(default_factory=dict)
     links: Any = None           # device id -> tools.sim.pktfwd.NodeLink (radio outputs)
 
     def close(self) -> None:
@@ -59,16 +63,33 @@ def open_outputs(args: argparse.Namespace) -> Outputs:
             out.serial_fd = os.open(args.serial, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError as err:
             raise KnuteError(f"cannot open serial device {args.serial}: {err.strerror}") from None
-    if args.udp:
-        host, _, port = args.udp.rpartition(":")
-        if not host or not port.isdigit():
-            raise KnuteError(f"--udp {args.udp!r}: expected HOST:PORT")
-        for n in range(max(1, args.forwarders)):
+    targets = _udp_targets(args.udp)
+    if targets:
+        # Forwarder i reaches gateway i mod N: a packet heard by several forwarders
+        # reaches several gateways (the same frame, the same reading id).
+        out.udp_by_target = dict.fromkeys(targets, 0)
+        for n in range(max(1, args.forwarders, len(targets))):
+            host, port = targets[n % len(targets)].rsplit(":", 1)
             eui = bytes.fromhex("aa555a00000000") + bytes((n,))
             out.forwarders.append(ForwarderClient(eui, host, int(port)))
+            out.forwarder_targets.append(targets[n % len(targets)])
     if out.serial_fd is None and not out.forwarders:
         raise KnuteError("nowhere to send: give --serial-pty, --serial or --udp")
     return out
+
+
+def _udp_targets(udp: str | list[str] | None) -> list[str]:
+    """The --udp addresses, each checked as HOST:PORT, in order, without repeats."""
+    if not udp:
+        return []
+    targets: list[str] = []
+    for addr in [udp] if isinstance(udp, str) else udp:
+        host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise KnuteError(f"--udp {addr!r}: expected HOST:PORT")
+        if addr not in targets:
+            targets.append(addr)
+    return targets
 
 
 def register(args: argparse.Namespace, fleet: Any,
@@ -124,12 +145,14 @@ def send(out: Outputs, tx: Any, rng: Any) -> None:
         out.serial_records += 1
     if out.forwarders:
         if tx.node is None:
-            rng.choice(out.forwarders).send_raw(tx.payload)
+            n = rng.randrange(len(out.forwarders))
+            out.forwarders[n].send_raw(tx.payload)
             return
-        hearing = rng.sample(out.forwarders, rng.randint(1, len(out.forwarders)))
+        hearing = rng.sample(range(len(out.forwarders)), rng.randint(1, len(out.forwarders)))
         # The node's own SF and a channel of the plan; each concentrator hears the
         # same uplink on the same channel, a few dB apart.
         copies = out.links[tx.node.device_id].heard_by(tx.payload, rng, len(hearing))
-        for fwd, pkt in zip(hearing, copies, strict=True):
-            fwd.push([pkt])
+        for n, pkt in zip(hearing, copies, strict=True):
+            out.forwarders[n].push([pkt])
             out.udp_packets += 1
+            out.udp_by_target[out.forwarder_targets[n]] += 1
