@@ -37,16 +37,15 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from knute.gateway.config import MqttConfig
+from knute.gateway.downlink_mqtt import connect_session, session_client
 from knute.gateway.downlinks import APPLIED, REJECTED, Command, DownlinkStore
 from knute.gateway.logsafe import clean
 
@@ -96,18 +95,7 @@ class DownlinkCity:
         self.figures = {"claims_sent": 0, "claims_heard": 0, "won": 0, "lost": 0,
                         "alone": 0, "notices_heard": 0, "adopted": 0, "closed": 0,
                         "counters_learned": 0, "bad_messages": 0}
-        v5 = cfg.protocol == "5"
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{client_id}-city",
-                                   protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                                   clean_session=None if v5 else False)
-        if cfg.username is not None:
-            self._client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls is not None:
-            self._client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert,
-                                 keyfile=cfg.tls.key, cert_reqs=ssl.CERT_REQUIRED,
-                                 tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self._client.reconnect_delay_set(max(1, round(cfg.backoff_min_s)),
-                                         max(1, round(cfg.backoff_max_s)))
+        self._client = session_client(cfg, f"{client_id}-city")
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
@@ -119,17 +107,7 @@ class DownlinkCity:
 
     def start(self) -> None:
         """Connect in the background (paho reconnects by itself)."""
-        if self.cfg.protocol == "5":
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 86400
-            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive,
-                                       clean_start=False, properties=props)
-        else:
-            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive)
-        self._client.loop_start()
+        connect_session(self._client, self.cfg, session_s=86400)
 
     def stop(self) -> None:
         """Disconnect and stop the network thread."""

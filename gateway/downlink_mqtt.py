@@ -94,6 +94,41 @@ def parse_command(payload: bytes) -> dict[str, Any]:
     return out
 
 
+def session_client(cfg: MqttConfig, client_id: str) -> mqtt.Client:
+    """A paho client for a side channel of the gateway (commands, downlink claims).
+
+    A persistent session (QoS 1 messages wait at the broker while the gateway is
+    away), the forwarder's credentials and TLS, and paho's own reconnect with the
+    forwarder's back-off bounds; the caller sets the callbacks.
+    """
+    v5 = cfg.protocol == "5"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                         clean_session=None if v5 else False)
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, cfg.password)
+    if cfg.tls is not None:
+        client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key,
+                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.reconnect_delay_set(max(1, round(cfg.backoff_min_s)), max(1, round(cfg.backoff_max_s)))
+    return client
+
+
+def connect_session(client: mqtt.Client, cfg: MqttConfig, session_s: int) -> None:
+    """Connect `client` in the background, its session kept `session_s` on MQTT 5."""
+    if cfg.protocol == "5":
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = session_s
+        client.connect_async(cfg.host, cfg.port, cfg.keepalive, clean_start=False,
+                             properties=props)
+    else:
+        client.connect_async(cfg.host, cfg.port, cfg.keepalive)
+    client.loop_start()
+
+
 class CommandListener:
     """Subscribes to the command topics and queues what arrives in the store."""
 
@@ -110,18 +145,7 @@ class CommandListener:
         self.received = 0
         self.refused = 0
         self._events = EventLog(log, period_s=60.0)
-        v5 = cfg.protocol == "5"
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{client_id}-down",
-                                   protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                                   clean_session=None if v5 else False)
-        if cfg.username is not None:
-            self._client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls is not None:
-            self._client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert,
-                                 keyfile=cfg.tls.key, cert_reqs=ssl.CERT_REQUIRED,
-                                 tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self._client.reconnect_delay_set(max(1, round(cfg.backoff_min_s)),
-                                         max(1, round(cfg.backoff_max_s)))
+        self._client = session_client(cfg, f"{client_id}-down")
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
@@ -131,18 +155,7 @@ class CommandListener:
 
     def start(self) -> None:
         """Connect in the background (paho reconnects by itself)."""
-        props = None
-        if self.cfg.protocol == "5":
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 7 * 86400
-            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive,
-                                       clean_start=False, properties=props)
-        else:
-            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive)
-        self._client.loop_start()
+        connect_session(self._client, self.cfg, session_s=7 * 86400)
 
     def stop(self) -> None:
         """Disconnect and stop the network thread."""

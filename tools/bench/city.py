@@ -38,6 +38,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rabbitmq", action="store_true",
                         help="run on a three-node RabbitMQ cluster instead of one Mosquitto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _per_gateway(gws: Sequence[Any], cpu0: Sequence[float], sent: Sequence[int],
+                 sent_s: float, done_s: float, *, own_copies: bool) -> list[dict[str, Any]]:
+    """One row per gateway: what it was sent, accepted, delivered and its CPU.
+
+    ``own_copies``: delivered/s counts what the gateway itself forwarded (with
+    overlapping coverage each gateway forwards its own copy of a reading);
+    otherwise every accepted reading is delivered once, by the end of the drain.
+    """
+    rows = []
+    for n, gw in enumerate(gws):
+        st = gw.status()
+        accepted = int(st["spool"]["accepted_total"])
+        delivered = int(st["forwarder"]["forwarded_total"]) if own_copies else accepted
+        cpu = _cpu_s(gw.proc.pid) - cpu0[n]
+        rows.append({
+            "gateway": f"city-{n}", "sent": sent[n], "accepted": accepted,
+            "accepted_per_s": round(accepted / sent_s, 1),
+            "delivered_per_s": round(delivered / done_s, 1),
+            "cpu_s_per_1000": round(1000 * cpu / accepted, 3) if accepted else None,
+            "learned_heard": int((st.get("peers") or {}).get("heard", 0)),
+        })
+    return rows
 
 
 def _cpu_s(pid: int) -> float:
@@ -176,20 +201,9 @@ def measure(workdir: Path, gateways: int, rate: float, seconds: float,
         wait_for(drained, 120 + seconds, "every gateway's spool to drain")
         done_s = time.monotonic() - start
         backend.quiet(0.3)
-        per_gw = []
-        accepted_total = 0
-        for n, gw in enumerate(gws):
-            st = gw.status()
-            accepted = int(st["spool"]["accepted_total"])
-            accepted_total += accepted
-            cpu = _cpu_s(gw.proc.pid) - cpu0[n]
-            per_gw.append({
-                "gateway": f"city-{n}", "sent": fleets[n].sent, "accepted": accepted,
-                "accepted_per_s": round(accepted / sent_s, 1),
-                "delivered_per_s": round(accepted / done_s, 1),
-                "cpu_s_per_1000": round(1000 * cpu / accepted, 3) if accepted else None,
-                "learned_heard": int((st.get("peers") or {}).get("heard", 0)),
-            })
+        per_gw = _per_gateway(gws, cpu0, [f.sent for f in fleets], sent_s, done_s,
+                              own_copies=False)
+        accepted_total = sum(row["accepted"] for row in per_gw)
         return {"gateways": gateways, "rate_per_gateway": rate, "seconds": round(sent_s, 1),
                 "drained_after_s": round(done_s, 1), "per_gateway": per_gw,
                 "accepted": accepted_total, "delivered": backend.delivered(),
@@ -275,21 +289,9 @@ def _measure_simulate(workdir: Path, gateways: int, rate: float, seconds: float,
         wait_for(drained, 120 + seconds, "every gateway's spool to drain")
         done_s = time.monotonic() - start_wall
         backend.quiet(0.3)
-        per_gw = []
-        accepted_total = 0
-        for n, gw in enumerate(gws):
-            st = gw.status()
-            accepted = int(st["spool"]["accepted_total"])
-            accepted_total += accepted
-            cpu = _cpu_s(gw.proc.pid) - cpu0[n]
-            per_gw.append({
-                "gateway": f"city-{n}", "sent": summary["udp_per_gateway"][n]["packets"],
-                "accepted": accepted,
-                "accepted_per_s": round(accepted / sent_s, 1),
-                "delivered_per_s": round(int(st["forwarder"]["forwarded_total"]) / done_s, 1),
-                "cpu_s_per_1000": round(1000 * cpu / accepted, 3) if accepted else None,
-                "learned_heard": int((st.get("peers") or {}).get("heard", 0)),
-            })
+        per_gw = _per_gateway(gws, cpu0, [g["packets"] for g in summary["udp_per_gateway"]],
+                              sent_s, done_s, own_copies=True)
+        accepted_total = sum(row["accepted"] for row in per_gw)
         delivered = backend.delivered()
         return {"gateways": gateways, "rate_per_gateway": rate, "seconds": round(sent_s, 1),
                 "drained_after_s": round(done_s, 1), "per_gateway": per_gw,

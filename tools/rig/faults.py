@@ -112,7 +112,7 @@ class FaultyLink:
                 continue
             self._track(conn, up)
             for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
             if mode == "storm":
                 life = self._rng.uniform(*self.storm_s)
                 timer = threading.Timer(life, _reset_all, args=(conn, up))
@@ -137,19 +137,28 @@ class FaultyLink:
             pass
         _reset(conn)
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
+
+
+def pump(src: socket.socket, dst: socket.socket, *, close: bool = False) -> None:
+    """Copy `src` to `dst` until either ends, then shut both down (and close them).
+
+    FaultyLink keeps its sockets open after a pump (it resets the ones it
+    tracks); a relay that tracks nothing closes them.
+    """
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        if close:
             with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+                s.close()
 
 
 def _reset_all(*socks: socket.socket) -> None:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from knute.gateway.errors import KnuteError
 from knute.tools.rig.broker import _mqtt_connack, free_port
-from knute.tools.rig.faults import FaultyLink
+from knute.tools.rig.faults import FaultyLink, pump
 from knute.tools.rig.wait import wait_for
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -529,23 +529,9 @@ class Balancer:
             self._next = n
             self.connections += 1
             for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=pump, args=(a, b), kwargs={"close": True},
+                                 daemon=True).start()
             return
         with contextlib.suppress(OSError):
             conn.close()
 
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    for s in (src, dst):
-        with contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            s.close()
