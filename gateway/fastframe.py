@@ -1,4 +1,4 @@
-"""The receiver's fast path: the same answers as ``protocol.frame.decode``, in C where it can.
+"""The receiver's fast path: the same answers as ``protocol.frame.decode``, generated per kind.
 
 ``protocol/`` is pure Python that also runs on a node, and on CPython its CBOR
 decoder and kinds-table checks cost about three times the AES-CCM decryption
@@ -10,162 +10,188 @@ other case to the protocol code:
   bad version, an unknown kind, a frame too short or too long) goes to
   ``protocol.frame.parse_header``, which raises the reason docs/protocol.md
   section 8 gives, in its order.
-- ``open_payload``: a regular expression per kind, built from the kinds table,
-  that matches exactly the payloads ``protocol.frame.open_payload`` accepts:
-  the array of the kind's fields (trailing optional ones may be absent), each
-  a shortest-form CBOR integer inside its field's range, null where the field
-  is nullable, a series as an array of the allowed length. A match is decoded
-  by cbor2's C decoder (for this subset CBOR has one reading, so the values
-  are those of the pure decoder); anything that does not match is decoded by
-  ``protocol.frame.open_payload``, which accepts it or raises its reason. So
+- ``open_payload`` and ``decoded``: one function per kind, generated once from
+  the kinds table, that walks the payload bytes and accepts exactly the
+  payloads ``protocol.frame.open_payload`` accepts: the array of the kind's
+  fields (trailing optional ones may be absent), each a shortest-form CBOR
+  integer inside its field's range, null where the field is nullable, a
+  series as an array of the allowed length. Each field's code holds only the
+  heads its range can take, with the range and shortest-form bounds written
+  in as constants, and the function builds the result dict as it goes (one
+  dict display per payload length). It returns None for anything else, which
+  ``protocol.frame.open_payload`` then accepts or rejects with its reason. So
   the fast path never accepts what the protocol rejects, and every rejection
   carries the protocol's own reason.
 
-tests/gateway/test_fastframe.py pins both functions to the protocol ones with
+The walk replaced a regular expression per kind (the check) followed by
+cbor2's decoder and a dict builder: three passes over the same bytes where one
+does (docs/performance.md has the figures).
+
+tests/gateway/test_fastframe.py pins every function here to the protocol's with
 hypothesis (random, mutated and authentic payloads).
 """
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Callable
 from typing import Any
 
-from cbor2 import loads as loads  # the C decoder (cbor2 is in the gateway extra)
-
 from knute.protocol import frame as pframe
 from knute.protocol import kinds
 
-_ANY = rb"[\x00-\xff]"
-_NULL = rb"\xf6"
 UNPACK_IDS = struct.Struct(">IBH").unpack_from   # device id, counter (high, low)
 # protocol.frame.nonce(device_id, fcnt, direction) is NONCE.pack(direction, device_id, fcnt)
 NONCE = struct.Struct(">BIIxxxx")
 
-
-def _byte(value: int) -> bytes:
-    return rb"\x%02x" % value
-
-
-def _klass(lo: int, hi: int) -> bytes:
-    return _byte(lo) if lo == hi else b"[" + _byte(lo) + b"-" + _byte(hi) + b"]"
-
-
-def _big_endian(lo: int, hi: int, width: int) -> bytes:
-    """A pattern for ``width``-byte big-endian numbers from ``lo`` to ``hi``."""
-    if width == 0:
-        return b""
-    shift = 8 * (width - 1)
-    rest = (1 << shift) - 1
-    lo_top, lo_rest = lo >> shift, lo & rest
-    hi_top, hi_rest = hi >> shift, hi & rest
-    if lo_top == hi_top:
-        return _byte(lo_top) + _big_endian(lo_rest, hi_rest, width - 1)
-    parts = []
-    first, last = lo_top, hi_top
-    if lo_rest:
-        parts.append(_byte(lo_top) + _big_endian(lo_rest, rest, width - 1))
-        first += 1
-    if hi_rest != rest:
-        parts.append(_byte(hi_top) + _big_endian(0, hi_rest, width - 1))
-        last -= 1
-    if first <= last:
-        tail = _ANY + (b"{%d}" % (width - 1) if width > 2 else b"") if width > 1 else b""
-        parts.append(_klass(first, last) + tail)
-    return b"(?:" + b"|".join(parts) + b")"
-
-
 # (lowest, highest, additional information, bytes that follow) of each
-# shortest-form argument length (RFC 8949 section 4.2.1)
-_ARGUMENTS = ((0, 23, None, 0), (24, 0xFF, 24, 1), (0x100, 0xFFFF, 25, 2),
-              (0x10000, 0xFFFFFFFF, 26, 4), (0x100000000, 0xFFFFFFFFFFFFFFFF, 27, 8))
+# shortest-form argument length (RFC 8949 section 4.2.1); None: the value is in the head
+_ARGUMENTS: tuple[tuple[int, int, int | None, int], ...] = (
+    (0, 23, None, 0), (24, 0xFF, 24, 1), (0x100, 0xFFFF, 25, 2),
+    (0x10000, 0xFFFFFFFF, 26, 4), (0x100000000, 0xFFFFFFFFFFFFFFFF, 27, 8))
+_NULL = 0xF6
+_ARRAY = 0x80            # major type 4: an array, its length in the head up to 23
+_ARRAY_1 = 0x98          # an array whose length (24..255) is in the next byte
+
+Decoder = Callable[[bytes, int, int, int], dict[str, Any] | None]
 
 
-def _head(major: int, lo: int, hi: int) -> bytes:
-    """A pattern for the shortest-form heads of major type ``major`` with argument lo..hi."""
-    parts = []
-    for first, last, info, width in _ARGUMENTS:
-        a, b = max(lo, first), min(hi, last)
-        if a > b:
-            continue
-        if info is None:
-            parts.append(_klass((major << 5) | a, (major << 5) | b))
-        else:
-            parts.append(_byte((major << 5) | info) + _big_endian(a, b, width))
-    return b"(?:" + b"|".join(parts) + b")" if parts else b"(?!)"
+def _argument(at: str, width: int) -> str:
+    """The expression of the ``width``-byte big-endian argument after the head at ``at``."""
+    if width == 1:
+        return f"p[{at} + 1]"
+    if width == 2:
+        return f"p[{at} + 1] << 8 | p[{at} + 2]"
+    return f"_U{8 * width}(p, {at} + 1)[0]"
 
 
-def _integer(lo: int, hi: int) -> bytes:
-    """A pattern for the shortest-form CBOR integers from ``lo`` to ``hi``."""
-    parts = []
-    if hi >= 0:
-        parts.append(_head(0, max(lo, 0), hi))
-    if lo < 0:
-        parts.append(_head(1, -1 - min(hi, -1), -1 - lo))
-    return b"(?:" + b"|".join(parts) + b")"
+def _integer(var: str, lo: int, hi: int, nullable: bool, pad: str) -> list[str]:
+    """Lines that read one shortest-form integer in lo..hi (or null) at ``p[i]`` into
+    ``var`` and step ``i`` past it, or return None.
 
-
-def _field(field: tuple[Any, ...]) -> bytes:
-    """A pattern for one TABLE field's value, as ``kinds.unpack`` accepts it."""
-    lo, hi = kinds.field_range(field)
-    if field[1] == "series":
-        item = _integer(lo, hi)
-        pattern = b"(?:" + b"|".join(
-            _head(4, n, n) + b"(?:" + item + b")" + b"{%d}" % n
-            for n in range(field[7][0], field[7][1] + 1)) + b")"
-    else:
-        pattern = _integer(lo, hi)
-    if field[8] & kinds.NULLABLE:
-        pattern = b"(?:" + _NULL + b"|" + pattern + b")"
-    return pattern
-
-
-def payload_pattern(kind_id: int) -> re.Pattern[bytes]:
-    """The compiled pattern of the payloads of kind ``kind_id`` the protocol accepts."""
-    fields = kinds.table_entry(kind_id)[2]
-    required = sum(1 for f in fields if not f[8] & kinds.OPTIONAL)
-    arrays = [_head(4, n, n) + b"".join(_field(f) for f in fields[:n])
-              for n in range(required, len(fields) + 1)]
-    return re.compile(b"(?:" + b"|".join(arrays) + b")")
-
-
-def _builder(kind_id: int, name: str, fields: tuple[str, ...]) -> Callable[..., Any]:
-    """A function (device_id, fcnt, tag_len, payload) -> the dict ``decode`` returns,
-    for payloads of exactly ``len(fields)`` elements.
-
-    Written out as one dict display per payload length, because building the two
-    dicts key by key (``dict(zip(...))``) costs a third of the AES-CCM decryption.
-    The source holds only names from the kinds table, quoted with repr().
+    A branch per head the range can take: ``kinds.check``'s range and RFC 8949's
+    shortest form become constant bounds. Past the end of ``p`` an index raises
+    IndexError (struct.error for a wide argument), which the function returns None for.
     """
-    values = ", ".join(f"{field!r}: payload[{pos}]" for pos, field in enumerate(fields))
-    source = (f"def build(device_id, fcnt, tag_len, payload):\n"
-              f"    return {{'kind': {name!r}, 'kind_id': {kind_id!r}, "
-              f"'device_id': device_id, 'fcnt': fcnt, 'tag_len': tag_len, "
-              f"'values': {{{values}}}}}\n")
-    namespace: dict[str, Any] = {}
-    exec(compile(source, f"<fastframe kind {kind_id}>", "exec"), namespace)
-    build: Callable[..., Any] = namespace["build"]
-    return build
+    lines = [f"{pad}b = p[i]"]
+    for major in (0, 1):     # unsigned, negative (value -1 - argument)
+        for first, last, info, width in _ARGUMENTS:
+            if major == 0:
+                low, high = max(lo, first), min(hi, last)
+            else:
+                low, high = max(lo, -1 - last), min(hi, -1 - first)
+            if low > high:
+                continue
+            keyword = "if" if len(lines) == 1 else "elif"
+            if info is None:     # the value is the head's own 5 bits
+                if major == 0:
+                    cond = f"b <= {high}" if low == 0 else f"{low} <= b <= {high}"
+                    value = "b"
+                else:            # heads 0x20..0x37 are -1..-24
+                    cond = f"{0x1F - high} <= b <= {0x1F - low}"
+                    value = f"{0x1F} - b"
+                lines += [f"{pad}{keyword} {cond}:", f"{pad}    {var} = {value}",
+                          f"{pad}    i += 1"]
+                continue
+            value = _argument("i", width)
+            if major == 1:
+                value = f"-1 - ({value})"
+            # Checks beyond what the argument's width gives: the low bound of an
+            # unsigned value and the high one of a negative value are always needed
+            # (shortest form: a value the narrower heads could carry is outside the subset).
+            if major == 0:
+                checks = [f"{var} < {low}"] + ([f"{var} > {high}"] if high < last else [])
+            else:
+                checks = [f"{var} > {high}"] + ([f"{var} < {low}"] if low > -1 - last else [])
+            lines += [f"{pad}{keyword} b == {(major << 5) | info}:",
+                      f"{pad}    {var} = {value}", f"{pad}    i += {1 + width}",
+                      f"{pad}    if {' or '.join(checks)}:", f"{pad}        return None"]
+    if nullable:
+        keyword = "if" if len(lines) == 1 else "elif"
+        lines += [f"{pad}{keyword} b == {_NULL}:", f"{pad}    {var} = None", f"{pad}    i += 1"]
+    if len(lines) == 1:   # a field no value can fill: no payload of this length is valid
+        return [f"{pad}return None"]
+    return [*lines, f"{pad}else:", f"{pad}    return None"]
+
+
+def _series(var: str, lo: int, hi: int, min_len: int, max_len: int, pad: str) -> list[str]:
+    """Lines that read an array of min_len..max_len integers in lo..hi into ``var``."""
+    lines = [f"{pad}b = p[i]",
+             f"{pad}if {_ARRAY + min_len} <= b <= {_ARRAY + min(max_len, 23)}:",
+             f"{pad}    n = b - {_ARRAY}", f"{pad}    i += 1"]
+    if max_len >= 24:
+        lines += [f"{pad}elif b == {_ARRAY_1}:", f"{pad}    n = p[i + 1]", f"{pad}    i += 2",
+                  f"{pad}    if n < {max(min_len, 24)} or n > {max_len}:",
+                  f"{pad}        return None"]
+    lines += [f"{pad}else:", f"{pad}    return None",
+              f"{pad}{var} = []", f"{pad}append = {var}.append",
+              f"{pad}for _ in range(n):",
+              *_integer("x", lo, hi, False, pad + "    "),
+              f"{pad}    append(x)"]
+    return lines
+
+
+def decoder_source(kind_id: int) -> str:
+    """The source of kind ``kind_id``'s decoder (see the top of this file).
+
+    ``decode(p, device_id, fcnt, tag_len)`` returns ``protocol.frame.decoded``'s
+    dict for the payload ``p``, or None when the protocol might reject it. The
+    source holds only numbers and names from the kinds table (names quoted with
+    repr()).
+    """
+    _kid, name, fields = kinds.table_entry(kind_id)
+    if len(fields) > 23:
+        raise ValueError(f"kind {name}: more fields than one array head holds")
+    required = sum(1 for f in fields if not f[8] & kinds.OPTIONAL)
+    pad = " " * 8
+
+    def result(count: int) -> str:
+        values = ", ".join(f"{f[0]!r}: v{pos}" for pos, f in enumerate(fields[:count]))
+        return (f"return {{'kind': {name!r}, 'kind_id': {kind_id!r}, 'device_id': device_id, "
+                f"'fcnt': fcnt, 'tag_len': tag_len, 'values': {{{values}}}}}")
+
+    lines = ["def decode(p, device_id, fcnt, tag_len):",
+             "    try:",
+             f"{pad}k = p[0] - {_ARRAY}",
+             f"{pad}if k < {required} or k > {len(fields)}:",
+             f"{pad}    return None",
+             f"{pad}i = 1"]
+    for pos, field in enumerate(fields):
+        if pos >= required:       # the payload may end before this field
+            lines += [f"{pad}if k == {pos}:", f"{pad}    if i != len(p):",
+                      f"{pad}        return None", f"{pad}    {result(pos)}"]
+        lo, hi = kinds.field_range(field)
+        if field[1] == "series":
+            lines += _series(f"v{pos}", lo, hi, field[7][0], field[7][1], pad)
+        else:
+            lines += _integer(f"v{pos}", lo, hi, bool(field[8] & kinds.NULLABLE), pad)
+    lines += [f"{pad}if i != len(p):", f"{pad}    return None", f"{pad}{result(len(fields))}",
+              "    except (IndexError, struct.error):",
+              "        return None"]
+    return "\n".join(lines) + "\n"
+
+
+def _decoder(kind_id: int) -> Decoder:
+    """Kind ``kind_id``'s decoder, compiled from ``decoder_source``."""
+    namespace: dict[str, Any] = {"struct": struct, "_U32": struct.Struct(">I").unpack_from,
+                                 "_U64": struct.Struct(">Q").unpack_from}
+    exec(compile(decoder_source(kind_id), f"<fastframe kind {kind_id}>", "exec"), namespace)
+    decode: Decoder = namespace["decode"]
+    return decode
 
 
 class _Kind:
-    """What the fast path needs of one kind: its pattern and a builder per payload length."""
+    """What the fast path needs of one kind: its name and its generated decoder."""
 
-    __slots__ = ("build", "fields", "kind_id", "match", "name")
+    __slots__ = ("decode", "kind_id", "name")
 
-    def __init__(self, kind_id: int, name: str, fields: tuple[str, ...]) -> None:
+    def __init__(self, kind_id: int, name: str) -> None:
         self.kind_id = kind_id
         self.name = name
-        self.fields = fields
-        self.match: Callable[[bytes], Any] = payload_pattern(kind_id).fullmatch
-        # build[n] for a payload of n elements (n is one the pattern admits)
-        self.build: tuple[Callable[..., Any], ...] = tuple(
-            _builder(kind_id, name, fields[:n]) for n in range(len(fields) + 1))
+        self.decode: Decoder = _decoder(kind_id)
 
 
-KINDS: dict[int, _Kind] = {
-    entry[0]: _Kind(entry[0], entry[1], tuple(f[0] for f in entry[2])) for entry in kinds.TABLE}
+KINDS: dict[int, _Kind] = {entry[0]: _Kind(entry[0], entry[1]) for entry in kinds.TABLE}
 
 # control byte -> (kind id, tag length, shortest frame): version 1, a known kind
 CONTROL: dict[int, tuple[int, int, int]] = {
@@ -195,12 +221,12 @@ def decoded(kind_id: int, device_id: int, fcnt: int, tag_len: int,
             plain: bytes) -> dict[str, Any]:
     """``protocol.frame.decoded``'s dict, or its FrameError.
 
-    gateway.pipeline.Verifier.verify has these lines written out (one call less per frame).
+    gateway.pipeline.Pipeline.decide has these lines written out (one call less per frame).
     """
     kind = KINDS.get(kind_id)
-    if kind is not None and kind.match(plain) is not None:
-        payload = loads(plain)
-        fast: dict[str, Any] = kind.build[len(payload)](device_id, fcnt, tag_len, payload)
-        return fast
+    if kind is not None:
+        fast = kind.decode(plain, device_id, fcnt, tag_len)
+        if fast is not None:
+            return fast
     slow: dict[str, Any] = pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
     return slow

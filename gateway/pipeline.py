@@ -17,9 +17,10 @@ For each ``Reception`` (frame bytes plus where and how it was heard):
 4. Verify and decrypt with the device's key (``Verifier``): AES-CCM through
    cryptography's ``AESCCM`` object, cached per device and tag length, nonce
    ``protocol.frame.nonce(device_id, fcnt)``, the 8 header bytes as associated
-   data, then ``protocol.frame.open_payload`` (``gateway.fastframe`` answers the
-   payloads the kinds table accepts in C, and leaves the rest to the protocol
-   code, so the reasons are the protocol's). The result is exactly what
+   data, then ``protocol.frame.open_payload`` (``gateway.fastframe``'s decoder,
+   generated per kind from the kinds table, answers the payloads the table
+   accepts, and leaves the rest to the protocol code, so the reasons are the
+   protocol's). The result is exactly what
    ``protocol.frame.decode`` returns, or the same FrameError reason.
    The frame's kind must be the registered kind (``kind_mismatch``).
 5. Replay check (``ReplayGuard``) against the last accepted counter:
@@ -98,7 +99,6 @@ MODBUS = "modbus"             # source type of readings polled over Modbus
 
 _NONCE = fastframe.NONCE.pack     # protocol.frame.nonce's layout, as one C call
 _FAST_KINDS = fastframe.KINDS
-_LOADS = fastframe.loads
 _CONTROL = fastframe.CONTROL
 _UNPACK_IDS = fastframe.UNPACK_IDS
 _HEADER_LEN = pframe.HEADER_LEN
@@ -292,13 +292,14 @@ class Verifier:
             plain = aead.decrypt(_NONCE(0, device_id, fcnt), buf[8:], buf[:8])
         except InvalidTag:
             raise FrameError(FRAME_TAG) from None
-        # fastframe.decoded, written out: the payloads the kinds table accepts in C,
-        # everything else (and every rejection) by the protocol's own code.
+        # fastframe.decoded, written out: the payloads the kinds table accepts by the
+        # kind's generated decoder, everything else (and every rejection) by the
+        # protocol's own code.
         kind = _FAST_KINDS.get(kind_id)
-        if kind is not None and kind.match(plain) is not None:
-            payload = _LOADS(plain)
-            fast: dict[str, Any] = kind.build[len(payload)](device_id, fcnt, tag_len, payload)
-            return fast
+        if kind is not None:
+            fast = kind.decode(plain, device_id, fcnt, tag_len)
+            if fast is not None:
+                return fast
         slow: dict[str, Any] = pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
         return slow
 
@@ -503,11 +504,8 @@ class Pipeline:
                 return None
             return Rejection(FRAME_TAG, device_id, fcnt, None)
         kind = _FAST_KINDS[kind_id]
-        if kind.match(plain) is not None:
-            payload = _LOADS(plain)
-            decoded: dict[str, Any] = kind.build[len(payload)](device_id, fcnt, tag_len,
-                                                               payload)
-        else:
+        decoded = kind.decode(plain, device_id, fcnt, tag_len)
+        if decoded is None:
             try:
                 decoded = pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
             except FrameError as exc:

@@ -124,14 +124,14 @@ def test_every_valid_payload_takes_the_fast_path(index: int, battery: int, profi
     if max_flow is not None:
         values["max_flow"] = max_flow
     plain = cbor.encode(kinds.pack_id(1, values))
-    # Not just the same answer by falling back: the pattern itself takes it.
-    assert fastframe.KINDS[1].match(plain) is not None
+    # Not just the same answer by falling back: the generated decoder itself takes it.
+    assert fastframe.KINDS[1].decode(plain, 7, 9, 4) is not None
     assert fastframe.open_payload(1, plain) == values
     # The same index in a longer head than needed is outside the subset.
     head = cbor.encode(index)
     for longer in non_shortest(index):
         bad = plain.replace(head, longer, 1)
-        assert fastframe.KINDS[1].match(bad) is None
+        assert fastframe.KINDS[1].decode(bad, 7, 9, 4) is None
         same_payload(1, bad)
 
 
@@ -148,7 +148,61 @@ def test_air_payloads_with_nulls(values: list[int | None]) -> None:
             valid = valid and bool(field[8] & kinds.NULLABLE)
         else:
             valid = valid and lo <= value <= hi
-    assert (fastframe.KINDS[2].match(plain) is not None) == valid
+    assert (fastframe.KINDS[2].decode(plain, 7, 9, 4) is not None) == valid
+
+
+# Where one head gives way to the next (RFC 8949 section 4.2.1), for both signs.
+EDGES = sorted({v for e in (0, 23, 24, 255, 256, 0xFFFF, 0x10000, 0xFFFFFFFF, 0x100000000)
+                for v in (e - 1, e, e + 1, -e - 1, -e, -e - 2)})
+
+
+def test_every_head_of_every_field_at_its_edges() -> None:
+    # Each field of each kind at every head boundary and at its own range's edges,
+    # in shortest form and one head longer, alone in an otherwise valid payload: the
+    # generated decoder answers exactly as the protocol does, and takes every valid one.
+    for kind_id, _name, fields in kinds.TABLE:
+        required = sum(1 for f in fields if not f[8] & kinds.OPTIONAL)
+        base: list[Any] = []
+        for field in fields[:len(fields)]:
+            lo, hi = kinds.field_range(field)
+            base.append([lo] * field[7][0] if field[1] == "series" else lo)
+        for pos, field in enumerate(fields):
+            lo, hi = kinds.field_range(field)
+            for value in sorted({*EDGES, lo - 1, lo, hi, hi + 1}):
+                for count in {max(required, pos + 1), len(fields)}:
+                    payload = list(base[:count])
+                    payload[pos] = [value] * field[7][1] if field[1] == "series" else value
+                    plain = encode_any(payload)
+                    same_payload(kind_id, plain)
+                    fast = fastframe.KINDS[kind_id].decode(plain, 7, 9, 4)
+                    assert (fast is not None) == (lo <= value <= hi), (kind_id, pos, value)
+                    if value >= 0:
+                        for longer in non_shortest(value):
+                            same_payload(kind_id, plain.replace(encode_any(value), longer, 1))
+
+
+def test_series_lengths_in_both_array_heads() -> None:
+    # A series of every length up to one past its longest, its length in the head
+    # (up to 23) or in the byte after it (0x98: shortest form only from 24 on).
+    for kind_id, _name, fields in kinds.TABLE:
+        for pos, field in enumerate(fields):
+            if field[1] != "series":
+                continue
+            lo, _hi = kinds.field_range(field)
+            low, high = field[7]
+            head = [[lo] * f[7][0] if f[1] == "series" else kinds.field_range(f)[0]
+                    for f in fields[:pos]]
+            for n in range(0, high + 2):
+                prefix = encode_any(head)
+                prefix = bytes([prefix[0] + 1]) + prefix[1:]     # one element more
+                items = encode_any([lo] * n)[-n:] if n else b""
+                for array in ({encode_any([lo] * n)[:-n or None]}
+                              | ({b"\x98" + bytes([n])} if n < 256 else set())):
+                    plain = prefix + array + items
+                    same_payload(kind_id, plain)
+                    fast = fastframe.KINDS[kind_id].decode(plain, 7, 9, 4)
+                    shortest = array == encode_any([lo] * n)[:-n or None]
+                    assert (fast is not None) == (low <= n <= high and shortest), (pos, n, array)
 
 
 @settings(max_examples=500)
