@@ -101,8 +101,11 @@ _NONCE = fastframe.NONCE.pack     # protocol.frame.nonce's layout, as one C call
 _FAST_KINDS = fastframe.KINDS
 _CONTROL = fastframe.CONTROL
 _UNPACK_IDS = fastframe.UNPACK_IDS
-_HEADER_LEN = pframe.HEADER_LEN
 _MAX_FRAME = pframe.MAX_FRAME
+_FAST_MIN = pframe.HEADER_LEN + 1 + 4    # the shortest frame with a 4-byte tag
+# Pipeline.decide's per-device entry: (control byte, cipher, the kind's generated decoder,
+# tag length, None or the kind_mismatch detail)
+_Entry = tuple[int, AESCCM, fastframe.Decoder, int, str | None]
 
 DEFAULT_DEDUP_WINDOW_S = 0.2
 DEFAULT_RESET_BELOW = 16
@@ -413,7 +416,7 @@ class Pipeline:
         # a frame that fails under the current key is tried under it.
         self.next_keys: dict[int, bytes] = {}
         # The dicts decide() reads on every frame (each is changed only in place)
-        self._aead = self.verifier._aead
+        self._fast: dict[int, _Entry] = {}
         self._last = self.replay._last
         self._digests = self.replay._digest
 
@@ -423,6 +426,7 @@ class Pipeline:
         """Use a new registry snapshot (SIGHUP); cached ciphers of changed keys go."""
         self.devices = dict(devices)
         self.verifier.forget(self.devices)
+        self._fast.clear()
 
     def load_counters(self, counters: Mapping[int, int]) -> None:
         """Reset the replay state to the spool's committed counters."""
@@ -460,13 +464,19 @@ class Pipeline:
         A frame with a well-formed header (``fastframe``'s table) of a registered
         device whose counter has no copy waiting in the dedup window is decided
         here from start to end: the duplicate check, the tag under the device's
-        current key, the payload (the fast pattern, else the protocol's decoder),
-        the registered kind and the replay decision. Returns the decoded frame (the
-        replay state advanced: it is accepted) or the ``Rejection``, with the same
-        reason and detail the general route gives. Returns None, having changed
-        nothing, for every other case (a header the table does not answer, a copy
-        to merge, a tag that fails while a key rotation is pending): ``submit``
+        current key, the payload (the kind's generated decoder, else the protocol's
+        decoder), the registered kind and the replay decision. Returns the decoded
+        frame (the replay state advanced: it is accepted) or the ``Rejection``, with
+        the same reason and detail the general route gives. Returns None, having
+        changed nothing, for every other case (a header the table does not answer, a
+        copy to merge, a tag that fails while a key rotation is pending): ``submit``
         then takes the general route.
+
+        What a frame needs of its device (the control byte of its registered kind
+        with a 4-byte tag, the cached cipher, the kind's decoder) is one look-up in
+        ``_fast``, filled by ``_entry`` on a device's first such frame and emptied
+        when the registry changes; a frame with any other control byte gets its
+        entry from ``_entry`` every time.
 
         Written out with locals and no calls between the steps, because on the
         hot path each Python call and attribute look-up costs as much as a
@@ -474,14 +484,16 @@ class Pipeline:
         test_pipeline_decide.py pins it to the general route.
         """
         n = len(buf)
-        control = _CONTROL.get(buf[0]) if _HEADER_LEN <= n <= _MAX_FRAME else None
-        if control is None or n < control[2]:
+        if n < _FAST_MIN or n > _MAX_FRAME:
             return None
         device_id, hi, lo = _UNPACK_IDS(buf, 1)
         fcnt = (hi << 16) | lo
-        device = self.devices.get(device_id)
-        if device is None:
-            return Rejection(UNKNOWN_DEVICE, device_id, fcnt, None)
+        entry = self._fast.get(device_id)
+        if entry is None or buf[0] != entry[0]:
+            found = self._entry(buf, n, device_id, fcnt)
+            if found is None or isinstance(found, Rejection):
+                return found
+            entry = found
         if self._window and (device_id, fcnt) in self._window:
             return None
         if buf.__class__ is not bytes:
@@ -489,36 +501,49 @@ class Pipeline:
         last = self._last.get(device_id)
         if last == fcnt and self._digests.get(device_id) == buf:
             return Rejection(DUPLICATE, device_id, fcnt, None)
-        kind_id, tag_len = control[0], control[1]
-        cached = self._aead.get(device_id)
-        if cached is None or cached[1] != tag_len or cached[0] != device.key:
-            aead = self.verifier._cipher(device, tag_len)
-        else:
-            aead = cached[2]
         try:
             # protocol.frame.nonce(device_id, fcnt) and the 8 header bytes as associated
             # data (DIR_UPLINK 0, HEADER_LEN 8), as in Verifier.verify
-            plain = aead.decrypt(_NONCE(0, device_id, fcnt), buf[8:], buf[:8])
+            plain = entry[1].decrypt(_NONCE(0, device_id, fcnt), buf[8:], buf[:8])
         except InvalidTag:
             if device_id in self.next_keys:
                 return None
             return Rejection(FRAME_TAG, device_id, fcnt, None)
-        kind = _FAST_KINDS[kind_id]
-        decoded = kind.decode(plain, device_id, fcnt, tag_len)
+        decoded = entry[2](plain, device_id, fcnt, entry[3])
         if decoded is None:
             try:
-                decoded = pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
+                decoded = pframe.decoded(entry[0] & 0x1F, device_id, fcnt, entry[3], plain)
             except FrameError as exc:
                 return Rejection(exc.reason, device_id, fcnt, exc.detail)
-        if kind.name != device.kind:
-            return Rejection(KIND_MISMATCH, device_id, fcnt,
-                             f"frame says {kind.name}, registered as {device.kind}")
+        if entry[4] is not None:
+            return Rejection(KIND_MISMATCH, device_id, fcnt, entry[4])
         if last is not None and fcnt <= last:
             reason = self.replay.check(device_id, fcnt, buf) or REPLAY   # never None here
             return Rejection(reason, device_id, fcnt, f"last accepted {last}")
         self._last[device_id] = fcnt          # ReplayGuard.advance, written out
         self._digests[device_id] = buf
         return decoded
+
+    def _entry(self, buf: bytes, n: int, device_id: int,
+               fcnt: int) -> _Entry | Rejection | None:
+        """``decide``'s entry for a frame whose control byte is not its device's cached
+        one: (control byte, cipher, decoder, tag length, kind-mismatch detail or None);
+        the ``Rejection`` of an unknown device; None where the header is not the
+        table's. An entry of the registered kind with a 4-byte tag is cached."""
+        control = _CONTROL.get(buf[0])
+        if control is None or n < control[2]:
+            return None
+        device = self.devices.get(device_id)
+        if device is None:
+            return Rejection(UNKNOWN_DEVICE, device_id, fcnt, None)
+        kind_id, tag_len = control[0], control[1]
+        kind = _FAST_KINDS[kind_id]
+        mismatch = (None if kind.name == device.kind
+                    else f"frame says {kind.name}, registered as {device.kind}")
+        entry = (buf[0], self.verifier._cipher(device, tag_len), kind.decode, tag_len, mismatch)
+        if mismatch is None and tag_len == 4:
+            self._fast[device_id] = entry
+        return entry
 
     def submit(self, rx: Reception) -> Verdict:
         """Process one reception; the frame, if new and valid, enters the dedup window."""
