@@ -52,6 +52,7 @@ _ARGUMENTS: tuple[tuple[int, int, int | None, int], ...] = (
 _NULL = 0xF6
 _ARRAY = 0x80            # major type 4: an array, its length in the head up to 23
 _ARRAY_1 = 0x98          # an array whose length (24..255) is in the next byte
+_UNROLL = 32             # longest series read element by element without a loop
 
 Decoder = Callable[[bytes, int, int, int], dict[str, Any] | None]
 
@@ -115,7 +116,13 @@ def _integer(var: str, lo: int, hi: int, nullable: bool, pad: str) -> list[str]:
 
 
 def _series(var: str, lo: int, hi: int, min_len: int, max_len: int, pad: str) -> list[str]:
-    """Lines that read an array of min_len..max_len integers in lo..hi into ``var``."""
+    """Lines that read an array of min_len..max_len integers in lo..hi into ``var``.
+
+    Unrolled up to ``_UNROLL`` elements: element j is read into ``x<j>`` one
+    level deeper than element j - 1, and the list is one display at the level
+    where the count ends. A loop with ``append`` costs about as much per element
+    as reading it (docs/performance.md).
+    """
     lines = [f"{pad}b = p[i]",
              f"{pad}if {_ARRAY + min_len} <= b <= {_ARRAY + min(max_len, 23)}:",
              f"{pad}    n = b - {_ARRAY}", f"{pad}    i += 1"]
@@ -123,12 +130,21 @@ def _series(var: str, lo: int, hi: int, min_len: int, max_len: int, pad: str) ->
         lines += [f"{pad}elif b == {_ARRAY_1}:", f"{pad}    n = p[i + 1]", f"{pad}    i += 2",
                   f"{pad}    if n < {max(min_len, 24)} or n > {max_len}:",
                   f"{pad}        return None"]
-    lines += [f"{pad}else:", f"{pad}    return None",
-              f"{pad}{var} = []", f"{pad}append = {var}.append",
-              f"{pad}for _ in range(n):",
-              *_integer("x", lo, hi, False, pad + "    "),
-              f"{pad}    append(x)"]
-    return lines
+    lines += [f"{pad}else:", f"{pad}    return None"]
+    if max_len > _UNROLL:
+        return [*lines, f"{pad}{var} = []", f"{pad}append = {var}.append",
+                f"{pad}for _ in range(n):", *_integer("x", lo, hi, False, pad + "    "),
+                f"{pad}    append(x)"]
+    indent = pad
+    for j in range(max_len):
+        if j >= min_len:
+            items = ", ".join(f"x{k}" for k in range(j))
+            lines += [f"{indent}if n == {j}:", f"{indent}    {var} = [{items}]",
+                      f"{indent}else:"]
+            indent += "    "
+        lines += _integer(f"x{j}", lo, hi, False, indent)
+    items = ", ".join(f"x{k}" for k in range(max_len))
+    return [*lines, f"{indent}{var} = [{items}]"]
 
 
 def decoder_source(kind_id: int) -> str:
