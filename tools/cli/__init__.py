@@ -29,8 +29,8 @@ EXIT_BROKEN_PIPE = 141         # 128 + SIGPIPE, as the shell reports a command c
 
 # extra -> the modules it installs that a subcommand imports (pyproject.toml's extras)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "gateway": ("paho.mqtt", "pymodbus", "serial", "prometheus_client", "cbor2"),
-    "tools": ("mpremote", "rich"),
+    "gateway": ("paho.mqtt", "pymodbus", "serial", "prometheus_client"),
+    "tools": ("mpremote", "rich", "cbor2"),
     "demo": ("amqtt",),
     "backend": ("paho.mqtt", "jsonschema"),
 }
