@@ -781,7 +781,7 @@ class DownlinkStore:
         return {int(r[0]): bytes(r[1]) for r in rows}
 
     def begin_rekey(self, device_id: int, new_key: bytes, *, ref: str | None = None,
-                    now: float | None = None) -> Command:
+                    now: float | None = None, expiry_s: float | None = None) -> Command:
         """Step 1 and 2 of a rotation: store ``new_key`` as next, then queue ``rekey``.
 
         Both in one transaction, so the key is stored before anything can send it.
@@ -827,7 +827,8 @@ class DownlinkStore:
                                "(?, ?, 'offer', ?, ?, ?, '')", (device_id, peer, nxt, fp, base))
                 args = {"key_no": nxt}
             cmd, _ = self._insert(db, device_id, "rekey", json.dumps(args, sort_keys=True),
-                                  ref, now, now + self.limits.expiry_s)
+                                  ref, now,
+                                  now + (self.limits.expiry_s if expiry_s is None else expiry_s))
         return cmd
 
     def rekey_key(self, device_id: int, key_no: int) -> bytes | None:
@@ -1007,20 +1008,34 @@ class DownlinkStore:
     def rekey_commit_notice(self, device_id: int, fp: str, now: float | None = None
                             ) -> list[Command]:
         """A peer heard the node under next key ``fp`` and committed it: so does this
-        gateway, if ``fp`` is its next key (its open ``rekey`` commands are returned,
-        now ``applied``). No ``rekey_done`` is queued here: the committing gateway's is
-        the one."""
+        gateway, if ``fp`` is its next key. When this gateway started the rotation its
+        open ``rekey`` commands are returned, now ``applied`` (the origin publishes that
+        step; a peer's copies close silently). No ``rekey_done`` is queued here: the
+        committing gateway's is the one."""
         now = time.time() if now is None else now
         with self._write() as db:
             nxt = db.execute("SELECT next_key FROM dl_devices WHERE device_id = ?",
                              (device_id,)).fetchone()
             if nxt is None or nxt[0] is None or fingerprint(bytes(nxt[0])) != fp:
                 return []
+            origin = db.execute("SELECT origin FROM dl_rekey WHERE device_id = ?",
+                                (device_id,)).fetchone()
+            mine = origin is None or origin[0] in ("", self.gateway_id)
             open_rekeys = [int(r[0]) for r in db.execute(
                 "SELECT cmd_id FROM dl_commands WHERE device_id = ? AND op = 'rekey' AND "
                 "state IN (?, ?)", (device_id, *OPEN_STATES))]
             self._commit(db, device_id, now)
+        if not mine:
+            return []
         return [c for c in (self.get(device_id, i) for i in open_rekeys) if c is not None]
+
+    def rekey_origin(self, device_id: int) -> str | None:
+        """The gateway that started the device's pending rotation ('' for one started
+        without peers), or None when there is no rotation with peers pending."""
+        with self._lock:
+            row = self._db.execute("SELECT origin FROM dl_rekey WHERE device_id = ?",
+                                   (device_id,)).fetchone()
+        return None if row is None else str(row[0])
 
     def rekey_outbox(self) -> list[RekeyOut]:
         """What this gateway keeps telling each peer about each device's rotation (the
