@@ -373,12 +373,12 @@ def status_message(cmd: Command, gateway_id: str, kind: str) -> dict[str, Any]:
     if cmd.state == REJECTED:
         out["result"] = cmd.result
         out["detail"] = cmd.detail
+        if cmd.op == "config" and cmd.result in ("cmd_range", "cmd_key") and cmd.detail:
+            out["key"] = config_name(cmd.detail)
     elif cmd.state == EXPIRED and cmd.result is not None:
         out["result"] = cmd.result          # peer_missing: a rotation's peers not all there
     if cmd.op == "rekey" and cmd.args.get("waiting_for"):
         out["waiting_for"] = list(cmd.args["waiting_for"])
-        if cmd.op == "config" and cmd.result in ("cmd_range", "cmd_key") and cmd.detail:
-            out["key"] = config_name(cmd.detail)
     return out
 
 
