@@ -566,11 +566,12 @@ class DownlinkStore:
                                "AND op = 'rekey' AND sends = 0 AND state IN (?, ?)",
                                (device_id, cmd_id, *OPEN_STATES)).fetchone()
             if rekey is not None:       # never sent: the rotation ends everywhere
-                self._abort(db, device_id, CANCELLED, None, now)
+                ended = self._abort(db, device_id, CANCELLED, None, now)
+                rekey = None if ended is None else rekey
             cur = db.execute("UPDATE dl_commands SET state = ?, updated_at = ? WHERE "
                              "device_id = ? AND cmd_id = ? AND state IN (?, ?)",
                              (CANCELLED, now, device_id, cmd_id, *OPEN_STATES))
-            if cur.rowcount == 0:
+            if cur.rowcount == 0 and rekey is None:
                 raise KnuteError(f"device {device_id:08x} has no open command {cmd_id}")
         cmd = self.get(device_id, cmd_id)
         assert cmd is not None
@@ -912,10 +913,10 @@ class DownlinkStore:
         args = json.loads(cmd_row[4])
         if waiting:
             args["waiting_for"] = waiting
+        text = json.dumps(args, sort_keys=True)
         db.execute("UPDATE dl_commands SET state = ?, result = ?, args = ?, updated_at = ? "
-                   "WHERE row = ?", (state, result, json.dumps(args, sort_keys=True), now,
-                                     cmd_row[0]))
-        return _command((*cmd_row[1:4], args, state, *cmd_row[6:8], now, cmd_row[9], result,
+                   "WHERE row = ?", (state, result, text, now, cmd_row[0]))
+        return _command((*cmd_row[1:4], text, state, *cmd_row[6:8], now, cmd_row[9], result,
                          None, *cmd_row[12:]))
 
     def rekey_answer(self, device_id: int, gateway: str, what: str, key_no: int,
