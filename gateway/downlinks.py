@@ -137,6 +137,11 @@ CREATE TABLE IF NOT EXISTS dl_rekey_out (
     reason      TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (device_id, gateway)
 );
+CREATE TABLE IF NOT EXISTS dl_rekey_retired (
+    device_id   INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (device_id, fingerprint)
+);
 CREATE TABLE IF NOT EXISTS device_changes (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     n  INTEGER NOT NULL
@@ -342,8 +347,9 @@ class DownlinkStore:
         with self._lock:
             row = self._db.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
                                    "('dl_devices', 'dl_commands', 'device_changes', 'dl_rekey', "
-                                   "'dl_rekey_peers', 'dl_rekey_out')").fetchone()
-        if int(row[0]) < 6:
+                                   "'dl_rekey_peers', 'dl_rekey_out', 'dl_rekey_retired')"
+                                   ).fetchone()
+        if int(row[0]) < 7:
             self._create()
             return True
         return False
@@ -844,6 +850,11 @@ class DownlinkStore:
                          "device_id = ?", (device_id,)).fetchone()
         if row is None or row[0] is None:
             return None
+        old = db.execute("SELECT key FROM devices WHERE device_id = ?",
+                         (device_id,)).fetchone()
+        if old is not None:         # a share message with it later must not bring it back
+            db.execute("INSERT OR IGNORE INTO dl_rekey_retired VALUES (?, ?)",
+                       (device_id, fingerprint(bytes(old[0]))))
         db.execute("UPDATE devices SET key = ? WHERE device_id = ?",
                    (bytes(row[0]), device_id))
         db.execute("UPDATE dl_devices SET key_no = ?, next_key = NULL, next_key_no = NULL "

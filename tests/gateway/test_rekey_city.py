@@ -549,3 +549,36 @@ def test_a_peer_that_is_down_keeps_the_rekey_back_until_it_expires(tmp_path: Pat
     finally:
         for gw in city.gws.values():
             gw.store.close()
+
+
+def test_the_operators_share_does_not_bring_a_rotated_key_back(tmp_path: Path) -> None:
+    # The operator's registry never learns the new key (it stays at the gateways): a later
+    # share of the device, with a new name, must not take the gateway back to the old key.
+    from knute.gateway.registry_share import put_message
+    from knute.gateway.share_apply import ShareState
+
+    private = PRIV["gw-b"]
+    reg = Registry(str(tmp_path / "b.db"))
+    state = ShareState(private, prefix="t", gateway_id="gw-b")
+
+    def put(name: str, version: int) -> None:
+        state.offer(f"t/registry/gw-b/{DEV:08x}", put_message(
+            gateway_id="gw-b", recipient=PUB["gw-b"], device_id=DEV, kind="water_meter",
+            key=K1, name=name, site="", location={}, version=version))
+
+    try:
+        put("meter", 1)
+        assert state.apply(reg)
+        store = dlq.DownlinkStore(str(tmp_path / "b.db"), stride=(1, 3), gateway_id="gw-b",
+                                  peers=NAMES)
+        new = os.urandom(16)
+        assert store.rekey_offer(DEV, "gw-a", 1, new, fingerprint(K1)) == ("hold", "")
+        store.rekey_commit_notice(DEV, fingerprint(new))
+        store.close()
+        put("meter, Storgata 1", 2)
+        assert state.apply(reg)
+        dev = reg.get(DEV)
+        assert dev is not None and dev.key == new and dev.name == "meter, Storgata 1"
+        assert state.counts["kept_rotated_key"] == 1
+    finally:
+        reg.close()
