@@ -582,3 +582,44 @@ def test_the_operators_share_does_not_bring_a_rotated_key_back(tmp_path: Path) -
         assert state.counts["kept_rotated_key"] == 1
     finally:
         reg.close()
+
+
+def test_an_mqtt_rekey_is_started_by_one_gateway_only(tmp_path: Path) -> None:
+    from knute.gateway.downlink_mqtt import CommandListener, parse_command
+
+    topic = f"t/water_meter/{DEV:08x}/down"
+    started: dict[str, list[str]] = {}
+    for name in NAMES:
+        store = _store(tmp_path / f"{name}.db", name)
+        listener = CommandListener(MqttConfig(prefix="t"), store, lambda _d: "water_meter",
+                                   lambda c, _k: None, lambda *_a: None, gateway_id=name,
+                                   client_id=name)
+        listener.handle(topic, b'{"id": "r1", "command": "rekey"}')
+        listener.handle(topic, b'{"id": "r2", "command": "rekey", "gateway": "gw-c"}')
+        started[name] = [c.ref or "" for c in store.commands(DEV) if c.op == "rekey"]
+        assert listener.stats()["rekey_elsewhere"] == 2 - len(started[name])
+        store.close()
+    # Without a name the gateway of index 0 starts it; gw-c's own rotation waits for
+    # nothing else: a second rotation at gw-a would be refused as pending anyway.
+    assert started == {"gw-a": ["r1"], "gw-b": [], "gw-c": ["r2"]}
+    with pytest.raises(KnuteError, match="time takes no 'gateway'"):
+        parse_command(b'{"id": "x", "command": "time", "gateway": "gw-a"}')
+
+
+def test_the_peers_come_from_the_share_table(tmp_path: Path) -> None:
+    from knute.gateway import config
+
+    pub = PUB["gw-b"].public_bytes_raw().hex()
+    (tmp_path / "c.pub").write_text(PUB["gw-c"].public_bytes_raw().hex() + "\n")
+    base = {"gateway": {"id": "gw-a", "data_dir": str(tmp_path)},
+            "serial": [{"name": "s", "url": "/dev/null"}],
+            "downlinks": {"gateways": 3}}
+    cfg = config.parse({**base, "share": {"peers": {"gw-b": pub, "gw-c": "@c.pub"}}})
+    assert cfg.share_peers == (("gw-b", pub), ("gw-c", PUB["gw-c"].public_bytes_raw().hex()))
+    for peers, problem in (({"gw-b": "abc"}, r"share.peers.gw-b: must be the gateway's "
+                                             r"public share key"),
+                           ({"gw-a": pub}, "names this gateway"),
+                           ({"gw-b": 5}, "must be a string"),
+                           ({"gw-b": "@missing.pub"}, "missing.pub")):
+        with pytest.raises(KnuteError, match=problem):
+            config.parse({**base, "share": {"peers": peers}})
