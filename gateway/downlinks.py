@@ -135,6 +135,7 @@ CREATE TABLE IF NOT EXISTS dl_rekey_out (
     fingerprint TEXT NOT NULL,
     base        TEXT NOT NULL,
     reason      TEXT NOT NULL DEFAULT '',
+    updated_at  REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (device_id, gateway)
 );
 CREATE TABLE IF NOT EXISTS dl_rekey_retired (
@@ -299,6 +300,14 @@ def _apply_send_interval(db: sqlite3.Connection, device_id: int, args: Any) -> N
     except sqlite3.OperationalError as exc:     # a registry file from before the column
         if "interval_s" not in str(exc):
             raise
+
+
+def _tell(db: sqlite3.Connection, device_id: int, peer: str, what: str, key_no: int,
+          fp: str, base: str = "", reason: str = "") -> None:
+    """Set what this gateway keeps telling ``peer`` about a device's rotation."""
+    db.execute("INSERT OR REPLACE INTO dl_rekey_out (device_id, gateway, what, key_no, "
+               "fingerprint, base, reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (device_id, peer, what, key_no, fp, base, reason, time.time()))
 
 
 def _statements(script: str) -> list[str]:
@@ -591,6 +600,10 @@ class DownlinkStore:
         with self._write() as db:
             db.execute("DELETE FROM dl_commands WHERE state NOT IN (?, ?) AND updated_at < ?",
                        (*OPEN_STATES, now - KEEP_CLOSED_S))
+            # A rotation's last word to a peer is kept as long (it stays retained on the
+            # broker; a restart then does not publish the city's whole history again).
+            db.execute("DELETE FROM dl_rekey_out WHERE what != 'offer' AND updated_at < ?",
+                       (now - KEEP_CLOSED_S,))
             # A rotation whose rekey was never sent (peers that did not all confirm, a
             # node not heard) ends: its next key is dropped here and at the peers.
             for (device_id, waiting) in db.execute(
@@ -830,8 +843,7 @@ class DownlinkStore:
                 for peer in self.peers:
                     db.execute("INSERT INTO dl_rekey_peers VALUES (?, ?, ?, ?, 'waiting')",
                                (device_id, peer, nxt, fp))
-                    db.execute("INSERT OR REPLACE INTO dl_rekey_out VALUES "
-                               "(?, ?, 'offer', ?, ?, ?, '')", (device_id, peer, nxt, fp, base))
+                    _tell(db, device_id, peer, "offer", nxt, fp, base)
                 args = {"key_no": nxt}
             cmd, _ = self._insert(db, device_id, "rekey", json.dumps(args, sort_keys=True),
                                   ref, now,
@@ -885,8 +897,7 @@ class DownlinkStore:
                 fp = fingerprint(bytes(nxt[0]))
                 ref = f"rekey_done-{fp}"
                 for peer in self.peers:
-                    db.execute("INSERT OR REPLACE INTO dl_rekey_out VALUES "
-                               "(?, ?, 'commit', ?, ?, '', '')", (device_id, peer, key_no, fp))
+                    _tell(db, device_id, peer, "commit", key_no, fp)
             cmd, _ = self._insert(db, device_id, "rekey_done",
                                   json.dumps({"key_no": key_no}), ref, now_s,
                                   now_s + self.limits.expiry_s)
@@ -915,8 +926,7 @@ class DownlinkStore:
         if rot is not None:
             for (peer,) in db.execute("SELECT gateway FROM dl_rekey_peers WHERE device_id = ?",
                                       (device_id,)).fetchall():
-                db.execute("INSERT OR REPLACE INTO dl_rekey_out VALUES "
-                           "(?, ?, 'abort', ?, ?, '', '')", (device_id, peer, *rot))
+                _tell(db, device_id, peer, "abort", int(rot[0]), str(rot[1]))
         db.execute("DELETE FROM dl_rekey WHERE device_id = ?", (device_id,))
         db.execute("DELETE FROM dl_rekey_peers WHERE device_id = ?", (device_id,))
         if cmd_row is None:
@@ -1000,8 +1010,7 @@ class DownlinkStore:
                                "WHERE device_id = ?", (bytes(key), key_no, device_id))
                     db.execute("INSERT OR REPLACE INTO dl_rekey VALUES (?, ?, ?, ?, 1)",
                                (device_id, key_no, fp, origin))
-            db.execute("INSERT OR REPLACE INTO dl_rekey_out VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (device_id, origin, answer, key_no, fp, base, reason))
+            _tell(db, device_id, origin, answer, key_no, fp, base, reason)
         return answer, reason
 
     def rekey_abort(self, device_id: int, origin: str, fp: str) -> bool:

@@ -28,9 +28,11 @@ their ids: a fingerprint is 8 bytes of SHA-256 of a tag and the key.
 
 Every message is the state of a row of the store's outbox (``rekey_outbox``),
 written in the same transaction as the change it tells; the pump publishes a
-row when it changed and every row again after each (re)connection, so a power
-cut between the commit and the publication loses nothing, and a gateway that
-was down gets the latest word of each peer from the retained messages.
+row when it changed, and every row once after a start, so a power cut between
+the commit and the publication loses nothing, and a gateway that was down gets
+the latest word of each peer from the retained messages. A row other than a
+pending offer is forgotten 30 days after its last change (its message stays
+retained).
 """
 
 from __future__ import annotations
@@ -196,9 +198,9 @@ class RekeyCity:
         return topic_name.startswith(f"{self.prefix}/downlink/rekey/")
 
     def connected_again(self) -> None:
-        """The channel (re)connected: every outbox row is published again."""
-        with self._lock:
-            self._sent.clear()
+        """The channel (re)connected: publish what waits. (Rows published before are not
+        published again: the persistent session delivers what was in flight, and the
+        broker keeps them retained; after a restart every row is published once.)"""
         self.connected = True
         self._wake.set()
 

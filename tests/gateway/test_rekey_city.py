@@ -623,3 +623,28 @@ def test_the_peers_come_from_the_share_table(tmp_path: Path) -> None:
                            ({"gw-b": "@missing.pub"}, "missing.pub")):
         with pytest.raises(KnuteError, match=problem):
             config.parse({**base, "share": {"peers": peers}})
+
+
+def test_old_words_leave_the_outbox_and_a_start_publishes_the_rest_once(
+        tmp_path: Path) -> None:
+    a = _store(tmp_path / "a.db", "gw-a")
+    published: list[str] = []
+    key = os.urandom(16)
+    a.begin_rekey(DEV, key)
+    city = RekeyCity(a, prefix="t", gateway_id="gw-a", private=PRIV["gw-a"],
+                     peers=_peers_of("gw-a"), publish=lambda t, _p: published.append(t),
+                     on_status=lambda _c: None)
+    assert city.pump() == 0                      # not connected yet
+    city.connected_again()
+    assert city.pump() == 2 and city.pump() == 0
+    city.disconnected()
+    city.connected_again()
+    assert city.pump() == 0                      # a reconnection publishes nothing again
+    a.rekey_answer(DEV, "gw-b", "hold", 1, fingerprint(key))
+    a.rekey_answer(DEV, "gw-c", "hold", 1, fingerprint(key))
+    a.commit_rekey(DEV)
+    assert city.pump() == 2                      # the commits replace the offers
+    assert published[-1] == "t/downlink/rekey/00001234/gw-a/gw-c"
+    a.expire(now=time.time() + 31 * 86400)
+    assert a.rekey_outbox() == []
+    a.close()
