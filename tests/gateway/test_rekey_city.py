@@ -351,9 +351,6 @@ class Node:
             self.boot()
         self.cut_at[0] = 0
 
-    def keys(self) -> set[bytes]:
-        return {self.dl.key} | ({self.dl.key_next} if self.dl.key_next else set())
-
 
 class City:
     def __init__(self, root: Path) -> None:

@@ -210,6 +210,9 @@ def _send(args: argparse.Namespace, reg: Any) -> int:
         more = f" (+{len(cmds) - 1} more)" if len(cmds) > 1 else ""
         print(f"queued {command} for {format_device_id(device_id)}: command {first.cmd_id}"
               f"{more}, {first.state}")
+        if command == "rekey" and store.peers:
+            print(f"it goes out once every peer gateway ({', '.join(store.peers)}) holds "
+                  "the new key (knute devices show: rekey_peers)")
     return 0
 
 
