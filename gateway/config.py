@@ -185,6 +185,9 @@ class GatewayConfig:
     silence: SilenceSettings = field(default_factory=SilenceSettings)
     downlinks: DownlinkConfig = field(default_factory=DownlinkConfig)
     share_key: str | None = None         # [share] key: this gateway's registry-share key file
+    # [share] peers: the other gateways' ids and public share keys (64 hex digits), the
+    # gateways a key rotation reaches before the rekey goes out
+    share_peers: tuple[tuple[str, str], ...] = ()
 
     @property
     def source_names(self) -> list[str]:
@@ -415,9 +418,17 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         modbus = parse_settings(modbus_table, file=file, base_dir=base)
 
     share_key = None
+    share_peers: list[tuple[str, str]] = []
     sh = root.table("share")
     if sh is not None:
         share_key = _path(data_dir, sh.text("key", "share.key"))
+        peers = sh.table("peers")
+        if peers is not None:
+            for peer_id in sorted(peers.data):
+                share_peers.append((peer_id, _peer_public(peers, peer_id, data_dir)))
+            peers.done()
+            if gateway_id in dict(share_peers):
+                raise sh.error("peers", f"names this gateway ({gateway_id!r}) itself")
         sh.done()
 
     silence = SilenceSettings()
@@ -449,7 +460,30 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         metrics_host=metrics_host, metrics_port=metrics_port, mqtt=mqtt,
         serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus, silence=silence,
         downlinks=downlinks,
-        share_key=share_key)
+        share_key=share_key, share_peers=tuple(share_peers))
+
+
+def _peer_public(peers: _Table, peer_id: str, data_dir: str) -> str:
+    """One ``[share.peers]`` entry: a gateway id and its public share key, as 64 hex digits
+    (the entry is the hex, or ``@FILE`` relative to ``data_dir``)."""
+    text = str(peers.text(peer_id))
+    if not 1 <= len(peer_id) <= 64 or any(c in peer_id for c in "/+# "):
+        raise peers.error(peer_id, "a gateway id is 1..64 characters without '/', '+', '#' "
+                          "or spaces")
+    if text.startswith("@"):
+        path = _path(data_dir, text[1:])
+        assert path is not None
+        try:
+            with open(path, encoding="ascii") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise peers.error(peer_id, f"{path}: {getattr(exc, 'strerror', None) or exc}"
+                              ) from None
+    text = text.strip()
+    if not _is_hex(text) or len(text) != 64:
+        raise peers.error(peer_id, "must be the gateway's public share key: 64 hex digits "
+                          "(knute devices share-key at that gateway) or @FILE")
+    return text.lower()
 
 
 def _is_hex(text: str) -> bool:

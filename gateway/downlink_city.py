@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
@@ -48,6 +48,9 @@ from knute.gateway.config import MqttConfig
 from knute.gateway.downlink_mqtt import connect_session, session_client
 from knute.gateway.downlinks import APPLIED, REJECTED, Command, DownlinkStore
 from knute.gateway.logsafe import clean
+
+if TYPE_CHECKING:
+    from knute.gateway.rekey_city import RekeyCity
 
 log = logging.getLogger("knute.downlinks.city")
 
@@ -102,17 +105,26 @@ class DownlinkCity:
         self._client.on_message = self._on_message
         self.connected = False
         self.subscribed = False
+        self.rekey: RekeyCity | None = None     # key rotations (gateway.rekey_city)
 
     # -- the connection ------------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background (paho reconnects by itself)."""
+        if self.rekey is not None:
+            self.rekey.start()
         connect_session(self._client, self.cfg, session_s=86400)
 
     def stop(self) -> None:
         """Disconnect and stop the network thread."""
+        if self.rekey is not None:
+            self.rekey.stop()
         self._client.disconnect()
         self._client.loop_stop()
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """One retained QoS 1 message on the city channel (the key rotations' outbox)."""
+        self._client.publish(topic, payload, qos=1, retain=True)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any = None) -> None:
@@ -120,9 +132,12 @@ class DownlinkCity:
             log.warning("downlink claims: broker refused the connection: %s", reason)
             return
         self.connected = True
-        client.subscribe([(f"{self.prefix}/downlink/claim/+", 1),
-                          (f"{self.prefix}/downlink/sent/+", 1),
-                          (f"{self.prefix}/downlink/counter/+/+", 1)])
+        topics = [(f"{self.prefix}/downlink/claim/+", 1), (f"{self.prefix}/downlink/sent/+", 1),
+                  (f"{self.prefix}/downlink/counter/+/+", 1)]
+        if self.rekey is not None:
+            topics.append((self.rekey.topic_filter(), 1))
+            self.rekey.connected_again()
+        client.subscribe(topics)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
                       properties: Any = None) -> None:
@@ -131,6 +146,8 @@ class DownlinkCity:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any = None) -> None:
         self.connected = self.subscribed = False
+        if self.rekey is not None:
+            self.rekey.disconnected()
 
     # -- what the others say -------------------------------------------------------
 
@@ -144,6 +161,9 @@ class DownlinkCity:
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One claim, notice or counter from another gateway."""
+        if self.rekey is not None and self.rekey.owns(topic):
+            self.rekey.handle(topic, payload)
+            return
         if len(payload) > MAX_MESSAGE:
             raise ValueError(f"longer than {MAX_MESSAGE} bytes")
         parts = topic.split("/")
@@ -240,7 +260,8 @@ class DownlinkCity:
         doc = {"gateway": self.gateway_id, "device": f"{device_id:08x}", "fcnt": fcnt,
                "dcnt": dcnt, "at": time.time(),
                "commands": [{"ref": command_ref(c, self.gateway_id), "cmd_id": c.cmd_id,
-                             "op": c.op, "args": c.args, "expires_at": c.expires_at}
+                             "op": c.op, "args": {k: v for k, v in c.args.items() if k != "key"},
+                             "expires_at": c.expires_at}
                             for c in cmds]}
         self._client.publish(f"{self.prefix}/downlink/sent/{device_id:08x}",
                              json.dumps(doc, separators=(",", ":")), qos=1)

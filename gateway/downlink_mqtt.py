@@ -39,7 +39,7 @@ log = logging.getLogger("knute.downlinks.mqtt")
 
 COMMANDS = ("time", "config", "ack", "rekey", "reboot")
 MAX_MESSAGE = 4096
-_KEYS = {"id", "command", "values", "bits", "expires_in_s"}
+_KEYS = {"id", "command", "values", "bits", "expires_in_s", "gateway"}
 
 KindOf = Callable[[int], str | None]
 StatusFn = Callable[[Command, str], None]
@@ -85,6 +85,13 @@ def parse_command(payload: bytes) -> dict[str, Any]:
         if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= 0xFFFFFF:
             raise KnuteError("bits must be an integer 0..16777215")
         out["args"] = {"bits": bits}
+    gateway = doc.get("gateway")
+    if gateway is not None:
+        if command != "rekey":
+            raise KnuteError(f"{command} takes no 'gateway'")
+        if not isinstance(gateway, str) or not 1 <= len(gateway) <= 64:
+            raise KnuteError("gateway must be a gateway id of 1..64 characters")
+        out["gateway"] = gateway
     expires = doc.get("expires_in_s")
     if expires is not None:
         if (isinstance(expires, bool) or not isinstance(expires, int | float)
@@ -144,6 +151,7 @@ class CommandListener:
         self.topic = f"{cfg.prefix}/+/+/down"
         self.received = 0
         self.refused = 0
+        self.rekey_elsewhere = 0        # rekey commands another gateway starts
         self._events = EventLog(log, period_s=60.0)
         self._client = session_client(cfg, f"{client_id}-down")
         self._client.on_connect = self._on_connect
@@ -212,7 +220,11 @@ class CommandListener:
             if cmd["command"] == "rekey":
                 import os
 
-                queued = self.store.begin_rekey(device_id, os.urandom(16), ref=cmd["id"])
+                if not self._starts_rekey(cmd):
+                    self.rekey_elsewhere += 1
+                    return None
+                queued = self.store.begin_rekey(device_id, os.urandom(16), ref=cmd["id"],
+                                                expiry_s=cmd.get("expires_in_s"))
                 new = True
             else:
                 queued, new = self.store.queue(device_id, cmd["command"], cmd["args"],
@@ -224,6 +236,16 @@ class CommandListener:
         if new:
             self.on_status(queued, kind)
         return queued
+
+    def _starts_rekey(self, cmd: dict[str, Any]) -> bool:
+        """Several gateways: only one starts a rotation (each would make its own key),
+        the one the command names in ``gateway``, or without a name the one with
+        ``gateway_index`` 0. The others get the key from it (gateway.rekey_city)."""
+        index, count = self.store.stride
+        if count <= 1:
+            return True
+        named = cmd.get("gateway")
+        return bool(named == self.gateway_id) if named is not None else index == 0
 
     def _refuse(self, kind: str, device_id: int | None, topic: str, doc: dict[str, Any],
                 error: str) -> None:
@@ -240,4 +262,4 @@ class CommandListener:
         """Counters for the status report."""
         return {"connected": self.connected, "subscribed": self.subscribed,
                 "received": self.received,
-                "refused": self.refused}
+                "refused": self.refused, "rekey_elsewhere": self.rekey_elsewhere}

@@ -32,6 +32,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -189,17 +190,24 @@ class DownlinkService:
         store = self.store
         dev = up.device_id
         flags, entries = up.report
-        if self.city is not None and not self._lead(up):
-            store.report(dev, up.fcnt, entries)      # what the node says, without a word
-            self.counters.inc("downlink_claimed_elsewhere", up.source)
-            return
         if up.under_next_key:
+            # Every gateway that hears the node under the next key commits it, whether
+            # or not it answers the uplink; with peers the commit is told to them.
+            origin = store.rekey_origin(dev)
             finish = store.commit_rekey(dev)
             if finish is not None:
                 log.info("device %08x: key rotation committed (key %d)", dev,
                          finish.args["key_no"])
                 rekeyed = [c for c in store.commands(dev) if c.op == "rekey"][-1:]
+                if origin not in (None, "", store.gateway_id):
+                    rekeyed = []            # the origin publishes the rekey's `applied`
                 self._status([*rekeyed, finish])
+                if self.city is not None and self.city.rekey is not None:
+                    self.city.rekey.poke()
+        if self.city is not None and not self._lead(up):
+            store.report(dev, up.fcnt, entries)      # what the node says, without a word
+            self.counters.inc("downlink_claimed_elsewhere", up.source)
+            return
         reported = store.report(dev, up.fcnt, entries).changed
         self._status(reported)
         if self.city is not None:
@@ -221,6 +229,9 @@ class DownlinkService:
             self.counters.inc("downlink_errors", up.source)
             log.warning("device %08x: %d commands waiting, but source %s cannot send "
                         "downlinks", dev, len(due), up.source)
+            return
+        due = self._sealable(dev, due)
+        if not due:
             return
         ledger = self._ledgers.setdefault(_transmitter_id(up), DutyLedger())
         plan = choose(up, [(c.cmd_id, c.op, c.args) for c in due], ledger, time.time())
@@ -267,6 +278,20 @@ class DownlinkService:
                  dev, dcnt, len(frame), ",".join(map(str, plan.cmd_ids)), plan.window.name,
                  up.fcnt)
         self._status([c for c in sent if c.state == SENT])
+
+    def _sealable(self, dev: int, due: list[Command]) -> list[Command]:
+        """The due commands with what sealing needs: a ``rekey`` without its key (several
+        gateways keep only the number; a peer's adopted copy) takes the pending next key
+        of that number, and is left out when this gateway holds none."""
+        out = []
+        for cmd in due:
+            if cmd.op == "rekey" and "key" not in cmd.args:
+                key = self.store.rekey_key(dev, int(cmd.args.get("key_no", -1)))
+                if key is None:
+                    continue
+                cmd = replace(cmd, args={**cmd.args, "key": key.hex()})
+            out.append(cmd)
+        return out
 
     def _lead(self, up: Uplink) -> bool:
         """Several gateways: whether this one answers ``up`` (``gateway.downlink_city``).
@@ -350,6 +375,10 @@ def status_message(cmd: Command, gateway_id: str, kind: str) -> dict[str, Any]:
         out["detail"] = cmd.detail
         if cmd.op == "config" and cmd.result in ("cmd_range", "cmd_key") and cmd.detail:
             out["key"] = config_name(cmd.detail)
+    elif cmd.state == EXPIRED and cmd.result is not None:
+        out["result"] = cmd.result          # peer_missing: a rotation's peers not all there
+    if cmd.op == "rekey" and cmd.args.get("waiting_for"):
+        out["waiting_for"] = list(cmd.args["waiting_for"])
     return out
 
 
@@ -410,7 +439,9 @@ class DownlinkRuntime:
         dl = cfg.downlinks
         self.store = DownlinkStore(cfg.registry, DownlinkLimits(dl.max_queued, dl.expiry_s,
                                                                dl.max_sends),
-                                   (dl.gateway_index, dl.gateways))
+                                   (dl.gateway_index, dl.gateways), gateway_id=cfg.gateway_id,
+                                   peers=rekey_peers(cfg))
+        self._refresh: Callable[[], None] = lambda: None
         self.outbox = StatusOutbox(cfg.mqtt.prefix, cfg.gateway_id)
         self.city: DownlinkCity | None = None
         if dl.gateways > 1:
@@ -428,6 +459,8 @@ class DownlinkRuntime:
                                        adr=AdrHistory(installation_margin_db=dl.adr_margin_db,
                                                       history=dl.adr_history)
                                        if dl.adr else None, city=self.city)
+        if self.city is not None and self.store.peers:
+            self._rekey_city(cfg)
         self.listener: Any = None
         if dl.commands_from_mqtt:
             from knute.gateway.downlink_mqtt import CommandListener
@@ -436,6 +469,20 @@ class DownlinkRuntime:
                 cfg.mqtt, self.store, self._kind_of, self._status, self._refused,
                 gateway_id=cfg.gateway_id,
                 client_id=cfg.mqtt.client_id or f"knute-{cfg.gateway_id}")
+
+    def _rekey_city(self, cfg: GatewayConfig) -> None:
+        """Key rotations between the gateways of ``[share.peers]`` (gateway.rekey_city)."""
+        from knute.gateway.registry_share import load_private_key, parse_public
+        from knute.gateway.rekey_city import RekeyCity
+
+        assert self.city is not None and cfg.share_key is not None
+        city = self.city
+        city.rekey = RekeyCity(
+            self.store, prefix=cfg.mqtt.prefix, gateway_id=cfg.gateway_id,
+            private=load_private_key(cfg.share_key),
+            peers={g: parse_public(pub) for g, pub in cfg.share_peers},
+            publish=city.publish_retained, on_status=self.service._status,
+            on_keys=lambda: self._refresh())
 
     def _kind_of(self, device_id: int) -> str | None:
         dev = self._devices().get(device_id)
@@ -458,6 +505,7 @@ class DownlinkRuntime:
         the pending rotations' keys, and re-reads the device snapshot only when the
         devices changed (the store's own commits do not cost a reload)."""
         refresh = self.refresh_keys(pipeline)
+        self._refresh = refresh
         seen = [self._device_changes()]
 
         def devices_changed() -> bool:
@@ -521,4 +569,15 @@ class DownlinkRuntime:
             out["commands_topic"] = self.listener.stats()
         if self.city is not None:
             out["city"] = self.city.stats()
+            if self.city.rekey is not None:
+                out["rekey"] = self.city.rekey.stats()
         return out
+
+
+def rekey_peers(cfg: GatewayConfig) -> tuple[str, ...]:
+    """The gateways a key rotation started here must reach first: ``[share.peers]``,
+    with several gateways (``[downlinks] gateways`` above 1) and a share key; else none
+    (one gateway, or gateways on one registry file, rotate as before)."""
+    if cfg.downlinks.gateways <= 1 or cfg.share_key is None:
+        return ()
+    return tuple(g for g, _pub in cfg.share_peers)

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from knute.gateway.errors import KnuteError
+from knute.gateway.registry_share import fingerprint
 from knute.gateway.silence import config_send_interval_s
 from knute.protocol import downlink as dls
 
@@ -111,6 +112,37 @@ CREATE TABLE IF NOT EXISTS dl_commands (
 CREATE INDEX IF NOT EXISTS dl_commands_open ON dl_commands (device_id, state);
 CREATE UNIQUE INDEX IF NOT EXISTS dl_commands_ref ON dl_commands (device_id, ref)
     WHERE ref IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dl_rekey (
+    device_id   INTEGER PRIMARY KEY,
+    key_no      INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    origin      TEXT NOT NULL,
+    ready       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dl_rekey_peers (
+    device_id   INTEGER NOT NULL,
+    gateway     TEXT NOT NULL,
+    key_no      INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    answer      TEXT NOT NULL,
+    PRIMARY KEY (device_id, gateway)
+);
+CREATE TABLE IF NOT EXISTS dl_rekey_out (
+    device_id   INTEGER NOT NULL,
+    gateway     TEXT NOT NULL,
+    what        TEXT NOT NULL,
+    key_no      INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    base        TEXT NOT NULL,
+    reason      TEXT NOT NULL DEFAULT '',
+    updated_at  REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (device_id, gateway)
+);
+CREATE TABLE IF NOT EXISTS dl_rekey_retired (
+    device_id   INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (device_id, fingerprint)
+);
 CREATE TABLE IF NOT EXISTS device_changes (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     n  INTEGER NOT NULL
@@ -204,7 +236,10 @@ class Command:
 def _public_args(op: str, args: dict[str, Any]) -> dict[str, Any]:
     """Arguments fit to print: never a key, never a bundle's bytes."""
     if op == "rekey":
-        return {"key_no": args.get("key_no")}
+        out = {"key_no": args.get("key_no")}
+        if "waiting_for" in args:
+            out["waiting_for"] = args["waiting_for"]
+        return out
     if op == "upd_chunk":
         return {k: v for k, v in args.items() if k != "data"}
     return dict(args)
@@ -217,6 +252,21 @@ class RekeyState:
     key_no: int
     next_key: bytes | None = field(default=None, repr=False)
     next_key_no: int | None = None
+
+
+@dataclass(frozen=True)
+class RekeyOut:
+    """One message a gateway keeps on the broker for one peer about one rotation:
+    ``offer`` (with the key), ``hold``/``refuse`` (an answer), ``commit`` or ``abort``."""
+
+    device_id: int
+    gateway: str
+    what: str
+    key_no: int
+    fingerprint: str
+    base: str = ""
+    reason: str = ""
+    key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -252,6 +302,14 @@ def _apply_send_interval(db: sqlite3.Connection, device_id: int, args: Any) -> N
             raise
 
 
+def _tell(db: sqlite3.Connection, device_id: int, peer: str, what: str, key_no: int,
+          fp: str, base: str = "", reason: str = "") -> None:
+    """Set what this gateway keeps telling ``peer`` about a device's rotation."""
+    db.execute("INSERT OR REPLACE INTO dl_rekey_out (device_id, gateway, what, key_no, "
+               "fingerprint, base, reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (device_id, peer, what, key_no, fp, base, reason, time.time()))
+
+
 def _statements(script: str) -> list[str]:
     """The statements of a schema script (a trigger's body keeps its own ';')."""
     out: list[str] = []
@@ -273,8 +331,11 @@ class DownlinkStore:
     """
 
     def __init__(self, path: str, limits: DownlinkLimits | None = None,
-                 stride: tuple[int, int] = (0, 1)) -> None:
+                 stride: tuple[int, int] = (0, 1), *, gateway_id: str = "",
+                 peers: Sequence[str] = ()) -> None:
         self.path = path
+        self.gateway_id = gateway_id
+        self.peers = tuple(p for p in peers if p != gateway_id)   # rotation peers
         self.limits = limits or DownlinkLimits()
         if not 0 <= stride[0] < stride[1] <= MAX_GATEWAYS:
             raise KnuteError(f"gateway index {stride[0]} of {stride[1]}: the index is "
@@ -294,8 +355,10 @@ class DownlinkStore:
         backup taken before them); True if they were."""
         with self._lock:
             row = self._db.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
-                                   "('dl_devices', 'dl_commands', 'device_changes')").fetchone()
-        if int(row[0]) < 3:
+                                   "('dl_devices', 'dl_commands', 'device_changes', 'dl_rekey', "
+                                   "'dl_rekey_peers', 'dl_rekey_out', 'dl_rekey_retired')"
+                                   ).fetchone()
+        if int(row[0]) < 7:
             self._create()
             return True
         return False
@@ -403,32 +466,37 @@ class DownlinkStore:
         expiry = self.limits.expiry_s if expiry_s is None else expiry_s
         text = json.dumps(args or {}, sort_keys=True)
         with self._write() as db:
-            if ref is not None:
-                row = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE device_id = ? "
-                                 "AND ref = ?", (device_id, ref)).fetchone()
-                if row is not None:
-                    return _command(row), False
-            open_ids = {int(r[0]) for r in db.execute(
-                "SELECT cmd_id FROM dl_commands WHERE device_id = ? AND state IN (?, ?)",
-                (device_id, *OPEN_STATES))}
-            if len(open_ids) >= self.limits.max_queued:
-                raise QueueFull(f"device {device_id:08x} has {len(open_ids)} commands "
-                                f"waiting (downlinks.max_queued = {self.limits.max_queued})")
-            self._ensure(db, device_id)
-            seq = int(db.execute("SELECT cmd_seq FROM dl_devices WHERE device_id = ?",
-                                 (device_id,)).fetchone()[0])
-            cmd_id = seq
-            while True:
-                cmd_id = next_cmd_id(cmd_id, *self.stride)          # 1..65535
-                if cmd_id not in open_ids:
-                    break
-            db.execute("UPDATE dl_devices SET cmd_seq = ? WHERE device_id = ?",
-                       (cmd_id, device_id))
-            db.execute("INSERT INTO dl_commands (device_id, cmd_id, ref, op, args, state, "
-                       "created_at, expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (device_id, cmd_id, ref, op, text, QUEUED, now, now + expiry, now))
-            row = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE row = last_insert_rowid()"
-                             ).fetchone()
+            return self._insert(db, device_id, op, text, ref, now, now + expiry)
+
+    def _insert(self, db: sqlite3.Connection, device_id: int, op: str, text: str,
+                ref: str | None, now: float, expires_at: float) -> tuple[Command, bool]:
+        """``queue`` inside a transaction the caller holds."""
+        if ref is not None:
+            row = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE device_id = ? "
+                             "AND ref = ?", (device_id, ref)).fetchone()
+            if row is not None:
+                return _command(row), False
+        open_ids = {int(r[0]) for r in db.execute(
+            "SELECT cmd_id FROM dl_commands WHERE device_id = ? AND state IN (?, ?)",
+            (device_id, *OPEN_STATES))}
+        if len(open_ids) >= self.limits.max_queued:
+            raise QueueFull(f"device {device_id:08x} has {len(open_ids)} commands "
+                            f"waiting (downlinks.max_queued = {self.limits.max_queued})")
+        self._ensure(db, device_id)
+        seq = int(db.execute("SELECT cmd_seq FROM dl_devices WHERE device_id = ?",
+                             (device_id,)).fetchone()[0])
+        cmd_id = seq
+        while True:
+            cmd_id = next_cmd_id(cmd_id, *self.stride)          # 1..65535
+            if cmd_id not in open_ids:
+                break
+        db.execute("UPDATE dl_devices SET cmd_seq = ? WHERE device_id = ?",
+                   (cmd_id, device_id))
+        db.execute("INSERT INTO dl_commands (device_id, cmd_id, ref, op, args, state, "
+                   "created_at, expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (device_id, cmd_id, ref, op, text, QUEUED, now, expires_at, now))
+        row = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE row = last_insert_rowid()"
+                         ).fetchone()
         return _command(row), True
 
     def queue_update(self, device_id: int, bundle: bytes, chunk: int, *,
@@ -509,10 +577,16 @@ class DownlinkStore:
         """Stop sending an open command (a node that applied it still reports it)."""
         now = time.time() if now is None else now
         with self._write() as db:
+            rekey = db.execute("SELECT 1 FROM dl_commands WHERE device_id = ? AND cmd_id = ? "
+                               "AND op = 'rekey' AND sends = 0 AND state IN (?, ?)",
+                               (device_id, cmd_id, *OPEN_STATES)).fetchone()
+            if rekey is not None:       # never sent: the rotation ends everywhere
+                ended = self._abort(db, device_id, CANCELLED, None, now)
+                rekey = None if ended is None else rekey
             cur = db.execute("UPDATE dl_commands SET state = ?, updated_at = ? WHERE "
                              "device_id = ? AND cmd_id = ? AND state IN (?, ?)",
                              (CANCELLED, now, device_id, cmd_id, *OPEN_STATES))
-            if cur.rowcount == 0:
+            if cur.rowcount == 0 and rekey is None:
                 raise KnuteError(f"device {device_id:08x} has no open command {cmd_id}")
         cmd = self.get(device_id, cmd_id)
         assert cmd is not None
@@ -522,24 +596,43 @@ class DownlinkStore:
         """Move open commands past their expiry (or their sends) to ``expired``; forget
         finished commands older than ``KEEP_CLOSED_S`` (the table stays bounded)."""
         now = time.time() if now is None else now
+        aborted: list[Command] = []
         with self._write() as db:
             db.execute("DELETE FROM dl_commands WHERE state NOT IN (?, ?) AND updated_at < ?",
                        (*OPEN_STATES, now - KEEP_CLOSED_S))
+            # A rotation's last word to a peer is kept as long (it stays retained on the
+            # broker; a restart then does not publish the city's whole history again).
+            db.execute("DELETE FROM dl_rekey_out WHERE what != 'offer' AND updated_at < ?",
+                       (now - KEEP_CLOSED_S,))
+            # A rotation whose rekey was never sent (peers that did not all confirm, a
+            # node not heard) ends: its next key is dropped here and at the peers.
+            for (device_id, waiting) in db.execute(
+                    "SELECT c.device_id, EXISTS (SELECT 1 FROM dl_rekey_peers p WHERE "
+                    "p.device_id = c.device_id AND p.answer != 'held') FROM dl_commands c "
+                    "WHERE c.op = 'rekey' AND c.sends = 0 AND c.state IN (?, ?) AND "
+                    "c.expires_at <= ?", (*OPEN_STATES, now)).fetchall():
+                cmd = self._abort(db, int(device_id), EXPIRED,
+                                  "peer_missing" if waiting else None, now)
+                if cmd is not None:
+                    aborted.append(cmd)
             rows = db.execute(
                 f"SELECT row, {_COLS} FROM dl_commands WHERE state IN (?, ?) AND "
                 "(expires_at <= ? OR (state = ? AND sends >= ?))",
                 (*OPEN_STATES, now, QUEUED, self.limits.max_sends)).fetchall()
             db.executemany("UPDATE dl_commands SET state = ?, updated_at = ? WHERE row = ?",
                            [(EXPIRED, now, r[0]) for r in rows])
-        return [_command((*r[1:5], EXPIRED, *r[6:8], now, *r[9:])) for r in rows]
+        return aborted + [_command((*r[1:5], EXPIRED, *r[6:8], now, *r[9:])) for r in rows]
 
     def due(self, device_id: int, now: float | None = None) -> list[Command]:
-        """Queued commands of a device, oldest first, not yet expired."""
+        """Queued commands of a device, oldest first, not yet expired. A ``rekey`` whose
+        peers have not all confirmed holding its key is not due yet."""
         now = time.time() if now is None else now
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_COLS} FROM dl_commands WHERE device_id = ? AND state = ? AND "
-                "expires_at > ? ORDER BY row", (device_id, QUEUED, now)).fetchall()
+                "expires_at > ? AND NOT (op = 'rekey' AND EXISTS (SELECT 1 FROM dl_rekey r "
+                "WHERE r.device_id = dl_commands.device_id AND r.ready = 0)) ORDER BY row",
+                (device_id, QUEUED, now)).fetchall()
         return [_command(r) for r in rows]
 
     def mark_sent(self, device_id: int, cmd_ids: Sequence[int], dcnt: int, up_fcnt: int,
@@ -708,19 +801,25 @@ class DownlinkStore:
         return {int(r[0]): bytes(r[1]) for r in rows}
 
     def begin_rekey(self, device_id: int, new_key: bytes, *, ref: str | None = None,
-                    now: float | None = None) -> Command:
+                    now: float | None = None, expiry_s: float | None = None) -> Command:
         """Step 1 and 2 of a rotation: store ``new_key`` as next, then queue ``rekey``.
 
         Both in one transaction, so the key is stored before anything can send it.
-        A second rotation while one is pending is refused.
+        A second rotation while one is pending is refused. With several gateways
+        (``peers``) the next key is also offered to each peer (``rekey_outbox``) and the
+        ``rekey`` command is not due before every peer said it holds the key
+        (``rekey_answer``); its arguments then keep only the key number (the key is
+        taken from the next key when the downlink is sealed, and never travels in a
+        notice to the other gateways).
         """
         if len(new_key) != 16:
             raise KnuteError("a key is 16 bytes")
-        if self.stride[1] > 1:
-            raise KnuteError(f"device {device_id:08x}: key rotation is not available with "
-                             "several gateways ([downlinks] gateways > 1): each has its own "
-                             "registry; give the device a new key with knute provision and "
-                             "share it (docs/operations.md)")
+        if self.stride[1] > 1 and not self.peers:
+            raise KnuteError(f"device {device_id:08x}: key rotation with several gateways "
+                             "([downlinks] gateways > 1) needs the other gateways' share keys "
+                             "in [share] peers (docs/operations.md, \"Several gateways: key "
+                             "rotation\")")
+        now = time.time() if now is None else now
         with self._write() as db:
             self._ensure(db, device_id)
             key_no, pending = db.execute(
@@ -728,29 +827,260 @@ class DownlinkStore:
                 (device_id,)).fetchone()
             if pending is not None:
                 raise KnuteError(f"device {device_id:08x}: a key rotation is already pending")
+            current = db.execute("SELECT key FROM devices WHERE device_id = ?",
+                                 (device_id,)).fetchone()
+            if current is None:
+                raise KnuteError(f"device {device_id:08x} is not registered")
             nxt = (int(key_no) + 1) % 256
             db.execute("UPDATE dl_devices SET next_key = ?, next_key_no = ? WHERE "
                        "device_id = ?", (bytes(new_key), nxt, device_id))
-        cmd, _ = self.queue(device_id, "rekey", {"key_no": nxt, "key": new_key.hex()},
-                            ref=ref, now=now)
+            args: dict[str, Any] = {"key_no": nxt, "key": new_key.hex()}
+            if self.peers:
+                fp, base = fingerprint(new_key), fingerprint(bytes(current[0]))
+                db.execute("INSERT OR REPLACE INTO dl_rekey VALUES (?, ?, ?, ?, 0)",
+                           (device_id, nxt, fp, self.gateway_id))
+                db.execute("DELETE FROM dl_rekey_peers WHERE device_id = ?", (device_id,))
+                for peer in self.peers:
+                    db.execute("INSERT INTO dl_rekey_peers VALUES (?, ?, ?, ?, 'waiting')",
+                               (device_id, peer, nxt, fp))
+                    _tell(db, device_id, peer, "offer", nxt, fp, base)
+                args = {"key_no": nxt}
+            cmd, _ = self._insert(db, device_id, "rekey", json.dumps(args, sort_keys=True),
+                                  ref, now,
+                                  now + (self.limits.expiry_s if expiry_s is None else expiry_s))
         return cmd
+
+    def rekey_key(self, device_id: int, key_no: int) -> bytes | None:
+        """The pending next key with number ``key_no`` (what a ``rekey`` carries), or None."""
+        state = self.rekey_state(device_id)
+        return state.next_key if state.next_key_no == key_no else None
+
+    def _commit(self, db: sqlite3.Connection, device_id: int, now: float) -> int | None:
+        """Next key -> current (``devices.key``), the old one dropped, open ``rekey``
+        commands applied: the new key number, or None when no rotation was pending."""
+        row = db.execute("SELECT next_key, next_key_no FROM dl_devices WHERE "
+                         "device_id = ?", (device_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        old = db.execute("SELECT key FROM devices WHERE device_id = ?",
+                         (device_id,)).fetchone()
+        if old is not None:         # a share message with it later must not bring it back
+            db.execute("INSERT OR IGNORE INTO dl_rekey_retired VALUES (?, ?)",
+                       (device_id, fingerprint(bytes(old[0]))))
+        db.execute("UPDATE devices SET key = ? WHERE device_id = ?",
+                   (bytes(row[0]), device_id))
+        db.execute("UPDATE dl_devices SET key_no = ?, next_key = NULL, next_key_no = NULL "
+                   "WHERE device_id = ?", (int(row[1]), device_id))
+        db.execute("DELETE FROM dl_rekey WHERE device_id = ?", (device_id,))
+        db.execute("DELETE FROM dl_rekey_peers WHERE device_id = ?", (device_id,))
+        db.execute("UPDATE dl_commands SET state = ?, updated_at = ? WHERE device_id = ? "
+                   "AND op = 'rekey' AND state IN (?, ?)",
+                   (APPLIED, now, device_id, *OPEN_STATES))
+        return int(row[1])
 
     def commit_rekey(self, device_id: int, now: float | None = None) -> Command | None:
         """Step 3: an uplink verified under the next key. The next key becomes the
         device's key (``devices.key``) and the old one is dropped, in one transaction;
-        then ``rekey_done`` is queued. None when no rotation was pending."""
+        then ``rekey_done`` is queued. None when no rotation was pending. With peers,
+        the same transaction tells each of them (``rekey_outbox``: ``commit``), and
+        ``rekey_done`` has a reference made of the key's fingerprint, so the gateways
+        that commit from the same uplink send it once between them."""
+        now_s = time.time() if now is None else now
         with self._write() as db:
-            row = db.execute("SELECT next_key, next_key_no FROM dl_devices WHERE "
-                             "device_id = ?", (device_id,)).fetchone()
-            if row is None or row[0] is None:
+            nxt = db.execute("SELECT next_key FROM dl_devices WHERE device_id = ?",
+                             (device_id,)).fetchone()
+            key_no = self._commit(db, device_id, now_s)
+            if key_no is None:
                 return None
-            db.execute("UPDATE devices SET key = ? WHERE device_id = ?",
-                       (bytes(row[0]), device_id))
-            db.execute("UPDATE dl_devices SET key_no = ?, next_key = NULL, next_key_no = NULL "
-                       "WHERE device_id = ?", (int(row[1]), device_id))
-            now_s = time.time() if now is None else now
-            db.execute("UPDATE dl_commands SET state = ?, updated_at = ? WHERE device_id = ? "
-                       "AND op = 'rekey' AND state IN (?, ?)",
-                       (APPLIED, now_s, device_id, *OPEN_STATES))
-        cmd, _ = self.queue(device_id, "rekey_done", {"key_no": int(row[1])}, now=now)
+            ref = None
+            if self.peers:
+                fp = fingerprint(bytes(nxt[0]))
+                ref = f"rekey_done-{fp}"
+                for peer in self.peers:
+                    _tell(db, device_id, peer, "commit", key_no, fp)
+            cmd, _ = self._insert(db, device_id, "rekey_done",
+                                  json.dumps({"key_no": key_no}), ref, now_s,
+                                  now_s + self.limits.expiry_s)
         return cmd
+
+    # -- key rotation with several gateways (docs/operations.md) -------------------------
+
+    def _abort(self, db: sqlite3.Connection, device_id: int, state: str,
+               result: str | None, now: float) -> Command | None:
+        """A rotation whose ``rekey`` was never sent ends here: the next key is dropped
+        (the node never had it), each peer is told to drop it (``abort``), and the open
+        ``rekey`` command takes ``state``. Its arguments name the peers that had not
+        confirmed (``waiting_for``). None (nothing changed) if it was ever sent."""
+        cmd_row = db.execute(f"SELECT row, {_COLS} FROM dl_commands WHERE device_id = ? AND "
+                             "op = 'rekey' AND state IN (?, ?) ORDER BY row DESC LIMIT 1",
+                             (device_id, *OPEN_STATES)).fetchone()
+        if cmd_row is not None and int(cmd_row[12]) > 0:
+            return None                      # sent: the node may hold the key; keep it
+        rot = db.execute("SELECT key_no, fingerprint FROM dl_rekey WHERE device_id = ?",
+                         (device_id,)).fetchone()
+        waiting = [str(r[0]) for r in db.execute(
+            "SELECT gateway FROM dl_rekey_peers WHERE device_id = ? AND answer != 'held' "
+            "ORDER BY gateway", (device_id,))]
+        db.execute("UPDATE dl_devices SET next_key = NULL, next_key_no = NULL "
+                   "WHERE device_id = ?", (device_id,))
+        if rot is not None:
+            for (peer,) in db.execute("SELECT gateway FROM dl_rekey_peers WHERE device_id = ?",
+                                      (device_id,)).fetchall():
+                _tell(db, device_id, peer, "abort", int(rot[0]), str(rot[1]))
+        db.execute("DELETE FROM dl_rekey WHERE device_id = ?", (device_id,))
+        db.execute("DELETE FROM dl_rekey_peers WHERE device_id = ?", (device_id,))
+        if cmd_row is None:
+            return None
+        args = json.loads(cmd_row[4])
+        if waiting:
+            args["waiting_for"] = waiting
+        text = json.dumps(args, sort_keys=True)
+        db.execute("UPDATE dl_commands SET state = ?, result = ?, args = ?, updated_at = ? "
+                   "WHERE row = ?", (state, result, text, now, cmd_row[0]))
+        return _command((*cmd_row[1:4], text, state, *cmd_row[6:8], now, cmd_row[9], result,
+                         None, *cmd_row[12:]))
+
+    def rekey_answer(self, device_id: int, gateway: str, what: str, key_no: int,
+                     fp: str, reason: str = "", now: float | None = None
+                     ) -> tuple[str, Command | None]:
+        """At the gateway that started a rotation: a peer's answer to its offer.
+
+        ``hold``: the peer holds the next key; when every peer does, the ``rekey``
+        becomes due (``("ready", None)``). ``refuse`` (it holds another key, or a
+        rotation of its own): the rotation is dropped everywhere, its command
+        ``rejected`` with ``peer_refused`` (``("refused", command)``). Anything about
+        another rotation, or after the command was sent, changes nothing (``("", None)``).
+        """
+        now = time.time() if now is None else now
+        with self._write() as db:
+            rot = db.execute("SELECT key_no, fingerprint, origin, ready FROM dl_rekey "
+                             "WHERE device_id = ?", (device_id,)).fetchone()
+            if (rot is None or (int(rot[0]), str(rot[1])) != (key_no, fp)
+                    or rot[2] != self.gateway_id):
+                return "", None
+            mine = db.execute("SELECT answer FROM dl_rekey_peers WHERE device_id = ? AND "
+                              "gateway = ?", (device_id, gateway)).fetchone()
+            if mine is None:
+                return "", None
+            if what == "hold":
+                db.execute("UPDATE dl_rekey_peers SET answer = 'held' WHERE device_id = ? "
+                           "AND gateway = ?", (device_id, gateway))
+                left = db.execute("SELECT count(*) FROM dl_rekey_peers WHERE device_id = ? "
+                                  "AND answer != 'held'", (device_id,)).fetchone()[0]
+                if int(left) == 0 and not rot[3]:
+                    db.execute("UPDATE dl_rekey SET ready = 1 WHERE device_id = ?",
+                               (device_id,))
+                    return "ready", None
+                return "", None
+            if what == "refuse" and not rot[3]:
+                db.execute("UPDATE dl_rekey_peers SET answer = ? WHERE device_id = ? AND "
+                           "gateway = ?", (f"refused:{reason}", device_id, gateway))
+                return "refused", self._abort(db, device_id, REJECTED, "peer_refused", now)
+        return "", None
+
+    def rekey_offer(self, device_id: int, origin: str, key_no: int, key: bytes,
+                    base: str) -> tuple[str, str]:
+        """At a peer: another gateway's offer of a device's next key (``base``: the
+        fingerprint of the current key it rotates from). The key becomes this gateway's
+        next key (uplinks under it are accepted from now on) and the answer is
+        ``("hold", "")``; or ``("refuse", reason)``: ``unknown_device``, ``other_key``
+        (this gateway holds another current key), ``busy`` (another next key is pending
+        here). A repeat, or an offer of a key committed here since, is held again. The
+        answer is recorded for ``rekey_outbox`` in the same transaction."""
+        fp = fingerprint(key)
+        with self._write() as db:
+            current = db.execute("SELECT key FROM devices WHERE device_id = ?",
+                                 (device_id,)).fetchone()
+            answer, reason = "hold", ""
+            if current is None:
+                answer, reason = "refuse", "unknown_device"
+            else:
+                self._ensure(db, device_id)
+                nxt = db.execute("SELECT next_key FROM dl_devices WHERE device_id = ?",
+                                 (device_id,)).fetchone()[0]
+                cur_fp = fingerprint(bytes(current[0]))
+                if cur_fp == fp or (nxt is not None and bytes(nxt) == key):
+                    pass
+                elif nxt is not None:
+                    answer, reason = "refuse", "busy"
+                elif cur_fp != base:
+                    answer, reason = "refuse", "other_key"
+                else:
+                    db.execute("UPDATE dl_devices SET next_key = ?, next_key_no = ? "
+                               "WHERE device_id = ?", (bytes(key), key_no, device_id))
+                    db.execute("INSERT OR REPLACE INTO dl_rekey VALUES (?, ?, ?, ?, 1)",
+                               (device_id, key_no, fp, origin))
+            _tell(db, device_id, origin, answer, key_no, fp, base, reason)
+        return answer, reason
+
+    def rekey_abort(self, device_id: int, origin: str, fp: str) -> bool:
+        """At a peer: the gateway that offered next key ``fp`` dropped its rotation
+        before sending it; this gateway drops the key too. True if it held it."""
+        with self._write() as db:
+            rot = db.execute("SELECT origin, fingerprint FROM dl_rekey WHERE device_id = ?",
+                             (device_id,)).fetchone()
+            if rot is None or (str(rot[0]), str(rot[1])) != (origin, fp):
+                return False
+            db.execute("UPDATE dl_devices SET next_key = NULL, next_key_no = NULL "
+                       "WHERE device_id = ?", (device_id,))
+            db.execute("DELETE FROM dl_rekey WHERE device_id = ?", (device_id,))
+        return True
+
+    def rekey_commit_notice(self, device_id: int, fp: str, now: float | None = None
+                            ) -> list[Command]:
+        """A peer heard the node under next key ``fp`` and committed it: so does this
+        gateway, if ``fp`` is its next key. When this gateway started the rotation its
+        open ``rekey`` commands are returned, now ``applied`` (the origin publishes that
+        step; a peer's copies close silently). No ``rekey_done`` is queued here: the
+        committing gateway's is the one."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            nxt = db.execute("SELECT next_key FROM dl_devices WHERE device_id = ?",
+                             (device_id,)).fetchone()
+            if nxt is None or nxt[0] is None or fingerprint(bytes(nxt[0])) != fp:
+                return []
+            origin = db.execute("SELECT origin FROM dl_rekey WHERE device_id = ?",
+                                (device_id,)).fetchone()
+            mine = origin is None or origin[0] in ("", self.gateway_id)
+            open_rekeys = [int(r[0]) for r in db.execute(
+                "SELECT cmd_id FROM dl_commands WHERE device_id = ? AND op = 'rekey' AND "
+                "state IN (?, ?)", (device_id, *OPEN_STATES))]
+            self._commit(db, device_id, now)
+        if not mine:
+            return []
+        return [c for c in (self.get(device_id, i) for i in open_rekeys) if c is not None]
+
+    def rekey_origin(self, device_id: int) -> str | None:
+        """The gateway that started the device's pending rotation ('' for one started
+        without peers), or None when there is no rotation with peers pending."""
+        with self._lock:
+            row = self._db.execute("SELECT origin FROM dl_rekey WHERE device_id = ?",
+                                   (device_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def rekey_outbox(self) -> list[RekeyOut]:
+        """What this gateway keeps telling each peer about each device's rotation (the
+        retained messages of ``gateway.rekey_city``); an offer carries the next key."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT o.device_id, o.gateway, o.what, o.key_no, o.fingerprint, o.base, "
+                "o.reason, d.next_key FROM dl_rekey_out o LEFT JOIN dl_devices d "
+                "ON d.device_id = o.device_id ORDER BY o.device_id, o.gateway").fetchall()
+        out = []
+        for r in rows:
+            key = None
+            if r[2] == "offer":
+                if r[7] is None or fingerprint(bytes(r[7])) != r[4]:
+                    continue                     # superseded (committed, dropped)
+                key = bytes(r[7])
+            out.append(RekeyOut(int(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]),
+                                str(r[5]), str(r[6]), key))
+        return out
+
+    def rekey_peers(self, device_id: int) -> dict[str, str]:
+        """At the gateway that started a rotation: each peer's answer so far (``waiting``,
+        ``held``, ``refused:<reason>``)."""
+        with self._lock:
+            rows = self._db.execute("SELECT gateway, answer FROM dl_rekey_peers WHERE "
+                                    "device_id = ? ORDER BY gateway", (device_id,)).fetchall()
+        return {str(g): str(a) for g, a in rows}

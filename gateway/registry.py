@@ -465,6 +465,18 @@ class Registry:
                  json.loads(row[4] or "{}"), None if row[6] is None else float(row[6]))
         return local, None if row[5] is None else int(row[5])
 
+    def rotated_away(self, device_id: int, fingerprint: str) -> bool:
+        """Whether a key rotation at this gateway replaced the device's key with this
+        fingerprint (gateway.downlinks keeps them; a registry without that table: no)."""
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT 1 FROM dl_rekey_retired WHERE device_id = ? "
+                                       "AND fingerprint = ?", (device_id, fingerprint)
+                                       ).fetchone()
+            except sqlite3.OperationalError:
+                return False
+        return row is not None
+
     def apply_shared(self, device_id: int, version: int, values: Sequence[Any] | None) -> None:
         """Write what the share decided: ``values`` = (kind, key, name, site, location,
         interval_s) to add or replace the device at ``version``, None to remove it."""

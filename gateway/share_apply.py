@@ -15,6 +15,7 @@ import json
 import logging
 import queue
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -106,6 +107,15 @@ class ShareState:
             return False
         self.errors.pop(topic, None)
         local, version = registry.shared_state(shared.device_id)
+        if (shared.key is not None and local is not None and shared.key != local[1]
+                and registry.rotated_away(shared.device_id, fingerprint(shared.key))):
+            # The operator's registry still has the key a rotation replaced (the new key
+            # never leaves the gateways): its other fields apply, the key stays.
+            self.counts["kept_rotated_key"] += 1
+            log.warning("device %s: the shared registry (version %d) has the key a rotation "
+                        "replaced here; kept the current key", format_device_id(
+                            shared.device_id), shared.version)
+            shared = replace(shared, key=local[1], fingerprint=fingerprint(local[1]))
         action = decide(local, version, shared)
         self.counts[action] += 1
         name = format_device_id(shared.device_id)

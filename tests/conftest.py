@@ -89,6 +89,7 @@ PROCESS_FIXTURES = frozenset({
 PROCESS_TESTS: tuple[str, ...] = (
     "tests/backend/test_web_browser.py",
     "tests/e2e/",
+    "tests/e2e/test_rekey_two_gateways.py",
     "tests/backend/test_schema_packaged.py::test_the_installed_wheel_validates",
     "tests/infra/",
     "tests/reliability/",

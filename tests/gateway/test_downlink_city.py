@@ -126,9 +126,9 @@ def test_rank_due_then_snr_then_index() -> None:
     assert winner({"x": rank(True, None, 0, "x"), "y": rank(True, -20.0, 1, "y")}) == "y"
 
 
-def test_rekey_is_refused_with_several_gateways(tmp_path: Path) -> None:
+def test_rekey_with_several_gateways_needs_the_peers(tmp_path: Path) -> None:
     store = _store(tmp_path / "r.db", 0, 2)
-    with pytest.raises(KnuteError, match="key rotation is not available with several"):
+    with pytest.raises(KnuteError, match=r"share keys in \[share\] peers"):
         store.begin_rekey(DEV, bytes(16))
     store.close()
 

@@ -149,14 +149,19 @@ def _downlinks(args: argparse.Namespace) -> Any:
     path = getattr(args, "registry", None)
     limits = DownlinkLimits()
     stride = (0, 1)
+    gateway_id = ""
+    peers: tuple[str, ...] = ()
     if path is None:
+        from knute.gateway.downlink_service import rekey_peers
+
         cfg = _config(args)
         path = cfg.registry
         limits = DownlinkLimits(cfg.downlinks.max_queued, cfg.downlinks.expiry_s,
                                 cfg.downlinks.max_sends)
         stride = (cfg.downlinks.gateway_index, cfg.downlinks.gateways)
+        gateway_id, peers = cfg.gateway_id, rekey_peers(cfg)
     _check_owner(path, "registry")
-    return DownlinkStore(path, limits, stride)
+    return DownlinkStore(path, limits, stride, gateway_id=gateway_id, peers=peers)
 
 
 def _send(args: argparse.Namespace, reg: Any) -> int:
@@ -190,7 +195,7 @@ def _send(args: argparse.Namespace, reg: Any) -> int:
                     raise KnuteError("ack: alarm bits are 0..16777215")
             cmds = [store.queue(device_id, "ack", bits, ref=args.ref, expiry_s=expiry)[0]]
         elif command == "rekey":
-            cmds = [store.begin_rekey(device_id, os.urandom(16), ref=args.ref)]
+            cmds = [store.begin_rekey(device_id, os.urandom(16), ref=args.ref, expiry_s=expiry)]
         elif command == "update":
             cmds = store.queue_update(device_id, _bundle(extra), args.chunk, ref=args.ref)
         else:
@@ -205,6 +210,9 @@ def _send(args: argparse.Namespace, reg: Any) -> int:
         more = f" (+{len(cmds) - 1} more)" if len(cmds) > 1 else ""
         print(f"queued {command} for {format_device_id(device_id)}: command {first.cmd_id}"
               f"{more}, {first.state}")
+        if command == "rekey" and store.peers:
+            print(f"it goes out once every peer gateway ({', '.join(store.peers)}) holds "
+                  "the new key (knute devices show: rekey_peers)")
     return 0
 
 
@@ -394,11 +402,14 @@ def run(args: argparse.Namespace) -> int:
                 cmds = store.commands(device_id, limit=20)
                 dcnt = store.counter(device_id)
                 rot = store.rekey_state(device_id)
+                peers = store.rekey_peers(device_id)
             finally:
                 store.close()
             data["downlink_counter"] = dcnt
             data["key_no"] = rot.key_no
             data["rekey_pending"] = rot.next_key_no
+            if peers:
+                data["rekey_peers"] = peers
             if args.json:
                 data["downlinks"] = [c.as_dict() for c in cmds]
                 print(json.dumps(data, indent=2))
