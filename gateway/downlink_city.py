@@ -235,6 +235,16 @@ class DownlinkCity:
         self.figures["won" if won else "lost"] += 1
         return won
 
+    def best_snr(self, device_id: int, fcnt: int, own_snr_db: float | None) -> float | None:
+        """The best SNR of uplink ``fcnt`` of all gateways that claimed it, this one
+        (``own_snr_db``) included: what the data-rate rule records (``gateway.adr_history``)."""
+        with self._lock:
+            heard = [mark[1] for mark, _at in self._claims.get((device_id, fcnt), {}).values()
+                     if mark[1] > -1e9]
+        if own_snr_db is not None:
+            heard.append(float(own_snr_db))
+        return max(heard) if heard else None
+
     def announce(self, device_id: int, fcnt: int, dcnt: int, cmds: Sequence[Command]) -> None:
         """Tell the other gateways about a downlink this one sealed (before it leaves)."""
         doc = {"gateway": self.gateway_id, "device": f"{device_id:08x}", "fcnt": fcnt,
