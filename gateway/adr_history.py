@@ -148,6 +148,17 @@ class AdrHistory:
                    (device_id, before if void else power_dbm, ref, before, int(void)))
         db.execute("DELETE FROM adr_uplinks WHERE device_id = ?", (device_id,))
 
+    def raise_snr(self, device_id: int, fcnt: int, snr_db: float) -> bool:
+        """Another receiver's SNR of uplink ``fcnt`` that came late (a claim heard after
+        the gather time): it raises that uplink's row if the history holds it. True if
+        it did."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE adr_uplinks SET snr_db = ? WHERE row = (SELECT max(row) FROM "
+                "adr_uplinks WHERE device_id = ? AND fcnt = ?) AND snr_db < ?",
+                (float(snr_db), device_id, fcnt, float(snr_db)))
+            return cur.rowcount > 0
+
     def follow(self, device_id: int, ref: str, power_dbm: int | None, *,
                void: bool = False) -> bool:
         """The device's latest change went under ``ref`` (made here or by another gateway):

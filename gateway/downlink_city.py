@@ -102,6 +102,8 @@ class DownlinkCity:
         self._client.on_message = self._on_message
         self.connected = False
         self.subscribed = False
+        # The data-rate rule's history takes every claim's SNR, also one heard late.
+        self.on_claim: Callable[[int, int, float], object] | None = None
 
     # -- the connection ------------------------------------------------------------
 
@@ -175,6 +177,8 @@ class DownlinkCity:
                 self._prune(now)
                 self._claims.setdefault((device, fcnt), {})[gateway] = (mark, now)
             self.figures["claims_heard"] += 1
+            if self.on_claim is not None and snr is not None:
+                self.on_claim(device, fcnt, float(snr))
             return
         if what == "sent":
             self.figures["notices_heard"] += 1

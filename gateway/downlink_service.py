@@ -111,6 +111,8 @@ class DownlinkService:
         self._kinds: dict[int, str] = {}
         self.adr = adr
         self.city = city
+        if city is not None and adr is not None:
+            city.on_claim = adr.raise_snr
 
     # -- the ingest side -----------------------------------------------------------
 

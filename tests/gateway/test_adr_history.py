@@ -129,3 +129,13 @@ def test_the_city_channel_gives_the_best_snr_of_every_claim(tmp_path: Path) -> N
         assert city.best_snr(DEV, 6, -3.0) == -3.0           # another uplink
     finally:
         store.close()
+
+
+def test_a_late_claim_raises_the_uplink_it_names() -> None:
+    hist = AdrHistory(history=3)
+    hist.observe(DEV, 0, -9.0, 12)
+    hist.observe(DEV, 1, -9.0, 12)
+    assert hist.raise_snr(DEV, 0, -2.0)
+    assert not hist.raise_snr(DEV, 1, -12.0)           # never lowers
+    assert not hist.raise_snr(DEV, 7, 5.0)             # an uplink this history lacks
+    assert hist.snr_history(DEV) == [-2.0, -9.0]
