@@ -67,6 +67,7 @@ class AdrDecision:
     margin_db: float         # best SNR - floor(current SF) - installation margin
     steps: int               # whole 3 dB steps of that margin (negative: short of it)
     changed: bool
+    fallback: bool = False   # back to the settings before a change the node was lost after
 
 
 def margin_after_db(decision: AdrDecision, sf: int, power_dbm: int) -> float:

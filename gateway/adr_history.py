@@ -26,6 +26,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from knute.gateway.adr import (
     HISTORY,
@@ -34,19 +35,29 @@ from knute.gateway.adr import (
     SNR_FLOOR_DB,
     AdrDecision,
     decide,
+    margin_db,
 )
 from knute.gateway.errors import KnuteError
 
 HYSTERESIS_DB = 2.0       # the gateway's default (docs/radio.md)
 MAX_STEPS = 2             # margin-spending steps per decision, the gateway's default
+FALLBACK_MISSED = 3       # uplinks in a row heard by no receiver after a change: fall back
+HOLD_HISTORIES = 3        # after a fallback, no margin-spending step for this many histories
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS adr_devices (
-        device_id INTEGER PRIMARY KEY,
-        power_dbm INTEGER NOT NULL,
-        last_ref  TEXT,
-        prev_dbm  INTEGER,
-        void      INTEGER NOT NULL DEFAULT 0
+        device_id     INTEGER PRIMARY KEY,
+        power_dbm     INTEGER NOT NULL,
+        last_ref      TEXT,
+        prev_dbm      INTEGER,
+        prev_sf       INTEGER,
+        void          INTEGER NOT NULL DEFAULT 0,
+        spent         INTEGER NOT NULL DEFAULT 0,
+        changed_fcnt  INTEGER,
+        changed_epoch INTEGER,
+        hold          INTEGER NOT NULL DEFAULT 0,
+        last_fcnt     INTEGER,
+        last_epoch    INTEGER
     )""",
     """CREATE TABLE IF NOT EXISTS adr_uplinks (
         row       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -58,6 +69,8 @@ _SCHEMA = (
         UNIQUE (device_id, epoch, fcnt)
     )""",
 )
+_DEVICE_COLS = ("power_dbm", "last_ref", "prev_dbm", "prev_sf", "void", "spent", "changed_fcnt",
+                "changed_epoch", "hold", "last_fcnt", "last_epoch")
 
 
 class AdrHistory:
@@ -102,84 +115,142 @@ class AdrHistory:
         with self._lock:
             self._db.close()
 
+    def _device(self, db: sqlite3.Connection, device_id: int) -> dict[str, Any]:
+        row = db.execute(f"SELECT {', '.join(_DEVICE_COLS)} FROM adr_devices "
+                         "WHERE device_id = ?", (device_id,)).fetchone()
+        if row is None:
+            db.execute("INSERT INTO adr_devices (device_id, power_dbm) VALUES (?, ?)",
+                       (device_id, self.default_power_dbm))
+            return self._device(db, device_id)
+        return dict(zip(_DEVICE_COLS, row, strict=True))
+
     def _power(self, db: sqlite3.Connection, device_id: int) -> tuple[int, str | None]:
-        row = db.execute("SELECT power_dbm, last_ref FROM adr_devices WHERE device_id = ?",
-                         (device_id,)).fetchone()
-        return (self.default_power_dbm, None) if row is None else (int(row[0]), row[1])
+        dev = self._device(db, device_id)
+        return int(dev["power_dbm"]), dev["last_ref"]
 
     def observe(self, device_id: int, fcnt: int, best_snr_db: float | None,
-                sf: int | None, *, epoch: int = 0, decide_as: str | None = None
-                ) -> AdrDecision | None:
-        """Note one uplink's best SNR; with ``decide_as`` (the ref the command will
-        travel under) also run the rule, and when it changes the node's settings take
-        the change in the same transaction (new power, new history) and return it."""
-        if best_snr_db is None or sf not in SNR_FLOOR_DB:
+                sf: int | None, *, epoch: int = 0, decide_as: str | None = None,
+                change_open: bool = False) -> AdrDecision | None:
+        """Note one uplink; with ``decide_as`` (the ref the command will travel under)
+        also run the rule, and when it changes the node's settings take the change in
+        the same transaction (new power, new history) and return it.
+
+        Every uplink counts for the fallback: after a change that spent margin, an
+        uplink that follows ``FALLBACK_MISSED`` or more uplinks no receiver heard
+        returns the node to the settings it had (``AdrDecision.fallback``), also while
+        that change is still open (``change_open``: sent, its report lost). Its SNR
+        joins the history only when no change is open (uplinks at settings the node
+        is leaving would mislead the next decision)."""
+        if sf not in SNR_FLOOR_DB:
             return None
         assert sf is not None
         with self._write() as db:
-            db.execute("INSERT INTO adr_uplinks (device_id, epoch, fcnt, sf, snr_db) "
-                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, epoch, fcnt) "
-                       "DO UPDATE SET snr_db = max(snr_db, excluded.snr_db)",
-                       (device_id, epoch, fcnt, sf, float(best_snr_db)))
-            db.execute("DELETE FROM adr_uplinks WHERE device_id = ? AND row NOT IN "
-                       "(SELECT row FROM adr_uplinks WHERE device_id = ? "
-                       "ORDER BY row DESC LIMIT ?)", (device_id, device_id, self.history))
+            dev = self._device(db, device_id)
+            last = dev["last_fcnt"] if dev["last_epoch"] == epoch else None
+            missed = 0 if last is None else fcnt - int(last) - 1
+            if last is None or fcnt > int(last):
+                db.execute("UPDATE adr_devices SET last_fcnt = ?, last_epoch = ? "
+                           "WHERE device_id = ?", (fcnt, epoch, device_id))
+            if best_snr_db is not None and not change_open:
+                db.execute("INSERT INTO adr_uplinks (device_id, epoch, fcnt, sf, snr_db) "
+                           "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, epoch, fcnt) "
+                           "DO UPDATE SET snr_db = max(snr_db, excluded.snr_db)",
+                           (device_id, epoch, fcnt, sf, float(best_snr_db)))
+                db.execute("DELETE FROM adr_uplinks WHERE device_id = ? AND row NOT IN "
+                           "(SELECT row FROM adr_uplinks WHERE device_id = ? "
+                           "ORDER BY row DESC LIMIT ?)", (device_id, device_id, self.history))
             if decide_as is None:
                 return None
             snrs = [float(r[0]) for r in db.execute(
                 "SELECT snr_db FROM adr_uplinks WHERE device_id = ? ORDER BY row",
                 (device_id,))]
-            power, _ref = self._power(db, device_id)
+            power = int(dev["power_dbm"])
+            if (dev["spent"] and not dev["void"] and dev["changed_epoch"] == epoch
+                    and last is not None and int(last) >= int(dev["changed_fcnt"])
+                    and missed >= FALLBACK_MISSED):
+                best = max([*snrs, *([] if best_snr_db is None else [best_snr_db])],
+                           default=None)
+                back = AdrDecision(
+                    int(dev["prev_sf"]), int(dev["prev_dbm"]),
+                    0.0 if best is None else round(
+                        margin_db(best, sf, self.installation_margin_db), 2),
+                    0, True, fallback=True)
+                self._take(db, device_id, back, decide_as, sf=sf, fcnt=fcnt, epoch=epoch,
+                           hold=HOLD_HISTORIES * self.history)
+                return back
+            if change_open:
+                return None
+            hold = int(dev["hold"])
+            if hold:
+                db.execute("UPDATE adr_devices SET hold = hold - 1 WHERE device_id = ?",
+                           (device_id,))
             got = decide(snrs, sf, power, installation_margin_db=self.installation_margin_db,
                          history=self.history, hysteresis_db=self.hysteresis_db,
-                         max_steps=self.max_steps)
+                         max_steps=0 if hold else self.max_steps)
             if got is None or not got.changed:
                 return None
-            self._take(db, device_id, got.power_dbm, decide_as)
+            self._take(db, device_id, got, decide_as, sf=sf, fcnt=fcnt, epoch=epoch,
+                       hold=max(0, hold - 1))
             return got
 
-    def _take(self, db: sqlite3.Connection, device_id: int, power_dbm: int, ref: str,
-              void: bool = False) -> None:
-        before, _ref = self._power(db, device_id)
-        db.execute("INSERT INTO adr_devices (device_id, power_dbm, last_ref, prev_dbm, void) "
-                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
-                   "power_dbm = excluded.power_dbm, last_ref = excluded.last_ref, "
-                   "prev_dbm = excluded.prev_dbm, void = excluded.void",
-                   (device_id, before if void else power_dbm, ref, before, int(void)))
+    def _take(self, db: sqlite3.Connection, device_id: int, decision: AdrDecision, ref: str,
+              *, sf: int, fcnt: int, epoch: int, hold: int) -> None:
+        """A decision of this gateway: the node's new power, what it had, a new history."""
+        power = int(self._device(db, device_id)["power_dbm"])
+        spent = decision.sf < sf or decision.power_dbm < power
+        db.execute("UPDATE adr_devices SET power_dbm = ?, last_ref = ?, prev_dbm = ?, "
+                   "prev_sf = ?, void = 0, spent = ?, changed_fcnt = ?, changed_epoch = ?, "
+                   "hold = ? WHERE device_id = ?",
+                   (decision.power_dbm, ref, power, sf, int(spent), fcnt, epoch, hold,
+                    device_id))
         db.execute("DELETE FROM adr_uplinks WHERE device_id = ?", (device_id,))
+
+    def follow(self, device_id: int, ref: str, power_dbm: int | None, *,
+               sf: int | None = None, fcnt: int | None = None, void: bool = False) -> bool:
+        """The device's latest change went under ``ref`` (made here or by another gateway,
+        setting ``sf`` and ``power_dbm`` after uplink ``fcnt``): unless it is the one
+        already taken, take its power and start a new history; a change that spent
+        margin is watched for the fallback as if made here. ``void``: the node never
+        applied it (rejected, expired, cancelled), so the power it had before stays.
+        True if anything changed."""
+        with self._write() as db:
+            dev = self._device(db, device_id)
+            power = int(dev["power_dbm"])
+            if dev["last_ref"] != ref:
+                heard = db.execute("SELECT sf FROM adr_uplinks WHERE device_id = ? "
+                                   "ORDER BY row DESC LIMIT 1", (device_id,)).fetchone()
+                was_sf = None if heard is None else int(heard[0])
+                new_power = power if void or power_dbm is None else power_dbm
+                spent = not void and fcnt is not None and (
+                    new_power < power or (sf is not None and was_sf is not None
+                                          and sf < was_sf))
+                db.execute("UPDATE adr_devices SET power_dbm = ?, last_ref = ?, prev_dbm = ?, "
+                           "prev_sf = ?, void = ?, spent = ?, changed_fcnt = ?, "
+                           "changed_epoch = last_epoch WHERE device_id = ?",
+                           (new_power, ref, power, was_sf if was_sf is not None else sf,
+                            int(void), int(spent), fcnt, device_id))
+                db.execute("DELETE FROM adr_uplinks WHERE device_id = ?", (device_id,))
+                return True
+            if not void or dev["void"]:
+                return False
+            prev = dev["prev_dbm"]
+            db.execute("UPDATE adr_devices SET power_dbm = ?, void = 1 WHERE device_id = ?",
+                       (power if prev is None else int(prev), device_id))
+            return True
 
     def raise_snr(self, device_id: int, fcnt: int, snr_db: float) -> bool:
         """Another receiver's SNR of uplink ``fcnt`` that came late (a claim heard after
         the gather time): it raises that uplink's row if the history holds it. True if
         it did."""
         with self._write() as db:
+            # Someone heard it: it is no gap in the node's uplinks (same epoch assumed).
+            db.execute("UPDATE adr_devices SET last_fcnt = ? WHERE device_id = ? AND "
+                       "last_fcnt < ?", (fcnt, device_id, fcnt))
             cur = db.execute(
                 "UPDATE adr_uplinks SET snr_db = ? WHERE row = (SELECT max(row) FROM "
                 "adr_uplinks WHERE device_id = ? AND fcnt = ?) AND snr_db < ?",
                 (float(snr_db), device_id, fcnt, float(snr_db)))
             return cur.rowcount > 0
-
-    def follow(self, device_id: int, ref: str, power_dbm: int | None, *,
-               void: bool = False) -> bool:
-        """The device's latest change went under ``ref`` (made here or by another gateway):
-        unless it is the one already taken, take its power and start a new history.
-        ``void``: the node never applied it (rejected, expired, cancelled), so the power
-        it had before stays. True if anything changed."""
-        with self._write() as db:
-            power, last = self._power(db, device_id)
-            if last != ref:
-                self._take(db, device_id, power if power_dbm is None else power_dbm, ref,
-                           void)
-                return True
-            if not void:
-                return False
-            row = db.execute("SELECT prev_dbm, void FROM adr_devices WHERE device_id = ?",
-                             (device_id,)).fetchone()
-            if row[1]:
-                return False
-            db.execute("UPDATE adr_devices SET power_dbm = ?, void = 1 WHERE device_id = ?",
-                       (power if row[0] is None else int(row[0]), device_id))
-            return True
 
     def snr_history(self, device_id: int) -> list[float]:
         """The best SNR of each uplink in the device's history, oldest first."""

@@ -299,26 +299,36 @@ class DownlinkService:
         assert self.adr is not None
         dev = up.device_id
         mine = [c for c in self.store.commands(dev) if c.ref and c.ref.startswith(ADR_REF)]
-        if mine:      # the latest change, made here or adopted from the gateway that made it
-            latest = max(mine, key=_adr_order)
+        latest = max(mine, key=_adr_order) if mine else None
+        if latest is not None:  # the latest change, made here or adopted from its maker
             assert latest.ref is not None
-            self.adr.follow(dev, latest.ref, _adr_power(latest),
+            self.adr.follow(dev, latest.ref, _adr_setting(latest, ADR_POWER),
+                            sf=_adr_setting(latest, ADR_SF), fcnt=latest.up_fcnt,
                             void=latest.state in (REJECTED, EXPIRED, CANCELLED))
-            if any(c.open for c in mine):
-                return              # the last decision is still on its way
+        for old in mine:            # superseded by a later change: never sent again
+            if old.open and old is not latest:
+                self._status([self.store.cancel(dev, old.cmd_id)])
+        still_open = [latest] if latest is not None and latest.open else []
         best = up.snr_db if self.city is None else self.city.best_snr(dev, up.fcnt, up.snr_db)
         ref = f"{ADR_REF}{up.fcnt}-{time.time_ns()}"
         decision = self.adr.observe(dev, up.fcnt, best, up.sf, epoch=up.epoch,
-                                    decide_as=ref if lead else None)
+                                    decide_as=ref if lead else None,
+                                    change_open=bool(still_open))
         if decision is None:
             return
+        for old in still_open:      # a fallback replaces the change the node was lost after
+            self._status([self.store.cancel(dev, old.cmd_id)])
         values = {str(ADR_SF): decision.sf, str(ADR_POWER): decision.power_dbm}
         try:
             cmd, _ = self.store.queue(dev, "config", {"values": values}, ref=ref)
         except Exception:
             self.adr.follow(dev, ref, None, void=True)      # the node keeps its power
             raise
-        self.counters.inc("adr_changes")
+        self.counters.inc("adr_fallbacks" if decision.fallback else "adr_changes")
+        if decision.fallback:
+            log.warning("device %08x: ADR fallback: no receiver heard the uplinks before "
+                        "fcnt %d after the last change; back to SF%d, %d dBm", dev, up.fcnt,
+                        decision.sf, decision.power_dbm)
         log.info("device %08x: ADR margin %.1f dB (%d steps, best SNR %.1f dB of %s): "
                  "SF%d -> SF%d, %d dBm", dev, decision.margin_db, decision.steps,
                  best or 0.0, "all gateways" if self.city is not None else "all receivers",
@@ -429,11 +439,11 @@ def _adr_order(cmd: Command) -> tuple[int, int]:
     return made, cmd.cmd_id
 
 
-def _adr_power(cmd: Command) -> int | None:
-    """The transmit power a change of the rule sets (None: not readable)."""
+def _adr_setting(cmd: Command, code: int) -> int | None:
+    """The SF or transmit power (config ``code``) a change of the rule sets, or None."""
     values = cmd.args.get("values") if isinstance(cmd.args, dict) else None
-    power = values.get(str(ADR_POWER)) if isinstance(values, dict) else None
-    return power if isinstance(power, int) and not isinstance(power, bool) else None
+    value = values.get(str(code)) if isinstance(values, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _transmitter_id(up: Uplink) -> str:
