@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from typing import Any
 
 from knute.gateway.adr import (
@@ -41,7 +43,7 @@ from knute.gateway.errors import KnuteError
 
 HYSTERESIS_DB = 2.0       # the gateway's default (docs/radio.md)
 MAX_STEPS = 2             # margin-spending steps per decision, the gateway's default
-FALLBACK_MISSED = 3       # uplinks in a row heard by no receiver after a change: fall back
+FALLBACK_MISSED = 3       # after a change, silent this many send intervals too long: fall back
 HOLD_HISTORIES = 3        # after a fallback, no margin-spending step for this many histories
 
 _SCHEMA = (
@@ -53,11 +55,10 @@ _SCHEMA = (
         prev_sf       INTEGER,
         void          INTEGER NOT NULL DEFAULT 0,
         spent         INTEGER NOT NULL DEFAULT 0,
-        changed_fcnt  INTEGER,
-        changed_epoch INTEGER,
+        changed_at    REAL,
+        interval_s    REAL,
         hold          INTEGER NOT NULL DEFAULT 0,
-        last_fcnt     INTEGER,
-        last_epoch    INTEGER
+        last_at       REAL
     )""",
     """CREATE TABLE IF NOT EXISTS adr_uplinks (
         row       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,11 +67,12 @@ _SCHEMA = (
         fcnt      INTEGER NOT NULL,
         sf        INTEGER NOT NULL,
         snr_db    REAL NOT NULL,
+        at        REAL NOT NULL,
         UNIQUE (device_id, epoch, fcnt)
     )""",
 )
-_DEVICE_COLS = ("power_dbm", "last_ref", "prev_dbm", "prev_sf", "void", "spent", "changed_fcnt",
-                "changed_epoch", "hold", "last_fcnt", "last_epoch")
+_DEVICE_COLS = ("power_dbm", "last_ref", "prev_dbm", "prev_sf", "void", "spent", "changed_at",
+                "interval_s", "hold", "last_at")
 
 
 class AdrHistory:
@@ -129,33 +131,36 @@ class AdrHistory:
         return int(dev["power_dbm"]), dev["last_ref"]
 
     def observe(self, device_id: int, fcnt: int, best_snr_db: float | None,
-                sf: int | None, *, epoch: int = 0, decide_as: str | None = None,
-                change_open: bool = False) -> AdrDecision | None:
-        """Note one uplink; with ``decide_as`` (the ref the command will travel under)
-        also run the rule, and when it changes the node's settings take the change in
-        the same transaction (new power, new history) and return it.
+                sf: int | None, *, epoch: int = 0, at: float | None = None,
+                decide_as: str | None = None, change_open: bool = False
+                ) -> AdrDecision | None:
+        """Note one uplink, heard at ``at`` (default: now); with ``decide_as`` (the ref
+        the command will travel under) also run the rule, and when it changes the
+        node's settings take the change in the same transaction (new power, new
+        history) and return it.
 
         Every uplink counts for the fallback: after a change that spent margin, an
-        uplink that follows ``FALLBACK_MISSED`` or more uplinks no receiver heard
-        returns the node to the settings it had (``AdrDecision.fallback``), also while
-        that change is still open (``change_open``: sent, its report lost). Its SNR
+        uplink that comes more than ``FALLBACK_MISSED`` + 1 send intervals after the
+        last one any receiver heard returns the node to the settings it had
+        (``AdrDecision.fallback``), also while that change is still open
+        (``change_open``: sent, its report lost). Time, not the frame counter: a node
+        skips counters at every restart, and each change is applied by one. Its SNR
         joins the history only when no change is open (uplinks at settings the node
         is leaving would mislead the next decision)."""
         if sf not in SNR_FLOOR_DB:
             return None
         assert sf is not None
+        at = time.time() if at is None else at
         with self._write() as db:
             dev = self._device(db, device_id)
-            last = dev["last_fcnt"] if dev["last_epoch"] == epoch else None
-            missed = 0 if last is None else fcnt - int(last) - 1
-            if last is None or fcnt > int(last):
-                db.execute("UPDATE adr_devices SET last_fcnt = ?, last_epoch = ? "
-                           "WHERE device_id = ?", (fcnt, epoch, device_id))
+            last_at = dev["last_at"]
+            db.execute("UPDATE adr_devices SET last_at = max(coalesce(last_at, 0), ?) "
+                       "WHERE device_id = ?", (at, device_id))
             if best_snr_db is not None and not change_open:
-                db.execute("INSERT INTO adr_uplinks (device_id, epoch, fcnt, sf, snr_db) "
-                           "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, epoch, fcnt) "
+                db.execute("INSERT INTO adr_uplinks (device_id, epoch, fcnt, sf, snr_db, at) "
+                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, epoch, fcnt) "
                            "DO UPDATE SET snr_db = max(snr_db, excluded.snr_db)",
-                           (device_id, epoch, fcnt, sf, float(best_snr_db)))
+                           (device_id, epoch, fcnt, sf, float(best_snr_db), at))
                 db.execute("DELETE FROM adr_uplinks WHERE device_id = ? AND row NOT IN "
                            "(SELECT row FROM adr_uplinks WHERE device_id = ? "
                            "ORDER BY row DESC LIMIT ?)", (device_id, device_id, self.history))
@@ -165,9 +170,10 @@ class AdrHistory:
                 "SELECT snr_db FROM adr_uplinks WHERE device_id = ? ORDER BY row",
                 (device_id,))]
             power = int(dev["power_dbm"])
-            if (dev["spent"] and not dev["void"] and dev["changed_epoch"] == epoch
-                    and last is not None and int(last) >= int(dev["changed_fcnt"])
-                    and missed >= FALLBACK_MISSED):
+            interval = dev["interval_s"]
+            if (dev["spent"] and not dev["void"] and interval and last_at is not None
+                    and dev["changed_at"] is not None and last_at >= dev["changed_at"]
+                    and at - last_at > (FALLBACK_MISSED + 1) * interval):
                 best = max([*snrs, *([] if best_snr_db is None else [best_snr_db])],
                            default=None)
                 back = AdrDecision(
@@ -175,7 +181,7 @@ class AdrHistory:
                     0.0 if best is None else round(
                         margin_db(best, sf, self.installation_margin_db), 2),
                     0, True, fallback=True)
-                self._take(db, device_id, back, decide_as, sf=sf, fcnt=fcnt, epoch=epoch,
+                self._take(db, device_id, back, decide_as, sf=sf, at=at,
                            hold=HOLD_HISTORIES * self.history)
                 return back
             if change_open:
@@ -189,28 +195,38 @@ class AdrHistory:
                          max_steps=0 if hold else self.max_steps)
             if got is None or not got.changed:
                 return None
-            self._take(db, device_id, got, decide_as, sf=sf, fcnt=fcnt, epoch=epoch,
-                       hold=max(0, hold - 1))
+            self._take(db, device_id, got, decide_as, sf=sf, at=at, hold=max(0, hold - 1))
             return got
 
+    @staticmethod
+    def _interval(db: sqlite3.Connection, device_id: int) -> float | None:
+        """The node's send interval as its history shows it: the median time between
+        two uplinks heard (None with fewer than two)."""
+        times = [float(r[0]) for r in db.execute(
+            "SELECT at FROM adr_uplinks WHERE device_id = ? ORDER BY row", (device_id,))]
+        gaps = sorted(b - a for a, b in pairwise(times) if b > a)
+        return gaps[len(gaps) // 2] if gaps else None
+
     def _take(self, db: sqlite3.Connection, device_id: int, decision: AdrDecision, ref: str,
-              *, sf: int, fcnt: int, epoch: int, hold: int) -> None:
+              *, sf: int, at: float, hold: int) -> None:
         """A decision of this gateway: the node's new power, what it had, a new history."""
-        power = int(self._device(db, device_id)["power_dbm"])
+        dev = self._device(db, device_id)
+        power = int(dev["power_dbm"])
         spent = decision.sf < sf or decision.power_dbm < power
+        interval = self._interval(db, device_id) or dev["interval_s"]
         db.execute("UPDATE adr_devices SET power_dbm = ?, last_ref = ?, prev_dbm = ?, "
-                   "prev_sf = ?, void = 0, spent = ?, changed_fcnt = ?, changed_epoch = ?, "
+                   "prev_sf = ?, void = 0, spent = ?, changed_at = ?, interval_s = ?, "
                    "hold = ? WHERE device_id = ?",
-                   (decision.power_dbm, ref, power, sf, int(spent), fcnt, epoch, hold,
+                   (decision.power_dbm, ref, power, sf, int(spent), at, interval, hold,
                     device_id))
         db.execute("DELETE FROM adr_uplinks WHERE device_id = ?", (device_id,))
 
     def follow(self, device_id: int, ref: str, power_dbm: int | None, *,
-               sf: int | None = None, fcnt: int | None = None, void: bool = False) -> bool:
+               sf: int | None = None, void: bool = False) -> bool:
         """The device's latest change went under ``ref`` (made here or by another gateway,
-        setting ``sf`` and ``power_dbm`` after uplink ``fcnt``): unless it is the one
-        already taken, take its power and start a new history; a change that spent
-        margin is watched for the fallback as if made here. ``void``: the node never
+        setting ``sf`` and ``power_dbm``): unless it is the one already taken, take its
+        power and start a new history; a change that spent margin is watched for the
+        fallback as if made here, from the last uplink heard. ``void``: the node never
         applied it (rejected, expired, cancelled), so the power it had before stays.
         True if anything changed."""
         with self._write() as db:
@@ -221,14 +237,14 @@ class AdrHistory:
                                    "ORDER BY row DESC LIMIT 1", (device_id,)).fetchone()
                 was_sf = None if heard is None else int(heard[0])
                 new_power = power if void or power_dbm is None else power_dbm
-                spent = not void and fcnt is not None and (
-                    new_power < power or (sf is not None and was_sf is not None
-                                          and sf < was_sf))
+                spent = not void and (new_power < power or (
+                    sf is not None and was_sf is not None and sf < was_sf))
+                interval = self._interval(db, device_id) or dev["interval_s"]
                 db.execute("UPDATE adr_devices SET power_dbm = ?, last_ref = ?, prev_dbm = ?, "
-                           "prev_sf = ?, void = ?, spent = ?, changed_fcnt = ?, "
-                           "changed_epoch = last_epoch WHERE device_id = ?",
+                           "prev_sf = ?, void = ?, spent = ?, changed_at = last_at, "
+                           "interval_s = ? WHERE device_id = ?",
                            (new_power, ref, power, was_sf if was_sf is not None else sf,
-                            int(void), int(spent), fcnt, device_id))
+                            int(void), int(spent), interval, device_id))
                 db.execute("DELETE FROM adr_uplinks WHERE device_id = ?", (device_id,))
                 return True
             if not void or dev["void"]:
@@ -238,14 +254,16 @@ class AdrHistory:
                        (power if prev is None else int(prev), device_id))
             return True
 
-    def raise_snr(self, device_id: int, fcnt: int, snr_db: float) -> bool:
-        """Another receiver's SNR of uplink ``fcnt`` that came late (a claim heard after
-        the gather time): it raises that uplink's row if the history holds it. True if
-        it did."""
+    def raise_snr(self, device_id: int, fcnt: int, snr_db: float,
+                  at: float | None = None) -> bool:
+        """Another receiver's SNR of uplink ``fcnt`` (another gateway's claim): it raises
+        that uplink's row if the history holds it (a claim heard after the gather time),
+        and counts as the node heard at ``at`` (default: now) for the fallback. True if
+        it raised a row."""
+        at = time.time() if at is None else at
         with self._write() as db:
-            # Someone heard it: it is no gap in the node's uplinks (same epoch assumed).
-            db.execute("UPDATE adr_devices SET last_fcnt = ? WHERE device_id = ? AND "
-                       "last_fcnt < ?", (fcnt, device_id, fcnt))
+            db.execute("UPDATE adr_devices SET last_at = ? WHERE device_id = ? AND "
+                       "coalesce(last_at, 0) < ?", (at, device_id, at))
             cur = db.execute(
                 "UPDATE adr_uplinks SET snr_db = ? WHERE row = (SELECT max(row) FROM "
                 "adr_uplinks WHERE device_id = ? AND fcnt = ?) AND snr_db < ?",

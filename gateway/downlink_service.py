@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from knute.gateway.adr_history import AdrHistory
+from knute.gateway.adr_history import FALLBACK_MISSED, AdrHistory
 from knute.gateway.conditions import SpooledOutbox
 from knute.gateway.config import GatewayConfig
 from knute.gateway.downlink_plan import (
@@ -303,7 +303,7 @@ class DownlinkService:
         if latest is not None:  # the latest change, made here or adopted from its maker
             assert latest.ref is not None
             self.adr.follow(dev, latest.ref, _adr_setting(latest, ADR_POWER),
-                            sf=_adr_setting(latest, ADR_SF), fcnt=latest.up_fcnt,
+                            sf=_adr_setting(latest, ADR_SF),
                             void=latest.state in (REJECTED, EXPIRED, CANCELLED))
         for old in mine:            # superseded by a later change: never sent again
             if old.open and old is not latest:
@@ -311,7 +311,7 @@ class DownlinkService:
         still_open = [latest] if latest is not None and latest.open else []
         best = up.snr_db if self.city is None else self.city.best_snr(dev, up.fcnt, up.snr_db)
         ref = f"{ADR_REF}{up.fcnt}-{time.time_ns()}"
-        decision = self.adr.observe(dev, up.fcnt, best, up.sf, epoch=up.epoch,
+        decision = self.adr.observe(dev, up.fcnt, best, up.sf, epoch=up.epoch, at=up.heard_s,
                                     decide_as=ref if lead else None,
                                     change_open=bool(still_open))
         if decision is None:
@@ -326,9 +326,9 @@ class DownlinkService:
             raise
         self.counters.inc("adr_fallbacks" if decision.fallback else "adr_changes")
         if decision.fallback:
-            log.warning("device %08x: ADR fallback: no receiver heard the uplinks before "
-                        "fcnt %d after the last change; back to SF%d, %d dBm", dev, up.fcnt,
-                        decision.sf, decision.power_dbm)
+            log.warning("device %08x: ADR fallback: no receiver heard it for %d send "
+                        "intervals after the last change; back to SF%d, %d dBm", dev,
+                        FALLBACK_MISSED + 1, decision.sf, decision.power_dbm)
         log.info("device %08x: ADR margin %.1f dB (%d steps, best SNR %.1f dB of %s): "
                  "SF%d -> SF%d, %d dBm", dev, decision.margin_db, decision.steps,
                  best or 0.0, "all gateways" if self.city is not None else "all receivers",

@@ -142,56 +142,63 @@ def test_a_late_claim_raises_the_uplink_it_names() -> None:
 
 
 def test_a_node_lost_after_a_change_falls_back_and_is_held() -> None:
+    # One uplink an hour (at = the hour). Counters are not time: a node skips up to 15
+    # at every restart, and each change is applied by one.
     hist = AdrHistory(history=2, hysteresis_db=0.0, max_steps=None)
-    hist.observe(DEV, 1, 5.0, 12)
-    hist.observe(DEV, 3, 5.0, 12)                      # a gap before the change: no matter
-    down = hist.observe(DEV, 4, 5.0, 12, decide_as="adr-4")
+    hist.observe(DEV, 1, 5.0, 12, at=3600.0)
+    down = hist.observe(DEV, 2, 5.0, 12, at=7200.0, decide_as="adr-2")
     assert down is not None and down.sf == 7 and not down.fallback
-    assert hist.observe(DEV, 5, 3.0, 7, decide_as="x") is None     # heard at SF7
-    assert hist.observe(DEV, 7, 3.0, 7, decide_as="x") is None     # one lost: not yet
-    back = hist.observe(DEV, 11, 3.0, 7, decide_as="adr-11")       # 8, 9, 10 heard by none
+    h = 3600.0
+    assert hist.observe(DEV, 16, 3.0, 7, at=3 * h, decide_as="x") is None   # restarted
+    assert hist.observe(DEV, 17, 3.0, 7, at=6 * h, decide_as="x") is None   # 2 lost: not yet
+    back = hist.observe(DEV, 18, 3.0, 7, at=10.5 * h, decide_as="adr-18")  # 4.5 intervals
     assert back == adr.AdrDecision(12, 14, 0.5, 0, True, fallback=True)
     # Held: a strong history does not move it down again for 3 histories (6 uplinks) ...
-    for fcnt in range(12, 17):
-        assert hist.observe(DEV, fcnt, 5.0, 12, decide_as=f"h{fcnt}") is None
-    again = hist.observe(DEV, 17, 5.0, 12, decide_as="h17")
-    assert again is None
+    for n in range(1, 7):
+        assert hist.observe(DEV, 18 + n, 5.0, 12, at=(10.5 + n) * h, decide_as="h") is None
     # ... then it may.
-    later = hist.observe(DEV, 18, 5.0, 12, decide_as="h18")
+    later = hist.observe(DEV, 25, 5.0, 12, at=17.5 * h, decide_as="h25")
     assert later is not None and later.sf == 7
     # Lost again after that: back again.
-    back = hist.observe(DEV, 30, 5.0, 7, decide_as="y")
+    back = hist.observe(DEV, 40, 5.0, 7, at=30 * h, decide_as="y")
     assert back is not None and back.fallback and back.sf == 12
 
 
-def test_no_fallback_when_another_receiver_heard_the_gap_or_the_change_raised() -> None:
-    hist = AdrHistory(history=1, hysteresis_db=0.0, max_steps=None)
-    assert hist.observe(DEV, 1, 5.0, 12, decide_as="adr-1") is not None   # down to SF7
-    hist.observe(DEV, 2, 3.0, 7)
-    for fcnt in (3, 4, 5):                       # only another gateway heard these
-        hist.raise_snr(DEV, fcnt, 3.0)
-    assert hist.observe(DEV, 6, 3.0, 7, decide_as="x") is None
+def test_no_fallback_when_another_receiver_heard_it_or_the_change_raised() -> None:
+    h = 3600.0
+    hist = AdrHistory(history=2, hysteresis_db=0.0, max_steps=None)
+    hist.observe(DEV, 0, 5.0, 12, at=0.0)
+    assert hist.observe(DEV, 1, 5.0, 12, at=h, decide_as="adr-1") is not None   # to SF7
+    hist.observe(DEV, 2, 3.0, 7, at=2 * h)
+    for n in (3, 4, 5):                          # only another gateway heard these
+        hist.raise_snr(DEV, n, 3.0, at=n * h)
+    assert hist.observe(DEV, 6, 3.0, 7, at=6 * h, decide_as="x") is None
     # A change that raised the SF is no reason to fall back.
-    up = AdrHistory(history=1)
-    assert up.observe(DEV, 1, -25.0, 9, decide_as="adr-up") is not None   # up to SF12
-    assert up.observe(DEV, 9, -15.0, 12, decide_as="x") is None
+    up = AdrHistory(history=2)
+    up.observe(DEV, 0, -25.0, 9, at=0.0)
+    assert up.observe(DEV, 1, -25.0, 9, at=h, decide_as="adr-up") is not None   # to SF12
+    assert up.observe(DEV, 9, -15.0, 12, at=20 * h, decide_as="x") is None
 
 
 def test_a_fallback_also_replaces_a_change_still_open() -> None:
     # The node applied the change, its report went out at the new settings and was lost:
     # the command looks open (sent, not reported) when the node is heard again.
-    hist = AdrHistory(history=1, hysteresis_db=0.0, max_steps=None)
-    assert hist.observe(DEV, 1, 5.0, 12, decide_as="adr-1") is not None
-    hist.observe(DEV, 2, 5.0, 7, change_open=True)
+    h = 3600.0
+    hist = AdrHistory(history=2, hysteresis_db=0.0, max_steps=None)
+    hist.observe(DEV, 0, 5.0, 12, at=0.0)
+    assert hist.observe(DEV, 1, 5.0, 12, at=h, decide_as="adr-1") is not None
+    hist.observe(DEV, 16, 5.0, 7, at=2 * h, change_open=True)
     assert hist.snr_history(DEV) == []           # uplinks while a change is open: not counted
-    back = hist.observe(DEV, 6, 5.0, 12, decide_as="adr-6", change_open=True)
+    back = hist.observe(DEV, 17, 5.0, 12, at=7 * h, decide_as="adr-17", change_open=True)
     assert back is not None and back.fallback and (back.sf, back.power_dbm) == (12, 14)
 
 
 def test_a_change_adopted_from_another_gateway_is_watched_too() -> None:
+    h = 3600.0
     hist = AdrHistory(history=3)
-    hist.observe(DEV, 1, 5.0, 12)                # recorded, the other gateway decided
-    assert hist.follow(DEV, "adr-1-5", 14, sf=10, fcnt=1)
-    hist.observe(DEV, 2, 0.0, 10)
-    back = hist.observe(DEV, 6, 0.0, 10, decide_as="adr-6")
+    hist.observe(DEV, 1, 5.0, 12, at=h)
+    hist.observe(DEV, 2, 5.0, 12, at=2 * h)       # recorded; the other gateway decided
+    assert hist.follow(DEV, "adr-2-5", 14, sf=10)
+    hist.observe(DEV, 3, 0.0, 10, at=3 * h)
+    back = hist.observe(DEV, 4, 0.0, 10, at=8 * h, decide_as="adr-4")
     assert back is not None and back.fallback and back.sf == 12
