@@ -45,6 +45,7 @@ HYSTERESIS_DB = 2.0       # the gateway's default (docs/radio.md)
 MAX_STEPS = 2             # margin-spending steps per decision, the gateway's default
 FALLBACK_MISSED = 3       # after a change, silent this many send intervals too long: fall back
 HOLD_HISTORIES = 3        # after a fallback, no margin-spending step for this many histories
+MIN_INTERVAL_S = 60.0     # a send interval is taken as at least this (bursts, clock steps)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS adr_devices (
@@ -201,11 +202,11 @@ class AdrHistory:
     @staticmethod
     def _interval(db: sqlite3.Connection, device_id: int) -> float | None:
         """The node's send interval as its history shows it: the median time between
-        two uplinks heard (None with fewer than two)."""
+        two uplinks heard, at least ``MIN_INTERVAL_S`` (None with fewer than two)."""
         times = [float(r[0]) for r in db.execute(
             "SELECT at FROM adr_uplinks WHERE device_id = ? ORDER BY row", (device_id,))]
         gaps = sorted(b - a for a, b in pairwise(times) if b > a)
-        return gaps[len(gaps) // 2] if gaps else None
+        return max(gaps[len(gaps) // 2], MIN_INTERVAL_S) if gaps else None
 
     def _take(self, db: sqlite3.Connection, device_id: int, decision: AdrDecision, ref: str,
               *, sf: int, at: float, hold: int) -> None:

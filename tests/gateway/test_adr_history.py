@@ -202,3 +202,15 @@ def test_a_change_adopted_from_another_gateway_is_watched_too() -> None:
     hist.observe(DEV, 3, 0.0, 10, at=3 * h)
     back = hist.observe(DEV, 4, 0.0, 10, at=8 * h, decide_as="adr-4")
     assert back is not None and back.fallback and back.sf == 12
+
+
+def test_uplinks_close_together_do_not_make_a_short_interval() -> None:
+    # A history heard within a second (a bench, a burst): the interval is taken as a
+    # minute, so ten seconds of quiet after the change is no reason to fall back.
+    hist = AdrHistory(history=3, hysteresis_db=0.0, max_steps=None)
+    for n in range(2):
+        hist.observe(DEV, n, 5.0, 12, at=100.0 + n * 0.01)
+    assert hist.observe(DEV, 2, 5.0, 12, at=100.02, decide_as="adr-2") is not None
+    assert hist.observe(DEV, 3, 5.0, 7, at=110.0, decide_as="x") is None
+    back = hist.observe(DEV, 4, 5.0, 7, at=110.0 + 4 * 60.0 + 1, decide_as="adr-4")
+    assert back is not None and back.fallback
