@@ -230,6 +230,11 @@ class AdrHistory:
         fallback as if made here, from the last uplink heard. ``void``: the node never
         applied it (rejected, expired, cancelled), so the power it had before stays.
         True if anything changed."""
+        with self._lock:        # the usual case, the change already taken: no write
+            row = self._db.execute("SELECT last_ref, void FROM adr_devices WHERE "
+                                   "device_id = ?", (device_id,)).fetchone()
+        if row is not None and row[0] == ref and (not void or row[1]):
+            return False
         with self._write() as db:
             dev = self._device(db, device_id)
             power = int(dev["power_dbm"])
