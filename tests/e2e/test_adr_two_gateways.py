@@ -55,6 +55,11 @@ def _claims(gw: GatewayProcess) -> int:
     return int(city["won"]) + int(city["lost"])
 
 
+def _decided(gw: GatewayProcess, uplinks: int) -> bool:
+    """Whether the gateway has decided the claims of this many uplinks."""
+    return _claims(gw) >= uplinks
+
+
 def _pull_resp(pf: PacketForwarder, wait_s: float) -> bytes | None:
     """The downlink of the next PULL_RESP within ``wait_s`` (acks skipped)."""
     deadline = time.monotonic() + wait_s
@@ -99,7 +104,7 @@ def test_only_the_claim_winner_decides_on_the_best_snr_of_both(
                                       lsnr=snr[name])]}
                 pf.send_raw(push_data(pf.eui, body)[1])
             for name, gw in gws.items():
-                wait_for(lambda gw=gw, n=fcnt: _claims(gw) >= n, 30,
+                wait_for(partial(_decided, gw, fcnt), 30,
                          f"{name} to decide the claim of uplink {fcnt}")
         got = _pull_resp(pfs["gw-a"], 10.0)
         assert got is not None, gws["gw-a"].log_tail()
