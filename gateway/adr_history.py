@@ -95,6 +95,10 @@ class AdrHistory:
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, timeout=30.0,
                                        isolation_level=None)
+            # The registry is in WAL mode: NORMAL loses at most the last rows at a power
+            # cut, never the file. A lost SNR row costs nothing; a lost change is taken
+            # again from its command (``follow``), which the downlink store syncs fully.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             with self._write() as db:
                 for stmt in _SCHEMA:
                     db.execute(stmt)
