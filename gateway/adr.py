@@ -19,6 +19,23 @@ step the LoRaWAN rule leaves to the node's own back-off (ADRACKReq, which
 knute nodes do not have): with the power at its maximum, a negative step
 raises the SF, so a node that lost its margin is moved back into range.
 
+Two guards of knute's, both off in ``decide`` by default (the bare rule) and on
+in the gateway (``[downlinks] adr_hysteresis_db``, ``adr_max_steps``):
+
+- hysteresis: steps that spend margin (lower SF, lower power) count only the
+  margin above ``hysteresis_db``, so a node moved down sits that far above the
+  bottom of the rule's 3 dB dead band and SNR noise does not send it back up
+  at the next decision; steps that restore margin start as soon as the margin
+  is below zero, so a decision never leaves a node below floor + installation
+  margin by the SNR it measured;
+- bounded steps: at most ``max_steps`` margin-spending steps per decision, so
+  one optimistic history moves a node by at most that many 2.5 dB (SF) or 2 dB
+  (power) steps; the next step needs a fresh history at the new settings.
+
+Each margin-spending step costs at most 2.5 dB of link budget for 3 dB of
+margin, so the expected margin after a decision (``margin_after_db``) is never
+below the hysteresis, and so never below zero.
+
 The demodulation floors are the SX1276 datasheet's (rev. 7, table 13): SF7
 -7.5 dB ... SF12 -20 dB, 2.5 dB a step. The installation margin defaults to
 10 dB, ChirpStack's default (``installation_margin``); N to 20 uplinks, the
@@ -50,6 +67,15 @@ class AdrDecision:
     margin_db: float         # best SNR - floor(current SF) - installation margin
     steps: int               # whole 3 dB steps of that margin (negative: short of it)
     changed: bool
+    fallback: bool = False   # back to the settings before a change the node was lost after
+
+
+def margin_after_db(decision: AdrDecision, sf: int, power_dbm: int) -> float:
+    """The margin the node is expected to have at the decision's settings: its margin
+    now less 2.5 dB per SF lowered and the power lowered (plus what is raised)."""
+    return (decision.margin_db
+            - (SNR_FLOOR_DB[decision.sf] - SNR_FLOOR_DB[sf])
+            - (power_dbm - decision.power_dbm))
 
 
 def margin_db(best_snr_db: float, sf: int,
@@ -63,11 +89,13 @@ def margin_db(best_snr_db: float, sf: int,
 def decide(snr_db: Sequence[float], sf: int, power_dbm: int, *,
            installation_margin_db: float = INSTALLATION_MARGIN_DB,
            history: int = HISTORY, power_min_dbm: int = POWER_MIN_DBM,
-           power_max_dbm: int = POWER_MAX_DBM) -> AdrDecision | None:
+           power_max_dbm: int = POWER_MAX_DBM, hysteresis_db: float = 0.0,
+           max_steps: int | None = None) -> AdrDecision | None:
     """The SF and power for a node whose last uplinks arrived with ``snr_db``.
 
     ``snr_db``: per uplink, the best SNR any receiver reported, oldest first;
     only the last ``history`` count. None while fewer than ``history`` are known.
+    ``hysteresis_db`` and ``max_steps``: knute's guards (the module's docstring).
     """
     if not power_min_dbm <= power_dbm <= power_max_dbm:
         raise ValueError(f"power {power_dbm} dBm is outside {power_min_dbm}..{power_max_dbm}")
@@ -76,7 +104,12 @@ def decide(snr_db: Sequence[float], sf: int, power_dbm: int, *,
         return None
     margin = margin_db(max(recent), sf, installation_margin_db)
     steps = math.floor(margin / STEP_DB)
-    new_sf, new_power, left = sf, power_dbm, steps
+    left = steps
+    if steps > 0:
+        left = max(0, math.floor((margin - hysteresis_db) / STEP_DB))
+        if max_steps is not None:
+            left = min(left, max_steps)
+    new_sf, new_power = sf, power_dbm
     while left > 0 and new_sf > SF_MIN:
         new_sf -= 1
         left -= 1
@@ -91,38 +124,3 @@ def decide(snr_db: Sequence[float], sf: int, power_dbm: int, *,
         left += 1
     return AdrDecision(new_sf, new_power, round(margin, 2), steps,
                        (new_sf, new_power) != (sf, power_dbm))
-
-
-class AdrHistory:
-    """Per device: the best SNR of its last uplinks and the settings it was last given.
-
-    No I/O: the downlink worker calls ``observe`` for every uplink and queues the
-    config command when a decision changes something; ``sent`` then starts a fresh
-    history, so the next decision rests on uplinks at the new settings.
-    """
-
-    def __init__(self, *, installation_margin_db: float = INSTALLATION_MARGIN_DB,
-                 history: int = HISTORY, power_dbm: int = POWER_MAX_DBM) -> None:
-        self.installation_margin_db = installation_margin_db
-        self.history = history
-        self.default_power_dbm = power_dbm      # what a node runs before ADR sets it
-        self._snr: dict[int, list[float]] = {}
-        self._power: dict[int, int] = {}
-
-    def observe(self, device_id: int, best_snr_db: float | None,
-                sf: int | None) -> AdrDecision | None:
-        """Note one uplink; the decision when the rule changes the node's settings."""
-        if best_snr_db is None or sf not in SNR_FLOOR_DB:
-            return None
-        snrs = self._snr.setdefault(device_id, [])
-        snrs.append(float(best_snr_db))
-        del snrs[:-self.history]
-        power = self._power.get(device_id, self.default_power_dbm)
-        got = decide(snrs, sf, power, installation_margin_db=self.installation_margin_db,
-                     history=self.history)
-        return got if got is not None and got.changed else None
-
-    def sent(self, device_id: int, decision: AdrDecision) -> None:
-        """The decision went into the queue: remember its power, start a new history."""
-        self._power[device_id] = decision.power_dbm
-        self._snr.pop(device_id, None)

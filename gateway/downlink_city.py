@@ -106,6 +106,8 @@ class DownlinkCity:
         self.connected = False
         self.subscribed = False
         self.rekey: RekeyCity | None = None     # key rotations (gateway.rekey_city)
+        # The data-rate rule's history takes every claim's SNR, also one heard late.
+        self.on_claim: Callable[[int, int, float], object] | None = None
 
     # -- the connection ------------------------------------------------------------
 
@@ -195,6 +197,8 @@ class DownlinkCity:
                 self._prune(now)
                 self._claims.setdefault((device, fcnt), {})[gateway] = (mark, now)
             self.figures["claims_heard"] += 1
+            if self.on_claim is not None and snr is not None:
+                self.on_claim(device, fcnt, float(snr))
             return
         if what == "sent":
             self.figures["notices_heard"] += 1
@@ -254,6 +258,16 @@ class DownlinkCity:
                 won = winner(claims) == self.gateway_id
         self.figures["won" if won else "lost"] += 1
         return won
+
+    def best_snr(self, device_id: int, fcnt: int, own_snr_db: float | None) -> float | None:
+        """The best SNR of uplink ``fcnt`` of all gateways that claimed it, this one
+        (``own_snr_db``) included: what the data-rate rule records (``gateway.adr_history``)."""
+        with self._lock:
+            heard = [mark[1] for mark, _at in self._claims.get((device_id, fcnt), {}).values()
+                     if mark[1] > -1e9]
+        if own_snr_db is not None:
+            heard.append(float(own_snr_db))
+        return max(heard) if heard else None
 
     def announce(self, device_id: int, fcnt: int, dcnt: int, cmds: Sequence[Command]) -> None:
         """Tell the other gateways about a downlink this one sealed (before it leaves)."""

@@ -36,7 +36,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from knute.gateway.adr import AdrHistory
+from knute.gateway.adr_history import FALLBACK_MISSED, AdrHistory
 from knute.gateway.conditions import SpooledOutbox
 from knute.gateway.config import GatewayConfig
 from knute.gateway.downlink_plan import (
@@ -51,6 +51,7 @@ from knute.gateway.downlink_plan import (
 )
 from knute.gateway.downlinks import (
     APPLIED,
+    CANCELLED,
     EXPIRED,
     REJECTED,
     SENT,
@@ -111,6 +112,8 @@ class DownlinkService:
         self._kinds: dict[int, str] = {}
         self.adr = adr
         self.city = city
+        if city is not None and adr is not None:
+            city.on_claim = adr.raise_snr
 
     # -- the ingest side -----------------------------------------------------------
 
@@ -206,6 +209,8 @@ class DownlinkService:
                     self.city.rekey.poke()
         if self.city is not None and not self._lead(up):
             store.report(dev, up.fcnt, entries)      # what the node says, without a word
+            if self._adr_applies(up):
+                self._adr(up, lead=False)            # the history, without a decision
             self.counters.inc("downlink_claimed_elsewhere", up.source)
             return
         reported = store.report(dev, up.fcnt, entries).changed
@@ -219,8 +224,8 @@ class DownlinkService:
         if flags & dls.FLAG_ALARM and self.auto_ack and "ack" not in open_ops:
             cmd, _ = store.queue(dev, "ack", {"bits": up.alarm_bits()})
             self._status([cmd])
-        if self.adr is not None and up.path != PATH_SERIAL:
-            self._adr(up, store.commands(dev, open_only=True))
+        if self._adr_applies(up):
+            self._adr(up, lead=True)
         due = store.due(dev)
         if not due:
             return
@@ -296,31 +301,63 @@ class DownlinkService:
     def _lead(self, up: Uplink) -> bool:
         """Several gateways: whether this one answers ``up`` (``gateway.downlink_city``).
         An uplink that asks for nothing, reports nothing and finds no command open is
-        answered by nobody, so it needs no claim. Commands count as due only when the
+        answered by nobody, so it needs no claim, unless the data-rate rule is on: then
+        every LoRa uplink is claimed, so that the gateways learn each other's SNR of it
+        and one of them, the winner, decides. Commands count as due only when the
         source that heard the uplink can send a downlink."""
         assert self.city is not None
         flags, entries = up.report
-        if not (flags or entries or self.store.commands(up.device_id, open_only=True)):
+        if not (flags or entries or self.store.commands(up.device_id, open_only=True)
+                or self._adr_applies(up)):
             return True
         due = bool(self.store.due(up.device_id)) and up.source in self.transmitters
         return self.city.elect(up.device_id, up.fcnt, up.snr_db, due, up.heard_s)
 
-    def _adr(self, up: Uplink, open_cmds: list[Command]) -> None:
-        """Queue the data-rate rule's radio settings for the node when they change."""
+    def _adr_applies(self, up: Uplink) -> bool:
+        """Whether the data-rate rule looks at ``up``: on, and a LoRa uplink with its SF."""
+        return self.adr is not None and up.path != PATH_SERIAL and up.sf is not None
+
+    def _adr(self, up: Uplink, *, lead: bool) -> None:
+        """Record the uplink's best SNR of all receivers in the device's history and, when
+        this gateway answers the uplink (``lead``), queue the data-rate rule's radio
+        settings for the node when they change."""
         assert self.adr is not None
-        if any(c.ref and c.ref.startswith(ADR_REF) for c in open_cmds):
-            return                  # the last decision is still on its way
-        decision = self.adr.observe(up.device_id, up.snr_db, up.sf)
+        dev = up.device_id
+        mine = [c for c in self.store.commands(dev) if c.ref and c.ref.startswith(ADR_REF)]
+        latest = max(mine, key=_adr_order) if mine else None
+        if latest is not None:  # the latest change, made here or adopted from its maker
+            assert latest.ref is not None
+            self.adr.follow(dev, latest.ref, _adr_setting(latest, ADR_POWER),
+                            sf=_adr_setting(latest, ADR_SF),
+                            void=latest.state in (REJECTED, EXPIRED, CANCELLED))
+        for old in mine:            # superseded by a later change: never sent again
+            if old.open and old is not latest:
+                self._status([self.store.cancel(dev, old.cmd_id)])
+        still_open = [latest] if latest is not None and latest.open else []
+        best = up.snr_db if self.city is None else self.city.best_snr(dev, up.fcnt, up.snr_db)
+        ref = f"{ADR_REF}{up.fcnt}-{time.time_ns()}"
+        decision = self.adr.observe(dev, up.fcnt, best, up.sf, epoch=up.epoch, at=up.heard_s,
+                                    decide_as=ref if lead else None,
+                                    change_open=bool(still_open))
         if decision is None:
             return
+        for old in still_open:      # a fallback replaces the change the node was lost after
+            self._status([self.store.cancel(dev, old.cmd_id)])
         values = {str(ADR_SF): decision.sf, str(ADR_POWER): decision.power_dbm}
-        cmd, _ = self.store.queue(up.device_id, "config", {"values": values},
-                                  ref=f"{ADR_REF}{up.fcnt}-{time.time_ns()}")
-        self.adr.sent(up.device_id, decision)
-        self.counters.inc("adr_changes")
-        log.info("device %08x: ADR margin %.1f dB (%d steps): SF%d -> SF%d, %d dBm",
-                 up.device_id, decision.margin_db, decision.steps, up.sf or 0, decision.sf,
-                 decision.power_dbm)
+        try:
+            cmd, _ = self.store.queue(dev, "config", {"values": values}, ref=ref)
+        except Exception:
+            self.adr.follow(dev, ref, None, void=True)      # the node keeps its power
+            raise
+        self.counters.inc("adr_fallbacks" if decision.fallback else "adr_changes")
+        if decision.fallback:
+            log.warning("device %08x: ADR fallback: no receiver heard it for %d send "
+                        "intervals after the last change; back to SF%d, %d dBm", dev,
+                        FALLBACK_MISSED + 1, decision.sf, decision.power_dbm)
+        log.info("device %08x: ADR margin %.1f dB (%d steps, best SNR %.1f dB of %s): "
+                 "SF%d -> SF%d, %d dBm", dev, decision.margin_db, decision.steps,
+                 best or 0.0, "all gateways" if self.city is not None else "all receivers",
+                 up.sf or 0, decision.sf, decision.power_dbm)
         self._status([cmd])
 
     def stats(self) -> dict[str, Any]:
@@ -421,6 +458,23 @@ class StatusOutbox(SpooledOutbox):
         return self._incoming.qsize() + len(self._todo) + len(self._sent)
 
 
+def _adr_order(cmd: Command) -> tuple[int, int]:
+    """The order of the rule's changes: the time in their ref (``adr-<fcnt>-<ns>``), the
+    same at every gateway, then the command id."""
+    try:
+        made = int(str(cmd.ref).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        made = 0
+    return made, cmd.cmd_id
+
+
+def _adr_setting(cmd: Command, code: int) -> int | None:
+    """The SF or transmit power (config ``code``) a change of the rule sets, or None."""
+    values = cmd.args.get("values") if isinstance(cmd.args, dict) else None
+    value = values.get(str(code)) if isinstance(values, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _transmitter_id(up: Uplink) -> str:
     """The transmitter whose duty cycle a downlink after ``up`` spends."""
     eui = up.receiver.get("gateway_eui")
@@ -451,14 +505,17 @@ class DownlinkRuntime:
                                      index=dl.gateway_index, gather_s=dl.gather_s,
                                      client_id=cfg.mqtt.client_id or f"knute-{cfg.gateway_id}",
                                      count=counters.inc)
+        self.adr: AdrHistory | None = None
+        if dl.adr:
+            self.adr = AdrHistory(cfg.registry, installation_margin_db=dl.adr_margin_db,
+                                  history=dl.adr_history, hysteresis_db=dl.adr_hysteresis_db,
+                                  max_steps=dl.adr_max_steps)
         self._devices = devices
         self.publish = dl.status_topics
         transmitters = {s.name: s for s in sources if hasattr(s, "transmit_downlink")}
         self.service = DownlinkService(self.store, transmitters, counters, self._status,
                                        auto_ack=dl.auto_ack, kinds_of=self._kind_of,
-                                       adr=AdrHistory(installation_margin_db=dl.adr_margin_db,
-                                                      history=dl.adr_history)
-                                       if dl.adr else None, city=self.city)
+                                       adr=self.adr, city=self.city)
         if self.city is not None and self.store.peers:
             self._rekey_city(cfg)
         self.listener: Any = None
@@ -560,6 +617,8 @@ class DownlinkRuntime:
         self.service.stop()
         if self.city is not None:
             self.city.stop()
+        if self.adr is not None:
+            self.adr.close()
         self.store.close()
 
     def stats(self) -> dict[str, Any]:

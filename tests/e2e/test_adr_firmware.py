@@ -32,6 +32,7 @@ def test_gateway_moves_a_strong_node_from_sf12_to_sf7(
     # Every uplink arrives at 5 dB SNR (the bench does not model the power): at SF12
     # the margin is 5 - (-20) - 10 = 15 dB, 5 steps of 3 dB: SF7 at the same power.
     # At SF7 it is 5 - (-7.5) - 10 = 2.5 dB, no whole step: the rule leaves it there.
+    # (Semtech's bare rule: no hysteresis, all five steps in one command.)
     cfg["bench"].update({"radio": {"path": "air.txt", "rx_path": "dl.txt"},
                          "radio_snr_db": 5.0, "rx_wait_real_ms": 4000, "time_scale": 3600,
                          "stop_after_s": 1000 * 3600})
@@ -43,6 +44,8 @@ def test_gateway_moves_a_strong_node_from_sf12_to_sf7(
 commands_from_mqtt = false
 adr = true
 adr_history = 3
+adr_hysteresis_db = 0.0
+adr_max_steps = 5
 [[packet_forwarder]]
 name = "lora"
 listen = "127.0.0.1:{port}"

@@ -181,6 +181,10 @@ socket = "{self.status_socket}"
 prefix = "{PREFIX}"
 keepalive = 5
 {mqtt_extra}
+[downlinks]
+# The cases count spool rows as readings: the data-rate rule's command progress
+# would be rows too (ADR itself is tested in tests/e2e/test_adr_*.py).
+adr = false
 {sources}""")
         if devices:
             reg = Registry(self.registry_path)
