@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from knute.gateway import downlinks as dlq
@@ -36,6 +37,10 @@ def _city(tmp_path: Path, broker: Broker, name: str, index: int) -> DownlinkCity
     return city
 
 
+def _subscribed(city: DownlinkCity) -> bool:
+    return city.subscribed
+
+
 def _elect_both(cities: dict[str, DownlinkCity], fcnt: int, snr: dict[str, float],
                 stagger_s: float) -> dict[str, bool]:
     """Both gateways elect for uplink ``fcnt``, heard LATE_S ago, gw-b ``stagger_s``
@@ -61,7 +66,7 @@ def test_two_late_gateways_answer_an_uplink_once(tmp_path: Path, mosquitto: Brok
               for index, name in enumerate(("gw-a", "gw-b"))}
     try:
         for city in cities.values():
-            wait_for(lambda c=city: c.subscribed, 30, "the claims subscribed")
+            wait_for(partial(_subscribed, city), 30, "the claims subscribed")
         # Claims close together (within gather_s / 2): both count at both, the better
         # SNR answers, also when it claimed second.
         assert _elect_both(cities, 1, {"gw-a": 1.0, "gw-b": 8.0}, 0.03) == {
