@@ -14,9 +14,17 @@ cannot work between them. Three rules take its place:
 2. One answer per uplink. A gateway that has something to do for an uplink (a
    command open, a report or a flag in it) publishes a claim on
    ``<prefix>/downlink/claim/<device>`` (its SNR and whether it has commands
-   due), waits ``gather_ms`` after it heard the uplink, and answers only when
-   its claim ranks first of those heard for the uplink: commands due first, then
+   due), waits ``gather_ms`` after it published the claim, and answers only when
+   its claim ranks first of the claims that count: commands due first, then
    the best SNR, then the lowest index. The others apply the report silently.
+   A claim counts when it was published within half of ``gather_ms`` of the
+   first claim for the uplink (``on_time``). So when a claim reaches every
+   other gateway within half of ``gather_ms`` and the gateways' clocks agree,
+   all of them decide on the same claims, however late each got to the uplink:
+   two claims published close together are both heard by both, and of two far
+   apart the later one is out wherever it is heard. Waiting from the uplink
+   instead let two gateways that both got to it late (a loaded box) decide at
+   once, each on its own claim alone, and both answer.
 3. What was sent is told. The answering gateway publishes each downlink it
    sends on ``<prefix>/downlink/sent/<device>`` (the counter, the uplink and
    the commands with their refs and ids) and the counter, retained, on
@@ -55,6 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("knute.downlinks.city")
 
 CLAIM_TTL_S = 30.0       # claims and notices older than this are forgotten
+NOTICE_ACK_S = 0.5       # how long a downlink waits for the broker to hold its notice
 MAX_MESSAGE = 16384
 
 Rank = tuple[bool, float, int, str]
@@ -68,6 +77,16 @@ def rank(due: bool, snr_db: float | None, index: int, gateway: str) -> Rank:
 def winner(claims: dict[str, Rank]) -> str:
     """The gateway whose claim ranks first (``claims``: gateway id -> rank)."""
     return max(claims.items(), key=lambda item: item[1])[0]
+
+
+def on_time(claims: dict[str, Rank], published: dict[str, float],
+            gather_s: float) -> dict[str, Rank]:
+    """The claims that count (``published``: gateway id -> when its claim was published,
+    unix s): those published within ``gather_s / 2`` of the first one."""
+    if not published:
+        return dict(claims)
+    first = min(published.values())
+    return {g: r for g, r in claims.items() if published.get(g, first) <= first + gather_s / 2}
 
 
 def command_ref(cmd: Command, gateway_id: str) -> str:
@@ -94,6 +113,7 @@ class DownlinkCity:
         self._count = count or (lambda _name: None)
         self._lock = threading.Lock()
         self._claims: dict[tuple[int, int], dict[str, tuple[Rank, float]]] = {}
+        self._published: dict[tuple[int, int], dict[str, float]] = {}   # claims' own "at"
         self._answered: dict[tuple[int, int], tuple[str, float]] = {}
         self.figures = {"claims_sent": 0, "claims_heard": 0, "won": 0, "lost": 0,
                         "alone": 0, "notices_heard": 0, "adopted": 0, "closed": 0,
@@ -196,6 +216,7 @@ class DownlinkCity:
             with self._lock:
                 self._prune(now)
                 self._claims.setdefault((device, fcnt), {})[gateway] = (mark, now)
+                self._published.setdefault((device, fcnt), {})[gateway] = at
             self.figures["claims_heard"] += 1
             if self.on_claim is not None and snr is not None:
                 self.on_claim(device, fcnt, float(snr))
@@ -225,6 +246,7 @@ class DownlinkCity:
         for key in [k for k, v in self._claims.items()
                     if max(at for _r, at in v.values()) < cut]:
             del self._claims[key]
+            self._published.pop(key, None)
         for key in [k for k, (_g, at) in self._answered.items() if at < cut]:
             del self._answered[key]
 
@@ -232,22 +254,25 @@ class DownlinkCity:
 
     def elect(self, device_id: int, fcnt: int, snr_db: float | None, due: bool,
               heard_s: float | None) -> bool:
-        """Claim the uplink, wait until ``gather_s`` after it was heard, and say whether
-        this gateway answers it."""
+        """Claim the uplink, wait until ``gather_s`` after the claim went out (or after
+        the uplink was heard, ``heard_s``, if that is later), and say whether this
+        gateway answers it: its claim ranks first of those that count (``on_time``)."""
         if not self.connected:
             self.figures["alone"] += 1
             self._count("downlink_alone")
             return True
         mine = rank(due, snr_db, self.index, self.gateway_id)
+        claimed = time.time()
         doc = {"gateway": self.gateway_id, "index": self.index, "device": f"{device_id:08x}",
-               "fcnt": fcnt, "snr_db": snr_db, "due": due, "at": time.time()}
+               "fcnt": fcnt, "snr_db": snr_db, "due": due, "at": claimed}
         self._client.publish(f"{self.prefix}/downlink/claim/{device_id:08x}",
                              json.dumps(doc, separators=(",", ":")), qos=1)
         self.figures["claims_sent"] += 1
-        start = time.time() if heard_s is None else heard_s
+        start = claimed if heard_s is None else max(heard_s, claimed)
         wait = start + self.gather_s - time.time()
         if wait > 0:
             threading.Event().wait(wait)
+        published: dict[str, float] = {}
         with self._lock:
             if (device_id, fcnt) in self._answered:
                 won = False           # another gateway already sent after this uplink
@@ -255,8 +280,16 @@ class DownlinkCity:
                 claims = {g: r for g, (r, _at) in self._claims.get((device_id, fcnt),
                                                                    {}).items()}
                 claims[self.gateway_id] = mine
-                won = winner(claims) == self.gateway_id
+                published = dict(self._published.get((device_id, fcnt), {}))
+                published[self.gateway_id] = claimed
+                counted = on_time(claims, published, self.gather_s)
+                won = self.gateway_id in counted and winner(counted) == self.gateway_id
         self.figures["won" if won else "lost"] += 1
+        log.debug("device %08x fcnt %d: claimed %.3f s after it was heard; claims "
+                  "published (s from this one's) %s; %s", device_id, fcnt,
+                  claimed - (heard_s or claimed),
+                  {g: round(t - claimed, 3) for g, t in published.items()},
+                  "answers" if won else "does not answer")
         return won
 
     def best_snr(self, device_id: int, fcnt: int, own_snr_db: float | None) -> float | None:
@@ -270,19 +303,32 @@ class DownlinkCity:
         return max(heard) if heard else None
 
     def announce(self, device_id: int, fcnt: int, dcnt: int, cmds: Sequence[Command]) -> None:
-        """Tell the other gateways about a downlink this one sealed (before it leaves)."""
+        """Tell the other gateways about a downlink this one sealed, before it leaves: the
+        notice and the counter are at the broker (its PUBACK, at most ``NOTICE_ACK_S``)
+        when this returns, so a gateway that dies right after sending has still told
+        its counter (``publish`` only queues a message for the network thread)."""
         doc = {"gateway": self.gateway_id, "device": f"{device_id:08x}", "fcnt": fcnt,
                "dcnt": dcnt, "at": time.time(),
                "commands": [{"ref": command_ref(c, self.gateway_id), "cmd_id": c.cmd_id,
                              "op": c.op, "args": {k: v for k, v in c.args.items() if k != "key"},
                              "expires_at": c.expires_at}
                             for c in cmds]}
-        self._client.publish(f"{self.prefix}/downlink/sent/{device_id:08x}",
-                             json.dumps(doc, separators=(",", ":")), qos=1)
+        sent = self._client.publish(f"{self.prefix}/downlink/sent/{device_id:08x}",
+                                    json.dumps(doc, separators=(",", ":")), qos=1)
         counter = {"gateway": self.gateway_id, "device": f"{device_id:08x}", "dcnt": dcnt}
-        self._client.publish(
+        kept = self._client.publish(
             f"{self.prefix}/downlink/counter/{device_id:08x}/{self.gateway_id}",
             json.dumps(counter, separators=(",", ":")), qos=1, retain=True)
+        if not self.connected:
+            return                   # answering alone: the session sends them later
+        deadline = time.monotonic() + NOTICE_ACK_S
+        for info in (sent, kept):
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                log.warning("downlink claims: notice of downlink %d not published: %s", dcnt,
+                            exc)
+                return
 
     def announce_closed(self, device_id: int, fcnt: int, cmds: Sequence[Command]) -> None:
         """Tell the other gateways which commands the node's report in uplink ``fcnt``

@@ -74,6 +74,7 @@ EXPIRE_EVERY_S = 30.0
 ADR_SF, ADR_POWER = 11, 12  # config codes of radio.sf and radio.power_dbm (protocol.md 12)
 ADR_REF = "adr-"            # ref prefix of the commands the data-rate rule queues
 RETRY_S = 1.0               # after a failed spool commit, progress messages wait this long
+SPOOL_WAIT_S = 0.3          # a downlink waits at most this long for its states to be spooled
 QUEUE_LIMIT = 4096
 
 Done = Callable[[str | None], None]
@@ -114,6 +115,8 @@ class DownlinkService:
         self.city = city
         if city is not None and adr is not None:
             city.on_claim = adr.raise_snr
+        # Before a downlink leaves: wait (s) until its states are spooled (DownlinkRuntime).
+        self.spooled: Callable[[float], bool] = lambda _timeout: True
 
     # -- the ingest side -----------------------------------------------------------
 
@@ -271,6 +274,10 @@ class DownlinkService:
                         "the next uplink", dev, dcnt, up.source, error)
             self._status(store.unsend(dev, ids))
 
+        self._status([c for c in sent if c.state == SENT])
+        if not self.spooled(SPOOL_WAIT_S):
+            log.warning("device %08x: downlink %d leaves before its commands' states are "
+                        "spooled", dev, dcnt)
         error = sender.transmit_downlink(frame, plan.window, up, done)
         if error is not None:
             done(error)
@@ -282,7 +289,6 @@ class DownlinkService:
         log.info("device %08x: downlink %d (%d bytes, commands %s) in %s after fcnt %d",
                  dev, dcnt, len(frame), ",".join(map(str, plan.cmd_ids)), plan.window.name,
                  up.fcnt)
-        self._status([c for c in sent if c.state == SENT])
 
     def _sealable(self, dev: int, due: list[Command]) -> list[Command]:
         """The due commands with what sealing needs: a ``rekey`` without its key (several
@@ -433,6 +439,8 @@ class StatusOutbox(SpooledOutbox):
         self.prefix = prefix
         self.gateway_id = gateway_id
         self._incoming: queue.SimpleQueue[Accepted] = queue.SimpleQueue()
+        self._spooled = threading.Condition()
+        self._put_n = self._committed_n = 0
 
     def put(self, cmd: Command, kind: str) -> None:
         """One command's new state."""
@@ -441,6 +449,8 @@ class StatusOutbox(SpooledOutbox):
     def put_doc(self, kind: str, device_id: int, doc: dict[str, Any]) -> None:
         """A finished status document (a refused MQTT command has no stored command)."""
         payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        with self._spooled:
+            self._put_n += 1
         self._incoming.put(Accepted(device_id=device_id, fcnt=0, kind=kind,
                                     topic=status_topic(self.prefix, kind, device_id),
                                     payload=payload, alarm=False, received_at=time.time()))
@@ -452,6 +462,24 @@ class StatusOutbox(SpooledOutbox):
                 self._todo.append(self._incoming.get_nowait())
             except queue.Empty:
                 break
+
+    def committed(self, item: Accepted) -> bool:
+        """True (and forgotten) if ``item`` of a committed batch is one of these rows."""
+        if not super().committed(item):
+            return False
+        with self._spooled:
+            self._committed_n += 1
+            self._spooled.notify_all()
+        return True
+
+    def wait_spooled(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until every message put so far is committed to the
+        spool; whether it is. A downlink waits so before it leaves: a gateway killed
+        right after it lost the states of the report it read in that uplink (the node
+        reports once), and its counter's ``sent``."""
+        with self._spooled:
+            target = self._put_n
+            return self._spooled.wait_for(lambda: self._committed_n >= target, timeout)
 
     def waiting(self) -> int:
         """Rows not committed yet (for tests and the status report)."""
@@ -516,6 +544,7 @@ class DownlinkRuntime:
         self.service = DownlinkService(self.store, transmitters, counters, self._status,
                                        auto_ack=dl.auto_ack, kinds_of=self._kind_of,
                                        adr=self.adr, city=self.city)
+        self.service.spooled = self.outbox.wait_spooled
         if self.city is not None and self.store.peers:
             self._rekey_city(cfg)
         self.listener: Any = None

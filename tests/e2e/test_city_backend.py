@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from knute.backend import config as backend_config
 from knute.backend.analytics import local_hour
 from knute.backend.hours import HOUR_S, parse_utc
@@ -183,6 +185,9 @@ def _open(alerts: Subscriber, name: str, subject: str) -> list[dict[str, Any]]:
             if m.doc()["state"] == "open"]
 
 
+# Its own waits (start-ups, RUN_S + 180 s for the alerts, 60 s for the store) pass the
+# suite's 300 s on a loaded machine: a WaitTimeout with its figures, not a bare kill.
+@pytest.mark.timeout(600)
 def test_the_citys_planted_leaks_are_raised_by_the_backend(
         knute_bin: Path, mosquitto: Broker, tmp_path: Path) -> None:
     day0 = int(time.time() - 8 * DAY_S) // DAY_S * DAY_S
@@ -294,7 +299,9 @@ def test_the_citys_planted_leaks_are_raised_by_the_backend(
         model = _bulk_l(city, leaky.name, 0, at)
         allowed = sum(_boundary_slack(city, leaky.name, 0, inlet_polls, b)
                       for b in (at, at + HOUR_S)) + 10
-        assert model > 2 * LEAK_L_H and allowed < LEAK_L_H / 2, (model, allowed)
+        assert model > 2 * LEAK_L_H and allowed < LEAK_L_H / 2, (
+            model, allowed, [_around(inlet_polls, b) for b in (at, at + HOUR_S)],
+            _trips(readings))
         assert abs(hour["inflow_l"] - model) <= allowed, (hour, model, allowed)
         assert hour["outflow_l"] == 0
         margins["mnf"] = max(margins["mnf"], abs(hour["inflow_l"] - model) / allowed)
@@ -487,3 +494,10 @@ def _boundary_slack(city: City, district: str, side: int,
     gap_h = (polls[at][0] - polls[at - 1][0]) / HOUR_S
     timing = abs(after - before) * gap_h / 4 if gap_h <= 1 else max(before, after) * gap_h
     return timing + _poll_timing(polls, boundary) * max(before, after)
+
+
+def _around(polls: Sequence[tuple[float, float]], boundary: int) -> str:
+    """The polls around ``boundary``: simulated minutes from it and wall round trip (ms)."""
+    at = bisect.bisect_left(polls, (boundary, 0.0))
+    return ", ".join(f"{(t - boundary) / 60:+.0f} min ({half * 2 / SPEED * 1000:.0f} ms)"
+                     for t, half in polls[max(0, at - 2):at + 2])
