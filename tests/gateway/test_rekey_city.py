@@ -239,9 +239,18 @@ class BusClient:
     def __init__(self, bus: Bus, name: str) -> None:
         self.bus, self.name = bus, name
 
-    def publish(self, topic: str, payload: Any, qos: int = 0, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: Any, qos: int = 0,
+                retain: bool = False) -> "Delivered":
         data = payload if isinstance(payload, bytes) else str(payload).encode()
         self.bus.publish(self.name, topic, data, retain)
+        return Delivered()
+
+
+class Delivered:
+    """What paho's ``publish`` returns, for a message the bus delivered at once."""
+
+    def wait_for_publish(self, timeout: float | None = None) -> None:
+        return None
 
 
 class Gateway:
