@@ -150,7 +150,15 @@ def _builder(kind_id: int, name: str, fields: tuple[str, ...]) -> Callable[..., 
 
 
 class _Kind:
-    """What the fast path needs of one kind: its pattern and a builder per payload length."""
+    """What the fast path needs of one kind: its pattern and a builder per payload length.
+
+    Both are made on the kind's first payload, not at import: compiling the
+    water meter's pattern alone costs more CPU than the rest of a gateway's
+    start-up imports of this module, and a gateway (or a ``knute`` command
+    importing the pipeline) that never sees a kind's frame never pays for it.
+    Until then ``match`` is ``_first_match``, which puts the compiled pattern's
+    ``fullmatch`` in its place, so the hot path calls ``kind.match`` as before.
+    """
 
     __slots__ = ("build", "fields", "kind_id", "match", "name")
 
@@ -158,10 +166,16 @@ class _Kind:
         self.kind_id = kind_id
         self.name = name
         self.fields = fields
-        self.match: Callable[[bytes], Any] = payload_pattern(kind_id).fullmatch
-        # build[n] for a payload of n elements (n is one the pattern admits)
-        self.build: tuple[Callable[..., Any], ...] = tuple(
-            _builder(kind_id, name, fields[:n]) for n in range(len(fields) + 1))
+        self.match: Callable[[bytes], Any] = self._first_match
+        # build[n] for a payload of n elements (n is one the pattern admits); set with match
+        self.build: tuple[Callable[..., Any], ...] = ()
+
+    def _first_match(self, plain: bytes) -> Any:
+        """Compile the pattern and the builders, then match ``plain`` as ``match`` will."""
+        self.build = tuple(_builder(self.kind_id, self.name, self.fields[:n])
+                           for n in range(len(self.fields) + 1))
+        self.match = payload_pattern(self.kind_id).fullmatch
+        return self.match(plain)
 
 
 KINDS: dict[int, _Kind] = {
