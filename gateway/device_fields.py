@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from knute.gateway.errors import KnuteError
-from knute.protocol import frame, kinds
+from knute.protocol import kinds
 
 _HEX8 = re.compile(r"^[0-9a-fA-F]{8}$")
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -36,8 +36,12 @@ def parse_device_id(text: str | int) -> int:
         except ValueError:
             raise KnuteError(
                 f"device id {raw!r} is not decimal, 0x-hex or 8 hex digits") from None
-    if value < 0 or value > frame.MAX_DEVICE_ID:
-        raise KnuteError(f"device id {value} is outside 0..{frame.MAX_DEVICE_ID}")
+    # Here, not at the top: protocol.frame brings AES-CCM (cryptography), which
+    # `knute devices list` and `knute gateway check` do not otherwise need.
+    from knute.protocol.frame import MAX_DEVICE_ID
+
+    if value < 0 or value > MAX_DEVICE_ID:
+        raise KnuteError(f"device id {value} is outside 0..{MAX_DEVICE_ID}")
     return value
 
 
