@@ -136,3 +136,13 @@ def test_a_daemon_loads_only_the_parts_its_config_uses(tmp_path: Path,
 
 def test_the_device_id_bound_is_the_frame_headers() -> None:
     assert MAX_DEVICE_ID == frame.MAX_DEVICE_ID
+
+
+def test_a_benchmark_is_imported_only_when_named() -> None:
+    out, modules = run_knute("bench", "--help")
+    assert "reliability" in out
+    assert loaded(modules, ("knute.tools.bench",)) == ["knute.tools.bench"]
+    out, modules = run_knute("bench", "plan", "--help")
+    assert out.startswith("usage: knute bench plan")
+    assert loaded(modules, ("knute.tools.bench",)) == ["knute.tools.bench",
+                                                       "knute.tools.bench.plan"]
