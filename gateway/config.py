@@ -579,11 +579,11 @@ def tls_problems(cfg: GatewayConfig) -> list[str]:
     configuration as an operator who may not read the key. The daemon and
     ``knute gateway check`` call this.
     """
-    import ssl
-
     tls = cfg.mqtt.tls
     if tls is None:
         return []
+    import ssl  # here, after the check: a config without TLS never loads it
+
     problems: list[str] = []
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if tls.ca is not None:
@@ -627,12 +627,12 @@ def offline_problems(cfg: GatewayConfig) -> list[str]:
             problems.append(f"{cfg.path}: {key}: data directory {folder} does not exist")
         elif not os.path.isdir(folder):
             problems.append(f"{cfg.path}: {key}: {folder} is not a directory")
-    from knute.gateway import registry, spool
+    from knute.gateway import registry, spool_schema  # not gateway.spool: its versions only
 
     for key, path, what, app_id, version in (
             ("gateway.registry", cfg.registry, "registry", REGISTRY_APP_ID,
              registry.SCHEMA_VERSION),
-            ("spool.path", cfg.spool, "spool", SPOOL_APP_ID, spool.SCHEMA_VERSION)):
+            ("spool.path", cfg.spool, "spool", SPOOL_APP_ID, spool_schema.SCHEMA_VERSION)):
         try:
             check_identity(path, what, app_id, version)
         except KnuteError as exc:

@@ -132,8 +132,6 @@ class Daemon:
 
     def _open(self) -> None:
         from knute.gateway.forwarder import Forwarder
-        from knute.gateway.sources.serial import SerialSource
-        from knute.gateway.sources.udp_forwarder import UdpForwarderSource
         from knute.gateway.spool import AcceptBatcher, Spool
 
         cfg = self.cfg
@@ -182,8 +180,16 @@ class Daemon:
                 cfg.mqtt, gateway_id=cfg.gateway_id, inbox=self.inbox,
                 extra_topics=self.share.topics if self.share is not None else (),
                 on_other=self.share.offer if self.share is not None else None)
+        # Each kind of source is imported when the configuration has one (pyserial,
+        # the Semtech protocol): a gateway loads only what it runs.
+        if cfg.serial:
+            from knute.gateway.sources.serial import SerialSource
+
         for scfg in cfg.serial:
             self.sources.append(SerialSource(scfg, self._sink, self.counters))
+        if cfg.packet_forwarders:
+            from knute.gateway.sources.udp_forwarder import UdpForwarderSource
+
         for ucfg in cfg.packet_forwarders:
             try:
                 self.sources.append(UdpForwarderSource(ucfg, self._sink, self.counters))

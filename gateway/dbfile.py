@@ -16,7 +16,6 @@ import os
 import sqlite3
 import struct
 import time
-import urllib.parse
 
 from knute.gateway.errors import KnuteError
 
@@ -112,6 +111,8 @@ _PLAUSIBLE_VERSION = 100        # above this a user_version is not one of knute'
 def _read_identity(path: str) -> tuple[int, int, list[str]] | None:
     """(application_id, user_version, tables) read through SQLite, read-only; None
     when the file cannot be read that way (damaged, locked, no -shm access)."""
+    import urllib.parse  # here: it brings ipaddress; only a header without an id comes here
+
     try:
         uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
         db = sqlite3.connect(uri, uri=True, timeout=1.0)

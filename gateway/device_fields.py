@@ -14,10 +14,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from knute.gateway.errors import KnuteError
-from knute.protocol import frame, kinds
+from knute.protocol import kinds
 
 _HEX8 = re.compile(r"^[0-9a-fA-F]{8}$")
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
+# protocol.frame.MAX_DEVICE_ID (the header's 4 id bytes), not imported from there:
+# protocol.frame brings AES-CCM and cryptography, which `knute devices` and
+# `knute gateway check` need nowhere else. tests/tools/test_cli_light.py pins the two.
+MAX_DEVICE_ID = 0xFFFFFFFF
 
 
 def parse_device_id(text: str | int) -> int:
@@ -36,8 +40,8 @@ def parse_device_id(text: str | int) -> int:
         except ValueError:
             raise KnuteError(
                 f"device id {raw!r} is not decimal, 0x-hex or 8 hex digits") from None
-    if value < 0 or value > frame.MAX_DEVICE_ID:
-        raise KnuteError(f"device id {value} is outside 0..{frame.MAX_DEVICE_ID}")
+    if value < 0 or value > MAX_DEVICE_ID:
+        raise KnuteError(f"device id {value} is outside 0..{MAX_DEVICE_ID}")
     return value
 
 

@@ -33,7 +33,6 @@ from knute.gateway.dbfile import (
     move_aside,
     quick_check,
 )
-from knute.gateway.device_csv import read_csv
 from knute.gateway.device_fields import device_row, format_device_id, parse_interval
 from knute.gateway.errors import KnuteError
 from knute.gateway.model import Device as Device  # re-exported: the registry holds these
@@ -405,6 +404,8 @@ class Registry:
         one line naming the first such line and what differs; with it the rows
         are updated.
         """
+        from knute.gateway.device_csv import read_csv  # the csv module: imports only
+
         rows = read_csv(text, source)
         fields = ("kind", "key", "name", "site", "location", "interval_s")
         added = updated = same = 0

@@ -32,8 +32,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from knute.protocol import downlink as pdl
-
 SILENT = "silent"
 HEARD = "heard"
 SOURCE = "radio"
@@ -181,6 +179,10 @@ def node_send_interval_s(kind: str, node_config: Mapping[str, Any]) -> float | N
 def config_send_interval_s(values: Mapping[str, Any]) -> float | None:
     """The new send interval a config downlink sets (its ``values``, whitelist code as
     text -> value, protocol/downlink.py CONFIG_KEYS), or None when it sets none."""
+    # Here, not at the top: protocol.downlink brings AES-CCM (cryptography), and every
+    # command that reads the gateway's configuration imports this module.
+    from knute.protocol import downlink as pdl
+
     out = None
     for code, value in values.items():
         try:

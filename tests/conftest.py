@@ -112,6 +112,7 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/tools/test_bench_hot_path.py::test_protocol_bench_json_keys",
     "tests/tools/test_bench_hot_path.py::test_gateway_bench_json_keys",
     "tests/tools/test_cli_start.py",
+    "tests/tools/test_cli_light.py",
     "tests/tools/test_rig_proc.py",
     "tests/tools/test_provision.py::test_a_write_that_fails_midway_is_one_clear_error",
     "tests/tools/test_vdevice.py::test_temporary_flash_is_removed_on_close",

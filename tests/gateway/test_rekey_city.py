@@ -240,7 +240,7 @@ class BusClient:
         self.bus, self.name = bus, name
 
     def publish(self, topic: str, payload: Any, qos: int = 0,
-                retain: bool = False) -> "Delivered":
+                retain: bool = False) -> Delivered:
         data = payload if isinstance(payload, bytes) else str(payload).encode()
         self.bus.publish(self.name, topic, data, retain)
         return Delivered()

@@ -1,9 +1,14 @@
 """The ``knute`` command: one table of subcommands, each in its own module.
 
 Every module named in ``COMMANDS`` (relative to this package) provides
-``add_arguments(parser)`` and ``run(args) -> int``. Modules keep heavy imports
-(paho-mqtt, pymodbus, rich) inside ``run`` so that building the parser stays
-cheap. A ``KnuteError`` (or a ``FrameError`` from the protocol) becomes one line
+``add_arguments(parser)`` and ``run(args) -> int``. A command's module is
+imported only when that command runs (or shows its own help): ``knute --help``
+lists every command from the table alone, and ``knute devices ...`` never
+loads the benchmarks, the simulators or the rig. Gateways, simulators and
+tests start ``knute`` thousands of times, so what a start imports is CPU spent
+each time; tests/tools/test_cli_light.py names what must stay out. Modules
+keep heavy imports (paho-mqtt, pymodbus, rich) inside ``run`` for the same
+reason. A ``KnuteError`` (or a ``FrameError`` from the protocol) becomes one line
 on stderr and exit status 2
 (78 for a ``ConfigError`` of ``knute gateway run``, so systemd stops restarting it).
 A reader that closes the pipe early (``| head``) ends the command quietly.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -75,11 +81,19 @@ def _available() -> dict[str, tuple[str, str]]:
 
 
 def _installed(module: str) -> bool:
-    """True if ``module`` (dotted) can be imported here."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
+    """True if ``module`` (dotted) can be imported here, found without importing it.
+
+    ``importlib.util.find_spec("paho.mqtt")`` would import the package ``paho``
+    to look inside it; the path finder is asked about each part instead.
+    """
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
+    for part in rest.split(".") if rest else ():
+        if spec is None or not spec.submodule_search_locations:
+            return False
+        spec = importlib.machinery.PathFinder.find_spec(
+            f"{spec.name}.{part}", spec.submodule_search_locations)
+    return spec is not None
 
 
 def missing_extra(extra: str) -> str | None:
@@ -119,13 +133,15 @@ def _unavailable(extra: str) -> argparse.ArgumentParser:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser, one sub-parser per available subcommand.
+    """The argument parser of ``knute`` (``only``: of the one subcommand named first).
 
-    A subcommand whose extra is not installed gets a stand-in that accepts any
-    arguments and says which extra to install. With ``only`` (a subcommand's
-    name) the parser has that one sub-parser: running a command then imports its
-    module alone, not every command's (a start of ``knute gateway`` then costs
-    about a sixth of the CPU that building the full parser does).
+    Without ``only`` every available subcommand gets a sub-parser that holds
+    its one-line help from ``COMMANDS`` and nothing else: enough for
+    ``knute --help`` and for the errors that list the commands, and no
+    command's module is imported. With ``only`` (a subcommand's name) the
+    parser has that one sub-parser, complete: its module is imported and adds
+    its arguments. A subcommand whose extra is not installed gets a stand-in
+    that accepts any arguments and says which extra to install.
     """
     parser = argparse.ArgumentParser(prog="knute", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -135,6 +151,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in commands.items():
         extra = COMMAND_EXTRA.get(name)
         missing = missing_extra(extra) if extra else None
+        if only is None:
+            # The listing: help text only. main() builds the named command's parser
+            # before anything runs.
+            if missing is not None:
+                help_text = f"{help_text} (needs knute[{missing}])"
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
         module = None
         if missing is None:
             try:
@@ -158,11 +181,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``knute`` console script."""
     words = sys.argv[1:] if argv is None else list(argv)
     # A command named first needs only its own sub-parser; anything else (no
-    # command, an option first, a name that is no command) gets the full parser,
-    # whose help and errors list every command.
+    # command, an option first, a name that is no command) gets the listing,
+    # whose help and errors name every command without importing one. An option
+    # before a command's name (`knute -x devices list`) leaves the listing with
+    # that command chosen: its own parser then judges the whole line.
     named = words[0] if words and words[0] in _available() else None
     parser = build_parser(named)
     args, unknown = parser.parse_known_args(argv)
+    if named is None:
+        parser = build_parser(args.command)
+        args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "_stand_in", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+from typing import Any
 
 BENCHES = {
     "protocol": "decode+verify on CPython (gateway and pure paths), encode on MicroPython",
@@ -29,17 +30,51 @@ BENCHES = {
 }
 
 
+class _BenchParser(argparse.ArgumentParser):
+    """A benchmark's sub-parser that imports its module when it is used.
+
+    ``knute bench NAME`` runs one benchmark: its module (the reliability one
+    alone imports a fault relay, a gateway supervisor and a fuzzer) is loaded
+    when this parser parses its arguments or shows its help, so the listing
+    and the other benchmarks never import it.
+    """
+
+    def __init__(self, *args: Any, bench_module: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bench_module = bench_module
+
+    def _load(self) -> None:
+        if self._bench_module:
+            module = importlib.import_module(self._bench_module)
+            self._bench_module = ""
+            module.add_arguments(self)
+            self.set_defaults(_bench_run=module.run)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Load the benchmark's arguments, then parse."""
+        self._load()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        """Load the benchmark's arguments, then describe them."""
+        self._load()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        """Load the benchmark's arguments, then describe them."""
+        self._load()
+        return super().format_help()
+
+
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    """One sub-parser per benchmark module present in this installation."""
-    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    """One sub-parser per benchmark module present in this installation (loaded on use)."""
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH",
+                                parser_class=_BenchParser)
     for bench, help_text in BENCHES.items():
         module_name = f"knute.tools.bench.{bench}"
         if importlib.util.find_spec(module_name) is None:
             continue
-        module = importlib.import_module(module_name)
-        bench_parser = sub.add_parser(bench, help=help_text, description=help_text)
-        module.add_arguments(bench_parser)
-        bench_parser.set_defaults(_bench_run=module.run)
+        sub.add_parser(bench, help=help_text, description=help_text, bench_module=module_name)
 
 
 def run(args: argparse.Namespace) -> int:
