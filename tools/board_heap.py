@@ -49,6 +49,9 @@ UPLINK_ROLES = ("water_meter", "air_quality")
 
 # The project's own margin for nodes without downlinks (docs/firmware.md, "Memory").
 MARGIN_HEAP = {64: "64k", 32: "48k"}
+# The project's margin for nodes with downlinks: on a build where every role's
+# downlink path fits it, bench nodes run in it (bench_heap).
+DOWNLINK_MARGIN_KIB = 64
 
 
 def smallest_board_kib() -> int:
@@ -90,12 +93,17 @@ def check_downlink(config: dict[str, Any], path: str = "config.json") -> str | N
 def bench_heap(config: dict[str, Any], bits: int = 64) -> str:
     """The ``-X heapsize`` a bench node runs in: the one rule for every bench node.
 
-    ``KNUTE_FW_HEAP`` when set; with downlinks on, the smallest supported board's
-    heap; otherwise the project's margin (64 KiB, 48 KiB on the 32-bit build).
+    ``KNUTE_FW_HEAP`` when set; with downlinks on, 64 KiB on a build where every
+    role's downlink path fits it (the 32-bit build, a board's word size), else the
+    smallest supported board's heap (the 64-bit port); otherwise the project's
+    margin (64 KiB, 48 KiB on the 32-bit build).
     """
     explicit = os.environ.get("KNUTE_FW_HEAP")
     if explicit:
         return explicit
     if downlink_on(config):
+        need = max(kib[0 if bits == 32 else 1] for kib in DOWNLINK_NEED_KIB.values())
+        if need <= DOWNLINK_MARGIN_KIB:
+            return f"{DOWNLINK_MARGIN_KIB}k"
         return f"{smallest_board_kib()}k"
     return MARGIN_HEAP[bits]
