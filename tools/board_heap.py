@@ -35,12 +35,14 @@ BOARD_CHIP = {
 BOARD_HEAP_KIB = {board: CHIP_HEAP_KIB[chip] for board, chip in BOARD_CHIP.items()}
 
 # (role, link type) -> (KiB on a 32-bit build, KiB on the 64-bit unix port), in
-# steps of 8 KiB: the smallest heap the role's downlink run passed in.
+# steps of 8 KiB: the smallest heap the role's downlink run passes in, three runs
+# side by side included (the 64-bit LoRa air node passes at 104 KiB alone but not
+# always beside others: the names' table step needs 7 KB in one piece).
 DOWNLINK_NEED_KIB = {
     ("water_meter", "uart"): (48, 64),
     ("water_meter", "lora"): (56, 72),
     ("air_quality", "uart"): (56, 88),
-    ("air_quality", "lora"): (64, 104),
+    ("air_quality", "lora"): (64, 112),
 }
 
 # Roles that send uplinks of their own: downlinks are on by default for these
