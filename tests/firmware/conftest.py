@@ -28,8 +28,9 @@ def flash_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # The heap goal on a board's word size: every role boots and runs in 48 KiB on the
 # 32-bit build without downlinks (docs/firmware.md, "Memory"); the 64-bit port
-# keeps its 64 KiB. Nodes with downlinks on get the smallest supported board's
-# heap (knute.tools.board_heap.bench_heap, the one rule).
+# keeps its 64 KiB. Nodes with downlinks on get 64 KiB on the 32-bit build and the
+# smallest supported board's heap on the 64-bit port (knute.tools.board_heap.bench_heap,
+# the one rule).
 UPY32_HEAP = MARGIN_HEAP[32]
 
 
@@ -39,7 +40,8 @@ def bench_node(tmp_path: Path, micropython_bin: Path, flash_lib: Path,
     """A function (config, name="node", **kw) -> BenchNode; all are closed at teardown.
 
     A node's heap follows ``bench_heap`` for the build (64 KiB, 48 KiB on the
-    32-bit build, the smallest board's heap with downlinks on) unless the test asks.
+    32-bit build; with downlinks on 64 KiB on the 32-bit build, the smallest board's
+    heap on the 64-bit port) unless the test asks.
     """
     nodes: list[BenchNode] = []
 

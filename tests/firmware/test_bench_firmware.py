@@ -33,5 +33,10 @@ def test_bench_firmware_json() -> None:
         assert b32["resident_bytes"] < b32["peak_heap_bytes"] < entry["peak_heap_bytes"]
         assert b32["allocs_per_cycle"] > 0
     water = result["water_meter"]
+    # The downlink path's heap per link: every role fits 64 KiB on the 32-bit build.
+    assert set(water["downlink_heap_kib"]) == {"uart", "lora"}
+    for kib in water["downlink_heap_kib"].values():
+        assert kib["bits32"] <= 64 <= kib["bits64"]
+    assert "downlink_heap_kib" not in result["radio_bridge"]     # sends no uplinks of its own
     # A new AES key schedule and fresh values per frame cost allocations.
     assert water["naive"]["allocs_per_cycle"] > water["allocs_per_cycle"]

@@ -25,8 +25,9 @@ from knute.tools.rig.node import HOUR_T0, KEY, water_config
 from tests.firmware.conftest import NodeFactory
 
 DEVICE = 4660
-# Nodes with downlinks on run in the smallest supported board's heap (the one
-# rule, knute.tools.board_heap.bench_heap); what each role needs at least is
+# Nodes with downlinks on run in 64 KiB on the 32-bit build and the smallest
+# supported board's heap on the 64-bit port (the one rule,
+# knute.tools.board_heap.bench_heap); what each role needs at least is
 # measured by tests/firmware/test_downlink_roles_heap.py.
 DAYS3_MS = 3 * 86400 * 1000
 FREQ = 868100000

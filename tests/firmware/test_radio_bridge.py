@@ -108,8 +108,8 @@ def test_duty_cycle_defers_and_counts(bench_node: NodeFactory) -> None:
     cfg["send_phase_s"] = 0
     cfg["bench"].update({"radio": {"path": "air.txt"}, "pin": {"tamper": "tamper.txt"},
                          "stop_after_s": 2 * 3600 + 600, "time_scale": 0})
-    # The LoRa water meter's receive windows need more than 64 KiB: with downlinks on
-    # the node gets the smallest supported board's heap (board_heap.bench_heap).
+    # The LoRa water meter's receive windows need more than 64 KiB on the 64-bit port:
+    # with downlinks on the node gets the heap of board_heap.bench_heap.
     node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text(pulse_lines(HOUR_T0, [300] * 3, 6))
     (node.dir / "tamper.txt").write_text("1\n")

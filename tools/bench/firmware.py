@@ -348,6 +348,20 @@ def window_energy(role: str, sf: int = ENERGY_SF) -> dict[str, Any]:
             "windows_uah_per_day": round(sends * listen * RX_MA / 3600, 1)}
 
 
+def downlink_heap(role: str) -> dict[str, dict[str, int]]:
+    """KiB of heap `role` needs with downlinks on, by link and build (measured, not here).
+
+    The figures are knute.tools.board_heap's, which the test that runs each
+    role through a downlink and its restart in place keeps
+    (tests/firmware/test_downlink_roles_heap.py); the send cycle measured here
+    runs with downlinks off.
+    """
+    from knute.tools.board_heap import DOWNLINK_NEED_KIB
+
+    return {link: {"bits32": kib32, "bits64": kib64}
+            for (name, link), (kib32, kib64) in DOWNLINK_NEED_KIB.items() if name == role}
+
+
 def run(args: argparse.Namespace) -> int:
     """Measure every (chosen) role, optimized and naive; print a table or JSON."""
     from knute.gateway.errors import KnuteError
@@ -375,6 +389,9 @@ def run(args: argparse.Namespace) -> int:
                 entry["bits32"]["heap"] = args.heap
             if role in ENERGY_ROLES:
                 entry["energy"] = window_energy(role)
+            heap = downlink_heap(role)
+            if heap:
+                entry["downlink_heap_kib"] = heap
             results[role] = entry
     from knute.tools import power
 
@@ -412,6 +429,15 @@ def run(args: argparse.Namespace) -> int:
         for role, e in energy.items():
             print(f"{role:<13} {e['sends_per_day']:>10} {e['uplink_uah_per_day']:>12} "
                   f"{e['windows_uah_per_day']:>12}")
+    heaps = {role: e["downlink_heap_kib"] for role, e in results.items()
+             if "downlink_heap_kib" in e}
+    if heaps:
+        print("downlink path's heap: KiB each role needs with downlink on "
+              "(tests/firmware/test_downlink_roles_heap.py)")
+        print(f"{'role':<13} {'link':<6} {'32-bit':>8} {'64-bit':>8}")
+        for role, by_link in heaps.items():
+            for link, kib in by_link.items():
+                print(f"{role:<13} {link:<6} {kib['bits32']:>8} {kib['bits64']:>8}")
     if power_rows:
         print_power(power_rows)
     return 0

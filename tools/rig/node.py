@@ -92,8 +92,9 @@ class BenchNode:
         self.dir = workdir
         self.micropython = micropython
         # The one rule for a bench node's heap (knute.tools.board_heap.bench_heap):
-        # KNUTE_FW_HEAP, else the smallest supported board's heap with downlinks
-        # on, else the project's margin; a test may ask for a heap of its own.
+        # KNUTE_FW_HEAP, else with downlinks on 64 KiB on the 32-bit build and the
+        # smallest supported board's heap on the 64-bit port, else the project's
+        # margin; a test may ask for a heap of its own.
         self.heap = heap or bench_heap(config, bits)
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "lib").exists():
