@@ -171,6 +171,27 @@ class DeliveryWindow:
             self.newest_acked = max(self.newest_acked, row.row_id)
         return row
 
+    def on_pubacks(self, mids: Iterable[int], now: float) -> None:
+        """Rows sent with these packet ids were delivered (plain PUBACKs, in bulk).
+
+        The same as ``on_puback(mid, now=now)`` for each id; ids of no row in
+        flight are ignored.
+        """
+        in_flight = self._in_flight
+        acked = self._acked
+        newest = self.newest_acked
+        settled = False
+        for mid in mids:
+            row = in_flight.pop(mid, None)
+            if row is not None:
+                settled = True
+                acked.append(row.row_id)
+                if row.row_id > newest:
+                    newest = row.row_id
+        if settled:
+            self.newest_acked = newest
+            self._last_progress = now
+
     def take_acked(self) -> list[int]:
         """Row ids acknowledged since the last call (to delete from the spool)."""
         out, self._acked = self._acked, []

@@ -90,7 +90,7 @@ from knute.gateway.config import MqttConfig as MqttConfig  # re-exported for the
 from knute.gateway.delivery import RETRY_REASON_CODES, DeliveryWindow, LossTracker, Refusal
 from knute.gateway.link import Backoff, LinkState
 from knute.gateway.message import iso_utc, status_topic
-from knute.gateway.mqttclient import make_client
+from knute.gateway.mqttclient import ForwarderClient, make_client
 from knute.gateway.spool import Spool
 
 log = logging.getLogger("knute.forwarder")
@@ -442,6 +442,9 @@ class Forwarder:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        if isinstance(client, ForwarderClient):
+            window = sess.window
+            client.on_rows_acked = lambda mids: window.on_pubacks(mids, time.monotonic())
         return client
 
     def _session(self, gen: int) -> bool:
@@ -541,6 +544,7 @@ class Forwarder:
         leaving = False            # failback: take no new rows, go once nothing is in flight
         hold_writes = getattr(client, "hold_writes", None)
         release_writes = getattr(client, "release_writes", None)
+        publish_rows = client.publish_rows if isinstance(client, ForwarderClient) else None
         while True:
             if not self._alive(gen):
                 return False
@@ -559,7 +563,15 @@ class Forwarder:
                 if not rows:
                     spool_empty, recheck_at = True, now + 1.0
             due = window.due()
-            if due:
+            if due and publish_rows is not None:
+                # built and sent in one go, PUBACKs read in bulk (gateway.mqttclient)
+                rc, mids = publish_rows(due)
+                for row, mid in zip(due, mids, strict=False):   # none: no connection
+                    window.sent(row, mid, now)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self.last_error = f"publish: {mqtt.error_string(rc)}"
+                    return False
+            elif due:
                 # the PUBLISHes of this step leave in one send (gateway.mqttclient)
                 if hold_writes is not None:
                     hold_writes()
