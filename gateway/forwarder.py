@@ -612,7 +612,9 @@ class Forwarder:
             if window.acked_waiting:
                 if not first_ack_pending:
                     first_ack_pending = now
-                if (window.acked_waiting >= self.ack_batch or not window.in_flight
+                # Every delete is a transaction: while a backlog drains (rows queued or in
+                # flight) take them in batches; once the window is idle, at once.
+                if (window.acked_waiting >= self.ack_batch or window.idle
                         or now - first_ack_pending >= self.ack_interval_s):
                     self._settle(window)
                     first_ack_pending = 0.0
