@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from itertools import islice
 from typing import NamedTuple
 
 from knute.gateway.model import Row
@@ -110,6 +111,8 @@ class DeliveryWindow:
         instead (it leaves the queue), so it never reaches the wire.
         """
         room = self.limit - len(self._in_flight)
+        if self.max_packet is None or room <= 0:
+            return list(islice(self._queue, max(0, room)))
         out: list[Row] = []
         i = 0
         while i < len(self._queue) and len(out) < room:

@@ -10,8 +10,10 @@ Design
   external event loop (``select`` on the client's socket plus a wake-up
   socket, then ``loop_read``/``loop_write``/``loop_misc``), so nothing else in
   the process shares paho's state. The client is gateway.mqttclient's: paho's
-  own, reading PUBACKs through a buffer and sending the PUBLISHes of one loop
-  step with one system call.
+  own for the connection, keepalive, TLS and the status messages, while the
+  rows of one loop step are built into one buffer and sent with one system
+  call (``publish_rows``) and their plain PUBACKs are read in bulk
+  (``on_rows_acked``), without paho's per-message objects.
 - Each connection is a NEW paho client with a clean session and a new
   ``DeliveryWindow``: at every (re)connect the worker starts again from the
   oldest row still in the spool. A row leaves the spool only when its PUBACK
@@ -32,7 +34,8 @@ Design
   connection lost ``park_after_losses`` times in a row with the same row
   oldest in flight and nothing after it acknowledged (see gateway.delivery).
 - Acknowledged rows are deleted in batches (``ack_batch`` rows or
-  ``ack_interval_s``, whichever first) and always before a reconnect.
+  ``ack_interval_s``, whichever first, or at once when nothing is queued or in
+  flight) and always before a reconnect.
 - Reconnects use gateway.link's capped exponential backoff with jitter
   (``backoff_min_s`` doubling up to ``backoff_max_s``), but at most
   ``BROKER_DOWN_RETRY_MAX_S`` while the broker's host refuses or resets the

@@ -33,6 +33,8 @@ ids, the in-flight bookkeeping, keepalive, TLS, the callbacks) is paho's:
   partial ones go to paho's reader as before. A row never acknowledged is simply
   forgotten with the connection (every connection is a new client); the spool
   still holds it, so the PUBACK stays the commit point.
+- ``loop_misc`` (paho's keepalive timers, in seconds) runs at most every
+  ``MISC_INTERVAL_S``, not on every step of a drain.
 - Writes: between ``hold_writes()`` and ``release_writes()`` the packets paho
   writes are collected and sent with one ``send`` (the forwarder holds while it
   publishes the rows the window lets out), instead of one system call per
@@ -69,6 +71,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 READ_CHUNK = 65536
 WRITE_HOLD_MAX = 256 * 1024
+# paho's loop_misc only looks at keepalive timers (seconds): once per loop step, as
+# the forwarder steps while draining (~10 rows each), is far more often than needed.
+MISC_INTERVAL_S = 0.05
 
 _PRIVATE = ("_sock_recv", "_sock_send", "_sock_close", "_handle_pubackcomp", "_do_on_publish",
             "_loop_rc_handle", "_mid_generate")
@@ -113,6 +118,7 @@ class ForwarderClient(mqtt.Client):
         self._row_mids: set[int] = set()      # packet ids of rows sent, no PUBACK yet
         self._topic_heads: dict[str, bytes] = {}   # topic -> its length-prefixed bytes
         self.on_rows_acked: Callable[[list[int]], None] | None = None
+        self._misc_due = 0.0
 
     @property
     def buffered(self) -> int:
@@ -258,6 +264,17 @@ class ForwarderClient(mqtt.Client):
     def _on_publish_v2(self) -> Callable[..., object] | None:
         """``on_publish`` (the forwarder's clients use callback API version 2)."""
         return cast("Callable[..., object] | None", self.on_publish)
+
+    def loop_misc(self) -> MQTTErrorCode:
+        """paho's keepalive work, at most every ``MISC_INTERVAL_S``."""
+        if self._sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        now = time.monotonic()
+        if now < self._misc_due:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        self._misc_due = now + MISC_INTERVAL_S
+        rc: MQTTErrorCode = super().loop_misc()
+        return rc
 
     def hold_writes(self) -> None:
         """Collect the packets paho writes from now on, until ``release_writes``."""
