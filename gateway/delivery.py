@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from itertools import islice
 from typing import NamedTuple
 
 from knute.gateway.model import Row
@@ -110,6 +111,8 @@ class DeliveryWindow:
         instead (it leaves the queue), so it never reaches the wire.
         """
         room = self.limit - len(self._in_flight)
+        if self.max_packet is None or room <= 0:
+            return list(islice(self._queue, max(0, room)))
         out: list[Row] = []
         i = 0
         while i < len(self._queue) and len(out) < room:
@@ -170,6 +173,27 @@ class DeliveryWindow:
             self._acked.append(row.row_id)
             self.newest_acked = max(self.newest_acked, row.row_id)
         return row
+
+    def on_pubacks(self, mids: Iterable[int], now: float) -> None:
+        """Rows sent with these packet ids were delivered (plain PUBACKs, in bulk).
+
+        The same as ``on_puback(mid, now=now)`` for each id; ids of no row in
+        flight are ignored.
+        """
+        in_flight = self._in_flight
+        acked = self._acked
+        newest = self.newest_acked
+        settled = False
+        for mid in mids:
+            row = in_flight.pop(mid, None)
+            if row is not None:
+                settled = True
+                acked.append(row.row_id)
+                if row.row_id > newest:
+                    newest = row.row_id
+        if settled:
+            self.newest_acked = newest
+            self._last_progress = now
 
     def take_acked(self) -> list[int]:
         """Row ids acknowledged since the last call (to delete from the spool)."""

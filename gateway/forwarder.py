@@ -10,8 +10,10 @@ Design
   external event loop (``select`` on the client's socket plus a wake-up
   socket, then ``loop_read``/``loop_write``/``loop_misc``), so nothing else in
   the process shares paho's state. The client is gateway.mqttclient's: paho's
-  own, reading PUBACKs through a buffer and sending the PUBLISHes of one loop
-  step with one system call.
+  own for the connection, keepalive, TLS and the status messages, while the
+  rows of one loop step are built into one buffer and sent with one system
+  call (``publish_rows``) and their plain PUBACKs are read in bulk
+  (``on_rows_acked``), without paho's per-message objects.
 - Each connection is a NEW paho client with a clean session and a new
   ``DeliveryWindow``: at every (re)connect the worker starts again from the
   oldest row still in the spool. A row leaves the spool only when its PUBACK
@@ -32,7 +34,8 @@ Design
   connection lost ``park_after_losses`` times in a row with the same row
   oldest in flight and nothing after it acknowledged (see gateway.delivery).
 - Acknowledged rows are deleted in batches (``ack_batch`` rows or
-  ``ack_interval_s``, whichever first) and always before a reconnect.
+  ``ack_interval_s``, whichever first, or at once when nothing is queued or in
+  flight) and always before a reconnect.
 - Reconnects use gateway.link's capped exponential backoff with jitter
   (``backoff_min_s`` doubling up to ``backoff_max_s``), but at most
   ``BROKER_DOWN_RETRY_MAX_S`` while the broker's host refuses or resets the
@@ -90,7 +93,7 @@ from knute.gateway.config import MqttConfig as MqttConfig  # re-exported for the
 from knute.gateway.delivery import RETRY_REASON_CODES, DeliveryWindow, LossTracker, Refusal
 from knute.gateway.link import Backoff, LinkState
 from knute.gateway.message import iso_utc, status_topic
-from knute.gateway.mqttclient import make_client
+from knute.gateway.mqttclient import ForwarderClient, make_client
 from knute.gateway.spool import Spool
 
 log = logging.getLogger("knute.forwarder")
@@ -442,6 +445,9 @@ class Forwarder:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        if isinstance(client, ForwarderClient):
+            window = sess.window
+            client.on_rows_acked = lambda mids: window.on_pubacks(mids, time.monotonic())
         return client
 
     def _session(self, gen: int) -> bool:
@@ -541,6 +547,7 @@ class Forwarder:
         leaving = False            # failback: take no new rows, go once nothing is in flight
         hold_writes = getattr(client, "hold_writes", None)
         release_writes = getattr(client, "release_writes", None)
+        publish_rows = client.publish_rows if isinstance(client, ForwarderClient) else None
         while True:
             if not self._alive(gen):
                 return False
@@ -559,7 +566,15 @@ class Forwarder:
                 if not rows:
                     spool_empty, recheck_at = True, now + 1.0
             due = window.due()
-            if due:
+            if due and publish_rows is not None:
+                # built and sent in one go, PUBACKs read in bulk (gateway.mqttclient)
+                rc, mids = publish_rows(due)
+                for row, mid in zip(due, mids, strict=False):   # none: no connection
+                    window.sent(row, mid, now)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self.last_error = f"publish: {mqtt.error_string(rc)}"
+                    return False
+            elif due:
                 # the PUBLISHes of this step leave in one send (gateway.mqttclient)
                 if hold_writes is not None:
                     hold_writes()
@@ -600,7 +615,9 @@ class Forwarder:
             if window.acked_waiting:
                 if not first_ack_pending:
                     first_ack_pending = now
-                if (window.acked_waiting >= self.ack_batch or not window.in_flight
+                # Every delete is a transaction: while a backlog drains (rows queued or in
+                # flight) take them in batches; once the window is idle, at once.
+                if (window.acked_waiting >= self.ack_batch or window.idle
                         or now - first_ack_pending >= self.ack_interval_s):
                     self._settle(window)
                     first_ack_pending = 0.0

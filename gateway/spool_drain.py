@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from knute.gateway.spool_rows import (
-    STORED_COLUMNS,
+    RENDER_COLUMNS,
     ContextTable,
     Row,
     SpoolError,
@@ -28,7 +28,28 @@ from knute.gateway.spool_rows import (
     render_rows,
 )
 
-_CHUNK = 500               # ids per IN (...) statement, below every SQLite variable limit
+
+def id_runs(row_ids: Sequence[int]) -> list[tuple[int, int]]:
+    """The ids as runs of consecutive integers, (first, last) each, in ascending order.
+
+    Deleting ``id BETWEEN first AND last`` for each run deletes exactly the
+    rows ``id IN (row_ids)`` would: every integer of a run is one of the ids. A
+    drain acknowledges rows in the order it read them, so a batch is one run or
+    a few (one more for each row parked or evicted in between), and the two
+    statements stay the same prepared ones whatever the batch.
+    """
+    runs: list[tuple[int, int]] = []
+    ordered = sorted(set(row_ids))
+    if not ordered:
+        return runs
+    first = last = ordered[0]
+    for row_id in ordered[1:]:
+        if row_id != last + 1:
+            runs.append((first, last))
+            first = row_id
+        last = row_id
+    runs.append((first, last))
+    return runs
 
 
 class Draining:
@@ -63,9 +84,10 @@ class Draining:
         while True:
             with self._lock:
                 raw = self._db.execute(
-                    f"SELECT {STORED_COLUMNS} FROM rows WHERE id > ? ORDER BY id LIMIT ?",
+                    f"SELECT {RENDER_COLUMNS} FROM rows WHERE id > ? ORDER BY id LIMIT ?",
                     (after_id, limit)).fetchall()
-                contexts = {r[4]: self._contexts.parsed(self._db, r[4]) for r in raw}
+                contexts = {ctx: self._contexts.parsed(self._db, ctx)
+                            for ctx in {r[3] for r in raw}}
             out, bad = render_rows(raw, contexts, self.max_message_bytes)
             for reason, ids in bad.items():
                 self.park(ids, reason)
@@ -104,14 +126,13 @@ class Draining:
         try:
             self._begin()
             try:
-                for start in range(0, len(row_ids), _CHUNK):
-                    chunk = list(row_ids[start:start + _CHUNK])
-                    marks = ",".join("?" * len(chunk))
+                for first, last in id_runs(row_ids):
                     n, size = self._db.execute(
-                        f"SELECT count(*), total(size) FROM rows WHERE id IN ({marks})",
-                        chunk).fetchone()
+                        "SELECT count(*), total(size) FROM rows WHERE id BETWEEN ? AND ?",
+                        (first, last)).fetchone()
                     if n:
-                        self._db.execute(f"DELETE FROM rows WHERE id IN ({marks})", chunk)
+                        self._db.execute("DELETE FROM rows WHERE id BETWEEN ? AND ?",
+                                         (first, last))
                         deleted += int(n)
                         freed += int(size)
                 self._bump({"acked_total": deleted})

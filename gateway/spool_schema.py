@@ -70,8 +70,11 @@ _WBITS = -11
 
 
 # Streams primed with the dictionary once; each row copies one (cheaper than priming).
-_DEFLATER = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 1, zlib.Z_DEFAULT_STRATEGY,
-                             DEFLATE_DICT)
+# Fixed Huffman codes (Z_FIXED): a reading's stream carries no code tables, so the
+# forwarder's inflate, once per row while a backlog drains, builds none: 2.0 instead
+# of 3.6 µs a row, for about 8 bytes more of a 130-byte body. Which codes a stream
+# uses is the stream's own business: every row, old or new, inflates the same way.
+_DEFLATER = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 1, zlib.Z_FIXED, DEFLATE_DICT)
 _INFLATER = zlib.decompressobj(_WBITS, DEFLATE_DICT)
 
 

@@ -46,6 +46,7 @@ def test_gateway_bench_json_keys() -> None:
         assert type(result[key]) is int and result[key] > 0, key
     for key in ("ratio_vs_bare_paho", "cpu_us_per_reading", "cpu_us_ingest",
                 "cpu_us_spool_forward", "bare_paho_cpu_us_per_msg", "drain_s", "drain_cpu_s",
+                "drain_cpu_us_per_reading",
                 "peak_rss_mb"):
         assert type(result[key]) is float and result[key] >= 0, key
     assert result["cpu_us_per_reading"] > 0

@@ -375,6 +375,7 @@ def run(args: argparse.Namespace) -> int:
         "backlog": args.backlog,
         "drain_s": round(drain["drain_s"], 1),
         "drain_cpu_s": round(drain["drain_cpu_s"], 1),
+        "drain_cpu_us_per_reading": round(drain["drain_cpu_s"] / max(1, args.backlog) * 1e6, 1),
         "peak_rss_mb": round(drain["peak_rss_mb"], 1),
         "spool_bytes_per_reading": round(drain["spool_bytes_per_reading"]),
         "json_bytes_per_reading": round(json_per_reading),
@@ -409,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
           f"(ingest {result['cpu_us_ingest']}, spool+forward {result['cpu_us_spool_forward']})")
     print(f"drain {result['backlog']:,} spooled frames after an outage "
           f"{result['drain_s']:>8} s   goal 60 s per 1,000,000   {mark('drain_s')}  "
-          f"({result['drain_cpu_s']} s CPU)")
+          f"({result['drain_cpu_s']} s CPU, {result['drain_cpu_us_per_reading']} µs a reading)")
     print(f"peak RSS with the backlog spooled          {result['peak_rss_mb']:>8} MB  "
           f"goal 50 MB   {mark('peak_rss_mb')}")
     print(f"spool file per spooled reading             {result['spool_bytes_per_reading']:>8} "

@@ -1,0 +1,83 @@
+"""kill -9 of a forwarder draining a backlog: nothing lost, duplicates only of unacked rows.
+
+The forwarder child drains a spooled backlog into a real Mosquitto with rows
+published by ``ForwarderClient.publish_rows`` and acknowledged in bulk. It is
+killed with SIGKILL mid-drain. Then: every row the spool no longer holds has
+reached the subscriber (a row leaves the spool only after its PUBACK); after a
+restart every reading arrives; and every reading that arrived twice was still
+in the spool at the kill (its delete had not committed), so the duplicates are
+at most the in-flight window plus one batch of acknowledgements.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+from knute.gateway.spool import Spool
+from knute.tools.rig.subscriber import Subscriber
+from knute.tools.rig.wait import wait_for
+from tests.conftest import Broker
+from tests.gateway.test_forwarder import check_delivery, make_rows, start_forwarder_process
+
+ACK_BATCH = 512          # Forwarder's default ack_batch
+INFLIGHT = 32            # the child's max_inflight (test_forwarder.FORWARDER_CHILD)
+
+
+def reading_id(payload: bytes) -> str:
+    return str(json.loads(payload)["id"])
+
+
+def spooled(db: Path) -> int:
+    """Rows in the spool file now, read as another process would (WAL: never blocks)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0) as con:
+        return int(con.execute("SELECT count(*) FROM rows").fetchone()[0])
+
+
+def test_kill_9_mid_drain_loses_nothing_and_repeats_only_unacked_rows(
+        tuned_broker: Broker, tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    rows = make_rows(devices=8, per_device=2500)
+    spool = Spool(str(db), max_bytes=10**9, max_age_s=10**9)
+    for start in range(0, len(rows), 256):
+        spool.accept(rows[start:start + 256])
+    every = {reading_id(r.payload) for r in spool.pending(10**9)}
+    spool.close()
+    assert len(every) == len(rows)
+    collector = Subscriber(tuned_broker.host, tuned_broker.port, "knute/+/+/up")
+    proc = start_forwarder_process(db, tuned_broker.port)
+    try:
+        wait_for(lambda: spooled(db) <= len(rows) * 3 // 4)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        spool = Spool(str(db), max_bytes=10**9, max_age_s=10**9)
+        unacked = {reading_id(r.payload) for r in spool.pending(10**9)}
+        spool.close()
+        assert unacked, "the backlog was drained before the kill"
+        assert unacked <= every
+        # Deleted from the spool means acknowledged by the broker: all of it arrives.
+        wait_for(lambda: every - unacked <= collector.ids())
+        proc = start_forwarder_process(db, tuned_broker.port)
+        wait_for(lambda: len(collector.ids()) == len(rows))
+        check_delivery(collector, rows)
+        copies = Counter(reading_id(m.payload) for m in collector.messages("/up"))
+        repeated = {rid for rid, n in copies.items() if n > 1}
+        assert repeated <= unacked, f"deleted rows sent again: {sorted(repeated - unacked)[:5]}"
+        assert len(repeated) <= INFLIGHT + ACK_BATCH
+        assert max(copies.values()) <= 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        collector.close()
+    spool = Spool(str(db), max_bytes=10**9, max_age_s=10**9)
+    assert spool.depth == 0
+    spool.close()
