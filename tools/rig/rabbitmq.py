@@ -4,8 +4,8 @@
 three times, each node with its own name (``knute1@localhost`` ...), AMQP,
 MQTT and distribution ports, its own mnesia, log and config files under
 ``workdir``, and one shared Erlang cookie in ``workdir/home`` (the nodes'
-and the CLI's ``$HOME``). The three boot at once; nodes 2 and 3 join node 1
-while they boot (classic config peer discovery). ``kill(n)`` is kill -9 of a node's process
+and the CLI's ``$HOME``). Nodes 2 and 3 are then joined to node 1 with
+``rabbitmqctl join_cluster``. ``kill(n)`` is kill -9 of a node's process
 group, ``restart(n)`` brings it back; ``partition(n)`` cuts node ``n`` off
 from the two others and ``heal()`` joins them again; ``stop()`` stops all.
 
@@ -59,7 +59,6 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 NODE_START_TIMEOUT_S = 180.0    # upper bounds only: every wait ends when its condition holds
 NODE_STOP_TIMEOUT_S = 60.0
 CTL_TIMEOUT_S = 120.0
-JOIN_RETRY_MS = 500             # a booting node asks this often whether node 1 is up
 # What a node logs when pause_minority makes it pause (rabbit_node_monitor, 3.10).
 PAUSE_LINE = "Cluster minority/secondary status detected"
 
@@ -275,27 +274,7 @@ class RabbitNode:
             "log.console = false\n"
             f"log.file = {self.log_path.name}\n"
             "log.file.level = info\n"
-            "disk_free_limit.absolute = 20MB\n"
-            + self.cluster_formation())
-
-    def cluster_formation(self) -> str:
-        """Nodes 2.. join node 1 as they boot (classic config peer discovery).
-
-        A blank node listed in ``classic_config.nodes`` joins the first of them it
-        reaches during its database boot step, retrying while node 1, booting beside
-        it, is not up yet: no ``rabbitmqctl join_cluster`` (an Erlang VM start) and no
-        stop and start of the app afterwards (on a loaded 2-core machine 30 s of wall
-        and 9 s of CPU for two nodes). Node 1 lists no peer: it forms the cluster. A
-        node restarted with its database (``restart``) rejoins from it, as before.
-        """
-        if self.index == 1:
-            return ""
-        first = self.cluster.nodes[0].name
-        limit = int(NODE_START_TIMEOUT_S / (JOIN_RETRY_MS / 1000))
-        return ("cluster_formation.peer_discovery_backend = classic_config\n"
-                f"cluster_formation.classic_config.nodes.1 = {first}\n"
-                f"cluster_formation.discovery_retry_limit = {limit}\n"
-                f"cluster_formation.discovery_retry_interval = {JOIN_RETRY_MS}\n")
+            "disk_free_limit.absolute = 20MB\n")
 
     def start(self) -> None:
         """Start the node's process (returns at once; ``wait_ready`` waits)."""
@@ -425,11 +404,18 @@ class RabbitCluster:
         return self.nodes[index - 1]
 
     def start(self) -> None:
-        """Start every node at once (nodes 2.. join node 1 as they boot: see
-        ``RabbitNode.cluster_formation``), wait until all serve MQTT in one cluster."""
+        """Start every node, join nodes 2.. to node 1, wait until all serve MQTT."""
         for node in self.nodes:
             node.start()
         try:
+            for node in self.nodes:
+                node.wait_ready()
+            first = self.nodes[0]
+            for node in self.nodes[1:]:
+                # stop_app, join_cluster and start_app in one CLI call: a CLI run is a
+                # whole Erlang VM start, the slowest step on a loaded machine.
+                node.ctl("eval", f"ok = rabbit:stop(), ok = rabbit_mnesia:join_cluster("
+                                 f"'{first.name}', disc), ok = rabbit:start().")
             for node in self.nodes:
                 node.wait_ready()
             self.wait_clustered()
