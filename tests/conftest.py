@@ -125,7 +125,11 @@ brokers_started: collections.Counter[str] = collections.Counter()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register knute's markers."""
+    """Register knute's markers (and, in a pytest-xdist worker, ``_LongFirst``)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        config.pluginmanager.register(_LongFirst(int(workerinput["workercount"])),
+                                      "knute-long-first")
     config.addinivalue_line(
         "markers", "slow: long reliability test; not run by `make test`, run by `make reliability`"
     )
@@ -156,16 +160,25 @@ LONG_FIRST: tuple[str, ...] = (
 )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests that start processes (see ``PROCESS_FIXTURES``, ``PROCESS_TESTS``);
-    under pytest-xdist, put the longest files first (``_long_first``)."""
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start processes (see ``PROCESS_FIXTURES``, ``PROCESS_TESTS``)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & PROCESS_FIXTURES or item.nodeid.startswith(PROCESS_TESTS):
             item.add_marker(pytest.mark.process)
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        items[:] = _long_first(items, int(workerinput["workercount"]))
+
+
+class _LongFirst:
+    """Under pytest-xdist, the longest files first (``_long_first``), once ``-m``/``-k``
+    have deselected what they deselect: the shares are cut from the final collection."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Reorder ``items`` for ``--dist worksteal``."""
+        items[:] = _long_first(items, self.workers)
 
 
 def _long_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
@@ -180,12 +193,13 @@ def _long_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
     """
     if workers < 2:
         return items
-    heads: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    files: dict[str, list[pytest.Item]] = {prefix: [] for prefix in LONG_FIRST}
     rest: list[pytest.Item] = []
-    slot = {prefix: n % workers for n, prefix in enumerate(LONG_FIRST)}
     for item in items:
-        prefix = item.nodeid.split("::", 1)[0]
-        (heads[slot[prefix]] if prefix in slot else rest).extend([item])
+        files.get(item.nodeid.split("::", 1)[0], rest).append(item)
+    heads: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for n, prefix in enumerate(LONG_FIRST):      # in LONG_FIRST's order, longest first
+        heads[n % workers] += files[prefix]
     ordered: list[pytest.Item] = []
     remaining, taken = len(items), 0
     for n, head in enumerate(heads):
