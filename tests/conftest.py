@@ -39,7 +39,8 @@ Markers (tiers)
     ``slow``: longer reliability tests; ``make test`` skips them (``-m "not slow"``),
     ``make reliability`` runs only them.
     ``make test`` runs the tiers together with pytest-xdist, on twice as many
-    workers as cores (``--dist worksteal``): most process tests wait.
+    workers as cores (``--dist worksteal``): most process tests wait. The longest
+    files (``LONG_FIRST``) each head a worker's share, so they start at once.
 """
 
 from __future__ import annotations
@@ -126,7 +127,11 @@ brokers_started: collections.Counter[str] = collections.Counter()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register knute's markers."""
+    """Register knute's markers (and, in a pytest-xdist worker, ``_LongFirst``)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        config.pluginmanager.register(_LongFirst(int(workerinput["workercount"])),
+                                      "knute-long-first")
     config.addinivalue_line(
         "markers", "slow: long reliability test; not run by `make test`, run by `make reliability`"
     )
@@ -143,12 +148,69 @@ def pytest_collection(session: pytest.Session) -> None:
     random.seed(COLLECTION_SEED)
 
 
+# The files with the longest wall time (seconds in a `make test` on the loaded 2-core
+# machine): under pytest-xdist each starts first on a worker of its own (``_long_first``).
+LONG_FIRST: tuple[str, ...] = (
+    "tests/reliability/test_cluster.py",          # 160 s: three RabbitMQ nodes, one per module
+    "tests/e2e/test_city_backend.py",             # 90 s
+    "tests/firmware/test_deep_sleep.py",          # 75 s
+    "tests/backend/test_backend_postgres.py",     # 70 s
+    "tests/gateway/test_sources_hostile.py",      # 65 s
+    "tests/e2e/test_downlink_gateway.py",         # 45 s
+    "tests/e2e/test_demo.py",                     # 40 s
+    "tests/gateway/test_share_process.py",        # 35 s
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests that start processes (see ``PROCESS_FIXTURES``, ``PROCESS_TESTS``)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & PROCESS_FIXTURES or item.nodeid.startswith(PROCESS_TESTS):
             item.add_marker(pytest.mark.process)
+
+
+class _LongFirst:
+    """Under pytest-xdist, the longest files first (``_long_first``), once ``-m``/``-k``
+    have deselected what they deselect: the shares are cut from the final collection."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Reorder ``items`` for ``--dist worksteal``."""
+        items[:] = _long_first(items, self.workers)
+
+
+def _long_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """``items`` reordered so that each ``LONG_FIRST`` file heads a worker's share.
+
+    ``--dist worksteal`` first hands each of the ``workers`` a contiguous share of the
+    collection (its size as computed here) and then lets an idle worker take the tail
+    of a busy one's queue. A long file at the head of a share starts at once, so it does
+    not run alone at the end of the run, and it is never taken away: the tests of a file
+    stay on one worker, which starts a module-scoped rig (the RabbitMQ cluster) once.
+    Every worker computes the same order (xdist requires it).
+    """
+    if workers < 2:
+        return items
+    files: dict[str, list[pytest.Item]] = {prefix: [] for prefix in LONG_FIRST}
+    rest: list[pytest.Item] = []
+    for item in items:
+        files.get(item.nodeid.split("::", 1)[0], rest).append(item)
+    heads: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for n, prefix in enumerate(LONG_FIRST):      # in LONG_FIRST's order, longest first
+        heads[n % workers] += files[prefix]
+    ordered: list[pytest.Item] = []
+    remaining, taken = len(items), 0
+    for n, head in enumerate(heads):
+        share = remaining // (workers - n)      # as worksteal splits the collection
+        remaining -= share
+        fill = max(0, share - len(head))
+        ordered += head + rest[taken:taken + fill]
+        taken += fill
+    return ordered + rest[taken:]
 
 
 class _ProcessStarted(BaseException):

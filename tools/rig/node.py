@@ -25,6 +25,7 @@ from typing import Any
 from knute.protocol import frame, stream
 from knute.tools.board_heap import bench_heap
 from knute.tools.rig.ptys import open_pty
+from knute.tools.rig.wait import poll_pause
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"
@@ -135,7 +136,8 @@ class BenchNode:
     def wait_line(self, pattern: str, count: int = 1, timeout: float = WAIT_S) -> str:
         """Block until the console printed ``count`` lines matching ``pattern``."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while time.monotonic() < deadline:
             hits = [line for line in list(self.lines) if regex.search(line)]
             if len(hits) >= count:
@@ -147,7 +149,8 @@ class BenchNode:
                     return hits[count - 1]
                 raise AssertionError(
                     f"node exited before printing {pattern!r}:\n{self.console()}")
-            time.sleep(0.005)
+            # every line is searched again each time: fewer polls as the wait goes on
+            time.sleep(poll_pause(time.monotonic() - started, 0.0))
         raise AssertionError(f"no {pattern!r} on the console:\n{self.console()}")
 
     def wait(self, timeout: float = WAIT_S) -> int:

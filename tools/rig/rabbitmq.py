@@ -251,7 +251,11 @@ class RabbitNode:
             "RABBITMQ_PLUGINS_EXPAND_DIR": str(self.dir / "plugins-expand"),
             # exec the VM directly: SIGTERM reaches it and stops the node cleanly.
             "RUNNING_UNDER_SYSTEMD": "true",
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-start_epmd false",
+            # No scheduler busy-waiting (Debian's rabbitmq-env sets the same; said here
+            # so the rig does not depend on it): three idle VMs spinning on a 2-core
+            # machine would take the CPU from the tests beside them.
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
+                "-start_epmd false +sbwt none +sbwtdcpu none +sbwtdio none",
             "RABBITMQ_CTL_ERL_ARGS": "-start_epmd false",
         })
         return env

@@ -16,7 +16,14 @@ from knute.gateway.errors import KnuteError
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 60.0   # an upper bound: a wait ends as soon as its condition holds
-POLL_S = 0.02
+POLL_S = 0.02              # the first polls: a condition that holds soon is seen at once
+MAX_POLL_S = 0.1           # the longest pause between two polls
+# A long wait polls less often: the pause grows to this share of the time waited so far
+# (up to MAX_POLL_S), so polling adds at most 5 % to a wait's length. Each poll of a
+# gateway's status, a log or a CLI costs CPU in the test and often in the process it asks,
+# and the suite's many waits share two cores: 20 ms polls all through a minute's wait
+# were 3000 status requests.
+POLL_SHARE = 0.05
 
 
 class WaitTimeout(KnuteError, AssertionError):
@@ -33,12 +40,25 @@ def wait_for(condition: Callable[[], T], timeout: float = DEFAULT_TIMEOUT_S,
 
     Raises ``WaitTimeout`` naming ``what`` after ``timeout`` seconds. Exceptions
     from ``condition`` pass through (a process that died says so at once).
+    Polls every ``POLL_S`` at first, then less often as the wait goes on (see
+    ``poll_pause``).
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
+        asked = time.monotonic()
         value = condition()
         if value:
             return value
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise WaitTimeout(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(POLL_S)
+        time.sleep(min(poll_pause(now - started, now - asked), max(0.0, deadline - now)))
+
+
+def poll_pause(waited_s: float, poll_s: float) -> float:
+    """The pause before the next poll after ``waited_s`` of waiting, the last poll having
+    taken ``poll_s``: ``POLL_S``, growing to ``POLL_SHARE`` of the wait (at most
+    ``MAX_POLL_S``), and never shorter than the poll itself (a condition that starts a
+    process polls at most half the time)."""
+    return max(POLL_S, min(MAX_POLL_S, POLL_SHARE * waited_s), poll_s)

@@ -1,0 +1,45 @@
+"""Under pytest-xdist the longest files head the workers' shares (tests/conftest.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from tests.conftest import LONG_FIRST, _long_first
+
+
+def _items(ids: list[str]) -> list[pytest.Item]:
+    return cast(list[pytest.Item], [SimpleNamespace(nodeid=i) for i in ids])
+
+
+def _shares(items: list[Any], workers: int) -> list[list[str]]:
+    """The contiguous shares ``--dist worksteal`` first hands the workers."""
+    ids, out = [i.nodeid for i in items], []
+    for n in range(workers):
+        size = len(ids) // (workers - n)
+        out.append(ids[:size])
+        ids = ids[size:]
+    return out
+
+
+def test_each_long_file_heads_a_share_and_nothing_is_lost() -> None:
+    cluster, city = LONG_FIRST[0], LONG_FIRST[1]
+    ids = [f"tests/a/test_{n:02}.py::t" for n in range(20)]
+    ids[5:5] = [f"{cluster}::test_{n}" for n in range(4)]
+    ids[15:15] = [f"{city}::test_leaks"]
+    ordered = _long_first(_items(ids), 4)
+    assert sorted(i.nodeid for i in ordered) == sorted(ids)
+    shares = _shares(ordered, 4)
+    assert shares[0][:4] == [f"{cluster}::test_{n}" for n in range(4)]   # one worker, first
+    assert shares[1][0] == f"{city}::test_leaks"
+    assert [len(s) for s in shares] == [6, 6, 6, 7]
+    # the other tests keep their order
+    rest = [i.nodeid for i in ordered if i.nodeid.startswith("tests/a/")]
+    assert rest == [i for i in ids if i.startswith("tests/a/")]
+
+
+def test_one_worker_keeps_the_collection_order() -> None:
+    ids = ["tests/a/test_x.py::t", f"{LONG_FIRST[0]}::t"]
+    assert [i.nodeid for i in _long_first(_items(ids), 1)] == ids
