@@ -181,7 +181,10 @@ def _through_mqtt(workdir: Path, store: Any, where: str, docs: list[dict[str, An
     config = workdir / f"backend-{store.kind}.toml"
     config.write_text(f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
                       f'client_id = "bench-{store.kind}"\n[store]\n{key} = "{where}"\n'
-                      '[water]\nevaluate_every_s = 3600\n')
+                      '[water]\nevaluate_every_s = 3600\n'
+                      # Ingest is measured, not the page: no fixed port to collide on when
+                      # two benches (or a backend already serving 8080) run on one machine.
+                      '[web]\nenabled = false\n')
     log = workdir / f"backend-{store.kind}.log"
     with log.open("wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "knute.tools.cli", "backend", "run",
