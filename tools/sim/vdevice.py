@@ -5,9 +5,10 @@ which speaks the raw REPL, raw-paste mode and soft reset exactly as
 ``shared/runtime/pyexec.c`` does on a board, with its flash directory mounted
 at "/". This module is the host side: it owns the pty, relays bytes between
 the pty and the interpreter, turns a Ctrl-C from the host into SIGINT while
-code runs (a board's UART interrupt), and starts a fresh interpreter when the
-board soft-resets, so the pty stays open across resets like a USB port. The
-real ``mpremote`` drives it as it drives a board::
+code runs (a board's UART interrupt; an interpreter that SIGINT leaves hanging
+on one of its locks comes back as interrupted, see ``_wedged``), and starts a
+fresh interpreter when the board soft-resets, so the pty stays open across
+resets like a USB port. The real ``mpremote`` drives it as it drives a board::
 
     $ knute vdevice --flash /tmp/flash &
     /dev/pts/7
