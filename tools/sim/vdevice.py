@@ -5,9 +5,10 @@ which speaks the raw REPL, raw-paste mode and soft reset exactly as
 ``shared/runtime/pyexec.c`` does on a board, with its flash directory mounted
 at "/". This module is the host side: it owns the pty, relays bytes between
 the pty and the interpreter, turns a Ctrl-C from the host into SIGINT while
-code runs (a board's UART interrupt), and starts a fresh interpreter when the
-board soft-resets, so the pty stays open across resets like a USB port. The
-real ``mpremote`` drives it as it drives a board::
+code runs (a board's UART interrupt; an interpreter that SIGINT leaves hanging
+on one of its locks comes back as interrupted, see ``_wedged``), and starts a
+fresh interpreter when the board soft-resets, so the pty stays open across
+resets like a USB port. The real ``mpremote`` drives it as it drives a board::
 
     $ knute vdevice --flash /tmp/flash &
     /dev/pts/7
@@ -57,6 +58,7 @@ EXIT_FRIENDLY = 11
 
 _QUEUE_CAP = 256 * 1024        # bytes buffered each way before applying back-pressure
 _IDLE_POLL_MS = 50             # how often to look for a host while none is connected
+_WEDGE_POLL_MS = 100           # silence after a Ctrl-C before looking for a hung interpreter
 _CTRL_C = 0x03
 
 
@@ -295,6 +297,29 @@ class VirtualBoard:
 
     # ------------------------------------------------------------ the relay
 
+    def _wedged(self) -> bool:
+        """Whether the interpreter hangs for good on a lock a Ctrl-C left held.
+
+        Both unix port builds have threads without a GIL, and such a build raises
+        KeyboardInterrupt straight from its SIGINT handler (MICROPY_ASYNC_KBD_INTR), in
+        the middle of whatever C code runs. A Ctrl-C that lands while the interpreter
+        holds one of its own locks (the qstr pool's, taken whenever code imports or
+        interns a name: a deep-sleeping bench meter does it in a tight loop) leaves that
+        lock held, and the next name it interns, the traceback's own, waits forever: no
+        output, no prompt, and mpremote says the board "did not stop for Ctrl-C". A
+        board raises its Ctrl-C between two bytecodes, never inside one, so the hang is
+        the stand-in's own. One thread waiting on a futex has nobody to wake it.
+        """
+        child = self._child
+        if child is None or child.poll() is not None:
+            return False
+        proc = Path("/proc") / str(child.pid)
+        try:
+            return (len(os.listdir(proc / "task")) == 1
+                    and "futex" in (proc / "wchan").read_text())
+        except OSError:
+            return False
+
     def _host_connected(self) -> bool:
         poller = select.poll()
         poller.register(self._master, select.POLLIN)
@@ -378,7 +403,18 @@ class VirtualBoard:
             if self._to_child:
                 poller.register(self._stdin_w, select.POLLOUT)
             timeout = None if connected else _IDLE_POLL_MS
-            for fd, events in poller.poll(timeout):
+            # After a Ctrl-C, silence while code runs may be a hung interpreter (_wedged):
+            # the board then comes back as one killed by the Ctrl-C (_restart).
+            watch = self._sigint_sent and self._note == b"X"
+            if watch:
+                timeout = _WEDGE_POLL_MS
+            ready = poller.poll(timeout)
+            if not ready and watch and self._wedged():
+                child = self._child
+                if child is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.kill()
+            for fd, events in ready:
                 if fd == self._wake_r:
                     return
                 if fd == self._master:
