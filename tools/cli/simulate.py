@@ -161,7 +161,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"clock held: simulated {start:.3f} until {args.clock_file} gives its epoch",
                   flush=True)
-        released = _await_clock_file(args.clock_file, start, lambda: stop)
+        try:
+            released = _await_clock_file(args.clock_file, start, lambda: stop)
+        except BaseException:             # a bad file or Ctrl-C while held: stop modbus-sim
+            _close(out, boards, modbus)
+            raise
         wall_start = time.time() if released is None else released    # None: stopped
         if city_info is not None:
             city_info["clock"].update(wall_start=wall_start, gateway_clock_start=(
@@ -206,14 +210,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for fwd in out.forwarders:
-            fwd.read_acks()
-        out.close()
-        for board in boards:
-            board.close()
-        if modbus is not None:
-            modbus.terminate()
-            modbus.wait(10)
+        _close(out, boards, modbus)
     summary = {
         "nodes": len(fleet.nodes),
         "simulated_s": round((time.monotonic() - wall0) * args.speed),
@@ -271,6 +268,18 @@ def _city_summary(city: Any, modbus: str | None) -> dict[str, Any]:
                    "start": datetime.fromtimestamp(leak.start, UTC).strftime(
                        "%Y-%m-%dT%H:%M:%SZ")} for leak in city.leaks],
     }
+
+
+def _close(out: Any, boards: list[Any], modbus: Any) -> None:
+    """Stop what the run started: its outputs, virtual boards and modbus-sim."""
+    for fwd in out.forwarders:
+        fwd.read_acks()
+    out.close()
+    for board in boards:
+        board.close()
+    if modbus is not None:
+        modbus.terminate()
+        modbus.wait(10)
 
 
 def _await_clock_file(path: str, start: float, stopping: Any) -> float | None:
