@@ -51,7 +51,7 @@ becomes null).
 numbers for valid TOML, so the offending table or key is searched for in the
 source text.
 
-Why one module of ~630 lines: it is the map format, in the order docs/modbus.md
+Why one module of ~700 lines: it is the map format, in the order docs/modbus.md
 describes it — the model (Register, RegisterMap, ReadBlock), the validator that
 builds it (about half the lines, one check per documented rule), and the
 conversion of registers into kind values. The validator and the model change
