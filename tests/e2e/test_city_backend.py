@@ -323,7 +323,8 @@ def test_the_citys_planted_leaks_are_raised_by_the_backend(
         assert model > 2 * LEAK_L_H and allowed < LEAK_L_H / 2, (
             model, allowed, [_around(inlet_polls, b) for b in (at, at + HOUR_S)],
             _trips(readings))
-        assert abs(hour["inflow_l"] - model) <= allowed, (hour, model, allowed)
+        assert abs(hour["inflow_l"] - model) <= allowed, (
+            hour, model, allowed, [_around(inlet_polls, b) for b in (at, at + HOUR_S)])
         assert hour["outflow_l"] == 0
         margins["mnf"] = max(margins["mnf"], abs(hour["inflow_l"] - model) / allowed)
         assert hour["loss_l"] == hour["inflow_l"] - hour["outflow_l"] - hour["households_l"]
