@@ -51,6 +51,17 @@ def _meter(port: int) -> tuple[int, int]:
     return (regs[0] << 48 | regs[1] << 32 | regs[2] << 16 | regs[3]), regs[8] << 16 | regs[9]
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM (the simulator then stops its modbus-sim), SIGKILL if it does not exit."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 def _release(path: Path, simulated: float, wall: float) -> None:
     part = path.with_suffix(".part")
     part.write_text(json.dumps({"simulated": simulated, "wall": wall}))
@@ -77,9 +88,7 @@ def test_the_clock_is_held_until_the_file_gives_its_epoch(knute_bin: str,
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _stop(proc)
 
 
 def test_a_file_for_another_start_is_one_error_line(knute_bin: str, tmp_path: Path) -> None:
@@ -91,9 +100,7 @@ def test_a_file_for_another_start_is_one_error_line(knute_bin: str, tmp_path: Pa
         _release(clock, START + 60, time.time())
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _stop(proc)
     assert proc.returncode == 2
     assert err.strip() == (f"knute simulate: --clock-file {clock}: simulated "
                            f"{START + 60:.3f} is not --start {START:.3f}"), err
