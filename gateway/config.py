@@ -177,6 +177,7 @@ class GatewayConfig:
     log_level: str = "info"
     clock_speed: float = 1.0             # simulations: receptions stamped on a faster clock
     clock_start: float | None = None     # ... running from this unix time (default: start)
+    clock_file: str | None = None        # ... or from the epoch this file gives at run time
     status_socket: str = DEFAULT_STATUS_SOCKET
     metrics_host: str | None = None
     metrics_port: int | None = None
@@ -332,6 +333,9 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
                         choices=("debug", "info", "warning", "error"))
     clock_speed = gw.number("clock_speed", 1.0, 1.0, 1e6)
     clock_start = gw.number("clock_start", None, 0.0, 1e11)
+    clock_file = _path(data_dir, gw.text("clock_file", None))
+    if clock_file is not None and clock_speed == 1.0:
+        raise gw.error("clock_file", "needs clock_speed above 1 (a simulation's clock)")
     gw.done()
 
     sp = root.table("spool") or _Table(file, "spool", {})
@@ -461,6 +465,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         drain_timeout_s=drain, log_level=log_level, status_socket=status_socket,
         clock_speed=float(clock_speed),
         clock_start=None if clock_start is None else float(clock_start),
+        clock_file=clock_file,
         metrics_host=metrics_host, metrics_port=metrics_port, mqtt=mqtt,
         serial=tuple(serial), packet_forwarders=tuple(udp), modbus=modbus, silence=silence,
         downlinks=downlinks,

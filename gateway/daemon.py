@@ -56,6 +56,7 @@ from knute.gateway.registry import Registry, Seen
 from knute.gateway.registry_watch import RegistryWatch
 from knute.gateway.rejectlog import RejectionLog
 from knute.gateway.silence import SilenceWatch
+from knute.gateway.simclock import SimulatedClock
 from knute.gateway.status import StatusServer, Tap
 
 if TYPE_CHECKING:
@@ -91,6 +92,11 @@ class Daemon:
         self.cfg = cfg
         self.counters = Counters()
         self.started_at = time.time()
+        start = cfg.clock_start if cfg.clock_start is not None else self.started_at
+        # clock_file: held at clock_start (or the daemon's start) until the file gives the epoch
+        self.sim_clock = SimulatedClock(
+            cfg.clock_speed, epoch=None if cfg.clock_file else (start, start),
+            clock_file=cfg.clock_file, held_at=start)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._queue: queue.Queue[Reception | ModbusReading] = queue.Queue(QUEUE_LIMIT)
@@ -271,8 +277,7 @@ class Daemon:
 
     def _simulated(self, t: float) -> float:
         """Wall-clock ``t`` on ``[gateway] clock_speed``'s clock (simulations only)."""
-        start = self.cfg.clock_start if self.cfg.clock_start is not None else self.started_at
-        return start + (t - start) * self.cfg.clock_speed
+        return self.sim_clock.at(t)
 
     def _modbus_reading(self, reading: ModbusReading) -> None:
         # On the poller's thread: must not block.

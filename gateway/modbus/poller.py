@@ -80,7 +80,14 @@ from knute.gateway.modbus.history import (
     update_hours,
 )
 from knute.gateway.modbus.link import CONNECT, Exchange, Failure, Link
-from knute.gateway.modbus.regmap import Image, ReadBlock, image_from_block, map_values
+from knute.gateway.modbus.regmap import (
+    CLOCK,
+    Image,
+    ReadBlock,
+    device_time,
+    image_from_block,
+    map_values,
+)
 from knute.gateway.modbus.settings import DeviceSettings, ModbusSettings
 from knute.protocol import frame as pframe
 from knute.protocol import kinds
@@ -112,8 +119,10 @@ class ModbusReading:
     <bus name>, "unit_id": <unit>, "round_trip_ms": <ms from the poll's first
     request to its last answer>}``. ``received_at`` is unix seconds (the
     poller's clock) halfway between the two: the device read its registers in
-    between, so that is off by at most half the round trip. ``at`` is a
-    monotonic reading (for a dedup window, if the caller keeps one).
+    between, so that is off by at most half the round trip. A map with a
+    ``[clock]`` stamps it with the device's own time instead, read in the same
+    answer as the registers (the receiver then has ``"clock": "device"``).
+    ``at`` is a monotonic reading (for a dedup window, if the caller keeps one).
     """
 
     frame: dict[str, Any]
@@ -413,6 +422,19 @@ class Poller:
                          cfg.unit_id)
             self._emit_condition(change)
         values, problems = map_values(rmap, image)
+        receiver: dict[str, Any] = {"source": SOURCE, "bus": cfg.bus, "unit_id": cfg.unit_id,
+                                    "round_trip_ms": round(round_trip_s * 1000.0, 1)}
+        if rmap.clock is not None:
+            meter_at = device_time(rmap, image)
+            if meter_at is None:
+                with self._lock:
+                    dev.failures[VALUE_RANGE] += 1
+                self._log_limited(cfg.device_id, VALUE_RANGE,
+                                  f"modbus {cfg.name}: its [{CLOCK}] holds no usable time; "
+                                  "the poll is stamped by the gateway")
+            else:
+                at = meter_at
+                receiver[CLOCK] = "device"
         if rmap.profile_from is not None and rmap.profile_field is not None:
             total = values.get(rmap.profile_from)
             if isinstance(total, int):
@@ -454,9 +476,7 @@ class Poller:
         reading = ModbusReading(
             frame={"kind": rmap.kind, "kind_id": rmap.kind_id, "device_id": cfg.device_id,
                    "fcnt": fcnt, "tag_len": 0, "values": values},
-            receiver={"source": SOURCE, "bus": cfg.bus, "unit_id": cfg.unit_id,
-                      "round_trip_ms": round(round_trip_s * 1000.0, 1)},
-            received_at=at, at=time.monotonic())
+            receiver=receiver, received_at=at, at=time.monotonic())
         try:
             self.on_reading(reading)
         except Exception:

@@ -35,6 +35,12 @@ the reference; ``gateway/modbus/maps/`` holds the shipped templates, read with
     from = "index"
     slots = 24
 
+    [clock]                       # optional: the device's own time, unix seconds
+    function = 3                  # read with the registers, so a poll is stamped with the
+    address = 8                   # time the device read them at (no round trip in it)
+    type = "u32"
+    scale = 1.0                   # seconds per count (0.001: milliseconds)
+
 Conversion to the wire: ``raw = round(kind_value * div / mul)`` with the kind
 field's ``mul``/``div``, so a float32 temperature of 21.53 °C becomes 215
 (``div`` 10). Values outside the kind's range are refused (a nullable field
@@ -45,7 +51,7 @@ becomes null).
 numbers for valid TOML, so the offending table or key is searched for in the
 source text.
 
-Why one module of ~630 lines: it is the map format, in the order docs/modbus.md
+Why one module of ~700 lines: it is the map format, in the order docs/modbus.md
 describes it — the model (Register, RegisterMap, ReadBlock), the validator that
 builds it (about half the lines, one check per documented rule), and the
 conversion of registers into kind values. The validator and the model change
@@ -102,11 +108,14 @@ CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("bar", "hPa"): (1000.0, 0.0),
 }
 
-_TOP_KEYS = ("device", "registers", "fixed", "profile")
+_TOP_KEYS = ("device", "registers", "fixed", "profile", "clock")
 _DEVICE_KEYS = ("model", "kind", "word_order", "byte_order", "max_gap")
 _REGISTER_KEYS = ("function", "address", "type", "word_order", "byte_order", "scale", "offset",
                   "unit", "field", "bits", "bit")
 _PROFILE_KEYS = ("from", "slots")
+_CLOCK_KEYS = ("function", "address", "type", "word_order", "byte_order", "scale", "offset")
+CLOCK = "clock"                      # the field name of a map's [clock] register
+_CLOCK_SET_AFTER = 946684800.0       # 2000-01-01: a device time before it was never set
 
 
 class MapError(KnuteError):
@@ -187,11 +196,17 @@ class RegisterMap:
     profile_field: str | None = None             # the kind's series field
     profile_slots: int = 24
     max_gap: int = 0
+    clock: Register | None = None                # the device's time (unix s), if it has one
 
     @property
     def name(self) -> str:
         """The file name without directory and extension (how configs refer to it)."""
         return Path(self.path).stem
+
+    @property
+    def read_registers(self) -> tuple[Register, ...]:
+        """Every register a poll reads: the kind's and the clock."""
+        return self.registers if self.clock is None else (*self.registers, self.clock)
 
     def reads(self, limit_registers: int = MAX_REGISTERS,
               limit_bits: int = MAX_BITS) -> list[ReadBlock]:
@@ -201,7 +216,7 @@ class RegisterMap:
         addresses apart) share one request, up to 125 registers (2000 coils).
         """
         blocks: list[ReadBlock] = []
-        for reg in sorted(self.registers, key=lambda r: (r.function, r.address)):
+        for reg in sorted(self.read_registers, key=lambda r: (r.function, r.address)):
             limit = limit_bits if reg.function in (1, 2) else limit_registers
             if blocks:
                 last = blocks[-1]
@@ -441,7 +456,8 @@ def parse_map(text: str, path: str = "<map>") -> RegisterMap:
                                 f"registers.{filled[reg.field]}")
             filled[reg.field] = rname
         registers.append(reg)
-    _check_overlaps(src, registers)
+    clock = _clock(src, data["clock"], word_order, byte_order) if "clock" in data else None
+    _check_overlaps(src, registers if clock is None else [*registers, clock])
 
     # -- [fixed]
     fixed: list[tuple[str, int]] = []
@@ -485,7 +501,31 @@ def parse_map(text: str, path: str = "<map>") -> RegisterMap:
     return RegisterMap(path=path, model=model, kind=kind_name, kind_id=kind_id,
                        registers=tuple(registers), fixed=tuple(fixed),
                        profile_from=profile_from, profile_field=profile_field,
-                       profile_slots=slots, max_gap=max_gap)
+                       profile_slots=slots, max_gap=max_gap, clock=clock)
+
+
+def _clock(src: _Source, data: Any, word_order: str, byte_order: str) -> Register:
+    """The ``[clock]`` table: a register (or two, four) holding the device's unix time."""
+    path = (CLOCK,)
+    entry = _table(src, path, data, _CLOCK_KEYS)
+    for key in ("function", "address", "type"):
+        if key not in entry:
+            raise src.error(path, f"{key} missing")
+    function = _integer(src, (*path, "function"), entry["function"], 3, 4)
+    address = _integer(src, (*path, "address"), entry["address"], 0, 0xFFFF)
+    dtype = _text(src, (*path, "type"), entry["type"], tuple(decode.TYPES))
+    if address + decode.register_count(dtype) > 0x10000:
+        raise src.error((*path, "address"), f"{dtype} at {address} runs past address 65535")
+    scale = _number(src, (*path, "scale"), entry.get("scale", 1.0))
+    if scale <= 0:
+        raise src.error((*path, "scale"), "must be positive (seconds per count)")
+    return Register(name=CLOCK, field=CLOCK, function=function, address=address, dtype=dtype,
+                    word_order=_text(src, (*path, "word_order"),
+                                     entry.get("word_order", word_order), decode.ORDERS),
+                    byte_order=_text(src, (*path, "byte_order"),
+                                     entry.get("byte_order", byte_order), decode.ORDERS),
+                    scale=scale, offset=_number(src, (*path, "offset"), entry.get("offset", 0.0)),
+                    unit="s", line=src.line_of(*path))
 
 
 def _register(src: _Source, rpath: tuple[str, ...], rname: str, entry: dict[str, Any],
@@ -578,10 +618,15 @@ def _check_overlaps(src: _Source, registers: list[Register]) -> None:
     for prev, reg in itertools.pairwise(ordered):
         if prev.function == reg.function and reg.address < prev.end:
             later, earlier = (reg, prev) if reg.line >= prev.line else (prev, reg)
-            raise src.error(("registers", later.name),
+            raise src.error(_table_path(later),
                             f"{FUNCTIONS[later.function]} {later.address}..{later.end - 1} "
-                            f"overlap registers.{earlier.name} "
+                            f"overlap {'.'.join(_table_path(earlier))} "
                             f"({earlier.address}..{earlier.end - 1})")
+
+
+def _table_path(reg: Register) -> tuple[str, ...]:
+    """Where ``reg`` is in the map: ``[clock]`` or ``[registers.<name>]``."""
+    return (CLOCK,) if reg.field == CLOCK else ("registers", reg.name)
 
 
 # ---------------------------------------------------------------- registers -> kind values
@@ -631,3 +676,19 @@ def map_values(rmap: RegisterMap, image: Image) -> tuple[dict[str, Any], list[st
             continue
         values[reg.field] = raw
     return values, problems
+
+
+def device_time(rmap: RegisterMap, image: Image) -> float | None:
+    """The device's own time (unix seconds) from its ``[clock]`` register, or None.
+
+    None also when the map has no clock or the register holds no usable time
+    (not finite, or not after 2000-01-01: a clock that was never set).
+    """
+    reg = rmap.clock
+    if reg is None:
+        return None
+    words = [image[(reg.function, a)] for a in range(reg.address, reg.end)]
+    value = float(physical_value(reg, words))
+    if not math.isfinite(value) or value < _CLOCK_SET_AFTER:
+        return None
+    return value

@@ -7,15 +7,20 @@ Two districts of 20 households run at 7,200 simulated seconds a second from
 seven or eight days ago (``--start``: the backend evaluates its districts as of the wall
 clock, so the simulated hours must stay behind it). The simulator starts
 ``knute modbus-sim`` with the bulk meters (units 1..3) on the same simulated
-clock, and the gateway runs on it too (``[gateway] clock_speed`` and
-``clock_start``): its serial source stamps the households' frames, and its
-Modbus poller its polls and their hourly profile, with simulated time. The
-gateway starts first and the city's clock when it is up (``--wall-start``),
-however long a loaded machine takes to start it. A poll is stamped halfway
-between its request and the answer, so off by at most half the round trip
-the gateway publishes with it (at 7,200 times the clock each millisecond of
-it is 3.6 simulated seconds of flow): every allowance for the polls' timing
-below comes from the round trips measured there. Every leak is in ``dma01``
+clock, and the gateway runs on it too (``[gateway] clock_speed``): its serial
+source stamps the households' frames with simulated time. The city's clock is
+held at ``--start`` until every process is up (the gateway's sources open, every
+bulk meter answering, the simulator's pty and modbus-sim listening): then the
+test writes the clock file the gateway (``[gateway] clock_file``) and the
+simulator (``--clock-file``) wait on, and both clocks run from the same
+instant, however long a loaded machine took to start them. The bulk meters
+keep their own time (``bulk_water_meter``'s ``[clock]``, whole simulated
+seconds, read in the same answer as the totaliser), so the gateway stamps a
+poll with the time the meter read its totaliser at, off by at most half a
+second of the meter's clock, not by half the poll's round trip (at 7,200
+times the clock each millisecond of that is 3.6 simulated seconds of flow):
+every allowance for the polls' timing below comes from that resolution.
+Every leak is in ``dma01``
 (``--leak-district``): a 500 L/h leak behind one household's meter and a
 500 L/h leak in the mains between the inlet meter and the households, both
 starting after three quiet nights. ``dma02`` (an inlet and an outlet meter) has none.
@@ -54,7 +59,7 @@ from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.subscriber import Subscriber
 from knute.tools.rig.wait import WaitTimeout, wait_for
 from knute.tools.sim.city import DAY_S, City, city_from_args
-from knute.tools.sim.city_nodes import bulk_units, gateway_clock_start
+from knute.tools.sim.city_nodes import bulk_units
 from tests.conftest import Broker, free_port
 
 SPEED = 7200.0
@@ -64,8 +69,8 @@ LEAK_L_H = 500.0
 POLL_S = 0.25          # two polls a simulated hour
 START_H = 6            # the run starts 06:00 UTC: the first night (01-03 UTC) is 19 h in
 LEAK_AFTER_H = 70      # 04:00 UTC after the third night
-LEAD_S = 5.0           # the gateway's start-up, and the simulator's SIM_SETUP_S after it
-SIM_SETUP_S = 1.0
+RELEASE_S = 0.5        # the clock file's wall time is this far ahead when it is written
+METER_CLOCK_S = 1.0    # bulk_water_meter's [clock]: whole seconds, rounded by the meter
 
 
 def _city(start: float) -> City:
@@ -74,19 +79,14 @@ def _city(start: float) -> City:
     return city_from_args(args, SEED, start)
 
 
-def _wall_at(clock_start: float, simulated: float) -> float:
-    """The wall time at which a gateway's clock (``clock_speed`` SPEED) reads ``simulated``."""
-    return clock_start + (simulated - clock_start) / SPEED
-
-
 def _gateway_config(workdir: Path, broker: Broker, link: Path, status_socket: str,
-                    clock_start: float, modbus: str, city: City) -> str:
+                    clock_file: Path, modbus: str, city: City) -> str:
     devices = "".join(f"""
 [[modbus.device]]
 bus = "city-bulk"
 unit_id = {unit}
 device_id = "{device}"
-map = "generic_water_meter"
+map = "bulk_water_meter"
 interval_s = {POLL_S}
 """ for unit, _, _, device in bulk_units(city))
     return f"""
@@ -95,7 +95,8 @@ id = "city"
 data_dir = "{workdir}"
 registry = "registry.db"
 clock_speed = {SPEED}
-clock_start = {clock_start}
+clock_start = {city.start}
+clock_file = "{clock_file}"
 
 [spool]
 path = "spool.db"
@@ -132,10 +133,9 @@ def _backend_config(broker: Broker, districts: Sequence[Any]) -> str:
     # The readings' time is days behind the wall clock the backend evaluates on:
     # no meter is silent for that. A bulk meter's hour boundary is interpolated
     # between polls half an hour apart, across the change of flow at the
-    # boundary, and a poll's time is known to half its round trip (a minute of
-    # simulated flow per 17 ms): a night's loss moves by some L/h from night to
-    # night, so a rise counts from 20 L/h here (5 by default, tuned on the
-    # model's series); the pipe leak is 500.
+    # boundary (a poll's time is the meter's own, to half a second): a night's
+    # loss moves by some L/h from night to night, so a rise counts from 20 L/h
+    # here (5 by default, tuned on the model's series); the pipe leak is 500.
     return f"""
 [mqtt]
 host = "{broker.host}"
@@ -156,17 +156,30 @@ port = 0
 {tables}"""
 
 
-def _read_clock(sim: subprocess.Popen[str]) -> tuple[float, float, float]:
-    """(simulated start, wall start, the gateway's clock_start) from the simulator's lines."""
+def _read_line(sim: subprocess.Popen[str], pattern: str) -> tuple[float, ...]:
+    """The numbers of the simulator's first line (of ten) matching ``pattern``."""
     assert sim.stdout is not None
+    line = ""
     for _ in range(10):
         line = sim.stdout.readline()
-        found = re.match(r"city clock: simulated (\S+) at wall (\S+), speed \S+ "
-                         r"\(a gateway on it: clock_speed = \S+, clock_start = (\S+)\)", line)
+        found = re.match(pattern, line)
         if found:
-            sim_start, wall, clock_start = (float(v) for v in found.groups())
-            return sim_start, wall, clock_start
-    raise AssertionError(f"no city clock line: {line!r}; {sim.stderr and sim.stderr.read()}")
+            return tuple(float(v) for v in found.groups())
+    raise AssertionError(f"no line {pattern!r}: {line!r}; {sim.stderr and sim.stderr.read()}")
+
+
+def _release(clock_file: Path, simulated: float, wall: float) -> None:
+    """Write the clock file whole (a temporary name, then a rename)."""
+    part = clock_file.with_suffix(".part")
+    part.write_text(json.dumps({"simulated": simulated, "wall": wall}))
+    part.rename(clock_file)
+
+
+def _up(gateway: GatewayProcess, meters: int) -> bool:
+    """The gateway's sources open and every bulk meter answering its polls."""
+    sources = gateway.try_status().get("sources", {})
+    return bool(sources) and all(s.get("state") == "open" for s in sources.values()) \
+        and sources.get("modbus", {}).get("online") == meters
 
 
 def _stop(sim: subprocess.Popen[str]) -> None:
@@ -192,14 +205,11 @@ def test_the_citys_planted_leaks_are_raised_by_the_backend(
         knute_bin: Path, mosquitto: Broker, tmp_path: Path) -> None:
     day0 = int(time.time() - 8 * DAY_S) // DAY_S * DAY_S
     start = float(day0 + START_H * HOUR_S)
-    # The gateway is up before the city's clock runs (a gateway that starts late on a
-    # loaded machine misses the first nights, and the backend a baseline): it starts
-    # on a clock that reaches ``start`` in LEAD_S, or a simulated day later when it
-    # took longer than that to answer (at most one: the run stays in the nine days of
-    # history the backend evaluates).
-    clock_start = gateway_clock_start(start, time.time() + LEAD_S, SPEED)
-    assert clock_start is not None
-    city = _city(start)               # its districts and meters do not depend on the start
+    # The city's clock stands at ``start`` until the gateway and the simulator are up
+    # (a process that starts late on a loaded machine would miss the first nights, and
+    # the backend a baseline): the run stays in the nine days of history the backend
+    # evaluates however long they take.
+    city = _city(start)
     backend = BackendProcess(tmp_path / "backend")
     backend.write_config(_backend_config(mosquitto, city.districts))
     alerts = Subscriber(mosquitto.host, mosquitto.port, "knute/alert/#",
@@ -210,20 +220,17 @@ def test_the_citys_planted_leaks_are_raised_by_the_backend(
     gw_dir.mkdir()
     gateway = GatewayProcess(gw_dir)
     link = tmp_path / "radio"
+    clock_file = tmp_path / "city-clock.json"
     modbus = f"127.0.0.1:{free_port()}"
     sim: subprocess.Popen[str] | None = None
     try:
         backend.start()
+        launched = time.monotonic()
         gateway.write_config(_gateway_config(gw_dir, mosquitto, link, gateway.status_socket,
-                                             clock_start, modbus, city))
+                                             clock_file, modbus, city))
         gateway.start(wait_sources=False)          # its pty and modbus-sim come next
-        if _wall_at(clock_start, start) < time.time() + SIM_SETUP_S:
-            start += DAY_S
-        wall = _wall_at(clock_start, start)
-        early_h = (wall - time.time()) * SPEED / HOUR_S
+        gateway_s = time.monotonic() - launched
         leak_start = start + LEAK_AFTER_H * HOUR_S
-        first, city = city, _city(start)
-        assert bulk_units(city) == bulk_units(first) and city.districts == first.districts
         household = next(x for x in city.leaks if x.where == "household")
         pipe = next(x for x in city.leaks if x.where == "pipe")
         leaky, dry = city.districts
@@ -232,19 +239,31 @@ def test_the_citys_planted_leaks_are_raised_by_the_backend(
             [str(knute_bin), "simulate", "--city", "--districts", "2", "--households", "20",
              "--leaks", f"{LEAK_L_H:g}", "--leak-start", str(leak_start),
              "--leak-district", "dma01", "--seed", str(SEED), "--start", str(start),
-             "--speed", str(SPEED), "--wall-start", repr(wall), "--for", str(RUN_S),
+             "--speed", str(SPEED), "--clock-file", str(clock_file), "--for", str(RUN_S),
              "--serial-pty", str(link),
              "--modbus", modbus, "--registry", str(gw_dir / "registry.db")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        sim_start, sim_wall, sim_clock_start = _read_clock(sim)
-        assert sim_start == start and abs(sim_wall - wall) < 0.002, (sim_start, sim_wall)
-        assert abs(sim_clock_start - clock_start) < 0.002, (sim_clock_start, clock_start)
-        # Set up (modbus-sim listening) this many simulated hours before its clock ran:
-        setup_h = (wall - time.time()) * SPEED / HOUR_S
-        wait_for(lambda: link.exists() or sim.poll() is not None, 30, "the simulator's pty")
+        held, = _read_line(sim, r"clock held: simulated (\S+) until ")
+        assert held == start, (held, start)
+        sim_s = time.monotonic() - launched
+        meters = len(bulk_units(city))
+        try:
+            wait_for(lambda: _up(gateway, meters) or sim.poll() is not None, 120,
+                     "the gateway's sources open and the bulk meters answering")
+        except WaitTimeout as exc:
+            raise AssertionError(f"{exc}: {gateway.try_status().get('sources')}\n"
+                                 + gateway.log_tail()) from None
         assert sim.poll() is None, sim.communicate()
-        started = (f"the gateway was up {early_h:.1f} simulated hours before the city's "
-                   f"clock ran, the simulator {setup_h:.1f}")
+        up_s = time.monotonic() - launched
+        wall = time.time() + RELEASE_S
+        _release(clock_file, start, wall)
+        sim_start, sim_wall, _ = _read_line(
+            sim, r"city clock: simulated (\S+) at wall (\S+), speed \S+ "
+                 r"\(a gateway on it: clock_speed = \S+, clock_start = (\S+)\)")
+        assert sim_start == start and abs(sim_wall - wall) < 0.002, (sim_start, sim_wall)
+        started = (f"the city's clock held {up_s:.1f} s of wall time ({up_s * SPEED / HOUR_S:.0f}"
+                   f" simulated hours) until the gateway answered ({gateway_s:.1f} s), the "
+                   f"simulator was set up ({sim_s:.1f} s) and every bulk meter was polled")
 
         def raised() -> bool:
             return all(_open(alerts, name, subject) for name, subject in (
@@ -277,6 +296,8 @@ def test_the_citys_planted_leaks_are_raised_by_the_backend(
         alerts.close()
         readings.close()
     print(f"{started}; {_trips(readings)}")
+    # Every poll was stamped with its meter's time (bulk_water_meter has a [clock]).
+    assert all(rx.get("clock") == "device" for rx in _modbus_receivers(readings))
     assert summary["counters"].get("bad", 0) == 0 and summary["readings"] > 40 * 4
     assert summary["counters"].get("unassigned", 0) == 0
     # The household leak: its own meter's hours as evidence, each with the leak's water.
@@ -291,7 +312,7 @@ def test_the_citys_planted_leaks_are_raised_by_the_backend(
     inlet_polls = _polls(readings)[leaky.inflow]
     # Both leaks run through the inlet (1,000 L/h and the night's use): each hour's
     # inflow is the model's within what interpolating its boundaries allows
-    # (``_boundary_slack``, with the polls' measured timing), less than half a leak.
+    # (``_boundary_slack``, with the polls' timing), less than half a leak.
     assert min(h["inflow_l"] for h in mnf["evidence"]) - mnf["value"] < 50, mnf
     for hour in mnf["evidence"]:
         at = int(parse_utc(hour["hour"]))
@@ -302,7 +323,8 @@ def test_the_citys_planted_leaks_are_raised_by_the_backend(
         assert model > 2 * LEAK_L_H and allowed < LEAK_L_H / 2, (
             model, allowed, [_around(inlet_polls, b) for b in (at, at + HOUR_S)],
             _trips(readings))
-        assert abs(hour["inflow_l"] - model) <= allowed, (hour, model, allowed)
+        assert abs(hour["inflow_l"] - model) <= allowed, (
+            hour, model, allowed, [_around(inlet_polls, b) for b in (at, at + HOUR_S)])
         assert hour["outflow_l"] == 0
         margins["mnf"] = max(margins["mnf"], abs(hour["inflow_l"] - model) / allowed)
         assert hour["loss_l"] == hour["inflow_l"] - hour["outflow_l"] - hour["households_l"]
@@ -340,10 +362,14 @@ def test_the_citys_planted_leaks_are_raised_by_the_backend(
           f"boundaries within {margins['timing_h'] * 60:.1f} simulated minutes")
 
 
+def _modbus_receivers(readings: Subscriber) -> list[dict[str, Any]]:
+    return [rx for message in readings.messages() for rx in message.doc()["receivers"]
+            if rx["source"] == "modbus"]
+
+
 def _trips(readings: Subscriber) -> str:
     """The bulk meters' poll round trips in a line (the test's figures, or why it failed)."""
-    trips = sorted(half * 2 / SPEED * 1000 for polls in _polls(readings).values()
-                   for _, half in polls)
+    trips = sorted(rx["round_trip_ms"] for rx in _modbus_receivers(readings))
     if not trips:
         return "no polls"
     return (f"{len(trips)} polls, round trip median {trips[len(trips) // 2]:.1f} ms, "
@@ -368,20 +394,23 @@ def _nights(root: Path, city: City) -> str:
 
 
 def _polls(readings: Subscriber) -> dict[str, list[tuple[float, float]]]:
-    """(time, half the round trip in s) of each device's polls by device, in time order.
+    """(time, how far its stamp may be off in s) of each device's polls, in time order.
 
-    The gateway stamps a poll halfway between its request and the answer, and the
-    simulator read its totaliser in between: the stamp is off by at most half the
-    round trip it published (``round_trip_ms``, wall time), on the simulated clock
-    SPEED times that. Radio devices have none.
+    A bulk meter's poll (``"clock": "device"``) is stamped with the meter's own
+    time, read in the same answer as its totaliser: off by at most half a tick of
+    its clock. Without it the gateway stamps a poll halfway between its request
+    and the answer, and the meter read its totaliser in between: off by at most
+    half the round trip it published (``round_trip_ms``, wall time), on the
+    simulated clock SPEED times that. Radio devices have none.
     """
     out: dict[str, list[tuple[float, float]]] = {}
     for message in readings.messages():
         doc = message.doc()
         for rx in doc["receivers"]:
             if rx["source"] == "modbus":
-                out.setdefault(doc["device"], []).append(
-                    (parse_utc(doc["received_at"]), rx["round_trip_ms"] / 1000 * SPEED / 2))
+                half = METER_CLOCK_S / 2 if rx.get("clock") == "device" \
+                    else rx["round_trip_ms"] / 1000 * SPEED / 2
+                out.setdefault(doc["device"], []).append((parse_utc(doc["received_at"]), half))
     return {device: sorted(polls) for device, polls in out.items()}
 
 
@@ -485,7 +514,7 @@ def _boundary_slack(city: City, district: str, side: int,
     (gateway/modbus/history.py): off by at most a quarter of their gap times
     the change of flow there (a gap over an hour: the first poll after it, off
     by all the flow since), and by the flow over the time the two polls'
-    stamps may be off (``_poll_timing``: half their round trips).
+    stamps may be off (``_poll_timing``: half a tick of the meter's clock).
     """
     before, after = (_bulk_l(city, district, side, boundary + k * HOUR_S) for k in (-1, 0))
     at = bisect.bisect_left(polls, (boundary, 0.0))
@@ -497,7 +526,8 @@ def _boundary_slack(city: City, district: str, side: int,
 
 
 def _around(polls: Sequence[tuple[float, float]], boundary: int) -> str:
-    """The polls around ``boundary``: simulated minutes from it and wall round trip (ms)."""
+    """The polls around ``boundary``: simulated minutes from it and how far (s) its stamp
+    may be off."""
     at = bisect.bisect_left(polls, (boundary, 0.0))
-    return ", ".join(f"{(t - boundary) / 60:+.0f} min ({half * 2 / SPEED * 1000:.0f} ms)"
+    return ", ".join(f"{(t - boundary) / 60:+.0f} min (±{half:g} s)"
                      for t, half in polls[max(0, at - 2):at + 2])

@@ -93,7 +93,7 @@ def test_commented_modbus_example_parses() -> None:
     (('map = "generic_water_meter"', 'map = "nosuch.toml"'), r"nosuch\.toml: cannot read"),
     (('map = "generic_water_meter"', 'map = "nosuch_meter"'),
      r"modbus\.device\[0\]\.map: 'nosuch_meter' is neither a \.toml file nor a shipped "
-     r"register map \(shipped: generic_air_station, generic_water_meter\)"),
+     r"register map \(shipped: bulk_water_meter, generic_air_station, generic_water_meter\)"),
 ])
 def test_modbus_table_errors_name_file_and_key(tmp_path: Path, edit: tuple[str, str],
                                               message: str) -> None:

@@ -59,7 +59,7 @@ def _write(tmp_path: Path, text: str) -> str:
 
 def test_shipped_maps_load() -> None:
     names = shipped_maps()
-    assert names == ["generic_air_station", "generic_water_meter"]
+    assert names == ["bulk_water_meter", "generic_air_station", "generic_water_meter"]
     water = load_map(resolve_map_path("generic_water_meter"))
     air = load_map(resolve_map_path("generic_air_station"))
     assert (water.kind, air.kind) == ("water_meter", "air_quality")

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from knute.gateway.simclock import SimulatedClock
 from knute.protocol import frame, stream
 from knute.protocol.errors import FrameError
 from knute.tools.sim.city import city_from_args
@@ -43,19 +44,25 @@ def test_city_frames_and_bulk_meters_follow_one_model(knute_bin: str, tmp_path: 
         # The inlet of dma01 (unit 1): its totaliser is the city model's, at the sim time.
         args = argparse.Namespace(districts=2, households=4, leaks="500", leak_start=None)
         city = city_from_args(args, 9, start)
-        rmap = load_map(resolve_map_path("generic_water_meter", os.getcwd()))
+        rmap = load_map(resolve_map_path("bulk_water_meter", os.getcwd()))
         model = CityBulkUnit(1, rmap, random.Random(1), city, "dma01", "inflow",
-                             start, wall_start, speed)
+                             SimulatedClock(speed, epoch=(start, wall_start)))
         client = ModbusTcpClient("127.0.0.1", port=port)
         assert client.connect()  # type: ignore[no-untyped-call]
         readings = []
         for _ in range(3):
             before = start + (time.time() - wall_start) * speed
-            regs = client.read_holding_registers(0, count=4, device_id=1).registers
+            regs = client.read_holding_registers(0, count=10, device_id=1).registers
             after = start + (time.time() - wall_start) * speed
             index = (regs[0] << 48) | (regs[1] << 32) | (regs[2] << 16) | regs[3]
             readings.append(index)
             assert model.index_at(before)[0] - 1 <= index <= model.index_at(after)[0] + 1
+            # The meter's clock (bulk_water_meter's [clock]): the simulated second the
+            # totaliser was read at.
+            meter_time = regs[8] << 16 | regs[9]
+            assert before - 0.5 <= meter_time <= after + 0.5
+            assert model.index_at(meter_time - 0.5)[0] - 1 <= index \
+                <= model.index_at(meter_time + 0.5)[0] + 1
             time.sleep(0.5)
         client.close()  # type: ignore[no-untyped-call]
         assert readings[0] > BULK_START_INDEX_L and readings[-1] > readings[0]

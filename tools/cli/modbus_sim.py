@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "modbus-sim") -> 
     parser.add_argument("--city-clock", default=None, metavar="START:WALL:SPEED",
                         help="with --city: simulated unix time START at wall time WALL, "
                         "SPEED simulated seconds per second (default: now, now, 1)")
+    parser.add_argument("--city-clock-file", default=None, metavar="FILE",
+                        help="with --city-clock: the clock stands at START until FILE gives "
+                        'its epoch, {"simulated": START, "wall": <unix s>} (WALL is then '
+                        "not used; see knute simulate --clock-file)")
     from knute.tools.sim.city import add_city_arguments
 
     add_city_arguments(parser)
@@ -109,6 +113,7 @@ def _city_units(args: argparse.Namespace, rng: random.Random) -> dict[int, SimUn
     import time
 
     from knute.gateway.modbus.regmap import load_map, resolve_map_path
+    from knute.gateway.simclock import SimulatedClock
     from knute.tools.sim.city import city_from_args
     from knute.tools.sim.city_nodes import CityBulkUnit, bulk_units
 
@@ -120,10 +125,15 @@ def _city_units(args: argparse.Namespace, rng: random.Random) -> dict[int, SimUn
         except ValueError:
             raise KnuteError(f"--city-clock {args.city_clock!r}: expected "
                              "START:WALL:SPEED") from None
+    if args.city_clock_file and not args.city_clock:
+        raise KnuteError("--city-clock-file needs --city-clock (its START and SPEED)")
     city = city_from_args(args, args.city, start)
-    rmap = load_map(resolve_map_path("generic_water_meter", os.getcwd()))
+    # The city's bulk meters keep their own time: a poll is stamped with it.
+    rmap = load_map(resolve_map_path("bulk_water_meter", os.getcwd()))
+    clock = SimulatedClock(speed, epoch=None if args.city_clock_file else (start, wall),
+                           clock_file=args.city_clock_file, held_at=start)
     return {unit: CityBulkUnit(unit, rmap, random.Random(rng.random()), city, district, side,
-                               start, wall, speed)
+                               clock)
             for unit, district, side, _device in bulk_units(city)}
 
 

@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="wall-clock time at which the simulated clock reads --start "
                         "(default: now); a later time holds the run until then, so that "
                         "what consumes it (a gateway on the city's clock) can be up first")
+    parser.add_argument("--clock-file", default=None, metavar="FILE",
+                        help="hold the simulated clock at --start, once set up (pty, registry, "
+                        "modbus-sim listening), until FILE gives its epoch: "
+                        '{"simulated": <--start>, "wall": <unix s>}, written (atomically) '
+                        "when every process of the run is up; a gateway with [gateway] "
+                        "clock_file on the same file starts its clock with it")
     parser.add_argument("--for", dest="duration", type=float, default=None,
                         help="stop after this many real seconds (default: until Ctrl-C)")
     parser.add_argument("--serial-pty", metavar="LINK",
@@ -94,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         raise KnuteError("--modbus serves the bulk meters of --city: give --city")
     if args.speed <= 0:
         raise KnuteError("--speed must be positive")
+    if args.clock_file is not None and (args.wall_start is not None or args.start is None):
+        raise KnuteError("--clock-file needs --start (where the clock is held) and no "
+                         "--wall-start (the file gives it)")
     wall_start = time.time() if args.wall_start is None else args.wall_start
     start = wall_start if args.start is None else args.start
     city_info: dict[str, Any] | None = None
@@ -148,6 +157,19 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     if out.pty_link and not args.json:
         print(f"serial: {out.pty_link} -> {os.readlink(out.pty_link)}", flush=True)
+    if args.clock_file is not None:
+        if not args.json:
+            print(f"clock held: simulated {start:.3f} until {args.clock_file} gives its epoch",
+                  flush=True)
+        try:
+            released = _await_clock_file(args.clock_file, start, lambda: stop)
+        except BaseException:             # a bad file or Ctrl-C while held: stop modbus-sim
+            _close(out, boards, modbus)
+            raise
+        wall_start = time.time() if released is None else released    # None: stopped
+        if city_info is not None:
+            city_info["clock"].update(wall_start=wall_start, gateway_clock_start=(
+                gateway_clock_start(start, wall_start, args.speed)))
     if city_info is not None and not args.json:
         clock_start = city_info["clock"]["gateway_clock_start"]
         print(f"city clock: simulated {start:.3f} at wall {wall_start:.3f}, "
@@ -166,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
                   f"from {leak['start']}", flush=True)
     sent = valid = 0
     wall0 = time.monotonic()
-    if args.city or args.wall_start is not None:
+    if args.city or args.wall_start is not None or args.clock_file is not None:
         # The clock reads ``start`` at wall_start (modbus-sim runs on it too), set up
         # since then or to come (--wall-start: nothing is due before it).
         wall0 -= time.time() - wall_start
@@ -188,14 +210,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for fwd in out.forwarders:
-            fwd.read_acks()
-        out.close()
-        for board in boards:
-            board.close()
-        if modbus is not None:
-            modbus.terminate()
-            modbus.wait(10)
+        _close(out, boards, modbus)
     summary = {
         "nodes": len(fleet.nodes),
         "simulated_s": round((time.monotonic() - wall0) * args.speed),
@@ -255,6 +270,39 @@ def _city_summary(city: Any, modbus: str | None) -> dict[str, Any]:
     }
 
 
+def _close(out: Any, boards: list[Any], modbus: Any) -> None:
+    """Stop what the run started: its outputs, virtual boards and modbus-sim."""
+    for fwd in out.forwarders:
+        fwd.read_acks()
+    out.close()
+    for board in boards:
+        board.close()
+    if modbus is not None:
+        modbus.terminate()
+        modbus.wait(10)
+
+
+def _await_clock_file(path: str, start: float, stopping: Any) -> float | None:
+    """The wall time the clock file at ``path`` starts the clock at (it must hold ``start``).
+
+    None if ``stopping()`` turned true first (SIGTERM while held).
+    """
+    from knute.gateway.simclock import POLL_S, ClockFileError, read_clock_file
+
+    while not stopping():
+        try:
+            epoch = read_clock_file(path)
+        except ClockFileError as exc:
+            raise KnuteError(f"--clock-file {exc}") from None
+        if epoch is not None:
+            if abs(epoch[0] - start) > 1e-3:
+                raise KnuteError(f"--clock-file {path}: simulated {epoch[0]:.3f} is not "
+                                 f"--start {start:.3f}")
+            return epoch[1]
+        time.sleep(POLL_S)
+    return None
+
+
 def _start_modbus(args: argparse.Namespace, start: float, wall_start: float) -> Any:
     """``knute modbus-sim`` serving the city's bulk meters on the same simulated clock."""
     import select
@@ -263,6 +311,7 @@ def _start_modbus(args: argparse.Namespace, start: float, wall_start: float) -> 
     command = [sys.executable, "-m", "knute.tools.cli", "modbus-sim", "--tcp", args.modbus,
                "--json",
                "--city", str(args.seed), "--city-clock", f"{start}:{wall_start}:{args.speed}",
+               *(["--city-clock-file", args.clock_file] if args.clock_file else []),
                "--districts", str(args.districts), "--households", str(args.households),
                "--leaks", args.leaks, "--seed", str(args.seed)]
     if args.leak_start is not None:

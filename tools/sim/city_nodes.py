@@ -11,9 +11,9 @@ so the backend can balance each district from both sides.
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
+from knute.gateway.simclock import SimulatedClock
 from knute.tools.sim.city import DAY_S, HOUR_S, City
 from knute.tools.sim.fleet import Fleet, MeterNode
 from knute.tools.sim.modbus import SimUnit
@@ -86,23 +86,20 @@ def gateway_clock_start(sim_start: float, wall_start: float, speed: float) -> fl
 class CityBulkUnit(SimUnit):
     """A ``knute modbus-sim`` unit that is one bulk meter of the city.
 
-    Simulated time is ``start`` (unix s) at the wall-clock time ``wall_start``
-    and runs ``speed`` times the wall clock, so a separate ``knute simulate``
-    process given the same pair runs the households on the same clock. The
-    totaliser is the meter's litres since the city's first hour, the flow the
-    running hour's.
+    ``clock`` is the city's (its epoch given, or held until a clock file gives
+    it), so a separate ``knute simulate`` process on the same clock runs
+    the households in step. The totaliser is the meter's litres since the
+    city's first hour, the flow the running hour's, and the meter's own clock
+    (the map's ``[clock]``) the simulated time both were read at.
     """
 
     def __init__(self, unit_id: int, rmap: Any, rng: random.Random, city: City,
-                 district: str, side: str, start: float, wall_start: float,
-                 speed: float) -> None:
+                 district: str, side: str, clock: SimulatedClock) -> None:
         super().__init__(unit_id, rmap, rng, set())
         self.city = city
         self.district = district
         self.side = 0 if side == "inflow" else 1
-        self.sim_start = start
-        self.wall_start = wall_start
-        self.speed = speed
+        self.clock = clock
         self._days: dict[int, list[float]] = {}
 
     def _hours(self, day: int) -> list[float]:
@@ -126,7 +123,7 @@ class CityBulkUnit(SimUnit):
     def step(self) -> dict[str, float]:
         """The readings at the simulated time now (the other fields as ``SimUnit``)."""
         readings = super().step()
-        now = self.sim_start + (time.time() - self.wall_start) * self.speed
+        now = self.time_s = self.clock.now()
         index, flow = self.index_at(now)
         readings.update(index=index, max_flow=flow)
         return readings

@@ -77,6 +77,7 @@ class SimUnit:
         self.alarms = alarms
         self.started = time.monotonic()
         self.last = self.started
+        self.time_s = time.time()
         self.index_l = rng.uniform(1e5, 5e6)
         self.flow_m3h = rng.uniform(8.0, 30.0)
         self.pm2_5 = rng.uniform(4.0, 25.0)
@@ -90,6 +91,7 @@ class SimUnit:
 
     def step(self) -> dict[str, float]:
         """Advance the simulation to now; the readings in the kind's units by field name."""
+        self.time_s = time.time()       # the device's clock ([clock] in a map)
         now = time.monotonic()
         dt = max(0.0, now - self.last)
         self.last = now
@@ -146,6 +148,13 @@ class SimUnit:
                                             reg.word_order, reg.byte_order)
             for pos, word in enumerate(words):
                 out[(reg.function, reg.address + pos)] = word
+        clock = self.map.clock
+        if clock is not None:      # read at the same step as the registers above
+            stored = (self.time_s - clock.offset) / clock.scale
+            for pos, word in enumerate(decode.encode_value(_fit(stored, clock.dtype),
+                                                           clock.dtype, clock.word_order,
+                                                           clock.byte_order)):
+                out[(clock.function, clock.address + pos)] = word
         return out
 
 
@@ -169,7 +178,7 @@ def _sim_device(unit: SimUnit | None, unit_id: int, faults: Faults,
 
     spans: dict[int, tuple[int, int]] = {}
     if unit is not None:
-        for reg in unit.map.registers:
+        for reg in unit.map.read_registers:
             lo, hi = spans.get(reg.function, (reg.address, reg.end))
             spans[reg.function] = (min(lo, reg.address), max(hi, reg.end))
     blocks: list[list[Any]] = []
