@@ -6,7 +6,9 @@ several readings merge by timestamp and never add up twice. Rules:
 
 - ``measured``: the hour is a complete profile slot of some reading (a slot is
   complete when it ended no later than ``ANCHOR_TOLERANCE_S`` after the reading
-  was received). Several readings with the same hour: the latest received wins.
+  was received, except a polled Modbus meter's newest slot, which is the hour
+  still running however close to its end the poll came). Several readings with
+  the same hour: the latest received wins.
 - An *anchor* is the index at an hour boundary. A reading gives one at the end
   of its newest complete slot when it was received within
   ``ANCHOR_TOLERANCE_S`` of it (a node sends right after it closes an hour), or
@@ -52,10 +54,26 @@ def format_hour(hour: int) -> str:
 
 @dataclass(frozen=True)
 class Slot:
-    """One profile slot: the hour starting at ``start`` (unix s) and its litres."""
+    """One profile slot: the hour starting at ``start`` (unix s) and its litres.
+
+    ``running``: the reading says the hour had not ended when it was read (a polled
+    Modbus meter's newest slot, docs/mqtt.md), whatever its time says: a poll a few
+    minutes before the hour's end must not make that hour measured.
+    """
 
     start: int
     litres: float
+    running: bool = False
+
+    def stored(self) -> list[Any]:
+        """The slot as the store keeps it in a reading's ``slots`` JSON."""
+        return [self.start, self.litres, 1] if self.running else [self.start, self.litres]
+
+
+def stored_slot(item: Sequence[Any]) -> Slot:
+    """A slot from its stored form (``Slot.stored``; rows from before ``running``
+    have two items)."""
+    return Slot(int(item[0]), float(item[1]), len(item) > 2 and bool(item[2]))
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,10 @@ def meter_reading(doc: Mapping[str, Any]) -> MeterReading:
     for slot in doc.get("profile", []):
         if "litres" in slot:
             slots.append(Slot(int(parse_utc(slot["start"])), float(slot["litres"])))
+    if doc.get("source") == "modbus" and slots:
+        # A polled meter's newest slot is the hour still running (docs/mqtt.md).
+        newest = max(slots, key=lambda s: s.start)
+        slots = [Slot(s.start, s.litres, s is newest) for s in slots]
     return MeterReading(str(doc["id"]), parse_utc(doc["received_at"]),
                         None if index is None else float(index), tuple(slots))
 
@@ -110,8 +132,10 @@ def meter_reading(doc: Mapping[str, Any]) -> MeterReading:
 def _anchors(reading: MeterReading) -> tuple[list[Slot], list[tuple[int, float]]]:
     """(complete slots, anchors) of one reading."""
     t = reading.received_at
-    complete = [s for s in reading.slots if s.start + HOUR_S <= t + ANCHOR_TOLERANCE_S]
-    running = [s for s in reading.slots if s.start <= t < s.start + HOUR_S - ANCHOR_TOLERANCE_S]
+    complete = [s for s in reading.slots
+                if not s.running and s.start + HOUR_S <= t + ANCHOR_TOLERANCE_S]
+    running = [s for s in reading.slots
+               if s.running or s.start <= t < s.start + HOUR_S - ANCHOR_TOLERANCE_S]
     if reading.index_l is None:
         return complete, []
     end: tuple[int, float] | None = None

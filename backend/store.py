@@ -54,12 +54,12 @@ from knute.backend.hours import (
     MEASURED,
     Hour,
     MeterReading,
-    Slot,
     contribution,
     fill,
     meter_reading,
     parse_utc,
     span,
+    stored_slot,
     wins,
 )
 
@@ -356,7 +356,7 @@ class SqlStore:
             reading = meter_reading(doc)
             self._w("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)",
                     (key, device, str(doc["kind"]), int(doc["fcnt"]), received, index,
-                     json.dumps([[slot.start, slot.litres] for slot in reading.slots]),
+                     json.dumps([slot.stored() for slot in reading.slots]),
                      json.dumps(doc.get("alarms", [])), json.dumps(doc, ensure_ascii=False)))
             if reading.slots or index is not None:
                 self._update_series(device, MeterReading(key, received, reading.index_l,
@@ -525,8 +525,7 @@ class SqlStore:
     def readings_of(self, device: str) -> list[MeterReading]:
         """Every stored reading of ``device`` in the series' form, oldest first."""
         return [MeterReading(str(key), float(received), None if index is None else float(index),
-                             tuple(Slot(int(start), float(litres))
-                                   for start, litres in json.loads(slots)))
+                             tuple(stored_slot(item) for item in json.loads(slots)))
                 for key, received, index, slots in self._x(
                     "SELECT id, received_at, index_l, slots FROM readings WHERE device=? "
                     "ORDER BY received_at, id", (device,))]

@@ -105,3 +105,19 @@ def test_a_reading_received_long_after_its_last_slot_gives_no_anchor() -> None:
     b = mr("b", T0 + 9 * HOUR_S, 70, T0 + 5 * HOUR_S, [1])
     hours = rebuild([a, b]).hours
     assert sorted(hours) == [T0, T0 + HOUR_S, T0 + 5 * HOUR_S]
+
+
+def test_a_polled_meters_newest_slot_is_running_even_minutes_before_the_hour_ends() -> None:
+    # A Modbus poll at 02:57 reads hour 01 (1,045 L) and hour 02 so far (993 L of
+    # what will be about 1,045): within the tolerance a node's hour would count as
+    # closed, but a polled meter's newest slot is the running hour (docs/mqtt.md).
+    doc = reading("1000a001", 1, T0 + 3 * HOUR_S, [1045, 993], 10_000,
+                  received_delay_s=-180)
+    doc["source"] = "modbus"
+    polled = meter_reading(doc)
+    assert [s.running for s in polled.slots] == [False, True]
+    hours = rebuild([polled]).hours
+    assert hours == {T0 + HOUR_S: Hour(T0 + HOUR_S, 1045, MEASURED)}
+    # The same reading from a node (it sends right after closing its hour): both closed.
+    doc["source"] = "radio"
+    assert set(rebuild([meter_reading(doc)]).hours) == {T0 + HOUR_S, T0 + 2 * HOUR_S}

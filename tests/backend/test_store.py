@@ -85,3 +85,22 @@ def test_a_newer_or_foreign_file_is_refused_by_name(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StoreError, match=r"spool\.sqlite: not a knute backend store"):
         Store(foreign)
+
+
+def test_a_polled_meters_running_hour_is_kept_running_in_the_store(store: SqlStore) -> None:
+    # Poll at 02:57 (hour 02 still running), then at 03:02 (hour 02 closed, 1,045 L).
+    early = reading("1000a001", 1, T0 + 3 * HOUR_S, [1045, 993], 10_000,
+                    received_delay_s=-180)
+    late = reading("1000a001", 2, T0 + 4 * HOUR_S, [1045, 1045, 40], 10_092,
+                   received_delay_s=-3480)
+    for doc in (early, late):
+        doc["source"] = "modbus"
+    store.add_reading(early)
+    assert [(h.start, h.litres) for h in store.hours("1000a001")] == [(T0 + HOUR_S, 1045)]
+    store.add_reading(late)
+    assert [(h.start, h.litres) for h in store.hours("1000a001")] == [
+        (T0 + HOUR_S, 1045), (T0 + 2 * HOUR_S, 1045)]
+    # Rebuilt from the stored rows, the series is the one built as readings came.
+    from knute.backend.hours import rebuild
+    assert rebuild(store.readings_of("1000a001")).hours == {
+        h.start: h for h in store.hours("1000a001")}
