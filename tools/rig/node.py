@@ -78,7 +78,9 @@ class PtyReader:
             time.sleep(quiet_s)
 
     def stop(self) -> None:
-        """End the thread and close the master."""
+        """End the thread and close the master (once: a second call does nothing)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join(timeout=5)
         os.close(self.master)
