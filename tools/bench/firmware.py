@@ -33,6 +33,14 @@ Every role is measured on both unix ports (``tools.rig.upy``): the 64-bit one
 from PyPI (the top-level figures and ``naive``) and the 32-bit build, whose
 small ints and object sizes are a board's (``bits32``: the figures that stand
 for an ESP32, RP2040 or STM32). ``--bits 64`` leaves the 32-bit build out.
+
+The send cycles run with downlinks off. The downlink path is measured apart
+(``downlink_heap``): each role with an uplink, on each link and build, boots as
+a bench node with downlinks on, takes one config downlink by the restart in
+place (knute.tools.bench.firmware_downlink) and reports the bytes it had free
+after boot, its first send, the apply and the next boot, in 64 KiB on the
+32-bit build and in the role's measured need on the 64-bit port where 64 KiB
+is not enough (``--no-downlink-heap`` leaves these runs out).
 """
 
 from __future__ import annotations
