@@ -219,7 +219,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "at the top level, the 32-bit ones under bits32)")
     parser.add_argument("--downlink-heap", action=argparse.BooleanOptionalAction, default=True,
                         help="run each role with an uplink through a config downlink on each "
-                             "build and print its heap (default on; about 15 s a run)")
+                             "build and print its heap (default on; a few seconds a run)")
     parser.add_argument("--json", action="store_true", help="one JSON object keyed by role")
 
 
