@@ -95,6 +95,7 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/infra/",
     "tests/reliability/",
     "tests/firmware/test_bench_firmware.py",
+    "tests/firmware/test_bench_firmware_downlink.py",
     "tests/firmware/test_bench_display.py",
     "tests/gateway/test_spool_kill.py",
     "tests/gateway/test_downlink_counter_procs.py",

@@ -1,8 +1,9 @@
 """The air_quality node on the MicroPython unix port, end to end.
 
-An SDS011 stand-in thread answers the node's sleep/work commands on a pty and
-sends data frames (some corrupted) while working; a BME280 register image
-file is the bench I2C bus (firmware.drivers.regimage); the node's frames are read from its link pty
+An SDS011 stand-in thread (knute.tools.rig.sensors) answers the node's
+sleep/work commands on a pty and sends data frames (some corrupted) while
+working; a BME280 register image file is the bench I2C bus
+(firmware.drivers.regimage); the node's frames are read from its link pty
 and decoded on CPython with protocol.frame.decode.
 
 Time runs 10x (bench time_scale): an interval of 50 simulated seconds takes
@@ -13,93 +14,14 @@ well inside the node's 20 simulated s warm-up.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from knute.tools.rig.node import KEY_HEX
 from knute.tools.rig.ptys import open_pty
+from knute.tools.rig.sensors import SLEEP, WORK, BenchSDS011
 from tests.firmware.airsim import EXAMPLE_ADC_P, EXAMPLE_ADC_T, EXAMPLE_CALIB, bme280_image
-from tests.firmware.airsim import sds011_frame as make_frame
 from tests.firmware.conftest import NodeFactory
-
-SLEEP, WORK = (6, 1, 0), (6, 1, 1)
-
-
-class BenchSDS011:
-    """An SDS011 on a pty master: obeys sleep/work, one frame per 0.1 s while working."""
-
-    def __init__(self, master: int) -> None:
-        self.master = master
-        self.working = True
-        self.woke_at = time.monotonic()
-        self.commands: list[tuple[int, int, int]] = []
-        self.sent = 0
-        self.bad_sent = 0
-        self._rx = bytearray()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-sds011", daemon=True)
-        self._thread.start()
-
-    def _commands(self) -> None:
-        # 19-byte command frames: AA B4 cmd data1..12 id id checksum AB
-        while len(self._rx) >= 19:
-            start = self._rx.find(b"\xaa\xb4")
-            if start < 0:
-                self._rx.clear()
-                return
-            del self._rx[:start]
-            if len(self._rx) < 19:
-                return
-            cmd = bytes(self._rx[:19])
-            del self._rx[:19]
-            if cmd[18] != 0xAB or sum(cmd[2:17]) & 0xFF != cmd[17]:
-                continue
-            item = (cmd[2], cmd[3], cmd[4])
-            self.commands.append(item)
-            if item == WORK and not self.working:
-                self.working = True
-                self.woke_at = time.monotonic()
-            elif item == SLEEP:
-                self.working = False
-
-    def _run(self) -> None:
-        next_frame = time.monotonic()
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self.master], [], [], 0.01)
-            if ready:
-                try:
-                    self._rx.extend(os.read(self.master, 1024))
-                except OSError:
-                    time.sleep(0.01)
-                self._commands()
-            now = time.monotonic()
-            if now < next_frame:
-                continue
-            next_frame = now + 0.1
-            if not self.working:
-                continue
-            if now - self.woke_at < 0.5:
-                data = make_frame(9999, 9999)              # fan spinning up
-            else:
-                data = make_frame(123, 456)
-                if self.sent % 4 == 3:                     # every 4th: a checksum error
-                    bad = bytearray(make_frame(800, 800))
-                    bad[8] ^= 0x5A
-                    data = bytes(bad) + b"\x00\xff" + data
-                    self.bad_sent += 1
-            self.sent += 1
-            with contextlib.suppress(OSError):
-                os.write(self.master, data)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        os.close(self.master)
 
 
 def test_air_node_sends_averaged_frames_over_the_link(bench_node: NodeFactory,

@@ -17,9 +17,9 @@ from knute.protocol import frame, stream
 from knute.tools.board_heap import MARGIN_HEAP, bench_heap
 from knute.tools.rig.node import HOUR_T0, KEY, KEY_HEX, pulse_lines, water_config
 from knute.tools.rig.ptys import open_pty
+from knute.tools.rig.sensors import BenchSDS011
 from tests.firmware.airsim import EXAMPLE_ADC_P, EXAMPLE_ADC_T, EXAMPLE_CALIB, bme280_image
 from tests.firmware.conftest import NodeFactory
-from tests.firmware.test_air_bench import BenchSDS011
 
 WAIT_S = 60.0
 

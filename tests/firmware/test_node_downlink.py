@@ -21,7 +21,7 @@ from typing import Any
 from firmware import context, downlink_window
 from knute.protocol import downlink as dl
 from knute.protocol import frame, stream
-from knute.tools.rig.node import HOUR_T0, KEY, water_config
+from knute.tools.rig.node import HOUR_T0, KEY, LORA_FREQ, LORA_SF, Air, water_config
 from tests.firmware.conftest import NodeFactory
 
 DEVICE = 4660
@@ -30,8 +30,8 @@ DEVICE = 4660
 # knute.tools.board_heap.bench_heap); what each role needs at least is
 # measured by tests/firmware/test_downlink_roles_heap.py.
 DAYS3_MS = 3 * 86400 * 1000
-FREQ = 868100000
-SF = 7
+FREQ = LORA_FREQ       # the channel and SF of the bench air (Air)
+SF = LORA_SF
 WAIT_S = 60.0
 # The bench clock runs 3600 times faster than real time except while a window
 # waits for the test's answer (its clock held). Neither may run out before the
@@ -41,56 +41,6 @@ WAIT_S = 60.0
 # node itself (close), and every window it opens gets an answer or silence().
 RX_WAIT_REAL_MS = 300000
 STOP_AFTER_S = 1000 * 3600
-# A TX line whose start lies after every window: each later window ends at once
-# (the node keeps it for a window that never comes) instead of waiting.
-NO_MORE = "TX 99999999999999 0 0 00\n"
-
-
-class Air:
-    """The bench air between the test and one LoRa node: its uplinks, our downlinks."""
-
-    def __init__(self, node: Any) -> None:
-        self.node = node
-        node_dir = node.dir
-        self.up = node_dir / "air.txt"
-        self.down = node_dir / "dl.txt"
-        self.down.write_text("")
-        self.seen = 0
-        self.freq = FREQ        # the channel and SF of the last uplink (the node hops)
-        self.sf = SF
-
-    def uplink(self, proc: Any, timeout: float = WAIT_S) -> tuple[dict[str, Any], int]:
-        """The next uplink: (decoded frame, end_ms), waiting for the node to send it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.up.read_text() if self.up.exists() else ""
-            complete = text.split("\n")[:-1]           # lines the node has finished
-            if len(complete) > self.seen:
-                parts = complete[self.seen].split()
-                self.seen += 1
-                # RX <rssi> <snr> <hex> <end_ms> <freq_hz> <sf>
-                self.freq, self.sf = int(parts[5]), int(parts[6])
-                return frame.decode(bytes.fromhex(parts[3]), KEY), int(parts[4])
-            if proc is not None and proc.poll() is not None:
-                break
-            time.sleep(0.01)
-        raise AssertionError("no uplink from the node:\n" + self.node.console())
-
-    def answer(self, start_ms: int, payload: bytes, freq: int | None = None,
-               sf: int | None = None) -> None:
-        """Transmit `payload` to the node starting at its bench time `start_ms`.
-
-        By default on the last uplink's channel and SF, where its RX1 listens.
-        """
-        freq = self.freq if freq is None else freq
-        sf = self.sf if sf is None else sf
-        with self.down.open("a") as handle:
-            handle.write(f"TX {start_ms} {freq} {sf} {payload.hex()}\n")
-
-    def silence(self) -> None:
-        """No more answers: later windows end at once."""
-        with self.down.open("a") as handle:
-            handle.write(NO_MORE)
 
 
 def lora_water(**water: Any) -> dict[str, Any]:

@@ -33,6 +33,14 @@ Every role is measured on both unix ports (``tools.rig.upy``): the 64-bit one
 from PyPI (the top-level figures and ``naive``) and the 32-bit build, whose
 small ints and object sizes are a board's (``bits32``: the figures that stand
 for an ESP32, RP2040 or STM32). ``--bits 64`` leaves the 32-bit build out.
+
+The send cycles run with downlinks off. The downlink path is measured apart
+(``downlink_heap``): each role with an uplink, on each link and build, boots as
+a bench node with downlinks on, takes one config downlink by the restart in
+place (knute.tools.bench.firmware_downlink) and reports the bytes it had free
+after boot, its first send, the apply and the next boot, in 64 KiB on the
+32-bit build and in the role's measured need on the 64-bit port where 64 KiB
+is not enough (``--no-downlink-heap`` leaves these runs out).
 """
 
 from __future__ import annotations
@@ -209,6 +217,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bits", choices=("both", "64", "32"), default="both",
                         help="which unix ports to measure on (default both: the 64-bit figures "
                              "at the top level, the 32-bit ones under bits32)")
+    parser.add_argument("--downlink-heap", action=argparse.BooleanOptionalAction, default=True,
+                        help="run each role with an uplink through a config downlink on each "
+                             "build and print its heap (default on; a few seconds a run)")
     parser.add_argument("--json", action="store_true", help="one JSON object keyed by role")
 
 
@@ -233,7 +244,7 @@ def _config(role: str, link_path: str, pm_path: str) -> dict[str, Any]:
                            "jitter_s": 0, "link": {"type": "uart", "uart": "link"},
                            "bench": bench}
     # The send cycle alone, as the figures in docs/firmware.md were measured: the
-    # downlink path's heap is measured by tests/firmware/test_downlink_roles_heap.py.
+    # downlink path's heap is measured apart (downlink_heap, firmware_downlink.py).
     cfg["downlink"] = False
     if role == "water_meter":
         cfg["water"] = {"sends_per_day": 4, "profile_len": 6}
@@ -348,18 +359,46 @@ def window_energy(role: str, sf: int = ENERGY_SF) -> dict[str, Any]:
             "windows_uah_per_day": round(sends * listen * RX_MA / 3600, 1)}
 
 
-def downlink_heap(role: str) -> dict[str, dict[str, int]]:
-    """KiB of heap `role` needs with downlinks on, by link and build (measured, not here).
+def _node_maker(folder: Path, upy: Path, lib: Path, bits: int) -> Any:
+    """A firmware_downlink.NodeMaker: the bench node in ``folder`` on that build."""
+    from knute.tools.rig.node import BenchNode
 
-    The figures are knute.tools.board_heap's, which the test that runs each
-    role through a downlink and its restart in place keeps
-    (tests/firmware/test_downlink_roles_heap.py); the send cycle measured here
-    runs with downlinks off.
+    def make_node(config: dict[str, Any], heap: str,
+                  uarts: tuple[str, ...] = ("link",)) -> BenchNode:
+        return BenchNode(folder, upy, lib, config, heap=heap, uarts=uarts, bits=bits)
+
+    return make_node
+
+
+def downlink_heap(role: str, builds: dict[int, Path], lib: Path,
+                  work: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """Bytes free on the downlink path of `role`, by link and build, measured.
+
+    Each (role, link) of knute.tools.bench.firmware_downlink runs as a bench node
+    through one config downlink and its restart in place, in 64 KiB on the 32-bit
+    build and in ``case_heap_kib`` on the 64-bit port; the figures are the heap
+    lines the node prints after boot, its first send, the apply and the next boot.
     """
-    from knute.tools.board_heap import DOWNLINK_NEED_KIB
+    from knute.gateway.errors import KnuteError
+    from knute.tools.bench import firmware_downlink as fdl
 
-    return {link: {"bits32": kib32, "bits64": kib64}
-            for (name, link), (kib32, kib64) in DOWNLINK_NEED_KIB.items() if name == role}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, link in fdl.CASES:
+        if name != role:
+            continue
+        for bits in sorted(builds, reverse=True):
+            kib = fdl.case_heap_kib(role, link, bits)
+            make_node = _node_maker(work / f"dl-{role}-{link}-{bits}", builds[bits], lib, bits)
+            where = f"{role} ({link}, downlink) on the {bits}-bit unix port in {kib} KiB"
+            try:
+                run = fdl.run_case(role, link, make_node, bits, heap=f"{kib}k")
+                if "MemoryError" in run.console:
+                    raise ValueError("MemoryError on the node")
+                free = run.free()
+            except (AssertionError, ValueError) as exc:
+                raise KnuteError(f"{where}: {str(exc).splitlines()[0]}") from exc
+            out.setdefault(link, {})[f"bits{bits}"] = {"heap_kib": kib, **free}
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -389,9 +428,10 @@ def run(args: argparse.Namespace) -> int:
                 entry["bits32"]["heap"] = args.heap
             if role in ENERGY_ROLES:
                 entry["energy"] = window_energy(role)
-            heap = downlink_heap(role)
-            if heap:
-                entry["downlink_heap_kib"] = heap
+            if args.downlink_heap:
+                heap = downlink_heap(role, builds, work / "image" / "lib", work)
+                if heap:
+                    entry["downlink_heap"] = heap
             results[role] = entry
     from knute.tools import power
 
@@ -429,15 +469,18 @@ def run(args: argparse.Namespace) -> int:
         for role, e in energy.items():
             print(f"{role:<13} {e['sends_per_day']:>10} {e['uplink_uah_per_day']:>12} "
                   f"{e['windows_uah_per_day']:>12}")
-    heaps = {role: e["downlink_heap_kib"] for role, e in results.items()
-             if "downlink_heap_kib" in e}
+    heaps = {role: e["downlink_heap"] for role, e in results.items() if "downlink_heap" in e}
     if heaps:
-        print("downlink path's heap: KiB each role needs with downlink on "
-              "(tests/firmware/test_downlink_roles_heap.py)")
-        print(f"{'role':<13} {'link':<6} {'32-bit':>8} {'64-bit':>8}")
+        print("downlink path's heap (measured: one config downlink applied by the restart "
+              "in place), bytes free")
+        print(f"{'role':<13} {'link':<6} {'build':<7} {'heap KiB':>8} {'boot':>8} "
+              f"{'1st send':>8} {'apply':>8} {'next boot':>9}")
         for role, by_link in heaps.items():
-            for link, kib in by_link.items():
-                print(f"{role:<13} {link:<6} {kib['bits32']:>8} {kib['bits64']:>8}")
+            for link, by_bits in by_link.items():
+                for build, f in by_bits.items():
+                    print(f"{role:<13} {link:<6} {build[4:] + '-bit':<7} {f['heap_kib']:>8} "
+                          f"{f['free_after_boot']:>8} {f['free_after_first_send']:>8} "
+                          f"{f['free_after_apply']:>8} {f['free_after_next_boot']:>9}")
     if power_rows:
         print_power(power_rows)
     return 0

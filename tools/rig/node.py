@@ -78,7 +78,9 @@ class PtyReader:
             time.sleep(quiet_s)
 
     def stop(self) -> None:
-        """End the thread and close the master."""
+        """End the thread and close the master (once: a second call does nothing)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join(timeout=5)
         os.close(self.master)
@@ -220,3 +222,60 @@ def pulse_lines(start: int, hourly: list[int], per_hour_lines: int = 60) -> str:
             if n:
                 out.append(f"@{start + hour * 3600 + i * step + 1} {n}")
     return "\n".join(out) + "\n"
+
+
+# The bench air of a LoRa node (firmware/hal/unix_bench_rx.py): the node appends its
+# uplinks to radio.path, and reads the answers from radio.rx_path.
+LORA_FREQ = 868100000
+LORA_SF = 7
+AIR_WAIT_S = 60.0
+# A TX line whose start lies after every window: each later window ends at once
+# (the node keeps it for a window that never comes) instead of waiting.
+NO_MORE = "TX 99999999999999 0 0 00\n"
+
+
+class Air:
+    """The bench air between a test or bench and one LoRa node: its uplinks, our downlinks."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        node_dir = node.dir
+        self.up = node_dir / "air.txt"
+        self.down = node_dir / "dl.txt"
+        self.down.write_text("")
+        self.seen = 0
+        self.freq = LORA_FREQ   # the channel and SF of the last uplink (the node hops)
+        self.sf = LORA_SF
+
+    def uplink(self, proc: Any, timeout: float = AIR_WAIT_S) -> tuple[dict[str, Any], int]:
+        """The next uplink: (decoded frame, end_ms), waiting for the node to send it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.up.read_text() if self.up.exists() else ""
+            complete = text.split("\n")[:-1]           # lines the node has finished
+            if len(complete) > self.seen:
+                parts = complete[self.seen].split()
+                self.seen += 1
+                # RX <rssi> <snr> <hex> <end_ms> <freq_hz> <sf>
+                self.freq, self.sf = int(parts[5]), int(parts[6])
+                return frame.decode(bytes.fromhex(parts[3]), KEY), int(parts[4])
+            if proc is not None and proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        raise AssertionError("no uplink from the node:\n" + self.node.console())
+
+    def answer(self, start_ms: int, payload: bytes, freq: int | None = None,
+               sf: int | None = None) -> None:
+        """Transmit `payload` to the node starting at its bench time `start_ms`.
+
+        By default on the last uplink's channel and SF, where its RX1 listens.
+        """
+        freq = self.freq if freq is None else freq
+        sf = self.sf if sf is None else sf
+        with self.down.open("a") as handle:
+            handle.write(f"TX {start_ms} {freq} {sf} {payload.hex()}\n")
+
+    def silence(self) -> None:
+        """No more answers: later windows end at once."""
+        with self.down.open("a") as handle:
+            handle.write(NO_MORE)
