@@ -25,8 +25,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from itertools import pairwise
 from typing import Any
 
@@ -39,6 +38,7 @@ from knute.gateway.adr import (
     decide,
     margin_db,
 )
+from knute.gateway.dbfile import immediate
 from knute.gateway.errors import KnuteError
 
 HYSTERESIS_DB = 2.0       # the gateway's default (docs/radio.md)
@@ -105,17 +105,9 @@ class AdrHistory:
         except sqlite3.Error as exc:
             raise KnuteError(f"registry {path}: data-rate tables: {exc}") from None
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+        return immediate(self._db, self._lock)
 
     def close(self) -> None:
         """Close the database connection."""

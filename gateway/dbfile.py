@@ -15,7 +15,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from knute.gateway.errors import KnuteError
 
@@ -138,6 +141,22 @@ def _read_identity(path: str) -> tuple[int, int, list[str]] | None:
 # SQLite primary result codes that mean the file itself is damaged (not busy,
 # locked, read-only or on a full disk: those must never move a file aside).
 _CORRUPT_CODES = (11, 26)       # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+@contextmanager
+def immediate(db: sqlite3.Connection, lock: threading.Lock | threading.RLock
+              ) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction on ``db`` (opened with autocommit off,
+    ``isolation_level=None``) under ``lock``: committed on success, rolled back on error.
+    Processes sharing the file serialise on it; threads sharing ``db`` on ``lock``."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
 
 class CorruptFile(sqlite3.DatabaseError):

@@ -45,11 +45,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from knute.gateway.dbfile import immediate
 from knute.gateway.errors import KnuteError
 from knute.gateway.registry_share import fingerprint
 from knute.gateway.silence import config_send_interval_s
@@ -368,18 +369,9 @@ class DownlinkStore:
             for stmt in _statements(_SCHEMA):
                 db.execute(stmt)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        return immediate(self._db, self._lock)
 
     def close(self) -> None:
         """Close the database connection."""
