@@ -15,6 +15,7 @@
 #   state/dlrep.json    report entries not yet sent in an uplink
 #   state/clock.json    {"offset_ms": n}  wall clock minus the board's time
 #   state/alarm.json    {"bits": b, "repeats": n}  alarms waiting for an ack
+#   state/adr.json      the data-rate back-off's record (firmware.downlink_window)
 #   config.json         configuration values and keys ("key", "key_no",
 #                       and during a rotation "key_next", "key_no_next")
 # The counter is stored before any command is applied, so a power cut can
@@ -53,6 +54,8 @@ _OP_REKEY = const(4)
 _OP_REKEY_DONE = const(5)
 _OP_UPD_BEGIN = const(7)
 _OP_UPD_SWITCH = const(9)
+_SF = const(9)          # firmware.config.RADIO_DEFAULTS' sf and power_dbm
+_DBM = const(14)
 
 
 def write_atomic(path, text, pause=None):
@@ -305,6 +308,8 @@ class Downlink:
                                                2 if 2 in values else 1))
         if rejects:
             return rejects          # all or nothing: one bad value and none is applied
+        radio = raw.get("radio") or {}
+        was = [radio.get("sf", _SF), radio.get("power_dbm", _DBM)]
         for code in sorted(values):
             row = dl.config_entry(code)
             section = raw.get(row[1])
@@ -314,6 +319,15 @@ class Downlink:
             section[row[2]] = values[code]
             self.changed.append((row[1], row[2]))
         self._write_config(raw)
+        if 11 in values or 12 in values:
+            # The node's own back-off (firmware.downlink_window) steps back toward the
+            # provisioned settings: those before the first such change since provisioning.
+            rec = self.store.get("adr")
+            if not isinstance(rec, list) or len(rec) != 8 or rec[2:4] != was:
+                rec = was
+            radio = raw["radio"]
+            now = [radio.get("sf", _SF), radio.get("power_dbm", _DBM)]
+            self.store.put("adr", rec[:2] + now + now + [0, self.last])
         return [dl.report_entry(cmd_id, _APPLIED)]
 
 
