@@ -50,9 +50,10 @@ _REKEY = const(4)
 _HEARD = const(5)
 _ADR = const(6)
 # The node's own data-rate back-off (docs/radio.md, "A node's own back-off"),
-# LoRaWAN 1.0.3 section 4.3.1.1's ADR_ACK_LIMIT / ADR_ACK_DELAY in uplinks,
-# shorter than its 64 / 32: a meter sends 4 times a day, and 64 + 32 uplinks
-# would leave it unheard for 24 days before its first step.
+# after LoRaWAN L2 1.0.4 (TS001-1.0.4) section 4.3.1.1 and its table 9:
+# ADR_ACK_LIMIT and ADR_ACK_DELAY, counted in uplinks as there, but shorter
+# than its 64 / 32: a meter sends 4 times a day, and 64 + 32 uplinks would
+# leave it unheard for 24 days before its first step (here: 3 days).
 _ACK_LIMIT = const(8)
 _ACK_DELAY = const(4)
 
