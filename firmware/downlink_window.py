@@ -13,7 +13,9 @@
 # runs on and the new configuration, key and clock take effect at once.
 #
 # The report's flags are worked out here from small state, the same rules as
-# firmware.downlink.Downlink.report (a test checks that they agree).
+# firmware.downlink.Downlink.report (a test checks that they agree), plus the
+# clock requests of the node's own data-rate back-off (_backoff, _count), which
+# only a sending LoRa node runs.
 #
 # Windows (LoRaWAN class A, section 12.6): RX1 opens 1 s after the uplink's
 # end on its channel and SF, RX2 2 s after it on 869.525 MHz SF12; each stays
@@ -114,7 +116,7 @@ def _tune(ctx, rec):
 def report(ctx, values):
     """The `dl` report series for a frame with `values`, or None (section 12.7)."""
     flags = 0
-    rec = ctx.link.lora and _backoff(ctx)
+    rec = getattr(ctx.link, "lora", False) and _backoff(ctx)
     if not ctx.hal.clock_set or (rec and rec[6] >= _ACK_LIMIT and _lowered(rec)):
         # no clock command since the last reset, or a back-off asks whether it is heard
         flags |= _FLAG_CLOCK
