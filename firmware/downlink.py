@@ -54,8 +54,6 @@ _OP_REKEY = const(4)
 _OP_REKEY_DONE = const(5)
 _OP_UPD_BEGIN = const(7)
 _OP_UPD_SWITCH = const(9)
-_SF = const(9)          # firmware.config.RADIO_DEFAULTS' sf and power_dbm
-_DBM = const(14)
 
 
 def write_atomic(path, text, pause=None):
@@ -308,8 +306,10 @@ class Downlink:
                                                2 if 2 in values else 1))
         if rejects:
             return rejects          # all or nothing: one bad value and none is applied
-        radio = raw.get("radio") or {}
-        was = [radio.get("sf", _SF), radio.get("power_dbm", _DBM)]
+        was = None
+        if 11 in values or 12 in values:     # radio.sf, radio.power_dbm (LoRa only)
+            was = raw.get("radio") or {}
+            was = [was.get("sf", 9), was.get("power_dbm", 14)]   # RADIO_DEFAULTS'
         for code in sorted(values):
             row = dl.config_entry(code)
             section = raw.get(row[1])
@@ -319,15 +319,10 @@ class Downlink:
             section[row[2]] = values[code]
             self.changed.append((row[1], row[2]))
         self._write_config(raw)
-        if 11 in values or 12 in values:
-            # The node's own back-off (firmware.downlink_window) steps back toward the
-            # provisioned settings: those before the first such change since provisioning.
-            rec = self.store.get("adr")
-            if not isinstance(rec, list) or len(rec) != 8 or rec[2:4] != was:
-                rec = was
-            radio = raw["radio"]
-            now = [radio.get("sf", _SF), radio.get("power_dbm", _DBM)]
-            self.store.put("adr", rec[:2] + now + now + [0, self.last])
+        if was is not None:
+            from firmware import downlink_radio
+
+            downlink_radio.note(self.store, was, raw["radio"], self.last)
         return [dl.report_entry(cmd_id, _APPLIED)]
 
 
