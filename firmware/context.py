@@ -50,8 +50,9 @@ class Context:
         # Downlinks: None unless config "downlink" is true, else the state
         # firmware.downlink_window keeps (one list, as a node's heap counts
         # every attribute): [alarm bits and repeats or None, alarm may repeat,
-        # receive-window ms, time-on-air ms, key rotation pending, downlink heard]
-        self.dl = [None, False, 0, 0, config.get("key_next_bytes") is not None, False] \
+        # receive-window ms, time-on-air ms, key rotation pending, downlink heard,
+        # data-rate back-off record or False]
+        self.dl = [None, False, 0, 0, config.get("key_next_bytes") is not None, False, None] \
             if config.get("downlink") else None
 
     def start_duty(self):

@@ -15,6 +15,7 @@
 #   state/dlrep.json    report entries not yet sent in an uplink
 #   state/clock.json    {"offset_ms": n}  wall clock minus the board's time
 #   state/alarm.json    {"bits": b, "repeats": n}  alarms waiting for an ack
+#   state/adr.json      the data-rate back-off's record (firmware.downlink_window)
 #   config.json         configuration values and keys ("key", "key_no",
 #                       and during a rotation "key_next", "key_no_next")
 # The counter is stored before any command is applied, so a power cut can
@@ -305,6 +306,10 @@ class Downlink:
                                                2 if 2 in values else 1))
         if rejects:
             return rejects          # all or nothing: one bad value and none is applied
+        was = None
+        if 11 in values or 12 in values:     # radio.sf, radio.power_dbm (LoRa only)
+            was = raw.get("radio") or {}
+            was = [was.get("sf", 9), was.get("power_dbm", 14)]   # RADIO_DEFAULTS'
         for code in sorted(values):
             row = dl.config_entry(code)
             section = raw.get(row[1])
@@ -314,6 +319,10 @@ class Downlink:
             section[row[2]] = values[code]
             self.changed.append((row[1], row[2]))
         self._write_config(raw)
+        if was is not None:
+            from firmware import downlink_radio
+
+            downlink_radio.note(self.store, was, raw["radio"], self.last)
         return [dl.report_entry(cmd_id, _APPLIED)]
 
 

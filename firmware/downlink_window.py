@@ -13,7 +13,9 @@
 # runs on and the new configuration, key and clock take effect at once.
 #
 # The report's flags are worked out here from small state, the same rules as
-# firmware.downlink.Downlink.report (a test checks that they agree).
+# firmware.downlink.Downlink.report (a test checks that they agree), plus the
+# clock requests of the node's own data-rate back-off (_backoff, _count), which
+# only a sending LoRa node runs.
 #
 # Windows (LoRaWAN class A, section 12.6): RX1 opens 1 s after the uplink's
 # end on its channel and SF, RX2 2 s after it on 869.525 MHz SF12; each stays
@@ -48,6 +50,14 @@ _REPEAT = const(1)
 _RX_MS = const(2)
 _REKEY = const(4)
 _HEARD = const(5)
+_ADR = const(6)
+# The node's own data-rate back-off (docs/radio.md, "A node's own back-off"),
+# after LoRaWAN L2 1.0.4 (TS001-1.0.4) section 4.3.1.1 and its table 9:
+# ADR_ACK_LIMIT and ADR_ACK_DELAY, counted in uplinks as there, but shorter
+# than its 64 / 32: a meter sends 4 times a day, and 64 + 32 uplinks would
+# leave it unheard for 24 days before its first step (here: 3 days).
+_ACK_LIMIT = const(8)
+_ACK_DELAY = const(4)
 
 
 def window_ms(sf, bw_hz):
@@ -67,10 +77,48 @@ def _alarm(ctx):
     return alarm
 
 
+def _backoff(ctx):
+    # state/adr.json, written by firmware.downlink when a downlink set radio.sf
+    # or radio.power_dbm: [provisioned sf, dbm, sf, dbm set by that downlink,
+    # sf, dbm in use, uplinks since a downlink was heard, the downlink counter
+    # then], or False (none, or config.json provisioned anew since).
+    rec = ctx.dl[_ADR]
+    if rec is None:
+        rec = ctx.state.get("adr")
+        radio = ctx.config["radio"]
+        if not isinstance(rec, list) or len(rec) != 8 or rec[2] != radio["sf"] \
+                or rec[3] != radio["power_dbm"]:
+            rec = False
+        else:
+            last = ctx.state.get("dcnt")
+            last = last.get("last", -1) if isinstance(last, dict) else -1
+            if last != rec[7]:      # an authentic downlink heard since: count afresh
+                rec[6] = 0
+                rec[7] = last
+            _tune(ctx, rec)
+        ctx.dl[_ADR] = rec
+    return rec
+
+
+def _tune(ctx, rec):
+    # The link to the settings in use (the boot made it with config.json's).
+    link = ctx.link
+    radio = ctx.config["radio"]
+    if link.sf != rec[4] or radio["power_dbm"] != rec[5]:
+        try:
+            link.modem.configure({"sf": rec[4], "output_power": rec[5]})
+        except OSError:
+            link.errors += 1
+        link.sf = rec[4]
+        radio["power_dbm"] = rec[5]
+
+
 def report(ctx, values):
     """The `dl` report series for a frame with `values`, or None (section 12.7)."""
     flags = 0
-    if not ctx.hal.clock_set:       # no clock command since the last reset
+    rec = getattr(ctx.link, "lora", False) and _backoff(ctx)
+    if not ctx.hal.clock_set or (rec and rec[6] >= _ACK_LIMIT and _lowered(rec)):
+        # no clock command since the last reset, or a back-off asks whether it is heard
         flags |= _FLAG_CLOCK
     bits = values.get("alarms", 0)
     alarm = _alarm(ctx)
@@ -134,6 +182,9 @@ def after_send(ctx, sent_report, fcnt, end_ms):
             ctx.state.put("dlrx", {"hex": bytes(packet).hex(), "fcnt": fcnt, "end_ms": end_ms})
             dls[_HEARD] = True
             return
+        rec = dls[_ADR]
+        if rec and _lowered(rec):
+            _count(ctx, rec)
         alarm = _alarm(ctx)
         if sent_report is not None and sent_report[0] & _FLAG_ALARM and alarm[0] \
                 and alarm[1] < _ALARM_REPEATS:
@@ -149,6 +200,34 @@ def after_send(ctx, sent_report, fcnt, end_ms):
         if ctx.sent == 1:
             ctx.log("heap: %d bytes used, %d free after the first send"
                     % (gc.mem_alloc(), gc.mem_free()))
+
+
+def _lowered(rec):
+    return rec[4] < rec[0] or rec[5] < rec[1]
+
+
+def _count(ctx, rec):
+    # One more uplink unanswered at settings below the provisioned ones. At
+    # ACK_LIMIT the node starts asking for the clock (report()); after each
+    # ACK_DELAY more it steps back: the power to the provisioned power first,
+    # then the SF up by one, never past the provisioned settings. Written only
+    # at those thresholds (deep sleep: at every count, a wake-up is a reset).
+    rec[6] += 1
+    over = rec[6] - _ACK_LIMIT
+    if over < 0 or over % _ACK_DELAY:
+        if ctx.config["power"]["sleep"] != "deep":
+            return
+    elif over:
+        if rec[5] < rec[1]:
+            rec[5] = rec[1]
+        else:
+            rec[4] += 1
+        ctx.state.put("adr", rec)
+        _tune(ctx, rec)
+        ctx.log("no downlink heard in %d uplinks: back to sf=%d power_dbm=%d"
+                % (rec[6], rec[4], rec[5]))
+        return
+    ctx.state.put("adr", rec)
 
 
 def windows(ctx, end_ms):

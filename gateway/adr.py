@@ -15,9 +15,10 @@ ChirpStack and The Things Network run it:
 each positive step first lowers the SF by one (down to SF7), then lowers the
 power by one 2 dB step of the EU868 power table (down to the minimum); each
 negative step raises the power first (up to the maximum). knute adds one
-step the LoRaWAN rule leaves to the node's own back-off (ADRACKReq, which
-knute nodes do not have): with the power at its maximum, a negative step
-raises the SF, so a node that lost its margin is moved back into range.
+step the LoRaWAN rule leaves to the node's own back-off (ADRACKReq): with the
+power at its maximum, a negative step raises the SF, so a node that lost its
+margin but is still heard is moved back into range at once. A node no receiver
+hears backs off by itself (firmware.downlink_window, docs/radio.md).
 
 Two guards of knute's, both off in ``decide`` by default (the bare rule) and on
 in the gateway (``[downlinks] adr_hysteresis_db``, ``adr_max_steps``):

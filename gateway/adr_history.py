@@ -153,6 +153,8 @@ class AdrHistory:
             last_at = dev["last_at"]
             db.execute("UPDATE adr_devices SET last_at = max(coalesce(last_at, 0), ?) "
                        "WHERE device_id = ?", (at, device_id))
+            if not change_open:
+                self._same_sf(db, device_id, sf)
             if best_snr_db is not None and not change_open:
                 db.execute("INSERT INTO adr_uplinks (device_id, epoch, fcnt, sf, snr_db, at) "
                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, epoch, fcnt) "
@@ -194,6 +196,21 @@ class AdrHistory:
                 return None
             self._take(db, device_id, got, decide_as, sf=sf, at=at, hold=max(0, hold - 1))
             return got
+
+    def _same_sf(self, db: sqlite3.Connection, device_id: int, sf: int) -> None:
+        """An uplink at another SF than the history's starts a fresh one. The node moved
+        by itself: its own back-off raised it (docs/radio.md, "A node's own back-off"),
+        which restores the power before the SF, so with the SF up the power is taken to
+        be the default again; or a change this gateway did not learn of lowered it. The
+        history's SNRs belong to the old settings, and the fallback's watch is over."""
+        row = db.execute("SELECT sf FROM adr_uplinks WHERE device_id = ? ORDER BY row DESC "
+                         "LIMIT 1", (device_id,)).fetchone()
+        if row is None or int(row[0]) == sf:
+            return
+        db.execute("DELETE FROM adr_uplinks WHERE device_id = ?", (device_id,))
+        if sf > int(row[0]):
+            db.execute("UPDATE adr_devices SET power_dbm = ?, spent = 0 WHERE device_id = ?",
+                       (self.default_power_dbm, device_id))
 
     @staticmethod
     def _interval(db: sqlite3.Connection, device_id: int) -> float | None:
