@@ -17,9 +17,9 @@ from typing import Any
 
 from firmware import downlink_window
 from knute.protocol import downlink as dl
-from knute.tools.rig.node import KEY
+from knute.tools.rig.node import KEY, Air
 from tests.firmware.conftest import NodeFactory
-from tests.firmware.test_node_downlink import DEVICE, Air, lora_water
+from tests.firmware.test_node_downlink import DEVICE, lora_water
 
 LIMIT = downlink_window._ACK_LIMIT
 DELAY = downlink_window._ACK_DELAY
