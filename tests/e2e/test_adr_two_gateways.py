@@ -18,7 +18,7 @@ from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
 from tests.e2e.test_downlink_gateway import Watcher, water
-from tests.e2e.two_gateways import KEY, METER, gateway_pair, start_and_share
+from tests.e2e.two_gateways import KEY, METER, close_pair, gateway_pair, start_and_share
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
 
 PULL_RESP = 3
@@ -108,8 +108,5 @@ def test_only_the_claim_winner_decides_on_the_best_snr_of_both(
               f"b won {claims['gw-b']['won']} lost {claims['gw-b']['lost']}")
         assert (claims["gw-a"]["won"], claims["gw-b"]["won"]) == (2, 1)
     finally:
-        for gw in gws.values():
-            gw.close()
-        for pf in pfs.values():
-            pf.close()
+        close_pair(gws, pfs)
         watcher.close()

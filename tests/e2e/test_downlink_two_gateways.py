@@ -27,7 +27,7 @@ from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.wait import WaitTimeout, wait_for
 from tests.conftest import Broker
 from tests.e2e.test_downlink_gateway import PREFIX, Watcher, tx_ack
-from tests.e2e.two_gateways import KEY, METER, gateway_pair, start_and_share
+from tests.e2e.two_gateways import KEY, METER, close_pair, gateway_pair, start_and_share
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
 
 PULL_RESP = 3
@@ -192,10 +192,7 @@ def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
         downlinks.append(("gw-a", downlink.decode(last[0][2], KEY)))
         assert node.dl.receive(last[0][2]) is None, node.dl.counts
     finally:
-        for gw in gws.values():
-            gw.close()
-        for pf in pfs.values():
-            pf.close()
+        close_pair(gws, pfs)
         watcher.close()
 
     counters = [d["dcnt"] for _, d in downlinks]

@@ -49,6 +49,14 @@ def gateway_pair(root: Path, mqtt_port: int, gather_ms: int, downlinks: str = ""
     return gws, pfs
 
 
+def close_pair(gws: dict[str, GatewayProcess], pfs: dict[str, PacketForwarder]) -> None:
+    """Both gateways stopped and both packet forwarders closed (a test's cleanup)."""
+    for gw in gws.values():
+        gw.close()
+    for pf in pfs.values():
+        pf.close()
+
+
 def share_keys(gws: dict[str, GatewayProcess]) -> list[str]:
     """Each gateway's share key made; the ``--gateway`` arguments of ``devices share``."""
     targets = []
