@@ -16,9 +16,9 @@ from pathlib import Path
 from knute.protocol import downlink
 from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.wait import wait_for
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker
 from tests.e2e.test_downlink_gateway import Watcher, water
-from tests.e2e.test_downlink_two_gateways import KEY, METER, _share, _share_keys
+from tests.e2e.two_gateways import KEY, METER, close_pair, gateway_pair, start_and_share
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
 
 PULL_RESP = 3
@@ -29,24 +29,6 @@ PULL_RESP = 3
 # adr_max_steps = 2 makes it SF10 at 14 dBm.
 SNRS = ({"gw-a": -14.0, "gw-b": 1.0}, {"gw-a": -10.0, "gw-b": -16.0},
         {"gw-a": -10.0, "gw-b": -16.0})
-
-
-def _gateway(root: Path, name: str, index: int, mqtt_port: int) -> tuple[GatewayProcess, int]:
-    gw = GatewayProcess(root)
-    port = free_port()
-    gw.write_test_config(name, mqtt_port, f"""
-[downlinks]
-gateways = 2
-gateway_index = {index}
-gather_ms = 700
-adr_history = 3
-[share]
-key = "share.key"
-[[packet_forwarder]]
-name = "concentrator"
-listen = "127.0.0.1:{port}"
-""")
-    return gw, port
 
 
 def _claims(gw: GatewayProcess) -> int:
@@ -74,19 +56,11 @@ def _pull_resp(pf: PacketForwarder, wait_s: float) -> bytes | None:
 
 def test_only_the_claim_winner_decides_on_the_best_snr_of_both(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
-    gws: dict[str, GatewayProcess] = {}
-    pfs: dict[str, PacketForwarder] = {}
-    for index, name in enumerate(("gw-a", "gw-b")):
-        gw, port = _gateway(tmp_path / name, name, index, mosquitto.port)
-        gws[name] = gw
-        pfs[name] = PacketForwarder("127.0.0.1", port,
-                                    eui=bytes([0xAA, 0, 0, 0, 0, 0, 0, index + 1]))
+    gws, pfs = gateway_pair(tmp_path, mosquitto.port, gather_ms=700,
+                            downlinks="adr_history = 3\n")
     watcher = Watcher(mosquitto)
     try:
-        targets = _share_keys(gws)
-        for gw in gws.values():
-            gw.start()
-        _share(gws["gw-a"], tmp_path / "operator.db", targets)
+        start_and_share(gws, tmp_path / "operator.db")
 
         def ready(gw: GatewayProcess) -> bool:
             status = gw.status()
@@ -134,8 +108,5 @@ def test_only_the_claim_winner_decides_on_the_best_snr_of_both(
               f"b won {claims['gw-b']['won']} lost {claims['gw-b']['lost']}")
         assert (claims["gw-a"]["won"], claims["gw-b"]["won"]) == (2, 1)
     finally:
-        for gw in gws.values():
-            gw.close()
-        for pf in pfs.values():
-            pf.close()
+        close_pair(gws, pfs)
         watcher.close()

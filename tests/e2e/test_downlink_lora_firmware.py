@@ -21,35 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from knute.tools.rig.gateway import GatewayProcess
-from knute.tools.rig.node import KEY_HEX, water_config
+from knute.tools.rig.node import KEY_HEX
 from knute.tools.rig.nullmodem import NullModem
 from knute.tools.rig.wait import wait_for
 from knute.tools.sim.pktfwd_radio import NodeRadio, RadioConcentrator
 from tests.conftest import Broker, free_port
+from tests.e2e.lora_meter import DEV, FREQ, SF, lora_meter
 from tests.e2e.test_downlink_gateway import Watcher
 from tests.firmware.conftest import NodeFactory, bench_node, flash_lib
 from tests.upybuild import micropython_bin, upy_bits
 
 __all__ = ["bench_node", "flash_lib", "micropython_bin", "upy_bits"]
-
-DEV = 0x1234                    # water_config's device id
-FREQ = 868_100_000
-SF = 7
-
-
-def _meter(bench_node: NodeFactory) -> Any:
-    cfg = water_config(sends_per_day=24, profile_len=1)
-    cfg["downlink"] = True       # the default; its heap follows bench_heap
-    cfg["link"] = {"type": "lora"}
-    cfg["radio"] = {"freq_hz": FREQ, "sf": SF}
-    # Each window may wait a few real seconds for the gateway's answer, the
-    # node's clock held; a window nobody answers then closes.
-    cfg["bench"].update({"radio": {"path": "air.txt", "rx_path": "dl.txt"},
-                         "rx_wait_real_ms": 4000, "time_scale": 3600,
-                         "stop_after_s": 1000 * 3600})
-    node = bench_node(cfg, name="meter")
-    (node.dir / "dl.txt").write_text("")
-    return node
 
 
 def _gateway_config(gw: GatewayProcess, broker: Broker, source: str) -> str:
@@ -90,7 +72,7 @@ def _command_applied(gw: GatewayProcess, watcher: Watcher, meter: Any, ref: str)
 
 def test_mqtt_command_reaches_the_firmware_through_the_packet_forwarder(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker, bench_node: NodeFactory) -> None:
-    meter = _meter(bench_node)
+    meter = lora_meter(bench_node)
     gw = GatewayProcess(tmp_path / "gw")
     port = free_port()
     gw.write_config(_gateway_config(gw, mosquitto, f"""
@@ -134,7 +116,7 @@ listen = "127.0.0.1:{port}"
 
 def test_mqtt_command_reaches_the_firmware_through_a_radio_bridge(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker, bench_node: NodeFactory) -> None:
-    meter = _meter(bench_node)
+    meter = lora_meter(bench_node)
     with NullModem() as line:
         # The bridge hears the meter's uplink lines and transmits into its receive file.
         bridge_cfg = {

@@ -22,55 +22,18 @@ from typing import Any
 
 from firmware.downlink_model import Downlink
 from firmware.state import Store
-from knute.gateway.registry import Registry
 from knute.protocol import downlink, frame
 from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.wait import WaitTimeout, wait_for
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker
 from tests.e2e.test_downlink_gateway import PREFIX, Watcher, tx_ack
+from tests.e2e.two_gateways import KEY, METER, close_pair, gateway_pair, start_and_share
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
 
-KEY = bytes(range(16))
-METER = 0x00001234
 PULL_RESP = 3
 COMMANDS = 100
 KILL_AT = 50
 VALUES = (4, 6, 8, 12, 24)     # water.sends_per_day: divisors of 24, >= 24 / profile_len
-
-
-def _gateway(root: Path, name: str, index: int, mqtt_port: int) -> tuple[GatewayProcess, int]:
-    gw = GatewayProcess(root)
-    port = free_port()
-    gw.write_test_config(name, mqtt_port, f"""
-[downlinks]
-gateways = 2
-gateway_index = {index}
-gather_ms = 500
-[share]
-key = "share.key"
-[[packet_forwarder]]
-name = "concentrator"
-listen = "127.0.0.1:{port}"
-""")
-    return gw, port
-
-
-def _share_keys(gws: dict[str, GatewayProcess]) -> list[str]:
-    """Each gateway's share key made; the ``--gateway`` arguments of ``devices share``."""
-    targets = []
-    for name, gw in gws.items():
-        out = gw.cli("devices", "share-key", "--json")
-        targets += ["--gateway", f"{name}={json.loads(out.stdout)['public_key']}"]
-    return targets
-
-
-def _share(gw: GatewayProcess, operator: Path, targets: list[str]) -> None:
-    """The operator's registry with the node, shared over the broker: each gateway
-    gets the device, its key sealed for that gateway, into its own registry."""
-    op = Registry(str(operator))
-    op.add(METER, "water_meter", KEY, name="meter")
-    op.close()
-    gw.cli("devices", "share", "--registry", str(operator), *targets)
 
 
 def _open_commands(registry: Path) -> int:
@@ -141,22 +104,13 @@ def _pull_resps(pfs: dict[str, PacketForwarder], wait_s: float,
 def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
     rng = random.Random(42)
-    gws: dict[str, GatewayProcess] = {}
-    pfs: dict[str, PacketForwarder] = {}
-    for index, name in enumerate(("gw-a", "gw-b")):
-        gw, port = _gateway(tmp_path / name, name, index, mosquitto.port)
-        gws[name] = gw
-        pfs[name] = PacketForwarder("127.0.0.1", port, eui=bytes([0xAA, 0, 0, 0, 0, 0, 0,
-                                                                  index + 1]))
+    gws, pfs = gateway_pair(tmp_path, mosquitto.port, gather_ms=500)
     watcher = Watcher(mosquitto)
     node = Node(tmp_path / "node")
     downlinks: list[tuple[str, dict[str, Any]]] = []    # (gateway, decoded) as received
     topic = f"{PREFIX}/water_meter/{METER:08x}/down"
     try:
-        targets = _share_keys(gws)
-        for gw in gws.values():
-            gw.start()
-        _share(gws["gw-a"], tmp_path / "operator.db", targets)
+        start_and_share(gws, tmp_path / "operator.db")
         def serves_device(gw: GatewayProcess) -> bool:
             return bool(gw.status()["devices"] == 1)
 
@@ -238,10 +192,7 @@ def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
         downlinks.append(("gw-a", downlink.decode(last[0][2], KEY)))
         assert node.dl.receive(last[0][2]) is None, node.dl.counts
     finally:
-        for gw in gws.values():
-            gw.close()
-        for pf in pfs.values():
-            pf.close()
+        close_pair(gws, pfs)
         watcher.close()
 
     counters = [d["dcnt"] for _, d in downlinks]

@@ -23,33 +23,18 @@ from typing import Any
 
 from knute.gateway.registry import Registry
 from knute.tools.rig.gateway import GatewayProcess
-from knute.tools.rig.node import KEY_HEX, water_config
+from knute.tools.rig.node import KEY_HEX
 from knute.tools.rig.wait import wait_for
 from knute.tools.sim.pktfwd_radio import NodeRadio, RadioConcentrator
 from tests.conftest import Broker, free_port
+from tests.e2e.lora_meter import DEV, FREQ, SF, lora_meter
 from tests.e2e.test_downlink_gateway import Watcher
 from tests.firmware.conftest import NodeFactory, bench_node, flash_lib
 from tests.upybuild import micropython_bin, upy_bits
 
 __all__ = ["bench_node", "flash_lib", "micropython_bin", "upy_bits"]
 
-DEV = 0x1234                    # water_config's device id
-FREQ = 868_100_000
-SF = 7
 NAMES = ("gw-a", "gw-b")
-
-
-def _meter(bench_node: NodeFactory) -> Any:
-    cfg = water_config(sends_per_day=24, profile_len=1)
-    cfg["downlink"] = True
-    cfg["link"] = {"type": "lora"}
-    cfg["radio"] = {"freq_hz": FREQ, "sf": SF}
-    cfg["bench"].update({"radio": {"path": "air.txt", "rx_path": "dl.txt"},
-                         "rx_wait_real_ms": 4000, "time_scale": 3600,
-                         "stop_after_s": 1000 * 3600})
-    node = bench_node(cfg, name="meter")
-    (node.dir / "dl.txt").write_text("")
-    return node
 
 
 def _config(gw: GatewayProcess, name: str, broker: Broker, port: int,
@@ -89,7 +74,7 @@ def _node_keys(meter: Any) -> tuple[str, Any]:
 
 def test_a_key_rotation_reaches_both_gateways_before_the_node_and_both_follow_it(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker, bench_node: NodeFactory) -> None:
-    meter = _meter(bench_node)
+    meter = lora_meter(bench_node)
     gws: dict[str, GatewayProcess] = {}
     ports: dict[str, int] = {}
     publics: dict[str, str] = {}

@@ -154,25 +154,14 @@ def test_uart_node_gets_its_downlink_as_a_frame_record(bench_node: NodeFactory) 
     node = bench_node(cfg)
     node.start()
     reader = node.ptys["link"]
-    first = _next_frame(node, 0)
+    first = node.link_frame(0, WAIT_S)
     down = dl.encode(DEVICE, 1, [dl.config(5, {3: 9000})], KEY)
     os.write(reader.master, stream.encode_record(stream.REC_FRAME, down))
-    second = _next_frame(node, 1)
+    second = node.link_frame(1, WAIT_S)
     node.kill9()
     assert first["values"]["dl"] == [3]
     assert second["values"]["dl"] == [3, 5 << 8], node.console()
     assert json.loads((node.dir / "config.json").read_text())["water"]["burst_lph"] == 9000
-
-
-def _next_frame(node: Any, index: int) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        frames = [frame.decode(body, KEY) for rtype, body in list(node.ptys["link"].records)
-                  if rtype == stream.REC_FRAME]
-        if len(frames) > index:
-            return frames[index]
-        time.sleep(0.01)
-    raise AssertionError(f"no frame {index}:\n{node.console()}")
 
 
 def test_bridge_transmits_tx_records_in_the_devices_window(bench_node: NodeFactory) -> None:

@@ -22,7 +22,13 @@ from knute.gateway.spool import Spool
 from knute.tools.rig.subscriber import Subscriber
 from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
-from tests.gateway.test_forwarder import check_delivery, make_rows, start_forwarder_process
+from tests.gateway.test_forwarder import (
+    check_delivery,
+    make_rows,
+    reap_forwarder_process,
+    start_forwarder_process,
+    stop_forwarder_process,
+)
 
 ACK_BATCH = 512          # Forwarder's default ack_batch
 INFLIGHT = 32            # the child's max_inflight (test_forwarder.FORWARDER_CHILD)
@@ -69,14 +75,9 @@ def test_kill_9_mid_drain_loses_nothing_and_repeats_only_unacked_rows(
         assert repeated <= unacked, f"deleted rows sent again: {sorted(repeated - unacked)[:5]}"
         assert len(repeated) <= INFLIGHT + ACK_BATCH
         assert max(copies.values()) <= 2
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        stop_forwarder_process(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        reap_forwarder_process(proc)
         collector.close()
     spool = Spool(str(db), max_bytes=10**9, max_age_s=10**9)
     assert spool.depth == 0

@@ -243,6 +243,21 @@ def start_forwarder_process(db: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def stop_forwarder_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the forwarder child, which must drain and exit 0."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+def reap_forwarder_process(proc: subprocess.Popen[bytes]) -> None:
+    """The forwarder child killed if it still runs, its pipe closed (a test's cleanup)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def test_forwarder_killed_mid_stream_and_restarted(tuned_broker: Broker,
                                                   tmp_path: Path) -> None:
     mosquitto = tuned_broker
@@ -266,14 +281,9 @@ def test_forwarder_killed_mid_stream_and_restarted(tuned_broker: Broker,
         proc = start_forwarder_process(db, mosquitto.port)
         wait_for(lambda: len(collector.ids()) == len(rows))
         check_delivery(collector, rows)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        stop_forwarder_process(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        reap_forwarder_process(proc)
         collector.close()
     spool = Spool(str(db), max_bytes=10**9, max_age_s=10**9)
     assert spool.stats()["depth"] == 0

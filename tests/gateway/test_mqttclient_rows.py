@@ -16,18 +16,19 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from knute.gateway import mqttclient
-from tests.gateway.test_mqttclient import (
+from tests.gateway.scripted_broker import (
     ALL_AT_ONCE,
-    CONNACK_5,
-    CONNACK_311,
     SCRIPTS,
     SCRIPTS_V5,
+    connected,
+    play_script,
     puback,
     pump,
     read_packet,
+    record_publishes,
+    same_as_paho,
 )
 
 
@@ -50,20 +51,8 @@ MESSAGES = [
 
 def broker_and_client(client_class: type[mqtt.Client], v5: bool,
                       events: list[Any]) -> tuple[mqtt.Client, socket.socket, socket.socket]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    client = client_class(CallbackAPIVersion.VERSION2, client_id="t",
-                          protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
-    client.max_inflight_messages_set(1000)
-    client.on_publish = lambda c, u, mid, rc, props: events.append(
-        ("publish", mid, rc.value, rc.is_failure, str(props)))
-    client.on_disconnect = lambda c, u, flags, rc, props: events.append(("disconnect",))
-    client.connect("127.0.0.1", server.getsockname()[1], 60)
-    conn, _ = server.accept()
-    assert read_packet(conn)[0] == 0x10                              # CONNECT
-    conn.sendall(CONNACK_5 if v5 else CONNACK_311)
-    pump(client, lambda: client.is_connected())
+    client, conn, server = connected(client_class, events, v5, inflight=1000)
+    record_publishes(client, events)
     return client, conn, server
 
 
@@ -107,36 +96,18 @@ def play_rows(client_class: type[mqtt.Client], v5: bool, script: list[bytes],
     the ForwarderClient, through paho's ``publish`` by paho's Client."""
     events: list[Any] = []
     client, conn, server = broker_and_client(client_class, v5, events)
-    try:
-        publish_all(client, [Msg(f"t/{n}", b"x" * n) for n in range(publishes)])
-        for _ in range(publishes):
-            pump(client, lambda: not client.want_write(), 0.5)
-            assert read_packet(conn)[0] & 0xF0 == 0x30                # PUBLISH
-        for chunk in script:
-            if chunk:
-                conn.sendall(chunk)
-                time.sleep(0.01)
-                pump(client, lambda: False, 0.2)
-        conn.close()
-        pump(client, lambda: any(e[0] == "disconnect" for e in events))
-    finally:
-        conn.close()
-        server.close()
-        client.disconnect()
-    return events
+    publish_all(client, [Msg(f"t/{n}", b"x" * n) for n in range(publishes)])
+    return play_script(client, conn, server, events, script, publishes)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_row_pubacks_match_paho_on_mqtt_311(name: str) -> None:
-    expected = play_rows(mqtt.Client, False, SCRIPTS[name], 8)
-    assert play_rows(mqttclient.ForwarderClient, False, SCRIPTS[name], 8) == expected
-    assert expected[-1] == ("disconnect",)
+    assert same_as_paho(play_rows, False, SCRIPTS[name])[-1] == ("disconnect",)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS_V5))
 def test_row_pubacks_match_paho_on_mqtt_5(name: str) -> None:
-    expected = play_rows(mqtt.Client, True, SCRIPTS_V5[name], 8)
-    assert play_rows(mqttclient.ForwarderClient, True, SCRIPTS_V5[name], 8) == expected
+    same_as_paho(play_rows, True, SCRIPTS_V5[name])
 
 
 def test_plain_row_pubacks_come_in_bulk_and_paho_keeps_its_own() -> None:

@@ -22,12 +22,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 from knute.protocol import downlink as dl
-from knute.protocol import frame, stream
+from knute.protocol import stream
 from knute.tools.board_heap import DOWNLINK_NEED_KIB
 from knute.tools.rig.node import KEY, KEY_HEX, Air, BenchNode, water_config
 from knute.tools.rig.ptys import open_pty
@@ -100,21 +99,17 @@ def run_case(role: str, link: str, make_node: NodeMaker, bits: int,
     raise ValueError(f"no downlink run for role {role!r}")
 
 
-def _uart_frame(node: BenchNode, index: int) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        frames = [frame.decode(body, KEY) for rtype, body in list(node.ptys["link"].records)
-                  if rtype == stream.REC_FRAME]
-        if len(frames) > index:
-            return frames[index]
-        if node.proc is not None and node.proc.poll() is not None:
-            break
-        time.sleep(0.01)
-    raise AssertionError(f"no frame {index} from the node:\n{node.console()}")
-
-
-def _send_down(node: BenchNode, down: bytes) -> None:
+def _uart_case(node: BenchNode, change: dict[int, int]) -> list[dict[str, Any]]:
+    """A node on the uart link started: its first frame, the config downlink ``change``
+    sent back, its second frame (with the report), the next boot; the node killed."""
+    node.start()
+    first = node.link_frame(0, WAIT_S)
+    down = dl.encode(DEVICE, 1, [dl.config(5, change)], KEY)
     os.write(node.ptys["link"].master, stream.encode_record(stream.REC_FRAME, down))
+    second = node.link_frame(1, WAIT_S)
+    node.wait_line("free after boot", count=2)
+    node.kill9()
+    return [first, second]
 
 
 def _water(link: str, make_node: NodeMaker, heap: str) -> CaseRun:
@@ -125,15 +120,10 @@ def _water(link: str, make_node: NodeMaker, heap: str) -> CaseRun:
     if link == "uart":
         node = make_node(cfg, heap=heap)
         try:
-            node.start()
-            first = _uart_frame(node, 0)
-            _send_down(node, dl.encode(DEVICE, 1, [dl.config(5, {3: 9000})], KEY))
-            second = _uart_frame(node, 1)
-            node.wait_line("free after boot", count=2)
-            node.kill9()
+            frames = _uart_case(node, {3: 9000})
         finally:
             node.close()
-        return CaseRun(node, [first, second])
+        return CaseRun(node, frames)
     cfg["link"] = {"type": "lora"}
     cfg["bench"]["radio"] = {"path": "air.txt", "rx_path": "dl.txt"}
     node = make_node(cfg, heap=heap)
@@ -178,12 +168,7 @@ def _air(link: str, make_node: NodeMaker, heap: str) -> CaseRun:
         node = make_node(cfg, heap=heap, uarts=("link",) if link == "uart" else ())
         (node.dir / "bme280.img").write_text(example_bme280_image())
         if link == "uart":
-            node.start()
-            first = _uart_frame(node, 0)
-            _send_down(node, dl.encode(DEVICE, 1, [dl.config(5, {8: 120})], KEY))
-            second = _uart_frame(node, 1)
-            node.wait_line("free after boot", count=2)
-            node.kill9()
+            first, second = _uart_case(node, {8: 120})
         else:
             air = Air(node)
             node.start()

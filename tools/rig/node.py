@@ -184,6 +184,21 @@ class BenchNode:
         return [frame.decode(body, key) for rtype, body in self.records(name)
                 if rtype == stream.REC_FRAME]
 
+    def link_frame(self, index: int, timeout: float = WAIT_S) -> dict[str, Any]:
+        """Frame ``index`` (0 the first) of the node's FRAME records on its ``link`` UART,
+        waiting for it up to ``timeout`` or until the node exits; AssertionError if it
+        never comes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            frames = [frame.decode(body, KEY) for rtype, body in list(self.ptys["link"].records)
+                      if rtype == stream.REC_FRAME]
+            if len(frames) > index:
+                return frames[index]
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        raise AssertionError(f"no frame {index} from the node:\n{self.console()}")
+
     def state(self, name: str) -> Any:
         """A state file's value (None when absent)."""
         path = self.dir / "state" / (name + ".json")

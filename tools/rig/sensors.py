@@ -23,6 +23,8 @@ SLEEP, WORK = (6, 1, 0), (6, 1, 1)
 # BMP280 data sheet section 3.12 (the same trimming layout and T/P formulas as
 # the BME280): adc_T 519888 -> 25.08 degC and adc_P 415148 -> 100653.27 Pa.
 # H1..H6 are values typical of production parts.
+# tests/firmware/airsim.py holds the same values: it also runs on the MicroPython
+# unix port, where knute.tools cannot be imported, and shipped code imports no tests.
 EXAMPLE_CALIB = {
     "t1": 27504, "t2": 26435, "t3": -1000,
     "p1": 36477, "p2": -10685, "p3": 3024, "p4": 2855, "p5": 140,
