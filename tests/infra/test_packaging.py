@@ -142,7 +142,8 @@ def test_gateway_extra_alone_runs_gateway_check_on_a_shipped_map(
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
         f"knute gateway: {broken}: modbus.device[0].map: 'generic_meter' is neither a .toml "
-        "file nor a shipped register map (shipped: generic_air_station, generic_water_meter)"]
+        "file nor a shipped register map (shipped: bulk_water_meter, generic_air_station, "
+        "generic_water_meter)"]
 
     for argv, extra in ((("demo", "--for", "5"), "tools"), (("protocol",), "tools"),
                         (("provision", "--help"), "tools")):
