@@ -35,14 +35,16 @@ BOARD_CHIP = {
 BOARD_HEAP_KIB = {board: CHIP_HEAP_KIB[chip] for board, chip in BOARD_CHIP.items()}
 
 # (role, link type) -> (KiB on a 32-bit build, KiB on the 64-bit unix port), in
-# steps of 8 KiB: the smallest heap the role's downlink run passes in, three runs
-# side by side included (the serial air node on the 32-bit build and the LoRa one on
-# the 64-bit port pass 8 KiB lower alone, but not always beside others: the names'
-# table step needs one block of 4.5 KB / 7 KB).
+# steps of 8 KiB: the smallest heap the role's downlink run passes in every time,
+# runs side by side and a loaded CI box included. The serial air node passes in
+# 64 KiB on the 32-bit build nearly always, but not always (1 run of a CI suite
+# failed its apply there: the names' table step needs one free block of 4.5 KB,
+# 7 KB on the 64-bit port, and how the heap is cut up depends on how the sensor's
+# bytes arrive); so its need is 72.
 DOWNLINK_NEED_KIB = {
     ("water_meter", "uart"): (48, 64),
     ("water_meter", "lora"): (56, 72),
-    ("air_quality", "uart"): (64, 80),
+    ("air_quality", "uart"): (72, 80),
     ("air_quality", "lora"): (64, 112),
 }
 
@@ -97,9 +99,9 @@ def bench_heap(config: dict[str, Any], bits: int = 64) -> str:
     """The ``-X heapsize`` a bench node runs in: the one rule for every bench node.
 
     ``KNUTE_FW_HEAP`` when set; with downlinks on, 64 KiB on a build where every
-    role's downlink path fits it (the 32-bit build, a board's word size), else the
-    smallest supported board's heap (the 64-bit port); otherwise the project's
-    margin (64 KiB, 48 KiB on the 32-bit build).
+    role's downlink path fits it, else the smallest supported board's heap (today
+    both builds: the serial air node needs 72 KiB on the 32-bit build); otherwise
+    the project's margin (64 KiB, 48 KiB on the 32-bit build).
     """
     explicit = os.environ.get("KNUTE_FW_HEAP")
     if explicit:

@@ -10,9 +10,8 @@ lines with the frames and the node, for tests/firmware/test_downlink_roles_heap.
 (which checks the downlink was applied) and for ``knute bench firmware`` (which
 prints the figures).
 
-The heap each run gets (``case_heap_kib``): the project's 64 KiB on the 32-bit
-build (a board's word size) and on the 64-bit port where the role's downlink
-path fits it; elsewhere on the 64-bit port the role's measured need
+The heap each run gets (``case_heap_kib``): the project's 64 KiB where the
+role's downlink path fits it, else the role's measured need on that build
 (knute.tools.board_heap.DOWNLINK_NEED_KIB). ``KNUTE_DL_HEAP`` overrides every
 run's heap, to measure a role's need.
 """
@@ -56,7 +55,7 @@ NodeMaker = Callable[..., BenchNode]
 def case_heap_kib(role: str, link: str, bits: int) -> int:
     """KiB of heap the run of (role, link) gets on the build (see the module docstring)."""
     need = DOWNLINK_NEED_KIB[(role, link)][0 if bits == 32 else 1]
-    return TARGET_KIB if need <= TARGET_KIB or bits == 32 else need
+    return max(TARGET_KIB, need)
 
 
 def case_heap(role: str, link: str, bits: int) -> str:
