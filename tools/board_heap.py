@@ -40,11 +40,13 @@ BOARD_HEAP_KIB = {board: CHIP_HEAP_KIB[chip] for board, chip in BOARD_CHIP.items
 # 64 KiB on the 32-bit build nearly always, but not always (1 run of a CI suite
 # failed its apply there: the names' table step needs one free block of 4.5 KB,
 # 7 KB on the 64-bit port, and how the heap is cut up depends on how the sensor's
-# bytes arrive); so its need is 72.
+# bytes arrive); so its need is 72. On the 64-bit port it failed the same way once
+# in 80 KiB (a CI run) after passing there alone and side by side: 96 KiB, with a
+# step to spare, until its need there is measured again.
 DOWNLINK_NEED_KIB = {
     ("water_meter", "uart"): (48, 64),
     ("water_meter", "lora"): (56, 72),
-    ("air_quality", "uart"): (72, 80),
+    ("air_quality", "uart"): (72, 96),
     ("air_quality", "lora"): (64, 112),
 }
 
