@@ -138,90 +138,72 @@ lock:
 
 # ---------------------------------------------------------------- services
 
-# Mosquitto for the MQTT tests, and its clients (mosquitto_sub, mosquitto_pub) for
-# the backend path in the README. Never fails the build: without the broker the
-# test fixtures start the amqtt broker instead. APT_GET is apt-get when this runs
-# as root on a machine that has it, else empty (nothing can be installed).
-MOSQUITTO_SUB := /usr/bin/mosquitto_sub
+# Debian packages the tests run for real, installed where missing: each target below
+# finds what is missing and hands it to apt_install. APT_GET is apt-get when this runs as
+# root on a machine that has it, else empty (nothing can be installed). A target never
+# fails the build: it says in one line what is missing and what that costs. The installs
+# take turns on one lock (apt and dpkg allow one at a time), so `make -j` may run them
+# beside the bootstrap, as `make test` does.
 APT_GET ?= $(if $(filter 0,$(shell id -u)),$(shell command -v apt-get),)
+APT_LOCK ?= /tmp/knute-apt.lock
+
+# $(1): the target's name, $(2): what goes without the packages; the shell variable
+# `missing` holds the packages to install.
+define apt_install
+if [ -z "$$missing" ]; then exit 0; fi; \
+if [ -z "$(APT_GET)" ]; then \
+    echo "$(1): $$missing not installed and cannot install it here (needs root and apt-get); $(2)"; \
+    exit 0; \
+fi; \
+echo "$(1): installing $$missing with apt-get"; \
+if flock $(APT_LOCK) sh -c '$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
+    $(APT_GET) install -y -qq --no-install-recommends '"$$missing" \
+    >/tmp/knute-apt-$(1).log 2>&1; \
+then echo "$(1): installed $$missing"; \
+else echo "$(1): install of $$missing failed (see /tmp/knute-apt-$(1).log); $(2)"; fi
+endef
+
+# Mosquitto for the MQTT tests, and its clients (mosquitto_sub, mosquitto_pub) for the
+# backend path in the README. Without the broker the test fixtures start amqtt instead.
+MOSQUITTO_SUB := /usr/bin/mosquitto_sub
+MOSQUITTO_WITHOUT := tests use amqtt without the broker, the README's mosquitto_sub needs the clients
 
 mosquitto:
 	@missing=""; \
 	[ -x $(MOSQUITTO_BIN) ] || missing="mosquitto"; \
 	[ -x $(MOSQUITTO_SUB) ] || missing="$$missing mosquitto-clients"; \
 	missing=$${missing# }; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ -n "$(APT_GET)" ]; then \
-	    echo "mosquitto: installing $$missing with apt-get"; \
-	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
-	        $(APT_GET) install -y -qq --no-install-recommends $$missing) \
-	        >/tmp/knute-apt.log 2>&1; \
-	    then echo "mosquitto: installed $$missing"; \
-	    else echo "mosquitto: install of $$missing failed (see /tmp/knute-apt.log);" \
-	        "tests use amqtt without the broker, the README's mosquitto_sub needs the clients"; fi; \
-	else \
-	    echo "mosquitto: $$missing not installed and cannot install it here (needs root and" \
-	        "apt-get); tests use amqtt without the broker, the README's mosquitto_sub needs" \
-	        "the clients"; \
-	fi
+	$(call apt_install,mosquitto,$(MOSQUITTO_WITHOUT))
 
-# Headless Chromium for the backend's web page test (tests/backend/test_web_browser.py),
-# from Debian's packages. Installed like Mosquitto where this runs as root; without
-# it that test fails naming the package (a browser test has no stand-in).
+# Headless Chromium for the backend's web page test (tests/backend/test_web_browser.py):
+# a browser test has no stand-in, so without it that test fails naming the package.
 CHROMIUM_NAMES := chromium chromium-browser google-chrome
+CHROMIUM_WITHOUT := the web page's browser test will fail
 
 chromium:
-	@for name in $(CHROMIUM_NAMES); do command -v $$name >/dev/null && exit 0; done; \
-	if [ -n "$(APT_GET)" ]; then \
-	    echo "chromium: installing chromium with apt-get"; \
-	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
-	        $(APT_GET) install -y -qq --no-install-recommends chromium) \
-	        >/tmp/knute-apt-chromium.log 2>&1; \
-	    then echo "chromium: installed"; \
-	    else echo "chromium: install failed (see /tmp/knute-apt-chromium.log);" \
-	        "the web page's browser test will fail"; fi; \
-	else \
-	    echo "chromium: not installed and cannot install it here (needs root and apt-get);" \
-	        "the web page's browser test will fail"; \
-	fi
+	@missing=chromium; \
+	for name in $(CHROMIUM_NAMES); do command -v $$name >/dev/null && missing=""; done; \
+	$(call apt_install,chromium,$(CHROMIUM_WITHOUT))
 
-# PostgreSQL for the backend's server-store tests (tools/rig/postgres.py runs a
-# throwaway cluster from Debian's binaries in /usr/lib/postgresql/*/bin). Installed
-# with apt-get where missing; without it those tests fail naming the package.
+# PostgreSQL for the backend's server-store tests (tools/rig/postgres.py runs a throwaway
+# cluster from Debian's binaries in /usr/lib/postgresql/*/bin).
+POSTGRESQL_INITDB ?= /usr/lib/postgresql/*/bin/initdb
+POSTGRESQL_WITHOUT := the backend's PostgreSQL tests will fail
+
 postgresql:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
-	if [ -n "$(APT_GET)" ]; then \
-	    echo "postgresql: installing postgresql with apt-get"; \
-	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
-	        $(APT_GET) install -y -qq --no-install-recommends postgresql) \
-	        >/tmp/knute-apt-postgresql.log 2>&1; \
-	    then echo "postgresql: installed"; \
-	    else echo "postgresql: install failed (see /tmp/knute-apt-postgresql.log);" \
-	        "the backend's PostgreSQL tests will fail"; fi; \
-	else \
-	    echo "postgresql: not installed and cannot install it here (needs root and" \
-	        "apt-get); the backend's PostgreSQL tests will fail"; \
-	fi
+	@missing=postgresql; \
+	ls $(POSTGRESQL_INITDB) >/dev/null 2>&1 && missing=""; \
+	$(call apt_install,postgresql,$(POSTGRESQL_WITHOUT))
 
 # RabbitMQ (Debian's rabbitmq-server, with Erlang and the MQTT plugin) for the clustered
 # broker cases of the reliability suite (tools/rig/rabbitmq.py runs three nodes of it).
-# Installed with apt-get where missing; without it those tests fail naming the package.
 RABBITMQ_SERVER ?= /usr/lib/rabbitmq/bin/rabbitmq-server
+RABBITMQ_WITHOUT := the clustered broker tests will fail
 
 rabbitmq:
-	@if [ -x $(RABBITMQ_SERVER) ]; then exit 0; fi; \
-	if [ -n "$(APT_GET)" ]; then \
-	    echo "rabbitmq: installing rabbitmq-server with apt-get"; \
-	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
-	        $(APT_GET) install -y -qq --no-install-recommends rabbitmq-server) \
-	        >/tmp/knute-apt-rabbitmq.log 2>&1; \
-	    then echo "rabbitmq: installed"; \
-	    else echo "rabbitmq: install failed (see /tmp/knute-apt-rabbitmq.log);" \
-	        "the clustered broker tests will fail"; fi; \
-	else \
-	    echo "rabbitmq: not installed and cannot install it here (needs root and" \
-	        "apt-get); the clustered broker tests will fail"; \
-	fi
+	@missing=rabbitmq-server; \
+	[ -x $(RABBITMQ_SERVER) ] && missing=""; \
+	$(call apt_install,rabbitmq,$(RABBITMQ_WITHOUT))
 
 # Every MicroPython test also runs on a 32-bit build of the unix port (a board's
 # small ints and object sizes), kept beside the repository: without it `make test`
@@ -324,7 +306,10 @@ checks: lint typecheck mpy
 # stubtest, the MicroPython stubs, mpy-cross), side by side in a second make whose
 # report is shown after pytest's: most process tests wait on their subprocesses, and
 # the checks use the cores meanwhile. Either failing fails make test.
-test: $(STAMP) mosquitto postgresql rabbitmq chromium upy32
+# The bootstrap and the package installs run side by side first (a fresh machine spends
+# its first minute on them; they share nothing).
+test: upy32
+	@$(MAKE) --no-print-directory -s -j 5 -O $(STAMP) mosquitto postgresql rabbitmq chromium
 	@checks=$$(mktemp); trap 'rm -f "$$checks"' EXIT; \
 	$(MAKE) --no-print-directory -j 4 -O checks >"$$checks" 2>&1 </dev/null & pid=$$!; \
 	rc=0; $(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS) || rc=$$?; \
