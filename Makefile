@@ -59,7 +59,16 @@ PIP_NOISE := is ignored: it is neither a file nor a directory
 
 # ---------------------------------------------------------------- bootstrap
 
-bootstrap: $(STAMP)
+bootstrap: $(STAMP) $(EXT)
+
+# The gateway's optional C payload walk, compiled in place (hatch_build.py; the editable
+# install of the bootstrap compiles it too): again whenever its source is newer. Without a
+# C compiler this prints why and the gateway runs the Python decoders.
+EXT = gateway/_fastframe$(shell $(PYTHON) -c \
+    'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX") or ".so")')
+
+$(EXT): gateway/_fastframe.c hatch_build.py $(STAMP)
+	@$(BIN)/python hatch_build.py
 
 # The lock is installed by uv (pinned here, itself installed by pip into .venv) where it
 # can be had, else by pip: on a fresh clone of this 2-core machine pip took 69 s of CPU
@@ -324,7 +333,7 @@ checks: lint typecheck mpy
 # stubtest, the MicroPython stubs, mpy-cross), side by side in a second make whose
 # report is shown after pytest's: most process tests wait on their subprocesses, and
 # the checks use the cores meanwhile. Either failing fails make test.
-test: $(STAMP) mosquitto postgresql rabbitmq chromium upy32
+test: $(STAMP) $(EXT) mosquitto postgresql rabbitmq chromium upy32
 	@checks=$$(mktemp); trap 'rm -f "$$checks"' EXIT; \
 	$(MAKE) --no-print-directory -j 4 -O checks >"$$checks" 2>&1 </dev/null & pid=$$!; \
 	rc=0; $(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS) || rc=$$?; \
@@ -337,19 +346,19 @@ test: $(STAMP) mosquitto postgresql rabbitmq chromium upy32
 	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
 	exit $$crc
 
-unit: $(STAMP)
+unit: $(STAMP) $(EXT)
 	$(call run_pytest,not process and not slow,$(XDIST))
 
-reliability: $(STAMP)
+reliability: $(STAMP) $(EXT)
 	@rc=0; $(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make reliability: FAILED: no slow test collected"; fi; \
 	[ $$rc -eq 0 ] || exit $$rc; \
 	$(BIN)/knute bench reliability
 
-demo: $(STAMP)
+demo: $(STAMP) $(EXT)
 	@exec $(BIN)/knute demo $(DEMO_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(EXT)
 	@for name in protocol gateway firmware; do \
 	    echo "== knute bench $$name"; $(BIN)/knute bench $$name; \
 	done
