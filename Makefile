@@ -261,7 +261,13 @@ typecheck-cpython: $(STAMP)
 # mypy sees each stub once; names only the stubs define (type aliases) are in
 # protocol/stubtest-allowlist.txt. Packages are not passed: stubtest would also
 # check their stub-less submodules (the *_decode.py helpers).
-typecheck-stubs: $(STAMP)
+typecheck-stubs: $(STAMP) $(EXT)
+	@if ls gateway/_fastframe*.so >/dev/null 2>&1; then \
+	    echo "stubtest knute.gateway._fastframe"; \
+	    empty=$$(mktemp -d); trap 'rm -rf "$$empty"' EXIT; \
+	    cd "$$empty" && MYPYPATH=$(CURDIR) PYTHONPATH=$(CURDIR) \
+	        $(abspath $(BIN))/python -m mypy.stubtest knute.gateway._fastframe; \
+	else echo "stubtest: gateway/_fastframe is not built, its stub is not checked"; fi
 	@mods=$$(find protocol -name '*.pyi' ! -name '__init__.pyi' 2>/dev/null | sort \
 	    | sed -e 's/\.pyi$$//' -e 's/\//./g' || true); \
 	if [ -z "$$mods" ]; then echo "stubtest: no .pyi stubs yet"; exit 0; fi; \

@@ -33,11 +33,11 @@ hypothesis (random, mutated and authentic payloads).
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable
 from typing import Any
 
+from knute.gateway import fastwalk
 from knute.protocol import frame as pframe
 from knute.protocol import kinds
 
@@ -213,36 +213,22 @@ def decoder_spec(kind_id: int) -> tuple[str, int, tuple[tuple[str, int, int, boo
 
 
 def _compiled(kind_id: int) -> Decoder | None:
-    """Kind ``kind_id``'s decoder from the C extension, or None where the extension is
-    not built (or not wanted: ``KNUTE_FAST_PATH=python``), or its spec is one the C
-    walk does not take (a range beyond 64 bits, an optional field before a required
-    one): that kind then keeps its generated Python decoder."""
+    """Kind ``kind_id``'s decoder from the C extension (gateway/_fastframe.c), or None
+    where the extension is not built (or not wanted: ``KNUTE_FAST_PATH=python``), or its
+    spec is one the C walk does not take (a range beyond 64 bits, an optional field
+    before a required one): that kind then keeps its generated Python decoder, which
+    answers the same."""
     if _C is None:
         return None
     try:
-        return _C.Decoder(*decoder_spec(kind_id))
+        decode: Decoder = _C.Decoder(*decoder_spec(kind_id))
     except (ValueError, OverflowError):
         return None
+    return decode
 
 
-def _load_extension() -> Any:
-    """The compiled payload walk (gateway/_fastframe.c), or None.
-
-    Optional: a field box without a compiler runs the generated Python decoders,
-    which answer the same (tests/gateway/test_fastframe.py runs the same properties
-    against both). ``KNUTE_FAST_PATH=python`` in the environment keeps the Python
-    decoders even where the extension is built (benchmarks, and a way out should the
-    compiled one misbehave)."""
-    if os.environ.get("KNUTE_FAST_PATH", "").strip().lower() == "python":
-        return None
-    try:
-        from knute.gateway import _fastframe
-    except ImportError:
-        return None
-    return _fastframe
-
-
-_C = _load_extension()
+# The compiled walk, where it is built (gateway/fastwalk.py says how it is found)
+_C = fastwalk.EXTENSION
 
 
 class _Kind:

@@ -166,7 +166,8 @@ def test_the_compiled_walk_runs_where_it_is_built() -> None:
         assert not wanted or shutil.which("cc") is None, "a C compiler, but no extension"
         assert fastframe.FAST_PATH == "python"
         return
-    assert fastframe.FAST_PATH == ("c" if wanted else "python")
+    expected = "c" if wanted else "python"
+    assert expected == fastframe.FAST_PATH
     for kind in fastframe.KINDS.values():
         assert (kind.decode is not kind.decode_python) == wanted
 
