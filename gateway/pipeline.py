@@ -18,9 +18,9 @@ For each ``Reception`` (frame bytes plus where and how it was heard):
    cryptography's ``AESCCM`` object, cached per device and tag length, nonce
    ``protocol.frame.nonce(device_id, fcnt)``, the 8 header bytes as associated
    data, then ``protocol.frame.open_payload`` (``gateway.fastframe``'s decoder,
-   generated per kind from the kinds table, answers the payloads the table
-   accepts, and leaves the rest to the protocol code, so the reasons are the
-   protocol's). The result is exactly what
+   made per kind from the kinds table, compiled where gateway/_fastframe.c is
+   built, answers the payloads the table accepts, and leaves the rest to the
+   protocol code, so the reasons are the protocol's). The result is exactly what
    ``protocol.frame.decode`` returns, or the same FrameError reason.
    The frame's kind must be the registered kind (``kind_mismatch``).
 5. Replay check (``ReplayGuard``) against the last accepted counter:
