@@ -61,7 +61,16 @@ PIP_NOISE := is ignored: it is neither a file nor a directory
 
 # ---------------------------------------------------------------- bootstrap
 
-bootstrap: $(STAMP)
+bootstrap: $(STAMP) $(EXT)
+
+# The gateway's optional C payload walk, compiled in place (hatch_build.py; the editable
+# install of the bootstrap compiles it too): again whenever its source is newer. Without a
+# C compiler this prints why and the gateway runs the Python decoders.
+EXT = gateway/_fastframe$(shell $(PYTHON) -c \
+    'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX") or ".so")')
+
+$(EXT): gateway/_fastframe.c hatch_build.py $(STAMP)
+	@$(BIN)/python hatch_build.py
 
 # The lock is installed by uv (pinned here, itself installed by pip into .venv) where it
 # can be had, else by pip: on a fresh clone of this 2-core machine pip took 69 s of CPU
@@ -236,7 +245,13 @@ typecheck-cpython: $(STAMP)
 # mypy sees each stub once; names only the stubs define (type aliases) are in
 # protocol/stubtest-allowlist.txt. Packages are not passed: stubtest would also
 # check their stub-less submodules (the *_decode.py helpers).
-typecheck-stubs: $(STAMP)
+typecheck-stubs: $(STAMP) $(EXT)
+	@if ls gateway/_fastframe*.so >/dev/null 2>&1; then \
+	    echo "stubtest knute.gateway._fastframe"; \
+	    empty=$$(mktemp -d); trap 'rm -rf "$$empty"' EXIT; \
+	    cd "$$empty" && MYPYPATH=$(CURDIR) PYTHONPATH=$(CURDIR) \
+	        $(abspath $(BIN))/python -m mypy.stubtest knute.gateway._fastframe; \
+	else echo "stubtest: gateway/_fastframe is not built, its stub is not checked"; fi
 	@mods=$$(find protocol -name '*.pyi' ! -name '__init__.pyi' 2>/dev/null | sort \
 	    | sed -e 's/\.pyi$$//' -e 's/\//./g' || true); \
 	if [ -z "$$mods" ]; then echo "stubtest: no .pyi stubs yet"; exit 0; fi; \
@@ -308,10 +323,10 @@ checks: lint typecheck mpy
 # stubtest, the MicroPython stubs, mpy-cross), side by side in a second make whose
 # report is shown after pytest's: most process tests wait on their subprocesses, and
 # the checks use the cores meanwhile. Either failing fails make test.
-# The bootstrap and the package installs run side by side first (a fresh machine spends
-# its first minute on them; they share nothing).
+# The bootstrap (with the compiled walk) and the package installs run side by side
+# first (a fresh machine spends its first minute on them; they share nothing).
 test: upy32
-	@$(MAKE) --no-print-directory -s -j 5 -O $(STAMP) mosquitto postgresql rabbitmq chromium
+	@$(MAKE) --no-print-directory -s -j 5 -O $(STAMP) $(EXT) mosquitto postgresql rabbitmq chromium
 	@checks=$$(mktemp); trap 'rm -f "$$checks"' EXIT; \
 	$(MAKE) --no-print-directory -j 4 -O checks >"$$checks" 2>&1 </dev/null & pid=$$!; \
 	rc=0; $(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS) || rc=$$?; \
@@ -324,19 +339,19 @@ test: upy32
 	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
 	exit $$crc
 
-unit: $(STAMP)
+unit: $(STAMP) $(EXT)
 	$(call run_pytest,not process and not slow,$(XDIST))
 
-reliability: $(STAMP)
+reliability: $(STAMP) $(EXT)
 	@rc=0; $(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make reliability: FAILED: no slow test collected"; fi; \
 	[ $$rc -eq 0 ] || exit $$rc; \
 	$(BIN)/knute bench reliability
 
-demo: $(STAMP)
+demo: $(STAMP) $(EXT)
 	@exec $(BIN)/knute demo $(DEMO_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(EXT)
 	@for name in protocol gateway firmware; do \
 	    echo "== knute bench $$name"; $(BIN)/knute bench $$name; \
 	done
