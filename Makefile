@@ -66,11 +66,14 @@ bootstrap: $(STAMP) $(EXT)
 # The gateway's optional C payload walk, compiled in place (hatch_build.py; the editable
 # install of the bootstrap compiles it too): again whenever its source is newer. Without a
 # C compiler this prints why and the gateway runs the Python decoders.
-EXT = gateway/_fastframe$(shell $(PYTHON) -c \
-    'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX") or ".so")')
+# (A tree without the source, such as the tests' scratch copies of this Makefile, has none.)
+EXT = $(if $(wildcard gateway/_fastframe.c),gateway/_fastframe$(shell $(PYTHON) -c \
+    'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX") or ".so")'),)
 
+ifneq ($(EXT),)
 $(EXT): gateway/_fastframe.c hatch_build.py $(STAMP)
 	@$(BIN)/python hatch_build.py
+endif
 
 # The lock is installed by uv (pinned here, itself installed by pip into .venv) where it
 # can be had, else by pip: on a fresh clone of this 2-core machine pip took 69 s of CPU
