@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -112,11 +111,7 @@ def session_client(cfg: MqttConfig, client_id: str) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                          clean_session=None if v5 else False)
-    if cfg.username is not None:
-        client.username_pw_set(cfg.username, cfg.password)
-    if cfg.tls is not None:
-        client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key,
-                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    cfg.configure_client(client)
     client.reconnect_delay_set(max(1, round(cfg.backoff_min_s)), max(1, round(cfg.backoff_max_s)))
     return client
 
