@@ -53,9 +53,7 @@ def case_broker_failover(workdir: Path, *, down_s: float = 2.0, rate: float = 20
                 fwd = r.gw.status()["forwarder"]
                 return bool(fwd.get("broker") == addr and fwd.get("connected"))
 
-            r.gw.start()
-            r.fleet.start()
-            wait_for(lambda: r.backend.delivered() >= 20, WAIT_S, "first deliveries")
+            r.start_stream(WAIT_S)
             # a goes down (cut first, so no PUBACK of a message it then loses, then
             # stopped with its persistence saved): the gateway moves to b.
             r.link.set_mode("down")

@@ -381,6 +381,13 @@ class Rig:
                               mqtt_extra=mqtt_extra, log_level=log_level,
                               fallback_ports=[lk.port for lk in self.fallback_links])
 
+    def start_stream(self, timeout: float = 60.0) -> None:
+        """Start the gateway and the fleet; return once the first 20 readings are delivered
+        (the steady stream a case then disturbs)."""
+        self.gw.start()
+        self.fleet.start()
+        wait_for(lambda: self.backend.delivered() >= 20, timeout, "first deliveries")
+
     def kill_broker(self) -> None:
         """Cut the gateway's link, let the backend take what is on its way, kill -9 the broker.
 
