@@ -178,10 +178,7 @@ def case_cross_gateway_replay(workdir: Path, *, frames: int = 300, rate: float =
             meta = gw_b.spool_meta()
             result.accepted += meta["accepted_total"]
             result.crashes += gw_b.crashes
-            tracebacks = gw_b.log_text().count("Traceback (most recent call last)")
-            if tracebacks:
-                result.crashes += tracebacks
-                result.problems.append(f"{tracebacks} traceback(s) in gateway B's log")
+            result.check_log(gw_b.log_text(), "gateway B's log")
         finally:
             fwd.close()
             gw_b.close()

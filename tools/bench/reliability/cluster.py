@@ -129,24 +129,11 @@ class CityOnCluster:
             result.crashes += gw.crashes
             valid |= fleet.valid_ids
             log = gw.log_text()
-            tracebacks = log.count("Traceback (most recent call last)")
-            if tracebacks:
-                result.crashes += tracebacks
-                result.problems.append(f"{tracebacks} traceback(s) in {gw.root.name}'s log")
+            result.check_log(log, f"{gw.root.name}'s log")
             result.problems += key_leaks({f"{gw.root.name} log": log}, fleet.keys)
-        delivered = self.backend.delivered()
-        result.accepted += accepted
-        result.evicted += evicted
-        result.delivered += delivered
-        result.duplicates += self.backend.duplicates()
-        result.lost += max(0, accepted - evicted - delivered)
-        forged = self.backend.ids() - valid
-        if forged:
-            result.problems.append(f"{len(forged)} readings no fleet sent validly, "
-                                   f"e.g. {sorted(forged)[:3]}")
-        if self.backend.mismatched:
-            result.problems.append(f"ids delivered twice with different content: "
-                                   f"{self.backend.mismatched[:3]}")
+        result.count_delivery(accepted, evicted, self.backend.delivered(),
+                              self.backend.duplicates())
+        result.problems += self.backend.problems(valid)
         result.notes["sent_valid"] = sum(f.sent_valid for f in self.fleets)
         result.notes["backend_connections"] = self.balancer.connections
 
