@@ -131,13 +131,69 @@ def connect_session(client: mqtt.Client, cfg: MqttConfig, session_s: int) -> Non
     client.loop_start()
 
 
-class CommandListener:
+class SessionChannel:
+    """A side channel on a paho session of its own (``session_client``): connected in
+    the background, with ``connected`` and ``subscribed`` for the status.
+
+    The command topics and the city's downlink claims are both such channels; each
+    says what it subscribes to once connected (``_subscribe``) and what a message
+    does (``_on_message``). A refused connection is one warning in the channel's log.
+    """
+
+    def __init__(self, cfg: MqttConfig, client_id: str, *, session_s: int,
+                 channel_log: logging.Logger, name: str) -> None:
+        self.cfg = cfg
+        self.connected = False
+        self.subscribed = False
+        self._session_s = session_s
+        self._log = channel_log
+        self._name = name
+        self._client = session_client(cfg, client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
+
+    def start(self) -> None:
+        """Connect in the background (paho reconnects by itself)."""
+        connect_session(self._client, self.cfg, session_s=self._session_s)
+
+    def stop(self) -> None:
+        """Disconnect and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        raise NotImplementedError
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: Any) -> None:
+        raise NotImplementedError
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            self._log.warning("%s: broker refused the connection: %s", self._name, reason)
+            return
+        self.connected = True
+        self._subscribe(client)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any = None) -> None:
+        self.subscribed = True
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any = None) -> None:
+        self.connected = self.subscribed = False
+
+
+class CommandListener(SessionChannel):
     """Subscribes to the command topics and queues what arrives in the store."""
 
     def __init__(self, cfg: MqttConfig, store: DownlinkStore, kind_of: KindOf,
                  on_status: StatusFn, on_refused: RefusedFn, *, gateway_id: str,
                  client_id: str) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, f"{client_id}-down", session_s=7 * 86400, channel_log=log,
+                         name="command topics")
         self.store = store
         self.kind_of = kind_of
         self.on_status = on_status
@@ -148,38 +204,9 @@ class CommandListener:
         self.refused = 0
         self.rekey_elsewhere = 0        # rekey commands another gateway starts
         self._events = EventLog(log, period_s=60.0)
-        self._client = session_client(cfg, f"{client_id}-down")
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_disconnect = self._on_disconnect
-        self.connected = False
-        self.subscribed = False
 
-    def start(self) -> None:
-        """Connect in the background (paho reconnects by itself)."""
-        connect_session(self._client, self.cfg, session_s=7 * 86400)
-
-    def stop(self) -> None:
-        """Disconnect and stop the network thread."""
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any = None) -> None:
-        if getattr(reason, "is_failure", False):
-            log.warning("command topics: broker refused the connection: %s", reason)
-            return
-        self.connected = True
+    def _subscribe(self, client: mqtt.Client) -> None:
         client.subscribe(self.topic, qos=1)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
-                      properties: Any = None) -> None:
-        self.subscribed = True
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any = None) -> None:
-        self.connected = self.subscribed = False
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: Any) -> None:
         self.received += 1
