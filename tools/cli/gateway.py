@@ -217,12 +217,8 @@ def _check_broker(cfg: Any) -> dict[str, Any]:
 
     client.on_connect = on_connect
     client.connect_timeout = ONLINE_TIMEOUT_S
-    if mq.username is not None:
-        client.username_pw_set(mq.username, mq.password)
     try:
-        if mq.tls is not None:
-            client.tls_set(ca_certs=mq.tls.ca, certfile=mq.tls.cert, keyfile=mq.tls.key,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        mq.configure_client(client)
         client.connect(mq.host, mq.port, 30)
     except (OSError, ssl.SSLError, ValueError) as exc:
         return _result(what, f"cannot connect: {exc}")
