@@ -216,7 +216,8 @@ def test_bridge_transmits_tx_records_in_the_devices_window(bench_node: NodeFacto
 
 def test_a_bad_module_set_rolls_back_after_three_boots(bench_node: NodeFactory) -> None:
     cfg = water_config()
-    cfg["bench"]["stop_after_s"] = 7 * 3600
+    # The stepped clock: no input here needs real time (0.7 s a run at 36000x).
+    cfg["bench"].update({"stop_after_s": 7 * 3600, "time_scale": 0})
     node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text("")
     # An update switched to set s1, whose app cannot even be loaded.
@@ -244,7 +245,7 @@ def test_a_bad_module_set_rolls_back_after_three_boots(bench_node: NodeFactory) 
 def test_a_good_module_set_is_confirmed_by_its_first_send(bench_node: NodeFactory) -> None:
     cfg = water_config()
     cfg["downlink"] = True          # updates come by downlink: a node that takes them
-    cfg["bench"]["stop_after_s"] = 7 * 3600
+    cfg["bench"].update({"stop_after_s": 7 * 3600, "time_scale": 0})     # as above
     node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text("")
     s1 = node.dir / "upd" / "s1"
