@@ -6,8 +6,8 @@ protocol.downlink_send and appends ``TX <start_ms> <freq> <sf> <hex>`` to the
 node's ``rx_path`` for the node's RX1 (or RX2) window. The node waits up to
 ``rx_wait_real_ms`` of real time for it with its clock held, so the answer
 arrives in the window whatever the machine's load; the clock is the stepped one
-(bench ``time_scale`` 0), so the hours between sends take no real time. Every test runs on the
-64-bit and the 32-bit build.
+(bench ``time_scale`` 0), so the hours between sends take no real time. Every
+test runs on the 64-bit and the 32-bit build.
 """
 
 from __future__ import annotations
