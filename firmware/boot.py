@@ -116,6 +116,14 @@ def boot(config_path="config.json", hal=None):
     unload("firmware.config_display")
     del config
     gc.collect()
+    # An air node with downlinks holds room for the names' table step until its
+    # first send (firmware.names_room), taken while the top of the heap is free;
+    # a later life has its names already. Imported by a string: its names stay
+    # off every other node's boot.
+    room = None
+    if not again and cfg["downlink"] and cfg["role"] == "air_quality":
+        room = __import__("firmware.names_room", None, None, ("take",)).take()
+        unload("firmware.names_room")
     if "radio" in cfg:
         from protocol import airtime
 
@@ -217,6 +225,8 @@ def boot(config_path="config.json", hal=None):
     fcnt = state.FrameCounter(store, cfg["fcnt_block"])
     gc.collect()
     ctx = context.Context(cfg, hal, store, uplink, fcnt, hal.led())
+    if room is not None:
+        ctx.dl[7] = room
     ctx.log("boot role=%s device=%08x board=%s port=%s reset=%s fcnt=%d link=%s"
             % (cfg["role"], cfg["device_id"], cfg["board"], hal.port, hal.reset_cause(),
                fcnt.next, cfg["link"]["type"]))

@@ -51,8 +51,10 @@ class Context:
         # firmware.downlink_window keeps (one list, as a node's heap counts
         # every attribute): [alarm bits and repeats or None, alarm may repeat,
         # receive-window ms, time-on-air ms, key rotation pending, downlink heard,
-        # data-rate back-off record or False]
-        self.dl = [None, False, 0, 0, config.get("key_next_bytes") is not None, False, None] \
+        # data-rate back-off record or False, the room firmware.names_room holds
+        # for the names' table step until the first send, or None]
+        self.dl = [None, False, 0, 0, config.get("key_next_bytes") is not None, False, None,
+                   None] \
             if config.get("downlink") else None
 
     def start_duty(self):
@@ -97,6 +99,23 @@ class Context:
         fcnt = self.fcnt.peek()
         report = None
         if self.dl is not None:
+            spare = self.dl[7]
+            if spare is not None:
+                # The first send since a reset of a node that holds room for the
+                # names' table step (firmware.names_room): free it, collect the
+                # polls' garbage so that small pieces go back into the holes
+                # below it, then load the modules whose names take the step, the
+                # link's window code first (it is smaller than downlink_window,
+                # whose names may be the step). By a string: no name of theirs
+                # comes into this module (every node loads it).
+                self.dl[7] = None
+                spare.clear()  # type: ignore[attr-defined]  # slot 7: a list or None
+                del spare
+                import gc
+
+                gc.collect()
+                __import__("firmware.downlink_lora" if self.link.lora
+                           else "firmware.downlink_uart")
             from firmware import downlink_window
 
             report = downlink_window.report(self, values)
