@@ -170,7 +170,7 @@ def _reset_all(*socks: socket.socket) -> None:
     closed, all of them first, through a duplicate descriptor kept until after
     ``shutdown(SHUT_RD)``, which sends nothing but wakes that ``recv``; the woken pump
     finds both of its sockets closed already, so no FIN goes out ahead of a RST."""
-    twins = []
+    twins: list[socket.socket] = []
     for sock in socks:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
