@@ -8,8 +8,11 @@ side. ``SCRIPTS``/``SCRIPTS_V5`` are the PUBACK scripts both clients must take a
 
 from __future__ import annotations
 
+import array
+import fcntl
 import select
 import socket
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +72,31 @@ def pump(client: mqtt.Client, done: Any, timeout_s: float = 5.0) -> None:
         client.loop_misc()
 
 
+def pending(sock: Any) -> int:
+    """Bytes that have arrived at ``sock`` and wait to be read (FIONREAD)."""
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    return count[0]
+
+
+def deliver(client: mqtt.Client, conn: socket.socket, chunk: bytes,
+            timeout_s: float = 5.0) -> None:
+    """Send ``chunk`` from the broker's end as a segment of its own and pump the client
+    until it has taken all of it: every whole packet in it handled, a part kept.
+
+    The client's socket is empty before the send (the last chunk was taken), so the
+    chunk has arrived alone when its length is readable there; it is taken when the
+    socket is empty again and the client holds nothing unread (``buffered``), or when
+    the client has dropped the connection."""
+    conn.sendall(chunk)
+    deadline = time.monotonic() + timeout_s
+    sock = client.socket()
+    while sock is not None and pending(sock) < len(chunk) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    pump(client, lambda: client.socket() is None
+         or (not getattr(client, "buffered", 0) and not pending(client.socket())), timeout_s)
+
+
 ALL_AT_ONCE = b"".join(puback(mid) for mid in range(1, 9))
 
 SCRIPTS = {
@@ -124,9 +152,7 @@ def play_script(client: mqtt.Client, conn: socket.socket, server: socket.socket,
             assert read_packet(conn)[0] & 0xF0 == 0x30                # PUBLISH
         for chunk in script:
             if chunk:
-                conn.sendall(chunk)
-                time.sleep(0.01)      # let each chunk arrive as its own segment
-                pump(client, lambda: False, 0.2)
+                deliver(client, conn, chunk)
         conn.close()
         pump(client, lambda: any(e[0] == "disconnect" for e in events))
     finally:

@@ -44,7 +44,7 @@ class Install:
 [gateway]
 id = "gw-lock"
 data_dir = "{data}"
-drain_timeout_s = 1
+drain_timeout_s = 0
 [status]
 socket = "{socket}"
 {metrics}[mqtt]

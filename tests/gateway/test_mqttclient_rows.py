@@ -23,6 +23,7 @@ from tests.gateway.scripted_broker import (
     SCRIPTS,
     SCRIPTS_V5,
     connected,
+    deliver,
     play_script,
     puback,
     pump,
@@ -131,8 +132,7 @@ def test_plain_row_pubacks_come_in_bulk_and_paho_keeps_its_own() -> None:
         assert [mid for batch in bulk for mid in batch] == [1, 2, 3, 4, 6, 7]
         assert bulk[0] == [1, 2, 3, 4]                      # one call for the segment's run
         assert events == [("publish", 5, 0, False, "[]"), ("publish", 8, 16, False, "[]")]
-        conn.sendall(puback(3) + puback(9))                 # acknowledged before, unknown
-        pump(client, lambda: False, 0.3)
+        deliver(client, conn, puback(3) + puback(9))        # acknowledged before, unknown
         assert len(bulk) == 2 and len(events) == 2
     finally:
         conn.close()

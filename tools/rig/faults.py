@@ -75,8 +75,7 @@ class FaultyLink:
         """Reset every open connection."""
         with self._lock:
             conns, self._conns = self._conns, []
-        for conn in conns:
-            _reset(conn)
+        _reset_all(*conns)
 
     def close(self) -> None:
         """Stop listening and drop everything."""
@@ -162,14 +161,33 @@ def pump(src: socket.socket, dst: socket.socket, *, close: bool = False) -> None
 
 
 def _reset_all(*socks: socket.socket) -> None:
-    """Reset several connections."""
+    """Close connections with RST (SO_LINGER 0): each peer sees its connection reset, as
+    after a crash.
+
+    A ``pump`` thread blocked in ``recv`` on a socket holds the kernel's socket open past
+    ``close``: the RST left only when the next byte came, so an idle connection (an MQTT
+    client between keepalives) stayed up for seconds after a "reset". Each socket is
+    closed, all of them first, through a duplicate descriptor kept until after
+    ``shutdown(SHUT_RD)``, which sends nothing but wakes that ``recv``; the woken pump
+    finds both of its sockets closed already, so no FIN goes out ahead of a RST."""
+    twins: list[socket.socket] = []
     for sock in socks:
-        _reset(sock)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        try:
+            twins.append(sock.dup())
+        except OSError:                 # closed already
+            continue
+        with contextlib.suppress(OSError):
+            sock.close()
+    for twin in twins:
+        with contextlib.suppress(OSError):
+            twin.shutdown(socket.SHUT_RD)
+        with contextlib.suppress(OSError):
+            twin.close()
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0): the peer sees the connection reset, as after a crash."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    with contextlib.suppress(OSError):
-        sock.close()
+    """Close one connection with RST (see ``_reset_all``)."""
+    _reset_all(sock)
