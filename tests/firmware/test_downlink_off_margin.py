@@ -28,9 +28,13 @@ def _frames(node: Any, count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + WAIT_S
     frames: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        frames = [frame.decode(body, KEY) for rtype, body in list(node.ptys["link"].records)
+        exited = node.proc is not None and node.proc.poll() is not None
+        # records() reads the pty to its end once the node has exited: the stepped
+        # clock lets it exit right after its last send
+        frames = [frame.decode(body, KEY) for rtype, body in
+                  (node.records() if exited else list(node.ptys["link"].records))
                   if rtype == stream.REC_FRAME]
-        if len(frames) >= count or (node.proc is not None and node.proc.poll() is not None):
+        if len(frames) >= count or exited:
             break
         time.sleep(0.01)
     assert len(frames) >= count, node.console()

@@ -216,11 +216,14 @@ class BenchNode:
         never comes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            exited = self.proc is not None and self.proc.poll() is not None
+            if exited:      # what it wrote before it exited may still be on its way
+                self.ptys["link"].caught_up()
             frames = [frame.decode(body, KEY) for rtype, body in list(self.ptys["link"].records)
                       if rtype == stream.REC_FRAME]
             if len(frames) > index:
                 return frames[index]
-            if self.proc is not None and self.proc.poll() is not None:
+            if exited:
                 break
             time.sleep(0.01)
         raise AssertionError(f"no frame {index} from the node:\n{self.console()}")
