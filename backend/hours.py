@@ -175,25 +175,36 @@ def rebuild(readings: Iterable[MeterReading]) -> Series:
             hours[slot.start] = Hour(slot.start, slot.litres, MEASURED)
         for at, index in points:
             anchors[at] = (index, reading.id)     # latest received wins
+    steps = _between_anchors(hours, [(at, index, reading_id)
+                                     for at, (index, reading_id) in sorted(anchors.items())])
+    return Series(hours, steps, conflicts)
+
+
+def _between_anchors(hours: dict[int, Hour],
+                     anchors: Sequence[tuple[int, float, str]]) -> list[IndexStep]:
+    """Fill the missing ``hours`` between consecutive ``anchors`` (hour, index, reading
+    id; oldest first) in place; the index steps found where the index went backwards.
+
+    What two anchors leave after the known hours between them goes to the missing
+    ones: to a single missing hour as ``index``, spread evenly as ``estimated``
+    over several. ``rebuild`` and ``fill`` share it so both give the same series.
+    """
     steps: list[IndexStep] = []
-    points_sorted = sorted(anchors.items())
-    for (a_at, (a_index, _)), (b_at, (b_index, b_id)) in itertools.pairwise(points_sorted):
+    for (a_at, a_index, _), (b_at, b_index, b_id) in itertools.pairwise(anchors):
         if b_index < a_index:
             steps.append(IndexStep(b_at, a_index, b_index, b_id))
             continue
-        span = range(a_at, b_at, HOUR_S)
-        gap = [h for h in span if h not in hours]
+        between = range(a_at, b_at, HOUR_S)
+        gap = [h for h in between if h not in hours]
         if not gap:
             continue
-        left = b_index - a_index - sum(hours[h].litres for h in span if h in hours)
+        left = b_index - a_index - sum(hours[h].litres for h in between if h in hours)
         if left < 0:
             continue
-        if len(gap) == 1:
-            hours[gap[0]] = Hour(gap[0], left, INDEX)
-        else:
-            for h in gap:
-                hours[h] = Hour(h, left / len(gap), ESTIMATED)
-    return Series(hours, steps, conflicts)
+        quality = INDEX if len(gap) == 1 else ESTIMATED
+        for h in gap:
+            hours[h] = Hour(h, left / len(gap), quality)
+    return steps
 
 
 # -- the incremental series ---------------------------------------------------
@@ -249,22 +260,7 @@ def fill(lo: int, hi: int, measured: Mapping[int, float],
     Missing hours are absent from the result.
     """
     hours = {h: Hour(h, litres, MEASURED) for h, litres in measured.items() if lo <= h < hi}
-    steps: list[IndexStep] = []
-    for (a_at, a_index, _), (b_at, b_index, b_id) in itertools.pairwise(anchors):
-        if b_index < a_index:
-            steps.append(IndexStep(b_at, a_index, b_index, b_id))
-            continue
-        between = range(a_at, b_at, HOUR_S)
-        gap = [h for h in between if h not in hours]
-        if not gap:
-            continue
-        left = b_index - a_index - sum(hours[h].litres for h in between if h in hours)
-        if left < 0:
-            continue
-        quality = INDEX if len(gap) == 1 else ESTIMATED
-        for h in gap:
-            hours[h] = Hour(h, left / len(gap), quality)
-    return hours, steps
+    return hours, _between_anchors(hours, anchors)
 
 
 class IncrementalSeries:

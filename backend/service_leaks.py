@@ -100,11 +100,18 @@ def evaluate_backflow(backend: Backend, device: str, doc: Mapping[str, Any]) -> 
             for t, b, a in back])
 
 
+def _inlet_nights(backend: Backend, district: District, now: float,
+                  back_s: int) -> list[analytics.Night]:
+    """The nights of the last ``back_s`` seconds at the district's (first) inlet meter
+    that have a minimum flow: the nights a district's night-loss rules look at."""
+    inlet = backend.store.hours(district.inflow[0], int(now) - back_s, int(now))
+    return [n for n in analytics.nights(inlet, backend.config.timezone) if n.min_l_h is not None]
+
+
 def evaluate_district_rise(backend: Backend, district: District, now: float) -> None:
     """The district's night loss against its quiet nights, for every night not yet fed."""
     config = backend.config
-    inlet = backend.store.hours(district.inflow[0], int(now) - EVALUATE_BACK_S, int(now))
-    nights = [n for n in analytics.nights(inlet, config.timezone) if n.min_l_h is not None]
+    nights = _inlet_nights(backend, district, now, EVALUATE_BACK_S)
     with backend._track("district_loss_rise", district.name, "district", True) as rise_alert:
         if not nights or nights[-1].night.toordinal() <= rise_alert.last:
             return
@@ -134,8 +141,7 @@ def evaluate_mnf_trend(backend: Backend, district: District, now: float) -> None
     MNF, allowance and leakage, and the slope.
     """
     config = backend.config
-    inlet = backend.store.hours(district.inflow[0], int(now) - TREND_BACK_S, int(now))
-    nights = [n for n in analytics.nights(inlet, config.timezone) if n.min_l_h is not None]
+    nights = _inlet_nights(backend, district, now, TREND_BACK_S)
     with backend._track("mnf_trend", district.name, "district", True) as trend_alert:
         if not nights or nights[-1].night.toordinal() <= trend_alert.last:
             return

@@ -21,6 +21,8 @@ from knute.gateway.silence import SilenceSettings
 from knute.gateway.silence import parse_settings as parse_silence
 
 if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
     from knute.gateway.modbus.settings import ModbusSettings
 
 DEFAULT_STATUS_SOCKET = "/run/knute/gateway.sock"
@@ -114,6 +116,21 @@ class MqttConfig:
     def broker_list(self) -> tuple[tuple[str, int], ...]:
         """Every broker in order of preference: ``brokers``, or (host, port) alone."""
         return self.brokers or ((self.host, self.port),)
+
+    def configure_client(self, client: mqtt.Client) -> None:
+        """Give a paho ``client`` this table's username, password and TLS settings.
+
+        Every client of the gateway and its tools (the forwarder, the side channels,
+        ``gateway check``, ``devices share``) signs in the same way; ``tls_set`` may
+        raise ``ssl.SSLError`` or ``OSError`` for a bad CA or certificate file.
+        """
+        import ssl  # here: loading the configuration needs no TLS
+
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
+        if self.tls is not None:
+            client.tls_set(ca_certs=self.tls.ca, certfile=self.tls.cert, keyfile=self.tls.key,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 
 from knute.gateway.config import MqttConfig
-from knute.gateway.downlink_mqtt import connect_session, session_client
+from knute.gateway.downlink_mqtt import SessionChannel
 from knute.gateway.downlinks import APPLIED, REJECTED, Command, DownlinkStore
 from knute.gateway.logsafe import clean
 
@@ -100,14 +100,15 @@ def command_ref(cmd: Command, gateway_id: str) -> str:
     return f"{gateway_id}/{cmd.cmd_id}/{cmd.created_at:.6f}"
 
 
-class DownlinkCity:
+class DownlinkCity(SessionChannel):
     """The claims and notices of one gateway, on a client of its own."""
 
     def __init__(self, cfg: MqttConfig, store: DownlinkStore, *, gateway_id: str,
                  index: int, gather_s: float, client_id: str,
                  count: Callable[[str], None] | None = None,
                  gateways: int | None = None) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, f"{client_id}-city", session_s=86400, channel_log=log,
+                         name="downlink claims")
         self.store = store
         self.gateway_id = gateway_id
         self.index = index
@@ -125,13 +126,6 @@ class DownlinkCity:
         self.figures = {"claims_sent": 0, "claims_heard": 0, "won": 0, "lost": 0,
                         "alone": 0, "all_claimed": 0, "notices_heard": 0, "adopted": 0,
                         "closed": 0, "counters_learned": 0, "bad_messages": 0}
-        self._client = session_client(cfg, f"{client_id}-city")
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        self.connected = False
-        self.subscribed = False
         self.rekey: RekeyCity | None = None     # key rotations (gateway.rekey_city)
         # The data-rate rule's history takes every claim's SNR, also one heard late.
         self.on_claim: Callable[[int, int, float], object] | None = None
@@ -142,25 +136,19 @@ class DownlinkCity:
         """Connect in the background (paho reconnects by itself)."""
         if self.rekey is not None:
             self.rekey.start()
-        connect_session(self._client, self.cfg, session_s=86400)
+        super().start()
 
     def stop(self) -> None:
         """Disconnect and stop the network thread."""
         if self.rekey is not None:
             self.rekey.stop()
-        self._client.disconnect()
-        self._client.loop_stop()
+        super().stop()
 
     def publish_retained(self, topic: str, payload: bytes) -> None:
         """One retained QoS 1 message on the city channel (the key rotations' outbox)."""
         self._client.publish(topic, payload, qos=1, retain=True)
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any = None) -> None:
-        if getattr(reason, "is_failure", False):
-            log.warning("downlink claims: broker refused the connection: %s", reason)
-            return
-        self.connected = True
+    def _subscribe(self, client: mqtt.Client) -> None:
         topics = [(f"{self.prefix}/downlink/claim/+", 1), (f"{self.prefix}/downlink/sent/+", 1),
                   (f"{self.prefix}/downlink/counter/+/+", 1)]
         if self.rekey is not None:
@@ -168,13 +156,9 @@ class DownlinkCity:
             self.rekey.connected_again()
         client.subscribe(topics)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
-                      properties: Any = None) -> None:
-        self.subscribed = True
-
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any = None) -> None:
-        self.connected = self.subscribed = False
+        super()._on_disconnect(client, userdata, flags, reason, properties)
         if self.rekey is not None:
             self.rekey.disconnected()
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -112,11 +111,7 @@ def session_client(cfg: MqttConfig, client_id: str) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                          clean_session=None if v5 else False)
-    if cfg.username is not None:
-        client.username_pw_set(cfg.username, cfg.password)
-    if cfg.tls is not None:
-        client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key,
-                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    cfg.configure_client(client)
     client.reconnect_delay_set(max(1, round(cfg.backoff_min_s)), max(1, round(cfg.backoff_max_s)))
     return client
 
@@ -136,13 +131,69 @@ def connect_session(client: mqtt.Client, cfg: MqttConfig, session_s: int) -> Non
     client.loop_start()
 
 
-class CommandListener:
+class SessionChannel:
+    """A side channel on a paho session of its own (``session_client``): connected in
+    the background, with ``connected`` and ``subscribed`` for the status.
+
+    The command topics and the city's downlink claims are both such channels; each
+    says what it subscribes to once connected (``_subscribe``) and what a message
+    does (``_on_message``). A refused connection is one warning in the channel's log.
+    """
+
+    def __init__(self, cfg: MqttConfig, client_id: str, *, session_s: int,
+                 channel_log: logging.Logger, name: str) -> None:
+        self.cfg = cfg
+        self.connected = False
+        self.subscribed = False
+        self._session_s = session_s
+        self._log = channel_log
+        self._name = name
+        self._client = session_client(cfg, client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
+
+    def start(self) -> None:
+        """Connect in the background (paho reconnects by itself)."""
+        connect_session(self._client, self.cfg, session_s=self._session_s)
+
+    def stop(self) -> None:
+        """Disconnect and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        raise NotImplementedError
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: Any) -> None:
+        raise NotImplementedError
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            self._log.warning("%s: broker refused the connection: %s", self._name, reason)
+            return
+        self.connected = True
+        self._subscribe(client)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any = None) -> None:
+        self.subscribed = True
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any = None) -> None:
+        self.connected = self.subscribed = False
+
+
+class CommandListener(SessionChannel):
     """Subscribes to the command topics and queues what arrives in the store."""
 
     def __init__(self, cfg: MqttConfig, store: DownlinkStore, kind_of: KindOf,
                  on_status: StatusFn, on_refused: RefusedFn, *, gateway_id: str,
                  client_id: str) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, f"{client_id}-down", session_s=7 * 86400, channel_log=log,
+                         name="command topics")
         self.store = store
         self.kind_of = kind_of
         self.on_status = on_status
@@ -153,38 +204,9 @@ class CommandListener:
         self.refused = 0
         self.rekey_elsewhere = 0        # rekey commands another gateway starts
         self._events = EventLog(log, period_s=60.0)
-        self._client = session_client(cfg, f"{client_id}-down")
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_disconnect = self._on_disconnect
-        self.connected = False
-        self.subscribed = False
 
-    def start(self) -> None:
-        """Connect in the background (paho reconnects by itself)."""
-        connect_session(self._client, self.cfg, session_s=7 * 86400)
-
-    def stop(self) -> None:
-        """Disconnect and stop the network thread."""
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any = None) -> None:
-        if getattr(reason, "is_failure", False):
-            log.warning("command topics: broker refused the connection: %s", reason)
-            return
-        self.connected = True
+    def _subscribe(self, client: mqtt.Client) -> None:
         client.subscribe(self.topic, qos=1)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
-                      properties: Any = None) -> None:
-        self.subscribed = True
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any = None) -> None:
-        self.connected = self.subscribed = False
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: Any) -> None:
         self.received += 1

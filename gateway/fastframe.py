@@ -27,8 +27,17 @@ The walk replaced a regular expression per kind (the check) followed by
 cbor2's decoder and a dict builder: three passes over the same bytes where one
 does (docs/performance.md has the figures).
 
-tests/gateway/test_fastframe.py pins every function here to the protocol's with
-hypothesis (random, mutated and authentic payloads).
+The same walk also exists compiled (gateway/_fastframe.c, an optional extension;
+gateway/fastwalk.py finds it): ``_fastframe.Decoder`` takes a compact spec of a
+kind (``decoder_spec``: field names, ranges, nullable, optional, series lengths,
+all from the kinds table) and answers as the generated decoder does, in about a
+third of its time. Where it is built, ``_Kind.decode`` is the compiled decoder
+and ``FAST_PATH`` is "c"; the generated one stays as ``decode_python``, and is
+the only one where no compiler built the extension.
+
+tests/gateway/test_fastframe.py pins every function here, and both walks, to the
+protocol's with hypothesis (random, mutated and authentic payloads);
+tests/gateway/test_fastframe_ext.py feeds the compiled walk hostile bytes.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from knute.gateway import fastwalk
 from knute.protocol import frame as pframe
 from knute.protocol import kinds
 
@@ -196,18 +206,59 @@ def _decoder(kind_id: int) -> Decoder:
     return decode
 
 
-class _Kind:
-    """What the fast path needs of one kind: its name and its generated decoder."""
+def decoder_spec(kind_id: int) -> tuple[str, int, tuple[tuple[str, int, int, bool, bool, int,
+                                                               int], ...]]:
+    """The compiled decoder's spec of kind ``kind_id``, from the kinds table:
+    (name, kind id, ((field name, lowest, highest, nullable, optional, series'
+    shortest length or -1, series' longest length or -1), ...))."""
+    _kid, name, fields = kinds.table_entry(kind_id)
+    spec = []
+    for field in fields:
+        lo, hi = kinds.field_range(field)
+        low, high = field[7] if field[1] == "series" else (-1, -1)
+        spec.append((field[0], lo, hi, bool(field[8] & kinds.NULLABLE),
+                     bool(field[8] & kinds.OPTIONAL), low, high))
+    return name, kind_id, tuple(spec)
 
-    __slots__ = ("decode", "kind_id", "name")
+
+def _compiled(kind_id: int) -> Decoder | None:
+    """Kind ``kind_id``'s decoder from the C extension (gateway/_fastframe.c), or None
+    where the extension is not built (or not wanted: ``KNUTE_FAST_PATH=python``), or its
+    spec is one the C walk does not take (a range beyond 64 bits, an optional field
+    before a required one): that kind then keeps its generated Python decoder, which
+    answers the same."""
+    if _C is None:
+        return None
+    try:
+        decode: Decoder = _C.Decoder(*decoder_spec(kind_id))
+    except (ValueError, OverflowError):
+        return None
+    return decode
+
+
+# The compiled walk, where it is built (gateway/fastwalk.py says how it is found)
+_C = fastwalk.EXTENSION
+
+
+class _Kind:
+    """What the fast path needs of one kind: its name and its decoder (the compiled one
+    where the extension is built, else the generated Python one, ``decode_python``)."""
+
+    __slots__ = ("decode", "decode_python", "kind_id", "name")
 
     def __init__(self, kind_id: int, name: str) -> None:
         self.kind_id = kind_id
         self.name = name
-        self.decode: Decoder = _decoder(kind_id)
+        self.decode_python: Decoder = _decoder(kind_id)
+        self.decode: Decoder = _compiled(kind_id) or self.decode_python
 
 
 KINDS: dict[int, _Kind] = {entry[0]: _Kind(entry[0], entry[1]) for entry in kinds.TABLE}
+
+# Which payload walk the fast path runs: "c" (every kind compiled) or "python".
+# `knute gateway check` and `knute bench protocol --json` report it.
+FAST_PATH = "c" if all(kind.decode is not kind.decode_python for kind in KINDS.values()) \
+    else "python"
 
 # control byte -> (kind id, tag length, shortest frame): version 1, a known kind
 CONTROL: dict[int, tuple[int, int, int]] = {

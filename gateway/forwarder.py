@@ -436,11 +436,7 @@ class Forwarder:
                              clean_session=None if v5 else True, userdata=sess)
         client.max_inflight_messages_set(cfg.max_inflight + 16)
         client.connect_timeout = cfg.connect_timeout_s
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls is not None:
-            client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        cfg.configure_client(client)
         client.will_set(self.topic_status, self._offline_will(), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

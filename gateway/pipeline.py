@@ -18,9 +18,9 @@ For each ``Reception`` (frame bytes plus where and how it was heard):
    cryptography's ``AESCCM`` object, cached per device and tag length, nonce
    ``protocol.frame.nonce(device_id, fcnt)``, the 8 header bytes as associated
    data, then ``protocol.frame.open_payload`` (``gateway.fastframe``'s decoder,
-   generated per kind from the kinds table, answers the payloads the table
-   accepts, and leaves the rest to the protocol code, so the reasons are the
-   protocol's). The result is exactly what
+   made per kind from the kinds table, compiled where gateway/_fastframe.c is
+   built, answers the payloads the table accepts, and leaves the rest to the
+   protocol code, so the reasons are the protocol's). The result is exactly what
    ``protocol.frame.decode`` returns, or the same FrameError reason.
    The frame's kind must be the registered kind (``kind_mismatch``).
 5. Replay check (``ReplayGuard``) against the last accepted counter:
@@ -403,7 +403,8 @@ class Pipeline:
                  dedup_window_s: float = DEFAULT_DEDUP_WINDOW_S,
                  reset_below: int = DEFAULT_RESET_BELOW,
                  max_receivers: int = DEFAULT_MAX_RECEIVERS,
-                 epochs: Mapping[int, int] | None = None) -> None:
+                 epochs: Mapping[int, int] | None = None,
+                 python_decoders: bool = False) -> None:
         self.devices: Mapping[int, Device] = dict(devices)
         self.counters = counters if counters is not None else Counters()
         self.dedup_window_s = dedup_window_s
@@ -417,6 +418,10 @@ class Pipeline:
         self.next_keys: dict[int, bytes] = {}
         # The dicts decide() reads on every frame (each is changed only in place)
         self._fast: dict[int, _Entry] = {}
+        # The compiled payload walk where it is built (fastframe.FAST_PATH); the
+        # generated Python decoders when asked (the benchmark compares the two, the
+        # tests pin both to the general route): the same answers either way.
+        self._python_decoders = python_decoders
         self._last = self.replay._last
         self._digests = self.replay._digest
 
@@ -540,7 +545,8 @@ class Pipeline:
         kind = _FAST_KINDS[kind_id]
         mismatch = (None if kind.name == device.kind
                     else f"frame says {kind.name}, registered as {device.kind}")
-        entry = (buf[0], self.verifier._cipher(device, tag_len), kind.decode, tag_len, mismatch)
+        decode = kind.decode_python if self._python_decoders else kind.decode
+        entry = (buf[0], self.verifier._cipher(device, tag_len), decode, tag_len, mismatch)
         if mismatch is None and tag_len == 4:
             self._fast[device_id] = entry
         return entry

@@ -92,13 +92,7 @@ def load_private_key(path: str) -> X25519PrivateKey:
         raise KnuteError(f"share key {path}: not 64 hex digits") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KnuteError(f"share key {path}: readable by others (chmod 600 it)")
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise KnuteError(f"share key {path}: not 64 hex digits")
-    return X25519PrivateKey.from_private_bytes(raw)
+    return X25519PrivateKey.from_private_bytes(_key_bytes(text, f"share key {path}"))
 
 
 def public_hex(private: X25519PrivateKey) -> str:
@@ -108,13 +102,19 @@ def public_hex(private: X25519PrivateKey) -> str:
 
 def parse_public(text: str) -> X25519PublicKey:
     """A gateway's public key from 64 hex digits; KnuteError otherwise."""
+    text = text.strip()
+    return X25519PublicKey.from_public_bytes(_key_bytes(text, f"public key {text[:16]!r}..."))
+
+
+def _key_bytes(text: str, what: str) -> bytes:
+    """The 32 bytes of an X25519 key written as 64 hex digits; KnuteError naming ``what``."""
     try:
-        raw = bytes.fromhex(text.strip())
+        raw = bytes.fromhex(text)
     except ValueError:
         raw = b""
     if len(raw) != 32:
-        raise KnuteError(f"public key {text.strip()[:16]!r}...: not 64 hex digits")
-    return X25519PublicKey.from_public_bytes(raw)
+        raise KnuteError(f"{what}: not 64 hex digits")
+    return raw
 
 
 def fingerprint(key: bytes) -> str:

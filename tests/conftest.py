@@ -106,6 +106,7 @@ PROCESS_TESTS: tuple[str, ...] = (
     "tests/gateway/test_forwarder_failover.py",
     "tests/gateway/test_forwarder_status.py",
     "tests/gateway/test_pure_core.py",
+    "tests/gateway/test_fastframe_ext.py::test_knute_fast_path_python_keeps_the_python_walk",
     "tests/gateway/test_sources_hostile.py",
     "tests/gateway/test_systemd_unit.py",
     "tests/tools/test_plan_cli.py",

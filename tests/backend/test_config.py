@@ -27,8 +27,18 @@ households = ["00000001", "00000002"]
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "backend.toml"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
+
+
+def refused(tmp_path: Path, text: str) -> str:
+    """The error ``load`` gives for a file of ``text``: one line, the file's name first."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    return message
 
 
 def test_a_good_file(tmp_path: Path) -> None:
@@ -58,11 +68,7 @@ def test_defaults_subscribe_without_a_group(tmp_path: Path) -> None:
     ("[mqtt\n", "not valid TOML"),
 ])
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as caught:
-        load(path)
-    assert str(caught.value).startswith(f"{path}: ")
-    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert message in refused(tmp_path, text)
 
 
 def test_the_example_in_water_md_loads(tmp_path: Path) -> None:

@@ -53,6 +53,17 @@ def _unanswered(node: Any, air: Air) -> tuple[dict[str, Any], int]:
     return got, end_ms
 
 
+def _stop(node: Any, air: Air) -> None:
+    """End the node in the first window of its next uplink, waiting for an answer.
+
+    The uplink before it has then had its windows and its count (and the count's
+    write, at a threshold). On the stepped clock a node told silence() would run
+    on at the machine's speed and could take a further step before the kill.
+    """
+    air.uplink(node.proc)
+    node.close()
+
+
 def test_backoff_asks_for_the_clock_then_steps_back_and_an_answer_resets_it(
         bench_node: NodeFactory, upy_bits: int) -> None:
     node, air, dcnt = _lowered_node(bench_node)
@@ -79,8 +90,7 @@ def test_backoff_asks_for_the_clock_then_steps_back_and_an_answer_resets_it(
     for _ in range(LIMIT):
         got, _end = _unanswered(node, air)
         after.append((air.sf, _asks(got)))
-    air.silence()
-    node.close()
+    _stop(node, air)
     console = node.console()
     assert "downlink 2 applied" in console, console
     assert after == [(8, False)] * LIMIT, console
@@ -98,8 +108,7 @@ def test_backoff_never_goes_past_the_provisioned_settings(
     for _ in range(LIMIT + 4 * DELAY + 2):
         got, _end = _unanswered(node, air)
         sfs.append((air.sf, _asks(got)))
-    air.silence()
-    node.close()
+    _stop(node, air)
     # power at +DELAY, SF8 at +2 DELAY, SF9 (provisioned) at +3 DELAY; then no more.
     want = [7] * (LIMIT + 2 * DELAY) + [8] * DELAY + [9] * (DELAY + 2)
     assert [sf for sf, _ in sfs] == want, node.console()
@@ -129,8 +138,7 @@ def test_a_power_cut_in_a_steps_write_leaves_the_record_before_it(
     node.start()
     got, _end = _unanswered(node, air)
     got2, _end = _unanswered(node, air)
-    air.silence()
-    node.close()
+    _stop(node, air)
     console = node.console()
     assert "state/adr: a write was cut short" in console, console
     assert air.sf == 7 and _asks(got), console

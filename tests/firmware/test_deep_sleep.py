@@ -83,9 +83,15 @@ def test_kills_in_the_ulp_hand_over_never_lose_or_double_a_pulse(
     # A pulse every simulated 30 s; each run of the node lasts until it starts
     # a state write of the meter (the hand-over: counters taken, not yet saved)
     # and is killed inside it, 100 times; the simulated ULP counts on.
+    # The write pauses pause_ms before its rename and the kill comes at a random
+    # point of the first kill_s after its line: inside the write, with room for
+    # the latency of reading the line (40 of 40 kills left the meter's .tmp behind
+    # in a trial on each build). The pause is also every boot's own first write's,
+    # so it is most of a run's real time: 150 ms made the test 30 s a build.
+    pause_ms, kill_s = 60, 0.045
     rnd = random.Random(9)
     events = [(HOUR_T0 + 600 + 30 * i, 1) for i in range(6000)]   # forward: the index only grows
-    cfg = deep_config(time_scale=600, trace_writes=True, pause_writes_ms=150,
+    cfg = deep_config(time_scale=600, trace_writes=True, pause_writes_ms=pause_ms,
                       pause_writes_of=["meter"])
     node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text("".join(f"@{t} {n}\n" for t, n in events))
@@ -102,7 +108,7 @@ def test_kills_in_the_ulp_hand_over_never_lose_or_double_a_pulse(
         node.lines.clear()
         node.start()
         node.wait_line(r"knute: writing meter", count=2)   # the first is the boot's own
-        time.sleep(rnd.random() * 0.15)
+        time.sleep(rnd.random() * kill_s)
         node.kill9()
         kills += 1
         saved = node.state("meter")

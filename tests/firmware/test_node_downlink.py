@@ -5,8 +5,9 @@ line the node appends (``RX ... <end_ms>``), builds the answer with
 protocol.downlink_send and appends ``TX <start_ms> <freq> <sf> <hex>`` to the
 node's ``rx_path`` for the node's RX1 (or RX2) window. The node waits up to
 ``rx_wait_real_ms`` of real time for it with its clock held, so the answer
-arrives in the window whatever the machine's load. Every test runs on the
-64-bit and the 32-bit build.
+arrives in the window whatever the machine's load; the clock is the stepped one
+(bench ``time_scale`` 0), so the hours between sends take no real time. Every
+test runs on the 64-bit and the 32-bit build.
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ DAYS3_MS = 3 * 86400 * 1000
 FREQ = LORA_FREQ       # the channel and SF of the bench air (Air)
 SF = LORA_SF
 WAIT_S = 60.0
-# The bench clock runs 3600 times faster than real time except while a window
-# waits for the test's answer (its clock held). Neither may run out before the
-# test is done, however loaded the machine: a run of 40 simulated hours was
-# 40 real seconds of boots and restarts, which a loaded machine can take, and
-# the node then left its loop before the test's last uplink. The test ends the
-# node itself (close), and every window it opens gets an answer or silence().
+# The stepped bench clock (time_scale 0): it moves only when the node sleeps, and a
+# window waits up to RX_WAIT_REAL_MS of real time for the test's answer with the clock
+# standing, so the node and the test go in lock step: an hour between two sends
+# costs no real time, and no load can make an answer late or move a send. (On the
+# scaled clock, 3600x, every uplink was a real second of waiting: the back-off runs of
+# tests/firmware/test_adr_backoff.py waited 27 s each.) The test ends the node itself
+# (close), and every window it opens gets an answer or silence(); after silence() the
+# node would run on at the machine's speed, so the stop comes well after the longest
+# test's 30-odd simulated hours without letting a runaway node send for days.
 RX_WAIT_REAL_MS = 300000
-STOP_AFTER_S = 1000 * 3600
+STOP_AFTER_S = 100 * 3600
 
 
 def lora_water(**water: Any) -> dict[str, Any]:
@@ -50,7 +54,7 @@ def lora_water(**water: Any) -> dict[str, Any]:
     cfg["link"] = {"type": "lora"}
     cfg["radio"] = {"freq_hz": FREQ, "sf": SF}
     cfg["bench"].update({"radio": {"path": "air.txt", "rx_path": "dl.txt"},
-                         "rx_wait_real_ms": RX_WAIT_REAL_MS, "time_scale": 3600,
+                         "rx_wait_real_ms": RX_WAIT_REAL_MS, "time_scale": 0,
                          "stop_after_s": STOP_AFTER_S})
     return cfg
 
@@ -149,7 +153,7 @@ def test_hostile_downlinks_are_dropped_with_their_reasons(bench_node: NodeFactor
 def test_uart_node_gets_its_downlink_as_a_frame_record(bench_node: NodeFactory) -> None:
     cfg = water_config(sends_per_day=24, profile_len=1)
     cfg["downlink"] = True
-    cfg["bench"].update({"rx_wait_real_ms": RX_WAIT_REAL_MS, "time_scale": 3600,
+    cfg["bench"].update({"rx_wait_real_ms": RX_WAIT_REAL_MS, "time_scale": 0,
                          "stop_after_s": STOP_AFTER_S})
     node = bench_node(cfg)
     node.start()
@@ -169,8 +173,13 @@ def test_bridge_transmits_tx_records_in_the_devices_window(bench_node: NodeFacto
         "role": "radio_bridge", "device_id": 1, "board": "unix",
         "link": {"type": "uart", "uart": "link"},
         "radio": {"freq_hz": FREQ, "sf": SF},
-        "bench": {"radio": {"path": "air.txt", "rx_path": "meter_dl.txt"}, "time_scale": 10,
-                  "stop_after_s": 100},
+        # Its statistics line every 10 simulated s, a tenth of a real second: the test
+        # reads the counters there and ends the bridge, instead of racing the six
+        # records to a stop time (100 simulated s at 10x: 10 real s of waiting).
+        # stop_after_s is only an upper bound.
+        "bridge": {"stats_s": 10},
+        "bench": {"radio": {"path": "air.txt", "rx_path": "meter_dl.txt"}, "time_scale": 100,
+                  "stop_after_s": int(WAIT_S * 100)},
     }
     bridge = bench_node(bridge_cfg, name="bridge")
     up = frame.encode("water_meter", DEVICE, 3, {"index": 1, "profile_end_h": 2, "alarms": 0,
@@ -195,7 +204,9 @@ def test_bridge_transmits_tx_records_in_the_devices_window(bench_node: NodeFacto
     while len(out.read_text().splitlines() if out.exists() else []) < 3:
         assert time.monotonic() < deadline, bridge.console()
         time.sleep(0.01)
-    assert bridge.wait(timeout=WAIT_S) == 0
+    # The counters once all six records are through (a line may come between two).
+    bridge.wait_line(r"radio_bridge: heard=1 .* sent=3 tx_dropped=3$")
+    bridge.close()
     assert out.read_text().splitlines() == [
         f"TX 1796158015123 {FREQ} {SF} {down.hex()}",
         f"TX 1796158016123 869525000 12 {down.hex()}",
@@ -205,7 +216,8 @@ def test_bridge_transmits_tx_records_in_the_devices_window(bench_node: NodeFacto
 
 def test_a_bad_module_set_rolls_back_after_three_boots(bench_node: NodeFactory) -> None:
     cfg = water_config()
-    cfg["bench"]["stop_after_s"] = 7 * 3600
+    # The stepped clock: no input here needs real time (0.7 s a run at 36000x).
+    cfg["bench"].update({"stop_after_s": 7 * 3600, "time_scale": 0})
     node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text("")
     # An update switched to set s1, whose app cannot even be loaded.
@@ -233,7 +245,7 @@ def test_a_bad_module_set_rolls_back_after_three_boots(bench_node: NodeFactory) 
 def test_a_good_module_set_is_confirmed_by_its_first_send(bench_node: NodeFactory) -> None:
     cfg = water_config()
     cfg["downlink"] = True          # updates come by downlink: a node that takes them
-    cfg["bench"]["stop_after_s"] = 7 * 3600
+    cfg["bench"].update({"stop_after_s": 7 * 3600, "time_scale": 0})     # as above
     node = bench_node(cfg)
     (node.dir / "pulses.txt").write_text("")
     s1 = node.dir / "upd" / "s1"

@@ -21,7 +21,7 @@ from knute.tools.rig.faults import FaultyLink
 from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.ptys import Pty
 from knute.tools.rig.subscriber import Subscriber
-from knute.tools.rig.wait import wait_for
+from knute.tools.rig.wait import WaitTimeout, wait_for
 from tests.conftest import Broker, free_port
 from tests.gateway.pf_client import PacketForwarder, push_data, rxpk
 
@@ -290,7 +290,15 @@ def test_broker_outage_loses_nothing_and_keeps_order(setup: dict[str, Any]) -> N
     proxy.set_mode("relay")
     send_stream(pf, wired, range(81, 91))
     want = {f"{d:08x}:{f}" for d in (METER, METER2) for f in range(1, 91)}
-    wait_for(lambda: want <= sub.ids(), timeout=60, what="every reading after the outage")
+    try:
+        wait_for(lambda: want <= sub.ids(), timeout=60, what="every reading after the outage")
+    except WaitTimeout:
+        missing = sorted(want - sub.ids())
+        raise AssertionError(
+            f"{len(missing)} readings never arrived: {missing[:20]}\n"
+            f"gateway status: {json.dumps(gw.status())}\n"
+            f"proxy connections: {proxy.connections}\n"
+            f"gateway log (tail):\n{gw.log_tail()}") from None
     order = check_order_and_ids(sub.readings())
     # Readings that reached the first broker session may be missing from the
     # subscriber's view only if they were published during the outage, which

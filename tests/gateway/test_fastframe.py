@@ -1,7 +1,13 @@
-"""gateway.fastframe answers exactly as protocol.frame does: same values, same reasons."""
+"""gateway.fastframe answers exactly as protocol.frame does: same values, same reasons.
+
+Every property runs against both payload walks, the generated Python decoders and
+the compiled ones (gateway/_fastframe.c, where the extension is built), and
+against ``protocol.frame``.
+"""
 
 from __future__ import annotations
 
+import importlib
 import struct
 from typing import Any
 
@@ -14,6 +20,25 @@ from knute.protocol import cbor, frame, kinds
 from knute.protocol.errors import FrameError
 
 
+def _walks() -> dict[str, dict[int, fastframe.Decoder]]:
+    """Each payload walk by name: kind id -> decoder."""
+    walks = {"python": {kid: kind.decode_python for kid, kind in fastframe.KINDS.items()}}
+    try:
+        compiled: Any = importlib.import_module("knute.gateway._fastframe")
+    except ImportError:    # not built here: the Python walk alone (test_fastframe_ext.py)
+        return walks
+    walks["c"] = {kid: compiled.Decoder(*fastframe.decoder_spec(kid)) for kid in fastframe.KINDS}
+    return walks
+
+
+WALKS = _walks()
+
+
+def fast(kind_id: int, plain: bytes) -> list[dict[str, Any] | None]:
+    """Every walk's answer for ``plain`` (the decoded dict, or None: left to the protocol)."""
+    return [walk[kind_id](plain, 7, 9, 4) for walk in WALKS.values()]
+
+
 def outcome(fn: Any, *args: Any) -> Any:
     """fn's result (repr, so 1 and True differ) or its FrameError reason."""
     try:
@@ -23,8 +48,12 @@ def outcome(fn: Any, *args: Any) -> Any:
 
 
 def same_payload(kind_id: int, plain: bytes) -> None:
-    assert (outcome(fastframe.decoded, kind_id, 7, 9, 4, plain)
-            == outcome(frame.decoded, kind_id, 7, 9, 4, plain))
+    expected = outcome(frame.decoded, kind_id, 7, 9, 4, plain)
+    assert outcome(fastframe.decoded, kind_id, 7, 9, 4, plain) == expected
+    answers = fast(kind_id, plain)
+    for answer in answers:   # each walk: the protocol's dict, or None
+        assert answer is None or ("ok", repr(answer)) == expected, (answer, expected)
+    assert len({repr(answer) for answer in answers}) == 1, answers   # and the same one
     assert (outcome(fastframe.open_payload, kind_id, plain)
             == outcome(frame.open_payload, kind_id, plain))
 
@@ -125,13 +154,13 @@ def test_every_valid_payload_takes_the_fast_path(index: int, battery: int, profi
         values["max_flow"] = max_flow
     plain = cbor.encode(kinds.pack_id(1, values))
     # Not just the same answer by falling back: the generated decoder itself takes it.
-    assert fastframe.KINDS[1].decode(plain, 7, 9, 4) is not None
+    assert None not in fast(1, plain)
     assert fastframe.open_payload(1, plain) == values
     # The same index in a longer head than needed is outside the subset.
     head = cbor.encode(index)
     for longer in non_shortest(index):
         bad = plain.replace(head, longer, 1)
-        assert fastframe.KINDS[1].decode(bad, 7, 9, 4) is None
+        assert fast(1, bad) == [None] * len(WALKS)
         same_payload(1, bad)
 
 
@@ -148,7 +177,7 @@ def test_air_payloads_with_nulls(values: list[int | None]) -> None:
             valid = valid and bool(field[8] & kinds.NULLABLE)
         else:
             valid = valid and lo <= value <= hi
-    assert (fastframe.KINDS[2].decode(plain, 7, 9, 4) is not None) == valid
+    assert [answer is not None for answer in fast(2, plain)] == [valid] * len(WALKS)
 
 
 # Where one head gives way to the next (RFC 8949 section 4.2.1), for both signs.
@@ -174,8 +203,8 @@ def test_every_head_of_every_field_at_its_edges() -> None:
                     payload[pos] = [value] * field[7][1] if field[1] == "series" else value
                     plain = encode_any(payload)
                     same_payload(kind_id, plain)
-                    fast = fastframe.KINDS[kind_id].decode(plain, 7, 9, 4)
-                    assert (fast is not None) == (lo <= value <= hi), (kind_id, pos, value)
+                    taken = [answer is not None for answer in fast(kind_id, plain)]
+                    assert taken == [lo <= value <= hi] * len(WALKS), (kind_id, pos, value)
                     if value >= 0:
                         for longer in non_shortest(value):
                             same_payload(kind_id, plain.replace(encode_any(value), longer, 1))
@@ -200,9 +229,9 @@ def test_series_lengths_in_both_array_heads() -> None:
                               | ({b"\x98" + bytes([n])} if n < 256 else set())):
                     plain = prefix + array + items
                     same_payload(kind_id, plain)
-                    fast = fastframe.KINDS[kind_id].decode(plain, 7, 9, 4)
+                    taken = [answer is not None for answer in fast(kind_id, plain)]
                     shortest = array == encode_any([lo] * n)[:-n or None]
-                    assert (fast is not None) == (low <= n <= high and shortest), (pos, n, array)
+                    assert taken == [low <= n <= high and shortest] * len(WALKS), (pos, n, array)
 
 
 @settings(max_examples=500)

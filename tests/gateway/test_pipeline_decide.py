@@ -65,9 +65,12 @@ def reception(draw: Any) -> bytes:
     return buf
 
 
-def pair(next_keys: bool) -> tuple[pl.Pipeline, pl.Pipeline]:
+def pair(next_keys: bool, python_decoders: bool = False) -> tuple[pl.Pipeline, pl.Pipeline]:
+    """(the pipeline whose ``submit`` decides, the one whose general route is the
+    reference); ``python_decoders``: the first runs the Python payload walk even where
+    the compiled one is built."""
     devices = {dev: Device(dev, kind, KEYS[dev]) for dev, kind in REGISTERED.items()}
-    out = (pl.Pipeline(devices), pl.Pipeline(devices))
+    out = (pl.Pipeline(devices, python_decoders=python_decoders), pl.Pipeline(devices))
     if next_keys:
         for p in out:
             p.next_keys[1] = NEXT_KEY
@@ -83,10 +86,11 @@ def state(p: pl.Pipeline) -> Any:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(reception(), st.integers(0, 3)), max_size=30), st.booleans())
+@given(st.lists(st.tuples(reception(), st.integers(0, 3)), max_size=30), st.booleans(),
+       st.booleans())
 def test_submit_decides_as_the_general_route(events: list[tuple[bytes, int]],
-                                             next_keys: bool) -> None:
-    fast, general = pair(next_keys)
+                                             next_keys: bool, python_decoders: bool) -> None:
+    fast, general = pair(next_keys, python_decoders)
     at = 0.0
     for buf, step in events:
         at += step * 0.1                       # 0..0.3 s apart: some copies within the window

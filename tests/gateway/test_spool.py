@@ -189,19 +189,18 @@ def test_migrates_a_version_1_file(tmp_path: Path) -> None:
     spool.close()
 
 
-def test_refuses_newer_schema_and_foreign_files(tmp_path: Path) -> None:
-    newer = tmp_path / "newer.db"
-    db = sqlite3.connect(newer)
-    db.execute("PRAGMA user_version = 99")
+@pytest.mark.parametrize(("statement", "message"), [
+    ("PRAGMA user_version = 99", "newer"),
+    ("CREATE TABLE invoices (n INTEGER)", "not a knute spool"),
+])
+def test_refuses_newer_schema_and_foreign_files(tmp_path: Path, statement: str,
+                                                message: str) -> None:
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute(statement)
     db.close()
-    with pytest.raises(SpoolError, match="newer"):
-        open_spool(newer)
-    foreign = tmp_path / "foreign.db"
-    db = sqlite3.connect(foreign)
-    db.execute("CREATE TABLE invoices (n INTEGER)")
-    db.close()
-    with pytest.raises(SpoolError, match="not a knute spool"):
-        open_spool(foreign)
+    with pytest.raises(SpoolError, match=message):
+        open_spool(path)
 
 
 def test_garbage_file_is_refused_and_left_alone(tmp_path: Path) -> None:

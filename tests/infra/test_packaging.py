@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -69,6 +71,19 @@ def test_wheel_installs_one_import_package(wheel: Path) -> None:
     assert rooms == {"protocol", "firmware", "gateway", "tools", "backend"}, rooms
     # The firmware travels as files for `knute provision`, with its board layout.
     assert "knute/firmware/main.py" in files and "knute/protocol/frame.py" in files
+
+
+def test_wheel_ships_the_compiled_payload_walk_where_a_compiler_built_it(wheel: Path) -> None:
+    # The build hook (hatch_build.py) compiles gateway/_fastframe.c for this interpreter
+    # and tags the wheel for it; without a compiler the wheel is pure Python.
+    files = zipfile.ZipFile(wheel).namelist()
+    ext = "knute/gateway/_fastframe" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
+    if shutil.which("cc") is None or os.environ.get("KNUTE_BUILD_EXT", "1") == "0":
+        assert ext not in files and wheel.name.endswith("-py3-none-any.whl"), wheel.name
+        return
+    assert ext in files, files
+    assert "knute/gateway/_fastframe.pyi" in files
+    assert not wheel.name.endswith("-none-any.whl"), wheel.name
 
 
 CONFIG = """\
@@ -136,6 +151,28 @@ def test_gateway_extra_alone_runs_gateway_check_on_a_shipped_map(
     check = run("gateway", "check", "--config", str(config))
     assert check.returncode == 0, check.stderr
     assert check.stdout.startswith(f"{config}: OK (gateway gw-field"), check.stdout
+    # The payload walk the installed gateway runs: the compiled one, loaded from the
+    # wheel's own file, wherever the wheel has it; else the Python one, and it says so.
+    walk = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "from knute.gateway import fastframe, fastwalk\n"
+         "print(fastframe.FAST_PATH, getattr(fastwalk.EXTENSION, '__file__', None))"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert walk.returncode == 0, walk.stderr
+    fast_path, loaded_from = walk.stdout.split()
+    if any(name.startswith("knute/gateway/_fastframe.")
+           and not name.endswith((".c", ".pyi")) for name in zipfile.ZipFile(wheel).namelist()):
+        assert fast_path == "c", walk.stdout
+        assert f"{venv}/lib/" in loaded_from and "site-packages/knute/gateway/_fastframe" \
+            in loaded_from, loaded_from
+        assert "payload walk: c (" in check.stdout, check.stdout
+    else:
+        assert (fast_path, loaded_from) == ("python", "None"), walk.stdout
+        assert "payload walk: python (" in check.stdout, check.stdout
+    slow = subprocess.run([knute, "gateway", "check", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**env, "KNUTE_FAST_PATH": "python"})
+    assert slow.returncode == 0 and "payload walk: python (" in slow.stdout, slow.stdout
     broken = tmp_path / "broken.toml"
     broken.write_text(CONFIG.format(data=data).replace("generic_water_meter", "generic_meter"))
     refused = run("gateway", "check", "--config", str(broken))

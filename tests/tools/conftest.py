@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,21 @@ __all__ = ["micropython_bin", "upy_bits"]
 MPREMOTE = Path(sys.executable).parent / "mpremote"
 
 Mpremote = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def bench_wiring(tmp_path: Path, board: VirtualBoard,
+                 extra: dict[str, object] | None = None) -> Path:
+    """A ``knute provision --config`` file wiring a water meter on the virtual board:
+    its UART link into a file, pulses from a file; ``extra`` sections replace the
+    wiring's own of the same name."""
+    (board.flash_dir / "link.bin").write_bytes(b"")
+    (board.flash_dir / "pulses.txt").write_text("")
+    config: dict[str, object] = {
+        "bench": {"uart": {"link": "link.bin"}, "pulse": {"pulse": "pulses.txt"}}}
+    config.update(extra or {})
+    path = tmp_path / "wiring.json"
+    path.write_text(json.dumps(config))
+    return path
 
 
 @pytest.fixture

@@ -31,12 +31,18 @@ def bench(*args: str) -> dict[str, Any]:
 def test_protocol_bench_json_keys() -> None:
     result = bench("protocol", "--frames", "4000", "--upy-frames", "200")
     for key in ("decode_verify_per_s", "raw_decode_per_s", "decode_verify_pure_per_s",
+                "decode_verify_python_per_s",
                 "reject_random_per_s", "reject_mutated_per_s", "reject_authentic_per_s",
                 "upy_encode_per_s", "upy_peak_heap_bytes"):
         assert type(result[key]) is int and result[key] > 0, key
     assert type(result["ratio_vs_raw"]) is float and result["ratio_vs_raw"] > 0
     assert result["ratio_vs_raw"] == round(result["decode_verify_per_s"]
                                            / result["raw_decode_per_s"], 3)
+    assert result["ratio_vs_raw_python"] == round(result["decode_verify_python_per_s"]
+                                                  / result["raw_decode_per_s"], 3)
+    # Which payload walk the gateway path ran: the compiled one wherever it is built.
+    from knute.gateway import fastframe
+    assert result["fast_path"] == fastframe.FAST_PATH
 
 
 def test_gateway_bench_json_keys() -> None:
@@ -71,7 +77,8 @@ def test_the_measured_paths_accept_the_workload_and_reject_the_hostile_frames() 
     # The accepted figure times Pipeline.decide itself: on every pass (the counters
     # forgotten before each) it accepts every workload frame, never leaving one to
     # the general route.
-    decide, new_pass = gateway_path_passes(keys)
-    for _ in range(2):
-        new_pass()
-        assert all(type(decide(buf)) is dict for buf in frames)
+    for python_decoders in (False, True):
+        decide, new_pass = gateway_path_passes(keys, python_decoders)
+        for _ in range(2):
+            new_pass()
+            assert all(type(decide(buf)) is dict for buf in frames)

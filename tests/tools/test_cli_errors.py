@@ -77,12 +77,18 @@ def closed_pipe_run(knute_bin: Path, *args: str) -> subprocess.CompletedProcess[
         os.close(write_end)
 
 
-def test_devices_list_into_a_closed_pipe(tmp_path: Path, knute_bin: Path) -> None:
+def meters_registry(tmp_path: Path, count: int) -> Path:
+    """A registry of ``count`` water meters, long enough to fill a pipe with `devices list`."""
     registry = tmp_path / "registry.db"
     reg = Registry(str(registry))
-    for n in range(50):
+    for n in range(count):
         reg.add(n + 1, "water_meter", KEY, name=f"meter {n}")
     reg.close()
+    return registry
+
+
+def test_devices_list_into_a_closed_pipe(tmp_path: Path, knute_bin: Path) -> None:
+    registry = meters_registry(tmp_path, 50)
     out = closed_pipe_run(knute_bin, "devices", "list", "--registry", str(registry))
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
     assert out.returncode == EXIT_BROKEN_PIPE
@@ -98,11 +104,7 @@ def test_reports_into_a_closed_pipe(knute_bin: Path, args: tuple[str, ...]) -> N
 
 
 def test_head_on_a_real_pipeline(tmp_path: Path, knute_bin: Path) -> None:
-    registry = tmp_path / "registry.db"
-    reg = Registry(str(registry))
-    for n in range(3000):
-        reg.add(n + 1, "water_meter", KEY, name=f"meter {n}")
-    reg.close()
+    registry = meters_registry(tmp_path, 3000)
     out = subprocess.run(
         f"'{knute_bin}' devices list --registry '{registry}' | head -1",
         shell=True, capture_output=True, text=True, timeout=120)

@@ -62,6 +62,11 @@ def test_a_sound_configuration_passes(tmp_path: Path, knute_bin: Path) -> None:
     out = check(knute_bin, write_config(tmp_path))
     assert out.returncode == 0, out.stderr
     assert "OK (gateway gw-check, 1 sources: pf" in out.stdout
+    # ... and which payload walk the gateway runs: the compiled one where it is built
+    from knute.gateway import fastframe
+    assert f"payload walk: {fastframe.FAST_PATH} (" in out.stdout
+    summary = json.loads(check(knute_bin, write_config(tmp_path), "--json").stdout)
+    assert summary["fast_path"] == fastframe.FAST_PATH
 
 
 def test_modbus_counts_as_a_source(tmp_path: Path, knute_bin: Path) -> None:

@@ -19,7 +19,7 @@ from knute.gateway.registry import Registry
 from knute.tools.board import BootWatch
 from knute.tools.lora_drivers import lora_chip
 from knute.tools.sim.vdevice import VirtualBoard
-from tests.tools.conftest import Mpremote
+from tests.tools.conftest import Mpremote, bench_wiring
 
 # Hang guards, not what the tests prove: a virtual board's soft reset starts a fresh
 # interpreter, which on a loaded host can take longer than the 5 s a real board is given
@@ -51,19 +51,6 @@ def _one_line_failure(result: subprocess.CompletedProcess[str], *words: str) -> 
     for word in words:
         assert word in result.stderr, result.stderr
     return result.stderr
-
-
-def _wiring(tmp_path: Path, board: VirtualBoard, extra: dict[str, object] | None = None,
-            ) -> Path:
-    """Bench wiring for a water meter: its UART into a file, pulses from a file."""
-    (board.flash_dir / "link.bin").write_bytes(b"")
-    (board.flash_dir / "pulses.txt").write_text("")
-    config: dict[str, object] = {
-        "bench": {"uart": {"link": "link.bin"}, "pulse": {"pulse": "pulses.txt"}}}
-    config.update(extra or {})
-    path = tmp_path / "wiring.json"
-    path.write_text(json.dumps(config))
-    return path
 
 
 # ---------------------------------------------------------------- LoRa drivers
@@ -99,7 +86,7 @@ def test_lora_board_with_its_drivers_is_provisioned(knute_bin: Path, board: Virt
     lora.mkdir(parents=True)
     (lora / "__init__.py").write_text("class SX1262:\n    pass\n")
     (board.flash_dir / "air.txt").write_text("")
-    wiring = _wiring(tmp_path, board, {"bench": {"radio": {"path": "air.txt"},
+    wiring = bench_wiring(tmp_path, board, {"bench": {"radio": {"path": "air.txt"},
                                                  "pulse": {"pulse": "pulses.txt"}}})
     reg = tmp_path / "registry.db"
     result = _provision(knute_bin, "--port", board.port, "--kind", "water_meter",
@@ -164,7 +151,7 @@ def test_a_node_that_boots_into_safe_mode_is_not_registered_and_check_says_why(
     assert "PROBLEM     the node is in SAFE MODE: link uart did not start" in text.stdout
 
     # Wired and provisioned again: it runs, is registered, and --check is content.
-    wiring = _wiring(tmp_path, board)
+    wiring = bench_wiring(tmp_path, board)
     result = _provision(knute_bin, "--port", board.port, "--kind", "water_meter",
                         "--registry", str(reg), "--device-id", "0000beef",
                         "--config", str(wiring))
@@ -180,7 +167,7 @@ def test_a_node_that_boots_into_safe_mode_is_not_registered_and_check_says_why(
 def test_a_node_waiting_for_its_supply_is_not_registered(
         knute_bin: Path, board: VirtualBoard, tmp_path: Path) -> None:
     (board.flash_dir / "battery.txt").write_text("2900\n")
-    wiring = _wiring(tmp_path, board, {"power": {"brownout_mv": 3300}})
+    wiring = bench_wiring(tmp_path, board, {"power": {"brownout_mv": 3300}})
     config = json.loads(wiring.read_text())
     config["bench"]["adc"] = {"battery": "battery.txt"}
     wiring.write_text(json.dumps(config))
@@ -196,7 +183,7 @@ def test_no_start_stops_the_node_after_its_boot_report(
         knute_bin: Path, board: VirtualBoard, tmp_path: Path, mpremote: Mpremote) -> None:
     reg = tmp_path / "registry.db"
     result = _provision(knute_bin, "--port", board.port, "--kind", "water_meter",
-                        "--registry", str(reg), "--config", str(_wiring(tmp_path, board)),
+                        "--registry", str(reg), "--config", str(bench_wiring(tmp_path, board)),
                         "--no-start", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)

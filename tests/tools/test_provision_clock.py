@@ -12,15 +12,12 @@ import subprocess
 from pathlib import Path
 
 from knute.tools.sim.vdevice import VirtualBoard
+from tests.tools.conftest import bench_wiring
 
 
 def test_provision_writes_the_clock_and_the_node_boots_with_it(
         knute_bin: Path, board: VirtualBoard, tmp_path: Path) -> None:
-    (board.flash_dir / "link.bin").write_bytes(b"")
-    (board.flash_dir / "pulses.txt").write_text("")
-    wiring = tmp_path / "wiring.json"
-    wiring.write_text(json.dumps(
-        {"bench": {"uart": {"link": "link.bin"}, "pulse": {"pulse": "pulses.txt"}}}))
+    wiring = bench_wiring(tmp_path, board)
     result = subprocess.run(
         [str(knute_bin), "provision", "--port", board.port, "--kind", "water_meter",
          "--config", str(wiring), "--json", "--no-start"],

@@ -18,6 +18,7 @@ from knute.gateway.errors import KnuteError
 from knute.tools import ulp
 from knute.tools.cli.provision import build_config, ulp_bin
 from knute.tools.sim.vdevice import VirtualBoard
+from tests.tools.conftest import bench_wiring
 
 
 def _args(board: str, *settings: str) -> argparse.Namespace:
@@ -27,11 +28,7 @@ def _args(board: str, *settings: str) -> argparse.Namespace:
 
 def test_provision_writes_the_ulp_image_for_the_deep_sleep_meter(
         knute_bin: Path, board: VirtualBoard, tmp_path: Path) -> None:
-    (board.flash_dir / "link.bin").write_bytes(b"")
-    (board.flash_dir / "pulses.txt").write_text("")
-    wiring = tmp_path / "wiring.json"
-    wiring.write_text(json.dumps(
-        {"bench": {"uart": {"link": "link.bin"}, "pulse": {"pulse": "pulses.txt"}}}))
+    wiring = bench_wiring(tmp_path, board)
     result = subprocess.run(
         [str(knute_bin), "provision", "--port", board.port, "--kind", "water_meter",
          "--board", "meter_esp32", "--link", "uart", "--set", "power.sleep=deep",

@@ -38,7 +38,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,50 @@ def _reading_backend(host: str, port: int, persistent: bool) -> Any:
     return ReadingBackend()
 
 
+@contextlib.contextmanager
+def _city_mqtt(workdir: Path, cluster: Any,
+               make_backend: Callable[[str, int, bool], Any]) -> Iterator[tuple[list[int], Any]]:
+    """The city's MQTT side for one run: (the gateways' broker ports, a connected backend).
+
+    Without ``cluster``, one Mosquitto of its own under ``workdir/broker``; with it, the
+    cluster's MQTT ports and a balancer in front of them for the backend (a persistent
+    session, so that a node's restart loses no reading). Everything is stopped on the way out.
+    """
+    from knute.tools.rig.broker import Broker
+
+    broker: Any = None
+    balancer: Any = None
+    backend: Any = None
+    try:
+        if cluster is None:
+            (workdir / "broker").mkdir(parents=True, exist_ok=True)
+            broker = Broker(workdir / "broker", "mosquitto",
+                            extra_config="max_queued_messages 0\n")
+            broker.start()
+            ports = [broker.port]
+            backend = make_backend(broker.host, broker.port, False)
+        else:
+            from knute.tools.rig.rabbitmq import Balancer
+
+            ports = list(cluster.mqtt_ports)
+            balancer = Balancer(ports)
+            backend = make_backend("127.0.0.1", balancer.port, True)
+        backend.connect()
+        yield ports, backend
+    finally:
+        if backend is not None:
+            backend.disconnect()
+        if broker is not None:
+            broker.stop()
+        if balancer is not None:
+            from knute.tools.rig.subscriber import Subscriber
+
+            with contextlib.suppress(Exception):    # a clean session drops the queue
+                Subscriber("127.0.0.1", balancer.port, "city/none",
+                           client_id=backend.client_id, clean_session=True).close()
+            balancer.close()
+
+
 def _simulate(ports: list[int], meters: int, air: int, start: float, speed: float,
               seconds: float) -> Any:
     """Start ``knute simulate`` on every gateway's UDP port, one forwarder each."""
@@ -141,32 +185,26 @@ def measure(workdir: Path, gateways: int, rate: float, seconds: float,
     ``load``: "fleet" (an in-process fleet per gateway) or "simulate" (one
     ``knute simulate`` process for the whole city).
     """
-    from knute.tools.bench.reliability.harness import Backend, FleetDriver, GatewayProc
-    from knute.tools.rig.broker import Broker
-    from knute.tools.rig.wait import wait_for
+    from knute.tools.bench.reliability.harness import Backend
 
     if load == "simulate":
-        return _measure_simulate(workdir, gateways, rate, seconds, meters, cluster)
+        with _city_mqtt(workdir, cluster, _reading_backend) as (ports, backend):
+            return _measure_simulate(workdir, gateways, rate, seconds, meters, ports, backend)
+    with _city_mqtt(workdir, cluster,
+                    lambda host, port, persistent: Backend(host, port, persistent=persistent)
+                    ) as (ports, backend):
+        return _measure_fleets(workdir, gateways, rate, seconds, meters, ports, backend)
 
-    broker: Any = None
-    balancer: Any = None
-    if cluster is None:
-        broker = Broker(workdir / "broker", "mosquitto",
-                        extra_config="max_queued_messages 0\n")
-        (workdir / "broker").mkdir(parents=True, exist_ok=True)
-        broker.start()
-        ports = [broker.port]
-        backend = Backend(broker.host, broker.port)
-    else:
-        from knute.tools.rig.rabbitmq import Balancer
 
-        ports = list(cluster.mqtt_ports)
-        balancer = Balancer(ports)
-        backend = Backend("127.0.0.1", balancer.port, persistent=True)
+def _measure_fleets(workdir: Path, gateways: int, rate: float, seconds: float,
+                    meters: int, ports: list[int], backend: Any) -> dict[str, Any]:
+    """``measure`` with an in-process fleet of its own for each gateway."""
+    from knute.tools.bench.reliability.harness import FleetDriver, GatewayProc
+    from knute.tools.rig.wait import wait_for
+
     fleets: list[Any] = []
     gws: list[Any] = []
     try:
-        backend.connect()
         for n in range(gateways):
             fleet = FleetDriver(meters, meters // 10, seed=100 + n, rate=rate,
                                 faults=(), fault_rate=0.0,
@@ -196,7 +234,7 @@ def measure(workdir: Path, gateways: int, rate: float, seconds: float,
                 if st["spool"]["depth"] or st["ingest"]["commit_waiting"]:
                     return False
                 total += int(st["spool"]["accepted_total"])
-            return backend.delivered() >= total
+            return bool(backend.delivered() >= total)
 
         wait_for(drained, 120 + seconds, "every gateway's spool to drain")
         done_s = time.monotonic() - start
@@ -215,41 +253,16 @@ def measure(workdir: Path, gateways: int, rate: float, seconds: float,
             gw.close()
         for fleet in fleets:
             fleet.close()
-        backend.disconnect()
-        if broker is not None:
-            broker.stop()
-        if balancer is not None:
-            from knute.tools.rig.subscriber import Subscriber
-
-            with contextlib.suppress(Exception):    # a clean session drops the queue
-                Subscriber("127.0.0.1", balancer.port, "city/none",
-                           client_id=backend.client_id, clean_session=True).close()
-            balancer.close()
 
 
 def _measure_simulate(workdir: Path, gateways: int, rate: float, seconds: float,
-                      meters: int, cluster: Any) -> dict[str, Any]:
+                      meters: int, ports: list[int], backend: Any) -> dict[str, Any]:
     """``measure`` with one ``knute simulate`` process as the load of every gateway."""
     from knute.tools.bench.reliability.harness import GatewayProc
-    from knute.tools.rig.broker import Broker, free_port
+    from knute.tools.rig.broker import free_port
     from knute.tools.rig.wait import wait_for
     from knute.tools.sim.fleet import AIR_SEND_EVERY_S, WATER_SEND_EVERY_S, Fleet
 
-    broker: Any = None
-    balancer: Any = None
-    if cluster is None:
-        (workdir / "broker").mkdir(parents=True, exist_ok=True)
-        broker = Broker(workdir / "broker", "mosquitto",
-                        extra_config="max_queued_messages 0\n")
-        broker.start()
-        ports = [broker.port]
-        backend = _reading_backend(broker.host, broker.port, False)
-    else:
-        from knute.tools.rig.rabbitmq import Balancer
-
-        ports = list(cluster.mqtt_ports)
-        balancer = Balancer(ports)
-        backend = _reading_backend("127.0.0.1", balancer.port, True)
     city_meters, city_air = meters * gateways, meters // 10 * gateways
     start = float(int(time.time()))
     # simulate builds the same fleet from the same seed and start: the gateways know it.
@@ -260,7 +273,6 @@ def _measure_simulate(workdir: Path, gateways: int, rate: float, seconds: float,
     gws: list[Any] = []
     sim: Any = None
     try:
-        backend.connect()
         for n in range(gateways):
             order = ports[n % len(ports):] + ports[:n % len(ports)]
             gws.append(GatewayProc(workdir / f"gw-{n}", order[0], devices,
@@ -306,16 +318,6 @@ def _measure_simulate(workdir: Path, gateways: int, rate: float, seconds: float,
             sim.wait(10)
         for gw in gws:
             gw.close()
-        backend.disconnect()
-        if broker is not None:
-            broker.stop()
-        if balancer is not None:
-            from knute.tools.rig.subscriber import Subscriber
-
-            with contextlib.suppress(Exception):    # a clean session drops the queue
-                Subscriber("127.0.0.1", balancer.port, "city/none",
-                           client_id=backend.client_id, clean_session=True).close()
-            balancer.close()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,9 @@ Figures, side by side in one run:
   cryptography's AESCCM object cached per device, CBOR subset and kinds table, kind
   check, replay decision; every frame accepted on every pass) and along the pure path
   (protocol.frame.decode with the AES block function, as a node would);
+- the same gateway path with the generated Python payload walk
+  (``decode_verify_python_per_s``) where the compiled one (gateway/_fastframe.c) is
+  built; ``fast_path`` says which walk the gateway path ran ("c" or "python");
 - the bare loop every receiver needs at least (``raw_decode_per_s``): device id and
   counter from the header, the cached AESCCM's decrypt and cbor2.loads, nothing
   checked; ``ratio_vs_raw`` is the gateway path over it. Rounds of the two
@@ -87,8 +90,8 @@ def gateway_path(keys: dict[int, bytes]) -> Callable[[bytes], dict[str, Any] | N
     return verdicts(gateway_path_passes(keys)[0])
 
 
-def gateway_path_passes(keys: dict[int, bytes]) -> tuple[Callable[[bytes], Any],
-                                                         Callable[[], None]]:
+def gateway_path_passes(keys: dict[int, bytes], python_decoders: bool = False
+                        ) -> tuple[Callable[[bytes], Any], Callable[[], None]]:
     """The gateway's decision up to the dedup window, ``Pipeline.decide`` itself (as
     ``Pipeline.submit`` calls it), and a function that starts a new pass.
 
@@ -99,13 +102,15 @@ def gateway_path_passes(keys: dict[int, bytes]) -> tuple[Callable[[bytes], Any],
     again on the next pass (not rejected as replays, which would measure a
     different path). The accepted workload is timed through ``decide`` directly,
     one call per frame as the bare loop; hostile input through ``verdicts``.
+    ``python_decoders``: the generated Python payload walk even where the compiled
+    one is built (``Pipeline(python_decoders=True)``).
     """
     from knute.gateway.pipeline import Pipeline
     from knute.gateway.registry import Device
 
     devices = {dev: Device(dev, "water_meter" if dev % 3 else "air_quality", key)
                for dev, key in keys.items()}
-    pipeline = Pipeline(devices)
+    pipeline = Pipeline(devices, python_decoders=python_decoders)
 
     def new_pass() -> None:
         pipeline.load_counters({})
@@ -277,20 +282,27 @@ def micropython_figures(frames: int) -> tuple[float, int]:
 def run(args: argparse.Namespace) -> int:
     """Measure and print the figures."""
     frames, keys = _workload()
+    from knute.gateway.fastframe import FAST_PATH
+
     decide, new_pass = gateway_path_passes(keys)
+    decide_python, new_pass_python = gateway_path_passes(keys, python_decoders=True)
     verify = verdicts(decide)
     hostile = hostile_frames(frames, keys)
     rates = _rates({"gateway": (decide, frames, new_pass), "raw": (raw_path(keys), frames, None),
+                    "gateway_python": (decide_python, frames, new_pass_python),
                     **{f"reject_{case}": (verify, work, new_pass)
                        for case, work in hostile.items()}},
                    args.frames)
-    fast, raw = rates["gateway"], rates["raw"]
+    fast, raw, python = rates["gateway"], rates["raw"], rates["gateway_python"]
     pure = _rate(pure_path(keys), frames, max(args.frames // 10, len(frames)))
     upy_rate, upy_heap = micropython_figures(args.upy_frames)
     result = {
         "decode_verify_per_s": round(fast),
         "raw_decode_per_s": round(raw),
         "ratio_vs_raw": round(fast / raw, 3) if raw else 0.0,
+        "fast_path": FAST_PATH,
+        "decode_verify_python_per_s": round(python),
+        "ratio_vs_raw_python": round(python / raw, 3) if raw else 0.0,
         "decode_verify_pure_per_s": round(pure),
         "reject_random_per_s": round(rates["reject_random"]),
         "reject_mutated_per_s": round(rates["reject_mutated"]),
@@ -303,9 +315,12 @@ def run(args: argparse.Namespace) -> int:
         print()
         return 0
     print("decode+verify on CPython, one core (frames of both kinds, 500 devices):")
-    print(f"  gateway path (every check)  {fast:>12,.0f} frames/s   floor 100,000")
+    print(f"  gateway path (every check)  {fast:>12,.0f} frames/s   floor 100,000  "
+          f"(payload walk: {FAST_PATH})")
     print(f"  bare AESCCM + cbor2 loop    {raw:>12,.0f} frames/s   "
           f"(gateway path {result['ratio_vs_raw']:.2f} of it, goal 0.8)")
+    print(f"  ... its Python payload walk {python:>12,.0f} frames/s   "
+          f"({result['ratio_vs_raw_python']:.2f} of the bare loop)")
     print(f"  pure path (AES block+CCM)   {pure:>12,.0f} frames/s   ({fast / pure:.1f}x slower)")
     print("rejected on the gateway path (hostile input):")
     print(f"  random bytes                {rates['reject_random']:>12,.0f} frames/s")

@@ -159,14 +159,7 @@ def share(cfg: Any, registry: Any, targets: list[str], as_json: bool) -> int:
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2,
                          client_id=f"knute-share-{os.getpid()}", clean_session=True)
-    if cfg.mqtt.username is not None:
-        client.username_pw_set(cfg.mqtt.username, cfg.mqtt.password)
-    if cfg.mqtt.tls is not None:
-        import ssl
-
-        client.tls_set(ca_certs=cfg.mqtt.tls.ca, certfile=cfg.mqtt.tls.cert,
-                       keyfile=cfg.mqtt.tls.key, cert_reqs=ssl.CERT_REQUIRED,
-                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    cfg.mqtt.configure_client(client)
     client.on_message = on_message
     client.on_subscribe = lambda *_a: subscribed.set()
     errors: list[str] = []

@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from knute.gateway import config
+    from knute.gateway import config, fastwalk
 
     cfg = config.load(args.config)
     sources: list[dict[str, Any]] = (
@@ -130,6 +130,7 @@ def _check(args: argparse.Namespace) -> int:
         "metrics": (f"{cfg.metrics_host}:{cfg.metrics_port}"
                     if cfg.metrics_port is not None else None),
         "online": online if args.online else None,
+        "fast_path": fastwalk.which(),
         "problems": problems,
         "ok": not problems,
     }
@@ -150,7 +151,14 @@ def _check(args: argparse.Namespace) -> int:
         "broker and the sources"
     print(f"{cfg.path}: OK (gateway {cfg.gateway_id}, {len(sources)} sources: {names}; "
           f"checked {scope})")
+    print(WALKS[fastwalk.which()])
     return 0
+
+
+# `knute gateway check`'s line on the payload walk the gateway will run (fast_path in --json)
+WALKS = {"c": "payload walk: c (the compiled extension gateway/_fastframe)",
+         "python": "payload walk: python (the C extension is not built or KNUTE_FAST_PATH=python;"
+                   " the same checks, slower per accepted frame)"}
 
 
 ONLINE_TIMEOUT_S = 10.0
@@ -209,12 +217,8 @@ def _check_broker(cfg: Any) -> dict[str, Any]:
 
     client.on_connect = on_connect
     client.connect_timeout = ONLINE_TIMEOUT_S
-    if mq.username is not None:
-        client.username_pw_set(mq.username, mq.password)
     try:
-        if mq.tls is not None:
-            client.tls_set(ca_certs=mq.tls.ca, certfile=mq.tls.cert, keyfile=mq.tls.key,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        mq.configure_client(client)
         client.connect(mq.host, mq.port, 30)
     except (OSError, ssl.SSLError, ValueError) as exc:
         return _result(what, f"cannot connect: {exc}")

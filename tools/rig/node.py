@@ -43,6 +43,7 @@ class PtyReader:
         self.records: list[tuple[int, bytes]] = []
         self.errors: list[Exception] = []
         self.raw = bytearray()
+        self.idle_passes = 0            # passes of the thread that found nothing waiting
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pty-reader", daemon=True)
         self._thread.start()
@@ -53,11 +54,15 @@ class PtyReader:
         while not self._stop.is_set():
             ready, _, _ = select.select([self.master], [], [], 0.05)
             if not ready:
+                self.idle_passes += 1
                 continue
             try:
                 data = os.read(self.master, 4096)
             except OSError:
-                time.sleep(0.02)   # no slave open right now (between node restarts)
+                # No slave open right now (between node restarts), and nothing left
+                # to read: the master gives EIO only once what was written is read.
+                self.idle_passes += 1
+                time.sleep(0.02)
                 continue
             self.raw.extend(data)
             for item in self.decoder.feed(data):
@@ -76,6 +81,20 @@ class PtyReader:
                 return
             last = now
             time.sleep(quiet_s)
+
+    def caught_up(self) -> None:
+        """Wait until every byte written to the pty before the call has been read.
+
+        That is once a pass of the thread that began after the call found nothing
+        waiting: exact when no one writes any more (the node has exited), where
+        ``drain`` has to wait out its quiet time.
+        """
+        if self._stop.is_set():
+            return
+        target = self.idle_passes + 2       # the pass running now may predate the call
+        deadline = time.monotonic() + WAIT_S
+        while self.idle_passes < target and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def stop(self) -> None:
         """End the thread and close the master (once: a second call does nothing)."""
@@ -174,9 +193,16 @@ class BenchNode:
         return "\n".join(self.lines)
 
     def records(self, name: str = "link") -> list[tuple[int, bytes]]:
-        """Link records read from UART ``name`` so far (after draining the pty)."""
+        """Link records read from UART ``name`` so far (after draining the pty).
+
+        A running node's pty is drained until it has been quiet a while; once the
+        node has exited, only until what it wrote has been read (no quiet time).
+        """
         reader = self.ptys[name]
-        reader.drain()
+        if self.proc is not None and self.proc.poll() is None:
+            reader.drain()
+        else:
+            reader.caught_up()
         return list(reader.records)
 
     def frames(self, name: str = "link", key: bytes = KEY) -> list[dict[str, Any]]:

@@ -268,6 +268,14 @@ async def serve(args: argparse.Namespace, units: dict[int, SimUnit], faults: Fau
 
     answering = set(units)
     servers: list[Any] = []
+
+    async def start(server: Any, cannot: str) -> None:
+        """Serve in the background; a port or pty that will not open is one clear error."""
+        try:
+            await server.serve_forever(background=True)
+        except (OSError, RuntimeError) as exc:
+            raise KnuteError(f"{cannot}: {exc}") from None
+        servers.append(server)
     server: Any
     pty: NullModem | None = None
     info: dict[str, Any] = {"pid": os.getpid(), "tcp": None, "rtu": None,
@@ -278,21 +286,13 @@ async def serve(args: argparse.Namespace, units: dict[int, SimUnit], faults: Fau
         if tcp is not None:
             server = ModbusTcpServer(devices(), address=tcp,
                                      trace_packet=make_trace(faults, answering, rtu=False))
-            try:
-                await server.serve_forever(background=True)
-            except (OSError, RuntimeError) as exc:
-                raise KnuteError(f"cannot listen on {tcp[0]}:{tcp[1]}: {exc}") from None
-            servers.append(server)
+            await start(server, f"cannot listen on {tcp[0]}:{tcp[1]}")
             info["tcp"] = f"{tcp[0]}:{tcp[1]}"
         if args.rtu_pty:
             pty = NullModem()          # the server opens one end, the poller the other
             server = ModbusSerialServer(devices(), port=pty.a_path, baudrate=19200,
                                         trace_packet=make_trace(faults, answering, rtu=True))
-            try:
-                await server.serve_forever(background=True)
-            except (OSError, RuntimeError) as exc:
-                raise KnuteError(f"cannot open pty {pty.a_path}: {exc}") from None
-            servers.append(server)
+            await start(server, f"cannot open pty {pty.a_path}")
             info["rtu"] = pty.b_path
         if args.json:
             print(json.dumps(info), flush=True)

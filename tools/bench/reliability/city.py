@@ -53,9 +53,7 @@ def case_broker_failover(workdir: Path, *, down_s: float = 2.0, rate: float = 20
                 fwd = r.gw.status()["forwarder"]
                 return bool(fwd.get("broker") == addr and fwd.get("connected"))
 
-            r.gw.start()
-            r.fleet.start()
-            wait_for(lambda: r.backend.delivered() >= 20, WAIT_S, "first deliveries")
+            r.start_stream(WAIT_S)
             # a goes down (cut first, so no PUBACK of a message it then loses, then
             # stopped with its persistence saved): the gateway moves to b.
             r.link.set_mode("down")
@@ -180,10 +178,7 @@ def case_cross_gateway_replay(workdir: Path, *, frames: int = 300, rate: float =
             meta = gw_b.spool_meta()
             result.accepted += meta["accepted_total"]
             result.crashes += gw_b.crashes
-            tracebacks = gw_b.log_text().count("Traceback (most recent call last)")
-            if tracebacks:
-                result.crashes += tracebacks
-                result.problems.append(f"{tracebacks} traceback(s) in gateway B's log")
+            result.check_log(gw_b.log_text(), "gateway B's log")
         finally:
             fwd.close()
             gw_b.close()

@@ -30,7 +30,7 @@ from pathlib import Path
 from knute.gateway.errors import KnuteError
 from knute.tools.bench.reliability.harness import Backend, FleetDriver, GatewayProc
 from knute.tools.bench.reliability.results import WAIT_S, CaseResult, key_leaks
-from knute.tools.rig.rabbitmq import Balancer, RabbitCluster
+from knute.tools.rig.rabbitmq import Balancer, RabbitCluster, RabbitNode
 from knute.tools.rig.subscriber import Subscriber
 from knute.tools.rig.wait import wait_for
 
@@ -72,6 +72,22 @@ class CityOnCluster:
         """Wait until ``n`` more distinct readings arrived at the backend."""
         before = self.backend.delivered()
         wait_for(lambda: self.backend.delivered() >= before + n, WAIT_S, what)
+
+    def start_on_node_1(self) -> RabbitNode:
+        """Start the city; return node 1 once gateway A is connected to it (the node both
+        cases take away)."""
+        node = self.cluster.node(1)
+        self.start()
+        wait_for(lambda: self.broker_of(self.gateways[0]) == node.mqtt_port, WAIT_S,
+                 "gateway A on node 1")
+        return node
+
+    def back_on_node_1(self) -> None:
+        """Wait until gateway A is back on node 1 and more readings arrived through it."""
+        node = self.cluster.node(1)
+        wait_for(lambda: self.broker_of(self.gateways[0]) == node.mqtt_port, WAIT_S,
+                 "gateway A back on node 1")
+        self.wait_more(30, "deliveries with node 1 back")
 
     def broker_of(self, gw: GatewayProc) -> int | None:
         """The MQTT port the gateway is connected to now, None when it is not connected."""
@@ -129,24 +145,11 @@ class CityOnCluster:
             result.crashes += gw.crashes
             valid |= fleet.valid_ids
             log = gw.log_text()
-            tracebacks = log.count("Traceback (most recent call last)")
-            if tracebacks:
-                result.crashes += tracebacks
-                result.problems.append(f"{tracebacks} traceback(s) in {gw.root.name}'s log")
+            result.check_log(log, f"{gw.root.name}'s log")
             result.problems += key_leaks({f"{gw.root.name} log": log}, fleet.keys)
-        delivered = self.backend.delivered()
-        result.accepted += accepted
-        result.evicted += evicted
-        result.delivered += delivered
-        result.duplicates += self.backend.duplicates()
-        result.lost += max(0, accepted - evicted - delivered)
-        forged = self.backend.ids() - valid
-        if forged:
-            result.problems.append(f"{len(forged)} readings no fleet sent validly, "
-                                   f"e.g. {sorted(forged)[:3]}")
-        if self.backend.mismatched:
-            result.problems.append(f"ids delivered twice with different content: "
-                                   f"{self.backend.mismatched[:3]}")
+        result.count_delivery(accepted, evicted, self.backend.delivered(),
+                              self.backend.duplicates())
+        result.problems += self.backend.problems(valid)
         result.notes["sent_valid"] = sum(f.sent_valid for f in self.fleets)
         result.notes["backend_connections"] = self.balancer.connections
 
@@ -201,10 +204,7 @@ def case_broker_node_kill(workdir: Path, *, cluster: RabbitCluster | None = None
     with city_on_cluster(workdir, cluster, rate=rate, seed=seed) as city:
         ring = city.cluster
         gw_a = city.gateways[0]
-        city.start()
-        victim = ring.node(1)
-        wait_for(lambda: city.broker_of(gw_a) == victim.mqtt_port, WAIT_S,
-                 "gateway A on node 1")
+        victim = city.start_on_node_1()
         t0 = time.monotonic()
         ring.kill(1)
         wait_for(lambda: city.broker_of(gw_a) not in (None, victim.mqtt_port), WAIT_S,
@@ -215,9 +215,7 @@ def case_broker_node_kill(workdir: Path, *, cluster: RabbitCluster | None = None
         t0 = time.monotonic()
         ring.restart(1)
         result.notes["node_restart_s"] = round(time.monotonic() - t0, 2)
-        wait_for(lambda: city.broker_of(gw_a) == victim.mqtt_port, WAIT_S,
-                 "gateway A back on node 1")
-        city.wait_more(30, "deliveries with node 1 back")
+        city.back_on_node_1()
         result.notes["failbacks_a"] = int(gw_a.status()["forwarder"].get("failbacks", 0))
         city.restart_gateways(result)
         city.drain(result)
@@ -232,10 +230,7 @@ def case_broker_partition(workdir: Path, *, cluster: RabbitCluster | None = None
     with city_on_cluster(workdir, cluster, rate=rate, seed=seed) as city:
         ring = city.cluster
         gw_a = city.gateways[0]
-        city.start()
-        minority = ring.node(1)
-        wait_for(lambda: city.broker_of(gw_a) == minority.mqtt_port, WAIT_S,
-                 "gateway A on node 1")
+        minority = city.start_on_node_1()
         pauses = [n.pauses() for n in ring.nodes]
         t0 = time.monotonic()
         ring.partition(1)
@@ -256,9 +251,7 @@ def case_broker_partition(workdir: Path, *, cluster: RabbitCluster | None = None
         if paused != [1]:
             result.problems.append(f"nodes {paused} paused; pause_minority should pause "
                                    "node 1 alone, the minority")
-        wait_for(lambda: city.broker_of(gw_a) == minority.mqtt_port, WAIT_S,
-                 "gateway A back on node 1")
-        city.wait_more(30, "deliveries with node 1 back")
+        city.back_on_node_1()
         city.restart_gateways(result)
         city.drain(result)
     return result

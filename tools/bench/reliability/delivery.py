@@ -30,9 +30,7 @@ def case_broker_outage(workdir: Path, *, outage_s: float | None = None,
     """
     result = CaseResult(name, runs=1)
     with rig(workdir, rate=rate, seed=seed) as r:
-        r.gw.start()
-        r.fleet.start()
-        wait_for(lambda: r.backend.delivered() >= 20, 60, "first deliveries")
+        r.start_stream()
         r.kill_broker()
         down_at = time.monotonic()
         if frames is not None:
@@ -54,9 +52,7 @@ def case_no_puback(workdir: Path, *, hold_s: float = 3.0, rate: float = 200.0,
     """A broker that accepts the connection and PUBLISHes but never sends PUBACK."""
     result = CaseResult("no_puback", runs=1)
     with rig(workdir, rate=rate, seed=seed) as r:
-        r.gw.start()
-        r.fleet.start()
-        wait_for(lambda: r.backend.delivered() >= 20, 60, "first deliveries")
+        r.start_stream()
         r.link.set_mode("blackhole")
         wait_for(lambda: r.link.swallowed > 0, 60, "a PUBLISH into the black hole")
         time.sleep(0.5)          # acks of the last good connection are committed by now
@@ -79,9 +75,7 @@ def case_reconnect_storm(workdir: Path, *, storm_s: float = 5.0, rate: float = 2
     """The broker connection is dropped every 0.5-3 s while the fleet sends."""
     result = CaseResult("reconnect_storm", runs=1)
     with rig(workdir, rate=rate, seed=seed) as r:
-        r.gw.start()
-        r.fleet.start()
-        wait_for(lambda: r.backend.delivered() >= 20, 60, "first deliveries")
+        r.start_stream()
         r.link.set_mode("storm")
         time.sleep(storm_s)
         # A loaded machine may reconnect slower than a short storm drops: storm on

@@ -112,6 +112,17 @@ class Backend:
         with self._lock:
             return sum(n - 1 for n in self.counts.values())
 
+    def problems(self, valid_ids: set[str]) -> list[str]:
+        """What arrived that should not have: readings no valid frame carried, and ids
+        delivered twice with different content."""
+        found: list[str] = []
+        forged = self.ids() - valid_ids
+        if forged:
+            found.append(f"{len(forged)} readings never sent validly, e.g. {sorted(forged)[:3]}")
+        if self.mismatched:
+            found.append(f"ids delivered twice with different content: {self.mismatched[:3]}")
+        return found
+
     def out_of_order(self) -> list[str]:
         """Devices whose first deliveries are not in frame-counter order."""
         with self._lock:
@@ -381,6 +392,13 @@ class Rig:
                               mqtt_extra=mqtt_extra, log_level=log_level,
                               fallback_ports=[lk.port for lk in self.fallback_links])
 
+    def start_stream(self, timeout: float = 60.0) -> None:
+        """Start the gateway and the fleet; return once the first 20 readings are delivered
+        (the steady stream a case then disturbs)."""
+        self.gw.start()
+        self.fleet.start()
+        wait_for(lambda: self.backend.delivered() >= 20, timeout, "first deliveries")
+
     def kill_broker(self) -> None:
         """Cut the gateway's link, let the backend take what is on its way, kill -9 the broker.
 
@@ -433,28 +451,15 @@ class Rig:
         """Fill in the figures from the spool, the backend and the logs."""
         meta = self.gw.spool_meta()
         result.sent += self.fleet.sent
-        result.accepted += meta["accepted_total"]
-        result.evicted += meta["evicted_total"]
-        result.delivered += self.backend.delivered()
-        result.duplicates += self.backend.duplicates()
-        result.lost += max(0, meta["accepted_total"] - meta["evicted_total"]
-                           - self.backend.delivered())
+        result.count_delivery(meta["accepted_total"], meta["evicted_total"],
+                              self.backend.delivered(), self.backend.duplicates())
         result.crashes += self.gw.crashes
-        forged = self.backend.ids() - self.fleet.valid_ids
-        if forged:
-            result.problems.append(f"{len(forged)} readings the fleet never sent validly, "
-                                   f"e.g. {sorted(forged)[:3]}")
-        if self.backend.mismatched:
-            result.problems.append(f"ids delivered twice with different content: "
-                                   f"{self.backend.mismatched[:3]}")
+        result.problems += self.backend.problems(self.fleet.valid_ids)
         late = self.backend.out_of_order()
         if late:
             result.problems.append(f"first deliveries out of counter order for {late[:3]}")
         log = self.gw.log_text()
-        tracebacks = log.count("Traceback (most recent call last)")
-        if tracebacks:
-            result.crashes += tracebacks
-            result.problems.append(f"{tracebacks} traceback(s) in the gateway log")
+        result.check_log(log, "the gateway log")
         result.problems += key_leaks({"gateway log": log}, self.fleet.keys)
         result.notes.setdefault("sent_valid", 0)
         result.notes["sent_valid"] += self.fleet.sent_valid

@@ -37,6 +37,23 @@ class CaseResult:
         """True when nothing accepted was lost, nothing crashed and no check failed."""
         return not self.problems and self.lost == 0 and self.crashes == 0
 
+    def count_delivery(self, accepted: int, evicted: int, delivered: int,
+                       duplicates: int) -> None:
+        """Add one city's figures; what was accepted and neither evicted nor delivered
+        counts as lost."""
+        self.accepted += accepted
+        self.evicted += evicted
+        self.delivered += delivered
+        self.duplicates += duplicates
+        self.lost += max(0, accepted - evicted - delivered)
+
+    def check_log(self, log: str, where: str) -> None:
+        """Count each traceback in a gateway's ``log`` as a crash and a problem in ``where``."""
+        tracebacks = log.count("Traceback (most recent call last)")
+        if tracebacks:
+            self.crashes += tracebacks
+            self.problems.append(f"{tracebacks} traceback(s) in {where}")
+
     def row(self) -> dict[str, Any]:
         """The JSON row: the table's columns, then evicted, notes and problems."""
         out: dict[str, Any] = {k: getattr(self, k) for k in ROW_KEYS}
