@@ -14,9 +14,11 @@ cannot work between them. Three rules take its place:
 2. One answer per uplink. A gateway that has something to do for an uplink (a
    command open, a report or a flag in it) publishes a claim on
    ``<prefix>/downlink/claim/<device>`` (its SNR and whether it has commands
-   due), waits ``gather_ms`` after it published the claim, and answers only when
-   its claim ranks first of the claims that count: commands due first, then
-   the best SNR, then the lowest index. The others apply the report silently.
+   due), waits ``gather_ms`` after it published the claim (or until it holds a
+   claim from every index of ``gateways``: no claim can come that would change
+   the decision), and answers only when its claim ranks first of the claims
+   that count: commands due first, then the best SNR, then the lowest index.
+   The others apply the report silently.
    A claim counts when it was published within half of ``gather_ms`` of the
    first claim for the uplink (``on_time``). So when a claim reaches every
    other gateway within half of ``gather_ms`` and the gateways' clocks agree,
@@ -103,22 +105,27 @@ class DownlinkCity(SessionChannel):
 
     def __init__(self, cfg: MqttConfig, store: DownlinkStore, *, gateway_id: str,
                  index: int, gather_s: float, client_id: str,
-                 count: Callable[[str], None] | None = None) -> None:
+                 count: Callable[[str], None] | None = None,
+                 gateways: int | None = None) -> None:
         super().__init__(cfg, f"{client_id}-city", session_s=86400, channel_log=log,
                          name="downlink claims")
         self.store = store
         self.gateway_id = gateway_id
         self.index = index
         self.gather_s = gather_s
+        # ``[downlinks] gateways``: an election with a claim from each of its indexes
+        # decides at once (None: always wait the whole gather time).
+        self.gateways = gateways
         self.prefix = cfg.prefix
         self._count = count or (lambda _name: None)
         self._lock = threading.Lock()
+        self._claim_heard = threading.Condition(self._lock)   # an election waits on it
         self._claims: dict[tuple[int, int], dict[str, tuple[Rank, float]]] = {}
         self._published: dict[tuple[int, int], dict[str, float]] = {}   # claims' own "at"
         self._answered: dict[tuple[int, int], tuple[str, float]] = {}
         self.figures = {"claims_sent": 0, "claims_heard": 0, "won": 0, "lost": 0,
-                        "alone": 0, "notices_heard": 0, "adopted": 0, "closed": 0,
-                        "counters_learned": 0, "bad_messages": 0}
+                        "alone": 0, "all_claimed": 0, "notices_heard": 0, "adopted": 0,
+                        "closed": 0, "counters_learned": 0, "bad_messages": 0}
         self.rekey: RekeyCity | None = None     # key rotations (gateway.rekey_city)
         # The data-rate rule's history takes every claim's SNR, also one heard late.
         self.on_claim: Callable[[int, int, float], object] | None = None
@@ -201,6 +208,7 @@ class DownlinkCity(SessionChannel):
                 self._prune(now)
                 self._claims.setdefault((device, fcnt), {})[gateway] = (mark, now)
                 self._published.setdefault((device, fcnt), {})[gateway] = at
+                self._claim_heard.notify_all()
             self.figures["claims_heard"] += 1
             if self.on_claim is not None and snr is not None:
                 self.on_claim(device, fcnt, float(snr))
@@ -240,7 +248,13 @@ class DownlinkCity(SessionChannel):
               heard_s: float | None) -> bool:
         """Claim the uplink, wait until ``gather_s`` after the claim went out (or after
         the uplink was heard, ``heard_s``, if that is later), and say whether this
-        gateway answers it: its claim ranks first of those that count (``on_time``)."""
+        gateway answers it: its claim ranks first of those that count (``on_time``).
+
+        The wait ends early once a claim of every gateway index is in (``all_claimed``):
+        which claims count depends only on their own publishing times, so within the
+        bound the rule rests on (a claim reaches every gateway within half of
+        ``gather_s``) the decision is the one the whole wait would give, and the
+        answer leaves that much earlier in RX1."""
         if not self.connected:
             self.figures["alone"] += 1
             self._count("downlink_alone")
@@ -253,11 +267,16 @@ class DownlinkCity(SessionChannel):
                              json.dumps(doc, separators=(",", ":")), qos=1)
         self.figures["claims_sent"] += 1
         start = claimed if heard_s is None else max(heard_s, claimed)
-        wait = start + self.gather_s - time.time()
-        if wait > 0:
-            threading.Event().wait(wait)
+        deadline = start + self.gather_s
         published: dict[str, float] = {}
         with self._lock:
+            while not self._all_claimed(device_id, fcnt):
+                left = deadline - time.time()
+                if left <= 0:
+                    break
+                self._claim_heard.wait(left)
+            else:
+                self.figures["all_claimed"] += 1
             if (device_id, fcnt) in self._answered:
                 won = False           # another gateway already sent after this uplink
             else:
@@ -275,6 +294,13 @@ class DownlinkCity(SessionChannel):
                   {g: round(t - claimed, 3) for g, t in published.items()},
                   "answers" if won else "does not answer")
         return won
+
+    def _all_claimed(self, device_id: int, fcnt: int) -> bool:
+        """Whether every other gateway index has claimed uplink ``fcnt`` (under the lock)."""
+        if self.gateways is None:
+            return False
+        indexes = {-mark[2] for mark, _at in self._claims.get((device_id, fcnt), {}).values()}
+        return indexes | {self.index} >= set(range(self.gateways))
 
     def best_snr(self, device_id: int, fcnt: int, own_snr_db: float | None) -> float | None:
         """The best SNR of uplink ``fcnt`` of all gateways that claimed it, this one

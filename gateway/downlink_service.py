@@ -532,7 +532,7 @@ class DownlinkRuntime:
             self.city = DownlinkCity(cfg.mqtt, self.store, gateway_id=cfg.gateway_id,
                                      index=dl.gateway_index, gather_s=dl.gather_s,
                                      client_id=cfg.mqtt.client_id or f"knute-{cfg.gateway_id}",
-                                     count=counters.inc)
+                                     count=counters.inc, gateways=dl.gateways)
         self.adr: AdrHistory | None = None
         if dl.adr:
             self.adr = AdrHistory(cfg.registry, installation_margin_db=dl.adr_margin_db,

@@ -67,8 +67,8 @@ RUN_S = 80.0           # 160 simulated hours: three quiet nights, the leak, two 
 SEED = 4
 LEAK_L_H = 500.0
 POLL_S = 0.25          # two polls a simulated hour
-START_H = 6            # the run starts 06:00 UTC: the first night (01-03 UTC) is 19 h in
-LEAK_AFTER_H = 70      # 04:00 UTC after the third night
+START_H = 20           # the run starts 20:00 UTC: the first night (01-03 UTC) is 5 h in
+LEAK_AFTER_H = 56      # 04:00 UTC after the third night
 RELEASE_S = 0.5        # the clock file's wall time is this far ahead when it is written
 METER_CLOCK_S = 1.0    # bulk_water_meter's [clock]: whole seconds, rounded by the meter
 

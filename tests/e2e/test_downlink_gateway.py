@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,29 @@ def pull_resp(pf: PacketForwarder, timeout: float = 10.0) -> tuple[int, dict[str
                 return struct.unpack_from(">H", data, 1)[0], json.loads(data[4:])["txpk"]
     except TimeoutError:
         return None
+
+
+def pull_resps(pfs: list[PacketForwarder], first_s: float = 4.0, second_s: float = 1.5
+               ) -> list[tuple[int, tuple[int, dict[str, Any]]]]:
+    """The PULL_RESPs the forwarders get for one uplink: (which, (token, txpk)), listening
+    to all of them at once, for the first answer up to ``first_s``, then ``second_s``
+    more for another (a second answer to the same uplink)."""
+    out: list[tuple[int, tuple[int, dict[str, Any]]]] = []
+    deadline = time.monotonic() + first_s
+    while True:
+        ready, _, _ = select.select([pf.sock for pf in pfs], [], [],
+                                    max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return out
+        for n, pf in enumerate(pfs):
+            if pf.sock not in ready:
+                continue
+            data = pf.ack()
+            if len(data) >= 4 and data[3] == PULL_RESP:
+                if not out:
+                    deadline = time.monotonic() + second_s
+                out.append((n, (struct.unpack_from(">H", data, 1)[0],
+                                json.loads(data[4:])["txpk"])))
 
 
 def tx_ack(pf: PacketForwarder, token: int, error: str = "NONE") -> None:
@@ -263,12 +288,9 @@ def test_two_gateways_share_the_counter_and_answer_each_uplink_once(
             for pf in pfs:                      # both concentrators hear the uplink
                 pf.push(rxpk(up, tmst=RX_TMST * fcnt))
             answers: list[tuple[int, int]] = []
-            for n, pf in enumerate(pfs):
-                got = pull_resp(pf, timeout=4.0 if not answers else 1.5)
-                if got is not None:
-                    tx_ack(pf, got[0])
-                    answers.append((n, downlink.decode(base64.b64decode(got[1]["data"]),
-                                                       KEY)["dcnt"]))
+            for n, (token, txpk) in pull_resps(pfs):
+                tx_ack(pfs[n], token)
+                answers.append((n, downlink.decode(base64.b64decode(txpk["data"]), KEY)["dcnt"]))
             assert len(answers) == 1, f"uplink {fcnt}: answers {answers}"
             answered.append("ab"[answers[0][0]])
             seen.append(answers[0][1])

@@ -16,6 +16,7 @@ import select
 import sqlite3
 import struct
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -74,31 +75,49 @@ class Node:
         return raw
 
 
-def _pull_resps(pfs: dict[str, PacketForwarder], wait_s: float,
-                after_first_s: float = 0.4) -> list[tuple[str, int, bytes]]:
-    """The PULL_RESPs that arrive at the forwarders within ``wait_s``, or until
-    ``after_first_s`` after the first one (a second answer to the same uplink comes
-    within the claims' gather time): (which, token, downlink bytes). PUSH_ACKs and
-    PULL_ACKs are skipped."""
+# The outcomes of an uplink a gateway claimed (gateway/downlink_service.py): answered,
+# answered by the other gateway, or not answerable; each is counted once the downlink
+# worker is done with the uplink, an answer after its PULL_RESP left.
+DECIDED = ("downlinks_sent", "downlink_claimed_elsewhere", "downlink_no_window",
+           "downlink_errors")
+
+
+def _decided(gw: GatewayProcess) -> int:
+    """The uplinks this gateway's downlink worker has decided on (``DECIDED``)."""
+    totals = gw.status()["totals"]
+    return sum(int(totals.get(name, 0)) for name in DECIDED)
+
+
+def _read_pull_resps(pfs: dict[str, PacketForwarder], wait_s: float
+                     ) -> list[tuple[str, int, bytes]]:
+    """The PULL_RESPs that reach the forwarders within ``wait_s`` (0: those already
+    there): (which, token, downlink bytes). PUSH_ACKs and PULL_ACKs are skipped."""
     out: list[tuple[str, int, bytes]] = []
-    first = 0.0
     deadline = time.monotonic() + wait_s
     socks = {pf.sock: name for name, pf in pfs.items()}
     while True:
-        if out:
-            deadline = min(deadline, first + after_first_s)
-        else:
-            first = time.monotonic()
-        left = deadline - time.monotonic()
-        if left <= 0:
+        ready, _, _ = select.select(list(socks), [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
             return out
-        ready, _, _ = select.select(list(socks), [], [], left)
         for sock in ready:
             data, _ = sock.recvfrom(65535)
             if len(data) >= 4 and data[3] == PULL_RESP:
                 txpk = json.loads(data[4:])["txpk"]
                 out.append((socks[sock], struct.unpack_from(">H", data, 1)[0],
                             base64.b64decode(txpk["data"])))
+
+
+def _pull_resps(gws: dict[str, GatewayProcess], pfs: dict[str, PacketForwarder],
+                push: Callable[[], None]) -> list[tuple[str, int, bytes]]:
+    """``push`` an uplink every gateway in ``pfs`` claims (a command is open at each),
+    and return the PULL_RESPs it brought, read once every gateway has decided on it:
+    a winner's PULL_RESP is sent before its decision is counted, over loopback UDP, so
+    every answer, a second one included, is at the forwarder by then."""
+    before = {name: _decided(gws[name]) for name in pfs}
+    push()
+    wait_for(lambda: all(_decided(gws[name]) > before[name] for name in pfs), 30,
+             f"{', '.join(pfs)} to decide on the uplink")
+    return _read_pull_resps(pfs, 0.0)
 
 
 def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
@@ -127,13 +146,24 @@ def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
         def heard_by_all(ref: str) -> bool:
             return watcher.states(ref).count("queued") >= len(alive)
 
-        def uplink(snr: dict[str, float], wait_s: float = 5.0) -> list[tuple[str, int, bytes]]:
+        def uplink(snr: dict[str, float], quiet_s: float | None = None
+                   ) -> list[tuple[str, int, bytes]]:
+            """The node's next uplink, heard by every live gateway; its answers. With
+            ``quiet_s``, an uplink nobody should answer: whatever comes in that time (a
+            gateway that has nothing to send counts no decision to wait for)."""
             raw = node.uplink()
-            for name in alive:
-                body = {"rxpk": [rxpk(raw, tmst=node.tmst, freq=868.3, datr="SF9BW125",
-                                      lsnr=snr[name])]}
-                pfs[name].send_raw(push_data(pfs[name].eui, body)[1])
-            return _pull_resps({n: pfs[n] for n in alive}, wait_s)
+
+            def push() -> None:
+                for name in alive:
+                    body = {"rxpk": [rxpk(raw, tmst=node.tmst, freq=868.3, datr="SF9BW125",
+                                          lsnr=snr[name])]}
+                    pfs[name].send_raw(push_data(pfs[name].eui, body)[1])
+
+            listening = {n: pfs[n] for n in alive}
+            if quiet_s is not None:
+                push()
+                return _read_pull_resps(listening, quiet_s)
+            return _pull_resps(gws, listening, push)
 
         for i in range(COMMANDS):
             ref = f"c-{i}"
@@ -162,7 +192,7 @@ def test_two_gateways_answer_each_uplink_once_and_never_repeat_a_counter(
         last = uplink({"gw-a": 0.0, "gw-b": 0.0}, 1.5)
         assert last == [], [downlink.decode(r, KEY) for _, _, r in last]
         time.sleep(0.5)                    # a late second answer would show up here
-        assert _pull_resps({n: pfs[n] for n in alive}, 0.5) == []
+        assert _read_pull_resps({n: pfs[n] for n in alive}, 0.5) == []
         # A comes back: from its sessions it gets the commands B took meanwhile and B's
         # notices of what it sent and what the node reported; it holds nothing open
         # (so it sends nothing again), and its next counter is above B's last.

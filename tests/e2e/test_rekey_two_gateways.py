@@ -23,7 +23,7 @@ from typing import Any
 
 from knute.gateway.registry import Registry
 from knute.tools.rig.gateway import GatewayProcess
-from knute.tools.rig.node import KEY_HEX
+from knute.tools.rig.node import KEY_HEX, NO_MORE
 from knute.tools.rig.wait import wait_for
 from knute.tools.sim.pktfwd_radio import NodeRadio, RadioConcentrator
 from tests.conftest import Broker, free_port
@@ -65,6 +65,11 @@ def _registry_key(path: Path) -> tuple[str, Any]:
         return bytes(key).hex(), None if row is None or row[0] is None else bytes(row[0]).hex()
     finally:
         db.close()
+
+
+def _states(watcher: Watcher, command: str) -> list[str]:
+    """The states published so far for the commands ``command``."""
+    return [m["state"] for m in list(watcher.messages) if m.get("command") == command]
 
 
 def _node_keys(meter: Any) -> tuple[str, Any]:
@@ -150,6 +155,13 @@ def test_a_key_rotation_reaches_both_gateways_before_the_node_and_both_follow_it
         new_key = _node_keys(meter)[0]
         wait_for(lambda: all(_registry_key(registries[n]) == (new_key, None) for n in NAMES),
                  60, "both gateways to hold the new key as the device's key")
+        # The rotation's last word reported, nothing more goes to the node: its later
+        # receive windows end at once instead of each waiting out rx_wait_real_ms for an
+        # answer nobody sends (a downlink sent after this would go unheard).
+        wait_for(lambda: "applied" in _states(watcher, "rekey_done"), 60,
+                 "rekey_done applied")
+        with (meter.dir / "dl.txt").open("a") as rx_file:
+            rx_file.write(NO_MORE)
         # Both go on accepting the node, under the new key only now.
         base = {n: accepted(n) for n in NAMES}
         wait_for(lambda: all(accepted(n) >= base[n] + 2 for n in NAMES), 90,

@@ -25,7 +25,7 @@ from tests.e2e.test_downlink_gateway import Watcher
 def test_an_applied_sends_per_day_moves_the_registered_interval(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
     registry = tmp_path / "registry.db"
-    boards = start_boards(1, tmp_path / "boards", str(registry), time.time(), 3600.0)
+    boards = start_boards(1, tmp_path / "boards", str(registry), time.time(), 14400.0)
     gw = GatewayProcess(tmp_path / "gw")
     watcher = Watcher(mosquitto)
     board = boards[0]

@@ -11,7 +11,7 @@ channels of the plan and every SF, and the gateway accepts them all.
 Each device is overdue by its own send interval (the registry's, set here with
 ``knute devices add --interval-s`` and ``knute devices import``): of two meters
 that stop together, the one sending every second is silent after 3.5 s, the
-one sending every 4 s only after 14 s, and a meter without an interval of its
+one sending every 3 s only after 10.5 s, and a meter without an interval of its
 own keeps its kind's (a minute here) and is not silent at all in that time.
 """
 
@@ -219,7 +219,7 @@ def test_stopped_node_goes_silent_and_clears_lossy_node_never_does(
 
 
 FAST, SLOW, PLAIN = 0x52000001, 0x52000002, 0x52000003
-FAST_S, SLOW_S, KIND_S = 1.0, 4.0, 60.0
+FAST_S, SLOW_S, KIND_S = 1.0, 3.0, 60.0
 
 
 def _seconds(iso: str) -> float:
@@ -260,7 +260,7 @@ def test_two_meters_of_one_kind_are_overdue_by_their_own_intervals(
         conc.push([rxpk(buf, rssi_dbm=-100, lsnr_db=2.0, sf=9, freq_mhz=EU868_CHANNELS_MHZ[0])])
 
     def meters() -> None:
-        # Each meter on its own schedule: FAST every second, SLOW and PLAIN every 4 s.
+        # Each meter on its own schedule: FAST every second, SLOW and PLAIN every 3 s.
         tick = 0
         while not quit_meters.is_set():
             if sending.is_set():
@@ -282,11 +282,11 @@ def test_two_meters_of_one_kind_are_overdue_by_their_own_intervals(
         sending.clear()
         wait_for(lambda: any(c["condition"] == "silent" for c in conditions.of(FAST)),
                  30, "the 1-second meter to be silent")
-        # The 4-second meter missed no more than one send so far: not silent.
+        # The 3-second meter missed no more than one send so far: not silent.
         assert conditions.of(SLOW) == [] and conditions.of(PLAIN) == []
         assert gateway.status()["silence"]["devices"] == [f"{FAST:08x}"]
         wait_for(lambda: any(c["condition"] == "silent" for c in conditions.of(SLOW)),
-                 60, "the 4-second meter to be silent")
+                 60, "the 3-second meter to be silent")
         fast = next(c for c in conditions.of(FAST) if c["condition"] == "silent")
         slow = next(c for c in conditions.of(SLOW) if c["condition"] == "silent")
         for doc, interval in ((fast, FAST_S), (slow, SLOW_S)):
@@ -295,7 +295,7 @@ def test_two_meters_of_one_kind_are_overdue_by_their_own_intervals(
             # Overdue (MISSED + 0.5) of its own intervals after its last frame.
             overdue = _seconds(doc["since"]) - _seconds(doc["last_seen"])
             assert abs(overdue - (MISSED + 0.5) * interval) < 0.01, doc
-        # The meter on its kind's minute sent with the 4-second one and stopped with it,
+        # The meter on its kind's minute sent with the 3-second one and stopped with it,
         # but is not silent (that takes 3.5 minutes).
         assert conditions.of(PLAIN) == []
         st = gateway.status()["silence"]

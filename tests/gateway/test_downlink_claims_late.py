@@ -24,15 +24,16 @@ GATHER_S = 0.3
 LATE_S = 0.6           # the uplink was heard this long before the claim goes out
 
 
-def _city(tmp_path: Path, broker: Broker, name: str, index: int) -> DownlinkCity:
+def _city(tmp_path: Path, broker: Broker, name: str, index: int,
+          gateways: int | None = None) -> DownlinkCity:
     path = tmp_path / f"{name}.db"
     reg = Registry(str(path))
     reg.add(DEV, "water_meter", KEY)
     reg.close()
-    store = dlq.DownlinkStore(str(path), stride=(index, 2))
+    store = dlq.DownlinkStore(str(path), stride=(index, gateways or 2))
     city = DownlinkCity(MqttConfig(host=broker.host, port=broker.port, prefix="late"), store,
                         gateway_id=name, index=index, gather_s=GATHER_S,
-                        client_id=f"late-{name}")
+                        client_id=f"late-{name}", gateways=gateways)
     city.start()
     return city
 
@@ -82,6 +83,34 @@ def test_two_late_gateways_answer_an_uplink_once(tmp_path: Path, mosquitto: Brok
         for city in cities.values():
             city.stop()
             city.store.close()
+
+
+def test_an_election_with_every_gateways_claim_decides_as_the_whole_wait_would(
+        tmp_path: Path, mosquitto: Broker) -> None:
+    # ``gateways = 2``: once both claims are in, no claim can come that changes the
+    # decision, and each gateway decides without waiting out the gather time. With
+    # ``gateways = 3`` the third index never claims: the whole wait, the same decisions.
+    for gateways in (2, 3):
+        cities = {name: _city(tmp_path / str(gateways), mosquitto, name, index, gateways)
+                  for index, name in enumerate(("gw-a", "gw-b"))}
+        try:
+            for city in cities.values():
+                wait_for(partial(_subscribed, city), 30, "the claims subscribed")
+            assert _elect_both(cities, 1, {"gw-a": 1.0, "gw-b": 8.0}, 0.03) == {
+                "gw-a": False, "gw-b": True}
+            assert _elect_both(cities, 2, {"gw-a": 8.0, "gw-b": 1.0}, 0.03) == {
+                "gw-a": True, "gw-b": False}
+            assert _elect_both(cities, 3, {"gw-a": 1.0, "gw-b": 8.0}, GATHER_S * 0.8) == {
+                "gw-a": True, "gw-b": False}
+            # gw-b claims after gw-a: it holds both claims within its gather time (what
+            # the decisions above rest on); gw-a only when gw-b's claim came in time.
+            assert cities["gw-b"].figures["all_claimed"] == (3 if gateways == 2 else 0)
+            assert cities["gw-a"].figures["all_claimed"] <= cities["gw-b"].figures[
+                "all_claimed"]
+        finally:
+            for city in cities.values():
+                city.stop()
+                city.store.close()
 
 
 def test_claims_count_within_half_the_gather_time_of_the_first() -> None:
