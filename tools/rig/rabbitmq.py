@@ -4,14 +4,10 @@
 three times, each node with its own name (``knute1@localhost`` ...), AMQP,
 MQTT and distribution ports, its own mnesia, log and config files under
 ``workdir``, and one shared Erlang cookie in ``workdir/home`` (the nodes'
-and the CLI's ``$HOME``). The three boot side by side; nodes 2 and 3 join node 1
-as they boot (peer discovery from the config file, ``classic_config`` naming node 1:
-a blank node asks node 1 every ``JOIN_RETRY_S`` until node 1 can take it), which
-spares the stop, join and second start of their broker that ``rabbitmqctl
-join_cluster`` after the boot cost (about 20 s of two cores). ``kill(n)`` is
-kill -9 of a node's process group, ``restart(n)`` brings it back;
-``partition(n)`` cuts node ``n`` off from the two others and ``heal()`` joins
-them again; ``stop()`` stops all.
+and the CLI's ``$HOME``). Nodes 2 and 3 are then joined to node 1 with
+``rabbitmqctl join_cluster``. ``kill(n)`` is kill -9 of a node's process
+group, ``restart(n)`` brings it back; ``partition(n)`` cuts node ``n`` off
+from the two others and ``heal()`` joins them again; ``stop()`` stops all.
 
 How the partition is made: Erlang nodes find each other's distribution port
 through epmd. Each node here has its own ``ERL_EPMD_PORT``, answered by a
@@ -63,7 +59,6 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 NODE_START_TIMEOUT_S = 180.0    # upper bounds only: every wait ends when its condition holds
 NODE_STOP_TIMEOUT_S = 60.0
 CTL_TIMEOUT_S = 120.0
-JOIN_RETRY_S = 0.5              # a new node asks node 1 this often whether it can join
 # What a node logs when pause_minority makes it pause (rabbit_node_monitor, 3.10).
 PAUSE_LINE = "Cluster minority/secondary status detected"
 
@@ -269,16 +264,7 @@ class RabbitNode:
         """This node's config, plugins and env files (rewritten before every start)."""
         (self.dir / "rabbitmq-env.conf").write_text("")
         (self.dir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
-        join = ""
-        if self.index > 1:
-            first = self.cluster.nodes[0].name
-            retries = int(NODE_START_TIMEOUT_S / JOIN_RETRY_S)
-            join = ("cluster_formation.peer_discovery_backend = classic_config\n"
-                    f"cluster_formation.classic_config.nodes.1 = {first}\n"
-                    f"cluster_formation.discovery_retry_limit = {retries}\n"
-                    "cluster_formation.discovery_retry_interval = "
-                    f"{round(JOIN_RETRY_S * 1000)}\n")
-        (self.dir / "rabbitmq.conf").write_text(join +
+        (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
             f"mqtt.listeners.tcp.default = 127.0.0.1:{self.mqtt_port}\n"
             "mqtt.allow_anonymous = true\n"
@@ -422,6 +408,14 @@ class RabbitCluster:
         for node in self.nodes:
             node.start()
         try:
+            for node in self.nodes:
+                node.wait_ready()
+            first = self.nodes[0]
+            for node in self.nodes[1:]:
+                # stop_app, join_cluster and start_app in one CLI call: a CLI run is a
+                # whole Erlang VM start, the slowest step on a loaded machine.
+                node.ctl("eval", f"ok = rabbit:stop(), ok = rabbit_mnesia:join_cluster("
+                                 f"'{first.name}', disc), ok = rabbit:start().")
             for node in self.nodes:
                 node.wait_ready()
             self.wait_clustered()
