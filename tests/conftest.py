@@ -150,17 +150,18 @@ def pytest_collection(session: pytest.Session) -> None:
     random.seed(COLLECTION_SEED)
 
 
-# The files with the longest wall time (seconds in a `make test` on the loaded 2-core
-# machine): under pytest-xdist each starts first on a worker of its own (``_long_first``).
+# The files with the longest wall time (seconds, summed over their tests, in a fresh-clone
+# `make test` on the 2-core machine with 8 workers): under pytest-xdist each starts first
+# on a worker of its own (``_long_first``).
 LONG_FIRST: tuple[str, ...] = (
-    "tests/reliability/test_cluster.py",          # 160 s: three RabbitMQ nodes, one per module
-    "tests/e2e/test_city_backend.py",             # 90 s
-    "tests/firmware/test_deep_sleep.py",          # 75 s
-    "tests/backend/test_backend_postgres.py",     # 70 s
-    "tests/gateway/test_sources_hostile.py",      # 65 s
-    "tests/e2e/test_downlink_gateway.py",         # 45 s
-    "tests/e2e/test_demo.py",                     # 40 s
-    "tests/gateway/test_share_process.py",        # 35 s
+    "tests/reliability/test_cluster.py",          # 90 s: three RabbitMQ nodes, one per module
+    "tests/e2e/test_city_backend.py",             # 67 s
+    "tests/e2e/test_downlink_two_gateways.py",    # 60 s
+    "tests/e2e/test_rekey_two_gateways.py",       # 40 s
+    "tests/e2e/test_downlink_gateway.py",         # 36 s
+    "tests/firmware/test_deep_sleep.py",          # 36 s
+    "tests/e2e/test_silent_node.py",              # 35 s
+    "tests/e2e/test_demo.py",                     # 30 s
 )
 
 
