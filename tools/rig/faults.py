@@ -14,7 +14,8 @@ import socket
 import threading
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytes:
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``sock``; ConnectionError if it closes first."""
     data = b""
     while len(data) < n:
         chunk = sock.recv(n - len(data))
@@ -26,16 +27,16 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
 
 def read_mqtt_packet(sock: socket.socket) -> tuple[int, bytes]:
     """One MQTT control packet: (first byte, body). ConnectionError at EOF."""
-    first = _read_exact(sock, 1)[0]
+    first = recv_exact(sock, 1)[0]
     length = 0
     shift = 0
     for _ in range(4):
-        byte = _read_exact(sock, 1)[0]
+        byte = recv_exact(sock, 1)[0]
         length |= (byte & 0x7F) << shift
         shift += 7
         if not byte & 0x80:
             break
-    return first, _read_exact(sock, length) if length else b""
+    return first, recv_exact(sock, length) if length else b""
 
 
 class FaultyLink:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from knute.gateway.errors import KnuteError
 from knute.tools.rig.broker import _mqtt_connack, free_port
-from knute.tools.rig.faults import FaultyLink, pump
+from knute.tools.rig.faults import FaultyLink, pump, recv_exact
 from knute.tools.rig.wait import wait_for
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -133,8 +133,8 @@ class Epmd:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            head = _recv_exact(conn, 2)
-            request = _recv_exact(conn, struct.unpack(">H", head)[0])
+            head = recv_exact(conn, 2)
+            request = recv_exact(conn, struct.unpack(">H", head)[0])
             if not request:
                 return
             kind = request[0]
@@ -192,16 +192,6 @@ class Epmd:
         return (struct.pack(">BBHBBHHH", _PORT2_RESP, 0, port, reg.node_type, reg.protocol,
                             reg.highest, reg.lowest, len(raw))
                 + raw + struct.pack(">H", len(reg.extra)) + reg.extra)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
 
 
 # ---------------------------------------------------------------- nodes
