@@ -55,7 +55,7 @@ from knute.backend.hours import HOUR_S, parse_utc
 from knute.backend.queries import district_balances
 from knute.backend.store import open_store
 from knute.tools.rig.backend import BackendProcess
-from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.gateway import GatewayProcess, status_and_broker
 from knute.tools.rig.subscriber import Subscriber
 from knute.tools.rig.wait import WaitTimeout, wait_for
 from knute.tools.sim.city import DAY_S, City, city_from_args
@@ -101,13 +101,7 @@ clock_file = "{clock_file}"
 [spool]
 path = "spool.db"
 
-[status]
-socket = "{status_socket}"
-
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-prefix = "knute"
+{status_and_broker(status_socket, broker.host, broker.port, "knute")}
 
 [[serial]]
 name = "city-line"

@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.gateway import GatewayProcess, status_and_broker
 from knute.tools.rig.wait import wait_for
 from knute.tools.sim.firmware_nodes import start_boards
 from tests.conftest import Broker
@@ -28,12 +28,7 @@ def test_mqtt_command_is_applied_by_the_real_firmware_over_uart(
 [gateway]
 id = "gw-fw"
 registry = "{registry}"
-[status]
-socket = "{gw.status_socket}"
-[mqtt]
-host = "127.0.0.1"
-port = {mosquitto.port}
-prefix = "t"
+{status_and_broker(gw.status_socket, "127.0.0.1", mosquitto.port, "t")}
 [[serial]]
 name = "node"
 url = "{board.uart_path}"

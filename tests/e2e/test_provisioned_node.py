@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.gateway import GatewayProcess, status_and_broker
 from knute.tools.rig.nullmodem import NullModem
 from knute.tools.rig.subscriber import Subscriber
 from knute.tools.rig.wait import WaitTimeout, wait_for
@@ -34,13 +34,7 @@ registry = "registry.db"
 [spool]
 path = "spool.db"
 
-[status]
-socket = "{status_socket}"
-
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-prefix = "city"
+{status_and_broker(status_socket, broker.host, broker.port, "city")}
 
 [[serial]]
 name = "node-line"

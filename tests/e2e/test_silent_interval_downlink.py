@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.gateway import GatewayProcess, status_and_broker
 from knute.tools.rig.wait import wait_for
 from knute.tools.sim.firmware_nodes import start_boards
 from tests.conftest import Broker
@@ -40,12 +40,7 @@ def test_an_applied_sends_per_day_moves_the_registered_interval(
 [gateway]
 id = "gw-interval"
 registry = "{registry}"
-[status]
-socket = "{gw.status_socket}"
-[mqtt]
-host = "127.0.0.1"
-port = {mosquitto.port}
-prefix = "t"
+{status_and_broker(gw.status_socket, "127.0.0.1", mosquitto.port, "t")}
 [[serial]]
 name = "node"
 url = "{board.uart_path}"

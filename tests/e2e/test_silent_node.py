@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from knute.gateway.registry import Registry
 from knute.protocol import frame
-from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.gateway import GatewayProcess, status_and_broker
 from knute.tools.rig.wait import wait_for
 from knute.tools.sim.pktfwd import EU868_CHANNELS_MHZ, ForwarderClient, rxpk
 from tests.conftest import Broker, free_port
@@ -47,16 +47,9 @@ def _config(root: Path, broker: Broker, udp_port: int, metrics_port: int,
 id = "silence"
 data_dir = "{root}"
 
-[status]
-socket = "{socket}"
-
+{status_and_broker(socket, broker.host, broker.port, "city")}
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
-
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-prefix = "city"
 
 [[packet_forwarder]]
 name = "conc"

@@ -12,7 +12,7 @@ from knute.gateway.errors import KnuteError
 from knute.gateway.message import iso_utc
 from knute.gateway.registry import Registry
 from knute.protocol import frame
-from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.gateway import GatewayProcess, status_and_broker
 from knute.tools.rig.subscriber import Subscriber
 from knute.tools.rig.wait import wait_for
 from knute.tools.sim.pktfwd import ForwarderClient, rxpk
@@ -63,13 +63,7 @@ data_dir = "{tmp_path}"
 clock_speed = 100
 clock_start = {start}
 
-[status]
-socket = "{gateway.status_socket}"
-
-[mqtt]
-host = "{mosquitto.host}"
-port = {mosquitto.port}
-prefix = "city"
+{status_and_broker(gateway.status_socket, mosquitto.host, mosquitto.port, "city")}
 
 [[packet_forwarder]]
 name = "conc"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from knute.gateway.message import iso_utc
-from knute.tools.rig.gateway import GatewayProcess
+from knute.tools.rig.gateway import GatewayProcess, status_and_broker
 from knute.tools.rig.subscriber import Subscriber
 from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
@@ -32,12 +32,7 @@ def test_polls_run_on_the_simulated_clock(modbus_sim: SimFactory, mosquitto: Bro
 id = "sim"
 clock_speed = {SPEED}
 clock_start = {start}
-[status]
-socket = "{gateway.status_socket}"
-[mqtt]
-host = "{mosquitto.host}"
-port = {mosquitto.port}
-prefix = "t"
+{status_and_broker(gateway.status_socket, mosquitto.host, mosquitto.port, "t")}
 [modbus]
 state_file = "modbus-state.json"
 [[modbus.bus]]

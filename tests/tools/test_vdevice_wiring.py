@@ -15,6 +15,7 @@ from typing import Any
 
 from knute.gateway.status import request
 from knute.protocol import frame
+from knute.tools.rig.gateway import status_and_broker
 from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
 
@@ -27,12 +28,7 @@ def _gateway_config(workdir: Path, sock: str, broker: Broker, serial_url: str) -
 [gateway]
 id = "bench"
 data_dir = "{workdir}"
-[status]
-socket = "{sock}"
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-prefix = "city"
+{status_and_broker(sock, broker.host, broker.port, "city")}
 [[serial]]
 name = "bench-line"
 url = "{serial_url}"

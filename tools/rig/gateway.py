@@ -5,7 +5,8 @@ use: it owns a short directory for the status socket (unix socket paths are
 limited to 108 bytes), the config file and the log, starts the daemon, waits
 until its status socket answers (and, if asked, until every source is open),
 and stops it with SIGTERM or kill -9. The caller writes the config text; it
-names ``status_socket`` under ``[status]``.
+names ``status_socket`` under ``[status]`` (``status_and_broker`` writes that
+section and the broker's).
 """
 
 from __future__ import annotations
@@ -29,6 +30,20 @@ STOP_TIMEOUT_S = 60.0
 def knute_command() -> str:
     """The ``knute`` console script of this installation."""
     return str(Path(sys.executable).parent / "knute")
+
+
+def status_and_broker(status_socket: str, host: str, port: int, prefix: str) -> str:
+    """The ``[status]`` and ``[mqtt]`` sections of a test gateway's config (TOML): its
+    status socket, and a broker without TLS or login at ``host``:``port`` with its
+    topics under ``prefix``. Every test config carries them; what differs between
+    tests is the rest, which stays written out where the test is."""
+    return f"""[status]
+socket = "{status_socket}"
+[mqtt]
+host = "{host}"
+port = {port}
+prefix = "{prefix}"
+"""
 
 
 class GatewayProcess:
@@ -64,13 +79,7 @@ class GatewayProcess:
 id = "{gateway_id}"
 dedup_window_ms = 50
 drain_timeout_s = 3
-[status]
-socket = "{self.status_socket}"
-[mqtt]
-host = "127.0.0.1"
-port = {mqtt_port}
-prefix = "t"
-""" + rest)
+""" + status_and_broker(self.status_socket, "127.0.0.1", mqtt_port, "t") + rest)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``knute ARGS --config CONFIG``; KnuteError with its stderr if it fails."""
