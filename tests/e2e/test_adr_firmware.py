@@ -6,13 +6,12 @@ and its next uplinks go out at the new SF (the concentrator sees the new datr)."
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.node import KEY_HEX, water_config
 from knute.tools.rig.wait import wait_for
-from knute.tools.sim.pktfwd_radio import NodeRadio, RadioConcentrator
+from knute.tools.sim.pktfwd_radio import ConcentratorThread, NodeRadio, RadioConcentrator
 from tests.conftest import Broker, free_port
 from tests.firmware.conftest import NodeFactory, bench_node, flash_lib
 from tests.upybuild import micropython_bin, upy_bits
@@ -58,17 +57,11 @@ listen = "127.0.0.1:{port}"
 """)
     radio = NodeRadio(str(meter.dir / "air.txt"), str(meter.dir / "dl.txt"), FREQ, 12)
     conc = RadioConcentrator("127.0.0.1", port, [radio], pull_every_s=0.5)
-    stop = threading.Event()
-
-    def run_concentrator() -> None:
-        while not stop.wait(0.01):
-            conc.step()
-
-    thread = threading.Thread(target=run_concentrator, name="concentrator", daemon=True)
+    stepping = ConcentratorThread(conc)
     try:
         gw.cli("devices", "add", f"{DEV:08x}", "--kind", "water_meter", "--key", KEY_HEX)
         gw.start()
-        thread.start()
+        stepping.start()
         wait_for(lambda: gw.status()["sources"]["lora"]["gateways"], 10, "the PULL_DATA")
         meter.start()
 
@@ -103,8 +96,6 @@ listen = "127.0.0.1:{port}"
         meter.close()
         assert gw.stop() == 0
     finally:
-        stop.set()
-        if thread.is_alive():
-            thread.join(5)
+        stepping.stop()
         conc.close()
         gw.close()

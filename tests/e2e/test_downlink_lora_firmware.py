@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.node import KEY_HEX
 from knute.tools.rig.nullmodem import NullModem
 from knute.tools.rig.wait import wait_for
-from knute.tools.sim.pktfwd_radio import NodeRadio, RadioConcentrator
+from knute.tools.sim.pktfwd_radio import ConcentratorThread, NodeRadio, RadioConcentrator
 from tests.conftest import Broker, free_port
 from tests.e2e.lora_meter import DEV, FREQ, SF, lora_meter
 from tests.e2e.test_downlink_gateway import Watcher
@@ -83,20 +82,14 @@ listen = "127.0.0.1:{port}"
     conc = RadioConcentrator("127.0.0.1", port,
                              [NodeRadio(str(meter.dir / "air.txt"), str(meter.dir / "dl.txt"),
                                         FREQ, SF)], pull_every_s=0.5)
-    stop = threading.Event()
-
-    def run_concentrator() -> None:
-        while not stop.wait(0.01):
-            conc.step()
-
+    stepping = ConcentratorThread(conc)
     watcher = Watcher(mosquitto)
-    thread = threading.Thread(target=run_concentrator, name="concentrator", daemon=True)
     try:
         gw.cli("devices", "add", f"{DEV:08x}", "--kind", "water_meter", "--key", KEY_HEX)
         gw.start()
         wait_for(lambda: gw.status()["downlinks"]["commands_topic"]["subscribed"], 30,
                  "the command topics subscribed")
-        thread.start()
+        stepping.start()
         wait_for(lambda: gw.status()["sources"]["lora"]["gateways"], 10, "the PULL_DATA")
         _command_applied(gw, watcher, meter, "pf-1")
         # Semtech's TX_ACK came back without error for every downlink written.
@@ -106,9 +99,7 @@ listen = "127.0.0.1:{port}"
         meter.close()
         assert gw.stop() == 0
     finally:
-        stop.set()
-        if thread.is_alive():
-            thread.join(5)
+        stepping.stop()
         conc.close()
         gw.close()
         watcher.close()

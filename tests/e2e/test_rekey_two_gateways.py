@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from knute.gateway.registry import Registry
 from knute.tools.rig.gateway import GatewayProcess
 from knute.tools.rig.node import KEY_HEX, NO_MORE
 from knute.tools.rig.wait import wait_for
-from knute.tools.sim.pktfwd_radio import NodeRadio, RadioConcentrator
+from knute.tools.sim.pktfwd_radio import ConcentratorThread, NodeRadio, RadioConcentrator
 from tests.conftest import Broker, free_port
 from tests.e2e.lora_meter import DEV, FREQ, SF, lora_meter
 from tests.e2e.test_downlink_gateway import Watcher
@@ -98,14 +97,7 @@ def test_a_key_rotation_reaches_both_gateways_before_the_node_and_both_follow_it
                                eui=bytes([0xAA, 0x55, 0x5A, 0, 0, 0, 0x0B, i + 1]),
                                pull_every_s=0.5)
              for i, name in enumerate(NAMES)]
-    stop = threading.Event()
-
-    def run_concentrators() -> None:
-        while not stop.wait(0.01):
-            for conc in concs:
-                conc.step()
-
-    thread = threading.Thread(target=run_concentrators, name="concentrators", daemon=True)
+    stepping = ConcentratorThread(*concs)
     watcher = Watcher(mosquitto)
     try:
         for gw in gws.values():
@@ -124,7 +116,7 @@ def test_a_key_rotation_reaches_both_gateways_before_the_node_and_both_follow_it
 
         for name, gw in gws.items():
             wait_for(partial(ready, gw), 30, f"{name} serving the device, channel up")
-        thread.start()
+        stepping.start()
         meter.start()
 
         def accepted(name: str) -> int:
@@ -184,9 +176,7 @@ def test_a_key_rotation_reaches_both_gateways_before_the_node_and_both_follow_it
         for gw in gws.values():
             assert gw.stop() == 0
     finally:
-        stop.set()
-        if thread.is_alive():
-            thread.join(5)
+        stepping.stop()
         for conc in concs:
             conc.close()
         for gw in gws.values():

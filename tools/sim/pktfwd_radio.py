@@ -31,6 +31,7 @@ import binascii
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -187,3 +188,28 @@ class RadioConcentrator:
         """Close the socket."""
         self.sock.close()
 
+
+class ConcentratorThread:
+    """Concentrators stepped every 10 ms on a daemon thread, from ``start`` until
+    ``stop``: the way tests run them beside a real gateway."""
+
+    def __init__(self, *concs: RadioConcentrator) -> None:
+        self.concs = concs
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="concentrator", daemon=True)
+
+    def start(self) -> None:
+        """Start stepping."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop stepping (waiting up to 5 s for the step under way); the caller closes
+        the concentrators."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            for conc in self.concs:
+                conc.step()
