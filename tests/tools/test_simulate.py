@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import json
 import os
@@ -18,9 +17,21 @@ from knute.protocol.errors import FrameError
 from knute.tools.sim.pktfwd import EU868_CHANNELS_MHZ
 
 
-def _keys(csv_path: Path) -> dict[int, bytes]:
+def fleet_keys(csv_path: Path) -> dict[int, bytes]:
+    """Device id -> key, from the fleet CSV ``knute simulate --csv`` writes."""
     with csv_path.open(encoding="utf-8") as f:
         return {int(row["device_id"], 16): bytes.fromhex(row["key"]) for row in csv.DictReader(f)}
+
+
+def read_records(fd: int, dec: stream.StreamDecoder) -> list[bytes]:
+    """The record bodies in what the pty ``fd`` holds now (none once its other end is
+    gone); garbled records are passed over."""
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        chunk = b""
+    return [body for item in dec.feed(chunk)
+            if not isinstance(item, FrameError) for _, body in [item]]
 
 
 def test_simulate_sends_verifiable_frames_on_serial_and_udp(
@@ -48,12 +59,7 @@ def test_simulate_sends_verifiable_frames_on_serial_and_udp(
         while proc.poll() is None and time.monotonic() < deadline + 10:
             ready, _, _ = select.select([fd, udp.fileno()], [], [], 0.2)
             if fd in ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    chunk = b""
-                records += [body for item in dec.feed(chunk)
-                            if not isinstance(item, FrameError) for _, body in [item]]
+                records += read_records(fd, dec)
             if udp.fileno() in ready:
                 data, addr = udp.recvfrom(4096)
                 datagrams.append(data)
@@ -65,7 +71,7 @@ def test_simulate_sends_verifiable_frames_on_serial_and_udp(
         udp.close()
     assert proc.returncode == 0
     summary = json.loads(out)
-    keys = _keys(fleet_csv)
+    keys = fleet_keys(fleet_csv)
     assert len(keys) == 8
     assert records, "no records on the pty"
     for raw in records:
@@ -127,9 +133,7 @@ def test_simulate_runs_real_firmware_nodes_on_their_own_serial_lines(
         dec = stream.StreamDecoder()
         while proc.poll() is None:
             if select.select([fd], [], [], 0.2)[0]:
-                with contextlib.suppress(OSError):
-                    records += [item[1] for item in dec.feed(os.read(fd, 4096))
-                                if not isinstance(item, FrameError)]
+                records += read_records(fd, dec)
         os.close(fd)
         out = proc.stdout.read()
     finally:

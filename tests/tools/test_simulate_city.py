@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import random
 import select
@@ -13,10 +12,10 @@ from pathlib import Path
 
 from knute.gateway.simclock import SimulatedClock
 from knute.protocol import frame, stream
-from knute.protocol.errors import FrameError
 from knute.tools.sim.city import city_from_args
 from knute.tools.sim.city_nodes import BULK_START_INDEX_L, CityBulkUnit, bulk_units
 from tests.conftest import free_port
+from tests.tools.test_simulate import fleet_keys, read_records
 
 
 def test_city_frames_and_bulk_meters_follow_one_model(knute_bin: str, tmp_path: Path) -> None:
@@ -76,19 +75,13 @@ def test_city_frames_and_bulk_meters_follow_one_model(knute_bin: str, tmp_path: 
         while proc.poll() is None and time.monotonic() < deadline:
             ready, _, _ = select.select([fd], [], [], 0.2)
             if ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    chunk = b""
-                records += [body for item in dec.feed(chunk)
-                            if not isinstance(item, FrameError) for _, body in [item]]
+                records += read_records(fd, dec)
         os.close(fd)
         out, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    with fleet_csv.open(encoding="utf-8") as f:
-        keys = {int(row["device_id"], 16): bytes.fromhex(row["key"]) for row in csv.DictReader(f)}
+    keys = fleet_keys(fleet_csv)
     # The households, and the bulk meters the gateway polls (it accepts registered ones only).
     bulk = [device for _, _, _, device in bulk_units(city)]
     assert bulk == ["10000000", "10000002", "10000003"]
