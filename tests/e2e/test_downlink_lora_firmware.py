@@ -33,20 +33,12 @@ from tests.upybuild import micropython_bin, upy_bits
 __all__ = ["bench_node", "flash_lib", "micropython_bin", "upy_bits"]
 
 
-def _gateway_config(gw: GatewayProcess, broker: Broker, source: str) -> str:
-    return f"""
-[gateway]
-id = "gw-lora-fw"
-dedup_window_ms = 50
-drain_timeout_s = 3
-[status]
-socket = "{gw.status_socket}"
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-prefix = "t"
-{source}
-"""
+def _start_gateway(gw: GatewayProcess) -> None:
+    """Register the meter, start the gateway and wait until it takes commands."""
+    gw.cli("devices", "add", f"{DEV:08x}", "--kind", "water_meter", "--key", KEY_HEX)
+    gw.start()
+    wait_for(lambda: gw.status()["downlinks"]["commands_topic"]["subscribed"], 30,
+             "the command topics subscribed")
 
 
 def _command_applied(gw: GatewayProcess, watcher: Watcher, meter: Any, ref: str) -> None:
@@ -74,21 +66,17 @@ def test_mqtt_command_reaches_the_firmware_through_the_packet_forwarder(
     meter = lora_meter(bench_node)
     gw = GatewayProcess(tmp_path / "gw")
     port = free_port()
-    gw.write_config(_gateway_config(gw, mosquitto, f"""
-[[packet_forwarder]]
+    gw.write_test_config("gw-lora-fw", mosquitto.port, f"""[[packet_forwarder]]
 name = "lora"
 listen = "127.0.0.1:{port}"
-"""))
+""")
     conc = RadioConcentrator("127.0.0.1", port,
                              [NodeRadio(str(meter.dir / "air.txt"), str(meter.dir / "dl.txt"),
                                         FREQ, SF)], pull_every_s=0.5)
     stepping = ConcentratorThread(conc)
     watcher = Watcher(mosquitto)
     try:
-        gw.cli("devices", "add", f"{DEV:08x}", "--kind", "water_meter", "--key", KEY_HEX)
-        gw.start()
-        wait_for(lambda: gw.status()["downlinks"]["commands_topic"]["subscribed"], 30,
-                 "the command topics subscribed")
+        _start_gateway(gw)
         stepping.start()
         wait_for(lambda: gw.status()["sources"]["lora"]["gateways"], 10, "the PULL_DATA")
         _command_applied(gw, watcher, meter, "pf-1")
@@ -121,17 +109,13 @@ def test_mqtt_command_reaches_the_firmware_through_a_radio_bridge(
         }
         bridge = bench_node(bridge_cfg, name="bridge", uarts=())
         gw = GatewayProcess(tmp_path / "gw")
-        gw.write_config(_gateway_config(gw, mosquitto, f"""
-[[serial]]
+        gw.write_test_config("gw-lora-fw", mosquitto.port, f"""[[serial]]
 name = "bridge"
 url = "{line.b_path}"
-"""))
+""")
         watcher = Watcher(mosquitto)
         try:
-            gw.cli("devices", "add", f"{DEV:08x}", "--kind", "water_meter", "--key", KEY_HEX)
-            gw.start()
-            wait_for(lambda: gw.status()["downlinks"]["commands_topic"]["subscribed"], 30,
-                     "the command topics subscribed")
+            _start_gateway(gw)
             bridge.start()
             bridge.wait_line("boot role=radio_bridge")
             _command_applied(gw, watcher, meter, "br-1")
