@@ -110,6 +110,18 @@ def _retained(broker: Broker, topic: str) -> dict[str, Any]:
     return box[-1]
 
 
+def _stop_all(quit_meters: threading.Event, sender: threading.Thread,
+              conditions: Conditions, conc: ForwarderClient, gateway: GatewayProcess) -> None:
+    """The end of each test: the meters' thread stopped, then the rest closed."""
+    quit_meters.set()
+    if sender.is_alive():
+        sender.join(10)
+    conditions.close()
+    conc.close()
+    gateway.stop(timeout=20)
+    gateway.close()
+
+
 def _metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     for line in text.decode().splitlines():
@@ -202,13 +214,7 @@ def test_stopped_node_goes_silent_and_clears_lossy_node_never_does(
         assert {f for f, _ in heard_on} == {round(f * 1e6) for f in EU868_CHANNELS_MHZ}
         assert {sf for _, sf in heard_on} == {7, 8, 9, 10, 11, 12}
     finally:
-        quit_meters.set()
-        if sender.is_alive():
-            sender.join(10)
-        conditions.close()
-        conc.close()
-        gateway.stop(timeout=20)
-        gateway.close()
+        _stop_all(quit_meters, sender, conditions, conc, gateway)
 
 
 FAST, SLOW, PLAIN = 0x52000001, 0x52000002, 0x52000003
@@ -295,10 +301,4 @@ def test_two_meters_of_one_kind_are_overdue_by_their_own_intervals(
         assert st["devices"] == [f"{FAST:08x}", f"{SLOW:08x}"]
         assert st["interval_s"] == {"water_meter": KIND_S, "air_quality": 600.0}
     finally:
-        quit_meters.set()
-        if sender.is_alive():
-            sender.join(10)
-        conditions.close()
-        conc.close()
-        gateway.stop(timeout=20)
-        gateway.close()
+        _stop_all(quit_meters, sender, conditions, conc, gateway)
