@@ -144,12 +144,17 @@ def test_sensor_community_requests_by_hand() -> None:
     assert sensor_community_requests(reading("00003456", 1, T0, [1.0], 1.0), "x") == []
 
 
-class _Keep(BaseHTTPRequestHandler):
-    got: list[tuple[dict[str, str], Any]] = []     # noqa: RUF012  (one test's server)
+UPLOADS: list[tuple[str, dict[str, str], Any]] = []
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Sensor.Community's push endpoint as a local server that keeps every request
+    (path, headers with lower-case names, JSON body) in UPLOADS."""
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Keep.got.append(({k.lower(): v for k, v in self.headers.items()}, json.loads(body)))
+        headers = {k.lower(): v for k, v in self.headers.items()}   # names: any case
+        UPLOADS.append((self.path, headers, json.loads(body)))
         self.send_response(201)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -159,22 +164,23 @@ class _Keep(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server() -> Iterator[ThreadingHTTPServer]:
-    _Keep.got = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Keep)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def upload_server() -> Iterator[ThreadingHTTPServer]:
+    UPLOADS.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
-def test_uploader_posts_to_a_local_server(server: ThreadingHTTPServer) -> None:
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1/push-sensor-data/"
+def test_uploader_posts_to_a_local_server(upload_server: ThreadingHTTPServer) -> None:
+    url = f"http://127.0.0.1:{upload_server.server_address[1]}/v1/push-sensor-data/"
     uploader = SensorCommunityUploader(url, "knute-")
     uploader.submit(AIR)
-    wait_for(lambda: len(_Keep.got) == 2, 30, "two uploads")
+    wait_for(lambda: len(UPLOADS) == 2, 30, "two uploads")
     uploader.close()
-    headers, body = _Keep.got[0]
+    _, headers, body = UPLOADS[0]
     assert headers["x-pin"] == "1" and headers["x-sensor"] == "knute-00002001"
     assert body["software_version"] == "knute-backend"
     assert uploader.counts == {"sent": 2, "failed": 0, "dropped": 0}

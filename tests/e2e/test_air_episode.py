@@ -12,10 +12,9 @@ page on which Chromium draws every station in its band colour.
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from knute.tools.rig.subscriber import Subscriber
 from knute.tools.rig.wait import wait_for
 from knute.tools.sim.air_episode import episode
 from tests.backend.test_backend_process import Backend
+from tests.backend.test_open_data import UPLOADS, upload_server
 from tests.backend.test_web_browser import Dom
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,34 +40,7 @@ OFFSETS = {"00002001": 1.0, "00002002": 1.1, "00002003": 0.9}
 T0 = 1_767_571_200          # 2026-01-05 00:00 UTC
 AREA = "knute/air/index/area/sentrum"
 
-
-UPLOADS: list[tuple[str, dict[str, str], Any]] = []
-
-
-class Recorder(BaseHTTPRequestHandler):
-    """Sensor.Community's push endpoint as a local server that keeps every request."""
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        headers = {k.lower(): v for k, v in self.headers.items()}   # names: any case
-        UPLOADS.append((self.path, headers, json.loads(body)))
-        self.send_response(201)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def upload_server() -> Iterator[ThreadingHTTPServer]:
-    UPLOADS.clear()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+__all__ = ["upload_server"]      # the fixture, from the uploader's own tests
 
 
 @pytest.fixture
