@@ -11,40 +11,23 @@ the gateway's silent-node alarm counts by from then on.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from knute.tools.rig.gateway import GatewayProcess, status_and_broker
 from knute.tools.rig.wait import wait_for
-from knute.tools.sim.firmware_nodes import start_boards
 from tests.conftest import Broker
-from tests.e2e.test_downlink_gateway import Watcher
+from tests.e2e.test_downlink_firmware import board_on_gateway
 
 
 def test_an_applied_sends_per_day_moves_the_registered_interval(
         tmp_path: Path, knute_bin: Path, mosquitto: Broker) -> None:
-    registry = tmp_path / "registry.db"
-    boards = start_boards(1, tmp_path / "boards", str(registry), time.time(), 14400.0)
-    gw = GatewayProcess(tmp_path / "gw")
-    watcher = Watcher(mosquitto)
-    board = boards[0]
-    device = f"{board.device_id:08x}"
+    with board_on_gateway(tmp_path, mosquitto, "gw-interval") as (board, gw, watcher):
+        device = f"{board.device_id:08x}"
 
-    def shown() -> dict[str, Any]:
-        out: dict[str, Any] = json.loads(gw.cli("devices", "show", device, "--json").stdout)
-        return out
+        def shown() -> dict[str, Any]:
+            out: dict[str, Any] = json.loads(gw.cli("devices", "show", device, "--json").stdout)
+            return out
 
-    try:
-        gw.write_config(f"""
-[gateway]
-id = "gw-interval"
-registry = "{registry}"
-{status_and_broker(gw.status_socket, "127.0.0.1", mosquitto.port, "t")}
-[[serial]]
-name = "node"
-url = "{board.uart_path}"
-""")
         assert shown()["interval_s"] == 6 * 3600.0          # from provisioning
         gw.start()
         wait_for(lambda: gw.status()["downlinks"]["commands_topic"]["subscribed"], 30,
@@ -65,8 +48,3 @@ url = "{board.uart_path}"
         wait_for(lambda: gw.status()["registry"]["reloads"] > reloads, 30,
                  "the gateway to re-read its devices")
         assert gw.stop() == 0
-    finally:
-        gw.close()
-        watcher.close()
-        for b in boards:
-            b.close()
