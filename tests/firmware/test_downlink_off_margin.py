@@ -9,11 +9,10 @@ the 32-bit build (docs/firmware.md, "Memory").
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-from knute.protocol import frame, stream
+from knute.protocol import frame
 from knute.tools.board_heap import MARGIN_HEAP, bench_heap
 from knute.tools.rig.node import HOUR_T0, KEY, KEY_HEX, pulse_lines, water_config
 from knute.tools.rig.ptys import open_pty
@@ -25,19 +24,11 @@ WAIT_S = 60.0
 
 
 def _frames(node: Any, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + WAIT_S
-    frames: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        exited = node.proc is not None and node.proc.poll() is not None
-        # records() reads the pty to its end once the node has exited: the stepped
-        # clock lets it exit right after its last send
-        frames = [frame.decode(body, KEY) for rtype, body in
-                  (node.records() if exited else list(node.ptys["link"].records))
-                  if rtype == stream.REC_FRAME]
-        if len(frames) >= count or exited:
-            break
-        time.sleep(0.01)
-    assert len(frames) >= count, node.console()
+    """The node's first ``count`` frames or more, waiting for them (BenchNode.link_frame
+    reads the pty to its end once the node has exited, as on the stepped clock right
+    after its last send)."""
+    node.link_frame(count - 1, WAIT_S)
+    frames: list[dict[str, Any]] = node.frames()
     return frames
 
 

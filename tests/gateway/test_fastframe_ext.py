@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from knute.gateway import fastframe
+from knute.gateway import fastframe, fastwalk
 from knute.protocol import cbor, kinds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,6 +168,9 @@ def test_the_compiled_walk_runs_where_it_is_built() -> None:
         return
     expected = "c" if wanted else "python"
     assert expected == fastframe.FAST_PATH
+    # `knute gateway check` reports the walk without loading the kinds table
+    # (fastwalk.which): it must name the one the fast path runs.
+    assert fastwalk.which() == fastframe.FAST_PATH
     for kind in fastframe.KINDS.values():
         assert (kind.decode is not kind.decode_python) == wanted
 
