@@ -32,7 +32,7 @@ from knute.tools.bench.reliability.harness import Backend, FleetDriver, GatewayP
 from knute.tools.bench.reliability.results import WAIT_S, CaseResult, key_leaks
 from knute.tools.rig.rabbitmq import Balancer, RabbitCluster, RabbitNode
 from knute.tools.rig.subscriber import Subscriber
-from knute.tools.rig.wait import wait_for
+from knute.tools.rig.wait import WaitTimeout, wait_for
 
 FAILBACK_CHECK_S = 2.0      # the gateways look back to their first broker this often
 
@@ -69,9 +69,32 @@ class CityOnCluster:
         self.wait_more(30, "first deliveries from the cluster")
 
     def wait_more(self, n: int, what: str) -> None:
-        """Wait until ``n`` more distinct readings arrived at the backend."""
+        """Wait until ``n`` more distinct readings arrived at the backend; a WaitTimeout
+        says where every party stood (``state``)."""
         before = self.backend.delivered()
-        wait_for(lambda: self.backend.delivered() >= before + n, WAIT_S, what)
+        try:
+            wait_for(lambda: self.backend.delivered() >= before + n, WAIT_S, what)
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc} ({self.backend.delivered() - before} of {n}):\n"
+                              f"{self.state()}") from None
+
+    def state(self) -> str:
+        """The gateways' forwarders and spools, the backend's connections and the nodes'
+        log tails: what a stalled case needs to be told apart."""
+        lines = []
+        for gw in self.gateways:
+            try:
+                st = gw.status()
+                lines.append(f"{gw.root.name}: forwarder {st['forwarder']}, "
+                             f"spool depth {st['spool']['depth']}")
+            except Exception as exc:        # a gateway that does not answer says so
+                lines.append(f"{gw.root.name}: no status ({exc})")
+        lines.append(f"backend: {self.backend.delivered()} delivered, "
+                     f"{self.balancer.connections} connections through the balancer")
+        for node in self.cluster.nodes:
+            lines.append(f"node {node.index} (serves MQTT: {node.accepts_mqtt()}, "
+                         f"pauses {node.pauses()}):\n{node.log_tail(12)}")
+        return "\n".join(lines)
 
     def start_on_node_1(self) -> RabbitNode:
         """Start the city; return node 1 once gateway A is connected to it (the node both
