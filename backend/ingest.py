@@ -7,6 +7,7 @@ first error, or a topic that does not match the payload).
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,15 @@ def packaged_schema() -> str:
             .joinpath("reading.schema.json").read_text(encoding="utf-8"))
 
 
+@functools.lru_cache(maxsize=8)
+def _validator(text: str) -> Any:
+    """The validator of one schema's text, the schema checked against its metaschema once
+    per process (the check takes ~60 ms, and a backend builds a checker per consumer)."""
+    schema = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
 class BadReading(Exception):
     """A message that is not a valid reading; ``str()`` is the reason in one line."""
 
@@ -33,9 +43,7 @@ class ReadingChecker:
 
     def __init__(self, schema_path: Path | None = None) -> None:
         text = schema_path.read_text(encoding="utf-8") if schema_path else packaged_schema()
-        schema = json.loads(text)
-        jsonschema.Draft202012Validator.check_schema(schema)
-        self.validator = jsonschema.Draft202012Validator(schema)
+        self.validator = _validator(text)
 
     def check(self, topic: str, payload: bytes) -> dict[str, Any]:
         """The reading in ``payload`` (published on ``topic``), or raise ``BadReading``."""
