@@ -313,11 +313,13 @@ def _cpu_s() -> tuple[float, float]:
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, object]:
     """With ``$KNUTE_TEST_CPU_LOG`` set, append each test's wall and CPU seconds (its own
     and its processes') as a JSON line to ``<prefix>-<xdist worker>.jsonl``: where a
-    run's CPU goes, which the wall-clock ``--durations`` of a loaded machine hides."""
+    run's CPU goes, which the wall-clock ``--durations`` of a loaded machine hides.
+    ``start`` is the Unix time the test started, to line the workers up."""
     prefix = os.environ.get(CPU_LOG_ENV)
     if not prefix:
         return (yield)
     own, children = _cpu_s()
+    wall_started = time.time()
     started = time.monotonic()
     try:
         return (yield)
@@ -325,7 +327,8 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, object]:
         own_after, children_after = _cpu_s()
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         with open(f"{prefix}-{worker}.jsonl", "a") as log:
-            log.write(json.dumps({"id": item.nodeid, "wall": time.monotonic() - started,
+            log.write(json.dumps({"id": item.nodeid, "start": wall_started,
+                                  "wall": time.monotonic() - started,
                                   "self": own_after - own,
                                   "child": children_after - children}) + "\n")
 
