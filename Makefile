@@ -82,8 +82,11 @@ endif
 
 # The lock is installed by uv (pinned here, itself installed by pip into .venv) where it
 # can be had, else by pip: on a fresh clone of this 2-core machine pip took 69 s of CPU
-# (5 min of wall on a loaded machine, one download at a time), uv 14 s (24 s of wall),
-# bytecode included. Both install the same pins; `pip check` below judges the result.
+# (5 min of wall on a loaded machine, one download at a time), uv 14 s (24 s of wall).
+# Both install the same pins; `pip check` below judges the result. Neither compiles the
+# bytecode of every installed module: the tests import a fraction of them, and the
+# collection before the workers start (warm_collect) writes theirs once. Compiling all
+# took the bootstrap from 17 to 28 s of CPU and the collection after it no faster.
 UV_VERSION := 0.13.8
 
 # flock: two `make` runs in one tree must not install into .venv at once.
@@ -96,11 +99,11 @@ _bootstrap:
 	    then exit 0; fi; \
 	echo "bootstrap: $(VENV) from requirements.lock"; \
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV); \
-	install="$(BIN)/python -m pip install -q"; compile="--compile"; \
+	install="$(BIN)/python -m pip install -q"; compile="--no-compile"; \
 	if $(BIN)/python -m pip install -q "uv==$(UV_VERSION)" 2>&1 \
 	    | { grep -v -e '$(PIP_NOISE)' || true; }; then \
 	    install="$(BIN)/uv pip install -q --python $(BIN)/python --link-mode copy"; \
-	    compile="--compile-bytecode"; \
+	    compile=""; \
 	else echo "bootstrap: uv $(UV_VERSION) did not install; pip installs the lock instead"; fi; \
 	{ $$install $$compile -r requirements.lock 2>&1 \
 	    && $$install --no-deps -e . 2>&1; } \
