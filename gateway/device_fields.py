@@ -50,6 +50,21 @@ def format_device_id(device_id: int) -> str:
     return f"{device_id:08x}"
 
 
+# A key as the registry share and the export files name it (gateway.registry_share).
+# Here, beside the other fields, and not there: the rekey bookkeeping of `knute devices`
+# and the registry's downlink store compare fingerprints and never seal, and the share
+# brings X25519, HKDF and AES-GCM from cryptography.
+_FP_TAG = b"knute key fingerprint v1\0"
+SEALED_PREFIX = "x25519:"          # a sealed key in an export file's key column
+
+
+def fingerprint(key: bytes) -> str:
+    """16 hex digits naming a key without revealing it."""
+    import hashlib  # here: OpenSSL's start is wasted on the commands that never call this
+
+    return hashlib.sha256(_FP_TAG + key).digest()[:8].hex()
+
+
 def parse_key(key: str | bytes) -> bytes:
     """A 16-byte AES key from bytes or 32 hex digits."""
     if isinstance(key, bytes | bytearray):

@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from knute.gateway.dbfile import immediate
+from knute.gateway.device_fields import fingerprint
 from knute.gateway.errors import KnuteError
-from knute.gateway.registry_share import fingerprint
 from knute.gateway.silence import config_send_interval_s
 from knute.protocol import downlink as dls
 

@@ -242,23 +242,37 @@ _C = fastwalk.EXTENSION
 
 class _Kind:
     """What the fast path needs of one kind: its name and its decoder (the compiled one
-    where the extension is built, else the generated Python one, ``decode_python``)."""
+    where the extension is built, else the generated Python one, ``decode_python``).
 
-    __slots__ = ("decode", "decode_python", "kind_id", "name")
+    Where the compiled one is built, the Python one is generated on first use of
+    ``decode_python`` (the tests and the benchmarks compare the two): compiling every
+    kind's source was a tenth of a gateway's start-up imports, for a decoder it
+    never runs.
+    """
+
+    __slots__ = ("_python", "compiled", "decode", "kind_id", "name")
 
     def __init__(self, kind_id: int, name: str) -> None:
         self.kind_id = kind_id
         self.name = name
-        self.decode_python: Decoder = _decoder(kind_id)
-        self.decode: Decoder = _compiled(kind_id) or self.decode_python
+        compiled = _compiled(kind_id)
+        self.compiled = compiled is not None
+        self._python: Decoder | None = None if compiled is not None else _decoder(kind_id)
+        self.decode: Decoder = compiled or self.decode_python
+
+    @property
+    def decode_python(self) -> Decoder:
+        """The generated Python decoder of this kind."""
+        if self._python is None:
+            self._python = _decoder(self.kind_id)
+        return self._python
 
 
 KINDS: dict[int, _Kind] = {entry[0]: _Kind(entry[0], entry[1]) for entry in kinds.TABLE}
 
 # Which payload walk the fast path runs: "c" (every kind compiled) or "python".
 # `knute gateway check` and `knute bench protocol --json` report it.
-FAST_PATH = "c" if all(kind.decode is not kind.decode_python for kind in KINDS.values()) \
-    else "python"
+FAST_PATH = "c" if all(kind.compiled for kind in KINDS.values()) else "python"
 
 # control byte -> (kind id, tag length, shortest frame): version 1, a known kind
 CONTROL: dict[int, tuple[int, int, int]] = {

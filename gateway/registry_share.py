@@ -35,7 +35,6 @@ different key is a conflict.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import stat
@@ -49,18 +48,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from knute.gateway.device_fields import SEALED_PREFIX as SEALED_PREFIX  # re-exported
 from knute.gateway.device_fields import (
     check_kind,
     format_device_id,
     parse_device_id,
     parse_interval,
 )
+from knute.gateway.device_fields import fingerprint as fingerprint  # re-exported
 from knute.gateway.errors import KnuteError
 
 FORMAT = 1
 _INFO = b"knute registry share v1"
-_FP_TAG = b"knute key fingerprint v1\0"
-SEALED_PREFIX = "x25519:"          # a sealed key in an export file's key column
 
 
 # -- keys of a gateway -------------------------------------------------------------------
@@ -115,11 +114,6 @@ def _key_bytes(text: str, what: str) -> bytes:
     if len(raw) != 32:
         raise KnuteError(f"{what}: not 64 hex digits")
     return raw
-
-
-def fingerprint(key: bytes) -> str:
-    """16 hex digits naming a key without revealing it."""
-    return hashlib.sha256(_FP_TAG + key).digest()[:8].hex()
 
 
 # -- sealing -----------------------------------------------------------------------------

@@ -215,6 +215,10 @@ class StatusServer:
     def close(self) -> None:
         """Stop serving and remove the socket file."""
         self._stop.set()
+        # shutdown wakes the thread's accept() at once (close alone does not: the
+        # thread would sleep out its 0.5 s timeout, and every stop would wait for it).
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         if self._thread is not None:
             self._thread.join(timeout=2.0)

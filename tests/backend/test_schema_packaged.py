@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from knute.backend.ingest import BadReading, ReadingChecker, packaged_schema
@@ -27,6 +28,12 @@ def test_the_packaged_schema_is_the_contracts() -> None:
     assert packaged_schema() == (ROOT / "docs" / "schema" / "reading.schema.json").read_text(
         encoding="utf-8"), ("backend/schema/reading.schema.json differs from "
                             "docs/schema/reading.schema.json: copy the contract's over")
+
+
+def test_the_packaged_schema_is_a_valid_draft_2020_12_schema() -> None:
+    # The backend checks only a schema given in its configuration at start-up; this one
+    # is checked here.
+    jsonschema.Draft202012Validator.check_schema(json.loads(packaged_schema()))
 
 
 def test_the_checker_uses_the_packaged_schema_unless_told_otherwise(tmp_path: Path) -> None:

@@ -92,6 +92,34 @@ def test_devices_add_and_list_read_the_registry_without_crypto_or_mqtt(
     assert loaded(modules, CONFIG_HEAVY) == []
 
 
+def test_devices_show_and_import_read_the_registry_without_crypto(tmp_path: Path) -> None:
+    # show reads the downlink store too (command names from protocol.downlink, key
+    # fingerprints), import a CSV whose keys are in the clear: neither seals or encrypts.
+    registry = str(tmp_path / "registry.db")
+    csv = tmp_path / "devices.csv"
+    csv.write_text("device_id,kind,key\n0000002b,water_meter,00112233445566778899aabbccddeeff\n")
+    _, modules = run_knute("devices", "import", str(csv), "--registry", registry)
+    assert loaded(modules, CONFIG_HEAVY) == []
+    out, modules = run_knute("devices", "show", "0000002b", "--registry", registry)
+    assert out.split()[:2] == ["device", "0000002b"], out
+    assert loaded(modules, ("cryptography", "paho", "ssl", "knute.gateway.registry_share",
+                            "knute.gateway.pipeline", "knute.gateway.spool")) == []
+
+
+def test_backend_status_reads_the_store_without_mqtt_or_the_schema(tmp_path: Path) -> None:
+    # Only `backend run` consumes readings: status, export and retention open the store.
+    config = tmp_path / "backend.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "backend.sqlite"}"\n')
+    from knute.backend.config import load
+    from knute.backend.store import open_store
+
+    open_store(load(str(config))).close()
+    out, modules = run_knute("backend", "status", "--config", str(config))
+    assert out.startswith("store "), out
+    assert loaded(modules, ("paho", "jsonschema", "ssl", "knute.backend.service",
+                            "knute.backend.ingest", "knute.backend.web")) == []
+
+
 def write_config(tmp_path: Path, rest: str = "") -> tuple[Path, str]:
     """A gateway config: one packet forwarder, no TLS, no metrics, no Modbus, no serial."""
     socket = str(tmp_path / "gw.sock")

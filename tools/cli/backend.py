@@ -156,10 +156,10 @@ def _first_hour(store: Any, districts: list[Any], last: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch ``knute backend ACTION``."""
-    from knute.backend import service
-
     config = _load(args.config)
     if args.backend_command == "run":
+        # Only the service loads MQTT, the reading schema's validator and the web page.
+        from knute.backend import service
         from knute.backend.config import ConfigError
 
         try:

@@ -100,10 +100,12 @@ def export(registry: Any, seal_for: str, out: str | None) -> int:
 
 def open_sealed_csv(text: str, cfg: Any, source: str) -> str:
     """The CSV with every sealed key opened with this gateway's [share] key (as hex)."""
-    from knute.gateway.registry_share import SEALED_PREFIX, load_private_key, open_key
+    from knute.gateway.device_fields import SEALED_PREFIX
 
-    if SEALED_PREFIX not in text:
+    if SEALED_PREFIX not in text:       # keys in the clear: no X25519 to load
         return text
+    from knute.gateway.registry_share import load_private_key, open_key
+
     if cfg is None or cfg.share_key is None:
         raise KnuteError(f"{source}: the keys are sealed; give --config of the gateway "
                          "whose [share] key they were sealed for")
