@@ -346,7 +346,14 @@ def test_kill_9_loses_nothing_accepted_and_rejects_replays(setup: dict[str, Any]
     assert {f"{d:08x}:{last}" for d, last in counters.items()} <= want
     proxy.set_mode("relay")
     gw.start()
-    wait_for(lambda: want <= sub.ids(), timeout=60, what="every accepted reading")
+    try:
+        wait_for(lambda: want <= sub.ids(), timeout=60, what="every accepted reading")
+    except WaitTimeout as exc:     # say where the readings stood, not only that they are late
+        missing = sorted(want - sub.ids())
+        raise WaitTimeout(f"{exc}: {len(missing)} of {len(want)} missing ({missing[:5]}...); "
+                          f"subscriber connects {sub.connects}; gateway status "
+                          f"{json.dumps(gw.try_status())[:1500]}; log:\n"
+                          f"{gw.log_tail(40)}") from None
     # Replays of accepted frames are rejected after the restart, none is accepted.
     before = gw.status()["totals"]
     replays = sorted(want)[:20]
