@@ -3,6 +3,10 @@ killed and restarted, a partition between nodes, both gateways restarted.
 
 One cluster serves the module (starting three Erlang nodes and joining them
 takes about a minute on a loaded machine); each case leaves it whole again.
+The cases stream at ``RATE`` frames/s, half their ``--quick`` rate: the stream
+still runs through every kill, cut and restart, and what it costs (gateways,
+fleets, backend, the quorum queue's replication on three nodes) halves
+(docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import pytest
 from knute.tools.bench import reliability as rel
 from knute.tools.rig.rabbitmq import RabbitCluster, installed
 from tests.reliability.conftest import check
+
+RATE = 50.0
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +62,16 @@ def test_nodes_reach_each_other_only_through_the_relays(rabbit_cluster: RabbitCl
 
 
 def test_a_killed_node_loses_nothing(rabbit_cluster: RabbitCluster, tmp_path: Path) -> None:
-    result = rel.case_broker_node_kill(tmp_path, cluster=rabbit_cluster, down_s=1.0)
+    result = rel.case_broker_node_kill(tmp_path, cluster=rabbit_cluster, down_s=1.0,
+                                      rate=RATE)
     check(result)
     assert result.delivered > 300 and result.notes["failbacks_a"] >= 1
     assert rabbit_cluster.node(1).starts == 2
 
 
 def test_a_partition_loses_nothing(rabbit_cluster: RabbitCluster, tmp_path: Path) -> None:
-    result = rel.case_broker_partition(tmp_path, cluster=rabbit_cluster, cut_s=1.0)
+    result = rel.case_broker_partition(tmp_path, cluster=rabbit_cluster, cut_s=1.0,
+                                      rate=RATE)
     check(result)
     assert result.delivered > 300
     # The cut node paused (pause_minority), and it alone: the majority kept serving.

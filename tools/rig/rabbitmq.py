@@ -4,10 +4,11 @@
 three times, each node with its own name (``knute1@localhost`` ...), AMQP,
 MQTT and distribution ports, its own mnesia, log and config files under
 ``workdir``, and one shared Erlang cookie in ``workdir/home`` (the nodes'
-and the CLI's ``$HOME``). Nodes 2 and 3 are then joined to node 1 with
-``rabbitmqctl join_cluster``. ``kill(n)`` is kill -9 of a node's process
-group, ``restart(n)`` brings it back; ``partition(n)`` cuts node ``n`` off
-from the two others and ``heal()`` joins them again; ``stop()`` stops all.
+and the CLI's ``$HOME``). Nodes 2 and 3 are then joined to node 1, one after
+the other, by one ``rabbitmqctl eval`` in node 1 (``_join_expr``). ``kill(n)``
+is kill -9 of a node's process group, ``restart(n)`` brings it back;
+``partition(n)`` cuts node ``n`` off from the two others and ``heal()`` joins
+them again; ``stop()`` stops all.
 
 How the partition is made: Erlang nodes find each other's distribution port
 through epmd. Each node here has its own ``ERL_EPMD_PORT``, answered by a
@@ -59,6 +60,7 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 NODE_START_TIMEOUT_S = 180.0    # upper bounds only: every wait ends when its condition holds
 NODE_STOP_TIMEOUT_S = 60.0
 CTL_TIMEOUT_S = 120.0
+CLUSTERED_POLL_S = 0.2          # node 1 looks this often for every node running, once joined
 # What a node logs when pause_minority makes it pause (rabbit_node_monitor, 3.10).
 PAUSE_LINE = "Cluster minority/secondary status detected"
 
@@ -400,19 +402,42 @@ class RabbitCluster:
         try:
             for node in self.nodes:
                 node.wait_ready()
-            first = self.nodes[0]
-            for node in self.nodes[1:]:
-                # stop_app, join_cluster and start_app in one CLI call: a CLI run is a
-                # whole Erlang VM start, the slowest step on a loaded machine.
-                node.ctl("eval", f"ok = rabbit:stop(), ok = rabbit_mnesia:join_cluster("
-                                 f"'{first.name}', disc), ok = rabbit:start().")
+            self.nodes[0].ctl("eval", self._join_expr(),
+                              timeout=CTL_TIMEOUT_S * len(self.nodes) + NODE_START_TIMEOUT_S)
             for node in self.nodes:
                 node.wait_ready()
-            self.wait_clustered()
         except BaseException:
             self.stop()
             raise
         self.started = True
+
+    def _join_expr(self) -> str:
+        """The Erlang that joins nodes 2.. to node 1, run in node 1 by one CLI call.
+
+        For each joining node in turn: stop_app, join_cluster and start_app, called
+        from node 1 (``rpc:call``); then node 1 waits until it sees every node
+        running (``rabbit_nodes:all_running``, what ``cluster_status`` reports as
+        running_nodes). One CLI call for all of it, as a CLI run is a whole Erlang VM
+        start (about 0.5 s of CPU, seconds of wall on a loaded machine): one per
+        joining node and a ``rabbitmqctl cluster_status`` per poll cost four or more.
+        The eval fails, saying which step, if a step does not return ``ok``
+        (``badmatch``) or the nodes are not all running within
+        ``NODE_START_TIMEOUT_S`` (``case_clause``).
+        """
+        first = self.nodes[0].name
+        steps = []
+        for node in self.nodes[1:]:
+            steps += [f"ok = rpc:call('{node.name}', rabbit, stop, [])",
+                      f"ok = rpc:call('{node.name}', rabbit_mnesia, join_cluster, "
+                      f"['{first}', disc])",
+                      f"ok = rpc:call('{node.name}', rabbit, start, [])"]
+        names = ", ".join(f"'{n.name}'" for n in sorted(self.nodes, key=lambda n: n.name))
+        polls = int(NODE_START_TIMEOUT_S / CLUSTERED_POLL_S)
+        steps.append(f"Wait = fun Poll(N) -> case lists:sort(rabbit_nodes:all_running()) of "
+                     f"[{names}] -> ok; _ when N > 0 -> timer:sleep("
+                     f"{round(CLUSTERED_POLL_S * 1000)}), Poll(N - 1) end end")
+        steps.append(f"ok = Wait({polls})")
+        return ", ".join(steps) + "."
 
     def running_nodes(self, via: int = 1) -> set[str]:
         """The running nodes node ``via`` reports (``cluster_status``), empty if it cannot."""
@@ -424,13 +449,6 @@ class RabbitCluster:
             return set(json.loads(text[text.index("{"):]).get("running_nodes", []))
         except ValueError:
             return set()
-
-    def wait_clustered(self, timeout: float = NODE_START_TIMEOUT_S) -> None:
-        """Wait until node 1 sees every node running and every node serves MQTT."""
-        names = {n.name for n in self.nodes}
-        wait_for(lambda: (all(n.accepts_mqtt() for n in self.nodes)
-                          and self.running_nodes() >= names),
-                 timeout, "every RabbitMQ node running in one cluster")
 
     def kill(self, index: int) -> None:
         """kill -9 node ``index``."""
