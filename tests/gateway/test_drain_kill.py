@@ -12,9 +12,6 @@ at most the in-flight window plus one batch of acknowledgements.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from knute.tools.rig.wait import wait_for
 from tests.conftest import Broker
 from tests.gateway.test_forwarder import (
     check_delivery,
+    kill_mid_drain,
     make_rows,
     reap_forwarder_process,
     start_forwarder_process,
@@ -36,12 +34,6 @@ INFLIGHT = 32            # the child's max_inflight (test_forwarder.FORWARDER_CH
 
 def reading_id(payload: bytes) -> str:
     return str(json.loads(payload)["id"])
-
-
-def spooled(db: Path) -> int:
-    """Rows in the spool file now, read as another process would (WAL: never blocks)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0) as con:
-        return int(con.execute("SELECT count(*) FROM rows").fetchone()[0])
 
 
 def test_kill_9_mid_drain_loses_nothing_and_repeats_only_unacked_rows(
@@ -57,13 +49,12 @@ def test_kill_9_mid_drain_loses_nothing_and_repeats_only_unacked_rows(
     collector = Subscriber(tuned_broker.host, tuned_broker.port, "knute/+/+/up")
     proc = start_forwarder_process(db, tuned_broker.port)
     try:
-        wait_for(lambda: spooled(db) <= len(rows) * 3 // 4)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        left_at_kill = kill_mid_drain(proc, db, len(rows) * 3 // 4)
         spool = Spool(str(db), max_bytes=10**9, max_age_s=10**9)
         unacked = {reading_id(r.payload) for r in spool.pending(10**9)}
         spool.close()
         assert unacked, "the backlog was drained before the kill"
+        assert len(unacked) == left_at_kill
         assert unacked <= every
         # Deleted from the spool means acknowledged by the broker: all of it arrives.
         wait_for(lambda: every - unacked <= collector.ids())
