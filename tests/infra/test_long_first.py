@@ -10,8 +10,12 @@ import pytest
 from tests.conftest import LONG_FIRST, _long_first
 
 
-def _items(ids: list[str]) -> list[pytest.Item]:
-    return cast(list[pytest.Item], [SimpleNamespace(nodeid=i) for i in ids])
+def _items(ids: list[str], process: frozenset[str] = frozenset()) -> list[pytest.Item]:
+    """Stand-ins for the collected items ``ids``; those in ``process`` carry the mark."""
+    return cast(list[pytest.Item], [
+        SimpleNamespace(nodeid=i, get_closest_marker=(
+            lambda name, p=i in process: object() if p and name == "process" else None))
+        for i in ids])
 
 
 def _shares(items: list[Any], workers: int) -> list[list[str]]:
@@ -43,3 +47,13 @@ def test_each_long_file_heads_a_share_and_nothing_is_lost() -> None:
 def test_one_worker_keeps_the_collection_order() -> None:
     ids = ["tests/a/test_x.py::t", f"{LONG_FIRST[0]}::t"]
     assert [i.nodeid for i in _long_first(_items(ids), 1)] == ids
+
+
+def test_each_share_runs_its_process_tests_first() -> None:
+    ids = [f"tests/a/test_{n:02}.py::t" for n in range(12)]
+    process = frozenset(ids[n] for n in (2, 4, 5, 11))
+    shares = _shares(_long_first(_items(ids, process), 3), 3)
+    # the shares hold what they held in collection order, the process tests first
+    assert shares == [[ids[2], ids[0], ids[1], ids[3]],
+                      [ids[4], ids[5], ids[6], ids[7]],
+                      [ids[11], ids[8], ids[9], ids[10]]]
