@@ -20,6 +20,18 @@ refused too. A connection that acknowledges a later row clears it; one that
 ends with nothing in flight (say, no CONNACK) does not count either way. After
 the first such loss the next connections send the suspect alone, so the
 loss cannot be blamed on the rows behind it.
+
+A loss counts only when the broker showed on that connection that it was
+taking messages: it acknowledged the gateway's status, which the forwarder
+publishes first after CONNACK. A broker node that is failing over (a cluster
+reorganizing) accepts a connection and closes it at once, as often as the
+gateway comes back; blaming the oldest row for that parked good readings.
+Such a loss still makes the row the suspect (sent alone next time), without
+counting. While a suspect is tested the forwarder sends it only after the
+status PUBACK arrived, so a real refusal still shows as a loss on a
+connection that took the status: a PUBACK written just before the broker
+resets the connection can be lost with the reset, which is why the suspect
+is not pipelined behind the status.
 """
 
 from __future__ import annotations
@@ -221,13 +233,17 @@ class LossTracker:
         self.suspect: int | None = None      # row id oldest in flight at the last losses
         self.losses = 0
 
-    def connection_ended(self, oldest_in_flight: Row | None,
-                         newest_acked: int) -> Refusal | None:
+    def connection_ended(self, oldest_in_flight: Row | None, newest_acked: int,
+                         broker_took_messages: bool) -> Refusal | None:
         """Record how a lost connection ended; a Refusal when its suspect is convicted.
 
         ``newest_acked`` is the highest row id acknowledged on that connection
         (0: none). An acknowledgement of a row sent after the oldest in flight
-        clears it: the broker read past it.
+        clears it: the broker read past it. ``broker_took_messages``: the broker
+        acknowledged something on that connection (the gateway's status, sent
+        first); a connection lost before that was the broker's trouble (a node
+        failing over closes connections right after CONNACK), so it names the
+        suspect to test but does not count against it.
         """
         if oldest_in_flight is None:
             if newest_acked:
@@ -238,13 +254,16 @@ class LossTracker:
             return None
         if oldest_in_flight.row_id != self.suspect:
             self.suspect, self.losses = oldest_in_flight.row_id, 0
+        if not broker_took_messages:
+            return None
         self.losses += 1
         if self.losses < self.limit:
             return None
         self.suspect, self.losses = None, 0
         return Refusal(oldest_in_flight,
                        f"the broker closed the connection {self.limit} times in a row with "
-                       "this message the oldest in flight and nothing after it acknowledged")
+                       "this message the oldest in flight, after acknowledging the "
+                       "gateway's status, and nothing after it acknowledged")
 
     def window_limit(self, limit: int) -> int:
         """The window for the next connection: 1 while a suspect is being tested."""

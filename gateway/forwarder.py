@@ -33,6 +33,11 @@ Design
   unsent); or, since an MQTT 3.1.1 broker can only drop the connection, the
   connection lost ``park_after_losses`` times in a row with the same row
   oldest in flight and nothing after it acknowledged (see gateway.delivery).
+  Only a connection on which the broker acknowledged the status counts: one
+  lost before that is a broker failing over, not a refusal. While a row is
+  the suspect it is sent alone and only after the status PUBACK, so the
+  loss that convicts it follows a PUBACK that the reset cannot have hidden
+  (no status PUBACK within ``ack_timeout_s``: the connection is stale).
 - Acknowledged rows are deleted in batches (``ack_batch`` rows or
   ``ack_interval_s``, whichever first, or at once when nothing is queued or in
   flight) and always before a reconnect.
@@ -174,6 +179,7 @@ class _Session:
         self.lost_reason = ""
         self.status_mid: int | None = None
         self.status_acked = False
+        self.took_messages = False   # the broker acknowledged a status on this connection
 
 
 class Forwarder:
@@ -480,8 +486,9 @@ class Forwarder:
             try:
                 self._settle(window)
                 if sess.lost and not self._stopping:   # the broker (or the network) hung up
-                    refusal = self._losses.connection_ended(window.oldest_in_flight(),
-                                                            window.newest_acked)
+                    refusal = self._losses.connection_ended(
+                        window.oldest_in_flight(), window.newest_acked,
+                        broker_took_messages=sess.took_messages or window.newest_acked > 0)
                     if refusal is not None:
                         self._park([refusal])
             finally:   # a spool error above must not leave the socket open
@@ -544,6 +551,11 @@ class Forwarder:
         hold_writes = getattr(client, "hold_writes", None)
         release_writes = getattr(client, "release_writes", None)
         publish_rows = client.publish_rows if isinstance(client, ForwarderClient) else None
+        # Testing a suspect (gateway.delivery.LossTracker): no row before the broker
+        # acknowledged the status, so a loss after the suspect went out is a loss on
+        # a connection that took messages, and one before it counts for nothing.
+        testing = self._losses.suspect is not None
+        status_due_by = time.monotonic() + cfg.ack_timeout_s
         while True:
             if not self._alive(gen):
                 return False
@@ -555,13 +567,21 @@ class Forwarder:
                 self._switch_to = 0
                 self.last_error = "failing back to the first broker"
                 return False
-            if (not leaving and not window.queued and not spool_empty
+            held = testing and not sess.took_messages
+            if held and now > status_due_by:
+                self._counts["stale_connections"] += 1
+                self.last_error = (f"no PUBACK for the status within {cfg.ack_timeout_s:.0f} s "
+                                   "while a suspect row waits")
+                log.warning("mqtt %s:%d: %s; reconnecting", *self._brokers[self._index],
+                            self.last_error)
+                return False
+            if (not leaving and not held and not window.queued and not spool_empty
                     and window.in_flight < window.limit):
                 rows = self.spool.pending(self.fetch_batch, window.cursor)
                 window.offer(rows)
                 if not rows:
                     spool_empty, recheck_at = True, now + 1.0
-            due = window.due()
+            due = [] if held else window.due()
             if due and publish_rows is not None:
                 # built and sent in one go, PUBACKs read in bulk (gateway.mqttclient)
                 rc, mids = publish_rows(due)
@@ -719,6 +739,7 @@ class Forwarder:
             if mid == sess.status_mid:
                 sess.status_mid = None
                 sess.status_acked = True
+                sess.took_messages = True
         elif retry:
             log.warning("mqtt PUBACK for row %d: %s; will retry", row.row_id, reason_code)
 

@@ -107,41 +107,67 @@ def test_window_refuses_misuse() -> None:
 def test_loss_tracker_convicts_the_same_oldest_row_after_k_losses() -> None:
     tracker = LossTracker(3)
     assert tracker.window_limit(20) == 20
-    assert tracker.connection_ended(row(7), newest_acked=6) is None   # acks before it: count
-    assert tracker.window_limit(20) == 1                              # the suspect goes alone
-    assert tracker.connection_ended(None, newest_acked=0) is None     # no CONNACK: neutral
-    assert tracker.connection_ended(row(7), newest_acked=0) is None
-    refusal = tracker.connection_ended(row(7), newest_acked=0)
+    assert tracker.connection_ended(row(7), 6, True) is None    # acks before it: count
+    assert tracker.window_limit(20) == 1                        # the suspect goes alone
+    assert tracker.connection_ended(None, 0, True) is None      # no CONNACK: neutral
+    assert tracker.connection_ended(row(7), 0, True) is None
+    refusal = tracker.connection_ended(row(7), 0, True)
     assert refusal is not None and refusal.row == row(7) and "3 times" in refusal.reason
     assert tracker.window_limit(20) == 20 and tracker.losses == 0
 
 
 def test_loss_tracker_clears_a_suspect_the_broker_read_past() -> None:
     tracker = LossTracker(2)
-    assert tracker.connection_ended(row(7), newest_acked=0) is None
-    assert tracker.connection_ended(row(7), newest_acked=8) is None   # a later row was acked
+    assert tracker.connection_ended(row(7), 0, True) is None
+    assert tracker.connection_ended(row(7), 8, True) is None    # a later row was acked
     assert tracker.suspect is None
-    assert tracker.connection_ended(row(7), newest_acked=0) is None   # counting starts again
-    assert tracker.connection_ended(row(9), newest_acked=0) is None   # another suspect
+    assert tracker.connection_ended(row(7), 0, True) is None    # counting starts again
+    assert tracker.connection_ended(row(9), 0, True) is None    # another suspect
     assert tracker.losses == 1 and tracker.suspect == 9
-    assert tracker.connection_ended(None, newest_acked=9) is None     # delivered: cleared
+    assert tracker.connection_ended(None, 9, True) is None      # delivered: cleared
     assert tracker.suspect is None
 
 
-@given(st.integers(1, 5), st.lists(st.sampled_from(["loss", "ack", "none"]), max_size=30))
+def test_loss_tracker_does_not_count_a_connection_that_took_nothing() -> None:
+    """A broker node failing over closes each connection right after CONNACK: the
+    oldest row becomes the suspect (sent alone, after the status PUBACK) but is never
+    convicted for it; a loss once the broker took the status counts again."""
+    tracker = LossTracker(3)
+    for _ in range(20):
+        assert tracker.connection_ended(row(37), 0, broker_took_messages=False) is None
+    assert tracker.suspect == 37 and tracker.losses == 0
+    assert tracker.window_limit(20) == 1
+    assert tracker.connection_ended(row(37), 0, broker_took_messages=True) is None
+    assert tracker.connection_ended(row(37), 0, broker_took_messages=False) is None
+    assert tracker.losses == 1                         # the flap neither counts nor clears
+    assert tracker.connection_ended(row(37), 0, broker_took_messages=True) is None
+    refusal = tracker.connection_ended(row(37), 0, broker_took_messages=True)
+    assert refusal is not None and refusal.row == row(37) and "status" in refusal.reason
+    assert tracker.suspect is None
+    # Delivered on a connection after the flaps: cleared whatever the status did.
+    assert tracker.connection_ended(row(40), 0, broker_took_messages=False) is None
+    assert tracker.connection_ended(None, 40, broker_took_messages=False) is None
+    assert tracker.suspect is None and tracker.window_limit(20) == 20
+
+
+@given(st.integers(1, 5),
+       st.lists(st.sampled_from(["loss", "ack", "none", "flap"]), max_size=30))
 def test_loss_tracker_convicts_only_after_k_unbroken_losses(limit: int,
                                                             events: list[str]) -> None:
     tracker = LossTracker(limit)
     streak = 0
     for event in events:
         if event == "loss":
-            result = tracker.connection_ended(row(5), newest_acked=0)
+            result = tracker.connection_ended(row(5), 0, True)
             streak += 1
+        elif event == "flap":            # lost before the broker acknowledged the status
+            result = tracker.connection_ended(row(5), 0, False)
+            assert tracker.suspect == 5
         elif event == "ack":
-            result = tracker.connection_ended(row(5), newest_acked=6)
+            result = tracker.connection_ended(row(5), 6, True)
             streak = 0
         else:
-            result = tracker.connection_ended(None, newest_acked=0)
+            result = tracker.connection_ended(None, 0, True)
         assert (result is not None) == (event == "loss" and streak == limit)
         if result is not None:
             streak = 0

@@ -6,7 +6,9 @@ frame heard by hundreds of receivers) in the middle. Whatever way the broker
 refuses it (MQTT 5: an error PUBACK, or a Maximum Packet Size in CONNACK;
 MQTT 3.1.1: it drops the connection), that one row is parked, counted in the
 status (socket, ``knute gateway status``, the MQTT status message) and every
-other row is delivered.
+other row is delivered. And a broker that is unwell (a cluster node failing
+over, closing every connection right after CONNACK) refuses nothing: no row
+is parked for it.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ from typing import Any
 import pytest
 
 from knute.gateway import message
+from knute.gateway.forwarder import Forwarder
 from knute.gateway.spool import Accepted, Spool
+from knute.tools.rig.faults import FaultyLink
 from knute.tools.rig.subscriber import Subscriber
 from knute.tools.rig.wait import wait_for
 from knute.tools.sim.typical import TYPICAL
 from tests.conftest import Broker, free_port
+from tests.gateway.test_forwarder import check_delivery, fast_cfg, make_rows
 
 LIMIT = 8192          # bytes the broker takes at most
 BIG_RECEIVERS = 400   # about 30 kB of receivers' metadata
@@ -186,3 +191,37 @@ def test_a_message_refused_by_an_mqtt5_puback_is_parked_without_a_reconnect(
         listener.close()
         spool.close()
         broker.stop()
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_a_broker_failing_over_parks_nothing(mosquitto: Broker, tmp_path: Path,
+                                             protocol: str) -> None:
+    """Every connection is dropped right after CONNACK, at the gateway's first PUBLISH
+    (its status), many more times than ``park_after_losses``: that is the broker's
+    trouble, not a refusal, so when the broker recovers every row arrives, in order,
+    and nothing is parked."""
+    rows = make_rows(4, 20)
+    spool = Spool(str(tmp_path / "spool.db"), max_bytes=10**8, max_age_s=10**8)
+    spool.accept(rows)
+    link = FaultyLink((mosquitto.host, mosquitto.port))
+    link.set_mode("flap")
+    collector = Subscriber(mosquitto.host, mosquitto.port, "knute/#")
+    cfg = fast_cfg(link.port, protocol=protocol, max_inflight=8, park_after_losses=3)
+    fwd = Forwarder(spool, cfg, gateway_id="gw-flap", status_provider=dict)
+    fwd.start()
+    try:
+        wait_for(lambda: link.flaps >= 5 * cfg.park_after_losses, 60,
+                 "the forwarder to meet the failing broker again and again")
+        assert spool.parked() == []
+        link.set_mode("relay")
+        wait_for(lambda: spool.stats()["depth"] == 0, 60, "every row delivered")
+        wait_for(lambda: len({m.doc()["id"] for m in collector.messages("/up")}) == len(rows),
+                 30, "every reading at the subscriber")
+        check_delivery(collector, rows)
+        assert spool.parked() == []
+        assert fwd.stats()["parked_total"] == 0
+    finally:
+        fwd.stop(drain_timeout_s=2)
+        collector.close()
+        link.close()
+        spool.close()

@@ -45,9 +45,13 @@ class FaultyLink:
     Modes: ``relay`` (pass bytes both ways), ``down`` (accept, then reset at
     once: the broker is gone), ``blackhole`` (answer CONNECT with CONNACK and
     PINGREQ with PINGRESP, swallow every PUBLISH: a broker that never sends
-    PUBACK), ``storm`` (relay, but drop each connection after
-    ``storm_s`` = (lo, hi) seconds). ``set_mode`` drops the current
-    connections, so the gateway meets the new behaviour at its next connect.
+    PUBACK), ``flap`` (answer CONNECT with CONNACK, then reset the connection
+    when the first PUBLISH arrives, before acknowledging anything: a broker
+    node failing over in a cluster, which accepts connections and drops
+    them while the cluster reorganizes; counted in ``flaps``), ``storm``
+    (relay, but drop each connection after ``storm_s`` = (lo, hi) seconds).
+    ``set_mode`` drops the current connections, so the gateway meets the new
+    behaviour at its next connect.
     """
 
     def __init__(self, target: tuple[str, int], *, storm_s: tuple[float, float] = (0.5, 3.0),
@@ -57,6 +61,7 @@ class FaultyLink:
         self.storm_s = storm_s
         self.connections = 0
         self.swallowed = 0
+        self.flaps = 0
         self._rng = random.Random(seed)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
@@ -67,7 +72,7 @@ class FaultyLink:
 
     def set_mode(self, mode: str) -> None:
         """Switch behaviour and drop every open connection."""
-        if mode not in ("relay", "down", "blackhole", "storm"):
+        if mode not in ("relay", "down", "blackhole", "flap", "storm"):
             raise ValueError(mode)
         self.mode = mode
         self.drop()
@@ -100,9 +105,10 @@ class FaultyLink:
             if mode == "down":
                 _reset(conn)
                 continue
-            if mode == "blackhole":
+            if mode in ("blackhole", "flap"):
                 self._track(conn)
-                threading.Thread(target=self._blackhole, args=(conn,), daemon=True).start()
+                threading.Thread(target=self._blackhole, args=(conn, mode == "flap"),
+                                 daemon=True).start()
                 continue
             try:
                 up = socket.create_connection(self.target, timeout=5)
@@ -119,7 +125,9 @@ class FaultyLink:
                 timer.daemon = True
                 timer.start()
 
-    def _blackhole(self, conn: socket.socket) -> None:
+    def _blackhole(self, conn: socket.socket, flap: bool = False) -> None:
+        """Play a broker that takes no PUBLISH: swallow each one, or (``flap``) reset
+        the connection at the first."""
         try:
             while True:
                 first, body = read_mqtt_packet(conn)
@@ -129,6 +137,9 @@ class FaultyLink:
                     conn.sendall(b"\x20\x03\x00\x00\x00" if level == 5 else b"\x20\x02\x00\x00")
                 elif ptype == 12:                    # PINGREQ
                     conn.sendall(b"\xd0\x00")
+                elif ptype == 3 and flap:            # PUBLISH: drop the connection
+                    self.flaps += 1
+                    break
                 elif ptype == 3:                     # PUBLISH: never acknowledged
                     self.swallowed += 1
                 elif ptype == 14:                    # DISCONNECT
