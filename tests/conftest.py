@@ -162,6 +162,8 @@ LONG_FIRST: tuple[str, ...] = (
     "tests/e2e/test_rekey_two_gateways.py",       # 35 s
     "tests/e2e/test_downlink_gateway.py",         # 32 s
     "tests/firmware/test_deep_sleep.py",          # 31 s
+    "tests/firmware/test_bench_firmware_downlink.py",  # 22 s, one test
+    "tests/firmware/test_bench_firmware.py",      # 14 s, one test
 )
 
 
