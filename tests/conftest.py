@@ -185,12 +185,19 @@ class _LongFirst:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """Reorder ``items`` for ``--dist worksteal``."""
-        items[:] = _long_first(items, self.workers)
+        cpu_first = min(os.cpu_count() or 1, self.workers // 4)
+        items[:] = _long_first(items, self.workers, cpu_first)
 
 
-def _long_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+def _long_first(items: list[pytest.Item], workers: int,
+                cpu_first: int = 0) -> list[pytest.Item]:
     """``items`` reordered so that each ``LONG_FIRST`` file heads a worker's share, and
     each share runs its process tests before its pure ones (``_process_first``).
+
+    The last ``cpu_first`` shares (one a core, with four workers a core) take no long
+    file and run their pure tests first: the long files mostly wait on the processes
+    they start, and with one at the head of every share the two cores stood at 0.7
+    busy for the first 30 s of a run.
 
     ``--dist worksteal`` first hands each of the ``workers`` a contiguous share of the
     collection (its size as computed here) and then lets an idle worker take the tail
@@ -206,17 +213,29 @@ def _long_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
     for item in items:
         files.get(item.nodeid.split("::", 1)[0], rest).append(item)
     heads: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    headed = max(1, workers - cpu_first)
     for n, prefix in enumerate(LONG_FIRST):      # in LONG_FIRST's order, longest first
-        heads[n % workers] += files[prefix]
+        heads[n % headed] += files[prefix]
     ordered: list[pytest.Item] = []
     remaining, taken = len(items), 0
     for n, head in enumerate(heads):
         share = remaining // (workers - n)      # as worksteal splits the collection
         remaining -= share
         fill = max(0, share - len(head))
-        ordered += head + _process_first(rest[taken:taken + fill])
+        part = rest[taken:taken + fill]
+        ordered += head + (_process_first(part) if n < headed else _pure_first(part))
         taken += fill
     return ordered + _process_first(rest[taken:])
+
+
+def _pure_first(share: list[pytest.Item]) -> list[pytest.Item]:
+    """``share`` with its pure tests first, each group in its own order."""
+    return sorted(share, key=_starts_processes)
+
+
+def _starts_processes(item: pytest.Item) -> bool:
+    """Whether ``item`` is in the process tier (``pytest_collection_modifyitems``)."""
+    return item.get_closest_marker("process") is not None
 
 
 def _process_first(share: list[pytest.Item]) -> list[pytest.Item]:
@@ -227,7 +246,7 @@ def _process_first(share: list[pytest.Item]) -> list[pytest.Item]:
     workers end together. In collection order a share could end in a 20 s firmware
     test started when the others were done (one core idle for the last 10 s of a run).
     """
-    return sorted(share, key=lambda item: item.get_closest_marker("process") is None)
+    return sorted(share, key=lambda item: not _starts_processes(item))
 
 
 class _ProcessStarted(BaseException):

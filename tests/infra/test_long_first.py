@@ -57,3 +57,12 @@ def test_each_share_runs_its_process_tests_first() -> None:
     assert shares == [[ids[2], ids[0], ids[1], ids[3]],
                       [ids[4], ids[5], ids[6], ids[7]],
                       [ids[11], ids[8], ids[9], ids[10]]]
+
+
+def test_the_last_shares_take_no_long_file_and_run_pure_tests_first() -> None:
+    cluster, city = LONG_FIRST[0], LONG_FIRST[1]
+    ids = [f"tests/a/test_{n:02}.py::t" for n in range(10)] + [f"{cluster}::t", f"{city}::t"]
+    process = frozenset([ids[0], ids[1], ids[6], ids[10], ids[11]])
+    shares = _shares(_long_first(_items(ids, process), 3, cpu_first=1), 3)
+    assert shares[0][0] == f"{cluster}::t" and shares[1][0] == f"{city}::t"
+    assert shares[2] == [ids[7], ids[8], ids[9], ids[6]]   # pure ones before the process one
