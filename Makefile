@@ -318,12 +318,13 @@ mpy: $(STAMP)
 
 # ---------------------------------------------------------------- tests
 
-# The tests' scratch files (pytest's tmp_path and tempfile's $$TMPDIR) go to a tmpfs
+# The tests' scratch files (pytest's tmp_path and tempfile's TMPDIR) go to a tmpfs
 # where it has room: the suite commits to SQLite spools, PostgreSQL and RabbitMQ with
 # fsync, and on this machine's disk those syncs stalled the workers together (in one run
 # the two cores stood nearly idle for 25 s); a set of fsync-heavy tests took 14-19 s on
-# /dev/shm against 18-21 s on /tmp. A run needs about 1.2 GB there; with less than 4 GiB
-# free (a container's 64 MB /dev/shm) the tests keep the default /tmp.
+# /dev/shm against 18-21 s on /tmp. A run needs about 1.2 GB there (only failed tests'
+# folders stay after it: pyproject.toml); with less than 4 GiB free (a container's 64 MB
+# /dev/shm) the tests keep the default /tmp.
 TEST_TMP ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 >= 4194304 {print "/dev/shm"}')
 TEST_ENV = $(if $(TEST_TMP),PYTEST_DEBUG_TEMPROOT=$(TEST_TMP) TMPDIR=$(TEST_TMP))
 
