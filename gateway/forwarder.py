@@ -178,8 +178,9 @@ class _Session:
         self.lost = False
         self.lost_reason = ""
         self.status_mid: int | None = None
+        # The broker acknowledged the status on this connection: it was taking messages
+        # (gateway.delivery.LossTracker). Only the offline status at a stop resets it.
         self.status_acked = False
-        self.took_messages = False   # the broker acknowledged a status on this connection
 
 
 class Forwarder:
@@ -488,7 +489,7 @@ class Forwarder:
                 if sess.lost and not self._stopping:   # the broker (or the network) hung up
                     refusal = self._losses.connection_ended(
                         window.oldest_in_flight(), window.newest_acked,
-                        broker_took_messages=sess.took_messages or window.newest_acked > 0)
+                        broker_took_messages=sess.status_acked or window.newest_acked > 0)
                     if refusal is not None:
                         self._park([refusal])
             finally:   # a spool error above must not leave the socket open
@@ -567,7 +568,7 @@ class Forwarder:
                 self._switch_to = 0
                 self.last_error = "failing back to the first broker"
                 return False
-            held = testing and not sess.took_messages
+            held = testing and not sess.status_acked
             if held and now > status_due_by:
                 self._counts["stale_connections"] += 1
                 self.last_error = (f"no PUBACK for the status within {cfg.ack_timeout_s:.0f} s "
@@ -739,7 +740,6 @@ class Forwarder:
             if mid == sess.status_mid:
                 sess.status_mid = None
                 sess.status_acked = True
-                sess.took_messages = True
         elif retry:
             log.warning("mqtt PUBACK for row %d: %s; will retry", row.row_id, reason_code)
 

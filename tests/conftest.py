@@ -223,14 +223,9 @@ def _long_first(items: list[pytest.Item], workers: int,
         remaining -= share
         fill = max(0, share - len(head))
         part = rest[taken:taken + fill]
-        ordered += head + (_process_first(part) if n < headed else _pure_first(part))
+        ordered += head + _process_first(part, first=n < headed)
         taken += fill
     return ordered + _process_first(rest[taken:])
-
-
-def _pure_first(share: list[pytest.Item]) -> list[pytest.Item]:
-    """``share`` with its pure tests first, each group in its own order."""
-    return sorted(share, key=_starts_processes)
 
 
 def _starts_processes(item: pytest.Item) -> bool:
@@ -238,15 +233,17 @@ def _starts_processes(item: pytest.Item) -> bool:
     return item.get_closest_marker("process") is not None
 
 
-def _process_first(share: list[pytest.Item]) -> list[pytest.Item]:
-    """``share`` with its process tests first, each group in its own order.
+def _process_first(share: list[pytest.Item], first: bool = True) -> list[pytest.Item]:
+    """``share`` with its process tests first (``first``) or last, each group in its
+    own order.
 
-    The tests that take seconds start early and a worker's queue ends in pure tests
-    of milliseconds, which are also what an idle worker steals from its tail: the
-    workers end together. In collection order a share could end in a 20 s firmware
-    test started when the others were done (one core idle for the last 10 s of a run).
+    Process tests first: the tests that take seconds start early and a worker's
+    queue ends in pure tests of milliseconds, which are also what an idle worker
+    steals from its tail, so the workers end together. In collection order a share
+    could end in a 20 s firmware test started when the others were done (one core
+    idle for the last 10 s of a run).
     """
-    return sorted(share, key=lambda item: not _starts_processes(item))
+    return sorted(share, key=lambda item: _starts_processes(item) != first)
 
 
 class _ProcessStarted(BaseException):

@@ -281,15 +281,15 @@ def kill_mid_drain(proc: subprocess.Popen[bytes], db: Path, at_most: int) -> int
     return how many it held then. Each look is taken with the child stopped (SIGSTOP),
     so the depth seen is the depth at the kill, however late a loaded machine lets the
     test act on it."""
-    def down_to_limit() -> int:
+    def down_to_limit() -> list[int]:      # [rows left] once at most at_most, else []
         freeze(proc)
         left = spool_depth(db)
         if left > at_most:
             os.kill(proc.pid, signal.SIGCONT)
-            return 0
-        return left + 1            # truthy also with nothing left: the caller judges that
+            return []
+        return [left]
 
-    left = wait_for(down_to_limit, what=f"the spool down to {at_most} rows") - 1
+    [left] = wait_for(down_to_limit, what=f"the spool down to {at_most} rows")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     return left
