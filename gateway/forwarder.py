@@ -59,9 +59,12 @@ Design
   ``failback_check_s`` whether the first one accepts an MQTT connection again
   (``broker_answers``); if so it stops taking new rows, waits until nothing is
   in flight and moves back.
-  Every move is a new session from the oldest spooled row, so the guarantees
-  above hold across brokers: nothing is deleted without a PUBACK from the broker
-  it was sent to, and a row sent twice (to two brokers) has the same id.
+  Every move is a new session from the oldest spooled row, so the delivery
+  guarantees above hold across brokers: nothing is deleted without a PUBACK from
+  the broker it was sent to, and a row sent twice (to two brokers) has the same
+  id. Order holds through each broker only: a row the old broker acknowledged
+  may reach a backend subscribed to both after newer rows through the new one
+  (docs/mqtt.md).
 - Status: ``<prefix>/gateway/<id>/status``, retained, QoS 1: "online" with
   counters as the first PUBLISH of every connection (before any row, so a
   broker restart that published the will is corrected at once) and every

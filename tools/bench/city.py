@@ -106,7 +106,7 @@ def _reading_backend(host: str, port: int, persistent: bool) -> Any:
             self.readings: dict[str, str] = {}
             self.other_readings: list[str] = []
 
-        def _on_message(self, msg: Message) -> None:
+        def _on_message(self, msg: Message, *, via: int = 0) -> None:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 doc = msg.doc()
                 reading = json.dumps({k: doc.get(k) for k in READING_KEYS}, sort_keys=True)
@@ -114,7 +114,7 @@ def _reading_backend(host: str, port: int, persistent: bool) -> Any:
                     first = self.readings.setdefault(str(doc["id"]), reading)
                     if first != reading:
                         self.other_readings.append(str(doc["id"]))
-            super()._on_message(msg)
+            super()._on_message(msg, via=via)
 
     return ReadingBackend()
 
