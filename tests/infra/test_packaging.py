@@ -1,5 +1,6 @@
-"""Packaging: the extras nest and keep a field gateway small, and the built wheel
-works with only the gateway extra (``knute gateway check`` on a shipped Modbus map).
+"""Packaging: the extras nest and keep a field gateway small, the built wheel
+works with only the gateway extra (``knute gateway check`` on a shipped Modbus map),
+and a wheel built from the sdist is the same wheel.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -71,6 +73,30 @@ def test_wheel_installs_one_import_package(wheel: Path) -> None:
     assert rooms == {"protocol", "firmware", "gateway", "tools", "backend"}, rooms
     # The firmware travels as files for `knute provision`, with its board layout.
     assert "knute/firmware/main.py" in files and "knute/protocol/frame.py" in files
+
+
+def test_a_wheel_built_from_the_sdist_holds_what_the_direct_wheel_holds(
+        wheel: Path, tmp_path: Path) -> None:
+    # `python -m build` builds the sdist, then the wheel from it. The sdist has no
+    # knute/<room> links, so the wheel must map the rooms from the top-level folders.
+    subprocess.run([sys.executable, "-m", "hatchling", "build", "-t", "sdist",
+                    "-d", str(tmp_path / "sdist")], cwd=ROOT, check=True,
+                   capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
+    (sdist,) = (tmp_path / "sdist").glob("knute-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        members = tar.getmembers()
+        assert not [m.name for m in members if m.issym() or m.islnk()]
+        tar.extractall(tmp_path / "src", filter="data")
+    (src,) = (tmp_path / "src").iterdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "wheel"), str(src)], check=True,
+                   capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
+    (rebuilt,) = (tmp_path / "wheel").glob("knute-*.whl")
+
+    def files(path: Path) -> set[str]:
+        return {n for n in zipfile.ZipFile(path).namelist() if ".dist-info/" not in n}
+
+    assert files(rebuilt) == files(wheel)
 
 
 def test_wheel_ships_the_compiled_payload_walk_where_a_compiler_built_it(wheel: Path) -> None:
