@@ -55,8 +55,9 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 
 from knute.gateway.config import MqttConfig
+from knute.gateway.downlink_commands import APPLIED, REJECTED, Command
 from knute.gateway.downlink_mqtt import SessionChannel
-from knute.gateway.downlinks import APPLIED, REJECTED, Command, DownlinkStore
+from knute.gateway.downlinks import DownlinkStore
 from knute.gateway.logsafe import clean
 
 if TYPE_CHECKING:

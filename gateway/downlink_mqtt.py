@@ -28,8 +28,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from knute.gateway.config import MqttConfig
+from knute.gateway.downlink_commands import Command
 from knute.gateway.downlink_plan import config_values
-from knute.gateway.downlinks import Command, DownlinkStore
+from knute.gateway.downlinks import DownlinkStore
 from knute.gateway.errors import KnuteError
 from knute.gateway.logsafe import EventLog, clean
 from knute.gateway.message import iso_utc

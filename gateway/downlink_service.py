@@ -39,6 +39,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from knute.gateway.adr_history import FALLBACK_MISSED, AdrHistory
 from knute.gateway.conditions import SpooledOutbox
 from knute.gateway.config import GatewayConfig
+from knute.gateway.downlink_commands import (
+    APPLIED,
+    CANCELLED,
+    EXPIRED,
+    REJECTED,
+    SENT,
+    Command,
+)
 from knute.gateway.downlink_plan import (
     PATH_BRIDGE,
     PATH_PKTFWD,
@@ -49,16 +57,7 @@ from knute.gateway.downlink_plan import (
     choose,
     config_name,
 )
-from knute.gateway.downlinks import (
-    APPLIED,
-    CANCELLED,
-    EXPIRED,
-    REJECTED,
-    SENT,
-    Command,
-    DownlinkLimits,
-    DownlinkStore,
-)
+from knute.gateway.downlinks import DownlinkLimits, DownlinkStore
 from knute.gateway.message import iso_utc
 from knute.gateway.model import Accepted, Counters, Device
 from knute.gateway.pipeline import Ready

@@ -468,7 +468,7 @@ class Registry:
 
     def rotated_away(self, device_id: int, fingerprint: str) -> bool:
         """Whether a key rotation at this gateway replaced the device's key with this
-        fingerprint (gateway.downlinks keeps them; a registry without that table: no)."""
+        fingerprint (gateway.downlink_rekey keeps them; a registry without that table: no)."""
         with self._lock:
             try:
                 row = self._db.execute("SELECT 1 FROM dl_rekey_retired WHERE device_id = ? "

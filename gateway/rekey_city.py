@@ -51,7 +51,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from knute.gateway.downlinks import Command, DownlinkStore, RekeyOut
+from knute.gateway.downlink_commands import Command
+from knute.gateway.downlink_rekey import RekeyOut
+from knute.gateway.downlinks import DownlinkStore
 from knute.gateway.errors import KnuteError
 from knute.gateway.logsafe import clean
 

@@ -18,9 +18,10 @@ import pytest
 
 from firmware.downlink_model import Downlink
 from firmware.state import Store
+from knute.gateway.downlink_commands import Command
 from knute.gateway.downlink_plan import PATH_PKTFWD, PATH_SERIAL, Uplink, Window
 from knute.gateway.downlink_service import DownlinkService, uplink_from
-from knute.gateway.downlinks import Command, DownlinkStore
+from knute.gateway.downlinks import DownlinkStore
 from knute.gateway.model import Counters, Reception
 from knute.gateway.pipeline import Pipeline
 from knute.gateway.registry import Registry

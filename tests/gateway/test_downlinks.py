@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from knute.gateway import downlinks as dlq
+from knute.gateway.downlink_rekey import RekeyState
 from knute.gateway.errors import KnuteError
 from knute.gateway.registry import Registry
 from knute.protocol import downlink_send as dls
@@ -124,7 +125,7 @@ def test_rekey_two_phases(store: dlq.DownlinkStore) -> None:
         store.begin_rekey(DEV, bytes(16))
     done = store.commit_rekey(DEV)
     assert done is not None and done.op == "rekey_done" and done.args == {"key_no": 1}
-    assert store.rekey_state(DEV) == dlq.RekeyState(1)
+    assert store.rekey_state(DEV) == RekeyState(1)
     reg = Registry(store.path)
     dev = reg.get(DEV)
     reg.close()
