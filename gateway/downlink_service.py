@@ -16,17 +16,17 @@ loop); one thread does the rest, in this order per uplink:
    the device's current key and handed to the source the uplink came from.
 
 Each state change of a command is passed to ``on_status`` (the daemon spools it
-for MQTT). Transmitters are the sources: ``transmit_downlink(frame, window, up,
-done)`` returns None when the downlink went out or is on its way, or a reason;
-``done(error)`` is called later when the path answers asynchronously (a packet
-forwarder's TX_ACK). Counters: ``downlinks_sent``, ``downlinks_applied``,
-``downlinks_rejected``, ``downlinks_expired`` and ``downlink_errors`` by reason.
+for MQTT: gateway.downlink_status). Transmitters are the sources:
+``transmit_downlink(frame, window, up, done)`` returns None when the downlink
+went out or is on its way, or a reason; ``done(error)`` is called later when the
+path answers asynchronously (a packet forwarder's TX_ACK). Counters:
+``downlinks_sent``, ``downlinks_applied``, ``downlinks_rejected``,
+``downlinks_expired`` and ``downlink_errors`` by reason.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import threading
@@ -37,7 +37,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from knute.gateway.adr_history import FALLBACK_MISSED, AdrHistory
-from knute.gateway.conditions import SpooledOutbox
 from knute.gateway.config import GatewayConfig
 from knute.gateway.downlink_commands import (
     APPLIED,
@@ -55,11 +54,10 @@ from knute.gateway.downlink_plan import (
     Uplink,
     Window,
     choose,
-    config_name,
 )
+from knute.gateway.downlink_status import StatusOutbox
 from knute.gateway.downlinks import DownlinkLimits, DownlinkStore
-from knute.gateway.message import iso_utc
-from knute.gateway.model import Accepted, Counters, Device
+from knute.gateway.model import Counters, Device
 from knute.gateway.pipeline import Ready
 from knute.protocol import downlink as dls
 from knute.protocol.errors import FrameError
@@ -72,7 +70,6 @@ log = logging.getLogger("knute.downlinks")
 EXPIRE_EVERY_S = 30.0
 ADR_SF, ADR_POWER = 11, 12  # config codes of radio.sf and radio.power_dbm (protocol.md 12)
 ADR_REF = "adr-"            # ref prefix of the commands the data-rate rule queues
-RETRY_S = 1.0               # after a failed spool commit, progress messages wait this long
 SPOOL_WAIT_S = 0.3          # a downlink waits at most this long for its states to be spooled
 QUEUE_LIMIT = 4096
 
@@ -400,91 +397,6 @@ def uplink_from(ready: Ready) -> Uplink:
                   snr_db=max(snrs) if snrs else None)
 
 
-def status_topic(prefix: str, kind: str, device_id: int) -> str:
-    """Where a command's progress is published: ``<prefix>/<kind>/<device>/down/status``."""
-    return f"{prefix}/{kind}/{device_id:08x}/down/status"
-
-
-def status_message(cmd: Command, gateway_id: str, kind: str) -> dict[str, Any]:
-    """The JSON of one progress step (docs/schema/downlink_status.schema.json)."""
-    out: dict[str, Any] = {
-        "device": f"{cmd.device_id:08x}", "kind": kind, "id": cmd.ref, "cmd_id": cmd.cmd_id,
-        "command": cmd.op, "state": cmd.state, "sends": cmd.sends,
-        "at": iso_utc(cmd.updated_at), "expires_at": iso_utc(cmd.expires_at),
-        "gateway": gateway_id}
-    if cmd.state == REJECTED:
-        out["result"] = cmd.result
-        out["detail"] = cmd.detail
-        if cmd.op == "config" and cmd.result in ("cmd_range", "cmd_key") and cmd.detail:
-            out["key"] = config_name(cmd.detail)
-    elif cmd.state == EXPIRED and cmd.result is not None:
-        out["result"] = cmd.result          # peer_missing: a rotation's peers not all there
-    if cmd.op == "rekey" and cmd.args.get("waiting_for"):
-        out["waiting_for"] = list(cmd.args["waiting_for"])
-    return out
-
-
-class StatusOutbox(SpooledOutbox):
-    """Progress messages until a spool commit has taken them.
-
-    ``put`` and ``put_doc`` may be called from any thread; the rest on the ingest
-    loop: the messages travel like a Modbus device's condition (spooled, then
-    published at QoS 1), so they survive broker outages and restarts and keep
-    their order.
-    """
-
-    def __init__(self, prefix: str, gateway_id: str) -> None:
-        super().__init__(RETRY_S)
-        self.prefix = prefix
-        self.gateway_id = gateway_id
-        self._incoming: queue.SimpleQueue[Accepted] = queue.SimpleQueue()
-        self._spooled = threading.Condition()
-        self._put_n = self._committed_n = 0
-
-    def put(self, cmd: Command, kind: str) -> None:
-        """One command's new state."""
-        self.put_doc(kind, cmd.device_id, status_message(cmd, self.gateway_id, kind))
-
-    def put_doc(self, kind: str, device_id: int, doc: dict[str, Any]) -> None:
-        """A finished status document (a refused MQTT command has no stored command)."""
-        payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-        with self._spooled:
-            self._put_n += 1
-        self._incoming.put(Accepted(device_id=device_id, fcnt=0, kind=kind,
-                                    topic=status_topic(self.prefix, kind, device_id),
-                                    payload=payload, alarm=False, received_at=time.time()))
-
-    def collect_incoming(self) -> None:
-        """Move the messages put on other threads to the waiting list."""
-        while True:
-            try:
-                self._todo.append(self._incoming.get_nowait())
-            except queue.Empty:
-                break
-
-    def committed(self, item: Accepted) -> bool:
-        """True (and forgotten) if ``item`` of a committed batch is one of these rows."""
-        if not super().committed(item):
-            return False
-        with self._spooled:
-            self._committed_n += 1
-            self._spooled.notify_all()
-        return True
-
-    def wait_spooled(self, timeout: float) -> bool:
-        """Wait (at most ``timeout`` s) until every message put so far is committed to the
-        spool; whether it is. A downlink waits so before it leaves: a gateway killed
-        right after it lost the states of the report it read in that uplink (the node
-        reports once), and its counter's ``sent``."""
-        with self._spooled:
-            target = self._put_n
-            return self._spooled.wait_for(lambda: self._committed_n >= target, timeout)
-
-    def waiting(self) -> int:
-        """Rows not committed yet (for tests and the status report)."""
-        return self._incoming.qsize() + len(self._todo) + len(self._sent)
-
-
 def _adr_order(cmd: Command) -> tuple[int, int]:
     """The order of the rule's changes: the time in their ref (``adr-<fcnt>-<ns>``), the
     same at every gateway, then the command id."""
@@ -506,8 +418,6 @@ def _transmitter_id(up: Uplink) -> str:
     """The transmitter whose duty cycle a downlink after ``up`` spends."""
     eui = up.receiver.get("gateway_eui")
     return f"{up.source}/{eui}" if eui else up.source
-
-
 
 
 class DownlinkRuntime:

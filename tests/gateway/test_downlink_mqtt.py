@@ -12,7 +12,7 @@ import pytest
 
 from knute.gateway.downlink_commands import Command
 from knute.gateway.downlink_mqtt import parse_command
-from knute.gateway.downlink_service import status_message
+from knute.gateway.downlink_status import status_message
 from knute.gateway.errors import KnuteError
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schema"

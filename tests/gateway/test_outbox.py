@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from knute.gateway.conditions import SpooledOutbox
-from knute.gateway.downlink_service import StatusOutbox
+from knute.gateway.downlink_status import StatusOutbox
 from knute.gateway.model import Accepted
 
 

@@ -35,7 +35,8 @@ from knute.gateway import downlinks as dlq
 from knute.gateway.config import MqttConfig
 from knute.gateway.downlink_city import DownlinkCity
 from knute.gateway.downlink_plan import PATH_SERIAL, Uplink, Window
-from knute.gateway.downlink_service import DownlinkService, status_message
+from knute.gateway.downlink_service import DownlinkService
+from knute.gateway.downlink_status import status_message
 from knute.gateway.errors import KnuteError
 from knute.gateway.model import Counters
 from knute.gateway.registry import Registry
