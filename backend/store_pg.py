@@ -29,7 +29,7 @@ import psycopg
 
 from knute.backend.store import SCHEMA_VERSION, SqlStore, StoreError, _Cursor
 
-# Version 3: the per-district rollup of household hours (backend.store).
+# Version 3: the per-district rollup of household hours (backend.store_sqlite).
 _V3 = ("""
 CREATE TABLE district_hours (
     district TEXT NOT NULL,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from knute.backend.store import SqlStore, Store
+from knute.backend.store import SqlStore
+from knute.backend.store_sqlite import Store
 from knute.tools.rig.postgres import PostgresCluster
 
 STORE_KINDS = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.process)]

@@ -12,7 +12,7 @@ import pytest
 
 from knute.backend.config import AirArea, Config
 from knute.backend.service import Backend
-from knute.backend.store import Store
+from knute.backend.store_sqlite import Store
 from knute.tools.sim.air_episode import episode
 from tests.backend.factory import T0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from knute.backend.config import AirArea, Config
 from knute.backend.service import Backend
-from knute.backend.store import Store
+from knute.backend.store_sqlite import Store
 from knute.backend.web import WebApp
 from knute.tools.sim.air_episode import episode
 from tests.backend.factory import HOUR_S, T0

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from knute.backend.config import ConfigError, load
-from knute.backend.store import Store, open_store
+from knute.backend.store import open_store
+from knute.backend.store_sqlite import Store
 
 
 def write(tmp_path: Path, text: str) -> Path:

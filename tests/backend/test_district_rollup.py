@@ -22,7 +22,8 @@ from knute.backend import queries
 from knute.backend.config import District
 from knute.backend.hours import MeterReading
 from knute.backend.service import district_balances as meter_by_meter
-from knute.backend.store import SCHEMA_VERSION, SqlStore, Store
+from knute.backend.store import SCHEMA_VERSION, SqlStore
+from knute.backend.store_sqlite import Store
 from tests.backend.conftest import StoreFactory
 from tests.backend.factory import HOUR_S, T0, reading
 from tests.backend.test_hours_property import meter_history

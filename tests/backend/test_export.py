@@ -19,7 +19,8 @@ import pytest
 from knute.backend import export, queries
 from knute.backend.config import District
 from knute.backend.hours import format_hour
-from knute.backend.store import SqlStore, Store
+from knute.backend.store import SqlStore
+from knute.backend.store_sqlite import Store
 from tests.backend.factory import HOUR_S, T0, reading
 
 DISTRICT = District("sentrum", ("1000a001",), (), ("00000001", "00000002", "00000003"), 3)

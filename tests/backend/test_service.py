@@ -11,7 +11,7 @@ import pytest
 
 from knute.backend.config import Config, District
 from knute.backend.service import Backend
-from knute.backend.store import Store
+from knute.backend.store_sqlite import Store
 from tests.backend.factory import HOUR_S, T0, reading, topic
 
 

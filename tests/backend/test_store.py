@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from knute.backend.store import SCHEMA_VERSION, SqlStore, Store, StoreError
+from knute.backend.store import SCHEMA_VERSION, SqlStore, StoreError
+from knute.backend.store_sqlite import Store
 from tests.backend.factory import HOUR_S, T0, reading
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from knute.backend.hours import meter_reading, rebuild
-from knute.backend.store import _SCHEMA_V1, SCHEMA_VERSION, Store, StoreError
+from knute.backend.store import SCHEMA_VERSION, StoreError
+from knute.backend.store_sqlite import _SCHEMA_V1, Store
 from knute.tools.rig.postgres import PostgresCluster
 from tests.backend.factory import HOUR_S, T0, reading
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from knute.backend import config as backend_config
 from knute.backend import queries
-from knute.backend.store import Store
+from knute.backend.store_sqlite import Store
 from knute.tools.cli.demo import DEMO_LOSSES
 
 

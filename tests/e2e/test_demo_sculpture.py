@@ -9,7 +9,7 @@ from pathlib import Path
 from knute.backend import config as backend_config
 from knute.backend.air_index import EAQI, HOUR_S
 from knute.backend.air_service import AirIndexes
-from knute.backend.store import Store
+from knute.backend.store_sqlite import Store
 from knute.firmware.config_display import DISPLAY_PALETTES
 from knute.tools.sim.sculpture import AREA, BANDS
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from knute.backend.config import Config
 from knute.backend.service import Backend
-from knute.backend.store import Store
+from knute.backend.store_sqlite import Store
 from knute.tools.bench.leaks import bench_rules
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,7 +31,7 @@ def _ingest(folder: Path, stations: tuple[str, ...], hours: int, with_index: boo
             ) -> tuple[float, int, int]:
     from knute.backend.config import AirArea, Config
     from knute.backend.service import Backend
-    from knute.backend.store import Store
+    from knute.backend.store_sqlite import Store
     from knute.tools.sim.air_episode import episode
 
     config = Config(path=folder / "b.toml", store_path=folder / f"b-{with_index}.sqlite",
@@ -54,7 +54,7 @@ def _ingest(folder: Path, stations: tuple[str, ...], hours: int, with_index: boo
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print its figures."""
     from knute.backend.config import AirArea, Config
-    from knute.backend.store import Store
+    from knute.backend.store_sqlite import Store
     from knute.backend.web import WebApp
 
     stations = tuple(f"{0x2000 + i:08x}" for i in range(args.stations))

@@ -105,7 +105,7 @@ class _Stores:
 
     def new(self, batch: bool = True) -> tuple[Any, str]:
         """(store, the value of [store] path or url); ``batch``: PostgreSQL's batched writes."""
-        from knute.backend.store import Store
+        from knute.backend.store_sqlite import Store
 
         self.n += 1
         if self.kind == "sqlite":

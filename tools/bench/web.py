@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     """Fill a store, time the page's documents and the SQL baseline, print the figures."""
     from knute.backend.config import Config, District
     from knute.backend.service import district_balances
-    from knute.backend.store import Store
+    from knute.backend.store_sqlite import Store
     from knute.backend.web import WebApp
 
     if args.meters < 1 or not 1 <= args.days <= 366:
