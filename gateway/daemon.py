@@ -249,7 +249,7 @@ class Daemon:
         configuration file itself, the other database) must never be replaced.
         """
         from knute.gateway import registry, spool
-        from knute.gateway.config import tls_problems
+        from knute.gateway.config_checks import tls_problems
         from knute.gateway.dbfile import (
             REGISTRY_APP_ID,
             SPOOL_APP_ID,
