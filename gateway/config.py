@@ -5,13 +5,14 @@ key, a wrong type or an out-of-range value raises one KnuteError naming the
 file, the key and the problem (``knute`` prints it and exits with status 2).
 Relative paths in the file are taken relative to the file's directory.
 The ``[modbus]`` table is checked by ``gateway.modbus.settings`` (its register
-maps too: a broken map is one error naming the map's file and line).
+maps too: a broken map is one error naming the map's file and line). What the
+named files hold (TLS certificates, databases, serial devices) is checked by
+``gateway.config_checks``.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -590,85 +591,3 @@ def _mqtt(tab: _Table, base: str, gateway_id: str) -> MqttConfig:
                       max_inflight=inflight, park_after_losses=park_after,
                       max_message_bytes=max_message, brokers=brokers, failback=failback,
                       failback_check_s=failback_check, learn_counters=learn)
-
-
-# -- checks beyond the file's syntax (``knute gateway check``, daemon start) -----------------
-
-def tls_problems(cfg: GatewayConfig) -> list[str]:
-    """Problems of the [mqtt.tls] files: a CA that is no PEM certificate, a bad cert/key.
-
-    ``load`` only checks that the files exist: ``knute devices`` loads the
-    configuration as an operator who may not read the key. The daemon and
-    ``knute gateway check`` call this.
-    """
-    tls = cfg.mqtt.tls
-    if tls is None:
-        return []
-    import ssl  # here, after the check: a config without TLS never loads it
-
-    problems: list[str] = []
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if tls.ca is not None:
-        try:
-            ctx.load_verify_locations(cafile=tls.ca)
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            problems.append(f"{cfg.path}: mqtt.tls.ca: {tls.ca}: not a PEM CA certificate "
-                            f"file ({_ssl_reason(exc)})")
-    if tls.cert is not None and tls.key is not None:
-        try:
-            ctx.load_cert_chain(tls.cert, tls.key, password=lambda: b"")
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            problems.append(f"{cfg.path}: mqtt.tls.cert/key: {tls.cert}, {tls.key}: not a "
-                            f"PEM certificate and its unencrypted key ({_ssl_reason(exc)})")
-    return problems
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    if isinstance(exc, OSError) and not reason and exc.strerror:
-        return exc.strerror
-    return str(reason or exc)
-
-
-def offline_problems(cfg: GatewayConfig) -> list[str]:
-    """What can be checked without the network and without opening any port.
-
-    TLS files, the data directories, the registry and spool files (a file
-    that is not a knute database of the right kind), serial devices named by
-    path (also the Modbus RTU buses). Files this user may not read are left
-    to the daemon's own user.
-    """
-    from knute.gateway.dbfile import REGISTRY_APP_ID, SPOOL_APP_ID, check_identity
-
-    problems = tls_problems(cfg)
-    dirs: dict[str, str] = {}
-    for key, path in (("gateway.registry", cfg.registry), ("spool.path", cfg.spool)):
-        dirs.setdefault(os.path.dirname(path) or ".", key)
-    for folder, key in dirs.items():
-        if not os.path.exists(folder):
-            problems.append(f"{cfg.path}: {key}: data directory {folder} does not exist")
-        elif not os.path.isdir(folder):
-            problems.append(f"{cfg.path}: {key}: {folder} is not a directory")
-    from knute.gateway import registry, spool_schema  # not gateway.spool: its versions only
-
-    for key, path, what, app_id, version in (
-            ("gateway.registry", cfg.registry, "registry", REGISTRY_APP_ID,
-             registry.SCHEMA_VERSION),
-            ("spool.path", cfg.spool, "spool", SPOOL_APP_ID, spool_schema.SCHEMA_VERSION)):
-        try:
-            check_identity(path, what, app_id, version)
-        except KnuteError as exc:
-            if "Permission denied" not in str(exc):
-                problems.append(f"{cfg.path}: {key}: {exc}")
-    devices = [(f"serial[{i}].url", s.url) for i, s in enumerate(cfg.serial)]
-    if cfg.modbus is not None:
-        devices += [(f"modbus.bus[{i}].rtu", b.rtu) for i, b in enumerate(cfg.modbus.buses)
-                    if b.rtu is not None]
-    for key, url in devices:
-        if "://" in url:
-            continue                  # a pyserial URL: only `check --online` can open it
-        if not os.path.exists(url):
-            problems.append(f"{cfg.path}: {key}: {url}: no such device (unplugged?)")
-        elif not stat.S_ISCHR(os.stat(url).st_mode):
-            problems.append(f"{cfg.path}: {key}: {url} is not a serial device")
-    return problems

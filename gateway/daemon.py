@@ -27,6 +27,17 @@ Modbus device conditions and silent nodes (``gateway.silence``: ``silent``
 after its missed send intervals, ``heard`` again, checked every second)
 are spooled like readings (``gateway.conditions``);
 rejected frames are logged with rate limits (``gateway.rejectlog``).
+
+Why one module of ~690 lines: it is one class, the running gateway, and its
+methods read and change the same state on the ingest loop's thread: what
+``_open`` wires together (pipeline, spool, batcher, forwarder, sources, registry
+watch), the sources of frames waiting for their commit and the devices seen
+since the last registry flush, the timers and control requests of housekeeping,
+and the order in which shutdown drains all of it. What is decided is already in
+modules of its own (gateway.pipeline, spool, forwarder, registry_watch, silence,
+conditions, rejectlog, downlink_service, peers, share_apply); what is left could
+only be cut into parts of that one class (mixins sharing its attributes), which
+would scatter the loop's order across files instead of showing it in one.
 """
 
 from __future__ import annotations
@@ -249,7 +260,7 @@ class Daemon:
         configuration file itself, the other database) must never be replaced.
         """
         from knute.gateway import registry, spool
-        from knute.gateway.config import tls_problems
+        from knute.gateway.config_checks import tls_problems
         from knute.gateway.dbfile import (
             REGISTRY_APP_ID,
             SPOOL_APP_ID,

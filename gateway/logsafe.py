@@ -22,6 +22,10 @@ count every event exactly.
 
    ``flush()`` writes the summaries of periods that have ended; a source calls
    it from its loop, so a flood that stops still gets its last line.
+
+``RateLimit`` is the plain form for a caller that writes its own lines: at
+most one event per key per ``period_s``, the others only counted
+(``suppressed``), the table of keys bounded (``max_keys``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Any
 
 DEFAULT_LIMIT = 200           # characters of input text kept in one line
 
@@ -194,3 +199,25 @@ class EventLog:
         for line in lines:
             self.written += 1
             self.logger.log(self.level, "%s", clean(line, limit=4 * DEFAULT_LIMIT))
+
+
+class RateLimit:
+    """At most one event per key per ``period_s`` (for log lines), bounded in size."""
+
+    def __init__(self, period_s: float, max_keys: int = 4096) -> None:
+        self.period_s = period_s
+        self.max_keys = max_keys
+        self._last: OrderedDict[Any, float] = OrderedDict()
+        self.suppressed = 0
+
+    def allow(self, key: Any, now: float) -> bool:
+        """True if an event for ``key`` at ``now`` should be let through."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.period_s:
+            self.suppressed += 1
+            return False
+        self._last[key] = now
+        self._last.move_to_end(key)
+        while len(self._last) > self.max_keys:
+            self._last.popitem(last=False)
+        return True

@@ -14,16 +14,17 @@ For each ``Reception`` (frame bytes plus where and how it was heard):
 3. Dedup: a copy of a frame already waiting in the dedup window (same device,
    same counter, identical bytes) is merged into it: its receiver metadata is
    added and nothing else is done (the bytes were already verified).
-4. Verify and decrypt with the device's key (``Verifier``): AES-CCM through
-   cryptography's ``AESCCM`` object, cached per device and tag length, nonce
-   ``protocol.frame.nonce(device_id, fcnt)``, the 8 header bytes as associated
-   data, then ``protocol.frame.open_payload`` (``gateway.fastframe``'s decoder,
+4. Verify and decrypt with the device's key (``Verifier``, gateway.pipeline_checks):
+   AES-CCM through cryptography's ``AESCCM`` object, cached per device and tag
+   length, nonce ``protocol.frame.nonce(device_id, fcnt)``, the 8 header bytes as
+   associated data, then ``protocol.frame.open_payload`` (``gateway.fastframe``'s decoder,
    made per kind from the kinds table, compiled where gateway/_fastframe.c is
    built, answers the payloads the table accepts, and leaves the rest to the
    protocol code, so the reasons are the protocol's). The result is exactly what
    ``protocol.frame.decode`` returns, or the same FrameError reason.
    The frame's kind must be the registered kind (``kind_mismatch``).
-5. Replay check (``ReplayGuard``) against the last accepted counter:
+5. Replay check (``ReplayGuard``, gateway.pipeline_checks) against the last accepted
+   counter:
      - no counter yet, or a higher one: new;
      - the same counter: ``duplicate`` when the bytes are those of the frame
        accepted with that counter (or when they are unknown, after a restart),
@@ -75,6 +76,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from knute.gateway import fastframe, message
 from knute.gateway.model import Accepted, Counters, Device
 from knute.gateway.model import Reception as Reception  # re-exported: sources build these
+from knute.gateway.pipeline_checks import (
+    COUNTER_RESET,
+    DEFAULT_RESET_BELOW,
+    DUPLICATE,
+    REPLAY,
+    ReplayGuard,
+    Verifier,
+)
 from knute.protocol import frame as pframe
 from knute.protocol import kinds
 from knute.protocol.errors import (
@@ -87,9 +96,6 @@ from knute.protocol.errors import (
 )
 
 UNKNOWN_DEVICE = "unknown_device"
-REPLAY = "replay"
-DUPLICATE = "duplicate"
-COUNTER_RESET = "counter_reset"
 OVERSIZE = "oversize"
 KIND_MISMATCH = "kind_mismatch"
 
@@ -108,7 +114,6 @@ _FAST_MIN = pframe.HEADER_LEN + 1 + 4    # the shortest frame with a 4-byte tag
 _Entry = tuple[int, AESCCM, fastframe.Decoder, int, str | None]
 
 DEFAULT_DEDUP_WINDOW_S = 0.2
-DEFAULT_RESET_BELOW = 16
 # Receivers kept per reading. A district gateway has a few concentrators and radio
 # bridges in earshot of a meter; 8 covers every overlap of the model deployment and
 # bounds the list at about 2 KB of JSON (packet-forwarder receivers are the longest).
@@ -249,145 +254,6 @@ def canonical_values(values: Mapping[str, Any]) -> bytes:
 def values_digest(values: Mapping[str, Any]) -> bytes:
     """The fingerprint of an already-decoded reading: ``digest`` of its canonical values."""
     return digest(canonical_values(values))
-
-
-class Verifier:
-    """Verifies and decrypts frames, with one cached AESCCM object per device key."""
-
-    def __init__(self) -> None:
-        # device id -> (key, tag length, its AESCCM); a device whose key or tag length
-        # changes gets a new object (keyed by the id alone: no tuple built per frame)
-        self._aead: dict[int, tuple[bytes, int, AESCCM]] = {}
-
-    def _cipher(self, device: Device, tag_len: int) -> AESCCM:
-        cached = self._aead.get(device.device_id)
-        if cached is None or cached[1] != tag_len or cached[0] != device.key:
-            cached = (device.key, tag_len, AESCCM(device.key, tag_length=tag_len))
-            self._aead[device.device_id] = cached
-        return cached[2]
-
-    def forget(self, keep: Mapping[int, Device]) -> None:
-        """Drop cached ciphers of devices not in ``keep`` (after a registry reload)."""
-        for device_id in list(self._aead):
-            dev = keep.get(device_id)
-            if dev is None or dev.key != self._aead[device_id][0]:
-                del self._aead[device_id]
-
-    def verify(self, buf: bytes, device: Device,
-               header_fields: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
-        """Check the tag and decode; same result as ``protocol.frame.decode(buf, key)``.
-
-        ``header_fields`` is ``protocol.frame.parse_header(buf)`` when the caller
-        has it already. Raises FrameError with the same reason
-        ``protocol.frame.decode`` gives.
-        """
-        kind_id, device_id, fcnt, tag_len = header_fields or fastframe.parse_header(buf)
-        cached = self._aead.get(device_id)
-        if cached is None or cached[1] != tag_len or cached[0] != device.key:
-            aead = self._cipher(device, tag_len)
-        else:
-            aead = cached[2]
-        if buf.__class__ is not bytes:
-            buf = bytes(buf)
-        try:
-            # protocol.frame.nonce(device_id, fcnt) and the 8 header bytes as associated
-            # data (DIR_UPLINK 0, HEADER_LEN 8: literals, as this runs for every frame)
-            plain = aead.decrypt(_NONCE(0, device_id, fcnt), buf[8:], buf[:8])
-        except InvalidTag:
-            raise FrameError(FRAME_TAG) from None
-        # fastframe.decoded, written out: the payloads the kinds table accepts by the
-        # kind's generated decoder, everything else (and every rejection) by the
-        # protocol's own code.
-        kind = _FAST_KINDS.get(kind_id)
-        if kind is not None:
-            fast = kind.decode(plain, device_id, fcnt, tag_len)
-            if fast is not None:
-                return fast
-        slow: dict[str, Any] = pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
-        return slow
-
-
-class ReplayGuard:
-    """Last accepted frame counter per device, and the rule for what may follow it."""
-
-    def __init__(self, counters: Mapping[int, int] | None = None,
-                 reset_below: int = DEFAULT_RESET_BELOW) -> None:
-        self.reset_below = reset_below
-        self._last: dict[int, int] = dict(counters or {})
-        self._digest: dict[int, bytes] = {}
-
-    def load(self, counters: Mapping[int, int]) -> None:
-        """Replace the state with ``counters`` (the spool's committed truth)."""
-        # In place: Pipeline.decide holds these two dicts.
-        self._last.clear()
-        self._last.update(counters)
-        for device_id in [d for d in self._digest if d not in self._last]:
-            del self._digest[device_id]
-
-    def last(self, device_id: int) -> int | None:
-        """The last accepted counter of a device, or None."""
-        return self._last.get(device_id)
-
-    def check(self, device_id: int, fcnt: int, fingerprint: bytes) -> str | None:
-        """None if ``fcnt`` may be accepted, else the rejection reason."""
-        last = self._last.get(device_id)
-        if last is None or fcnt > last:
-            return None
-        if fcnt == last:
-            known = self._digest.get(device_id)
-            return DUPLICATE if known is None or known == fingerprint else REPLAY
-        if fcnt < self.reset_below <= last:
-            return COUNTER_RESET
-        return REPLAY
-
-    def is_last(self, device_id: int, fcnt: int, fingerprint: bytes) -> bool:
-        """Whether these are the very bytes accepted with the device's last counter."""
-        return self._last.get(device_id) == fcnt and self._digest.get(device_id) == fingerprint
-
-    def advance(self, device_id: int, fcnt: int, fingerprint: bytes) -> None:
-        """Record ``fcnt`` as the device's last accepted counter."""
-        self._last[device_id] = fcnt
-        self._digest[device_id] = fingerprint
-
-    def learn(self, device_id: int, fcnt: int) -> bool:
-        """Raise a device's counter to ``fcnt`` accepted elsewhere; True if it rose.
-
-        The bytes accepted there are unknown, so a frame with exactly this counter
-        is then a ``duplicate`` here (another gateway already took it).
-        """
-        last = self._last.get(device_id)
-        if last is not None and fcnt <= last:
-            return False
-        self._last[device_id] = fcnt
-        self._digest.pop(device_id, None)
-        return True
-
-    def forget(self, device_id: int) -> None:
-        """Drop a device's counter (operator-confirmed counter reset)."""
-        self._last.pop(device_id, None)
-        self._digest.pop(device_id, None)
-
-
-class RateLimit:
-    """At most one event per key per ``period_s`` (for log lines), bounded in size."""
-
-    def __init__(self, period_s: float, max_keys: int = 4096) -> None:
-        self.period_s = period_s
-        self.max_keys = max_keys
-        self._last: OrderedDict[Any, float] = OrderedDict()
-        self.suppressed = 0
-
-    def allow(self, key: Any, now: float) -> bool:
-        """True if an event for ``key`` at ``now`` should be let through."""
-        last = self._last.get(key)
-        if last is not None and now - last < self.period_s:
-            self.suppressed += 1
-            return False
-        self._last[key] = now
-        self._last.move_to_end(key)
-        while len(self._last) > self.max_keys:
-            self._last.popitem(last=False)
-        return True
 
 
 class Pipeline:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 
-from knute.gateway.logsafe import EventLog, clean
-from knute.gateway.pipeline import COUNTER_RESET, UNKNOWN_DEVICE, RateLimit, Verdict
+from knute.gateway.logsafe import EventLog, RateLimit, clean
+from knute.gateway.pipeline import UNKNOWN_DEVICE, Verdict
+from knute.gateway.pipeline_checks import COUNTER_RESET
 
 
 class RejectionLog:

@@ -34,9 +34,9 @@ from typing import Any
 import serial  # type: ignore[import-untyped]
 
 from knute.gateway.config import SerialSourceConfig
-from knute.gateway.logsafe import EventLog, clean
+from knute.gateway.logsafe import EventLog, RateLimit, clean
 from knute.gateway.model import Counters
-from knute.gateway.pipeline import RateLimit, Reception
+from knute.gateway.pipeline import Reception
 from knute.gateway.sources.base import Backoff, LinkState, Sink, ThreadedSource
 from knute.protocol import stream
 from knute.protocol.errors import FrameError

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from knute.gateway.logsafe import EventLog, clean
+from knute.gateway.logsafe import EventLog, RateLimit, clean
 
 
 def test_clean_escapes_every_line_break_and_control() -> None:
@@ -113,3 +113,13 @@ def test_text_is_made_only_when_it_is_written_or_kept(lines: Lines) -> None:
     assert made == [0, 1]          # the line written, and the one kept for the summary
     events.close(now=1.0)
     assert lines.lines == ["event 0", "event 1 and 98 more like it in the last 1 s"]
+
+
+def test_rate_limit() -> None:
+    limit = RateLimit(3600.0, max_keys=2)
+    assert limit.allow("a", 0.0)
+    assert not limit.allow("a", 3599.0)
+    assert limit.allow("a", 3600.0)
+    assert limit.allow("b", 0.0) and limit.allow("c", 0.0)
+    assert limit.allow("a", 3601.0)  # "a" was the oldest key and was dropped
+    assert limit.suppressed == 1

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from knute.gateway.peers import CounterInbox, parse_reading
-from knute.gateway.pipeline import DUPLICATE, REPLAY, ReplayGuard
+from knute.gateway.pipeline_checks import DUPLICATE, REPLAY, ReplayGuard
 from knute.gateway.spool import Spool
 
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from knute.gateway import pipeline as pl
+from knute.gateway.pipeline_checks import Verifier
 from knute.gateway.registry import Device
 from knute.gateway.status import Counters
 from knute.protocol import ccm, frame, kinds
@@ -63,7 +64,7 @@ def outcome_decode(buf: bytes) -> Any:
         return ("error", exc.reason)
 
 
-def outcome_verify(verifier: pl.Verifier, buf: bytes) -> Any:
+def outcome_verify(verifier: Verifier, buf: bytes) -> Any:
     """Verifier.verify's result or its FrameError reason."""
     try:
         _kind, dev, _fcnt, _tag = frame.parse_header(buf)
@@ -75,7 +76,7 @@ def outcome_verify(verifier: pl.Verifier, buf: bytes) -> Any:
         return ("error", exc.reason)
 
 
-VERIFIER = pl.Verifier()
+VERIFIER = Verifier()
 
 
 @settings(max_examples=300)
@@ -115,7 +116,7 @@ def test_verify_equals_decode_on_authentic_garbage_payloads(plain: bytes, kind_i
 
 
 def test_verifier_cache_follows_key_changes() -> None:
-    verifier = pl.Verifier()
+    verifier = Verifier()
     buf = water(1)
     assert verifier.verify(buf, device())["fcnt"] == 1
     try:
@@ -264,16 +265,6 @@ def test_replay_guard_never_accepts_a_counter_twice(events: list[tuple[int, bool
             accepted.append(fcnt)
         p.due(float(i))
     assert accepted == sorted(set(accepted))
-
-
-def test_rate_limit() -> None:
-    limit = pl.RateLimit(3600.0, max_keys=2)
-    assert limit.allow("a", 0.0)
-    assert not limit.allow("a", 3599.0)
-    assert limit.allow("a", 3600.0)
-    assert limit.allow("b", 0.0) and limit.allow("c", 0.0)
-    assert limit.allow("a", 3601.0)  # "a" was the oldest key and was dropped
-    assert limit.suppressed == 1
 
 
 # -- already-decoded readings (Modbus polls) ---------------------------------------------

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from knute.gateway import pipeline as pl
+from knute.gateway.pipeline_checks import DUPLICATE, REPLAY
 from knute.gateway.registry import Device
 from knute.protocol import ccm, frame
 from knute.tools.sim.typical import TYPICAL
@@ -108,9 +109,9 @@ def test_decide_accepts_and_rejects_without_the_general_route() -> None:
     first = frame.encode("water_meter", 1, 5, TYPICAL["water_meter"], KEYS[1])
     decided = fast.decide(first)
     assert isinstance(decided, dict) and decided == frame.decode(first, KEYS[1])
-    assert fast.decide(first) == pl.Rejection(pl.DUPLICATE, 1, 5, None)
+    assert fast.decide(first) == pl.Rejection(DUPLICATE, 1, 5, None)
     older = frame.encode("water_meter", 1, 4, TYPICAL["water_meter"], KEYS[1])
-    assert fast.decide(older) == pl.Rejection(pl.REPLAY, 1, 4, "last accepted 5")
+    assert fast.decide(older) == pl.Rejection(REPLAY, 1, 4, "last accepted 5")
     bad = bytearray(frame.encode("water_meter", 1, 6, TYPICAL["water_meter"], KEYS[1]))
     bad[-1] ^= 1
     assert fast.decide(bytes(bad)) == pl.Rejection("frame_tag", 1, 6, None)

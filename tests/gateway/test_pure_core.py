@@ -18,6 +18,7 @@ IO_MODULES = ("sqlite3", "socket", "select", "ssl", "paho", "serial", "knute.gat
 def test_pipeline_and_delivery_window_import_no_io_module() -> None:
     code = ("import json, sys\n"
             "import knute.gateway.pipeline, knute.gateway.delivery, knute.gateway.model\n"
+            "import knute.gateway.pipeline_checks\n"
             "import knute.gateway.link\n"
             "print(json.dumps(sorted(sys.modules)))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

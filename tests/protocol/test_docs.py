@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from knute.gateway import pipeline
+from knute.gateway import pipeline_checks
 from knute.gateway.reasons import DESCRIPTIONS
 from knute.protocol import errors, errors_decode, frame, kinds, stream
 
@@ -105,14 +105,14 @@ def test_check_order_examples_are_what_parse_header_says() -> None:
 
 def test_counter_rules_are_the_gateways() -> None:
     section = " ".join(_section("## 8. Receiver rules").split())
-    below = pipeline.DEFAULT_RESET_BELOW
+    below = pipeline_checks.DEFAULT_RESET_BELOW
     assert (f"the new counter is below {below} while the last accepted one is {below} "
             "or more") in section
     assert f"`counter_reset_below`, default {below}" in section
     operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     assert f"| `counter_reset_below` | `{below}` |" in operations
     # The examples of §8 and the reason table, against the gateway's ReplayGuard.
-    guard = pipeline.ReplayGuard({1: 5, 2: 100, 3: 100, 4: 7})
+    guard = pipeline_checks.ReplayGuard({1: 5, 2: 100, 3: 100, 4: 7})
     guard.advance(4, 7, b"accepted")
     assert "e.g. 3 after 5, or 20 after 100" in section
     assert guard.check(1, 3, b"") == "replay"

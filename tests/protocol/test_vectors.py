@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from knute.gateway.pipeline import Verifier
+from knute.gateway.pipeline_checks import Verifier
 from knute.gateway.registry import Device
 from knute.protocol import frame, stream
 from knute.protocol.errors import FrameError

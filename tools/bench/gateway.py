@@ -1,7 +1,7 @@
 """``knute bench gateway``: the gateway's figures, measured in one run on this machine.
 
 - decode+verify frames/s on one core along the pipeline's hot path
-  (``gateway.pipeline.Verifier.verify``: header, cached AESCCM, payload checks);
+  (``gateway.pipeline_checks.Verifier.verify``: header, cached AESCCM, payload checks);
 - end to end frames/s from a source thread to broker-acknowledged: JSON built
   by gateway.message, committed through ``spool.AcceptBatcher`` (50 ms / 256
   frames, synchronous=FULL), published by the Forwarder, deleted on PUBACK;

@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from knute.gateway import config, fastwalk
+    from knute.gateway import config, config_checks, fastwalk
 
     cfg = config.load(args.config)
     sources: list[dict[str, Any]] = (
@@ -117,7 +117,7 @@ def _check(args: argparse.Namespace) -> int:
         sources.append({"name": config.MODBUS_SOURCE, "type": "modbus",
                         "buses": [b.target for b in cfg.modbus.buses],
                         "devices": len(cfg.modbus.devices)})
-    problems = config.offline_problems(cfg)
+    problems = config_checks.offline_problems(cfg)
     online: list[dict[str, Any]] = []
     if args.online:
         online = online_checks(cfg)
