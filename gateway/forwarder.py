@@ -71,7 +71,7 @@ Design
   ``status_interval_s``; the will (LWT) is "offline"; a clean stop publishes
   "offline" with final counters.
 
-Why one module of ~590 lines: it is one state machine, a connection's life
+Why one module of ~800 lines: it is one state machine, a connection's life
 (connect, CONNACK, publish window, PUBACKs, loss, reconnect) driven by one
 worker thread and watched by one supervisor, and every method reads or moves
 the same session. The decisions are already outside it (gateway.delivery,
