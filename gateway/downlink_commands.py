@@ -1,6 +1,6 @@
 """A downlink command as the store keeps it: the ops (``OPS``), the states, the
-``Command`` record and how a row of ``dl_commands`` becomes one (``_COLS``,
-``_command``). gateway.downlinks keeps the table and draws the states' order;
+``Command`` record and how a row of ``dl_commands`` becomes one (``COLUMNS``,
+``command_of_row``). gateway.downlinks keeps the table and draws the states' order;
 gateway.downlink_rekey moves ``rekey`` commands too.
 """
 
@@ -85,11 +85,13 @@ def _public_args(op: str, args: dict[str, Any]) -> dict[str, Any]:
     return dict(args)
 
 
-_COLS = ("device_id, cmd_id, op, args, state, created_at, expires_at, updated_at, ref, "
-         "result, detail, sends, dcnt, up_fcnt")
+# The columns of dl_commands that make a Command, in command_of_row's order.
+COLUMNS = ("device_id, cmd_id, op, args, state, created_at, expires_at, updated_at, ref, "
+           "result, detail, sends, dcnt, up_fcnt")
 
 
-def _command(row: Sequence[Any]) -> Command:
+def command_of_row(row: Sequence[Any]) -> Command:
+    """The Command of a ``SELECT {COLUMNS} FROM dl_commands`` row."""
     return Command(device_id=int(row[0]), cmd_id=int(row[1]), op=str(row[2]),
                    args=json.loads(row[3]), state=str(row[4]), created_at=float(row[5]),
                    expires_at=float(row[6]), updated_at=float(row[7]), ref=row[8],

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from knute.gateway.device_fields import fingerprint
 from knute.gateway.downlink_commands import (
-    _COLS,
     APPLIED,
+    COLUMNS,
     OPEN_STATES,
     REJECTED,
     Command,
-    _command,
+    command_of_row,
 )
 from knute.gateway.errors import KnuteError
 
@@ -219,7 +219,7 @@ class DownlinkRekey:
         (the node never had it), each peer is told to drop it (``abort``), and the open
         ``rekey`` command takes ``state``. Its arguments name the peers that had not
         confirmed (``waiting_for``). None (nothing changed) if it was ever sent."""
-        cmd_row = db.execute(f"SELECT row, {_COLS} FROM dl_commands WHERE device_id = ? AND "
+        cmd_row = db.execute(f"SELECT row, {COLUMNS} FROM dl_commands WHERE device_id = ? AND "
                              "op = 'rekey' AND state IN (?, ?) ORDER BY row DESC LIMIT 1",
                              (device_id, *OPEN_STATES)).fetchone()
         if cmd_row is not None and int(cmd_row[12]) > 0:
@@ -245,7 +245,7 @@ class DownlinkRekey:
         text = json.dumps(args, sort_keys=True)
         db.execute("UPDATE dl_commands SET state = ?, result = ?, args = ?, updated_at = ? "
                    "WHERE row = ?", (state, result, text, now, cmd_row[0]))
-        return _command((*cmd_row[1:4], text, state, *cmd_row[6:8], now, cmd_row[9], result,
+        return command_of_row((*cmd_row[1:4], text, state, *cmd_row[6:8], now, cmd_row[9], result,
                          None, *cmd_row[12:]))
 
     def rekey_answer(self, device_id: int, gateway: str, what: str, key_no: int,

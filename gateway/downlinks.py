@@ -57,9 +57,9 @@ from typing import Any
 
 from knute.gateway.dbfile import immediate
 from knute.gateway.downlink_commands import (
-    _COLS,
     APPLIED,
     CANCELLED,
+    COLUMNS,
     EXPIRED,
     OPEN_STATES,
     OPS,
@@ -67,7 +67,7 @@ from knute.gateway.downlink_commands import (
     REJECTED,
     SENT,
     Command,
-    _command,
+    command_of_row,
 )
 from knute.gateway.downlink_rekey import DownlinkRekey
 from knute.gateway.downlink_schema import SCHEMA, statements
@@ -277,10 +277,10 @@ class DownlinkStore(DownlinkRekey):
                 ref: str | None, now: float, expires_at: float) -> tuple[Command, bool]:
         """``queue`` inside a transaction the caller holds."""
         if ref is not None:
-            row = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE device_id = ? "
+            row = db.execute(f"SELECT {COLUMNS} FROM dl_commands WHERE device_id = ? "
                              "AND ref = ?", (device_id, ref)).fetchone()
             if row is not None:
-                return _command(row), False
+                return command_of_row(row), False
         open_ids = {int(r[0]) for r in db.execute(
             "SELECT cmd_id FROM dl_commands WHERE device_id = ? AND state IN (?, ?)",
             (device_id, *OPEN_STATES))}
@@ -300,9 +300,9 @@ class DownlinkStore(DownlinkRekey):
         db.execute("INSERT INTO dl_commands (device_id, cmd_id, ref, op, args, state, "
                    "created_at, expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (device_id, cmd_id, ref, op, text, QUEUED, now, expires_at, now))
-        row = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE row = last_insert_rowid()"
+        row = db.execute(f"SELECT {COLUMNS} FROM dl_commands WHERE row = last_insert_rowid()"
                          ).fetchone()
-        return _command(row), True
+        return command_of_row(row), True
 
     def queue_update(self, device_id: int, bundle: bytes, chunk: int, *,
                      ref: str | None = None, now: float | None = None) -> list[Command]:
@@ -352,9 +352,9 @@ class DownlinkStore(DownlinkRekey):
                     first = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
             db.execute("UPDATE dl_devices SET cmd_seq = ? WHERE device_id = ?",
                        (cmd_id, device_id))
-            rows = db.execute(f"SELECT {_COLS} FROM dl_commands WHERE row >= ? AND "
+            rows = db.execute(f"SELECT {COLUMNS} FROM dl_commands WHERE row >= ? AND "
                               "device_id = ? ORDER BY row", (first, device_id)).fetchall()
-        return [_command(r) for r in rows]
+        return [command_of_row(r) for r in rows]
 
     def commands(self, device_id: int, *, open_only: bool = False,
                  limit: int = 100) -> list[Command]:
@@ -366,17 +366,17 @@ class DownlinkStore(DownlinkRekey):
             params += list(OPEN_STATES)
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLS} FROM (SELECT * FROM dl_commands WHERE {where} "
+                f"SELECT {COLUMNS} FROM (SELECT * FROM dl_commands WHERE {where} "
                 "ORDER BY row DESC LIMIT ?) ORDER BY row", (*params, limit)).fetchall()
-        return [_command(r) for r in rows]
+        return [command_of_row(r) for r in rows]
 
     def get(self, device_id: int, cmd_id: int) -> Command | None:
         """The latest command with this id, or None."""
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_COLS} FROM dl_commands WHERE device_id = ? AND cmd_id = ? "
+                f"SELECT {COLUMNS} FROM dl_commands WHERE device_id = ? AND cmd_id = ? "
                 "ORDER BY row DESC LIMIT 1", (device_id, cmd_id)).fetchone()
-        return None if row is None else _command(row)
+        return None if row is None else command_of_row(row)
 
     def cancel(self, device_id: int, cmd_id: int, now: float | None = None) -> Command:
         """Stop sending an open command (a node that applied it still reports it)."""
@@ -421,12 +421,12 @@ class DownlinkStore(DownlinkRekey):
                 if cmd is not None:
                     aborted.append(cmd)
             rows = db.execute(
-                f"SELECT row, {_COLS} FROM dl_commands WHERE state IN (?, ?) AND "
+                f"SELECT row, {COLUMNS} FROM dl_commands WHERE state IN (?, ?) AND "
                 "(expires_at <= ? OR (state = ? AND sends >= ?))",
                 (*OPEN_STATES, now, QUEUED, self.limits.max_sends)).fetchall()
             db.executemany("UPDATE dl_commands SET state = ?, updated_at = ? WHERE row = ?",
                            [(EXPIRED, now, r[0]) for r in rows])
-        return aborted + [_command((*r[1:5], EXPIRED, *r[6:8], now, *r[9:])) for r in rows]
+        return aborted + [command_of_row((*r[1:5], EXPIRED, *r[6:8], now, *r[9:])) for r in rows]
 
     def due(self, device_id: int, now: float | None = None) -> list[Command]:
         """Queued commands of a device, oldest first, not yet expired. A ``rekey`` whose
@@ -434,11 +434,11 @@ class DownlinkStore(DownlinkRekey):
         now = time.time() if now is None else now
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLS} FROM dl_commands WHERE device_id = ? AND state = ? AND "
+                f"SELECT {COLUMNS} FROM dl_commands WHERE device_id = ? AND state = ? AND "
                 "expires_at > ? AND NOT (op = 'rekey' AND EXISTS (SELECT 1 FROM dl_rekey r "
                 "WHERE r.device_id = dl_commands.device_id AND r.ready = 0)) ORDER BY row",
                 (device_id, QUEUED, now)).fetchall()
-        return [_command(r) for r in rows]
+        return [command_of_row(r) for r in rows]
 
     def mark_sent(self, device_id: int, cmd_ids: Sequence[int], dcnt: int, up_fcnt: int,
                   now: float | None = None) -> list[Command]:
@@ -552,7 +552,7 @@ class DownlinkStore(DownlinkRekey):
         out = ReportOutcome()
         with self._write() as db:
             rows = {int(r[2]): r for r in db.execute(
-                f"SELECT row, {_COLS} FROM dl_commands WHERE device_id = ? AND state IN (?, ?)",
+                f"SELECT row, {COLUMNS} FROM dl_commands WHERE device_id = ? AND state IN (?, ?)",
                 (device_id, *OPEN_STATES))}
             reported: set[int] = set()
             for cmd_id, result, detail in entries:
@@ -569,7 +569,7 @@ class DownlinkStore(DownlinkRekey):
                            (state, res, None if state == APPLIED else detail, now, row[0]))
                 if state == APPLIED and row[3] == "config":
                     _apply_send_interval(db, device_id, json.loads(row[4]))
-                out.changed.append(_command((*row[1:5], state, *row[6:8], now, row[9], res,
+                out.changed.append(command_of_row((*row[1:5], state, *row[6:8], now, row[9], res,
                                              None if state == APPLIED else detail,
                                              *row[12:])))
             for cmd_id, row in rows.items():
@@ -581,6 +581,6 @@ class DownlinkStore(DownlinkRekey):
                 if sent_after is not None and int(sent_after) != fcnt:
                     db.execute("UPDATE dl_commands SET state = ?, updated_at = ? "
                                "WHERE row = ?", (QUEUED, now, row[0]))
-                    out.changed.append(_command((*row[1:5], QUEUED, *row[6:8], now,
+                    out.changed.append(command_of_row((*row[1:5], QUEUED, *row[6:8], now,
                                                  *row[9:])))
         return out
