@@ -347,7 +347,8 @@ endef
 # modules and pytest's rewritten test modules, which every worker then reads. On a
 # fresh clone the 8 workers otherwise all compile and rewrite the same files at once:
 # their start-up took 23.5 s of wall and 45 s of CPU, against 5.9 s (this collection,
-# one core) + 8.8 s (17 s of CPU) after it. Only with workers (XDIST); $(1): the markers.
+# one core) + 8.8 s (17 s of CPU) after it. $(1): the markers; $(2): the xdist
+# arguments (none: serial, and no collection first).
 define warm_collect
 $(if $(2),$(BIN)/python -m pytest -q --collect-only -p no:cacheprovider \
     -m "$(1)" $(PYTEST_ARGS) >/dev/null 2>&1 || true,true)
