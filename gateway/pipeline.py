@@ -412,7 +412,7 @@ class Pipeline:
         mismatch = (None if kind.name == device.kind
                     else f"frame says {kind.name}, registered as {device.kind}")
         decode = kind.decode_python if self._python_decoders else kind.decode
-        entry = (buf[0], self.verifier._cipher(device, tag_len), decode, tag_len, mismatch)
+        entry = (buf[0], self.verifier.cipher(device, tag_len), decode, tag_len, mismatch)
         if mismatch is None and tag_len == 4:
             self._fast[device_id] = entry
         return entry

@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from knute.gateway import fastframe
 from knute.gateway.model import Device
-from knute.protocol import frame as pframe
 from knute.protocol.errors import FRAME_TAG, FrameError
 
 REPLAY = "replay"
@@ -32,7 +31,6 @@ COUNTER_RESET = "counter_reset"
 DEFAULT_RESET_BELOW = 16
 
 _NONCE = fastframe.NONCE.pack     # protocol.frame.nonce's layout, as one C call
-_FAST_KINDS = fastframe.KINDS
 
 
 class Verifier:
@@ -43,7 +41,8 @@ class Verifier:
         # changes gets a new object (keyed by the id alone: no tuple built per frame)
         self._aead: dict[int, tuple[bytes, int, AESCCM]] = {}
 
-    def _cipher(self, device: Device, tag_len: int) -> AESCCM:
+    def cipher(self, device: Device, tag_len: int) -> AESCCM:
+        """The device's cached AESCCM for ``tag_len`` (a new one after a key change)."""
         cached = self._aead.get(device.device_id)
         if cached is None or cached[1] != tag_len or cached[0] != device.key:
             cached = (device.key, tag_len, AESCCM(device.key, tag_length=tag_len))
@@ -66,29 +65,16 @@ class Verifier:
         ``protocol.frame.decode`` gives.
         """
         kind_id, device_id, fcnt, tag_len = header_fields or fastframe.parse_header(buf)
-        cached = self._aead.get(device_id)
-        if cached is None or cached[1] != tag_len or cached[0] != device.key:
-            aead = self._cipher(device, tag_len)
-        else:
-            aead = cached[2]
+        aead = self.cipher(device, tag_len)
         if buf.__class__ is not bytes:
             buf = bytes(buf)
         try:
             # protocol.frame.nonce(device_id, fcnt) and the 8 header bytes as associated
-            # data (DIR_UPLINK 0, HEADER_LEN 8: literals, as this runs for every frame)
+            # data (DIR_UPLINK 0, HEADER_LEN 8)
             plain = aead.decrypt(_NONCE(0, device_id, fcnt), buf[8:], buf[:8])
         except InvalidTag:
             raise FrameError(FRAME_TAG) from None
-        # fastframe.decoded, written out: the payloads the kinds table accepts by the
-        # kind's generated decoder, everything else (and every rejection) by the
-        # protocol's own code.
-        kind = _FAST_KINDS.get(kind_id)
-        if kind is not None:
-            fast = kind.decode(plain, device_id, fcnt, tag_len)
-            if fast is not None:
-                return fast
-        slow: dict[str, Any] = pframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
-        return slow
+        return fastframe.decoded(kind_id, device_id, fcnt, tag_len, plain)
 
 
 class ReplayGuard:
