@@ -100,7 +100,9 @@ class Retention:
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
 
 
-class _Cursor(Protocol):
+class Cursor(Protocol):
+    """What a store's ``_x`` returns: sqlite3's and psycopg's cursors both fit."""
+
     @property
     def rowcount(self) -> int: ...
     def fetchone(self) -> Any: ...
@@ -132,7 +134,7 @@ class SqlStore:
 
     # -- what a subclass gives ------------------------------------------------
 
-    def _x(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         raise NotImplementedError
 
     def _xm(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from knute.backend.store import SCHEMA_VERSION, SqlStore, StoreError, _Cursor
+from knute.backend.store import SCHEMA_VERSION, Cursor, SqlStore, StoreError
 
 # Version 3: the per-district rollup of household hours (backend.store_sqlite).
 _V3 = ("""
@@ -153,11 +153,11 @@ class PgStore(SqlStore):
             self.db = psycopg.connect(self.url, autocommit=True)
             self.reconnects += 1
 
-    def _x(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         self._ensure()
         if not self._pending:
             return self.db.execute(self._q(sql), params)
-        cursor: _Cursor = self._flush((self._q(sql), params))
+        cursor: Cursor = self._flush((self._q(sql), params))
         return cursor
 
     def _xm(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:

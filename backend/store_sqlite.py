@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from knute.backend.hours import ESTIMATED, contribution
-from knute.backend.store import KNOWN_SQL, SCHEMA_VERSION, SqlStore, StoreError, _Cursor
+from knute.backend.store import KNOWN_SQL, SCHEMA_VERSION, Cursor, SqlStore, StoreError
 
 _IN_CHUNK = 5000        # meters per statement on SQLite: below its bound on parameters
 
@@ -125,7 +125,7 @@ class Store(SqlStore):
         self._migrate()
         self._load_meta()
 
-    def _x(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         return self.db.execute(sql, params)
 
     def _xm(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
